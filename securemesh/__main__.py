@@ -1,0 +1,3 @@
+from securemesh.cli import main
+
+raise SystemExit(main())

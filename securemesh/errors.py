@@ -1,0 +1,204 @@
+"""SecureMesh's one rooted exception tree.
+
+Every error the library raises on purpose derives from :class:`SecureMeshError`.
+The tree splits, as h11 does, between what *we* got wrong (:class:`LocalError`:
+bad configuration, misuse of an API, a key file we cannot read) and what a
+*peer* sent us that is not acceptable (:class:`RemoteError`). Each class also
+subclasses the matching built-in (``ValueError``, ``PermissionError``,
+``OSError``), as pynacl's exceptions do, so generic handlers still work.
+
+Every :class:`RemoteError` carries a short, stable ``reason`` code. The reason
+is what goes into rejection counters, logs and audit records; the message text
+sent back to a peer, if any, is always the opaque "rejected" so that a forger
+learns nothing about which check failed (STYLE.md §5).
+
+::
+
+    SecureMeshError
+    ├── LocalError                      (ValueError)   our side: misuse, config
+    │   ├── ConfigError
+    │   ├── KeyStoreError                              a key file cannot be used
+    │   │   ├── WrongPassphrase
+    │   │   └── CorruptKeyFile
+    │   └── TransportError              (OSError)      sockets, CURVE unavailable
+    └── RemoteError                     (ValueError)   the peer's fault; has .reason
+        ├── DecodeError                                not well-formed
+        │   └── SizeLimitExceeded                      over a hard limit, checked first
+        ├── AuthenticationError                        signature or MAC does not verify
+        ├── ReplayError
+        │   ├── ReplayedMessage                        sequence already seen
+        │   ├── StaleMessage                           sequence left of the window
+        │   └── ClockSkewError                         timestamp too far from our clock
+        ├── CertificateError
+        │   ├── CertificateMalformed
+        │   ├── CertificateSignatureInvalid
+        │   ├── CertificateExpired                     also "not yet valid"
+        │   ├── CertificateRevoked
+        │   └── UnknownIssuer
+        ├── TokenError                                 join token unknown, used or expired
+        └── AuthorizationError          (PermissionError)  policy denies this message
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
+    "CertificateError",
+    "CertificateExpired",
+    "CertificateMalformed",
+    "CertificateRevoked",
+    "CertificateSignatureInvalid",
+    "ClockSkewError",
+    "ConfigError",
+    "CorruptKeyFile",
+    "DecodeError",
+    "KeyStoreError",
+    "LocalError",
+    "RemoteError",
+    "ReplayError",
+    "ReplayedMessage",
+    "SecureMeshError",
+    "SizeLimitExceeded",
+    "StaleMessage",
+    "TokenError",
+    "TransportError",
+    "UnknownIssuer",
+    "WrongPassphrase",
+]
+
+
+class SecureMeshError(Exception):
+    """Root of every error SecureMesh raises on purpose."""
+
+    def diagnostics(self) -> str:
+        """A one-paragraph explanation for a person (the CLI prints this)."""
+        return f"{type(self).__name__}: {self}"
+
+
+# --------------------------------------------------------------------------- local
+
+
+class LocalError(SecureMeshError, ValueError):
+    """Something on our side is wrong: configuration, API misuse, local files."""
+
+
+class ConfigError(LocalError):
+    """A configuration file or argument is invalid."""
+
+
+class KeyStoreError(LocalError):
+    """A stored key cannot be used."""
+
+
+class WrongPassphrase(KeyStoreError):
+    """The passphrase does not decrypt the key file."""
+
+
+class CorruptKeyFile(KeyStoreError):
+    """The key file is truncated, altered or not a SecureMesh key file."""
+
+
+class TransportError(LocalError, OSError):
+    """The transport cannot do what was asked (socket setup, CURVE missing, closed)."""
+
+
+# -------------------------------------------------------------------------- remote
+
+
+class RemoteError(SecureMeshError, ValueError):
+    """What a peer sent is not acceptable. ``reason`` is a stable, short code."""
+
+    reason: ClassVar[str] = "rejected"
+
+
+class DecodeError(RemoteError):
+    """The input is not well-formed."""
+
+    reason = "malformed"
+
+
+class SizeLimitExceeded(DecodeError):
+    """A field or frame is larger than its hard limit (checked before any other work)."""
+
+    reason = "oversize"
+
+
+class AuthenticationError(RemoteError):
+    """A signature or MAC does not verify."""
+
+    reason = "bad_auth"
+
+
+class ReplayError(RemoteError):
+    """The message was already accepted, or is too old to tell."""
+
+    reason = "replay"
+
+
+class ReplayedMessage(ReplayError):
+    """The sequence number was already accepted."""
+
+    reason = "replayed"
+
+
+class StaleMessage(ReplayError):
+    """The sequence number is to the left of the replay window."""
+
+    reason = "stale"
+
+
+class ClockSkewError(ReplayError):
+    """The timestamp is further from our clock than the allowed skew."""
+
+    reason = "clock_skew"
+
+
+class CertificateError(RemoteError):
+    """A certificate cannot be accepted."""
+
+    reason = "bad_certificate"
+
+
+class CertificateMalformed(CertificateError):
+    """The certificate bytes do not decode to a well-formed certificate."""
+
+    reason = "certificate_malformed"
+
+
+class CertificateSignatureInvalid(CertificateError):
+    """The issuer's signature over the certificate does not verify."""
+
+    reason = "certificate_signature"
+
+
+class CertificateExpired(CertificateError):
+    """The certificate is outside its validity period (expired or not yet valid)."""
+
+    reason = "certificate_expired"
+
+
+class CertificateRevoked(CertificateError):
+    """The certificate's serial or node is on the current revocation list."""
+
+    reason = "certificate_revoked"
+
+
+class UnknownIssuer(CertificateError):
+    """The certificate was issued by an authority we do not trust."""
+
+    reason = "unknown_issuer"
+
+
+class TokenError(RemoteError):
+    """A join token is unknown, already used, expired or does not match the request."""
+
+    reason = "bad_token"
+
+
+class AuthorizationError(RemoteError, PermissionError):
+    """Policy does not allow this sender to send this message type."""
+
+    reason = "unauthorized"
