@@ -36,7 +36,11 @@ learns nothing about which check failed (STYLE.md §5).
         │   ├── CertificateRevoked
         │   └── UnknownIssuer
         ├── TokenError                                 join token unknown, used or expired
-        └── AuthorizationError          (PermissionError)  policy denies this message
+        ├── AuthorizationError          (PermissionError)  policy denies this message
+        ├── ProofError                                 a Merkle proof does not verify
+        │   ├── InclusionProofError                    RFC 9162 §2.1.3.2 fails
+        │   └── ConsistencyProofError                  RFC 9162 §2.1.4.2 fails
+        └── LogIntegrityError                          stored audit log entries tampered; .entries
 """
 
 from __future__ import annotations
@@ -53,10 +57,14 @@ __all__ = [
     "CertificateSignatureInvalid",
     "ClockSkewError",
     "ConfigError",
+    "ConsistencyProofError",
     "CorruptKeyFile",
     "DecodeError",
+    "InclusionProofError",
     "KeyStoreError",
     "LocalError",
+    "LogIntegrityError",
+    "ProofError",
     "RemoteError",
     "ReplayError",
     "ReplayedMessage",
@@ -202,3 +210,35 @@ class AuthorizationError(RemoteError, PermissionError):
     """Policy does not allow this sender to send this message type."""
 
     reason = "unauthorized"
+
+
+class ProofError(RemoteError):
+    """A Merkle inclusion or consistency proof (RFC 9162 §2.1.3-§2.1.4) does not verify."""
+
+    reason = "bad_proof"
+
+
+class InclusionProofError(ProofError):
+    """An inclusion proof does not lead from the leaf to the signed root (RFC 9162 §2.1.3.2)."""
+
+    reason = "bad_inclusion_proof"
+
+
+class ConsistencyProofError(ProofError):
+    """A consistency proof does not link the two tree heads (RFC 9162 §2.1.4.2)."""
+
+    reason = "bad_consistency_proof"
+
+
+class LogIntegrityError(RemoteError):
+    """The stored audit log does not match its own tree heads or signatures.
+
+    ``entries`` lists the leaf indices found tampered (possibly empty when the
+    damage cannot be pinned to single entries, e.g. a rolled-back tree).
+    """
+
+    reason = "log_tampered"
+
+    def __init__(self, message: str, *, entries: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.entries: list[int] = list(entries) if entries is not None else []
