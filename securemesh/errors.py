@@ -20,7 +20,9 @@ learns nothing about which check failed (STYLE.md §5).
     │   ├── KeyStoreError                              a key file cannot be used
     │   │   ├── WrongPassphrase
     │   │   └── CorruptKeyFile
-    │   └── TransportError              (OSError)      sockets, CURVE unavailable
+    │   ├── TransportError              (OSError)      sockets, CURVE unavailable
+    │   ├── EncodeError                                we asked to send an invalid message
+    │   └── StateFileError              (OSError)      local state file unusable or locked
     └── RemoteError                     (ValueError)   the peer's fault; has .reason
         ├── DecodeError                                not well-formed
         │   └── SizeLimitExceeded                      over a hard limit, checked first
@@ -60,6 +62,7 @@ __all__ = [
     "ConsistencyProofError",
     "CorruptKeyFile",
     "DecodeError",
+    "EncodeError",
     "InclusionProofError",
     "KeyStoreError",
     "LocalError",
@@ -71,6 +74,7 @@ __all__ = [
     "SecureMeshError",
     "SizeLimitExceeded",
     "StaleMessage",
+    "StateFileError",
     "TokenError",
     "TransportError",
     "UnknownIssuer",
@@ -111,6 +115,14 @@ class CorruptKeyFile(KeyStoreError):
 
 class TransportError(LocalError, OSError):
     """The transport cannot do what was asked (socket setup, CURVE missing, closed)."""
+
+
+class EncodeError(LocalError):
+    """We were asked to build a message that cannot be sent (bad field, over a limit)."""
+
+
+class StateFileError(LocalError, OSError):
+    """A local state file (e.g. a sequence-counter reservation) is corrupt or in use."""
 
 
 # -------------------------------------------------------------------------- remote
