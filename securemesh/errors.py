@@ -36,7 +36,10 @@ learns nothing about which check failed (STYLE.md §5).
         │   ├── CertificateSignatureInvalid
         │   ├── CertificateExpired                     also "not yet valid"
         │   ├── CertificateRevoked
-        │   └── UnknownIssuer
+        │   ├── UnknownIssuer
+        │   ├── CertificateNotYetValid                 (CertificateExpired) not_before ahead
+        │   ├── DelegationNotAllowed                   outside the issuer's delegation
+        │   └── RevocationListRollback                 older or conflicting revocation list
         ├── TokenError                                 join token unknown, used or expired
         ├── AuthorizationError          (PermissionError)  policy denies this message
         ├── ProofError                                 a Merkle proof does not verify
@@ -55,6 +58,7 @@ __all__ = [
     "CertificateError",
     "CertificateExpired",
     "CertificateMalformed",
+    "CertificateNotYetValid",
     "CertificateRevoked",
     "CertificateSignatureInvalid",
     "ClockSkewError",
@@ -62,6 +66,7 @@ __all__ = [
     "ConsistencyProofError",
     "CorruptKeyFile",
     "DecodeError",
+    "DelegationNotAllowed",
     "EncodeError",
     "InclusionProofError",
     "KeyStoreError",
@@ -71,6 +76,7 @@ __all__ = [
     "RemoteError",
     "ReplayError",
     "ReplayedMessage",
+    "RevocationListRollback",
     "SecureMeshError",
     "SizeLimitExceeded",
     "StaleMessage",
@@ -210,6 +216,24 @@ class UnknownIssuer(CertificateError):
     """The certificate was issued by an authority we do not trust."""
 
     reason = "unknown_issuer"
+
+
+class CertificateNotYetValid(CertificateExpired):
+    """The certificate's ``not_before`` lies in the future (a subclass of expired)."""
+
+    reason = "certificate_not_yet_valid"
+
+
+class DelegationNotAllowed(CertificateError):
+    """A delegated authority issued a certificate its own constraint does not allow."""
+
+    reason = "delegation_not_allowed"
+
+
+class RevocationListRollback(CertificateError):
+    """A revocation list is older than (or conflicts with) the one already trusted."""
+
+    reason = "revocation_rollback"
 
 
 class TokenError(RemoteError):
