@@ -45,7 +45,8 @@ learns nothing about which check failed (STYLE.md §5).
         ├── ProofError                                 a Merkle proof does not verify
         │   ├── InclusionProofError                    RFC 9162 §2.1.3.2 fails
         │   └── ConsistencyProofError                  RFC 9162 §2.1.4.2 fails
-        └── LogIntegrityError                          stored audit log entries tampered; .entries
+        ├── LogIntegrityError                          stored audit log entries tampered; .entries
+        └── UnknownOrigin                              audit event from a node the log does not know
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ __all__ = [
     "TokenError",
     "TransportError",
     "UnknownIssuer",
+    "UnknownOrigin",
     "WrongPassphrase",
 ]
 
@@ -278,3 +280,9 @@ class LogIntegrityError(RemoteError):
     def __init__(self, message: str, *, entries: list[int] | None = None) -> None:
         super().__init__(message)
         self.entries: list[int] = list(entries) if entries is not None else []
+
+
+class UnknownOrigin(RemoteError):
+    """An audit event names an origin node whose verify key the log does not know."""
+
+    reason = "unknown_origin"
