@@ -21,11 +21,15 @@ learns nothing about which check failed (STYLE.md §5).
     │   │   ├── WrongPassphrase
     │   │   └── CorruptKeyFile
     │   ├── TransportError              (OSError)      sockets, CURVE unavailable
+    │   │   ├── TransportClosed                        used after close()
+    │   │   ├── SendTimeout                            peer queue full past the timeout
+    │   │   └── PeerUnavailable                        no connection to that peer
     │   ├── EncodeError                                we asked to send an invalid message
     │   └── StateFileError              (OSError)      local state file unusable or locked
     └── RemoteError                     (ValueError)   the peer's fault; has .reason
         ├── DecodeError                                not well-formed
-        │   └── SizeLimitExceeded                      over a hard limit, checked first
+        │   ├── SizeLimitExceeded                      over a hard limit, checked first
+        │   └── UnexpectedMessage                      valid message, wrong protocol state
         ├── AuthenticationError                        signature or MAC does not verify
         ├── ReplayError
         │   ├── ReplayedMessage                        sequence already seen
@@ -65,6 +69,10 @@ __all__ = [
     "ClockSkewError",
     "ConfigError",
     "ConsistencyProofError",
+    "PeerUnavailable",
+    "SendTimeout",
+    "TransportClosed",
+    "UnexpectedMessage",
     "CorruptKeyFile",
     "DecodeError",
     "DelegationNotAllowed",
@@ -125,6 +133,18 @@ class TransportError(LocalError, OSError):
     """The transport cannot do what was asked (socket setup, CURVE missing, closed)."""
 
 
+class TransportClosed(TransportError):
+    """The transport endpoint was closed; no further send or receive is possible."""
+
+
+class SendTimeout(TransportError):
+    """The peer's queue stayed at its high-water mark for longer than the send timeout."""
+
+
+class PeerUnavailable(TransportError):
+    """There is no authenticated connection to the addressed peer."""
+
+
 class EncodeError(LocalError):
     """We were asked to build a message that cannot be sent (bad field, over a limit)."""
 
@@ -152,6 +172,12 @@ class SizeLimitExceeded(DecodeError):
     """A field or frame is larger than its hard limit (checked before any other work)."""
 
     reason = "oversize"
+
+
+class UnexpectedMessage(DecodeError):
+    """A well-formed message arrived in a protocol state that does not accept it."""
+
+    reason = "unexpected_message"
 
 
 class AuthenticationError(RemoteError):
