@@ -1,0 +1,235 @@
+"""The envelope header: a compact, fixed-layout, versioned binary record.
+
+Byte layout (version 1)
+-----------------------
+All integers are unsigned and big-endian (network order). Offsets are in bytes.
+
+======  =====  ================  ====================================================
+offset  size   field             rule
+======  =====  ================  ====================================================
+0       2      magic             ``b"SM"`` (0x53 0x4D)
+2       1      version           ``0x01``; any other value is rejected
+3       1      auth_mode         ``0x01`` SIGNED (Ed25519), ``0x02`` MAC (session key)
+4       2      flags             bit 0 REQUEST, bit 1 REPLY; all other bits MUST be 0;
+                                 REQUEST and REPLY are mutually exclusive and each
+                                 needs a non-zero correlation id
+6       2      raw_frame_count   number of raw frames between body and auth frame
+8       8      sequence          sender's monotonic message counter (0 … 2**64-1)
+16      8      timestamp_ms      sender's clock, milliseconds since the Unix epoch
+24      16     correlation_id    request/reply correlation, all-zero when unused
+40      16     key_id            MAC mode: session id (MUST NOT be all-zero);
+                                 SIGNED mode: MUST be all-zero
+56      1      type_len   (T)    1 … 64
+57      1      sender_len (S)    1 … 64
+58      1      recipient_len (R) 0 … 64 (0 = broadcast / not addressed)
+59      T      msg_type          ASCII, each byte in ``[a-z0-9._-]``
+59+T    S      sender            ASCII node id, each byte in ``[A-Za-z0-9._-]``
+59+T+S  R      recipient         ASCII node id, same charset as sender
+======  =====  ================  ====================================================
+
+The header is exactly ``59 + T + S + R`` bytes (59 … 251): a decoder rejects a
+header that is shorter, longer (no trailing bytes), has a wrong magic or
+version, an unknown auth mode, reserved flag bits set, a length outside its
+range, or a byte outside its field's charset. There is no padding and no
+optional field, so each valid header has exactly one encoding.
+
+Nothing in the header changes from hop to hop: a signed envelope is forwarded
+byte for byte and verifies at every hop and at the destination.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from dataclasses import dataclass
+from typing import ClassVar
+
+from securemesh.errors import DecodeError, EncodeError
+
+__all__ = ["ID_SIZE", "MAGIC", "VERSION", "AuthMode", "Flags", "Header", "ZERO_ID"]
+
+MAGIC = b"SM"
+VERSION = 1
+ID_SIZE = 16
+ZERO_ID = bytes(ID_SIZE)
+MAX_NAME = 64
+U64_MAX = 2**64 - 1
+
+_FIXED = struct.Struct(">2sBBHHQQ16s16sBBB")
+FIXED_SIZE = _FIXED.size  # 59, as in the layout table (a test locks it)
+
+_MSG_TYPE_RE = re.compile(rb"[a-z0-9._-]{1,64}")
+_NODE_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,64}")
+
+
+class AuthMode(enum.IntEnum):
+    """How the auth frame authenticates the transcript."""
+
+    SIGNED = 1  #: Ed25519 signature by the sender's identity key (RFC 8032)
+    MAC = 2  #: keyed BLAKE2b-256 under a 32-byte session key (RFC 7693)
+
+
+class Flags(enum.IntFlag):
+    """Header flags. Undefined bits are reserved and rejected."""
+
+    NONE = 0
+    REQUEST = 0x0001  #: the sender expects a REPLY with the same correlation id
+    REPLY = 0x0002  #: answers the REQUEST with the same correlation id
+
+
+_KNOWN_FLAGS = int(Flags.REQUEST | Flags.REPLY)
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The parsed header fields. A plain record: validation happens in the codec."""
+
+    VERSION: ClassVar[int] = VERSION
+
+    auth_mode: AuthMode
+    msg_type: str
+    sender: str
+    recipient: str
+    sequence: int
+    timestamp_ms: int
+    correlation_id: bytes
+    key_id: bytes
+    raw_frame_count: int
+    flags: Flags
+
+    @property
+    def is_broadcast(self) -> bool:
+        """True when the envelope names no recipient."""
+        return not self.recipient
+
+
+def _problem(h: Header) -> str | None:  # noqa: PLR0911 - one return per rule, like the spec
+    """Return why ``h`` is not a valid v1 header, or None (shared by both directions)."""
+    mode: object = h.auth_mode  # a Header is a plain record: check types too
+    if not isinstance(mode, AuthMode):
+        return "unknown auth mode"
+    if not (isinstance(h.sequence, int) and 0 <= h.sequence <= U64_MAX):
+        return "sequence out of range"
+    if not (isinstance(h.timestamp_ms, int) and 0 <= h.timestamp_ms <= U64_MAX):
+        return "timestamp out of range"
+    if not (isinstance(h.raw_frame_count, int) and 0 <= h.raw_frame_count <= 0xFFFF):
+        return "raw frame count out of range"
+    if not (isinstance(h.correlation_id, bytes) and len(h.correlation_id) == ID_SIZE):
+        return "correlation id must be 16 bytes"
+    if not (isinstance(h.key_id, bytes) and len(h.key_id) == ID_SIZE):
+        return "key id must be 16 bytes"
+    if h.auth_mode is AuthMode.SIGNED and h.key_id != ZERO_ID:
+        return "key id must be zero in SIGNED mode"
+    if h.auth_mode is AuthMode.MAC and h.key_id == ZERO_ID:
+        return "key id (session id) must not be zero in MAC mode"
+    flags = int(h.flags)
+    if flags & ~_KNOWN_FLAGS:
+        return "reserved flag bits set"
+    if flags == _KNOWN_FLAGS:
+        return "REQUEST and REPLY are mutually exclusive"
+    if flags and h.correlation_id == ZERO_ID:
+        return "REQUEST/REPLY need a correlation id"
+    return None
+
+
+def _ascii(value: object) -> bytes | None:
+    if not isinstance(value, str) or not value.isascii():
+        return None
+    return value.encode("ascii")
+
+
+def encode_header(h: Header) -> bytes:
+    """Serialise ``h``; raise :class:`EncodeError` if any field is invalid."""
+    problem = _problem(h)
+    if problem is not None:
+        raise EncodeError(f"invalid envelope header: {problem}")
+    msg_type = _ascii(h.msg_type)
+    sender = _ascii(h.sender)
+    recipient = _ascii(h.recipient)
+    if msg_type is None or _MSG_TYPE_RE.fullmatch(msg_type) is None:
+        raise EncodeError("msg_type must be 1-64 characters of [a-z0-9._-]")
+    if sender is None or _NODE_ID_RE.fullmatch(sender) is None:
+        raise EncodeError("sender must be 1-64 characters of [A-Za-z0-9._-]")
+    if recipient is None or (recipient and _NODE_ID_RE.fullmatch(recipient) is None):
+        raise EncodeError("recipient must be empty or 1-64 characters of [A-Za-z0-9._-]")
+    return (
+        _FIXED.pack(
+            MAGIC,
+            VERSION,
+            int(h.auth_mode),
+            int(h.flags),
+            h.raw_frame_count,
+            h.sequence,
+            h.timestamp_ms,
+            h.correlation_id,
+            h.key_id,
+            len(msg_type),
+            len(sender),
+            len(recipient),
+        )
+        + msg_type
+        + sender
+        + recipient
+    )
+
+
+def parse_header(data: memoryview) -> Header:
+    """Parse one header frame strictly; raise :class:`DecodeError` on any deviation."""
+    size = data.nbytes
+    if size < FIXED_SIZE:
+        raise DecodeError("header too short")
+    (
+        magic,
+        version,
+        mode,
+        flags,
+        raw_count,
+        sequence,
+        timestamp_ms,
+        correlation_id,
+        key_id,
+        type_len,
+        sender_len,
+        recipient_len,
+    ) = _FIXED.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError("bad magic")
+    if version != VERSION:
+        raise DecodeError("unsupported envelope version")
+    if mode not in (AuthMode.SIGNED, AuthMode.MAC):
+        raise DecodeError("unknown auth mode")
+    if not (1 <= type_len <= MAX_NAME and 1 <= sender_len <= MAX_NAME):
+        raise DecodeError("bad name length")
+    if recipient_len > MAX_NAME:
+        raise DecodeError("bad name length")
+    if flags & ~_KNOWN_FLAGS:
+        raise DecodeError("reserved flag bits set")
+    if size != FIXED_SIZE + type_len + sender_len + recipient_len:
+        raise DecodeError("header length does not match its fields")
+    names = bytes(data[FIXED_SIZE:])
+    msg_type = names[:type_len]
+    sender = names[type_len : type_len + sender_len]
+    recipient = names[type_len + sender_len :]
+    if _MSG_TYPE_RE.fullmatch(msg_type) is None:
+        raise DecodeError("bad msg_type")
+    if _NODE_ID_RE.fullmatch(sender) is None:
+        raise DecodeError("bad sender")
+    if recipient and _NODE_ID_RE.fullmatch(recipient) is None:
+        raise DecodeError("bad recipient")
+    header = Header(
+        auth_mode=AuthMode(mode),
+        msg_type=msg_type.decode("ascii"),
+        sender=sender.decode("ascii"),
+        recipient=recipient.decode("ascii"),
+        sequence=sequence,
+        timestamp_ms=timestamp_ms,
+        correlation_id=correlation_id,
+        key_id=key_id,
+        raw_frame_count=raw_count,
+        flags=Flags(flags),
+    )
+    problem = _problem(header)
+    if problem is not None:
+        raise DecodeError(f"invalid header: {problem}")
+    return header
