@@ -1,0 +1,515 @@
+"""The sans-I/O session handshake and session records, driven by an in-memory pair."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securemesh import session as sm
+from securemesh.crypto.signing import Ed25519Signer
+from securemesh.errors import (
+    AuthenticationError,
+    CertificateRevoked,
+    DecodeError,
+    LocalError,
+    RemoteError,
+    ReplayedMessage,
+    SizeLimitExceeded,
+    StaleMessage,
+    UnexpectedMessage,
+    UnknownIssuer,
+)
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Directory:
+    """Stands in for certificate verification: node id -> verify key, or raise."""
+
+    keys: dict[str, bytes] = field(default_factory=dict)
+    revoked: set[str] = field(default_factory=set)
+
+    def __call__(self, node_id: str) -> bytes:
+        if node_id in self.revoked:
+            raise CertificateRevoked(node_id)
+        try:
+            return self.keys[node_id]
+        except KeyError:
+            raise UnknownIssuer(node_id) from None
+
+
+@dataclass
+class Pair:
+    """Like h11's ConnectionPair: an initiator and a responder wired in memory."""
+
+    initiator: sm.Handshake
+    responder: sm.Handshake
+    directory: Directory
+    clock: FakeClock
+    signers: dict[str, Ed25519Signer]
+
+    def run(self) -> tuple[sm.Session, sm.Session]:
+        hello = self.initiator.initiate()
+        accept = self.responder.receive(hello)
+        assert accept is not None
+        finish = self.initiator.receive(accept)
+        assert finish is not None
+        assert self.responder.receive(finish) is None
+        return self.initiator.session, self.responder.session
+
+
+SIGNERS = {name: Ed25519Signer.from_seed(bytes([i + 1]) * 32) for i, name in enumerate("abc")}
+
+
+def make_pair(
+    limits: sm.SessionLimits | None = None,
+    rng: Callable[[int], bytes] | None = None,
+) -> Pair:
+    directory = Directory(keys={f"node-{k}": s.verify_key for k, s in SIGNERS.items()})
+    clock = FakeClock()
+    initiator = sm.Handshake.initiator(
+        node_id="node-a",
+        peer_id="node-b",
+        signer=SIGNERS["a"],
+        resolve_peer=directory,
+        clock=clock,
+        limits=limits,
+        rng=rng,
+    )
+    responder = sm.Handshake.responder(
+        node_id="node-b",
+        signer=SIGNERS["b"],
+        resolve_peer=directory,
+        clock=clock,
+        limits=limits,
+        rng=rng,
+    )
+    return Pair(initiator, responder, directory, clock, dict(SIGNERS))
+
+
+def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
+    out = bytearray(data)
+    out[index] ^= mask
+    return bytes(out)
+
+
+# ------------------------------------------------------------------ success
+
+
+def test_handshake_establishes_matching_sessions() -> None:
+    pair = make_pair()
+    a, b = pair.run()
+    assert a.session_id == b.session_id
+    assert len(a.session_id) == 16
+    assert a.peer_id == "node-b"
+    assert b.peer_id == "node-a"
+    assert pair.initiator.state is sm.State.ESTABLISHED
+    assert pair.responder.state is sm.State.ESTABLISHED
+    assert b.open(a.seal(b"ping", b"hdr"), b"hdr") == b"ping"
+    assert a.open(b.seal(b"pong")) == b"pong"
+    assert b.verify_mac(b"data", a.mac(b"data")) == b"data"
+
+
+def test_message_sizes_are_fixed_and_within_limits() -> None:
+    pair = make_pair()
+    hello = pair.initiator.initiate()
+    accept = pair.responder.receive(hello)
+    assert accept is not None
+    finish = pair.initiator.receive(accept)
+    assert finish is not None
+    assert len(hello) <= sm.MAX_HELLO_SIZE
+    assert len(accept) == sm.ACCEPT_SIZE
+    assert len(finish) == sm.FINISH_SIZE
+
+
+def test_sessions_differ_between_handshakes() -> None:
+    a1, _ = make_pair().run()
+    a2, _ = make_pair().run()
+    assert a1.session_id != a2.session_id
+
+
+def test_repr_hides_keys() -> None:
+    a, _ = make_pair().run()
+    text = repr(a)
+    assert "node-b" in text
+    assert "key" not in text.lower()
+
+
+# ------------------------------------------------------------ wrong identity
+
+
+def test_responder_with_wrong_identity_key_is_refused() -> None:
+    pair = make_pair()
+    # The directory says node-b's key is c's: R signs with b's real key.
+    pair.directory.keys["node-b"] = SIGNERS["c"].verify_key
+    accept = pair.responder.receive(pair.initiator.initiate())
+    assert accept is not None
+    with pytest.raises(AuthenticationError):
+        pair.initiator.receive(accept)
+    assert pair.initiator.state is sm.State.FAILED
+
+
+def test_initiator_with_wrong_identity_key_is_refused() -> None:
+    pair = make_pair()
+    pair.directory.keys["node-a"] = SIGNERS["c"].verify_key
+    accept = pair.responder.receive(pair.initiator.initiate())
+    assert accept is not None
+    finish = pair.initiator.receive(accept)
+    assert finish is not None
+    with pytest.raises(AuthenticationError):
+        pair.responder.receive(finish)
+    assert pair.responder.state is sm.State.FAILED
+    with pytest.raises(LocalError):
+        _ = pair.responder.session
+
+
+def test_impersonation_by_claiming_another_id_fails() -> None:
+    """c signs, but claims to be a: the responder checks against a's key."""
+    directory = Directory(keys={f"node-{k}": s.verify_key for k, s in SIGNERS.items()})
+    mallory = sm.Handshake.initiator(
+        node_id="node-a", peer_id="node-b", signer=SIGNERS["c"], resolve_peer=directory
+    )
+    responder = sm.Handshake.responder(node_id="node-b", signer=SIGNERS["b"], resolve_peer=directory)
+    accept = responder.receive(mallory.initiate())
+    assert accept is not None
+    finish = mallory.receive(accept)
+    assert finish is not None
+    with pytest.raises(AuthenticationError):
+        responder.receive(finish)
+
+
+# ------------------------------------------------------------- unknown peer
+
+
+@pytest.mark.parametrize("side", ["initiator", "responder"])
+@pytest.mark.parametrize("how", ["unknown", "revoked"])
+def test_unknown_or_revoked_peer_is_refused(side: str, how: str) -> None:
+    pair = make_pair()
+    victim = "node-a" if side == "responder" else "node-b"
+    if how == "unknown":
+        del pair.directory.keys[victim]
+    else:
+        pair.directory.revoked.add(victim)
+    expected = UnknownIssuer if how == "unknown" else CertificateRevoked
+    hello = pair.initiator.initiate()
+    if side == "responder":
+        with pytest.raises(expected):
+            pair.responder.receive(hello)
+        assert pair.responder.state is sm.State.FAILED
+    else:
+        accept = pair.responder.receive(hello)
+        assert accept is not None
+        with pytest.raises(expected):
+            pair.initiator.receive(accept)
+        assert pair.initiator.state is sm.State.FAILED
+
+
+def test_hello_for_another_node_or_from_ourselves_is_refused() -> None:
+    directory = Directory(keys={f"node-{k}": s.verify_key for k, s in SIGNERS.items()})
+    to_c = sm.Handshake.initiator(
+        node_id="node-a", peer_id="node-c", signer=SIGNERS["a"], resolve_peer=directory
+    )
+    responder = sm.Handshake.responder(node_id="node-b", signer=SIGNERS["b"], resolve_peer=directory)
+    with pytest.raises(AuthenticationError):
+        responder.receive(to_c.initiate())
+    from_b = sm.Handshake.initiator(
+        node_id="node-b", peer_id="node-c", signer=SIGNERS["b"], resolve_peer=directory
+    )
+    c = sm.Handshake.responder(node_id="node-c", signer=SIGNERS["c"], resolve_peer=directory)
+    hello = sm.Hello.decode(from_b.initiate())
+    reflected = sm.Hello(
+        initiator_id="node-c", responder_id="node-c", nonce=hello.nonce, public_key=hello.public_key
+    ).encode()
+    with pytest.raises(AuthenticationError):
+        c.receive(reflected)
+
+
+# ---------------------------------------------------------------- tampering
+
+
+def _positions(size: int, stride: int) -> list[int]:
+    return sorted({*range(0, size, stride), *range(min(size, 4)), size - 1})
+
+
+def _hello_positions() -> list[int]:
+    return _positions(len(make_pair().initiator.initiate()), 5)
+
+
+@pytest.mark.parametrize("index", _hello_positions())
+def test_tampered_hello_byte_fails_the_handshake(index: int) -> None:
+    pair = make_pair()
+    hello = flip(pair.initiator.initiate(), index)
+    with pytest.raises(RemoteError):
+        accept = pair.responder.receive(hello)
+        assert accept is not None
+        finish = pair.initiator.receive(accept)
+        assert finish is not None
+        pair.responder.receive(finish)
+
+
+@pytest.mark.parametrize("index", _positions(sm.ACCEPT_SIZE, 3))
+def test_tampered_accept_byte_is_refused_by_the_initiator(index: int) -> None:
+    pair = make_pair()
+    accept = pair.responder.receive(pair.initiator.initiate())
+    assert accept is not None
+    with pytest.raises(RemoteError):
+        pair.initiator.receive(flip(accept, index))
+    assert pair.initiator.state is sm.State.FAILED
+
+
+@pytest.mark.parametrize("index", range(sm.FINISH_SIZE))
+def test_tampered_finish_byte_is_refused_by_the_responder(index: int) -> None:
+    pair = make_pair()
+    accept = pair.responder.receive(pair.initiator.initiate())
+    assert accept is not None
+    finish = pair.initiator.receive(accept)
+    assert finish is not None
+    with pytest.raises(RemoteError):
+        pair.responder.receive(flip(finish, index, 0x80))
+    assert pair.responder.state is sm.State.FAILED
+
+
+def test_truncated_and_extended_messages_are_refused() -> None:
+    pair = make_pair()
+    hello = pair.initiator.initiate()
+    accept = pair.responder.receive(hello)
+    assert accept is not None
+    for bad in (accept[:-1], accept + b"\x00"):
+        fresh = make_pair()
+        fresh.initiator.initiate()
+        with pytest.raises(DecodeError):
+            fresh.initiator.receive(bad)
+    with pytest.raises(SizeLimitExceeded):
+        make_pair().responder.receive(b"\x01\x01" + bytes(sm.MAX_HANDSHAKE_MESSAGE_SIZE))
+
+
+# ------------------------------------------------------------------- replay
+
+
+def test_replayed_hello_to_a_new_responder_cannot_be_completed() -> None:
+    pair = make_pair()
+    hello = pair.initiator.initiate()
+    accept = pair.responder.receive(hello)
+    assert accept is not None
+    finish = pair.initiator.receive(accept)
+    assert finish is not None
+    pair.responder.receive(finish)
+    # An attacker replays the recorded HELLO and FINISH to a fresh responder.
+    replay = make_pair().responder
+    assert replay.receive(hello) is not None  # it answers with fresh n_R and ct ...
+    with pytest.raises(AuthenticationError):  # ... so the old FINISH does not fit
+        replay.receive(finish)
+
+
+def test_replayed_accept_to_a_new_initiator_is_refused() -> None:
+    pair = make_pair()
+    accept = pair.responder.receive(pair.initiator.initiate())
+    assert accept is not None
+    other = make_pair()
+    other.initiator.initiate()
+    with pytest.raises(AuthenticationError):
+        other.initiator.receive(accept)
+
+
+def test_message_repeated_into_the_same_machine_is_unexpected() -> None:
+    pair = make_pair()
+    hello = pair.initiator.initiate()
+    accept = pair.responder.receive(hello)
+    assert accept is not None
+    with pytest.raises(UnexpectedMessage):
+        pair.responder.receive(hello)
+    assert pair.responder.state is sm.State.FAILED
+    with pytest.raises(LocalError):  # a failed handshake stays failed
+        pair.responder.receive(hello)
+
+    pair = make_pair()
+    hello = pair.initiator.initiate()
+    accept = pair.responder.receive(hello)
+    assert accept is not None
+    finish = pair.initiator.receive(accept)
+    assert finish is not None
+    pair.responder.receive(finish)
+    with pytest.raises(UnexpectedMessage):  # ACCEPT again to an established initiator
+        pair.initiator.receive(accept)
+    with pytest.raises(UnexpectedMessage):  # FINISH again to an established responder
+        pair.responder.receive(finish)
+
+
+def test_local_misuse() -> None:
+    pair = make_pair()
+    with pytest.raises(LocalError):
+        pair.responder.initiate()
+    pair.initiator.initiate()
+    with pytest.raises(LocalError):
+        pair.initiator.initiate()
+    with pytest.raises(LocalError):
+        sm.Handshake.initiator(
+            node_id="node-a", peer_id="node-a", signer=SIGNERS["a"], resolve_peer=Directory()
+        )
+    with pytest.raises(LocalError):
+        sm.Handshake.responder(node_id="bad id", signer=SIGNERS["a"], resolve_peer=Directory())
+
+
+# ---------------------------------------------------------- session records
+
+
+def test_tampered_or_misbound_records_are_refused() -> None:
+    a, b = make_pair().run()
+    record = a.seal(b"payload", b"ad")
+    for i in range(len(record)):
+        with pytest.raises(RemoteError):
+            b.open(flip(record, i), b"ad")
+    with pytest.raises(AuthenticationError):
+        b.open(record, b"other ad")
+    with pytest.raises(AuthenticationError):
+        a.open(record, b"ad")  # our own record: wrong direction key
+    assert b.open(record, b"ad") == b"payload"
+    with pytest.raises(DecodeError):
+        b.open(record[:10])
+    with pytest.raises(DecodeError):
+        b.verify_mac(b"x", record)
+
+
+def test_replayed_and_stale_records_are_refused() -> None:
+    a, b = make_pair(sm.SessionLimits(replay_window=64)).run()
+    records = [a.seal(str(i).encode()) for i in range(100)]
+    assert b.open(records[5]) == b"5"
+    with pytest.raises(ReplayedMessage):
+        b.open(records[5])
+    assert b.open(records[3]) == b"3"  # reordering inside the window is fine
+    assert b.open(records[99]) == b"99"
+    with pytest.raises(StaleMessage):
+        b.open(records[10])  # 99 - 10 >= 64
+    assert b.open(records[40]) == b"40"
+
+
+def test_rekey_by_message_count() -> None:
+    limits = sm.SessionLimits(max_messages_per_epoch=3)
+    a, b = make_pair(limits).run()
+    epochs = []
+    for i in range(10):
+        assert b.open(a.seal(bytes([i]))) == bytes([i])
+        epochs.append(a.send_epoch)
+    assert epochs == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
+    assert b.recv_epoch == 3
+
+
+def test_rekey_by_time_and_epoch_rules() -> None:
+    limits = sm.SessionLimits(max_epoch_age=10.0, max_epoch_skip=2, max_session_age=100.0)
+    pair = make_pair(limits)
+    a, b = pair.run()
+    old = a.seal(b"old")
+    pair.clock.now += 10.0
+    new = a.seal(b"new")
+    assert a.send_epoch == 1
+    assert b.open(new) == b"new"
+    with pytest.raises(StaleMessage):  # earlier epoch after the receiver moved on
+        b.open(old)
+    # The sender may move several epochs while the receiver hears nothing.
+    pair.clock.now += 10.0
+    a.seal(b"lost")
+    pair.clock.now += 10.0
+    assert b.open(a.seal(b"skip")) == b"skip"
+    assert b.recv_epoch == 3
+    for _ in range(3):
+        pair.clock.now += 10.0
+        last = a.seal(b"far")
+    with pytest.raises(DecodeError):  # more than max_epoch_skip ahead
+        b.open(last)
+    assert not a.needs_handshake()
+    pair.clock.now += 100.0
+    assert a.needs_handshake()
+
+
+def test_record_size_limit() -> None:
+    a, b = make_pair(sm.SessionLimits(max_record_size=1024)).run()
+    with pytest.raises(LocalError):
+        a.seal(bytes(1024))
+    with pytest.raises(SizeLimitExceeded):
+        b.open(bytes(1025))
+
+
+def test_deterministic_with_injected_rng_apart_from_mlkem() -> None:
+    rng_state = random.Random(7)
+
+    def rng(n: int) -> bytes:
+        return rng_state.randbytes(n)
+
+    hello1 = make_pair(rng=rng).initiator.initiate()
+    rng_state.seed(7)
+    hello2 = make_pair(rng=rng).initiator.initiate()
+    assert hello1 == hello2
+
+
+# ------------------------------------------------------- property-based tests
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=sm.MAX_HANDSHAKE_MESSAGE_SIZE + 10))
+def test_decoder_rejects_or_round_trips_random_bytes(data: bytes) -> None:
+    try:
+        message = sm.decode_handshake_message(data)
+    except DecodeError:
+        return
+    assert message.encode() == data
+
+
+_VALID = make_pair()
+_HELLO = _VALID.initiator.initiate()
+_ACCEPT = _VALID.responder.receive(_HELLO)
+assert _ACCEPT is not None
+_FINISH = _VALID.initiator.receive(_ACCEPT)
+assert _FINISH is not None
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from([_HELLO, _ACCEPT, _FINISH]),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 255)), max_size=4),
+    st.integers(-3, 3),
+)
+def test_decoder_on_mutated_valid_messages(
+    base: bytes, edits: list[tuple[int, int]], resize: int
+) -> None:
+    data = bytearray(base)
+    for pos, mask in edits:
+        data[pos % len(data)] ^= mask
+    if resize < 0:
+        del data[resize:]
+    else:
+        data += bytes(resize)
+    try:
+        message = sm.decode_handshake_message(bytes(data))
+    except DecodeError:
+        return
+    assert message.encode() == bytes(data)
+
+
+@given(st.lists(st.integers(0, 400), max_size=200), st.sampled_from([64, 128]))
+def test_sliding_window_matches_a_model(counters: list[int], size: int) -> None:
+    window = sm.SlidingWindow(size)
+    seen: set[int] = set()
+    highest = -1
+    for c in counters:
+        if c in seen and c > highest - size:
+            with pytest.raises(ReplayedMessage):
+                window.accept(c)
+        elif c <= highest - size:
+            with pytest.raises(StaleMessage):
+                window.accept(c)
+        else:
+            window.accept(c)
+            seen.add(c)
+            highest = max(highest, c)
