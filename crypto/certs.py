@@ -1,0 +1,1229 @@
+"""Node certificates, revocation lists, the mesh authority and its delegates.
+
+Theory of operation
+-------------------
+The mesh authority (the *root*) is an Ed25519 key (RFC 8032). It signs node
+certificates, each binding a node id, tier, roles and the node's three public
+keys (:class:`~securemesh.crypto.identity.PublicKeys`) to a validity period,
+and it signs versioned revocation lists. An edge may hold a *delegated
+authority*: its certificate carries a :class:`Delegation` naming the tiers it
+may issue (normally only ``end``), so it can enroll devices while the cloud
+is unreachable. Chains are at most one delegate deep: a delegate cannot
+delegate further.
+
+:func:`verify_certificate` returns the verified :class:`Certificate` or raises;
+it checks, in this order (each step with its own exception class):
+
+1. size (at most :data:`MAX_CERT_SIZE`) and well-formedness -> ``CertificateMalformed``;
+2. the issuer is a trusted root, or a delegated authority whose own certificate
+   passes steps 1-6 against a root at the same ``now`` -> ``UnknownIssuer``
+   (or the issuing authority's own error);
+3. the issuer's Ed25519 signature -> ``CertificateSignatureInvalid``;
+4. for a delegate-issued certificate, the delegation allows its tier and it is
+   not itself an authority -> ``DelegationNotAllowed``;
+5. ``not_before <= now < not_after`` -> ``CertificateNotYetValid`` / ``CertificateExpired``;
+6. neither its serial nor its node id is on the root's current revocation list
+   -> ``CertificateRevoked``.
+
+Serial numbers are random 63-bit integers (1 .. 2**63-1, from
+:func:`secrets.randbits`, injectable): no counter to persist or to collide
+between a root and its delegates, and they fit a signed 64-bit database column.
+Times are integer Unix seconds; the caller passes ``now``.
+
+Canonical encoding, version 1
+-----------------------------
+Binary, big-endian, no optional padding, every field in a fixed order; a
+decoder must consume every byte and refuse anything non-canonical, so each
+certificate has exactly one encoding. ``str8`` is a u8 length followed by that
+many ASCII bytes. Identifiers (node ids, issuer ids) match
+``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``; roles match ``[A-Za-z0-9._:-]{1,32}``.
+Tier codes: 1 = end, 2 = edge, 3 = cloud. ::
+
+    certificate :=
+        "SMC"            3 bytes magic
+        u8               format version = 1
+        u64              serial, 1 .. 2**63-1
+        str8             node_id
+        u8               tier code
+        u8               role count, 0..16
+        str8 * count     roles, strictly increasing bytewise (sorted, no duplicates)
+        32 bytes         verify_key  (Ed25519)
+        32 bytes         kx_key      (X25519)
+        32 bytes         curve_key   (Curve25519, CurveZMQ)
+        u64              not_before  (Unix seconds)
+        u64              not_after   (not_before < not_after <= 2**63-1)
+        str8             issuer      (authority id; for a delegate: its node_id)
+        u8               0 = not an authority, 1 = delegated authority, followed by
+          u8             tier count 1..3 and that many tier codes, strictly increasing
+
+    signed certificate := certificate || signature (64 bytes)
+    signature          := Ed25519(issuer key, b"securemesh/cert/v1\\x00" || certificate)
+
+    revocation list :=
+        "SMR"            3 bytes magic
+        u8               format version = 1
+        u64              list version, 1 .. 2**63-1, strictly increasing per issuer
+        u64              issued_at (Unix seconds)
+        str8             issuer (a root authority id)
+        u32              serial count, then that many u64 serials, strictly increasing
+        u32              node count, then that many str8 node ids, strictly increasing
+
+    signed list := revocation list || signature (64 bytes)
+    signature   := Ed25519(root key, b"securemesh/revocation/v1\\x00" || revocation list)
+
+A signed certificate is at most :data:`MAX_CERT_SIZE` (4 KiB) and a signed
+revocation list at most :data:`MAX_REVOCATION_LIST_SIZE` (1 MiB); decoders
+check the size before parsing anything. Revocation lists are issued by roots
+only; a delegate's certificates are revoked through its root's list (by serial
+or node id), and revoking a delegate's node id cuts off everything it issued.
+
+Persistence: :meth:`Authority.save` writes ``authority.key`` (the Ed25519 seed,
+encrypted with :mod:`securemesh.crypto.keystore`) and ``authority.json``
+(non-secret state: id, public key, revoked sets, the current signed list),
+both atomically with 0600 permissions. Call :meth:`Authority.save_state` after
+every :meth:`Authority.revoke` so that list versions are never reused.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import math
+import os
+import re
+import secrets
+import struct
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar
+
+from securemesh.crypto import keystore
+from securemesh.crypto.identity import PublicKeys
+from securemesh.crypto.signing import (
+    SIGNATURE_SIZE,
+    VERIFY_KEY_SIZE,
+    Ed25519Signer,
+    Signer,
+    verify_signature,
+)
+from securemesh.errors import (
+    AuthenticationError,
+    CertificateError,
+    CertificateExpired,
+    CertificateMalformed,
+    CertificateNotYetValid,
+    CertificateRevoked,
+    CertificateSignatureInvalid,
+    CorruptKeyFile,
+    DelegationNotAllowed,
+    KeyStoreError,
+    LocalError,
+    RevocationListRollback,
+    UnknownIssuer,
+)
+
+__all__ = [
+    "CERT_DOMAIN",
+    "CERT_FORMAT_VERSION",
+    "MAX_CERT_SIZE",
+    "MAX_REVOCATION_LIST_SIZE",
+    "MAX_ROLES",
+    "REVOCATION_DOMAIN",
+    "Authority",
+    "Certificate",
+    "DelegatedAuthority",
+    "Delegation",
+    "RevocationList",
+    "SignedCertificate",
+    "SignedRevocationList",
+    "Tier",
+    "TrustStore",
+    "validate_node_id",
+    "verify_certificate",
+    "verify_revocation_list",
+]
+
+CERT_FORMAT_VERSION = 1
+CERT_DOMAIN = b"securemesh/cert/v1\x00"
+REVOCATION_DOMAIN = b"securemesh/revocation/v1\x00"
+MAX_CERT_SIZE = 4 * 1024
+MAX_REVOCATION_LIST_SIZE = 1024 * 1024
+MAX_ROLES = 16
+_CERT_MAGIC = b"SMC"
+_RL_MAGIC = b"SMR"
+_MAX_U63 = (1 << 63) - 1
+_KEY = 32
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ROLE_RE = re.compile(r"[A-Za-z0-9._:-]{1,32}")
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+
+Randbits = Callable[[int], int]
+
+
+class Tier(StrEnum):
+    """Where a node sits: an end device, an edge server or a cloud node."""
+
+    END = "end"
+    EDGE = "edge"
+    CLOUD = "cloud"
+
+
+_TIER_CODE: dict[Tier, int] = {Tier.END: 1, Tier.EDGE: 2, Tier.CLOUD: 3}
+_CODE_TIER: dict[int, Tier] = {v: k for k, v in _TIER_CODE.items()}
+
+
+def validate_node_id(value: str, *, what: str = "node id") -> str:
+    """Return ``value`` if it is a valid node or authority id, else raise LocalError."""
+    if not isinstance(value, str) or _ID_RE.fullmatch(value) is None:
+        raise LocalError(f"invalid {what}: must match [A-Za-z0-9][A-Za-z0-9._-]{{0,63}}")
+    return value
+
+
+def _check_int(value: object, what: str, low: int, high: int) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise LocalError(f"{what} must be an integer in {low}..{high}")
+    return value
+
+
+def _check_key(value: object, what: str) -> bytes:
+    if type(value) is not bytes or len(value) != _KEY:
+        raise LocalError(f"{what} must be {_KEY} bytes")
+    return value
+
+
+def _to_tier(value: Tier | str) -> Tier:
+    try:
+        return Tier(value)
+    except ValueError as exc:
+        raise LocalError(f"unknown tier {value!r}") from exc
+
+
+def _floor_now(now: float) -> int:
+    if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+        raise LocalError("now must be a finite number of Unix seconds")
+    return math.floor(now)
+
+
+# ------------------------------------------------------------------ byte helpers
+
+
+def _str8(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return bytes([len(raw)]) + raw
+
+
+class _Reader:
+    """Bounds-checked cursor; every failure is CertificateMalformed."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def take(self, n: int) -> bytes:
+        end = self._pos + n
+        if end > len(self._data):
+            raise CertificateMalformed("truncated")
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u32(self) -> int:
+        value: int = _U32.unpack(self.take(4))[0]
+        return value
+
+    def u64(self) -> int:
+        value: int = _U64.unpack(self.take(8))[0]
+        return value
+
+    def str8(self) -> str:
+        raw = self.take(self.u8())
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise CertificateMalformed("non-ASCII text") from exc
+
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def end(self) -> None:
+        if self._pos != len(self._data):
+            raise CertificateMalformed("trailing bytes")
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    if not isinstance(text, str) or not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64e(data) != text:
+        raise ValueError("non-canonical base64url")
+    return data
+
+
+# ------------------------------------------------------------------ certificates
+
+
+@dataclass(frozen=True, slots=True)
+class Delegation:
+    """The constraint on a delegated authority: which tiers it may issue certificates for."""
+
+    tiers: frozenset[Tier]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tiers, frozenset) or not self.tiers:
+            raise LocalError("a delegation names a non-empty frozenset of tiers")
+        if not all(isinstance(t, Tier) for t in self.tiers):
+            raise LocalError("delegation tiers must be Tier values")
+
+    def allows(self, tier: Tier) -> bool:
+        return tier in self.tiers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Certificate:
+    """A node certificate (unsigned content). Values are validated on construction."""
+
+    version: int = CERT_FORMAT_VERSION
+    serial: int
+    node_id: str
+    tier: Tier
+    roles: tuple[str, ...] = ()
+    verify_key: bytes
+    kx_key: bytes
+    curve_key: bytes
+    not_before: int
+    not_after: int
+    issuer: str
+    delegation: Delegation | None = None
+
+    def __post_init__(self) -> None:
+        if self.version != CERT_FORMAT_VERSION or type(self.version) is not int:
+            raise LocalError(f"unsupported certificate version {self.version!r}")
+        _check_int(self.serial, "serial", 1, _MAX_U63)
+        validate_node_id(self.node_id)
+        validate_node_id(self.issuer, what="issuer id")
+        if not isinstance(self.tier, Tier):
+            raise LocalError("tier must be a Tier")
+        if type(self.roles) is not tuple or len(self.roles) > MAX_ROLES:
+            raise LocalError(f"roles must be a tuple of at most {MAX_ROLES} strings")
+        for role in self.roles:
+            if not isinstance(role, str) or _ROLE_RE.fullmatch(role) is None:
+                raise LocalError("invalid role: must match [A-Za-z0-9._:-]{1,32}")
+        if any(a >= b for a, b in itertools.pairwise(self.roles)):
+            raise LocalError("roles must be sorted and free of duplicates")
+        _check_key(self.verify_key, "verify_key")
+        _check_key(self.kx_key, "kx_key")
+        _check_key(self.curve_key, "curve_key")
+        _check_int(self.not_before, "not_before", 0, _MAX_U63 - 1)
+        _check_int(self.not_after, "not_after", self.not_before + 1, _MAX_U63)
+        if self.delegation is not None and not isinstance(self.delegation, Delegation):
+            raise LocalError("delegation must be a Delegation or None")
+
+    # --------------------------------------------------------------- encoding
+
+    def to_bytes(self) -> bytes:
+        """The canonical version-1 encoding (module docstring)."""
+        parts = [
+            _CERT_MAGIC,
+            bytes([self.version]),
+            _U64.pack(self.serial),
+            _str8(self.node_id),
+            bytes([_TIER_CODE[self.tier], len(self.roles)]),
+            *(_str8(role) for role in self.roles),
+            self.verify_key,
+            self.kx_key,
+            self.curve_key,
+            _U64.pack(self.not_before),
+            _U64.pack(self.not_after),
+            _str8(self.issuer),
+        ]
+        if self.delegation is None:
+            parts.append(b"\x00")
+        else:
+            codes = sorted(_TIER_CODE[t] for t in self.delegation.tiers)
+            parts.append(bytes([1, len(codes), *codes]))
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Certificate:
+        """Decode the canonical encoding; CertificateMalformed on anything else."""
+        if len(data) > MAX_CERT_SIZE:
+            raise CertificateMalformed("certificate too large")
+        data = bytes(data)
+        reader = _Reader(data)
+        if reader.take(3) != _CERT_MAGIC:
+            raise CertificateMalformed("not a certificate (bad magic)")
+        version = reader.u8()
+        if version != CERT_FORMAT_VERSION:
+            raise CertificateMalformed(f"unsupported certificate version {version}")
+        serial = reader.u64()
+        node_id = reader.str8()
+        tier = _CODE_TIER.get(reader.u8())
+        if tier is None:
+            raise CertificateMalformed("unknown tier code")
+        roles = tuple(reader.str8() for _ in range(reader.u8()))
+        verify_key, kx_key, curve_key = reader.take(_KEY), reader.take(_KEY), reader.take(_KEY)
+        not_before, not_after = reader.u64(), reader.u64()
+        issuer = reader.str8()
+        flag = reader.u8()
+        delegation: Delegation | None = None
+        if flag == 1:
+            codes = [reader.u8() for _ in range(reader.u8())]
+            if any(a >= b for a, b in itertools.pairwise(codes)):
+                raise CertificateMalformed("delegation tiers not strictly increasing")
+            if not codes or any(c not in _CODE_TIER for c in codes):
+                raise CertificateMalformed("bad delegation tier codes")
+            delegation = Delegation(frozenset(_CODE_TIER[c] for c in codes))
+        elif flag != 0:
+            raise CertificateMalformed("bad delegation flag")
+        reader.end()
+        try:
+            cert = cls(
+                version=version,
+                serial=serial,
+                node_id=node_id,
+                tier=tier,
+                roles=roles,
+                verify_key=verify_key,
+                kx_key=kx_key,
+                curve_key=curve_key,
+                not_before=not_before,
+                not_after=not_after,
+                issuer=issuer,
+                delegation=delegation,
+            )
+        except LocalError as exc:
+            raise CertificateMalformed(str(exc)) from exc
+        if cert.to_bytes() != data:  # belt and braces: exactly one encoding per certificate
+            raise CertificateMalformed("non-canonical encoding")
+        return cert
+
+    def signed_message(self) -> bytes:
+        """The bytes the issuer signs: the domain prefix followed by :meth:`to_bytes`."""
+        return CERT_DOMAIN + self.to_bytes()
+
+    # ------------------------------------------------------------ conveniences
+
+    @property
+    def is_authority(self) -> bool:
+        return self.delegation is not None
+
+    def public_keys(self) -> PublicKeys:
+        return PublicKeys(verify_key=self.verify_key, kx_key=self.kx_key, curve_key=self.curve_key)
+
+    def is_valid_at(self, now: float) -> bool:
+        return self.not_before <= now < self.not_after
+
+
+@dataclass(frozen=True, slots=True)
+class SignedCertificate:
+    """Certificate bytes plus the issuer's signature. Built by authorities or :meth:`from_bytes`.
+
+    Holding one proves nothing: pass it to :func:`verify_certificate`.
+    """
+
+    cert_bytes: bytes
+    signature: bytes
+    _cert: Certificate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.signature) is not bytes or len(self.signature) != SIGNATURE_SIZE:
+            raise CertificateMalformed("bad signature length")
+        if len(self.cert_bytes) + SIGNATURE_SIZE > MAX_CERT_SIZE:
+            raise CertificateMalformed("certificate too large")
+        object.__setattr__(self, "_cert", Certificate.from_bytes(self.cert_bytes))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedCertificate:
+        """Split and decode (size first); CertificateMalformed if not well-formed."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise CertificateMalformed("a signed certificate is bytes")
+        if len(data) > MAX_CERT_SIZE:
+            raise CertificateMalformed(f"signed certificate larger than {MAX_CERT_SIZE} bytes")
+        data = bytes(data)
+        if len(data) <= SIGNATURE_SIZE:
+            raise CertificateMalformed("signed certificate truncated")
+        return cls(data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:])
+
+    def to_bytes(self) -> bytes:
+        return self.cert_bytes + self.signature
+
+    def unverified_certificate(self) -> Certificate:
+        """The decoded content, **not verified**; use :func:`verify_certificate` to trust it."""
+        return self._cert
+
+    def __repr__(self) -> str:
+        cert = self._cert
+        return (
+            f"SignedCertificate(node_id={cert.node_id!r}, tier={cert.tier.value!r}, "
+            f"serial={cert.serial}, issuer={cert.issuer!r})"
+        )
+
+
+# -------------------------------------------------------------- revocation lists
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationList:
+    """Serials and node ids a root has revoked; ``version`` only ever increases."""
+
+    version: int
+    issued_at: int
+    issuer: str
+    serials: frozenset[int] = frozenset()
+    node_ids: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        _check_int(self.version, "revocation list version", 1, _MAX_U63)
+        _check_int(self.issued_at, "issued_at", 0, _MAX_U63)
+        validate_node_id(self.issuer, what="issuer id")
+        if not isinstance(self.serials, frozenset) or not isinstance(self.node_ids, frozenset):
+            raise LocalError("serials and node_ids are frozensets")
+        for serial in self.serials:
+            _check_int(serial, "revoked serial", 1, _MAX_U63)
+        for node_id in self.node_ids:
+            validate_node_id(node_id)
+
+    def revokes(self, cert: Certificate) -> bool:
+        return cert.serial in self.serials or cert.node_id in self.node_ids
+
+    def to_bytes(self) -> bytes:
+        serials = sorted(self.serials)
+        node_ids = sorted(self.node_ids, key=lambda s: s.encode("ascii"))
+        return b"".join(
+            [
+                _RL_MAGIC,
+                bytes([CERT_FORMAT_VERSION]),
+                _U64.pack(self.version),
+                _U64.pack(self.issued_at),
+                _str8(self.issuer),
+                _U32.pack(len(serials)),
+                *(_U64.pack(s) for s in serials),
+                _U32.pack(len(node_ids)),
+                *(_str8(n) for n in node_ids),
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RevocationList:
+        if len(data) > MAX_REVOCATION_LIST_SIZE:
+            raise CertificateMalformed("revocation list too large")
+        data = bytes(data)
+        reader = _Reader(data)
+        if reader.take(3) != _RL_MAGIC:
+            raise CertificateMalformed("not a revocation list (bad magic)")
+        if reader.u8() != CERT_FORMAT_VERSION:
+            raise CertificateMalformed("unsupported revocation list format")
+        version, issued_at = reader.u64(), reader.u64()
+        issuer = reader.str8()
+        count = reader.u32()
+        if count * 8 > reader.remaining():
+            raise CertificateMalformed("truncated")
+        serials = [reader.u64() for _ in range(count)]
+        count = reader.u32()
+        if count > reader.remaining():
+            raise CertificateMalformed("truncated")
+        node_ids = [reader.str8() for _ in range(count)]
+        reader.end()
+        if any(a >= b for a, b in itertools.pairwise(serials)) or any(
+            a.encode() >= b.encode() for a, b in itertools.pairwise(node_ids)
+        ):
+            raise CertificateMalformed("revocation entries not strictly increasing")
+        try:
+            return cls(
+                version=version,
+                issued_at=issued_at,
+                issuer=issuer,
+                serials=frozenset(serials),
+                node_ids=frozenset(node_ids),
+            )
+        except LocalError as exc:
+            raise CertificateMalformed(str(exc)) from exc
+
+    def signed_message(self) -> bytes:
+        return REVOCATION_DOMAIN + self.to_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRevocationList:
+    """Revocation-list bytes plus the root's signature; pass to :func:`verify_revocation_list`."""
+
+    list_bytes: bytes
+    signature: bytes
+    _list: RevocationList = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if type(self.signature) is not bytes or len(self.signature) != SIGNATURE_SIZE:
+            raise CertificateMalformed("bad signature length")
+        object.__setattr__(self, "_list", RevocationList.from_bytes(self.list_bytes))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedRevocationList:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise CertificateMalformed("a signed revocation list is bytes")
+        if len(data) > MAX_REVOCATION_LIST_SIZE:
+            raise CertificateMalformed("signed revocation list too large")
+        data = bytes(data)
+        if len(data) <= SIGNATURE_SIZE:
+            raise CertificateMalformed("signed revocation list truncated")
+        return cls(data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:])
+
+    def to_bytes(self) -> bytes:
+        return self.list_bytes + self.signature
+
+    def unverified_list(self) -> RevocationList:
+        """The decoded content, **not verified**."""
+        return self._list
+
+    def __repr__(self) -> str:
+        rl = self._list
+        return f"SignedRevocationList(issuer={rl.issuer!r}, version={rl.version})"
+
+
+# ------------------------------------------------------------------ verification
+
+
+class TrustStore:
+    """What a node trusts: root keys, known delegated authorities, current revocation lists.
+
+    Mutated only through methods that verify their input first. Revocation
+    lists are kept per root and never roll back: an older list, or a different
+    list with the same version, is refused with RevocationListRollback.
+    """
+
+    def __init__(self, roots: Mapping[str, bytes] | None = None) -> None:
+        self._roots: dict[str, bytes] = {}
+        self._delegates: dict[str, SignedCertificate] = {}
+        self._lists: dict[str, tuple[RevocationList, bytes]] = {}
+        for authority_id, key in (roots or {}).items():
+            self.add_root(authority_id, key)
+
+    def add_root(self, authority_id: str, verify_key: bytes) -> None:
+        validate_node_id(authority_id, what="authority id")
+        if type(verify_key) is not bytes or len(verify_key) != VERIFY_KEY_SIZE:
+            raise LocalError("a root verify key is 32 bytes")
+        if authority_id in self._delegates:
+            raise LocalError(f"{authority_id!r} is already a delegated authority")
+        known = self._roots.get(authority_id)
+        if known is not None and known != verify_key:
+            raise LocalError(f"root {authority_id!r} already has a different key")
+        self._roots[authority_id] = verify_key
+
+    @property
+    def roots(self) -> Mapping[str, bytes]:
+        return dict(self._roots)
+
+    def root_key(self, authority_id: str) -> bytes | None:
+        return self._roots.get(authority_id)
+
+    def add_delegated_authority(
+        self, signed: SignedCertificate | bytes, *, now: float
+    ) -> Certificate:
+        """Verify a delegated authority's certificate against a root and remember it."""
+        signed = _as_signed(signed)
+        cert = _verify(signed, trust=self, now=now, intermediates={}, depth=1)
+        if cert.delegation is None:
+            raise DelegationNotAllowed("certificate does not carry a delegation")
+        if cert.node_id in self._roots:
+            raise DelegationNotAllowed("a delegated authority may not shadow a root id")
+        self._delegates[cert.node_id] = signed
+        return cert
+
+    @property
+    def delegated_authorities(self) -> Mapping[str, SignedCertificate]:
+        return dict(self._delegates)
+
+    def update_revocation_list(self, blob: SignedRevocationList | bytes) -> RevocationList:
+        """Verify and install a newer revocation list; refuse rollbacks."""
+        signed = _as_signed_list(blob)
+        rl = verify_revocation_list(signed, trust=self)
+        current = self._lists.get(rl.issuer)
+        if current is not None:
+            known, known_bytes = current
+            if rl.version < known.version:
+                raise RevocationListRollback(
+                    f"revocation list version {rl.version} is older than {known.version}"
+                )
+            if rl.version == known.version:
+                if signed.list_bytes != known_bytes:
+                    raise RevocationListRollback("a different list with the same version")
+                return known
+        self._lists[rl.issuer] = (rl, signed.list_bytes)
+        return rl
+
+    def revocation_list(self, issuer: str) -> RevocationList | None:
+        entry = self._lists.get(issuer)
+        return None if entry is None else entry[0]
+
+
+def _as_signed(blob: SignedCertificate | bytes) -> SignedCertificate:
+    if isinstance(blob, SignedCertificate):
+        return blob
+    return SignedCertificate.from_bytes(blob)
+
+
+def _as_signed_list(blob: SignedRevocationList | bytes) -> SignedRevocationList:
+    if isinstance(blob, SignedRevocationList):
+        return blob
+    return SignedRevocationList.from_bytes(blob)
+
+
+def _check_signature(key: bytes, message: bytes, signature: bytes, what: str) -> None:
+    try:
+        verify_signature(key, message, signature)
+    except AuthenticationError as exc:
+        raise CertificateSignatureInvalid(f"{what} signature does not verify") from exc
+
+
+def _verify(
+    signed: SignedCertificate,
+    *,
+    trust: TrustStore,
+    now: float,
+    intermediates: Mapping[str, SignedCertificate],
+    depth: int,
+) -> Certificate:
+    """Steps 2-6 of the module docstring; ``depth`` 1 means only roots may issue."""
+    cert = signed.unverified_certificate()
+    # 2. issuer known (a root, or a delegate whose own certificate verifies now)
+    root_id = cert.issuer
+    issuer_key = trust.root_key(cert.issuer)
+    parent: Certificate | None = None
+    if issuer_key is None:
+        parent_signed = trust.delegated_authorities.get(cert.issuer) or intermediates.get(
+            cert.issuer
+        )
+        if parent_signed is None or depth >= 1:
+            raise UnknownIssuer(f"issuer {cert.issuer!r} is not trusted")
+        try:
+            parent = _verify(parent_signed, trust=trust, now=now, intermediates={}, depth=1)
+        except CertificateError as exc:
+            raise type(exc)(f"issuing authority {cert.issuer!r}: {exc}") from exc
+        if parent.delegation is None:
+            raise DelegationNotAllowed(f"issuer {cert.issuer!r} is not an authority")
+        issuer_key, root_id = parent.verify_key, parent.issuer
+    # 3. signature
+    _check_signature(issuer_key, CERT_DOMAIN + signed.cert_bytes, signed.signature, "certificate")
+    # 4. delegation constraint (path length 0 below a delegate)
+    if parent is not None:
+        assert parent.delegation is not None
+        if cert.delegation is not None:
+            raise DelegationNotAllowed("a delegated authority cannot delegate further")
+        if not parent.delegation.allows(cert.tier):
+            raise DelegationNotAllowed(
+                f"issuer {cert.issuer!r} may not issue {cert.tier.value!r} certificates"
+            )
+    # 5. validity period
+    if now < cert.not_before:
+        raise CertificateNotYetValid(f"certificate not valid before {cert.not_before}")
+    if now >= cert.not_after:
+        raise CertificateExpired(f"certificate expired at {cert.not_after}")
+    # 6. revocation
+    rl = trust.revocation_list(root_id)
+    if rl is not None and rl.revokes(cert):
+        raise CertificateRevoked(f"certificate {cert.serial} of {cert.node_id!r} is revoked")
+    return cert
+
+
+def verify_certificate(
+    blob_or_signed: SignedCertificate | bytes,
+    *,
+    trust: TrustStore,
+    now: float,
+    intermediates: Iterable[SignedCertificate | bytes] = (),
+) -> Certificate:
+    """Return the verified certificate, or raise a CertificateError subclass.
+
+    ``intermediates`` may supply delegated-authority certificates the trust
+    store does not know yet (e.g. sent along by an edge); they are verified
+    against the roots like any other certificate.
+    """
+    signed = _as_signed(blob_or_signed)
+    extra: dict[str, SignedCertificate] = {}
+    for item in intermediates:
+        inter = _as_signed(item)
+        extra[inter.unverified_certificate().node_id] = inter
+    return _verify(signed, trust=trust, now=now, intermediates=extra, depth=0)
+
+
+def verify_revocation_list(
+    blob: SignedRevocationList | bytes, *, trust: TrustStore
+) -> RevocationList:
+    """Return the verified list, or raise CertificateMalformed / UnknownIssuer /
+    CertificateSignatureInvalid (the same classes as for certificates)."""
+    signed = _as_signed_list(blob)
+    rl = signed.unverified_list()
+    key = trust.root_key(rl.issuer)
+    if key is None:
+        raise UnknownIssuer(f"revocation list issuer {rl.issuer!r} is not a trusted root")
+    _check_signature(
+        key, REVOCATION_DOMAIN + signed.list_bytes, signed.signature, "revocation list"
+    )
+    return rl
+
+
+# -------------------------------------------------------------------- authorities
+
+
+def _new_serial(randbits: Randbits) -> int:
+    for _ in range(64):
+        serial = randbits(63)
+        if 1 <= serial <= _MAX_U63:
+            return serial
+    raise LocalError("the serial-number source returns no usable values")
+
+
+def _normalize_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(roles, str):
+        raise LocalError("roles is an iterable of strings, not one string")
+    return tuple(sorted(set(roles)))
+
+
+def _sign_cert(signer: Signer, cert: Certificate) -> SignedCertificate:
+    body = cert.to_bytes()
+    return SignedCertificate(body, signer.sign(CERT_DOMAIN + body))
+
+
+_AUTHORITY_PAYLOAD = b"SMAK\x01"
+
+
+class Authority:
+    """The mesh's root authority: issues, renews, delegates and revokes.
+
+    Build with :meth:`create` (new key) or :meth:`load`. Its secret key is an
+    :class:`~securemesh.crypto.signing.Ed25519Signer`, never printed.
+    """
+
+    KEY_FILE: ClassVar[str] = "authority.key"
+    STATE_FILE: ClassVar[str] = "authority.json"
+    STATE_FORMAT: ClassVar[str] = "securemesh-authority-state"
+
+    def __init__(
+        self,
+        authority_id: str,
+        signer: Ed25519Signer,
+        *,
+        created_at: int,
+        revocation_list: SignedRevocationList,
+        randbits: Randbits = secrets.randbits,
+    ) -> None:
+        self._id = validate_node_id(authority_id, what="authority id")
+        self._signer = signer
+        self._created_at = _check_int(created_at, "created_at", 0, _MAX_U63)
+        self._randbits = randbits
+        rl = revocation_list.unverified_list()
+        if rl.issuer != authority_id:
+            raise LocalError("the revocation list belongs to another authority")
+        _check_signature(
+            signer.verify_key,
+            REVOCATION_DOMAIN + revocation_list.list_bytes,
+            revocation_list.signature,
+            "revocation list",
+        )
+        self._rl_signed = revocation_list
+
+    @classmethod
+    def create(
+        cls,
+        authority_id: str,
+        *,
+        now: float,
+        signer: Ed25519Signer | None = None,
+        randbits: Randbits = secrets.randbits,
+    ) -> Authority:
+        """A new authority with a fresh key (or ``signer``) and an empty list, version 1."""
+        validate_node_id(authority_id, what="authority id")
+        signer = signer or Ed25519Signer.generate()
+        issued = _floor_now(now)
+        first = RevocationList(version=1, issued_at=issued, issuer=authority_id)
+        body = first.to_bytes()
+        signed = SignedRevocationList(body, signer.sign(REVOCATION_DOMAIN + body))
+        return cls(
+            authority_id, signer, created_at=issued, revocation_list=signed, randbits=randbits
+        )
+
+    # ----------------------------------------------------------------- identity
+
+    @property
+    def authority_id(self) -> str:
+        return self._id
+
+    @property
+    def verify_key(self) -> bytes:
+        return self._signer.verify_key
+
+    @property
+    def created_at(self) -> int:
+        return self._created_at
+
+    @property
+    def revocation_list(self) -> SignedRevocationList:
+        """The current signed revocation list (push this to every node)."""
+        return self._rl_signed
+
+    def trust_store(self) -> TrustStore:
+        """A fresh TrustStore trusting this root, with the current revocation list."""
+        trust = TrustStore({self._id: self.verify_key})
+        trust.update_revocation_list(self._rl_signed)
+        return trust
+
+    # ------------------------------------------------------------------ issuing
+
+    def _check_not_revoked(self, node_id: str) -> None:
+        if node_id in self._rl_signed.unverified_list().node_ids:
+            raise LocalError(f"node {node_id!r} is revoked; use a new node id")
+
+    def issue(
+        self,
+        node_id: str,
+        tier: Tier | str,
+        roles: Iterable[str],
+        keys: PublicKeys,
+        *,
+        lifetime_s: int,
+        now: float,
+        backdate_s: int = 0,
+    ) -> SignedCertificate:
+        """Sign a certificate valid ``[now - backdate_s, now + lifetime_s)``."""
+        return self._issue(
+            node_id,
+            tier=tier,
+            roles=roles,
+            keys=keys,
+            lifetime_s=lifetime_s,
+            now=now,
+            backdate_s=backdate_s,
+            delegation=None,
+        )
+
+    def delegate(
+        self,
+        edge_cert: Certificate | SignedCertificate,
+        *,
+        tiers: Iterable[Tier | str] = (Tier.END,),
+        lifetime_s: int,
+        now: float,
+        backdate_s: int = 0,
+    ) -> SignedCertificate:
+        """Issue an authority certificate to an edge (or cloud) node for ``tiers``.
+
+        The new certificate reuses the node's id, roles and keys; the node's
+        :class:`~securemesh.crypto.identity.NodeIdentity` then signs as a
+        :class:`DelegatedAuthority`.
+        """
+        if isinstance(edge_cert, SignedCertificate):
+            edge_cert = edge_cert.unverified_certificate()
+        if edge_cert.tier is Tier.END:
+            raise LocalError("end devices cannot hold a delegated authority")
+        delegation = Delegation(frozenset(_to_tier(t) for t in tiers))
+        return self._issue(
+            edge_cert.node_id,
+            tier=edge_cert.tier,
+            roles=edge_cert.roles,
+            keys=edge_cert.public_keys(),
+            lifetime_s=lifetime_s,
+            now=now,
+            backdate_s=backdate_s,
+            delegation=delegation,
+        )
+
+    def _issue(
+        self,
+        node_id: str,
+        *,
+        tier: Tier | str,
+        roles: Iterable[str],
+        keys: PublicKeys,
+        lifetime_s: int,
+        now: float,
+        backdate_s: int,
+        delegation: Delegation | None,
+    ) -> SignedCertificate:
+        validate_node_id(node_id)
+        self._check_not_revoked(node_id)
+        if not isinstance(keys, PublicKeys):
+            raise LocalError("keys must be PublicKeys")
+        _check_int(lifetime_s, "lifetime_s", 1, _MAX_U63)
+        _check_int(backdate_s, "backdate_s", 0, _MAX_U63)
+        not_before = max(0, _floor_now(now) - backdate_s)
+        cert = Certificate(
+            serial=_new_serial(self._randbits),
+            node_id=node_id,
+            tier=_to_tier(tier),
+            roles=_normalize_roles(roles),
+            verify_key=keys.verify_key,
+            kx_key=keys.kx_key,
+            curve_key=keys.curve_key,
+            not_before=not_before,
+            not_after=min(_MAX_U63, _floor_now(now) + lifetime_s),
+            issuer=self._id,
+            delegation=delegation,
+        )
+        return _sign_cert(self._signer, cert)
+
+    def renew(
+        self, cert: SignedCertificate | bytes, *, now: float, lifetime_s: int
+    ) -> SignedCertificate:
+        """A new certificate (new serial, new period) for the same node, keys and roles.
+
+        The old certificate must carry this authority's valid signature and be
+        unrevoked; it may have expired (the caller decides how late is too late).
+        """
+        signed = _as_signed(cert)
+        old = signed.unverified_certificate()
+        if old.issuer != self._id:
+            raise UnknownIssuer(f"certificate was issued by {old.issuer!r}, not {self._id!r}")
+        _check_signature(
+            self.verify_key, CERT_DOMAIN + signed.cert_bytes, signed.signature, "certificate"
+        )
+        if self._rl_signed.unverified_list().revokes(old):
+            raise CertificateRevoked(f"certificate {old.serial} of {old.node_id!r} is revoked")
+        return self._issue(
+            old.node_id,
+            tier=old.tier,
+            roles=old.roles,
+            keys=old.public_keys(),
+            lifetime_s=lifetime_s,
+            now=now,
+            backdate_s=0,
+            delegation=old.delegation,
+        )
+
+    # --------------------------------------------------------------- revocation
+
+    def revoke(
+        self,
+        target: str | int | None = None,
+        *,
+        node_ids: Iterable[str] = (),
+        serials: Iterable[int] = (),
+        now: float,
+    ) -> SignedRevocationList:
+        """Add a node id (``str``) or serial (``int``) and return the new signed list.
+
+        The list version goes up by one each call. Persist with :meth:`save_state`.
+        """
+        add_nodes = set(node_ids)
+        add_serials = set(serials)
+        if isinstance(target, str):
+            add_nodes.add(target)
+        elif isinstance(target, int) and not isinstance(target, bool):
+            add_serials.add(target)
+        elif target is not None:
+            raise LocalError("revoke a node id (str) or a serial (int)")
+        if not add_nodes and not add_serials:
+            raise LocalError("nothing to revoke")
+        current = self._rl_signed.unverified_list()
+        issued = _floor_now(now)
+        new = RevocationList(
+            version=current.version + 1,
+            issued_at=max(issued, current.issued_at),
+            issuer=self._id,
+            serials=current.serials | frozenset(add_serials),
+            node_ids=current.node_ids | frozenset(add_nodes),
+        )
+        body = new.to_bytes()
+        if len(body) + SIGNATURE_SIZE > MAX_REVOCATION_LIST_SIZE:
+            raise LocalError("revocation list would exceed its size limit")
+        self._rl_signed = SignedRevocationList(body, self._signer.sign(REVOCATION_DOMAIN + body))
+        return self._rl_signed
+
+    # -------------------------------------------------------------- persistence
+
+    def save(
+        self,
+        directory: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        params: keystore.KdfParams = keystore.DEFAULT_PARAMS,
+    ) -> None:
+        """Write the encrypted key and the state file into ``directory`` (created 0700)."""
+        path = Path(directory)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keystore.write_secret_file(
+            path / self.KEY_FILE,
+            _AUTHORITY_PAYLOAD + self._signer.seed(),
+            passphrase,
+            params=params,
+            overwrite=True,
+        )
+        self.save_state(path)
+
+    def save_state(self, directory: str | os.PathLike[str]) -> None:
+        """Write only the non-secret state (no passphrase needed)."""
+        rl = self._rl_signed.unverified_list()
+        state = {
+            "format": self.STATE_FORMAT,
+            "version": 1,
+            "authority_id": self._id,
+            "verify_key": _b64e(self.verify_key),
+            "created_at": self._created_at,
+            "revocation_list": _b64e(self._rl_signed.to_bytes()),
+            "revocation_list_version": rl.version,
+        }
+        data = json.dumps(state, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        keystore.write_file_atomic(Path(directory) / self.STATE_FILE, data, overwrite=True)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        passphrase: str | bytes,
+        *,
+        randbits: Randbits = secrets.randbits,
+    ) -> Authority:
+        """Load a saved authority; CorruptKeyFile if the key and state do not match."""
+        path = Path(directory)
+        payload = keystore.read_secret_file(path / cls.KEY_FILE, passphrase)
+        if len(payload) != len(_AUTHORITY_PAYLOAD) + 32 or not payload.startswith(
+            _AUTHORITY_PAYLOAD
+        ):
+            raise CorruptKeyFile("not an authority key file")
+        signer = Ed25519Signer.from_seed(payload[len(_AUTHORITY_PAYLOAD) :])
+        state = _read_state(path / cls.STATE_FILE, cls.STATE_FORMAT)
+        try:
+            authority_id = state["authority_id"]
+            verify_key = _b64d(state["verify_key"])
+            signed = SignedRevocationList.from_bytes(_b64d(state["revocation_list"]))
+            created_at = state["created_at"]
+            rl_version = state["revocation_list_version"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CorruptKeyFile(f"authority state is invalid: {exc}") from exc
+        if verify_key != signer.verify_key:
+            raise CorruptKeyFile("authority key and state belong to different authorities")
+        if not isinstance(authority_id, str) or signed.unverified_list().version != rl_version:
+            raise CorruptKeyFile("authority state is inconsistent")
+        try:
+            return cls(
+                authority_id,
+                signer,
+                created_at=created_at,
+                revocation_list=signed,
+                randbits=randbits,
+            )
+        except (LocalError, CertificateError) as exc:
+            raise CorruptKeyFile(f"authority state is invalid: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"Authority(id={self._id!r}, verify_key={self.verify_key.hex()[:16]}…)"
+
+
+def _read_state(path: Path, expected_format: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_REVOCATION_LIST_SIZE * 2)
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read authority state {path}: {exc}") from exc
+    if len(raw) >= MAX_REVOCATION_LIST_SIZE * 2:
+        raise CorruptKeyFile("authority state file too large")
+    try:
+        state = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptKeyFile("authority state is not JSON") from exc
+    expected_keys = {
+        "format",
+        "version",
+        "authority_id",
+        "verify_key",
+        "created_at",
+        "revocation_list",
+        "revocation_list_version",
+    }
+    if not isinstance(state, dict) or set(state) != expected_keys:
+        raise CorruptKeyFile("authority state has unexpected fields")
+    if state["format"] != expected_format or state["version"] != 1:
+        raise CorruptKeyFile("unsupported authority state format")
+    return state
+
+
+class DelegatedAuthority:
+    """An edge's constrained authority: issues certificates only for its delegated tiers.
+
+    ``signer`` is the edge's own key (normally its
+    :class:`~securemesh.crypto.identity.NodeIdentity`) matching the delegated
+    certificate. Issued certificates never outlive the delegation certificate.
+    Revocation stays with the root.
+    """
+
+    def __init__(
+        self,
+        certificate: SignedCertificate | bytes,
+        signer: Signer,
+        *,
+        randbits: Randbits = secrets.randbits,
+    ) -> None:
+        self._signed = _as_signed(certificate)
+        cert = self._signed.unverified_certificate()
+        if cert.delegation is None:
+            raise LocalError("this certificate carries no delegation")
+        if signer.verify_key != cert.verify_key:
+            raise LocalError("the signer's key does not match the delegated certificate")
+        self._cert = cert
+        self._delegation = cert.delegation
+        self._signer = signer
+        self._randbits = randbits
+
+    @property
+    def authority_id(self) -> str:
+        return self._cert.node_id
+
+    @property
+    def certificate(self) -> SignedCertificate:
+        return self._signed
+
+    @property
+    def delegation(self) -> Delegation:
+        return self._delegation
+
+    def issue(
+        self,
+        node_id: str,
+        tier: Tier | str,
+        roles: Iterable[str],
+        keys: PublicKeys,
+        *,
+        lifetime_s: int,
+        now: float,
+        backdate_s: int = 0,
+    ) -> SignedCertificate:
+        """Sign a certificate for an allowed tier; LocalError for any other tier."""
+        tier = _to_tier(tier)
+        if not self._delegation.allows(tier):
+            allowed = ", ".join(sorted(t.value for t in self._delegation.tiers))
+            raise LocalError(f"this delegated authority may only issue: {allowed}")
+        validate_node_id(node_id)
+        if not isinstance(keys, PublicKeys):
+            raise LocalError("keys must be PublicKeys")
+        _check_int(lifetime_s, "lifetime_s", 1, _MAX_U63)
+        _check_int(backdate_s, "backdate_s", 0, _MAX_U63)
+        start = _floor_now(now)
+        if not self._cert.is_valid_at(start):
+            raise LocalError("the delegation certificate is not valid at this time")
+        cert = Certificate(
+            serial=_new_serial(self._randbits),
+            node_id=node_id,
+            tier=tier,
+            roles=_normalize_roles(roles),
+            verify_key=keys.verify_key,
+            kx_key=keys.kx_key,
+            curve_key=keys.curve_key,
+            not_before=max(self._cert.not_before, start - backdate_s),
+            not_after=min(self._cert.not_after, start + lifetime_s),
+            issuer=self._cert.node_id,
+        )
+        return _sign_cert(self._signer, cert)
+
+    def __repr__(self) -> str:
+        return f"DelegatedAuthority(id={self.authority_id!r})"
