@@ -21,7 +21,7 @@ from securemesh.errors import SecureMeshError
 __all__ = ["build_parser", "main"]
 
 # Command-group modules, imported only when the CLI runs.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("securemesh.cli._keys",)
 
 
 def build_parser() -> argparse.ArgumentParser:
