@@ -153,7 +153,8 @@ class Outcome(StrEnum):
 _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid", validate_default=True)
 
 # Identifiers: printable ASCII without spaces, so they are safe in tables, filters and logs.
-NodeIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,127}$")]
+# Node ids follow securemesh.crypto.certs (certificate node_id).
+NodeIdStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 SubjectIdStr = Annotated[str, StringConstraints(pattern=r"^[\x21-\x7e]{1,256}$")]
 EventIdStr = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 DetailKey = Annotated[
@@ -247,7 +248,7 @@ def new_event(
 ) -> AuditEvent:
     """Build an event for "now" with a fresh random id (both injectable for tests).
 
-    ``now`` is Unix time in seconds (``time.time()`` when omitted), stored as
+    ``now`` is Unix time in seconds (``time.time()`` when omitted), rounded to
     whole milliseconds; ``event_id`` is 16 bytes or their 32-char lowercase hex.
     Raises :class:`~securemesh.errors.LocalError` if the event is invalid.
     """
