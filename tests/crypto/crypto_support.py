@@ -1,0 +1,35 @@
+"""Helpers shared by the securemesh.crypto tests (imported as ``crypto_support``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from securemesh.crypto.identity import NodeIdentity
+
+DATA = Path(__file__).parent / "data"
+NOW = 1_700_000_000
+
+
+def load_vectors(name: str) -> Any:
+    return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+def identity_from_byte(value: int) -> NodeIdentity:
+    """A deterministic identity: seeds are ``value``, ``value+1``, ``value+2`` repeated."""
+    return NodeIdentity.from_seeds(
+        bytes([value]) * 32, bytes([value + 1]) * 32, bytes([value + 2]) * 32
+    )
+
+
+class CountingBits:
+    """A deterministic stand-in for secrets.randbits: start, start+1, ..."""
+
+    def __init__(self, start: int = 1) -> None:
+        self.next = start
+
+    def __call__(self, k: int) -> int:
+        value = self.next
+        self.next += 1
+        return value % (1 << k)
