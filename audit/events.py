@@ -55,6 +55,7 @@ from pydantic import (
     FiniteFloat,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -191,6 +192,16 @@ class AuditEvent(BaseModel):
     details: Annotated[dict[DetailKey, DetailValue], Field(max_length=MAX_DETAIL_KEYS)] = Field(
         default_factory=dict
     )
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _no_big_ints(cls, value: Any) -> Any:
+        # Without this, an int beyond 64 bits would fall through the union to float.
+        if isinstance(value, dict):
+            for v in value.values():
+                if type(v) is int and not _INT64_MIN <= v <= _INT64_MAX:
+                    raise ValueError("detail integers must fit in 64 bits")
+        return value
 
     @model_validator(mode="after")
     def _check_required_details(self) -> AuditEvent:
