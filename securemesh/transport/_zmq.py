@@ -1,0 +1,445 @@
+"""The ZeroMQ transport: ROUTER listeners and DEALER connections, CurveZMQ everywhere.
+
+Theory of operation
+-------------------
+* **CURVE on every socket** (ZeroMQ RFC 26/CurveZMQ): listeners are CURVE
+  servers with our secret key; connections are CURVE clients that must know
+  the server's public key, so a connection only ever talks to the listener it
+  meant to reach. :class:`ZmqTransport` refuses to start when libzmq was built
+  without CURVE (``zmq.has("curve")``).
+* **ZAP** (ZeroMQ RFC 27): each transport owns a ``zmq.asyncio`` context and
+  binds that context's one ZAP endpoint, ``inproc://zeromq.zap.01``, *before*
+  any listener binds (libzmq admits every CURVE client when no ZAP handler is
+  bound, so the order matters). The handler answers each request by calling
+  the transport's ``authenticator(client_key)``: return → ``200`` with the
+  key's hex as ZAP ``User-Id``; raise (or anything malformed) → ``400``.
+  Default deny. The listener reads ``User-Id`` from each received message's
+  metadata (``frame.get("User-Id")``), so every message is attributed to the
+  key that authenticated *its connection*, never to a claimed identity.
+* **Addressing**: a ROUTER routes by the routing id libzmq gives each
+  connection. The listener remembers, per authenticated key, the routing id
+  of the latest connection it heard from; ``ROUTER_MANDATORY`` makes a send to
+  a vanished peer fail (``EHOSTUNREACH`` → PeerUnavailable) instead of
+  dropping silently, and makes a full peer queue visible (``EAGAIN``).
+* **Back-pressure**: ``SNDHWM``/``RCVHWM`` bound every queue. ``send`` tries a
+  non-blocking send; while the peer's queue is full it waits (DEALER: polls for
+  ``POLLOUT``; ROUTER: short exponential backoff, since a ROUTER's ``POLLOUT``
+  means "some peer is writable", not "this one") until ``timeout``, then raises
+  SendTimeout.
+* **Reconnect**: DEALERs reconnect by themselves with ``RECONNECT_IVL`` growing
+  to ``RECONNECT_IVL_MAX``; queued messages wait (bounded) meanwhile.
+  ``MAXMSGSIZE`` makes libzmq drop a peer sending an oversize frame;
+  ``LINGER 0`` makes close immediate; ``HANDSHAKE_IVL`` bounds a stalled
+  CURVE handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import zmq
+import zmq.asyncio
+
+from securemesh.errors import PeerUnavailable, SendTimeout, TransportClosed, TransportError
+from securemesh.transport._base import (
+    CURVE_KEY_SIZE,
+    Connection,
+    CurveKeyPair,
+    KeyAuthenticator,
+    Listener,
+    RejectHook,
+    Transport,
+    TransportOptions,
+    TransportStats,
+    check_outgoing,
+    deny_all_keys,
+)
+
+__all__ = ["ZAP_DOMAIN", "ZmqTransport"]
+
+log = logging.getLogger(__name__)
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"securemesh"
+_ZAP_VERSION = b"1.0"
+
+
+def curve_available() -> bool:
+    return bool(zmq.has("curve"))
+
+
+def _configure_common(sock: zmq.asyncio.Socket, options: TransportOptions) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, options.sndhwm)
+    sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
+    sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_size)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_timeout * 1000))
+
+
+class _ZapHandler:
+    """A ZAP server (RFC 27) on one context, backed by the transport's authenticator."""
+
+    def __init__(self, transport: ZmqTransport) -> None:
+        self._transport = transport
+        self._sock = transport.context.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(ZAP_ENDPOINT)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+        self.stats = TransportStats()
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                request = await self._sock.recv_multipart()
+            except (asyncio.CancelledError, zmq.ZMQError):
+                return
+            reply = self._handle(request)
+            if reply is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    await self._sock.send_multipart(reply)
+
+    def _handle(self, request: list[bytes]) -> list[bytes] | None:
+        # [routing id, b"", version, request id, domain, address, identity,
+        #  mechanism, credentials...]
+        if len(request) < 8 or request[1] != b"":
+            return None
+        envelope, body = request[:2], request[2:]
+        version, request_id, domain, _addr, _ident, mechanism = body[:6]
+        credentials = body[6:]
+
+        def answer(code: bytes, text: bytes, user_id: bytes = b"") -> list[bytes]:
+            return [*envelope, _ZAP_VERSION, request_id, code, text, user_id, b""]
+
+        if version != _ZAP_VERSION:
+            return answer(b"400", b"unsupported ZAP version")
+        if domain != ZAP_DOMAIN or mechanism != b"CURVE" or len(credentials) != 1:
+            return answer(b"400", b"CURVE in the securemesh domain only")
+        key = credentials[0]
+        if len(key) != CURVE_KEY_SIZE:
+            return answer(b"400", b"bad key")
+        if not self._transport._admit(key, count=True):
+            return answer(b"400", b"not admitted")
+        return answer(b"200", b"OK", key.hex().encode("ascii"))
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._sock.close(linger=0)
+
+
+class ZmqListener(Listener):
+    """A CURVE-server ROUTER socket."""
+
+    def __init__(self, transport: ZmqTransport, address: str) -> None:
+        self._transport = transport
+        opts = transport.options
+        sock = transport.context.socket(zmq.ROUTER)
+        try:
+            _configure_common(sock, opts)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.curve_server = True
+            sock.curve_secretkey = transport.keypair.secret
+            sock.curve_publickey = transport.keypair.public
+            sock.zap_domain = ZAP_DOMAIN
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(f"cannot listen on {address}: {exc}") from exc
+        self._sock = sock
+        self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
+        self._banned: set[bytes] = set()
+        self._user_ids: dict[str, bytes] = {}
+        self._closed = False
+        self.stats = TransportStats()
+
+    @property
+    def local_key(self) -> bytes:
+        return self._transport.keypair.public
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def peers(self) -> frozenset[bytes]:
+        return frozenset(self._routes)
+
+    def reauthenticate(self) -> list[bytes]:
+        cut: list[bytes] = []
+        for key in list(self._routes):
+            if not self._transport._admit(key, count=True):
+                self._banned.add(key)
+                del self._routes[key]
+                cut.append(key)
+        for key in list(self._banned):
+            if key not in cut and self._transport._admit(key, count=False):
+                self._banned.discard(key)
+        return cut
+
+    def _peer_of(self, frame: zmq.Frame) -> bytes | None:
+        user = frame.get("User-Id")
+        if not isinstance(user, str):
+            return None
+        key = self._user_ids.get(user)
+        if key is None:
+            try:
+                key = bytes.fromhex(user)
+            except (TypeError, ValueError):
+                return None
+            if len(key) != CURVE_KEY_SIZE:
+                return None
+            if len(self._user_ids) < 65536:
+                self._user_ids[user] = key
+        return key
+
+    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        if self._closed:
+            raise TransportClosed("listener closed")
+        max_frames = self._transport.options.max_frames
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    parts = await self._sock.recv_multipart(copy=False)
+                    peer = self._peer_of(parts[0])
+                    if peer is None or peer in self._banned:
+                        self.stats.dropped_unauthenticated += 1
+                        continue
+                    if len(parts) < 2 or len(parts) - 1 > max_frames:
+                        self.stats.dropped_malformed += 1
+                        continue
+                    self._routes[peer] = parts[0].bytes
+                    self.stats.received += 1
+                    return peer, [p.bytes for p in parts[1:]]
+        except (asyncio.CancelledError, zmq.ZMQError):
+            if self._closed:
+                raise TransportClosed("listener closed") from None
+            raise
+
+    async def send(
+        self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None
+    ) -> None:
+        if self._closed:
+            raise TransportClosed("listener closed")
+        opts = self._transport.options
+        out = check_outgoing(frames, opts)
+        routing_id = self._routes.get(peer)
+        if routing_id is None:
+            raise PeerUnavailable("no connection to that peer")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
+        delay = 0.0005
+        while True:
+            try:
+                await self._sock.send_multipart([routing_id, *out], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.stats.send_timeouts += 1
+                    raise SendTimeout("peer queue stayed full for the whole send timeout") from None
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.05)
+                if self._closed:
+                    raise TransportClosed("listener closed") from None
+                continue
+            except zmq.ZMQError as exc:
+                if self._closed or exc.errno == zmq.ENOTSOCK:
+                    raise TransportClosed("listener closed") from None
+                if exc.errno == zmq.EHOSTUNREACH:
+                    if self._routes.get(peer) == routing_id:
+                        del self._routes[peer]
+                    raise PeerUnavailable("peer disconnected") from None
+                raise TransportError(f"send failed: {exc}") from exc
+            self.stats.sent += 1
+            return
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._routes.clear()
+        self._sock.close(linger=0)
+
+
+class ZmqConnection(Connection):
+    """A CURVE-client DEALER socket connected to one listener."""
+
+    def __init__(self, transport: ZmqTransport, address: str, server_key: bytes) -> None:
+        if len(server_key) != CURVE_KEY_SIZE:
+            raise TransportError("server key must be a 32-byte CURVE public key")
+        self._transport = transport
+        opts = transport.options
+        sock = transport.context.socket(zmq.DEALER)
+        try:
+            _configure_common(sock, opts)
+            sock.setsockopt(zmq.RECONNECT_IVL, int(opts.reconnect_ivl * 1000))
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(opts.reconnect_ivl_max * 1000))
+            sock.curve_serverkey = server_key
+            sock.curve_publickey = transport.keypair.public
+            sock.curve_secretkey = transport.keypair.secret
+            sock.connect(address)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise TransportError(f"cannot connect to {address}: {exc}") from exc
+        self._sock = sock
+        self._address = address
+        self._server_key = bytes(server_key)
+        self._closed = False
+        self.stats = TransportStats()
+
+    @property
+    def local_key(self) -> bytes:
+        return self._transport.keypair.public
+
+    @property
+    def server_key(self) -> bytes:
+        return self._server_key
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def send(
+        self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None
+    ) -> None:
+        if self._closed:
+            raise TransportClosed("connection closed")
+        if peer != self._server_key:
+            raise PeerUnavailable("a connection only reaches its server")
+        opts = self._transport.options
+        out = check_outgoing(frames, opts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
+        while True:
+            try:
+                await self._sock.send_multipart(out, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    self.stats.send_timeouts += 1
+                    raise SendTimeout(
+                        "server queue stayed full for the whole send timeout"
+                    ) from None
+                try:
+                    ms = max(1, int(remaining * 1000))
+                    await self._sock.poll(timeout=ms, flags=zmq.POLLOUT)  # type: ignore[call-arg]
+                except (asyncio.CancelledError, zmq.ZMQError):
+                    if self._closed:
+                        raise TransportClosed("connection closed") from None
+                    raise
+                continue
+            except zmq.ZMQError as exc:
+                if self._closed or exc.errno == zmq.ENOTSOCK:
+                    raise TransportClosed("connection closed") from None
+                raise TransportError(f"send failed: {exc}") from exc
+            self.stats.sent += 1
+            return
+
+    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        if self._closed:
+            raise TransportClosed("connection closed")
+        max_frames = self._transport.options.max_frames
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    frames = await self._sock.recv_multipart()
+                    if len(frames) > max_frames:
+                        self.stats.dropped_malformed += 1
+                        continue
+                    self.stats.received += 1
+                    return self._server_key, frames
+        except (asyncio.CancelledError, zmq.ZMQError):
+            if self._closed:
+                raise TransportClosed("connection closed") from None
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close(linger=0)
+
+
+class ZmqTransport(Transport):
+    """ZeroMQ (``zmq.asyncio``) transport with CurveZMQ and a callback ZAP handler.
+
+    One transport owns one ZeroMQ context (and so the context's one ZAP
+    endpoint); create it inside the running event loop that will use it.
+    """
+
+    def __init__(
+        self,
+        keypair: CurveKeyPair,
+        *,
+        authenticator: KeyAuthenticator = deny_all_keys,
+        options: TransportOptions | None = None,
+        on_reject: RejectHook | None = None,
+    ) -> None:
+        if not curve_available():
+            raise TransportError("libzmq was built without CURVE: refusing to start")
+        self.keypair = keypair
+        self.authenticator = authenticator
+        self.options = options if options is not None else TransportOptions()
+        self.on_reject = on_reject
+        self.context = zmq.asyncio.Context()
+        self._zap: _ZapHandler | None = None
+        self._endpoints: list[ZmqListener | ZmqConnection] = []
+        self._rejected = 0
+        self._closed = False
+
+    def _admit(self, key: bytes, *, count: bool) -> bool:
+        try:
+            self.authenticator(key)
+        except Exception as exc:  # any failure of the callback is a refusal
+            if count:
+                self._rejected += 1
+                for endpoint in self._endpoints:
+                    if isinstance(endpoint, ZmqListener):
+                        endpoint.stats.rejected_keys += 1
+                log.info("curve key %s refused: %s", key.hex()[:16], type(exc).__name__)
+                if self.on_reject is not None:
+                    self.on_reject(key, exc)
+            return False
+        return True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportClosed("transport closed")
+
+    async def listen(self, address: str) -> ZmqListener:
+        self._check_open()
+        if self._zap is None:
+            try:
+                self._zap = _ZapHandler(self)
+            except zmq.ZMQError as exc:
+                raise TransportError(f"cannot bind the ZAP handler: {exc}") from exc
+        listener = ZmqListener(self, address)
+        self._endpoints.append(listener)
+        return listener
+
+    async def connect(self, address: str, server_key: bytes) -> ZmqConnection:
+        self._check_open()
+        conn = ZmqConnection(self, address, bytes(server_key))
+        self._endpoints.append(conn)
+        return conn
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for endpoint in self._endpoints:
+            await endpoint.close()
+        self._endpoints.clear()
+        if self._zap is not None:
+            self._zap.close()
+            self._zap = None
+        self.context.destroy(linger=0)
