@@ -1,0 +1,581 @@
+"""The cloud's append-only audit log: sequencing, signed tree heads and proofs.
+
+Theory of operation
+-------------------
+:class:`AuditLog` is an RFC 9162 Merkle log stored in SQL (:mod:`._schema`).
+
+**Append.** ``append(events)`` first does all per-event work *outside* any
+lock: decode the signed event, resolve its origin's verify key (unknown
+origin → :class:`~securemesh.errors.UnknownOrigin`), check the origin's
+Ed25519 signature (→ :class:`~securemesh.errors.AuthenticationError`), hash
+the leaf (``SHA-256(0x00 ‖ entry)``) and build the query projection. Then, per
+batch of at most :data:`MAX_BATCH` entries, one write transaction:
+
+1. take the sequencing lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
+   ``SELECT … FOR UPDATE`` on the single sequencer row) and read the tree
+   size and compact-range peaks;
+2. look up which event ids are already in the log (appends are idempotent:
+   a known event id returns its existing index; a duplicate inside the batch
+   gets the index of its first copy);
+3. give the new entries the contiguous indices ``size, size+1, …``; feed
+   their leaf hashes to a :class:`~securemesh.audit.merkle.CompactRange`
+   resumed from the stored peaks, which hands back every perfect subtree each
+   leaf completes (leaf ``i`` completes ``trailing_ones(i)`` of them);
+4. insert the leaves and the completed nodes (level 0 included) with one
+   ``executemany`` each,
+   sign a checkpoint (C2SP signed note, :mod:`.checkpoint`) of the new
+   ``(size, root)`` with the log key, store it in the tree-head history,
+   update the sequencer row, commit.
+
+Because the size is read and written under the lock, concurrent appenders —
+threads, processes or hosts — can never fork, gap or duplicate the tree; the
+``UNIQUE(event_id)`` and ``PRIMARY KEY(idx)`` constraints are a second line of
+defence that turns a locking bug into an error instead of a corrupt log.
+
+**Proofs.** Every hash an RFC 9162 proof needs is a perfect subtree node or a
+right fold of O(log n) of them (:func:`~securemesh.audit.merkle.inclusion_proof_plan`).
+We ask the plan which ``(level, index)`` nodes it needs, fetch them all with
+one query, and fold: one indexed query per proof at any size.
+
+**Batching.** :class:`AuditBatcher` is the service front: callers submit
+events from any thread and block until their batch commits; a single worker
+thread commits up to :data:`MAX_BATCH` entries or whatever arrived within
+``max_delay`` seconds, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy.engine import Connection, Engine
+
+from securemesh.audit import _schema as s
+from securemesh.audit._entry import Decoded, decode_entry, verify_decoded
+from securemesh.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from securemesh.audit.merkle import (
+    HASH_SIZE,
+    CompactRange,
+    NodeId,
+    consistency_proof_plan,
+    hash_plan,
+    inclusion_proof_plan,
+    leaf_hash,
+    verify_inclusion,
+)
+from securemesh.audit.store import (
+    create_audit_engine,
+    is_sqlite,
+    read_transaction,
+    upgrade_schema,
+    write_transaction,
+)
+from securemesh.crypto.signing import VERIFY_KEY_SIZE, Signer
+from securemesh.errors import (
+    LocalError,
+    RemoteError,
+    UnknownOrigin,
+)
+
+__all__ = [
+    "DEFAULT_LOG_ORIGIN",
+    "MAX_BATCH",
+    "AppendOutcome",
+    "AuditBatcher",
+    "AuditLog",
+    "KeyResolver",
+    "TreeHead",
+    "open_log",
+]
+
+MAX_BATCH: Final = 256
+"""Most entries sequenced in one transaction (and covered by one checkpoint)."""
+
+DEFAULT_LOG_ORIGIN: Final = "securemesh.audit/log"
+"""Default checkpoint origin line and signed-note key name of the cloud log."""
+
+KeyResolver = Callable[[str], bytes]
+"""``key_resolver(origin_node_id) -> 32-byte Ed25519 verify key``; raises UnknownOrigin."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """A stored, signed tree head: ``note`` is the C2SP signed checkpoint."""
+
+    size: int
+    root: bytes
+    note: bytes
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppendOutcome:
+    """Per-event result of :meth:`AuditLog.append_entries`: an index or a rejection."""
+
+    event_id: str | None
+    index: int | None
+    error: RemoteError | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.index is not None
+
+
+def _now_ms(clock: Callable[[], float]) -> int:
+    return int(clock() * 1000)
+
+
+class AuditLog:
+    """The cloud audit log over one SQL database (SQLite file or PostgreSQL URL).
+
+    ``signer`` is the log key (Ed25519) that signs checkpoints; it is needed to
+    append, not to read. ``key_resolver`` maps an origin node id to its Ed25519
+    verify key; by default the log's own registry (:meth:`register_node`).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        signer: Signer | None = None,
+        origin: str = DEFAULT_LOG_ORIGIN,
+        key_name: str | None = None,
+        key_resolver: KeyResolver | None = None,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        if not 1 <= max_batch <= MAX_BATCH:
+            raise LocalError(f"max_batch must be in 1..{MAX_BATCH}")
+        self._engine = engine
+        self._sqlite = is_sqlite(engine)
+        self._signer = signer
+        self.origin = origin
+        self.key_name = key_name if key_name is not None else origin
+        self._resolver: KeyResolver = (
+            key_resolver if key_resolver is not None else self.registered_key
+        )
+        self._clock = clock
+        self._max_batch = max_batch
+        self._key_cache: dict[str, bytes] = {}
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def log_verify_key(self) -> bytes:
+        if self._signer is None:
+            raise LocalError("this AuditLog was opened without the log key")
+        return self._signer.verify_key
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------- origin registry
+
+    def register_node(self, node_id: str, verify_key: bytes, *, now: float | None = None) -> None:
+        """Record (or replace) an origin node's Ed25519 verify key (done at enrollment)."""
+        if len(verify_key) != VERIFY_KEY_SIZE:
+            raise LocalError(f"a verify key is {VERIFY_KEY_SIZE} bytes")
+        if not node_id or len(node_id) > 128:
+            raise LocalError("node id must be 1..128 characters")
+        t = _now_ms(self._clock) if now is None else int(now * 1000)
+        with write_transaction(self._engine) as conn:
+            conn.execute(s.origins.delete().where(s.origins.c.node_id == node_id))
+            conn.execute(
+                insert(s.origins).values(
+                    node_id=node_id, verify_key=bytes(verify_key), registered_ms=t
+                )
+            )
+        self._key_cache.pop(node_id, None)
+
+    def registered_key(self, node_id: str) -> bytes:
+        """The registry's key resolver: the verify key of ``node_id`` or UnknownOrigin."""
+        cached = self._key_cache.get(node_id)
+        if cached is not None:
+            return cached
+        with read_transaction(self._engine) as conn:
+            key = conn.execute(
+                select(s.origins.c.verify_key).where(s.origins.c.node_id == node_id)
+            ).scalar_one_or_none()
+        if key is None:
+            raise UnknownOrigin(f"origin {node_id!r} is not a registered node")
+        self._key_cache[node_id] = bytes(key)
+        return bytes(key)
+
+    def registered_nodes(self) -> dict[str, bytes]:
+        with read_transaction(self._engine) as conn:
+            rows = conn.execute(select(s.origins.c.node_id, s.origins.c.verify_key)).all()
+        return {r.node_id: bytes(r.verify_key) for r in rows}
+
+    # ----------------------------------------------------------------- append
+
+    def check_entry(self, entry: bytes) -> Decoded:
+        """Decode ``entry`` and verify its origin signature; return the decoded event.
+
+        Raises :class:`~securemesh.errors.RemoteError` subclasses: DecodeError,
+        UnknownOrigin, AuthenticationError.
+        """
+        decoded = decode_entry(entry)
+        verify_decoded(decoded, self._resolver(decoded.origin))
+        return decoded
+
+    def append(self, signed_events: Sequence[object]) -> list[int]:
+        """Append signed events (``SignedEvent`` or their bytes); return their leaf indices.
+
+        All-or-nothing on validation: if any event fails its checks, the error
+        is raised and nothing from this call is appended. Re-appending an event
+        already in the log returns its existing index.
+        """
+        entries = [_entry_bytes(e) for e in signed_events]
+        decoded = [self.check_entry(e) for e in entries]
+        return self._sequence(decoded)
+
+    def append_entries(self, entries: Sequence[bytes]) -> list[AppendOutcome]:
+        """Append what verifies, reject the rest individually (the ingestion path)."""
+        outcomes: list[AppendOutcome | None] = [None] * len(entries)
+        good: list[Decoded] = []
+        where: list[int] = []
+        for i, entry in enumerate(entries):
+            try:
+                d = self.check_entry(bytes(entry))
+            except RemoteError as exc:
+                outcomes[i] = AppendOutcome(None, None, exc)
+                continue
+            good.append(d)
+            where.append(i)
+        for i, d, idx in zip(where, good, self._sequence(good), strict=True):
+            outcomes[i] = AppendOutcome(d.event_id, idx, None)
+        return [o for o in outcomes if o is not None]
+
+    def _sequence(self, decoded: Sequence[Decoded]) -> list[int]:
+        out: list[int] = []
+        for start in range(0, len(decoded), self._max_batch):
+            out.extend(self._sequence_batch(decoded[start : start + self._max_batch]))
+        return out
+
+    def _lock_sequencer(self, conn: Connection) -> tuple[int, bytes, bytes]:
+        q = select(s.sequencer.c.size, s.sequencer.c.root, s.sequencer.c.frontier).where(
+            s.sequencer.c.id == s.SEQUENCER_ROW_ID
+        )
+        if not self._sqlite:
+            q = q.with_for_update()
+        row = conn.execute(q).one()
+        return int(row.size), bytes(row.root), bytes(row.frontier)
+
+    def _sequence_batch(self, batch: Sequence[Decoded]) -> list[int]:
+        if not batch:
+            return []
+        if self._signer is None:
+            raise LocalError("appending needs the log key (open the log with a signer)")
+        ids = list(dict.fromkeys(d.event_id for d in batch))
+        with write_transaction(self._engine) as conn:
+            size, _root, frontier = self._lock_sequencer(conn)
+            known: dict[str, int] = {
+                r.event_id: int(r.idx)
+                for r in conn.execute(
+                    select(s.leaves.c.event_id, s.leaves.c.idx).where(s.leaves.c.event_id.in_(ids))
+                )
+            }
+            cr = CompactRange.from_peaks(
+                size, [frontier[i : i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
+            )
+            leaf_rows: list[dict[str, object]] = []
+            node_rows: list[dict[str, object]] = []
+            result: list[int] = []
+            for d in batch:
+                idx = known.get(d.event_id)
+                if idx is None:
+                    idx = cr.size
+                    known[d.event_id] = idx
+                    for node in cr.append(d.leaf_hash):
+                        node_rows.append(
+                            {"level": node.level, "idx": node.index, "hash": node.hash}
+                        )
+                    leaf_rows.append(d.leaf_row(idx))
+                result.append(idx)
+            if leaf_rows:
+                new_root = cr.root()
+                now = _now_ms(self._clock)
+                note = sign_checkpoint(
+                    Checkpoint(self.origin, cr.size, new_root),
+                    key_name=self.key_name,
+                    signer=self._signer,
+                )
+                conn.execute(insert(s.leaves), leaf_rows)
+                if node_rows:
+                    conn.execute(insert(s.tree_nodes), node_rows)
+                conn.execute(
+                    insert(s.tree_heads).values(size=cr.size, root=new_root, note=note, time_ms=now)
+                )
+                conn.execute(
+                    update(s.sequencer)
+                    .where(s.sequencer.c.id == s.SEQUENCER_ROW_ID)
+                    .values(size=cr.size, root=new_root, frontier=b"".join(cr.peaks))
+                )
+        return result
+
+    # ------------------------------------------------------------------ reads
+
+    def size(self) -> int:
+        with read_transaction(self._engine) as conn:
+            return int(
+                conn.execute(
+                    select(s.sequencer.c.size).where(s.sequencer.c.id == s.SEQUENCER_ROW_ID)
+                ).scalar_one()
+            )
+
+    def get_entry(self, index: int) -> bytes:
+        """The exact signed-event bytes of leaf ``index``."""
+        with read_transaction(self._engine) as conn:
+            entry = conn.execute(
+                select(s.leaves.c.entry).where(s.leaves.c.idx == index)
+            ).scalar_one_or_none()
+        if entry is None:
+            raise LocalError(f"no leaf {index} in the log")
+        return bytes(entry)
+
+    def index_of(self, event_id: str) -> int | None:
+        with read_transaction(self._engine) as conn:
+            idx = conn.execute(
+                select(s.leaves.c.idx).where(s.leaves.c.event_id == event_id)
+            ).scalar_one_or_none()
+        return None if idx is None else int(idx)
+
+    def latest_tree_head(self) -> TreeHead | None:
+        with read_transaction(self._engine) as conn:
+            row = conn.execute(
+                select(s.tree_heads).order_by(s.tree_heads.c.size.desc()).limit(1)
+            ).one_or_none()
+        if row is None:
+            return None
+        return TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
+
+    def latest_checkpoint(self) -> bytes | None:
+        """The latest signed checkpoint note (C2SP signed note), or None for an empty log."""
+        head = self.latest_tree_head()
+        return None if head is None else head.note
+
+    def tree_head(self, size: int) -> TreeHead:
+        with read_transaction(self._engine) as conn:
+            row = conn.execute(
+                select(s.tree_heads).where(s.tree_heads.c.size == size)
+            ).one_or_none()
+        if row is None:
+            raise LocalError(f"no signed tree head of size {size}")
+        return TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
+
+    def tree_heads(self) -> Iterator[TreeHead]:
+        with read_transaction(self._engine) as conn:
+            for row in conn.execute(select(s.tree_heads).order_by(s.tree_heads.c.size)):
+                yield TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
+
+    def open_checkpoint(self, note: bytes, verify_key: bytes | None = None) -> Checkpoint:
+        """Verify a checkpoint note against the log key (ours unless given)."""
+        vk = self.log_verify_key if verify_key is None else verify_key
+        return open_checkpoint(note, key_name=self.key_name, verify_key=vk, origin=self.origin)
+
+    def _fetch_nodes(
+        self, conn: Connection, wanted: Iterable[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        keys = sorted(set(wanted))
+        got: dict[tuple[int, int], bytes] = {}
+        if keys:
+            for r in conn.execute(
+                select(s.tree_nodes.c.level, s.tree_nodes.c.idx, s.tree_nodes.c.hash).where(
+                    tuple_(s.tree_nodes.c.level, s.tree_nodes.c.idx).in_(keys)
+                )
+            ):
+                got[(int(r.level), int(r.idx))] = bytes(r.hash)
+        return got
+
+    def _proof_from_plan(self, conn: Connection, plan: list[list[NodeId]]) -> list[bytes]:
+        wanted = [(n.level, n.index) for group in plan for n in group]
+        got = self._fetch_nodes(conn, wanted)
+
+        def get_node(level: int, index: int) -> bytes:
+            try:
+                return got[(level, index)]
+            except KeyError:
+                raise LocalError(f"tree node ({level}, {index}) is missing") from None
+
+        return hash_plan(plan, get_node)
+
+    def _current_size(self, conn: Connection) -> int:
+        return int(
+            conn.execute(
+                select(s.sequencer.c.size).where(s.sequencer.c.id == s.SEQUENCER_ROW_ID)
+            ).scalar_one()
+        )
+
+    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
+        """RFC 9162 §2.1.3.1 audit path for leaf ``index`` in the tree of ``tree_size``.
+
+        ``tree_size`` defaults to the current size. One indexed query.
+        """
+        with read_transaction(self._engine) as conn:
+            n = self._current_size(conn) if tree_size is None else tree_size
+            if n > self._current_size(conn):
+                raise LocalError(f"the log has fewer than {n} entries")
+            plan = inclusion_proof_plan(index, n)
+            return self._proof_from_plan(conn, plan)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """RFC 9162 §2.1.4.1 consistency proof between two tree sizes."""
+        with read_transaction(self._engine) as conn:
+            n = self._current_size(conn) if new_size is None else new_size
+            if n > self._current_size(conn):
+                raise LocalError(f"the log has fewer than {n} entries")
+            plan = consistency_proof_plan(old_size, n)
+            return self._proof_from_plan(conn, plan)
+
+    def leaf_hash(self, index: int) -> bytes:
+        with read_transaction(self._engine) as conn:
+            h = conn.execute(
+                select(s.leaves.c.leaf_hash).where(s.leaves.c.idx == index)
+            ).scalar_one_or_none()
+        if h is None:
+            raise LocalError(f"no leaf {index} in the log")
+        return bytes(h)
+
+    def prove_entry(self, index: int) -> tuple[bytes, TreeHead, list[bytes]]:
+        """Entry bytes, the latest signed tree head and the inclusion proof against it.
+
+        The proof is checked here before it is handed out (verifier returns or raises).
+        """
+        head = self.latest_tree_head()
+        if head is None or index >= head.size:
+            raise LocalError(f"leaf {index} is not covered by a signed tree head")
+        entry = self.get_entry(index)
+        proof = self.inclusion_proof(index, head.size)
+        verify_inclusion(leaf_hash(entry), index, head.size, proof, head.root)
+        return entry, head, proof
+
+    def count_rows(self) -> int:
+        with read_transaction(self._engine) as conn:
+            return int(conn.execute(select(func.count()).select_from(s.leaves)).scalar_one())
+
+
+def _entry_bytes(e: object) -> bytes:
+    if isinstance(e, bytes | bytearray | memoryview):
+        return bytes(e)
+    to_bytes = getattr(e, "to_bytes", None)
+    if to_bytes is None:
+        raise LocalError(f"cannot append {type(e).__name__}: expected SignedEvent or bytes")
+    out = to_bytes()
+    if not isinstance(out, bytes):
+        raise LocalError("SignedEvent.to_bytes() did not return bytes")
+    return out
+
+
+def open_log(
+    url: str,
+    *,
+    signer: Signer | None = None,
+    origin: str = DEFAULT_LOG_ORIGIN,
+    key_name: str | None = None,
+    key_resolver: KeyResolver | None = None,
+    clock: Callable[[], float] = time.time,
+    synchronous: str = "FULL",
+    migrate: bool = True,
+) -> AuditLog:
+    """Open (and by default migrate to ``head``) the audit log at ``url``.
+
+    ``url`` is a SQLite file path / ``sqlite:///`` URL or a PostgreSQL URL.
+    """
+    engine = create_audit_engine(url, synchronous=synchronous)
+    if migrate:
+        upgrade_schema(engine)
+    return AuditLog(
+        engine,
+        signer=signer,
+        origin=origin,
+        key_name=key_name,
+        key_resolver=key_resolver,
+        clock=clock,
+    )
+
+
+# ------------------------------------------------------------------ batching
+
+
+class AuditBatcher:
+    """Collects appends from many threads and commits them together.
+
+    ``submit(entry)`` returns a :class:`~concurrent.futures.Future` resolving to
+    an :class:`AppendOutcome`; ``append(entries)`` submits and waits. A batch is
+    committed when :data:`MAX_BATCH` entries are waiting or ``max_delay``
+    seconds after its first entry arrived.
+    """
+
+    def __init__(self, log: AuditLog, *, max_delay: float = 0.25, max_batch: int = MAX_BATCH):
+        self._log = log
+        self._max_delay = max_delay
+        self._max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[tuple[bytes, Future[AppendOutcome]]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audit-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, entry: bytes) -> Future[AppendOutcome]:
+        fut: Future[AppendOutcome] = Future()
+        with self._cond:
+            if self._closed:
+                raise LocalError("the batcher is closed")
+            self._queue.append((bytes(entry), fut))
+            self._cond.notify()
+        return fut
+
+    def append(self, entries: Sequence[bytes]) -> list[AppendOutcome]:
+        futs = [self.submit(e) for e in entries]
+        return [f.result() for f in futs]
+
+    def _take(self) -> list[tuple[bytes, Future[AppendOutcome]]] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            deadline = time.monotonic() + self._max_delay
+            while len(self._queue) < self._max_batch and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                outcomes = self._log.append_entries([e for e, _ in batch])
+            except BaseException as exc:  # hand the failure to every waiter
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                continue
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+                fut.set_result(outcome)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()

@@ -1,0 +1,237 @@
+"""The edge's durable audit outbox: write locally first, ship, delete on acknowledgement.
+
+Theory of operation
+-------------------
+An edge (or any node) records each audit event in a local SQLite file *before*
+it does anything else with it; :meth:`Outbox.put` returns only once the row
+is committed with ``synchronous=FULL`` in WAL mode, i.e. survives a crash or
+power loss. A shipper then repeatedly:
+
+1. takes the oldest pending entries (:meth:`Outbox.pending`),
+2. sends them to the cloud (``send_batch(list[bytes]) -> list[(event_id, index)]``,
+   any transport — :mod:`securemesh.audit.ingest` over ZeroMQ, or the bus),
+3. deletes exactly the acknowledged rows (:meth:`Outbox.ack`).
+
+If the cloud is unreachable, or dies after appending but before its reply
+arrives, the rows stay and are sent again. Delivery is therefore
+*at-least-once*; the cloud's append is idempotent by event id, so each event
+is in the log *exactly once*. An acknowledgement with index
+:data:`REJECTED` means the cloud refused the event for good (bad signature,
+unknown origin): the row is moved to a ``rejected`` table for an operator
+instead of being retried forever.
+
+The outbox uses only the standard library's :mod:`sqlite3` on purpose: edge
+and device images should not need SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from securemesh.audit._entry import entry_of, event_id_of
+from securemesh.errors import LocalError, RemoteError
+
+__all__ = [
+    "MAX_ENTRY_SIZE",
+    "REJECTED",
+    "Ack",
+    "Outbox",
+    "PendingEntry",
+    "SendBatch",
+    "ShipResult",
+    "ship_once",
+]
+
+REJECTED: Final = -1
+"""Leaf index in an acknowledgement meaning "refused for good, do not resend"."""
+
+MAX_ENTRY_SIZE: Final = 64 * 1024
+"""Largest signed event the outbox accepts (the ingestion endpoint's limit too)."""
+
+Ack = tuple[str, int]
+"""``(event_id, leaf_index)``; ``leaf_index == REJECTED`` for a permanent refusal."""
+
+SendBatch = Callable[[list[bytes]], list[Ack]]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    entry BLOB NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    event_id TEXT PRIMARY KEY,
+    entry BLOB NOT NULL,
+    rejected_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shipped (
+    event_id TEXT PRIMARY KEY,
+    leaf_index INTEGER NOT NULL,
+    acked_ms INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEntry:
+    seq: int
+    event_id: str
+    entry: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ShipResult:
+    sent: int
+    acked: int
+    rejected: int
+
+
+class Outbox:
+    """A durable FIFO of signed audit events in one SQLite file.
+
+    ``keep_receipts=True`` keeps ``(event_id, leaf_index)`` of every
+    acknowledged event in a ``shipped`` table (tests and operators use it to
+    check what the cloud acknowledged).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        keep_receipts: bool = False,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._keep_receipts = keep_receipts
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def put_entry(self, event_id: str, entry: bytes) -> None:
+        """Store one signed event durably (idempotent by ``event_id``)."""
+        if not event_id or len(event_id) > 64:
+            raise LocalError("event id must be 1..64 characters")
+        if len(entry) > MAX_ENTRY_SIZE:
+            raise LocalError(f"audit entry is larger than {MAX_ENTRY_SIZE} bytes")
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, entry, created_ms) VALUES (?, ?, ?)",
+                (event_id, bytes(entry), self._now_ms()),
+            )
+
+    def put(self, signed_event: object) -> str:
+        """Store a ``SignedEvent`` durably before returning; return its event id."""
+        entry = entry_of(signed_event)
+        event_id = event_id_of(signed_event)
+        self.put_entry(event_id, entry)
+        return event_id
+
+    def pending(self, limit: int = 256) -> list[PendingEntry]:
+        """The oldest ``limit`` entries not yet acknowledged, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, entry FROM outbox ORDER BY seq LIMIT ?", (int(limit),)
+            ).fetchall()
+        return [PendingEntry(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+        return int(n)
+
+    def ack(self, acks: Iterable[Ack]) -> int:
+        """Delete acknowledged rows (only those named); return how many were removed.
+
+        An ack with index :data:`REJECTED` moves the row to the ``rejected`` table.
+        """
+        removed = 0
+        now = self._now_ms()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for event_id, index in acks:
+                    if index == REJECTED:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO rejected (event_id, entry, rejected_ms) "
+                            "SELECT event_id, entry, ? FROM outbox WHERE event_id = ?",
+                            (now, event_id),
+                        )
+                    elif index < 0:
+                        raise LocalError(f"bad leaf index {index} in an acknowledgement")
+                    elif self._keep_receipts:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO shipped (event_id, leaf_index, acked_ms) "
+                            "VALUES (?, ?, ?)",
+                            (event_id, int(index), now),
+                        )
+                    cur = self._db.execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
+                    removed += cur.rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return removed
+
+    def receipts(self) -> dict[str, int]:
+        """``event_id -> leaf_index`` of acknowledged events (``keep_receipts=True``)."""
+        with self._lock:
+            rows = self._db.execute("SELECT event_id, leaf_index FROM shipped").fetchall()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def rejected(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT event_id FROM rejected ORDER BY event_id").fetchall()
+        return [str(r[0]) for r in rows]
+
+
+def ship_once(outbox: Outbox, send_batch: SendBatch, *, limit: int = 256) -> ShipResult:
+    """Send up to ``limit`` pending entries once and delete those acknowledged.
+
+    Acknowledgements for event ids that were not in this batch are ignored (a
+    confused or malicious peer cannot make us drop other events). Transport
+    errors propagate; nothing is deleted then.
+    """
+    batch = outbox.pending(limit)
+    if not batch:
+        return ShipResult(0, 0, 0)
+    acks = send_batch([p.entry for p in batch])
+    sent_ids = {p.event_id for p in batch}
+    valid: list[Ack] = []
+    for ack in acks:
+        if not (isinstance(ack, tuple) and len(ack) == 2):
+            raise RemoteError("malformed acknowledgement")
+        event_id, index = ack
+        if not isinstance(event_id, str) or not isinstance(index, int):
+            raise RemoteError("malformed acknowledgement")
+        if event_id in sent_ids:
+            valid.append((event_id, index))
+    rejected = sum(1 for _, i in valid if i == REJECTED)
+    outbox.ack(valid)
+    return ShipResult(len(batch), len(valid) - rejected, rejected)

@@ -1,0 +1,193 @@
+"""AuditLog on SQLite and PostgreSQL: append, idempotence, proofs, checkpoints, rejection."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from audit_log_helpers import make_events
+
+from securemesh.audit import merkle
+from securemesh.audit.checkpoint import open_checkpoint
+from securemesh.audit.events import EventKind, new_event, sign_event
+from securemesh.audit.log import MAX_BATCH, AuditBatcher, AuditLog, open_log
+from securemesh.crypto.signing import Ed25519Signer
+from securemesh.errors import AuthenticationError, DecodeError, LocalError, UnknownOrigin
+
+
+@pytest.fixture
+def log(
+    audit_db_url: str, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> AuditLog:
+    lg = open_log(audit_db_url, signer=log_signer, clock=lambda: 1_800_000_000.0)
+    for name, signer in edge_signers.items():
+        lg.register_node(name, signer.verify_key)
+    yield lg  # type: ignore[misc]
+    lg.close()
+
+
+def test_empty_log(log: AuditLog) -> None:
+    assert log.size() == 0
+    assert log.latest_checkpoint() is None
+    with pytest.raises(LocalError):
+        log.get_entry(0)
+
+
+def test_append_assigns_contiguous_indices_and_signs_heads(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer], log_signer: Ed25519Signer
+) -> None:
+    events = make_events(edge_signers["edge-1"], "edge-1", 600)
+    assert log.append(events) == list(range(600))
+    entries = [e.to_bytes() for e in events]
+    assert log.size() == 600
+    assert log.get_entry(17) == entries[17]
+    # batches of at most 256 entries, one signed checkpoint each
+    heads = list(log.tree_heads())
+    assert [h.size for h in heads] == [256, 512, 600]
+    for h in heads:
+        cp = open_checkpoint(
+            h.note, key_name=log.key_name, verify_key=log_signer.verify_key, origin=log.origin
+        )
+        assert (cp.size, cp.root_hash) == (h.size, merkle.root(entries[: h.size]))
+    assert log.latest_checkpoint() == heads[-1].note
+
+
+def test_append_is_idempotent_by_event_id(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    events = make_events(edge_signers["edge-1"], "edge-1", 10)
+    assert log.append(events[:6]) == list(range(6))
+    heads_before = len(list(log.tree_heads()))
+    # overlapping re-append plus a duplicate inside the same call
+    assert log.append([events[3], *events[4:], events[9]]) == [3, 4, 5, 6, 7, 8, 9, 9]
+    assert log.size() == 10
+    assert log.append(events) == list(range(10))  # nothing new: no new tree head
+    assert len(list(log.tree_heads())) == heads_before + 1
+    assert log.count_rows() == 10
+
+
+def test_proofs_match_the_reference_and_verify(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    events = make_events(edge_signers["edge-2"], "edge-2", 300)
+    entries = [e.to_bytes() for e in events]
+    log.append(events[:77])
+    log.append(events[77:])
+    leaf_hashes = [merkle.leaf_hash(e) for e in entries]
+    for size in (1, 2, 77, 256, 300):
+        r = merkle.root_from_leaf_hashes(leaf_hashes[:size])
+        for i in {0, size // 2, size - 1}:
+            proof = log.inclusion_proof(i, size)
+            assert proof == merkle.inclusion_proof(i, leaf_hashes[:size])
+            merkle.verify_inclusion(leaf_hashes[i], i, size, proof, r)
+    for old, new in [(1, 300), (77, 300), (128, 256), (255, 300), (300, 300)]:
+        proof = log.consistency_proof(old, new)
+        assert proof == merkle.consistency_proof(old, leaf_hashes[:new])
+        merkle.verify_consistency(
+            old,
+            new,
+            merkle.root_from_leaf_hashes(leaf_hashes[:old]),
+            merkle.root_from_leaf_hashes(leaf_hashes[:new]),
+            proof,
+        )
+    with pytest.raises(LocalError):
+        log.inclusion_proof(0, 301)
+
+
+def test_prove_entry_checks_against_latest_head(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    events = make_events(edge_signers["edge-1"], "edge-1", 5)
+    log.append(events)
+    entry, head, proof = log.prove_entry(3)
+    assert entry == events[3].to_bytes()
+    merkle.verify_inclusion(merkle.leaf_hash(entry), 3, head.size, proof, head.root)
+
+
+def test_unknown_origin_is_refused_and_nothing_appended(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    stranger = Ed25519Signer.from_seed(b"S" * 32)
+    good = make_events(edge_signers["edge-1"], "edge-1", 2)
+    bad = make_events(stranger, "edge-9", 1)
+    with pytest.raises(UnknownOrigin) as info:
+        log.append([*good, *bad])
+    assert info.value.reason == "unknown_origin"
+    assert log.size() == 0
+
+
+def test_forged_event_is_refused(log: AuditLog, edge_signers: dict[str, Ed25519Signer]) -> None:
+    # signed by edge-2's key but claiming to come from edge-1
+    forged = make_events(edge_signers["edge-2"], "edge-1", 1)
+    with pytest.raises(AuthenticationError):
+        log.append(forged)
+    # a flipped bit in the signature
+    raw = bytearray(make_events(edge_signers["edge-1"], "edge-1", 1)[0].to_bytes())
+    raw[20] ^= 1
+    with pytest.raises(AuthenticationError):
+        log.append([bytes(raw)])
+    with pytest.raises(DecodeError):
+        log.append([b"not an event"])
+    assert log.size() == 0
+
+
+def test_append_entries_rejects_individually(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    good = [e.to_bytes() for e in make_events(edge_signers["edge-1"], "edge-1", 3)]
+    forged = make_events(edge_signers["edge-2"], "edge-1", 1, start=50)[0].to_bytes()
+    outcomes = log.append_entries([good[0], forged, good[1], b"junk", good[2]])
+    assert [o.index for o in outcomes] == [0, None, 1, None, 2]
+    assert isinstance(outcomes[1].error, AuthenticationError)
+    assert isinstance(outcomes[3].error, DecodeError)
+    assert outcomes[0].accepted
+    assert log.size() == 3
+
+
+def test_reading_without_the_log_key(
+    audit_db_url: str, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    with open_log(audit_db_url, signer=log_signer) as lg:
+        lg.register_node("edge-1", edge_signers["edge-1"].verify_key)
+        lg.append(make_events(edge_signers["edge-1"], "edge-1", 3))
+    with open_log(audit_db_url) as reader:
+        assert reader.size() == 3
+        with pytest.raises(LocalError):
+            reader.append(make_events(edge_signers["edge-1"], "edge-1", 1, start=9))
+
+
+def test_batcher_commits_concurrent_submissions(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    events = [e.to_bytes() for e in make_events(edge_signers["edge-1"], "edge-1", 400)]
+    batcher = AuditBatcher(log, max_delay=0.05)
+    results: dict[int, list[int | None]] = {}
+
+    def worker(k: int) -> None:
+        results[k] = [o.index for o in batcher.append(events[k::4])]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    got = sorted(i for r in results.values() for i in r if i is not None)
+    assert got == list(range(400))
+    assert max(h.size for h in log.tree_heads()) == 400
+    assert all(
+        b.size - a.size <= MAX_BATCH
+        for a, b in zip(list(log.tree_heads()), list(log.tree_heads())[1:], strict=False)
+    )
+
+
+def test_register_node_validates(log: AuditLog) -> None:
+    with pytest.raises(LocalError):
+        log.register_node("edge-x", b"short")
+    with pytest.raises(UnknownOrigin):
+        log.registered_key("nobody")
+    event = sign_event(
+        new_event(EventKind.HE_JOB, origin="edge-1", subject=("task", "t1"), now=1.0),
+        Ed25519Signer.from_seed(b"1" * 32),
+    )
+    assert log.append([event]) == [0]

@@ -1,0 +1,251 @@
+"""``verify_log``: a clean log verifies; every kind of tampering is found and named."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from audit_log_helpers import make_events
+from sqlalchemy import delete, select, update
+
+from securemesh.audit import _schema as s
+from securemesh.audit.log import AuditLog, open_log
+from securemesh.audit.verify import (
+    LastSeen,
+    load_last_seen,
+    save_last_seen,
+    verify_log,
+)
+from securemesh.crypto.signing import Ed25519Signer
+from securemesh.errors import LocalError, LogIntegrityError
+
+N = 600
+
+
+@pytest.fixture
+def log(
+    audit_db_url: str, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> AuditLog:
+    lg = open_log(audit_db_url, signer=log_signer, clock=lambda: 1_800_000_000.0)
+    for name, signer in edge_signers.items():
+        lg.register_node(name, signer.verify_key)
+    events = make_events(edge_signers["edge-1"], "edge-1", N // 2)
+    events += make_events(edge_signers["edge-2"], "edge-2", N // 2)
+    lg.append(events[:100])
+    lg.append(events[100:])
+    yield lg  # type: ignore[misc]
+    lg.close()
+
+
+def _verify(log: AuditLog, log_signer: Ed25519Signer, last_seen: LastSeen | None = None) -> None:
+    verify_log(
+        log.engine,
+        log_verify_key=log_signer.verify_key,
+        log_origin=log.origin,
+        last_seen=last_seen,
+        fetch_batch=128,
+    )
+
+
+def _tampered(
+    log: AuditLog, log_signer: Ed25519Signer, last_seen: LastSeen | None = None
+) -> list[int]:
+    with pytest.raises(LogIntegrityError) as info:
+        _verify(log, log_signer, last_seen)
+    return info.value.entries
+
+
+def _sql(log: AuditLog, stmt: object) -> None:
+    with log.engine.begin() as conn:
+        conn.execute(stmt)  # type: ignore[call-overload]
+
+
+def test_clean_log_verifies_and_reports(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    report = verify_log(log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin)
+    assert report.size == N
+    assert report.signatures_checked == N
+    assert report.heads_checked == 3  # 100, then batches of at most 256: 356, 600
+    assert report.latest_note == log.latest_checkpoint()
+
+
+@pytest.mark.parametrize("index", [0, 1, 255, 300, N - 1])
+def test_changed_byte_in_entry_is_named(
+    log: AuditLog, log_signer: Ed25519Signer, index: int
+) -> None:
+    entry = bytearray(log.get_entry(index))
+    entry[-10] ^= 0x01
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == index).values(entry=bytes(entry)))
+    assert _tampered(log, log_signer) == [index]
+
+
+def test_changed_entry_with_recomputed_leaf_hash_is_named(
+    log: AuditLog, log_signer: Ed25519Signer
+) -> None:
+    entry = bytearray(log.get_entry(42))
+    entry[-3] ^= 0x20
+    new = bytes(entry)
+    _sql(
+        log,
+        update(s.leaves)
+        .where(s.leaves.c.idx == 42)
+        .values(entry=new, leaf_hash=hashlib.sha256(b"\x00" + new).digest()),
+    )
+    assert _tampered(log, log_signer) == [42]
+
+
+def test_substituted_validly_signed_event_is_named(
+    log: AuditLog, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    # a genuine edge-1 event that was never appended, swapped in at index 7
+    other = make_events(edge_signers["edge-1"], "edge-1", 1, start=10_000)[0].to_bytes()
+    _sql(
+        log,
+        update(s.leaves)
+        .where(s.leaves.c.idx == 7)
+        .values(entry=other, leaf_hash=hashlib.sha256(b"\x00" + other).digest()),
+    )
+    assert _tampered(log, log_signer) == [7]
+
+
+def test_substituted_event_with_all_columns_rewritten_is_named(
+    log: AuditLog, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    # a careful operator also rewrites the event id and leaf hash columns
+    ev = make_events(edge_signers["edge-1"], "edge-1", 1, start=10_001)[0]
+    other = ev.to_bytes()
+    _sql(
+        log,
+        update(s.leaves)
+        .where(s.leaves.c.idx == 7)
+        .values(
+            entry=other,
+            leaf_hash=hashlib.sha256(b"\x00" + other).digest(),
+            event_id=ev.unverified_event().event_id,
+        ),
+    )
+    assert _tampered(log, log_signer) == [7]
+
+
+def test_changed_leaf_hash_is_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 500).values(leaf_hash=b"\x11" * 32))
+    assert _tampered(log, log_signer) == [500]
+
+
+@pytest.mark.parametrize("index", [0, 99, 100, 350, N - 1])
+def test_deleted_row_is_named(log: AuditLog, log_signer: Ed25519Signer, index: int) -> None:
+    _sql(log, delete(s.leaves).where(s.leaves.c.idx == index))
+    assert _tampered(log, log_signer) == [index]
+
+
+def test_reordered_rows_are_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 10).values(idx=-1))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 400).values(idx=10))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == -1).values(idx=400))
+    assert _tampered(log, log_signer) == [10, 400]
+
+
+def test_adjacent_swap_is_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 200).values(idx=-1))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 201).values(idx=200))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == -1).values(idx=201))
+    assert _tampered(log, log_signer) == [200, 201]
+
+
+def test_forged_tree_head_is_reported(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    with log.engine.connect() as conn:
+        note = conn.execute(
+            select(s.tree_heads.c.note).where(s.tree_heads.c.size == 100)
+        ).scalar_one()
+    forged = bytes(note)[:-6] + b"AAAA=\n"
+    _sql(log, update(s.tree_heads).where(s.tree_heads.c.size == 100).values(note=forged))
+    with pytest.raises(LogIntegrityError, match="size 100"):
+        _verify(log, log_signer)
+
+
+def test_unsigned_extra_row_is_named(
+    log: AuditLog, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    extra = make_events(edge_signers["edge-2"], "edge-2", 1, start=9_999)[0].to_bytes()
+    row = {
+        "idx": N,
+        "event_id": "f" * 32,
+        "entry": extra,
+        "leaf_hash": hashlib.sha256(b"\x00" + extra).digest(),
+        "origin": "edge-2",
+        "kind": "object.put",
+        "subject_type": "object",
+        "subject_id": "x",
+        "outcome": "success",
+        "time_ms": 0,
+        "details": "{}",
+    }
+    _sql(log, s.leaves.insert().values(**row))
+    assert _tampered(log, log_signer) == [N]
+
+
+def test_rollback_is_refused_with_client_state(
+    log: AuditLog, log_signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "last-seen.json"
+    head = log.latest_tree_head()
+    assert head is not None
+    save_last_seen(state_file, LastSeen(log.origin, head.size, head.root, head.note))
+    seen = load_last_seen(state_file)
+    assert seen is not None
+    _verify(log, log_signer, seen)
+    # the operator rolls the database back to the consistent tree of size 356
+    old = log.tree_head(356)
+    with log.engine.begin() as conn:
+        conn.execute(delete(s.leaves).where(s.leaves.c.idx >= 356))
+        conn.execute(delete(s.tree_heads).where(s.tree_heads.c.size > 356))
+        conn.execute(update(s.sequencer).values(size=356, root=old.root, frontier=_peaks(log, 356)))
+    _verify(log, log_signer)  # a client that never saw more cannot tell ...
+    entries = _tampered(log, log_signer, seen)  # ... but this one can
+    assert entries == list(range(356, N))
+
+
+def test_fork_at_same_size_is_refused(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    head = log.latest_tree_head()
+    assert head is not None
+    seen = LastSeen(log.origin, head.size, b"\x00" * 32, head.note)
+    with pytest.raises(LogIntegrityError, match="fork"):
+        _verify(log, log_signer, seen)
+
+
+def test_wrong_log_key_fails(log: AuditLog) -> None:
+    with pytest.raises(LogIntegrityError):
+        verify_log(
+            log.engine,
+            log_verify_key=Ed25519Signer.from_seed(b"X" * 32).verify_key,
+            log_origin=log.origin,
+        )
+
+
+def test_unregistered_origin_entries_are_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, delete(s.origins).where(s.origins.c.node_id == "edge-2"))
+    assert _tampered(log, log_signer) == list(range(N // 2, N))
+
+
+def test_last_seen_file_is_validated(tmp_path: Path) -> None:
+    p = tmp_path / "seen.json"
+    assert load_last_seen(p) is None
+    p.write_text("{not json")
+    with pytest.raises(LocalError):
+        load_last_seen(p)
+    p.write_bytes(b"x" * 100_000)
+    with pytest.raises(LocalError):
+        load_last_seen(p)
+
+
+def _peaks(log: AuditLog, size: int) -> bytes:
+    from securemesh.audit.merkle import peak_ids
+
+    out = []
+    with log.engine.connect() as conn:
+        for n in peak_ids(size):
+            q = select(s.tree_nodes.c.hash).where(
+                s.tree_nodes.c.level == n.level, s.tree_nodes.c.idx == n.index
+            )
+            out.append(bytes(conn.execute(q).scalar_one()))
+    return b"".join(out)
