@@ -119,7 +119,8 @@ __all__ = [
     "pack_frames",
 ]
 
-#: What callers may hand us as a frame (pyzmq ``Frame.buffer`` is a memoryview).
+#: What callers may hand us as a frame. At run time :func:`decode` takes any
+#: C-contiguous buffer, including ``zmq.Frame`` from ``recv_multipart(copy=False)``.
 Frame = bytes | bytearray | memoryview
 #: What the encoder hands back: pyzmq sends these with ``copy=False``.
 WireFrame = bytes | memoryview
@@ -280,7 +281,12 @@ class Envelope(_HeaderFields):
         return self._body
 
     def body(self, model: type[M]) -> M:
-        """Parse the body strictly as ``model``; raise :class:`DecodeError` if it does not fit."""
+        """Parse the body strictly as ``model``; raise :class:`DecodeError` if it does not fit.
+
+        Uses ``model.model_validate_json(body, strict=True)``: no type coercion.
+        Strict mode still ignores unknown keys; message models should also set
+        ``model_config = ConfigDict(extra="forbid", frozen=True)``.
+        """
         import pydantic  # noqa: PLC0415 - lazy: keeps `import securemesh.wire` light
 
         try:
