@@ -71,6 +71,19 @@ Receiving, in order (ARCHITECTURE.md §3)
    :class:`Envelope` or raises :class:`~securemesh.errors.AuthenticationError`.
    Only verification can construct an :class:`Envelope`.
 3. Replay (:class:`securemesh.wire.ReplayGuard`), authorization, dispatch.
+
+What verification does *not* decide (the caller's duties)
+---------------------------------------------------------
+* SIGNED: the verify key must come from the certificate of ``sender`` (looked
+  up by that name, checked valid and unrevoked); then the signature binds the
+  sender name too.
+* MAC: the MAC proves only that one end of the session named by ``key_id``
+  made the message. The caller must check that ``sender`` is that session's
+  peer (this also stops a message being reflected back to its origin), and a
+  session should use one key per direction.
+* Both: ``recipient`` must be this node, or empty for a broadcast, unless the
+  node is forwarding; otherwise a message meant for one node could be
+  delivered to another.
 """
 
 from __future__ import annotations
@@ -350,6 +363,9 @@ class UnverifiedEnvelope(_HeaderFields):
 
     def verify_mac(self, key: bytes) -> Envelope:
         """Check the session MAC with the 32-byte session key named by ``key_id``.
+
+        The caller must also check that ``sender`` is the peer of that session
+        (see the module docstring).
 
         Returns the verified :class:`Envelope`; raises
         :class:`~securemesh.errors.AuthenticationError` if the envelope is not
