@@ -236,10 +236,15 @@ def write_file_atomic(
             os.replace(tmp, target)
         else:
             try:
-                os.link(tmp, target)
+                os.link(tmp, target)  # atomic and never clobbers
             except FileExistsError as exc:
                 raise KeyStoreError(f"{target} exists; refusing to overwrite") from exc
-            os.unlink(tmp)
+            except OSError:  # no hard links here (some FUSE/SMB mounts): check, then rename
+                if target.exists():
+                    raise KeyStoreError(f"{target} exists; refusing to overwrite") from None
+                os.replace(tmp, target)
+            else:
+                os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -103,6 +103,29 @@ def test_arbitrary_bytes_never_crash_the_decoder(data: bytes) -> None:
         verify_certificate(data, trust=trust, now=NOW)
 
 
+@settings(max_examples=300)
+@given(data=st.data())
+def test_mutated_certificates_fail_cleanly(data: st.DataObject) -> None:
+    """Random edits of a valid certificate: verified or a CertificateError, nothing else."""
+    authority = Authority.create("mesh-root", now=NOW, signer=Ed25519Signer.from_seed(bytes(32)))
+    blob = bytearray(
+        authority.issue(
+            "dev-01", Tier.END, ["a", "b"], identity_from_byte(1).public(), lifetime_s=DAY, now=NOW
+        ).to_bytes()
+    )
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        index = data.draw(st.integers(0, len(blob) - 1))
+        if op == "set":
+            blob[index] = data.draw(st.integers(0, 255))
+        elif op == "insert":
+            blob.insert(index, data.draw(st.integers(0, 255)))
+        else:
+            del blob[index]
+    with contextlib.suppress(CertificateError):
+        verify_certificate(bytes(blob), trust=authority.trust_store(), now=NOW)
+
+
 def test_documented_layout_by_hand(authority: Authority, device: NodeIdentity) -> None:
     """Assemble the certificate byte by byte from the module docstring's table."""
     signed = issue_device(authority, device)
