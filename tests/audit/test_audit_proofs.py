@@ -313,3 +313,52 @@ def test_random_corruption_never_verifies_something_else(data: st.DataObject) ->
     # Only changes JSON ignores (insignificant whitespace) may pass, with the same result.
     assert vp.leaf_index == 3
     assert vp.signed_event == SignedEvent.from_bytes(w.entries[3])
+
+
+# ------------------------------------------------------------ public surface (httpx-style lock)
+
+EXPORTS = {
+    "securemesh.audit.merkle": (
+        "CompactRange EMPTY_ROOT GetNode HASH_SIZE MAX_PROOF_LENGTH MerkleAccumulator Node NodeId "
+        "consistency_proof consistency_proof_from_nodes consistency_proof_plan hash_plan "
+        "inclusion_proof inclusion_proof_from_nodes inclusion_proof_plan leaf_hash node_hash "
+        "peak_ids root root_from_leaf_hashes subtree_node_ids verify_consistency verify_inclusion"
+    ),
+    "securemesh.audit.checkpoint": (
+        "Checkpoint MAX_CHECKPOINT_SIZE MAX_SIGNATURES NoteVerifier SIG_TYPE_ED25519 "
+        "TIME_EXTENSION format_verifier_key key_id open_checkpoint open_note parse_verifier_key sign_checkpoint "
+        "sign_note"
+    ),
+    "securemesh.audit.events": (
+        "AuditEvent DetailValue EVENT_SIGNATURE_DOMAIN EVENT_VERSION EventKind MAX_DETAIL_KEYS "
+        "MAX_DETAIL_KEY_LENGTH MAX_DETAIL_STR_LENGTH MAX_EVENT_SIZE MAX_SIGNED_EVENT_SIZE Outcome "
+        "REQUIRED_DETAILS SignedEvent Subject SubjectType event_key_id new_event sign_event"
+    ),
+    "securemesh.audit.proofs": (
+        "BUNDLE_FORMAT BUNDLE_VERSION MAX_BUNDLE_SIZE VerifiedProof build_proof_bundle "
+        "verify_proof_bundle"
+    ),
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPORTS))
+def test_public_surface_is_locked(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(EXPORTS[module].split())
+    for name in mod.__all__:
+        assert hasattr(mod, name)
+
+
+def test_package_reexports_the_core() -> None:
+    from securemesh import audit
+
+    core = {
+        "AuditEvent", "Checkpoint", "EventKind", "Outcome", "SignedEvent", "Subject",
+        "SubjectType", "VerifiedProof", "build_proof_bundle", "format_verifier_key", "new_event",
+        "open_checkpoint", "parse_verifier_key", "sign_checkpoint", "sign_event",
+        "verify_proof_bundle",
+    }  # fmt: skip
+    assert core <= set(audit.__all__)
+    assert all(hasattr(audit, name) for name in core)
