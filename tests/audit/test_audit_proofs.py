@@ -326,8 +326,8 @@ EXPORTS = {
     ),
     "securemesh.audit.checkpoint": (
         "Checkpoint MAX_CHECKPOINT_SIZE MAX_SIGNATURES NoteVerifier SIG_TYPE_ED25519 "
-        "TIME_EXTENSION format_verifier_key key_id open_checkpoint open_note parse_verifier_key sign_checkpoint "
-        "sign_note"
+        "TIME_EXTENSION format_verifier_key key_id open_checkpoint open_note parse_verifier_key "
+        "sign_checkpoint sign_note"
     ),
     "securemesh.audit.events": (
         "AuditEvent DetailValue EVENT_SIGNATURE_DOMAIN EVENT_VERSION EventKind MAX_DETAIL_KEYS "
