@@ -1,0 +1,97 @@
+"""Engines, migrations and locking of the audit store."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, text
+
+from securemesh.audit.log import open_log
+from securemesh.audit.store import (
+    create_audit_engine,
+    normalise_url,
+    upgrade_schema,
+    write_transaction,
+)
+from securemesh.errors import ConfigError
+
+TABLES = {
+    "audit_leaves",
+    "audit_tree_nodes",
+    "audit_tree_heads",
+    "audit_sequencer",
+    "audit_origins",
+    "audit_alembic_version",
+}
+
+
+def test_normalise_url(tmp_path: Path) -> None:
+    assert normalise_url(tmp_path / "a.db") == f"sqlite:///{tmp_path / 'a.db'}"
+    assert normalise_url("postgresql+psycopg://x@h/db") == "postgresql+psycopg://x@h/db"
+    with pytest.raises(ConfigError):
+        normalise_url("")
+    with pytest.raises(ConfigError):
+        create_audit_engine("sqlite://")
+    with pytest.raises(ConfigError):
+        create_audit_engine("mysql://u@h/db")
+    with pytest.raises(ConfigError):
+        create_audit_engine(tmp_path / "b.db", synchronous="sometimes")
+
+
+def test_sqlite_engine_uses_wal_and_busy_timeout(tmp_path: Path) -> None:
+    engine = create_audit_engine(tmp_path / "sub" / "a.db", busy_timeout_s=5)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    engine.dispose()
+
+
+def test_migrations_create_schema_and_are_idempotent(audit_db_url: str) -> None:
+    engine = create_audit_engine(audit_db_url)
+    upgrade_schema(engine)
+    upgrade_schema(engine)
+    assert set(inspect(engine).get_table_names()) >= TABLES
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM audit_alembic_version")).scalar() == (
+            "a0001"
+        )
+        assert conn.execute(text("SELECT size FROM audit_sequencer WHERE id = 1")).scalar() == 0
+    engine.dispose()
+
+
+def test_sqlite_write_transactions_exclude_each_other(tmp_path: Path) -> None:
+    engine = create_audit_engine(tmp_path / "a.db", busy_timeout_s=0.2)
+    upgrade_schema(engine)
+    with write_transaction(engine):
+        other = create_audit_engine(tmp_path / "a.db", busy_timeout_s=0.2)
+        with pytest.raises(Exception, match="locked"), write_transaction(other):
+            pass
+        other.dispose()
+    engine.dispose()
+
+
+def _open(url: str) -> None:
+    open_log(url).close()
+
+
+@pytest.mark.slow
+def test_concurrent_first_open_migrates_once(audit_db_url: str) -> None:
+    """Several processes opening the same fresh database at once all succeed."""
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_open, args=(audit_db_url,)) for _ in range(4)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join()
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    with open_log(audit_db_url) as log:
+        assert log.size() == 0
