@@ -336,7 +336,7 @@ def _inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
                   = PATH(m - k, D[k:n]) : MTH(D[0:k]) if m >= k
     """
     _check_size(size, "tree size")
-    if not 0 <= index < size:
+    if type(index) is not int or not 0 <= index < size:
         raise LocalError(f"leaf index {index} is outside a tree of size {size}")
     ranges: list[tuple[int, int]] = []
     start, end = 0, size
