@@ -696,6 +696,7 @@ def _verify(
     depth: int,
 ) -> Certificate:
     """Steps 2-6 of the module docstring; ``depth`` 1 means only roots may issue."""
+    _floor_now(now)  # a NaN clock would pass every comparison below
     cert = signed.unverified_certificate()
     # 2. issuer known (a root, or a delegate whose own certificate verifies now)
     root_id = cert.issuer

@@ -316,6 +316,13 @@ def test_validity_boundaries(authority: Authority, device: NodeIdentity) -> None
     assert issubclass(CertificateNotYetValid, CertificateExpired)
 
 
+@pytest.mark.parametrize("now", [float("nan"), float("inf"), "1700000000", None])
+def test_a_broken_clock_is_refused(authority: Authority, device: NodeIdentity, now: object) -> None:
+    signed = issue_device(authority, device)
+    with pytest.raises(LocalError):
+        verify_certificate(signed, trust=authority.trust_store(), now=now)  # type: ignore[arg-type]
+
+
 def test_size_limit_first(authority: Authority) -> None:
     trust = authority.trust_store()
     with pytest.raises(CertificateMalformed, match="larger than"):
