@@ -47,11 +47,8 @@ def test_wheel_has_no_top_level_crypto_storage_audit(wheel: Path) -> None:
 
 def test_installed_wheel_imports_from_outside_the_repo(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
-        + [str(wheel)],
-        check=True,
-    )
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+    subprocess.run([*pip, "--target", str(target), str(wheel)], check=True)
     assert not any((target / name).exists() for name in ("crypto", "storage", "audit"))
     code = (
         "import securemesh, securemesh.crypto, securemesh.storage, securemesh.audit;"
