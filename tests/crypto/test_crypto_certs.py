@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -194,7 +196,7 @@ def test_known_answer_vectors() -> None:
 def test_non_canonical_encodings_are_malformed(authority: Authority, device: NodeIdentity) -> None:
     cert = issue_device(authority, device).unverified_certificate()
     good = cert.to_bytes()
-    two_roles = Certificate(**{**_fields(cert), "roles": ("a", "b")}).to_bytes()
+    two_roles = dataclasses.replace(cert, roles=("a", "b")).to_bytes()
     swapped = two_roles.replace(b"\x01a\x01b", b"\x01b\x01a")
     duplicate = two_roles.replace(b"\x01a\x01b", b"\x01a\x01a")
     for bad in (
@@ -264,7 +266,7 @@ def test_rejections_have_distinct_types(authority: Authority, device: NodeIdenti
     trust_revoked.update_revocation_list(
         authority.revoke(signed.unverified_certificate().serial, now=NOW)
     )
-    cases = {
+    cases: dict[type[CertificateError], Callable[[], Certificate]] = {
         CertificateSignatureInvalid: lambda: verify_certificate(bytes(blob), trust=trust, now=NOW),
         CertificateExpired: lambda: verify_certificate(signed, trust=trust, now=NOW + DAY),
         CertificateNotYetValid: lambda: verify_certificate(signed, trust=trust, now=NOW - 1),

@@ -152,7 +152,7 @@ def test_rejects_bad_seeds(seed: object) -> None:
 def test_rejects_bad_parameters() -> None:
     for kwargs in ({"bits": 0}, {"bits": 65}, {"bits": True}, {"label": "str"}):
         with pytest.raises(LocalError):
-            expand_mask(SEED, 4, **kwargs)  # type: ignore[arg-type]
+            expand_mask(SEED, 4, **kwargs)
     for length in (-1, MAX_LENGTH + 1):
         with pytest.raises(LocalError):
             expand_mask(SEED, length)

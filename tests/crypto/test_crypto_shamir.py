@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from crypto_support import load_vectors
@@ -72,19 +73,21 @@ def test_every_candidate_secret_is_consistent_with_t_minus_1_shares() -> None:
         assert combine([*known, Share(fresh_x, y)], threshold=threshold) == candidate
 
 
+def _replay(values: list[int]) -> Callable[[int], int]:
+    """A randbelow that hands out ``values`` in order (to enumerate every polynomial)."""
+    items = iter(values)
+    return lambda _bound: next(items)
+
+
 def test_perfect_secrecy_exhaustively_in_a_small_field() -> None:
     """Over GF(11) with t = 3: for every secret, the 2 shares are uniform over all 121 pairs."""
     prime = 11
     for secret in range(prime):
         seen: Counter[tuple[int, int]] = Counter()
         for a1, a2 in itertools.product(range(prime), repeat=2):
-            coefficients = iter([a1, a2])
+            coefficients = [a1, a2]
             points = split_int(
-                secret,
-                threshold=3,
-                shares=3,
-                prime=prime,
-                randbelow=lambda _bound, c=coefficients: next(c),
+                secret, threshold=3, shares=3, prime=prime, randbelow=_replay(coefficients)
             )
             seen[(points[0][1], points[1][1])] += 1
             assert interpolate_at_zero(points, prime=prime) == secret
