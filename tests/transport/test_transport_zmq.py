@@ -1,0 +1,284 @@
+"""ZeroMQ-specific transport behaviour: raw intruders, CURVE requirement, ZAP, reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securemesh.errors import TransportError
+from securemesh.transport import AllowKeys, CurveKeyPair, TransportOptions, ZmqTransport
+from securemesh.transport import _zmq as zt
+
+WAIT = 5.0
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    async def bounded() -> None:
+        await asyncio.wait_for(coro, 30.0)
+
+    asyncio.run(bounded())
+
+
+def raw_dealer(
+    ctx: zmq.asyncio.Context,
+    address: str,
+    *,
+    server_key: bytes | None,
+    keys: CurveKeyPair | None,
+) -> zmq.asyncio.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if server_key is not None and keys is not None:
+        sock.curve_serverkey = server_key
+        sock.curve_publickey = keys.public
+        sock.curve_secretkey = keys.secret
+    sock.connect(address)
+    return sock
+
+
+@pytest.mark.parametrize("kind", ["unknown_curve_key", "no_curve", "plain"])
+def test_raw_zmq_intruder_is_never_delivered_and_good_peer_is_served(kind: str) -> None:
+    async def main() -> None:
+        server_keys, good_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        rejected = asyncio.Event()
+        server = ZmqTransport(
+            server_keys,
+            authenticator=AllowKeys([good_keys.public]),
+            on_reject=lambda key, exc: rejected.set(),
+        )
+        client = ZmqTransport(good_keys)
+        raw_ctx = zmq.asyncio.Context()
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            if kind == "unknown_curve_key":
+                intruder = raw_dealer(
+                    raw_ctx,
+                    listener.address,
+                    server_key=server_keys.public,
+                    keys=CurveKeyPair.generate(),
+                )
+            else:
+                intruder = raw_dealer(raw_ctx, listener.address, server_key=None, keys=None)
+                if kind == "plain":
+                    intruder.plain_username = b"admin"
+                    intruder.plain_password = b"admin"
+            for i in range(20):
+                await intruder.send_multipart([b"intrusion", str(i).encode()])
+            if kind == "unknown_curve_key":  # reached ZAP, refused there
+                await asyncio.wait_for(rejected.wait(), WAIT)
+            good = await client.connect(listener.address, server_keys.public)
+            await good.send(server_keys.public, [b"good"])
+            peer, frames = await listener.recv(timeout=WAIT)
+            assert (peer, frames) == (good_keys.public, [b"good"])
+            with pytest.raises(TimeoutError):
+                await listener.recv(timeout=0.3)
+            await listener.send(peer, [b"served"])
+            assert (await good.recv(timeout=WAIT))[1] == [b"served"]
+            assert await intruder.poll(100) == 0  # the intruder never hears anything
+        finally:
+            raw_ctx.destroy(linger=0)
+            await client.close()
+            await server.close()
+
+    run(main())
+
+
+def test_oversize_and_overlong_messages_from_an_admitted_peer() -> None:
+    options = TransportOptions(max_frame_size=1024, max_frames=3)
+
+    async def main() -> None:
+        server_keys, peer_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        server = ZmqTransport(
+            server_keys, authenticator=AllowKeys([peer_keys.public]), options=options
+        )
+        raw_ctx = zmq.asyncio.Context()
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            raw = raw_dealer(
+                raw_ctx, listener.address, server_key=server_keys.public, keys=peer_keys
+            )
+            await raw.send_multipart([b"a", b"b", b"c", b"d"])  # too many frames: dropped
+            await raw.send_multipart([b"ok"])
+            assert (await listener.recv(timeout=WAIT))[1] == [b"ok"]
+            assert listener.stats.dropped_malformed == 1
+            await raw.send_multipart([bytes(2048)])  # over MAXMSGSIZE: libzmq drops the peer
+            # The raw DEALER reconnects by itself and the listener serves it
+            # again; the oversize message is never delivered.
+            received: list[list[bytes]] = []
+            async with asyncio.timeout(WAIT):
+                for i in range(10_000):
+                    await raw.send_multipart([b"again", str(i).encode()])
+                    try:
+                        peer, frames = await listener.recv(timeout=0.02)
+                    except TimeoutError:
+                        continue
+                    received.append(frames)
+                    break
+            assert peer == peer_keys.public
+            assert received[-1][0] == b"again"
+            assert all(len(f) <= 1024 for frames in received for f in frames)
+        finally:
+            raw_ctx.destroy(linger=0)
+            await server.close()
+
+    run(main())
+
+
+def test_reconnect_after_the_listener_comes_back() -> None:
+    options = TransportOptions(reconnect_ivl=0.01, reconnect_ivl_max=0.2)
+
+    async def main() -> None:
+        server_keys, client_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        server = ZmqTransport(
+            server_keys, authenticator=AllowKeys([client_keys.public]), options=options
+        )
+        client = ZmqTransport(client_keys, options=options)
+        try:
+            first = await server.listen("tcp://127.0.0.1:0")
+            address = first.address
+            conn = await client.connect(address, server_keys.public)
+            await conn.send(server_keys.public, [b"one"])
+            assert (await first.recv(timeout=WAIT))[1] == [b"one"]
+            await first.close()
+            # libzmq releases the port asynchronously after close: retry the bind.
+            async with asyncio.timeout(WAIT):
+                while True:
+                    try:
+                        second = await server.listen(address)
+                    except TransportError:
+                        await asyncio.sleep(0.01)
+                        continue
+                    break
+            # Messages in flight when a connection drops may be lost (the
+            # transport is at-most-once; the bus acknowledges and resends), so
+            # keep sending until the reconnected DEALER gets one through.
+            async with asyncio.timeout(WAIT):
+                for i in range(10_000):
+                    await conn.send(server_keys.public, [b"two", str(i).encode()])
+                    try:
+                        peer, frames = await second.recv(timeout=0.02)
+                    except TimeoutError:
+                        continue
+                    break
+            assert peer == client_keys.public
+            assert frames[0] == b"two"
+            assert conn._sock.getsockopt(zmq.RECONNECT_IVL) == 10
+            assert conn._sock.getsockopt(zmq.RECONNECT_IVL_MAX) == 200
+        finally:
+            await client.close()
+            await server.close()
+
+    run(main())
+
+
+def test_socket_options_are_set() -> None:
+    options = TransportOptions(sndhwm=7, rcvhwm=9, max_frame_size=4096)
+
+    async def main() -> None:
+        keys = CurveKeyPair.generate()
+        server = ZmqTransport(keys, options=options)
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            conn = await server.connect(listener.address, keys.public)
+            for sock in (listener._sock, conn._sock):
+                assert sock.getsockopt(zmq.SNDHWM) == 7
+                assert sock.getsockopt(zmq.RCVHWM) == 9
+                assert sock.getsockopt(zmq.LINGER) == 0
+                assert sock.getsockopt(zmq.MAXMSGSIZE) == 4096
+            assert listener._sock.getsockopt(zmq.CURVE_SERVER) == 1
+            assert listener._sock.getsockopt(zmq.ZAP_DOMAIN) == zt.ZAP_DOMAIN
+            assert listener.address.startswith("tcp://127.0.0.1:")
+            assert not listener.address.endswith(":0")
+        finally:
+            await server.close()
+
+    run(main())
+
+
+def test_refuses_to_start_without_curve(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zt, "curve_available", lambda: False)
+    with pytest.raises(TransportError, match="CURVE"):
+        ZmqTransport(CurveKeyPair.generate())
+
+
+def test_bad_addresses_are_transport_errors() -> None:
+    async def main() -> None:
+        server = ZmqTransport(CurveKeyPair.generate())
+        try:
+            with pytest.raises(TransportError):
+                await server.listen("nonsense://x")
+            with pytest.raises(TransportError):
+                await server.connect("tcp://127.0.0.1:1", b"short")
+        finally:
+            await server.close()
+
+    run(main())
+
+
+# ------------------------------------------------------------------- ZAP
+
+
+class _FakeTransport:
+    """Just enough of ZmqTransport for the ZAP request parser."""
+
+    def __init__(self, allowed: bytes) -> None:
+        self.allowed = allowed
+
+    def _admit(self, key: bytes, *, count: bool) -> bool:
+        return key == self.allowed
+
+
+def _zap_handle(request: list[bytes], allowed: bytes) -> list[bytes] | None:
+    handler = zt._ZapHandler.__new__(zt._ZapHandler)
+    handler._transport = _FakeTransport(allowed)  # type: ignore[assignment]
+    return handler._handle(request)
+
+
+def test_zap_request_parsing() -> None:
+    key = bytes(range(32))
+    base = [b"rid", b"", b"1.0", b"7", zt.ZAP_DOMAIN, b"127.0.0.1", b"", b"CURVE", key]
+    reply = _zap_handle(base, key)
+    assert reply == [b"rid", b"", b"1.0", b"7", b"200", b"OK", key.hex().encode(), b""]
+    refused = _zap_handle(base, bytes(32))
+    assert refused is not None
+    assert refused[4] == b"400"
+    assert refused[6] == b""  # no User-Id for a refusal
+    for bad in (
+        [*base[:2], b"2.0", *base[3:]],
+        [*base[:4], b"other", *base[5:]],
+        [*base[:7], b"PLAIN", b"user", b"pass"],
+        [*base[:8], key[:31]],
+        [*base, b"extra"],
+    ):
+        answer = _zap_handle(bad, key)
+        assert answer is not None
+        assert answer[4] == b"400"
+    assert _zap_handle(base[:5], key) is None
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=40), max_size=12))
+def test_zap_parser_never_admits_garbage(request: list[bytes]) -> None:
+    key = bytes(range(32))
+    answer = _zap_handle(request, key)
+    if answer is not None and answer[-4] == b"200":
+        assert request[-1] == key
+        assert request[2] == b"1.0"
+
+
+def test_importing_the_transport_package_does_not_load_pyzmq() -> None:
+    code = (
+        "import sys, securemesh.transport as t; "
+        "assert 'zmq' not in sys.modules, 'zmq imported eagerly'; "
+        "t.ZmqTransport; assert 'zmq' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
