@@ -21,7 +21,7 @@ from securemesh.errors import SecureMeshError
 __all__ = ["build_parser", "main"]
 
 # Command-group modules, imported only when the CLI runs.
-_COMMAND_MODULES: tuple[str, ...] = ("securemesh.cli._keys",)
+_COMMAND_MODULES: tuple[str, ...] = ("securemesh.cli._keys", "securemesh.cli._audit")
 
 
 def build_parser() -> argparse.ArgumentParser:
