@@ -439,6 +439,9 @@ class Handshake:
         self._keys: SessionKeys | None = None
         self._th3: bytes = b""
         self._session: Session | None = None
+        #: When this handshake object was made (``clock()``); the bus abandons
+        #: handshakes older than its handshake timeout (see :meth:`expired`).
+        self.started_at = self._clock()
 
     @classmethod
     def initiator(
@@ -451,6 +454,7 @@ class Handshake:
         rng: Rng | None = None,
         clock: Clock | None = None,
         limits: SessionLimits | None = None,
+        window_factory: Callable[[int], CounterWindow] | None = None,
     ) -> Handshake:
         return cls(
             Role.INITIATOR,
@@ -461,6 +465,7 @@ class Handshake:
             rng=rng,
             clock=clock,
             limits=limits,
+            window_factory=window_factory,
         )
 
     @classmethod
@@ -473,6 +478,7 @@ class Handshake:
         rng: Rng | None = None,
         clock: Clock | None = None,
         limits: SessionLimits | None = None,
+        window_factory: Callable[[int], CounterWindow] | None = None,
     ) -> Handshake:
         return cls(
             Role.RESPONDER,
@@ -482,6 +488,7 @@ class Handshake:
             rng=rng,
             clock=clock,
             limits=limits,
+            window_factory=window_factory,
         )
 
     # ------------------------------------------------------------ transitions
@@ -496,6 +503,10 @@ class Handshake:
                 raise UnexpectedMessage(msg)
             raise LocalError(msg)
         self.state = nxt
+
+    def expired(self, timeout: float) -> bool:
+        """True if the handshake is not established ``timeout`` seconds after it started."""
+        return self.state is not State.ESTABLISHED and self._clock() - self.started_at >= timeout
 
     @property
     def session(self) -> Session:

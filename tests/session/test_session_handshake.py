@@ -521,3 +521,37 @@ def test_sliding_window_matches_a_model(counters: list[int], size: int) -> None:
             window.accept(c)
             seen.add(c)
             highest = max(highest, c)
+
+
+def test_handshake_expiry_and_custom_window() -> None:
+    created: list[int] = []
+
+    def factory(size: int) -> sm.CounterWindow:
+        created.append(size)
+        return sm.SlidingWindow(size)
+
+    directory = Directory(keys={f"node-{k}": s.verify_key for k, s in SIGNERS.items()})
+    clock = FakeClock()
+    limits = sm.SessionLimits(replay_window=128)
+    initiator = sm.Handshake.initiator(
+        node_id="node-a",
+        peer_id="node-b",
+        signer=SIGNERS["a"],
+        resolve_peer=directory,
+        clock=clock,
+        limits=limits,
+        window_factory=factory,
+    )
+    responder = sm.Handshake.responder(
+        node_id="node-b", signer=SIGNERS["b"], resolve_peer=directory, clock=clock, limits=limits
+    )
+    hello = initiator.initiate()
+    clock.now += 9.0
+    assert not initiator.expired(10.0)
+    clock.now += 1.0
+    assert initiator.expired(10.0)
+    accept = responder.receive(hello)
+    assert accept is not None
+    initiator.receive(accept)
+    assert not initiator.expired(10.0)  # established handshakes never expire
+    assert created == [128, 128]

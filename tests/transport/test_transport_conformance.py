@@ -375,6 +375,48 @@ def test_bounded_queues_and_send_timeout(kit: Kit, direction: str) -> None:
     run(main())
 
 
+def test_a_flooding_peer_does_not_starve_others(kit: Kit) -> None:
+    """Fair queueing: while one peer floods without pause, another is still heard."""
+    options = TransportOptions(sndhwm=4, rcvhwm=4)
+    frame = bytes(64 * 1024)
+
+    async def main() -> None:
+        async with mesh(kit, options) as m:
+            flooder = await m.add_client(options=options)
+            quiet = await m.add_client(options=options)
+            await hello(flooder, m.listener, b"f")
+            quiet_key = await hello(quiet, m.listener, b"q")
+            stop = asyncio.Event()
+
+            async def flood() -> None:
+                while not stop.is_set():
+                    with contextlib.suppress(SendTimeout):
+                        await flooder.send(flooder.server_key, [b"flood", frame], timeout=0.01)
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(flood())
+            try:
+                # Let the flood fill every queue before the quiet peer speaks.
+                async def flood_is_blocked() -> bool:
+                    return flooder.stats.send_timeouts >= 1
+
+                await until(flood_is_blocked)
+                await quiet.send(quiet.server_key, [b"quiet"])
+                reads = 0
+                while True:
+                    peer, frames = await m.listener.recv(timeout=WAIT)
+                    reads += 1
+                    if peer == quiet_key:
+                        break
+                    assert reads < 2000, "the quiet peer is starved"
+                assert frames == [b"quiet"]
+            finally:
+                stop.set()
+                await task
+
+    run(main())
+
+
 # ---------------------------------------------------------- authentication
 
 
