@@ -116,6 +116,7 @@ from securemesh.errors import (
 
 __all__ = [
     "ACCEPT_SIZE",
+    "ENVELOPE_MAC_LABEL",
     "FINISH_SIZE",
     "MAX_HANDSHAKE_MESSAGE_SIZE",
     "MAX_HELLO_SIZE",
@@ -154,6 +155,9 @@ MAX_HANDSHAKE_MESSAGE_SIZE = max(MAX_HELLO_SIZE, ACCEPT_SIZE, FINISH_SIZE)
 TRANSCRIPT_LABEL = b"securemesh/v1 session handshake"
 SIG_LABEL_RESPONDER = b"securemesh/v1 handshake signature: responder"
 SIG_LABEL_INITIATOR = b"securemesh/v1 handshake signature: initiator"
+
+#: Label deriving the wire MAC-mode keys from the traffic keys (Session.envelope_mac_keys).
+ENVELOPE_MAC_LABEL = b"securemesh/v1 envelope mac"
 
 RECORD_HEADER_SIZE = 12
 TAG_SIZE = 16
@@ -715,9 +719,25 @@ class Session:
             send_key, recv_key = keys.responder_to_initiator, keys.initiator_to_responder
         self._send = _Direction(send_key, now, self._new_window())
         self._recv = _Direction(recv_key, now, self._new_window())
+        # Keys for the wire's MAC mode (keyed BLAKE2b, securemesh.wire): derived
+        # from the epoch-0 traffic keys under their own label, so no key serves
+        # two algorithms. One key per direction (wire docstring, "caller's duties").
+        self._envelope_keys = (
+            hmac.new(send_key, ENVELOPE_MAC_LABEL, hashlib.sha256).digest(),
+            hmac.new(recv_key, ENVELOPE_MAC_LABEL, hashlib.sha256).digest(),
+        )
 
     def _new_window(self) -> CounterWindow:
         return self._window_factory(self._limits.replay_window)
+
+    def envelope_mac_keys(self) -> tuple[bytes, bytes]:
+        """``(send_key, receive_key)``: 32-byte keys for MAC-mode envelopes (never log them).
+
+        ``HMAC-SHA256(traffic key of epoch 0, ENVELOPE_MAC_LABEL)`` per direction.
+        Envelopes carry no epoch, so the bus rekeys MAC traffic by running a new
+        handshake (a new session id) rather than by ratcheting these keys.
+        """
+        return self._envelope_keys
 
     @property
     def send_epoch(self) -> int:

@@ -9,6 +9,7 @@ import pytest
 EXPECTED = {
     "securemesh.session": {
         "ACCEPT_SIZE",
+        "ENVELOPE_MAC_LABEL",
         "FINISH_SIZE",
         "MAX_HANDSHAKE_MESSAGE_SIZE",
         "MAX_HELLO_SIZE",
