@@ -251,9 +251,14 @@ class AuditLog:
         where: list[int] = []
         for i, entry in enumerate(entries):
             try:
-                d = self.check_entry(bytes(entry))
+                d = decode_entry(bytes(entry))
             except RemoteError as exc:
                 outcomes[i] = AppendOutcome(None, None, exc)
+                continue
+            try:
+                verify_decoded(d, self._resolver(d.origin))
+            except RemoteError as exc:  # the (unverified) id lets the edge drop it
+                outcomes[i] = AppendOutcome(d.event_id, None, exc)
                 continue
             good.append(d)
             where.append(i)

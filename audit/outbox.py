@@ -185,14 +185,14 @@ class Outbox:
                         )
                     elif index < 0:
                         raise LocalError(f"bad leaf index {index} in an acknowledgement")
-                    elif self._keep_receipts:
+                    cur = self._db.execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
+                    removed += cur.rowcount
+                    if cur.rowcount and index != REJECTED and self._keep_receipts:
                         self._db.execute(
                             "INSERT OR REPLACE INTO shipped (event_id, leaf_index, acked_ms) "
                             "VALUES (?, ?, ?)",
                             (event_id, int(index), now),
                         )
-                    cur = self._db.execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
-                    removed += cur.rowcount
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
