@@ -79,6 +79,17 @@ def _configure_common(sock: zmq.asyncio.Socket, options: TransportOptions) -> No
     sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_timeout * 1000))
 
 
+def _rearm(sock: zmq.asyncio.Socket) -> None:
+    """After using the synchronous shadow socket, let pending futures re-check.
+
+    The ZeroMQ FD is edge-triggered: a send or receive on the shadow may consume
+    the edge a pending ``zmq.asyncio`` future waits for. Reading ``EVENTS``
+    through the asyncio socket makes pyzmq schedule those futures again.
+    """
+    if not sock.closed:
+        sock.get(zmq.EVENTS)
+
+
 class _ZapHandler:
     """A ZAP server (RFC 27) on one context, backed by the transport's authenticator."""
 
@@ -148,6 +159,7 @@ class ZmqListener(Listener):
             sock.close(linger=0)
             raise TransportError(f"cannot listen on {address}: {exc}") from exc
         self._sock = sock
+        self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
         self._banned: set[bytes] = set()
@@ -198,24 +210,44 @@ class ZmqListener(Listener):
                 self._user_ids[user] = key
         return key
 
-    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
-        if self._closed:
-            raise TransportClosed("listener closed")
-        max_frames = self._transport.options.max_frames
+    def _accept(self, parts: list[zmq.Frame]) -> tuple[bytes, list[bytes]] | None:
+        peer = self._peer_of(parts[0])
+        if peer is None or peer in self._banned:
+            self.stats.dropped_unauthenticated += 1
+            return None
+        if len(parts) < 2 or len(parts) - 1 > self._transport.options.max_frames:
+            self.stats.dropped_malformed += 1
+            return None
+        self._routes[peer] = parts[0].bytes
+        self.stats.received += 1
+        return peer, [p.bytes for p in parts[1:]]
+
+    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
+        """Fast path: take an already-queued message without creating futures."""
         try:
+            while True:
+                try:
+                    parts = self._shadow.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return None
+                got = self._accept(parts)
+                if got is not None:
+                    return got
+        finally:
+            _rearm(self._sock)
+
+    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        try:
+            if self._closed:
+                raise zmq.ZMQError(zmq.ENOTSOCK)
+            got = self._try_recv()
+            if got is not None:
+                return got
             async with asyncio.timeout(timeout):
                 while True:
-                    parts = await self._sock.recv_multipart(copy=False)
-                    peer = self._peer_of(parts[0])
-                    if peer is None or peer in self._banned:
-                        self.stats.dropped_unauthenticated += 1
-                        continue
-                    if len(parts) < 2 or len(parts) - 1 > max_frames:
-                        self.stats.dropped_malformed += 1
-                        continue
-                    self._routes[peer] = parts[0].bytes
-                    self.stats.received += 1
-                    return peer, [p.bytes for p in parts[1:]]
+                    got = self._accept(await self._sock.recv_multipart(copy=False))
+                    if got is not None:
+                        return got
         except (asyncio.CancelledError, zmq.ZMQError):
             if self._closed:
                 raise TransportClosed("listener closed") from None
@@ -236,7 +268,10 @@ class ZmqListener(Listener):
         delay = 0.0005
         while True:
             try:
-                await self._sock.send_multipart([routing_id, *out], flags=zmq.NOBLOCK)
+                try:
+                    self._shadow.send_multipart([routing_id, *out], zmq.NOBLOCK)
+                finally:
+                    _rearm(self._sock)
             except zmq.Again:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -287,6 +322,7 @@ class ZmqConnection(Connection):
             sock.close(linger=0)
             raise TransportError(f"cannot connect to {address}: {exc}") from exc
         self._sock = sock
+        self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
         self._address = address
         self._server_key = bytes(server_key)
         self._closed = False
@@ -321,7 +357,10 @@ class ZmqConnection(Connection):
         deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
         while True:
             try:
-                await self._sock.send_multipart(out, flags=zmq.NOBLOCK)
+                try:
+                    self._shadow.send_multipart(out, zmq.NOBLOCK)
+                finally:
+                    _rearm(self._sock)
             except zmq.Again:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -344,19 +383,39 @@ class ZmqConnection(Connection):
             self.stats.sent += 1
             return
 
-    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
-        if self._closed:
-            raise TransportClosed("connection closed")
-        max_frames = self._transport.options.max_frames
+    def _accept(self, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
+        if len(frames) > self._transport.options.max_frames:
+            self.stats.dropped_malformed += 1
+            return None
+        self.stats.received += 1
+        return self._server_key, frames
+
+    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
+        """Fast path: take an already-queued message without creating futures."""
         try:
+            while True:
+                try:
+                    frames = self._shadow.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return None
+                got = self._accept(frames)
+                if got is not None:
+                    return got
+        finally:
+            _rearm(self._sock)
+
+    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        try:
+            if self._closed:
+                raise zmq.ZMQError(zmq.ENOTSOCK)
+            got = self._try_recv()
+            if got is not None:
+                return got
             async with asyncio.timeout(timeout):
                 while True:
-                    frames = await self._sock.recv_multipart()
-                    if len(frames) > max_frames:
-                        self.stats.dropped_malformed += 1
-                        continue
-                    self.stats.received += 1
-                    return self._server_key, frames
+                    got = self._accept(await self._sock.recv_multipart())
+                    if got is not None:
+                        return got
         except (asyncio.CancelledError, zmq.ZMQError):
             if self._closed:
                 raise TransportClosed("connection closed") from None

@@ -229,6 +229,42 @@ def test_ordering_per_peer(kit: Kit) -> None:
     run(main())
 
 
+def test_sending_while_a_receive_is_pending(kit: Kit) -> None:
+    """Request/reply with a reader task always parked in recv (the SDK's shape).
+
+    A send on the same socket must never swallow the wake-up the parked
+    receive waits for (ZeroMQ's FD is edge-triggered).
+    """
+
+    async def main() -> None:
+        async with mesh(kit) as m:
+            conn = await m.add_client()
+            replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+            async def reader() -> None:
+                while True:
+                    _, frames = await conn.recv()
+                    await replies.put(frames[0])
+
+            async def server() -> None:
+                while True:
+                    peer, frames = await m.listener.recv()
+                    await m.listener.send(peer, frames)
+
+            tasks = [asyncio.ensure_future(reader()), asyncio.ensure_future(server())]
+            try:
+                for i in range(300):
+                    await asyncio.sleep(0)  # let the reader park in recv first
+                    await conn.send(conn.server_key, [str(i).encode()])
+                    assert await asyncio.wait_for(replies.get(), WAIT) == str(i).encode()
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(main())
+
+
 def test_large_frames_and_local_limits(kit: Kit) -> None:
     options = TransportOptions(max_frame_size=8 * 1024 * 1024, max_frames=4)
 
