@@ -50,7 +50,12 @@ learns nothing about which check failed (STYLE.md §5).
         │   ├── InclusionProofError                    RFC 9162 §2.1.3.2 fails
         │   └── ConsistencyProofError                  RFC 9162 §2.1.4.2 fails
         ├── LogIntegrityError                          stored audit log entries tampered; .entries
-        └── UnknownOrigin                              audit event from a node the log does not know
+        ├── UnknownOrigin                              audit event from a node the log does not know
+        ├── UnknownNode                                (CertificateError) no certificate for that node id
+        ├── NoRoute                                    the node has no link toward the recipient
+        ├── NoHandler                                  no handler registered for that message type
+        ├── UnexpectedReply                            a REPLY that answers no request we sent/forwarded
+        └── RemoteCallError                            the peer answered a request with an error reply
 """
 
 from __future__ import annotations
@@ -95,6 +100,11 @@ __all__ = [
     "UnknownIssuer",
     "UnknownOrigin",
     "WrongPassphrase",
+    "UnknownNode",
+    "NoRoute",
+    "NoHandler",
+    "UnexpectedReply",
+    "RemoteCallError",
 ]
 
 
@@ -312,3 +322,37 @@ class UnknownOrigin(RemoteError):
     """An audit event names an origin node whose verify key the log does not know."""
 
     reason = "unknown_origin"
+
+
+class UnknownNode(CertificateError):
+    """No certificate is known for the node id a message names as its sender."""
+
+    reason = "unknown_sender"
+
+
+class NoRoute(RemoteError):
+    """The message is addressed to a node this node has no (loop-free) link toward."""
+
+    reason = "no_route"
+
+
+class NoHandler(RemoteError):
+    """No handler is registered for the message type (dispatch, pipeline step 7)."""
+
+    reason = "no_handler"
+
+
+class UnexpectedReply(RemoteError):
+    """A REPLY whose correlation id matches no request we sent or forwarded to its sender."""
+
+    reason = "unexpected_reply"
+
+
+class RemoteCallError(RemoteError):
+    """The peer answered our request with an error reply (``mesh.error``); ``code`` says why."""
+
+    reason = "remote_error"
+
+    def __init__(self, message: str, *, code: str = "rejected") -> None:
+        super().__init__(message)
+        self.code = code
