@@ -23,8 +23,9 @@ Vocabulary:
 * Admission: a listener asks its :data:`KeyAuthenticator` about every
   connecting key. It returns ``None`` to admit and raises to refuse (default:
   :func:`deny_all_keys`). The bus backs it with "enrolled and not revoked".
-  :meth:`Listener.reauthenticate` re-asks it for connected peers (after a new
-  revocation list) and cuts off those now refused.
+  :meth:`Listener.reauthenticate` makes the listener re-ask it about every
+  connected peer (after a new revocation list) and cut off those now refused,
+  live connections included.
 
 Semantics common to every implementation (the conformance suite checks them):
 
@@ -245,10 +246,14 @@ class Listener(Channel):
 
     @abc.abstractmethod
     def reauthenticate(self) -> list[bytes]:
-        """Re-run the authenticator over known peers; cut off and return those refused.
+        """Forget every admission verdict; re-check peers and return the known ones refused.
 
-        A cut-off peer's messages are discarded (``stats.dropped_unauthenticated``)
-        and sending to it raises PeerUnavailable, on its current connection too.
+        Call it after the set of admitted keys shrank (a new revocation list).
+        Known peers are re-checked at once; every other connected peer is
+        re-checked at its next message. A refused peer's messages are discarded
+        (``stats.dropped_unauthenticated``) and sending to it raises
+        PeerUnavailable, on its *current* connection too (ZAP alone would only
+        stop its next connect).
         """
 
 

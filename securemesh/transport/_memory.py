@@ -136,7 +136,7 @@ class MemoryListener(Listener):
         self._address = address
         self._links: list[_Link] = []
         self._routes: dict[bytes, _Link] = {}
-        self._banned: set[bytes] = set()
+        self._verdicts: dict[bytes, bool] = {}  # as ZmqListener: re-checked per generation
         self._readable = asyncio.Event()
         self._rr = 0
         self._closed = False
@@ -165,19 +165,21 @@ class MemoryListener(Listener):
         down = _Pipe(capacity, conn._readable)
         link = _Link(conn, peer, up, down)
         if admitted and not self._closed:
+            self._verdicts[peer] = True
             self._links.append(link)
         return link
 
+    def _verdict(self, key: bytes) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = self._transport._admit(key, self.stats)
+        return verdict
+
     def reauthenticate(self) -> list[bytes]:
-        cut: list[bytes] = []
-        for key in list(self._routes):
-            if not self._transport._admit(key, self.stats):
-                self._banned.add(key)
-                del self._routes[key]
-                cut.append(key)
-        for key in list(self._banned):
-            if key not in cut and self._transport._admit(key, None):
-                self._banned.discard(key)
+        self._verdicts.clear()
+        cut = [key for key in self._routes if not self._verdict(key)]
+        for key in cut:
+            del self._routes[key]
         return cut
 
     async def send(
@@ -187,7 +189,7 @@ class MemoryListener(Listener):
             raise TransportClosed("listener closed")
         out = check_outgoing(frames, self._transport.options)
         link = self._routes.get(peer)
-        if link is None or link.conn.closed or peer in self._banned:
+        if link is None or link.conn.closed:
             raise PeerUnavailable("no connection to that peer")
         t = self._transport.options.send_timeout if timeout is None else timeout
         await _push(link.down, out, t, self.stats, lambda: self._closed or link.conn.closed)
@@ -199,7 +201,7 @@ class MemoryListener(Listener):
             if link.up.items:
                 self._rr = (self._rr + i + 1) % n
                 frames = link.up.pop()
-                if link.peer in self._banned:
+                if not self._verdict(link.peer):
                     self.stats.dropped_unauthenticated += 1
                     return None
                 if len(frames) > self._transport.options.max_frames:

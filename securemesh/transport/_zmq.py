@@ -63,6 +63,7 @@ __all__ = ["ZAP_DOMAIN", "ZmqTransport"]
 log = logging.getLogger(__name__)
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_MAX_VERDICTS = 100_000
 ZAP_DOMAIN = b"securemesh"
 _ZAP_VERSION = b"1.0"
 
@@ -162,7 +163,9 @@ class ZmqListener(Listener):
         self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
-        self._banned: set[bytes] = set()
+        # key -> authenticator verdict since the last reauthenticate(): every
+        # peer is re-checked once per generation, on its next message.
+        self._verdicts: dict[bytes, bool] = {}
         self._user_ids: dict[str, bytes] = {}
         self._closed = False
         self.stats = TransportStats()
@@ -182,16 +185,19 @@ class ZmqListener(Listener):
     def peers(self) -> frozenset[bytes]:
         return frozenset(self._routes)
 
+    def _verdict(self, key: bytes) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()  # bounded memory; peers are simply re-checked
+            verdict = self._verdicts[key] = self._transport._admit(key, count=True)
+        return verdict
+
     def reauthenticate(self) -> list[bytes]:
-        cut: list[bytes] = []
-        for key in list(self._routes):
-            if not self._transport._admit(key, count=True):
-                self._banned.add(key)
-                del self._routes[key]
-                cut.append(key)
-        for key in list(self._banned):
-            if key not in cut and self._transport._admit(key, count=False):
-                self._banned.discard(key)
+        self._verdicts.clear()
+        cut = [key for key in self._routes if not self._verdict(key)]
+        for key in cut:
+            del self._routes[key]
         return cut
 
     def _peer_of(self, frame: zmq.Frame) -> bytes | None:
@@ -212,7 +218,7 @@ class ZmqListener(Listener):
 
     def _accept(self, parts: list[zmq.Frame]) -> tuple[bytes, list[bytes]] | None:
         peer = self._peer_of(parts[0])
-        if peer is None or peer in self._banned:
+        if peer is None or not self._verdict(peer):
             self.stats.dropped_unauthenticated += 1
             return None
         if len(parts) < 2 or len(parts) - 1 > self._transport.options.max_frames:

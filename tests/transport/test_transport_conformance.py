@@ -520,6 +520,31 @@ def test_reauthenticate_cuts_off_a_revoked_peer(kit: Kit) -> None:
     run(main())
 
 
+def test_revoked_peer_that_never_spoke_is_cut_off_too(kit: Kit) -> None:
+    async def main() -> None:
+        async with mesh(kit) as m:
+            silent = await m.add_client()
+            good = await m.add_client()
+            silent_key = m.clients[0][0].public
+            good_key = await hello(good, m.listener, b"g")
+            m.allowed.discard(silent_key)
+            assert m.listener.reauthenticate() == []  # not a known route yet
+            await silent.send(silent.server_key, [b"first words"])
+            await good.send(good.server_key, [b"g2"])
+            assert await m.listener.recv(timeout=WAIT) == (good_key, [b"g2"])
+            with pytest.raises(TimeoutError):
+                await m.listener.recv(timeout=0.2)
+            assert m.listener.stats.dropped_unauthenticated == 1
+            assert silent_key not in m.listener.peers()
+            # Re-admitted (e.g. a wrongly revoked node is reinstated): served again.
+            m.allowed.add(silent_key)
+            m.listener.reauthenticate()
+            await silent.send(silent.server_key, [b"back"])
+            assert await m.listener.recv(timeout=WAIT) == (silent_key, [b"back"])
+
+    run(main())
+
+
 def test_keypair_validation() -> None:
     keys = CurveKeyPair.generate()
     assert keys.secret.hex() not in repr(keys)
