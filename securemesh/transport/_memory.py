@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,18 @@ from securemesh.transport._base import (
 )
 
 __all__ = ["MemoryNetwork", "MemoryTransport"]
+
+log = logging.getLogger(__name__)
+
+
+def _call_hook(hook: RejectHook | None, key: bytes, exc: BaseException) -> None:
+    """Run the rejection hook; its failure must never break admission."""
+    if hook is None:
+        return
+    try:
+        hook(key, exc)
+    except Exception:
+        log.exception("on_reject hook failed")
 
 
 class _Pipe:
@@ -326,8 +339,7 @@ class MemoryTransport(Transport):
         except Exception as exc:  # any failure of the callback is a refusal
             if stats is not None:
                 stats.rejected_keys += 1
-                if self.on_reject is not None:
-                    self.on_reject(key, exc)
+                _call_hook(self.on_reject, key, exc)
             return False
         return True
 

@@ -80,6 +80,16 @@ def _configure_common(sock: zmq.asyncio.Socket, options: TransportOptions) -> No
     sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_timeout * 1000))
 
 
+def _call_hook(hook: RejectHook | None, key: bytes, exc: BaseException) -> None:
+    """Run the rejection hook; its failure must never kill the ZAP handler."""
+    if hook is None:
+        return
+    try:
+        hook(key, exc)
+    except Exception:
+        log.exception("on_reject hook failed")
+
+
 def _rearm(sock: zmq.asyncio.Socket) -> None:
     """After using the synchronous shadow socket, let pending futures re-check.
 
@@ -470,9 +480,10 @@ class ZmqTransport(Transport):
                 for endpoint in self._endpoints:
                     if isinstance(endpoint, ZmqListener):
                         endpoint.stats.rejected_keys += 1
-                log.info("curve key %s refused: %s", key.hex()[:16], type(exc).__name__)
-                if self.on_reject is not None:
-                    self.on_reject(key, exc)
+                # debug: a refused client retries every reconnect interval; the
+                # bus counts, rate-limits and audits through on_reject instead.
+                log.debug("curve key %s refused: %s", key.hex()[:16], type(exc).__name__)
+                _call_hook(self.on_reject, key, exc)
             return False
         return True
 

@@ -476,6 +476,40 @@ def test_unadmitted_key_is_never_delivered_and_others_are_served(kit: Kit) -> No
     run(main())
 
 
+def test_a_failing_reject_hook_does_not_break_admission(kit: Kit) -> None:
+    async def main() -> None:
+        server_keys, good_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        calls: list[bytes] = []
+
+        def broken_hook(key: bytes, exc: BaseException) -> None:
+            calls.append(key)
+            raise RuntimeError("audit sink down")
+
+        server = kit.make(server_keys, AllowKeys([good_keys.public]), on_reject=broken_hook)
+        intruder_t = kit.make(CurveKeyPair.generate())
+        good_t = kit.make(good_keys)
+        try:
+            listener = await server.listen(kit.bind)
+            for attempt in (1, 2):  # the hook fails on each refusal; admission goes on
+                intruder = await intruder_t.connect(listener.address, server_keys.public)
+                with contextlib.suppress(SendTimeout):
+                    await intruder.send(server_keys.public, [b"x"], timeout=0.05)
+
+                async def refused(at_least: int = attempt) -> bool:
+                    return len(calls) >= at_least
+
+                await until(refused)
+                await intruder.close()
+            good = await good_t.connect(listener.address, server_keys.public)
+            assert await hello(good, listener) == good_keys.public
+        finally:
+            await intruder_t.close()
+            await good_t.close()
+            await server.close()
+
+    run(main())
+
+
 def test_wrong_server_key_never_connects(kit: Kit) -> None:
     async def main() -> None:
         async with mesh(kit) as m:
