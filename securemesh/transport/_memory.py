@@ -14,6 +14,10 @@ times out, exactly what a refused ZeroMQ DEALER sees.
 
 Everything runs on the event loop that created the endpoints; nothing here is
 thread-safe, which is fine for a test double.
+
+Known differences from ZeroMQ, all on the "fail earlier" side: connecting to
+an address nobody listens on raises TransportError at once (ZeroMQ would keep
+retrying), and a closed listener's links never come back (no reconnect).
 """
 
 from __future__ import annotations

@@ -555,3 +555,61 @@ def test_handshake_expiry_and_custom_window() -> None:
     initiator.receive(accept)
     assert not initiator.expired(10.0)  # established handshakes never expire
     assert created == [128, 128]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_records_delivered_in_any_order_are_accepted_exactly_once(data: st.DataObject) -> None:
+    limits = sm.SessionLimits(replay_window=64, max_messages_per_epoch=1000)
+    a, b = make_pair(limits).run()
+    n = data.draw(st.integers(1, 60))
+    records = [a.seal(i.to_bytes(2, "big")) for i in range(n)]
+    order = data.draw(st.lists(st.integers(0, n - 1), max_size=3 * n))
+    accepted: set[int] = set()
+    for i in order:
+        try:
+            plain = b.open(records[i])
+        except ReplayedMessage:
+            assert i in accepted
+            continue
+        except StaleMessage:
+            assert i not in accepted
+            continue
+        assert int.from_bytes(plain, "big") == i
+        assert i not in accepted
+        accepted.add(i)
+
+
+class _Net:
+    """Delivers handshake messages between fresh handshakes in an adversarial order."""
+
+    def __init__(self) -> None:
+        self.pair = make_pair()
+        self.log: list[bytes] = []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["i", "r"]), st.integers(0, 5)), max_size=8))
+def test_adversarial_delivery_never_yields_mismatched_sessions(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Whatever an attacker replays to whom, both ends agree or someone fails."""
+    net = _Net()
+    pair = net.pair
+    net.log.append(pair.initiator.initiate())
+    for side, pick in steps:
+        target = pair.initiator if side == "i" else pair.responder
+        message = net.log[pick % len(net.log)]
+        try:
+            reply = target.receive(message)
+        except (RemoteError, LocalError):
+            continue
+        if reply is not None:
+            net.log.append(reply)
+    i_state, r_state = pair.initiator.state, pair.responder.state
+    if i_state is sm.State.ESTABLISHED and r_state is sm.State.ESTABLISHED:
+        a, b = pair.initiator.session, pair.responder.session
+        assert a.session_id == b.session_id
+        assert b.open(a.seal(b"x")) == b"x"
+    if r_state is sm.State.ESTABLISHED:
+        assert i_state is sm.State.ESTABLISHED  # R never completes without the real I
