@@ -35,6 +35,7 @@ from securemesh.audit.events import (
 from securemesh.errors import DecodeError, LocalError, SecureMeshError
 
 __all__ = [
+    "LEAF_COLUMNS",
     "Decoded",
     "decode_entry",
     "entry_of",
@@ -43,6 +44,21 @@ __all__ = [
     "projection",
     "verify_decoded",
 ]
+
+LEAF_COLUMNS = (
+    "idx",
+    "event_id",
+    "entry",
+    "leaf_hash",
+    "origin",
+    "kind",
+    "subject_type",
+    "subject_id",
+    "outcome",
+    "time_ms",
+    "details",
+)
+"""Column order of :meth:`Decoded.row_values` (after ``idx``)."""
 
 _HEADER = SignedEvent.HEADER_SIZE
 _KEY_ID_AT = 5
@@ -82,6 +98,22 @@ class Decoded:
     @property
     def origin(self) -> str:
         return self.signed.unverified_event().origin
+
+    def row_values(self) -> tuple[object, ...]:
+        """Column values in :data:`LEAF_COLUMNS` order, without the leading ``idx``."""
+        ev = self.signed.unverified_event()
+        return (
+            ev.event_id,
+            self.entry,
+            self.leaf_hash,
+            ev.origin,
+            str(ev.kind.value),
+            str(ev.subject.type.value),
+            ev.subject.id,
+            str(ev.outcome.value),
+            ev.time_ms,
+            _details_json(ev),
+        )
 
     def leaf_row(self, idx: int) -> dict[str, Any]:
         row = projection(self.signed.unverified_event())

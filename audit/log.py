@@ -48,7 +48,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -92,6 +92,13 @@ __all__ = [
     "TreeHead",
     "open_log",
 ]
+
+_VERIFY_CHUNK: Final = 32
+_SQL_INSERT_LEAVES: Final = (
+    "INSERT INTO audit_leaves (idx, event_id, entry, leaf_hash, origin, kind, subject_type, "
+    "subject_id, outcome, time_ms, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_INSERT_NODES: Final = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
 
 MAX_BATCH: Final = 256
 """Most entries sequenced in one transaction (and covered by one checkpoint)."""
@@ -148,6 +155,7 @@ class AuditLog:
         key_resolver: KeyResolver | None = None,
         clock: Callable[[], float] = time.time,
         max_batch: int = MAX_BATCH,
+        verify_threads: int = 2,
     ) -> None:
         if not 1 <= max_batch <= MAX_BATCH:
             raise LocalError(f"max_batch must be in 1..{MAX_BATCH}")
@@ -162,6 +170,12 @@ class AuditLog:
         self._clock = clock
         self._max_batch = max_batch
         self._key_cache: dict[str, bytes] = {}
+        self._verify_threads = max(1, verify_threads)
+        self._executor: ThreadPoolExecutor | None = None
+        # Driver-level executemany (no per-row SQLAlchemy parameter processing).
+        mark = "?" if self._sqlite else "%s"
+        self._sql_leaves = _SQL_INSERT_LEAVES.replace("?", mark)
+        self._sql_nodes = _SQL_INSERT_NODES.replace("?", mark)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -176,6 +190,9 @@ class AuditLog:
         return self._signer.verify_key
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
         self._engine.dispose()
 
     def __enter__(self) -> AuditLog:
@@ -240,31 +257,70 @@ class AuditLog:
         is raised and nothing from this call is appended. Re-appending an event
         already in the log returns its existing index.
         """
-        entries = [_entry_bytes(e) for e in signed_events]
-        decoded = [self.check_entry(e) for e in entries]
-        return self._sequence(decoded)
+        checked = self._check_all([_entry_bytes(e) for e in signed_events])
+        for _, err in checked:
+            if err is not None:
+                raise err
+        return self._sequence([d for d, _ in checked if d is not None])
 
     def append_entries(self, entries: Sequence[bytes]) -> list[AppendOutcome]:
-        """Append what verifies, reject the rest individually (the ingestion path)."""
-        outcomes: list[AppendOutcome | None] = [None] * len(entries)
-        good: list[Decoded] = []
-        where: list[int] = []
+        """Append what verifies, reject the rest individually (the ingestion path).
+
+        A rejected event that decoded carries its (unverified) event id so the
+        edge can drop it from its outbox.
+        """
+        checked = self._check_all([bytes(e) for e in entries])
+        good = [d for d, err in checked if err is None and d is not None]
+        indices = iter(self._sequence(good))
+        out: list[AppendOutcome] = []
+        for d, err in checked:
+            if err is not None:
+                out.append(AppendOutcome(None if d is None else d.event_id, None, err))
+            elif d is not None:
+                out.append(AppendOutcome(d.event_id, next(indices), None))
+        return out
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._verify_threads, thread_name_prefix="audit-verify"
+            )
+        return self._executor
+
+    def _check_all(
+        self, entries: Sequence[bytes]
+    ) -> list[tuple[Decoded | None, RemoteError | None]]:
+        """Decode every entry, then verify origin signatures on the thread pool.
+
+        libsodium (through pynacl/cffi) releases the GIL while it verifies, so
+        the pool's threads use every core. Decoding is done first, not
+        interleaved: a Python-busy main thread would make the verifier threads
+        queue for the GIL (the "convoy effect").
+        """
+        results: list[tuple[Decoded | None, RemoteError | None]] = []
+        todo: list[tuple[int, Decoded, bytes]] = []
         for i, entry in enumerate(entries):
             try:
-                d = decode_entry(bytes(entry))
+                d = decode_entry(entry)
             except RemoteError as exc:
-                outcomes[i] = AppendOutcome(None, None, exc)
+                results.append((None, exc))
                 continue
             try:
-                verify_decoded(d, self._resolver(d.origin))
-            except RemoteError as exc:  # the (unverified) id lets the edge drop it
-                outcomes[i] = AppendOutcome(d.event_id, None, exc)
+                vk = self._resolver(d.origin)
+            except RemoteError as exc:
+                results.append((d, exc))
                 continue
-            good.append(d)
-            where.append(i)
-        for i, d, idx in zip(where, good, self._sequence(good), strict=True):
-            outcomes[i] = AppendOutcome(d.event_id, idx, None)
-        return [o for o in outcomes if o is not None]
+            results.append((d, None))
+            todo.append((i, d, vk))
+        if len(todo) <= _VERIFY_CHUNK or self._verify_threads == 1:
+            failures = _verify_chunk(todo)
+        else:
+            step = max(_VERIFY_CHUNK, -(-len(todo) // (4 * self._verify_threads)))
+            chunks = [todo[k : k + step] for k in range(0, len(todo), step)]
+            failures = [f for part in self._pool().map(_verify_chunk, chunks) for f in part]
+        for i, err in failures:
+            results[i] = (results[i][0], err)
+        return results
 
     def _sequence(self, decoded: Sequence[Decoded]) -> list[int]:
         out: list[int] = []
@@ -298,19 +354,16 @@ class AuditLog:
             cr = CompactRange.from_peaks(
                 size, [frontier[i : i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
             )
-            leaf_rows: list[dict[str, object]] = []
-            node_rows: list[dict[str, object]] = []
+            leaf_rows: list[tuple[object, ...]] = []
+            node_rows: list[tuple[int, int, bytes]] = []
             result: list[int] = []
             for d in batch:
                 idx = known.get(d.event_id)
                 if idx is None:
                     idx = cr.size
                     known[d.event_id] = idx
-                    for node in cr.append(d.leaf_hash):
-                        node_rows.append(
-                            {"level": node.level, "idx": node.index, "hash": node.hash}
-                        )
-                    leaf_rows.append(d.leaf_row(idx))
+                    node_rows.extend((n.level, n.index, n.hash) for n in cr.append(d.leaf_hash))
+                    leaf_rows.append((idx, *d.row_values()))
                 result.append(idx)
             if leaf_rows:
                 new_root = cr.root()
@@ -320,9 +373,8 @@ class AuditLog:
                     key_name=self.key_name,
                     signer=self._signer,
                 )
-                conn.execute(insert(s.leaves), leaf_rows)
-                if node_rows:
-                    conn.execute(insert(s.tree_nodes), node_rows)
+                conn.exec_driver_sql(self._sql_leaves, leaf_rows)
+                conn.exec_driver_sql(self._sql_nodes, node_rows)
                 conn.execute(
                     insert(s.tree_heads).values(size=cr.size, root=new_root, note=note, time_ms=now)
                 )
@@ -472,6 +524,17 @@ class AuditLog:
     def count_rows(self) -> int:
         with read_transaction(self._engine) as conn:
             return int(conn.execute(select(func.count()).select_from(s.leaves)).scalar_one())
+
+
+def _verify_chunk(items: list[tuple[int, Decoded, bytes]]) -> list[tuple[int, RemoteError]]:
+    """Check origin signatures; return the failures as ``(position, error)``."""
+    bad: list[tuple[int, RemoteError]] = []
+    for i, d, vk in items:
+        try:
+            verify_decoded(d, vk)
+        except RemoteError as exc:
+            bad.append((i, exc))
+    return bad
 
 
 def _entry_bytes(e: object) -> bytes:
