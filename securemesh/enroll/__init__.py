@@ -1,0 +1,109 @@
+"""``securemesh.enroll``: join tokens, enrollment and renewal, authority state on disk.
+
+Pieces (each module's docstring has its theory of operation):
+
+* :mod:`~securemesh.enroll._token` — :class:`JoinToken` (``smj1.`` strings,
+  strict decoding, first-contact CURVE key and proof key by HKDF) and the
+  server's :class:`TokenRecord` (never the secret).
+* :mod:`~securemesh.enroll._store` — :class:`TokenStore`: durable (SQLite via
+  SQLAlchemy Core), one-time (atomic conditional UPDATE), expiring;
+  :class:`TokenKeySync` feeds usable tokens' keys to a node's Directory.
+* :mod:`~securemesh.enroll._protocol` — message bodies (:class:`EnrollRequest`,
+  :class:`EnrollReply`, :class:`RenewRequest`, :class:`RenewReply`), the
+  client's checks (:func:`build_enroll_request`, :func:`accept_enroll_reply`,
+  :func:`accept_renew_reply`) and the pure server logic
+  (:class:`EnrollmentServer`), which reports every outcome as an
+  :class:`EnrollmentAudit`.
+* :mod:`~securemesh.enroll._client` — first contact over ZeroMQ
+  (:func:`enroll_over_zmq`, synchronous) and the reply envelope helpers.
+* :mod:`~securemesh.enroll._state` — the data directory: ``securemesh init``,
+  token issuers, revocation, saving an enrollment.
+
+``TokenStore``/``TokenKeySync`` (SQLAlchemy) and ``enroll_over_zmq`` (pyzmq)
+are imported lazily, so a device importing this package for tokens and
+enrollment messages pulls in neither SQLAlchemy nor, until it enrolls, pyzmq.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from securemesh.enroll._protocol import (
+    MSG_CERT_RENEW,
+    MSG_ENROLL_REQUEST,
+    EnrollmentAudit,
+    EnrollmentServer,
+    EnrollReply,
+    EnrollRequest,
+    EnrollResult,
+    RenewReply,
+    RenewRequest,
+    accept_enroll_reply,
+    accept_renew_reply,
+    build_enroll_request,
+    build_renew_request,
+)
+from securemesh.enroll._token import (
+    MAX_TOKEN_LENGTH,
+    TOKEN_PREFIX,
+    CurveKeyPairBytes,
+    JoinToken,
+    TokenRecord,
+)
+
+if TYPE_CHECKING:
+    from securemesh.enroll._client import (
+        MSG_ENROLL_REPLY,
+        enroll_over_zmq,
+        reply_frames,
+        request_frames,
+        verify_reply,
+    )
+    from securemesh.enroll._store import TokenKeySync, TokenStore
+
+__all__ = [
+    "MAX_TOKEN_LENGTH",
+    "MSG_CERT_RENEW",
+    "MSG_ENROLL_REPLY",
+    "MSG_ENROLL_REQUEST",
+    "TOKEN_PREFIX",
+    "CurveKeyPairBytes",
+    "EnrollReply",
+    "EnrollRequest",
+    "EnrollResult",
+    "EnrollmentAudit",
+    "EnrollmentServer",
+    "JoinToken",
+    "RenewReply",
+    "RenewRequest",
+    "TokenKeySync",
+    "TokenRecord",
+    "TokenStore",
+    "accept_enroll_reply",
+    "accept_renew_reply",
+    "build_enroll_request",
+    "build_renew_request",
+    "enroll_over_zmq",
+    "reply_frames",
+    "request_frames",
+    "verify_reply",
+]
+
+_LAZY = {
+    "TokenStore": "securemesh.enroll._store",
+    "TokenKeySync": "securemesh.enroll._store",
+    "MSG_ENROLL_REPLY": "securemesh.enroll._client",
+    "enroll_over_zmq": "securemesh.enroll._client",
+    "reply_frames": "securemesh.enroll._client",
+    "request_frames": "securemesh.enroll._client",
+    "verify_reply": "securemesh.enroll._client",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(module), name)

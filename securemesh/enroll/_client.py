@@ -1,0 +1,226 @@
+"""First contact over ZeroMQ: the enrolling node's side of ``enroll.request``.
+
+Theory of operation
+-------------------
+A node that holds only a join token connects a plain synchronous pyzmq
+DEALER to ``token.endpoint`` as a CurveZMQ client (RFC 26) with
+
+* ``CURVE_SERVERKEY`` = ``token.server_key``: the handshake fails unless the
+  peer holds that server's secret key, so nobody else can answer;
+* its own key pair = ``token.first_contact_curve_keypair()``: the server's ZAP
+  handler admits this public key only while the token is unused and
+  unexpired, and its policy allows only ``enroll.request`` from it.
+
+It sends one SIGNED envelope (securemesh.wire), signed by the node's *new*
+identity key: ``msg_type="enroll.request"``, ``sender`` = the requested node
+id, ``recipient`` empty (the node does not know the server's node id yet; the
+server handles a first-contact request itself and never forwards or
+broadcasts it), ``flags=REQUEST`` with a random correlation id, body =
+:class:`~securemesh.enroll.EnrollRequest`. The sequence number is the caller's
+(default 1): the token being one-time is what stops a replay, so the server
+should not put first-contact requests through the per-sender replay window
+(a re-enrolling node could otherwise be refused as "stale").
+
+The reply is read without trusting anything but the token:
+
+1. :func:`securemesh.wire.decode` (size limits, form); it must be a REPLY with
+   our correlation id (``mesh.error`` replies are reported, unverified, as a
+   refusal);
+2. the body is *tentatively* parsed only to find ``server_certificate`` and
+   ``revocation_list``; the list must verify under the token's root, and the
+   server certificate must verify under that root and list, be an edge or
+   cloud node, name ``envelope.sender``, and carry exactly ``token.server_key``
+   as its CURVE key (so it is the certificate of the socket we talked to);
+3. the envelope signature is verified with that certificate's verify key;
+   only then is the body parsed for real, and
+   :func:`~securemesh.enroll.accept_enroll_reply` checks the issued
+   certificate.
+
+:func:`reply_frames` is the matching server-side helper (what a node's
+``enroll.request`` handler sends back).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from securemesh.crypto.certs import (
+    SignedRevocationList,
+    Tier,
+    TrustStore,
+    verify_certificate,
+)
+from securemesh.crypto.identity import NodeIdentity
+from securemesh.crypto.signing import Signer
+from securemesh.enroll._protocol import (
+    MSG_ENROLL_REQUEST,
+    EnrollReply,
+    EnrollResult,
+    accept_enroll_reply,
+    build_enroll_request,
+)
+from securemesh.enroll._token import JoinToken
+from securemesh.errors import (
+    AuthenticationError,
+    DecodeError,
+    TokenError,
+    TransportError,
+    UnexpectedMessage,
+)
+from securemesh.wire import Envelope, Flags, WireFrame, decode, encode_signed
+
+__all__ = [
+    "MSG_ENROLL_REPLY",
+    "MSG_MESH_ERROR",
+    "enroll_over_zmq",
+    "reply_frames",
+    "request_frames",
+    "verify_reply",
+]
+
+MSG_ENROLL_REPLY = "enroll.reply"
+MSG_MESH_ERROR = "mesh.error"
+
+
+def request_frames(
+    token: JoinToken,
+    identity: NodeIdentity,
+    node_id: str,
+    *,
+    now: float,
+    sequence: int = 1,
+    correlation_id: bytes | None = None,
+) -> tuple[list[WireFrame], bytes]:
+    """The ``enroll.request`` envelope frames and its correlation id."""
+    corr = correlation_id if correlation_id is not None else secrets.token_bytes(16)
+    body = build_enroll_request(token, identity, node_id)
+    frames = encode_signed(
+        msg_type=MSG_ENROLL_REQUEST,
+        sender=node_id,
+        recipient="",
+        sequence=sequence,
+        timestamp_ms=int(now * 1000),
+        body=body,
+        signer=identity,
+        correlation_id=corr,
+        flags=Flags.REQUEST,
+    )
+    return frames, corr
+
+
+def reply_frames(
+    reply: EnrollReply,
+    *,
+    server_id: str,
+    signer: Signer,
+    recipient: str,
+    correlation_id: bytes,
+    sequence: int,
+    now: float,
+) -> list[WireFrame]:
+    """A SIGNED ``enroll.reply`` envelope (what a server sends back to a first-contact peer)."""
+    return encode_signed(
+        msg_type=MSG_ENROLL_REPLY,
+        sender=server_id,
+        recipient=recipient,
+        sequence=sequence,
+        timestamp_ms=int(now * 1000),
+        body=reply,
+        signer=signer,
+        correlation_id=correlation_id,
+        flags=Flags.REPLY,
+    )
+
+
+def verify_reply(
+    token: JoinToken,
+    frames: Sequence[bytes],
+    *,
+    correlation_id: bytes,
+    now: float,
+) -> EnrollReply:
+    """Steps 1-3 of the module docstring up to (not including) :func:`accept_enroll_reply`."""
+    unverified = decode(list(frames))
+    if not unverified.flags & Flags.REPLY or not hmac.compare_digest(
+        unverified.correlation_id, correlation_id
+    ):
+        raise UnexpectedMessage("not the reply to our enrollment request")
+    if unverified.msg_type == MSG_MESH_ERROR:
+        raise TokenError("the server refused the enrollment (unverified mesh.error reply)")
+    if unverified.msg_type != MSG_ENROLL_REPLY:
+        raise UnexpectedMessage(f"unexpected reply type {unverified.msg_type!r}")
+    try:
+        tentative = EnrollReply.model_validate_json(bytes(frames[1]), strict=True)
+    except ValidationError as exc:
+        raise DecodeError("malformed enroll.reply body") from exc
+    trust = TrustStore({token.authority_id: token.root_key})
+    trust.update_revocation_list(SignedRevocationList.from_bytes(tentative.revocation_list))
+    server = verify_certificate(tentative.server_certificate, trust=trust, now=now)
+    if server.tier is Tier.END:
+        raise AuthenticationError("an end device cannot answer enrollments")
+    if server.node_id != unverified.sender:
+        raise AuthenticationError("the reply's sender is not the certified server")
+    if not hmac.compare_digest(server.curve_key, token.server_key):
+        raise AuthenticationError("the server certificate is not for the token's server key")
+    envelope: Envelope = unverified.verify_signature(server.verify_key)
+    return envelope.body(EnrollReply)
+
+
+def enroll_over_zmq(
+    token: JoinToken,
+    identity: NodeIdentity,
+    node_id: str,
+    *,
+    timeout: float = 10.0,
+    clock: Callable[[], float] = time.time,
+    sequence: int = 1,
+    trust: TrustStore | None = None,
+) -> EnrollResult:
+    """Enroll ``identity`` as ``node_id`` at the token's server; return the verified result.
+
+    Blocking (plain pyzmq, no event loop). Raises TransportError when no
+    reply arrives within ``timeout`` seconds (unreachable server, or a token
+    the server does not admit: ZAP refusals are silent to the client), and the
+    verification errors of :func:`verify_reply` / :func:`accept_enroll_reply`.
+    """
+    import zmq  # noqa: PLC0415 - lazy: the token/protocol modules must not need pyzmq
+
+    if not zmq.has("curve"):
+        raise TransportError("libzmq was built without CURVE: refusing to connect")
+    frames, corr = request_frames(token, identity, node_id, now=clock(), sequence=sequence)
+    pair = token.first_contact_curve_keypair()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * 1024 * 1024)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(timeout * 1000))
+        sock.curve_serverkey = token.server_key
+        sock.curve_publickey = pair.public
+        sock.curve_secretkey = pair.secret
+        sock.connect(token.endpoint)
+        sock.send_multipart(frames, copy=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                raise TransportError(
+                    f"no enrollment reply from {token.endpoint} within {timeout:g} s "
+                    "(server unreachable, or the token is unknown, used or expired)"
+                )
+            received = sock.recv_multipart()
+            try:
+                reply = verify_reply(token, received, correlation_id=corr, now=clock())
+            except UnexpectedMessage:
+                continue  # not our reply (cannot normally happen on a fresh socket)
+            return accept_enroll_reply(
+                token, identity, reply, clock(), node_id=node_id, trust=trust
+            )
+    finally:
+        sock.close(linger=0)
+        ctx.term()
