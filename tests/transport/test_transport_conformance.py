@@ -101,6 +101,7 @@ class Mesh:
     clients: list[tuple[CurveKeyPair, Transport, Connection]] = field(default_factory=list)
     rejected: list[bytes] = field(default_factory=list)
     rejected_event: asyncio.Event = field(default_factory=asyncio.Event)
+    admitted: list[bytes] = field(default_factory=list)
 
     async def add_client(
         self,
@@ -130,7 +131,11 @@ async def mesh(kit: Kit, options: TransportOptions | None = None) -> AsyncIterat
         holder[0].rejected.append(key)
         holder[0].rejected_event.set()
 
-    server = kit.make(keys, authenticator=allowed, options=options, on_reject=on_reject)
+    def authenticator(key: bytes) -> None:
+        allowed(key)
+        holder[0].admitted.append(key)  # records every admission the transport made
+
+    server = kit.make(keys, authenticator=authenticator, options=options, on_reject=on_reject)
     listener = await server.listen(kit.bind)
     m = Mesh(kit, keys, server, listener, allowed)
     holder.append(m)
@@ -561,6 +566,11 @@ def test_revoked_peer_that_never_spoke_is_cut_off_too(kit: Kit) -> None:
             good = await m.add_client()
             silent_key = m.clients[0][0].public
             good_key = await hello(good, m.listener, b"g")
+
+            async def silent_admitted() -> bool:  # its connection passed admission (ZAP)
+                return silent_key in m.admitted
+
+            await until(silent_admitted)
             m.allowed.discard(silent_key)
             assert m.listener.reauthenticate() == []  # not a known route yet
             await silent.send(silent.server_key, [b"first words"])
