@@ -282,3 +282,23 @@ def test_importing_the_transport_package_does_not_load_pyzmq() -> None:
         "t.ZmqTransport; assert 'zmq' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_transport_package_imports_no_wire_or_certificates() -> None:
+    """The transport only moves frames: no envelopes, certificates or sessions."""
+    import ast
+    from pathlib import Path
+
+    import securemesh.transport as pkg
+
+    forbidden = ("securemesh.wire", "securemesh.crypto", "securemesh.session", "securemesh.node")
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert not name.startswith(forbidden), f"{path.name} imports {name}"
