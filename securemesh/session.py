@@ -405,6 +405,9 @@ class Handshake:
     Initiator: ``hello = hs.initiate()``; ``finish = hs.receive(accept)``.
     Responder: ``accept = hs.receive(hello)``; ``hs.receive(finish)`` → ``None``.
     Then ``hs.session`` is the established :class:`Session`.
+
+    On a responder, ``peer_id`` is the id the HELLO *claims* until the state is
+    ``ESTABLISHED``; only ``hs.session.peer_id`` is authenticated.
     """
 
     def __init__(
