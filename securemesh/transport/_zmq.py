@@ -38,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import zmq
 import zmq.asyncio
@@ -99,6 +100,33 @@ def _rearm(sock: zmq.asyncio.Socket) -> None:
     """
     if not sock.closed:
         sock.get(zmq.EVENTS)
+
+
+async def _wait_and_take(
+    sock: zmq.asyncio.Socket,
+    take: Callable[[], tuple[bytes, list[bytes]] | None],
+    timeout: float | None,
+) -> tuple[bytes, list[bytes]]:
+    """Wait for a message by *polling*, then take it synchronously.
+
+    A pending ``recv`` future that is cancelled (timeout, task cancellation)
+    can lose the message it was completing at that instant; a poll future
+    consumes nothing, so cancelling it is always harmless.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while True:
+        got = take()
+        if got is not None:
+            return got
+        if deadline is None:
+            await sock.poll(timeout=None, flags=zmq.POLLIN)  # type: ignore[call-arg]
+            continue
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError
+        ms = max(1, math.ceil(remaining * 1000))
+        await sock.poll(timeout=ms, flags=zmq.POLLIN)  # type: ignore[call-arg]
 
 
 class _ZapHandler:
@@ -256,14 +284,7 @@ class ZmqListener(Listener):
         try:
             if self._closed:
                 raise zmq.ZMQError(zmq.ENOTSOCK)
-            got = self._try_recv()
-            if got is not None:
-                return got
-            async with asyncio.timeout(timeout):
-                while True:
-                    got = self._accept(await self._sock.recv_multipart(copy=False))
-                    if got is not None:
-                        return got
+            return await _wait_and_take(self._sock, self._try_recv, timeout)
         except (asyncio.CancelledError, zmq.ZMQError):
             if self._closed:
                 raise TransportClosed("listener closed") from None
@@ -424,14 +445,7 @@ class ZmqConnection(Connection):
         try:
             if self._closed:
                 raise zmq.ZMQError(zmq.ENOTSOCK)
-            got = self._try_recv()
-            if got is not None:
-                return got
-            async with asyncio.timeout(timeout):
-                while True:
-                    got = self._accept(await self._sock.recv_multipart())
-                    if got is not None:
-                        return got
+            return await _wait_and_take(self._sock, self._try_recv, timeout)
         except (asyncio.CancelledError, zmq.ZMQError):
             if self._closed:
                 raise TransportClosed("connection closed") from None

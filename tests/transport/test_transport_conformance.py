@@ -270,6 +270,40 @@ def test_sending_while_a_receive_is_pending(kit: Kit) -> None:
     run(main())
 
 
+def test_timeouts_and_cancellation_never_lose_messages(kit: Kit) -> None:
+    async def main() -> None:
+        async with mesh(kit) as m:
+            conn = await m.add_client()
+            n = 1000
+
+            async def produce() -> None:
+                for i in range(n):
+                    await conn.send(conn.server_key, [i.to_bytes(4, "big")])
+                    if i % 7 == 0:
+                        await asyncio.sleep(0)
+
+            producer = asyncio.ensure_future(produce())
+            got: list[int] = []
+            async with asyncio.timeout(WAIT * 2):
+                while len(got) < n:
+                    try:
+                        _, frames = await m.listener.recv(timeout=0.0002)
+                    except TimeoutError:
+                        # Also cancel a receive from outside now and then.
+                        task = asyncio.ensure_future(m.listener.recv())
+                        await asyncio.sleep(0)
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            _, frames = await task
+                            got.append(int.from_bytes(frames[0], "big"))
+                        continue
+                    got.append(int.from_bytes(frames[0], "big"))
+            await producer
+            assert got == list(range(n))
+
+    run(main())
+
+
 def test_large_frames_and_local_limits(kit: Kit) -> None:
     options = TransportOptions(max_frame_size=8 * 1024 * 1024, max_frames=4)
 
