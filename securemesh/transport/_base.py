@@ -50,6 +50,9 @@ Semantics common to every implementation (the conformance suite checks them):
   Messages with more than ``max_frames`` frames, or from a peer cut off by
   :meth:`Listener.reauthenticate`, are discarded and counted; ZeroMQ itself
   disconnects a peer that sends a frame over ``max_frame_size`` (``MAXMSGSIZE``).
+* **Cancellation**: a ``send`` or ``recv`` that times out or is cancelled
+  never loses, duplicates or half-sends a message (receives wait by polling
+  and then take the message synchronously).
 * **Close** is immediate (``LINGER 0``): queued outbound messages are
   discarded, pending and later ``send``/``recv`` raise
   :class:`~securemesh.errors.TransportClosed`; closing twice is harmless.
