@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from securemesh.enroll._client import (
         MSG_ENROLL_REPLY,
         enroll_over_zmq,
+        open_enroll_request,
         reply_frames,
         request_frames,
         verify_reply,
@@ -84,6 +85,7 @@ __all__ = [
     "build_enroll_request",
     "build_renew_request",
     "enroll_over_zmq",
+    "open_enroll_request",
     "reply_frames",
     "request_frames",
     "verify_reply",
@@ -94,6 +96,7 @@ _LAZY = {
     "TokenKeySync": "securemesh.enroll._store",
     "MSG_ENROLL_REPLY": "securemesh.enroll._client",
     "enroll_over_zmq": "securemesh.enroll._client",
+    "open_enroll_request": "securemesh.enroll._client",
     "reply_frames": "securemesh.enroll._client",
     "request_frames": "securemesh.enroll._client",
     "verify_reply": "securemesh.enroll._client",

@@ -60,6 +60,7 @@ from securemesh.crypto.signing import Signer
 from securemesh.enroll._protocol import (
     MSG_ENROLL_REQUEST,
     EnrollReply,
+    EnrollRequest,
     EnrollResult,
     accept_enroll_reply,
     build_enroll_request,
@@ -72,12 +73,22 @@ from securemesh.errors import (
     TransportError,
     UnexpectedMessage,
 )
-from securemesh.wire import Envelope, Flags, WireFrame, decode, encode_signed
+from securemesh.wire import (
+    DEFAULT_LIMITS,
+    Envelope,
+    Flags,
+    Frame,
+    Limits,
+    WireFrame,
+    decode,
+    encode_signed,
+)
 
 __all__ = [
     "MSG_ENROLL_REPLY",
     "MSG_MESH_ERROR",
     "enroll_over_zmq",
+    "open_enroll_request",
     "reply_frames",
     "request_frames",
     "verify_reply",
@@ -169,6 +180,33 @@ def verify_reply(
         raise AuthenticationError("the server certificate is not for the token's server key")
     envelope: Envelope = unverified.verify_signature(server.verify_key)
     return envelope.body(EnrollReply)
+
+
+def open_enroll_request(
+    frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Envelope, EnrollRequest]:
+    """Server side: decode and verify a first-contact ``enroll.request`` envelope.
+
+    The sender has no certificate yet, so the envelope is verified with the
+    verify key *in its own body*: the body is parsed tentatively to find that
+    key, the signature is checked with it, the sender must be the body's node
+    id, and only then is the body parsed from the verified envelope. This
+    proves possession of the new key, nothing more; the token proof is
+    :meth:`EnrollmentServer.handle_enroll`'s job (pass it
+    ``self_signature_verified_with=request.verify_key, sender=envelope.sender``).
+    """
+    unverified = decode(frames, limits=limits)
+    if unverified.msg_type != MSG_ENROLL_REQUEST:
+        raise UnexpectedMessage(f"expected {MSG_ENROLL_REQUEST}, got {unverified.msg_type!r}")
+    try:
+        tentative = EnrollRequest.model_validate_json(bytes(frames[1]), strict=True)
+    except ValidationError as exc:
+        raise DecodeError("malformed enroll.request body") from exc
+    envelope = unverified.verify_signature(tentative.verify_key)
+    request = envelope.body(EnrollRequest)
+    if envelope.sender != request.node_id:
+        raise AuthenticationError("the envelope sender is not the requested node id")
+    return envelope, request
 
 
 def enroll_over_zmq(

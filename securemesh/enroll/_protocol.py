@@ -547,20 +547,27 @@ class EnrollmentServer:
         *,
         self_signature_verified_with: bytes | None = None,
         sender: str | None = None,
+        peer_curve_key: bytes | None = None,
         now: float | None = None,
     ) -> EnrollReply:
         """Check an ``enroll.request`` and answer it (module docstring, step 2).
 
         ``self_signature_verified_with`` is the verify key the caller checked
         the request *envelope* with, ``sender`` that envelope's sender; when
-        given they must be the body's verify key and node id. Raises a
+        given they must be the body's verify key and node id.
+        ``peer_curve_key`` is the transport-authenticated CURVE key of a
+        directly connected first-contact peer: when given it must be this
+        token's first-contact key (omit it for a request relayed by an edge).
+        Raises a
         RemoteError (TokenError, AuthenticationError, AuthorizationError,
         CertificateRevoked); the audit hook sees every outcome.
         """
         t = self._clock() if now is None else now
         record: TokenRecord | None = None
         try:
-            record = self._check_enroll(request, self_signature_verified_with, sender, t)
+            record = self._check_enroll(
+                request, self_signature_verified_with, sender, peer_curve_key, t
+            )
             reply = self._issue(request, record, t)
         except (RemoteError, LocalError) as exc:
             self._emit(
@@ -599,6 +606,7 @@ class EnrollmentServer:
         request: EnrollRequest,
         envelope_key: bytes | None,
         sender: str | None,
+        peer_curve_key: bytes | None,
         now: float,
     ) -> TokenRecord:
         record = self._tokens.get(request.token_id)
@@ -612,6 +620,8 @@ class EnrollmentServer:
             raise AuthenticationError("the envelope was not signed by the enrolling key")
         if sender is not None and sender != request.node_id:
             raise AuthenticationError("the envelope sender is not the requested node id")
+        if peer_curve_key is not None and not hmac.compare_digest(peer_curve_key, record.curve_key):
+            raise AuthenticationError("the connection's CURVE key is not this token's key")
         if record.used_at is not None:
             raise TokenError("join token already used")
         if now >= record.expires_at:

@@ -1,0 +1,287 @@
+"""``securemesh init | token | revoke | enroll``: the mesh authority and enrollment, from a shell.
+
+A thin shell over :mod:`securemesh.enroll` (its ``_state`` module documents
+the data-directory layout). Only what a script must capture goes to standard
+output: ``token create`` prints the token and nothing else; everything else
+(what was written where) goes to standard error.
+
+The passphrase protecting ``identity.key`` and the root key comes from the
+environment variable named by ``--passphrase-env`` (default
+``SECUREMESH_PASSPHRASE``) or, on a terminal, a prompt (twice when creating a
+key). ``token create`` and ``token list`` need no passphrase: tokens carry
+only public data of the server and their own fresh secret.
+
+Revocation reaches a running cloud daemon through the file system:
+``revoke`` replaces ``DATA_DIR/revocation.list`` atomically; the daemon
+watches that file (mtime), verifies the new list (rollbacks refused) and
+broadcasts ``mesh.revocation``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+from securemesh.cli._keys import DEFAULT_PASSPHRASE_ENV, _passphrase
+from securemesh.crypto import keystore
+from securemesh.crypto.certs import Tier
+from securemesh.errors import ConfigError
+
+__all__ = ["parse_duration", "register"]
+
+#: Argon2id cost for new key files (tests lower it to keystore.UNSAFE_FAST_PARAMS).
+_KDF_PARAMS: keystore.KdfParams = keystore.DEFAULT_PARAMS
+
+_DURATION_RE = re.compile(r"([0-9]{1,9})([smhdw]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``1h``, ``7d``, ``2w`` -> seconds (positive)."""
+    match = _DURATION_RE.fullmatch(text.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise ConfigError(f"invalid duration {text!r}: use e.g. 90s, 30m, 1h, 7d")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _roles(text: str) -> list[str]:
+    return [r for r in (part.strip() for part in text.split(",")) if r]
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir).expanduser()
+
+
+# --------------------------------------------------------------------- commands
+
+
+def _init(args: argparse.Namespace) -> int:
+    from securemesh.enroll._state import init_authority  # noqa: PLC0415 - lazy
+
+    data_dir = _data_dir(args)
+    passphrase = _passphrase(args.passphrase_env, confirm=True)
+    result = init_authority(
+        data_dir,
+        passphrase,
+        authority_id=args.authority_id,
+        cloud_node_id=args.cloud_node_id,
+        listen=args.listen,
+        now=time.time(),
+        cert_lifetime_s=parse_duration(args.cert_lifetime),
+        roles=_roles(args.roles),
+        kdf_params=_KDF_PARAMS,
+    )
+    print(
+        f"mesh authority {result.authority.authority_id!r} created in {data_dir}\n"
+        f"cloud node {args.cloud_node_id!r}: config {result.config_path}\n"
+        f"root key (base64url): {_b64(result.authority.verify_key)}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _b64(data: bytes) -> str:
+    import base64  # noqa: PLC0415
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from securemesh.enroll._state import load_token_issuer  # noqa: PLC0415 - lazy
+    from securemesh.enroll._store import TokenStore  # noqa: PLC0415 - lazy (sqlalchemy)
+
+    data_dir = _data_dir(args)
+    issuer = load_token_issuer(data_dir)
+    tier = Tier(args.tier)
+    if tier not in issuer.tiers:
+        allowed = ", ".join(sorted(t.value for t in issuer.tiers))
+        raise ConfigError(f"this node's delegated authority may only enroll: {allowed}")
+    if args.delegate and (issuer.delegated or tier is not Tier.EDGE):
+        raise ConfigError("--delegate is for edge tokens created by the mesh authority")
+    endpoint = args.endpoint or issuer.endpoint
+    if endpoint is None:
+        raise ConfigError(
+            "no endpoint: pass --endpoint tcp://HOST:PORT (node.toml has no connectable listen)"
+        )
+    with TokenStore.in_dir(data_dir) as store:
+        token = store.create(
+            authority_id=issuer.authority_id,
+            root_key=issuer.root_key,
+            server_key=issuer.server_key,
+            endpoint=endpoint,
+            issuer=issuer.issuer,
+            tier=tier,
+            roles=_roles(args.roles),
+            ttl_s=parse_duration(args.ttl),
+            delegate=args.delegate,
+        )
+    print(token.encode())
+    print(
+        f"token {token.token_id.hex()} ({tier.value}, roles={','.join(token.roles) or '-'}) "
+        f"valid until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(token.expires_at))}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
+
+    data_dir = _data_dir(args)
+    if not (data_dir / DEFAULT_TOKEN_DB).exists():
+        raise ConfigError(f"{data_dir} has no token store")
+    now = time.time()
+    with TokenStore.in_dir(data_dir) as store:
+        records = store.list_tokens(include_used=args.all, include_expired=args.all)
+    for rec in records:
+        state = "usable" if rec.usable_at(now) else ("used" if rec.used else "expired")
+        print(
+            json.dumps(
+                {
+                    "token_id": rec.token_id.hex(),
+                    "tier": rec.tier.value,
+                    "roles": list(rec.roles),
+                    "issuer": rec.issuer,
+                    "delegate": rec.delegate,
+                    "created_at": rec.created_at,
+                    "expires_at": rec.expires_at,
+                    "state": state,
+                    "used_by": rec.used_by,
+                },
+                sort_keys=True,
+            )
+        )
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from securemesh.enroll._state import REVOCATION_FILE, revoke_node  # noqa: PLC0415
+
+    data_dir = _data_dir(args)
+    passphrase = _passphrase(args.passphrase_env, confirm=False)
+    signed = revoke_node(
+        data_dir, passphrase, node_ids=args.nodes, serials=args.serial, now=time.time()
+    )
+    rl = signed.unverified_list()
+    print(
+        f"revocation list version {rl.version} written to {data_dir / REVOCATION_FILE} "
+        f"({len(rl.node_ids)} node(s), {len(rl.serials)} serial(s) revoked)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from securemesh.enroll._client import enroll_over_zmq  # noqa: PLC0415 - lazy (pyzmq)
+    from securemesh.enroll._state import (  # noqa: PLC0415
+        existing_trust,
+        identity_for_enrollment,
+        save_enrollment,
+    )
+    from securemesh.enroll._token import JoinToken  # noqa: PLC0415
+
+    if (args.token is None) == (args.token_file is None):
+        raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")
+    if args.token_file is not None:
+        text = Path(args.token_file).read_text(encoding="ascii", errors="replace")[:4096]
+    else:
+        text = args.token
+    token = JoinToken.decode(text)
+    if token.is_expired(time.time()):
+        raise ConfigError("this join token has expired: ask for a fresh one")
+    data_dir = _data_dir(args)
+    passphrase = _passphrase(args.passphrase_env, confirm=not (data_dir / "identity.key").exists())
+    trust = existing_trust(data_dir)
+    identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=_KDF_PARAMS)
+    result = enroll_over_zmq(token, identity, args.node_id, timeout=args.timeout, trust=trust)
+    files = save_enrollment(data_dir, token, result, listen=args.listen)
+    cert = result.cert
+    print(
+        f"enrolled {cert.node_id!r} as {cert.tier.value} (serial {cert.serial}, issuer "
+        f"{cert.issuer!r}, valid until "
+        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(cert.not_after))}); "
+        f"{'new' if created else 'existing'} keys in {data_dir}"
+        + ("; delegated authority for end devices" if result.authority_certificate else "")
+        + (f"; wrote {files.config_path}" if files.config_written else "; kept node.toml"),
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------- parsers
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``init``, ``token create|list``, ``revoke`` and ``enroll``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")
+    secret = argparse.ArgumentParser(add_help=False)
+    secret.add_argument(
+        "--passphrase-env",
+        default=DEFAULT_PASSPHRASE_ENV,
+        metavar="VAR",
+        help=f"environment variable holding the passphrase (default {DEFAULT_PASSPHRASE_ENV})",
+    )
+
+    init = subparsers.add_parser(
+        "init",
+        parents=[common, secret],
+        help="create the mesh authority and the cloud node's keys, certificate and config",
+    )
+    init.add_argument("--authority-id", default="mesh", metavar="ID")
+    init.add_argument("--cloud-node-id", default="cloud-1", metavar="ID")
+    init.add_argument("--listen", default="tcp://127.0.0.1:7100", metavar="tcp://HOST:PORT")
+    init.add_argument("--roles", default="", metavar="A,B", help="roles of the cloud node")
+    init.add_argument(
+        "--cert-lifetime", default="30d", metavar="DURATION", help="cloud certificate lifetime"
+    )
+    init.set_defaults(func=_init)
+
+    token = subparsers.add_parser("token", help="create and list one-time join tokens")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_sub.add_parser(
+        "create", parents=[common], help="print a new join token (only the token, on stdout)"
+    )
+    create.add_argument("--tier", required=True, choices=["end", "edge", "cloud"])
+    create.add_argument("--roles", default="", metavar="A,B")
+    create.add_argument("--ttl", default="1h", metavar="DURATION", help="e.g. 15m, 1h, 2d")
+    create.add_argument(
+        "--endpoint", default=None, metavar="tcp://HOST:PORT", help="where the node connects"
+    )
+    create.add_argument(
+        "--delegate",
+        action="store_true",
+        help="edge tokens only: also give the edge a delegated authority for end devices",
+    )
+    create.set_defaults(func=_token_create)
+    listing = token_sub.add_parser("list", parents=[common], help="list usable tokens (JSON lines)")
+    listing.add_argument("--all", action="store_true", help="include used and expired tokens")
+    listing.set_defaults(func=_token_list)
+
+    revoke = subparsers.add_parser(
+        "revoke", parents=[common, secret], help="revoke nodes: write a new signed revocation list"
+    )
+    revoke.add_argument("nodes", nargs="*", metavar="NODE")
+    revoke.add_argument(
+        "--serial", action="append", type=int, default=[], help="also revoke a serial"
+    )
+    revoke.set_defaults(func=_revoke)
+
+    enroll = subparsers.add_parser(
+        "enroll",
+        parents=[common, secret],
+        help="enroll this node with a join token (keys are generated or kept locally)",
+    )
+    enroll.add_argument("--token", default=None, metavar="TOKEN")
+    enroll.add_argument("--token-file", default=None, metavar="PATH")
+    enroll.add_argument("--node-id", required=True, metavar="ID")
+    enroll.add_argument(
+        "--listen", default=None, metavar="tcp://HOST:PORT", help="edge: where to listen"
+    )
+    enroll.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    enroll.set_defaults(func=_enroll)
