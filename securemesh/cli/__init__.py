@@ -21,7 +21,11 @@ from securemesh.errors import SecureMeshError
 __all__ = ["build_parser", "main"]
 
 # Command-group modules, imported only when the CLI runs.
-_COMMAND_MODULES: tuple[str, ...] = ("securemesh.cli._keys", "securemesh.cli._audit")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "securemesh.cli._keys",
+    "securemesh.cli._audit",
+    "securemesh.cli._mesh",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
