@@ -207,15 +207,22 @@ def verify_stored_log(
     log_key: tuple[str, bytes],
     state_path: str | Path | None,
     threads: int = 2,
+    full: bool = False,
 ) -> VerifyReport:
     """``audit verify``: full verification plus the client's last-seen checkpoint.
 
     On success the latest checkpoint is saved to ``state_path`` (if given).
+    ``full`` re-checks origin signatures below the last-seen size too.
     """
     name, vk = log_key
     last = load_last_seen(state_path) if state_path is not None else None
     report = verify_log(
-        log.engine, log_verify_key=vk, log_origin=name, last_seen=last, threads=threads
+        log.engine,
+        log_verify_key=vk,
+        log_origin=name,
+        last_seen=last,
+        threads=threads,
+        recheck_signatures=full,
     )
     if state_path is not None and report.latest_note is not None:
         save_last_seen(state_path, LastSeen(name, report.size, report.root, report.latest_note))

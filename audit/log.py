@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from securemesh.audit import _schema as s
@@ -99,6 +99,8 @@ _SQL_INSERT_LEAVES: Final = (
     "subject_id, outcome, time_ms, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SQL_INSERT_NODES: Final = "INSERT INTO audit_tree_nodes (level, idx, hash) VALUES (?, ?, ?)"
+_SQL_SELECT_NODES: Final = "SELECT level, idx, hash FROM audit_tree_nodes WHERE "
+_SQL_NODE_TERM: Final = "(level = ? AND idx = ?)"
 
 MAX_BATCH: Final = 256
 """Most entries sequenced in one transaction (and covered by one checkpoint)."""
@@ -445,59 +447,58 @@ class AuditLog:
         vk = self.log_verify_key if verify_key is None else verify_key
         return open_checkpoint(note, key_name=self.key_name, verify_key=vk, origin=self.origin)
 
-    def _fetch_nodes(
-        self, conn: Connection, wanted: Iterable[tuple[int, int]]
-    ) -> dict[tuple[int, int], bytes]:
-        keys = sorted(set(wanted))
+    def _fetch_nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored node hashes for ``(level, index)`` keys: one query, one PK probe each.
+
+        Runs on a raw DB-API connection (a single autocommit SELECT on SQLite):
+        at ~20 nodes per proof, SQLAlchemy statement compilation and an explicit
+        BEGIN/ROLLBACK would cost more than the lookups. (A row-value
+        ``(level, idx) IN (…)`` is not planned as index lookups by SQLite.)
+        """
         got: dict[tuple[int, int], bytes] = {}
-        if keys:
-            for r in conn.execute(
-                select(s.tree_nodes.c.level, s.tree_nodes.c.idx, s.tree_nodes.c.hash).where(
-                    tuple_(s.tree_nodes.c.level, s.tree_nodes.c.idx).in_(keys)
-                )
-            ):
-                got[(int(r.level), int(r.idx))] = bytes(r.hash)
+        if not keys:
+            return got
+        sql = _SQL_SELECT_NODES + " OR ".join([_SQL_NODE_TERM] * len(keys))
+        if not self._sqlite:
+            sql = sql.replace("?", "%s")
+        params = [x for key in keys for x in key]
+        raw = self._engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(sql, params)
+            for level, idx, h in cur.fetchall():
+                got[(int(level), int(idx))] = bytes(h)
+            cur.close()
+        finally:
+            raw.close()
         return got
 
-    def _proof_from_plan(self, conn: Connection, plan: list[list[NodeId]]) -> list[bytes]:
-        wanted = [(n.level, n.index) for group in plan for n in group]
-        got = self._fetch_nodes(conn, wanted)
+    def _proof_from_plan(self, plan: list[list[NodeId]], tree_size: int) -> list[bytes]:
+        got = self._fetch_nodes(sorted({(n.level, n.index) for group in plan for n in group}))
 
         def get_node(level: int, index: int) -> bytes:
             try:
                 return got[(level, index)]
             except KeyError:
-                raise LocalError(f"tree node ({level}, {index}) is missing") from None
+                raise LocalError(
+                    f"tree node ({level}, {index}) is not in the log "
+                    f"(is the tree size {tree_size} larger than the log?)"
+                ) from None
 
         return hash_plan(plan, get_node)
-
-    def _current_size(self, conn: Connection) -> int:
-        return int(
-            conn.execute(
-                select(s.sequencer.c.size).where(s.sequencer.c.id == s.SEQUENCER_ROW_ID)
-            ).scalar_one()
-        )
 
     def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.3.1 audit path for leaf ``index`` in the tree of ``tree_size``.
 
         ``tree_size`` defaults to the current size. One indexed query.
         """
-        with read_transaction(self._engine) as conn:
-            n = self._current_size(conn) if tree_size is None else tree_size
-            if n > self._current_size(conn):
-                raise LocalError(f"the log has fewer than {n} entries")
-            plan = inclusion_proof_plan(index, n)
-            return self._proof_from_plan(conn, plan)
+        n = self.size() if tree_size is None else tree_size
+        return self._proof_from_plan(inclusion_proof_plan(index, n), n)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.4.1 consistency proof between two tree sizes."""
-        with read_transaction(self._engine) as conn:
-            n = self._current_size(conn) if new_size is None else new_size
-            if n > self._current_size(conn):
-                raise LocalError(f"the log has fewer than {n} entries")
-            plan = consistency_proof_plan(old_size, n)
-            return self._proof_from_plan(conn, plan)
+        n = self.size() if new_size is None else new_size
+        return self._proof_from_plan(consistency_proof_plan(old_size, n), n)
 
     def leaf_hash(self, index: int) -> bytes:
         with read_transaction(self._engine) as conn:

@@ -61,7 +61,6 @@ from securemesh.audit.checkpoint import open_checkpoint
 from securemesh.audit.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
-    CompactRange,
     inclusion_proof_plan,
     peak_ids,
     verify_inclusion,
@@ -249,7 +248,33 @@ def _localise(
             findings.entry(i, f"not included in the signed tree head of size {head.size}")
 
 
-def _resync(nodes: _NodeReader, head: _Head) -> CompactRange | None:
+class _Acc:
+    """The compact range of :class:`~securemesh.audit.merkle.CompactRange`, inlined.
+
+    The verifier appends a million leaf hashes; creating ``Node`` objects for
+    each merge (which only the sequencer needs) would dominate its main thread.
+    """
+
+    __slots__ = ("peaks", "size")
+
+    def __init__(self, size: int = 0, peaks: list[bytes] | None = None) -> None:
+        self.size = size
+        self.peaks: list[bytes] = peaks if peaks is not None else []
+
+    def append(self, h: bytes) -> None:
+        j = self.size
+        peaks = self.peaks
+        while j & 1:
+            h = hashlib.sha256(b"\x01" + peaks.pop() + h).digest()
+            j >>= 1
+        peaks.append(h)
+        self.size += 1
+
+    def root(self) -> bytes:
+        return _fold(self.peaks)
+
+
+def _resync(nodes: _NodeReader, head: _Head) -> _Acc | None:
     """The compact range at ``head.size`` from stored peaks, if they fold to the signed root."""
     ids = peak_ids(head.size)
     got = nodes.fetch({(n.level, n.index) for n in ids})
@@ -259,7 +284,7 @@ def _resync(nodes: _NodeReader, head: _Head) -> CompactRange | None:
         return None
     if _fold(peaks) != head.root:
         return None
-    return CompactRange.from_peaks(head.size, peaks)
+    return _Acc(head.size, peaks)
 
 
 def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docstring
@@ -272,10 +297,15 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     last_seen: LastSeen | None = None,
     threads: int = 2,
     fetch_batch: int = _FETCH,
+    recheck_signatures: bool = False,
 ) -> VerifyReport:
     """Verify the whole log stored behind ``engine``; see the module docstring.
 
-    ``key_resolver`` defaults to the database's origin registry. Raises
+    ``key_resolver`` defaults to the database's origin registry. With a
+    ``last_seen`` checkpoint, origin signatures of the entries below its size
+    were checked by this client before and are not checked again (unless
+    ``recheck_signatures``): the recomputed root at that size must equal the
+    root this client saw, which binds every one of those entries. Raises
     :class:`~securemesh.errors.LogIntegrityError` (``.entries`` = tampered
     leaf indices) on any finding.
     """
@@ -325,7 +355,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     check_sigs = make_fast_verifier(resolve)
 
     # --- one streaming pass over the leaves
-    cr = CompactRange()
+    cr = _Acc()
     head_iter = iter(heads)
     next_head = next(head_iter, None)
     range_start = 0
@@ -334,6 +364,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     signatures = 0
     sha256 = hashlib.sha256
     pending: list[Future[list[tuple[int, str]]]] = []
+    skip_below = 0 if (last_seen is None or recheck_signatures) else last_seen.size
+    root_at_seen: bytes | None = None
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -359,15 +391,19 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
             next_head = next(head_iter, None)
 
     def push(index: int, h: bytes) -> None:
+        nonlocal root_at_seen
         cr.append(h)
         range_hashes[index] = h
+        if last_seen is not None and cr.size == last_seen.size:
+            root_at_seen = cr.root()
         close_heads_upto(cr.size)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         for rows in _stream_leaves(engine, fetch_batch):
-            for lo in range(0, len(rows), _SIG_CHUNK):
-                pending.append(pool.submit(check_sigs, rows[lo : lo + _SIG_CHUNK]))
-                signatures += min(_SIG_CHUNK, len(rows) - lo)
+            to_check = rows if rows[0][0] >= skip_below else [r for r in rows if r[0] >= skip_below]
+            for lo in range(0, len(to_check), _SIG_CHUNK):
+                pending.append(pool.submit(check_sigs, to_check[lo : lo + _SIG_CHUNK]))
+                signatures += min(_SIG_CHUNK, len(to_check) - lo)
             for idx, entry, stored, _ in rows:
                 while expected < idx:  # a gap: deleted row(s)
                     findings.entry(expected, "missing (row deleted)")
@@ -418,6 +454,11 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
             elif at is not None and at.root != last_seen.root:
                 findings.problem(
                     f"fork: the signed root at size {last_seen.size} differs from the one "
+                    "this client saw"
+                )
+            if last_seen.size > 0 and root_at_seen not in (None, last_seen.root):
+                findings.problem(
+                    f"the entries below size {last_seen.size} no longer hash to the root "
                     "this client saw"
                 )
 

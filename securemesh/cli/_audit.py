@@ -207,7 +207,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     state = None if args.no_state else (args.state or _data_dir() / "audit-last-seen.json")
     t0 = time.perf_counter()
     with _open(args) as log:
-        report = verify_stored_log(log, log_key=_log_key(args), state_path=state)
+        report = verify_stored_log(log, log_key=_log_key(args), state_path=state, full=args.full)
     dt = time.perf_counter() - t0
     if args.format == "json":
         print(
@@ -364,6 +364,9 @@ def register(  # noqa: PLR0915 - one flat list of subcommands reads best
     p = sub.add_parser("verify", parents=[common], help="verify the whole log")
     p.add_argument("--state", help="last-seen checkpoint file (default in the data dir)")
     p.add_argument("--no-state", action="store_true", help="do not read or save client state")
+    p.add_argument(
+        "--full", action="store_true", help="re-check signatures this client already checked"
+    )
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=_cmd_verify)
 

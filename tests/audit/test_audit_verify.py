@@ -249,3 +249,33 @@ def _peaks(log: AuditLog, size: int) -> bytes:
             )
             out.append(bytes(conn.execute(q).scalar_one()))
     return b"".join(out)
+
+
+def test_incremental_verify_still_catches_old_entries(
+    log: AuditLog, log_signer: Ed25519Signer
+) -> None:
+    head = log.latest_tree_head()
+    assert head is not None
+    seen = LastSeen(log.origin, head.size, head.root, head.note)
+    report = verify_log(
+        log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin, last_seen=seen
+    )
+    assert report.signatures_checked == 0  # all below the last-seen size
+    entry = bytearray(log.get_entry(12))
+    entry[-3] ^= 0x20  # invalidates the origin signature ...
+    new = bytes(entry)
+    _sql(  # ... and the leaf hash is rewritten to match
+        log,
+        update(s.leaves)
+        .where(s.leaves.c.idx == 12)
+        .values(entry=new, leaf_hash=hashlib.sha256(b"\x00" + new).digest()),
+    )
+    assert _tampered(log, log_signer, seen) == [12]
+    with pytest.raises(LogIntegrityError, match="entry 12: event does not decode"):
+        verify_log(
+            log.engine,
+            log_verify_key=log_signer.verify_key,
+            log_origin=log.origin,
+            last_seen=seen,
+            recheck_signatures=True,
+        )
