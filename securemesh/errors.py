@@ -51,11 +51,11 @@ learns nothing about which check failed (STYLE.md §5).
         │   └── ConsistencyProofError                  RFC 9162 §2.1.4.2 fails
         ├── LogIntegrityError                          stored audit log entries tampered; .entries
         ├── UnknownOrigin                              audit event from a node the log does not know
-        ├── UnknownNode                                (CertificateError) no certificate for that node id
+        ├── UnknownNode                                (CertificateError) node id unknown
         ├── NoRoute                                    the node has no link toward the recipient
         ├── NoHandler                                  no handler registered for that message type
-        ├── UnexpectedReply                            a REPLY that answers no request we sent/forwarded
-        └── RemoteCallError                            the peer answered a request with an error reply
+        ├── UnexpectedReply                            a REPLY answering no request of ours
+        └── RemoteCallError                            the peer answered with an error reply
 """
 
 from __future__ import annotations

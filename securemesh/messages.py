@@ -1,0 +1,160 @@
+"""Bodies of the mesh's own message types: strict pydantic models, unknown keys refused.
+
+Theory of operation
+-------------------
+Every envelope body is UTF-8 JSON parsed with
+``Model.model_validate_json(body, strict=True)`` (see :meth:`securemesh.wire.Envelope.body`).
+The models here set ``strict=True, extra="forbid", frozen=True`` so that a body
+is accepted only in exactly the shape written here: no coercion ("1" is not 1),
+no unknown keys, bounded lengths. Binary values (certificates, handshake
+messages) travel as unpadded base64url strings (RFC 4648 §5) and are decoded
+strictly by :func:`b64d`; bulk values (a revocation list of up to 1 MiB) travel
+in raw frames instead, because a body is at most 64 KiB.
+
+Message types of the node layer (the enrollment types ``enroll.request``,
+``enroll.reply`` and ``cert.renew`` live in :mod:`securemesh.enroll`):
+
+=====================  =====================  ==========================================
+type                   body                   meaning
+=====================  =====================  ==========================================
+``node.hello``         :class:`NodeHello`     first message on a link (REQUEST) and its
+                                              REPLY: the sender's certificate first, then
+                                              certificates the receiver may need (issuing
+                                              delegate, ancestors); re-sent after renewal
+``node.report``        :class:`NodeReport`    heartbeat/resource report to the parent
+                                              (REQUEST; the REPLY is :class:`Ack`)
+``route.announce``     :class:`RouteAnnounce` an edge tells its parent which nodes it
+                                              reaches (with their certificates)
+``mesh.revocation``    :class:`Revocation`    broadcast; raw frame 0 is the signed list
+``session.hello``      :class:`SessionData`   handshake HELLO (REQUEST), REPLY is ACCEPT
+``session.finish``     :class:`SessionData`   handshake FINISH (one-way)
+``mesh.error``         :class:`ErrorReply`    error REPLY to any REQUEST
+``mesh.ping``          :class:`Ack`           liveness probe (REQUEST; REPLY :class:`Ack`)
+=====================  =====================  ==========================================
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from securemesh.errors import DecodeError
+
+__all__ = [
+    "MESH_ERROR",
+    "MESH_PING",
+    "MESH_REVOCATION",
+    "NODE_HELLO",
+    "NODE_REPORT",
+    "ROUTE_ANNOUNCE",
+    "SESSION_FINISH",
+    "SESSION_HELLO",
+    "Ack",
+    "B64",
+    "ErrorReply",
+    "MeshMessage",
+    "NodeHello",
+    "NodeReport",
+    "Revocation",
+    "RouteAnnounce",
+    "SessionData",
+    "b64d",
+    "b64e",
+]
+
+NODE_HELLO: Final = "node.hello"
+NODE_REPORT: Final = "node.report"
+ROUTE_ANNOUNCE: Final = "route.announce"
+MESH_REVOCATION: Final = "mesh.revocation"
+SESSION_HELLO: Final = "session.hello"
+SESSION_FINISH: Final = "session.finish"
+MESH_ERROR: Final = "mesh.error"
+MESH_PING: Final = "mesh.ping"
+
+_B64_RE = re.compile(r"[A-Za-z0-9_-]*")
+#: An unpadded base64url string (at most 8 KiB of text: certificates are <= 4 KiB).
+B64 = Annotated[str, Field(max_length=8192, pattern=r"^[A-Za-z0-9_-]*$")]
+NodeId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+def b64e(data: bytes) -> str:
+    """Unpadded base64url of ``data``."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: str, *, max_size: int = 8192) -> bytes:
+    """Decode canonical unpadded base64url; :class:`DecodeError` for anything else."""
+    if len(text) > (max_size * 4 + 2) // 3 or _B64_RE.fullmatch(text) is None:
+        raise DecodeError("not unpadded base64url (or too long)")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError("not base64url") from exc
+    if b64e(data) != text:
+        raise DecodeError("non-canonical base64url")
+    return data
+
+
+class MeshMessage(BaseModel):
+    """Base of every mesh body: strict, no unknown keys, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Ack(MeshMessage):
+    """An empty acknowledgement."""
+
+
+class NodeHello(MeshMessage):
+    """``certificates[0]`` is the sender's signed certificate; the rest help the receiver.
+
+    The rest: the delegated-authority certificate that issued it (if any), and
+    certificates of the sender's ancestors (a device learns its edge's and the
+    cloud's certificates from its edge's hello reply).
+    """
+
+    certificates: list[B64] = Field(min_length=1, max_length=8)
+
+
+class NodeReport(MeshMessage):
+    """Resource report for the scheduler (load averages from ``os.getloadavg``)."""
+
+    load_1m: float = Field(ge=0.0)
+    load_5m: float = Field(ge=0.0)
+    load_15m: float = Field(ge=0.0)
+    queue_length: int = Field(ge=0)
+    capacity: int = Field(ge=0)
+    inflight: int = Field(ge=0)
+    rtt_ms: float | None = Field(default=None, ge=0.0)
+    uptime_s: float = Field(ge=0.0)
+
+
+class RouteAnnounce(MeshMessage):
+    """Nodes reachable through the sender (certificates), and node ids no longer reachable."""
+
+    certificates: list[B64] = Field(default_factory=list, max_length=512)
+    authorities: list[B64] = Field(default_factory=list, max_length=8)
+    withdrawn: list[NodeId] = Field(default_factory=list, max_length=512)
+
+
+class Revocation(MeshMessage):
+    """``mesh.revocation``: raw frame 0 carries the signed revocation list bytes."""
+
+    version: int = Field(ge=1, le=2**63 - 1)
+
+
+class SessionData(MeshMessage):
+    """One session handshake message (:mod:`securemesh.session`), base64url."""
+
+    data: B64
+
+
+class ErrorReply(MeshMessage):
+    """An error answer to a request. ``code`` is a stable short code; text is for people."""
+
+    code: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
+    message: str = Field(default="", max_length=256)

@@ -1,0 +1,62 @@
+"""``securemesh.node``: the mesh node runtime (links, verification pipeline, routing, daemon).
+
+* :class:`MeshNode` — the asyncio runtime of one node over a
+  :class:`~securemesh.transport.Transport` (see :mod:`securemesh.node._node`).
+* :class:`Directory` — known certificates and token keys; the default-deny
+  CURVE-key authenticator.
+* :class:`Pipeline` / :class:`VerifiedMessage` / :class:`Rejection` — the
+  per-message verification steps and their two possible outcomes.
+* :class:`NodeConfig` / :func:`load_config` — ``node.toml``.
+* :func:`run_daemon` / :func:`read_status` — ``securemesh node run|status``
+  (imported lazily: they load the daemon module).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from securemesh.node._config import (
+    LimitsConfig,
+    NodeConfig,
+    ParentConfig,
+    SessionConfig,
+    load_config,
+    parse_curve_key,
+)
+from securemesh.node._directory import Directory, DirectoryEntry
+from securemesh.node._metrics import AuditHook, Metrics, Rejection
+from securemesh.node._node import Handler, MeshNode, Reply
+from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+__all__ = [
+    "AuditHook",
+    "Directory",
+    "DirectoryEntry",
+    "FirstContactResolver",
+    "Handler",
+    "LimitsConfig",
+    "MeshNode",
+    "Metrics",
+    "NodeConfig",
+    "ParentConfig",
+    "Pipeline",
+    "Rejection",
+    "Reply",
+    "SessionConfig",
+    "VerifiedMessage",
+    "load_config",
+    "parse_curve_key",
+]
+
+_LAZY: set[str] = set()
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from securemesh.node import _daemon  # noqa: PLC0415 - lazy: the daemon pulls in more
+
+        return getattr(_daemon, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

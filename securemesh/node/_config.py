@@ -1,0 +1,188 @@
+"""``node.toml``: the node's configuration, a strict pydantic model loaded with ``tomllib``.
+
+Example (an edge)::
+
+    node_id = "edge-1"
+    tier = "edge"
+    data_dir = "/var/lib/securemesh/edge-1"
+    listen = "tcp://0.0.0.0:7101"
+    log_level = "info"
+    heartbeat_interval = 10.0
+    # passphrase_file = "/run/secrets/edge-1"   # else env SECUREMESH_PASSPHRASE
+
+    [parent]
+    endpoint = "tcp://cloud.example:7100"
+    curve_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"   # Z85 (40) or hex (64)
+
+    [limits]
+    max_inflight = 256
+    request_timeout = 10.0
+
+    [[policy.allow]]
+    types = ["sensor.*"]
+    tiers = ["end"]
+
+Strict: no coercion ("10" is not 10), unknown keys are errors, every number is
+bounded. :func:`load_config` turns every problem into one
+:class:`~securemesh.errors.ConfigError` naming the file and the field.
+
+Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
+
+    identity.key        NodeIdentity, encrypted (securemesh keys generate)
+    node.cert           this node's signed certificate (raw bytes)
+    trust.json          {"roots": {"<authority id>": "<base64url verify key>"}}
+    revocation.list     current signed revocation list (optional, raw bytes)
+    authority.cert      delegated-authority certificate of the issuer (optional)
+    peers/*.cert        certificates of nodes to admit before they say hello (optional)
+    sequence.state      the envelope sequence counter (created)
+    ready               written when the node is listening/connected (removed on stop)
+    status.json         refreshed every status_interval seconds
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from securemesh.crypto.z85 import z85_decode
+from securemesh.errors import ConfigError
+from securemesh.policy import PolicyConfig
+
+__all__ = [
+    "LimitsConfig",
+    "NodeConfig",
+    "ParentConfig",
+    "SessionConfig",
+    "load_config",
+    "parse_curve_key",
+]
+
+NodeId = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+]
+Endpoint = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r"^(tcp|ipc|inproc|memory)://\S+$")
+]
+
+
+def parse_curve_key(text: str) -> bytes:
+    """A CURVE public key written as Z85 (40 characters) or hex (64); ConfigError otherwise."""
+    try:
+        if len(text) == 40:
+            key = z85_decode(text)
+        elif len(text) == 64:
+            key = bytes.fromhex(text)
+        else:
+            raise ValueError("length")
+    except ValueError as exc:
+        raise ConfigError("a CURVE key is 40 Z85 or 64 hex characters") from exc
+    if len(key) != 32:
+        raise ConfigError("a CURVE key is 32 bytes")
+    return key
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class ParentConfig(_Strict):
+    """Where this node connects out to (its edge, or the cloud)."""
+
+    endpoint: Endpoint
+    curve_key: str
+
+    @field_validator("curve_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        try:
+            parse_curve_key(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @property
+    def curve_key_bytes(self) -> bytes:
+        return parse_curve_key(self.curve_key)
+
+
+class LimitsConfig(_Strict):
+    """Resource bounds. Defaults suit an edge; devices usually tighten them."""
+
+    max_body: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+    max_raw_frame: int = Field(default=16 * 1024 * 1024, ge=0, le=256 * 1024 * 1024)
+    max_frames: int = Field(default=16, ge=3, le=1024)
+    max_inflight: int = Field(default=256, ge=1, le=100_000)
+    capacity: int = Field(default=100, ge=0, le=1_000_000)
+    request_timeout: float = Field(default=10.0, gt=0, le=3600)
+    forward_timeout: float = Field(default=1.0, ge=0, le=60)
+    send_timeout: float = Field(default=5.0, ge=0, le=600)
+    sndhwm: int = Field(default=1000, ge=1, le=1_000_000)
+    rcvhwm: int = Field(default=1000, ge=1, le=1_000_000)
+    max_clock_skew: float = Field(default=120.0, ge=0, le=86_400)
+    max_senders: int = Field(default=10_000, ge=1, le=10_000_000)
+    log_window: float = Field(default=60.0, ge=0, le=86_400)
+    drain_timeout: float = Field(default=10.0, ge=0, le=600)
+
+
+class SessionConfig(_Strict):
+    """Session fast path: when to run a fresh handshake (new keys, new session id)."""
+
+    max_age: float = Field(default=600.0, gt=0, le=7 * 86_400)
+    max_messages: int = Field(default=1 << 24, ge=1, le=1 << 40)
+    handshake_timeout: float = Field(default=5.0, gt=0, le=600)
+
+
+class NodeConfig(_Strict):
+    """The whole ``node.toml``."""
+
+    node_id: NodeId
+    tier: Literal["end", "edge", "cloud"]
+    data_dir: str | None = None
+    listen: Endpoint | None = None
+    parent: ParentConfig | None = None
+    passphrase_file: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    heartbeat_interval: float = Field(default=10.0, gt=0, le=86_400)
+    status_interval: float = Field(default=2.0, gt=0, le=3600)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+
+    @field_validator("parent")
+    @classmethod
+    def _parent_tier(cls, value: ParentConfig | None) -> ParentConfig | None:
+        return value
+
+    def model_post_init(self, __context: object) -> None:
+        if self.tier == "cloud" and self.parent is not None:
+            raise ValueError("a cloud node has no parent")
+        if self.tier == "end" and self.listen is not None:
+            raise ValueError("an end device does not listen")
+        if self.tier == "end" and self.parent is None:
+            raise ValueError("an end device needs a [parent]")
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate ``node.toml``; every problem becomes a ConfigError."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc}") from exc
+    if len(raw) > 1024 * 1024:
+        raise ConfigError(f"{file}: larger than 1 MiB")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{file}: invalid node configuration: {problems}") from exc

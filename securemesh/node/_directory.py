@@ -1,0 +1,293 @@
+"""The node's directory of known certificates and first-contact token keys.
+
+Theory of operation
+-------------------
+A node admits a CURVE key (ZAP, :meth:`Directory.authenticate`) and accepts a
+message's sender (pipeline step 3, :meth:`Directory.lookup`) only through this
+directory, and both are **default deny**:
+
+* A certificate enters only through :meth:`Directory.add_certificate`, which
+  runs :func:`~securemesh.crypto.verify_certificate` against the node's
+  :class:`~securemesh.crypto.TrustStore` (issuer, signature, delegation,
+  validity, revocation). Certificates can therefore come from anywhere — a
+  ``node.hello``, a ``route.announce``, an enrollment record, a file — since
+  each one is verified against the roots before it is believed.
+* The per-message check (:meth:`Directory.lookup`) re-checks only what changes
+  over time, cheaply: the validity period at ``now`` and the current
+  revocation list of the certificate's root (by serial and node id, for the
+  certificate and for the delegated authority that issued it). The signature
+  was checked once, on entry.
+* A CURVE key is admitted iff it is the ``curve_key`` of a certificate that
+  passes :meth:`lookup` now, or the first-contact key of an unexpired join
+  token registered with :meth:`admit_token_key` (the enrollment layer,
+  :mod:`securemesh.enroll`, registers and retires those). Token peers may only
+  send first-contact message types (``enroll.request``); the pipeline enforces
+  that.
+
+When a newer certificate for a node arrives (renewal), it replaces the old one
+if it expires later; a certificate naming a different CURVE key moves the
+key mapping.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from securemesh.crypto.certs import (
+    Certificate,
+    RevocationList,
+    SignedCertificate,
+    SignedRevocationList,
+    Tier,
+    TrustStore,
+    verify_certificate,
+)
+from securemesh.errors import (
+    AuthenticationError,
+    CertificateError,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRevoked,
+    LocalError,
+    UnknownNode,
+)
+from securemesh.policy import PeerInfo
+
+__all__ = ["Directory", "DirectoryEntry"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """A verified certificate with what the hot path needs precomputed."""
+
+    cert: Certificate
+    signed: SignedCertificate
+    root_id: str
+    issuer_cert: Certificate | None  # the delegated authority that issued it, if any
+    peer_info: PeerInfo
+
+    @property
+    def node_id(self) -> str:
+        return self.cert.node_id
+
+
+class Directory:
+    """Known certificates by node id and CURVE key, token keys, and the trust store."""
+
+    def __init__(
+        self,
+        trust: TrustStore,
+        *,
+        clock: Clock = time.time,
+        max_token_keys: int = 10_000,
+        max_entries: int = 1_000_000,
+    ) -> None:
+        self._trust = trust
+        self._clock = clock
+        self._by_node: dict[str, DirectoryEntry] = {}
+        self._by_curve: dict[bytes, str] = {}
+        self._tokens: dict[bytes, float] = {}  # first-contact curve key -> expires_at
+        self._max_tokens = max_token_keys
+        self._max_entries = max_entries
+        #: Called with the node ids whose certificates a new revocation list revokes.
+        self.on_revoked: list[Callable[[frozenset[str]], None]] = []
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._trust
+
+    # ----------------------------------------------------------- certificates
+
+    def add_certificate(
+        self,
+        signed: SignedCertificate | bytes,
+        *,
+        intermediates: Iterable[SignedCertificate | bytes] = (),
+        now: float | None = None,
+    ) -> Certificate:
+        """Verify ``signed`` against the trust store and remember it; return the certificate.
+
+        ``intermediates``: delegated-authority certificates that may have issued
+        it; each that verifies is also added to the trust store. Raises a
+        :class:`~securemesh.errors.CertificateError` subclass if it does not verify.
+        """
+        at = self._clock() if now is None else now
+        if not isinstance(signed, SignedCertificate):
+            signed = SignedCertificate.from_bytes(signed)
+        inters = [
+            i if isinstance(i, SignedCertificate) else SignedCertificate.from_bytes(i)
+            for i in intermediates
+        ]
+        cert = verify_certificate(signed, trust=self._trust, now=at, intermediates=inters)
+        issuer_cert: Certificate | None = None
+        root_id = cert.issuer
+        if self._trust.root_key(cert.issuer) is None:
+            delegate = self._trust.delegated_authorities.get(cert.issuer)
+            if delegate is None:
+                for inter in inters:
+                    if inter.unverified_certificate().node_id == cert.issuer:
+                        self._trust.add_delegated_authority(inter, now=at)
+                        delegate = inter
+                        break
+            if delegate is None:  # unreachable: verify_certificate found the issuer
+                raise CertificateError("issuing authority vanished")
+            issuer_cert = delegate.unverified_certificate()
+            root_id = issuer_cert.issuer
+        entry = DirectoryEntry(
+            cert=cert,
+            signed=signed,
+            root_id=root_id,
+            issuer_cert=issuer_cert,
+            peer_info=PeerInfo(
+                node_id=cert.node_id, tier=cert.tier.value, roles=frozenset(cert.roles)
+            ),
+        )
+        old = self._by_node.get(cert.node_id)
+        if old is not None:
+            if old.cert.not_after > cert.not_after and self._usable(old, at):
+                return old.cert  # keep the longer-lived one we already trust
+            if self._by_curve.get(old.cert.curve_key) == cert.node_id:
+                del self._by_curve[old.cert.curve_key]
+        elif len(self._by_node) >= self._max_entries:
+            raise LocalError("directory is full")
+        self._by_node[cert.node_id] = entry
+        self._by_curve[cert.curve_key] = cert.node_id
+        return cert
+
+    def _usable(self, entry: DirectoryEntry, now: float) -> bool:
+        try:
+            self._check(entry, now)
+        except CertificateError:
+            return False
+        return True
+
+    def _check(self, entry: DirectoryEntry, now: float) -> None:
+        cert = entry.cert
+        if now < cert.not_before:
+            raise CertificateNotYetValid(f"certificate of {cert.node_id!r} not yet valid")
+        if now >= cert.not_after:
+            raise CertificateExpired(f"certificate of {cert.node_id!r} expired")
+        rl = self._trust.revocation_list(entry.root_id)
+        if rl is not None:
+            if rl.revokes(cert):
+                raise CertificateRevoked(f"{cert.node_id!r} is revoked")
+            issuer = entry.issuer_cert
+            if issuer is not None and rl.revokes(issuer):
+                raise CertificateRevoked(f"issuing authority {issuer.node_id!r} is revoked")
+        issuer = entry.issuer_cert
+        if issuer is not None and not issuer.is_valid_at(now):
+            raise CertificateExpired(f"issuing authority {issuer.node_id!r} is not valid now")
+
+    def lookup(self, node_id: str, *, now: float) -> DirectoryEntry:
+        """The entry of ``node_id`` if its certificate is valid and unrevoked at ``now``.
+
+        Raises :class:`~securemesh.errors.UnknownNode`, ``CertificateExpired``,
+        ``CertificateNotYetValid`` or ``CertificateRevoked``.
+        """
+        entry = self._by_node.get(node_id)
+        if entry is None:
+            raise UnknownNode("no certificate for that node")
+        self._check(entry, now)
+        return entry
+
+    def certificate(self, node_id: str, *, now: float | None = None) -> Certificate:
+        """The verified, currently valid certificate of ``node_id`` (or raise)."""
+        return self.lookup(node_id, now=self._clock() if now is None else now).cert
+
+    def signed_certificate(self, node_id: str) -> SignedCertificate | None:
+        """The stored signed certificate (not re-checked), e.g. to pass on in a hello."""
+        entry = self._by_node.get(node_id)
+        return None if entry is None else entry.signed
+
+    def node_for_curve_key(self, curve_key: bytes) -> str | None:
+        """The node id whose stored certificate names ``curve_key`` (not re-checked)."""
+        return self._by_curve.get(curve_key)
+
+    def remove(self, node_id: str) -> None:
+        entry = self._by_node.pop(node_id, None)
+        if entry is not None and self._by_curve.get(entry.cert.curve_key) == node_id:
+            del self._by_curve[entry.cert.curve_key]
+
+    def node_ids(self) -> list[str]:
+        return sorted(self._by_node)
+
+    def __len__(self) -> int:
+        return len(self._by_node)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._by_node
+
+    # ------------------------------------------------------------- token keys
+
+    def admit_token_key(self, curve_public: bytes, expires_at: float) -> None:
+        """Admit a join token's first-contact CURVE key until ``expires_at`` (Unix seconds)."""
+        if type(curve_public) is not bytes or len(curve_public) != 32:
+            raise LocalError("a CURVE public key is 32 bytes")
+        now = self._clock()
+        if len(self._tokens) >= self._max_tokens:
+            self._purge_tokens(now)
+            if len(self._tokens) >= self._max_tokens:
+                raise LocalError("too many pending join tokens")
+        self._tokens[curve_public] = float(expires_at)
+
+    def retire_token_key(self, curve_public: bytes) -> None:
+        """Stop admitting a token key (the token was used or withdrawn)."""
+        self._tokens.pop(curve_public, None)
+
+    def is_token_key(self, curve_key: bytes, *, now: float | None = None) -> bool:
+        expires = self._tokens.get(curve_key)
+        if expires is None:
+            return False
+        if (self._clock() if now is None else now) >= expires:
+            del self._tokens[curve_key]
+            return False
+        return True
+
+    def _purge_tokens(self, now: float) -> None:
+        for key in [k for k, exp in self._tokens.items() if now >= exp]:
+            del self._tokens[key]
+
+    # ------------------------------------------------------------- admission
+
+    def authenticate(self, curve_key: bytes) -> None:
+        """The listener's :data:`~securemesh.transport.KeyAuthenticator` (default deny).
+
+        Returns ``None`` to admit; raises to refuse.
+        """
+        now = self._clock()
+        node_id = self._by_curve.get(curve_key)
+        if node_id is not None:
+            entry = self.lookup(node_id, now=now)
+            if entry.cert.curve_key != curve_key:
+                raise AuthenticationError("curve key no longer current for that node")
+            return
+        if self.is_token_key(curve_key, now=now):
+            return
+        raise AuthenticationError("curve key not admitted")
+
+    # ------------------------------------------------------------- revocation
+
+    def update_revocation_list(self, blob: SignedRevocationList | bytes) -> RevocationList:
+        """Verify and install a newer revocation list (rollbacks refused); notify listeners."""
+        rl = self._trust.update_revocation_list(blob)
+        revoked = frozenset(
+            entry.node_id
+            for entry in self._by_node.values()
+            if entry.root_id == rl.issuer
+            and (
+                rl.revokes(entry.cert)
+                or (entry.issuer_cert is not None and rl.revokes(entry.issuer_cert))
+            )
+        )
+        if revoked:
+            for callback in list(self.on_revoked):
+                callback(revoked)
+        return rl
+
+    def is_authority_tier(self, node_id: str) -> bool:
+        entry = self._by_node.get(node_id)
+        return entry is not None and entry.cert.tier in (Tier.EDGE, Tier.CLOUD)

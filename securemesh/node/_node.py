@@ -1,0 +1,1207 @@
+"""MeshNode: the asyncio runtime of one mesh node over the transport seam.
+
+Theory of operation
+-------------------
+**Links.** An edge or cloud node *listens* (one :class:`~securemesh.transport.Listener`,
+ROUTER): each authenticated CURVE key that sends a verified message becomes a
+*child link*. A device or edge *connects* to its parent (one
+:class:`~securemesh.transport.Connection`, DEALER): the *parent link*. The first
+message on the parent link is ``node.hello`` (REQUEST, recipient empty): it
+carries our certificate (and the delegate that issued it); the parent's reply
+carries the parent's certificate and those of its ancestors, so a device can
+verify messages from the cloud. Every received message runs the
+:class:`~securemesh.node._pipeline.Pipeline` (steps 1-6), then is dispatched
+here (step 7).
+
+**Routing** (a tree: loop-free by construction). A route table maps node ids
+to child links; it is learned from verified messages arriving on child links
+(source learning) and from ``route.announce`` (an edge lists the nodes it
+reaches, with their certificates, so its parent can admit and verify them).
+A message whose recipient is another node is forwarded unchanged — the
+origin's signature stays intact and is verified again at every hop:
+
+* from a child link: to the route's child link (never back where it came
+  from), else up to the parent (the default route);
+* from the parent link: only down to a child link; else ``no_route``.
+
+So a message goes up at most the tree depth and down at most the tree depth,
+and never loops. Only SIGNED envelopes are forwarded (a MAC is hop-local).
+
+**Request/reply.** :meth:`MeshNode.request` sets ``Flags.REQUEST`` and a random
+16-byte correlation id, and waits (with a timeout) for a REPLY with that id
+*from the addressed node* — a reply that answers no pending request is
+rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`). A
+handler's return value becomes the REPLY (same message type, or
+``mesh.error`` if it raised); the reply goes back down the link the request
+came on. Forwarding hops remember forwarded requests (bounded, expiring) and
+let each matching reply through once.
+
+**Broadcast.** :meth:`MeshNode.broadcast` sends one SIGNED envelope with an
+empty recipient to every child link; each child handles it and re-broadcasts
+the same frames to its own children. Broadcasts are accepted only from the
+parent link; the per-origin replay window drops duplicates.
+
+**Session fast path.** :meth:`MeshNode.send`/:meth:`request` with
+``auth="session"`` to a *direct* peer run the :mod:`securemesh.session`
+handshake once (``session.hello`` REQUEST/REPLY, then ``session.finish``, all
+SIGNED) and then send MAC-mode envelopes keyed with
+:meth:`~securemesh.session.Session.envelope_mac_keys`; the session id is the
+envelope ``key_id``. A session is replaced by a fresh handshake after
+``session.max_age`` seconds or ``session.max_messages`` messages; the old one
+still verifies arriving messages for another ``max_age``. To a node that is
+not a direct peer, ``auth="session"`` falls back to SIGNED.
+
+**Revocation.** ``mesh.revocation`` (a broadcast from a cloud node, the signed
+list in raw frame 0) is verified and installed by the directory (rollbacks
+refused), then the node drops routes and sessions of revoked nodes and calls
+:meth:`Listener.reauthenticate`, so a revoked peer is cut off on its live
+connection, and forwards the broadcast to its children.
+
+**Back-pressure and concurrency.** One receive loop per channel; the pipeline
+and built-in handlers run inline (no task per message); ``async`` user handlers
+run as tasks, at most ``limits.max_inflight`` at once (the loop waits for a free
+slot, so the transport's bounded queues push back); plain functions run inline
+(the fast path). Forwarding waits at most ``limits.forward_timeout`` for a full
+queue, then drops and counts.
+
+**Shutdown.** :meth:`MeshNode.stop` stops accepting new requests (they get
+``mesh.error`` ``unavailable``), waits up to ``drain_timeout`` for in-flight
+handlers (their replies still go out), then cancels the loops and closes the
+transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
+
+from securemesh.crypto.certs import SignedCertificate, Tier
+from securemesh.crypto.identity import NodeIdentity
+from securemesh.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    LocalError,
+    NoHandler,
+    NoRoute,
+    PeerUnavailable,
+    RemoteCallError,
+    RemoteError,
+    SecureMeshError,
+    TransportClosed,
+    TransportError,
+)
+from securemesh.messages import (
+    MESH_ERROR,
+    MESH_PING,
+    MESH_REVOCATION,
+    NODE_HELLO,
+    NODE_REPORT,
+    ROUTE_ANNOUNCE,
+    SESSION_FINISH,
+    SESSION_HELLO,
+    Ack,
+    ErrorReply,
+    NodeHello,
+    NodeReport,
+    Revocation,
+    RouteAnnounce,
+    SessionData,
+    b64d,
+    b64e,
+)
+from securemesh.node._config import NodeConfig
+from securemesh.node._directory import Directory
+from securemesh.node._metrics import AuditHook, Metrics, Rejection
+from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
+from securemesh.policy import AllowTypes, Policy
+from securemesh.session import Handshake, Session, SessionLimits
+from securemesh.transport import Channel, Connection, Listener, Transport
+from securemesh.wire import (
+    ZERO_ID,
+    Envelope,
+    Flags,
+    Limits,
+    ReplayGuard,
+    encode_mac,
+    encode_signed,
+)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from securemesh.crypto.certs import Certificate
+
+__all__ = ["Handler", "HandlerResult", "MeshNode", "Reply"]
+
+log = logging.getLogger("securemesh.node")
+
+Auth = Literal["signed", "session"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer with raw frames (return a bare model/bytes when there are none)."""
+
+    body: BaseModel | bytes
+    frames: Sequence[bytes | memoryview] = ()
+
+
+#: What a handler may return: a pydantic model, JSON bytes, a Reply, or None (``{}``).
+HandlerResult = object
+#: ``handler(msg)`` returning a HandlerResult, or an awaitable of one.
+Handler = Callable[[VerifiedMessage], object]
+
+
+def _builtin_policy(msg_type: str, tiers: list[str] | None = None) -> Policy:
+    return AllowTypes(types=[msg_type], tiers=tiers)
+
+
+class _Link:
+    """One neighbour: a channel plus the peer's CURVE key (and node id once known)."""
+
+    __slots__ = ("channel", "connected_at", "is_parent", "last_seen", "node_id", "peer", "report")
+
+    def __init__(self, channel: Channel, peer: bytes, *, is_parent: bool, now: float) -> None:
+        self.channel = channel
+        self.peer = peer
+        self.is_parent = is_parent
+        self.node_id: str | None = None
+        self.last_seen = now
+        self.connected_at = now
+        self.report: dict[str, object] | None = None
+
+    async def send(self, frames: Sequence[bytes | memoryview], timeout: float | None) -> None:
+        await self.channel.send(self.peer, cast("Sequence[bytes]", frames), timeout=timeout)
+
+
+class _SessionEntry:
+    __slots__ = (
+        "created",
+        "link",
+        "peer_id",
+        "peer_key",
+        "recv_key",
+        "send_key",
+        "sent",
+        "session",
+        "session_id",
+    )
+
+    def __init__(self, session: Session, link: _Link, peer_key: bytes, now: float) -> None:
+        self.session = session
+        self.session_id = session.session_id
+        self.peer_id = session.peer_id
+        self.peer_key = peer_key
+        self.send_key, self.recv_key = session.envelope_mac_keys()
+        self.link = link
+        self.created = now
+        self.sent = 0
+
+
+class _Pending:
+    __slots__ = ("dest", "future", "sent_at")
+
+    def __init__(
+        self, dest: str | None, future: asyncio.Future[VerifiedMessage], now: float
+    ) -> None:
+        self.dest = dest
+        self.future = future
+        self.sent_at = now
+
+
+class _HandlerEntry:
+    __slots__ = ("builtin", "fn", "is_async")
+
+    def __init__(self, fn: Handler, *, builtin: bool) -> None:
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.builtin = builtin
+
+
+class MeshNode:
+    """One node of the mesh (device, edge or cloud) over a :class:`Transport`.
+
+    ``directory`` must be the one whose :meth:`Directory.authenticate` the
+    transport uses as its ``authenticator`` (build the directory first, then the
+    transport, then the node). ``certificate`` is this node's signed
+    certificate; ``authority_certificate`` the delegated-authority certificate
+    that issued it, if a delegate did.
+    """
+
+    def __init__(  # noqa: PLR0915 - wiring of the runtime's tables in one place
+        self,
+        config: NodeConfig,
+        identity: NodeIdentity,
+        certificate: SignedCertificate,
+        directory: Directory,
+        transport: Transport,
+        *,
+        clock: Callable[[], float] = time.time,
+        audit_hook: AuditHook | None = None,
+        sequence: Callable[[], int] | None = None,
+        authority_certificate: SignedCertificate | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self._identity = identity
+        self._signer = identity.signer
+        self._clock = clock
+        self._rng = rng
+        self.directory = directory
+        self.transport = transport
+        inters = [authority_certificate] if authority_certificate is not None else []
+        cert = directory.add_certificate(certificate, intermediates=inters)
+        if cert.verify_key != identity.verify_key or cert.curve_key != identity.curve_public:
+            raise LocalError("the certificate does not name this identity's keys")
+        if cert.node_id != config.node_id or cert.tier.value != config.tier:
+            raise LocalError("the certificate's node id/tier differ from the configuration")
+        self.certificate = cert
+        self._signed_cert = certificate
+        self._authority_cert = authority_certificate
+        self.node_id = cert.node_id
+        self.tier = cert.tier
+        lim = config.limits
+        self.limits = Limits(
+            max_frames=lim.max_frames,
+            max_body=lim.max_body,
+            max_raw_frame=lim.max_raw_frame,
+            max_total=max(64 * 1024 * 1024, lim.max_body + lim.max_raw_frame),
+        )
+        self.metrics = Metrics(audit_hook=audit_hook, log_window=lim.log_window)
+        self._replay = ReplayGuard(
+            max_senders=lim.max_senders, max_skew_ms=int(lim.max_clock_skew * 1000)
+        )
+        self._sessions: dict[bytes, _SessionEntry] = {}
+        self.pipeline = Pipeline(
+            node_id=self.node_id,
+            directory=directory,
+            policy=config.policy.build(),
+            limits=self.limits,
+            replay=self._replay,
+            clock=clock,
+            sessions=self._sessions,  # type: ignore[arg-type]  # _SessionEntry fits SessionKeys
+            reply_ok=self._reply_ok,
+        )
+        if sequence is None:
+            counter = itertools.count(int(clock() * 1_000_000))
+            sequence = counter.__next__
+        self._next_seq = sequence
+        self._handlers: dict[str, _HandlerEntry] = {}
+        self._pending: dict[bytes, _Pending] = {}
+        self._forwarded: OrderedDict[bytes, tuple[str, str, float]] = OrderedDict()
+        self._max_forwarded = 100_000
+        self._routes: dict[str, _Link] = {}
+        self._children: dict[bytes, _Link] = {}
+        self._direct: dict[str, _Link] = {}
+        self._session_out: dict[str, _SessionEntry] = {}
+        self._hs_responding: dict[str, tuple[Handshake, _Link]] = {}
+        self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
+        self._upstream_certs: list[str] = []
+        self._listener: Listener | None = None
+        self._parent_conn: Connection | None = None
+        self._parent_link: _Link | None = None
+        self.parent_id: str | None = None
+        self.parent_ready = asyncio.Event()
+        self.parent_rtt: float | None = None
+        self._parent_failures = 0
+        self._loops: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = asyncio.Semaphore(lim.max_inflight)
+        self._inflight_count = 0
+        self._draining = False
+        self._started_at = clock()
+        self._stopped = False
+        directory.on_revoked.append(self._on_revoked)
+        self._install_builtins()
+
+    # ------------------------------------------------------------ registration
+
+    def on(
+        self,
+        msg_type: str,
+        handler: Handler,
+        *,
+        policy: Policy | None = None,
+        first_contact: FirstContactResolver | None = None,
+    ) -> None:
+        """Register ``handler`` for ``msg_type`` (replacing any previous one).
+
+        ``handler(msg: VerifiedMessage)`` may be ``async`` (runs as a task,
+        bounded by ``limits.max_inflight``) or a plain function (runs inline
+        in the receive loop: keep it short). For a REQUEST its return value —
+        a pydantic model, JSON bytes, a :class:`Reply` with raw frames, or
+        ``None`` (an empty ``{}``) — is sent back as the REPLY; an exception
+        becomes a ``mesh.error`` reply (a :class:`RemoteError`'s ``reason`` as
+        the code, anything else ``internal``).
+
+        ``policy`` authorizes this type instead of the node's configured policy.
+        ``first_contact``: also accept this type from join-token peers
+        (enrollment); the resolver reads the self-declared verify key from the
+        unverified body and the envelope must verify against it; such messages
+        reach the handler with ``msg.certificate is None`` and ``msg.first_contact``.
+        """
+        self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
+        if policy is not None:
+            self.pipeline.set_type_policy(msg_type, policy)
+        if first_contact is not None:
+            self.pipeline.allow_first_contact(msg_type, first_contact)
+
+    def _builtin(self, msg_type: str, fn: Handler, policy: Policy) -> None:
+        self._handlers[msg_type] = _HandlerEntry(fn, builtin=True)
+        self.pipeline.set_type_policy(msg_type, policy)
+
+    def _install_builtins(self) -> None:
+        self._builtin(NODE_HELLO, self._on_hello, _builtin_policy(NODE_HELLO))
+        self._builtin(NODE_REPORT, self._on_report, _builtin_policy(NODE_REPORT))
+        self._builtin(MESH_PING, self._on_ping, _builtin_policy(MESH_PING))
+        self._builtin(
+            ROUTE_ANNOUNCE, self._on_announce, _builtin_policy(ROUTE_ANNOUNCE, ["edge", "cloud"])
+        )
+        self._builtin(
+            MESH_REVOCATION, self._on_revocation, _builtin_policy(MESH_REVOCATION, ["cloud"])
+        )
+        self._builtin(SESSION_HELLO, self._on_session_hello, _builtin_policy(SESSION_HELLO))
+        self._builtin(SESSION_FINISH, self._on_session_finish, _builtin_policy(SESSION_FINISH))
+
+    # --------------------------------------------------------------- lifecycle
+
+    @property
+    def address(self) -> str | None:
+        """The resolved listen address (after :meth:`start`), if this node listens."""
+        return None if self._listener is None else self._listener.address
+
+    @property
+    def listener(self) -> Listener | None:
+        return self._listener
+
+    async def start(self) -> None:
+        """Listen and/or connect to the parent; returns once the sockets exist.
+
+        Use :meth:`wait_parent` to wait for the parent's hello.
+        """
+        cfg = self.config
+        if cfg.listen is not None:
+            self._listener = await self.transport.listen(cfg.listen)
+            self._loops.append(asyncio.create_task(self._recv_loop(self._listener, False)))
+        if cfg.parent is not None:
+            conn = await self.transport.connect(cfg.parent.endpoint, cfg.parent.curve_key_bytes)
+            self._parent_conn = conn
+            self._parent_link = _Link(conn, conn.server_key, is_parent=True, now=self._clock())
+            self._loops.append(asyncio.create_task(self._recv_loop(conn, True)))
+        self._loops.append(asyncio.create_task(self._maintenance()))
+
+    async def wait_parent(self, timeout: float) -> None:
+        """Wait until the parent answered our hello (TimeoutError otherwise)."""
+        await asyncio.wait_for(self.parent_ready.wait(), timeout)
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Graceful stop: refuse new requests, finish in-flight handlers, close."""
+        if self._stopped:
+            return
+        self._draining = True
+        timeout = self.config.limits.drain_timeout if drain_timeout is None else drain_timeout
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._stopped = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._loops.clear()
+        for pending_req in self._pending.values():
+            if not pending_req.future.done():
+                pending_req.future.set_exception(TransportClosed("node stopped"))
+        self._pending.clear()
+        for fut in self._hs_inflight.values():
+            if not fut.done():
+                fut.cancel()
+        await self.transport.close()
+
+    # ---------------------------------------------------------------- sending
+
+    def _encode(
+        self,
+        recipient: str,
+        msg_type: str,
+        body: BaseModel | bytes,
+        frames: Sequence[bytes | memoryview],
+        *,
+        flags: Flags = Flags.NONE,
+        correlation_id: bytes = ZERO_ID,
+        session: _SessionEntry | None = None,
+    ) -> list[bytes | memoryview]:
+        ts = int(self._clock() * 1000)
+        if session is None:
+            return encode_signed(
+                msg_type=msg_type,
+                sender=self.node_id,
+                recipient=recipient,
+                sequence=self._next_seq(),
+                timestamp_ms=ts,
+                body=body,
+                frames=frames,
+                signer=self._signer,
+                correlation_id=correlation_id,
+                flags=flags,
+                limits=self.limits,
+            )
+        session.sent += 1
+        return encode_mac(
+            msg_type=msg_type,
+            sender=self.node_id,
+            recipient=recipient,
+            sequence=self._next_seq(),
+            timestamp_ms=ts,
+            body=body,
+            frames=frames,
+            session_id=session.session_id,
+            key=session.send_key,
+            correlation_id=correlation_id,
+            flags=flags,
+            limits=self.limits,
+        )
+
+    def _link_to(self, dest: str) -> _Link:
+        link = self._routes.get(dest)
+        if link is not None:
+            return link
+        if dest == self.parent_id and self._parent_link is not None:
+            return self._parent_link
+        if self._parent_link is not None:
+            return self._parent_link
+        raise PeerUnavailable(f"no route to {dest!r}")
+
+    async def _send_on(self, link: _Link, frames: Sequence[bytes | memoryview]) -> None:
+        await link.send(frames, self.config.limits.send_timeout)
+        self.metrics.sent += 1
+
+    async def send(
+        self,
+        dest: str,
+        msg_type: str,
+        body: BaseModel | bytes,
+        frames: Sequence[bytes | memoryview] = (),
+        *,
+        auth: Auth = "signed",
+    ) -> None:
+        """One-way message to node ``dest`` (routed; raises TransportError if unroutable)."""
+        if dest == self.node_id:
+            raise LocalError("a node does not send to itself")
+        session = await self._session_for(dest) if auth == "session" else None
+        link = session.link if session is not None else self._link_to(dest)
+        await self._send_on(link, self._encode(dest, msg_type, body, frames, session=session))
+
+    async def request(
+        self,
+        dest: str,
+        msg_type: str,
+        body: BaseModel | bytes,
+        frames: Sequence[bytes | memoryview] = (),
+        *,
+        timeout: float | None = None,
+        auth: Auth = "signed",
+    ) -> VerifiedMessage:
+        """Send a REQUEST and return the verified REPLY from ``dest``.
+
+        Raises :class:`TimeoutError` (the pending entry is dropped),
+        :class:`~securemesh.errors.RemoteCallError` for a ``mesh.error`` reply,
+        or a :class:`~securemesh.errors.TransportError`.
+        """
+        if dest == self.node_id:
+            raise LocalError("a node does not send to itself")
+        session = await self._session_for(dest) if auth == "session" else None
+        link = session.link if session is not None else self._link_to(dest)
+        return await self._request_on(
+            link, dest, msg_type, body, frames, timeout=timeout, session=session, expect=dest
+        )
+
+    async def _request_on(
+        self,
+        link: _Link,
+        recipient: str,
+        msg_type: str,
+        body: BaseModel | bytes,
+        frames: Sequence[bytes | memoryview] = (),
+        *,
+        timeout: float | None,
+        session: _SessionEntry | None = None,
+        expect: str | None,
+    ) -> VerifiedMessage:
+        cid = self._rng(16)
+        future: asyncio.Future[VerifiedMessage] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = _Pending(expect, future, self._clock())
+        try:
+            out = self._encode(
+                recipient,
+                msg_type,
+                body,
+                frames,
+                flags=Flags.REQUEST,
+                correlation_id=cid,
+                session=session,
+            )
+            await self._send_on(link, out)
+            wait = self.config.limits.request_timeout if timeout is None else timeout
+            return await asyncio.wait_for(future, wait)
+        finally:
+            self._pending.pop(cid, None)
+
+    async def broadcast(
+        self, msg_type: str, body: BaseModel | bytes, frames: Sequence[bytes | memoryview] = ()
+    ) -> int:
+        """Send a SIGNED broadcast to every child link; return how many links took it."""
+        out = self._encode("", msg_type, body, frames)
+        return await self._fan_out(out, exclude=None)
+
+    async def _fan_out(self, frames: Sequence[bytes | memoryview], exclude: _Link | None) -> int:
+        timeout = self.config.limits.forward_timeout
+        sent = 0
+        for link in list(self._children.values()):
+            if link is exclude:
+                continue
+            try:
+                await link.send(frames, timeout)
+                sent += 1
+            except TransportError:
+                self.metrics.send_failures += 1
+        self.metrics.sent += sent
+        return sent
+
+    async def publish_revocation(self, revocation_list: bytes) -> int:
+        """Install a signed revocation list here and broadcast it (cloud nodes)."""
+        rl = self.directory.update_revocation_list(revocation_list)
+        self._enforce_revocation()
+        return await self.broadcast(
+            MESH_REVOCATION, Revocation(version=rl.version), frames=[bytes(revocation_list)]
+        )
+
+    async def ping(self, dest: str, *, timeout: float | None = None) -> float:
+        """Round-trip time to ``dest`` in seconds (a ``mesh.ping`` request)."""
+        start = time.monotonic()
+        await self.request(dest, MESH_PING, Ack(), timeout=timeout)
+        return time.monotonic() - start
+
+    # ---------------------------------------------------------------- receiving
+
+    async def _recv_loop(self, channel: Channel, from_parent: bool) -> None:
+        process = self.pipeline.process
+        metrics = self.metrics
+        while True:
+            try:
+                peer, frames = await channel.recv()
+            except TransportClosed:
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receive failed", extra={"event": "recv_error"})
+                await asyncio.sleep(0.01)
+                continue
+            metrics.received += 1
+            result = process(peer, frames, from_parent=from_parent)
+            if type(result) is Rejection:
+                metrics.reject(result)
+                continue
+            try:
+                await self._route(cast("VerifiedMessage", result), channel, from_parent)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch failed", extra={"event": "dispatch_error"})
+
+    def _reject(self, msg: VerifiedMessage, exc: RemoteError) -> None:
+        env = msg.envelope
+        self.metrics.reject(
+            Rejection(exc.reason, msg.peer, env.sender, env.msg_type, str(exc), self._clock())
+        )
+
+    def _child_link(self, channel: Channel, peer: bytes) -> _Link:
+        link = self._children.get(peer)
+        if link is None:
+            link = _Link(channel, peer, is_parent=False, now=self._clock())
+            self._children[peer] = link
+        return link
+
+    async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
+        env = msg.envelope
+        sender = env.sender
+        if from_parent:
+            link = self._parent_link
+            assert link is not None
+        else:
+            link = self._child_link(channel, msg.peer)
+            if not msg.first_contact:
+                if not msg.relayed:
+                    link.node_id = sender
+                    self._direct[sender] = link
+                if self._routes.get(sender) is not link:
+                    self._routes[sender] = link
+                    if msg.relayed or env.msg_type != NODE_HELLO:
+                        self._spawn(self._announce_nodes([sender]))
+        link.last_seen = self._clock()
+        msg.link = link
+        recipient = env.recipient
+        if recipient == self.node_id:
+            self.metrics.accepted += 1
+            await self._deliver(msg)
+        elif not recipient:
+            self.metrics.accepted += 1
+            if env.msg_type == NODE_HELLO and not msg.relayed:
+                await self._deliver(msg)
+                return
+            if env.msg_type in self._handlers:
+                await self._deliver(msg)
+            if from_parent:
+                await self._fan_out(env.frames, exclude=None)
+        else:
+            await self._forward(msg, link, from_parent)
+
+    async def _forward(self, msg: VerifiedMessage, link: _Link, from_parent: bool) -> None:
+        env = msg.envelope
+        dest = env.recipient
+        out = self._routes.get(dest)
+        if out is None and not from_parent and self._parent_link is not None:
+            out = self._parent_link
+        if out is None or out is link or msg.first_contact:
+            self._reject(msg, NoRoute("no loop-free route to the recipient"))
+            return
+        if env.flags is Flags.REQUEST:
+            self._remember_forwarded(env.correlation_id, env.sender, dest)
+        elif env.flags is Flags.REPLY:
+            self._forwarded.pop(env.correlation_id, None)
+        try:
+            await out.send(env.frames, self.config.limits.forward_timeout)
+        except TransportError:
+            self.metrics.send_failures += 1
+            return
+        self.metrics.forwarded += 1
+
+    def _remember_forwarded(self, cid: bytes, origin: str, dest: str) -> None:
+        expires = self._clock() + 2 * self.config.limits.request_timeout
+        self._forwarded[cid] = (origin, dest, expires)
+        while len(self._forwarded) > self._max_forwarded:
+            self._forwarded.popitem(last=False)
+
+    def _reply_ok(self, env: Envelope) -> bool:
+        cid = env.correlation_id
+        if env.recipient == self.node_id:
+            pending = self._pending.get(cid)
+            return pending is not None and (pending.dest is None or pending.dest == env.sender)
+        entry = self._forwarded.get(cid)
+        return entry is not None and entry[0] == env.recipient and entry[1] == env.sender
+
+    async def _deliver(self, msg: VerifiedMessage) -> None:
+        env = msg.envelope
+        if env.flags is Flags.REPLY:
+            pending = self._pending.pop(env.correlation_id, None)
+            if pending is None or pending.future.done():
+                return
+            self.metrics.replies += 1
+            if env.msg_type == MESH_ERROR:
+                try:
+                    err = env.body(ErrorReply)
+                    pending.future.set_exception(
+                        RemoteCallError(f"{env.sender}: {err.code}", code=err.code)
+                    )
+                except RemoteError:
+                    pending.future.set_exception(RemoteCallError("malformed error reply"))
+            else:
+                pending.future.set_result(msg)
+            return
+        entry = self._handlers.get(env.msg_type)
+        if entry is None:
+            self._reject(msg, NoHandler("no handler for this message type"))
+            return
+        if self._draining and not entry.builtin:
+            if env.flags is Flags.REQUEST:
+                await self._send_error(msg, "unavailable")
+            return
+        self.metrics.dispatched += 1
+        if not entry.is_async:
+            try:
+                result = entry.fn(msg)
+            except Exception as exc:
+                await self._handler_failed(msg, exc)
+                return
+            if env.flags is Flags.REQUEST:
+                await self._send_reply(msg, result)
+            return
+        await self._inflight.acquire()
+        self._inflight_count += 1
+        task = asyncio.create_task(self._run_handler(entry, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, entry: _HandlerEntry, msg: VerifiedMessage) -> None:
+        try:
+            result = await cast("Awaitable[object]", entry.fn(msg))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._handler_failed(msg, exc)
+            return
+        finally:
+            self._inflight.release()
+            self._inflight_count -= 1
+        if msg.envelope.flags is Flags.REQUEST:
+            await self._send_reply(msg, result)
+
+    async def _handler_failed(self, msg: VerifiedMessage, exc: Exception) -> None:
+        if isinstance(exc, RemoteError):
+            self._reject(msg, exc)
+            code = exc.reason
+        else:
+            log.error(
+                "handler failed",
+                extra={"event": "handler_error", "msg_type": msg.msg_type, "error": repr(exc)},
+            )
+            code = "internal"
+        if msg.envelope.flags is Flags.REQUEST:
+            await self._send_error(msg, code)
+
+    async def _send_error(self, msg: VerifiedMessage, code: str) -> None:
+        await self._send_reply(msg, ErrorReply(code=code), msg_type=MESH_ERROR)
+
+    async def _send_reply(
+        self, msg: VerifiedMessage, result: object, *, msg_type: str | None = None
+    ) -> None:
+        if isinstance(result, Reply):
+            body, frames = result.body, result.frames
+        elif result is None:
+            body, frames = b"{}", ()
+        else:
+            body, frames = cast("BaseModel | bytes", result), ()
+        env = msg.envelope
+        session: _SessionEntry | None = None
+        if env.key_id != ZERO_ID:
+            session = self._sessions.get(env.key_id)
+        link = cast("_Link", msg.link)
+        try:
+            out = self._encode(
+                env.sender,
+                msg_type or env.msg_type,
+                body,
+                frames,
+                flags=Flags.REPLY,
+                correlation_id=env.correlation_id,
+                session=session,
+            )
+            await self._send_on(link, out)
+        except SecureMeshError as exc:
+            self.metrics.send_failures += 1
+            log.warning(
+                "reply not sent",
+                extra={"event": "reply_failed", "msg_type": env.msg_type, "error": repr(exc)},
+            )
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info(
+                    "background task failed", extra={"event": "task_error", "error": repr(exc)}
+                )
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------- built-ins
+
+    def _own_chain(self) -> list[str]:
+        certs = [b64e(self._signed_cert.to_bytes())]
+        if self._authority_cert is not None:
+            certs.append(b64e(self._authority_cert.to_bytes()))
+        return certs
+
+    def _learn(
+        self, blobs: Sequence[str], intermediates: Sequence[bytes] = ()
+    ) -> list[Certificate]:
+        learned: list[Certificate] = []
+        for text in blobs:
+            try:
+                learned.append(
+                    self.directory.add_certificate(
+                        b64d(text, max_size=4096), intermediates=intermediates
+                    )
+                )
+            except (RemoteError, LocalError) as exc:
+                log.info(
+                    "certificate not learned", extra={"event": "cert_refused", "error": str(exc)}
+                )
+        return learned
+
+    def _hello_body(self) -> NodeHello:
+        chain = self._own_chain()
+        extra = [c for c in self._upstream_certs if c not in chain]
+        return NodeHello(certificates=(chain + extra)[:8])
+
+    def _on_hello(self, msg: VerifiedMessage) -> NodeHello | None:
+        if msg.relayed:
+            raise AuthorizationError("hello is for direct peers only")
+        body = msg.body(NodeHello)
+        link = msg.link
+        assert isinstance(link, _Link)
+        if link.is_parent:
+            # the parent's refreshed view: its certificate and its ancestors'
+            self._learn(body.certificates[1:])
+            self._upstream_certs = list(body.certificates)
+            return None
+        # a child: certificates[0] (the sender's) was learned by the pipeline,
+        # the rest were its issuer chain.
+        if msg.envelope.flags is not Flags.REQUEST:
+            return None
+        if self._parent_link is not None:
+            self._spawn(self._announce_nodes([msg.sender]))
+        return self._hello_body()
+
+    def _on_report(self, msg: VerifiedMessage) -> Ack:
+        report = msg.body(NodeReport)
+        link = msg.link
+        if isinstance(link, _Link):
+            link.report = report.model_dump()
+        return Ack()
+
+    def _on_ping(self, msg: VerifiedMessage) -> Ack:
+        return Ack()
+
+    def _on_announce(self, msg: VerifiedMessage) -> None:
+        if msg.relayed:
+            raise AuthorizationError("route announcements come from direct peers only")
+        link = msg.link
+        assert isinstance(link, _Link)
+        if link.is_parent:
+            raise AuthorizationError("route announcements come from children")
+        body = msg.body(RouteAnnounce)
+        authorities = [b64d(a, max_size=4096) for a in body.authorities]
+        learned = self._learn(body.certificates, authorities)
+        for cert in learned:
+            if cert.node_id != self.node_id:
+                self._routes[cert.node_id] = link
+        for node_id in body.withdrawn:
+            if self._routes.get(node_id) is link:
+                del self._routes[node_id]
+        if learned and self._parent_link is not None:
+            self._spawn(self._announce_nodes([c.node_id for c in learned]))
+
+    def _on_revocation(self, msg: VerifiedMessage) -> None:
+        if msg.envelope.recipient:
+            raise AuthorizationError("revocation lists are broadcast")
+        raws = msg.raw_frames
+        if len(raws) != 1:
+            raise AuthenticationError("revocation broadcast needs exactly one raw frame")
+        self.directory.update_revocation_list(bytes(raws[0]))
+        self._enforce_revocation()
+
+    def _on_session_hello(self, msg: VerifiedMessage) -> SessionData:
+        if msg.relayed or msg.envelope.flags is not Flags.REQUEST:
+            raise AuthorizationError("sessions are between direct peers")
+        hs = Handshake.responder(
+            node_id=self.node_id,
+            signer=self._signer,
+            resolve_peer=self._resolve_verify_key,
+            rng=self._rng,
+            clock=self._clock,
+            limits=self._session_limits(),
+        )
+        accept = hs.receive(b64d(msg.body(SessionData).data))
+        assert accept is not None
+        if len(self._hs_responding) > 10_000:
+            self._hs_responding.clear()
+        self._hs_responding[msg.sender] = (hs, cast("_Link", msg.link))
+        return SessionData(data=b64e(accept))
+
+    def _on_session_finish(self, msg: VerifiedMessage) -> None:
+        if msg.relayed:
+            raise AuthorizationError("sessions are between direct peers")
+        pending = self._hs_responding.pop(msg.sender, None)
+        if pending is None:
+            raise AuthenticationError("no handshake in progress with this peer")
+        hs, link = pending
+        hs.receive(b64d(msg.body(SessionData).data))
+        self._install_session(hs.session, link, msg.peer)
+
+    # ---------------------------------------------------------------- sessions
+
+    def _session_limits(self) -> SessionLimits:
+        return SessionLimits()
+
+    def _resolve_verify_key(self, node_id: str) -> bytes:
+        return self.directory.certificate(node_id, now=self._clock()).verify_key
+
+    def _install_session(self, session: Session, link: _Link, peer_key: bytes) -> _SessionEntry:
+        entry = _SessionEntry(session, link, peer_key, self._clock())
+        self._sessions[entry.session_id] = entry
+        self._session_out[entry.peer_id] = entry
+        return entry
+
+    def _fresh(self, entry: _SessionEntry) -> bool:
+        cfg = self.config.session
+        return (
+            entry.sent < cfg.max_messages
+            and self._clock() - entry.created < cfg.max_age
+            and entry.session_id in self._sessions
+        )
+
+    async def _session_for(self, dest: str) -> _SessionEntry | None:
+        entry = self._session_out.get(dest)
+        if entry is not None and self._fresh(entry):
+            return entry
+        link = self._direct.get(dest)
+        if link is None and dest == self.parent_id:
+            link = self._parent_link
+        if link is None:
+            return None  # not a direct peer: SIGNED (forwardable) instead
+        inflight = self._hs_inflight.get(dest)
+        if inflight is not None:
+            return await asyncio.shield(inflight)
+        future: asyncio.Future[_SessionEntry] = asyncio.get_running_loop().create_future()
+        self._hs_inflight[dest] = future
+        try:
+            entry = await self._handshake(dest, link)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # mark retrieved
+            raise
+        finally:
+            self._hs_inflight.pop(dest, None)
+        future.set_result(entry)
+        return entry
+
+    async def _handshake(self, dest: str, link: _Link) -> _SessionEntry:
+        hs = Handshake.initiator(
+            node_id=self.node_id,
+            peer_id=dest,
+            signer=self._signer,
+            resolve_peer=self._resolve_verify_key,
+            rng=self._rng,
+            clock=self._clock,
+            limits=self._session_limits(),
+        )
+        hello = hs.initiate()
+        reply = await self._request_on(
+            link,
+            dest,
+            SESSION_HELLO,
+            SessionData(data=b64e(hello)),
+            timeout=self.config.session.handshake_timeout,
+            expect=dest,
+        )
+        finish = hs.receive(b64d(reply.body(SessionData).data))
+        assert finish is not None
+        await self._send_on(
+            link, self._encode(dest, SESSION_FINISH, SessionData(data=b64e(finish)), ())
+        )
+        return self._install_session(hs.session, link, link.peer)
+
+    def session_peers(self) -> list[str]:
+        return sorted(self._session_out)
+
+    # -------------------------------------------------------------- revocation
+
+    def _on_revoked(self, node_ids: frozenset[str]) -> None:
+        for sid, entry in list(self._sessions.items()):
+            if entry.peer_id in node_ids:
+                del self._sessions[sid]
+        for node_id in node_ids:
+            self._session_out.pop(node_id, None)
+            self._hs_responding.pop(node_id, None)
+            self._routes.pop(node_id, None)
+            link = self._direct.pop(node_id, None)
+            if link is not None and not link.is_parent:
+                self._children.pop(link.peer, None)
+
+    def _enforce_revocation(self) -> None:
+        if self._listener is not None:
+            for key in self._listener.reauthenticate():
+                link = self._children.pop(key, None)
+                if link is not None and link.node_id is not None:
+                    self._direct.pop(link.node_id, None)
+                for node_id, routed in list(self._routes.items()):
+                    if routed is link:
+                        del self._routes[node_id]
+
+    # ------------------------------------------------------------- parent link
+
+    async def _hello_parent(self) -> None:
+        link = self._parent_link
+        assert link is not None
+        reply = await self._request_on(
+            link,
+            "",
+            NODE_HELLO,
+            NodeHello(certificates=self._own_chain()),
+            timeout=self.config.limits.request_timeout,
+            expect=None,
+        )
+        if reply.relayed or reply.certificate is None:
+            raise AuthenticationError("hello reply not from the parent itself")
+        body = reply.body(NodeHello)
+        self._learn(body.certificates[1:])
+        self._upstream_certs = list(body.certificates)
+        self.parent_id = reply.sender
+        link.node_id = reply.sender
+        self._direct[reply.sender] = link
+        self.parent_ready.set()
+        if self._children:
+            # children may have said hello before we knew our ancestors: refresh them
+            await self._fan_out(self._encode("", NODE_HELLO, self._hello_body(), ()), exclude=None)
+        if self._routes:
+            await self._announce_nodes(list(self._routes))
+
+    async def _announce_nodes(self, node_ids: Sequence[str]) -> None:
+        link = self._parent_link
+        if link is None or self.parent_id is None:
+            return
+        certs: list[str] = []
+        authorities: list[str] = []
+        for node_id in node_ids:
+            signed = self.directory.signed_certificate(node_id)
+            if signed is None:
+                continue
+            certs.append(b64e(signed.to_bytes()))
+            issuer = signed.unverified_certificate().issuer
+            delegate = self.directory.trust.delegated_authorities.get(issuer)
+            if delegate is not None:
+                blob = b64e(delegate.to_bytes())
+                if blob not in authorities:
+                    authorities.append(blob)
+        for start in range(0, len(certs), 256):
+            body = RouteAnnounce(
+                certificates=certs[start : start + 256], authorities=authorities[:8]
+            )
+            await self._send_on(link, self._encode(self.parent_id, ROUTE_ANNOUNCE, body, ()))
+
+    async def _report_parent(self) -> None:
+        if self.parent_id is None:
+            return
+        try:
+            load = os.getloadavg()
+        except OSError:
+            load = (0.0, 0.0, 0.0)
+        report = NodeReport(
+            load_1m=float(load[0]),
+            load_5m=float(load[1]),
+            load_15m=float(load[2]),
+            queue_length=len(self._tasks),
+            capacity=self.config.limits.capacity,
+            inflight=self._inflight_count,
+            rtt_ms=None if self.parent_rtt is None else self.parent_rtt * 1000.0,
+            uptime_s=max(0.0, self._clock() - self._started_at),
+        )
+        start = time.monotonic()
+        await self.request(self.parent_id, NODE_REPORT, report)
+        self.parent_rtt = time.monotonic() - start
+
+    async def _maintenance(self) -> None:
+        interval = self.config.heartbeat_interval
+        while True:
+            if self._parent_link is not None:
+                try:
+                    if not self.parent_ready.is_set() or self._parent_failures:
+                        await self._hello_parent()
+                    else:
+                        await self._report_parent()
+                    self._parent_failures = 0
+                except (TimeoutError, SecureMeshError) as exc:
+                    self._parent_failures += 1
+                    log.info(
+                        "parent link not answering",
+                        extra={"event": "parent_down", "error": repr(exc)},
+                    )
+            self._purge()
+            delay = interval if self.parent_ready.is_set() or self._parent_link is None else 0.5
+            await asyncio.sleep(min(delay, interval))
+
+    def _purge(self) -> None:
+        now = self._clock()
+        for cid, (_o, _d, expires) in list(self._forwarded.items()):
+            if expires > now:
+                break
+            del self._forwarded[cid]
+        grace = 2 * self.config.session.max_age
+        for sid, entry in list(self._sessions.items()):
+            if now - entry.created > grace:
+                del self._sessions[sid]
+                if self._session_out.get(entry.peer_id) is entry:
+                    del self._session_out[entry.peer_id]
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, object]:
+        """A JSON-friendly snapshot: peers, sessions, counters, rejections, parent, cert expiry."""
+        now = self._clock()
+        peers = []
+        for link in self._children.values():
+            peers.append(
+                {
+                    "node_id": link.node_id,
+                    "curve_key": link.peer.hex()[:16],
+                    "last_seen_s_ago": round(now - link.last_seen, 3),
+                    "report": link.report,
+                }
+            )
+        rl_versions = {}
+        for root in self.directory.trust.roots:
+            rl = self.directory.trust.revocation_list(root)
+            if rl is not None:
+                rl_versions[root] = rl.version
+        transport_stats = {}
+        for name, channel in (("listener", self._listener), ("parent", self._parent_conn)):
+            if channel is not None:
+                st = channel.stats
+                transport_stats[name] = {
+                    "sent": st.sent,
+                    "received": st.received,
+                    "send_timeouts": st.send_timeouts,
+                    "rejected_keys": st.rejected_keys,
+                    "dropped_malformed": st.dropped_malformed,
+                    "dropped_unauthenticated": st.dropped_unauthenticated,
+                }
+        return {
+            "node_id": self.node_id,
+            "tier": self.tier.value,
+            "uptime_s": round(now - self._started_at, 3),
+            "listen": self.address,
+            "parent": None
+            if self.config.parent is None
+            else {
+                "endpoint": self.config.parent.endpoint,
+                "node_id": self.parent_id,
+                "connected": self.parent_ready.is_set() and not self._parent_failures,
+                "rtt_ms": None if self.parent_rtt is None else round(self.parent_rtt * 1000, 3),
+                "failures": self._parent_failures,
+            },
+            "peers": peers,
+            "routes": len(self._routes),
+            "sessions": {"count": len(self._sessions), "peers": self.session_peers()},
+            "inflight": self._inflight_count,
+            "draining": self._draining,
+            "counters": self.metrics.snapshot(),
+            "transport": transport_stats,
+            "certificate": {
+                "serial": self.certificate.serial,
+                "not_after": self.certificate.not_after,
+                "expires_in_s": round(self.certificate.not_after - now, 3),
+            },
+            "revocation_list_versions": rl_versions,
+            "known_nodes": len(self.directory),
+        }
+
+    def is_tier(self, tier: Tier) -> bool:
+        return self.tier is tier

@@ -1,0 +1,312 @@
+"""The per-message verification pipeline: frames in, a VerifiedMessage or a Rejection out.
+
+Theory of operation
+-------------------
+Every message a node receives runs these steps, in this order (ARCHITECTURE.md
+§3, NODE.md); the first failing step decides the rejection's ``reason``:
+
+1. **size** — :func:`securemesh.wire.decode` measures every frame against the
+   node's :class:`~securemesh.wire.Limits` before reading any content
+   (``oversize``); the transport already bounded frame count and frame size.
+2. **well-formed** — the header parses strictly (``malformed``).
+3. **sender certificate** — from the :class:`Directory`, valid at ``now`` and not
+   revoked (``unknown_sender``, ``certificate_expired``, ``certificate_revoked``…).
+   *Binding*: the link's transport-authenticated CURVE key names a node
+   (``peer``). If the envelope's ``sender`` is that node, its certificate's
+   ``curve_key`` must equal the link key. Otherwise the message is *relayed*:
+   the neighbour must be an enrolled edge or cloud node and the envelope must
+   be SIGNED by its origin (a MAC is hop-local) — else ``bad_auth``.
+   A ``node.hello`` may carry the sender's own certificate: it is verified
+   against the trust store (it is self-authenticating) and learned first.
+   A *token peer* (an enrolling node's first-contact key) may only send the
+   first-contact types registered with :meth:`Pipeline.allow_first_contact`;
+   its verify key is read from the body by that type's resolver and the
+   message is checked against it (self-signed); it has no certificate.
+4. **signature or MAC** — SIGNED: Ed25519 with the certificate's verify key;
+   MAC: the session named by ``key_id`` must belong to this sender on this
+   link, and its receive key verifies the keyed-BLAKE2b tag (``bad_auth``).
+5. **replay** — :class:`securemesh.wire.ReplayGuard` per origin sender: window
+   of 8,192 sequence numbers plus a clock-skew bound (``replayed``, ``stale``,
+   ``clock_skew``). Recorded only after step 4 passed.
+6. **authorization** — a REPLY must answer a request we sent (or forwarded) to
+   that sender (``unexpected_reply``); a broadcast must come down from the
+   parent link; anything else: the policy of its message type (a built-in or
+   per-type policy, else the node's configured policy; deny by default) for
+   ``PeerInfo(node_id, tier, roles)`` from the verified certificate
+   (``unauthorized``).
+7. **dispatch** is the node's job (:mod:`securemesh.node._node`): the result
+   here is a :class:`VerifiedMessage`, the only type a handler ever receives.
+
+The pipeline never raises for a peer's input: :meth:`Pipeline.process` returns
+a :class:`VerifiedMessage` or a :class:`~securemesh.node._metrics.Rejection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from securemesh.crypto.certs import Certificate, SignedCertificate, Tier
+from securemesh.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    DecodeError,
+    RemoteError,
+    UnexpectedReply,
+)
+from securemesh.messages import NODE_HELLO, NodeHello, b64d
+from securemesh.node._metrics import Rejection
+from securemesh.policy import PeerInfo, Policy
+from securemesh.wire import (
+    AuthMode,
+    Envelope,
+    Flags,
+    Limits,
+    ReplayGuard,
+    UnverifiedEnvelope,
+    decode,
+)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from securemesh.node._directory import Directory
+
+__all__ = ["FirstContactResolver", "Pipeline", "SessionKeys", "VerifiedMessage"]
+
+M = TypeVar("M", bound="BaseModel")
+
+#: ``resolver(body_bytes) -> verify key``: reads the self-declared Ed25519 key of a
+#: first-contact message (e.g. ``enroll.request``) from its *unverified* body.
+FirstContactResolver = Callable[[bytes], bytes]
+
+_BOTTOM_TIERS = (Tier.END,)
+
+
+class SessionKeys(Protocol):
+    """What the pipeline needs of an established session (the node's session table)."""
+
+    peer_id: str
+    peer_key: bytes
+    recv_key: bytes
+
+
+class VerifiedMessage:
+    """A message that passed steps 1-6; the only thing handlers receive.
+
+    ``certificate`` is the sender's verified certificate — ``None`` only for a
+    first-contact message from a join-token key (``first_contact`` is then True;
+    the envelope verified against the verify key its own body declares).
+    ``peer`` is the CURVE key of the link it arrived on; ``relayed`` says the
+    link's node is not the sender.
+    """
+
+    __slots__ = ("certificate", "envelope", "first_contact", "link", "peer", "relayed")
+
+    def __init__(
+        self,
+        envelope: Envelope,
+        certificate: Certificate | None,
+        peer: bytes,
+        *,
+        relayed: bool,
+        first_contact: bool = False,
+        link: object = None,
+    ) -> None:
+        self.envelope = envelope
+        self.certificate = certificate
+        self.peer = peer
+        self.relayed = relayed
+        self.first_contact = first_contact
+        self.link = link
+
+    @property
+    def msg_type(self) -> str:
+        return self.envelope.msg_type
+
+    @property
+    def sender(self) -> str:
+        return self.envelope.sender
+
+    @property
+    def body_bytes(self) -> bytes:
+        return self.envelope.body_bytes
+
+    def body(self, model: type[M]) -> M:
+        """Parse the body strictly (raises DecodeError)."""
+        return self.envelope.body(model)
+
+    @property
+    def raw_frames(self) -> tuple[memoryview, ...]:
+        return self.envelope.raw_frames
+
+    @property
+    def is_request(self) -> bool:
+        return self.envelope.flags is Flags.REQUEST
+
+    @property
+    def peer_info(self) -> PeerInfo | None:
+        cert = self.certificate
+        if cert is None:
+            return None
+        return PeerInfo(node_id=cert.node_id, tier=cert.tier.value, roles=frozenset(cert.roles))
+
+    def __repr__(self) -> str:
+        return f"VerifiedMessage({self.envelope!r}, relayed={self.relayed})"
+
+
+class Pipeline:
+    """Steps 1-6 for one node. Configure, then call :meth:`process` per received message."""
+
+    __slots__ = (
+        "_clock",
+        "_directory",
+        "_first_contact",
+        "_limits",
+        "_node_id",
+        "_policy",
+        "_replay",
+        "_reply_ok",
+        "_sessions",
+        "_type_policies",
+    )
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        directory: Directory,
+        policy: Policy,
+        limits: Limits,
+        replay: ReplayGuard,
+        clock: Callable[[], float],
+        sessions: dict[bytes, SessionKeys] | None = None,
+        reply_ok: Callable[[Envelope], bool] | None = None,
+    ) -> None:
+        self._node_id = node_id
+        self._directory = directory
+        self._policy = policy
+        self._limits = limits
+        self._replay = replay
+        self._clock = clock
+        self._sessions: dict[bytes, SessionKeys] = sessions if sessions is not None else {}
+        self._reply_ok: Callable[[Envelope], bool] = reply_ok or (lambda _env: False)
+        self._type_policies: dict[str, Policy] = {}
+        self._first_contact: dict[str, FirstContactResolver] = {}
+
+    # ------------------------------------------------------------ configuration
+
+    def set_type_policy(self, msg_type: str, policy: Policy) -> None:
+        """Authorize ``msg_type`` with ``policy`` instead of the node's configured policy."""
+        self._type_policies[msg_type] = policy
+
+    def allow_first_contact(self, msg_type: str, resolver: FirstContactResolver) -> None:
+        """Let join-token peers send ``msg_type``, self-signed by the key ``resolver`` reads."""
+        self._first_contact[msg_type] = resolver
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    # ------------------------------------------------------------------ steps
+
+    def process(  # noqa: PLR0912 - the numbered steps in one place (hot path)
+        self, peer: bytes, frames: Sequence[bytes], *, from_parent: bool
+    ) -> VerifiedMessage | Rejection:
+        """Run steps 1-6 on one message from the link whose CURVE key is ``peer``."""
+        now = self._clock()
+        sender: str | None = None
+        msg_type: str | None = None
+        try:
+            # 1-2. sizes, then form
+            unverified = decode(frames, limits=self._limits)
+            sender = unverified.sender
+            msg_type = unverified.msg_type
+            directory = self._directory
+            # 3. who is the link, who is the sender, and are they bound?
+            peer_node = directory.node_for_curve_key(peer)
+            if msg_type == NODE_HELLO and (peer_node is None or peer_node == sender):
+                peer_node = self._learn_hello_certificate(peer, sender, frames, now)
+            if peer_node is None:
+                return self._first_contact_message(peer, unverified, frames, now)
+            if sender == peer_node:
+                entry = directory.lookup(sender, now=now)
+                if entry.cert.curve_key != peer:
+                    raise AuthenticationError("sender not bound to connection")
+                relayed = False
+            else:
+                hop = directory.lookup(peer_node, now=now)
+                if hop.cert.tier in _BOTTOM_TIERS:
+                    raise AuthenticationError(
+                        "sender not bound to connection (devices relay nothing)"
+                    )
+                if unverified.auth_mode is not AuthMode.SIGNED:
+                    raise AuthenticationError("a relayed envelope must be signed by its origin")
+                entry = directory.lookup(sender, now=now)
+                relayed = True
+            cert = entry.cert
+            # 4. signature or MAC
+            if unverified.auth_mode is AuthMode.SIGNED:
+                envelope = unverified.verify_signature(cert.verify_key)
+            else:
+                session = self._sessions.get(unverified.key_id)
+                if session is None or session.peer_id != sender or session.peer_key != peer:
+                    raise AuthenticationError("no such session with this peer")
+                envelope = unverified.verify_mac(session.recv_key)
+            # 5. replay (recorded only now that the envelope is authentic)
+            self._replay.accept_envelope(envelope, now_ms=int(now * 1000))
+            # 6. authorization
+            flags = envelope.flags
+            if flags is Flags.REPLY:
+                if not self._reply_ok(envelope):
+                    raise UnexpectedReply("reply to no request of ours")
+            else:
+                if not envelope.recipient and not from_parent and msg_type != NODE_HELLO:
+                    raise AuthorizationError("broadcasts only come down from the parent")
+                policy = self._type_policies.get(msg_type, self._policy)
+                policy.authorize(entry.peer_info, msg_type)
+            return VerifiedMessage(envelope, cert, peer, relayed=relayed)
+        except RemoteError as exc:
+            return Rejection(exc.reason, peer, sender, msg_type, str(exc), now)
+        except Exception as exc:  # a body/certificate that fails validation in a helper
+            return Rejection("malformed", peer, sender, msg_type, type(exc).__name__, now)
+
+    def _learn_hello_certificate(
+        self, peer: bytes, sender: str, frames: Sequence[bytes], now: float
+    ) -> str | None:
+        """A hello carries its sender's certificate: verify it against the roots and learn it.
+
+        Only a certificate naming the link's CURVE key and the envelope's sender
+        is learned here; the hello's own signature is then checked with it
+        (step 4) like any other message.
+        """
+        body = NodeHello.model_validate_json(bytes(frames[1]), strict=True)
+        signed = SignedCertificate.from_bytes(b64d(body.certificates[0], max_size=4096))
+        claimed = signed.unverified_certificate()
+        if claimed.curve_key != peer or claimed.node_id != sender:
+            raise AuthenticationError("hello certificate not bound to connection")
+        chain = [b64d(c, max_size=4096) for c in body.certificates[1:]]
+        self._directory.add_certificate(signed, intermediates=chain, now=now)
+        return sender
+
+    def _first_contact_message(
+        self, peer: bytes, unverified: UnverifiedEnvelope, frames: Sequence[bytes], now: float
+    ) -> VerifiedMessage:
+        if not self._directory.is_token_key(peer, now=now):
+            raise AuthenticationError("connection key is not enrolled")
+        resolver = self._first_contact.get(unverified.msg_type)
+        if resolver is None or unverified.flags is Flags.REPLY or not unverified.recipient:
+            raise AuthorizationError("a join-token peer may only send first-contact requests")
+        if unverified.recipient != self._node_id:
+            raise AuthorizationError("first-contact messages are not forwarded as is")
+        verify_key = resolver(bytes(frames[1]))
+        envelope = unverified.verify_signature(verify_key)
+        self._replay.accept_envelope(envelope, now_ms=int(now * 1000))
+        return VerifiedMessage(envelope, None, peer, relayed=False, first_contact=True)
+
+
+def body_error(exc: Exception) -> RemoteError:
+    """Map a pydantic or decoding failure of a body to DecodeError (for handlers)."""
+    if isinstance(exc, RemoteError):
+        return exc
+    return DecodeError(str(exc))

@@ -1,0 +1,184 @@
+"""Directory (default-deny admission, certificate checks) and Metrics (rate-limited logs)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from node_testlib import Fixture
+
+from securemesh.crypto import Tier
+from securemesh.errors import (
+    AuthenticationError,
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRevoked,
+    CertificateSignatureInvalid,
+    RevocationListRollback,
+    UnknownIssuer,
+    UnknownNode,
+)
+from securemesh.node import Directory, Metrics, Rejection
+
+NOW = 1_800_000_000.0
+
+
+def test_default_deny_and_admission() -> None:
+    fx = Fixture(now=NOW)
+    dev = fx.member("dev-1", "end")
+    directory = Directory(fx.trust(), clock=lambda: NOW)
+    with pytest.raises(AuthenticationError):
+        directory.authenticate(dev.identity.curve_public)
+    directory.add_certificate(dev.cert)
+    directory.authenticate(dev.identity.curve_public)
+    assert directory.node_for_curve_key(dev.identity.curve_public) == "dev-1"
+    assert directory.certificate("dev-1").tier is Tier.END
+    with pytest.raises(UnknownNode):
+        directory.lookup("dev-2", now=NOW)
+
+
+def test_certificates_are_verified_on_entry() -> None:
+    fx = Fixture(now=NOW)
+    other = Fixture(now=NOW)  # a different key under the same root name
+    directory = Directory(fx.trust(), clock=lambda: NOW)
+    with pytest.raises(CertificateSignatureInvalid):
+        directory.add_certificate(other.member("x", "end").cert)
+    good = fx.member("dev-1", "end").cert
+    tampered = good.to_bytes()[:-1] + bytes([good.to_bytes()[-1] ^ 1])
+    with pytest.raises(CertificateSignatureInvalid):
+        directory.add_certificate(tampered)
+    assert len(directory) == 0
+
+
+def test_validity_is_rechecked_per_lookup() -> None:
+    fx = Fixture(now=NOW)
+    dev = fx.member("dev-1", "end", lifetime_s=100)
+    clock = [NOW]
+    directory = Directory(fx.trust(), clock=lambda: clock[0])
+    directory.add_certificate(dev.cert)
+    clock[0] = NOW + 101
+    with pytest.raises(CertificateExpired):
+        directory.lookup("dev-1", now=clock[0])
+    with pytest.raises(CertificateExpired):
+        directory.authenticate(dev.identity.curve_public)
+    with pytest.raises(CertificateNotYetValid):
+        directory.lookup("dev-1", now=NOW - 3600)
+
+
+def test_revocation_cuts_admission_and_notifies() -> None:
+    fx = Fixture(now=NOW)
+    dev = fx.member("dev-1", "end")
+    dev2 = fx.member("dev-2", "end")
+    directory = Directory(fx.trust(), clock=lambda: NOW)
+    directory.add_certificate(dev.cert)
+    directory.add_certificate(dev2.cert)
+    seen: list[frozenset[str]] = []
+    directory.on_revoked.append(seen.append)
+    old = fx.authority.revocation_list
+    rl = fx.authority.revoke("dev-1", now=NOW)
+    directory.update_revocation_list(rl.to_bytes())
+    assert seen == [frozenset({"dev-1"})]
+    with pytest.raises(CertificateRevoked):
+        directory.authenticate(dev.identity.curve_public)
+    directory.authenticate(dev2.identity.curve_public)
+    with pytest.raises(RevocationListRollback):
+        directory.update_revocation_list(old.to_bytes())
+    # revocation by serial works too
+    rl2 = fx.authority.revoke(dev2.cert.unverified_certificate().serial, now=NOW)
+    directory.update_revocation_list(rl2)
+    with pytest.raises(CertificateRevoked):
+        directory.lookup("dev-2", now=NOW)
+
+
+def test_delegate_issued_certificates_and_delegate_revocation() -> None:
+    from securemesh.crypto import DelegatedAuthority
+
+    fx = Fixture(now=NOW)
+    edge = fx.member("edge-1", "edge")
+    delegation = fx.authority.delegate(edge.cert, lifetime_s=3600, now=NOW)
+    issuer = DelegatedAuthority(delegation, edge.identity.signer)
+    dev = fx.member("dev-x", "end")  # reuse its identity, re-issued by the edge
+    cert = issuer.issue("dev-x", "end", [], dev.identity.public(), lifetime_s=600, now=NOW)
+    directory = Directory(fx.trust(), clock=lambda: NOW)
+    with pytest.raises(UnknownIssuer):
+        directory.add_certificate(cert)
+    directory.add_certificate(cert, intermediates=[delegation])
+    directory.authenticate(dev.identity.curve_public)
+    directory.update_revocation_list(fx.authority.revoke("edge-1", now=NOW))
+    with pytest.raises(CertificateRevoked):
+        directory.authenticate(dev.identity.curve_public)
+
+
+def test_renewal_replaces_and_keeps_the_longer_lived() -> None:
+    fx = Fixture(now=NOW)
+    dev = fx.member("dev-1", "end", lifetime_s=100)
+    directory = Directory(fx.trust(), clock=lambda: NOW)
+    directory.add_certificate(dev.cert)
+    renewed = fx.authority.renew(dev.cert, now=NOW, lifetime_s=1000)
+    directory.add_certificate(renewed)
+    assert directory.certificate("dev-1").not_after == NOW + 1000
+    directory.add_certificate(dev.cert)  # older: ignored
+    assert directory.certificate("dev-1").not_after == NOW + 1000
+
+
+def test_token_keys_expire_and_retire() -> None:
+    clock = [NOW]
+    fx = Fixture(now=NOW)
+    directory = Directory(fx.trust(), clock=lambda: clock[0], max_token_keys=2)
+    key = b"\x01" * 32
+    directory.admit_token_key(key, NOW + 10)
+    directory.authenticate(key)
+    clock[0] = NOW + 10
+    with pytest.raises(AuthenticationError):
+        directory.authenticate(key)
+    directory.admit_token_key(key, NOW + 100)
+    directory.retire_token_key(key)
+    with pytest.raises(AuthenticationError):
+        directory.authenticate(key)
+
+
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from([b"a", b"b", None]), st.sampled_from(["x", "y"]), st.floats(0, 5)
+        ),
+        max_size=60,
+    )
+)
+def test_rejection_logging_is_rate_limited_per_peer_and_reason(
+    events: list[tuple[bytes | None, str, float]],
+) -> None:
+    audited: list[Rejection] = []
+    metrics = Metrics(audit_hook=audited.append, log_window=2.0)
+    now = 0.0
+    model: dict[tuple[bytes | None, str], float] = {}
+    expected_logs = 0
+    logger = logging.getLogger("securemesh.node")
+    logger.disabled = True
+    try:
+        for peer, reason, step in events:
+            now += step
+            rej = Rejection(reason, peer, "s", "t", "d", now)
+            logged = metrics.reject(rej)
+            key = (peer, reason)
+            should = key not in model or now - model[key] >= 2.0
+            if should:
+                model[key] = now
+                expected_logs += 1
+            assert logged == should
+    finally:
+        logger.disabled = False
+    assert metrics.rejected == len(events) == len(audited)
+    assert sum(metrics.rejections.values()) == len(events)
+
+
+def test_a_failing_audit_hook_is_counted_not_raised() -> None:
+    def boom(_: Rejection) -> None:
+        raise RuntimeError("audit down")
+
+    metrics = Metrics(audit_hook=boom)
+    metrics.reject(Rejection("bad_auth", None, None, None, "", 0.0))
+    assert metrics.audit_failures == 1
+    assert metrics.rejections["bad_auth"] == 1
