@@ -223,7 +223,7 @@ def test_processes_race_exactly_one_wins(tmp_path: Path) -> None:
     path = str(tmp_path / "t.db")
     with TokenStore(path) as setup:
         tid = _create(setup, 600)
-    ctx = multiprocessing.get_context("spawn" if os.name != "posix" else "fork")
+    ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_race, args=(path, tid, n, start, out)) for n in range(4)]
     for p in procs:
