@@ -6,6 +6,8 @@ import threading
 
 import pytest
 from audit_log_helpers import make_events
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from securemesh.audit import merkle
 from securemesh.audit.checkpoint import open_checkpoint
@@ -191,3 +193,36 @@ def test_register_node_validates(log: AuditLog) -> None:
         Ed25519Signer.from_seed(b"1" * 32),
     )
     assert log.append([event]) == [0]
+
+
+_POOL = make_events(Ed25519Signer.from_seed(b"1" * 32), "edge-1", 40)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls=st.lists(st.lists(st.integers(0, 39), max_size=12), min_size=1, max_size=6))
+def test_sequencing_matches_reference_model(
+    calls: list[list[int]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Any sequence of append calls (with repeats) gives the deduplicated log, in order."""
+    db = tmp_path_factory.mktemp("prop") / "a.db"
+    reference: list[int] = []
+    with open_log(db, signer=Ed25519Signer.from_seed(b"L" * 32), synchronous="OFF") as lg:
+        lg.register_node("edge-1", Ed25519Signer.from_seed(b"1" * 32).verify_key)
+        for call in calls:
+            got = lg.append([_POOL[k] for k in call])
+            for k in call:
+                if k not in reference:
+                    reference.append(k)
+            assert got == [reference.index(k) for k in call]
+        entries = [_POOL[k].to_bytes() for k in reference]
+        assert lg.size() == len(entries)
+        head = lg.latest_tree_head()
+        if entries:
+            assert head is not None
+            assert head.root == merkle.root(entries)
+            for i in range(len(entries)):
+                merkle.verify_inclusion(
+                    merkle.leaf_hash(entries[i]), i, len(entries), lg.inclusion_proof(i), head.root
+                )
+        else:
+            assert head is None
