@@ -25,6 +25,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "securemesh.cli._keys",
     "securemesh.cli._audit",
     "securemesh.cli._mesh",
+    "securemesh.cli._node",
 )
 
 

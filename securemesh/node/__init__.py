@@ -28,8 +28,8 @@ from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._node import Handler, MeshNode, Reply
 from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
 
-if TYPE_CHECKING:  # pragma: no cover
-    pass
+if TYPE_CHECKING:
+    from securemesh.node._daemon import NodeFiles, read_status, run_daemon, run_node
 
 __all__ = [
     "AuditHook",
@@ -41,6 +41,7 @@ __all__ = [
     "MeshNode",
     "Metrics",
     "NodeConfig",
+    "NodeFiles",
     "ParentConfig",
     "Pipeline",
     "Rejection",
@@ -49,9 +50,12 @@ __all__ = [
     "VerifiedMessage",
     "load_config",
     "parse_curve_key",
+    "read_status",
+    "run_daemon",
+    "run_node",
 ]
 
-_LAZY: set[str] = set()
+_LAZY = {"NodeFiles", "read_status", "run_daemon", "run_node"}
 
 
 def __getattr__(name: str) -> object:

@@ -319,6 +319,9 @@ class MeshNode:
         self._draining = False
         self._started_at = clock()
         self._stopped = False
+        #: The newest signed revocation list this node installed (to persist it).
+        self.revocation_list_bytes: bytes | None = None
+        self.revocation_list_version: int | None = None
         directory.on_revoked.append(self._on_revoked)
         self._install_builtins()
 
@@ -581,6 +584,7 @@ class MeshNode:
     async def publish_revocation(self, revocation_list: bytes) -> int:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
         rl = self.directory.update_revocation_list(revocation_list)
+        self._note_revocation_list(rl.version, bytes(revocation_list))
         self._enforce_revocation()
         return await self.broadcast(
             MESH_REVOCATION, Revocation(version=rl.version), frames=[bytes(revocation_list)]
@@ -904,7 +908,9 @@ class MeshNode:
         raws = msg.raw_frames
         if len(raws) != 1:
             raise AuthenticationError("revocation broadcast needs exactly one raw frame")
-        self.directory.update_revocation_list(bytes(raws[0]))
+        blob = bytes(raws[0])
+        rl = self.directory.update_revocation_list(blob)
+        self._note_revocation_list(rl.version, blob)
         self._enforce_revocation()
 
     def _on_session_hello(self, msg: VerifiedMessage) -> SessionData:
@@ -1025,6 +1031,11 @@ class MeshNode:
             link = self._direct.pop(node_id, None)
             if link is not None and not link.is_parent:
                 self._children.pop(link.peer, None)
+
+    def _note_revocation_list(self, version: int, blob: bytes) -> None:
+        if self.revocation_list_version is None or version > self.revocation_list_version:
+            self.revocation_list_version = version
+            self.revocation_list_bytes = blob
 
     def _enforce_revocation(self) -> None:
         if self._listener is not None:

@@ -121,6 +121,7 @@ def build_node(
     *,
     listen: str | None = None,
     parent: MeshNode | None = None,
+    parent_endpoint: tuple[str, bytes] | None = None,
     known: Iterable[Member] = (),
     policy: dict[str, Any] | None = None,
     clock: Callable[[], float] | None = None,
@@ -131,6 +132,8 @@ def build_node(
     for other in known:
         directory.add_certificate(other.cert)
     parent_cfg = None
+    if parent_endpoint is not None:
+        parent_cfg = {"endpoint": parent_endpoint[0], "curve_key": parent_endpoint[1].hex()}
     if parent is not None:
         assert parent.address is not None
         parent_cfg = {
@@ -169,3 +172,51 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> None
         if loop.time() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.005)
+
+
+def write_data_dir(
+    fx: Fixture,
+    member: Member,
+    path: Any,
+    *,
+    listen: str | None = None,
+    parent: tuple[str, bytes] | None = None,
+    peers: Iterable[Member] = (),
+    passphrase: str = "test-passphrase",
+    extra_toml: str = "",
+) -> Any:
+    """Lay out a daemon data directory and node.toml; return the node.toml path."""
+    from pathlib import Path
+
+    from securemesh.crypto import keystore
+    from securemesh.node._daemon import write_trust_file
+
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    member.identity.save(root / "identity.key", passphrase, params=keystore.UNSAFE_FAST_PARAMS)
+    (root / "node.cert").write_bytes(member.cert.to_bytes())
+    write_trust_file(root / "trust.json", {"root": fx.authority.verify_key})
+    (root / "revocation.list").write_bytes(fx.authority.revocation_list.to_bytes())
+    (root / "passphrase").write_text(passphrase + "\n")
+    peer_dir = root / "peers"
+    peer_dir.mkdir(exist_ok=True)
+    for p in peers:
+        (peer_dir / f"{p.node_id}.cert").write_bytes(p.cert.to_bytes())
+    lines = [
+        f'node_id = "{member.node_id}"',
+        f'tier = "{member.tier}"',
+        f'data_dir = "{root}"',
+        f'passphrase_file = "{root / "passphrase"}"',
+        "status_interval = 0.2",
+        "heartbeat_interval = 0.5",
+        'log_level = "info"',
+    ]
+    if listen is not None:
+        lines.append(f'listen = "{listen}"')
+    lines.append(extra_toml)
+    if parent is not None:
+        lines += ["[parent]", f'endpoint = "{parent[0]}"', f'curve_key = "{parent[1].hex()}"']
+    lines += ["[[policy.allow]]", 'types = ["app.*"]']
+    toml = root / "node.toml"
+    toml.write_text("\n".join(lines) + "\n")
+    return toml

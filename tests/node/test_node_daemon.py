@@ -1,0 +1,238 @@
+"""The node daemon: strict config, data directory loading, readiness, status, signals, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from node_testlib import Fixture, build_node, run, write_data_dir, zmq_factory
+
+from securemesh.errors import ConfigError
+from securemesh.node import NodeConfig, load_config, read_status, run_node
+from securemesh.node._daemon import load_passphrase
+
+PY = sys.executable
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('node_id = "a"\ntier = "edge"\nheartbeat_interval = "10"\n', "heartbeat_interval"),
+        ('node_id = "a"\ntier = "edge"\ncolour = "blue"\n', "colour"),
+        ('node_id = "a"\ntier = "moon"\n', "tier"),
+        ('node_id = "a b"\ntier = "edge"\n', "node_id"),
+        (
+            'node_id = "a"\ntier = "cloud"\n[parent]\nendpoint = "tcp://x:1"\n'
+            'curve_key = "' + "00" * 32 + '"\n',
+            "parent",
+        ),
+        (
+            'node_id = "a"\ntier = "edge"\n[parent]\nendpoint = "tcp://x:1"\ncurve_key = "short"\n',
+            "curve_key",
+        ),
+        ('node_id = "a"\ntier = "end"\n', "parent"),
+        ('node_id = "a"\ntier = "edge"\n[limits]\nmax_inflight = 0\n', "max_inflight"),
+        ('node_id = "a"\ntier = "edge"\n[[policy.allow]]\ntypes = []\n', "policy"),
+        ("not toml = = =", "TOML"),
+    ],
+)
+def test_config_errors_are_clear(tmp_path: Path, text: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, text))
+    assert needle in str(info.value)
+
+
+def test_config_defaults_and_keys(tmp_path: Path) -> None:
+    key_hex = "ab" * 32
+    cfg = load_config(
+        _write(
+            tmp_path,
+            f'node_id = "e1"\ntier = "edge"\nlisten = "tcp://127.0.0.1:0"\n'
+            f'[parent]\nendpoint = "tcp://127.0.0.1:9"\ncurve_key = "{key_hex}"\n',
+        )
+    )
+    assert cfg.parent is not None
+    assert cfg.parent.curve_key_bytes == bytes.fromhex(key_hex)
+    assert cfg.limits.max_inflight == 256
+    assert cfg.policy.allow == []
+    with pytest.raises(ConfigError):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_passphrase_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = NodeConfig(node_id="a", tier="edge")
+    monkeypatch.delenv("SECUREMESH_PASSPHRASE", raising=False)
+    with pytest.raises(ConfigError):
+        load_passphrase(cfg)
+    monkeypatch.setenv("SECUREMESH_PASSPHRASE", "from-env")
+    assert load_passphrase(cfg) == "from-env"
+    (tmp_path / "pw").write_text("from-file\n")
+    cfg = NodeConfig(node_id="a", tier="edge", passphrase_file=str(tmp_path / "pw"))
+    assert load_passphrase(cfg) == "from-file"
+
+
+def test_daemon_in_process_serves_ready_status_and_stops(tmp_path: Path) -> None:
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    dev_m = fx.member("dev-1", "end")
+    toml = write_data_dir(
+        fx, cloud_m, tmp_path / "cloud", listen="tcp://127.0.0.1:0", peers=[dev_m]
+    )
+    config = load_config(toml)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+
+        def service(node: object) -> None:
+            from securemesh.node import MeshNode
+
+            assert isinstance(node, MeshNode)
+
+            async def echo(msg: object) -> bytes:
+                return b'{"ok":true}'
+
+            node.on("app.echo", echo)
+
+        task = asyncio.create_task(
+            run_node(config, passphrase="test-passphrase", services=[service], stop=stop)
+        )
+        ready = tmp_path / "cloud" / "ready"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not ready.exists():
+            assert loop.time() < deadline
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        info = json.loads(ready.read_text())
+        assert info["node_id"] == "cloud-1"
+        # a device (in-process MeshNode) talks to the daemon
+        dev = build_node(
+            fx,
+            dev_m,
+            zmq_factory(),
+            parent_endpoint=(str(info["listen"]), cloud_m.identity.curve_public),
+        )
+        device = dev.node
+        await device.start()
+        await device.wait_parent(10)
+        reply = await device.request("cloud-1", "app.echo", b"{}", timeout=5)
+        assert reply.body_bytes == b'{"ok":true}'
+        deadline = loop.time() + 10
+        while True:
+            status = read_status(config)
+            if status["peers"]:
+                break
+            assert loop.time() < deadline
+            await asyncio.sleep(0.05)
+        assert status["alive"] is True
+        assert status["node_id"] == "cloud-1"
+        assert status["state"] == "running"
+        await device.stop(0.1)
+        stop.set()
+        assert await task == 0
+        assert not ready.exists()
+        final = read_status(config)
+        assert final["state"] == "stopped"
+        assert final["alive"] is False
+
+    run(main())
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SECUREMESH_PASSPHRASE", None)
+    return env
+
+
+def _wait_ready(
+    path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {proc.stderr.read() if proc.stderr else ''!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError("daemon not ready in time")
+        time.sleep(0.02)
+    data = json.loads(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_cli_run_status_and_sigterm(tmp_path: Path) -> None:
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    toml = write_data_dir(fx, cloud_m, tmp_path / "c", listen="tcp://127.0.0.1:0")
+    proc = subprocess.Popen(
+        [PY, "-m", "securemesh", "node", "run", "--config", str(toml)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    try:
+        _wait_ready(tmp_path / "c" / "ready", proc)
+        status = subprocess.run(
+            [PY, "-m", "securemesh", "node", "status", "--config", str(toml)],
+            capture_output=True,
+            env=_env(),
+            timeout=30,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        data = json.loads(status.stdout)
+        assert data["node_id"] == "cloud-1"
+        assert data["alive"] is True
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    events = [line.get("event") for line in lines]
+    assert "ready" in events
+    assert "stopped" in events
+    text = err.decode()
+    assert "test-passphrase" not in text
+    assert cloud_m.identity.signer.seed().hex() not in text
+    assert cloud_m.identity.curve_secret_z85() not in text
+    after = subprocess.run(
+        [PY, "-m", "securemesh", "node", "status", "--config", str(toml)],
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert after.returncode == 3
+    assert json.loads(after.stdout)["state"] == "stopped"
+
+
+def test_cli_refuses_to_start_without_a_usable_identity(tmp_path: Path) -> None:
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    toml = write_data_dir(fx, cloud_m, tmp_path / "c", listen="tcp://127.0.0.1:0")
+    (tmp_path / "c" / "passphrase").write_text("wrong\n")
+    result = subprocess.run(
+        [PY, "-m", "securemesh", "node", "run", "--config", str(toml)],
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"identity" in result.stderr
+    assert not (tmp_path / "c" / "ready").exists()
