@@ -28,7 +28,7 @@ from pathlib import Path
 from securemesh.cli._keys import DEFAULT_PASSPHRASE_ENV, _passphrase
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import Tier
-from securemesh.errors import ConfigError
+from securemesh.errors import ConfigError, StateFileError
 
 __all__ = ["parse_duration", "register"]
 
@@ -111,6 +111,7 @@ def _token_create(args: argparse.Namespace) -> int:
             authority_id=issuer.authority_id,
             root_key=issuer.root_key,
             server_key=issuer.server_key,
+            server_id=issuer.server_id,
             endpoint=endpoint,
             issuer=issuer.issuer,
             tier=tier,
@@ -179,11 +180,13 @@ def _revoke(args: argparse.Namespace) -> int:
 def _enroll(args: argparse.Namespace) -> int:
     from securemesh.enroll._client import enroll_over_zmq  # noqa: PLC0415 - lazy (pyzmq)
     from securemesh.enroll._state import (  # noqa: PLC0415
+        SEQUENCE_FILE,
         existing_trust,
         identity_for_enrollment,
         save_enrollment,
     )
     from securemesh.enroll._token import JoinToken  # noqa: PLC0415
+    from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
     if (args.token is None) == (args.token_file is None):
         raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")
@@ -198,7 +201,16 @@ def _enroll(args: argparse.Namespace) -> int:
     passphrase = _passphrase(args.passphrase_env, confirm=not (data_dir / "identity.key").exists())
     trust = existing_trust(data_dir)
     identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=_KDF_PARAMS)
-    result = enroll_over_zmq(token, identity, args.node_id, timeout=args.timeout, trust=trust)
+    # Continue the node's persisted envelope counter: the server's replay window
+    # remembers a re-enrolling node's id (the daemon must not be running).
+    try:
+        with SequenceCounter(data_dir / SEQUENCE_FILE) as counter:
+            sequence = counter.next()
+    except StateFileError as exc:
+        raise ConfigError(f"{exc} (stop the node daemon before enrolling again)") from exc
+    result = enroll_over_zmq(
+        token, identity, args.node_id, timeout=args.timeout, trust=trust, sequence=sequence
+    )
     files = save_enrollment(data_dir, token, result, listen=args.listen)
     cert = result.cert
     print(

@@ -13,18 +13,18 @@ DEALER to ``token.endpoint`` as a CurveZMQ client (RFC 26) with
 
 It sends one SIGNED envelope (securemesh.wire), signed by the node's *new*
 identity key: ``msg_type="enroll.request"``, ``sender`` = the requested node
-id, ``recipient`` empty (the node does not know the server's node id yet; the
-server handles a first-contact request itself and never forwards or
-broadcasts it), ``flags=REQUEST`` with a random correlation id, body =
-:class:`~securemesh.enroll.EnrollRequest`. The sequence number is the caller's
-(default 1): the token being one-time is what stops a replay, so the server
-should not put first-contact requests through the per-sender replay window
-(a re-enrolling node could otherwise be refused as "stale").
+id, ``recipient`` = ``token.server_id``, ``flags=REQUEST`` with a random
+correlation id, body = :class:`~securemesh.enroll.EnrollRequest`. The
+sequence number is the caller's: a node that re-enrolls must continue its
+persisted counter (``sequence.state`` in its data dir, as the CLI does),
+because the server's replay window remembers its node id.
 
 The reply is read without trusting anything but the token:
 
 1. :func:`securemesh.wire.decode` (size limits, form); it must be a REPLY with
-   our correlation id (``mesh.error`` replies are reported, unverified, as a
+   our correlation id, of type ``enroll.request`` (the node's convention:
+   a reply keeps the request's type) or ``enroll.reply``, from
+   ``token.server_id`` (``mesh.error`` replies are reported, unverified, as a
    refusal);
 2. the body is *tentatively* parsed only to find ``server_certificate`` and
    ``revocation_list``; the list must verify under the token's root, and the
@@ -113,7 +113,7 @@ def request_frames(
     frames = encode_signed(
         msg_type=MSG_ENROLL_REQUEST,
         sender=node_id,
-        recipient="",
+        recipient=token.server_id,
         sequence=sequence,
         timestamp_ms=int(now * 1000),
         body=body,
@@ -163,8 +163,10 @@ def verify_reply(
         raise UnexpectedMessage("not the reply to our enrollment request")
     if unverified.msg_type == MSG_MESH_ERROR:
         raise TokenError("the server refused the enrollment (unverified mesh.error reply)")
-    if unverified.msg_type != MSG_ENROLL_REPLY:
+    if unverified.msg_type not in (MSG_ENROLL_REPLY, MSG_ENROLL_REQUEST):
         raise UnexpectedMessage(f"unexpected reply type {unverified.msg_type!r}")
+    if unverified.sender != token.server_id:
+        raise AuthenticationError("the reply does not come from the token's server")
     try:
         tentative = EnrollReply.model_validate_json(bytes(frames[1]), strict=True)
     except ValidationError as exc:
@@ -174,7 +176,7 @@ def verify_reply(
     server = verify_certificate(tentative.server_certificate, trust=trust, now=now)
     if server.tier is Tier.END:
         raise AuthenticationError("an end device cannot answer enrollments")
-    if server.node_id != unverified.sender:
+    if server.node_id != token.server_id:
         raise AuthenticationError("the reply's sender is not the certified server")
     if not hmac.compare_digest(server.curve_key, token.server_key):
         raise AuthenticationError("the server certificate is not for the token's server key")

@@ -14,6 +14,7 @@ daemon reads (:mod:`securemesh.node._config`), plus the authority's own files::
     delegation.cert     this edge's own delegated-authority certificate (optional)
     tokens.db           join tokens issued here (cloud, or an edge with delegation.cert)
     authority/          cloud only: authority.key (root key, encrypted) + authority.json
+    sequence.state      the node's envelope sequence counter (securemesh.wire.SequenceCounter)
     node.toml           the daemon's configuration
 
 Secrets are only ever in ``identity.key`` and ``authority/authority.key``,
@@ -65,6 +66,7 @@ __all__ = [
     "NODE_CERT_FILE",
     "NODE_TOML",
     "REVOCATION_FILE",
+    "SEQUENCE_FILE",
     "TRUST_FILE",
     "InitResult",
     "NodeFiles",
@@ -89,6 +91,7 @@ AUTHORITY_CERT_FILE: Final = "authority.cert"
 DELEGATION_CERT_FILE: Final = "delegation.cert"
 AUTHORITY_DIR: Final = "authority"
 NODE_TOML: Final = "node.toml"
+SEQUENCE_FILE: Final = "sequence.state"
 _MAX_SMALL_FILE: Final = 64 * 1024
 _B64_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -267,6 +270,7 @@ class TokenIssuer:
     authority_id: str
     root_key: bytes
     server_key: bytes
+    server_id: str
     endpoint: str | None
     tiers: frozenset[Tier]
     delegated: bool
@@ -311,6 +315,7 @@ def load_token_issuer(data_dir: Path) -> TokenIssuer:
             authority_id=authority_id,
             root_key=root_key,
             server_key=node.curve_key,
+            server_id=node.node_id,
             endpoint=endpoint,
             tiers=frozenset(Tier),
             delegated=False,
@@ -331,6 +336,7 @@ def load_token_issuer(data_dir: Path) -> TokenIssuer:
             authority_id=dcert.issuer,
             root_key=delegate_root,
             server_key=node.curve_key,
+            server_id=node.node_id,
             endpoint=endpoint,
             tiers=dcert.delegation.tiers,
             delegated=True,

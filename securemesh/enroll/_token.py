@@ -10,8 +10,10 @@ create``); it tells the node everything it needs for first contact:
 
 * which root to trust (``authority_id`` + ``root_key``), so the node can verify
   the certificate it gets back without trusting the network;
-* where to connect (``endpoint``) and the enrolling server's CurveZMQ public
-  key (``server_key``), so the CURVE handshake authenticates the server;
+* where to connect (``endpoint``), the enrolling server's node id
+  (``server_id``, so the request can be addressed to it and the reply's
+  sender checked) and its CurveZMQ public key (``server_key``), so the CURVE
+  handshake authenticates the server;
 * the token id and a 32-byte secret.
 
 Two keys are derived from the secret with HKDF-SHA256 (RFC 5869, empty salt),
@@ -47,6 +49,7 @@ every field validated, exactly one encoding per token. All integers big-endian;
         str8        authority_id       (root authority id, certificate id syntax)
         32 bytes    root_key           (Ed25519 verify key of that root)
         32 bytes    server_key         (CurveZMQ public key of the enrolling server)
+        str8        server_id          (that server's node id)
         str8        endpoint           ("tcp://HOST:PORT", at most 128 bytes)
         16 bytes    token_id
         32 bytes    secret
@@ -158,6 +161,7 @@ class JoinToken:
     authority_id: str
     root_key: bytes
     server_key: bytes
+    server_id: str
     endpoint: str
     token_id: bytes
     secret: bytes
@@ -170,6 +174,7 @@ class JoinToken:
         if type(self.version) is not int or self.version != TOKEN_VERSION:
             raise LocalError(f"unsupported token version {self.version!r}")
         validate_node_id(self.authority_id, what="authority id")
+        validate_node_id(self.server_id, what="server id")
         for name, size in (
             ("root_key", _KEY),
             ("server_key", _KEY),
@@ -201,6 +206,7 @@ class JoinToken:
                 _str8(self.authority_id),
                 self.root_key,
                 self.server_key,
+                _str8(self.server_id),
                 _str8(self.endpoint),
                 self.token_id,
                 self.secret,
@@ -252,6 +258,7 @@ class JoinToken:
             raise DecodeError(f"unsupported join token version {version}")
         authority_id = reader.str8()
         root_key, server_key = reader.take(_KEY), reader.take(_KEY)
+        server_id = reader.str8()
         endpoint = reader.str8()
         token_id, secret = reader.take(TOKEN_ID_SIZE), reader.take(SECRET_SIZE)
         expires_at = reader.u64()
@@ -274,6 +281,7 @@ class JoinToken:
                 authority_id=authority_id,
                 root_key=root_key,
                 server_key=server_key,
+                server_id=server_id,
                 endpoint=endpoint,
                 token_id=token_id,
                 secret=secret,
@@ -304,6 +312,7 @@ class JoinToken:
     def __repr__(self) -> str:
         return (
             f"JoinToken(id={self.token_id.hex()}, authority={self.authority_id!r}, "
+            f"server={self.server_id!r}, "
             f"tier={self.tier.value!r}, roles={self.roles!r}, endpoint={self.endpoint!r}, "
             f"expires_at={self.expires_at})"
         )

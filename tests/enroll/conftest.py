@@ -35,6 +35,7 @@ class Mesh:
             authority_id=self.authority.authority_id,
             root_key=self.authority.verify_key,
             server_key=self.cloud.curve_public,
+            server_id="cloud-1",
             endpoint="tcp://127.0.0.1:7100",
             issuer=self.authority.authority_id,
             tier=tier,

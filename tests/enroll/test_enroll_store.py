@@ -22,6 +22,7 @@ def _create(store: TokenStore, ttl_s: int = 60, **kw: object) -> bytes:
         authority_id="mesh",
         root_key=bytes(range(32)),
         server_key=bytes(range(32, 64)),
+        server_id="cloud-1",
         endpoint="tcp://127.0.0.1:7100",
         issuer="mesh",
         tier=kw.pop("tier", "end"),  # type: ignore[arg-type]
@@ -56,6 +57,7 @@ def test_secret_not_stored(tmp_path: Path) -> None:
             authority_id="mesh",
             root_key=bytes(32),
             server_key=bytes(32),
+            server_id="cloud-1",
             endpoint="tcp://127.0.0.1:1",
             issuer="mesh",
             tier="edge",
@@ -163,6 +165,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
                 authority_id="mesh",
                 root_key=bytes(32),
                 server_key=bytes(32),
+                server_id="cloud-1",
                 endpoint="tcp://127.0.0.1:1",
                 issuer="mesh",
                 tier="end",

@@ -62,6 +62,7 @@ def test_enroll_over_zmq_and_token_key_admission(live_mesh: Mesh) -> None:
             authority_id="mesh",
             root_key=mesh.authority.verify_key,
             server_key=mesh.cloud.curve_public,
+            server_id="cloud-1",
             endpoint=endpoint.address,
             issuer="mesh",
             tier="end",
@@ -94,6 +95,7 @@ def test_refused_request_gets_mesh_error(live_mesh: Mesh) -> None:
             authority_id="mesh",
             root_key=mesh.authority.verify_key,
             server_key=mesh.cloud.curve_public,
+            server_id="cloud-1",
             endpoint=endpoint.address,
             issuer="mesh",
             tier="end",
@@ -171,7 +173,7 @@ def test_verify_reply_binds_the_server(mesh: Mesh) -> None:
     # Signed by someone else than the certified server.
     with pytest.raises(AuthenticationError):
         verify_reply(token, frames(reply, NodeIdentity.generate()), correlation_id=corr, now=NOW)
-    with pytest.raises(AuthenticationError, match="sender"):
+    with pytest.raises(AuthenticationError, match="token's server"):
         verify_reply(token, frames(reply, mesh.cloud, "cloud-2"), correlation_id=corr, now=NOW)
     # A server certificate for another CURVE key than the token's (a different socket).
     imposter = NodeIdentity.generate()
