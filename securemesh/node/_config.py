@@ -8,6 +8,7 @@ Example (an edge)::
     listen = "tcp://0.0.0.0:7101"
     log_level = "info"
     heartbeat_interval = 10.0
+    services = ["myapp.edge:register"]        # register(node) adds handlers
     # passphrase_file = "/run/secrets/edge-1"   # else env SECUREMESH_PASSPHRASE
 
     [parent]
@@ -147,14 +148,14 @@ class NodeConfig(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_interval: float = Field(default=10.0, gt=0, le=86_400)
     status_interval: float = Field(default=2.0, gt=0, le=3600)
+    #: ``"package.module:function"`` entries; the daemon calls ``function(node)``
+    #: before starting so it can register handlers (``node.on(...)``).
+    services: list[
+        Annotated[str, Field(max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
+    ] = Field(default_factory=list, max_length=64)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
-
-    @field_validator("parent")
-    @classmethod
-    def _parent_tier(cls, value: ParentConfig | None) -> ParentConfig | None:
-        return value
 
     def model_post_init(self, __context: object) -> None:
         if self.tier == "cloud" and self.parent is not None:

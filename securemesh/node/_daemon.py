@@ -75,6 +75,7 @@ __all__ = [
     "NodeFiles",
     "configure_logging",
     "load_node_state",
+    "load_services",
     "read_status",
     "run_daemon",
     "run_node",
@@ -354,6 +355,23 @@ class _Daemon:
         self.write_status(state="running")
 
 
+def load_services(entries: Iterable[str]) -> list[Service]:
+    """Import ``"module:function"`` entries from the configuration (ConfigError if missing)."""
+    import importlib  # noqa: PLC0415
+
+    loaded: list[Service] = []
+    for entry in entries:
+        module_name, _, attr = entry.partition(":")
+        try:
+            func = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"service {entry!r} cannot be loaded: {exc}") from exc
+        if not callable(func):
+            raise ConfigError(f"service {entry!r} is not callable")
+        loaded.append(func)
+    return loaded
+
+
 def _version_of(path: Path) -> int | None:
     try:
         return (
@@ -413,7 +431,7 @@ async def run_node(
         await transport.close()
         counter.close()
         raise ConfigError(f"cannot start node: {exc}") from exc
-    for service in services:
+    for service in [*load_services(config.services), *services]:
         service(node)
     daemon = _Daemon(config, node, files)
     daemon.admit_peers()

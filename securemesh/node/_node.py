@@ -590,6 +590,40 @@ class MeshNode:
             MESH_REVOCATION, Revocation(version=rl.version), frames=[bytes(revocation_list)]
         )
 
+    async def install_certificate(
+        self,
+        certificate: SignedCertificate,
+        *,
+        authority_certificate: SignedCertificate | None = None,
+    ) -> Certificate:
+        """Use a renewed certificate (same node id, tier and keys) and announce it.
+
+        The certificate is verified into the directory first; then a
+        ``node.hello`` carrying it goes to the parent (if connected) and to
+        every child, so neighbours replace the old one. Raises
+        :class:`~securemesh.errors.LocalError` if it names another node or keys.
+        """
+        inters = [authority_certificate or self._authority_cert]
+        cert = self.directory.add_certificate(
+            certificate, intermediates=[c for c in inters if c is not None]
+        )
+        if (
+            cert.serial != certificate.unverified_certificate().serial
+            or cert.node_id != self.node_id
+            or cert.tier is not self.tier
+            or cert.public_keys() != self.certificate.public_keys()
+        ):
+            raise LocalError("the renewed certificate does not replace this node's certificate")
+        self.certificate = cert
+        self._signed_cert = certificate
+        if authority_certificate is not None:
+            self._authority_cert = authority_certificate
+        if self._parent_link is not None and self.parent_ready.is_set():
+            await self._hello_parent()
+        if self._children:
+            await self._fan_out(self._encode("", NODE_HELLO, self._hello_body(), ()), exclude=None)
+        return cert
+
     async def ping(self, dest: str, *, timeout: float | None = None) -> float:
         """Round-trip time to ``dest`` in seconds (a ``mesh.ping`` request)."""
         start = time.monotonic()
