@@ -27,6 +27,18 @@ once, so the new node's own CURVE key passes ZAP when it reconnects (its
 ``node.hello`` then carries the same certificate). Only the certificate's own
     node (or, for a relay, an edge/cloud node) may ask.
 
+Automatic renewal (:meth:`EnrollmentService.renew_due`, checked every
+``renew_check_s`` seconds): once half of this node's certificate lifetime has
+passed, it sends ``cert.renew`` to its parent, checks the reply
+(:func:`accept_renew_reply`: same node, tier, roles and keys, new serial, the
+reply's revocation list installed without rollback), writes ``node.cert``
+atomically and calls :meth:`MeshNode.install_certificate`, which re-announces
+it with ``node.hello``. An edge's own ``delegation.cert`` is renewed the same
+way (and its delegated authority reloaded). The cloud, which has no parent
+and holds the root, renews its own certificate locally. A certificate that
+expired before it could be renewed cannot be renewed: re-enroll with a fresh
+token (``securemesh enroll`` keeps the keys and data).
+
 Every outcome goes to ``audit`` as an :class:`EnrollmentAudit` (default: a
 structured log line). Join-token keys are fed into the node's Directory by
 :class:`TokenKeySync` at start-up, after each enrollment and every
@@ -46,6 +58,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from securemesh.crypto import keystore
 from securemesh.crypto.certs import (
     Authority,
     DelegatedAuthority,
@@ -64,16 +77,21 @@ from securemesh.enroll._protocol import (
     EnrollRequest,
     RenewReply,
     RenewRequest,
+    accept_renew_reply,
+    build_renew_request,
 )
 from securemesh.enroll._state import (
     AUTHORITY_DIR,
     DELEGATION_CERT_FILE,
+    NODE_CERT_FILE,
     REVOCATION_FILE,
 )
 from securemesh.errors import (
     AuthenticationError,
     DecodeError,
+    LocalError,
     NoRoute,
+    RemoteError,
     TokenError,
 )
 
@@ -120,6 +138,8 @@ class EnrollmentService:
     ) -> None:
         self.node = node
         self.data_dir = data_dir
+        self._identity = identity
+        self.renewals = 0
         self._clock = clock
         self._relay_timeout = relay_timeout
         self.server: EnrollmentServer | None = None
@@ -168,6 +188,81 @@ class EnrollmentService:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):  # a locked database: try again next time
                 self.refresh_tokens()
+
+    # ------------------------------------------------------------------ renewal
+
+    @staticmethod
+    def _half_life_passed(cert: SignedCertificate, now: float) -> bool:
+        c = cert.unverified_certificate()
+        return now >= c.not_before + (c.not_after - c.not_before) / 2
+
+    def _delegation(self) -> SignedCertificate | None:
+        path = self.data_dir / DELEGATION_CERT_FILE
+        if not path.exists():
+            return None
+        return SignedCertificate.from_bytes(path.read_bytes())
+
+    def renew_due(self, now: float | None = None) -> bool:
+        """True once half the node certificate's (or delegation's) lifetime has passed."""
+        t = self._clock() if now is None else now
+        delegation = self._delegation()
+        return self._half_life_passed(self.node._signed_cert, t) or (
+            delegation is not None and self._half_life_passed(delegation, t)
+        )
+
+    async def _renew_one(self, current: SignedCertificate) -> SignedCertificate:
+        request = build_renew_request(current)
+        parent = self.node.parent_id
+        if parent is not None:
+            answer = await self.node.request(
+                parent, MSG_CERT_RENEW, request, timeout=self._relay_timeout
+            )
+            reply = answer.envelope.body(RenewReply)
+        elif self.server is not None and isinstance(self.server._authority, Authority):
+            reply = self.server.handle_renew(request)
+        else:
+            raise NoRoute("no parent to renew with")
+        return accept_renew_reply(
+            self._identity, current, reply, self.node.directory.trust, self._clock()
+        )
+
+    async def renew_once(self) -> None:
+        """Renew what is due now (node certificate, then delegation certificate)."""
+        now = self._clock()
+        delegation = self._delegation()
+        if delegation is not None and self._half_life_passed(delegation, now):
+            renewed_delegation = await self._renew_one(delegation)
+            keystore.write_file_atomic(
+                self.data_dir / DELEGATION_CERT_FILE, renewed_delegation.to_bytes()
+            )
+            if self.server is not None and isinstance(
+                self.server._authority,
+                DelegatedAuthority,
+            ):
+                self.server._authority = DelegatedAuthority(
+                    renewed_delegation, self._identity.signer
+                )
+            self.renewals += 1
+        current = self.node._signed_cert
+        if self._half_life_passed(current, now):
+            renewed = await self._renew_one(current)
+            keystore.write_file_atomic(self.data_dir / NODE_CERT_FILE, renewed.to_bytes())
+            await self.node.install_certificate(renewed)
+            if self.server is not None:
+                self.server.set_server_certificate(renewed)
+            self.renewals += 1
+
+    async def auto_renew(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.renew_due():
+                try:
+                    await self.renew_once()
+                except (RemoteError, LocalError, TimeoutError, OSError) as exc:
+                    log.warning(
+                        "certificate renewal failed",
+                        extra={"event": "renew_failed", "error": str(exc)},
+                    )
 
     # ------------------------------------------------------------------ handlers
 
@@ -244,6 +339,7 @@ def enrollment_service(
     lifetime_s: int = DEFAULT_LIFETIME_S,
     relay_timeout: float = 10.0,
     token_poll_s: float = 1.0,
+    renew_check_s: float | None = 5.0,
     clock: Callable[[], float] = time.time,
     audit: Callable[[EnrollmentAudit], None] = _log_audit,
     installed: list[EnrollmentService] | None = None,
@@ -282,6 +378,10 @@ def enrollment_service(
             with contextlib.suppress(RuntimeError):  # no running loop: no polling
                 task = asyncio.get_running_loop().create_task(service.poll_tokens(token_poll_s))
                 # Cancelled with the node's receive loops on stop() (not drained).
+                node._loops.append(task)
+        if renew_check_s is not None:
+            with contextlib.suppress(RuntimeError):
+                task = asyncio.get_running_loop().create_task(service.auto_renew(renew_check_s))
                 node._loops.append(task)
         if installed is not None:
             installed.append(service)

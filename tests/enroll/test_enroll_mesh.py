@@ -71,6 +71,8 @@ def test_enroll_renew_and_offline_edge(tmp_path: Path, capsys: pytest.CaptureFix
             capsys, "init", "--data-dir", str(cloud), "--authority-id", "acme",
             "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{cloud_port}",
         )  # fmt: skip
+        with (cloud / "node.toml").open("a") as toml:
+            toml.write("status_interval = 0.1\n")  # the daemon's file-watch tick
         cloud_svc: list[EnrollmentService] = []
         cloud_stop = asyncio.Event()
         cloud_task = asyncio.create_task(
@@ -121,12 +123,17 @@ def test_enroll_renew_and_offline_edge(tmp_path: Path, capsys: pytest.CaptureFix
 
         # 2. The edge daemon runs, connects to the cloud and renews its certificate over the bus.
         edge_svc: list[EnrollmentService] = []
+        shift = [0.0]  # the edge service's clock runs ahead by this much
         edge_stop = asyncio.Event()
         edge_task = asyncio.create_task(
             run_node(
                 load_config(edge / "node.toml"),
                 passphrase=PASS,
-                services=[enrollment_service(edge, installed=edge_svc)],
+                services=[
+                    enrollment_service(
+                        edge, installed=edge_svc, clock=lambda: time.time() + shift[0]
+                    )
+                ],
                 stop=edge_stop,
             )
         )
@@ -146,6 +153,38 @@ def test_enroll_renew_and_offline_edge(tmp_path: Path, capsys: pytest.CaptureFix
             time.time(),
         )
         assert renewed.unverified_certificate().serial != edge_cert.serial
+
+        # 2b. Automatic renewal at half lifetime: node and delegation certificates.
+        service = edge_svc[0]
+        assert not service.renew_due()
+        old_delegation = (edge / "delegation.cert").read_bytes()
+        shift[0] = 12 * 3600 + 60  # past half of the 24 h lifetime
+        assert service.renew_due()
+        await service.renew_once()
+        assert service.renewals == 2
+        assert not service.renew_due(now=time.time())  # fresh (the cloud's clock is real)
+        on_disk = SignedCertificate.from_bytes((edge / "node.cert").read_bytes())
+        assert on_disk == node._signed_cert
+        assert on_disk.unverified_certificate().serial not in (
+            edge_cert.serial,
+            renewed.unverified_certificate().serial,
+        )
+        new_delegation = SignedCertificate.from_bytes((edge / "delegation.cert").read_bytes())
+        assert new_delegation.to_bytes() != old_delegation
+        assert new_delegation.unverified_certificate().delegation is not None
+        # The cloud learned the renewed certificate from the edge's new hello.
+        cloud_dir = cloud_svc[0].node.directory
+        await _until(
+            lambda: cloud_dir.signed_certificate("edge-1") == on_disk, "cloud sees renewal"
+        )
+        shift[0] = 0.0
+
+        # 2c. `securemesh revoke` on the cloud reaches the running edge (daemon broadcast).
+        await _cli(capsys, "revoke", "ghost-1", "--data-dir", str(cloud))
+        await _until(lambda: node.revocation_list_version == 2, "edge got the new list")
+        rl = node.directory.trust.revocation_list("acme")
+        assert rl is not None
+        assert rl.node_ids == frozenset({"ghost-1"})
 
         # 3. The cloud goes away; a device enrolls at the edge's delegated authority.
         cloud_stop.set()
@@ -174,6 +213,30 @@ def test_enroll_renew_and_offline_edge(tmp_path: Path, capsys: pytest.CaptureFix
             device_cert, trust=read_trust(cloud), now=time.time(), intermediates=chain
         )
         assert (cert.node_id, cert.tier, cert.issuer) == ("dev-1", Tier.END, "edge-1")
+        # Re-enrollment (e.g. after its certificate expired offline) keeps the device's keys;
+        # its envelope counter continues, so the edge's replay window accepts the request.
+        again = (
+            await _cli(capsys, "token", "create", "--data-dir", str(edge), "--tier", "end")
+        ).strip()
+        await _until(lambda: edge_svc[0].refresh_tokens() == 1, "second token admitted")
+        await _cli(
+            capsys, "enroll", "--token", again, "--data-dir", str(device), "--node-id", "dev-1"
+        )
+        second = SignedCertificate.from_bytes((device / "node.cert").read_bytes())
+        assert second.unverified_certificate().public_keys() == cert.public_keys()
+        assert second.unverified_certificate().serial != cert.serial
+        # A revoked id cannot enroll again (the edge knows the list the cloud broadcast).
+        ghost = (
+            await _cli(capsys, "token", "create", "--data-dir", str(edge), "--tier", "end")
+        ).strip()
+        await _until(lambda: edge_svc[0].refresh_tokens() == 1, "third token admitted")
+        code = await asyncio.to_thread(
+            main,
+            ["enroll", "--token", ghost, "--data-dir", str(tmp_path / "g"), "--node-id",
+             "ghost-1", "--timeout", "5"],
+        )  # fmt: skip
+        assert code == 1
+        assert "refused" in capsys.readouterr().err
         edge_stop.set()
         assert await asyncio.wait_for(edge_task, TIMEOUT) == 0
 
