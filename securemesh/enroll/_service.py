@@ -88,6 +88,7 @@ from securemesh.enroll._state import (
 )
 from securemesh.errors import (
     AuthenticationError,
+    ConfigError,
     DecodeError,
     LocalError,
     NoRoute,
@@ -332,7 +333,7 @@ class EnrollmentService:
 
 
 def enrollment_service(
-    data_dir: str | Path,
+    data_dir: str | Path | None = None,
     *,
     passphrase: str | None = None,
     identity: NodeIdentity | None = None,
@@ -344,23 +345,38 @@ def enrollment_service(
     audit: Callable[[EnrollmentAudit], None] = _log_audit,
     installed: list[EnrollmentService] | None = None,
 ) -> Callable[[MeshNode], None]:
-    """A daemon service: ``run_node(config, services=[enrollment_service(dir, ...)])``.
+    """A daemon service: ``run_node(config, services=[enrollment_service()])``.
 
-    ``identity`` (the node's) is needed for an edge's delegated authority; the
-    ``passphrase`` for the cloud's root key. Pass ``installed`` to get the
-    :class:`EnrollmentService` object back (tests, status).
+    Defaults come from the node: ``data_dir`` from its config, ``identity``
+    (for an edge's delegated authority) the node's own, ``passphrase`` (for the
+    cloud's root key, only read when ``authority/`` exists) as the daemon
+    reads it (``passphrase_file`` in node.toml, else ``$SECUREMESH_PASSPHRASE``).
+    Pass ``installed`` to get the :class:`EnrollmentService` object back.
+    Harmless on a node with no authority (a plain edge relays; a device
+    answers nothing but renews its own certificate).
     """
-    path = Path(data_dir)
 
     def install(node: MeshNode) -> None:
         from securemesh.policy import AllowTypes  # noqa: PLC0415
+
+        if data_dir is not None:
+            path = Path(data_dir)
+        elif node.config.data_dir is not None:
+            path = Path(node.config.data_dir)
+        else:
+            raise ConfigError("enrollment needs the node's data_dir")
+        secret = passphrase
+        if secret is None and (path / AUTHORITY_DIR / Authority.KEY_FILE).exists():
+            from securemesh.node._daemon import load_passphrase  # noqa: PLC0415
+
+            secret = load_passphrase(node.config)
 
         ident = identity if identity is not None else node._identity
         service = EnrollmentService(
             node,
             path,
             identity=ident,
-            passphrase=passphrase,
+            passphrase=secret,
             lifetime_s=lifetime_s,
             relay_timeout=relay_timeout,
             clock=clock,

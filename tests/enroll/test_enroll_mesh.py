@@ -79,7 +79,7 @@ def test_enroll_renew_and_offline_edge(tmp_path: Path, capsys: pytest.CaptureFix
             run_node(
                 load_config(cloud / "node.toml"),
                 passphrase=PASS,
-                services=[enrollment_service(cloud, passphrase=PASS, installed=cloud_svc)],
+                services=[enrollment_service(installed=cloud_svc)],  # all from the node
                 stop=cloud_stop,
             )
         )
