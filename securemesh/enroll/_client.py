@@ -43,6 +43,7 @@ The reply is read without trusting anything but the token:
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +97,17 @@ __all__ = [
 
 MSG_ENROLL_REPLY = "enroll.reply"
 MSG_MESH_ERROR = "mesh.error"
+
+
+def _error_code(body: bytes) -> str:
+    """The ``code`` of a mesh.error body, if it is a short plain code (display only)."""
+    import json  # noqa: PLC0415
+
+    try:
+        code = json.loads(bytes(body[:512])).get("code")
+    except (ValueError, AttributeError):
+        return "unknown"
+    return code if isinstance(code, str) and re.fullmatch(r"[a-z0-9_]{1,64}", code) else "unknown"
 
 
 def request_frames(
@@ -162,7 +174,10 @@ def verify_reply(
     ):
         raise UnexpectedMessage("not the reply to our enrollment request")
     if unverified.msg_type == MSG_MESH_ERROR:
-        raise TokenError("the server refused the enrollment (unverified mesh.error reply)")
+        raise TokenError(
+            f"the server refused the enrollment: {_error_code(frames[1])} "
+            "(from an unverified mesh.error reply)"
+        )
     if unverified.msg_type not in (MSG_ENROLL_REPLY, MSG_ENROLL_REQUEST):
         raise UnexpectedMessage(f"unexpected reply type {unverified.msg_type!r}")
     if unverified.sender != token.server_id:

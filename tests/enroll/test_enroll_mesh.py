@@ -236,7 +236,7 @@ def test_enroll_renew_and_offline_edge(tmp_path: Path, capsys: pytest.CaptureFix
              "ghost-1", "--timeout", "5"],
         )  # fmt: skip
         assert code == 1
-        assert "refused" in capsys.readouterr().err
+        assert "refused the enrollment: certificate_revoked" in capsys.readouterr().err
         edge_stop.set()
         assert await asyncio.wait_for(edge_task, TIMEOUT) == 0
 
