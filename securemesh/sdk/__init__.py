@@ -1,0 +1,49 @@
+"""``securemesh.sdk``: the Device SDK — a small API for firmware apps on the mesh.
+
+::
+
+    from securemesh.sdk import Device
+
+    Device.enroll(token, data_dir="/var/lib/sensor", node_id="sensor-7", passphrase=pw)
+    with Device.connect("/var/lib/sensor", passphrase=pw) as dev:
+        dev.on("sensor.config", lambda msg: apply(msg.json()))
+        dev.send(dev.parent_id, "sensor.reading", {"celsius": 21.5})
+        reply = dev.request(dev.parent_id, "sensor.time", {}, timeout=5)
+
+* :class:`Device` — synchronous; runs the asyncio loop, the
+  :class:`~securemesh.node.MeshNode` (tier ``end``, a CurveZMQ DEALER to its
+  edge) and certificate renewal in background threads
+  (:mod:`securemesh.sdk._device` documents the threads and handler safety).
+* :class:`AsyncDevice` — the same as coroutines, for asyncio applications
+  (:mod:`securemesh.sdk._async`: renewal, revocation, expiry).
+* :class:`Message` — what handlers and ``request`` return: a read-only view
+  of a *verified* message; :class:`Reply` — a handler's reply with raw frames;
+  bodies are pydantic models, dicts or JSON bytes (:mod:`securemesh.sdk._message`).
+* :class:`Enrollment` — what :meth:`Device.enroll` reports.
+
+Importing this package is deliberately cheap (it is checked by a test and
+``bench/sdk_footprint.py``): it loads no pydantic, cryptography, pyzmq,
+SQLAlchemy, numpy, TenSEAL or CLI code. Those load when a device enrolls or
+connects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from securemesh.sdk._device import Device
+from securemesh.sdk._files import Enrollment
+from securemesh.sdk._message import Message, Reply
+
+if TYPE_CHECKING:
+    from securemesh.sdk._async import AsyncDevice
+
+__all__ = ["AsyncDevice", "Device", "Enrollment", "Message", "Reply"]
+
+
+def __getattr__(name: str) -> object:
+    if name == "AsyncDevice":
+        from securemesh.sdk._async import AsyncDevice  # noqa: PLC0415 - imports asyncio
+
+        return AsyncDevice
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

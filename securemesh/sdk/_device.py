@@ -1,0 +1,369 @@
+"""Device: the synchronous SDK for firmware apps (no asyncio in the application).
+
+Theory of operation
+-------------------
+:meth:`Device.connect` starts one daemon thread, ``securemesh-sdk-loop``, that
+runs a private asyncio event loop; the :class:`~securemesh.sdk.AsyncDevice`
+(MeshNode, ZeroMQ sockets, renewal task) lives entirely on that loop. Every
+public method submits a coroutine to the loop with
+:func:`asyncio.run_coroutine_threadsafe` and blocks on its result, so
+exceptions (TimeoutError, RemoteCallError, CertificateExpired, ...) surface in
+the caller's thread unchanged.
+
+**Handlers and thread safety.** Handlers registered with :meth:`Device.on`
+run on a second SDK thread, ``securemesh-sdk-handler`` (a one-worker
+executor): one at a time, in arrival order, never on the loop thread and
+never on the application's thread. So
+
+* a handler may block briefly and may call :meth:`send` / :meth:`request` /
+  :meth:`on` (they hop to the loop thread); a long :meth:`request` in a
+  handler delays the handlers queued behind it, but not the network;
+* handlers never run concurrently with each other, but they *do* run
+  concurrently with the application's own thread: protect state shared
+  between a handler and the main loop (a :class:`queue.Queue`,
+  :class:`threading.Lock`, ...);
+* :meth:`close` must not be called from a handler (it waits for handlers to
+  finish: :class:`~securemesh.errors.LocalError`).
+
+All methods of :class:`Device` are thread-safe. At most
+``limits.max_inflight`` handler calls are queued; beyond that the node stops
+reading from the edge (back-pressure) instead of buffering without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from securemesh.errors import LocalError, TransportClosed
+from securemesh.sdk._files import Enrollment, enroll_device, resolve_passphrase
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from securemesh.crypto.certs import Certificate
+    from securemesh.crypto.keystore import KdfParams
+    from securemesh.sdk._async import AsyncDevice, Auth, Handler, State
+    from securemesh.sdk._message import Message
+
+__all__ = ["Device"]
+
+T = TypeVar("T")
+
+_DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
+
+
+class Device:
+    """A connected device (synchronous API). Create it with :meth:`connect`.
+
+    Use it as a context manager, or call :meth:`close`::
+
+        with Device.connect("/var/lib/sensor", passphrase=secret) as dev:
+            dev.on("sensor.config", on_config)
+            dev.send(dev.parent_id, "sensor.reading", {"celsius": 21.5})
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        device: AsyncDevice,
+    ) -> None:
+        self._loop = loop
+        self._thread = thread
+        self._dev = device
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        self._handlers = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="securemesh-sdk-handler"
+        )
+        self._handler_threads: set[int] = set()
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @staticmethod
+    def enroll(
+        token: str,
+        *,
+        data_dir: str | Path,
+        node_id: str,
+        passphrase: str | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        kdf_params: KdfParams | None = None,
+    ) -> Enrollment:
+        """Enroll this device with a join token (``smj1.…``) into ``data_dir``.
+
+        Generates the device's keys locally (or keeps the ones already in
+        ``data_dir/identity.key`` — the re-enrollment path after the
+        certificate expired), proves possession of the token to the token's
+        server over CurveZMQ, verifies the certificate it gets back against
+        the root named in the token, and writes identity, certificate, trust,
+        revocation list and ``node.toml`` (parent endpoint and key) to
+        ``data_dir``. The passphrase (else ``$SECUREMESH_PASSPHRASE``)
+        encrypts ``identity.key``; ``kdf_params`` sets its Argon2id cost
+        (default: :data:`securemesh.crypto.keystore.DEFAULT_PARAMS`, 128 MiB —
+        pick a smaller memlimit on small devices). Blocking; raises
+        TransportError if no reply comes within ``timeout`` seconds (server
+        unreachable, or a token it does not admit), TokenError if refused.
+        """
+        path = Path(data_dir)
+        return enroll_device(
+            token,
+            data_dir=path,
+            node_id=node_id,
+            passphrase=resolve_passphrase(passphrase, path),
+            timeout=timeout,
+            clock=clock,
+            kdf_params=kdf_params,
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        data_dir: str | Path,
+        *,
+        passphrase: str | None = None,
+        connect_timeout: float | None = 10.0,
+        clock: Callable[[], float] = time.time,
+        renew_fraction: float = 0.5,
+        renew_check_interval: float | None = None,
+    ) -> Device:
+        """Connect the device enrolled in ``data_dir`` to its edge; see :meth:`AsyncDevice.connect`.
+
+        Waits (up to ``connect_timeout`` s; None: do not wait) until the edge
+        answered. ``clock`` (Unix seconds) drives certificate checks,
+        timestamps and renewal; renewal starts at ``renew_fraction`` of the
+        certificate's lifetime and is checked every ``renew_check_interval``
+        seconds (default: 1 % of the lifetime, 0.05..60 s).
+        """
+        import asyncio  # noqa: PLC0415 - lazy: keeps `import securemesh.sdk` small
+
+        from securemesh.sdk._async import AsyncDevice  # noqa: PLC0415
+
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(
+            target=_run_loop, args=(loop,), name="securemesh-sdk-loop", daemon=True
+        )
+        thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            AsyncDevice.connect(
+                data_dir,
+                passphrase=passphrase,
+                connect_timeout=connect_timeout,
+                clock=clock,
+                renew_fraction=renew_fraction,
+                renew_check_interval=renew_check_interval,
+            ),
+            loop,
+        )
+        try:
+            device = future.result()
+        except BaseException:
+            _stop_loop(loop, thread)
+            raise
+        return cls(loop, thread, device)
+
+    def close(self, *, drain_timeout: float | None = 5.0) -> None:
+        """Drain in-flight handlers, disconnect, stop the SDK threads (idempotent)."""
+        if threading.get_ident() in self._handler_threads:
+            raise LocalError("close() cannot be called from a handler (it waits for handlers)")
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        import asyncio  # noqa: PLC0415
+
+        try:
+            if self._loop.is_running():
+                asyncio.run_coroutine_threadsafe(
+                    self._dev.close(drain_timeout=drain_timeout), self._loop
+                ).result()
+        finally:
+            _stop_loop(self._loop, self._thread)
+            self._handlers.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Device:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise TransportClosed("the device is closed")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise LocalError("the synchronous Device API cannot be used on the SDK loop thread")
+        import asyncio  # noqa: PLC0415 - already loaded by connect()
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _in_loop(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+
+        return self._call(run())
+
+    # ---------------------------------------------------------------- messaging
+
+    def send(
+        self,
+        dest: str,
+        msg_type: str,
+        body: object,
+        frames: Sequence[bytes] = (),
+        *,
+        auth: Auth = "signed",
+    ) -> None:
+        """One-way message to node ``dest`` (usually :attr:`parent_id`).
+
+        ``body``: a pydantic model, a dict (canonical JSON, see
+        :mod:`securemesh.sdk._message`) or JSON bytes; ``frames``: raw bytes
+        frames, signed with the envelope. Returns once the message is queued
+        for the edge (SendTimeout if the queue stays full).
+        """
+        self._call(self._dev.send(dest, msg_type, body, frames, auth=auth))
+
+    def request(
+        self,
+        dest: str,
+        msg_type: str,
+        body: object,
+        frames: Sequence[bytes] = (),
+        *,
+        timeout: float | None = None,
+        auth: Auth = "signed",
+    ) -> Message:
+        """Send a REQUEST to ``dest`` and return its verified reply (a :class:`Message`).
+
+        ``timeout`` defaults to ``limits.request_timeout`` of ``node.toml``
+        (10 s); TimeoutError after it, RemoteCallError if the peer's handler
+        refused or failed.
+        """
+        return self._call(
+            self._dev.request(dest, msg_type, body, frames, timeout=timeout, auth=auth)
+        )
+
+    def on(
+        self,
+        msg_type: str,
+        handler: Handler,
+        *,
+        tiers: Iterable[str] | None = _DEFAULT_TIERS,
+        roles: Iterable[str] | None = None,
+    ) -> None:
+        """Call ``handler(msg)`` for verified ``msg_type`` messages (module docstring: threads).
+
+        Only senders of ``tiers`` (default: edge and cloud nodes) and, if
+        given, holding one of ``roles`` are authorized; others are rejected
+        by the node before any handler runs. For a REQUEST, the return value
+        (model, dict, JSON bytes, :class:`Reply` with frames, or None) is the
+        reply; an exception becomes an error reply (``internal``, or a
+        RemoteError's reason).
+        """
+        tier_list = None if tiers is None else list(tiers)
+        role_list = None if roles is None else list(roles)
+
+        def wrapped(msg: Message) -> object:
+            self._handler_threads.add(threading.get_ident())
+            return handler(msg)
+
+        self._in_loop(
+            lambda: self._dev.on_in_executor(
+                msg_type, wrapped, self._handlers, tiers=tier_list, roles=role_list
+            )
+        )
+
+    def renew(self, *, timeout: float | None = None) -> Certificate:
+        """Renew the certificate now (the background task does it at half lifetime)."""
+        return self._call(self._dev.renew(timeout=timeout))
+
+    def on_renewal(self, callback: Callable[[Certificate], None]) -> None:
+        """Call ``callback(new_certificate)`` after each renewal (on the SDK loop thread:
+        keep it tiny, e.g. set a :class:`threading.Event`)."""
+        self._in_loop(lambda: self._dev.on_renewal(callback))
+
+    def wait_connected(self, timeout: float) -> None:
+        """Block until the edge answered our hello (PeerUnavailable after ``timeout``)."""
+        self._call(self._dev.wait_connected(timeout))
+
+    # -------------------------------------------------------------------- facts
+
+    @property
+    def node_id(self) -> str:
+        return self._dev.node_id
+
+    @property
+    def parent_id(self) -> str | None:
+        """The edge's node id (known once connected)."""
+        return self._dev.parent_id
+
+    @property
+    def certificate(self) -> Certificate:
+        """The current verified certificate (replaced on renewal)."""
+        return self._dev.certificate
+
+    @property
+    def state(self) -> State:
+        """``connecting``, ``connected``, ``expired``, ``revoked`` or ``closed``."""
+        return "closed" if self._closed else self._dev.state
+
+    @property
+    def data_dir(self) -> Path:
+        return self._dev.data_dir
+
+    @property
+    def renewals(self) -> int:
+        return self._dev.renewals
+
+    def status(self) -> dict[str, object]:
+        """Node status (peers, counters, rejections, certificate) plus SDK state."""
+        return self._in_loop(self._dev.status)
+
+    @property
+    def async_device(self) -> AsyncDevice:
+        """The AsyncDevice on the SDK loop (only touch it from that loop)."""
+        return self._dev
+
+    def __repr__(self) -> str:
+        return f"Device(node_id={self._dev.node_id!r}, state={self.state!r})"
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    import asyncio  # noqa: PLC0415
+
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(loop.stop)
+    thread.join()

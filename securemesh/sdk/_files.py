@@ -1,0 +1,218 @@
+"""A device's data directory: enrolling into it, loading it, saving renewals.
+
+The layout is the node daemon's (:mod:`securemesh.enroll._state` writes it,
+:mod:`securemesh.node._config` documents it), so a directory enrolled with the
+SDK also works with ``securemesh node run`` and vice versa::
+
+    identity.key      NodeIdentity, encrypted (Argon2id + XChaCha20-Poly1305)
+    node.cert         this device's signed certificate
+    authority.cert    the edge's delegated-authority certificate that issued it (if any)
+    trust.json        the root(s) this device trusts (from the join token)
+    revocation.list   newest signed revocation list seen
+    sequence.state    envelope sequence counter (locked while a Device is open)
+    node.toml         node id, tier, [parent] endpoint + CURVE key (from the token)
+
+Everything here is synchronous and imported lazily by the SDK.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from securemesh.errors import (
+    CertificateExpired,
+    ConfigError,
+    StateFileError,
+)
+
+if TYPE_CHECKING:
+    from securemesh.crypto.certs import Certificate, SignedCertificate, TrustStore
+    from securemesh.crypto.identity import NodeIdentity
+    from securemesh.crypto.keystore import KdfParams
+    from securemesh.node import NodeConfig
+
+__all__ = [
+    "PASSPHRASE_ENV",
+    "DeviceFiles",
+    "Enrollment",
+    "enroll_device",
+    "load_device",
+    "resolve_passphrase",
+    "save_renewal",
+]
+
+PASSPHRASE_ENV = "SECUREMESH_PASSPHRASE"  # noqa: S105 - a variable name
+_MAX_CERT_FILE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """What :meth:`Device.enroll` did (public facts only)."""
+
+    node_id: str
+    tier: str
+    roles: tuple[str, ...]
+    serial: int
+    issuer: str
+    not_after: int
+    data_dir: Path
+    new_keys: bool
+
+
+@dataclass
+class DeviceFiles:
+    """Everything :meth:`Device.connect` loads from the data directory."""
+
+    data_dir: Path
+    config: NodeConfig
+    identity: NodeIdentity
+    certificate: SignedCertificate
+    cert: Certificate
+    authority_certificate: SignedCertificate | None
+    trust: TrustStore
+
+
+def resolve_passphrase(passphrase: str | None, data_dir: Path | None = None) -> str:
+    """The explicit passphrase, else ``$SECUREMESH_PASSPHRASE``; ConfigError if neither."""
+    if passphrase is None:
+        passphrase = os.environ.get(PASSPHRASE_ENV)
+    if not passphrase:
+        where = f" for {data_dir}" if data_dir is not None else ""
+        raise ConfigError(f"no passphrase{where}: pass passphrase=... or set {PASSPHRASE_ENV}")
+    return passphrase
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_CERT_FILE + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} not found: {path} (enroll the device first)") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+    if len(data) > _MAX_CERT_FILE:
+        raise ConfigError(f"{what} {path} is too large")
+    return data
+
+
+def enroll_device(
+    token_text: str,
+    *,
+    data_dir: Path,
+    node_id: str,
+    passphrase: str,
+    timeout: float,
+    clock: Callable[[], float],
+    kdf_params: KdfParams | None,
+) -> Enrollment:
+    """Generate (or keep) keys, enroll over ZeroMQ with the token, write the data dir."""
+    from securemesh.crypto import keystore  # noqa: PLC0415
+    from securemesh.enroll._client import enroll_over_zmq  # noqa: PLC0415 - pyzmq
+    from securemesh.enroll._state import (  # noqa: PLC0415
+        SEQUENCE_FILE,
+        existing_trust,
+        identity_for_enrollment,
+        save_enrollment,
+    )
+    from securemesh.enroll._token import JoinToken  # noqa: PLC0415
+    from securemesh.wire import SequenceCounter  # noqa: PLC0415
+
+    token = JoinToken.decode(token_text.strip())
+    if token.is_expired(clock()):
+        raise ConfigError("this join token has expired: ask for a fresh one")
+    trust = existing_trust(data_dir)
+    identity, created = identity_for_enrollment(
+        data_dir, passphrase, kdf_params=kdf_params or keystore.DEFAULT_PARAMS
+    )
+    # Continue the persisted envelope counter: the server's replay window
+    # remembers a re-enrolling device's node id.
+    try:
+        with SequenceCounter(data_dir / SEQUENCE_FILE) as counter:
+            sequence = counter.next()
+    except StateFileError as exc:
+        raise StateFileError(f"{exc} (close the connected Device before enrolling again)") from exc
+    result = enroll_over_zmq(
+        token, identity, node_id, timeout=timeout, clock=clock, sequence=sequence, trust=trust
+    )
+    save_enrollment(data_dir, token, result)
+    cert = result.cert
+    return Enrollment(
+        node_id=cert.node_id,
+        tier=cert.tier.value,
+        roles=tuple(cert.roles),
+        serial=cert.serial,
+        issuer=cert.issuer,
+        not_after=cert.not_after,
+        data_dir=data_dir,
+        new_keys=created,
+    )
+
+
+def load_device(
+    data_dir: Path, passphrase: str, *, now: float | None = None, sdk_tier_check: bool = True
+) -> DeviceFiles:
+    """Load and verify the data directory; CertificateExpired says: re-enroll."""
+    from securemesh.crypto.certs import SignedCertificate, verify_certificate  # noqa: PLC0415
+    from securemesh.crypto.identity import NodeIdentity  # noqa: PLC0415
+    from securemesh.enroll._state import (  # noqa: PLC0415
+        AUTHORITY_CERT_FILE,
+        IDENTITY_FILE,
+        NODE_CERT_FILE,
+        NODE_TOML,
+        read_trust,
+    )
+    from securemesh.node import load_config  # noqa: PLC0415
+
+    config = load_config(data_dir / NODE_TOML)
+    if config.parent is None or config.listen is not None:
+        raise ConfigError(f"{data_dir / NODE_TOML}: a device connects to a [parent], never listens")
+    if sdk_tier_check and config.tier != "end":
+        raise ConfigError(f"{data_dir / NODE_TOML}: the device SDK runs tier 'end' nodes")
+    identity = NodeIdentity.load(data_dir / IDENTITY_FILE, passphrase)
+    signed = SignedCertificate.from_bytes(_read(data_dir / NODE_CERT_FILE, "certificate"))
+    authority = None
+    if (data_dir / AUTHORITY_CERT_FILE).exists():
+        authority = SignedCertificate.from_bytes(
+            _read(data_dir / AUTHORITY_CERT_FILE, "authority certificate")
+        )
+    trust = read_trust(data_dir)
+    t = time.time() if now is None else now
+    try:
+        cert = verify_certificate(
+            signed, trust=trust, now=t, intermediates=[authority] if authority else []
+        )
+    except CertificateExpired as exc:
+        raise CertificateExpired(
+            f"the device certificate is not valid now ({exc}): re-enroll with a fresh token "
+            "(Device.enroll keeps this data directory and its keys)"
+        ) from exc
+    if cert.public_keys() != identity.public() or cert.node_id != config.node_id:
+        raise ConfigError(f"{data_dir}: node.cert does not belong to identity.key / node.toml")
+    return DeviceFiles(data_dir, config, identity, signed, cert, authority, trust)
+
+
+def save_renewal(
+    data_dir: Path,
+    certificate: SignedCertificate,
+    *,
+    authority_certificate: SignedCertificate | None,
+    revocation_list: bytes | None,
+) -> None:
+    """Persist a renewed certificate (atomic writes; the identity file is untouched)."""
+    from securemesh.crypto import keystore  # noqa: PLC0415
+    from securemesh.enroll._state import (  # noqa: PLC0415
+        AUTHORITY_CERT_FILE,
+        NODE_CERT_FILE,
+        REVOCATION_FILE,
+    )
+
+    if authority_certificate is not None:
+        keystore.write_file_atomic(data_dir / AUTHORITY_CERT_FILE, authority_certificate.to_bytes())
+    keystore.write_file_atomic(data_dir / NODE_CERT_FILE, certificate.to_bytes())
+    if revocation_list is not None:
+        keystore.write_file_atomic(data_dir / REVOCATION_FILE, revocation_list)
