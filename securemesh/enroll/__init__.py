@@ -18,9 +18,11 @@ Pieces (each module's docstring has its theory of operation):
   (:func:`enroll_over_zmq`, synchronous) and the reply envelope helpers.
 * :mod:`~securemesh.enroll._state` — the data directory: ``securemesh init``,
   token issuers, revocation, saving an enrollment.
-* :mod:`~securemesh.enroll._service` — :func:`enrollment_service`, the node
-  daemon service answering ``enroll.request`` and ``cert.renew`` on a
-  :class:`~securemesh.node.MeshNode` (``run_node(..., services=[...])``).
+
+The node daemon puts the server side on the bus (``securemesh.node._enroll``:
+``enroll.request`` as a first-contact type, ``cert.renew``; token keys fed to
+its Directory with :class:`TokenKeySync`), and renews its own certificate with
+:func:`build_renew_request` / :func:`accept_renew_reply`.
 
 ``TokenStore``/``TokenKeySync`` (SQLAlchemy) and ``enroll_over_zmq`` (pyzmq)
 are imported lazily, so a device importing this package for tokens and
@@ -63,7 +65,6 @@ if TYPE_CHECKING:
         request_frames,
         verify_reply,
     )
-    from securemesh.enroll._service import EnrollmentService, enrollment_service
     from securemesh.enroll._store import TokenKeySync, TokenStore
 
 __all__ = [
@@ -78,7 +79,6 @@ __all__ = [
     "EnrollResult",
     "EnrollmentAudit",
     "EnrollmentServer",
-    "EnrollmentService",
     "JoinToken",
     "RenewReply",
     "RenewRequest",
@@ -90,7 +90,6 @@ __all__ = [
     "build_enroll_request",
     "build_renew_request",
     "enroll_over_zmq",
-    "enrollment_service",
     "open_enroll_request",
     "reply_frames",
     "request_frames",
@@ -98,8 +97,6 @@ __all__ = [
 ]
 
 _LAZY = {
-    "EnrollmentService": "securemesh.enroll._service",
-    "enrollment_service": "securemesh.enroll._service",
     "TokenStore": "securemesh.enroll._store",
     "TokenKeySync": "securemesh.enroll._store",
     "MSG_ENROLL_REPLY": "securemesh.enroll._client",
