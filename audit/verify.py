@@ -43,16 +43,18 @@ Any finding raises :class:`~securemesh.errors.LogIntegrityError` whose
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from securemesh.audit import _schema as s
@@ -65,7 +67,7 @@ from securemesh.audit.merkle import (
     peak_ids,
     verify_inclusion,
 )
-from securemesh.audit.store import read_transaction
+from securemesh.audit.store import create_audit_engine, read_transaction
 from securemesh.errors import (
     LocalError,
     LogIntegrityError,
@@ -85,6 +87,52 @@ __all__ = [
 _FETCH: Final = 8192
 _SIG_CHUNK: Final = 1024
 _MAX_STATE_FILE: Final = 64 * 1024
+_PROCESS_THRESHOLD: Final = 100_000
+_PROCESS_RANGE: Final = 25_000
+
+
+def _process_count(
+    processes: int | None, key_resolver: Callable[[str], bytes] | None, to_check: int
+) -> int:
+    if key_resolver is not None:  # a caller's resolver cannot cross a process boundary
+        return 0
+    if processes is not None:
+        return max(0, processes)
+    return (os.cpu_count() or 1) if to_check >= _PROCESS_THRESHOLD else 0
+
+
+def _verify_range(url: str, lo: int, hi: int, registry: dict[str, bytes]) -> list[tuple[int, str]]:
+    """Worker process: check the origin signatures of leaves ``[lo, hi)``."""
+
+    def resolve(origin: str) -> bytes:
+        try:
+            return registry[origin]
+        except KeyError:
+            raise UnknownOrigin(f"origin {origin!r} is not registered") from None
+
+    check = make_fast_verifier(resolve)
+    engine = create_audit_engine(url, pool=False)
+    bad: list[tuple[int, str]] = []
+    after = lo - 1
+    try:
+        while after < hi - 1:
+            with read_transaction(engine) as conn:
+                rows = conn.execute(
+                    select(
+                        s.leaves.c.idx, s.leaves.c.entry, s.leaves.c.leaf_hash, s.leaves.c.event_id
+                    )
+                    .where(s.leaves.c.idx > after, s.leaves.c.idx < hi)
+                    .order_by(s.leaves.c.idx)
+                    .limit(_FETCH)
+                ).all()
+            if not rows:
+                break
+            batch = [(int(r[0]), bytes(r[1]), bytes(r[2]), str(r[3])) for r in rows]
+            bad.extend(check(batch))
+            after = batch[-1][0]
+    finally:
+        engine.dispose()
+    return bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,10 +346,14 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     threads: int = 2,
     fetch_batch: int = _FETCH,
     recheck_signatures: bool = False,
+    processes: int | None = None,
 ) -> VerifyReport:
     """Verify the whole log stored behind ``engine``; see the module docstring.
 
-    ``key_resolver`` defaults to the database's origin registry. With a
+    ``key_resolver`` defaults to the database's origin registry. Signatures are
+    checked on ``threads`` threads, or — by default for logs of at least
+    100,000 entries checked against the registry — in ``processes`` worker
+    processes (default: one per core) that read their own index ranges. With a
     ``last_seen`` checkpoint, origin signatures of the entries below its size
     were checked by this client before and are not checked again (unless
     ``recheck_signatures``): the recomputed root at that size must equal the
@@ -328,6 +380,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
                 s.sequencer.c.id == s.SEQUENCER_ROW_ID
             )
         ).one_or_none()
+        top = conn.execute(select(func.max(s.leaves.c.idx))).scalar_one_or_none()
+    max_idx = -1 if top is None else int(top)
 
     # --- tree heads: signatures first (a head we cannot trust checks nothing)
     heads: list[_Head] = []
@@ -398,12 +452,28 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
             root_at_seen = cr.root()
         close_heads_upto(cr.size)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    n_procs = _process_count(processes, key_resolver, max_idx + 1 - skip_below)
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, threads)))
+        if n_procs:
+            # Large logs: signature checks in worker processes that read their
+            # own index ranges (no GIL to share); this process only hashes.
+            procs = stack.enter_context(
+                ProcessPoolExecutor(max_workers=n_procs, mp_context=mp.get_context("spawn"))
+            )
+            url = engine.url.render_as_string(hide_password=False)
+            for lo in range(skip_below, max_idx + 1, _PROCESS_RANGE):
+                hi = min(lo + _PROCESS_RANGE, max_idx + 1)
+                pending.append(procs.submit(_verify_range, url, lo, hi, registry))
+                signatures += hi - lo
         for rows in _stream_leaves(engine, fetch_batch):
-            to_check = rows if rows[0][0] >= skip_below else [r for r in rows if r[0] >= skip_below]
-            for lo in range(0, len(to_check), _SIG_CHUNK):
-                pending.append(pool.submit(check_sigs, to_check[lo : lo + _SIG_CHUNK]))
-                signatures += min(_SIG_CHUNK, len(to_check) - lo)
+            if not n_procs:
+                to_check = (
+                    rows if rows[0][0] >= skip_below else [r for r in rows if r[0] >= skip_below]
+                )
+                for lo in range(0, len(to_check), _SIG_CHUNK):
+                    pending.append(pool.submit(check_sigs, to_check[lo : lo + _SIG_CHUNK]))
+                    signatures += min(_SIG_CHUNK, len(to_check) - lo)
             for idx, entry, stored, _ in rows:
                 while expected < idx:  # a gap: deleted row(s)
                     findings.entry(expected, "missing (row deleted)")
@@ -417,7 +487,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
                     findings.entry(idx, "stored leaf hash does not match the entry bytes")
                 push(idx, h)
                 expected += 1
-            drain(8)
+            if not n_procs:
+                drain(8)
         drain(0)
 
     size = expected

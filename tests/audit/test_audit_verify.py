@@ -279,3 +279,23 @@ def test_incremental_verify_still_catches_old_entries(
             last_seen=seen,
             recheck_signatures=True,
         )
+
+
+@pytest.mark.slow
+def test_worker_processes_find_the_same_entries(
+    log: AuditLog, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    """The multi-process signature path (used for large logs) names the same entries."""
+    forged = make_events(edge_signers["edge-2"], "edge-1", 1, start=20_000)[0].to_bytes()
+    _sql(
+        log,
+        update(s.leaves)
+        .where(s.leaves.c.idx == 333)
+        .values(entry=forged, leaf_hash=hashlib.sha256(b"\x00" + forged).digest()),
+    )
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(
+            log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin, processes=2
+        )
+    assert info.value.entries == [333]
+    assert "entry is not the event this row was appended for" in str(info.value)
