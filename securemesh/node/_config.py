@@ -153,6 +153,12 @@ class NodeConfig(_Strict):
     services: list[
         Annotated[str, Field(max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
     ] = Field(default_factory=list, max_length=64)
+    #: Renew the certificate over the bus once this fraction of its lifetime passed.
+    auto_renew: bool = True
+    renew_fraction: float = Field(default=0.5, ge=0.05, le=0.95)
+    #: Node id that answers ``cert.renew`` for root-issued certificates (default:
+    #: the cloud node learned from the parent's hello).
+    authority_node: NodeId | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)

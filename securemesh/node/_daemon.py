@@ -291,6 +291,62 @@ class _Daemon:
         self.files = files
         self._peers_mtime = -1.0
         self._rl_mtime = -1.0
+        self.token_sync: Any = None
+
+    def enable_enrollment(self, state: NodeState, passphrase: str) -> None:
+        """Serve enrollment if this data dir holds an authority (cloud) or a delegation (edge)."""
+        root_dir = self.files.data_dir / "authority"
+        delegated = self.files.delegation_certificate.exists()
+        if not (root_dir / "authority.json").exists() and not delegated:
+            return
+        from securemesh.crypto.certs import Authority, DelegatedAuthority  # noqa: PLC0415
+        from securemesh.enroll import EnrollmentServer, TokenKeySync, TokenStore  # noqa: PLC0415
+        from securemesh.node._enroll import serve_enrollment  # noqa: PLC0415
+
+        node = self.node
+        authority: Authority | DelegatedAuthority
+        if (root_dir / "authority.json").exists():
+            try:
+                authority = Authority.load(root_dir, passphrase)
+            except KeyStoreError as exc:
+                raise ConfigError(f"authority in {root_dir}: {exc}") from exc
+        else:
+            authority = DelegatedAuthority(
+                _read_small(self.files.delegation_certificate, "delegation certificate"),
+                state.identity.signer,
+            )
+
+        def current_list() -> SignedRevocationList:
+            blob = node.revocation_list_bytes
+            if blob is not None:
+                return SignedRevocationList.from_bytes(blob)
+            if isinstance(authority, Authority):
+                return authority.revocation_list
+            raise ConfigError("no revocation list installed yet")
+
+        store = TokenStore.in_dir(self.files.data_dir)
+        server = EnrollmentServer(
+            authority,
+            store,
+            server_certificate=node.signed_certificate,
+            trust=node.directory.trust,
+            revocation_list=current_list,
+        )
+        node.on_certificate.append(server.set_server_certificate)
+        self.token_sync = TokenKeySync(store)
+        self.token_sync.refresh(node.directory)
+        serve_enrollment(
+            node,
+            server,
+            upstream=self.config.authority_node,
+            on_enrolled=lambda _node_id: (
+                self.token_sync.refresh(node.directory) if self.token_sync is not None else None
+            ),
+        )
+        log.info(
+            "enrollment enabled",
+            extra={"event": "enrollment_enabled", "authority": authority.authority_id},
+        )
 
     def write_status(self, *, state: str) -> None:
         status = self.node.status()
@@ -350,6 +406,8 @@ class _Daemon:
             log.warning("revocation list refused", extra={"event": "rl_refused", "error": str(exc)})
 
     async def tick(self) -> None:
+        if self.token_sync is not None:
+            self.token_sync.refresh(self.node.directory)
         self.admit_peers()
         await self.sync_revocation_list()
         self.write_status(state="running")
@@ -392,7 +450,7 @@ def _installed_version(node: MeshNode) -> int | None:
     return max(versions) if versions else None
 
 
-async def run_node(
+async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     config: NodeConfig,
     *,
     passphrase: str,
@@ -431,9 +489,22 @@ async def run_node(
         await transport.close()
         counter.close()
         raise ConfigError(f"cannot start node: {exc}") from exc
+    if files.revocation_list.exists():
+        version = _version_of(files.revocation_list)
+        if version is not None:
+            node._note_revocation_list(version, _read_small(files.revocation_list, "list"))
+    node.on_certificate.append(
+        lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
+    )
+    daemon = _Daemon(config, node, files)
+    try:
+        daemon.enable_enrollment(state, passphrase)
+    except SecureMeshError:
+        await transport.close()
+        counter.close()
+        raise
     for service in [*load_services(config.services), *services]:
         service(node)
-    daemon = _Daemon(config, node, files)
     daemon.admit_peers()
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

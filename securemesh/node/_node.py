@@ -319,6 +319,8 @@ class MeshNode:
         self._draining = False
         self._started_at = clock()
         self._stopped = False
+        #: Called with our new signed certificate after a renewal (the daemon saves it).
+        self.on_certificate: list[Callable[[SignedCertificate], None]] = []
         #: The newest signed revocation list this node installed (to persist it).
         self.revocation_list_bytes: bytes | None = None
         self.revocation_list_version: int | None = None
@@ -430,6 +432,64 @@ class MeshNode:
             if not fut.done():
                 fut.cancel()
         await self.transport.close()
+
+    # ---------------------------------------------------------- certificate
+
+    @property
+    def signed_certificate(self) -> SignedCertificate:
+        """This node's current signed certificate (changes on renewal)."""
+        return self._signed_cert
+
+    @property
+    def authority_certificate(self) -> SignedCertificate | None:
+        """The delegated-authority certificate that issued ours, if a delegate did."""
+        return self._authority_cert
+
+    def _renewal_target(self) -> str | None:
+        issuer = self.certificate.issuer
+        if self.directory.trust.root_key(issuer) is None:
+            return issuer  # a delegated authority: an edge's node id
+        if self.config.authority_node is not None:
+            return self.config.authority_node
+        for text in self._upstream_certs:
+            try:
+                cert = SignedCertificate.from_bytes(b64d(text)).unverified_certificate()
+            except RemoteError:
+                continue
+            if cert.tier is Tier.CLOUD and cert.node_id != self.node_id:
+                return cert.node_id
+        return None
+
+    def renewal_due(self) -> bool:
+        """True once ``renew_fraction`` of the certificate's lifetime has passed."""
+        cert = self.certificate
+        due = cert.not_before + self.config.renew_fraction * (cert.not_after - cert.not_before)
+        return self._clock() >= due
+
+    async def renew_certificate(self, *, timeout: float | None = None) -> SignedCertificate:
+        """Renew our certificate over the bus (``cert.renew``) and announce it to neighbours."""
+        from securemesh.enroll import (  # noqa: PLC0415 - keep the import of the node light
+            MSG_CERT_RENEW,
+            RenewReply,
+            accept_renew_reply,
+            build_renew_request,
+        )
+
+        dest = self._renewal_target()
+        if dest is None or dest == self.node_id:
+            raise LocalError("no authority to renew with (set authority_node in node.toml)")
+        reply = await self.request(
+            dest, MSG_CERT_RENEW, build_renew_request(self._signed_cert), timeout=timeout
+        )
+        signed = accept_renew_reply(
+            self._identity,
+            self._signed_cert,
+            reply.body(RenewReply),
+            self.directory.trust,
+            self._clock(),
+        )
+        await self.install_certificate(signed)
+        return signed
 
     # ---------------------------------------------------------------- sending
 
@@ -618,6 +678,8 @@ class MeshNode:
         self._signed_cert = certificate
         if authority_certificate is not None:
             self._authority_cert = authority_certificate
+        for callback in list(self.on_certificate):
+            callback(certificate)
         if self._parent_link is not None and self.parent_ready.is_set():
             await self._hello_parent()
         if self._children:
@@ -1169,9 +1231,36 @@ class MeshNode:
                         "parent link not answering",
                         extra={"event": "parent_down", "error": repr(exc)},
                     )
+                if (
+                    self.config.auto_renew
+                    and not self._parent_failures
+                    and self.parent_ready.is_set()
+                    and self.renewal_due()
+                ):
+                    await self._try_renew()
             self._purge()
             delay = interval if self.parent_ready.is_set() or self._parent_link is None else 0.5
             await asyncio.sleep(min(delay, interval))
+
+    async def _try_renew(self) -> None:
+        try:
+            await self.renew_certificate()
+        except (TimeoutError, SecureMeshError) as exc:
+            expired = self._clock() >= self.certificate.not_after
+            log.warning(
+                "certificate renewal failed"
+                + ("; re-enroll with a fresh token" if expired else ""),
+                extra={"event": "cert_renew_failed", "error": repr(exc), "expired": expired},
+            )
+            return
+        log.info(
+            "certificate renewed",
+            extra={
+                "event": "cert_renewed",
+                "serial": self.certificate.serial,
+                "not_after": self.certificate.not_after,
+            },
+        )
 
     def _purge(self) -> None:
         now = self._clock()

@@ -125,6 +125,7 @@ def build_node(
     known: Iterable[Member] = (),
     policy: dict[str, Any] | None = None,
     clock: Callable[[], float] | None = None,
+    authority_certificate: Any = None,
     **config: Any,
 ) -> Built:
     clk = clock or time.time
@@ -159,7 +160,14 @@ def build_node(
         event.set()
 
     node = MeshNode(
-        cfg, member.identity, member.cert, directory, transport, clock=clk, audit_hook=hook
+        cfg,
+        member.identity,
+        member.cert,
+        directory,
+        transport,
+        clock=clk,
+        audit_hook=hook,
+        authority_certificate=authority_certificate,
     )
     return Built(node, member, rejections, event)
 

@@ -1,0 +1,104 @@
+"""Enrollment and renewal on a running node: the wiring between MeshNode and securemesh.enroll.
+
+Theory of operation
+-------------------
+:mod:`securemesh.enroll` holds the protocol and the pure server logic
+(:class:`~securemesh.enroll.EnrollmentServer`); this module puts it on the bus:
+
+* ``enroll.request`` is registered as a *first-contact* type: a join-token
+  peer (its CURVE key admitted by :class:`~securemesh.enroll.TokenKeySync`
+  through :meth:`Directory.admit_token_key`) may send it, self-signed by the
+  new identity key that its body declares (the pipeline checks the envelope
+  against that key). The handler passes the request, the verified sender and
+  the transport-authenticated CURVE key to
+  :meth:`EnrollmentServer.handle_enroll` (token proof, one-time use, tier and
+  roles from the token), learns the issued certificate in the directory (so
+  the node can connect with its own key right away) and retires the token key.
+* An edge that does not hold the token (``TokenError``) and has an
+  ``upstream`` (the cloud's node id) relays the request body to the cloud in
+  its own SIGNED ``enroll.request`` and relays the reply; the cloud accepts
+  ``enroll.request`` from certified ``edge`` nodes (without a CURVE binding:
+  the token proof and the self-signature in the body still bind it).
+* ``cert.renew`` from any certified node is answered by
+  :meth:`EnrollmentServer.handle_renew` (valid, unrevoked, issued here).
+
+The client side of renewal (a node renewing its own certificate at half its
+lifetime) is :meth:`MeshNode.renew_certificate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from securemesh.errors import AuthenticationError, TokenError
+from securemesh.policy import AllowTypes
+
+if TYPE_CHECKING:
+    from securemesh.enroll import EnrollmentServer, EnrollReply, RenewReply
+    from securemesh.node._node import MeshNode
+    from securemesh.node._pipeline import VerifiedMessage
+
+__all__ = ["serve_enrollment"]
+
+
+def serve_enrollment(
+    node: MeshNode,
+    server: EnrollmentServer,
+    *,
+    upstream: str | None = None,
+    on_enrolled: Callable[[str], object] | None = None,
+) -> None:
+    """Answer ``enroll.request`` (first contact, or relayed by an edge) and ``cert.renew``."""
+    from securemesh.enroll import (  # noqa: PLC0415 - keep securemesh.node light
+        MSG_CERT_RENEW,
+        MSG_ENROLL_REQUEST,
+        EnrollReply,
+        EnrollRequest,
+        RenewRequest,
+    )
+
+    def declared_key(body: bytes) -> bytes:
+        return EnrollRequest.model_validate_json(body, strict=True).verify_key
+
+    def learn(certificate: bytes, issuer: bytes | None) -> None:
+        inters = [] if issuer is None else [issuer]
+        node.directory.add_certificate(certificate, intermediates=inters)
+
+    async def on_enroll(msg: VerifiedMessage) -> EnrollReply:
+        request = msg.body(EnrollRequest)
+        if msg.first_contact:
+            if request.node_id != msg.sender:
+                raise AuthenticationError("the envelope sender is not the requested node id")
+            try:
+                reply = server.handle_enroll(
+                    request,
+                    self_signature_verified_with=request.verify_key,
+                    sender=msg.sender,
+                    peer_curve_key=msg.peer,
+                )
+            except TokenError:
+                if upstream is None or upstream == node.node_id:
+                    raise
+                relayed = await node.request(upstream, MSG_ENROLL_REQUEST, request)
+                reply = relayed.body(EnrollReply)
+            node.directory.retire_token_key(msg.peer)
+        else:
+            reply = server.handle_enroll(request, peer_curve_key=None)
+        learn(reply.certificate, reply.issuer_certificate)
+        if on_enrolled is not None:
+            on_enrolled(request.node_id)
+        return reply
+
+    async def on_renew(msg: VerifiedMessage) -> RenewReply:
+        reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
+        learn(reply.certificate, reply.issuer_certificate)
+        return reply
+
+    node.on(
+        MSG_ENROLL_REQUEST,
+        on_enroll,
+        policy=AllowTypes(types=[MSG_ENROLL_REQUEST], tiers=["edge"]),
+        first_contact=declared_key,
+    )
+    node.on(MSG_CERT_RENEW, on_renew, policy=AllowTypes(types=[MSG_CERT_RENEW]))
