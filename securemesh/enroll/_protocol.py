@@ -519,6 +519,25 @@ class EnrollmentServer:
         """Use a renewed certificate of the answering node from now on."""
         self._server_cert = certificate
 
+    def set_delegated_authority(self, authority: DelegatedAuthority) -> None:
+        """Issue with a renewed delegation certificate from now on (same edge, same root)."""
+        current = self._authority
+        if not isinstance(current, DelegatedAuthority) or not isinstance(
+            authority, DelegatedAuthority
+        ):
+            raise LocalError("only a delegated authority can be replaced")
+        old, new = (
+            current.certificate.unverified_certificate(),
+            (authority.certificate.unverified_certificate()),
+        )
+        if (new.node_id, new.issuer, new.public_keys()) != (
+            old.node_id,
+            old.issuer,
+            old.public_keys(),
+        ):
+            raise LocalError("the new delegation belongs to another edge or root")
+        self._authority = authority
+
     def _trust_now(self) -> TrustStore:
         if isinstance(self._authority, Authority):
             # Always the current list (revocations take effect at once).

@@ -412,3 +412,43 @@ def test_signed_certificate_type_accepted_by_renew(mesh: Mesh) -> None:
     assert (
         SignedCertificate.from_bytes(reply.certificate).unverified_certificate().node_id == "dev-1"
     )
+
+
+def test_delegation_and_root_self_renewal(
+    mesh: Mesh, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    edge, edge_result, da, _store, server = _delegated_edge(mesh, tmp_path_factory)
+    # The edge renews its delegated-authority certificate at the root like any other.
+    assert edge_result.authority_certificate is not None
+    reply = mesh.server.handle_renew(
+        build_renew_request(edge_result.authority_certificate), sender="edge-1", now=NOW + 100
+    )
+    renewed = accept_renew_reply(
+        edge, edge_result.authority_certificate, reply, edge_result.trust, NOW + 101
+    )
+    assert renewed.unverified_certificate().delegation is not None
+    server.set_delegated_authority(DelegatedAuthority(renewed, edge.signer))
+    token = server.tokens.create(
+        authority_id="mesh",
+        root_key=mesh.authority.verify_key,
+        server_key=edge.curve_public,
+        server_id="edge-1",
+        endpoint="tcp://127.0.0.1:7101",
+        issuer="edge-1",
+        tier="end",
+        ttl_s=600,
+        now=NOW,
+    )
+    device = NodeIdentity.generate()
+    out = server.handle_enroll(build_enroll_request(token, device, "dev-2"), now=NOW + 102)
+    assert out.issuer_certificate == renewed.to_bytes()
+    from securemesh.errors import LocalError
+
+    with pytest.raises(LocalError):
+        mesh.server.set_delegated_authority(da)  # the root is not a delegate
+    # The cloud has no parent: it renews its own certificate with its own server.
+    own = mesh.server.handle_renew(build_renew_request(mesh.cloud_cert), now=NOW + 5)
+    cloud_new = accept_renew_reply(
+        mesh.cloud, mesh.cloud_cert, own, mesh.authority.trust_store(), NOW + 6
+    )
+    assert cloud_new.unverified_certificate().node_id == "cloud-1"
