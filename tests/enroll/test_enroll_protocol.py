@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 
 import pytest
-from conftest import NOW, Mesh
+from enroll_fixtures import NOW, Mesh
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError

@@ -6,7 +6,7 @@ import dataclasses
 import time
 
 import pytest
-from conftest import NOW, Mesh
+from enroll_fixtures import NOW, Mesh
 from enroll_support import running_endpoint
 
 from securemesh.crypto import Authority, NodeIdentity, Tier
