@@ -584,9 +584,16 @@ class EnrollmentServer:
         t = self._clock() if now is None else now
         record: TokenRecord | None = None
         try:
-            record = self._check_enroll(
-                request, self_signature_verified_with, sender, peer_curve_key, t
+            record = self._tokens.get(request.token_id)
+            self._check_enroll(
+                request,
+                record,
+                envelope_key=self_signature_verified_with,
+                sender=sender,
+                peer_curve_key=peer_curve_key,
+                now=t,
             )
+            assert record is not None  # _check_enroll refuses unknown tokens
             reply = self._issue(request, record, t)
         except (RemoteError, LocalError) as exc:
             self._emit(
@@ -623,12 +630,13 @@ class EnrollmentServer:
     def _check_enroll(
         self,
         request: EnrollRequest,
+        record: TokenRecord | None,
+        *,
         envelope_key: bytes | None,
         sender: str | None,
         peer_curve_key: bytes | None,
         now: float,
-    ) -> TokenRecord:
-        record = self._tokens.get(request.token_id)
+    ) -> None:
         if record is None:
             raise TokenError("unknown join token")
         transcript = request.transcript()
@@ -654,7 +662,6 @@ class EnrollmentServer:
         known = self._tokens.node_key(request.node_id)
         if known is not None and not hmac.compare_digest(known, request.verify_key):
             raise TokenError(f"node id {request.node_id!r} is enrolled with other keys")
-        return record
 
     def _issue(self, request: EnrollRequest, record: TokenRecord, now: float) -> EnrollReply:
         keys = request.public_keys()

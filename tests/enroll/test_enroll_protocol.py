@@ -96,6 +96,9 @@ def test_token_is_one_time(mesh: Mesh) -> None:
         mesh.server.handle_enroll(build_enroll_request(token, other, "dev-2"))
     assert [a.outcome for a in mesh.audits] == ["success", "failure", "failure"]
     assert mesh.audits[-1].reason == "bad_token"
+    assert (mesh.audits[-1].tier, mesh.audits[-1].roles) == ("end", ("sensor",))
+    event = mesh.audits[-1].to_event(origin="cloud-1", now=NOW)
+    assert (event.outcome, event.details["reason"]) == ("failure", "bad_token")
 
 
 def test_expired_token(mesh: Mesh) -> None:
