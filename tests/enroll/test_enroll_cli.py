@@ -305,3 +305,31 @@ def test_parse_duration() -> None:
     for bad in ("", "0", "1y", "-1h", "h"):
         with pytest.raises(ConfigError):
             parse_duration(bad)
+
+
+def test_real_process_token_capture(tmp_path: Path) -> None:
+    """As a shell script uses it: `TOKEN=$(securemesh token create ...)` captures only the token."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SECUREMESH_PASSPHRASE": PASS}
+    data = tmp_path / "cloud"
+    init = subprocess.run(
+        [sys.executable, "-m", "securemesh", "init", "--data-dir", str(data)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert init.stdout == ""
+    created = subprocess.run(
+        [sys.executable, "-m", "securemesh", "token", "create", "--data-dir", str(data),
+         "--tier", "end", "--ttl", "10m"],
+        capture_output=True, text=True, env={k: v for k, v in env.items()
+                                             if k != "SECUREMESH_PASSPHRASE"},
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr  # no passphrase needed
+    assert created.stdout.count("\n") == 1
+    token = JoinToken.decode(created.stdout)
+    assert token.server_id == "cloud-1"
+    assert token.token_id.hex() in created.stderr
