@@ -636,10 +636,22 @@ class MeshNode:
             try:
                 await link.send(frames, timeout)
                 sent += 1
+            except PeerUnavailable:
+                self.metrics.send_failures += 1
+                self._drop_child(link)  # disconnected: it says hello again when back
             except TransportError:
                 self.metrics.send_failures += 1
         self.metrics.sent += sent
         return sent
+
+    def _drop_child(self, link: _Link) -> None:
+        if self._children.get(link.peer) is link:
+            del self._children[link.peer]
+        if link.node_id is not None and self._direct.get(link.node_id) is link:
+            del self._direct[link.node_id]
+        for node_id, routed in list(self._routes.items()):
+            if routed is link:
+                del self._routes[node_id]
 
     async def publish_revocation(self, revocation_list: bytes) -> int:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
@@ -733,22 +745,30 @@ class MeshNode:
             self._children[peer] = link
         return link
 
-    async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
-        env = msg.envelope
-        sender = env.sender
+    def _link_of(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> _Link:
+        """The link a verified message came on; learns direct peers and routes."""
         if from_parent:
             link = self._parent_link
             assert link is not None
-        else:
-            link = self._child_link(channel, msg.peer)
-            if not msg.first_contact:
-                if not msg.relayed:
-                    link.node_id = sender
-                    self._direct[sender] = link
-                if self._routes.get(sender) is not link:
-                    self._routes[sender] = link
-                    if msg.relayed or env.msg_type != NODE_HELLO:
-                        self._spawn(self._announce_nodes([sender]))
+            return link
+        if msg.first_contact:
+            # a join-token peer is not a child: no routes, no broadcasts; its
+            # reply goes back on a throwaway link
+            return _Link(channel, msg.peer, is_parent=False, now=self._clock())
+        sender = msg.envelope.sender
+        link = self._child_link(channel, msg.peer)
+        if not msg.relayed:
+            link.node_id = sender
+            self._direct[sender] = link
+        if self._routes.get(sender) is not link:
+            self._routes[sender] = link
+            if msg.relayed or msg.envelope.msg_type != NODE_HELLO:
+                self._spawn(self._announce_nodes([sender]))
+        return link
+
+    async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
+        env = msg.envelope
+        link = self._link_of(msg, channel, from_parent)
         link.last_seen = self._clock()
         msg.link = link
         recipient = env.recipient

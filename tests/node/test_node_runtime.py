@@ -348,3 +348,20 @@ def test_status_snapshot(kit: Kit) -> None:
             json.dumps(status)
 
     run(main())
+
+
+def test_disconnected_children_are_dropped_and_come_back_with_hello(kit: Kit) -> None:
+    async def main() -> None:
+        async with tree(kit) as t:
+            got: list[str] = []
+            t.dev1.node.on("app.news", collector(got))
+            await t.dev2.node.stop(0.1)
+            await t.cloud.node.broadcast("app.news", Echo(text="one"))
+            await wait_for(lambda: got == ["one"])
+            await wait_for(lambda: len(t.edge1.node._children) == 1)
+            assert "dev-2" not in t.edge1.node._routes
+            t.cloud.node.on("app.echo", echo_handler("cloud"))
+            reply = await t.dev1.node.request("cloud-1", "app.echo", Echo(text="x"), timeout=5)
+            assert reply.body(Echo).text == "cloud:x:dev-1"
+
+    run(main())
