@@ -160,6 +160,39 @@ def _token_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_withdraw(args: argparse.Namespace) -> int:
+    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
+
+    data_dir = _data_dir(args)
+    if not (data_dir / DEFAULT_TOKEN_DB).exists():
+        raise ConfigError(f"{data_dir} has no token store")
+    try:
+        token_id = bytes.fromhex(args.token_id)
+    except ValueError as exc:
+        raise ConfigError("a token id is 32 hex digits (see `token list`)") from exc
+    with TokenStore.in_dir(data_dir) as store:
+        withdrawn = store.revoke(token_id)
+    print(
+        f"token {args.token_id} "
+        + ("withdrawn" if withdrawn else "was not usable (unknown, used or expired)"),
+        file=sys.stderr,
+    )
+    return 0 if withdrawn else 1
+
+
+def _token_prune(args: argparse.Namespace) -> int:
+    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
+
+    data_dir = _data_dir(args)
+    if not (data_dir / DEFAULT_TOKEN_DB).exists():
+        raise ConfigError(f"{data_dir} has no token store")
+    with TokenStore.in_dir(data_dir) as store:
+        keep = 0 if args.keep_used.strip() in {"0", "0s"} else parse_duration(args.keep_used)
+        removed = store.prune_expired(keep_used_s=keep)
+    print(f"removed {removed} expired token record(s)", file=sys.stderr)
+    return 0
+
+
 def _revoke(args: argparse.Namespace) -> int:
     from securemesh.enroll._state import REVOCATION_FILE, revoke_node  # noqa: PLC0415
 
@@ -229,7 +262,7 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``init``, ``token create|list``, ``revoke`` and ``enroll``."""
+    """Add ``init``, ``token create|list|withdraw|prune``, ``revoke`` and ``enroll``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")
     secret = argparse.ArgumentParser(add_help=False)
@@ -274,6 +307,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = token_sub.add_parser("list", parents=[common], help="list usable tokens (JSON lines)")
     listing.add_argument("--all", action="store_true", help="include used and expired tokens")
     listing.set_defaults(func=_token_list)
+    withdraw = token_sub.add_parser(
+        "withdraw", parents=[common], help="make an unused token unusable at once"
+    )
+    withdraw.add_argument("token_id", metavar="TOKEN_ID", help="hex id from `token list`")
+    withdraw.set_defaults(func=_token_withdraw)
+    prune = token_sub.add_parser("prune", parents=[common], help="delete records of expired tokens")
+    prune.add_argument(
+        "--keep-used",
+        default="30d",
+        metavar="DURATION",
+        help="keep used tokens' records this long after expiry (who enrolled with what)",
+    )
+    prune.set_defaults(func=_token_prune)
 
     revoke = subparsers.add_parser(
         "revoke", parents=[common, secret], help="revoke nodes: write a new signed revocation list"

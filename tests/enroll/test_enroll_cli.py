@@ -333,3 +333,26 @@ def test_real_process_token_capture(tmp_path: Path) -> None:
     token = JoinToken.decode(created.stdout)
     assert token.server_id == "cloud-1"
     assert token.token_id.hex() in created.stderr
+
+
+def test_token_withdraw_and_prune(cloud: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "token", "create", "--data-dir", str(cloud), "--tier", "end")
+    assert code == 0
+    tid = JoinToken.decode(out).token_id.hex()
+    code, _, err = _run(capsys, "token", "withdraw", tid, "--data-dir", str(cloud))
+    assert code == 0, err
+    assert "withdrawn" in err
+    code, _, err = _run(capsys, "token", "withdraw", tid, "--data-dir", str(cloud))
+    assert code == 1
+    code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud))
+    assert out == ""  # no usable tokens
+    code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud), "--all")
+    assert json.loads(out)["state"] == "expired"
+    code, _, err = _run(capsys, "token", "prune", "--data-dir", str(cloud), "--keep-used", "0")
+    assert code == 0
+    assert "removed 1" in err
+    code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud), "--all")
+    assert out == ""
+    code, _, err = _run(capsys, "token", "withdraw", "xyz", "--data-dir", str(cloud))
+    assert code == 1
+    assert "hex" in err
