@@ -36,6 +36,10 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     authority.cert      delegated-authority certificate of the issuer (optional)
     peers/*.cert        certificates of nodes to admit before they say hello (optional)
     sequence.state      the envelope sequence counter (created)
+    replay.json         replay high-water marks per sender (saved every 30 s and at stop)
+    tokens.db           join tokens (cloud, or an edge with delegation.cert; see securemesh.enroll)
+    delegation.cert     this edge's own delegated-authority certificate (optional)
+    authority/          cloud only: the root authority (securemesh init)
     ready               written when the node is listening/connected (removed on stop)
     status.json         refreshed every status_interval seconds
 """

@@ -85,6 +85,8 @@ log = logging.getLogger("securemesh.daemon")
 
 PASSPHRASE_ENV = "SECUREMESH_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_SMALL_FILE = 4 * 1024 * 1024
+#: Seconds between saves of the replay high-water marks while running (and at stop).
+REPLAY_SAVE_INTERVAL = 30.0
 
 #: ``service(node)`` registers handlers on a node before it starts.
 Service = Callable[[MeshNode], None]
@@ -130,6 +132,11 @@ class NodeFiles:
         return self.data_dir / "sequence.state"
 
     @property
+    def replay(self) -> Path:
+        """Replay high-water marks per sender, so a restart does not reopen old numbers."""
+        return self.data_dir / "replay.json"
+
+    @property
     def ready(self) -> Path:
         return self.data_dir / "ready"
 
@@ -163,6 +170,28 @@ def _read_small(path: Path, what: str) -> bytes:
     if len(data) > _MAX_SMALL_FILE:
         raise ConfigError(f"{what} {path} is too large")
     return data
+
+
+def load_replay_marks(path: Path) -> dict[str, int]:
+    """``replay.json`` ({node id: highest sequence}); empty if missing, ConfigError if corrupt."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(_read_small(path, "replay state"))
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        marks: dict[str, int] = {}
+        for key, value in data.items():
+            if not isinstance(key, str) or type(value) is not int or not 0 <= value < 2**64:
+                raise ValueError("entries are node id -> u64")
+            marks[key] = value
+    except ValueError as exc:
+        raise ConfigError(f"replay state {path} is corrupt: {exc}") from exc
+    return marks
+
+
+def save_replay_marks(path: Path, marks: dict[str, int]) -> None:
+    keystore.write_file_atomic(path, json.dumps(marks, sort_keys=True).encode(), mode=0o600)
 
 
 def load_passphrase(config: NodeConfig) -> str:
@@ -292,6 +321,7 @@ class _Daemon:
         self._peers_mtime = -1.0
         self._rl_mtime = -1.0
         self.token_sync: Any = None
+        self._replay_saved = time.monotonic()
 
     def enable_enrollment(self, state: NodeState, passphrase: str) -> None:
         """Serve enrollment if this data dir holds an authority (cloud) or a delegation (edge)."""
@@ -406,6 +436,10 @@ class _Daemon:
             log.warning("revocation list refused", extra={"event": "rl_refused", "error": str(exc)})
 
     async def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._replay_saved >= REPLAY_SAVE_INTERVAL:
+            self._replay_saved = now
+            save_replay_marks(self.files.replay, self.node.replay_high_water_marks())
         if self.token_sync is not None:
             self.token_sync.refresh(self.node.directory)
         self.admit_peers()
@@ -484,6 +518,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             transport,
             sequence=counter.next,
             authority_certificate=state.authority_certificate,
+            replay_restore=load_replay_marks(files.replay),
         )
     except (LocalError, CertificateError) as exc:
         await transport.close()
@@ -532,6 +567,8 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
         with contextlib.suppress(FileNotFoundError):
             files.ready.unlink()
         await node.stop(config.limits.drain_timeout)
+        with contextlib.suppress(SecureMeshError, OSError):
+            save_replay_marks(files.replay, node.replay_high_water_marks())
         with contextlib.suppress(SecureMeshError, OSError):
             daemon.write_status(state="stopped")
         counter.close()

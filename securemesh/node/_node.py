@@ -79,7 +79,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -249,6 +249,7 @@ class MeshNode:
         sequence: Callable[[], int] | None = None,
         authority_certificate: SignedCertificate | None = None,
         rng: Callable[[int], bytes] = os.urandom,
+        replay_restore: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self._identity = identity
@@ -277,7 +278,9 @@ class MeshNode:
         )
         self.metrics = Metrics(audit_hook=audit_hook, log_window=lim.log_window)
         self._replay = ReplayGuard(
-            max_senders=lim.max_senders, max_skew_ms=int(lim.max_clock_skew * 1000)
+            max_senders=lim.max_senders,
+            max_skew_ms=int(lim.max_clock_skew * 1000),
+            restore=replay_restore,
         )
         self._sessions: dict[bytes, _SessionEntry] = {}
         self.pipeline = Pipeline(
@@ -432,6 +435,10 @@ class MeshNode:
             if not fut.done():
                 fut.cancel()
         await self.transport.close()
+
+    def replay_high_water_marks(self) -> dict[str, int]:
+        """Every sender's highest accepted sequence, to restore after a restart."""
+        return self._replay.high_water_marks()
 
     # ---------------------------------------------------------- certificate
 

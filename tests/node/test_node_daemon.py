@@ -236,3 +236,58 @@ def test_cli_refuses_to_start_without_a_usable_identity(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert b"identity" in result.stderr
     assert not (tmp_path / "c" / "ready").exists()
+
+
+def test_replay_state_survives_a_daemon_restart(tmp_path: Path) -> None:
+    from securemesh.transport import ZmqTransport
+    from securemesh.wire import encode_signed
+
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    dev_m = fx.member("dev-1", "end")
+    toml = write_data_dir(fx, cloud_m, tmp_path / "c", listen="tcp://127.0.0.1:0", peers=[dev_m])
+    config = load_config(toml)
+    frames = [
+        bytes(f)
+        for f in encode_signed(
+            msg_type="mesh.ping",
+            sender="dev-1",
+            recipient="cloud-1",
+            sequence=1000,
+            timestamp_ms=int(time.time() * 1000),
+            body=b"{}",
+            signer=dev_m.identity.signer,
+        )
+    ]
+
+    async def once(expect: str) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_node(config, passphrase="test-passphrase", stop=stop))
+        ready = tmp_path / "c" / "ready"
+        while not ready.exists():
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        address = json.loads(ready.read_text())["listen"]
+        raw = ZmqTransport(dev_m.keypair)
+        conn = await raw.connect(address, cloud_m.identity.curve_public)
+        await conn.send(cloud_m.identity.curve_public, frames, timeout=5)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while True:
+            counters = read_status(config)["counters"]
+            if expect == "accepted" and counters["accepted"] >= 1:
+                break
+            if expect != "accepted" and counters["rejections"].get(expect, 0) >= 1:
+                break
+            assert loop.time() < deadline, counters
+            await asyncio.sleep(0.05)
+        await raw.close()
+        stop.set()
+        assert await task == 0
+
+    async def main() -> None:
+        await once("accepted")
+        assert json.loads((tmp_path / "c" / "replay.json").read_text()) == {"dev-1": 1000}
+        await once("stale")  # the same frames after a restart: refused
+
+    run(main())
