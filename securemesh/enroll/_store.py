@@ -26,7 +26,9 @@ cloud). Time is injectable: every method takes ``now`` or uses ``clock``.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -51,7 +53,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, RowMapping, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from securemesh.crypto.certs import Tier, validate_node_id
 from securemesh.enroll._token import (
@@ -176,7 +178,15 @@ class TokenStore:
     ) -> None:
         self._engine = engine if engine is not None else _engine_for(location)
         self._clock = clock
-        _metadata.create_all(self._engine, checkfirst=True)
+        try:
+            _metadata.create_all(self._engine, checkfirst=True)
+        except OperationalError:  # another process created the tables meanwhile
+            _metadata.create_all(self._engine, checkfirst=True)
+        database = self._engine.url.database
+        if self._engine.dialect.name == "sqlite" and database:
+            # Proof keys of pending tokens are in here: owner only (like key files).
+            with contextlib.suppress(OSError):
+                os.chmod(database, 0o600)
 
     @classmethod
     def in_dir(cls, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> TokenStore:

@@ -284,3 +284,9 @@ def test_postgres_race_exactly_one_wins() -> None:
         assert wins.count(True) == 1
     finally:
         store.close()
+
+
+def test_database_file_is_owner_only(tmp_path: Path) -> None:
+    with TokenStore(tmp_path / "t.db"):
+        pass
+    assert (tmp_path / "t.db").stat().st_mode & 0o077 == 0
