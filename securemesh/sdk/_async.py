@@ -179,7 +179,7 @@ class AsyncDevice:
         passphrase: str | None = None,
         connect_timeout: float | None = 10.0,
         clock: Callable[[], float] = time.time,
-        renew_fraction: float = 0.5,
+        renew_fraction: float | None = None,
         renew_check_interval: float | None = None,
     ) -> AsyncDevice:
         """Load ``data_dir``, connect to the edge and (unless ``connect_timeout`` is None)
@@ -192,7 +192,7 @@ class AsyncDevice:
         open, and :class:`~securemesh.errors.PeerUnavailable` if the edge does
         not answer within ``connect_timeout`` seconds.
         """
-        if not 0.0 < renew_fraction < 1.0:
+        if renew_fraction is not None and not 0.0 < renew_fraction < 1.0:
             raise LocalError("renew_fraction must be between 0 and 1")
         path = Path(data_dir)
         secret = resolve_passphrase(passphrase, path)
@@ -209,9 +209,10 @@ class AsyncDevice:
         from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
         config = files.config
-        if "auto_renew" in type(config).model_fields:
-            # The SDK renews (and persists) itself, on its own clock checks.
-            config = config.model_copy(update={"auto_renew": False})
+        # The SDK renews (and persists) itself, on its own clock checks.
+        config = config.model_copy(update={"auto_renew": False})
+        if renew_fraction is None:
+            renew_fraction = config.renew_fraction
         lim = config.limits
         directory = Directory(files.trust, clock=clock)
         counter = SequenceCounter(path / SEQUENCE_FILE)

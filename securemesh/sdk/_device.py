@@ -132,7 +132,7 @@ class Device:
         passphrase: str | None = None,
         connect_timeout: float | None = 10.0,
         clock: Callable[[], float] = time.time,
-        renew_fraction: float = 0.5,
+        renew_fraction: float | None = None,
         renew_check_interval: float | None = None,
     ) -> Device:
         """Connect the device enrolled in ``data_dir`` to its edge; see :meth:`AsyncDevice.connect`.
@@ -140,8 +140,9 @@ class Device:
         Waits (up to ``connect_timeout`` s; None: do not wait) until the edge
         answered. ``clock`` (Unix seconds) drives certificate checks,
         timestamps and renewal; renewal starts at ``renew_fraction`` of the
-        certificate's lifetime and is checked every ``renew_check_interval``
-        seconds (default: 1 % of the lifetime, 0.05..60 s).
+        certificate's lifetime (default: ``renew_fraction`` of node.toml,
+        0.5) and is checked every ``renew_check_interval`` seconds
+        (default: 1 % of the lifetime, 0.05..60 s).
         """
         import asyncio  # noqa: PLC0415 - lazy: keeps `import securemesh.sdk` small
 

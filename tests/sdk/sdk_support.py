@@ -10,8 +10,8 @@ The edge holds a delegated authority (``end`` only) and serves
 * ``enroll.request`` from first-contact token peers (EnrollmentServer over a
   TokenStore; TokenKeySync admits usable tokens' CURVE keys to its Directory);
 * ``cert.renew`` from enrolled devices;
-* ``app.reading`` (one-way, queued), ``app.echo`` (request: echoes body and
-  frames) for the tests.
+* ``app.reading`` and ``sensor.reading`` (one-way, queued), ``app.echo`` (request: echoes body and
+  frames), ``app.fail`` (request: the handler raises) for the tests.
 """
 
 from __future__ import annotations
@@ -141,9 +141,11 @@ class Infra:
         signed = self.authority.revoke(node_ids=[node_id], now=self.clock())
         return self.loop.call(self.cloud.publish_revocation(signed.to_bytes()))
 
-    def edge_request(self, dest: str, msg_type: str, body: dict[str, Any]) -> VerifiedMessage:
+    def edge_request(
+        self, dest: str, msg_type: str, body: dict[str, Any], *, timeout: float = WAIT
+    ) -> VerifiedMessage:
         return self.loop.call(
-            self.edge.request(dest, msg_type, json.dumps(body).encode(), timeout=WAIT)
+            self.edge.request(dest, msg_type, json.dumps(body).encode(), timeout=timeout)
         )
 
     def close(self) -> None:
@@ -161,7 +163,13 @@ def _config(node_id: str, tier: str, *, parent: MeshNode | None = None) -> NodeC
         "tier": tier,
         "listen": "tcp://127.0.0.1:*",
         "heartbeat_interval": 0.5,
-        "policy": {"allow": [{"types": ["app.*"], "tiers": ["end"]}]},
+        # every hop authorizes what it forwards: devices send app.*, the cloud dev.*
+        "policy": {
+            "allow": [
+                {"types": ["app.*", "sensor.*"], "tiers": ["end"]},
+                {"types": ["dev.*", "sensor.*"], "tiers": ["cloud"]},
+            ]
+        },
     }
     if parent is not None:
         data["parent"] = {
@@ -300,9 +308,14 @@ def _install_app(infra: Infra) -> None:
         body["_sender"] = msg.sender
         return Reply(json.dumps(body).encode(), tuple(bytes(f) for f in msg.raw_frames))
 
+    def fail(msg: VerifiedMessage) -> None:
+        raise ValueError("edge handler failed")
+
     def register() -> None:
         infra.edge.on("app.reading", reading)
+        infra.edge.on("sensor.reading", reading)
         infra.edge.on("app.echo", echo)
+        infra.edge.on("app.fail", fail)
 
     infra.loop.run(register)
 

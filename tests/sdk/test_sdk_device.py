@@ -1,0 +1,222 @@
+"""Device over real ZeroMQ on loopback: enroll, connect, send, request, on, close."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import EnrollFn
+from pydantic import BaseModel, ConfigDict
+from sdk_support import FAST_KDF, PASSPHRASE, Clock, Infra
+
+from securemesh.errors import (
+    EncodeError,
+    LocalError,
+    RemoteCallError,
+    StateFileError,
+    TransportClosed,
+    TransportError,
+    WrongPassphrase,
+)
+from securemesh.sdk import AsyncDevice, Device, Message, Reply
+
+
+class Reading(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    sensor: str
+    celsius: float
+
+
+def connect(path: Path, clock: Clock) -> Device:
+    return Device.connect(path, passphrase=PASSPHRASE, clock=clock, connect_timeout=10.0)
+
+
+def test_enroll_writes_a_daemon_compatible_data_dir(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path
+) -> None:
+    info = enroll("dev-1")
+    assert (info.node_id, info.tier, info.roles, info.issuer) == (
+        "dev-1",
+        "end",
+        ("sensor",),
+        "edge-1",
+    )
+    assert info.new_keys
+    files = {p.name for p in (tmp_path / "dev-1").iterdir()}
+    assert {"identity.key", "node.cert", "authority.cert", "trust.json", "node.toml"} <= files
+    assert {"revocation.list", "sequence.state"} <= files
+    from securemesh.node import load_config
+
+    config = load_config(tmp_path / "dev-1" / "node.toml")
+    assert config.tier == "end"
+    assert config.parent is not None
+    assert config.parent.endpoint == infra.edge.address
+    # The key file is encrypted: no key material in clear, the passphrase is needed.
+    with pytest.raises(WrongPassphrase):
+        Device.connect(tmp_path / "dev-1", passphrase="wrong", connect_timeout=1)
+
+
+def test_send_request_and_handlers(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    with connect(tmp_path / "dev-1", clock) as dev:
+        assert dev.state == "connected"
+        assert dev.parent_id == "edge-1"
+        edge = dev.parent_id
+        # one-way: dict body (canonical JSON) with a raw frame
+        dev.send(edge, "app.reading", {"celsius": 21.5, "sensor": "t1"}, frames=[b"\x00raw"])
+        sender, body, frames = infra.readings.get(timeout=10)
+        assert (sender, body, frames) == ("dev-1", {"celsius": 21.5, "sensor": "t1"}, (b"\x00raw",))
+        # one-way: a pydantic model
+        dev.send(edge, "app.reading", Reading(sensor="t2", celsius=-3.25))
+        assert infra.readings.get(timeout=10)[1] == {"sensor": "t2", "celsius": -3.25}
+        # request/reply with frames
+        reply = dev.request(edge, "app.echo", {"n": 1}, frames=[b"a", b"b"], timeout=10)
+        assert isinstance(reply, Message)
+        assert reply.sender == "edge-1"
+        assert reply.msg_type == "app.echo"
+        assert reply.json() == {"n": 1, "_serial": dev.certificate.serial, "_sender": "dev-1"}
+        assert reply.frames == (b"a", b"b")
+        assert reply.certificate is not None
+        assert reply.certificate.node_id == "edge-1"
+        # the edge's handler fails: a mesh.error reply
+        with pytest.raises(RemoteCallError, match="internal"):
+            dev.request(edge, "app.fail", {}, timeout=10)
+
+        # handlers: run on the SDK handler thread, may call back into the device
+        threads: queue.Queue[str] = queue.Queue()
+
+        def on_cmd(msg: Message) -> object:
+            threads.put(threading.current_thread().name)
+            inner = dev.request(edge, "app.echo", {"inner": msg.json()["x"]}, timeout=10)
+            return Reply({"ok": True, "inner": inner.json()["inner"]}, frames=[b"r"])
+
+        def on_model(msg: Message) -> Reading:
+            return msg.body(Reading)
+
+        dev.on("dev.cmd", on_cmd)
+        dev.on("dev.model", on_model)
+        answer = infra.edge_request("dev-1", "dev.cmd", {"x": 7})
+        assert json.loads(answer.body_bytes) == {"inner": 7, "ok": True}
+        assert [bytes(f) for f in answer.raw_frames] == [b"r"]
+        assert threads.get(timeout=5).startswith("securemesh-sdk-handler")
+        echoed = infra.edge_request("dev-1", "dev.model", {"sensor": "s", "celsius": 1.0})
+        assert json.loads(echoed.body_bytes) == {"sensor": "s", "celsius": 1.0}
+        # a handler that raises -> an error reply, the device keeps serving
+        dev.on("dev.fail", lambda msg: 1 / 0)
+        with pytest.raises(RemoteCallError):
+            infra.edge_request("dev-1", "dev.fail", {})
+        # handlers cannot close the device they run on
+        errors: queue.Queue[BaseException] = queue.Queue()
+
+        def closer(msg: Message) -> None:
+            try:
+                dev.close()
+            except LocalError as exc:
+                errors.put(exc)
+
+        dev.on("dev.close", closer)
+        infra.edge_request("dev-1", "dev.close", {})
+        assert isinstance(errors.get(timeout=5), LocalError)
+        assert dev.status()["sdk"] == {
+            "state": "connected",
+            "renewals": 0,
+            "renew_at": dev.async_device.renew_at,
+            "last_renewal_error": None,
+        }
+    assert str(dev.state) == "closed"
+    with pytest.raises(TransportClosed):
+        dev.send("edge-1", "app.reading", {})
+    dev.close()  # idempotent
+
+
+def test_handler_authorization_by_tier(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    with connect(tmp_path / "dev-1", clock) as dev:
+        calls: list[str] = []
+        dev.on("dev.cloud-only", lambda msg: calls.append(msg.sender), tiers=["cloud"])
+        # an edge may not send it: rejected by the device's pipeline (no reply)
+        with pytest.raises(TimeoutError):
+            infra.edge_request("dev-1", "dev.cloud-only", {}, timeout=0.5)
+        # the cloud may (routed cloud -> edge -> device, verified again at the device)
+        reply = infra.loop.call(infra.cloud.request("dev-1", "dev.cloud-only", b"{}", timeout=10))
+        assert reply.sender == "dev-1"
+        assert calls == ["cloud-1"]
+        counters = dev.status()["counters"]
+        assert isinstance(counters, dict)
+        assert counters["rejections"] == {"unauthorized": 1}
+
+
+def test_bodies_are_validated_before_sending(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    with connect(tmp_path / "dev-1", clock) as dev:
+        for bad in ({"x": float("nan")}, {"x": b"bytes"}, {1: "key"}, {"x": {1, 2}}, [1, 2], 42):
+            with pytest.raises(EncodeError):
+                dev.send("edge-1", "app.reading", bad)
+        with pytest.raises(EncodeError):  # bigger than the 64 KiB body limit
+            dev.send("edge-1", "app.reading", {"x": "a" * 70_000})
+        dev.send("edge-1", "app.reading", {"ok": True})
+        assert infra.readings.get(timeout=10)[1] == {"ok": True}
+
+
+def test_one_device_per_data_dir_and_tokens_are_one_time(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    token = infra.token()
+    Device.enroll(
+        token,
+        data_dir=tmp_path / "d1",
+        node_id="dev-1",
+        passphrase=PASSPHRASE,
+        kdf_params=FAST_KDF,
+        clock=clock,
+    )
+    with connect(tmp_path / "d1", clock):
+        with pytest.raises(StateFileError):
+            connect(tmp_path / "d1", clock)
+        with pytest.raises(StateFileError):  # re-enrolling needs the device closed
+            enroll("dev-1", data_dir=tmp_path / "d1")
+    with pytest.raises(TransportError, match="no enrollment reply"):
+        Device.enroll(
+            token,
+            data_dir=tmp_path / "d2",
+            node_id="dev-2",
+            passphrase=PASSPHRASE,
+            kdf_params=FAST_KDF,
+            clock=clock,
+            timeout=1.0,
+        )
+
+
+def test_async_device(infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock) -> None:
+    import asyncio
+
+    enroll("dev-a")
+
+    async def main() -> None:
+        async with await AsyncDevice.connect(
+            tmp_path / "dev-a", passphrase=PASSPHRASE, clock=clock
+        ) as dev:
+            seen = asyncio.Event()
+
+            async def on_ping(msg: Message) -> dict[str, object]:
+                seen.set()
+                return {"pong": msg.json()["n"]}
+
+            dev.on("dev.ping", on_ping)
+            reply = await dev.request("edge-1", "app.echo", {"a": 1}, timeout=10)
+            assert reply.json()["a"] == 1
+            answer = await asyncio.to_thread(infra.edge_request, "dev-a", "dev.ping", {"n": 3})
+            assert json.loads(answer.body_bytes) == {"pong": 3}
+            assert seen.is_set()
+
+    asyncio.run(main())
