@@ -290,6 +290,7 @@ class MeshNode:
             limits=self.limits,
             replay=self._replay,
             clock=clock,
+            max_skew_ms=int(lim.max_clock_skew * 1000),
             sessions=self._sessions,  # type: ignore[arg-type]  # _SessionEntry fits SessionKeys
             reply_ok=self._reply_ok,
         )

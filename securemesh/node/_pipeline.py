@@ -50,6 +50,7 @@ from securemesh.crypto.certs import Certificate, SignedCertificate, Tier
 from securemesh.errors import (
     AuthenticationError,
     AuthorizationError,
+    ClockSkewError,
     DecodeError,
     RemoteError,
     UnexpectedReply,
@@ -70,7 +71,7 @@ from securemesh.wire import (
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from securemesh.node._directory import Directory
+    from securemesh.node._directory import Directory, DirectoryEntry
 
 __all__ = ["FirstContactResolver", "Pipeline", "SessionKeys", "VerifiedMessage"]
 
@@ -81,6 +82,7 @@ M = TypeVar("M", bound="BaseModel")
 FirstContactResolver = Callable[[bytes], bytes]
 
 _BOTTOM_TIERS = (Tier.END,)
+_MAX_ALLOWED_CACHE = 65_536
 
 
 class SessionKeys(Protocol):
@@ -159,10 +161,12 @@ class Pipeline:
     """Steps 1-6 for one node. Configure, then call :meth:`process` per received message."""
 
     __slots__ = (
+        "_allowed",
         "_clock",
         "_directory",
         "_first_contact",
         "_limits",
+        "_max_skew_ms",
         "_node_id",
         "_policy",
         "_replay",
@@ -180,6 +184,7 @@ class Pipeline:
         limits: Limits,
         replay: ReplayGuard,
         clock: Callable[[], float],
+        max_skew_ms: int = ReplayGuard.DEFAULT_MAX_SKEW_MS,
         sessions: dict[bytes, SessionKeys] | None = None,
         reply_ok: Callable[[Envelope], bool] | None = None,
     ) -> None:
@@ -188,10 +193,15 @@ class Pipeline:
         self._policy = policy
         self._limits = limits
         self._replay = replay
+        self._max_skew_ms = max_skew_ms  # the same bound the guard was built with
         self._clock = clock
         self._sessions: dict[bytes, SessionKeys] = sessions if sessions is not None else {}
         self._reply_ok: Callable[[Envelope], bool] = reply_ok or (lambda _env: False)
         self._type_policies: dict[str, Policy] = {}
+        # (sender, msg_type) -> the directory entry the policy allowed it for.
+        # Policies are pure functions of (node id, tier, roles, type); a renewed
+        # certificate is a new entry, so a stale decision is never reused.
+        self._allowed: dict[tuple[str, str], DirectoryEntry] = {}
         self._first_contact: dict[str, FirstContactResolver] = {}
 
     # ------------------------------------------------------------ configuration
@@ -199,6 +209,7 @@ class Pipeline:
     def set_type_policy(self, msg_type: str, policy: Policy) -> None:
         """Authorize ``msg_type`` with ``policy`` instead of the node's configured policy."""
         self._type_policies[msg_type] = policy
+        self._allowed.clear()
 
     def allow_first_contact(self, msg_type: str, resolver: FirstContactResolver) -> None:
         """Let join-token peers send ``msg_type``, self-signed by the key ``resolver`` reads."""
@@ -210,7 +221,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ steps
 
-    def process(  # noqa: PLR0912 - the numbered steps in one place (hot path)
+    def process(  # noqa: PLR0912, PLR0915 - the numbered steps in one place (hot path)
         self, peer: bytes, frames: Sequence[bytes], *, from_parent: bool
     ) -> VerifiedMessage | Rejection:
         """Run steps 1-6 on one message from the link whose CURVE key is ``peer``."""
@@ -253,8 +264,11 @@ class Pipeline:
                 if session is None or session.peer_id != sender or session.peer_key != peer:
                     raise AuthenticationError("no such session with this peer")
                 envelope = unverified.verify_mac(session.recv_key)
-            # 5. replay (recorded only now that the envelope is authentic)
-            self._replay.accept_envelope(envelope, now_ms=int(now * 1000))
+            # 5. replay (recorded only now that the envelope is authentic):
+            # the skew bound, then the window (ReplayGuard.accept checks it)
+            if abs(envelope.timestamp_ms - now * 1000) > self._max_skew_ms:
+                raise ClockSkewError("timestamp too far from our clock")
+            self._replay.accept(sender, envelope.sequence)
             # 6. authorization
             flags = envelope.flags
             if flags is Flags.REPLY:
@@ -263,8 +277,13 @@ class Pipeline:
             else:
                 if not envelope.recipient and not from_parent and msg_type != NODE_HELLO:
                     raise AuthorizationError("broadcasts only come down from the parent")
-                policy = self._type_policies.get(msg_type, self._policy)
-                policy.authorize(entry.peer_info, msg_type)
+                key = (sender, msg_type)
+                if self._allowed.get(key) is not entry:  # cache of positive decisions
+                    policy = self._type_policies.get(msg_type, self._policy)
+                    policy.authorize(entry.peer_info, msg_type)
+                    if len(self._allowed) >= _MAX_ALLOWED_CACHE:
+                        self._allowed.clear()
+                    self._allowed[key] = entry
             return VerifiedMessage(envelope, cert, peer, relayed=relayed)
         except RemoteError as exc:
             return Rejection(exc.reason, peer, sender, msg_type, str(exc), now)
