@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.exceptions
@@ -83,13 +83,14 @@ def projection(event: AuditEvent) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decoded:
     """A strictly decoded entry; the event is UNVERIFIED until :func:`verify_decoded`."""
 
     entry: bytes
     leaf_hash: bytes
     signed: SignedEvent
+    _values: tuple[object, ...] | None = field(default=None, repr=False, compare=False)
 
     @property
     def event_id(self) -> str:
@@ -100,20 +101,25 @@ class Decoded:
         return self.signed.unverified_event().origin
 
     def row_values(self) -> tuple[object, ...]:
-        """Column values in :data:`LEAF_COLUMNS` order, without the leading ``idx``."""
-        ev = self.signed.unverified_event()
-        return (
-            ev.event_id,
-            self.entry,
-            self.leaf_hash,
-            ev.origin,
-            str(ev.kind.value),
-            str(ev.subject.type.value),
-            ev.subject.id,
-            str(ev.outcome.value),
-            ev.time_ms,
-            _details_json(ev),
-        )
+        """Column values in :data:`LEAF_COLUMNS` order, without the leading ``idx``.
+
+        Computed once (the verifier threads compute it off the sequencer's path).
+        """
+        if self._values is None:
+            ev = self.signed.unverified_event()
+            self._values = (
+                ev.event_id,
+                self.entry,
+                self.leaf_hash,
+                ev.origin,
+                str(ev.kind.value),
+                str(ev.subject.type.value),
+                ev.subject.id,
+                str(ev.outcome.value),
+                ev.time_ms,
+                _details_json(ev),
+            )
+        return self._values
 
     def leaf_row(self, idx: int) -> dict[str, Any]:
         row = projection(self.signed.unverified_event())

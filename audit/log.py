@@ -535,6 +535,8 @@ def _verify_chunk(items: list[tuple[int, Decoded, bytes]]) -> list[tuple[int, Re
             verify_decoded(d, vk)
         except RemoteError as exc:
             bad.append((i, exc))
+            continue
+        d.row_values()  # the query projection, computed here while other threads verify
     return bad
 
 
