@@ -115,6 +115,8 @@ class Infra:
     readings: queue.Queue[tuple[str, dict[str, Any], tuple[bytes, ...]]] = field(
         default_factory=queue.Queue
     )
+    #: The edge refuses this many ``cert.renew`` requests (an unavailable authority).
+    refuse_renewals: list[int] = field(default_factory=lambda: [0])
 
     def token(self, *, ttl_s: int = 600, roles: tuple[str, ...] = ("sensor",)) -> str:
         """A fresh one-time ``end`` token at the edge (and its key admitted by ZAP)."""
@@ -202,6 +204,7 @@ def start_infra(tmp_path: Path, clock: Clock, *, device_lifetime_s: int = 3600) 
         return store
 
     token_store = TokenStore(tmp_path / "edge-tokens.db", clock=clock)
+    refuse_renewals = [0]
 
     async def build() -> tuple[MeshNode, MeshNode, TokenKeySync, EnrollmentServer]:
         cloud_dir = Directory(trust(), clock=clock)
@@ -244,14 +247,25 @@ def start_infra(tmp_path: Path, clock: Clock, *, device_lifetime_s: int = 3600) 
             clock=clock,
         )
         sync = TokenKeySync(token_store)
-        install_edge_services(edge, server, sync, delegation)
+        install_edge_services(edge, server, sync, delegation, refuse_renewals)
         await edge.start()
         await edge.wait_parent(WAIT)
         return cloud, edge, sync, server
 
     authority_initial_list = authority.revocation_list
     cloud, edge, sync, server = loop.call(build())
-    infra = Infra(loop, clock, authority, cloud, edge, delegation, token_store, sync, server)
+    infra = Infra(
+        loop,
+        clock,
+        authority,
+        cloud,
+        edge,
+        delegation,
+        token_store,
+        sync,
+        server,
+        refuse_renewals=refuse_renewals,
+    )
     _install_app(infra)
     return infra
 
@@ -261,6 +275,7 @@ def install_edge_services(
     server: EnrollmentServer,
     sync: TokenKeySync,
     delegation: SignedCertificate,
+    refuse_renewals: list[int],
 ) -> None:
     """Serve ``enroll.request`` (first contact) and ``cert.renew`` on ``edge``."""
 
@@ -282,6 +297,9 @@ def install_edge_services(
         return reply
 
     def renew(msg: VerifiedMessage) -> object:
+        if refuse_renewals[0] > 0:
+            refuse_renewals[0] -= 1
+            raise RuntimeError("authority unavailable")
         reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
         edge.directory.add_certificate(reply.certificate, intermediates=[delegation])
         return reply

@@ -15,6 +15,7 @@ from sdk_support import FAST_KDF, PASSPHRASE, Clock, Infra
 from securemesh.errors import (
     EncodeError,
     LocalError,
+    PeerUnavailable,
     RemoteCallError,
     StateFileError,
     TransportClosed,
@@ -220,3 +221,24 @@ def test_async_device(infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clo
             assert seen.is_set()
 
     asyncio.run(main())
+
+
+def test_connect_times_out_cleanly_when_the_edge_is_unreachable(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    toml = tmp_path / "dev-1" / "node.toml"
+    text = toml.read_text()
+    assert str(infra.edge.address) in text
+    toml.write_text(text.replace(str(infra.edge.address), "tcp://127.0.0.1:9"))
+    with pytest.raises(PeerUnavailable, match="did not answer"):
+        Device.connect(tmp_path / "dev-1", passphrase=PASSPHRASE, clock=clock, connect_timeout=0.5)
+    # nothing left behind: the data dir is usable again (sequence lock released)
+    dev = Device.connect(
+        tmp_path / "dev-1", passphrase=PASSPHRASE, clock=clock, connect_timeout=None
+    )
+    try:
+        assert dev.state == "connecting"
+        assert dev.parent_id is None
+    finally:
+        dev.close()

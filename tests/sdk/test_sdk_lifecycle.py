@@ -148,3 +148,17 @@ def test_renewal_refused_for_a_revoked_device_and_revocation_cuts_it_off(
     (tmp_path / "dev-a" / "revocation.list").write_bytes(blob)
     with pytest.raises(CertificateRevoked):
         connect(tmp_path / "dev-a", clock)
+
+
+def test_renewal_retries_with_backoff_until_the_authority_answers(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    infra.refuse_renewals[0] = 3
+    with connect(tmp_path / "dev-1", clock) as dev:
+        first = dev.certificate.serial
+        clock.advance(LIFETIME * 0.55)
+        wait_until(lambda: dev.renewals == 1)
+        assert infra.refuse_renewals[0] == 0  # three refusals, then success
+        assert dev.certificate.serial != first
+        assert dev.status()["sdk"]["last_renewal_error"] is None  # type: ignore[index]
