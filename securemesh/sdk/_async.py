@@ -35,6 +35,12 @@ backoff (capped at 60 s) until the certificate expires; then the device's
 re-enroll (:meth:`enroll` with a fresh token, same ``data_dir``: keys kept)
 and connect again.
 
+**Restarts.** As the daemon does, the device persists its envelope
+sequence counter (``sequence.state``, so it never reuses a number) and the
+replay high-water marks of its senders (``replay.json``, every 30 s and on
+close, restored on connect), so frames it accepted before a restart stay
+refused after it.
+
 **Revocation.** A ``mesh.revocation`` broadcast (or the list in a renewal
 reply) that revokes this device sets ``state`` to ``"revoked"`` (sends then
 fail locally with :class:`~securemesh.errors.CertificateRevoked`); the edge
@@ -89,6 +95,9 @@ Auth = Literal["signed", "session"]
 
 DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
 _MAX_BACKOFF = 60.0
+#: Replay high-water marks per sender (the daemon's file and format).
+REPLAY_FILE = "replay.json"
+_REPLAY_SAVE_INTERVAL = 30.0
 
 
 def _reply_for(result: object) -> object:
@@ -137,6 +146,7 @@ class AsyncDevice:
         self._state: State = "connecting"
         self._tasks: list[asyncio.Task[None]] = []
         self._saved_rl_version = node.revocation_list_version
+        self._replay_saved = time.monotonic()
         #: Number of successful renewals since connect.
         self.renewals = 0
         #: Last renewal failure (repr), if the latest attempt failed.
@@ -201,6 +211,7 @@ class AsyncDevice:
         from securemesh.crypto.z85 import z85_decode  # noqa: PLC0415
         from securemesh.enroll._state import SEQUENCE_FILE  # noqa: PLC0415
         from securemesh.node import Directory, MeshNode  # noqa: PLC0415
+        from securemesh.node._daemon import load_replay_marks  # noqa: PLC0415
         from securemesh.transport import (  # noqa: PLC0415 - lazy: pyzmq
             CurveKeyPair,
             TransportOptions,
@@ -215,6 +226,7 @@ class AsyncDevice:
             renew_fraction = config.renew_fraction
         lim = config.limits
         directory = Directory(files.trust, clock=clock)
+        replay_marks = load_replay_marks(path / REPLAY_FILE)
         counter = SequenceCounter(path / SEQUENCE_FILE)
         try:
             keypair = CurveKeyPair.from_secret(z85_decode(files.identity.curve_secret_z85()))
@@ -242,6 +254,7 @@ class AsyncDevice:
                 clock=clock,
                 sequence=counter.next,
                 authority_certificate=files.authority_certificate,
+                replay_restore=replay_marks,
             )
             device = cls(
                 files,
@@ -513,12 +526,20 @@ class AsyncDevice:
                 return node_id
         return node.parent_id
 
+    def _save_replay_marks(self) -> None:
+        from securemesh.node._daemon import save_replay_marks  # noqa: PLC0415
+
+        save_replay_marks(self._files.data_dir / REPLAY_FILE, self._node.replay_high_water_marks())
+        self._replay_saved = time.monotonic()
+
     async def _maintenance(self) -> None:
         failures = 0
         while True:
             delay = self._check_interval
             try:
                 self._save_newer_revocation_list()
+                if time.monotonic() - self._replay_saved >= _REPLAY_SAVE_INTERVAL:
+                    self._save_replay_marks()
                 now = self._clock()
                 if (
                     self._state in ("connecting", "connected")
@@ -577,8 +598,9 @@ class AsyncDevice:
         finally:
             try:
                 self._save_newer_revocation_list()
+                self._save_replay_marks()
             except (OSError, SecureMeshError):
-                log.warning("could not save the revocation list", exc_info=True)
+                log.warning("could not save the revocation list / replay marks", exc_info=True)
             self._counter.close()
 
     async def __aenter__(self) -> AsyncDevice:

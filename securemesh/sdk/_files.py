@@ -10,6 +10,7 @@ SDK also works with ``securemesh node run`` and vice versa::
     trust.json        the root(s) this device trusts (from the join token)
     revocation.list   newest signed revocation list seen
     sequence.state    envelope sequence counter (locked while a Device is open)
+    replay.json       highest accepted sequence per sender (replay protection across restarts)
     node.toml         node id, tier, [parent] endpoint + CURVE key (from the token)
 
 Everything here is synchronous and imported lazily by the SDK.

@@ -242,3 +242,19 @@ def test_connect_times_out_cleanly_when_the_edge_is_unreachable(
         assert dev.parent_id is None
     finally:
         dev.close()
+
+
+def test_replay_marks_survive_a_restart(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    with connect(tmp_path / "dev-1", clock) as dev:
+        dev.on("dev.cmd", lambda msg: None)
+        infra.edge_request("dev-1", "dev.cmd", {})
+        marks = dev.async_device.node.replay_high_water_marks()
+        assert "edge-1" in marks
+    saved = json.loads((tmp_path / "dev-1" / "replay.json").read_text())
+    assert saved["edge-1"] >= marks["edge-1"]
+    with connect(tmp_path / "dev-1", clock) as dev:
+        restored = dev.async_device.node.replay_high_water_marks()
+        assert restored["edge-1"] >= saved["edge-1"]
