@@ -194,3 +194,50 @@ def test_console_script_runs(populated: Path) -> None:
         timeout=60,
     )
     assert [r["index"] for r in json.loads(done.stdout)] == [0, 1]
+
+
+def test_cli_on_postgres(env: Path, capsys: pytest.CaptureFixture[str], audit_pg_url: str) -> None:
+    db = ["--db", audit_pg_url]
+    assert run(capsys, "init-log", *db)[0] == 0
+    signer = Ed25519Signer.from_seed(b"2" * 32)
+    assert run(capsys, "register-node", *db, "edge-2", signer.verify_key.hex())[0] == 0
+    f = env / "e.b64"
+    f.write_text(
+        "".join(
+            base64.b64encode(e.to_bytes()).decode() + "\n" for e in make_events(signer, "edge-2", 9)
+        )
+    )
+    assert run(capsys, "append", *db, str(f))[1].split() == [str(i) for i in range(9)]
+    code, out, _ = run(capsys, "verify", *db, "--format", "json")
+    assert code == 0
+    assert json.loads(out)["size"] == 9
+    _, out, _ = run(capsys, "query", *db, "--kind", "node.enrolled", "--format", "jsonl")
+    assert [json.loads(line)["index"] for line in out.splitlines()] == [2, 5, 8]
+
+
+def test_tail_follow_prints_new_events(populated: Path) -> None:
+    cmd = [sys.executable, "-m", "securemesh", "audit", "tail", "-f", "-n", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--interval", "0.05", "--format", "jsonl"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["index"] == N - 1
+        signer = Ed25519Signer.from_seed(b"1" * 32)
+        key = json.loads((populated / "data" / "audit-log.key").read_text())
+        with open_log(
+            str(populated / "data" / "audit.db"),
+            signer=Ed25519Signer.from_seed(bytes.fromhex(key["seed"])),
+            origin=key["name"],
+        ) as log:
+            log.append(make_events(signer, "edge-1", 2, start=N))
+        assert json.loads(proc.stdout.readline())["index"] == N
+        assert json.loads(proc.stdout.readline())["index"] == N + 1
+    finally:
+        proc.kill()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
