@@ -14,9 +14,13 @@ Wire protocol (one request, one reply, CurveZMQ-encrypted, RFC 26/CurveZMQ):
   bytes), or ``[b"SMAI/1", b"error"]`` for a malformed request.
 
 Limits are enforced before any work: ``ZMQ_MAXMSGSIZE`` on the server
-socket, then frame count and per-frame size; the client bounds and strictly
-validates the reply. The server's CURVE key authenticates the cloud to the
-edge; the edge's identity is not taken from the transport (every event is
+socket (libzmq disconnects a peer that sends a frame larger than one signed
+event), then the frame count; the client bounds and strictly validates the
+reply. ZeroMQ delivers a multipart message whole, so a peer can still make
+the server buffer many small frames before the count is checked; the bus's
+ZAP policy (enrolled nodes only) is what bounds that.
+
+The server's CURVE key authenticates the cloud to the edge; the edge's identity is not taken from the transport (every event is
 signed by its origin), so the server accepts any CURVE client key here — the
 bus's ZAP handler will restrict that to enrolled nodes.
 
@@ -70,7 +74,7 @@ __all__ = [
 
 MAGIC: Final = b"SMAI/1"
 MAX_REPLY_SIZE: Final = 64 * 1024
-_MAX_REQUEST: Final = len(MAGIC) + MAX_FRAMES * (MAX_SIGNED_EVENT_SIZE + 16) + 1024
+_MAX_FRAME: Final = MAX_SIGNED_EVENT_SIZE
 _EVENT_ID_LEN: Final = 32
 
 _log = logging.getLogger(__name__)
@@ -140,7 +144,7 @@ class IngestServer:
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_REQUEST)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_FRAME)  # per frame: peer is dropped
         self._sock.curve_server = True
         self._sock.curve_secretkey = curve_secret
         self._sock.curve_publickey = zmq.curve_public(curve_secret)

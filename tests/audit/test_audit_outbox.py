@@ -10,13 +10,13 @@ import zmq
 from audit_log_helpers import make_events
 
 from securemesh.audit.events import MAX_SIGNED_EVENT_SIZE
-from securemesh.audit.ingest import IngestClient, IngestServer, ship_until_empty
+from securemesh.audit.ingest import MAGIC, IngestClient, IngestServer, ship_until_empty
 from securemesh.audit.log import AuditLog, open_log
 from securemesh.audit.outbox import REJECTED, Outbox, ship_once
 from securemesh.audit.service import AuditService
 from securemesh.audit.verify import verify_log
 from securemesh.crypto.signing import Ed25519Signer
-from securemesh.errors import LocalError, RemoteError, TransportError
+from securemesh.errors import LocalError, TransportError
 
 
 @pytest.fixture
@@ -132,10 +132,22 @@ def test_ingest_over_zeromq_curve(
     assert (result.sent, result.acked, result.rejected) == (100, 100, 0)
     assert log.size() == 100
     assert sorted(ob.receipts().values()) == list(range(100))
-    # undecodable events get no acknowledgement; oversize frames an error reply
+    # undecodable events get no acknowledgement; too many frames an error reply
     assert client.send_batch([b"x" * 10]) == []
-    with pytest.raises(RemoteError):
-        client.send_batch([b"x" * (MAX_SIGNED_EVENT_SIZE + 1)])
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.curve_serverkey = public
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(srv.endpoint)
+    sock.send_multipart([MAGIC] + [b"x"] * 257)
+    assert sock.poll(5000)
+    assert sock.recv_multipart() == [MAGIC, b"error"]
+    sock.close(0)
+    # an oversize frame gets the peer disconnected: the client times out
+    impatient = IngestClient(srv.endpoint, server_public=public, timeout_ms=300)
+    with pytest.raises(TransportError):
+        impatient.send_batch([b"x" * (MAX_SIGNED_EVENT_SIZE + 1)])
+    impatient.close()
     with pytest.raises(TransportError):
         client.send_batch([])
     assert log.size() == 100  # the server is still serving
