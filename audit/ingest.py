@@ -20,9 +20,10 @@ reply. ZeroMQ delivers a multipart message whole, so a peer can still make
 the server buffer many small frames before the count is checked; the bus's
 ZAP policy (enrolled nodes only) is what bounds that.
 
-The server's CURVE key authenticates the cloud to the edge; the edge's identity is not taken from the transport (every event is
-signed by its origin), so the server accepts any CURVE client key here — the
-bus's ZAP handler will restrict that to enrolled nodes.
+The server's CURVE key authenticates the cloud to the edge; the edge's
+identity is not taken from the transport (every event is signed by its
+origin), so the server accepts any CURVE client key here — the bus's ZAP
+handler will restrict that to enrolled nodes.
 
 The client follows the "lazy pirate" pattern: on a reply timeout the REQ
 socket is discarded and a new one connects, so a killed and restarted service
