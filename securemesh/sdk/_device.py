@@ -175,6 +175,8 @@ class Device:
         """Drain in-flight handlers, disconnect, stop the SDK threads (idempotent)."""
         if threading.get_ident() in self._handler_threads:
             raise LocalError("close() cannot be called from a handler (it waits for handlers)")
+        if threading.current_thread() is self._thread:
+            raise LocalError("close() cannot be called on the SDK loop thread (a renewal callback)")
         with self._close_lock:
             if self._closed:
                 return

@@ -18,7 +18,9 @@ Everything here is synchronous and imported lazily by the SDK.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +128,7 @@ def enroll_device(
     token = JoinToken.decode(token_text.strip())
     if token.is_expired(clock()):
         raise ConfigError("this join token has expired: ask for a fresh one")
+    _check_same_node(data_dir, node_id)
     trust = existing_trust(data_dir)
     identity, created = identity_for_enrollment(
         data_dir, passphrase, kdf_params=kdf_params or keystore.DEFAULT_PARAMS
@@ -140,7 +143,9 @@ def enroll_device(
     result = enroll_over_zmq(
         token, identity, node_id, timeout=timeout, clock=clock, sequence=sequence, trust=trust
     )
-    save_enrollment(data_dir, token, result)
+    files = save_enrollment(data_dir, token, result)
+    if not files.config_written:
+        _point_parent_at(files.config_path, token.endpoint, token.server_key)
     cert = result.cert
     return Enrollment(
         node_id=cert.node_id,
@@ -152,6 +157,55 @@ def enroll_device(
         data_dir=data_dir,
         new_keys=created,
     )
+
+
+def _check_same_node(data_dir: Path, node_id: str) -> None:
+    """Refuse (before the token is spent) to enroll a data dir under another node id."""
+    from securemesh.enroll._state import NODE_TOML  # noqa: PLC0415
+    from securemesh.node import load_config  # noqa: PLC0415
+
+    toml = data_dir / NODE_TOML
+    if toml.exists() and load_config(toml).node_id != node_id:
+        raise ConfigError(
+            f"{data_dir} belongs to node {load_config(toml).node_id!r}, not {node_id!r}: "
+            "use another data directory"
+        )
+
+
+_PARENT_RE = re.compile(
+    r"(?ms)^(\[parent\]\s*\n(?:[^\[]*?\n)?)"  # the table header and lines before endpoint
+    r'endpoint = "[^"\n]*"(\n(?:[^\[]*?\n)?)curve_key = "[^"\n]*"'
+)
+
+
+def _point_parent_at(toml: Path, endpoint: str, server_key: bytes) -> None:
+    """Re-enrolled through another edge: move ``[parent]`` to the token's server.
+
+    ``node.toml`` is kept otherwise (an operator's limits and policy stay).
+    """
+    from securemesh.crypto import keystore  # noqa: PLC0415
+    from securemesh.crypto.z85 import z85_encode  # noqa: PLC0415
+    from securemesh.node import load_config  # noqa: PLC0415
+
+    config = load_config(toml)
+    parent = config.parent
+    if parent is not None and parent.endpoint == endpoint and parent.curve_key_bytes == server_key:
+        return
+    text = toml.read_text(encoding="utf-8")
+    new, count = _PARENT_RE.subn(
+        lambda m: (
+            f"{m.group(1)}endpoint = {json.dumps(endpoint)}{m.group(2)}"
+            f"curve_key = {json.dumps(z85_encode(server_key))}"
+        ),
+        text,
+    )
+    if count != 1:
+        raise ConfigError(
+            f"{toml}: enrolled through {endpoint}, but [parent] could not be updated: "
+            "set its endpoint and curve_key by hand"
+        )
+    keystore.write_file_atomic(toml, new.encode("utf-8"))
+    load_config(toml)  # still valid
 
 
 def load_device(

@@ -14,7 +14,7 @@ from conftest import EnrollFn
 from sdk_support import PASSPHRASE, Clock, Infra, wait_until
 
 from securemesh.crypto.certs import Certificate, SignedCertificate, SignedRevocationList
-from securemesh.errors import CertificateExpired, CertificateRevoked
+from securemesh.errors import CertificateExpired, CertificateRevoked, ConfigError
 from securemesh.sdk import Device
 
 LIFETIME = 3600  # the edge issues device certificates for one hour (sdk_support)
@@ -162,3 +162,29 @@ def test_renewal_retries_with_backoff_until_the_authority_answers(
         assert infra.refuse_renewals[0] == 0  # three refusals, then success
         assert dev.certificate.serial != first
         assert dev.status()["sdk"]["last_renewal_error"] is None  # type: ignore[index]
+
+
+def test_reenrollment_through_another_endpoint_moves_the_parent(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    path = tmp_path / "dev-1"
+    toml = path / "node.toml"
+    # as if the device had first been enrolled through another edge address
+    original = toml.read_text()
+    toml.write_text(original.replace(str(infra.edge.address), "tcp://127.0.0.1:9"))
+    toml.write_text(toml.read_text() + "\n[limits]\nrequest_timeout = 7.0\n")
+    enroll("dev-1")  # the token names the live edge
+    from securemesh.node import load_config
+
+    config = load_config(toml)
+    assert config.parent is not None
+    assert config.parent.endpoint == infra.edge.address
+    assert config.parent.curve_key_bytes == infra.edge.certificate.curve_key
+    assert config.limits.request_timeout == 7.0  # the rest of node.toml is kept
+    with connect(path, clock) as dev:
+        assert dev.request("edge-1", "app.echo", {}, timeout=10).sender == "edge-1"
+    # a data dir belongs to one node id: refused before the token is spent
+    token = infra.token()
+    with pytest.raises(ConfigError, match="belongs to node 'dev-1'"):
+        Device.enroll(token, data_dir=path, node_id="dev-2", passphrase=PASSPHRASE)
