@@ -168,7 +168,7 @@ def _config(node_id: str, tier: str, *, parent: MeshNode | None = None) -> NodeC
         # every hop authorizes what it forwards: devices send app.*, the cloud dev.*
         "policy": {
             "allow": [
-                {"types": ["app.*", "sensor.*"], "tiers": ["end"]},
+                {"types": ["app.*", "sensor.*", "peer.*"], "tiers": ["end"]},
                 {"types": ["dev.*", "sensor.*"], "tiers": ["cloud"]},
             ]
         },

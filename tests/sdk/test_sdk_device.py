@@ -258,3 +258,35 @@ def test_replay_marks_survive_a_restart(
     with connect(tmp_path / "dev-1", clock) as dev:
         restored = dev.async_device.node.replay_high_water_marks()
         assert restored["edge-1"] >= saved["edge-1"]
+
+
+def test_session_fast_path_to_the_edge(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-a")
+    with connect(tmp_path / "dev-a", clock) as dev_a:
+        for n in range(3):
+            out = dev_a.request("edge-1", "app.echo", {"n": n}, auth="session", timeout=10)
+            assert out.json()["n"] == n
+        dev_a.send("edge-1", "app.reading", {"mac": True}, auth="session")
+        assert infra.readings.get(timeout=10)[1] == {"mac": True}
+        sessions = dev_a.status()["sessions"]
+        assert isinstance(sessions, dict)
+        assert sessions["peers"] == ["edge-1"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="node layer: a device only learns its ancestors' certificates (hello), so a "
+    "message from another device is rejected as unknown_sender at the receiving device",
+)
+def test_device_to_device_through_the_edge(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-a")
+    enroll("dev-b")
+    with connect(tmp_path / "dev-a", clock) as dev_a, connect(tmp_path / "dev-b", clock) as dev_b:
+        dev_b.on("peer.ping", lambda msg: {"pong": msg.sender}, tiers=["end"])
+        reply = dev_a.request("dev-b", "peer.ping", {}, timeout=1.0)
+        assert reply.json() == {"pong": "dev-a"}
