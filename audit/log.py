@@ -4,11 +4,14 @@ Theory of operation
 -------------------
 :class:`AuditLog` is an RFC 9162 Merkle log stored in SQL (:mod:`._schema`).
 
-**Append.** ``append(events)`` first does all per-event work *outside* any
-lock: decode the signed event, resolve its origin's verify key (unknown
-origin → :class:`~securemesh.errors.UnknownOrigin`), check the origin's
-Ed25519 signature (→ :class:`~securemesh.errors.AuthenticationError`), hash
-the leaf (``SHA-256(0x00 ‖ entry)``) and build the query projection. Then, per
+**Append.** ``append(events)`` first decodes each signed event strictly,
+resolves its origin's verify key (unknown origin →
+:class:`~securemesh.errors.UnknownOrigin`) and hashes the leaf
+(``SHA-256(0x00 ‖ entry)``), then starts checking the origins' Ed25519
+signatures on a thread pool (libsodium releases the GIL). While they are
+checked, this thread sequences the first batch; its commit waits for the
+verdict, and any bad signature (→ :class:`~securemesh.errors.AuthenticationError`)
+rolls the transaction back, so nothing unverified is ever committed. Per
 batch of at most :data:`MAX_BATCH` entries, one write transaction:
 
 1. take the sequencing lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
@@ -45,6 +48,7 @@ thread commits up to :data:`MAX_BATCH` entries or whatever arrived within
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -259,27 +263,58 @@ class AuditLog:
         is raised and nothing from this call is appended. Re-appending an event
         already in the log returns its existing index.
         """
-        checked = self._check_all([_entry_bytes(e) for e in signed_events])
+        checked, todo = self._prepare([_entry_bytes(e) for e in signed_events])
         for _, err in checked:
             if err is not None:
                 raise err
-        return self._sequence([d for d, _ in checked if d is not None])
+        wait = self._verify_async(todo)
+
+        def gate() -> None:
+            failures = wait()
+            if failures:
+                raise failures[0][1]
+
+        decoded = [d for d, _ in checked if d is not None]
+        if not decoded:
+            gate()
+        return self._sequence(decoded, gate=gate)
 
     def append_entries(self, entries: Sequence[bytes]) -> list[AppendOutcome]:
         """Append what verifies, reject the rest individually (the ingestion path).
 
         A rejected event that decoded carries its (unverified) event id so the
-        edge can drop it from its outbox.
+        edge can drop it from its outbox. Sequencing runs optimistically while
+        the signatures are checked; if any fails, the transaction is rolled
+        back and the batch sequenced again without it.
         """
-        checked = self._check_all([bytes(e) for e in entries])
+        checked, todo = self._prepare([bytes(e) for e in entries])
+        wait = self._verify_async(todo)
+        failures: list[tuple[int, RemoteError]] | None = None
+
+        def gate() -> None:
+            nonlocal failures
+            failures = wait()
+            if failures:
+                raise _RollBack
+
         good = [d for d, err in checked if err is None and d is not None]
-        indices = iter(self._sequence(good))
+        indices: list[int] = []
+        with contextlib.suppress(_RollBack):  # a forged event: sequence again without it
+            indices = self._sequence(good, gate=gate)
+        if failures is None:
+            failures = wait()
+        if failures:
+            for i, failure in failures:
+                checked[i] = (checked[i][0], failure)
+            good = [d for d, err in checked if err is None and d is not None]
+            indices = self._sequence(good)
+        it = iter(indices)
         out: list[AppendOutcome] = []
         for d, err in checked:
             if err is not None:
                 out.append(AppendOutcome(None if d is None else d.event_id, None, err))
             elif d is not None:
-                out.append(AppendOutcome(d.event_id, next(indices), None))
+                out.append(AppendOutcome(d.event_id, next(it), None))
         return out
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -289,16 +324,10 @@ class AuditLog:
             )
         return self._executor
 
-    def _check_all(
+    def _prepare(
         self, entries: Sequence[bytes]
-    ) -> list[tuple[Decoded | None, RemoteError | None]]:
-        """Decode every entry, then verify origin signatures on the thread pool.
-
-        libsodium (through pynacl/cffi) releases the GIL while it verifies, so
-        the pool's threads use every core. Decoding is done first, not
-        interleaved: a Python-busy main thread would make the verifier threads
-        queue for the GIL (the "convoy effect").
-        """
+    ) -> tuple[list[tuple[Decoded | None, RemoteError | None]], list[tuple[int, Decoded, bytes]]]:
+        """Decode every entry and resolve its origin's key (this thread)."""
         results: list[tuple[Decoded | None, RemoteError | None]] = []
         todo: list[tuple[int, Decoded, bytes]] = []
         for i, entry in enumerate(entries):
@@ -314,20 +343,44 @@ class AuditLog:
                 continue
             results.append((d, None))
             todo.append((i, d, vk))
+        return results, todo
+
+    def _verify_async(
+        self, todo: list[tuple[int, Decoded, bytes]]
+    ) -> Callable[[], list[tuple[int, RemoteError]]]:
+        """Start checking origin signatures on the thread pool; return a waiter.
+
+        libsodium (through pynacl/cffi) releases the GIL while it verifies, so
+        the pool's threads use the other core while this thread sequences the
+        batch (everything but the commit, which waits for the verdict).
+        """
         if len(todo) <= _VERIFY_CHUNK or self._verify_threads == 1:
-            failures = _verify_chunk(todo)
-        else:
-            step = max(_VERIFY_CHUNK, -(-len(todo) // (4 * self._verify_threads)))
-            chunks = [todo[k : k + step] for k in range(0, len(todo), step)]
-            failures = [f for part in self._pool().map(_verify_chunk, chunks) for f in part]
-        for i, err in failures:
+            done = _verify_chunk(todo)
+            return lambda: done
+        step = max(_VERIFY_CHUNK, -(-len(todo) // (4 * self._verify_threads)))
+        futures = [
+            self._pool().submit(_verify_chunk, todo[k : k + step])
+            for k in range(0, len(todo), step)
+        ]
+        return lambda: [f for fut in futures for f in fut.result()]
+
+    def _check_all(
+        self, entries: Sequence[bytes]
+    ) -> list[tuple[Decoded | None, RemoteError | None]]:
+        """Decode and verify every entry (no sequencing)."""
+        results, todo = self._prepare(entries)
+        for i, err in self._verify_async(todo)():
             results[i] = (results[i][0], err)
         return results
 
-    def _sequence(self, decoded: Sequence[Decoded]) -> list[int]:
+    def _sequence(
+        self, decoded: Sequence[Decoded], *, gate: Callable[[], None] | None = None
+    ) -> list[int]:
+        """Sequence in batches; ``gate()`` runs before the first commit and may veto it."""
         out: list[int] = []
         for start in range(0, len(decoded), self._max_batch):
-            out.extend(self._sequence_batch(decoded[start : start + self._max_batch]))
+            batch = decoded[start : start + self._max_batch]
+            out.extend(self._sequence_batch(batch, gate=gate if start == 0 else None))
         return out
 
     def _lock_sequencer(self, conn: Connection) -> tuple[int, bytes, bytes]:
@@ -339,8 +392,12 @@ class AuditLog:
         row = conn.execute(q).one()
         return int(row.size), bytes(row.root), bytes(row.frontier)
 
-    def _sequence_batch(self, batch: Sequence[Decoded]) -> list[int]:
+    def _sequence_batch(
+        self, batch: Sequence[Decoded], *, gate: Callable[[], None] | None = None
+    ) -> list[int]:
         if not batch:
+            if gate is not None:
+                gate()
             return []
         if self._signer is None:
             raise LocalError("appending needs the log key (open the log with a signer)")
@@ -385,6 +442,8 @@ class AuditLog:
                     .where(s.sequencer.c.id == s.SEQUENCER_ROW_ID)
                     .values(size=cr.size, root=new_root, frontier=b"".join(cr.peaks))
                 )
+            if gate is not None:
+                gate()  # raising here rolls the whole batch back
         return result
 
     # ------------------------------------------------------------------ reads
@@ -525,6 +584,10 @@ class AuditLog:
     def count_rows(self) -> int:
         with read_transaction(self._engine) as conn:
             return int(conn.execute(select(func.count()).select_from(s.leaves)).scalar_one())
+
+
+class _RollBack(Exception):
+    """Internal: a signature failed after optimistic sequencing; undo the batch."""
 
 
 def _verify_chunk(items: list[tuple[int, Decoded, bytes]]) -> list[tuple[int, RemoteError]]:

@@ -13,6 +13,7 @@ from securemesh.audit import merkle
 from securemesh.audit.checkpoint import open_checkpoint
 from securemesh.audit.events import EventKind, new_event, sign_event
 from securemesh.audit.log import MAX_BATCH, AuditBatcher, AuditLog, open_log
+from securemesh.audit.verify import verify_log
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import AuthenticationError, DecodeError, LocalError, UnknownOrigin
 
@@ -226,3 +227,19 @@ def test_sequencing_matches_reference_model(
                 )
         else:
             assert head is None
+
+
+def test_forged_event_in_a_large_call_rolls_back_optimistic_sequencing(
+    log: AuditLog, edge_signers: dict[str, Ed25519Signer], log_signer: Ed25519Signer
+) -> None:
+    """Sequencing runs while signatures are checked; a late failure undoes it."""
+    good = [e.to_bytes() for e in make_events(edge_signers["edge-1"], "edge-1", 300)]
+    forged = make_events(edge_signers["edge-2"], "edge-1", 1, start=7_000)[0].to_bytes()
+    with pytest.raises(AuthenticationError):
+        log.append([*good[:40], forged, *good[40:]])  # all or nothing, across batches
+    assert log.size() == 0
+    assert log.latest_checkpoint() is None
+    outcomes = log.append_entries([*good[:40], forged, *good[40:100]])
+    assert [o.index for o in outcomes] == [*range(40), None, *range(40, 100)]
+    assert log.size() == 100
+    verify_log(log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin)
