@@ -37,6 +37,7 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     peers/*.cert        certificates of nodes to admit before they say hello (optional)
     sequence.state      the envelope sequence counter (created)
     replay.json         replay high-water marks per sender (saved every 30 s and at stop)
+    audit-outbox.db     signed message.rejected events for the cloud audit log (rate-limited)
     tokens.db           join tokens (cloud, or an edge with delegation.cert; see securemesh.enroll)
     delegation.cert     this edge's own delegated-authority certificate (optional)
     authority/          cloud only: the root authority (securemesh init)

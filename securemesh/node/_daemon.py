@@ -137,6 +137,11 @@ class NodeFiles:
         return self.data_dir / "replay.json"
 
     @property
+    def audit_outbox(self) -> Path:
+        """Signed ``message.rejected`` events waiting to be shipped to the cloud log."""
+        return self.data_dir / "audit-outbox.db"
+
+    @property
     def ready(self) -> Path:
         return self.data_dir / "ready"
 
@@ -531,12 +536,20 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
+    from securemesh.audit.outbox import Outbox  # noqa: PLC0415 - sqlite3 only
+    from securemesh.node._audit import RejectionAuditor  # noqa: PLC0415
+
+    outbox = Outbox(files.audit_outbox)
+    node.metrics.audit_hook = RejectionAuditor(
+        outbox, origin=node.node_id, signer=state.identity.signer, window=lim.log_window
+    )
     daemon = _Daemon(config, node, files)
     try:
         daemon.enable_enrollment(state, passphrase)
     except SecureMeshError:
         await transport.close()
         counter.close()
+        outbox.close()
         raise
     for service in [*load_services(config.services), *services]:
         service(node)
@@ -572,6 +585,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
         with contextlib.suppress(SecureMeshError, OSError):
             daemon.write_status(state="stopped")
         counter.close()
+        outbox.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

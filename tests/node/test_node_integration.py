@@ -325,6 +325,18 @@ def test_adversarial_frames_are_rejected_and_others_still_served(mesh: Mesh) -> 
                         await bad.send(frames)
                     await rejection_seen(edge, reason, before)
                     await still_served(mesh, good)
+            # every kind of rejection reached the audit outbox as a signed event
+            from securemesh.audit.events import SignedEvent
+            from securemesh.audit.outbox import Outbox
+
+            with Outbox(mesh.root / "edge-1" / "audit-outbox.db") as outbox:
+                events = [
+                    SignedEvent.from_bytes(p.entry).verify(edge.member.identity.verify_key)
+                    for p in outbox.pending(limit=10_000)
+                ]
+            bad_peer = mesh.members["dev-bad"].identity.curve_public.hex()[:16]
+            audited = {e.details["reason"] for e in events if e.details["peer"] == bad_peer}
+            assert {reason for reason, _ in cases} <= audited
         finally:
             await good.node.stop(0.2)
 

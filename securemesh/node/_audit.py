@@ -1,0 +1,103 @@
+"""Rejections into the audit layer: signed ``message.rejected`` events in the edge outbox.
+
+Theory of operation
+-------------------
+:class:`RejectionAuditor` is an :data:`~securemesh.node.AuditHook`. For each
+:class:`~securemesh.node.Rejection` it builds an
+:class:`~securemesh.audit.events.AuditEvent` of kind ``message.rejected``
+(outcome ``denied``; subject: the *claimed* sender node, or the CURVE key
+prefix of the link when the message was too broken to name one; details:
+``reason``, ``msg_type``, ``peer``, ``suppressed``), signs it with the node's
+identity key (:func:`~securemesh.audit.events.sign_event`, so the cloud cannot
+forge it) and stores it durably in the node's
+:class:`~securemesh.audit.outbox.Outbox`, from where the audit layer ships it
+to the cloud log.
+
+A peer must not be able to turn a flood of garbage into a flood of signed,
+fsync'ed audit records, so the auditor records at most one event per
+``window`` seconds per ``(peer, reason)``; the next event carries the number
+of rejections suppressed in between (the counters in ``status.json`` stay
+exact). The hook never raises into the receive loop (the node counts hook
+failures in ``audit_failures``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from securemesh.node._metrics import Rejection
+
+if TYPE_CHECKING:
+    from securemesh.audit.outbox import Outbox
+    from securemesh.crypto.signing import Signer
+
+__all__ = ["RejectionAuditor"]
+
+
+class RejectionAuditor:
+    """Audit hook writing rate-limited, signed ``message.rejected`` events to an outbox."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        origin: str,
+        signer: Signer,
+        window: float = 60.0,
+        max_keys: int = 4096,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.outbox = outbox
+        self.origin = origin
+        self._signer = signer
+        self._window = window
+        self._max_keys = max_keys
+        self._clock = clock
+        self._state: OrderedDict[tuple[bytes | None, str], list[float]] = OrderedDict()
+        self.recorded = 0
+        self.suppressed = 0
+
+    def __call__(self, rejection: Rejection) -> None:
+        key = (rejection.peer, rejection.reason)
+        now = rejection.at
+        state = self._state.get(key)
+        if state is not None and now - state[0] < self._window:
+            state[1] += 1
+            self.suppressed += 1
+            return
+        suppressed = 0 if state is None else int(state[1])
+        self._state[key] = [now, 0.0]
+        self._state.move_to_end(key)
+        while len(self._state) > self._max_keys:
+            self._state.popitem(last=False)
+        self._record(rejection, suppressed)
+
+    def _record(self, rejection: Rejection, suppressed: int) -> None:
+        from securemesh.audit.events import (  # noqa: PLC0415 - the audit package is optional here
+            EventKind,
+            Outcome,
+            SubjectType,
+            new_event,
+            sign_event,
+        )
+
+        peer = None if rejection.peer is None else rejection.peer.hex()[:16]
+        subject = rejection.sender_claimed or f"curve:{peer or 'unknown'}"
+        event = new_event(
+            EventKind.MESSAGE_REJECTED,
+            origin=self.origin,
+            subject=(SubjectType.NODE, subject[:256]),
+            outcome=Outcome.DENIED,
+            details={
+                "reason": rejection.reason,
+                "msg_type": rejection.msg_type,
+                "peer": peer,
+                "suppressed": suppressed,
+            },
+            now=rejection.at,
+        )
+        self.outbox.put(sign_event(event, self._signer))
+        self.recorded += 1
