@@ -213,8 +213,20 @@ class Device:
             coro.close()
             raise LocalError("the synchronous Device API cannot be used on the SDK loop thread")
         import asyncio  # noqa: PLC0415 - already loaded by connect()
+        from concurrent.futures import wait  # noqa: PLC0415
 
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError as exc:  # the loop is closed
+            coro.close()
+            raise TransportClosed("the device is closed") from exc
+        # Wait in slices: if the loop stops meanwhile (close() from another
+        # thread), the coroutine never runs and a plain result() would hang.
+        while not wait([future], timeout=0.25).done:
+            if not self._thread.is_alive() or self._loop.is_closed():
+                future.cancel()
+                raise TransportClosed("the device was closed during the call")
+        return future.result()
 
     def _in_loop(self, fn: Callable[[], T]) -> T:
         async def run() -> T:

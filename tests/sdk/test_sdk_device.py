@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,28 @@ def test_device_to_device_through_the_edge(
         dev_b.on("peer.ping", lambda msg: {"pong": msg.sender}, tiers=["end"])
         reply = dev_a.request("dev-b", "peer.ping", {}, timeout=1.0)
         assert reply.json() == {"pong": "dev-a"}
+
+
+def test_close_while_a_handler_waits_on_a_request(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    dev = connect(tmp_path / "dev-1", clock)
+    started = threading.Event()
+    outcome: queue.Queue[BaseException | None] = queue.Queue()
+
+    def slow(msg: Message) -> None:
+        started.set()
+        try:
+            dev.request("edge-1", "app.nobody-answers", {}, timeout=30)
+            outcome.put(None)
+        except BaseException as exc:
+            outcome.put(exc)
+
+    dev.on("dev.slow", slow)
+    infra.loop.call(infra.edge.send("dev-1", "dev.slow", b"{}"))
+    assert started.wait(10)
+    begun = time.monotonic()
+    dev.close(drain_timeout=0.2)
+    assert time.monotonic() - begun < 10
+    assert isinstance(outcome.get(timeout=5), TransportClosed)
