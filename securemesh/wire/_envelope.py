@@ -108,7 +108,7 @@ from securemesh.wire._header import (
     AuthMode,
     Flags,
     Header,
-    encode_header,
+    encode_header_fields,
     parse_header,
 )
 from securemesh.wire._limits import DEFAULT_LIMITS, Limits
@@ -176,6 +176,17 @@ def _view(frame: object, error: type[Exception]) -> memoryview:
     return view
 
 
+_blake2b = hashlib.blake2b
+
+
+def _whole_bytes(view: memoryview) -> bytes:
+    """``bytes(view)``, without a copy when the view spans a whole ``bytes`` object."""
+    obj = view.obj
+    if type(obj) is bytes and len(obj) == view.nbytes:
+        return obj
+    return bytes(view)
+
+
 def _digest(data: memoryview | bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=HASH_SIZE).digest()
 
@@ -183,6 +194,16 @@ def _digest(data: memoryview | bytes) -> bytes:
 def _transcript(
     header: memoryview | bytes, body: memoryview | bytes, raws: Sequence[Frame]
 ) -> bytes:
+    if not raws:  # the common case: one join, one body hash
+        return b"".join(
+            (
+                TRANSCRIPT_LABEL,
+                _U16.pack(len(header)),
+                header,
+                _U64.pack(len(body)),
+                _blake2b(body, digest_size=HASH_SIZE).digest(),
+            )
+        )
     parts: list[bytes | memoryview] = [
         TRANSCRIPT_LABEL,
         _U16.pack(len(header)),
@@ -285,8 +306,10 @@ class Envelope(_HeaderFields):
         if _token is not _TOKEN:
             raise LocalError("an Envelope is only created by verifying an UnverifiedEnvelope")
         object.__setattr__(self, "_header", header)
-        object.__setattr__(self, "_frames", tuple(v.toreadonly() for v in frames))
-        object.__setattr__(self, "_body", bytes(frames[1]))
+        object.__setattr__(
+            self, "_frames", tuple([v if v.readonly else v.toreadonly() for v in frames])
+        )
+        object.__setattr__(self, "_body", _whole_bytes(frames[1]))
 
     @property
     def body_bytes(self) -> bytes:
@@ -358,7 +381,7 @@ class UnverifiedEnvelope(_HeaderFields):
         """
         if self._header.auth_mode is not AuthMode.SIGNED:
             raise AuthenticationError("envelope is not signed")
-        verify_signature(verify_key, self._transcript(), bytes(self._views[-1]))
+        verify_signature(verify_key, self._transcript(), _whole_bytes(self._views[-1]))
         return Envelope(self._header, self._views, _token=_TOKEN)
 
     def verify_mac(self, key: bytes) -> Envelope:
@@ -375,8 +398,8 @@ class UnverifiedEnvelope(_HeaderFields):
             raise LocalError(f"a session MAC key is {MAC_KEY_SIZE} bytes")
         if self._header.auth_mode is not AuthMode.MAC:
             raise AuthenticationError("envelope is not in MAC mode")
-        expected = hashlib.blake2b(self._transcript(), key=key, digest_size=MAC_SIZE).digest()
-        if not hmac.compare_digest(expected, bytes(self._views[-1])):
+        expected = _blake2b(self._transcript(), key=key, digest_size=MAC_SIZE).digest()
+        if not hmac.compare_digest(expected, _whole_bytes(self._views[-1])):
             raise AuthenticationError("MAC does not verify")
         return Envelope(self._header, self._views, _token=_TOKEN)
 
@@ -398,7 +421,8 @@ def decode(frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS) -> Unver
         raise SizeLimitExceeded(f"{count} frames, limit {limits.max_frames}")
     if count < Limits.MIN_FRAMES:
         raise DecodeError("an envelope has at least header, body and auth frames")
-    views = tuple(_view(f, DecodeError) for f in frames)
+    # a memoryview of ``bytes`` is always flat and contiguous: no checks needed
+    views = tuple([memoryview(f) if type(f) is bytes else _view(f, DecodeError) for f in frames])
     # 1. sizes, from lengths alone
     if views[0].nbytes > limits.max_header:
         raise SizeLimitExceeded("header frame too large")
@@ -414,7 +438,8 @@ def decode(frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS) -> Unver
     if total > limits.max_total:
         raise SizeLimitExceeded("envelope too large")
     # 2. form
-    header = parse_header(views[0])
+    first = frames[0]
+    header = parse_header(first if type(first) is bytes else views[0])
     if header.raw_frame_count != count - Limits.MIN_FRAMES:
         raise DecodeError("frame count does not match the header")
     if views[-1].nbytes != _AUTH_SIZE[header.auth_mode]:
@@ -523,19 +548,17 @@ def _prepare(
     body_bytes = _body_bytes(body)
     if len(body_bytes) > limits.max_body:
         raise EncodeError(f"body is {len(body_bytes)} bytes, limit {limits.max_body}")
-    header = encode_header(
-        Header(
-            auth_mode=auth_mode,
-            msg_type=msg_type,
-            sender=sender,
-            recipient=recipient,
-            sequence=sequence,
-            timestamp_ms=timestamp_ms,
-            correlation_id=correlation_id,
-            key_id=key_id,
-            raw_frame_count=len(raws),
-            flags=flags,
-        )
+    header = encode_header_fields(
+        auth_mode,
+        msg_type,
+        sender,
+        recipient,
+        sequence,
+        timestamp_ms,
+        correlation_id,
+        key_id,
+        len(raws),
+        flags,
     )
     total = len(header) + len(body_bytes) + _AUTH_SIZE[auth_mode]
     for raw in raws:
@@ -630,7 +653,7 @@ def encode_mac(
         flags=flags,
         limits=limits,
     )
-    parts.append(hashlib.blake2b(transcript, key=key, digest_size=MAC_SIZE).digest())
+    parts.append(_blake2b(transcript, key=key, digest_size=MAC_SIZE).digest())
     return parts
 
 

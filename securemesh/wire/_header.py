@@ -135,10 +135,43 @@ def _problem(h: Header) -> str | None:  # noqa: PLR0911 - one return per rule, l
     return None
 
 
+_FIXED_HEAD = struct.Struct(">2sBBHHQQ16s16s")  # the fixed part up to the three lengths
+_MAX_CACHED = 4096  # bounded caches of validated names (cleared when full)
+# (msg_type, sender, recipient) -> the header's tail: the three lengths + the names
+_ENCODED_NAMES: dict[tuple[object, object, object], bytes] = {}
+# the header's tail as received -> (msg_type, sender, recipient), each already validated
+_DECODED_NAMES: dict[bytes, tuple[str, str, str]] = {}
+
+
 def _ascii(value: object) -> bytes | None:
     if not isinstance(value, str) or not value.isascii():
         return None
     return value.encode("ascii")
+
+
+def _names_tail(msg_type: object, sender: object, recipient: object) -> bytes:
+    """The validated variable part of a header (lengths + names), cached per triple."""
+    key = (msg_type, sender, recipient)
+    plain = type(msg_type) is type(sender) is type(recipient) is str
+    tail = _ENCODED_NAMES.get(key) if plain else None  # a str subclass may redefine ==
+    if tail is not None:
+        return tail
+    mt = _ascii(msg_type)
+    sd = _ascii(sender)
+    rc = _ascii(recipient)
+    if mt is None or _MSG_TYPE_RE.fullmatch(mt) is None:
+        raise EncodeError("msg_type must be 1-64 characters of [a-z0-9._-]")
+    if sd is None or _NODE_ID_RE.fullmatch(sd) is None:
+        raise EncodeError("sender must be 1-64 characters of [A-Za-z0-9._-]")
+    if rc is None or (rc and _NODE_ID_RE.fullmatch(rc) is None):
+        raise EncodeError("recipient must be empty or 1-64 characters of [A-Za-z0-9._-]")
+    tail = bytes((len(mt), len(sd), len(rc))) + mt + sd + rc
+    if not plain:
+        return tail
+    if len(_ENCODED_NAMES) >= _MAX_CACHED:
+        _ENCODED_NAMES.clear()
+    _ENCODED_NAMES[key] = tail
+    return tail
 
 
 def encode_header(h: Header) -> bytes:
@@ -146,39 +179,123 @@ def encode_header(h: Header) -> bytes:
     problem = _problem(h)
     if problem is not None:
         raise EncodeError(f"invalid envelope header: {problem}")
-    msg_type = _ascii(h.msg_type)
-    sender = _ascii(h.sender)
-    recipient = _ascii(h.recipient)
-    if msg_type is None or _MSG_TYPE_RE.fullmatch(msg_type) is None:
-        raise EncodeError("msg_type must be 1-64 characters of [a-z0-9._-]")
-    if sender is None or _NODE_ID_RE.fullmatch(sender) is None:
-        raise EncodeError("sender must be 1-64 characters of [A-Za-z0-9._-]")
-    if recipient is None or (recipient and _NODE_ID_RE.fullmatch(recipient) is None):
-        raise EncodeError("recipient must be empty or 1-64 characters of [A-Za-z0-9._-]")
-    return (
-        _FIXED.pack(
-            MAGIC,
-            VERSION,
-            int(h.auth_mode),
-            int(h.flags),
-            h.raw_frame_count,
-            h.sequence,
-            h.timestamp_ms,
-            h.correlation_id,
-            h.key_id,
-            len(msg_type),
-            len(sender),
-            len(recipient),
+    return _FIXED_HEAD.pack(
+        MAGIC,
+        VERSION,
+        int(h.auth_mode),
+        int(h.flags),
+        h.raw_frame_count,
+        h.sequence,
+        h.timestamp_ms,
+        h.correlation_id,
+        h.key_id,
+    ) + _names_tail(h.msg_type, h.sender, h.recipient)
+
+
+def encode_header_fields(  # noqa: PLR0917 - the header's fields, no Header built
+    auth_mode: AuthMode,
+    msg_type: str,
+    sender: str,
+    recipient: str,
+    sequence: int,
+    timestamp_ms: int,
+    correlation_id: bytes,
+    key_id: bytes,
+    raw_frame_count: int,
+    flags: Flags,
+) -> bytes:
+    """:func:`encode_header` of the same fields, for the encoder's hot path.
+
+    The same rules as :func:`_problem`, checked on the values directly (no
+    :class:`Header` is built); the names' encoding is cached per triple.
+    """
+    if (
+        type(sequence) is not int
+        or type(timestamp_ms) is not int
+        or type(raw_frame_count) is not int
+        or type(correlation_id) is not bytes
+        or type(key_id) is not bytes
+        or not isinstance(auth_mode, AuthMode)
+        or not isinstance(flags, int)
+    ):
+        # unusual types (bool, subclasses, wrong kinds): the general path decides
+        return encode_header(
+            Header(
+                auth_mode=auth_mode,
+                msg_type=msg_type,
+                sender=sender,
+                recipient=recipient,
+                sequence=sequence,
+                timestamp_ms=timestamp_ms,
+                correlation_id=correlation_id,
+                key_id=key_id,
+                raw_frame_count=raw_frame_count,
+                flags=flags,
+            )
         )
-        + msg_type
-        + sender
-        + recipient
-    )
+    problem = None
+    flag_bits = int(flags)
+    if not 0 <= sequence <= U64_MAX:
+        problem = "sequence out of range"
+    elif not 0 <= timestamp_ms <= U64_MAX:
+        problem = "timestamp out of range"
+    elif not 0 <= raw_frame_count <= 0xFFFF:
+        problem = "raw frame count out of range"
+    elif len(correlation_id) != ID_SIZE:
+        problem = "correlation id must be 16 bytes"
+    elif len(key_id) != ID_SIZE:
+        problem = "key id must be 16 bytes"
+    elif (key_id == ZERO_ID) is not (auth_mode is AuthMode.SIGNED):
+        problem = (
+            "key id must be zero in SIGNED mode"
+            if auth_mode is AuthMode.SIGNED
+            else "key id (session id) must not be zero in MAC mode"
+        )
+    elif flag_bits & ~_KNOWN_FLAGS:
+        problem = "reserved flag bits set"
+    elif flag_bits == _KNOWN_FLAGS:
+        problem = "REQUEST and REPLY are mutually exclusive"
+    elif flag_bits and correlation_id == ZERO_ID:
+        problem = "REQUEST/REPLY need a correlation id"
+    if problem is not None:
+        raise EncodeError(f"invalid envelope header: {problem}")
+    return _FIXED_HEAD.pack(
+        MAGIC,
+        VERSION,
+        int(auth_mode),
+        flag_bits,
+        raw_frame_count,
+        sequence,
+        timestamp_ms,
+        correlation_id,
+        key_id,
+    ) + _names_tail(msg_type, sender, recipient)
 
 
-def parse_header(data: memoryview) -> Header:
+def _decode_names(tail: bytes, type_len: int, sender_len: int) -> tuple[str, str, str]:
+    """Validate the names of a header tail (3 length bytes + names); cached per tail."""
+    names = _DECODED_NAMES.get(tail)
+    if names is not None:
+        return names
+    msg_type = tail[3 : 3 + type_len]
+    sender = tail[3 + type_len : 3 + type_len + sender_len]
+    recipient = tail[3 + type_len + sender_len :]
+    if _MSG_TYPE_RE.fullmatch(msg_type) is None:
+        raise DecodeError("bad msg_type")
+    if _NODE_ID_RE.fullmatch(sender) is None:
+        raise DecodeError("bad sender")
+    if recipient and _NODE_ID_RE.fullmatch(recipient) is None:
+        raise DecodeError("bad recipient")
+    names = (msg_type.decode("ascii"), sender.decode("ascii"), recipient.decode("ascii"))
+    if len(_DECODED_NAMES) >= _MAX_CACHED:
+        _DECODED_NAMES.clear()
+    _DECODED_NAMES[tail] = names
+    return names
+
+
+def parse_header(data: memoryview | bytes) -> Header:
     """Parse one header frame strictly; raise :class:`DecodeError` on any deviation."""
-    size = data.nbytes
+    size = len(data) if type(data) is bytes else data.nbytes  # type: ignore[union-attr]
     if size < FIXED_SIZE:
         raise DecodeError("header too short")
     (
@@ -215,22 +332,13 @@ def parse_header(data: memoryview) -> Header:
         raise DecodeError("bad name length")
     if size != FIXED_SIZE + type_len + sender_len + recipient_len:
         raise DecodeError("header length does not match its fields")
-    names = bytes(data[FIXED_SIZE:])
-    msg_type = names[:type_len]
-    sender = names[type_len : type_len + sender_len]
-    recipient = names[type_len + sender_len :]
-    if _MSG_TYPE_RE.fullmatch(msg_type) is None:
-        raise DecodeError("bad msg_type")
-    if _NODE_ID_RE.fullmatch(sender) is None:
-        raise DecodeError("bad sender")
-    if recipient and _NODE_ID_RE.fullmatch(recipient) is None:
-        raise DecodeError("bad recipient")
+    msg_type, sender, recipient = _decode_names(bytes(data[FIXED_SIZE - 3 :]), type_len, sender_len)
     # Every rule of _problem() was checked above, on the raw values (hot path).
     return Header(
         auth_mode=auth_mode,
-        msg_type=msg_type.decode("ascii"),
-        sender=sender.decode("ascii"),
-        recipient=recipient.decode("ascii"),
+        msg_type=msg_type,
+        sender=sender,
+        recipient=recipient,
         sequence=sequence,
         timestamp_ms=timestamp_ms,
         correlation_id=correlation_id,
