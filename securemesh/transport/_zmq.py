@@ -102,6 +102,62 @@ def _rearm(sock: zmq.asyncio.Socket) -> None:
         sock.get(zmq.EVENTS)
 
 
+# Plain ints: pyzmq's flag enums make every ``flags | SNDMORE`` an enum call.
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+class _Rearmer:
+    """One deferred :func:`_rearm` per event-loop pass, however many socket calls ran.
+
+    Reading ``EVENTS`` costs as much as a small send; a burst of sends (or of
+    receives) on the shadow socket needs it only once, before pending futures
+    would next be woken, i.e. on the loop's next pass. Futures registered
+    after a shadow call check ``EVENTS`` themselves when they are created.
+    """
+
+    __slots__ = ("_pending", "_sock")
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self._sock = sock
+        self._pending = False
+
+    def __call__(self) -> None:
+        if not self._pending:
+            self._pending = True
+            asyncio.get_running_loop().call_soon(self._run)
+
+    def _run(self) -> None:
+        self._pending = False
+        _rearm(self._sock)
+
+
+def _send_parts(shadow: zmq.Socket[bytes], parts: Sequence[bytes]) -> None:
+    """``send_multipart(parts, NOBLOCK)`` without pyzmq's per-frame flag arithmetic.
+
+    Atomic like ``send_multipart``: the high-water mark is checked at the first
+    part only, so either ``Again`` is raised before anything is queued or every
+    part is queued.
+    """
+    send = shadow.send
+    last = len(parts) - 1
+    for i in range(last):
+        send(parts[i], _MORE_NOBLOCK)
+    send(parts[last], _NOBLOCK)
+
+
+def _outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:
+    """:func:`check_outgoing` with a fast path for the usual few small ``bytes`` frames."""
+    if type(frames) is list and 0 < len(frames) <= options.max_frames:
+        limit = options.max_frame_size
+        for f in frames:
+            if type(f) is not bytes or len(f) > limit:
+                break
+        else:
+            return frames
+    return check_outgoing(frames, options)
+
+
 async def _wait_and_take(
     sock: zmq.asyncio.Socket,
     take: Callable[[], tuple[bytes, list[bytes]] | None],
@@ -199,6 +255,7 @@ class ZmqListener(Listener):
             raise TransportError(f"cannot listen on {address}: {exc}") from exc
         self._sock = sock
         self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
+        self._rearm = _Rearmer(sock)
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
         # key -> authenticator verdict since the last reauthenticate(): every
@@ -254,31 +311,48 @@ class ZmqListener(Listener):
                 self._user_ids[user] = key
         return key
 
-    def _accept(self, parts: list[zmq.Frame]) -> tuple[bytes, list[bytes]] | None:
-        peer = self._peer_of(parts[0])
+    def _accept(self, routing: zmq.Frame, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
+        # The sender is the key that authenticated the connection this message
+        # came on (its ZAP User-Id, read from this very message), never a cache.
+        peer = self._peer_of(routing)
         if peer is None or not self._verdict(peer):
             self.stats.dropped_unauthenticated += 1
             return None
-        if len(parts) < 2 or len(parts) - 1 > self._transport.options.max_frames:
+        if not frames or len(frames) > self._transport.options.max_frames:
             self.stats.dropped_malformed += 1
             return None
-        self._routes[peer] = parts[0].bytes
+        self._routes[peer] = routing.bytes
         self.stats.received += 1
-        return peer, [p.bytes for p in parts[1:]]
+        return peer, frames
 
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        """Fast path: take an already-queued message without creating futures."""
+        """Fast path: take an already-queued message without creating futures.
+
+        Receives part by part (``copy=False`` and ``Frame.more``), cheaper than
+        ``recv_multipart``; the routing frame stays a ``Frame`` for its
+        ``User-Id``. A message has at most ``max_frames + 1`` parts: the rest
+        of a longer one is drained and the message dropped.
+        """
+        recv = self._shadow.recv
+        cap = self._transport.options.max_frames + 1
         try:
             while True:
                 try:
-                    parts = self._shadow.recv_multipart(zmq.NOBLOCK, copy=False)
+                    routing = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     return None
-                got = self._accept(parts)
+                frames: list[bytes] = []
+                more = routing.more
+                while more:  # a multipart message arrives whole: these never block
+                    part = recv(_NOBLOCK, copy=False)
+                    more = part.more
+                    if len(frames) < cap:
+                        frames.append(part.bytes)
+                got = self._accept(routing, frames)
                 if got is not None:
                     return got
         finally:
-            _rearm(self._sock)
+            self._rearm()
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         try:
@@ -296,20 +370,23 @@ class ZmqListener(Listener):
         if self._closed:
             raise TransportClosed("listener closed")
         opts = self._transport.options
-        out = check_outgoing(frames, opts)
+        out = _outgoing(frames, opts)
         routing_id = self._routes.get(peer)
         if routing_id is None:
             raise PeerUnavailable("no connection to that peer")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
+        deadline: float | None = None
         delay = 0.0005
         while True:
             try:
                 try:
-                    self._shadow.send_multipart([routing_id, *out], zmq.NOBLOCK)
+                    self._shadow.send(routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY checks here
+                    _send_parts(self._shadow, out)
                 finally:
-                    _rearm(self._sock)
+                    self._rearm()
             except zmq.Again:
+                loop = asyncio.get_running_loop()
+                if deadline is None:
+                    deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     self.stats.send_timeouts += 1
@@ -360,6 +437,7 @@ class ZmqConnection(Connection):
             raise TransportError(f"cannot connect to {address}: {exc}") from exc
         self._sock = sock
         self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
+        self._rearm = _Rearmer(sock)
         self._address = address
         self._server_key = bytes(server_key)
         self._closed = False
@@ -389,16 +467,18 @@ class ZmqConnection(Connection):
         if peer != self._server_key:
             raise PeerUnavailable("a connection only reaches its server")
         opts = self._transport.options
-        out = check_outgoing(frames, opts)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
+        out = _outgoing(frames, opts)
+        deadline: float | None = None
         while True:
             try:
                 try:
-                    self._shadow.send_multipart(out, zmq.NOBLOCK)
+                    _send_parts(self._shadow, out)
                 finally:
-                    _rearm(self._sock)
+                    self._rearm()
             except zmq.Again:
+                loop = asyncio.get_running_loop()
+                if deadline is None:
+                    deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     self.stats.send_timeouts += 1
@@ -429,17 +509,24 @@ class ZmqConnection(Connection):
 
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
         """Fast path: take an already-queued message without creating futures."""
+        recv = self._shadow.recv
+        cap = self._transport.options.max_frames + 1
         try:
             while True:
                 try:
-                    frames = self._shadow.recv_multipart(zmq.NOBLOCK)
+                    part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     return None
+                frames = [part.bytes]
+                while part.more:  # a multipart message arrives whole: these never block
+                    part = recv(_NOBLOCK, copy=False)
+                    if len(frames) < cap:
+                        frames.append(part.bytes)
                 got = self._accept(frames)
                 if got is not None:
                     return got
         finally:
-            _rearm(self._sock)
+            self._rearm()
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         try:
