@@ -28,6 +28,9 @@ type                   body                   meaning
 ``mesh.revocation``    :class:`Revocation`    broadcast; raw frame 0 is the signed list
 ``session.hello``      :class:`SessionData`   handshake HELLO (REQUEST), REPLY is ACCEPT
 ``session.finish``     :class:`SessionData`   handshake FINISH (one-way)
+``session.reset``      :class:`Ack`           "I hold no session for your MAC envelopes":
+                                              the receiver drops its sessions toward the
+                                              sender and handshakes again (after a restart)
 ``mesh.error``         :class:`ErrorReply`    error REPLY to any REQUEST
 ``mesh.ping``          :class:`Ack`           liveness probe (REQUEST; REPLY :class:`Ack`)
 =====================  =====================  ==========================================
@@ -53,6 +56,7 @@ __all__ = [
     "ROUTE_ANNOUNCE",
     "SESSION_FINISH",
     "SESSION_HELLO",
+    "SESSION_RESET",
     "Ack",
     "B64",
     "ErrorReply",
@@ -72,6 +76,7 @@ ROUTE_ANNOUNCE: Final = "route.announce"
 MESH_REVOCATION: Final = "mesh.revocation"
 SESSION_HELLO: Final = "session.hello"
 SESSION_FINISH: Final = "session.finish"
+SESSION_RESET: Final = "session.reset"
 MESH_ERROR: Final = "mesh.error"
 MESH_PING: Final = "mesh.ping"
 

@@ -107,6 +107,7 @@ from securemesh.messages import (
     ROUTE_ANNOUNCE,
     SESSION_FINISH,
     SESSION_HELLO,
+    SESSION_RESET,
     Ack,
     ErrorReply,
     NodeHello,
@@ -120,7 +121,12 @@ from securemesh.messages import (
 from securemesh.node._config import NodeConfig
 from securemesh.node._directory import Directory
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
-from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
+from securemesh.node._pipeline import (
+    NO_SESSION,
+    FirstContactResolver,
+    Pipeline,
+    VerifiedMessage,
+)
 from securemesh.policy import AllowTypes, Policy
 from securemesh.session import Handshake, Session, SessionLimits
 from securemesh.transport import Channel, Connection, Listener, Transport
@@ -308,6 +314,7 @@ class MeshNode:
         self._session_out: dict[str, _SessionEntry] = {}
         self._hs_responding: dict[str, tuple[Handshake, _Link]] = {}
         self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
+        self._reset_hints: dict[str, float] = {}
         self._upstream_certs: list[str] = []
         self._listener: Listener | None = None
         self._parent_conn: Connection | None = None
@@ -379,6 +386,7 @@ class MeshNode:
         )
         self._builtin(SESSION_HELLO, self._on_session_hello, _builtin_policy(SESSION_HELLO))
         self._builtin(SESSION_FINISH, self._on_session_finish, _builtin_policy(SESSION_FINISH))
+        self._builtin(SESSION_RESET, self._on_session_reset, _builtin_policy(SESSION_RESET))
 
     # --------------------------------------------------------------- lifecycle
 
@@ -732,6 +740,8 @@ class MeshNode:
             result = process(peer, frames, from_parent=from_parent)
             if type(result) is Rejection:
                 metrics.reject(result)
+                if result.detail == NO_SESSION:
+                    self._hint_session_reset(result, channel, from_parent)
                 continue
             try:
                 await self._route(cast("VerifiedMessage", result), channel, from_parent)
@@ -1064,6 +1074,34 @@ class MeshNode:
         hs, link = pending
         hs.receive(b64d(msg.body(SessionData).data))
         self._install_session(hs.session, link, msg.peer)
+
+    def _on_session_reset(self, msg: VerifiedMessage) -> None:
+        if msg.relayed:
+            raise AuthorizationError("sessions are between direct peers")
+        self._session_out.pop(msg.sender, None)
+
+    def _hint_session_reset(
+        self, rejection: Rejection, channel: Channel, from_parent: bool
+    ) -> None:
+        """A direct peer sent MAC envelopes for a session we do not hold (we restarted).
+
+        Tell it once per second, SIGNED, so it runs a fresh handshake instead of
+        sending into the void until its session ages out.
+        """
+        sender, peer = rejection.sender_claimed, rejection.peer
+        if sender is None or peer is None or self.directory.node_for_curve_key(peer) != sender:
+            return
+        last = self._reset_hints.get(sender, -1.0)
+        if rejection.at - last < 1.0:
+            return
+        if len(self._reset_hints) > 10_000:
+            self._reset_hints.clear()
+        self._reset_hints[sender] = rejection.at
+        link = self._parent_link if from_parent else self._children.get(peer)
+        if link is None:
+            link = _Link(channel, peer, is_parent=False, now=self._clock())
+        frames = self._encode(sender, SESSION_RESET, Ack(), ())
+        self._spawn(self._send_on(link, frames))
 
     # ---------------------------------------------------------------- sessions
 

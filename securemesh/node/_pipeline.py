@@ -83,6 +83,8 @@ FirstContactResolver = Callable[[bytes], bytes]
 
 _BOTTOM_TIERS = (Tier.END,)
 _MAX_ALLOWED_CACHE = 65_536
+#: Rejection detail of a MAC envelope naming no session we hold with that peer.
+NO_SESSION = "no such session with this peer"
 
 
 class SessionKeys(Protocol):
@@ -262,7 +264,7 @@ class Pipeline:
             else:
                 session = self._sessions.get(unverified.key_id)
                 if session is None or session.peer_id != sender or session.peer_key != peer:
-                    raise AuthenticationError("no such session with this peer")
+                    raise AuthenticationError(NO_SESSION)
                 envelope = unverified.verify_mac(session.recv_key)
             # 5. replay (recorded only now that the envelope is authentic):
             # the skew bound, then the window (ReplayGuard.accept checks it)

@@ -365,3 +365,24 @@ def test_disconnected_children_are_dropped_and_come_back_with_hello(kit: Kit) ->
             assert reply.body(Echo).text == "cloud:x:dev-1"
 
     run(main())
+
+
+def test_a_restarted_peer_makes_the_sender_handshake_again(kit: Kit) -> None:
+    async def main() -> None:
+        async with tree(kit) as t:
+            t.edge1.node.on("app.echo", echo_handler("edge"))
+            first = await t.dev1.node.request(
+                "edge-1", "app.echo", Echo(text="1"), auth="session", timeout=5
+            )
+            # the edge "restarts": it forgets every session
+            t.edge1.node._sessions.clear()
+            t.edge1.node._session_out.clear()
+            await t.dev1.node.send("edge-1", "app.echo", Echo(text="lost"), auth="session")
+            await wait_for(lambda: "edge-1" not in t.dev1.node._session_out)
+            again = await t.dev1.node.request(
+                "edge-1", "app.echo", Echo(text="2"), auth="session", timeout=5
+            )
+            assert again.body(Echo).text == "edge:2:dev-1"
+            assert again.envelope.key_id != first.envelope.key_id
+
+    run(main())
