@@ -381,14 +381,20 @@ class AsyncDevice:
     ) -> Message:
         """Send a REQUEST and return the verified reply.
 
-        Raises TimeoutError, :class:`~securemesh.errors.RemoteCallError` (the
-        peer's handler failed or refused), or a TransportError.
+        ``timeout`` bounds the whole call — waiting for room in the queue to
+        the edge (the transport's ``send_timeout`` otherwise) and for the
+        reply; default ``limits.request_timeout``. Raises TimeoutError,
+        :class:`~securemesh.errors.RemoteCallError` (the peer's handler
+        failed or refused), or a TransportError.
         """
         self._check_usable()
-        reply = await self._node.request(
+        call = self._node.request(
             dest, msg_type, encode_body(body), tuple(frames), timeout=timeout, auth=auth
         )
-        return Message(reply)
+        if timeout is None:
+            return Message(await call)
+        # the transport never half-sends a cancelled message (its contract)
+        return Message(await asyncio.wait_for(call, timeout))
 
     def on(
         self,

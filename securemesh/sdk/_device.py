@@ -266,7 +266,8 @@ class Device:
     ) -> Message:
         """Send a REQUEST to ``dest`` and return its verified reply (a :class:`Message`).
 
-        ``timeout`` defaults to ``limits.request_timeout`` of ``node.toml``
+        ``timeout`` bounds the whole call (queueing towards the edge and the
+        reply) and defaults to ``limits.request_timeout`` of ``node.toml``
         (10 s); TimeoutError after it, RemoteCallError if the peer's handler
         refused or failed.
         """

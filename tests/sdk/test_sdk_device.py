@@ -241,6 +241,11 @@ def test_connect_times_out_cleanly_when_the_edge_is_unreachable(
     try:
         assert dev.state == "connecting"
         assert dev.parent_id is None
+        # the timeout bounds the whole call, queueing towards the absent edge included
+        begun = time.monotonic()
+        with pytest.raises(TimeoutError):
+            dev.request("edge-1", "app.echo", {}, timeout=0.5)
+        assert time.monotonic() - begun < 3
     finally:
         dev.close()
 
