@@ -16,7 +16,7 @@ Getting a device onto the mesh
 
        export SECUREMESH_PASSPHRASE=...   # or a secret store of your choice
        python examples/device_app.py --data-dir ./sensor-7 \\
-           --node-id sensor-7 --token smj1.…
+           --node-id sensor-7 --token smj1.… [--kdf-memlimit-mib 16]
 
    (or, in code, ``Device.enroll(token, data_dir=..., node_id=...)``).
 3. Run, as often as you like::
@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="enroll first with this join token (smj1.…)")
     parser.add_argument("--node-id", help="node id to enroll as (with --token)")
     parser.add_argument(
+        "--kdf-memlimit-mib",
+        type=int,
+        help="Argon2id memory for the key file (default 128; small devices: e.g. 16)",
+    )
+    parser.add_argument(
         "--passphrase-env", default="SECUREMESH_PASSPHRASE", help="variable holding the passphrase"
     )
     args = parser.parse_args(argv)
@@ -114,8 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.token:
         if not args.node_id:
             parser.error("--token needs --node-id")
+        kdf = None
+        if args.kdf_memlimit_mib is not None:
+            from securemesh.crypto.keystore import KdfParams  # noqa: PLC0415 - only when asked
+
+            kdf = KdfParams(opslimit=3, memlimit=args.kdf_memlimit_mib * 1024 * 1024)
         info = Device.enroll(
-            args.token, data_dir=args.data_dir, node_id=args.node_id, passphrase=passphrase
+            args.token,
+            data_dir=args.data_dir,
+            node_id=args.node_id,
+            passphrase=passphrase,
+            kdf_params=kdf,
         )
         print(f"enrolled {info.node_id} (serial {info.serial}, by {info.issuer})", file=sys.stderr)
 

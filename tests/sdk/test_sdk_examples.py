@@ -42,8 +42,9 @@ def test_device_app_enrolls_and_sends_readings(infra: Infra, tmp_path: Path) -> 
     env = dict(os.environ, SECUREMESH_PASSPHRASE="example-passphrase")
     runner = RUNNER.format(path=str(EXAMPLES / "device_app.py"))
     args = ["--data-dir", str(tmp_path / "sensor-7"), "--count", "3", "--interval", "0.05"]
+    enroll_args = ["--node-id", "sensor-7", "--token", infra.token(), "--kdf-memlimit-mib", "8"]
     first = subprocess.run(
-        [sys.executable, "-c", runner, *args, "--node-id", "sensor-7", "--token", infra.token()],
+        [sys.executable, "-c", runner, *args, *enroll_args],
         env=env,
         capture_output=True,
         text=True,
