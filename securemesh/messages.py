@@ -33,6 +33,9 @@ type                   body                   meaning
                                               sender and handshakes again (after a restart)
 ``mesh.error``         :class:`ErrorReply`    error REPLY to any REQUEST
 ``mesh.ping``          :class:`Ack`           liveness probe (REQUEST; REPLY :class:`Ack`)
+``cert.lookup``        :class:`CertLookup`    "send me this node's certificate" to a parent
+                                              (REQUEST; REPLY :class:`NodeHello` with it and
+                                              its issuing delegate); asked up the tree
 =====================  =====================  ==========================================
 """
 
@@ -48,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from securemesh.errors import DecodeError
 
 __all__ = [
+    "CERT_LOOKUP",
     "MESH_ERROR",
     "MESH_PING",
     "MESH_REVOCATION",
@@ -59,6 +63,7 @@ __all__ = [
     "SESSION_RESET",
     "Ack",
     "B64",
+    "CertLookup",
     "ErrorReply",
     "MeshMessage",
     "NodeHello",
@@ -79,6 +84,7 @@ SESSION_FINISH: Final = "session.finish"
 SESSION_RESET: Final = "session.reset"
 MESH_ERROR: Final = "mesh.error"
 MESH_PING: Final = "mesh.ping"
+CERT_LOOKUP: Final = "cert.lookup"
 
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
 #: An unpadded base64url string (at most 8 KiB of text: certificates are <= 4 KiB).
@@ -156,6 +162,12 @@ class SessionData(MeshMessage):
     """One session handshake message (:mod:`securemesh.session`), base64url."""
 
     data: B64
+
+
+class CertLookup(MeshMessage):
+    """Ask a neighbour for the certificate of ``node_id`` (it verifies it like any other)."""
+
+    node_id: NodeId
 
 
 class ErrorReply(MeshMessage):

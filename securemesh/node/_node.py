@@ -99,6 +99,7 @@ from securemesh.errors import (
     TransportError,
 )
 from securemesh.messages import (
+    CERT_LOOKUP,
     MESH_ERROR,
     MESH_PING,
     MESH_REVOCATION,
@@ -109,6 +110,7 @@ from securemesh.messages import (
     SESSION_HELLO,
     SESSION_RESET,
     Ack,
+    CertLookup,
     ErrorReply,
     NodeHello,
     NodeReport,
@@ -315,6 +317,7 @@ class MeshNode:
         self._hs_responding: dict[str, tuple[Handshake, _Link]] = {}
         self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
         self._reset_hints: dict[str, float] = {}
+        self._lookups: dict[str, float] = {}
         self._upstream_certs: list[str] = []
         self._listener: Listener | None = None
         self._parent_conn: Connection | None = None
@@ -387,6 +390,7 @@ class MeshNode:
         self._builtin(SESSION_HELLO, self._on_session_hello, _builtin_policy(SESSION_HELLO))
         self._builtin(SESSION_FINISH, self._on_session_finish, _builtin_policy(SESSION_FINISH))
         self._builtin(SESSION_RESET, self._on_session_reset, _builtin_policy(SESSION_RESET))
+        self._builtin(CERT_LOOKUP, self._on_cert_lookup, _builtin_policy(CERT_LOOKUP))
 
     # --------------------------------------------------------------- lifecycle
 
@@ -742,6 +746,8 @@ class MeshNode:
                 metrics.reject(result)
                 if result.detail == NO_SESSION:
                     self._hint_session_reset(result, channel, from_parent)
+                elif result.reason == "unknown_sender":
+                    self._lookup_unknown_sender(result)
                 continue
             try:
                 await self._route(cast("VerifiedMessage", result), channel, from_parent)
@@ -1074,6 +1080,58 @@ class MeshNode:
         hs, link = pending
         hs.receive(b64d(msg.body(SessionData).data))
         self._install_session(hs.session, link, msg.peer)
+
+    async def _on_cert_lookup(self, msg: VerifiedMessage) -> NodeHello:
+        """Answer with a certificate we hold, else ask our parent (and learn the answer)."""
+        if msg.relayed:
+            raise AuthorizationError("certificate lookups are between direct peers")
+        node_id = msg.body(CertLookup).node_id
+        signed = self.directory.signed_certificate(node_id)
+        if signed is None and self.parent_id is not None and node_id != msg.sender:
+            await self._lookup_upstream(node_id)
+            signed = self.directory.signed_certificate(node_id)
+        if signed is None:
+            raise NoRoute("certificate unknown here")
+        certs = [b64e(signed.to_bytes())]
+        issuer = self.directory.trust.delegated_authorities.get(
+            signed.unverified_certificate().issuer
+        )
+        if issuer is not None:
+            certs.append(b64e(issuer.to_bytes()))
+        return NodeHello(certificates=certs)
+
+    async def _lookup_upstream(self, node_id: str) -> None:
+        if self.parent_id is None:
+            return
+        reply = await self.request(
+            self.parent_id,
+            CERT_LOOKUP,
+            CertLookup(node_id=node_id),
+            timeout=self.config.limits.request_timeout,
+        )
+        body = reply.body(NodeHello)
+        self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
+
+    def _lookup_unknown_sender(self, rejection: Rejection) -> None:
+        """A relayed message named an origin we have no certificate for: ask up the tree.
+
+        That message stays rejected; the origin's next ones verify. At most one
+        lookup per origin every 5 seconds, only for senders relayed by an
+        enrolled edge/cloud neighbour.
+        """
+        sender, peer = rejection.sender_claimed, rejection.peer
+        if sender is None or peer is None or self.parent_id is None:
+            return
+        hop = self.directory.node_for_curve_key(peer)
+        if hop is None or hop == sender or not self.directory.is_authority_tier(hop):
+            return
+        last = self._lookups.get(sender, -1e9)
+        if rejection.at - last < 5.0:
+            return
+        if len(self._lookups) > 10_000:
+            self._lookups.clear()
+        self._lookups[sender] = rejection.at
+        self._spawn(self._lookup_upstream(sender))
 
     def _on_session_reset(self, msg: VerifiedMessage) -> None:
         if msg.relayed:

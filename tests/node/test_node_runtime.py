@@ -386,3 +386,25 @@ def test_a_restarted_peer_makes_the_sender_handshake_again(kit: Kit) -> None:
             assert again.envelope.key_id != first.envelope.key_id
 
     run(main())
+
+
+def test_device_to_device_across_edges_after_certificate_lookup(kit: Kit) -> None:
+    async def main() -> None:
+        async with tree(kit) as t:
+            t.dev3.node.on("app.echo", echo_handler("dev3"))
+            assert "dev-1" not in t.dev3.node.directory
+            text = None
+            for _ in range(10):  # the first attempts teach edge-2 and dev-3 dev-1's certificate
+                try:
+                    reply = await t.dev1.node.request(
+                        "dev-3", "app.echo", Echo(text="x"), timeout=0.3
+                    )
+                except TimeoutError:
+                    continue
+                text = reply.body(Echo).text
+                break
+            assert text == "dev3:x:dev-1"
+            assert "dev-1" in t.dev3.node.directory
+            assert "dev-1" in t.edge2.node.directory
+
+    run(main())
