@@ -355,6 +355,13 @@ class ZmqListener(Listener):
             self._rearm()
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        if not self._closed:  # fast path: a queued message, without another coroutine
+            try:
+                got = self._try_recv()
+            except zmq.ZMQError:
+                got = None  # the slow path below reports it
+            if got is not None:
+                return got
         try:
             if self._closed:
                 raise zmq.ZMQError(zmq.ENOTSOCK)
@@ -529,6 +536,13 @@ class ZmqConnection(Connection):
             self._rearm()
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        if not self._closed:  # fast path: a queued message, without another coroutine
+            try:
+                got = self._try_recv()
+            except zmq.ZMQError:
+                got = None  # the slow path below reports it
+            if got is not None:
+                return got
         try:
             if self._closed:
                 raise zmq.ZMQError(zmq.ENOTSOCK)
