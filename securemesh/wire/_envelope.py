@@ -370,6 +370,17 @@ class UnverifiedEnvelope(_HeaderFields):
 
     def _transcript(self) -> bytes:
         views = self._views
+        if len(views) == Limits.MIN_FRAMES:  # no raw frame: the one-join form
+            head, body = views[0], views[1]
+            return b"".join(
+                (
+                    TRANSCRIPT_LABEL,
+                    _U16.pack(head.nbytes),
+                    head,
+                    _U64.pack(body.nbytes),
+                    _blake2b(body, digest_size=HASH_SIZE).digest(),
+                )
+            )
         return _transcript(views[0], views[1], views[2:-1])
 
     def verify_signature(self, verify_key: bytes) -> Envelope:
@@ -407,13 +418,17 @@ class UnverifiedEnvelope(_HeaderFields):
 # ---------------------------------------------------------------------- decoding
 
 
-def decode(frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS) -> UnverifiedEnvelope:
+def decode(frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS) -> UnverifiedEnvelope:  # noqa: PLR0912
     """Check sizes, then form; return an :class:`UnverifiedEnvelope`.
 
     Raises :class:`~securemesh.errors.SizeLimitExceeded` (before reading any
     content) or :class:`~securemesh.errors.DecodeError`. Frames are kept as
     zero-copy views of the buffers passed in.
     """
+    if type(frames) is list and len(frames) == Limits.MIN_FRAMES:
+        head, body, auth = frames
+        if type(head) is bytes and type(body) is bytes and type(auth) is bytes:
+            return _decode_plain(head, body, auth, limits)
     if not isinstance(frames, list | tuple):
         raise DecodeError("an envelope is a list of frames")
     count = len(frames)
@@ -444,6 +459,28 @@ def decode(frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS) -> Unver
         raise DecodeError("frame count does not match the header")
     if views[-1].nbytes != _AUTH_SIZE[header.auth_mode]:
         raise DecodeError("auth frame has the wrong size for its mode")
+    return UnverifiedEnvelope(header, views, _token=_TOKEN)
+
+
+def _decode_plain(head: bytes, body: bytes, auth: bytes, limits: Limits) -> UnverifiedEnvelope:
+    """:func:`decode` for the usual case: three ``bytes`` frames, no raw frame.
+
+    The same checks in the same order, on ``len()`` instead of buffer views.
+    """
+    if len(head) > limits.max_header:
+        raise SizeLimitExceeded("header frame too large")
+    if len(body) > limits.max_body:
+        raise SizeLimitExceeded("body frame too large")
+    if len(auth) > _MAX_AUTH_SIZE:
+        raise SizeLimitExceeded("auth frame too large")
+    if len(head) + len(body) + len(auth) > limits.max_total:
+        raise SizeLimitExceeded("envelope too large")
+    header = parse_header(head)
+    if header.raw_frame_count:
+        raise DecodeError("frame count does not match the header")
+    if len(auth) != _AUTH_SIZE[header.auth_mode]:
+        raise DecodeError("auth frame has the wrong size for its mode")
+    views = (memoryview(head), memoryview(body), memoryview(auth))
     return UnverifiedEnvelope(header, views, _token=_TOKEN)
 
 
@@ -524,6 +561,51 @@ def _send_view(frame: Frame) -> WireFrame:
     return _view(frame, EncodeError).toreadonly()
 
 
+def _prepare_plain(  # noqa: PLR0917 - _prepare's fields, positionally (hot path)
+    auth_mode: AuthMode,
+    key_id: bytes,
+    msg_type: str,
+    sender: str,
+    recipient: str,
+    sequence: int,
+    timestamp_ms: int,
+    body: bytes,
+    correlation_id: bytes,
+    flags: Flags,
+    limits: Limits,
+) -> tuple[list[WireFrame], bytes]:
+    """:func:`_prepare` for a ``bytes`` body and no raw frame: same checks, one join."""
+    if len(body) > limits.max_body:
+        raise EncodeError(f"body is {len(body)} bytes, limit {limits.max_body}")
+    header = encode_header_fields(
+        auth_mode,
+        msg_type,
+        sender,
+        recipient,
+        sequence,
+        timestamp_ms,
+        correlation_id,
+        key_id,
+        0,
+        flags,
+    )
+    total = len(header) + len(body) + _AUTH_SIZE[auth_mode]
+    if total > limits.max_total:
+        raise EncodeError(f"envelope is {total} bytes, limit {limits.max_total}")
+    if len(header) > limits.max_header:
+        raise EncodeError(f"header is {len(header)} bytes, limit {limits.max_header}")
+    transcript = b"".join(
+        (
+            TRANSCRIPT_LABEL,
+            _U16.pack(len(header)),
+            header,
+            _U64.pack(len(body)),
+            _blake2b(body, digest_size=HASH_SIZE).digest(),
+        )
+    )
+    return [header, body], transcript
+
+
 def _prepare(
     *,
     auth_mode: AuthMode,
@@ -540,6 +622,20 @@ def _prepare(
     limits: Limits,
 ) -> tuple[list[WireFrame], bytes]:
     """Build ``[header, body, *raws]`` and the transcript, enforcing ``limits``."""
+    if type(body) is bytes and type(frames) is tuple and not frames:
+        return _prepare_plain(
+            auth_mode,
+            key_id,
+            msg_type,
+            sender,
+            recipient,
+            sequence,
+            timestamp_ms,
+            body,
+            correlation_id,
+            flags,
+            limits,
+        )
     if isinstance(frames, bytes | bytearray | memoryview | str):
         raise EncodeError("frames must be a sequence of buffers, not one buffer")
     raws = [_send_view(f) for f in frames]
