@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sdk_support import FAST_KDF, PASSPHRASE, Clock, Infra, start_infra
+from sdk_support import FAST_KDF, PASSPHRASE, Clock, EnrollFn, Infra, start_infra
 
 from securemesh.sdk import Device, Enrollment
 
@@ -24,9 +24,6 @@ def infra(tmp_path: Path, clock: Clock) -> Iterator[Infra]:
         mesh.close()
     leftover = [t.name for t in threading.enumerate() if t.name.startswith("securemesh-sdk")]
     assert not leftover, f"SDK threads not reaped: {leftover}"
-
-
-EnrollFn = Callable[..., Enrollment]
 
 
 @pytest.fixture

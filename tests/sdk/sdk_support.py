@@ -51,6 +51,9 @@ from securemesh.transport import CurveKeyPair, ZmqTransport
 
 T = TypeVar("T")
 
+#: The ``enroll`` fixture (conftest.py): ``enroll("dev-1", data_dir=...) -> Enrollment``.
+EnrollFn = Callable[..., Any]
+
 FAST_KDF = keystore.UNSAFE_FAST_PARAMS
 PASSPHRASE = "device-test-passphrase"
 WAIT = 10.0

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EnrollFn
 from pydantic import BaseModel, ConfigDict
-from sdk_support import FAST_KDF, PASSPHRASE, Clock, Infra
+from sdk_support import FAST_KDF, PASSPHRASE, Clock, EnrollFn, Infra
 
 from securemesh.errors import (
     EncodeError,

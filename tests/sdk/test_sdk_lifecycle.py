@@ -10,8 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import EnrollFn
-from sdk_support import PASSPHRASE, Clock, Infra, wait_until
+from sdk_support import PASSPHRASE, Clock, EnrollFn, Infra, wait_until
 
 from securemesh.crypto.certs import Certificate, SignedCertificate, SignedRevocationList
 from securemesh.errors import CertificateExpired, CertificateRevoked, ConfigError
