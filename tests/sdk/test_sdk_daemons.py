@@ -135,9 +135,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 proc.stderr.close()
 
 
-def _enroll(mesh: Mesh, data_dir: Path, node_id: str) -> Enrollment:
+def _enroll(mesh: Mesh, data_dir: Path, node_id: str, *, at: Path | None = None) -> Enrollment:
     token = _cli(
-        "token", "create", "--data-dir", str(mesh.edge_dir), "--tier", "end",
+        "token", "create", "--data-dir", str(at or mesh.edge_dir), "--tier", "end",
         "--roles", "sensor", "--ttl", "10m",
     )  # fmt: skip
     # the edge daemon admits the new token's key on its next status tick
@@ -177,6 +177,25 @@ def test_device_enrolls_at_a_delegated_edge_daemon_and_reaches_the_cloud(
             assert time.monotonic() < deadline, "the revoked device is still served"
         versions = _status(mesh.edge_dir)["revocation_list_versions"]
         assert versions == {"root": 2}
+
+
+def test_explicit_renewal_at_the_edge_and_at_the_cloud(mesh: Mesh, tmp_path: Path) -> None:
+    # issued by the edge's delegated authority: renewed by the edge
+    at_edge = _enroll(mesh, tmp_path / "edge-dev", "dev-3")
+    with Device.connect(tmp_path / "edge-dev", passphrase=PASSPHRASE) as dev:
+        new = dev.renew(timeout=10)
+        assert new.serial != at_edge.serial
+        assert new.issuer == "edge-1"
+        assert dev.request("cloud-1", "app.echo", {}, timeout=10).json()["from"] == "dev-3"
+    # enrolled at the cloud (root-issued, the cloud is its parent): renewed by the cloud
+    at_cloud = _enroll(mesh, tmp_path / "cloud-dev", "dev-4", at=mesh.cloud_dir)
+    assert at_cloud.issuer == "root"
+    with Device.connect(tmp_path / "cloud-dev", passphrase=PASSPHRASE) as dev:
+        assert dev.parent_id == "cloud-1"
+        new = dev.renew(timeout=10)
+        assert new.serial != at_cloud.serial
+        assert new.issuer == "root"
+        assert dev.request("cloud-1", "app.echo", {}, timeout=10).json()["from"] == "dev-4"
 
 
 @pytest.mark.xfail(
