@@ -105,6 +105,9 @@ def _rearm(sock: zmq.asyncio.Socket) -> None:
 # Plain ints: pyzmq's flag enums make every ``flags | SNDMORE`` an enum call.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+# The backend's send, under pyzmq's Python ``Socket.send`` (which only adds the
+# DRAFT ``routing_id``/``group`` options we never use, at ~0.3 us per part).
+_csend = zmq.backend.Socket.send
 
 
 class _Rearmer:
@@ -139,11 +142,10 @@ def _send_parts(shadow: zmq.Socket[bytes], parts: Sequence[bytes]) -> None:
     part only, so either ``Again`` is raised before anything is queued or every
     part is queued.
     """
-    send = shadow.send
     last = len(parts) - 1
     for i in range(last):
-        send(parts[i], _MORE_NOBLOCK)
-    send(parts[last], _NOBLOCK)
+        _csend(shadow, parts[i], _MORE_NOBLOCK)
+    _csend(shadow, parts[last], _NOBLOCK)
 
 
 def _outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:
@@ -386,7 +388,7 @@ class ZmqListener(Listener):
         while True:
             try:
                 try:
-                    self._shadow.send(routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY checks here
+                    _csend(self._shadow, routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY: here
                     _send_parts(self._shadow, out)
                 finally:
                     self._rearm()
