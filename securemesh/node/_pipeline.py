@@ -233,8 +233,10 @@ class Pipeline:
         try:
             # 1-2. sizes, then form
             unverified = decode(frames, limits=self._limits)
-            sender = unverified.sender
-            msg_type = unverified.msg_type
+            header = unverified.header  # plain slots: cheaper than the envelope's properties
+            sender = header.sender
+            msg_type = header.msg_type
+            mode = header.auth_mode
             directory = self._directory
             # 3. who is the link, who is the sender, and are they bound?
             peer_node = directory.node_for_curve_key(peer)
@@ -253,31 +255,32 @@ class Pipeline:
                     raise AuthenticationError(
                         "sender not bound to connection (devices relay nothing)"
                     )
-                if unverified.auth_mode is not AuthMode.SIGNED:
+                if mode is not AuthMode.SIGNED:
                     raise AuthenticationError("a relayed envelope must be signed by its origin")
                 entry = directory.lookup(sender, now=now)
                 relayed = True
             cert = entry.cert
             # 4. signature or MAC
-            if unverified.auth_mode is AuthMode.SIGNED:
+            if mode is AuthMode.SIGNED:
                 envelope = unverified.verify_signature(cert.verify_key)
             else:
-                session = self._sessions.get(unverified.key_id)
+                session = self._sessions.get(header.key_id)
                 if session is None or session.peer_id != sender or session.peer_key != peer:
                     raise AuthenticationError(NO_SESSION)
                 envelope = unverified.verify_mac(session.recv_key)
             # 5. replay (recorded only now that the envelope is authentic):
             # the skew bound, then the window (ReplayGuard.accept checks it)
-            if abs(envelope.timestamp_ms - now * 1000) > self._max_skew_ms:
+            # (``header`` is the envelope's own header: verification passed it on)
+            if abs(header.timestamp_ms - now * 1000) > self._max_skew_ms:
                 raise ClockSkewError("timestamp too far from our clock")
-            self._replay.accept(sender, envelope.sequence)
+            self._replay.accept(sender, header.sequence)
             # 6. authorization
-            flags = envelope.flags
+            flags = header.flags
             if flags is Flags.REPLY:
                 if not self._reply_ok(envelope):
                     raise UnexpectedReply("reply to no request of ours")
             else:
-                if not envelope.recipient and not from_parent and msg_type != NODE_HELLO:
+                if not header.recipient and not from_parent and msg_type != NODE_HELLO:
                     raise AuthorizationError("broadcasts only come down from the parent")
                 key = (sender, msg_type)
                 if self._allowed.get(key) is not entry:  # cache of positive decisions
