@@ -733,9 +733,12 @@ class MeshNode:
 
     # ---------------------------------------------------------------- receiving
 
-    async def _recv_loop(self, channel: Channel, from_parent: bool) -> None:
+    async def _recv_loop(self, channel: Channel, from_parent: bool) -> None:  # noqa: PLR0912
         process = self.pipeline.process
         metrics = self.metrics
+        handlers = self._handlers
+        node_id = self.node_id
+        clock = self._clock
         while True:
             try:
                 peer, frames = await channel.recv()
@@ -756,8 +759,29 @@ class MeshNode:
                 elif result.reason == "unknown_sender":
                     self._lookup_unknown_sender(result)
                 continue
+            msg = cast("VerifiedMessage", result)
             try:
-                await self._route(cast("VerifiedMessage", result), channel, from_parent)
+                # Fast path (the common case of a stream): a one-way message for
+                # us, to a plain-function handler. Same steps as _route/_deliver,
+                # without two coroutine frames per message.
+                env = msg.envelope
+                header = env.header
+                if header.flags is Flags.NONE and header.recipient == node_id:
+                    entry = handlers.get(header.msg_type)
+                    if entry is not None and not entry.is_async and not entry.builtin:
+                        link = self._link_of(msg, channel, from_parent)
+                        link.last_seen = clock()
+                        msg.link = link
+                        metrics.accepted += 1
+                        if self._draining:
+                            continue
+                        metrics.dispatched += 1
+                        try:
+                            entry.fn(msg)
+                        except Exception as exc:
+                            await self._handler_failed(msg, exc)
+                        continue
+                await self._route(msg, channel, from_parent)
             except asyncio.CancelledError:
                 raise
             except Exception:
