@@ -7,8 +7,11 @@
 * :class:`Pipeline` / :class:`VerifiedMessage` / :class:`Rejection` — the
   per-message verification steps and their two possible outcomes.
 * :class:`NodeConfig` / :func:`load_config` — ``node.toml``.
-* :func:`run_daemon` / :func:`read_status` — ``securemesh node run|status``
-  (imported lazily: they load the daemon module).
+* :func:`serve_enrollment` — answer ``enroll.request``/``cert.renew`` with a
+  :class:`securemesh.enroll.EnrollmentServer`; :class:`RejectionAuditor` — the
+  audit hook writing signed ``message.rejected`` events to an outbox.
+* :func:`run_daemon` / :func:`run_node` / :func:`read_status` — ``securemesh
+  node run|status`` (imported lazily: they load the daemon module and pyzmq).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from securemesh.node._config import (
     load_config,
     parse_curve_key,
 )
+from securemesh.node._audit import RejectionAuditor
 from securemesh.node._directory import Directory, DirectoryEntry
+from securemesh.node._enroll import serve_enrollment
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._node import Handler, MeshNode, Reply
 from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
@@ -45,6 +50,7 @@ __all__ = [
     "ParentConfig",
     "Pipeline",
     "Rejection",
+    "RejectionAuditor",
     "Reply",
     "SessionConfig",
     "VerifiedMessage",
@@ -53,6 +59,7 @@ __all__ = [
     "read_status",
     "run_daemon",
     "run_node",
+    "serve_enrollment",
 ]
 
 _LAZY = {"NodeFiles", "read_status", "run_daemon", "run_node"}

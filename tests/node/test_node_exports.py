@@ -1,0 +1,78 @@
+"""Lock the public surface of securemesh.node and securemesh.messages; keep the import light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import securemesh.messages
+import securemesh.node
+
+EXPECTED = {
+    securemesh.node: {
+        "AuditHook",
+        "Directory",
+        "DirectoryEntry",
+        "FirstContactResolver",
+        "Handler",
+        "LimitsConfig",
+        "MeshNode",
+        "Metrics",
+        "NodeConfig",
+        "NodeFiles",
+        "ParentConfig",
+        "Pipeline",
+        "Rejection",
+        "RejectionAuditor",
+        "Reply",
+        "SessionConfig",
+        "VerifiedMessage",
+        "load_config",
+        "parse_curve_key",
+        "read_status",
+        "run_daemon",
+        "run_node",
+        "serve_enrollment",
+    },
+    securemesh.messages: {
+        "Ack",
+        "B64",
+        "CERT_LOOKUP",
+        "CertLookup",
+        "ErrorReply",
+        "MESH_ERROR",
+        "MESH_PING",
+        "MESH_REVOCATION",
+        "MeshMessage",
+        "NODE_HELLO",
+        "NODE_REPORT",
+        "NodeHello",
+        "NodeReport",
+        "ROUTE_ANNOUNCE",
+        "Revocation",
+        "RouteAnnounce",
+        "SESSION_FINISH",
+        "SESSION_HELLO",
+        "SESSION_RESET",
+        "SessionData",
+        "b64d",
+        "b64e",
+    },
+}
+
+
+def test_public_surface_is_locked() -> None:
+    for module, names in EXPECTED.items():
+        assert set(module.__all__) == names, module.__name__
+        for name in names:
+            assert getattr(module, name) is not None
+
+
+def test_importing_the_node_runtime_stays_light() -> None:
+    code = (
+        "import sys, securemesh.node, securemesh.messages\n"
+        "heavy = [m for m in ('zmq', 'sqlalchemy', 'numpy', 'tenseal', 'securemesh.cli',"
+        " 'securemesh.node._daemon') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
