@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from securemesh.node._audit import RejectionAuditor
 from securemesh.node._config import (
     LimitsConfig,
     NodeConfig,
@@ -26,7 +27,6 @@ from securemesh.node._config import (
     load_config,
     parse_curve_key,
 )
-from securemesh.node._audit import RejectionAuditor
 from securemesh.node._directory import Directory, DirectoryEntry
 from securemesh.node._enroll import serve_enrollment
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
