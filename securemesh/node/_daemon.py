@@ -546,13 +546,13 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     daemon = _Daemon(config, node, files)
     try:
         daemon.enable_enrollment(state, passphrase)
-    except SecureMeshError:
+        for service in [*load_services(config.services), *services]:
+            service(node)
+    except BaseException:
         await transport.close()
         counter.close()
         outbox.close()
         raise
-    for service in [*load_services(config.services), *services]:
-        service(node)
     daemon.admit_peers()
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()

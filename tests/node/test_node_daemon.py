@@ -291,3 +291,23 @@ def test_replay_state_survives_a_daemon_restart(tmp_path: Path) -> None:
         await once("stale")  # the same frames after a restart: refused
 
     run(main())
+
+
+def test_a_missing_service_is_a_config_error(tmp_path: Path) -> None:
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    toml = write_data_dir(
+        fx,
+        cloud_m,
+        tmp_path / "c",
+        listen="tcp://127.0.0.1:0",
+        extra_toml='services = ["no_such_module_here:register"]',
+    )
+    config = load_config(toml)
+
+    async def main() -> None:
+        with pytest.raises(ConfigError, match="no_such_module_here"):
+            await run_node(config, passphrase="test-passphrase")
+
+    run(main())
+    assert not (tmp_path / "c" / "ready").exists()
