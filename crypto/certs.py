@@ -93,7 +93,6 @@ import math
 import os
 import re
 import secrets
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -101,6 +100,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from securemesh.crypto import keystore
+from securemesh.crypto._codec import U32 as _U32
+from securemesh.crypto._codec import U64 as _U64
+from securemesh.crypto._codec import ByteReader
+from securemesh.crypto._codec import str8 as _str8
 from securemesh.crypto.identity import PublicKeys
 from securemesh.crypto.signing import (
     SIGNATURE_SIZE,
@@ -158,8 +161,6 @@ _MAX_U63 = (1 << 63) - 1
 _KEY = 32
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ROLE_RE = re.compile(r"[A-Za-z0-9._:-]{1,32}")
-_U64 = struct.Struct(">Q")
-_U32 = struct.Struct(">I")
 
 Randbits = Callable[[int], int]
 
@@ -211,52 +212,11 @@ def _floor_now(now: float) -> int:
 # ------------------------------------------------------------------ byte helpers
 
 
-def _str8(value: str) -> bytes:
-    raw = value.encode("ascii")
-    return bytes([len(raw)]) + raw
-
-
-class _Reader:
+class _Reader(ByteReader):
     """Bounds-checked cursor; every failure is CertificateMalformed."""
 
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._data):
-            raise CertificateMalformed("truncated")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u32(self) -> int:
-        value: int = _U32.unpack(self.take(4))[0]
-        return value
-
-    def u64(self) -> int:
-        value: int = _U64.unpack(self.take(8))[0]
-        return value
-
-    def str8(self) -> str:
-        raw = self.take(self.u8())
-        try:
-            return raw.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise CertificateMalformed("non-ASCII text") from exc
-
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-    def end(self) -> None:
-        if self._pos != len(self._data):
-            raise CertificateMalformed("trailing bytes")
+    __slots__ = ()
+    error = CertificateMalformed
 
 
 def _b64e(data: bytes) -> str:

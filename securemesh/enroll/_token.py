@@ -70,12 +70,14 @@ import hashlib
 import hmac
 import itertools
 import re
-import struct
 from dataclasses import dataclass
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from securemesh.crypto._codec import U64 as _U64
+from securemesh.crypto._codec import ByteReader
+from securemesh.crypto._codec import str8 as _str8
 from securemesh.crypto.certs import MAX_ROLES, Tier, validate_node_id
 from securemesh.crypto.kx import hkdf_sha256
 from securemesh.errors import DecodeError, EncodeError, LocalError, SizeLimitExceeded
@@ -107,7 +109,6 @@ PROOF_LABEL: Final = b"securemesh/token-proof/v1"
 _KEY: Final = 32
 _MAX_U63: Final = (1 << 63) - 1
 _FLAG_DELEGATE: Final = 0x01
-_U64 = struct.Struct(">Q")
 _TIER_CODE: Final = {Tier.END: 1, Tier.EDGE: 2, Tier.CLOUD: 3}
 _CODE_TIER: Final = {v: k for k, v in _TIER_CODE.items()}
 _ROLE_RE = re.compile(r"[A-Za-z0-9._:-]{1,32}")
@@ -398,44 +399,11 @@ class TokenRecord:
 # ------------------------------------------------------------------ byte helpers
 
 
-def _str8(value: str) -> bytes:
-    raw = value.encode("ascii")
-    if len(raw) > 255:
-        raise EncodeError("string field longer than 255 bytes")
-    return bytes([len(raw)]) + raw
-
-
-class _Reader:
+class _Reader(ByteReader):
     """Bounds-checked cursor; every failure is DecodeError."""
 
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        end = self._pos + n
-        if end > len(self._data):
-            raise DecodeError("join token truncated")
-        chunk = self._data[self._pos : end]
-        self._pos = end
-        return chunk
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def u64(self) -> int:
-        value: int = _U64.unpack(self.take(8))[0]
-        return value
-
-    def str8(self) -> str:
-        raw = self.take(self.u8())
-        try:
-            return raw.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise DecodeError("join token text field is not ASCII") from exc
-
-    def end(self) -> None:
-        if self._pos != len(self._data):
-            raise DecodeError("trailing bytes in join token")
+    __slots__ = ()
+    error = DecodeError
+    truncated_message = "join token truncated"
+    not_ascii_message = "join token text field is not ASCII"
+    trailing_message = "trailing bytes in join token"
