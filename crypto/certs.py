@@ -219,6 +219,34 @@ class _Reader(ByteReader):
     error = CertificateMalformed
 
 
+def _open(data: bytes, *, magic: bytes, limit: int, what: str) -> tuple[bytes, _Reader]:
+    """Size first, then the magic: ``(bytes(data), reader positioned after the magic)``."""
+    if len(data) > limit:
+        raise CertificateMalformed(f"{what} too large")
+    data = bytes(data)
+    reader = _Reader(data)
+    if reader.take(len(magic)) != magic:
+        raise CertificateMalformed(f"not a {what} (bad magic)")
+    return data, reader
+
+
+def _check_signature_length(signature: object) -> None:
+    if type(signature) is not bytes or len(signature) != SIGNATURE_SIZE:
+        raise CertificateMalformed("bad signature length")
+
+
+def _split_signed(data: object, *, limit: int, what: str, too_large: str) -> tuple[bytes, bytes]:
+    """Split ``body || signature`` after checking type and size (size before copying)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CertificateMalformed(f"a {what} is bytes")
+    if len(data) > limit:
+        raise CertificateMalformed(too_large)
+    data = bytes(data)
+    if len(data) <= SIGNATURE_SIZE:
+        raise CertificateMalformed(f"{what} truncated")
+    return data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:]
+
+
 def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -319,12 +347,7 @@ class Certificate:
     @classmethod
     def from_bytes(cls, data: bytes) -> Certificate:
         """Decode the canonical encoding; CertificateMalformed on anything else."""
-        if len(data) > MAX_CERT_SIZE:
-            raise CertificateMalformed("certificate too large")
-        data = bytes(data)
-        reader = _Reader(data)
-        if reader.take(3) != _CERT_MAGIC:
-            raise CertificateMalformed("not a certificate (bad magic)")
+        data, reader = _open(data, magic=_CERT_MAGIC, limit=MAX_CERT_SIZE, what="certificate")
         version = reader.u8()
         if version != CERT_FORMAT_VERSION:
             raise CertificateMalformed(f"unsupported certificate version {version}")
@@ -399,8 +422,7 @@ class SignedCertificate:
     _cert: Certificate = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if type(self.signature) is not bytes or len(self.signature) != SIGNATURE_SIZE:
-            raise CertificateMalformed("bad signature length")
+        _check_signature_length(self.signature)
         if len(self.cert_bytes) + SIGNATURE_SIZE > MAX_CERT_SIZE:
             raise CertificateMalformed("certificate too large")
         object.__setattr__(self, "_cert", Certificate.from_bytes(self.cert_bytes))
@@ -408,14 +430,12 @@ class SignedCertificate:
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedCertificate:
         """Split and decode (size first); CertificateMalformed if not well-formed."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise CertificateMalformed("a signed certificate is bytes")
-        if len(data) > MAX_CERT_SIZE:
-            raise CertificateMalformed(f"signed certificate larger than {MAX_CERT_SIZE} bytes")
-        data = bytes(data)
-        if len(data) <= SIGNATURE_SIZE:
-            raise CertificateMalformed("signed certificate truncated")
-        return cls(data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:])
+        too_large = f"signed certificate larger than {MAX_CERT_SIZE} bytes"
+        return cls(
+            *_split_signed(
+                data, limit=MAX_CERT_SIZE, what="signed certificate", too_large=too_large
+            )
+        )
 
     def to_bytes(self) -> bytes:
         return self.cert_bytes + self.signature
@@ -478,12 +498,9 @@ class RevocationList:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RevocationList:
-        if len(data) > MAX_REVOCATION_LIST_SIZE:
-            raise CertificateMalformed("revocation list too large")
-        data = bytes(data)
-        reader = _Reader(data)
-        if reader.take(3) != _RL_MAGIC:
-            raise CertificateMalformed("not a revocation list (bad magic)")
+        _, reader = _open(
+            data, magic=_RL_MAGIC, limit=MAX_REVOCATION_LIST_SIZE, what="revocation list"
+        )
         if reader.u8() != CERT_FORMAT_VERSION:
             raise CertificateMalformed("unsupported revocation list format")
         version, issued_at = reader.u64(), reader.u64()
@@ -525,20 +542,17 @@ class SignedRevocationList:
     _list: RevocationList = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if type(self.signature) is not bytes or len(self.signature) != SIGNATURE_SIZE:
-            raise CertificateMalformed("bad signature length")
+        _check_signature_length(self.signature)
         object.__setattr__(self, "_list", RevocationList.from_bytes(self.list_bytes))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SignedRevocationList:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise CertificateMalformed("a signed revocation list is bytes")
-        if len(data) > MAX_REVOCATION_LIST_SIZE:
-            raise CertificateMalformed("signed revocation list too large")
-        data = bytes(data)
-        if len(data) <= SIGNATURE_SIZE:
-            raise CertificateMalformed("signed revocation list truncated")
-        return cls(data[:-SIGNATURE_SIZE], data[-SIGNATURE_SIZE:])
+        what = "signed revocation list"
+        return cls(
+            *_split_signed(
+                data, limit=MAX_REVOCATION_LIST_SIZE, what=what, too_large=f"{what} too large"
+            )
+        )
 
     def to_bytes(self) -> bytes:
         return self.list_bytes + self.signature
