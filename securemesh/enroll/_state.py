@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from securemesh._fileio import read_small_file
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import (
     Authority,
@@ -100,17 +101,9 @@ def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(limit + 1)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path} does not exist") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from exc
-    if len(data) > limit:
-        raise CorruptKeyFile(f"{path} is larger than {limit} bytes")
-    return data
+def _read(path: Path, limit: int, what: str) -> bytes:
+    """A small data-dir file; an oversized one is corrupt (CorruptKeyFile)."""
+    return read_small_file(path, limit=limit, what=what, too_large=CorruptKeyFile)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -129,7 +122,7 @@ def write_trust(data_dir: Path, roots: dict[str, bytes]) -> None:
 
 def read_trust(data_dir: Path) -> TrustStore:
     """``trust.json`` plus ``revocation.list`` (if present, verified) as a TrustStore."""
-    raw = _read(data_dir / TRUST_FILE, _MAX_SMALL_FILE)
+    raw = _read(data_dir / TRUST_FILE, _MAX_SMALL_FILE, "trust file")
     try:
         doc = json.loads(raw)
         roots = doc["roots"]
@@ -147,7 +140,7 @@ def read_trust(data_dir: Path) -> TrustStore:
     if rl_path.exists():
         from securemesh.crypto.certs import MAX_REVOCATION_LIST_SIZE  # noqa: PLC0415
 
-        trust.update_revocation_list(_read(rl_path, MAX_REVOCATION_LIST_SIZE))
+        trust.update_revocation_list(_read(rl_path, MAX_REVOCATION_LIST_SIZE, "revocation list"))
     return trust
 
 
@@ -278,7 +271,7 @@ class TokenIssuer:
 
 def _node_cert(data_dir: Path) -> Certificate:
     return SignedCertificate.from_bytes(
-        _read(data_dir / NODE_CERT_FILE, _MAX_SMALL_FILE)
+        _read(data_dir / NODE_CERT_FILE, _MAX_SMALL_FILE, "certificate")
     ).unverified_certificate()
 
 
@@ -289,7 +282,8 @@ def _listen_of(data_dir: Path) -> str | None:
     import tomllib  # noqa: PLC0415
 
     try:
-        listen = tomllib.loads(_read(path, 1024 * 1024).decode("utf-8")).get("listen")
+        text = _read(path, 1024 * 1024, "node config").decode("utf-8")
+        listen = tomllib.loads(text).get("listen")
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     if not isinstance(listen, str):
@@ -305,7 +299,7 @@ def load_token_issuer(data_dir: Path) -> TokenIssuer:
     endpoint = _listen_of(data_dir)
     if auth_state.exists():
         try:
-            state = json.loads(_read(auth_state, 4 * 1024 * 1024))
+            state = json.loads(_read(auth_state, 4 * 1024 * 1024, "authority state"))
             authority_id = state["authority_id"]
             root_key = base64.urlsafe_b64decode(state["verify_key"] + "=")
         except (ValueError, KeyError, TypeError) as exc:
@@ -323,7 +317,7 @@ def load_token_issuer(data_dir: Path) -> TokenIssuer:
     delegation_path = data_dir / DELEGATION_CERT_FILE
     if delegation_path.exists():
         dcert = SignedCertificate.from_bytes(
-            _read(delegation_path, _MAX_SMALL_FILE)
+            _read(delegation_path, _MAX_SMALL_FILE, "delegation certificate")
         ).unverified_certificate()
         if dcert.delegation is None or dcert.public_keys() != node.public_keys():
             raise CorruptKeyFile(f"{delegation_path} is not this node's delegated authority")
@@ -349,7 +343,7 @@ def load_token_issuer(data_dir: Path) -> TokenIssuer:
 
 def load_delegated_authority(data_dir: Path, identity: NodeIdentity) -> DelegatedAuthority:
     """The edge's DelegatedAuthority from ``delegation.cert`` and its identity."""
-    blob = _read(data_dir / DELEGATION_CERT_FILE, _MAX_SMALL_FILE)
+    blob = _read(data_dir / DELEGATION_CERT_FILE, _MAX_SMALL_FILE, "delegation certificate")
     return DelegatedAuthority(blob, identity.signer)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from securemesh._fileio import read_small_file
 from securemesh.errors import (
     CertificateExpired,
     ConfigError,
@@ -91,16 +92,7 @@ def resolve_passphrase(passphrase: str | None, data_dir: Path | None = None) -> 
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_CERT_FILE + 1)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{what} not found: {path} (enroll the device first)") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
-    if len(data) > _MAX_CERT_FILE:
-        raise ConfigError(f"{what} {path} is too large")
-    return data
+    return read_small_file(path, limit=_MAX_CERT_FILE, what=what, hint=" (enroll the device first)")
 
 
 def enroll_device(
