@@ -9,7 +9,9 @@ power loss. A shipper then repeatedly:
 
 1. takes the oldest pending entries (:meth:`Outbox.pending`),
 2. sends them to the cloud (``send_batch(list[bytes]) -> list[(event_id, index)]``,
-   any transport — :mod:`securemesh.audit.ingest` over ZeroMQ, or the bus),
+   any transport — the mesh bus's ``audit.append`` in production
+   (:mod:`securemesh.node._audit_bus`, with :func:`ship_once_async`), or the
+   standalone :mod:`securemesh.audit.ingest` endpoint),
 3. deletes exactly the acknowledged rows (:meth:`Outbox.ack`).
 
 If the cloud is unreachable, or dies after appending but before its reply
@@ -29,7 +31,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -41,11 +43,13 @@ __all__ = [
     "MAX_ENTRY_SIZE",
     "REJECTED",
     "Ack",
+    "AsyncSendBatch",
     "Outbox",
     "PendingEntry",
     "SendBatch",
     "ShipResult",
     "ship_once",
+    "ship_once_async",
 ]
 
 REJECTED: Final = -1
@@ -58,6 +62,7 @@ Ack = tuple[str, int]
 """``(event_id, leaf_index)``; ``leaf_index == REJECTED`` for a permanent refusal."""
 
 SendBatch = Callable[[list[bytes]], list[Ack]]
+AsyncSendBatch = Callable[[list[bytes]], Awaitable[list[Ack]]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -211,17 +216,21 @@ class Outbox:
         return [str(r[0]) for r in rows]
 
 
-def ship_once(outbox: Outbox, send_batch: SendBatch, *, limit: int = 256) -> ShipResult:
-    """Send up to ``limit`` pending entries once and delete those acknowledged.
-
-    Acknowledgements for event ids that were not in this batch are ignored (a
-    confused or malicious peer cannot make us drop other events). Transport
-    errors propagate; nothing is deleted then.
-    """
+def _batch(outbox: Outbox, limit: int, max_bytes: int | None) -> list[PendingEntry]:
     batch = outbox.pending(limit)
-    if not batch:
-        return ShipResult(0, 0, 0)
-    acks = send_batch([p.entry for p in batch])
+    if max_bytes is not None:
+        total = 0
+        for n, p in enumerate(batch):
+            total += len(p.entry)
+            if total > max_bytes and n > 0:
+                return batch[:n]
+    return batch
+
+
+def _apply_acks(outbox: Outbox, batch: list[PendingEntry], acks: object) -> ShipResult:
+    """Delete the acknowledged rows of ``batch``; ignore acks for ids not in it."""
+    if not isinstance(acks, list):
+        raise RemoteError("malformed acknowledgement")
     sent_ids = {p.event_id for p in batch}
     valid: list[Ack] = []
     for ack in acks:
@@ -235,3 +244,29 @@ def ship_once(outbox: Outbox, send_batch: SendBatch, *, limit: int = 256) -> Shi
     rejected = sum(1 for _, i in valid if i == REJECTED)
     outbox.ack(valid)
     return ShipResult(len(batch), len(valid) - rejected, rejected)
+
+
+def ship_once(
+    outbox: Outbox, send_batch: SendBatch, *, limit: int = 256, max_bytes: int | None = None
+) -> ShipResult:
+    """Send up to ``limit`` pending entries once and delete those acknowledged.
+
+    ``max_bytes`` bounds the batch's total entry size (at least one entry is
+    sent). Acknowledgements for event ids that were not in this batch are
+    ignored (a confused or malicious peer cannot make us drop other events).
+    Transport errors propagate; nothing is deleted then.
+    """
+    batch = _batch(outbox, limit, max_bytes)
+    if not batch:
+        return ShipResult(0, 0, 0)
+    return _apply_acks(outbox, batch, send_batch([p.entry for p in batch]))
+
+
+async def ship_once_async(
+    outbox: Outbox, send_batch: AsyncSendBatch, *, limit: int = 256, max_bytes: int | None = None
+) -> ShipResult:
+    """:func:`ship_once` with an ``async`` sender (the mesh bus: ``node.request``)."""
+    batch = _batch(outbox, limit, max_bytes)
+    if not batch:
+        return ShipResult(0, 0, 0)
+    return _apply_acks(outbox, batch, await send_batch([p.entry for p in batch]))

@@ -37,7 +37,9 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     peers/*.cert        certificates of nodes to admit before they say hello (optional)
     sequence.state      the envelope sequence counter (created)
     replay.json         replay high-water marks per sender (saved every 30 s and at stop)
-    audit-outbox.db     signed message.rejected events for the cloud audit log (rate-limited)
+    audit-outbox.db     signed audit events waiting for the cloud log's acknowledgement
+    audit.db            cloud only: the audit log (SQLite; [audit] log_db may name another DB)
+    audit-log.key(.pub) cloud only: the log key (created at first start) and its verifier
     tokens.db           join tokens (cloud, or an edge with delegation.cert; see securemesh.enroll)
     delegation.cert     this edge's own delegated-authority certificate (optional)
     authority/          cloud only: the root authority (securemesh init)
@@ -58,6 +60,7 @@ from securemesh.errors import ConfigError
 from securemesh.policy import PolicyConfig
 
 __all__ = [
+    "AuditConfig",
     "LimitsConfig",
     "NodeConfig",
     "ParentConfig",
@@ -141,6 +144,27 @@ class SessionConfig(_Strict):
     handshake_timeout: float = Field(default=5.0, gt=0, le=600)
 
 
+class AuditConfig(_Strict):
+    """Audit ingestion over the bus (:mod:`securemesh.node._audit_bus`)."""
+
+    #: Ship this node's outbox to the cloud log (``audit.append``).
+    ship: bool = True
+    #: Cloud: the log database, a SQLite path or a PostgreSQL URL (default
+    #: ``<data_dir>/audit.db``).
+    log_db: str | None = Field(default=None, min_length=1, max_length=1024)
+    #: Cloud: the log key file (default ``<data_dir>/audit-log.key``; created at
+    #: first start, its public verifier key written to ``<file>.pub``).
+    log_key: str | None = Field(default=None, min_length=1, max_length=1024)
+    #: Node id of the cloud log (default: the cloud node learned from the parent).
+    cloud_node: NodeId | None = None
+    #: Seconds between looks at an empty outbox (new events also wake the shipper).
+    ship_interval: float = Field(default=1.0, gt=0, le=3600)
+    request_timeout: float = Field(default=5.0, gt=0, le=600)
+    backoff_max: float = Field(default=10.0, gt=0, le=3600)
+    #: Keep ``(event id, leaf index)`` of every acknowledged event in the outbox.
+    keep_receipts: bool = False
+
+
 class NodeConfig(_Strict):
     """The whole ``node.toml``."""
 
@@ -167,6 +191,7 @@ class NodeConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     def model_post_init(self, __context: object) -> None:
         if self.tier == "cloud" and self.parent is not None:

@@ -65,6 +65,7 @@ from securemesh.errors import (
     SecureMeshError,
 )
 from securemesh.messages import b64d
+from securemesh.node._audit_bus import DaemonAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._directory import Directory
 from securemesh.node._node import MeshNode
@@ -327,6 +328,35 @@ class _Daemon:
         self._rl_mtime = -1.0
         self.token_sync: Any = None
         self._replay_saved = time.monotonic()
+        self.audit: DaemonAudit | None = None
+
+    def _enrolled(self, node_id: str) -> None:
+        if self.token_sync is not None:
+            self.token_sync.refresh(self.node.directory)
+        self._save_peer(node_id)
+        if self.audit is not None:
+            self.audit.enrolled(node_id)
+
+    def _renewed(self, node_id: str) -> None:
+        self._save_peer(node_id)
+        if self.audit is not None:
+            self.audit.renewed(node_id)
+
+    def _save_peer(self, node_id: str) -> None:
+        """Keep a certificate this node issued in ``peers/`` so a restart still admits it."""
+        signed = self.node.directory.signed_certificate(node_id)
+        if signed is None or "/" in node_id or node_id.startswith("."):
+            return
+        try:
+            self.files.peers.mkdir(mode=0o755, exist_ok=True)
+            keystore.write_file_atomic(
+                self.files.peers / f"{node_id}.cert", signed.to_bytes(), mode=0o644
+            )
+        except OSError as exc:
+            log.warning(
+                "peer certificate not saved",
+                extra={"event": "peer_save_failed", "node": node_id, "error": str(exc)},
+            )
 
     def enable_enrollment(self, state: NodeState, passphrase: str) -> None:
         """Serve enrollment if this data dir holds an authority (cloud) or a delegation (edge)."""
@@ -374,9 +404,8 @@ class _Daemon:
             node,
             server,
             upstream=self.config.authority_node,
-            on_enrolled=lambda _node_id: (
-                self.token_sync.refresh(node.directory) if self.token_sync is not None else None
-            ),
+            on_enrolled=self._enrolled,
+            on_renewed=self._renewed,
         )
         log.info(
             "enrollment enabled",
@@ -386,6 +415,8 @@ class _Daemon:
     def write_status(self, *, state: str) -> None:
         status = self.node.status()
         status.update({"pid": os.getpid(), "written_at": time.time(), "state": state})
+        if self.audit is not None:
+            status["audit"] = self.audit.status()
         _write_json(self.files.status, status)
 
     def admit_peers(self) -> None:
@@ -428,7 +459,11 @@ class _Daemon:
         blob = _read_small(path, "revocation list")
         try:
             if node.tier.value == "cloud":
+                new = SignedRevocationList.from_bytes(blob).unverified_list()
+                old = node.directory.trust.revocation_list(new.issuer)
                 sent = await node.publish_revocation(blob)
+                if self.audit is not None:
+                    self.audit.revoked(old, new)
                 log.info(
                     "revocation list published",
                     extra={"event": "revocation_published", "version": version, "links": sent},
@@ -539,18 +574,23 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     from securemesh.audit.outbox import Outbox  # noqa: PLC0415 - sqlite3 only
     from securemesh.node._audit import RejectionAuditor  # noqa: PLC0415
 
-    outbox = Outbox(files.audit_outbox)
+    outbox = Outbox(files.audit_outbox, keep_receipts=config.audit.keep_receipts)
     node.metrics.audit_hook = RejectionAuditor(
         outbox, origin=node.node_id, signer=state.identity.signer, window=lim.log_window
     )
     daemon = _Daemon(config, node, files)
     try:
+        audit = daemon.audit = DaemonAudit(
+            config, node, outbox, files.data_dir, state.identity.signer
+        )
         daemon.enable_enrollment(state, passphrase)
         for service in [*load_services(config.services), *services]:
             service(node)
     except BaseException:
         await transport.close()
         counter.close()
+        if daemon.audit is not None:
+            daemon.audit.close()
         outbox.close()
         raise
     daemon.admit_peers()
@@ -561,6 +601,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             loop.add_signal_handler(sig, stop_event.set)
     try:
         await node.start()
+        audit.start()
         ready = {"pid": os.getpid(), "node_id": node.node_id, "listen": node.address}
         _write_json(files.ready, ready)
         daemon.write_status(state="running")
@@ -579,12 +620,14 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     finally:
         with contextlib.suppress(FileNotFoundError):
             files.ready.unlink()
+        await audit.stop()
         await node.stop(config.limits.drain_timeout)
         with contextlib.suppress(SecureMeshError, OSError):
             save_replay_marks(files.replay, node.replay_high_water_marks())
         with contextlib.suppress(SecureMeshError, OSError):
             daemon.write_status(state="stopped")
         counter.close()
+        audit.close()
         outbox.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):

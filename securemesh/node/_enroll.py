@@ -48,6 +48,7 @@ def serve_enrollment(
     *,
     upstream: str | None = None,
     on_enrolled: Callable[[str], object] | None = None,
+    on_renewed: Callable[[str], object] | None = None,
 ) -> None:
     """Answer ``enroll.request`` (first contact, or relayed by an edge) and ``cert.renew``."""
     from securemesh.enroll import (  # noqa: PLC0415 - keep securemesh.node light
@@ -93,6 +94,8 @@ def serve_enrollment(
     async def on_renew(msg: VerifiedMessage) -> RenewReply:
         reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
         learn(reply.certificate, reply.issuer_certificate)
+        if on_renewed is not None:
+            on_renewed(msg.sender)
         return reply
 
     node.on(

@@ -1,0 +1,598 @@
+"""Audit ingestion over the mesh bus: ``audit.append`` at the cloud, outbox shippers everywhere.
+
+Theory of operation
+-------------------
+Every node daemon writes its audit events (rejected messages, enrollments,
+renewals, revocations, and whatever its services record) to its durable
+:class:`~securemesh.audit.outbox.Outbox` first (:class:`AuditRecorder`), signed
+by its own identity key. An :class:`AuditShipper` task then ships the oldest
+pending events in batches and deletes exactly the acknowledged ones
+(:func:`~securemesh.audit.outbox.ship_once_async`); while the cloud is
+unreachable it retries with capped exponential backoff and jitter, so the
+events wait on disk. The cloud's append is idempotent by event id, so the
+at-least-once shipping puts every event in the log exactly once.
+
+* An **edge** (or any non-cloud node) ships with
+  ``node.request(cloud, "audit.append", AuditAppend(...))`` — a SIGNED request,
+  routed up the tree and verified at the cloud like every other message.
+* The **cloud** ships its own outbox in-process to the same
+  :class:`~securemesh.audit.service.AuditService` (one code path for the log).
+
+``audit.append`` (request body :class:`AuditAppend`, reply
+:class:`AuditAppendReply`):
+
+* body: ``{"entries": [<unpadded base64url of SignedEvent.to_bytes()>, ...]}``,
+  1 to :data:`MAX_APPEND_ENTRIES` entries, each at most
+  :data:`~securemesh.audit.events.MAX_SIGNED_EVENT_SIZE` bytes, all together at
+  most :data:`MAX_APPEND_BYTES` (so the body stays under the bus's 64 KiB);
+* reply: ``{"acks": [["<event id>", <leaf index or -1>], ...]}`` — an index once
+  the batch is committed, ``-1`` (:data:`~securemesh.audit.outbox.REJECTED`) for
+  an event refused for good; entries that do not decode get no ack.
+
+**Who may append what** (decided here, enforced by :class:`BusAuditIngest`):
+
+1. only enrolled nodes: the pipeline already verified the sender's certificate
+   and signature, and the type policy admits any tier (no join-token peer);
+2. each event's *origin* must be the sending node itself, **or** — when the
+   sender is an ``edge`` — a node whose certificate (known to the cloud's
+   directory, e.g. from the edge's ``route.announce``) has tier ``end``: an edge
+   may relay its devices' events. Anything else is acknowledged ``-1``
+   (``origin_not_allowed``) and never appended;
+3. each event's origin signature is verified against the origin's key in the
+   log's registry (:meth:`AuditLog.register_node`). The cloud registers keys
+   when it issues certificates (enrollment) and, the first time an origin
+   appears, from its directory if the origin's certificate is currently valid
+   there. An origin with neither is ``UnknownOrigin`` → ``-1``. A registered
+   key stays: events a node signed before it was revoked still verify.
+
+Since the origin signature is checked against the origin's own key, a relaying
+edge can delay or drop its devices' events but cannot forge or alter them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+from pydantic import Field
+
+from securemesh.crypto.certs import RevocationList, SignedCertificate, Tier
+from securemesh.errors import (
+    CertificateError,
+    RemoteError,
+    SecureMeshError,
+    SizeLimitExceeded,
+    UnknownOrigin,
+)
+from securemesh.messages import MeshMessage, b64d, b64e
+from securemesh.policy import AllowTypes
+
+if TYPE_CHECKING:
+    from securemesh.audit.events import EventKind, Outcome, SubjectType
+    from securemesh.audit.log import AuditLog
+    from securemesh.audit.outbox import Ack, AsyncSendBatch, Outbox
+    from securemesh.crypto.signing import Signer
+    from securemesh.node._config import NodeConfig
+    from securemesh.node._node import MeshNode
+    from securemesh.node._pipeline import VerifiedMessage
+
+__all__ = [
+    "MAX_APPEND_BYTES",
+    "MAX_APPEND_ENTRIES",
+    "MSG_AUDIT_APPEND",
+    "AuditAppend",
+    "AuditAppendReply",
+    "AuditRecorder",
+    "AuditShipper",
+    "BusAuditIngest",
+    "DaemonAudit",
+    "audit_recorder",
+    "bus_sender",
+    "cloud_node_of",
+    "deterministic_event_id",
+    "open_cloud_log",
+]
+
+log = logging.getLogger("securemesh.audit.bus")
+
+MSG_AUDIT_APPEND: Final = "audit.append"
+MAX_APPEND_ENTRIES: Final = 256
+MAX_APPEND_BYTES: Final = 40 * 1024
+"""Total entry bytes per request: base64 of 40 KiB plus JSON stays under a 64 KiB body."""
+
+_MAX_SIGNED = 8 * 1024 + 128  # >= audit.events.MAX_SIGNED_EVENT_SIZE (checked on decode)
+_B64_MAX = (_MAX_SIGNED * 4 + 2) // 3
+
+EventId = Annotated[str, Field(min_length=1, max_length=64)]
+LeafIndex = Annotated[int, Field(ge=-1, lt=1 << 63)]
+
+
+class AuditAppend(MeshMessage):
+    """``audit.append`` request body: signed events as unpadded base64url strings."""
+
+    entries: list[Annotated[str, Field(min_length=1, max_length=_B64_MAX)]] = Field(
+        min_length=1, max_length=MAX_APPEND_ENTRIES
+    )
+
+
+class AuditAppendReply(MeshMessage):
+    """``audit.append`` reply: ``(event id, leaf index or -1)`` per event it can name."""
+
+    acks: list[tuple[EventId, LeafIndex]] = Field(max_length=MAX_APPEND_ENTRIES)
+
+
+def deterministic_event_id(*parts: str) -> str:
+    """A 16-byte event id derived from ``parts`` (recording the same fact twice is idempotent)."""
+    digest = hashlib.sha256("\x00".join(("securemesh/audit-event/v1", *parts)).encode())
+    return digest.hexdigest()[:32]
+
+
+# ------------------------------------------------------------------- recording
+
+_RECORDERS: weakref.WeakKeyDictionary[MeshNode, AuditRecorder] = weakref.WeakKeyDictionary()
+
+
+def audit_recorder(node: MeshNode) -> AuditRecorder | None:
+    """The daemon's recorder for ``node`` (services record their own events with it)."""
+    return _RECORDERS.get(node)
+
+
+class AuditRecorder:
+    """Signs events as this node and stores them durably in its outbox, then wakes the shipper."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        origin: str,
+        signer: Signer,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.outbox = outbox
+        self.origin = origin
+        self._signer = signer
+        self._clock = clock
+        self.wake: Callable[[], None] = lambda: None
+        self.recorded = 0
+
+    def attach(self, node: MeshNode) -> None:
+        _RECORDERS[node] = self
+
+    def record(
+        self,
+        kind: EventKind | str,
+        subject: tuple[SubjectType | str, str],
+        *,
+        outcome: Outcome | str = "success",
+        details: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record one event (durable when this returns); return its event id."""
+        from securemesh.audit.events import new_event, sign_event  # noqa: PLC0415
+
+        event = new_event(
+            kind,
+            origin=self.origin,
+            subject=subject,
+            outcome=outcome,
+            details=details,
+            now=self._clock(),
+            event_id=event_id,
+        )
+        event_id = self.outbox.put(sign_event(event, self._signer))
+        self.recorded += 1
+        self.wake()
+        return event_id
+
+
+# -------------------------------------------------------------------- shipping
+
+
+def cloud_node_of(node: MeshNode, configured: str | None = None) -> str | None:
+    """Where the audit log lives: ``configured``, this node if it is a cloud, else the
+    cloud node named in the parent's hello (None until the parent answered)."""
+    if configured is not None:
+        return configured
+    if node.tier is Tier.CLOUD:
+        return node.node_id
+    for text in node._upstream_certs:
+        try:
+            cert = SignedCertificate.from_bytes(b64d(text, max_size=4096)).unverified_certificate()
+        except RemoteError:
+            continue
+        if cert.tier is Tier.CLOUD and cert.node_id != node.node_id:
+            return cert.node_id
+    return None
+
+
+def bus_sender(
+    node: MeshNode, *, cloud: Callable[[], str | None], timeout: float
+) -> AsyncSendBatch:
+    """``send_batch`` over the bus: one ``audit.append`` request to the cloud node."""
+    from securemesh.errors import LocalError  # noqa: PLC0415
+
+    async def send(entries: list[bytes]) -> list[Ack]:
+        dest = cloud()
+        if dest is None:
+            raise LocalError("the cloud node is not known yet (no hello from the parent)")
+        reply = await node.request(
+            dest,
+            MSG_AUDIT_APPEND,
+            AuditAppend(entries=[b64e(e) for e in entries]),
+            timeout=timeout,
+        )
+        return [(event_id, index) for event_id, index in reply.body(AuditAppendReply).acks]
+
+    return send
+
+
+class AuditShipper:
+    """Ships an outbox forever: batches, deletes acknowledged rows, backs off on failure."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        send: AsyncSendBatch,
+        *,
+        interval: float = 1.0,
+        backoff_min: float = 0.1,
+        backoff_max: float = 10.0,
+        max_bytes: int = MAX_APPEND_BYTES,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.outbox = outbox
+        self._send = send
+        self._interval = interval
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._max_bytes = max_bytes
+        self._rng = rng
+        self._wake = asyncio.Event()
+        self.shipped = 0
+        self.rejected = 0
+        self.batches = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+
+    def wake(self) -> None:
+        """New events are in the outbox (thread-unsafe: call on the loop)."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def ship_pending(self) -> int:
+        """Ship until the outbox is empty or a send fails (raises); return events acked."""
+        from securemesh.audit.outbox import ship_once_async  # noqa: PLC0415
+
+        acked = 0
+        while True:
+            result = await ship_once_async(
+                self.outbox, self._send, limit=MAX_APPEND_ENTRIES, max_bytes=self._max_bytes
+            )
+            if result.sent == 0:
+                return acked
+            self.batches += 1
+            self.shipped += result.acked
+            self.rejected += result.rejected
+            acked += result.acked + result.rejected
+            if result.acked + result.rejected == 0:
+                return acked  # nothing acknowledged: try again later, not in a tight loop
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        while True:
+            try:
+                await self.ship_pending()
+            except (SecureMeshError, TimeoutError, OSError) as exc:
+                self.failures += 1
+                self.consecutive_failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                delay = min(
+                    self._backoff_max, self._backoff_min * 2 ** min(self.consecutive_failures, 16)
+                )
+                if self.consecutive_failures in (1, 10) or self.consecutive_failures % 100 == 0:
+                    log.warning(
+                        "audit shipping failed; retrying",
+                        extra={"event": "audit_ship_failed", "error": self.last_error},
+                    )
+                await asyncio.sleep(delay * (0.5 + 0.5 * self._rng()))
+                continue
+            self.consecutive_failures = 0
+            await self._sleep(self._interval)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "outbox_pending": self.outbox.pending_count(),
+            "shipped": self.shipped,
+            "rejected": self.rejected,
+            "batches": self.batches,
+            "ship_failures": self.failures,
+            "last_error": self.last_error,
+        }
+
+
+# -------------------------------------------------------------------- the cloud
+
+
+class BusAuditIngest:
+    """The cloud's ``audit.append`` handler in front of an :class:`AuditService`.
+
+    The log is synchronous (SQLAlchemy): every database call runs on one
+    dedicated thread, in arrival order, so the event loop keeps serving.
+    """
+
+    def __init__(self, node: MeshNode, audit_log: AuditLog) -> None:
+        from securemesh.audit.service import AuditService  # noqa: PLC0415 - sqlalchemy
+
+        self.node = node
+        self.log = audit_log
+        self.service = AuditService(audit_log)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-log")
+        self._registered: set[str] = set(audit_log.registered_nodes())
+        self.requests = 0
+        self.refused: Counter[str] = Counter()
+        self.register(node.node_id, node.certificate.verify_key)
+
+    def install(self) -> None:
+        """Register the ``audit.append`` handler (any enrolled tier may send it)."""
+        self.node.on(
+            MSG_AUDIT_APPEND,
+            self.handle,
+            policy=AllowTypes(types=[MSG_AUDIT_APPEND], tiers=["end", "edge", "cloud"]),
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def register(self, node_id: str, verify_key: bytes) -> None:
+        """Record an origin's key in the log's registry (first key wins; see module doc)."""
+        if node_id in self._registered:
+            return
+        self._registered.add(node_id)
+        self._executor.submit(self._register_sync, node_id, bytes(verify_key))
+
+    def _register_sync(self, node_id: str, verify_key: bytes) -> None:
+        try:
+            self.log.registered_key(node_id)
+        except UnknownOrigin:
+            self.log.register_node(node_id, verify_key)
+
+    def register_from_directory(self, node_id: str) -> None:
+        """Register ``node_id``'s key if the directory holds a currently valid certificate."""
+        if node_id in self._registered:
+            return
+        with contextlib.suppress(CertificateError):
+            entry = self.node.directory.lookup(node_id, now=time.time())
+            self.register(node_id, entry.cert.verify_key)
+
+    async def append_local(self, entries: list[bytes]) -> list[Ack]:
+        """The cloud's own outbox: straight into the service (same thread, same checks)."""
+        for origin in self._origins(entries):
+            self.register_from_directory(origin)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.service.handle_batch, entries)
+
+    def _origins(self, entries: list[bytes]) -> set[str]:
+        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+
+        origins: set[str] = set()
+        for entry in entries:
+            with contextlib.suppress(RemoteError):
+                origins.add(decode_entry(entry).origin)
+        return origins
+
+    def _may_send_for(self, sender: str, sender_tier: Tier, origin: str) -> bool:
+        if origin == sender:
+            return True
+        if sender_tier is not Tier.EDGE:
+            return False
+        signed = self.node.directory.signed_certificate(origin)
+        return signed is not None and signed.unverified_certificate().tier is Tier.END
+
+    async def handle(self, msg: VerifiedMessage) -> AuditAppendReply:
+        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+        from securemesh.audit.outbox import REJECTED  # noqa: PLC0415
+
+        self.requests += 1
+        cert = msg.certificate
+        if cert is None:  # unreachable: not a first-contact type
+            raise UnknownOrigin("audit.append needs an enrolled sender")
+        body = msg.body(AuditAppend)
+        entries = [b64d(text, max_size=_MAX_SIGNED) for text in body.entries]
+        if sum(len(e) for e in entries) > MAX_APPEND_BYTES:
+            raise SizeLimitExceeded(f"audit.append carries more than {MAX_APPEND_BYTES} bytes")
+        acks: list[Ack] = []
+        allowed: list[bytes] = []
+        for entry in entries:
+            try:
+                decoded = decode_entry(entry)
+                origin, event_id = decoded.origin, decoded.event_id
+            except RemoteError:
+                self.refused["malformed"] += 1
+                continue
+            if not self._may_send_for(msg.sender, cert.tier, origin):
+                self.refused["origin_not_allowed"] += 1
+                acks.append((event_id, REJECTED))
+                continue
+            self.register_from_directory(origin)
+            allowed.append(entry)
+        if allowed:
+            loop = asyncio.get_running_loop()
+            acks.extend(
+                await loop.run_in_executor(self._executor, self.service.handle_batch, allowed)
+            )
+        return AuditAppendReply(acks=acks)
+
+    def status(self) -> dict[str, object]:
+        refused = dict(self.refused)
+        for reason, n in self.service.rejections.items():
+            refused[reason] = refused.get(reason, 0) + n
+        return {
+            "append_requests": self.requests,
+            "appended": self.service.accepted,
+            "refused": refused,
+        }
+
+
+# ------------------------------------------------------------------ the daemon
+
+
+def open_cloud_log(data_dir: Path, *, log_db: str | None, log_key: str | None) -> AuditLog:
+    """The cloud's log: key file created on first use (``.pub`` verifier beside it)."""
+    from securemesh.audit.admin import create_log_key, load_log_key  # noqa: PLC0415
+    from securemesh.audit.log import open_log  # noqa: PLC0415 - sqlalchemy
+
+    key_path = Path(log_key) if log_key is not None else data_dir / LOG_KEY_FILE
+    if not key_path.exists():
+        create_log_key(key_path)
+        log.info(
+            "audit log key created",
+            extra={"event": "log_key_created", "verifier": str(key_path) + ".pub"},
+        )
+    key = load_log_key(key_path)
+    url = log_db if log_db is not None else str(data_dir / LOG_DB_FILE)
+    return open_log(url, signer=key.signer, origin=key.name)
+
+
+LOG_KEY_FILE: Final = "audit-log.key"
+LOG_DB_FILE: Final = "audit.db"
+
+
+class DaemonAudit:
+    """Everything audit in one node daemon: recorder, shipper, and (cloud) the ingest handler."""
+
+    def __init__(
+        self, config: NodeConfig, node: MeshNode, outbox: Outbox, data_dir: Path, signer: Signer
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.outbox = outbox
+        self.recorder = AuditRecorder(outbox, origin=node.node_id, signer=signer)
+        self.recorder.attach(node)
+        self.ingest: BusAuditIngest | None = None
+        self._log: AuditLog | None = None
+        send: AsyncSendBatch
+        if node.tier is Tier.CLOUD:
+            self._log = open_cloud_log(
+                data_dir, log_db=config.audit.log_db, log_key=config.audit.log_key
+            )
+            self.ingest = BusAuditIngest(node, self._log)
+            self.ingest.install()
+            send = self.ingest.append_local
+        else:
+            send = bus_sender(
+                node,
+                cloud=lambda: cloud_node_of(node, config.audit.cloud_node),
+                timeout=config.audit.request_timeout,
+            )
+        self.shipper = AuditShipper(
+            outbox,
+            send,
+            interval=config.audit.ship_interval,
+            backoff_max=config.audit.backoff_max,
+        )
+        self.recorder.wake = self.shipper.wake
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.config.audit.ship:
+            self._task = asyncio.get_running_loop().create_task(self.shipper.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def close(self) -> None:
+        if self.ingest is not None:
+            self.ingest.close()
+        if self._log is not None:
+            self._log.close()
+
+    def _record(self, kind: str, subject: str, details: dict[str, Any], event_id: str) -> None:
+        try:
+            self.recorder.record(kind, ("node", subject), details=details, event_id=event_id)
+        except (SecureMeshError, OSError) as exc:
+            log.warning(
+                "audit event not recorded",
+                extra={"event": "audit_record_failed", "kind": kind, "error": str(exc)},
+            )
+
+    def enrolled(self, node_id: str) -> None:
+        """``node.enrolled`` by the node that issued the certificate (cloud or delegated edge)."""
+        signed = self.node.directory.signed_certificate(node_id)
+        if signed is None:
+            return
+        cert = signed.unverified_certificate()
+        if self.ingest is not None:
+            self.ingest.register(node_id, cert.verify_key)
+        if cert.issuer != self.node.node_id and self.node.tier is not Tier.CLOUD:
+            return  # relayed to the cloud, which records it
+        details = {
+            "tier": cert.tier.value,
+            "serial": cert.serial,
+            "issuer": cert.issuer,
+            "roles": ",".join(cert.roles),
+            "not_after": cert.not_after,
+        }
+        self._record(
+            "node.enrolled",
+            node_id,
+            details,
+            deterministic_event_id("node.enrolled", node_id, str(cert.serial)),
+        )
+
+    def renewed(self, node_id: str) -> None:
+        signed = self.node.directory.signed_certificate(node_id)
+        if signed is None:
+            return
+        cert = signed.unverified_certificate()
+        details = {"serial": cert.serial, "issuer": cert.issuer, "not_after": cert.not_after}
+        self._record(
+            "cert.renewed",
+            node_id,
+            details,
+            deterministic_event_id("cert.renewed", node_id, str(cert.serial)),
+        )
+
+    def revoked(self, old: RevocationList | None, new: RevocationList) -> None:
+        """``cert.revoked`` for each node id or serial the new list adds (the cloud, once)."""
+        old_ids = old.node_ids if old is not None else frozenset()
+        old_serials = old.serials if old is not None else frozenset()
+        for node_id in sorted(new.node_ids - old_ids):
+            self._record(
+                "cert.revoked",
+                node_id,
+                {"list_version": new.version, "issuer": new.issuer},
+                deterministic_event_id("cert.revoked", new.issuer, node_id),
+            )
+        for serial in sorted(new.serials - old_serials):
+            self._record(
+                "cert.revoked",
+                f"serial:{serial}",
+                {"list_version": new.version, "issuer": new.issuer, "serial": serial},
+                deterministic_event_id("cert.revoked", new.issuer, f"serial:{serial}"),
+            )
+
+    def status(self) -> dict[str, object]:
+        out = self.shipper.status()
+        out["recorded"] = self.recorder.recorded
+        if self.ingest is not None:
+            out.update(self.ingest.status())
+        return out
