@@ -54,10 +54,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.sql import ColumnElement
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import Decoded, decode_entry, verify_decoded
@@ -141,6 +142,11 @@ class AppendOutcome:
 
 def _now_ms(clock: Callable[[], float]) -> int:
     return int(clock() * 1000)
+
+
+def _tree_head(row: Row[Any]) -> TreeHead:
+    """A ``tree_heads`` row as a TreeHead."""
+    return TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
 
 
 class AuditLog:
@@ -458,13 +464,15 @@ class AuditLog:
 
     def get_entry(self, index: int) -> bytes:
         """The exact signed-event bytes of leaf ``index``."""
+        return self._leaf_column(s.leaves.c.entry, index)
+
+    def _leaf_column(self, column: ColumnElement[Any], index: int) -> bytes:
+        """One bytes column of leaf ``index``; LocalError if there is no such leaf."""
         with read_transaction(self._engine) as conn:
-            entry = conn.execute(
-                select(s.leaves.c.entry).where(s.leaves.c.idx == index)
-            ).scalar_one_or_none()
-        if entry is None:
+            value = conn.execute(select(column).where(s.leaves.c.idx == index)).scalar_one_or_none()
+        if value is None:
             raise LocalError(f"no leaf {index} in the log")
-        return bytes(entry)
+        return bytes(value)
 
     def index_of(self, event_id: str) -> int | None:
         with read_transaction(self._engine) as conn:
@@ -480,7 +488,7 @@ class AuditLog:
             ).one_or_none()
         if row is None:
             return None
-        return TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
+        return _tree_head(row)
 
     def latest_checkpoint(self) -> bytes | None:
         """The latest signed checkpoint note (C2SP signed note), or None for an empty log."""
@@ -494,12 +502,12 @@ class AuditLog:
             ).one_or_none()
         if row is None:
             raise LocalError(f"no signed tree head of size {size}")
-        return TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
+        return _tree_head(row)
 
     def tree_heads(self) -> Iterator[TreeHead]:
         with read_transaction(self._engine) as conn:
             for row in conn.execute(select(s.tree_heads).order_by(s.tree_heads.c.size)):
-                yield TreeHead(int(row.size), bytes(row.root), bytes(row.note), int(row.time_ms))
+                yield _tree_head(row)
 
     def open_checkpoint(self, note: bytes, verify_key: bytes | None = None) -> Checkpoint:
         """Verify a checkpoint note against the log key (ours unless given)."""
@@ -560,13 +568,7 @@ class AuditLog:
         return self._proof_from_plan(consistency_proof_plan(old_size, n), n)
 
     def leaf_hash(self, index: int) -> bytes:
-        with read_transaction(self._engine) as conn:
-            h = conn.execute(
-                select(s.leaves.c.leaf_hash).where(s.leaves.c.idx == index)
-            ).scalar_one_or_none()
-        if h is None:
-            raise LocalError(f"no leaf {index} in the log")
-        return bytes(h)
+        return self._leaf_column(s.leaves.c.leaf_hash, index)
 
     def prove_entry(self, index: int) -> tuple[bytes, TreeHead, list[bytes]]:
         """Entry bytes, the latest signed tree head and the inclusion proof against it.
