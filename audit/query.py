@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -269,22 +269,41 @@ def rows_after(engine: Engine, after: int, *, limit: int = 1000) -> list[QueryRo
     return [_row(r) for r in rows]
 
 
-def iter_entries(engine: Engine, *, batch: int = 1000) -> Iterator[tuple[int, bytes]]:
-    """``(index, entry bytes)`` for every leaf in order (export, rebuild)."""
-    after = -1
+def leaf_batches(
+    engine: Engine,
+    *columns: ColumnElement[Any],
+    batch: int,
+    lo: int = 0,
+    hi: int | None = None,
+) -> Iterator[Sequence[Sequence[Any]]]:
+    """Rows ``(idx, *columns)`` of the leaves with ``lo <= idx < hi``, in index order.
+
+    Keyset pagination: each batch is one short read transaction asking for the
+    next ``batch`` rows after the last index seen, so a long scan neither holds
+    a transaction open nor slows down with an OFFSET. Not in ``__all__``: shared
+    by :func:`iter_entries` and :mod:`securemesh.audit.verify`.
+    """
+    after = lo - 1
+    bounds = [] if hi is None else [s.leaves.c.idx < hi]
     while True:
         with read_transaction(engine) as conn:
             rows = conn.execute(
-                select(s.leaves.c.idx, s.leaves.c.entry)
-                .where(s.leaves.c.idx > after)
+                select(s.leaves.c.idx, *columns)
+                .where(s.leaves.c.idx > after, *bounds)
                 .order_by(s.leaves.c.idx)
                 .limit(batch)
             ).all()
         if not rows:
             return
+        yield rows
+        after = int(rows[-1][0])
+
+
+def iter_entries(engine: Engine, *, batch: int = 1000) -> Iterator[tuple[int, bytes]]:
+    """``(index, entry bytes)`` for every leaf in order (export, rebuild)."""
+    for rows in leaf_batches(engine, s.leaves.c.entry, batch=batch):
         for r in rows:
             yield int(r[0]), bytes(r[1])
-        after = int(rows[-1][0])
 
 
 def rebuild_index(engine: Engine, *, batch: int = 1000) -> int:

@@ -67,6 +67,7 @@ from securemesh.audit.merkle import (
     peak_ids,
     verify_inclusion,
 )
+from securemesh.audit.query import leaf_batches
 from securemesh.audit.store import create_audit_engine, read_transaction
 from securemesh.errors import (
     LocalError,
@@ -113,23 +114,9 @@ def _verify_range(url: str, lo: int, hi: int, registry: dict[str, bytes]) -> lis
     check = make_fast_verifier(resolve)
     engine = create_audit_engine(url, pool=False)
     bad: list[tuple[int, str]] = []
-    after = lo - 1
     try:
-        while after < hi - 1:
-            with read_transaction(engine) as conn:
-                rows = conn.execute(
-                    select(
-                        s.leaves.c.idx, s.leaves.c.entry, s.leaves.c.leaf_hash, s.leaves.c.event_id
-                    )
-                    .where(s.leaves.c.idx > after, s.leaves.c.idx < hi)
-                    .order_by(s.leaves.c.idx)
-                    .limit(_FETCH)
-                ).all()
-            if not rows:
-                break
-            batch = [(int(r[0]), bytes(r[1]), bytes(r[2]), str(r[3])) for r in rows]
+        for batch in _stream_leaves(engine, _FETCH, lo=lo, hi=hi):
             bad.extend(check(batch))
-            after = batch[-1][0]
     finally:
         engine.dispose()
     return bad
@@ -220,22 +207,13 @@ class _Findings:
             self.problems.append(why)
 
 
-def _stream_leaves(engine: Engine, batch: int) -> Iterator[Sequence[tuple[int, bytes, bytes, str]]]:
-    """Leaves in index order, ``batch`` rows at a time (keyset pagination)."""
-    after = -1
-    while True:
-        with read_transaction(engine) as conn:
-            rows = conn.execute(
-                select(s.leaves.c.idx, s.leaves.c.entry, s.leaves.c.leaf_hash, s.leaves.c.event_id)
-                .where(s.leaves.c.idx > after)
-                .order_by(s.leaves.c.idx)
-                .limit(batch)
-            ).all()
-        if not rows:
-            return
-        out = [(int(r[0]), bytes(r[1]), bytes(r[2]), str(r[3])) for r in rows]
-        after = out[-1][0]
-        yield out
+def _stream_leaves(
+    engine: Engine, batch: int, *, lo: int = 0, hi: int | None = None
+) -> Iterator[Sequence[tuple[int, bytes, bytes, str]]]:
+    """``(idx, entry, leaf_hash, event_id)`` of leaves ``[lo, hi)``, ``batch`` rows at a time."""
+    c = s.leaves.c
+    for rows in leaf_batches(engine, c.entry, c.leaf_hash, c.event_id, batch=batch, lo=lo, hi=hi):
+        yield [(int(r[0]), bytes(r[1]), bytes(r[2]), str(r[3])) for r in rows]
 
 
 class _NodeReader:
