@@ -9,36 +9,14 @@ key file); otherwise the command stops with a ConfigError rather than block.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
 
+from securemesh.cli._common import DEFAULT_PASSPHRASE_ENV, passphrase_options
+from securemesh.cli._common import read_passphrase as _passphrase
 from securemesh.crypto.identity import NodeIdentity, PublicKeys
-from securemesh.errors import ConfigError
 
 __all__ = ["DEFAULT_PASSPHRASE_ENV", "register"]
-
-DEFAULT_PASSPHRASE_ENV = "SECUREMESH_PASSPHRASE"  # noqa: S105 - a variable name
-
-
-def _passphrase(env_var: str, *, confirm: bool) -> str:
-    value = os.environ.get(env_var)
-    if value is not None:
-        if not value:
-            raise ConfigError(f"environment variable {env_var} is empty")
-        return value
-    if not sys.stdin.isatty():
-        raise ConfigError(
-            f"no passphrase: set the environment variable {env_var} "
-            "(or run from a terminal to be asked)"
-        )
-    first = getpass.getpass("Key file passphrase: ")
-    if not first:
-        raise ConfigError("the passphrase must not be empty")
-    if confirm and getpass.getpass("Repeat passphrase: ") != first:
-        raise ConfigError("the passphrases do not match")
-    return first
 
 
 def _print_public(keys: PublicKeys, *, as_json: bool) -> None:
@@ -73,13 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keys = subparsers.add_parser("keys", help="create and inspect node key files")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--passphrase-env",
-        default=DEFAULT_PASSPHRASE_ENV,
-        metavar="VAR",
-        help=f"environment variable holding the passphrase (default {DEFAULT_PASSPHRASE_ENV})",
-    )
+    common = passphrase_options()
     common.add_argument("--json", action="store_true", help="print the public keys as JSON")
 
     gen = keys_sub.add_parser(

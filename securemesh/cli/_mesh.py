@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from securemesh.cli._keys import DEFAULT_PASSPHRASE_ENV, _passphrase
+from securemesh.cli._common import passphrase_options
+from securemesh.cli._common import read_passphrase as _passphrase
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import Tier
 from securemesh.errors import ConfigError, StateFileError
@@ -265,13 +266,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``init``, ``token create|list|withdraw|prune``, ``revoke`` and ``enroll``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")
-    secret = argparse.ArgumentParser(add_help=False)
-    secret.add_argument(
-        "--passphrase-env",
-        default=DEFAULT_PASSPHRASE_ENV,
-        metavar="VAR",
-        help=f"environment variable holding the passphrase (default {DEFAULT_PASSPHRASE_ENV})",
-    )
+    secret = passphrase_options()
 
     init = subparsers.add_parser(
         "init",
