@@ -26,6 +26,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "securemesh.cli._audit",
     "securemesh.cli._mesh",
     "securemesh.cli._node",
+    "securemesh.cli._demo",
 )
 
 
