@@ -54,6 +54,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.sql import ColumnElement
 
 from securemesh.crypto.certs import Tier, validate_node_id
 from securemesh.enroll._token import (
@@ -103,6 +104,11 @@ _nodes = Table(
     Column("token_id", LargeBinary(16), nullable=False),
     Column("enrolled_at", BigInteger, nullable=False),
 )
+
+
+def _usable_at(t: int) -> ColumnElement[bool]:
+    """The rows of tokens that are usable at ``t``: unused and unexpired."""
+    return and_(_tokens.c.used_at.is_(None), _tokens.c.expires_at > t)
 
 
 def _now_int(now: float) -> int:
@@ -314,13 +320,7 @@ class TokenStore:
         with self._engine.connect() as conn:
             row = (
                 conn.execute(
-                    select(_tokens).where(
-                        and_(
-                            _tokens.c.curve_key == bytes(curve_key),
-                            _tokens.c.used_at.is_(None),
-                            _tokens.c.expires_at > t,
-                        )
-                    )
+                    select(_tokens).where(_tokens.c.curve_key == bytes(curve_key), _usable_at(t))
                 )
                 .mappings()
                 .first()
@@ -331,11 +331,7 @@ class TokenStore:
         """First-contact CURVE public keys of every usable token (for the ZAP allow set)."""
         t = self._now(now)
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(_tokens.c.curve_key).where(
-                    and_(_tokens.c.used_at.is_(None), _tokens.c.expires_at > t)
-                )
-            ).all()
+            rows = conn.execute(select(_tokens.c.curve_key).where(_usable_at(t))).all()
         return frozenset(bytes(r[0]) for r in rows)
 
     def list_tokens(
@@ -366,13 +362,7 @@ class TokenStore:
         with self._engine.begin() as conn:
             result = conn.execute(
                 update(_tokens)
-                .where(
-                    and_(
-                        _tokens.c.token_id == bytes(token_id),
-                        _tokens.c.used_at.is_(None),
-                        _tokens.c.expires_at > t,
-                    )
-                )
+                .where(_tokens.c.token_id == bytes(token_id), _usable_at(t))
                 .values(used_at=t, used_by=node_id)
             )
             won = result.rowcount == 1
@@ -407,13 +397,7 @@ class TokenStore:
                 won = (
                     conn.execute(
                         update(_tokens)
-                        .where(
-                            and_(
-                                _tokens.c.token_id == tid,
-                                _tokens.c.used_at.is_(None),
-                                _tokens.c.expires_at > t,
-                            )
-                        )
+                        .where(_tokens.c.token_id == tid, _usable_at(t))
                         .values(used_at=t, used_by=node_id)
                     ).rowcount
                     == 1
@@ -474,13 +458,7 @@ class TokenStore:
         with self._engine.begin() as conn:
             result = conn.execute(
                 update(_tokens)
-                .where(
-                    and_(
-                        _tokens.c.token_id == bytes(token_id),
-                        _tokens.c.used_at.is_(None),
-                        _tokens.c.expires_at > t,
-                    )
-                )
+                .where(_tokens.c.token_id == bytes(token_id), _usable_at(t))
                 .values(expires_at=t)
             )
             return bool(result.rowcount == 1)
@@ -530,9 +508,7 @@ class TokenKeySync:
         t = self._store._now(now)
         with self._store.engine.connect() as conn:
             rows = conn.execute(
-                select(_tokens.c.curve_key, _tokens.c.expires_at).where(
-                    and_(_tokens.c.used_at.is_(None), _tokens.c.expires_at > t)
-                )
+                select(_tokens.c.curve_key, _tokens.c.expires_at).where(_usable_at(t))
             ).all()
         current = {bytes(key): int(expires) for key, expires in rows}
         for key in self._admitted - current.keys():
