@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,21 @@ NOW = 1_700_000_000
 
 def load_vectors(name: str) -> Any:
     return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+def reference_hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 HKDF-SHA256 written out with the standard library, as a second opinion.
+
+    An empty ``salt`` is HashLen zero bytes (§2.2); HMAC pads its key with
+    zeros, so both give the same PRK.
+    """
+    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
+    okm, block, counter = b"", b"", 1
+    while len(okm) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        okm += block
+        counter += 1
+    return okm[:length]
 
 
 def identity_from_byte(value: int) -> NodeIdentity:

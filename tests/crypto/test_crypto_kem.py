@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from crypto_support import load_vectors, reference_hkdf
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,20 +13,7 @@ from hypothesis import strategies as st
 from securemesh.crypto import kem
 from securemesh.errors import AuthenticationError, DecodeError, LocalError
 
-VECTORS: list[dict[str, Any]] = json.loads(
-    (Path(__file__).parent / "data" / "kem_vectors.json").read_text()
-)["vectors"]
-
-
-def _hkdf_sha256(salt: bytes, ikm: bytes, info: bytes, length: int) -> bytes:
-    """RFC 5869 written out with hmac, independent of the code under test."""
-    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
-    out, block, i = b"", b"", 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
-        out += block
-        i += 1
-    return out[:length]
+VECTORS: list[dict[str, Any]] = load_vectors("kem_vectors.json")["vectors"]
 
 
 def test_sizes_match_fips_203_and_the_tls_hybrid_draft() -> None:
@@ -65,7 +49,7 @@ def test_known_answer_vectors(vector: dict[str, Any]) -> None:
     assert ss_x == h(vector["x25519_shared_secret"])
     pk_x = key.public_key().x25519
     ikm = ss_m + ss_x + ct.x25519 + pk_x
-    assert _hkdf_sha256(kem.COMBINER_LABEL, ikm, h(vector["context"]), 32) == secret
+    assert reference_hkdf(ikm, kem.COMBINER_LABEL, h(vector["context"]), 32) == secret
     keys = kem.derive_session_keys(secret, h(vector["context"]))
     assert keys.initiator_to_responder == h(vector["i2r"])
     assert keys.responder_to_initiator == h(vector["r2i"])

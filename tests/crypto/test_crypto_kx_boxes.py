@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 import pytest
+from crypto_support import reference_hkdf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,17 +26,6 @@ LOW_ORDER = [
     bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
     bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
 ]
-
-
-def reference_hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
-    """RFC 5869 written out with the standard library, as a second opinion."""
-    prk = hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
-    okm, block, counter = b"", b"", 1
-    while len(okm) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        okm += block
-        counter += 1
-    return okm[:length]
 
 
 def test_hkdf_rfc5869_case_1() -> None:
