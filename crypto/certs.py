@@ -7,8 +7,12 @@ certificates, each binding a node id, tier, roles and the node's three public
 keys (:class:`~securemesh.crypto.identity.PublicKeys`) to a validity period,
 and it signs versioned revocation lists. An edge may hold a *delegated
 authority*: its certificate carries a :class:`Delegation` naming the tiers it
-may issue (normally only ``end``), so it can enroll devices while the cloud
-is unreachable. Chains are at most one delegate deep: a delegate cannot
+may issue (normally only ``end``) and, normally, a *name constraint*: a
+node-id prefix (by default the edge's own id followed by ``"."``) that every
+node id it certifies must extend (cf. X.509 name constraints, RFC 5280
+§4.2.1.10), so a compromised edge cannot mint certificates for devices
+enrolled elsewhere. It can thus enroll devices while the cloud is
+unreachable. Chains are at most one delegate deep: a delegate cannot
 delegate further.
 
 :func:`verify_certificate` returns the verified :class:`Certificate` or raises;
@@ -20,7 +24,9 @@ it checks, in this order (each step with its own exception class):
    (or the issuing authority's own error);
 3. the issuer's Ed25519 signature -> ``CertificateSignatureInvalid``;
 4. for a delegate-issued certificate, the delegation allows its tier and it is
-   not itself an authority -> ``DelegationNotAllowed``;
+   not itself an authority -> ``DelegationNotAllowed``; its node id is inside
+   the delegation's name constraint, if any -> ``NameConstraintViolation``
+   (a subclass of ``DelegationNotAllowed``);
 5. ``not_before <= now < not_after`` -> ``CertificateNotYetValid`` / ``CertificateExpired``;
 6. neither its serial nor its node id is on the root's current revocation list
    -> ``CertificateRevoked``.
@@ -53,8 +59,18 @@ Tier codes: 1 = end, 2 = edge, 3 = cloud. ::
         u64              not_before  (Unix seconds)
         u64              not_after   (not_before < not_after <= 2**63-1)
         str8             issuer      (authority id; for a delegate: its node_id)
-        u8               0 = not an authority, 1 = delegated authority, followed by
+        u8               0 = not an authority,
+                         1 = delegated authority without a name constraint, followed by
           u8             tier count 1..3 and that many tier codes, strictly increasing
+                         2 = delegated authority with a name constraint: as for 1, then
+          str8           name prefix (1..63 bytes, [A-Za-z0-9][A-Za-z0-9._-]*): every
+                         node id it certifies starts with it and is longer than it
+
+Flag 2 was added after the first release without bumping the format version:
+every certificate encoded before it (flags 0 and 1) keeps its bytes and its
+meaning, and an old decoder refuses flag 2 ("bad delegation flag") instead of
+misreading it. :meth:`Authority.delegate` writes flag 2 unless asked for an
+unconstrained delegation (e.g. an online issuing authority the operator runs).
 
     signed certificate := certificate || signature (64 bytes)
     signature          := Ed25519(issuer key, b"securemesh/cert/v1\\x00" || certificate)
@@ -124,6 +140,7 @@ from securemesh.errors import (
     DelegationNotAllowed,
     KeyStoreError,
     LocalError,
+    NameConstraintViolation,
     RevocationListRollback,
     UnknownIssuer,
 )
@@ -144,6 +161,7 @@ __all__ = [
     "SignedRevocationList",
     "Tier",
     "TrustStore",
+    "validate_name_prefix",
     "validate_node_id",
     "verify_certificate",
     "verify_revocation_list",
@@ -160,6 +178,7 @@ _RL_MAGIC = b"SMR"
 _MAX_U63 = (1 << 63) - 1
 _KEY = 32
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _ROLE_RE = re.compile(r"[A-Za-z0-9._:-]{1,32}")
 
 Randbits = Callable[[int], int]
@@ -263,20 +282,43 @@ def _b64d(text: str) -> bytes:
 # ------------------------------------------------------------------ certificates
 
 
+def validate_name_prefix(value: str) -> str:
+    """Return ``value`` if it is a usable name-constraint prefix, else raise LocalError.
+
+    A prefix is 1..63 characters of node-id syntax, so that at least one more
+    character fits into a 64-character node id.
+    """
+    if not isinstance(value, str) or _PREFIX_RE.fullmatch(value) is None:
+        raise LocalError("invalid name prefix: must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Delegation:
-    """The constraint on a delegated authority: which tiers it may issue certificates for."""
+    """The constraint on a delegated authority: which tiers it may issue certificates for,
+    and (``name_prefix``) which node ids: ids that start with the prefix and are longer.
+
+    ``name_prefix=None`` is an unconstrained delegation (format flag 1).
+    """
 
     tiers: frozenset[Tier]
+    name_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.tiers, frozenset) or not self.tiers:
             raise LocalError("a delegation names a non-empty frozenset of tiers")
         if not all(isinstance(t, Tier) for t in self.tiers):
             raise LocalError("delegation tiers must be Tier values")
+        if self.name_prefix is not None:
+            validate_name_prefix(self.name_prefix)
 
     def allows(self, tier: Tier) -> bool:
         return tier in self.tiers
+
+    def permits_name(self, node_id: str) -> bool:
+        """True if ``node_id`` is inside the name constraint (always, without one)."""
+        prefix = self.name_prefix
+        return prefix is None or (len(node_id) > len(prefix) and node_id.startswith(prefix))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,7 +383,10 @@ class Certificate:
             parts.append(b"\x00")
         else:
             codes = sorted(_TIER_CODE[t] for t in self.delegation.tiers)
-            parts.append(bytes([1, len(codes), *codes]))
+            prefix = self.delegation.name_prefix
+            parts.append(bytes([1 if prefix is None else 2, len(codes), *codes]))
+            if prefix is not None:
+                parts.append(_str8(prefix))
         return b"".join(parts)
 
     @classmethod
@@ -362,13 +407,17 @@ class Certificate:
         issuer = reader.str8()
         flag = reader.u8()
         delegation: Delegation | None = None
-        if flag == 1:
+        if flag in (1, 2):
             codes = [reader.u8() for _ in range(reader.u8())]
             if any(a >= b for a, b in itertools.pairwise(codes)):
                 raise CertificateMalformed("delegation tiers not strictly increasing")
             if not codes or any(c not in _CODE_TIER for c in codes):
                 raise CertificateMalformed("bad delegation tier codes")
-            delegation = Delegation(frozenset(_CODE_TIER[c] for c in codes))
+            prefix = reader.str8() if flag == 2 else None
+            try:
+                delegation = Delegation(frozenset(_CODE_TIER[c] for c in codes), prefix)
+            except LocalError as exc:
+                raise CertificateMalformed(str(exc)) from exc
         elif flag != 0:
             raise CertificateMalformed("bad delegation flag")
         reader.end()
@@ -700,6 +749,11 @@ def _verify(
             raise DelegationNotAllowed(
                 f"issuer {cert.issuer!r} may not issue {cert.tier.value!r} certificates"
             )
+        if not parent.delegation.permits_name(cert.node_id):
+            raise NameConstraintViolation(
+                f"issuer {cert.issuer!r} may only certify node ids starting with "
+                f"{parent.delegation.name_prefix!r}, not {cert.node_id!r}"
+            )
     # 5. validity period
     if now < cert.not_before:
         raise CertificateNotYetValid(f"certificate not valid before {cert.not_before}")
@@ -891,18 +945,32 @@ class Authority:
         lifetime_s: int,
         now: float,
         backdate_s: int = 0,
+        name_prefix: str | None = None,
+        unconstrained: bool = False,
     ) -> SignedCertificate:
         """Issue an authority certificate to an edge (or cloud) node for ``tiers``.
 
         The new certificate reuses the node's id, roles and keys; the node's
         :class:`~securemesh.crypto.identity.NodeIdentity` then signs as a
-        :class:`DelegatedAuthority`.
+        :class:`DelegatedAuthority`. It carries a name constraint:
+        ``name_prefix``, by default the node's id followed by ``"."`` (so
+        ``edge-1`` certifies ``edge-1.sensor-7``); ``unconstrained=True``
+        omits it (the delegate may then certify any node id -- only for an
+        issuing authority as trusted as the root).
         """
         if isinstance(edge_cert, SignedCertificate):
             edge_cert = edge_cert.unverified_certificate()
         if edge_cert.tier is Tier.END:
             raise LocalError("end devices cannot hold a delegated authority")
-        delegation = Delegation(frozenset(_to_tier(t) for t in tiers))
+        prefix: str | None = None
+        if unconstrained:
+            if name_prefix is not None:
+                raise LocalError("name_prefix and unconstrained=True exclude each other")
+        else:
+            prefix = validate_name_prefix(
+                edge_cert.node_id + "." if name_prefix is None else name_prefix
+            )
+        delegation = Delegation(frozenset(_to_tier(t) for t in tiers), prefix)
         return self._issue(
             edge_cert.node_id,
             tier=edge_cert.tier,
@@ -1124,7 +1192,8 @@ def _read_state(path: Path, expected_format: str) -> dict[str, Any]:
 
 
 class DelegatedAuthority:
-    """An edge's constrained authority: issues certificates only for its delegated tiers.
+    """An edge's constrained authority: issues certificates only for its delegated tiers
+    and node ids inside its name constraint (:attr:`name_prefix`).
 
     ``signer`` is the edge's own key (normally its
     :class:`~securemesh.crypto.identity.NodeIdentity`) matching the delegated
@@ -1162,6 +1231,11 @@ class DelegatedAuthority:
     def delegation(self) -> Delegation:
         return self._delegation
 
+    @property
+    def name_prefix(self) -> str | None:
+        """Every node id this authority certifies starts with this (None: unconstrained)."""
+        return self._delegation.name_prefix
+
     def issue(
         self,
         node_id: str,
@@ -1179,6 +1253,11 @@ class DelegatedAuthority:
             allowed = ", ".join(sorted(t.value for t in self._delegation.tiers))
             raise LocalError(f"this delegated authority may only issue: {allowed}")
         validate_node_id(node_id)
+        if not self._delegation.permits_name(node_id):
+            raise LocalError(
+                f"node id {node_id!r} is outside this delegated authority's namespace: "
+                f"it must start with {self._delegation.name_prefix!r}"
+            )
         if not isinstance(keys, PublicKeys):
             raise LocalError("keys must be PublicKeys")
         _check_int(lifetime_s, "lifetime_s", 1, _MAX_U63)

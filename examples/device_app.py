@@ -16,9 +16,11 @@ Getting a device onto the mesh
 
        export SECUREMESH_PASSPHRASE=...   # or a secret store of your choice
        python examples/device_app.py --data-dir ./sensor-7 \\
-           --node-id sensor-7 --token smj1.… [--kdf-memlimit-mib 16]
+           --node-id edge-1.sensor-7 --token smj1.… [--kdf-memlimit-mib 16]
 
-   (or, in code, ``Device.enroll(token, data_dir=..., node_id=...)``).
+   (or, in code, ``Device.enroll(token, data_dir=..., node_id=...)``). An
+   edge certifies only ids in its namespace -- by default its own id and a
+   dot, ``edge-1.*`` (``token create`` prints it); a cloud token takes any id.
 3. Run, as often as you like::
 
        python examples/device_app.py --data-dir ./sensor-7

@@ -43,7 +43,9 @@ learns nothing about which check failed (STYLE.md §5).
         │   ├── UnknownIssuer
         │   ├── CertificateNotYetValid                 (CertificateExpired) not_before ahead
         │   ├── DelegationNotAllowed                   outside the issuer's delegation
-        │   └── RevocationListRollback                 older or conflicting revocation list
+        │   │   └── NameConstraintViolation            node id outside the delegate's namespace
+        │   ├── RevocationListRollback                 older or conflicting revocation list
+        │   └── KeyContinuityViolation                 known id, other keys, no re-enrollment
         ├── TokenError                                 join token unknown, used or expired
         ├── AuthorizationError          (PermissionError)  policy denies this message
         ├── ProofError                                 a Merkle proof does not verify
@@ -91,6 +93,8 @@ __all__ = [
     "ReplayError",
     "ReplayedMessage",
     "RevocationListRollback",
+    "NameConstraintViolation",
+    "KeyContinuityViolation",
     "SecureMeshError",
     "SizeLimitExceeded",
     "StaleMessage",
@@ -272,6 +276,18 @@ class RevocationListRollback(CertificateError):
     """A revocation list is older than (or conflicts with) the one already trusted."""
 
     reason = "revocation_rollback"
+
+
+class NameConstraintViolation(DelegationNotAllowed):
+    """A delegated authority issued a node id outside its name constraint (its namespace)."""
+
+    reason = "name_constraint"
+
+
+class KeyContinuityViolation(CertificateError):
+    """A certificate would replace a known node's keys without a root re-enrollment."""
+
+    reason = "key_continuity"
 
 
 class TokenError(RemoteError):

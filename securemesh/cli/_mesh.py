@@ -119,11 +119,17 @@ def _token_create(args: argparse.Namespace) -> int:
             roles=_roles(args.roles),
             ttl_s=parse_duration(args.ttl),
             delegate=args.delegate,
+            name_prefix=issuer.name_prefix,
         )
     print(token.encode())
     print(
         f"token {token.token_id.hex()} ({tier.value}, roles={','.join(token.roles) or '-'}) "
-        f"valid until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(token.expires_at))}",
+        f"valid until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(token.expires_at))}"
+        + (
+            ""
+            if token.name_prefix is None
+            else f"; the node id must start with {token.name_prefix!r}"
+        ),
         file=sys.stderr,
     )
     return 0

@@ -24,7 +24,8 @@ Enrollment (message type ``enroll.request``, a REQUEST; the reply carries an
    (the envelope was verified with the body's verify key and names the body's
    node id, when the caller says so) -> token unused and unexpired -> the tier
    is one this authority may issue (a delegated authority: only its delegated
-   tiers, never a further delegation) -> the node id is not revoked. Tier and
+   tiers, never a further delegation; and only node ids inside its name
+   constraint, e.g. ``edge-1.*``) -> the node id is not revoked. Tier and
    roles come from the *token record*, never from the request. It issues the
    certificate, then consumes the token atomically together with binding the
    node id to the verify key (:meth:`TokenStore.consume`); if another request
@@ -247,10 +248,12 @@ def _proof(proof_key: bytes, transcript: bytes) -> bytes:
 
 
 def build_enroll_request(token: JoinToken, identity: NodeIdentity, node_id: str) -> EnrollRequest:
-    """The ``enroll.request`` body for ``identity`` asking to be ``node_id``."""
-    from securemesh.crypto.certs import validate_node_id  # noqa: PLC0415 - tiny, local
+    """The ``enroll.request`` body for ``identity`` asking to be ``node_id``.
 
-    validate_node_id(node_id)
+    LocalError if ``node_id`` is invalid or outside the token's name prefix
+    (an edge's namespace: its delegated authority could not certify it).
+    """
+    token.check_node_id(node_id)
     keys = identity.public()
     transcript = request_transcript(token.token_id, node_id, keys)
     return EnrollRequest(
@@ -656,6 +659,13 @@ class EnrollmentServer:
         if record.authority_id != self._root_id:
             raise TokenError("join token belongs to another mesh")
         self._issuable(record.tier, record.delegate)
+        if isinstance(self._authority, DelegatedAuthority):
+            prefix = self._authority.name_prefix
+            if prefix is not None and not self._authority.delegation.permits_name(request.node_id):
+                raise AuthorizationError(
+                    f"node id {request.node_id!r} is outside this edge's namespace: "
+                    f"it must start with {prefix!r}"
+                )
         rl = self._rl().unverified_list()
         if request.node_id in rl.node_ids:
             raise CertificateRevoked(f"node id {request.node_id!r} is revoked")

@@ -267,6 +267,8 @@ class TokenIssuer:
     endpoint: str | None
     tiers: frozenset[Tier]
     delegated: bool
+    #: an edge's name constraint: node ids its tokens may enroll start with this
+    name_prefix: str | None = None
 
 
 def _node_cert(data_dir: Path) -> Certificate:
@@ -334,6 +336,7 @@ def load_token_issuer(data_dir: Path) -> TokenIssuer:
             endpoint=endpoint,
             tiers=dcert.delegation.tiers,
             delegated=True,
+            name_prefix=dcert.delegation.name_prefix,
         )
     raise ConfigError(
         f"{data_dir} holds neither a mesh authority nor a delegated authority: "

@@ -230,10 +230,14 @@ class TokenStore:
         roles: Iterable[str] = (),
         ttl_s: int,
         delegate: bool = False,
+        name_prefix: str | None = None,
         now: float | None = None,
         token_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> JoinToken:
         """Make a fresh token (random id and secret), store its record, return the token.
+
+        ``name_prefix``: the issuing edge's name constraint, written into the token
+        so the new node requests an id inside it (the server enforces it anyway).
 
         The token string (``token.encode()``) is the only place the secret lives.
         """
@@ -257,6 +261,7 @@ class TokenStore:
             tier=tier,
             roles=validate_roles(list(roles)),
             delegate=delegate,
+            name_prefix=name_prefix,
         )
         token.encode()  # refuse a token that would not fit its size limit before storing it
         self.add(TokenRecord.for_token(token, issuer=issuer, created_at=created))

@@ -57,7 +57,18 @@ every field validated, exactly one encoding per token. All integers big-endian;
         u8          tier code          (1 end, 2 edge, 3 cloud)
         u8          role count 0..16, then that many str8 roles, strictly increasing
         u8          flags              (bit 0: delegate -- the enrolling edge also gets a
-                                        delegated authority for tier end; other bits 0)
+                                        delegated authority for tier end;
+                                        bit 1: a name prefix follows; other bits 0)
+        str8        name_prefix        (only with flag bit 1: the issuing edge's name
+                                        constraint -- the requested node id must start
+                                        with it and be longer; see docs/enrollment.md)
+
+Bit 1 and its field were added without a version bump: tokens without it
+encode exactly as before, and an older decoder refuses bit 1 (reserved bits).
+An edge's delegated authority certifies only node ids inside its name
+constraint (:mod:`securemesh.crypto.certs`); the token carries the prefix so
+the new node can pick an id that fits, and fail early with a clear message
+otherwise.
 
 ``repr``/``str`` of a token never show the secret.
 """
@@ -78,7 +89,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from securemesh.crypto._codec import U64 as _U64
 from securemesh.crypto._codec import ByteReader
 from securemesh.crypto._codec import str8 as _str8
-from securemesh.crypto.certs import MAX_ROLES, Tier, validate_node_id
+from securemesh.crypto.certs import MAX_ROLES, Tier, validate_name_prefix, validate_node_id
 from securemesh.crypto.kx import hkdf_sha256
 from securemesh.errors import DecodeError, EncodeError, LocalError, SizeLimitExceeded
 
@@ -109,6 +120,7 @@ PROOF_LABEL: Final = b"securemesh/token-proof/v1"
 _KEY: Final = 32
 _MAX_U63: Final = (1 << 63) - 1
 _FLAG_DELEGATE: Final = 0x01
+_FLAG_NAME_PREFIX: Final = 0x02
 _TIER_CODE: Final = {Tier.END: 1, Tier.EDGE: 2, Tier.CLOUD: 3}
 _CODE_TIER: Final = {v: k for k, v in _TIER_CODE.items()}
 _ROLE_RE = re.compile(r"[A-Za-z0-9._:-]{1,32}")
@@ -170,6 +182,7 @@ class JoinToken:
     tier: Tier
     roles: tuple[str, ...] = ()
     delegate: bool = False
+    name_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if type(self.version) is not int or self.version != TOKEN_VERSION:
@@ -196,6 +209,20 @@ class JoinToken:
             raise LocalError("delegate must be a bool")
         if self.delegate and self.tier is not Tier.EDGE:
             raise LocalError("only an edge token can carry a delegated authority")
+        if self.name_prefix is not None:
+            validate_name_prefix(self.name_prefix)
+
+    def check_node_id(self, node_id: str) -> str:
+        """Return ``node_id`` if this token can enroll it, else raise LocalError (clear message)."""
+        validate_node_id(node_id)
+        prefix = self.name_prefix
+        if prefix is not None and not (len(node_id) > len(prefix) and node_id.startswith(prefix)):
+            raise LocalError(
+                f"node id {node_id!r} is outside the namespace of the edge {self.server_id!r} "
+                f"that issued this token: choose an id starting with {prefix!r} "
+                f"(e.g. {prefix + node_id!r})"
+            )
+        return node_id
 
     # ------------------------------------------------------------------ encoding
 
@@ -214,7 +241,13 @@ class JoinToken:
                 _U64.pack(self.expires_at),
                 bytes([_TIER_CODE[self.tier], len(self.roles)]),
                 *(_str8(r) for r in self.roles),
-                bytes([_FLAG_DELEGATE if self.delegate else 0]),
+                bytes(
+                    [
+                        (_FLAG_DELEGATE if self.delegate else 0)
+                        | (0 if self.name_prefix is None else _FLAG_NAME_PREFIX)
+                    ]
+                ),
+                b"" if self.name_prefix is None else _str8(self.name_prefix),
             ]
         )
 
@@ -273,8 +306,9 @@ class JoinToken:
         if any(a >= b for a, b in itertools.pairwise(roles)):
             raise DecodeError("join token roles are not strictly increasing")
         flags = reader.u8()
-        if flags & ~_FLAG_DELEGATE:
+        if flags & ~(_FLAG_DELEGATE | _FLAG_NAME_PREFIX):
             raise DecodeError("join token has reserved flag bits set")
+        name_prefix = reader.str8() if flags & _FLAG_NAME_PREFIX else None
         reader.end()
         try:
             return cls(
@@ -290,6 +324,7 @@ class JoinToken:
                 tier=tier,
                 roles=roles,
                 delegate=bool(flags & _FLAG_DELEGATE),
+                name_prefix=name_prefix,
             )
         except LocalError as exc:
             raise DecodeError(f"invalid join token: {exc}") from exc
@@ -315,7 +350,7 @@ class JoinToken:
             f"JoinToken(id={self.token_id.hex()}, authority={self.authority_id!r}, "
             f"server={self.server_id!r}, "
             f"tier={self.tier.value!r}, roles={self.roles!r}, endpoint={self.endpoint!r}, "
-            f"expires_at={self.expires_at})"
+            f"name_prefix={self.name_prefix!r}, expires_at={self.expires_at})"
         )
 
     __str__ = __repr__

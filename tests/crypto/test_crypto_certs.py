@@ -44,6 +44,7 @@ from securemesh.errors import (
     CorruptKeyFile,
     DelegationNotAllowed,
     LocalError,
+    NameConstraintViolation,
     RemoteError,
     RevocationListRollback,
     UnknownIssuer,
@@ -71,7 +72,12 @@ keys = st.binary(min_size=32, max_size=32)
 def certificates(draw: st.DrawFn) -> Certificate:
     not_before = draw(st.integers(0, 2**63 - 2))
     delegation = draw(
-        st.none() | st.frozensets(st.sampled_from(list(Tier)), min_size=1).map(Delegation)
+        st.none()
+        | st.builds(
+            Delegation,
+            st.frozensets(st.sampled_from(list(Tier)), min_size=1),
+            st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", fullmatch=True),
+        )
     )
     return Certificate(
         serial=draw(st.integers(1, 2**63 - 1)),
@@ -207,6 +213,10 @@ def test_non_canonical_encodings_are_malformed(authority: Authority, device: Nod
         good[:-1] + b"\x02",  # unknown delegation flag
         good[:-1] + b"\x01\x02\x02\x01",  # delegation tiers not increasing
         good[:-1] + b"\x01\x00",  # empty delegation
+        good[:-1] + b"\x02\x01\x01",  # name-constrained delegation without its prefix
+        good[:-1] + b"\x02\x01\x01\x00",  # empty name prefix
+        good[:-1] + b"\x02\x01\x01\x02.a",  # prefix not in node-id syntax
+        good[:-1] + b"\x02\x01\x01\x40" + b"a" * 64,  # prefix leaves no room for an id
         swapped,
         duplicate,
     ):
@@ -469,7 +479,7 @@ def test_delegated_authority_issues_end_certs(
 ) -> None:
     device = identity_from_byte(0x70)
     cert = delegated.issue(
-        "dev-7", Tier.END, ["cam"], device.public(), lifetime_s=10 * DAY, now=NOW + 100
+        "edge-1.dev-7", Tier.END, ["cam"], device.public(), lifetime_s=10 * DAY, now=NOW + 100
     )
     trust = authority.trust_store()
     with pytest.raises(UnknownIssuer):
@@ -490,7 +500,7 @@ def test_delegated_authority_refuses_other_tiers(delegated: DelegatedAuthority) 
         with pytest.raises(LocalError, match="may only issue"):
             delegated.issue("node-x", tier, [], keys, lifetime_s=DAY, now=NOW)
     with pytest.raises(LocalError):
-        delegated.issue("dev-x", Tier.END, [], keys, lifetime_s=DAY, now=NOW + 3 * DAY)
+        delegated.issue("edge-1.dev-x", Tier.END, [], keys, lifetime_s=DAY, now=NOW + 3 * DAY)
 
 
 def _forge(signer: NodeIdentity, **fields: object) -> SignedCertificate:
@@ -524,7 +534,9 @@ def test_delegation_constraint_is_enforced_by_verifiers(
             trust=trust,
             now=NOW + 1,
         )
-    verify_certificate(_forge(edge, tier=Tier.END), trust=trust, now=NOW + 1)
+    verify_certificate(
+        _forge(edge, node_id="edge-1.rogue", tier=Tier.END), trust=trust, now=NOW + 1
+    )
 
 
 def test_delegate_chain_failures(
@@ -532,7 +544,7 @@ def test_delegate_chain_failures(
 ) -> None:
     trust = authority.trust_store()
     child = delegated.issue(
-        "dev-7", Tier.END, [], identity_from_byte(0x70).public(), lifetime_s=DAY, now=NOW
+        "edge-1.dev-7", Tier.END, [], identity_from_byte(0x70).public(), lifetime_s=DAY, now=NOW
     )
     chain = [delegated.certificate]
     # The delegation itself expired: the child is rejected as expired.
@@ -572,9 +584,63 @@ def test_delegation_misuse(authority: Authority, device: NodeIdentity, edge: Nod
     grant = authority.delegate(edge_cert, tiers=["end", "edge"], lifetime_s=DAY, now=NOW)
     with pytest.raises(LocalError):
         DelegatedAuthority(grant, device)  # wrong key
-    assert grant.unverified_certificate().delegation == Delegation(frozenset({Tier.END, Tier.EDGE}))
+    assert grant.unverified_certificate().delegation == Delegation(
+        frozenset({Tier.END, Tier.EDGE}), "edge-1."
+    )
     with pytest.raises(LocalError):
         authority.delegate(edge_cert, tiers=["nope"], lifetime_s=DAY, now=NOW)
+
+
+def test_name_constraint_is_enforced_by_verifiers(
+    authority: Authority, delegated: DelegatedAuthority, edge: NodeIdentity
+) -> None:
+    """A compromised edge cannot mint a certificate for a node id outside its namespace
+    (e.g. a device enrolled at the cloud or at another edge), by any route."""
+    assert delegated.name_prefix == "edge-1."
+    trust = authority.trust_store()
+    for node_id in ("dev-01", "edge-1", "edge-1.", "edge-10.dev", "edge-2.dev", "xedge-1.dev"):
+        with pytest.raises(LocalError, match="outside this delegated authority's namespace"):
+            delegated.issue(node_id, Tier.END, [], edge.public(), lifetime_s=DAY, now=NOW)
+        forged = _forge(edge, node_id=node_id, tier=Tier.END)  # signed by the edge's key anyway
+        with pytest.raises(NameConstraintViolation, match="edge-1\\."):
+            verify_certificate(
+                forged, trust=trust, now=NOW + 1, intermediates=[delegated.certificate]
+            )
+    trust.add_delegated_authority(delegated.certificate, now=NOW)
+    with pytest.raises(NameConstraintViolation):
+        verify_certificate(_forge(edge, node_id="dev-01", tier=Tier.END), trust=trust, now=NOW + 1)
+    with pytest.raises(DelegationNotAllowed):  # still the parent class for old handlers
+        verify_certificate(_forge(edge, node_id="dev-01", tier=Tier.END), trust=trust, now=NOW + 1)
+    ok = delegated.issue("edge-1.dev-01", Tier.END, [], edge.public(), lifetime_s=DAY, now=NOW)
+    assert verify_certificate(ok, trust=trust, now=NOW + 1).node_id == "edge-1.dev-01"
+
+
+def test_delegation_name_prefix_options(authority: Authority, edge: NodeIdentity) -> None:
+    edge_cert = authority.issue("edge-1", Tier.EDGE, [], edge.public(), lifetime_s=DAY, now=NOW)
+    default = authority.delegate(edge_cert, lifetime_s=DAY, now=NOW)
+    delegation = default.unverified_certificate().delegation
+    assert delegation == Delegation(frozenset({Tier.END}), "edge-1.")
+    # flag 2, the tier codes, then the prefix ends the certificate body
+    assert default.cert_bytes.endswith(b"\x02\x01\x01\x07edge-1.")
+    custom = authority.delegate(edge_cert, lifetime_s=DAY, now=NOW, name_prefix="site-a")
+    assert custom.unverified_certificate().delegation == Delegation(frozenset({Tier.END}), "site-a")
+    free = authority.delegate(edge_cert, lifetime_s=DAY, now=NOW, unconstrained=True)
+    assert free.unverified_certificate().delegation == Delegation(frozenset({Tier.END}))
+    assert free.cert_bytes.endswith(b"\x01\x01\x01")  # the version-1 layout, unchanged
+    assert DelegatedAuthority(free, edge).name_prefix is None
+    with pytest.raises(LocalError, match="exclude"):
+        authority.delegate(edge_cert, lifetime_s=DAY, now=NOW, name_prefix="a.", unconstrained=True)
+    for bad in ("", ".a", "a" * 64, "a b"):
+        with pytest.raises(LocalError, match="name prefix"):
+            authority.delegate(edge_cert, lifetime_s=DAY, now=NOW, name_prefix=bad)
+    long_id = authority.issue("e" * 64, Tier.EDGE, [], edge.public(), lifetime_s=DAY, now=NOW)
+    with pytest.raises(LocalError, match="name prefix"):  # "e"*64 + "." cannot be a prefix
+        authority.delegate(long_id, lifetime_s=DAY, now=NOW)
+    # renewal by the root keeps the constraint
+    renewed = authority.renew(default, now=NOW + 10, lifetime_s=DAY)
+    assert renewed.unverified_certificate().delegation == delegation
+    assert delegation.permits_name("edge-1.x")
+    assert not delegation.permits_name("edge-1.")
 
 
 def test_trust_store_rules() -> None:

@@ -81,6 +81,7 @@ EXPECTED = {
         "SignedRevocationList",
         "Tier",
         "TrustStore",
+        "validate_name_prefix",
         "validate_node_id",
         "verify_certificate",
         "verify_revocation_list",

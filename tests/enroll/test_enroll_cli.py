@@ -212,11 +212,19 @@ def test_enroll_edge_then_device_through_the_edge_while_cloud_is_down(
             "sensor", "--endpoint", endpoint.address,
         )  # fmt: skip
         assert code == 0, err
+        assert "the node id must start with 'edge-1.'" in err
         token_path = tmp_path / "token.txt"
         token_path.write_text(out)
+        # An id outside the edge's namespace is refused before any connection.
         code, _, err = _run(
             capsys, "enroll", "--token-file", str(token_path), "--data-dir", str(device),
             "--node-id", "dev-1",
+        )  # fmt: skip
+        assert code == 1
+        assert "choose an id starting with 'edge-1.'" in err
+        code, _, err = _run(
+            capsys, "enroll", "--token-file", str(token_path), "--data-dir", str(device),
+            "--node-id", "edge-1.dev-1",
         )  # fmt: skip
         assert code == 0, err
     device_cert = SignedCertificate.from_bytes((device / "node.cert").read_bytes())
@@ -225,7 +233,7 @@ def test_enroll_edge_then_device_through_the_edge_while_cloud_is_down(
         device_cert, trust=read_trust(device), now=_now(), intermediates=chain
     )
     assert (cert.node_id, cert.tier, cert.issuer, cert.roles) == (
-        "dev-1",
+        "edge-1.dev-1",
         Tier.END,
         "edge-1",
         ("sensor",),
@@ -240,11 +248,11 @@ def test_enroll_edge_then_device_through_the_edge_while_cloud_is_down(
     )
 
     # Revoking the device at the root: a new signed list, version 2, that every node verifies.
-    code, _, err = _run(capsys, "revoke", "dev-1", "--data-dir", str(cloud))
+    code, _, err = _run(capsys, "revoke", "edge-1.dev-1", "--data-dir", str(cloud))
     assert code == 0, err
     rl = read_trust(cloud).revocation_list("acme")
     assert rl is not None
-    assert (rl.version, rl.node_ids) == (2, frozenset({"dev-1"}))
+    assert (rl.version, rl.node_ids) == (2, frozenset({"edge-1.dev-1"}))
     device_trust = read_trust(device)
     device_trust.update_revocation_list((cloud / "revocation.list").read_bytes())
     from securemesh.errors import CertificateRevoked
@@ -252,7 +260,7 @@ def test_enroll_edge_then_device_through_the_edge_while_cloud_is_down(
     with pytest.raises(CertificateRevoked):
         verify_certificate(device_cert, trust=device_trust, now=_now(), intermediates=chain)
     # Revocation is the root's job, not an edge's.
-    code, _, err = _run(capsys, "revoke", "dev-1", "--data-dir", str(edge))
+    code, _, err = _run(capsys, "revoke", "edge-1.dev-1", "--data-dir", str(edge))
     assert code == 1
     assert "no mesh authority" in err
 

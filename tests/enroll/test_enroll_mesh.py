@@ -164,11 +164,11 @@ def test_enroll_renew_revoke_and_offline_edge(
         assert renewed.unverified_certificate().public_keys() == identity.public()
 
         # 3. `securemesh revoke` on the cloud reaches the running edge (daemon broadcast).
-        await _cli(capsys, "revoke", "ghost-1", "--data-dir", str(cloud))
+        await _cli(capsys, "revoke", "edge-1.ghost-1", "--data-dir", str(cloud))
         await _until(lambda: node.revocation_list_version == 2, "edge got the new list")
         rl = node.directory.trust.revocation_list("acme")
         assert rl is not None
-        assert rl.node_ids == frozenset({"ghost-1"})
+        assert rl.node_ids == frozenset({"edge-1.ghost-1"})
 
         # 4. The cloud goes away; a device enrolls at the edge's delegated authority.
         cloud_stop.set()
@@ -189,14 +189,14 @@ def test_enroll_renew_revoke_and_offline_edge(
         await _until(_admitted(node, device_token), "device token admitted")
         await _cli(
             capsys, "enroll", "--token", device_token, "--data-dir", str(device),
-            "--node-id", "dev-1",
+            "--node-id", "edge-1.dev-1",
         )  # fmt: skip
         device_cert = SignedCertificate.from_bytes((device / "node.cert").read_bytes())
         chain = [(device / "authority.cert").read_bytes()]
         cert = verify_certificate(
             device_cert, trust=read_trust(cloud), now=time.time(), intermediates=chain
         )
-        assert (cert.node_id, cert.tier, cert.issuer) == ("dev-1", Tier.END, "edge-1")
+        assert (cert.node_id, cert.tier, cert.issuer) == ("edge-1.dev-1", Tier.END, "edge-1")
 
         # 5. Re-enrollment (e.g. after the certificate expired offline) keeps the device's
         # keys; its envelope counter continues, so the edge's replay window accepts it.
@@ -205,7 +205,14 @@ def test_enroll_renew_revoke_and_offline_edge(
         ).strip()
         await _until(_admitted(node, again), "second device token admitted")
         await _cli(
-            capsys, "enroll", "--token", again, "--data-dir", str(device), "--node-id", "dev-1"
+            capsys,
+            "enroll",
+            "--token",
+            again,
+            "--data-dir",
+            str(device),
+            "--node-id",
+            "edge-1.dev-1",
         )
         second = SignedCertificate.from_bytes((device / "node.cert").read_bytes())
         assert second.unverified_certificate().public_keys() == cert.public_keys()
@@ -219,7 +226,7 @@ def test_enroll_renew_revoke_and_offline_edge(
         code = await asyncio.to_thread(
             main,
             ["enroll", "--token", ghost, "--data-dir", str(tmp_path / "g"), "--node-id",
-             "ghost-1", "--timeout", "5"],
+             "edge-1.ghost-1", "--timeout", "5"],
         )  # fmt: skip
         assert code == 1
         assert "refused the enrollment: certificate_revoked" in capsys.readouterr().err

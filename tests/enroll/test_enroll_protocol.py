@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 
 import pytest
 from enroll_fixtures import NOW, Mesh
@@ -37,6 +38,7 @@ from securemesh.errors import (
     CertificateExpired,
     CertificateMalformed,
     CertificateRevoked,
+    LocalError,
     RevocationListRollback,
     TokenError,
     UnknownIssuer,
@@ -320,12 +322,23 @@ def test_delegated_edge_enrolls_device_but_not_edges(
         tier="end",
         roles=("sensor",),
         ttl_s=60,
+        name_prefix=da.name_prefix,
         now=NOW,
     )
+    assert token.name_prefix == "edge-1."
     device = NodeIdentity.generate()
-    reply = _wire(server.handle_enroll(build_enroll_request(token, device, "dev-7")))
+    # The token tells the device the edge's namespace: an id outside it fails early.
+    with pytest.raises(LocalError, match=re.escape("choose an id starting with 'edge-1.'")):
+        build_enroll_request(token, device, "dev-7")
+    # A request for an id outside it (a token without the hint) is refused by the server,
+    # which leaves the token usable.
+    unhinted = dataclasses.replace(token, name_prefix=None)
+    with pytest.raises(AuthorizationError, match="outside this edge's namespace"):
+        server.handle_enroll(build_enroll_request(unhinted, device, "dev-7"))
+    assert store.usable(token.token_id, now=NOW)
+    reply = _wire(server.handle_enroll(build_enroll_request(token, device, "edge-1.dev-7")))
     assert isinstance(reply, EnrollReply)
-    result = accept_enroll_reply(token, device, reply, NOW + 1, node_id="dev-7")
+    result = accept_enroll_reply(token, device, reply, NOW + 1, node_id="edge-1.dev-7")
     assert result.cert.issuer == "edge-1"
     assert result.issuer_certificate is not None
     # Anyone trusting only the root verifies the device's chain.
@@ -336,7 +349,7 @@ def test_delegated_edge_enrolls_device_but_not_edges(
         intermediates=[result.issuer_certificate],
     )
     # The delegate renews its own devices.
-    renew = server.handle_renew(build_renew_request(result.certificate), sender="dev-7")
+    renew = server.handle_renew(build_renew_request(result.certificate), sender="edge-1.dev-7")
     accept_renew_reply(device, result.certificate, renew, result.trust, NOW + 2)
     # Edge/cloud tokens in the edge's store are refused (even if someone writes one there).
     for tier in ("edge", "cloud"):
@@ -352,13 +365,13 @@ def test_delegated_edge_enrolls_device_but_not_edges(
             now=NOW,
         )
         with pytest.raises(AuthorizationError):
-            server.handle_enroll(build_enroll_request(bad, NodeIdentity.generate(), f"x-{tier}"))
+            server.handle_enroll(
+                build_enroll_request(bad, NodeIdentity.generate(), f"edge-1.x-{tier}")
+            )
         assert store.usable(bad.token_id, now=NOW)
     # And the library refuses to let the delegate sign such a certificate at all.
-    from securemesh.errors import LocalError
-
     with pytest.raises(LocalError):
-        da.issue("x-edge", Tier.EDGE, (), device.public(), lifetime_s=60, now=NOW)
+        da.issue("edge-1.x-edge", Tier.EDGE, (), device.public(), lifetime_s=60, now=NOW)
     # Revoking the edge at the root cuts off everything it issued.
     mesh.authority.revoke("edge-1", now=NOW)
     trust = mesh.authority.trust_store()
@@ -443,10 +456,8 @@ def test_delegation_and_root_self_renewal(
         now=NOW,
     )
     device = NodeIdentity.generate()
-    out = server.handle_enroll(build_enroll_request(token, device, "dev-2"), now=NOW + 102)
+    out = server.handle_enroll(build_enroll_request(token, device, "edge-1.dev-2"), now=NOW + 102)
     assert out.issuer_certificate == renewed.to_bytes()
-    from securemesh.errors import LocalError
-
     with pytest.raises(LocalError):
         mesh.server.set_delegated_authority(da)  # the root is not a delegate
     # The cloud has no parent: it renews its own certificate with its own server.

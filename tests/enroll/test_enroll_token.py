@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 from pathlib import Path
 
 import nacl.bindings
@@ -45,6 +46,9 @@ def tokens(draw: st.DrawFn) -> JoinToken:
         tier=tier,
         roles=tuple(sorted(draw(roles))),
         delegate=tier is Tier.EDGE and draw(st.booleans()),
+        name_prefix=draw(
+            st.none() | st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", fullmatch=True)
+        ),
     )
 
 
@@ -121,9 +125,32 @@ def test_decoder_refuses_non_canonical_and_oversize() -> None:
     with pytest.raises(DecodeError):
         JoinToken.decode(b"smj1.AAAA")  # type: ignore[arg-type]
     flags = bytearray(_vector_token().to_payload())
-    flags[-1] = 0x02
+    flags[-1] = 0x04
     with pytest.raises(DecodeError, match="reserved"):
         JoinToken.from_payload(bytes(flags))
+    flags[-1] = 0x02  # "a name prefix follows", and none does
+    with pytest.raises(DecodeError, match="truncated"):
+        JoinToken.from_payload(bytes(flags))
+    for bad_prefix in (b"\x00", b"\x02.a", b"\x40" + b"a" * 64):
+        with pytest.raises(DecodeError, match="name prefix"):
+            JoinToken.from_payload(bytes(flags) + bad_prefix)
+
+
+def test_name_prefix_round_trip_and_node_id_check() -> None:
+    """An edge's token carries its namespace; the old layout is unchanged without it."""
+    plain = _vector_token()
+    token = dataclasses.replace(plain, tier=Tier.END, delegate=False, name_prefix="edge-1.")
+    payload = token.to_payload()
+    assert payload.endswith(b"\x02\x07edge-1.")
+    assert JoinToken.decode(token.encode()) == token
+    assert dataclasses.replace(token, name_prefix=None).to_payload() == payload[:-9] + b"\x00"
+    assert token.check_node_id("edge-1.sensor-7") == "edge-1.sensor-7"
+    for outside in ("sensor-7", "edge-1.", "edge-10.x", "cloud-1"):
+        with pytest.raises(LocalError, match=re.escape("choose an id starting with 'edge-1.'")):
+            token.check_node_id(outside)
+    assert plain.check_node_id("anything") == "anything"
+    with pytest.raises(LocalError):
+        dataclasses.replace(plain, name_prefix="")
 
 
 def test_validation_on_construction() -> None:

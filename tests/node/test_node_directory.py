@@ -100,7 +100,7 @@ def test_delegate_issued_certificates_and_delegate_revocation() -> None:
     delegation = fx.authority.delegate(edge.cert, lifetime_s=3600, now=NOW)
     issuer = DelegatedAuthority(delegation, edge.identity.signer)
     dev = fx.member("dev-x", "end")  # reuse its identity, re-issued by the edge
-    cert = issuer.issue("dev-x", "end", [], dev.identity.public(), lifetime_s=600, now=NOW)
+    cert = issuer.issue("edge-1.dev-x", "end", [], dev.identity.public(), lifetime_s=600, now=NOW)
     directory = Directory(fx.trust(), clock=lambda: NOW)
     with pytest.raises(UnknownIssuer):
         directory.add_certificate(cert)

@@ -197,10 +197,11 @@ def test_edge_enrolls_a_device_while_the_cloud_is_down(tmp_path: Path) -> None:
                 issuer="edge-1",
                 tier="end",
                 ttl_s=600,
+                name_prefix="edge-1.",
             )
             sync.refresh(edge.node.directory)
             identity = NodeIdentity.generate()
-            result = await _enroll(token, identity, "dev-e")
+            result = await _enroll(token, identity, "edge-1.dev-e")
             assert result.cert.issuer == "edge-1"
             device = await _device(fx, result, identity, edge.node)
             try:

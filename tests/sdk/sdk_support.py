@@ -51,6 +51,8 @@ from securemesh.transport import CurveKeyPair, ZmqTransport
 
 T = TypeVar("T")
 
+#: The name constraint of the test edge's delegated authority (device ids start with it).
+EDGE_NAME_PREFIX = "dev-"
 #: The ``enroll`` fixture (conftest.py): ``enroll("dev-1", data_dir=...) -> Enrollment``.
 EnrollFn = Callable[..., Any]
 
@@ -135,6 +137,7 @@ class Infra:
                 tier=Tier.END,
                 roles=roles,
                 ttl_s=ttl_s,
+                name_prefix=EDGE_NAME_PREFIX,
             )
             self.sync.refresh(self.edge.directory)
             return token.encode()
@@ -197,8 +200,14 @@ def start_infra(tmp_path: Path, clock: Clock, *, device_lifetime_s: int = 3600) 
     edge_cert = authority.issue(
         "edge-1", Tier.EDGE, (), edge_id.public(), lifetime_s=long, now=now, backdate_s=60
     )
+    # The edge's namespace is "dev-*" (a name constraint; the default would be "edge-1.*").
     delegation = authority.delegate(
-        edge_cert, tiers=(Tier.END,), lifetime_s=long, now=now, backdate_s=60
+        edge_cert,
+        tiers=(Tier.END,),
+        lifetime_s=long,
+        now=now,
+        backdate_s=60,
+        name_prefix=EDGE_NAME_PREFIX,
     )
 
     def trust() -> TrustStore:

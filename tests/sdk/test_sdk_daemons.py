@@ -155,19 +155,19 @@ def _enroll(mesh: Mesh, data_dir: Path, node_id: str, *, at: Path | None = None)
 def test_device_enrolls_at_a_delegated_edge_daemon_and_reaches_the_cloud(
     mesh: Mesh, tmp_path: Path
 ) -> None:
-    info = _enroll(mesh, tmp_path / "dev", "dev-1")
+    info = _enroll(mesh, tmp_path / "dev", "edge-1.dev-1")
     assert (info.issuer, info.tier, info.roles) == ("edge-1", "end", ("sensor",))
     with Device.connect(tmp_path / "dev", passphrase=PASSPHRASE) as dev:
         assert dev.parent_id == "edge-1"
         at_edge = dev.request("edge-1", "app.echo", {"n": 1}, timeout=10).json()
-        assert at_edge == {"by": "edge-1", "from": "dev-1", "body": {"n": 1}}
+        assert at_edge == {"by": "edge-1", "from": "edge-1.dev-1", "body": {"n": 1}}
         # routed up through the edge, verified again at the cloud, reply routed back
         at_cloud = dev.request("cloud-1", "app.echo", {"n": 2}, timeout=10)
-        assert at_cloud.json() == {"by": "cloud-1", "from": "dev-1", "body": {"n": 2}}
+        assert at_cloud.json() == {"by": "cloud-1", "from": "edge-1.dev-1", "body": {"n": 2}}
         assert at_cloud.certificate is not None
         assert at_cloud.certificate.tier.value == "cloud"
         # the operator revokes the device on the cloud: cut off live, through the edge
-        _cli("revoke", "--data-dir", str(mesh.cloud_dir), "dev-1")
+        _cli("revoke", "--data-dir", str(mesh.cloud_dir), "edge-1.dev-1")
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -181,12 +181,12 @@ def test_device_enrolls_at_a_delegated_edge_daemon_and_reaches_the_cloud(
 
 def test_explicit_renewal_at_the_edge_and_at_the_cloud(mesh: Mesh, tmp_path: Path) -> None:
     # issued by the edge's delegated authority: renewed by the edge
-    at_edge = _enroll(mesh, tmp_path / "edge-dev", "dev-3")
+    at_edge = _enroll(mesh, tmp_path / "edge-dev", "edge-1.dev-3")
     with Device.connect(tmp_path / "edge-dev", passphrase=PASSPHRASE) as dev:
         new = dev.renew(timeout=10)
         assert new.serial != at_edge.serial
         assert new.issuer == "edge-1"
-        assert dev.request("cloud-1", "app.echo", {}, timeout=10).json()["from"] == "dev-3"
+        assert dev.request("cloud-1", "app.echo", {}, timeout=10).json()["from"] == "edge-1.dev-3"
     # enrolled at the cloud (root-issued, the cloud is its parent): renewed by the cloud
     at_cloud = _enroll(mesh, tmp_path / "cloud-dev", "dev-4", at=mesh.cloud_dir)
     assert at_cloud.issuer == "root"
@@ -206,7 +206,7 @@ def test_explicit_renewal_at_the_edge_and_at_the_cloud(mesh: Mesh, tmp_path: Pat
     "should be persisted (e.g. to peers/, which the daemon admits at start)",
 )
 def test_device_reconnects_after_its_edge_daemon_restarts(mesh: Mesh, tmp_path: Path) -> None:
-    _enroll(mesh, tmp_path / "dev", "dev-2")
+    _enroll(mesh, tmp_path / "dev", "edge-1.dev-2")
     with Device.connect(tmp_path / "dev", passphrase=PASSPHRASE) as dev:
         assert dev.request("edge-1", "app.echo", {"n": 1}, timeout=10).json()["by"] == "edge-1"
         edge = mesh.procs["edge"]

@@ -42,7 +42,8 @@ def test_device_app_enrolls_and_sends_readings(infra: Infra, tmp_path: Path) -> 
     env = dict(os.environ, SECUREMESH_PASSPHRASE="example-passphrase")
     runner = RUNNER.format(path=str(EXAMPLES / "device_app.py"))
     args = ["--data-dir", str(tmp_path / "sensor-7"), "--count", "3", "--interval", "0.05"]
-    enroll_args = ["--node-id", "sensor-7", "--token", infra.token(), "--kdf-memlimit-mib", "8"]
+    # the test edge's namespace is "dev-" (sdk_support.EDGE_NAME_PREFIX)
+    enroll_args = ["--node-id", "dev-sensor-7", "--token", infra.token(), "--kdf-memlimit-mib", "8"]
     first = subprocess.run(
         [sys.executable, "-c", runner, *args, *enroll_args],
         env=env,
@@ -54,7 +55,7 @@ def test_device_app_enrolls_and_sends_readings(infra: Infra, tmp_path: Path) -> 
     assert first.returncode == 0, first.stderr
     assert "FOOTPRINT-OK" in first.stdout
     readings = [infra.readings.get(timeout=10) for _ in range(3)]
-    assert [r[0] for r in readings] == ["sensor-7"] * 3
+    assert [r[0] for r in readings] == ["dev-sensor-7"] * 3
     assert [r[1]["seq"] for r in readings] == [0, 1, 2]
     assert {"sensor", "celsius", "load_1m", "ts"} <= set(readings[0][1])
     # enrolled once; the next run just connects
