@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from securemesh._fileio import read_small_file
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, TrustStore
 from securemesh.crypto.identity import NodeIdentity
@@ -166,16 +167,7 @@ def write_trust_file(path: Path, roots: dict[str, bytes]) -> None:
 
 
 def _read_small(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_SMALL_FILE + 1)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{what} not found: {path}") from exc
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
-    if len(data) > _MAX_SMALL_FILE:
-        raise ConfigError(f"{what} {path} is too large")
-    return data
+    return read_small_file(path, limit=_MAX_SMALL_FILE, what=what)
 
 
 def load_replay_marks(path: Path) -> dict[str, int]:
