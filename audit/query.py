@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from securemesh.audit import _schema as s
-from securemesh.audit._entry import decode_entry
+from securemesh.audit._entry import decode_entry, projection
 from securemesh.audit.store import read_transaction, write_transaction
 from securemesh.errors import LocalError
 
@@ -323,22 +323,7 @@ def rebuild_index(engine: Engine, *, batch: int = 1000) -> int:
         buf.clear()
 
     for idx, entry in iter_entries(engine, batch=batch):
-        d = decode_entry(entry)
-        row = d.leaf_row(idx)
-        values = {
-            k: row[k]
-            for k in (
-                "event_id",
-                "origin",
-                "kind",
-                "subject_type",
-                "subject_id",
-                "outcome",
-                "time_ms",
-                "details",
-            )
-        }
-        buf.append((idx, values))
+        buf.append((idx, projection(decode_entry(entry).signed.unverified_event())))
         if len(buf) >= batch:
             flush()
     flush()
