@@ -1,8 +1,11 @@
 """A standalone ZeroMQ ingestion endpoint for the audit service, and its edge client.
 
-Until the mesh bus carries audit batches, this is how edges ship their outbox
-to the cloud. It only moves frames; all decisions are in
-:class:`~securemesh.audit.service.AuditService`.
+**Not the production path**: node daemons ship their outboxes over the mesh
+bus (``audit.append``, :mod:`securemesh.node._audit_bus`), where only enrolled
+nodes connect and each event's origin is checked against the sender. This
+endpoint serves the same :class:`~securemesh.audit.service.AuditService` to
+clients outside a mesh (bulk import, benchmarks, its own fault test); it only
+moves frames, all decisions are in the service.
 
 Wire protocol (one request, one reply, CurveZMQ-encrypted, RFC 26/CurveZMQ):
 

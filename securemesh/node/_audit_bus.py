@@ -96,6 +96,7 @@ __all__ = [
     "AuditShipper",
     "BusAuditIngest",
     "DaemonAudit",
+    "allow_audit_relay",
     "audit_recorder",
     "bus_sender",
     "cloud_node_of",
@@ -213,6 +214,17 @@ def cloud_node_of(node: MeshNode, configured: str | None = None) -> str | None:
         if cert.tier is Tier.CLOUD and cert.node_id != node.node_id:
             return cert.node_id
     return None
+
+
+def allow_audit_relay(node: MeshNode) -> None:
+    """Let ``audit.append`` from this node's devices pass through it to the cloud.
+
+    A forwarding hop authorizes relayed messages with its own policy; an edge
+    admits ``audit.append`` from ``end`` nodes (the cloud decides what is appended).
+    """
+    node.pipeline.set_type_policy(
+        MSG_AUDIT_APPEND, AllowTypes(types=[MSG_AUDIT_APPEND], tiers=["end"])
+    )
 
 
 def bus_sender(
@@ -494,6 +506,8 @@ class DaemonAudit:
             self.ingest.install()
             send = self.ingest.append_local
         else:
+            if node.tier is Tier.EDGE:
+                allow_audit_relay(node)
             send = bus_sender(
                 node,
                 cloud=lambda: cloud_node_of(node, config.audit.cloud_node),

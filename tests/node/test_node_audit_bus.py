@@ -1,0 +1,142 @@
+"""``audit.append`` over the bus (in-memory transport, real SQLite log): who may append what."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from node_testlib import Built, Fixture, build_node, memory_factory, run, wait_for
+from pydantic import ValidationError
+
+from securemesh.audit.admin import create_log_key
+from securemesh.audit.events import SignedEvent, new_event, sign_event
+from securemesh.audit.log import open_log
+from securemesh.audit.outbox import REJECTED, Outbox
+from securemesh.crypto.signing import Ed25519Signer
+from securemesh.errors import RemoteCallError
+from securemesh.messages import b64e
+from securemesh.node._audit_bus import (
+    MAX_APPEND_ENTRIES,
+    MSG_AUDIT_APPEND,
+    AuditAppend,
+    AuditAppendReply,
+    AuditRecorder,
+    AuditShipper,
+    BusAuditIngest,
+    allow_audit_relay,
+    bus_sender,
+    cloud_node_of,
+    deterministic_event_id,
+)
+
+
+def _event(origin: str, signer: object, n: int = 0) -> SignedEvent:
+    ev = new_event("task.submitted", origin=origin, subject=("task", f"{origin}-{n}"))
+    return sign_event(ev, signer)  # type: ignore[arg-type]
+
+
+def test_append_authorization_relay_forgery_and_shipping(tmp_path: Path) -> None:
+    async def main() -> None:
+        fx = Fixture()
+        m = {
+            "cloud-1": fx.member("cloud-1", "cloud"),
+            "edge-1": fx.member("edge-1", "edge"),
+            "edge-2": fx.member("edge-2", "edge"),
+            "dev-1": fx.member("dev-1", "end"),
+        }
+        f = memory_factory()
+        cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud",
+                           known=[m["edge-1"], m["edge-2"]])  # fmt: skip
+        key = create_log_key(tmp_path / "log.key")
+        audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
+        ingest = BusAuditIngest(cloud.node, audit_log)
+        ingest.install()
+        await cloud.node.start()
+        edge = build_node(fx, m["edge-1"], f, listen="memory://edge", parent=cloud.node,
+                          known=[m["dev-1"]])  # fmt: skip
+        allow_audit_relay(edge.node)  # what the edge daemon does
+        await edge.node.start()
+        await edge.node.wait_parent(10)
+        dev = build_node(fx, m["dev-1"], f, parent=edge.node)
+        await dev.node.start()
+        await dev.node.wait_parent(10)
+        await wait_for(lambda: "dev-1" in cloud.node._routes)
+        nodes: list[Built] = [dev, edge, cloud]
+        try:
+            assert cloud_node_of(edge.node) == "cloud-1"
+            assert cloud_node_of(cloud.node) == "cloud-1"
+            outbox = Outbox(tmp_path / "edge-outbox.db", keep_receipts=True)
+            recorder = AuditRecorder(outbox, origin="edge-1", signer=m["edge-1"].identity.signer)
+            own = [recorder.record("task.submitted", ("task", f"t{i}")) for i in range(5)]
+            relayed = outbox.put(_event("dev-1", m["dev-1"].identity.signer))
+            other_edge = outbox.put(_event("edge-2", m["edge-2"].identity.signer))
+            forged = outbox.put(_event("edge-1", Ed25519Signer.generate()))
+            shipper = AuditShipper(
+                outbox, bus_sender(edge.node, cloud=lambda: "cloud-1", timeout=5)
+            )
+            assert await shipper.ship_pending() == 8
+            assert outbox.pending_count() == 0
+            receipts = outbox.receipts()
+            assert sorted(receipts) == sorted([*own, relayed])
+            assert set(outbox.rejected()) == {other_edge, forged}
+            for event_id, index in receipts.items():
+                assert audit_log.index_of(event_id) == index
+            assert audit_log.size() == 6
+            assert ingest.status()["refused"] == {"origin_not_allowed": 1, "bad_auth": 1}
+            # a device may only append its own events: an edge's is refused
+            body = AuditAppend(entries=[b64e(_event("edge-1", m["edge-1"].identity.signer)
+                                             .to_bytes())])  # fmt: skip
+            reply = await dev.node.request("cloud-1", MSG_AUDIT_APPEND, body, timeout=5)
+            (ack,) = reply.body(AuditAppendReply).acks
+            assert ack[1] == REJECTED
+            own_dev = _event("dev-1", m["dev-1"].identity.signer, 1)
+            body = AuditAppend(entries=[b64e(own_dev.to_bytes())])
+            reply = await dev.node.request("cloud-1", MSG_AUDIT_APPEND, body, timeout=5)
+            assert reply.body(AuditAppendReply).acks == [(own_dev.unverified_event().event_id, 6)]
+            # at-least-once: a repeat gets the same index, nothing is appended twice
+            reply = await dev.node.request("cloud-1", MSG_AUDIT_APPEND, body, timeout=5)
+            assert reply.body(AuditAppendReply).acks == [(own_dev.unverified_event().event_id, 6)]
+            assert audit_log.size() == 7
+            # garbage entries get no ack; an oversized request is refused as a whole
+            body = AuditAppend(entries=[b64e(b"not an event")])
+            reply = await dev.node.request("cloud-1", MSG_AUDIT_APPEND, body, timeout=5)
+            assert reply.body(AuditAppendReply).acks == []
+            big = b64e(own_dev.to_bytes())
+            with pytest.raises(RemoteCallError):
+                await dev.node.request(
+                    "cloud-1", MSG_AUDIT_APPEND, AuditAppend(entries=[big] * 150), timeout=5
+                )
+            outbox.close()
+        finally:
+            for b in nodes:
+                await b.node.stop(0.5)
+            ingest.close()
+            audit_log.close()
+
+    run(main())
+
+
+def test_append_body_is_strict() -> None:
+    with pytest.raises(ValidationError):
+        AuditAppend.model_validate_json(b'{"entries": []}', strict=True)
+    with pytest.raises(ValidationError):
+        AuditAppend.model_validate_json(b'{"entries": ["a"], "x": 1}', strict=True)
+    with pytest.raises(ValidationError):
+        AuditAppend.model_validate_json(
+            ('{"entries": [' + ",".join(['"a"'] * (MAX_APPEND_ENTRIES + 1)) + "]}").encode(),
+            strict=True,
+        )
+    with pytest.raises(ValidationError):
+        AuditAppendReply.model_validate_json(b'{"acks": [["e", "1"]]}', strict=True)
+    with pytest.raises(ValidationError):
+        AuditAppendReply.model_validate_json(b'{"acks": [["e", -2]]}', strict=True)
+    ok = AuditAppendReply.model_validate_json(b'{"acks": [["e", 3], ["f", -1]]}', strict=True)
+    assert ok.acks == [("e", 3), ("f", -1)]
+
+
+def test_deterministic_event_ids() -> None:
+    a = deterministic_event_id("cert.revoked", "root", "dev-1")
+    assert a == deterministic_event_id("cert.revoked", "root", "dev-1")
+    assert a != deterministic_event_id("cert.revoked", "root", "dev-2")
+    assert len(a) == 32
+    int(a, 16)
