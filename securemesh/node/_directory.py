@@ -24,9 +24,23 @@ directory, and both are **default deny**:
   send first-contact message types (``enroll.request``); the pipeline enforces
   that.
 
-When a newer certificate for a node arrives (renewal), it replaces the old one
-if it expires later; a certificate naming a different CURVE key moves the
-key mapping.
+**Key continuity.** When another certificate for a known node id arrives:
+
+* with the *same* keys (a renewal, from any issuer that verifies), it replaces
+  the stored one if it expires later (or the stored one is no longer usable);
+* with *different* keys it replaces the stored one only if it is newer
+  (``not_before`` strictly later) **and** it was issued by a root authority
+  (a re-enrollment: the root may re-key any node) or by a delegated authority
+  whose name constraint covers the id (an edge re-keying a device in its own
+  namespace, e.g. ``edge-1.*``). Anything else -- an older certificate, or an
+  unconstrained delegate, or one whose namespace does not cover the id -- is
+  refused with :class:`~securemesh.errors.KeyContinuityViolation` and counted
+  in :attr:`Directory.refused_key_changes`; the caller (pipeline or node)
+  counts and audits the rejection. Without this rule a compromised edge's
+  delegate could re-key a device enrolled elsewhere by minting a longer-lived
+  certificate for it.
+
+A replacing certificate naming a different CURVE key moves the key mapping.
 """
 
 from __future__ import annotations
@@ -50,6 +64,7 @@ from securemesh.errors import (
     CertificateExpired,
     CertificateNotYetValid,
     CertificateRevoked,
+    KeyContinuityViolation,
     LocalError,
     UnknownNode,
 )
@@ -95,6 +110,8 @@ class Directory:
         self._max_entries = max_entries
         #: Called with the node ids whose certificates a new revocation list revokes.
         self.on_revoked: list[Callable[[frozenset[str]], None]] = []
+        #: Certificates refused because they would re-key a known node (key continuity).
+        self.refused_key_changes = 0
 
     @property
     def trust(self) -> TrustStore:
@@ -148,7 +165,9 @@ class Directory:
         )
         old = self._by_node.get(cert.node_id)
         if old is not None:
-            if old.cert.not_after > cert.not_after and self._usable(old, at):
+            if old.cert.public_keys() != cert.public_keys():
+                self._check_key_change(old, entry)
+            elif old.cert.not_after > cert.not_after and self._usable(old, at):
                 return old.cert  # keep the longer-lived one we already trust
             if self._by_curve.get(old.cert.curve_key) == cert.node_id:
                 del self._by_curve[old.cert.curve_key]
@@ -157,6 +176,25 @@ class Directory:
         self._by_node[cert.node_id] = entry
         self._by_curve[cert.curve_key] = cert.node_id
         return cert
+
+    def _check_key_change(self, old: DirectoryEntry, new: DirectoryEntry) -> None:
+        """Raise KeyContinuityViolation unless ``new`` may re-key ``old``'s node (docstring)."""
+        cert = new.cert
+        why: str | None = None
+        if cert.not_before <= old.cert.not_before:
+            why = "it is not newer than the certificate already known"
+        elif new.issuer_cert is not None:
+            delegation = new.issuer_cert.delegation
+            if delegation is None or delegation.name_prefix is None:
+                why = f"its issuer {cert.issuer!r} is a delegate without a namespace"
+            elif not delegation.permits_name(cert.node_id):  # verify_certificate checked it
+                why = f"the id is outside the namespace of {cert.issuer!r}"
+        if why is not None:
+            self.refused_key_changes += 1
+            raise KeyContinuityViolation(
+                f"certificate for {cert.node_id!r} from {cert.issuer!r} names other keys "
+                f"than the one from {old.cert.issuer!r} already known, and {why}"
+            )
 
     def _usable(self, entry: DirectoryEntry, now: float) -> bool:
         try:

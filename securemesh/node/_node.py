@@ -1004,8 +1004,13 @@ class MeshNode:
         return certs
 
     def _learn(
-        self, blobs: Sequence[str], intermediates: Sequence[bytes] = ()
+        self,
+        blobs: Sequence[str],
+        intermediates: Sequence[bytes] = (),
+        msg: VerifiedMessage | None = None,
     ) -> list[Certificate]:
+        """Add verified certificates to the directory; a refused one (e.g. key continuity)
+        is logged and, when it came in ``msg``, counted and audited as a rejection."""
         learned: list[Certificate] = []
         for text in blobs:
             try:
@@ -1018,6 +1023,8 @@ class MeshNode:
                 log.info(
                     "certificate not learned", extra={"event": "cert_refused", "error": str(exc)}
                 )
+                if msg is not None and isinstance(exc, RemoteError):
+                    self._reject(msg, exc)
         return learned
 
     def _hello_body(self) -> NodeHello:
@@ -1033,7 +1040,7 @@ class MeshNode:
         assert isinstance(link, _Link)
         if link.is_parent:
             # the parent's refreshed view: its certificate and its ancestors'
-            self._learn(body.certificates[1:])
+            self._learn(body.certificates[1:], msg=msg)
             self._upstream_certs = list(body.certificates)
             return None
         # a child: certificates[0] (the sender's) was learned by the pipeline,
@@ -1063,7 +1070,7 @@ class MeshNode:
             raise AuthorizationError("route announcements come from children")
         body = msg.body(RouteAnnounce)
         authorities = [b64d(a, max_size=4096) for a in body.authorities]
-        learned = self._learn(body.certificates, authorities)
+        learned = self._learn(body.certificates, authorities, msg)
         for cert in learned:
             if cert.node_id != self.node_id:
                 self._routes[cert.node_id] = link
@@ -1490,6 +1497,7 @@ class MeshNode:
             },
             "revocation_list_versions": rl_versions,
             "known_nodes": len(self.directory),
+            "refused_key_changes": self.directory.refused_key_changes,
         }
 
     def is_tier(self, tier: Tier) -> bool:

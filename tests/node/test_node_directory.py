@@ -16,6 +16,7 @@ from securemesh.errors import (
     CertificateNotYetValid,
     CertificateRevoked,
     CertificateSignatureInvalid,
+    KeyContinuityViolation,
     RevocationListRollback,
     UnknownIssuer,
     UnknownNode,
@@ -121,6 +122,73 @@ def test_renewal_replaces_and_keeps_the_longer_lived() -> None:
     assert directory.certificate("dev-1").not_after == NOW + 1000
     directory.add_certificate(dev.cert)  # older: ignored
     assert directory.certificate("dev-1").not_after == NOW + 1000
+
+
+def _edge_delegate(fx: Fixture, *, unconstrained: bool = False):  # type: ignore[no-untyped-def]
+    from securemesh.crypto import DelegatedAuthority
+
+    edge = fx.member("edge-1", "edge")
+    grant = fx.authority.delegate(
+        edge.cert, lifetime_s=7200, now=NOW, backdate_s=60, unconstrained=unconstrained
+    )
+    return grant, DelegatedAuthority(grant, edge.identity.signer)
+
+
+def test_key_continuity_a_delegate_cannot_rekey_a_node_enrolled_elsewhere() -> None:
+    """A compromised edge's (unconstrained, legacy) delegate mints a longer-lived certificate
+    with its own keys for a device the root enrolled: the directory keeps the device's keys."""
+    from securemesh.crypto import NodeIdentity
+
+    fx = Fixture(now=NOW)
+    dev = fx.member("dev-1", "end", lifetime_s=600)
+    grant, rogue = _edge_delegate(fx, unconstrained=True)
+    attacker = NodeIdentity.generate()
+    minted = rogue.issue("dev-1", "end", [], attacker.public(), lifetime_s=7000, now=NOW + 10)
+    directory = Directory(fx.trust(), clock=lambda: NOW + 20)
+    directory.add_certificate(dev.cert)
+    with pytest.raises(KeyContinuityViolation, match="without a namespace"):
+        directory.add_certificate(minted, intermediates=[grant])
+    assert directory.refused_key_changes == 1
+    assert directory.certificate("dev-1").verify_key == dev.identity.verify_key
+    assert directory.node_for_curve_key(dev.identity.curve_public) == "dev-1"
+    with pytest.raises(AuthenticationError):
+        directory.authenticate(attacker.curve_public)
+    # The same delegate renewing with the device's own keys is fine (no key change).
+    same = rogue.issue("dev-1", "end", [], dev.identity.public(), lifetime_s=7000, now=NOW + 10)
+    directory.add_certificate(same, intermediates=[grant])
+    assert directory.certificate("dev-1").issuer == "edge-1"
+
+
+def test_key_continuity_root_reenrollment_and_namespace_rekeying() -> None:
+    from securemesh.crypto import NodeIdentity
+
+    fx = Fixture(now=NOW)
+    dev = fx.member("dev-1", "end")
+    directory = Directory(fx.trust(), clock=lambda: NOW + 100)
+    directory.add_certificate(dev.cert)
+    # The root re-enrolls the node with new keys: newer, so it replaces (and moves the key).
+    fresh = NodeIdentity.generate()
+    reenrolled = fx.authority.issue("dev-1", "end", [], fresh.public(), lifetime_s=60, now=NOW + 50)
+    directory.add_certificate(reenrolled)
+    assert directory.certificate("dev-1").verify_key == fresh.verify_key
+    assert directory.node_for_curve_key(dev.identity.curve_public) is None
+    # ... but an older root certificate with the previous keys does not roll it back,
+    # even though it lives longer.
+    with pytest.raises(KeyContinuityViolation, match="not newer"):
+        directory.add_certificate(dev.cert)
+    assert directory.certificate("dev-1").verify_key == fresh.verify_key
+    # A constrained edge re-keys a device in its own namespace (newer); not an older one.
+    grant, edge = _edge_delegate(fx)
+    first = NodeIdentity.generate()
+    second = NodeIdentity.generate()
+    one = edge.issue("edge-1.cam", "end", [], first.public(), lifetime_s=600, now=NOW + 10)
+    two = edge.issue("edge-1.cam", "end", [], second.public(), lifetime_s=600, now=NOW + 20)
+    directory.add_certificate(one, intermediates=[grant])
+    directory.add_certificate(two, intermediates=[grant])
+    assert directory.certificate("edge-1.cam").verify_key == second.verify_key
+    with pytest.raises(KeyContinuityViolation):
+        directory.add_certificate(one, intermediates=[grant])
+    assert directory.refused_key_changes == 2
 
 
 def test_token_keys_expire_and_retire() -> None:
