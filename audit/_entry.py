@@ -121,13 +121,6 @@ class Decoded:
             )
         return self._values
 
-    def leaf_row(self, idx: int) -> dict[str, Any]:
-        row = projection(self.signed.unverified_event())
-        row["idx"] = idx
-        row["entry"] = self.entry
-        row["leaf_hash"] = self.leaf_hash
-        return row
-
 
 def decode_entry(entry: bytes) -> Decoded:
     """Strictly decode a leaf entry (size, framing, canonical event). Not verified."""
