@@ -198,13 +198,6 @@ def test_explicit_renewal_at_the_edge_and_at_the_cloud(mesh: Mesh, tmp_path: Pat
         assert dev.request("cloud-1", "app.echo", {}, timeout=10).json()["from"] == "dev-4"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="node daemon: certificates of devices it enrolled (or renewed) live only in memory, "
-    "so after a restart its ZAP handler refuses their CURVE keys (rejected_keys); they "
-    "should be persisted (e.g. to peers/, which the daemon admits at start)",
-)
 def test_device_reconnects_after_its_edge_daemon_restarts(mesh: Mesh, tmp_path: Path) -> None:
     _enroll(mesh, tmp_path / "dev", "edge-1.dev-2")
     with Device.connect(tmp_path / "dev", passphrase=PASSPHRASE) as dev:
