@@ -499,6 +499,9 @@ def run_demo(*, keep: bool = False, out: IO[str] | None = None) -> int:
                 code = 1
                 break
             demo.say(f" {demo.ok} {n:2}. {title} — {detail} [{time.monotonic() - t0:.1f}s]")
+    except KeyboardInterrupt:
+        demo.say("interrupted: stopping the daemons")
+        raise
     finally:
         demo.stop_all()
         if keep:

@@ -69,6 +69,7 @@ from pydantic import Field
 from securemesh.crypto.certs import RevocationList, SignedCertificate, Tier
 from securemesh.errors import (
     CertificateError,
+    ConfigError,
     RemoteError,
     SecureMeshError,
     SizeLimitExceeded,
@@ -499,9 +500,14 @@ class DaemonAudit:
         self._log: AuditLog | None = None
         send: AsyncSendBatch
         if node.tier is Tier.CLOUD:
-            self._log = open_cloud_log(
-                data_dir, log_db=config.audit.log_db, log_key=config.audit.log_key
-            )
+            try:
+                self._log = open_cloud_log(
+                    data_dir, log_db=config.audit.log_db, log_key=config.audit.log_key
+                )
+            except SecureMeshError:
+                raise
+            except Exception as exc:  # the database driver's errors: one clear line
+                raise ConfigError(f"cannot open the audit log: {exc}") from exc
             self.ingest = BusAuditIngest(node, self._log)
             self.ingest.install()
             send = self.ingest.append_local
