@@ -18,10 +18,11 @@ separate processes over CurveZMQ on 127.0.0.1, and the Device SDK in-process:
    confirms the count;
 6. the device asks the *cloud* to add numbers (``demo.sum``): routed
    device → edge → cloud and back, verified at every hop (median RTT);
+   then it renews its certificate over the bus (``cert.renew`` to the edge);
 7. an attacker holding the device's connection sends a forged envelope (bad
    signature) and replays a valid one: both rejected and counted by the edge;
 8. ``securemesh revoke`` on the cloud: the device is cut off live;
-9. the audit events (enrollments, rejections, revocation) reach the cloud's
+9. the audit events (enrollments, renewal, rejections, revocation) reach the cloud's
    log over the bus (``audit.append``);
 10. ``securemesh audit verify`` checks the whole log, ``audit prove`` writes an
     offline proof of the revocation event and ``audit verify-proof`` checks it
@@ -315,6 +316,19 @@ class _Demo:
             f"median RTT {statistics.median(rtts) * 1000:.1f} ms"
         )
 
+    def step_renew(self) -> str:
+        dev = self.device
+        assert dev is not None
+        old = dev.certificate
+        new = dev.renew(timeout=10)
+        if new.serial == old.serial or new.not_after < old.not_after:
+            raise DemoFailed("the renewed certificate is not newer")
+        dev.request(CLOUD_ID, "demo.sum", {"values": [1]}, timeout=10)  # still verified upstream
+        return (
+            f"cert.renew answered by '{new.issuer}': serial {old.serial} → {new.serial}, "
+            f"valid until {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(new.not_after))}"
+        )
+
     def step_forgery(self) -> str:
         dev = self.device
         assert dev is not None
@@ -411,6 +425,7 @@ class _Demo:
         want: dict[str, int | None] = {
             "edge enrolled": None,
             "device enrolled": None,
+            "renewal audited": None,
             "forgery audited": None,
             "replay audited": None,
             "revocation audited": None,
@@ -421,6 +436,8 @@ class _Demo:
                 want["edge enrolled"] = idx
             elif kind == "node.enrolled" and subject == DEVICE_ID and origin == EDGE_ID:
                 want["device enrolled"] = idx
+            elif kind == "cert.renewed" and subject == DEVICE_ID and origin == EDGE_ID:
+                want["renewal audited"] = idx
             elif origin == EDGE_ID and subject == DEVICE_ID and reason == "bad_auth":
                 want["forgery audited"] = idx
             elif origin == EDGE_ID and subject == DEVICE_ID and reason == "replayed":
@@ -480,6 +497,7 @@ def run_demo(*, keep: bool = False, out: IO[str] | None = None) -> int:
         ("device enrolled at the edge", demo.step_device),
         ("sensor readings delivered", demo.step_readings),
         ("routed request answered by the cloud", demo.step_routed),
+        ("device certificate renewed over the bus", demo.step_renew),
         ("forged and replayed messages rejected", demo.step_forgery),
         ("device revoked and cut off", demo.step_revoke),
         ("audit events in the cloud log", demo.step_audit),
