@@ -75,10 +75,19 @@ def _init(args: argparse.Namespace) -> int:
         roles=_roles(args.roles),
         kdf_params=_KDF_PARAMS,
     )
+    from securemesh.audit.admin import create_log_key  # noqa: PLC0415 - lazy
+
+    log_key = data_dir / "audit-log.key"  # the cloud daemon's default ([audit] log_key)
+    verifier = None if log_key.exists() else create_log_key(log_key).verifier
     print(
         f"mesh authority {result.authority.authority_id!r} created in {data_dir}\n"
         f"cloud node {args.cloud_node_id!r}: config {result.config_path}\n"
-        f"root key (base64url): {_b64(result.authority.verify_key)}",
+        f"root key (base64url): {_b64(result.authority.verify_key)}"
+        + (
+            ""
+            if verifier is None
+            else f"\naudit log key {log_key}; give auditors {log_key}.pub: {verifier}"
+        ),
         file=sys.stderr,
     )
     return 0
