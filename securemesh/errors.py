@@ -48,6 +48,7 @@ learns nothing about which check failed (STYLE.md §5).
         │   └── KeyContinuityViolation                 known id, other keys, no re-enrollment
         ├── TokenError                                 join token unknown, used or expired
         ├── AuthorizationError          (PermissionError)  policy denies this message
+        │   └── RouteRefused                           route.announce without fresh attachment
         ├── ProofError                                 a Merkle proof does not verify
         │   ├── InclusionProofError                    RFC 9162 §2.1.3.2 fails
         │   └── ConsistencyProofError                  RFC 9162 §2.1.4.2 fails
@@ -67,6 +68,7 @@ from typing import ClassVar
 __all__ = [
     "AuthenticationError",
     "AuthorizationError",
+    "RouteRefused",
     "CertificateError",
     "CertificateExpired",
     "CertificateMalformed",
@@ -300,6 +302,12 @@ class AuthorizationError(RemoteError, PermissionError):
     """Policy does not allow this sender to send this message type."""
 
     reason = "unauthorized"
+
+
+class RouteRefused(AuthorizationError):
+    """A route announcement lacks the node's own fresh attachment statement for that link."""
+
+    reason = "route_refused"
 
 
 class ProofError(RemoteError):

@@ -126,9 +126,14 @@ class NodeHello(MeshMessage):
     The rest: the delegated-authority certificate that issued it (if any), and
     certificates of the sender's ancestors (a device learns its edge's and the
     cloud's certificates from its edge's hello reply).
+
+    ``attachment`` (hello to the parent only): the sender's signed attachment
+    statement naming the parent's CURVE key (:mod:`securemesh.node._attach`),
+    the evidence the parent forwards in ``route.announce``.
     """
 
     certificates: list[B64] = Field(min_length=1, max_length=8)
+    attachment: B64 | None = None
 
 
 class NodeReport(MeshMessage):
@@ -145,11 +150,16 @@ class NodeReport(MeshMessage):
 
 
 class RouteAnnounce(MeshMessage):
-    """Nodes reachable through the sender (certificates), and node ids no longer reachable."""
+    """Nodes reachable through the sender (certificates), and node ids no longer reachable.
+
+    ``attachments``: the announced nodes' own signed attachment statements; the
+    receiver routes a node through the sender only with a fresh one (protocol.md).
+    """
 
     certificates: list[B64] = Field(default_factory=list, max_length=512)
     authorities: list[B64] = Field(default_factory=list, max_length=8)
     withdrawn: list[NodeId] = Field(default_factory=list, max_length=512)
+    attachments: list[B64] = Field(default_factory=list, max_length=512)
 
 
 class Revocation(MeshMessage):

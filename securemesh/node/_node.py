@@ -17,6 +17,11 @@ here (step 7).
 to child links; it is learned from verified messages arriving on child links
 (source learning) and from ``route.announce`` (an edge lists the nodes it
 reaches, with their certificates, so its parent can admit and verify them).
+A route is set or moved only on evidence signed by the routed node itself,
+fresher than what is known (:mod:`securemesh.node._attach`): its attachment
+statement from its hello to its parent, forwarded in the announcement, or a
+relayed envelope of it with a higher sequence -- so a rogue edge cannot
+attract the traffic of a device attached elsewhere.
 A message whose recipient is another node is forwarded unchanged — the
 origin's signature stays intact and is verified again at every hop:
 
@@ -94,6 +99,7 @@ from securemesh.errors import (
     PeerUnavailable,
     RemoteCallError,
     RemoteError,
+    RouteRefused,
     SecureMeshError,
     TransportClosed,
     TransportError,
@@ -119,6 +125,12 @@ from securemesh.messages import (
     SessionData,
     b64d,
     b64e,
+)
+from securemesh.node._attach import (
+    MAX_ATTACHMENT_SIZE,
+    Attachment,
+    sign_attachment,
+    verify_attachment,
 )
 from securemesh.node._config import NodeConfig
 from securemesh.node._directory import Directory
@@ -311,6 +323,10 @@ class MeshNode:
         self._forwarded: OrderedDict[bytes, tuple[str, str, float]] = OrderedDict()
         self._max_forwarded = 100_000
         self._routes: dict[str, _Link] = {}
+        #: route evidence: the highest sequence of a node's own attachment statement or
+        #: relayed envelope that set its route, and the statement to pass upward
+        self._attach_seq: dict[str, int] = {}
+        self._attachments: dict[str, tuple[int, str]] = {}
         self._children: dict[bytes, _Link] = {}
         self._direct: dict[str, _Link] = {}
         self._session_out: dict[str, _SessionEntry] = {}
@@ -816,10 +832,23 @@ class MeshNode:
             link.node_id = sender
             self._direct[sender] = link
         if self._routes.get(sender) is not link:
+            seq = msg.envelope.sequence
+            if msg.relayed and not self._fresher(sender, seq, link):
+                return link  # older than the evidence of its current route: keep it
             self._routes[sender] = link
+            self._attach_seq[sender] = max(seq, self._attach_seq.get(sender, seq))
             if msg.relayed or msg.envelope.msg_type != NODE_HELLO:
                 self._spawn(self._announce_nodes([sender]))
         return link
+
+    def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
+        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?"""
+        known = self._attach_seq.get(node_id)
+        return (
+            known is None
+            or sequence > known
+            or (sequence == known and self._routes.get(node_id) is link)
+        )
 
     async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
         env = msg.envelope
@@ -1045,11 +1074,48 @@ class MeshNode:
             return None
         # a child: certificates[0] (the sender's) was learned by the pipeline,
         # the rest were its issuer chain.
+        if body.attachment is not None:
+            self._keep_child_attachment(msg, body.attachment, link)
         if msg.envelope.flags is not Flags.REQUEST:
             return None
         if self._parent_link is not None:
             self._spawn(self._announce_nodes([msg.sender]))
         return self._hello_body()
+
+    def _keep_child_attachment(self, msg: VerifiedMessage, text: str, link: _Link) -> None:
+        """A direct child's attachment statement: check it names us, keep the newest."""
+        assert msg.certificate is not None
+        statement = verify_attachment(
+            b64d(text, max_size=MAX_ATTACHMENT_SIZE), msg.certificate.verify_key, node_id=msg.sender
+        )
+        if statement.parent_key != self.certificate.curve_key:
+            raise AuthenticationError("attachment statement names another parent")
+        kept = self._attachments.get(msg.sender)
+        if kept is None or statement.sequence >= kept[0]:
+            self._attachments[msg.sender] = (statement.sequence, text)
+        # (the hello itself, a direct message, already set the route and its evidence)
+
+    def _route_evidence(
+        self, msg: VerifiedMessage, node_id: str, verify_key: bytes, blob: bytes | None
+    ) -> None:
+        """Route ``node_id`` via the announcing link on its own fresh attachment statement."""
+        link = msg.link
+        assert isinstance(link, _Link)
+        if blob is None:
+            raise RouteRefused(f"no attachment statement of {node_id!r}")
+        statement = verify_attachment(blob, verify_key, node_id=node_id)
+        if statement.parent_key != link.peer:
+            owner = self.directory.node_for_curve_key(statement.parent_key)
+            if owner is None or self._routes.get(owner) is not link:
+                raise RouteRefused(f"{node_id!r} is not attached below the announcing peer")
+        seq = statement.sequence
+        if self._routes.get(node_id) is not link and not self._fresher(node_id, seq, link):
+            raise RouteRefused(f"fresher route evidence of {node_id!r} is known")
+        self._attach_seq[node_id] = max(seq, self._attach_seq.get(node_id, seq))
+        kept = self._attachments.get(node_id)
+        if kept is None or seq >= kept[0]:
+            self._attachments[node_id] = (seq, b64e(blob))
+        self._routes[node_id] = link
 
     def _on_report(self, msg: VerifiedMessage) -> Ack:
         report = msg.body(NodeReport)
@@ -1070,15 +1136,26 @@ class MeshNode:
             raise AuthorizationError("route announcements come from children")
         body = msg.body(RouteAnnounce)
         authorities = [b64d(a, max_size=4096) for a in body.authorities]
+        evidence: dict[str, bytes] = {}
+        for text in body.attachments:
+            blob = b64d(text, max_size=MAX_ATTACHMENT_SIZE)
+            evidence[Attachment.parse(blob)[0].node_id] = blob
         learned = self._learn(body.certificates, authorities, msg)
+        routed: list[str] = []
         for cert in learned:
-            if cert.node_id != self.node_id:
-                self._routes[cert.node_id] = link
+            if cert.node_id == self.node_id:
+                continue
+            try:
+                self._route_evidence(msg, cert.node_id, cert.verify_key, evidence.get(cert.node_id))
+            except RemoteError as exc:
+                self._reject(msg, exc)  # counted and audited; the rest still count
+                continue
+            routed.append(cert.node_id)
         for node_id in body.withdrawn:
             if self._routes.get(node_id) is link:
                 del self._routes[node_id]
-        if learned and self._parent_link is not None:
-            self._spawn(self._announce_nodes([c.node_id for c in learned]))
+        if routed and self._parent_link is not None:
+            self._spawn(self._announce_nodes(routed))
 
     def _on_revocation(self, msg: VerifiedMessage) -> None:
         if msg.envelope.recipient:
@@ -1310,11 +1387,18 @@ class MeshNode:
     async def _hello_parent(self) -> None:
         link = self._parent_link
         assert link is not None
+        attachment = sign_attachment(
+            self._signer,
+            self.node_id,
+            link.peer,
+            sequence=self._next_seq(),
+            timestamp_ms=int(self._clock() * 1000),
+        )
         reply = await self._request_on(
             link,
             "",
             NODE_HELLO,
-            NodeHello(certificates=self._own_chain()),
+            NodeHello(certificates=self._own_chain(), attachment=b64e(attachment)),
             timeout=self.config.limits.request_timeout,
             expect=None,
         )
@@ -1338,12 +1422,15 @@ class MeshNode:
         if link is None or self.parent_id is None:
             return
         certs: list[str] = []
+        attachments: list[str | None] = []
         authorities: list[str] = []
         for node_id in node_ids:
             signed = self.directory.signed_certificate(node_id)
             if signed is None:
                 continue
             certs.append(b64e(signed.to_bytes()))
+            kept = self._attachments.get(node_id)
+            attachments.append(None if kept is None else kept[1])
             issuer = signed.unverified_certificate().issuer
             delegate = self.directory.trust.delegated_authorities.get(issuer)
             if delegate is not None:
@@ -1352,7 +1439,9 @@ class MeshNode:
                     authorities.append(blob)
         for start in range(0, len(certs), 256):
             body = RouteAnnounce(
-                certificates=certs[start : start + 256], authorities=authorities[:8]
+                certificates=certs[start : start + 256],
+                authorities=authorities[:8],
+                attachments=[a for a in attachments[start : start + 256] if a is not None],
             )
             await self._send_on(link, self._encode(self.parent_id, ROUTE_ANNOUNCE, body, ()))
 
