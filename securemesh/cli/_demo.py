@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``demo``."""
     p = subparsers.add_parser(
         "demo",
-        help="run cloud, edge and device end to end on 127.0.0.1 (real processes, ~20 s)",
+        help="run cloud, edge and device end to end on 127.0.0.1 (real processes, ~10 s)",
         description="Creates a mesh in a temporary directory, starts a cloud and an edge "
         "daemon, enrolls a device, sends readings and a routed request, rejects a forged "
         "and a replayed message, revokes the device and verifies the audit log and an "
