@@ -187,7 +187,23 @@ def test_known_answer_vectors() -> None:
         now=NOW + 200,
         intermediates=[by_name["edge-delegation"]],
     )
-    assert dev.node_id == "dev-02"
+    assert dev.node_id == "dev-02"  # a flag-1 (unconstrained) delegation, as before
+    constrained = by_name["edge-delegation-constrained"]
+    assert constrained.unverified_certificate().delegation == Delegation(
+        frozenset({Tier.END}), "edge-1."
+    )
+    assert constrained.cert_bytes.endswith(b"\x02\x01\x01\x07edge-1.")
+    dev3 = verify_certificate(
+        by_name["device-by-constrained-edge"],
+        trust=trust,
+        now=NOW + 200,
+        intermediates=[constrained],
+    )
+    assert dev3.node_id == "edge-1.dev-03"
+    with pytest.raises(NameConstraintViolation):  # the old device under the new constraint
+        verify_certificate(
+            by_name["device-by-edge"], trust=trust, now=NOW + 200, intermediates=[constrained]
+        )
     rl_vec = vectors["revocation_list"]
     rl = verify_revocation_list(bytes.fromhex(rl_vec["signed"]), trust=trust)
     assert (rl.version, rl.issued_at) == (rl_vec["version"], rl_vec["issued_at"])
