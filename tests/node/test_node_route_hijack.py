@@ -18,8 +18,8 @@ from node_testlib import Built, Fixture, Member, build_node, memory_factory, run
 from pydantic import BaseModel, ConfigDict
 
 from securemesh.crypto import DelegatedAuthority, NodeIdentity
-from securemesh.errors import AuthenticationError, DecodeError
-from securemesh.messages import ROUTE_ANNOUNCE, RouteAnnounce, b64e
+from securemesh.errors import AuthenticationError, DecodeError, RemoteCallError
+from securemesh.messages import NODE_HELLO, ROUTE_ANNOUNCE, NodeHello, RouteAnnounce, b64e
 from securemesh.node import VerifiedMessage
 from securemesh.node._attach import (
     MAX_ATTACHMENT_SIZE,
@@ -233,6 +233,36 @@ def test_a_delegate_minted_certificate_in_an_announcement_is_refused_and_audited
             assert m.cloud.node.status()["refused_key_changes"] == 1
             assert m.route_of("dev-1") == "edge-1"
             assert await who(m) == "dev-1 via edge-1"
+
+    run(main())
+
+
+def test_a_child_hello_with_a_statement_for_another_parent_is_rejected() -> None:
+    """An edge keeps (and forwards) only statements its children signed naming it."""
+
+    async def main() -> None:
+        async with mesh() as m:
+            dev = await m.attach(m.edge1)
+            await wait_for(lambda: m.route_of("dev-1") == "edge-1")
+            kept = m.edge1.node._attachments["dev-1"]
+            wrong_parent = sign_attachment(
+                m.members["dev-1"].identity.signer,
+                "dev-1",
+                m.members["edge-2"].identity.curve_public,
+                sequence=2**62,
+                timestamp_ms=0,
+            )
+            body = NodeHello(
+                certificates=[b64e(m.members["dev-1"].cert.to_bytes())],
+                attachment=b64e(wrong_parent),
+            )
+            link = dev.node._parent_link
+            assert link is not None
+            with pytest.raises(RemoteCallError):
+                await dev.node._request_on(link, "", NODE_HELLO, body, timeout=5, expect=None)
+            assert m.edge1.node._attachments["dev-1"] == kept
+            refused = [r for r in m.edge1.rejections if r.msg_type == NODE_HELLO]
+            assert [r.detail for r in refused] == ["attachment statement names another parent"]
 
     run(main())
 
