@@ -272,6 +272,10 @@ class MeshNode:
         replay_restore: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
+        # hot-path copies of the (frozen) configuration
+        self._send_timeout = config.limits.send_timeout
+        self._session_max_messages = config.session.max_messages
+        self._session_max_age = config.session.max_age
         self._identity = identity
         self._signer = identity.signer
         self._clock = clock
@@ -584,7 +588,7 @@ class MeshNode:
     async def _send_on(self, link: _Link, frames: Sequence[bytes | memoryview]) -> None:
         # straight to the channel (one coroutine less than link.send: hot path)
         await link.channel.send(
-            link.peer, cast("Sequence[bytes]", frames), timeout=self.config.limits.send_timeout
+            link.peer, cast("Sequence[bytes]", frames), timeout=self._send_timeout
         )
         self.metrics.sent += 1
 
@@ -602,9 +606,37 @@ class MeshNode:
             raise LocalError("a node does not send to itself")
         session: _SessionEntry | None = None
         if auth == "session":
-            session = self._session_out.get(dest)  # the usual case, without a coroutine
-            if session is None or not self._fresh(session):
-                session = await self._session_for(dest)
+            # The usual case of a stream, inline: a fresh session, one clock read
+            # (freshness and timestamp), no coroutine but the channel's send. The
+            # same checks as _fresh and the same envelope as _encode.
+            session = self._session_out.get(dest)
+            now = self._clock()
+            if (
+                session is not None
+                and session.sent < self._session_max_messages
+                and now - session.created < self._session_max_age
+                and session.session_id in self._sessions
+            ):
+                session.sent += 1
+                out = encode_mac(
+                    msg_type=msg_type,
+                    sender=self.node_id,
+                    recipient=dest,
+                    sequence=self._next_seq(),
+                    timestamp_ms=int(now * 1000),
+                    body=body,
+                    frames=frames,
+                    session_id=session.session_id,
+                    key=session.send_key,
+                    limits=self.limits,
+                )
+                link = session.link
+                await link.channel.send(
+                    link.peer, cast("Sequence[bytes]", out), timeout=self._send_timeout
+                )
+                self.metrics.sent += 1
+                return
+            session = await self._session_for(dest)
         link = session.link if session is not None else self._link_to(dest)
         await self._send_on(link, self._encode(dest, msg_type, body, frames, session=session))
 
@@ -1291,10 +1323,9 @@ class MeshNode:
         return entry
 
     def _fresh(self, entry: _SessionEntry) -> bool:
-        cfg = self.config.session
         return (
-            entry.sent < cfg.max_messages
-            and self._clock() - entry.created < cfg.max_age
+            entry.sent < self._session_max_messages
+            and self._clock() - entry.created < self._session_max_age
             and entry.session_id in self._sessions
         )
 
