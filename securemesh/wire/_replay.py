@@ -110,7 +110,11 @@ class ReplayWindow:
 
     def accept(self, sequence: int) -> None:
         """Record ``sequence`` (after authentication). Raises like :meth:`check`."""
-        self.check(sequence)
+        top = self._top
+        # Fast path, the in-order stream: a plain int above the top passes every
+        # rule of check() (top >= -1, so it is >= 0; floor <= top).
+        if not (type(sequence) is int and top < sequence <= _U64_MAX):
+            self.check(sequence)
         bits, nblocks, blocks = self.BLOCK_BITS, self._nblocks, self._blocks
         if sequence > self._top:
             current = self._top // bits  # -1 before the first accept: harmless
@@ -190,8 +194,11 @@ class ReplayGuard:
 
     def accept(self, sender: str, sequence: int) -> None:
         """Record ``sequence`` for ``sender``; call only after the envelope verified."""
-        window = self._window(sender)
-        if window is None:
+        windows = self._windows
+        window = windows.get(sender)  # _window() inline (hot path)
+        if window is not None:
+            windows.move_to_end(sender)
+        else:
             window = ReplayWindow(blocks=self._blocks, floor=self._evicted.get(sender))
             window.check(sequence)
             self._evicted.pop(sender, None)
