@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import zmq
@@ -192,7 +193,7 @@ class _ZapHandler:
 
     def __init__(self, transport: ZmqTransport) -> None:
         self._transport = transport
-        self._sock = transport.context.socket(zmq.ROUTER)
+        self._sock = transport.new_socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind(ZAP_ENDPOINT)
         self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -243,7 +244,7 @@ class ZmqListener(Listener):
     def __init__(self, transport: ZmqTransport, address: str) -> None:
         self._transport = transport
         opts = transport.options
-        sock = transport.context.socket(zmq.ROUTER)
+        sock = transport.new_socket(zmq.ROUTER)
         try:
             _configure_common(sock, opts)
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -432,7 +433,7 @@ class ZmqConnection(Connection):
             raise TransportError("server key must be a 32-byte CURVE public key")
         self._transport = transport
         opts = transport.options
-        sock = transport.context.socket(zmq.DEALER)
+        sock = transport.new_socket(zmq.DEALER)
         try:
             _configure_common(sock, opts)
             sock.setsockopt(zmq.RECONNECT_IVL, int(opts.reconnect_ivl * 1000))
@@ -583,10 +584,23 @@ class ZmqTransport(Transport):
         self.options = options if options is not None else TransportOptions()
         self.on_reject = on_reject
         self.context = zmq.asyncio.Context()
+        # Every socket we open, held strongly so that a transport dropped without
+        # close() is still released cleanly: the garbage collector clears weak
+        # references (pyzmq's own socket set) before finalizers run, so an
+        # unclosed Context's __del__ would block forever in zmq_ctx_term on
+        # sockets it no longer knows. The finalizer closes them first.
+        self._sockets: list[zmq.asyncio.Socket] = []
+        self._release = weakref.finalize(self, _release_context, self.context, self._sockets)
         self._zap: _ZapHandler | None = None
         self._endpoints: list[ZmqListener | ZmqConnection] = []
         self._rejected = 0
         self._closed = False
+
+    def new_socket(self, kind: int) -> zmq.asyncio.Socket:
+        """Open a socket on this transport's context (closed by :meth:`close`)."""
+        sock = self.context.socket(kind)
+        self._sockets.append(sock)
+        return sock
 
     def _admit(self, key: bytes, *, count: bool) -> bool:
         try:
@@ -635,4 +649,14 @@ class ZmqTransport(Transport):
         if self._zap is not None:
             self._zap.close()
             self._zap = None
-        self.context.destroy(linger=0)
+        self._release()
+
+
+def _release_context(context: zmq.asyncio.Context, sockets: list[zmq.asyncio.Socket]) -> None:
+    """Close every socket (linger 0), then terminate the context; never blocks."""
+    for sock in sockets:
+        with contextlib.suppress(Exception):  # a loop already closed, a socket already gone
+            if not sock.closed:
+                sock.close(linger=0)
+    sockets.clear()
+    context.destroy(linger=0)

@@ -308,3 +308,40 @@ def test_transport_package_imports_no_wire_or_certificates() -> None:
                 names = [node.module]
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+_DROPPED_WITHOUT_CLOSE = """
+import asyncio, gc
+from securemesh.transport import AllowKeys, CurveKeyPair, ZmqTransport
+
+async def main():
+    server, client = CurveKeyPair.generate(), CurveKeyPair.generate()
+    a = ZmqTransport(server, authenticator=AllowKeys([client.public]))
+    b = ZmqTransport(client)
+    listener = await a.listen("tcp://127.0.0.1:0")
+    conn = await b.connect(listener.address, server.public)
+    await conn.send(server.public, [b"hello"])
+    peer, frames = await listener.recv(timeout=10)
+    assert frames == [b"hello"]
+    # a, b, listener and conn are dropped here without close(): the cycle
+    # (transport <-> endpoints <-> sockets) is left to the garbage collector.
+
+asyncio.run(main())
+gc.collect()
+print("collected")
+"""
+
+
+def test_a_transport_dropped_without_close_is_collected_without_hanging() -> None:
+    # pyzmq's Context.__del__ terminates the context; if it ran while one of
+    # its sockets was still open (the GC clears pyzmq's weak socket set before
+    # finalizers run), zmq_ctx_term blocked the whole process forever.
+    done = subprocess.run(
+        [sys.executable, "-c", _DROPPED_WITHOUT_CLOSE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "collected"
