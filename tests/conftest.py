@@ -1,0 +1,24 @@
+"""Suite-wide test settings.
+
+Hypothesis' default 200 ms per-example deadline measures the machine, not the
+code: on a loaded 2-core CI runner a correct example can take longer, and a
+test that fails for that reason is a flaky test. Timing lives in ``bench/``;
+here every example must simply be correct. The ``too_slow`` health check is
+off for the same reason. Set ``HYPOTHESIS_PROFILE=dev`` to get the defaults
+back while working on a strategy.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
