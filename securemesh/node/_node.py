@@ -1513,6 +1513,9 @@ class MeshNode:
                         "parent link not answering",
                         extra={"event": "parent_down", "error": repr(exc)},
                     )
+                except Exception:  # a bug must not end the heartbeat loop for good
+                    self._parent_failures += 1
+                    log.exception("heartbeat to the parent failed", extra={"event": "parent_error"})
                 if (
                     self.config.auto_renew
                     and not self._parent_failures
