@@ -787,7 +787,7 @@ class MeshNode:
         handlers = self._handlers
         node_id = self.node_id
         clock = self._clock
-        while True:
+        while not self._stopped:  # see _maintenance: a swallowed cancel must still end the loop
             try:
                 peer, frames = await channel.recv()
             except TransportClosed:
@@ -1499,7 +1499,10 @@ class MeshNode:
 
     async def _maintenance(self) -> None:
         interval = self.config.heartbeat_interval
-        while True:
+        # ``while not self._stopped`` and not ``while True``: on Python 3.11,
+        # asyncio.wait_for can swallow a cancellation that arrives just as the
+        # request it waits for completes, and stop() would then wait forever.
+        while not self._stopped:
             if self._parent_link is not None:
                 try:
                     if not self.parent_ready.is_set() or self._parent_failures:
