@@ -41,6 +41,7 @@ import logging
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import zmq
 import zmq.asyncio
@@ -238,8 +239,39 @@ class _ZapHandler:
         self._sock.close(linger=0)
 
 
-class ZmqListener(Listener):
+class _Receiver:
+    """``recv`` shared by the listener and the connection: the fast path takes an
+    already-queued message without another coroutine, the slow path waits."""
+
+    _CLOSED_TEXT: ClassVar[str]
+    _closed: bool
+    _sock: zmq.asyncio.Socket
+
+    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
+        raise NotImplementedError
+
+    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
+        if not self._closed:
+            try:
+                got = self._try_recv()
+            except zmq.ZMQError:
+                got = None  # the slow path below reports it
+            if got is not None:
+                return got
+        try:
+            if self._closed:
+                raise zmq.ZMQError(zmq.ENOTSOCK)
+            return await _wait_and_take(self._sock, self._try_recv, timeout)
+        except (asyncio.CancelledError, zmq.ZMQError):
+            if self._closed:
+                raise TransportClosed(self._CLOSED_TEXT) from None
+            raise
+
+
+class ZmqListener(_Receiver, Listener):
     """A CURVE-server ROUTER socket."""
+
+    _CLOSED_TEXT = "listener closed"
 
     def __init__(self, transport: ZmqTransport, address: str) -> None:
         self._transport = transport
@@ -357,23 +389,6 @@ class ZmqListener(Listener):
         finally:
             self._rearm()
 
-    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
-        if not self._closed:  # fast path: a queued message, without another coroutine
-            try:
-                got = self._try_recv()
-            except zmq.ZMQError:
-                got = None  # the slow path below reports it
-            if got is not None:
-                return got
-        try:
-            if self._closed:
-                raise zmq.ZMQError(zmq.ENOTSOCK)
-            return await _wait_and_take(self._sock, self._try_recv, timeout)
-        except (asyncio.CancelledError, zmq.ZMQError):
-            if self._closed:
-                raise TransportClosed("listener closed") from None
-            raise
-
     async def send(
         self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None
     ) -> None:
@@ -425,8 +440,10 @@ class ZmqListener(Listener):
         self._sock.close(linger=0)
 
 
-class ZmqConnection(Connection):
+class ZmqConnection(_Receiver, Connection):
     """A CURVE-client DEALER socket connected to one listener."""
+
+    _CLOSED_TEXT = "connection closed"
 
     def __init__(self, transport: ZmqTransport, address: str, server_key: bytes) -> None:
         if len(server_key) != CURVE_KEY_SIZE:
@@ -537,23 +554,6 @@ class ZmqConnection(Connection):
                     return got
         finally:
             self._rearm()
-
-    async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
-        if not self._closed:  # fast path: a queued message, without another coroutine
-            try:
-                got = self._try_recv()
-            except zmq.ZMQError:
-                got = None  # the slow path below reports it
-            if got is not None:
-                return got
-        try:
-            if self._closed:
-                raise zmq.ZMQError(zmq.ENOTSOCK)
-            return await _wait_and_take(self._sock, self._try_recv, timeout)
-        except (asyncio.CancelledError, zmq.ZMQError):
-            if self._closed:
-                raise TransportClosed("connection closed") from None
-            raise
 
     async def close(self) -> None:
         if self._closed:
