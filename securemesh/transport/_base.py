@@ -199,15 +199,25 @@ class Channel(abc.ABC):
     """What listeners and connections have in common."""
 
     stats: TransportStats
+    # Set by every implementation's __init__; the properties below read them.
+    _local_key: bytes
+    _address: str
+    _closed: bool
 
     @property
-    @abc.abstractmethod
     def local_key(self) -> bytes:
         """Our own CURVE public key."""
+        return self._local_key
 
     @property
-    @abc.abstractmethod
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def address(self) -> str:
+        """A listener's resolved address peers connect to (e.g. ``tcp://127.0.0.1:41235``),
+        or the address a connection dials."""
+        return self._address
 
     @abc.abstractmethod
     async def send(
@@ -238,11 +248,6 @@ class Channel(abc.ABC):
 class Listener(Channel):
     """A bound endpoint serving many authenticated peers (ZeroMQ ROUTER)."""
 
-    @property
-    @abc.abstractmethod
-    def address(self) -> str:
-        """The resolved address peers connect to (e.g. ``tcp://127.0.0.1:41235``)."""
-
     @abc.abstractmethod
     def peers(self) -> frozenset[bytes]:
         """Peers this listener can currently send to."""
@@ -263,13 +268,11 @@ class Listener(Channel):
 class Connection(Channel):
     """An outgoing connection to one listener (ZeroMQ DEALER); its only peer is the server."""
 
-    @property
-    @abc.abstractmethod
-    def server_key(self) -> bytes: ...
+    _server_key: bytes
 
     @property
-    @abc.abstractmethod
-    def address(self) -> str: ...
+    def server_key(self) -> bytes:
+        return self._server_key
 
 
 class Transport(abc.ABC):

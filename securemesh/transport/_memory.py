@@ -150,6 +150,7 @@ class MemoryNetwork:
 class MemoryListener(Listener):
     def __init__(self, transport: MemoryTransport, address: str) -> None:
         self._transport = transport
+        self._local_key = transport.keypair.public
         self._address = address
         self._links: list[_Link] = []
         self._routes: dict[bytes, _Link] = {}
@@ -158,18 +159,6 @@ class MemoryListener(Listener):
         self._rr = 0
         self._closed = False
         self.stats = TransportStats()
-
-    @property
-    def local_key(self) -> bytes:
-        return self._transport.keypair.public
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def peers(self) -> frozenset[bytes]:
         return frozenset(k for k, link in self._routes.items() if not link.conn.closed)
@@ -262,28 +251,13 @@ class MemoryListener(Listener):
 class MemoryConnection(Connection):
     def __init__(self, transport: MemoryTransport, address: str, server_key: bytes) -> None:
         self._transport = transport
+        self._local_key = transport.keypair.public
         self._address = address
         self._server_key = server_key
         self._readable = asyncio.Event()
         self._closed = False
         self.stats = TransportStats()
         self._link = transport.network._lookup(address)._attach(self, server_key)
-
-    @property
-    def local_key(self) -> bytes:
-        return self._transport.keypair.public
-
-    @property
-    def server_key(self) -> bytes:
-        return self._server_key
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     async def send(
         self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None

@@ -275,6 +275,7 @@ class ZmqListener(_Receiver, Listener):
 
     def __init__(self, transport: ZmqTransport, address: str) -> None:
         self._transport = transport
+        self._local_key = transport.keypair.public
         opts = transport.options
         sock = transport.new_socket(zmq.ROUTER)
         try:
@@ -299,18 +300,6 @@ class ZmqListener(_Receiver, Listener):
         self._user_ids: dict[str, bytes] = {}
         self._closed = False
         self.stats = TransportStats()
-
-    @property
-    def local_key(self) -> bytes:
-        return self._transport.keypair.public
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def peers(self) -> frozenset[bytes]:
         return frozenset(self._routes)
@@ -449,6 +438,7 @@ class ZmqConnection(_Receiver, Connection):
         if len(server_key) != CURVE_KEY_SIZE:
             raise TransportError("server key must be a 32-byte CURVE public key")
         self._transport = transport
+        self._local_key = transport.keypair.public
         opts = transport.options
         sock = transport.new_socket(zmq.DEALER)
         try:
@@ -469,22 +459,6 @@ class ZmqConnection(_Receiver, Connection):
         self._server_key = bytes(server_key)
         self._closed = False
         self.stats = TransportStats()
-
-    @property
-    def local_key(self) -> bytes:
-        return self._transport.keypair.public
-
-    @property
-    def server_key(self) -> bytes:
-        return self._server_key
-
-    @property
-    def address(self) -> str:
-        return self._address
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     async def send(
         self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None
