@@ -188,6 +188,10 @@ class NodeConfig(_Strict):
     #: Node id that answers ``cert.renew`` for root-issued certificates (default:
     #: the cloud node learned from the parent's hello).
     authority_node: NodeId | None = None
+    #: Worker threads that check the Ed25519 signatures of a backlog of SIGNED
+    #: envelopes while the event loop goes on (libsodium releases the GIL);
+    #: 0 checks every signature on the event loop.
+    verify_threads: int = Field(default=2, ge=0, le=64)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
