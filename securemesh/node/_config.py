@@ -188,6 +188,10 @@ class NodeConfig(_Strict):
     #: Node id that answers ``cert.renew`` for root-issued certificates (default:
     #: the cloud node learned from the parent's hello).
     authority_node: NodeId | None = None
+    #: Lifetime (seconds) of the certificates this node issues and renews when it
+    #: serves enrollment (a cloud with ``authority/``, an edge with
+    #: ``delegation.cert``); a cloud's delegations to edges get the same lifetime.
+    issued_cert_lifetime: int = Field(default=86_400, ge=10, le=10 * 365 * 86_400)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
