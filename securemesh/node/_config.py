@@ -192,6 +192,10 @@ class NodeConfig(_Strict):
     #: envelopes while the event loop goes on (libsodium releases the GIL);
     #: 0 checks every signature on the event loop.
     verify_threads: int = Field(default=2, ge=0, le=64)
+    #: Lifetime (seconds) of the certificates this node issues and renews when it
+    #: serves enrollment (a cloud with ``authority/``, an edge with
+    #: ``delegation.cert``); a cloud's delegations to edges get the same lifetime.
+    issued_cert_lifetime: int = Field(default=86_400, ge=10, le=10 * 365 * 86_400)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)

@@ -386,6 +386,7 @@ class _Daemon:
             authority,
             store,
             server_certificate=node.signed_certificate,
+            lifetime_s=self.config.issued_cert_lifetime,
             trust=node.directory.trust,
             revocation_list=current_list,
         )

@@ -62,6 +62,20 @@ refused), then the node drops routes and sessions of revoked nodes and calls
 :meth:`Listener.reauthenticate`, so a revoked peer is cut off on its live
 connection, and forwards the broadcast to its children.
 
+**Unknown origins.** A relayed message whose origin has no certificate here
+fails pipeline step 3 (``unknown_sender``). If an enrolled edge/cloud
+neighbour relayed it and we have a parent, it is held in :attr:`MeshNode.held`
+(a bounded :class:`~securemesh.node._pipeline.HoldBuffer`) instead of being
+rejected, and ``cert.lookup`` goes to the parent (one per origin at a time).
+When the lookup ends, the held messages run the whole pipeline again, in
+arrival order and before anything else can run on the loop (so the learned
+certificate verifies them before any later message of that origin), then
+are routed in that order by the lookup task; only a send that blocks on a
+full queue lets a later message of the same origin overtake one of them.
+What fails again, what the buffer pushes out and what is held too long is
+rejected as usual. All of it happens on the rejection path: an accepted
+message costs nothing extra.
+
 **Back-pressure and concurrency.** One receive loop per channel; the pipeline
 and built-in handlers run inline (no task per message); ``async`` user handlers
 run as tasks, at most ``limits.max_inflight`` at once (the loop waits for a free
@@ -139,6 +153,8 @@ from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._pipeline import (
     NO_SESSION,
     FirstContactResolver,
+    HeldMessage,
+    HoldBuffer,
     PendingSignature,
     Pipeline,
     VerifiedMessage,
@@ -279,6 +295,7 @@ class MeshNode:
         authority_certificate: SignedCertificate | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         replay_restore: Mapping[str, int] | None = None,
+        hold: HoldBuffer | None = None,
     ) -> None:
         self.config = config
         # hot-path copies of the (frozen) configuration
@@ -347,6 +364,9 @@ class MeshNode:
         self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
         self._reset_hints: dict[str, float] = {}
         self._lookups: dict[str, float] = {}
+        #: relayed messages from origins whose certificate is being looked up
+        self.held = hold if hold is not None else HoldBuffer()
+        self._lookups_inflight: set[str] = set()
         self._upstream_certs: list[str] = []
         self._listener: Listener | None = None
         self._parent_conn: Connection | None = None
@@ -834,7 +854,9 @@ class MeshNode:
                         continue
                 result = process(peer, frames, from_parent=from_parent)
                 try:
-                    rest = take(cast("VerifiedMessage | Rejection", result), channel, from_parent)
+                    rest = take(
+                        cast("VerifiedMessage | Rejection", result), channel, from_parent, frames
+                    )
                     if rest is not None:
                         await rest
                 except asyncio.CancelledError:
@@ -849,8 +871,10 @@ class MeshNode:
         if self.config.verify_threads == 0:
             return None
 
-        async def deliver(result: VerifiedMessage | Rejection) -> None:
-            rest = self._take(result, channel, from_parent)
+        async def deliver(
+            result: VerifiedMessage | Rejection, frames: Sequence[bytes] | None
+        ) -> None:
+            rest = self._take(result, channel, from_parent, frames)
             if rest is not None:
                 await rest
 
@@ -867,22 +891,32 @@ class MeshNode:
         return self._verify_pool
 
     def _take(
-        self, result: VerifiedMessage | Rejection, channel: Channel, from_parent: bool
+        self,
+        result: VerifiedMessage | Rejection,
+        channel: Channel,
+        from_parent: bool,
+        frames: Sequence[bytes] | None,
     ) -> Awaitable[None] | None:
         """Deliver one pipeline result; return what is left to await, if anything.
 
-        A rejection is counted (and may trigger a session-reset hint or a
-        certificate lookup). A one-way message for us to a plain-function
+        A relayed message from an origin we hold no certificate for is held
+        while ``cert.lookup`` runs (:meth:`_hold_unknown_sender`, given its
+        ``frames``); any other rejection is counted (and may trigger a
+        session-reset hint). A one-way message for us to a plain-function
         handler — the common case of a stream — is dispatched right here,
         without two coroutine frames per message (same steps as
         :meth:`_route`/:meth:`_deliver`); anything else goes to :meth:`_route`.
         """
         if type(result) is Rejection:
+            if (
+                result.reason == "unknown_sender"
+                and frames is not None
+                and self._hold_unknown_sender(result, frames, channel, from_parent)
+            ):
+                return None  # verified from step 1 again once the lookup ends
             self.metrics.reject(result)
             if result.detail == NO_SESSION:
                 self._hint_session_reset(result, channel, from_parent)
-            elif result.reason == "unknown_sender":
-                self._lookup_unknown_sender(result)
             return None
         msg = cast("VerifiedMessage", result)
         header = msg.envelope.header
@@ -1316,38 +1350,105 @@ class MeshNode:
             certs.append(b64e(issuer.to_bytes()))
         return NodeHello(certificates=certs)
 
-    async def _lookup_upstream(self, node_id: str) -> None:
+    async def _lookup_upstream(self, node_id: str, *, timeout: float | None = None) -> None:
         if self.parent_id is None:
             return
         reply = await self.request(
             self.parent_id,
             CERT_LOOKUP,
             CertLookup(node_id=node_id),
-            timeout=self.config.limits.request_timeout,
+            timeout=self.config.limits.request_timeout if timeout is None else timeout,
         )
         body = reply.body(NodeHello)
         self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
 
-    def _lookup_unknown_sender(self, rejection: Rejection) -> None:
-        """A relayed message named an origin we have no certificate for: ask up the tree.
+    def _hold_unknown_sender(
+        self, rejection: Rejection, frames: Sequence[bytes], channel: Channel, from_parent: bool
+    ) -> bool:
+        """A relayed message names an origin we have no certificate for: hold it and ask up.
 
-        That message stays rejected; the origin's next ones verify. At most one
-        lookup per origin every 5 seconds, only for senders relayed by an
-        enrolled edge/cloud neighbour.
+        Held (True) only if an enrolled edge/cloud neighbour relayed it and we
+        have a parent to ask; then ``cert.lookup`` goes to the parent (one per
+        origin at a time) and the message waits in :attr:`held` until the
+        lookup ends, when :meth:`_verify_held` runs it through the whole
+        pipeline again. If a lookup for that origin ended less than
+        ``held.retry_after`` (5 s) ago, or ``held.total`` lookups are in flight
+        already (an edge naming ever new origins), the message is not held
+        (False): the caller rejects it at once.
         """
         sender, peer = rejection.sender_claimed, rejection.peer
-        if sender is None or peer is None or self.parent_id is None:
-            return
+        if sender is None or peer is None or self.parent_id is None or self._stopped:
+            return False
         hop = self.directory.node_for_curve_key(peer)
         if hop is None or hop == sender or not self.directory.is_authority_tier(hop):
-            return
-        last = self._lookups.get(sender, -1e9)
-        if rejection.at - last < 5.0:
-            return
-        if len(self._lookups) > 10_000:
-            self._lookups.clear()
-        self._lookups[sender] = rejection.at
-        self._spawn(self._lookup_upstream(sender))
+            return False
+        if sender not in self._lookups_inflight:
+            last = self._lookups.get(sender, -1e9)
+            if rejection.at - last < self.held.retry_after:
+                return False
+            if len(self._lookups_inflight) >= self.held.total:
+                return False  # as many lookups in flight as messages may be held: enough
+            if len(self._lookups) > 10_000:
+                self._lookups.clear()
+            self._lookups[sender] = rejection.at
+            self._lookups_inflight.add(sender)
+            self._spawn(self._lookup_and_release(sender))
+        size = sum(len(f) for f in frames)
+        held = HeldMessage(rejection, frames, channel, from_parent, size)
+        for dropped in self.held.hold(held):
+            self._reject_held(dropped, "dropped: the hold buffer is full")
+        return True
+
+    def _reject_held(self, held: HeldMessage, detail: str) -> None:
+        r = held.rejection
+        self.metrics.reject(
+            Rejection(r.reason, r.peer, r.sender_claimed, r.msg_type, detail, self._clock())
+        )
+
+    async def _lookup_and_release(self, sender: str) -> None:
+        try:
+            await self._lookup_upstream(sender, timeout=self.held.max_age)
+        except asyncio.CancelledError:  # stopping: nothing more is dispatched
+            self._lookups_inflight.discard(sender)
+            raise
+        except Exception as exc:  # timeout, refusal, bad reply: the held ones fail again below
+            log.info(
+                "certificate lookup failed",
+                extra={"event": "cert_lookup_failed", "node": sender, "error": repr(exc)},
+            )
+        self._lookups_inflight.discard(sender)
+        self._lookups[sender] = self._clock()
+        verified = self._verify_held(sender)
+        for msg, channel, from_parent in verified:
+            try:
+                await self._route(msg, channel, from_parent)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch failed", extra={"event": "dispatch_error"})
+
+    def _verify_held(self, sender: str) -> list[tuple[VerifiedMessage, Channel, bool]]:
+        """Run ``sender``'s held messages through the pipeline again, in arrival order.
+
+        Synchronous (no await between learning the certificate and this), so
+        none of the origin's later messages is verified before its held ones.
+        A message that fails again (e.g. the lookup failed: ``unknown_sender``)
+        is rejected as usual; one held longer than ``held.max_age`` is rejected
+        without another look.
+        """
+        for old in self.held.expire(self._clock()):
+            self._reject_held(old, "held too long for a certificate lookup")
+        verified: list[tuple[VerifiedMessage, Channel, bool]] = []
+        process = self.pipeline.process
+        for held in self.held.take(sender):
+            result = process(held.rejection.peer or b"", held.frames, from_parent=held.from_parent)
+            if type(result) is Rejection:
+                self.metrics.reject(result)
+                continue
+            verified.append(
+                (cast("VerifiedMessage", result), cast("Channel", held.channel), held.from_parent)
+            )
+        return verified
 
     def _on_session_reset(self, msg: VerifiedMessage) -> None:
         if msg.relayed:
@@ -1621,6 +1722,8 @@ class MeshNode:
 
     def _purge(self) -> None:
         now = self._clock()
+        for old in self.held.expire(now):
+            self._reject_held(old, "held too long for a certificate lookup")
         for cid, (_o, _d, expires) in list(self._forwarded.items()):
             if expires > now:
                 break
@@ -1698,6 +1801,7 @@ class MeshNode:
             },
             "revocation_list_versions": rl_versions,
             "known_nodes": len(self.directory),
+            "held": self.held.stats(),
             "refused_key_changes": self.directory.refused_key_changes,
         }
 

@@ -39,11 +39,22 @@ Every message a node receives runs these steps, in this order (ARCHITECTURE.md
 
 The pipeline never raises for a peer's input: :meth:`Pipeline.process` returns
 a :class:`VerifiedMessage` or a :class:`~securemesh.node._metrics.Rejection`.
+
+**Held messages.** A relayed message whose origin has no certificate here yet
+fails step 3 (``unknown_sender``). The node (:mod:`securemesh.node._node`) may
+then keep its frames in a :class:`HoldBuffer` while it asks its parent for the
+certificate (``cert.lookup``), and afterwards run them through :meth:`process`
+again, from step 1, in arrival order. Nothing is skipped: a held message is
+only ever a message that has not passed step 3 yet. The buffer is bounded per
+origin, in total (messages and bytes) and in time; what it pushes out is
+rejected like any other message (``unknown_sender``, counted and audited).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from securemesh.crypto.certs import Certificate, SignedCertificate, Tier
@@ -52,6 +63,7 @@ from securemesh.errors import (
     AuthorizationError,
     ClockSkewError,
     DecodeError,
+    LocalError,
     RemoteError,
     UnexpectedReply,
 )
@@ -75,6 +87,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FirstContactResolver",
+    "HeldMessage",
+    "HoldBuffer",
     "PendingSignature",
     "Pipeline",
     "SessionKeys",
@@ -437,6 +451,160 @@ class Pipeline:
         envelope = unverified.verify_signature(verify_key)
         self._replay.accept_envelope(envelope, now_ms=int(now * 1000))
         return VerifiedMessage(envelope, None, peer, relayed=False, first_contact=True)
+
+
+@dataclass(slots=True)
+class HeldMessage:
+    """The frames of one message that failed step 3 only because its origin is unknown.
+
+    ``rejection`` is that step-3 result (origin, link key, type, arrival time);
+    ``channel`` and ``from_parent`` say where it came from, to process it again.
+    """
+
+    rejection: Rejection
+    frames: Sequence[bytes]
+    channel: object
+    from_parent: bool
+    size: int
+
+    @property
+    def sender(self) -> str:
+        return self.rejection.sender_claimed or ""
+
+
+class HoldBuffer:
+    """Messages waiting for their origin's certificate: bounded, kept in arrival order.
+
+    Bounds: ``per_sender`` messages of one origin, ``total`` messages and
+    ``max_bytes`` bytes of frames over all origins, and ``max_age`` seconds
+    (the node's certificate lookup gives up after that long, and
+    :meth:`expire` drops anything older). ``retry_after``: the node sends no
+    new lookup for an origin (and holds none of its messages) until that many
+    seconds after its last lookup ended. A message that does not fit pushes
+    out the oldest message of its origin (per-origin bound) or the oldest of
+    all (total bounds); :meth:`hold` returns what was pushed out so the caller
+    rejects it. Plain bookkeeping: no I/O, no clock of its own.
+    """
+
+    __slots__ = (
+        "_by_sender",
+        "_bytes",
+        "_order",
+        "_seq",
+        "dropped",
+        "expired",
+        "held",
+        "max_age",
+        "max_bytes",
+        "per_sender",
+        "released",
+        "retry_after",
+        "total",
+    )
+
+    def __init__(
+        self,
+        *,
+        per_sender: int = 64,
+        total: int = 1024,
+        max_bytes: int = 16 * 1024 * 1024,
+        max_age: float = 5.0,
+        retry_after: float = 5.0,
+    ) -> None:
+        if per_sender < 1 or total < 1 or max_bytes < 1 or not max_age > 0 or retry_after < 0:
+            raise LocalError("hold buffer bounds must be positive")
+        self.per_sender = per_sender
+        self.total = total
+        self.max_bytes = max_bytes
+        self.max_age = float(max_age)
+        self.retry_after = float(retry_after)
+        self._seq = 0
+        self._order: OrderedDict[int, HeldMessage] = OrderedDict()
+        self._by_sender: dict[str, OrderedDict[int, HeldMessage]] = {}
+        self._bytes = 0
+        #: messages ever held / handed back by :meth:`take` / pushed out when full / too old
+        self.held = 0
+        self.released = 0
+        self.dropped = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def senders(self) -> list[str]:
+        return list(self._by_sender)
+
+    def holds(self, sender: str) -> bool:
+        return sender in self._by_sender
+
+    def count(self, sender: str) -> int:
+        queue = self._by_sender.get(sender)
+        return 0 if queue is None else len(queue)
+
+    def hold(self, message: HeldMessage) -> list[HeldMessage]:
+        """Keep ``message``; return the messages pushed out to make room (oldest first)."""
+        if message.size > self.max_bytes:
+            self.dropped += 1
+            return [message]
+        out: list[HeldMessage] = []
+        queue = self._by_sender.get(message.sender)
+        if queue is not None and len(queue) >= self.per_sender:
+            out.append(self._remove(next(iter(queue))))
+        while self._order and (
+            len(self._order) >= self.total or self._bytes + message.size > self.max_bytes
+        ):
+            out.append(self._remove(next(iter(self._order))))
+        self._seq += 1
+        self._order[self._seq] = message
+        self._by_sender.setdefault(message.sender, OrderedDict())[self._seq] = message
+        self._bytes += message.size
+        self.held += 1
+        self.dropped += len(out)
+        return out
+
+    def _remove(self, key: int) -> HeldMessage:
+        message = self._order.pop(key)
+        queue = self._by_sender[message.sender]
+        del queue[key]
+        if not queue:
+            del self._by_sender[message.sender]
+        self._bytes -= message.size
+        return message
+
+    def take(self, sender: str) -> list[HeldMessage]:
+        """Remove and return every message held for ``sender``, in arrival order."""
+        queue = self._by_sender.get(sender)
+        if queue is None:
+            return []
+        taken = [self._remove(key) for key in list(queue)]
+        self.released += len(taken)
+        return taken
+
+    def expire(self, now: float) -> list[HeldMessage]:
+        """Remove and return the messages held longer than ``max_age`` (oldest first)."""
+        out: list[HeldMessage] = []
+        while self._order:
+            key, oldest = next(iter(self._order.items()))
+            if now - oldest.rejection.at <= self.max_age:
+                break
+            out.append(self._remove(key))
+        self.expired += len(out)
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "messages": len(self._order),
+            "senders": len(self._by_sender),
+            "bytes": self._bytes,
+            "held": self.held,
+            "released": self.released,
+            "dropped": self.dropped,
+            "expired": self.expired,
+        }
 
 
 def body_error(exc: Exception) -> RemoteError:

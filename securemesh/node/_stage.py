@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, cast
 
@@ -70,7 +70,7 @@ class VerifyStage:
         self,
         pipeline: Pipeline,
         executor: Callable[[], Executor],
-        deliver: Callable[[VerifiedMessage | Rejection], Awaitable[None]],
+        deliver: Callable[[VerifiedMessage | Rejection, Sequence[bytes] | None], Awaitable[None]],
         *,
         from_parent: bool,
         batch_size: int = 64,
@@ -156,6 +156,7 @@ class VerifyStage:
                 continue
             item, batch, index = queue[0]
             result: object
+            frames: list[bytes] | None = None
             if batch is None:
                 if index:  # received frames: the whole pipeline, now, in order
                     peer, frames = cast("tuple[bytes, list[bytes]]", item)
@@ -178,7 +179,7 @@ class VerifyStage:
             if len(queue) <= self._max_queued // 2:
                 self._room.set()
             try:
-                await self._deliver(cast("VerifiedMessage | Rejection", result))
+                await self._deliver(cast("VerifiedMessage | Rejection", result), frames)
             except Exception:
                 log.exception("dispatch failed", extra={"event": "dispatch_error"})
 

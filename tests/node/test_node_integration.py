@@ -15,10 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_support import daemon_env, reaped
 from node_testlib import (
     Built,
     Fixture,
@@ -50,7 +47,6 @@ HERE = Path(__file__).parent
 class Daemon:
     member: Member
     toml: Path
-    proc: subprocess.Popen[bytes]
     address: str = ""
 
     def status(self) -> dict[str, Any]:
@@ -74,33 +70,6 @@ class Mesh:
     members: dict[str, Member] = field(default_factory=dict)
 
 
-def _start(toml: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    env.pop("SECUREMESH_PASSPHRASE", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "securemesh", "node", "run", "--config", str(toml)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-
-
-def _ready(data_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    path = data_dir / "ready"
-    while not path.exists():
-        if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else b""
-            raise AssertionError(f"daemon exited early: {err[-2000:]!r}")
-        if time.monotonic() > deadline:
-            raise AssertionError("daemon not ready in time")
-        time.sleep(0.02)
-    data = json.loads(path.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
 SERVICES = 'services = ["node_test_services:register"]'
 DEVICES = ["dev-a", "dev-b", "dev-c", "dev-bad", "dev-flood", "dev-revoked", "dev-exp"]
 
@@ -119,8 +88,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             members[name] = fx.member(name, "end", issued_at=time.time(), lifetime_s=8)
         else:
             members[name] = fx.member(name, "end")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
+    with reaped(daemon_env(pythonpath=[HERE])) as daemons:
         cloud_toml = write_data_dir(
             fx,
             members["cloud-1"],
@@ -129,10 +97,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             peers=[members["edge-1"], members["edge-2"]],
             extra_toml=SERVICES,
         )
-        cproc = _start(cloud_toml)
-        procs.append(cproc)
-        cinfo = _ready(root / "cloud", cproc)
-        cloud = Daemon(members["cloud-1"], cloud_toml, cproc, str(cinfo["listen"]))
+        cinfo = daemons.run("cloud", root / "cloud")
+        cloud = Daemon(members["cloud-1"], cloud_toml, str(cinfo["listen"]))
         edges = []
         for name, devs in (("edge-1", DEVICES), ("edge-2", ["dev-c"])):
             toml = write_data_dir(
@@ -144,26 +110,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 peers=[members[d] for d in devs],
                 extra_toml=SERVICES,
             )
-            proc = _start(toml)
-            procs.append(proc)
-            edges.append((name, toml, proc))
-        daemons = []
-        for name, toml, proc in edges:
-            info = _ready(root / name, proc)
-            daemons.append(Daemon(members[name], toml, proc, str(info["listen"])))
-        yield Mesh(fx, root, cloud, daemons[0], daemons[1], members)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
+            daemons.start(name, root / name)
+            edges.append((name, toml))
+        started = [
+            Daemon(members[name], toml, str(daemons.wait_ready(name)["listen"]))
+            for name, toml in edges
+        ]
+        yield Mesh(fx, root, cloud, started[0], started[1], members)
 
 
 async def device(mesh: Mesh, name: str, edge: Daemon) -> Built:

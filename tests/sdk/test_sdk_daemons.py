@@ -10,18 +10,13 @@ operator revokes it on the cloud.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemon_support import Daemons, cli, daemon_env, free_port, read_status, reaped
 from sdk_support import FAST_KDF
 
 from securemesh.sdk import Device, Enrollment
@@ -32,31 +27,7 @@ HERE = Path(__file__).parent
 PASSPHRASE = "daemon-test-passphrase"
 SERVICES = 'services = ["sdk_daemon_services:register"]\nstatus_interval = 0.2\n'
 POLICY = '\n[[policy.allow]]\ntypes = ["app.*"]\n'
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, SECUREMESH_PASSPHRASE=PASSPHRASE)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    return env
-
-
-def _cli(*args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "securemesh", *args],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, f"securemesh {args[0]} failed: {proc.stderr[-2000:]}"
-    return proc.stdout.strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
 
 
 def _configure(toml: Path) -> None:
@@ -64,79 +35,41 @@ def _configure(toml: Path) -> None:
     toml.write_text(SERVICES + toml.read_text() + POLICY)
 
 
-def _start(toml: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "securemesh", "node", "run", "--config", str(toml)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _wait_ready(data_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (data_dir / "ready").exists():
-        if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else b""
-            raise AssertionError(f"daemon exited early: {err[-2000:]!r}")
-        assert time.monotonic() < deadline, "daemon not ready in time"
-        time.sleep(0.02)
-
-
-def _status(data_dir: Path) -> dict[str, object]:
-    data = json.loads((data_dir / "status.json").read_text())
-    assert isinstance(data, dict)
-    return data
-
-
 @dataclass
 class Mesh:
     cloud_dir: Path
     edge_dir: Path
-    procs: dict[str, subprocess.Popen[bytes]]
+    daemons: Daemons
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("sdk-daemons")
     cloud_dir, edge_dir = root / "cloud", root / "edge"
-    procs: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        _cli(
+    with reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons:
+        cli(
             "init", "--data-dir", str(cloud_dir), "--authority-id", "root",
-            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{_free_port()}",
+            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
+            env=ENV,
         )  # fmt: skip
         _configure(cloud_dir / "node.toml")
-        procs["cloud"] = _start(cloud_dir / "node.toml")
-        _wait_ready(cloud_dir, procs["cloud"])
-        edge_token = _cli(
+        daemons.run("cloud", cloud_dir)
+        edge_token = cli(
             "token", "create", "--data-dir", str(cloud_dir), "--tier", "edge",
             "--delegate", "--ttl", "10m",
         )  # fmt: skip
-        _cli(
+        cli(
             "enroll", "--data-dir", str(edge_dir), "--token", edge_token,
-            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{_free_port()}",
+            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
+            env=ENV,
         )  # fmt: skip
         _configure(edge_dir / "node.toml")
-        procs["edge"] = _start(edge_dir / "node.toml")
-        _wait_ready(edge_dir, procs["edge"])
-        yield Mesh(cloud_dir, edge_dir, procs)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
+        daemons.run("edge", edge_dir)
+        yield Mesh(cloud_dir, edge_dir, daemons)
 
 
 def _enroll(mesh: Mesh, data_dir: Path, node_id: str, *, at: Path | None = None) -> Enrollment:
-    token = _cli(
+    token = cli(
         "token", "create", "--data-dir", str(at or mesh.edge_dir), "--tier", "end",
         "--roles", "sensor", "--ttl", "10m",
     )  # fmt: skip
@@ -167,7 +100,7 @@ def test_device_enrolls_at_a_delegated_edge_daemon_and_reaches_the_cloud(
         assert at_cloud.certificate is not None
         assert at_cloud.certificate.tier.value == "cloud"
         # the operator revokes the device on the cloud: cut off live, through the edge
-        _cli("revoke", "--data-dir", str(mesh.cloud_dir), "edge-1.dev-1")
+        cli("revoke", "--data-dir", str(mesh.cloud_dir), "edge-1.dev-1", env=ENV)
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -175,7 +108,7 @@ def test_device_enrolls_at_a_delegated_edge_daemon_and_reaches_the_cloud(
             except TimeoutError:
                 break
             assert time.monotonic() < deadline, "the revoked device is still served"
-        versions = _status(mesh.edge_dir)["revocation_list_versions"]
+        versions = read_status(mesh.edge_dir)["revocation_list_versions"]
         assert versions == {"root": 2}
 
 
@@ -202,19 +135,14 @@ def test_device_reconnects_after_its_edge_daemon_restarts(mesh: Mesh, tmp_path: 
     _enroll(mesh, tmp_path / "dev", "edge-1.dev-2")
     with Device.connect(tmp_path / "dev", passphrase=PASSPHRASE) as dev:
         assert dev.request("edge-1", "app.echo", {"n": 1}, timeout=10).json()["by"] == "edge-1"
-        edge = mesh.procs["edge"]
-        edge.send_signal(signal.SIGTERM)
-        assert edge.wait(timeout=20) == 0
-        if edge.stderr is not None:
-            edge.stderr.close()
-        mesh.procs["edge"] = _start(mesh.edge_dir / "node.toml")
-        _wait_ready(mesh.edge_dir, mesh.procs["edge"])
+        assert mesh.daemons.stop("edge") == 0
+        mesh.daemons.run("edge", mesh.edge_dir)
         deadline = time.monotonic() + 8
         while True:
             try:
                 reply = dev.request("edge-1", "app.echo", {"n": 2}, timeout=1.0)
                 break
             except TimeoutError:
-                transport = _status(mesh.edge_dir)["transport"]
+                transport = read_status(mesh.edge_dir)["transport"]
                 assert time.monotonic() < deadline, f"not served after the restart: {transport}"
         assert reply.json()["body"] == {"n": 2}

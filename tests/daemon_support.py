@@ -1,0 +1,191 @@
+"""Real ``securemesh node run`` processes for integration tests: start, wait, read, reap.
+
+Shared by the daemon tests in ``tests/node`` and ``tests/sdk`` (``tests/`` is on
+``sys.path`` through its conftest). Every wait is bounded and polls a file the
+daemon writes itself (``ready``, ``status.json``): no sleep stands in for a
+readiness signal. :class:`Daemons` reaps every process it started — SIGTERM,
+then SIGKILL after a grace period — also when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+#: Longest a daemon may take to write ``ready`` (slow on a loaded 2-core machine).
+READY_TIMEOUT = 60.0
+#: Longest a daemon may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def daemon_env(*, pythonpath: Iterable[Path] = (), passphrase: str | None = None) -> dict[str, str]:
+    """The environment for a daemon: extra ``PYTHONPATH`` entries (test services) and the
+    passphrase in ``SECUREMESH_PASSPHRASE`` (or none, for data dirs with a passphrase_file)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), env.get("PYTHONPATH", "")])
+    env.pop("SECUREMESH_PASSPHRASE", None)
+    if passphrase is not None:
+        env["SECUREMESH_PASSPHRASE"] = passphrase
+    return env
+
+
+def start_daemon(toml: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """``python -m securemesh node run --config toml`` (stderr kept for diagnostics)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "securemesh", "node", "run", "--config", str(toml)],
+        env=dict(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_ready(
+    data_dir: Path, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT
+) -> dict[str, Any]:
+    """Wait for the daemon's ``ready`` file; return its JSON (pid, node id, listen address)."""
+    deadline = time.monotonic() + timeout
+    path = data_dir / "ready"
+    while True:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and data.get("pid") == proc.pid:
+                return data
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"daemon {data_dir.name} exited early: {err[-3000:]!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"daemon {data_dir.name} not ready in {timeout} s")
+        time.sleep(0.02)
+
+
+def read_status(data_dir: Path) -> dict[str, Any]:
+    """The daemon's last ``status.json`` (rewritten atomically every status_interval)."""
+    data = json.loads((data_dir / "status.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def wait_status(
+    data_dir: Path,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 20.0,
+    what: str = "status condition",
+) -> dict[str, Any]:
+    """Poll ``status.json`` until ``predicate(status)`` holds; return that status."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] | None = None
+    while True:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            last = read_status(data_dir)
+            if predicate(last):
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{data_dir.name}: {what} not reached in {timeout} s: {last}")
+        time.sleep(0.02)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM, wait up to ``timeout``, else SIGKILL; close stderr; return the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+    return code
+
+
+class Daemons:
+    """The daemon processes of one test mesh, by name; :meth:`close` reaps them all."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = dict(env)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.dirs: dict[str, Path] = {}
+
+    def start(self, name: str, data_dir: Path, toml: Path | None = None) -> None:
+        """Start ``name`` from ``data_dir/node.toml`` (or ``toml``) without waiting."""
+        old = self.procs.get(name)
+        if old is not None and old.poll() is None:
+            raise AssertionError(f"daemon {name} is already running")
+        self.dirs[name] = data_dir
+        self.procs[name] = start_daemon(toml or data_dir / "node.toml", self.env)
+
+    def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        return wait_ready(self.dirs[name], self.procs[name], timeout)
+
+    def run(self, name: str, data_dir: Path, toml: Path | None = None) -> dict[str, Any]:
+        """Start ``name`` and wait until it is ready."""
+        self.start(name, data_dir, toml)
+        return self.wait_ready(name)
+
+    def stop(self, name: str) -> int:
+        """Stop ``name`` (SIGTERM; killed if it does not exit in time); its exit status."""
+        return stop_process(self.procs[name])
+
+    def status(self, name: str) -> dict[str, Any]:
+        return read_status(self.dirs[name])
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            stop_process(proc)
+
+    def __enter__(self) -> Daemons:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def cli(*args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run ``securemesh ARGS`` in this process (the same code as the command, without
+    an interpreter start-up); return its stdout, stripped. Fails on a non-zero exit."""
+    from securemesh.cli import main  # imported only when used
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert code == 0, f"securemesh {args[0]} failed ({code}): {err.getvalue()[-2000:]}"
+    return out.getvalue().strip()
+
+
+@contextlib.contextmanager
+def reaped(env: Mapping[str, str]) -> Iterator[Daemons]:
+    """``with reaped(env) as daemons:`` — every daemon started inside is reaped on exit."""
+    daemons = Daemons(env)
+    try:
+        yield daemons
+    finally:
+        daemons.close()
