@@ -295,6 +295,7 @@ class MeshNode:
         authority_certificate: SignedCertificate | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         replay_restore: Mapping[str, int] | None = None,
+        route_evidence_restore: Mapping[str, int] | None = None,
         hold: HoldBuffer | None = None,
     ) -> None:
         self.config = config
@@ -356,6 +357,8 @@ class MeshNode:
         #: route evidence: the highest sequence of a node's own attachment statement or
         #: relayed envelope that set its route, and the statement to pass upward
         self._attach_seq: dict[str, int] = {}
+        restored = (route_evidence_restore or {}).items()
+        self._attach_seq.update(itertools.islice(restored, lim.max_senders))
         self._attachments: dict[str, tuple[int, str]] = {}
         self._children: dict[bytes, _Link] = {}
         self._direct: dict[str, _Link] = {}
@@ -506,6 +509,15 @@ class MeshNode:
     def replay_high_water_marks(self) -> dict[str, int]:
         """Every sender's highest accepted sequence, to restore after a restart."""
         return self._replay.high_water_marks()
+
+    def route_evidence(self) -> dict[str, int]:
+        """The sequence of the freshest route evidence seen per node, to restore after a restart.
+
+        Without it a restarted parent would take any validly signed attachment
+        statement again — including an old one an edge kept from a time the
+        device was attached below it — and route the device there.
+        """
+        return dict(self._attach_seq)
 
     # ---------------------------------------------------------- certificate
 
@@ -977,13 +989,18 @@ class MeshNode:
         return link
 
     def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
-        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?"""
+        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?
+
+        The same evidence again is fresh for the link that holds the route, or
+        for any link when there is no route (e.g. after a restart restored the
+        evidence): it names its parent, so only the link below that parent can
+        use it.
+        """
         known = self._attach_seq.get(node_id)
-        return (
-            known is None
-            or sequence > known
-            or (sequence == known and self._routes.get(node_id) is link)
-        )
+        if known is None or sequence > known:
+            return True
+        current = self._routes.get(node_id)
+        return sequence == known and (current is link or current is None)
 
     async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
         env = msg.envelope
