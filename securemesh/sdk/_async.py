@@ -67,10 +67,10 @@ from securemesh.errors import (
     SecureMeshError,
     TransportClosed,
 )
+from securemesh.sdk._device import DEFAULT_TIERS, Device
 from securemesh.sdk._files import (
     DeviceFiles,
     Enrollment,
-    enroll_device,
     load_device,
     resolve_passphrase,
     save_renewal,
@@ -93,7 +93,6 @@ State = Literal["connecting", "connected", "expired", "revoked", "closed"]
 Handler = Callable[[Message], Any]
 Auth = Literal["signed", "session"]
 
-DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
 _MAX_BACKOFF = 60.0
 #: Replay high-water marks per sender (the daemon's file and format).
 REPLAY_FILE = "replay.json"
@@ -168,14 +167,12 @@ class AsyncDevice:
         kdf_params: KdfParams | None = None,
     ) -> Enrollment:
         """:meth:`Device.enroll` in a worker thread (it blocks on key derivation and I/O)."""
-        path = Path(data_dir)
-        secret = resolve_passphrase(passphrase, path)
         return await asyncio.to_thread(
-            enroll_device,
+            Device.enroll,
             token,
-            data_dir=path,
+            data_dir=data_dir,
             node_id=node_id,
-            passphrase=secret,
+            passphrase=passphrase,
             timeout=timeout,
             clock=clock,
             kdf_params=kdf_params,

@@ -54,7 +54,8 @@ __all__ = ["Device"]
 
 T = TypeVar("T")
 
-_DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
+#: Who may send a device the types it handles, by default: its infrastructure.
+DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
 
 
 class Device:
@@ -280,7 +281,7 @@ class Device:
         msg_type: str,
         handler: Handler,
         *,
-        tiers: Iterable[str] | None = _DEFAULT_TIERS,
+        tiers: Iterable[str] | None = DEFAULT_TIERS,
         roles: Iterable[str] | None = None,
     ) -> None:
         """Call ``handler(msg)`` for verified ``msg_type`` messages (module docstring: threads).
