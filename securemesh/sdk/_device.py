@@ -306,6 +306,23 @@ class Device:
             )
         )
 
+    def record_audit(
+        self,
+        kind: str,
+        subject: tuple[str, str],
+        *,
+        outcome: str = "success",
+        details: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record an audit event signed by this device (durable when it returns) for the
+        cloud log; see :meth:`AsyncDevice.record_audit`. Returns its event id."""
+        return self._in_loop(
+            lambda: self._dev.record_audit(
+                kind, subject, outcome=outcome, details=details, event_id=event_id
+            )
+        )
+
     def renew(self, *, timeout: float | None = None) -> Certificate:
         """Renew the certificate now (the background task does it at half lifetime)."""
         return self._call(self._dev.renew(timeout=timeout))

@@ -11,6 +11,7 @@ SDK also works with ``securemesh node run`` and vice versa::
     revocation.list   newest signed revocation list seen
     sequence.state    envelope sequence counter (locked while a Device is open)
     replay.json       highest accepted sequence per sender (replay protection across restarts)
+    audit-outbox.db   signed audit events waiting for the cloud log's acknowledgement
     node.toml         node id, tier, [parent] endpoint + CURVE key (from the token)
 
 Everything here is synchronous and imported lazily by the SDK.
