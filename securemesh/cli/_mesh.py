@@ -24,12 +24,16 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from securemesh.cli._common import passphrase_options
 from securemesh.cli._common import read_passphrase as _passphrase
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import Tier
 from securemesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from securemesh.enroll._store import TokenStore
 
 __all__ = ["parse_duration", "register"]
 
@@ -144,16 +148,21 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_list(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
-
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
+def _existing_token_store(args: argparse.Namespace) -> TokenStore:
+    """The data dir's token store; ConfigError (not a new empty store) if it has none."""
+    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415 - sqlalchemy
 
     data_dir = _data_dir(args)
     if not (data_dir / DEFAULT_TOKEN_DB).exists():
         raise ConfigError(f"{data_dir} has no token store")
+    return TokenStore.in_dir(data_dir)
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
     now = time.time()
-    with TokenStore.in_dir(data_dir) as store:
+    with _existing_token_store(args) as store:
         records = store.list_tokens(include_used=args.all, include_expired=args.all)
     for rec in records:
         state = "usable" if rec.usable_at(now) else ("used" if rec.used else "expired")
@@ -177,16 +186,11 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_withdraw(args: argparse.Namespace) -> int:
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
-
-    data_dir = _data_dir(args)
-    if not (data_dir / DEFAULT_TOKEN_DB).exists():
-        raise ConfigError(f"{data_dir} has no token store")
-    try:
-        token_id = bytes.fromhex(args.token_id)
-    except ValueError as exc:
-        raise ConfigError("a token id is 32 hex digits (see `token list`)") from exc
-    with TokenStore.in_dir(data_dir) as store:
+    with _existing_token_store(args) as store:
+        try:
+            token_id = bytes.fromhex(args.token_id)
+        except ValueError as exc:
+            raise ConfigError("a token id is 32 hex digits (see `token list`)") from exc
         withdrawn = store.revoke(token_id)
     print(
         f"token {args.token_id} "
@@ -197,12 +201,7 @@ def _token_withdraw(args: argparse.Namespace) -> int:
 
 
 def _token_prune(args: argparse.Namespace) -> int:
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
-
-    data_dir = _data_dir(args)
-    if not (data_dir / DEFAULT_TOKEN_DB).exists():
-        raise ConfigError(f"{data_dir} has no token store")
-    with TokenStore.in_dir(data_dir) as store:
+    with _existing_token_store(args) as store:
         keep = 0 if args.keep_used.strip() in {"0", "0s"} else parse_duration(args.keep_used)
         removed = store.prune_expired(keep_used_s=keep)
     print(f"removed {removed} expired token record(s)", file=sys.stderr)
