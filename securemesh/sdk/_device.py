@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 :meth:`Device.connect` starts one daemon thread, ``securemesh-sdk-loop``, that
 runs a private asyncio event loop; the :class:`~securemesh.sdk.AsyncDevice`
-(MeshNode, ZeroMQ sockets, renewal task) lives entirely on that loop. Every
-public method submits a coroutine to the loop with
+(MeshNode, ZeroMQ sockets, renewal and audit-shipping tasks) lives entirely
+on that loop. Every public method submits a coroutine to the loop with
 :func:`asyncio.run_coroutine_threadsafe` and blocks on its result, so
 exceptions (TimeoutError, RemoteCallError, CertificateExpired, ...) surface in
 the caller's thread unchanged.

@@ -32,8 +32,6 @@ from test_sdk_daemons import PASSPHRASE, Mesh, _cli, _enroll, _env, _free_port
 from securemesh.errors import LocalError
 from securemesh.sdk import Device
 
-pytestmark = pytest.mark.slow
-
 DEVICE = "edge-1.dev-a"
 #: Every rejection its own event (default: one per peer and reason a minute), receipts
 #: kept to compare with the log, quick retries so the test does not wait for backoff.
@@ -136,6 +134,24 @@ def _assert_poke_rejection(row: dict[str, Any]) -> None:
     assert row["details"]["msg_type"] == "app.unwanted"
 
 
+def test_the_device_audit_path_imports_no_database_layer() -> None:
+    """What ``Device.connect`` imports for the outbox: stdlib sqlite3, never SQLAlchemy."""
+    code = (
+        "import sys\n"
+        "import securemesh.sdk._async, securemesh.node._audit_bus, securemesh.node._audit\n"
+        "import securemesh.audit, securemesh.audit.outbox\n"
+        "bad = [m for m in ('sqlalchemy', 'alembic', 'psycopg', 'numpy', 'tenseal', 'rich',\n"
+        "       'securemesh.cli', 'securemesh.audit.log') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "assert 'sqlite3' in sys.modules\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
 def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
     tmp_path: Path,
 ) -> None:
