@@ -66,7 +66,7 @@ from securemesh.errors import (
     SecureMeshError,
 )
 from securemesh.messages import b64d
-from securemesh.node._audit_bus import DaemonAudit
+from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._directory import Directory
 from securemesh.node._node import MeshNode
@@ -146,7 +146,7 @@ class NodeFiles:
     @property
     def audit_outbox(self) -> Path:
         """Signed ``message.rejected`` events waiting to be shipped to the cloud log."""
-        return self.data_dir / "audit-outbox.db"
+        return self.data_dir / OUTBOX_FILE
 
     @property
     def ready(self) -> Path:
@@ -328,7 +328,7 @@ class _Daemon:
         self._rl_mtime = -1.0
         self.token_sync: Any = None
         self._replay_saved = time.monotonic()
-        self.audit: DaemonAudit | None = None
+        self.audit: NodeAudit | None = None
 
     def _enrolled(self, node_id: str) -> None:
         if self.token_sync is not None:
@@ -574,18 +574,9 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
-    from securemesh.audit.outbox import Outbox  # noqa: PLC0415 - sqlite3 only
-    from securemesh.node._audit import RejectionAuditor  # noqa: PLC0415
-
-    outbox = Outbox(files.audit_outbox, keep_receipts=config.audit.keep_receipts)
-    node.metrics.audit_hook = RejectionAuditor(
-        outbox, origin=node.node_id, signer=state.identity.signer, window=lim.log_window
-    )
     daemon = _Daemon(config, node, files)
     try:
-        audit = daemon.audit = DaemonAudit(
-            config, node, outbox, files.data_dir, state.identity.signer
-        )
+        audit = daemon.audit = NodeAudit.open(config, node, files.data_dir, state.identity.signer)
         daemon.enable_enrollment(state, passphrase)
         for service in [*load_services(config.services), *services]:
             service(node)
@@ -594,7 +585,6 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
         counter.close()
         if daemon.audit is not None:
             daemon.audit.close()
-        outbox.close()
         raise
     daemon.admit_peers()
     stop_event = stop if stop is not None else asyncio.Event()
@@ -632,7 +622,6 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             daemon.write_status(state="stopped")
         counter.close()
         audit.close()
-        outbox.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
