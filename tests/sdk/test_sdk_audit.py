@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sdk_daemons import PASSPHRASE, Mesh, _cli, _enroll, _env, _free_port
+from daemon_support import Daemons, cli, daemon_env, free_port
+from test_sdk_daemons import ENV, HERE, PASSPHRASE, Mesh, _enroll
 
 from securemesh.errors import LocalError
 from securemesh.sdk import Device
@@ -52,42 +53,6 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> No
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-class Daemons:
-    """``securemesh node run`` processes, logs in files (a full pipe would block them)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, data_dir: Path) -> subprocess.Popen[bytes]:
-        (data_dir / "ready").unlink(missing_ok=True)
-        log_path = self.root / f"{data_dir.name}.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "securemesh", "node", "run", "--config",
-                 str(data_dir / "node.toml")],
-                env=_env(), stdout=subprocess.DEVNULL, stderr=log,
-            )  # fmt: skip
-        self.procs.append(proc)
-        _wait(
-            lambda: (data_dir / "ready").exists() or proc.poll() is not None,
-            f"{data_dir.name} ready",
-        )
-        assert proc.poll() is None, log_path.read_text()[-2000:]
-        return proc
-
-    def reap(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _audit(dev: Device) -> dict[str, Any]:
@@ -117,7 +82,7 @@ def _edge_parent_connected(edge: Path) -> bool:
 
 def _logged_rejections(cloud: Path) -> list[dict[str, Any]]:
     """The device's ``message.rejected`` events in the cloud log, as a security team asks."""
-    out = _cli(
+    out = cli(
         "audit", "query", "--db", str(cloud / "audit.db"), "--node", DEVICE,
         "--kind", "message.rejected", "--format", "json",
     )  # fmt: skip
@@ -156,22 +121,24 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
     tmp_path: Path,
 ) -> None:
     cloud, edge, dev_dir = tmp_path / "cloud", tmp_path / "edge", tmp_path / "dev"
-    daemons = Daemons(tmp_path)
+    daemons = Daemons(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE))
     try:
-        _cli(
+        cli(
             "init", "--data-dir", str(cloud), "--authority-id", "root",
-            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{_free_port()}",
+            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
+            env=ENV,
         )  # fmt: skip
         toml = cloud / "node.toml"
         toml.write_text("status_interval = 0.1\n" + toml.read_text())
-        cloud_proc = daemons.start(cloud)
-        edge_token = _cli(
+        daemons.run("cloud", cloud)
+        edge_token = cli(
             "token", "create", "--data-dir", str(cloud), "--tier", "edge",
             "--delegate", "--ttl", "10m",
         )  # fmt: skip
-        _cli(
+        cli(
             "enroll", "--data-dir", str(edge), "--token", edge_token,
-            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{_free_port()}",
+            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
+            env=ENV,
         )  # fmt: skip
         toml = edge / "node.toml"
         toml.write_text(
@@ -180,8 +147,8 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
             + toml.read_text()
             + EDGE_LIMITS
         )
-        daemons.start(edge)
-        _enroll(Mesh(cloud, edge, {}), dev_dir, DEVICE)
+        daemons.run("edge", edge)
+        _enroll(Mesh(cloud, edge, daemons), dev_dir, DEVICE)
         with open(dev_dir / "node.toml", "a", encoding="utf-8") as f:
             f.write(DEVICE_TUNING)
 
@@ -206,7 +173,7 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
             receipts = dict(_outbox_rows(dev_dir, "shipped"))
             assert len(receipts) == 2
             puts = json.loads(
-                _cli("audit", "query", "--db", str(cloud / "audit.db"), "--node", DEVICE,
+                cli("audit", "query", "--db", str(cloud / "audit.db"), "--node", DEVICE,
                      "--kind", "object.put", "--format", "json")
             )  # fmt: skip
             assert [(r["event_id"], r["index"], r["details"]) for r in puts] == [
@@ -214,8 +181,8 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
             ]
 
             # 2. cloud down: the next rejection waits in the device's outbox, on disk
-            cloud_proc.send_signal(signal.SIGKILL)
-            cloud_proc.wait(timeout=10)
+            daemons.procs["cloud"].send_signal(signal.SIGKILL)
+            daemons.procs["cloud"].wait(timeout=10)
             dev.request("edge-1", "app.poke", {}, timeout=10)
             _wait(
                 lambda: _audit(dev)["ship_failures"] >= 1 and _audit(dev)["outbox_pending"] == 1,
@@ -231,7 +198,7 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
             assert _logged_rejections(cloud) == first
 
             # 3. cloud back (same data dir and port): the waiting event arrives, once
-            daemons.start(cloud)
+            daemons.run("cloud", cloud)
             _wait(
                 lambda: _audit(dev)["outbox_pending"] == 0,
                 "the device outbox to drain after the cloud returned",
@@ -239,7 +206,7 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
             assert _audit(dev)["shipped"] == 3
             receipts = dict(_outbox_rows(dev_dir, "shipped"))
     finally:
-        daemons.reap()
+        daemons.close()
 
     rows = _logged_rejections(cloud)
     assert len(rows) == 2, rows
@@ -254,6 +221,6 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
     verify = subprocess.run(
         [sys.executable, "-m", "securemesh", "audit", "verify", "--db", str(cloud / "audit.db"),
          "--log-key-file", str(cloud / "audit-log.key"), "--no-state"],
-        env=_env(), capture_output=True, text=True, timeout=120, check=False,
+        env=daemon_env(), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr[-2000:]
