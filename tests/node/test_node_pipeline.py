@@ -47,10 +47,15 @@ class Rig:
             self.directory.add_certificate(m.cert, now=NOW)
         self.replies: set[bytes] = set()
         self.sessions: dict[bytes, object] = {}
+        self.pipeline = self.new_pipeline()
+        self.seq = 0
+
+    def new_pipeline(self) -> Pipeline:
+        """A pipeline over this rig's directory, sessions and clock, with fresh replay state."""
         policy = PolicyConfig.model_validate(
             {"allow": [{"types": ["app.*"]}, {"types": ["sensor.*"], "roles": ["sensor"]}]}
         ).build()
-        self.pipeline = Pipeline(
+        return Pipeline(
             node_id="edge-1",
             directory=self.directory,
             policy=policy,
@@ -60,7 +65,6 @@ class Rig:
             sessions=self.sessions,  # type: ignore[arg-type]
             reply_ok=lambda env: env.correlation_id in self.replies,
         )
-        self.seq = 0
 
     def signed(
         self,
@@ -327,23 +331,6 @@ def test_first_contact_from_a_token_key(rig: Rig) -> None:
 # ----------------------------------------------- step 4 on a worker thread (split)
 
 
-def _twin(rig: Rig) -> Pipeline:
-    """A second pipeline over the same directory and policy, with its own replay state."""
-    policy = PolicyConfig.model_validate(
-        {"allow": [{"types": ["app.*"]}, {"types": ["sensor.*"], "roles": ["sensor"]}]}
-    ).build()
-    return Pipeline(
-        node_id="edge-1",
-        directory=rig.directory,
-        policy=policy,
-        limits=Limits(max_body=1024),
-        replay=ReplayGuard(),
-        clock=rig.clock,
-        sessions=rig.sessions,  # type: ignore[arg-type]
-        reply_ok=lambda env: env.correlation_id in rig.replies,
-    )
-
-
 def _split(pipeline: Pipeline, frames: list[bytes], peer: Member) -> VerifiedMessage | Rejection:
     key = peer.identity.curve_public
     first = pipeline.process(key, frames, from_parent=False, defer_signature=True)
@@ -397,7 +384,7 @@ def test_split_path_agrees_with_the_inline_path(rig: Rig, data: st.DataObject) -
             mangled[j // 8] ^= 1 << (j % 8)
             frames[i] = bytes(mangled)
     inline = rig.pipeline.process(rig.dev.identity.curve_public, frames, from_parent=False)
-    split = _split(_twin(rig), frames, rig.dev)
+    split = _split(rig.new_pipeline(), frames, rig.dev)
     assert _outcome(inline) == _outcome(split)
 
 
