@@ -181,13 +181,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             # one token per device, created at its edge; the edge admits the tokens'
             # first-contact keys on its next status tick
             tokens: dict[str, str] = {}
-            begun = time.time()
             for edge, names in DEVICES.items():
                 for name in names:
                     tokens[name] = device_token(m, edge)
             tokens[SLEEPER] = device_token(m, "edge-b")
+            created = time.time()
             for edge in EDGES:
-                wait_ticks(m.edge_dir(edge), begun)
+                wait_ticks(m.edge_dir(edge), created)
             for name, token in tokens.items():
                 m.enrolled[name] = enroll(m, name, token)
             m.used_token = tokens[DEVICES["edge-a"][0]]
@@ -307,12 +307,12 @@ def test_devices_renew_their_certificates_at_half_life(mesh: Mesh) -> None:
         assert at >= half_life - 1.0  # not before half its lifetime (1 s: whole-second stamps)
         assert at < enrolled.not_after  # and before it expired
     # the renewed certificates are in use on every hop: the cloud verifies the
-    # devices with a renewed one, and they keep being served
+    # devices with a renewed one (the edge announces it; bounded wait for that)
     for name, dev in mesh.devices.items():
-        first = mesh.renewals[name][0][1].serial
-        facts = whoami(dev, "cloud-1")
-        assert facts["serial"] != mesh.enrolled[name].serial
-        assert facts["serial"] in {c.serial for _, c in mesh.renewals[name]} | {first}
+        renewed = mesh.renewals[name]
+        wait_until(
+            lambda d=dev, r=renewed: whoami(d, "cloud-1")["serial"] in {c.serial for _, c in r}, 10
+        )
         assert (mesh.data_dir(name) / "node.cert").read_bytes() == (
             dev.async_device.node.signed_certificate.to_bytes()
         )
@@ -366,9 +366,8 @@ def test_revocation_cuts_off_a_live_device_within_one_broadcast(mesh: Mesh) -> N
 def test_an_edge_enrolls_a_device_while_the_cloud_is_down(mesh: Mesh) -> None:
     daemons = mesh.daemons
     assert daemons.stop("cloud-1") == 0  # the process is gone
-    begun = time.time()
     token = device_token(mesh, "edge-b")  # the edge's own token store, no cloud involved
-    wait_ticks(mesh.edge_dir("edge-b"), begun)
+    wait_ticks(mesh.edge_dir("edge-b"), time.time())
     info = enroll(mesh, "edge-b.late", token)
     assert (info.issuer, info.tier) == ("edge-b", "end")
     late = connect(mesh, "edge-b.late")
@@ -420,9 +419,8 @@ def test_an_expired_device_re_enrolls_with_a_fresh_token_and_keeps_its_data(mesh
     wait_until(lambda: time.time() >= old.not_after + 0.5, LIFETIME * 2)
     with pytest.raises(CertificateExpired):
         Device.connect(path, passphrase=PASSPHRASE, connect_timeout=5)
-    begun = time.time()
     token = device_token(mesh, "edge-b")
-    wait_ticks(mesh.edge_dir("edge-b"), begun)
+    wait_ticks(mesh.edge_dir("edge-b"), time.time())
     info = enroll(mesh, SLEEPER, token)
     assert not info.new_keys  # the same identity: keys kept
     assert info.serial != old.serial
