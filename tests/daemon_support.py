@@ -46,14 +46,30 @@ def daemon_env(*, pythonpath: Iterable[Path] = (), passphrase: str | None = None
     return env
 
 
-def start_daemon(toml: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """``python -m securemesh node run --config toml`` (stderr kept for diagnostics)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "securemesh", "node", "run", "--config", str(toml)],
-        env=dict(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+def log_path(data_dir: Path) -> Path:
+    """Where a daemon's stderr (its structured log) goes: beside its data dir."""
+    return data_dir.with_name(data_dir.name + ".log")
+
+
+def log_tail(data_dir: Path, size: int = 3000) -> str:
+    with contextlib.suppress(FileNotFoundError):
+        return log_path(data_dir).read_bytes()[-size:].decode("utf-8", "replace")
+    return ""
+
+
+def start_daemon(
+    toml: Path, env: Mapping[str, str], data_dir: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m securemesh node run --config toml``; stderr appended to :func:`log_path`
+    of ``data_dir`` (default: the config's directory) — a file, not a pipe: a pipe
+    nobody reads would block a chatty daemon."""
+    with open(log_path(data_dir or toml.parent), "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "securemesh", "node", "run", "--config", str(toml)],
+            env=dict(env),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 def wait_ready(
@@ -68,8 +84,7 @@ def wait_ready(
             if isinstance(data, dict) and data.get("pid") == proc.pid:
                 return data
         if proc.poll() is not None:
-            err = proc.stderr.read() if proc.stderr else b""
-            raise AssertionError(f"daemon {data_dir.name} exited early: {err[-3000:]!r}")
+            raise AssertionError(f"daemon {data_dir.name} exited early: {log_tail(data_dir)}")
         if time.monotonic() > deadline:
             raise AssertionError(f"daemon {data_dir.name} not ready in {timeout} s")
         time.sleep(0.02)
@@ -102,7 +117,7 @@ def wait_status(
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int:
-    """SIGTERM, wait up to ``timeout``, else SIGKILL; close stderr; return the exit status."""
+    """SIGTERM, wait up to ``timeout``, else SIGKILL; return the exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -110,8 +125,6 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -
     except subprocess.TimeoutExpired:
         proc.kill()
         code = proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
     return code
 
 
@@ -129,7 +142,7 @@ class Daemons:
         if old is not None and old.poll() is None:
             raise AssertionError(f"daemon {name} is already running")
         self.dirs[name] = data_dir
-        self.procs[name] = start_daemon(toml or data_dir / "node.toml", self.env)
+        self.procs[name] = start_daemon(toml or data_dir / "node.toml", self.env, data_dir)
 
     def wait_ready(self, name: str, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
         return wait_ready(self.dirs[name], self.procs[name], timeout)

@@ -24,12 +24,16 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from securemesh.cli._common import passphrase_options
 from securemesh.cli._common import read_passphrase as _passphrase
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import Tier
-from securemesh.errors import ConfigError, StateFileError
+from securemesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    from securemesh.enroll._store import TokenStore
 
 __all__ = ["parse_duration", "register"]
 
@@ -144,16 +148,21 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_list(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
-
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
+def _existing_token_store(args: argparse.Namespace) -> TokenStore:
+    """The data dir's token store; ConfigError (not a new empty store) if it has none."""
+    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415 - sqlalchemy
 
     data_dir = _data_dir(args)
     if not (data_dir / DEFAULT_TOKEN_DB).exists():
         raise ConfigError(f"{data_dir} has no token store")
+    return TokenStore.in_dir(data_dir)
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
     now = time.time()
-    with TokenStore.in_dir(data_dir) as store:
+    with _existing_token_store(args) as store:
         records = store.list_tokens(include_used=args.all, include_expired=args.all)
     for rec in records:
         state = "usable" if rec.usable_at(now) else ("used" if rec.used else "expired")
@@ -177,16 +186,11 @@ def _token_list(args: argparse.Namespace) -> int:
 
 
 def _token_withdraw(args: argparse.Namespace) -> int:
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
-
-    data_dir = _data_dir(args)
-    if not (data_dir / DEFAULT_TOKEN_DB).exists():
-        raise ConfigError(f"{data_dir} has no token store")
-    try:
-        token_id = bytes.fromhex(args.token_id)
-    except ValueError as exc:
-        raise ConfigError("a token id is 32 hex digits (see `token list`)") from exc
-    with TokenStore.in_dir(data_dir) as store:
+    with _existing_token_store(args) as store:
+        try:
+            token_id = bytes.fromhex(args.token_id)
+        except ValueError as exc:
+            raise ConfigError("a token id is 32 hex digits (see `token list`)") from exc
         withdrawn = store.revoke(token_id)
     print(
         f"token {args.token_id} "
@@ -197,12 +201,7 @@ def _token_withdraw(args: argparse.Namespace) -> int:
 
 
 def _token_prune(args: argparse.Namespace) -> int:
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415
-
-    data_dir = _data_dir(args)
-    if not (data_dir / DEFAULT_TOKEN_DB).exists():
-        raise ConfigError(f"{data_dir} has no token store")
-    with TokenStore.in_dir(data_dir) as store:
+    with _existing_token_store(args) as store:
         keep = 0 if args.keep_used.strip() in {"0", "0s"} else parse_duration(args.keep_used)
         removed = store.prune_expired(keep_used_s=keep)
     print(f"removed {removed} expired token record(s)", file=sys.stderr)
@@ -227,15 +226,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from securemesh.enroll._client import enroll_over_zmq  # noqa: PLC0415 - lazy (pyzmq)
-    from securemesh.enroll._state import (  # noqa: PLC0415
-        SEQUENCE_FILE,
-        existing_trust,
-        identity_for_enrollment,
-        save_enrollment,
-    )
-    from securemesh.enroll._token import JoinToken  # noqa: PLC0415
-    from securemesh.wire import SequenceCounter  # noqa: PLC0415
+    from securemesh.enroll._client import enroll_data_dir, read_join_token  # noqa: PLC0415 - lazy
 
     if (args.token is None) == (args.token_file is None):
         raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")
@@ -243,24 +234,21 @@ def _enroll(args: argparse.Namespace) -> int:
         text = Path(args.token_file).read_text(encoding="ascii", errors="replace")[:4096]
     else:
         text = args.token
-    token = JoinToken.decode(text)
-    if token.is_expired(time.time()):
-        raise ConfigError("this join token has expired: ask for a fresh one")
+    token = read_join_token(text, time.time())
     data_dir = _data_dir(args)
     passphrase = _passphrase(args.passphrase_env, confirm=not (data_dir / "identity.key").exists())
-    trust = existing_trust(data_dir)
-    identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=_KDF_PARAMS)
-    # Continue the node's persisted envelope counter: the server's replay window
-    # remembers a re-enrolling node's id (the daemon must not be running).
-    try:
-        with SequenceCounter(data_dir / SEQUENCE_FILE) as counter:
-            sequence = counter.next()
-    except StateFileError as exc:
-        raise ConfigError(f"{exc} (stop the node daemon before enrolling again)") from exc
-    result = enroll_over_zmq(
-        token, identity, args.node_id, timeout=args.timeout, trust=trust, sequence=sequence
+    done = enroll_data_dir(
+        token,
+        data_dir,
+        node_id=args.node_id,
+        passphrase=passphrase,
+        kdf_params=_KDF_PARAMS,
+        timeout=args.timeout,
+        listen=args.listen,
+        in_use_error=ConfigError,
+        in_use_hint="stop the node daemon before enrolling again",
     )
-    files = save_enrollment(data_dir, token, result, listen=args.listen)
+    result, files, created = done.result, done.files, done.new_keys
     cert = result.cert
     print(
         f"enrolled {cert.node_id!r} as {cert.tier.value} (serial {cert.serial}, issuer "

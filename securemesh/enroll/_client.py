@@ -38,6 +38,12 @@ The reply is read without trusting anything but the token:
 
 :func:`reply_frames` is the matching server-side helper (what a node's
 ``enroll.request`` handler sends back).
+
+:func:`enroll_data_dir` is the whole client side over a data directory, the
+one path behind ``securemesh enroll`` and ``Device.enroll``: the trust store
+of an earlier enrollment (so a rollback is refused), the identity (kept, or
+generated and written encrypted), the next number of the persisted sequence
+counter, :func:`enroll_over_zmq`, and :func:`~securemesh.enroll._state.save_enrollment`.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -66,10 +75,20 @@ from securemesh.enroll._protocol import (
     accept_enroll_reply,
     build_enroll_request,
 )
+from securemesh.enroll._state import (
+    SEQUENCE_FILE,
+    NodeFiles,
+    existing_trust,
+    identity_for_enrollment,
+    save_enrollment,
+)
 from securemesh.enroll._token import JoinToken
 from securemesh.errors import (
     AuthenticationError,
+    ConfigError,
     DecodeError,
+    LocalError,
+    StateFileError,
     TokenError,
     TransportError,
     UnexpectedMessage,
@@ -80,16 +99,23 @@ from securemesh.wire import (
     Flags,
     Frame,
     Limits,
+    SequenceCounter,
     WireFrame,
     decode,
     encode_signed,
 )
 
+if TYPE_CHECKING:
+    from securemesh.crypto.keystore import KdfParams
+
 __all__ = [
     "MSG_ENROLL_REPLY",
     "MSG_MESH_ERROR",
+    "DataDirEnrollment",
+    "enroll_data_dir",
     "enroll_over_zmq",
     "open_enroll_request",
+    "read_join_token",
     "reply_frames",
     "request_frames",
     "verify_reply",
@@ -279,3 +305,59 @@ def enroll_over_zmq(
     finally:
         sock.close(linger=0)
         ctx.term()
+
+
+# ---------------------------------------------------------------- a data directory
+
+
+def read_join_token(text: str, now: float) -> JoinToken:
+    """Decode a join token and refuse an expired one (before any passphrase or key work)."""
+    token = JoinToken.decode(text)
+    if token.is_expired(now):
+        raise ConfigError("this join token has expired: ask for a fresh one")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class DataDirEnrollment:
+    """What :func:`enroll_data_dir` did: the verified result, the files, whether keys are new."""
+
+    result: EnrollResult
+    files: NodeFiles
+    new_keys: bool
+
+
+def enroll_data_dir(
+    token: JoinToken,
+    data_dir: Path,
+    *,
+    node_id: str,
+    passphrase: str,
+    kdf_params: KdfParams,
+    timeout: float,
+    clock: Callable[[], float] = time.time,
+    listen: str | None = None,
+    in_use_hint: str,
+    in_use_error: type[LocalError] = StateFileError,
+) -> DataDirEnrollment:
+    """Enroll the node of ``data_dir`` with ``token`` and write the daemon's layout there.
+
+    Keys are kept (``identity.key`` exists: re-enrollment) or generated and
+    saved under ``passphrase`` with ``kdf_params``. The envelope counter in
+    ``sequence.state`` is continued, because the server's replay window
+    remembers a re-enrolling node's id; if the counter is locked (the node is
+    running) this raises ``in_use_error`` naming ``in_use_hint`` before the
+    token is spent. ``listen`` goes to a new ``node.toml`` of an edge.
+    """
+    trust = existing_trust(data_dir)
+    identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=kdf_params)
+    try:
+        with SequenceCounter(data_dir / SEQUENCE_FILE) as counter:
+            sequence = counter.next()
+    except StateFileError as exc:
+        raise in_use_error(f"{exc} ({in_use_hint})") from exc
+    result = enroll_over_zmq(
+        token, identity, node_id, timeout=timeout, clock=clock, sequence=sequence, trust=trust
+    )
+    files = save_enrollment(data_dir, token, result, listen=listen)
+    return DataDirEnrollment(result, files, created)

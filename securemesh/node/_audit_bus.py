@@ -2,17 +2,20 @@
 
 Theory of operation
 -------------------
-Every node daemon writes its audit events (rejected messages, enrollments,
-renewals, revocations, and whatever its services record) to its durable
-:class:`~securemesh.audit.outbox.Outbox` first (:class:`AuditRecorder`), signed
-by its own identity key. An :class:`AuditShipper` task then ships the oldest
-pending events in batches and deletes exactly the acknowledged ones
+Every node — a daemon, or an SDK device (:class:`~securemesh.sdk.Device`) —
+writes its audit events (rejected messages, enrollments, renewals,
+revocations, and whatever its services or application record) to its durable
+:class:`~securemesh.audit.outbox.Outbox` (``audit-outbox.db`` in its data
+directory) first (:class:`AuditRecorder`), signed by its own identity key;
+:meth:`NodeAudit.open` is the one wiring both use. An :class:`AuditShipper`
+task then ships the oldest pending events in batches and deletes exactly the
+acknowledged ones
 (:func:`~securemesh.audit.outbox.ship_once_async`); while the cloud is
 unreachable it retries with capped exponential backoff and jitter, so the
 events wait on disk. The cloud's append is idempotent by event id, so the
 at-least-once shipping puts every event in the log exactly once.
 
-* An **edge** (or any non-cloud node) ships with
+* An **edge**, a **device** (or any non-cloud node) ships with
   ``node.request(cloud, "audit.append", AuditAppend(...))`` — a SIGNED request,
   routed up the tree and verified at the cloud like every other message.
 * The **cloud** ships its own outbox in-process to the same
@@ -95,8 +98,9 @@ __all__ = [
     "AuditAppendReply",
     "AuditRecorder",
     "AuditShipper",
+    "OUTBOX_FILE",
     "BusAuditIngest",
-    "DaemonAudit",
+    "NodeAudit",
     "allow_audit_relay",
     "audit_recorder",
     "bus_sender",
@@ -145,7 +149,7 @@ _RECORDERS: weakref.WeakKeyDictionary[MeshNode, AuditRecorder] = weakref.WeakKey
 
 
 def audit_recorder(node: MeshNode) -> AuditRecorder | None:
-    """The daemon's recorder for ``node`` (services record their own events with it)."""
+    """The recorder of ``node`` (daemon services and device apps record their own events)."""
     return _RECORDERS.get(node)
 
 
@@ -461,7 +465,7 @@ class BusAuditIngest:
         }
 
 
-# ------------------------------------------------------------------ the daemon
+# ------------------------------------------------------------- a node's audit
 
 
 def open_cloud_log(data_dir: Path, *, log_db: str | None, log_key: str | None) -> AuditLog:
@@ -485,16 +489,62 @@ LOG_KEY_FILE: Final = "audit-log.key"
 LOG_DB_FILE: Final = "audit.db"
 
 
-class DaemonAudit:
-    """Everything audit in one node daemon: recorder, shipper, and (cloud) the ingest handler."""
+#: A node's outbox in its data directory (daemon and SDK device alike).
+OUTBOX_FILE: Final = "audit-outbox.db"
+
+
+class NodeAudit:
+    """Everything audit in one node, a daemon or an SDK device (:meth:`open`).
+
+    The durable outbox with the rejection hook (:class:`~securemesh.node.RejectionAuditor`
+    as the node's ``metrics.audit_hook``), the recorder, the shipper, and
+    on a cloud node the ``audit.append`` ingest handler in front of the log.
+    It owns the outbox: :meth:`close` closes it.
+    """
+
+    @classmethod
+    def open(
+        cls,
+        config: NodeConfig,
+        node: MeshNode,
+        data_dir: Path,
+        signer: Signer,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> NodeAudit:
+        """Open ``data_dir/audit-outbox.db``, hook rejections into it, wire shipping.
+
+        Call before ``node.start()``, then :meth:`start` on the running loop;
+        at shutdown :meth:`stop` (before ``node.stop``) and :meth:`close`.
+        """
+        from securemesh.audit.outbox import Outbox  # noqa: PLC0415 - sqlite3 only
+        from securemesh.node._audit import RejectionAuditor  # noqa: PLC0415
+
+        outbox = Outbox(data_dir / OUTBOX_FILE, keep_receipts=config.audit.keep_receipts)
+        try:
+            node.metrics.audit_hook = RejectionAuditor(
+                outbox, origin=node.node_id, signer=signer, window=config.limits.log_window
+            )
+            return cls(config, node, outbox, data_dir, signer, clock=clock)
+        except BaseException:
+            node.metrics.audit_hook = None
+            outbox.close()
+            raise
 
     def __init__(
-        self, config: NodeConfig, node: MeshNode, outbox: Outbox, data_dir: Path, signer: Signer
+        self,
+        config: NodeConfig,
+        node: MeshNode,
+        outbox: Outbox,
+        data_dir: Path,
+        signer: Signer,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.node = node
         self.outbox = outbox
-        self.recorder = AuditRecorder(outbox, origin=node.node_id, signer=signer)
+        self.recorder = AuditRecorder(outbox, origin=node.node_id, signer=signer, clock=clock)
         self.recorder.attach(node)
         self.ingest: BusAuditIngest | None = None
         self._log: AuditLog | None = None
@@ -540,10 +590,14 @@ class DaemonAudit:
             self._task = None
 
     def close(self) -> None:
-        if self.ingest is not None:
-            self.ingest.close()
-        if self._log is not None:
-            self._log.close()
+        """Close the ingest thread, the log and the outbox (after :meth:`stop`)."""
+        try:
+            if self.ingest is not None:
+                self.ingest.close()
+            if self._log is not None:
+                self._log.close()
+        finally:
+            self.outbox.close()
 
     def _record(self, kind: str, subject: str, details: dict[str, Any], event_id: str) -> None:
         try:

@@ -37,6 +37,7 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     peers/*.cert        certificates of nodes to admit before they say hello (optional)
     sequence.state      the envelope sequence counter (created)
     replay.json         replay high-water marks per sender (saved every 30 s and at stop)
+    route-evidence.json freshest route evidence per node (edges, cloud; saved with replay.json)
     audit-outbox.db     signed audit events waiting for the cloud log's acknowledgement
     audit.db            cloud only: the audit log (SQLite; [audit] log_db may name another DB)
     audit-log.key(.pub) cloud only: the log key (created at first start) and its verifier
@@ -188,6 +189,10 @@ class NodeConfig(_Strict):
     #: Node id that answers ``cert.renew`` for root-issued certificates (default:
     #: the cloud node learned from the parent's hello).
     authority_node: NodeId | None = None
+    #: Worker threads that check the Ed25519 signatures of a backlog of SIGNED
+    #: envelopes while the event loop goes on (libsodium releases the GIL);
+    #: 0 checks every signature on the event loop.
+    verify_threads: int = Field(default=2, ge=0, le=64)
     #: Lifetime (seconds) of the certificates this node issues and renews when it
     #: serves enrollment (a cloud with ``authority/``, an edge with
     #: ``delegation.cert``); a cloud's delegations to edges get the same lifetime.

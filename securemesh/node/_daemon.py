@@ -66,7 +66,7 @@ from securemesh.errors import (
     SecureMeshError,
 )
 from securemesh.messages import b64d
-from securemesh.node._audit_bus import DaemonAudit
+from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._directory import Directory
 from securemesh.node._node import MeshNode
@@ -139,9 +139,14 @@ class NodeFiles:
         return self.data_dir / "replay.json"
 
     @property
+    def route_evidence(self) -> Path:
+        """Freshest route evidence per node, so a restart does not accept stale routes."""
+        return self.data_dir / "route-evidence.json"
+
+    @property
     def audit_outbox(self) -> Path:
         """Signed ``message.rejected`` events waiting to be shipped to the cloud log."""
-        return self.data_dir / "audit-outbox.db"
+        return self.data_dir / OUTBOX_FILE
 
     @property
     def ready(self) -> Path:
@@ -170,12 +175,15 @@ def _read_small(path: Path, what: str) -> bytes:
     return read_small_file(path, limit=_MAX_SMALL_FILE, what=what)
 
 
-def load_replay_marks(path: Path) -> dict[str, int]:
-    """``replay.json`` ({node id: highest sequence}); empty if missing, ConfigError if corrupt."""
+def load_replay_marks(path: Path, *, what: str = "replay state") -> dict[str, int]:
+    """``{node id: sequence}`` JSON (``replay.json``, ``route-evidence.json``).
+
+    Empty if missing, :class:`ConfigError` if corrupt.
+    """
     if not path.exists():
         return {}
     try:
-        data = json.loads(_read_small(path, "replay state"))
+        data = json.loads(_read_small(path, what))
         if not isinstance(data, dict):
             raise ValueError("not an object")
         marks: dict[str, int] = {}
@@ -184,7 +192,7 @@ def load_replay_marks(path: Path) -> dict[str, int]:
                 raise ValueError("entries are node id -> u64")
             marks[key] = value
     except ValueError as exc:
-        raise ConfigError(f"replay state {path} is corrupt: {exc}") from exc
+        raise ConfigError(f"{what} {path} is corrupt: {exc}") from exc
     return marks
 
 
@@ -320,7 +328,7 @@ class _Daemon:
         self._rl_mtime = -1.0
         self.token_sync: Any = None
         self._replay_saved = time.monotonic()
-        self.audit: DaemonAudit | None = None
+        self.audit: NodeAudit | None = None
 
     def _enrolled(self, node_id: str) -> None:
         if self.token_sync is not None:
@@ -473,6 +481,7 @@ class _Daemon:
         if now - self._replay_saved >= REPLAY_SAVE_INTERVAL:
             self._replay_saved = now
             save_replay_marks(self.files.replay, self.node.replay_high_water_marks())
+            save_replay_marks(self.files.route_evidence, self.node.route_evidence())
         if self.token_sync is not None:
             self.token_sync.refresh(self.node.directory)
         self.admit_peers()
@@ -552,6 +561,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             sequence=counter.next,
             authority_certificate=state.authority_certificate,
             replay_restore=load_replay_marks(files.replay),
+            route_evidence_restore=load_replay_marks(files.route_evidence, what="route evidence"),
         )
     except (LocalError, CertificateError) as exc:
         await transport.close()
@@ -564,18 +574,9 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
-    from securemesh.audit.outbox import Outbox  # noqa: PLC0415 - sqlite3 only
-    from securemesh.node._audit import RejectionAuditor  # noqa: PLC0415
-
-    outbox = Outbox(files.audit_outbox, keep_receipts=config.audit.keep_receipts)
-    node.metrics.audit_hook = RejectionAuditor(
-        outbox, origin=node.node_id, signer=state.identity.signer, window=lim.log_window
-    )
     daemon = _Daemon(config, node, files)
     try:
-        audit = daemon.audit = DaemonAudit(
-            config, node, outbox, files.data_dir, state.identity.signer
-        )
+        audit = daemon.audit = NodeAudit.open(config, node, files.data_dir, state.identity.signer)
         daemon.enable_enrollment(state, passphrase)
         for service in [*load_services(config.services), *services]:
             service(node)
@@ -584,7 +585,6 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
         counter.close()
         if daemon.audit is not None:
             daemon.audit.close()
-        outbox.close()
         raise
     daemon.admit_peers()
     stop_event = stop if stop is not None else asyncio.Event()
@@ -617,11 +617,11 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
         await node.stop(config.limits.drain_timeout)
         with contextlib.suppress(SecureMeshError, OSError):
             save_replay_marks(files.replay, node.replay_high_water_marks())
+            save_replay_marks(files.route_evidence, node.route_evidence())
         with contextlib.suppress(SecureMeshError, OSError):
             daemon.write_status(state="stopped")
         counter.close()
         audit.close()
-        outbox.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)

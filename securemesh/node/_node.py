@@ -103,6 +103,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -158,14 +159,17 @@ from securemesh.node._pipeline import (
     FirstContactResolver,
     HeldMessage,
     HoldBuffer,
+    PendingSignature,
     Pipeline,
     VerifiedMessage,
 )
+from securemesh.node._stage import VerifyStage
 from securemesh.policy import AllowTypes, Policy
 from securemesh.session import Handshake, Session, SessionLimits
 from securemesh.transport import Channel, Connection, Listener, Transport
 from securemesh.wire import (
     ZERO_ID,
+    AuthMode,
     Envelope,
     Flags,
     Limits,
@@ -186,6 +190,11 @@ log = logging.getLogger("securemesh.node")
 Auth = Literal["signed", "session"]
 #: Step-3 rejections of a relayed message that a certificate lookup may cure.
 _LOOKUP_REASONS = ("unknown_sender", "certificate_expired")
+
+# The header byte that holds the auth mode (docs/protocol.md §3.2), read before
+# decoding to tell a SIGNED envelope of a backlog from the rest (see _recv_loop).
+_AUTH_MODE_AT = 3
+_SIGNED = int(AuthMode.SIGNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +301,7 @@ class MeshNode:
         authority_certificate: SignedCertificate | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         replay_restore: Mapping[str, int] | None = None,
+        route_evidence_restore: Mapping[str, int] | None = None,
         hold: HoldBuffer | None = None,
     ) -> None:
         self.config = config
@@ -353,6 +363,8 @@ class MeshNode:
         #: route evidence: the highest sequence of a node's own attachment statement or
         #: relayed envelope that set its route, and the statement to pass upward
         self._attach_seq: dict[str, int] = {}
+        restored = (route_evidence_restore or {}).items()
+        self._attach_seq.update(itertools.islice(restored, lim.max_senders))
         self._attachments: dict[str, tuple[int, str]] = {}
         self._children: dict[bytes, _Link] = {}
         self._direct: dict[str, _Link] = {}
@@ -373,6 +385,8 @@ class MeshNode:
         self.parent_rtt: float | None = None
         self._parent_failures = 0
         self._loops: list[asyncio.Task[None]] = []
+        self._verify_pool: ThreadPoolExecutor | None = None
+        self._stages: list[VerifyStage] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = asyncio.Semaphore(lim.max_inflight)
         self._inflight_count = 0
@@ -486,6 +500,9 @@ class MeshNode:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
+        if self._verify_pool is not None:
+            self._verify_pool.shutdown(wait=False, cancel_futures=True)
+            self._verify_pool = None
         for pending_req in self._pending.values():
             if not pending_req.future.done():
                 pending_req.future.set_exception(TransportClosed("node stopped"))
@@ -498,6 +515,15 @@ class MeshNode:
     def replay_high_water_marks(self) -> dict[str, int]:
         """Every sender's highest accepted sequence, to restore after a restart."""
         return self._replay.high_water_marks()
+
+    def route_evidence(self) -> dict[str, int]:
+        """The sequence of the freshest route evidence seen per node, to restore after a restart.
+
+        Without it a restarted parent would take any validly signed attachment
+        statement again — including an old one an edge kept from a time the
+        device was attached below it — and route the device there.
+        """
+        return dict(self._attach_seq)
 
     # ---------------------------------------------------------- certificate
 
@@ -810,58 +836,125 @@ class MeshNode:
     async def _recv_loop(self, channel: Channel, from_parent: bool) -> None:  # noqa: PLR0912
         process = self.pipeline.process
         metrics = self.metrics
-        handlers = self._handlers
-        node_id = self.node_id
-        clock = self._clock
-        while not self._stopped:  # see _maintenance: a swallowed cancel must still end the loop
-            try:
-                peer, frames = await channel.recv()
-            except TransportClosed:
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("receive failed", extra={"event": "recv_error"})
-                await asyncio.sleep(0.01)
-                continue
-            metrics.received += 1
-            result = process(peer, frames, from_parent=from_parent)
-            if type(result) is Rejection:
-                if result.reason in _LOOKUP_REASONS and self._hold_for_lookup(
-                    result, frames, channel, from_parent
-                ):
-                    continue  # verified from step 1 again once the lookup ends
-                metrics.reject(result)
-                if result.detail == NO_SESSION:
-                    self._hint_session_reset(result, channel, from_parent)
-                continue
-            msg = cast("VerifiedMessage", result)
-            try:
-                # Fast path (the common case of a stream): a one-way message for
-                # us, to a plain-function handler. Same steps as _route/_deliver,
-                # without two coroutine frames per message.
-                env = msg.envelope
-                header = env.header
-                if header.flags is Flags.NONE and header.recipient == node_id:
-                    entry = handlers.get(header.msg_type)
-                    if entry is not None and not entry.is_async and not entry.builtin:
-                        link = self._link_of(msg, channel, from_parent)
-                        link.last_seen = clock()
-                        msg.link = link
-                        metrics.accepted += 1
-                        if self._draining:
+        take = self._take
+        stage = self._verify_stage(channel, from_parent)
+        try:
+            while not self._stopped:  # see _maintenance: a swallowed cancel must still end it
+                try:
+                    peer, frames = await channel.recv()
+                except TransportClosed:
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("receive failed", extra={"event": "recv_error"})
+                    await asyncio.sleep(0.01)
+                    continue
+                metrics.received += 1
+                if stage is not None:
+                    # A backlog: SIGNED envelopes' signatures go to worker threads and
+                    # whatever arrives meanwhile queues behind them (see _stage.py).
+                    head = frames[0] if frames else b""
+                    if len(head) > _AUTH_MODE_AT and head[_AUTH_MODE_AT] == _SIGNED:
+                        if stage.busy or channel.has_queued():
+                            early = process(
+                                peer, frames, from_parent=from_parent, defer_signature=True
+                            )
+                            if type(early) is Rejection:  # may depend on earlier messages: redo
+                                stage.put_frames(peer, frames)
+                            else:
+                                stage.put(cast("PendingSignature | VerifiedMessage", early))
+                            await stage.wait_for_room()
                             continue
-                        metrics.dispatched += 1
-                        try:
-                            entry.fn(msg)
-                        except Exception as exc:
-                            await self._handler_failed(msg, exc)
+                    elif stage.busy:
+                        stage.put_frames(peer, frames)
+                        await stage.wait_for_room()
                         continue
-                await self._route(msg, channel, from_parent)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatch failed", extra={"event": "dispatch_error"})
+                result = process(peer, frames, from_parent=from_parent)
+                try:
+                    rest = take(
+                        cast("VerifiedMessage | Rejection", result), channel, from_parent, frames
+                    )
+                    if rest is not None:
+                        await rest
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("dispatch failed", extra={"event": "dispatch_error"})
+        finally:
+            if stage is not None:
+                await stage.close()
+
+    def _verify_stage(self, channel: Channel, from_parent: bool) -> VerifyStage | None:
+        if self.config.verify_threads == 0:
+            return None
+
+        async def deliver(
+            result: VerifiedMessage | Rejection, frames: Sequence[bytes] | None
+        ) -> None:
+            rest = self._take(result, channel, from_parent, frames)
+            if rest is not None:
+                await rest
+
+        stage = VerifyStage(self.pipeline, self._verify_executor, deliver, from_parent=from_parent)
+        self._stages.append(stage)
+        return stage
+
+    def _verify_executor(self) -> Executor:
+        """The worker threads that check a backlog's signatures (made on first use)."""
+        if self._verify_pool is None:
+            self._verify_pool = ThreadPoolExecutor(
+                max_workers=self.config.verify_threads, thread_name_prefix="securemesh-verify"
+            )
+        return self._verify_pool
+
+    def _take(
+        self,
+        result: VerifiedMessage | Rejection,
+        channel: Channel,
+        from_parent: bool,
+        frames: Sequence[bytes] | None,
+    ) -> Awaitable[None] | None:
+        """Deliver one pipeline result; return what is left to await, if anything.
+
+        A relayed message from an origin we hold no (valid) certificate for is
+        held while ``cert.lookup`` runs (:meth:`_hold_for_lookup`, given its
+        ``frames``); any other rejection is counted (and may trigger a
+        session-reset hint). A one-way message for us to a plain-function
+        handler — the common case of a stream — is dispatched right here,
+        without two coroutine frames per message (same steps as
+        :meth:`_route`/:meth:`_deliver`); anything else goes to :meth:`_route`.
+        """
+        if type(result) is Rejection:
+            if (
+                result.reason in _LOOKUP_REASONS
+                and frames is not None
+                and self._hold_for_lookup(result, frames, channel, from_parent)
+            ):
+                return None  # verified from step 1 again once the lookup ends
+            self.metrics.reject(result)
+            if result.detail == NO_SESSION:
+                self._hint_session_reset(result, channel, from_parent)
+            return None
+        msg = cast("VerifiedMessage", result)
+        header = msg.envelope.header
+        if header.flags is Flags.NONE and header.recipient == self.node_id:
+            entry = self._handlers.get(header.msg_type)
+            if entry is not None and not entry.is_async and not entry.builtin:
+                link = self._link_of(msg, channel, from_parent)
+                link.last_seen = self._clock()
+                msg.link = link
+                metrics = self.metrics
+                metrics.accepted += 1
+                if self._draining:
+                    return None
+                metrics.dispatched += 1
+                try:
+                    entry.fn(msg)
+                except Exception as exc:
+                    return self._handler_failed(msg, exc)
+                return None
+        return self._route(msg, channel, from_parent)
 
     def _reject(self, msg: VerifiedMessage, exc: RemoteError) -> None:
         env = msg.envelope
@@ -902,13 +995,18 @@ class MeshNode:
         return link
 
     def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
-        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?"""
+        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?
+
+        The same evidence again is fresh for the link that holds the route, or
+        for any link when there is no route (e.g. after a restart restored the
+        evidence): it names its parent, so only the link below that parent can
+        use it.
+        """
         known = self._attach_seq.get(node_id)
-        return (
-            known is None
-            or sequence > known
-            or (sequence == known and self._routes.get(node_id) is link)
-        )
+        if known is None or sequence > known:
+            return True
+        current = self._routes.get(node_id)
+        return sequence == known and (current is link or current is None)
 
     async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
         env = msg.envelope
@@ -1746,6 +1844,12 @@ class MeshNode:
             "sessions": {"count": len(self._sessions), "peers": self.session_peers()},
             "inflight": self._inflight_count,
             "draining": self._draining,
+            "verify": {
+                "threads": self.config.verify_threads,
+                "offloaded": sum(st.deferred for st in self._stages),
+                "batches": sum(st.batches for st in self._stages),
+                "queued": sum(st.queued for st in self._stages),
+            },
             "counters": self.metrics.snapshot(),
             "transport": transport_stats,
             "certificate": {

@@ -41,6 +41,19 @@ replay high-water marks of its senders (``replay.json``, every 30 s and on
 close, restored on connect), so frames it accepted before a restart stay
 refused after it.
 
+**Audit.** As a node daemon does (the same wiring,
+:meth:`securemesh.node._audit_bus.NodeAudit.open`), the device writes every
+message its pipeline rejects as a signed ``message.rejected`` event (reason,
+claimed sender, at most one per peer and reason per ``limits.log_window``)
+to a durable SQLite outbox, ``audit-outbox.db`` in its data directory, before
+anything else; :meth:`record_audit` adds the application's own events. A
+shipper task sends them as ``audit.append`` requests through the edge to the
+cloud log and deletes each only once the cloud acknowledged it with its leaf
+index; while the cloud is unreachable they wait on disk (across restarts of
+the device too) and are retried with capped backoff (``[audit]`` in
+``node.toml``). ``status()["audit"]`` shows ``outbox_pending``, ``shipped``
+and the last error.
+
 **Revocation.** A ``mesh.revocation`` broadcast (or the list in a renewal
 reply) that revokes this device sets ``state`` to ``"revoked"`` (sends then
 fail locally with :class:`~securemesh.errors.CertificateRevoked`); the edge
@@ -67,10 +80,10 @@ from securemesh.errors import (
     SecureMeshError,
     TransportClosed,
 )
+from securemesh.sdk._device import DEFAULT_TIERS, Device
 from securemesh.sdk._files import (
     DeviceFiles,
     Enrollment,
-    enroll_device,
     load_device,
     resolve_passphrase,
     save_renewal,
@@ -81,6 +94,7 @@ if TYPE_CHECKING:
     from securemesh.crypto.certs import Certificate
     from securemesh.crypto.keystore import KdfParams
     from securemesh.node import MeshNode, VerifiedMessage
+    from securemesh.node._audit_bus import NodeAudit
     from securemesh.wire import SequenceCounter
 
 __all__ = ["AsyncDevice", "Handler", "State"]
@@ -93,7 +107,6 @@ State = Literal["connecting", "connected", "expired", "revoked", "closed"]
 Handler = Callable[[Message], Any]
 Auth = Literal["signed", "session"]
 
-DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
 _MAX_BACKOFF = 60.0
 #: Replay high-water marks per sender (the daemon's file and format).
 REPLAY_FILE = "replay.json"
@@ -124,6 +137,7 @@ class AsyncDevice:
         files: DeviceFiles,
         node: MeshNode,
         counter: SequenceCounter,
+        audit: NodeAudit,
         *,
         clock: Callable[[], float],
         renew_fraction: float,
@@ -132,6 +146,7 @@ class AsyncDevice:
         self._files = files
         self._node = node
         self._counter = counter
+        self._audit = audit
         self._clock = clock
         self._signed = files.certificate
         self._authority_cert = files.authority_certificate
@@ -168,14 +183,12 @@ class AsyncDevice:
         kdf_params: KdfParams | None = None,
     ) -> Enrollment:
         """:meth:`Device.enroll` in a worker thread (it blocks on key derivation and I/O)."""
-        path = Path(data_dir)
-        secret = resolve_passphrase(passphrase, path)
         return await asyncio.to_thread(
-            enroll_device,
+            Device.enroll,
             token,
-            data_dir=path,
+            data_dir=data_dir,
             node_id=node_id,
-            passphrase=secret,
+            passphrase=passphrase,
             timeout=timeout,
             clock=clock,
             kdf_params=kdf_params,
@@ -211,6 +224,7 @@ class AsyncDevice:
         from securemesh.crypto.z85 import z85_decode  # noqa: PLC0415
         from securemesh.enroll._state import SEQUENCE_FILE  # noqa: PLC0415
         from securemesh.node import Directory, MeshNode  # noqa: PLC0415
+        from securemesh.node._audit_bus import NodeAudit  # noqa: PLC0415 - sqlite3, pydantic
         from securemesh.node._daemon import load_replay_marks  # noqa: PLC0415
         from securemesh.transport import (  # noqa: PLC0415 - lazy: pyzmq
             CurveKeyPair,
@@ -244,6 +258,7 @@ class AsyncDevice:
         except BaseException:
             counter.close()
             raise
+        audit: NodeAudit | None = None
         try:
             node = MeshNode(
                 config,
@@ -256,10 +271,13 @@ class AsyncDevice:
                 authority_certificate=files.authority_certificate,
                 replay_restore=replay_marks,
             )
+            # The daemon's audit wiring: rejections -> data_dir/audit-outbox.db -> the cloud log.
+            audit = NodeAudit.open(config, node, path, files.identity.signer, clock=clock)
             device = cls(
                 files,
                 node,
                 counter,
+                audit,
                 clock=clock,
                 renew_fraction=renew_fraction,
                 renew_check_interval=renew_check_interval,
@@ -268,7 +286,10 @@ class AsyncDevice:
         except BaseException:
             await transport.close()
             counter.close()
+            if audit is not None:
+                audit.close()
             raise
+        audit.start()
         device._tasks.append(asyncio.create_task(device._maintenance()))
         if connect_timeout is not None:
             try:
@@ -320,6 +341,7 @@ class AsyncDevice:
             "renew_at": self.renew_at,
             "last_renewal_error": self.last_renewal_error,
         }
+        status["audit"] = self._audit.status()
         return status
 
     @property
@@ -459,6 +481,30 @@ class AsyncDevice:
             roles=None if roles is None else list(roles),
         )
         self._node.on(msg_type, fn, policy=policy)
+
+    # -------------------------------------------------------------------- audit
+
+    def record_audit(
+        self,
+        kind: str,
+        subject: tuple[str, str],
+        *,
+        outcome: str = "success",
+        details: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record an audit event signed by this device; durable in the outbox when it returns.
+
+        ``kind`` is an :class:`~securemesh.audit.events.EventKind` value
+        (``object.put``, ``task.finished``, ...), ``subject`` a ``(type, id)``
+        pair (type ``node``, ``object``, ``task``, ``round``, ``message`` or
+        ``key``), ``outcome`` ``success``/``failure``/``denied``, ``details``
+        a flat map of short scalars. Returns the event id; the shipper sends
+        it to the cloud log. Invalid events raise before anything is stored.
+        """
+        return self._audit.recorder.record(
+            kind, subject, outcome=outcome, details=details, event_id=event_id
+        )
 
     # ------------------------------------------------------------------ renewal
 
@@ -600,6 +646,7 @@ class AsyncDevice:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         try:
+            await self._audit.stop()  # unshipped events stay in the outbox for the next connect
             await self._node.stop(drain_timeout)
         finally:
             try:
@@ -608,6 +655,7 @@ class AsyncDevice:
             except (OSError, SecureMeshError):
                 log.warning("could not save the revocation list / replay marks", exc_info=True)
             self._counter.close()
+            self._audit.close()
 
     async def __aenter__(self) -> AsyncDevice:
         return self

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 :meth:`Device.connect` starts one daemon thread, ``securemesh-sdk-loop``, that
 runs a private asyncio event loop; the :class:`~securemesh.sdk.AsyncDevice`
-(MeshNode, ZeroMQ sockets, renewal task) lives entirely on that loop. Every
-public method submits a coroutine to the loop with
+(MeshNode, ZeroMQ sockets, renewal and audit-shipping tasks) lives entirely
+on that loop. Every public method submits a coroutine to the loop with
 :func:`asyncio.run_coroutine_threadsafe` and blocks on its result, so
 exceptions (TimeoutError, RemoteCallError, CertificateExpired, ...) surface in
 the caller's thread unchanged.
@@ -54,7 +54,8 @@ __all__ = ["Device"]
 
 T = TypeVar("T")
 
-_DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
+#: Who may send a device the types it handles, by default: its infrastructure.
+DEFAULT_TIERS: tuple[str, ...] = ("edge", "cloud")
 
 
 class Device:
@@ -280,7 +281,7 @@ class Device:
         msg_type: str,
         handler: Handler,
         *,
-        tiers: Iterable[str] | None = _DEFAULT_TIERS,
+        tiers: Iterable[str] | None = DEFAULT_TIERS,
         roles: Iterable[str] | None = None,
     ) -> None:
         """Call ``handler(msg)`` for verified ``msg_type`` messages (module docstring: threads).
@@ -302,6 +303,23 @@ class Device:
         self._in_loop(
             lambda: self._dev.on_in_executor(
                 msg_type, wrapped, self._handlers, tiers=tier_list, roles=role_list
+            )
+        )
+
+    def record_audit(
+        self,
+        kind: str,
+        subject: tuple[str, str],
+        *,
+        outcome: str = "success",
+        details: dict[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Record an audit event signed by this device (durable when it returns) for the
+        cloud log; see :meth:`AsyncDevice.record_audit`. Returns its event id."""
+        return self._in_loop(
+            lambda: self._dev.record_audit(
+                kind, subject, outcome=outcome, details=details, event_id=event_id
             )
         )
 

@@ -11,6 +11,7 @@ SDK also works with ``securemesh node run`` and vice versa::
     revocation.list   newest signed revocation list seen
     sequence.state    envelope sequence counter (locked while a Device is open)
     replay.json       highest accepted sequence per sender (replay protection across restarts)
+    audit-outbox.db   signed audit events waiting for the cloud log's acknowledgement
     node.toml         node id, tier, [parent] endpoint + CURVE key (from the token)
 
 Everything here is synchronous and imported lazily by the SDK.
@@ -28,11 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from securemesh._fileio import read_small_file
-from securemesh.errors import (
-    CertificateExpired,
-    ConfigError,
-    StateFileError,
-)
+from securemesh.errors import CertificateExpired, ConfigError
 
 if TYPE_CHECKING:
     from securemesh.crypto.certs import Certificate, SignedCertificate, TrustStore
@@ -107,38 +104,26 @@ def enroll_device(
 ) -> Enrollment:
     """Generate (or keep) keys, enroll over ZeroMQ with the token, write the data dir."""
     from securemesh.crypto import keystore  # noqa: PLC0415
-    from securemesh.enroll._client import enroll_over_zmq  # noqa: PLC0415 - pyzmq
-    from securemesh.enroll._state import (  # noqa: PLC0415
-        SEQUENCE_FILE,
-        existing_trust,
-        identity_for_enrollment,
-        save_enrollment,
+    from securemesh.enroll._client import (  # noqa: PLC0415 - pyzmq
+        enroll_data_dir,
+        read_join_token,
     )
-    from securemesh.enroll._token import JoinToken  # noqa: PLC0415
-    from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
-    token = JoinToken.decode(token_text.strip())
-    if token.is_expired(clock()):
-        raise ConfigError("this join token has expired: ask for a fresh one")
+    token = read_join_token(token_text, clock())
     _check_same_node(data_dir, node_id)
-    trust = existing_trust(data_dir)
-    identity, created = identity_for_enrollment(
-        data_dir, passphrase, kdf_params=kdf_params or keystore.DEFAULT_PARAMS
+    done = enroll_data_dir(
+        token,
+        data_dir,
+        node_id=node_id,
+        passphrase=passphrase,
+        kdf_params=kdf_params or keystore.DEFAULT_PARAMS,
+        timeout=timeout,
+        clock=clock,
+        in_use_hint="close the connected Device before enrolling again",
     )
-    # Continue the persisted envelope counter: the server's replay window
-    # remembers a re-enrolling device's node id.
-    try:
-        with SequenceCounter(data_dir / SEQUENCE_FILE) as counter:
-            sequence = counter.next()
-    except StateFileError as exc:
-        raise StateFileError(f"{exc} (close the connected Device before enrolling again)") from exc
-    result = enroll_over_zmq(
-        token, identity, node_id, timeout=timeout, clock=clock, sequence=sequence, trust=trust
-    )
-    files = save_enrollment(data_dir, token, result)
-    if not files.config_written:
-        _point_parent_at(files.config_path, token.endpoint, token.server_key)
-    cert = result.cert
+    if not done.files.config_written:
+        _point_parent_at(done.files.config_path, token.endpoint, token.server_key)
+    cert = done.result.cert
     return Enrollment(
         node_id=cert.node_id,
         tier=cert.tier.value,
@@ -147,7 +132,7 @@ def enroll_device(
         issuer=cert.issuer,
         not_after=cert.not_after,
         data_dir=data_dir,
-        new_keys=created,
+        new_keys=done.new_keys,
     )
 
 

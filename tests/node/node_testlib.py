@@ -126,6 +126,7 @@ def build_node(
     policy: dict[str, Any] | None = None,
     clock: Callable[[], float] | None = None,
     authority_certificate: Any = None,
+    route_evidence_restore: dict[str, int] | None = None,
     **config: Any,
 ) -> Built:
     clk = clock or time.time
@@ -168,6 +169,7 @@ def build_node(
         clock=clk,
         audit_hook=hook,
         authority_certificate=authority_certificate,
+        route_evidence_restore=route_evidence_restore,
     )
     return Built(node, member, rejections, event)
 

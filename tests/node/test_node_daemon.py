@@ -288,6 +288,9 @@ def test_replay_state_survives_a_daemon_restart(tmp_path: Path) -> None:
     async def main() -> None:
         await once("accepted")
         assert json.loads((tmp_path / "c" / "replay.json").read_text()) == {"dev-1": 1000}
+        # the direct message set dev-1's route: its evidence is saved beside the marks
+        evidence = json.loads((tmp_path / "c" / "route-evidence.json").read_text())
+        assert evidence["dev-1"] == 1000
         await once("stale")  # the same frames after a restart: refused
 
     run(main())

@@ -301,3 +301,72 @@ def test_attachment_refusals() -> None:
     for bad in (b"", blob[:64], blob + b"\x00" * MAX_ATTACHMENT_SIZE, blob[:10] + blob[11:]):
         with pytest.raises((AuthenticationError, DecodeError)):
             verify_attachment(bad, _SIGNER.verify_key, node_id="dev-1")
+
+
+def test_after_a_restart_the_parent_still_refuses_a_stale_statement() -> None:
+    """Route evidence survives a restart (``route_evidence()`` → ``route_evidence_restore``)."""
+
+    async def main() -> None:
+        async with mesh() as m:
+            first = await m.attach(m.edge2)
+            await wait_for(lambda: m.route_of("dev-1") == "edge-2")
+            stale = m.edge2.node._attachments["dev-1"][1]
+            await first.node.stop(0.2)
+            await m.attach(m.edge1)
+            await wait_for(lambda: m.route_of("dev-1") == "edge-1")
+            fresh = m.edge1.node._attachments["dev-1"][1]
+            evidence = m.cloud.node.route_evidence()
+            assert "dev-1" in evidence
+            cert = m.members["dev-1"].cert
+
+            async def restarted(restore: dict[str, int] | None, tag: str) -> Built:
+                """The cloud again (same member, new process state), both edges below it."""
+                edges = [m.members["edge-1"], m.members["edge-2"]]
+                cloud = build_node(
+                    m.fx,
+                    m.members["cloud-1"],
+                    m.factory,  # type: ignore[arg-type]
+                    listen=f"memory://cloud-{tag}",
+                    known=edges,
+                    route_evidence_restore=restore,
+                )
+                await cloud.node.start()
+                m.devices.append(cloud)
+                return cloud
+
+            async def announce(cloud: Built, edge: str, statement: str) -> Built:
+                b = build_node(
+                    m.fx,
+                    m.members[edge],
+                    m.factory,  # type: ignore[arg-type]
+                    parent=cloud.node,
+                    known=[m.members["dev-1"]],
+                    listen=f"memory://{edge}-{cloud.node.address}",
+                )
+                await b.node.start()
+                await b.node.wait_parent(5)
+                m.devices.append(b)
+                await b.node.send(
+                    "cloud-1",
+                    ROUTE_ANNOUNCE,
+                    RouteAnnounce(certificates=[b64e(cert.to_bytes())], attachments=[statement]),
+                )
+                return b
+
+            def route(cloud: Built) -> str | None:
+                link = cloud.node._routes.get("dev-1")
+                return None if link is None else link.node_id
+
+            # without the saved evidence a restarted cloud would take the stale statement
+            amnesiac = await restarted(None, "a")
+            await announce(amnesiac, "edge-2", stale)
+            await wait_for(lambda: route(amnesiac) == "edge-2")
+            # with it, the stale statement is refused and the current one accepted
+            cloud = await restarted(evidence, "b")
+            await announce(cloud, "edge-2", stale)
+            await wait_for(lambda: "route_refused" in reasons(cloud))
+            assert route(cloud) is None
+            await announce(cloud, "edge-1", fresh)
+            await wait_for(lambda: route(cloud) == "edge-1")
+
+    run(main())
