@@ -199,9 +199,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 assert dev.request("edge-b", "app.echo", {"hello": 1}, timeout=10).json()["by"]
             (m.data_dir(SLEEPER) / "app-data.json").write_text('{"readings": [1, 2, 3]}')
             yield m
-        finally:
+        finally:  # close every device (then the daemons are reaped), whatever failed
+            failures: list[BaseException] = []
             for dev in m.devices.values():
-                dev.close(drain_timeout=1.0)
+                try:
+                    dev.close(drain_timeout=1.0)
+                except Exception as exc:  # closing the others matters more
+                    failures.append(exc)
+            if failures:
+                raise failures[0]
     leftover = [t.name for t in threading.enumerate() if t.name.startswith("securemesh-sdk")]
     assert not leftover, f"SDK threads not reaped: {leftover}"
 
