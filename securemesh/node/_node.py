@@ -63,10 +63,13 @@ refused), then the node drops routes and sessions of revoked nodes and calls
 connection, and forwards the broadcast to its children.
 
 **Unknown origins.** A relayed message whose origin has no certificate here
-fails pipeline step 3 (``unknown_sender``). If an enrolled edge/cloud
-neighbour relayed it and we have a parent, it is held in :attr:`MeshNode.held`
-(a bounded :class:`~securemesh.node._pipeline.HoldBuffer`) instead of being
-rejected, and ``cert.lookup`` goes to the parent (one per origin at a time).
+(or only an expired one: it may have been renewed since) fails pipeline step
+3 (``unknown_sender``, ``certificate_expired``). If an enrolled edge/cloud
+neighbour relayed it, it is held in :attr:`MeshNode.held` (a bounded
+:class:`~securemesh.node._pipeline.HoldBuffer`) instead of being rejected, and
+``cert.lookup`` goes to that neighbour, which verified the message before
+forwarding it and so holds the origin's current certificate (one lookup per
+origin at a time).
 When the lookup ends, the held messages run the whole pipeline again, in
 arrival order and before anything else can run on the loop (so the learned
 certificate verifies them before any later message of that origin), then
@@ -92,6 +95,7 @@ transport.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -184,6 +188,8 @@ __all__ = ["Handler", "HandlerResult", "MeshNode", "Reply"]
 log = logging.getLogger("securemesh.node")
 
 Auth = Literal["signed", "session"]
+#: Step-3 rejections of a relayed message that a certificate lookup may cure.
+_LOOKUP_REASONS = ("unknown_sender", "certificate_expired")
 
 # The header byte that holds the auth mode (docs/protocol.md §3.2), read before
 # decoding to tell a SIGNED envelope of a backlog from the rest (see _recv_loop).
@@ -911,8 +917,8 @@ class MeshNode:
     ) -> Awaitable[None] | None:
         """Deliver one pipeline result; return what is left to await, if anything.
 
-        A relayed message from an origin we hold no certificate for is held
-        while ``cert.lookup`` runs (:meth:`_hold_unknown_sender`, given its
+        A relayed message from an origin we hold no (valid) certificate for is
+        held while ``cert.lookup`` runs (:meth:`_hold_for_lookup`, given its
         ``frames``); any other rejection is counted (and may trigger a
         session-reset hint). A one-way message for us to a plain-function
         handler — the common case of a stream — is dispatched right here,
@@ -921,9 +927,9 @@ class MeshNode:
         """
         if type(result) is Rejection:
             if (
-                result.reason == "unknown_sender"
+                result.reason in _LOOKUP_REASONS
                 and frames is not None
-                and self._hold_unknown_sender(result, frames, channel, from_parent)
+                and self._hold_for_lookup(result, frames, channel, from_parent)
             ):
                 return None  # verified from step 1 again once the lookup ends
             self.metrics.reject(result)
@@ -1349,13 +1355,22 @@ class MeshNode:
         self._install_session(hs.session, link, msg.peer)
 
     async def _on_cert_lookup(self, msg: VerifiedMessage) -> NodeHello:
-        """Answer with a certificate we hold, else ask our parent (and learn the answer)."""
+        """Answer with a certificate we hold, else ask our parent (and learn the answer).
+
+        A certificate we hold that is no longer valid (e.g. renewed elsewhere
+        since we learned it) is first asked for upstream too; if that fails
+        we answer with what we have (the asker checks it again anyway).
+        """
         if msg.relayed:
             raise AuthorizationError("certificate lookups are between direct peers")
         node_id = msg.body(CertLookup).node_id
         signed = self.directory.signed_certificate(node_id)
-        if signed is None and self.parent_id is not None and node_id != msg.sender:
-            await self._lookup_upstream(node_id)
+        if self.parent_id is not None and node_id != msg.sender:
+            if signed is None:
+                await self._lookup_upstream(node_id)
+            elif not self._valid_now(node_id):
+                with contextlib.suppress(TimeoutError, SecureMeshError):
+                    await self._lookup_upstream(node_id)
             signed = self.directory.signed_certificate(node_id)
         if signed is None:
             raise NoRoute("certificate unknown here")
@@ -1379,26 +1394,52 @@ class MeshNode:
         body = reply.body(NodeHello)
         self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
 
-    def _hold_unknown_sender(
+    def _valid_now(self, node_id: str) -> bool:
+        try:
+            self.directory.lookup(node_id, now=self._clock())
+        except RemoteError:
+            return False
+        return True
+
+    async def _lookup_via(self, link: _Link, hop: str, node_id: str, timeout: float) -> None:
+        """Ask the neighbour ``hop`` on ``link`` for ``node_id``'s certificate; learn it."""
+        reply = await self._request_on(
+            link, hop, CERT_LOOKUP, CertLookup(node_id=node_id), timeout=timeout, expect=hop
+        )
+        body = reply.body(NodeHello)
+        self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
+
+    def _hold_for_lookup(
         self, rejection: Rejection, frames: Sequence[bytes], channel: Channel, from_parent: bool
     ) -> bool:
-        """A relayed message names an origin we have no certificate for: hold it and ask up.
+        """A relayed message's origin has no (currently valid) certificate here: hold it and
+        ask the neighbour that relayed it.
 
-        Held (True) only if an enrolled edge/cloud neighbour relayed it and we
-        have a parent to ask; then ``cert.lookup`` goes to the parent (one per
-        origin at a time) and the message waits in :attr:`held` until the
-        lookup ends, when :meth:`_verify_held` runs it through the whole
-        pipeline again. If a lookup for that origin ended less than
-        ``held.retry_after`` (5 s) ago, or ``held.total`` lookups are in flight
-        already (an edge naming ever new origins), the message is not held
-        (False): the caller rejects it at once.
+        That neighbour verified the message before forwarding it, so it holds
+        the origin's current certificate (a renewed one, too). Held (True) only
+        if the neighbour is an enrolled edge/cloud node valid now; then
+        ``cert.lookup`` goes to it on the same link (one per origin at a time)
+        and the message waits in :attr:`held` until the lookup ends, when
+        :meth:`_verify_held` runs it through the whole pipeline again. If a
+        lookup for that origin ended less than ``held.retry_after`` (5 s) ago,
+        or ``held.total`` lookups are in flight already (a neighbour naming
+        ever new origins), the message is not held (False): the caller rejects
+        it at once.
         """
         sender, peer = rejection.sender_claimed, rejection.peer
-        if sender is None or peer is None or self.parent_id is None or self._stopped:
+        if sender is None or peer is None or self._stopped:
             return False
         hop = self.directory.node_for_curve_key(peer)
-        if hop is None or hop == sender or not self.directory.is_authority_tier(hop):
+        if (
+            hop is None
+            or hop == sender
+            or not self.directory.is_authority_tier(hop)
+            or not self._valid_now(hop)  # (then the hop's certificate failed step 3)
+        ):
             return False
+        link = self._parent_link if from_parent else self._children.get(peer)
+        if link is None:  # a neighbour whose own messages we have not seen yet
+            link = _Link(channel, peer, is_parent=False, now=rejection.at)
         if sender not in self._lookups_inflight:
             last = self._lookups.get(sender, -1e9)
             if rejection.at - last < self.held.retry_after:
@@ -1409,7 +1450,7 @@ class MeshNode:
                 self._lookups.clear()
             self._lookups[sender] = rejection.at
             self._lookups_inflight.add(sender)
-            self._spawn(self._lookup_and_release(sender))
+            self._spawn(self._lookup_and_release(link, hop, sender))
         size = sum(len(f) for f in frames)
         held = HeldMessage(rejection, frames, channel, from_parent, size)
         for dropped in self.held.hold(held):
@@ -1422,9 +1463,9 @@ class MeshNode:
             Rejection(r.reason, r.peer, r.sender_claimed, r.msg_type, detail, self._clock())
         )
 
-    async def _lookup_and_release(self, sender: str) -> None:
+    async def _lookup_and_release(self, link: _Link, hop: str, sender: str) -> None:
         try:
-            await self._lookup_upstream(sender, timeout=self.held.max_age)
+            await self._lookup_via(link, hop, sender, self.held.max_age)
         except asyncio.CancelledError:  # stopping: nothing more is dispatched
             self._lookups_inflight.discard(sender)
             raise

@@ -41,13 +41,15 @@ The pipeline never raises for a peer's input: :meth:`Pipeline.process` returns
 a :class:`VerifiedMessage` or a :class:`~securemesh.node._metrics.Rejection`.
 
 **Held messages.** A relayed message whose origin has no certificate here yet
-fails step 3 (``unknown_sender``). The node (:mod:`securemesh.node._node`) may
-then keep its frames in a :class:`HoldBuffer` while it asks its parent for the
-certificate (``cert.lookup``), and afterwards run them through :meth:`process`
-again, from step 1, in arrival order. Nothing is skipped: a held message is
-only ever a message that has not passed step 3 yet. The buffer is bounded per
-origin, in total (messages and bytes) and in time; what it pushes out is
-rejected like any other message (``unknown_sender``, counted and audited).
+(or only an expired one) fails step 3 (``unknown_sender``,
+``certificate_expired``). The node (:mod:`securemesh.node._node`) may then
+keep its frames in a :class:`HoldBuffer` while it asks the neighbour that
+relayed it for the certificate (``cert.lookup``), and afterwards run them
+through :meth:`process` again, from step 1, in arrival order. Nothing is
+skipped: a held message is only ever a message that has not passed step 3
+yet. The buffer is bounded per origin, in total (messages and bytes) and in
+time; what it pushes out is rejected like any other message (with the reason
+that held it, counted and audited).
 """
 
 from __future__ import annotations
@@ -455,7 +457,7 @@ class Pipeline:
 
 @dataclass(slots=True)
 class HeldMessage:
-    """The frames of one message that failed step 3 only because its origin is unknown.
+    """The frames of one message that failed step 3 only for want of its origin's certificate.
 
     ``rejection`` is that step-3 result (origin, link key, type, arrival time);
     ``channel`` and ``from_parent`` say where it came from, to process it again.

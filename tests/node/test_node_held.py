@@ -15,7 +15,8 @@ over the in-memory transport and over ZeroMQ on loopback.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -205,9 +206,15 @@ async def tree(
     *,
     hold: HoldBuffer | None = None,
     edge2_knows_devices: bool = False,
+    dev1_lifetime_s: int = 3600,
+    clock: Callable[[], float] | None = None,
+    **config: Any,
 ) -> AsyncIterator[Tree]:
-    """The tree above; ``hold`` replaces dev-3's buffer; edge-2 may know edge-1's devices."""
+    """The tree above; ``hold`` replaces dev-3's buffer; edge-2 may know edge-1's devices.
+
+    ``clock`` and ``config`` (NodeConfig fields) apply to every node."""
     name, f = kit
+    opts: dict[str, Any] = {"clock": clock, **config}
 
     def addr(label: str) -> str:
         return f"memory://{label}" if name == "memory" else "tcp://127.0.0.1:0"
@@ -217,28 +224,33 @@ async def tree(
         "cloud-1": fx.member("cloud-1", "cloud"),
         "edge-1": fx.member("edge-1", "edge"),
         "edge-2": fx.member("edge-2", "edge"),
-        "dev-1": fx.member("dev-1", "end"),
+        "dev-1": fx.member("dev-1", "end", lifetime_s=dev1_lifetime_s),
         "dev-2": fx.member("dev-2", "end"),
         "dev-3": fx.member("dev-3", "end"),
     }
-    cloud = build_node(fx, m["cloud-1"], f, listen=addr("cloud"), known=[m["edge-1"], m["edge-2"]])
+    cloud = build_node(
+        fx, m["cloud-1"], f, listen=addr("cloud"), known=[m["edge-1"], m["edge-2"]], **opts
+    )
     built: list[Built] = [cloud]
     try:
         await cloud.node.start()
+        known1 = [m["dev-1"], m["dev-2"]]
         edge1 = build_node(
-            fx, m["edge-1"], f, listen=addr("e1"), parent=cloud.node, known=[m["dev-1"], m["dev-2"]]
+            fx, m["edge-1"], f, listen=addr("e1"), parent=cloud.node, known=known1, **opts
         )
         known2 = [m["dev-3"]] + ([m["dev-1"], m["dev-2"]] if edge2_knows_devices else [])
-        edge2 = build_node(fx, m["edge-2"], f, listen=addr("e2"), parent=cloud.node, known=known2)
+        edge2 = build_node(
+            fx, m["edge-2"], f, listen=addr("e2"), parent=cloud.node, known=known2, **opts
+        )
         built += [edge1, edge2]
         for e in (edge1, edge2):
             await e.node.start()
         for e in (edge1, edge2):
             await e.node.wait_parent(10)
         devs = [
-            build_node(fx, m["dev-1"], f, parent=edge1.node),
-            build_node(fx, m["dev-2"], f, parent=edge1.node),
-            build_node(fx, m["dev-3"], f, parent=edge2.node),
+            build_node(fx, m["dev-1"], f, parent=edge1.node, **opts),
+            build_node(fx, m["dev-2"], f, parent=edge1.node, **opts),
+            build_node(fx, m["dev-3"], f, parent=edge2.node, **opts),
         ]
         if hold is not None:
             devs[2].node.held = hold
@@ -446,5 +458,76 @@ def test_held_messages_still_meet_every_check(factory: tuple[str, TransportFacto
             await wait_for(lambda: len(t.dev3.rejections) == 2, 10)
             assert got == [("dev-1", 1)]
             assert reasons(t.dev3) == ["replayed", "bad_auth"]
+
+    run(main())
+
+
+def test_the_cloud_asks_the_edge_that_relayed_a_message_from_an_unknown_device(
+    factory: tuple[str, TransportFactory],
+) -> None:
+    """A node without a parent asks the neighbour that relayed the message: that edge
+    verified it, so it holds the certificate (e.g. a cloud that restarted and has not
+    heard the edge's announcements again)."""
+
+    async def main() -> None:
+        async with tree(factory) as t:
+
+            async def echo(msg: VerifiedMessage) -> Note:
+                return Note(n=msg.body(Note).n * 10)
+
+            t.cloud.node.on("app.echo", echo)
+            t.cloud.node.directory.remove("dev-1")
+            reply = await t.dev1.node.request("cloud-1", "app.echo", Note(n=4), timeout=10)
+            assert reply.body(Note) == Note(n=40)
+            assert t.cloud.rejections == []
+            assert t.cloud.node.held.released == 1
+            assert "dev-1" in t.cloud.node.directory
+
+    run(main())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def test_an_expired_certificate_of_a_renewed_origin_is_looked_up_again(
+    factory: tuple[str, TransportFactory],
+) -> None:
+    """edge-2 and dev-3 learned dev-1's certificate before dev-1 renewed it; once the old
+    one expired, dev-1's next message is held and verified with the renewed one."""
+
+    async def main() -> None:
+        clock = Clock()
+        async with tree(
+            factory, edge2_knows_devices=True, dev1_lifetime_s=600, clock=clock, auto_renew=False
+        ) as t:
+            got: list[tuple[str, int]] = []
+            t.dev3.node.on("app.note", notes(got))
+            old = t.m["dev-1"].cert
+            t.dev3.node.directory.add_certificate(old)
+            renewed = t.fx.authority.issue(
+                "dev-1",
+                "end",
+                (),
+                t.m["dev-1"].identity.public(),
+                lifetime_s=3600,
+                now=t.fx.now,
+                backdate_s=60,
+            )
+            serial = renewed.unverified_certificate().serial
+            await t.dev1.node.install_certificate(renewed)  # hello: edge-1, then the cloud
+            await wait_for(lambda: t.cloud.node.directory.certificate("dev-1").serial == serial)
+            assert t.edge2.node.directory.signed_certificate("dev-1") == old
+            clock.offset = 700.0  # the old certificate has expired, the renewed one has not
+            await t.dev1.node.send("dev-3", "app.note", Note(n=7))
+            await wait_for(lambda: got == [("dev-1", 7)], 10)
+            for b in (t.edge2, t.dev3):
+                assert b.rejections == [], b.member.node_id
+                assert b.node.held.released == 1
+                assert b.node.directory.certificate("dev-1").serial == serial
 
     run(main())
