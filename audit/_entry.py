@@ -17,9 +17,11 @@ signature | canonical event JSON``). Two decoders live here:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +37,8 @@ from securemesh.audit.events import (
     SignedEvent,
     event_key_id,
 )
-from securemesh.errors import DecodeError, LocalError, SecureMeshError
+from securemesh.crypto.signing import VERIFY_KEY_SIZE
+from securemesh.errors import AuthenticationError, DecodeError, LocalError, SecureMeshError
 
 __all__ = [
     "LEAF_COLUMNS",
@@ -63,6 +66,9 @@ LEAF_COLUMNS = (
     "details",
 )
 """Column order of :meth:`Decoded.row_values` (after ``idx``)."""
+
+LeafValues = tuple[str, bytes, bytes, str, str, str, str, str, int, str]
+"""A leaf row after ``idx``: event_id, entry, leaf_hash, then the query projection."""
 
 _HEADER = SignedEvent.HEADER_SIZE
 _KEY_ID_AT = 5
@@ -114,7 +120,7 @@ class Decoded:
     entry: bytes
     leaf_hash: bytes
     signed: SignedEvent
-    _values: tuple[object, ...] | None = field(default=None, repr=False, compare=False)
+    _values: LeafValues | None = field(default=None, repr=False, compare=False)
 
     @property
     def event_id(self) -> str:
@@ -124,7 +130,7 @@ class Decoded:
     def origin(self) -> str:
         return self.signed.unverified_event().origin
 
-    def row_values(self) -> tuple[object, ...]:
+    def row_values(self) -> LeafValues:
         """Column values in :data:`LEAF_COLUMNS` order, without the leading ``idx``.
 
         Computed once (the verifier threads compute it off the sequencer's path).
@@ -154,9 +160,34 @@ def decode_entry(entry: bytes) -> Decoded:
     return Decoded(entry, hashlib.sha256(b"\x00" + entry).digest(), signed)
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_key_id(verify_key: bytes) -> bytes:
+    return event_key_id(verify_key)
+
+
+_local = threading.local()
+
+
 def verify_decoded(decoded: Decoded, verify_key: bytes) -> AuditEvent:
-    """The verified event, or AuthenticationError."""
-    return decoded.signed.verify(verify_key)
+    """The verified event, or AuthenticationError.
+
+    The checks and errors of :meth:`SignedEvent.verify` (key length, key id,
+    Ed25519 signature over the domain-separated canonical bytes), with the key
+    id cached per key and libsodium called through this thread's
+    :func:`_signature_opener` (the ingestion hot path).
+    """
+    signed = decoded.signed
+    vk = bytes(verify_key)
+    if len(vk) != VERIFY_KEY_SIZE:
+        raise AuthenticationError("verify key has the wrong length")
+    if _cached_key_id(vk) != signed.key_id:
+        raise AuthenticationError("event was signed by a different key")
+    opener = getattr(_local, "opener", None)
+    if opener is None:
+        opener = _local.opener = _signature_opener()
+    if not opener(signed.signature + EVENT_SIGNATURE_DOMAIN + signed.event_bytes, vk):
+        raise AuthenticationError("signature does not verify")
+    return signed.unverified_event()
 
 
 def entry_of(signed_event: object) -> bytes:

@@ -7,12 +7,13 @@ Theory of operation
 **Append.** ``append(events)`` first decodes each signed event strictly,
 resolves its origin's verify key (unknown origin →
 :class:`~securemesh.errors.UnknownOrigin`) and hashes the leaf
-(``SHA-256(0x00 ‖ entry)``), then starts checking the origins' Ed25519
-signatures on a thread pool (libsodium releases the GIL). While they are
-checked, this thread sequences the first batch; its commit waits for the
-verdict, and any bad signature (→ :class:`~securemesh.errors.AuthenticationError`)
-rolls the transaction back, so nothing unverified is ever committed. Per
-batch of at most :data:`MAX_BATCH` entries, one write transaction:
+(``SHA-256(0x00 ‖ entry)``); each chunk of 32 decoded entries has its
+origins' Ed25519 signatures checked on a thread pool (libsodium releases the
+GIL) while this thread decodes the next chunk and then sequences the first
+batch; its commit waits for the verdict, and any bad signature
+(→ :class:`~securemesh.errors.AuthenticationError`) rolls the transaction
+back, so nothing unverified is ever committed. Per batch of at most
+:data:`MAX_BATCH` entries, one write transaction:
 
 1. take the sequencing lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
    ``SELECT … FOR UPDATE`` on the single sequencer row) and read the tree
@@ -186,8 +187,10 @@ class AuditLog:
         self._executor: ThreadPoolExecutor | None = None
         # Driver-level executemany (no per-row SQLAlchemy parameter processing).
         mark = "?" if self._sqlite else "%s"
+        self._mark = mark
         self._sql_leaves = _SQL_INSERT_LEAVES.replace("?", mark)
         self._sql_nodes = _SQL_INSERT_NODES.replace("?", mark)
+        self._sql_known = "SELECT event_id, idx FROM audit_leaves WHERE event_id IN ("
 
     # ------------------------------------------------------------ lifecycle
 
@@ -269,11 +272,11 @@ class AuditLog:
         is raised and nothing from this call is appended. Re-appending an event
         already in the log returns its existing index.
         """
-        checked, todo = self._prepare([_entry_bytes(e) for e in signed_events])
+        checked, wait = self._prepare([_entry_bytes(e) for e in signed_events])
         for _, err in checked:
             if err is not None:
+                wait()  # let the started checks finish before raising
                 raise err
-        wait = self._verify_async(todo)
 
         def gate() -> None:
             failures = wait()
@@ -293,8 +296,7 @@ class AuditLog:
         the signatures are checked; if any fails, the transaction is rolled
         back and the batch sequenced again without it.
         """
-        checked, todo = self._prepare([bytes(e) for e in entries])
-        wait = self._verify_async(todo)
+        checked, wait = self._prepare([bytes(e) for e in entries])
         failures: list[tuple[int, RemoteError]] | None = None
 
         def gate() -> None:
@@ -332,10 +334,24 @@ class AuditLog:
 
     def _prepare(
         self, entries: Sequence[bytes]
-    ) -> tuple[list[tuple[Decoded | None, RemoteError | None]], list[tuple[int, Decoded, bytes]]]:
-        """Decode every entry and resolve its origin's key (this thread)."""
+    ) -> tuple[
+        list[tuple[Decoded | None, RemoteError | None]],
+        Callable[[], list[tuple[int, RemoteError]]],
+    ]:
+        """Decode every entry and resolve its origin's key (this thread); check signatures.
+
+        Signature checks start as soon as each chunk of :data:`_VERIFY_CHUNK`
+        entries is decoded, on the thread pool (libsodium, through pynacl/cffi,
+        releases the GIL), so the pool's threads use the other core while this
+        thread decodes the rest and then sequences the batch (everything but
+        the commit, which waits for the verdict). Returns the decoded entries
+        (or their decode/origin errors) and a waiter for the signature failures.
+        """
         results: list[tuple[Decoded | None, RemoteError | None]] = []
+        pooled = self._verify_threads > 1 and len(entries) > _VERIFY_CHUNK
+        futures: list[Future[list[tuple[int, RemoteError]]]] = []
         todo: list[tuple[int, Decoded, bytes]] = []
+        resolve = self._resolver
         for i, entry in enumerate(entries):
             try:
                 d = decode_entry(entry)
@@ -343,39 +359,26 @@ class AuditLog:
                 results.append((None, exc))
                 continue
             try:
-                vk = self._resolver(d.origin)
+                vk = resolve(d.origin)
             except RemoteError as exc:
                 results.append((d, exc))
                 continue
             results.append((d, None))
             todo.append((i, d, vk))
-        return results, todo
-
-    def _verify_async(
-        self, todo: list[tuple[int, Decoded, bytes]]
-    ) -> Callable[[], list[tuple[int, RemoteError]]]:
-        """Start checking origin signatures on the thread pool; return a waiter.
-
-        libsodium (through pynacl/cffi) releases the GIL while it verifies, so
-        the pool's threads use the other core while this thread sequences the
-        batch (everything but the commit, which waits for the verdict).
-        """
-        if len(todo) <= _VERIFY_CHUNK or self._verify_threads == 1:
-            done = _verify_chunk(todo)
-            return lambda: done
-        step = max(_VERIFY_CHUNK, -(-len(todo) // (4 * self._verify_threads)))
-        futures = [
-            self._pool().submit(_verify_chunk, todo[k : k + step])
-            for k in range(0, len(todo), step)
-        ]
-        return lambda: [f for fut in futures for f in fut.result()]
+            if pooled and len(todo) == _VERIFY_CHUNK:
+                futures.append(self._pool().submit(_verify_chunk, todo))
+                todo = []
+        done = _verify_chunk(todo) if todo else []  # the tail, here
+        if not futures:
+            return results, lambda: done
+        return results, lambda: [f for fut in futures for f in fut.result()] + done
 
     def _check_all(
         self, entries: Sequence[bytes]
     ) -> list[tuple[Decoded | None, RemoteError | None]]:
         """Decode and verify every entry (no sequencing)."""
-        results, todo = self._prepare(entries)
-        for i, err in self._verify_async(todo)():
+        results, wait = self._prepare(entries)
+        for i, err in wait():
             results[i] = (results[i][0], err)
         return results
 
@@ -407,13 +410,14 @@ class AuditLog:
             return []
         if self._signer is None:
             raise LocalError("appending needs the log key (open the log with a signer)")
-        ids = list(dict.fromkeys(d.event_id for d in batch))
+        values = [d.row_values() for d in batch]  # (event_id, entry, leaf_hash, …)
+        ids = tuple(dict.fromkeys(v[0] for v in values))
         with write_transaction(self._engine) as conn:
             size, _root, frontier = self._lock_sequencer(conn)
             known: dict[str, int] = {
-                r.event_id: int(r.idx)
-                for r in conn.execute(
-                    select(s.leaves.c.event_id, s.leaves.c.idx).where(s.leaves.c.event_id.in_(ids))
+                str(eid): int(idx)
+                for eid, idx in conn.exec_driver_sql(
+                    self._sql_known + ",".join([self._mark] * len(ids)) + ")", ids
                 )
             }
             cr = CompactRange.from_peaks(
@@ -422,13 +426,14 @@ class AuditLog:
             leaf_rows: list[tuple[object, ...]] = []
             node_rows: list[tuple[int, int, bytes]] = []
             result: list[int] = []
-            for d in batch:
-                idx = known.get(d.event_id)
+            append_into = cr.append_into
+            for v in values:
+                idx = known.get(v[0])
                 if idx is None:
                     idx = cr.size
-                    known[d.event_id] = idx
-                    node_rows.extend((n.level, n.index, n.hash) for n in cr.append(d.leaf_hash))
-                    leaf_rows.append((idx, *d.row_values()))
+                    known[v[0]] = idx
+                    append_into(v[2], node_rows)
+                    leaf_rows.append((idx, *v))
                 result.append(idx)
             if leaf_rows:
                 new_root = cr.root()

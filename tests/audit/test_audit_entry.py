@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 from securemesh.audit._entry import (
     _CANONICAL_SHAPE,
     _details_json,
+    decode_entry,
     details_json_of_canonical,
     event_fields,
     make_entry_checker,
+    verify_decoded,
 )
 from securemesh.audit.events import (
     AuditEvent,
@@ -24,7 +26,7 @@ from securemesh.audit.events import (
     sign_event,
 )
 from securemesh.crypto.signing import Ed25519Signer
-from securemesh.errors import UnknownOrigin
+from securemesh.errors import AuthenticationError, DecodeError, UnknownOrigin
 
 SIGNER = Ed25519Signer.from_seed(b"E" * 32)
 OTHER = Ed25519Signer.from_seed(b"F" * 32)
@@ -159,3 +161,34 @@ def test_entry_checker_findings() -> None:
     assert check(b"XXXX" + good[4:], ev.event_id) == "not a signed audit event"
     stranger = ev.model_copy(update={"origin": "edge-9"})
     assert check(sign_event(stranger, SIGNER).to_bytes(), ev.event_id) == "unknown origin 'edge-9'"
+
+
+@settings(max_examples=100, deadline=None)
+@given(events, st.integers(0, 300), st.sampled_from(["good", "other-key", "short-key", "flip"]))
+def test_verify_decoded_agrees_with_signed_event_verify(
+    ev: AuditEvent, pos: int, case: str
+) -> None:
+    """The ingestion fast path accepts and rejects exactly as SignedEvent.verify does."""
+    wire = bytearray(sign_event(ev, SIGNER).to_bytes())
+    key = SIGNER.verify_key
+    if case == "other-key":
+        key = OTHER.verify_key
+    elif case == "short-key":
+        key = key[:31]
+    elif case == "flip":
+        at = 13 + pos % (len(wire) - 13)  # signature or event bytes
+        wire[at] ^= 0x01
+    try:
+        decoded = decode_entry(bytes(wire))
+    except DecodeError:
+        return  # a flipped event byte that no longer decodes: not this test's subject
+    try:
+        expected: object = decoded.signed.verify(key)
+    except AuthenticationError as exc:
+        expected = str(exc)
+    try:
+        got: object = verify_decoded(decoded, key)
+    except AuthenticationError as exc:
+        got = str(exc)
+    assert got == expected
+    assert (got == ev) == (case == "good")
