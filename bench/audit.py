@@ -195,6 +195,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script
 
     verify_rate = bench_verify_rate(keys)
     print(f"ed25519 verify: {verify_rate:,.0f}/s", file=sys.stderr)
+    for suffix in ("", "-wal", "-shm"):  # always a fresh log (a reused --workdir)
+        (tmp / f"append.db{suffix}").unlink(missing_ok=True)
     sqlite_rate = bench_appends(str(tmp / "append.db"), keys, args.append_events)
     print(f"sqlite appends: {sqlite_rate:,.0f}/s", file=sys.stderr)
     pg_rate: float | None = None
