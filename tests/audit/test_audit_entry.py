@@ -192,3 +192,17 @@ def test_verify_decoded_agrees_with_signed_event_verify(
         got = str(exc)
     assert got == expected
     assert (got == ev) == (case == "good")
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+def test_canonical_bytes_is_the_json_of_model_dump(ev: AuditEvent) -> None:
+    """canonical_bytes builds the model's JSON data by hand; it must equal model_dump's."""
+    reference = json.dumps(
+        ev.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+    assert ev.canonical_bytes() == reference
