@@ -487,7 +487,10 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
             )
         ).one_or_none()
         top = conn.execute(select(func.max(s.leaves.c.idx))).scalar_one_or_none()
-    total = 0 if top is None else int(top) + 1
+        # Segments cover [0, max]; a row moved below 0 is named here.
+        for (neg,) in conn.execute(select(s.leaves.c.idx).where(s.leaves.c.idx < 0).limit(1000)):
+            findings.entry(int(neg), "index out of range (negative)")
+    total = 0 if top is None or int(top) < 0 else int(top) + 1
     skip_below = 0 if (last_seen is None or recheck_signatures) else last_seen.size
 
     def resolve(origin: str) -> bytes:

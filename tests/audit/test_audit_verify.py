@@ -416,3 +416,8 @@ def test_worker_processes_verify_a_clean_log_like_one_pass(
             segment_size=32,
             last_seen=bad,
         )
+
+
+def test_row_moved_below_zero_is_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 5).values(idx=-3))
+    assert _tampered(log, log_signer) == [-3, 5]
