@@ -97,7 +97,7 @@ __all__ = [
 _FETCH: Final = 8192
 _MAX_STATE_FILE: Final = 64 * 1024
 _PROCESS_THRESHOLD: Final = 100_000
-_SEGMENT: Final = 1 << 14
+_SEGMENT: Final = 1 << 13
 
 
 def _process_count(

@@ -46,15 +46,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nacl.signing
 
-from securemesh.audit._entry import decode_entry
 from securemesh.audit.events import EVENT_SIGNATURE_DOMAIN, event_key_id
-from securemesh.audit.log import AuditLog, open_log
-from securemesh.audit.merkle import leaf_hash, verify_inclusion
-from securemesh.audit.verify import LastSeen, verify_log
-from securemesh.crypto.signing import Ed25519Signer
+
+if TYPE_CHECKING:
+    from securemesh.audit.log import AuditLog
+    from securemesh.crypto.signing import Ed25519Signer
+
+# The log, verifier and SQLAlchemy are imported inside the functions that use
+# them: verify_log's worker processes (multiprocessing "spawn") re-import this
+# script as their __main__, and should pay for what a worker needs, as they do
+# under ``python -m securemesh audit verify`` (whose __main__ is not re-imported).
 
 ORIGINS = 4
 _TEMPLATE = (
@@ -98,6 +103,9 @@ def bench_verify_rate(keys: list[nacl.signing.SigningKey], n: int = 20_000) -> f
 
 
 def bench_appends(url: str, keys: list[nacl.signing.SigningKey], n: int) -> float:
+    from securemesh.audit.log import open_log  # (imported here: see the imports)
+    from securemesh.crypto.signing import Ed25519Signer
+
     entries = gen_entries(0, n, keys)
     with open_log(url, signer=Ed25519Signer.generate(), synchronous="FULL") as log:
         register(log, keys)
@@ -138,6 +146,10 @@ def drop_schema(base: str, schema: str) -> None:
 
 def build_big_log(path: Path, keys: list[nacl.signing.SigningKey], n: int) -> Ed25519Signer:
     """The fixture fast path (see the module docstring)."""
+    from securemesh.audit._entry import decode_entry
+    from securemesh.audit.log import open_log  # (imported here: see the imports)
+    from securemesh.crypto.signing import Ed25519Signer
+
     signer = Ed25519Signer.generate()
     with open_log(path, signer=signer, synchronous="OFF") as log:
         register(log, keys)
@@ -151,6 +163,9 @@ def build_big_log(path: Path, keys: list[nacl.signing.SigningKey], n: int) -> Ed
 
 
 def bench_proofs(path: Path, n: int, samples: int, rng: random.Random) -> float:
+    from securemesh.audit.log import open_log  # (imported here: see the imports)
+    from securemesh.audit.merkle import leaf_hash, verify_inclusion
+
     with open_log(path) as log:
         head = log.latest_tree_head()
         assert head is not None
@@ -169,6 +184,9 @@ def bench_proofs(path: Path, n: int, samples: int, rng: random.Random) -> float:
 
 
 def main() -> int:  # noqa: PLR0915 - a linear script
+    from securemesh.audit.log import open_log  # (imported here: see the imports)
+    from securemesh.audit.verify import LastSeen, verify_log
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--append-events", type=int, default=10_240)
