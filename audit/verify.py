@@ -8,18 +8,26 @@ a caller's resolver), and the *last checkpoint this client saw* (a small local
 state file). Everything else in the database — leaves, hashes, tree nodes,
 tree heads, the sequencer row — is treated as possibly tampered with.
 
-One pass over the leaves, in index order, in batches (bounded memory):
+The leaves are checked in aligned *segments* ``[k·S, (k+1)·S)`` (``S`` a
+power of two, 8,192 by default), each read and checked by a worker — a process
+per core for large logs, else a thread — that returns only its findings and
+subtree roots (:mod:`._scan`); this process folds them together in index order
+(bounded memory, no leaf data crossing process boundaries):
 
-1. **Per entry.** The stored ``leaf_hash`` must equal SHA-256(0x00 ‖ entry)
-   (RFC 9162 §2.1.1); the entry must decode, name a known origin and carry a
-   valid Ed25519 signature by it. Signature checks run on a small thread pool
-   (pynacl releases the GIL inside libsodium, so two threads use both cores).
-   Indices must be contiguous from 0: a missing index is a deleted row.
-2. **Per signed tree head.** The recomputed leaf hashes feed a compact range;
-   at each stored head's size the recomputed root must equal the head's root,
-   and the head's note must be a valid checkpoint by the log key for exactly
-   that ``(size, root)``.
-3. **Localisation.** When a head's root does not match, the entries between
+1. **Per entry** (in the worker). The stored ``leaf_hash`` must equal
+   SHA-256(0x00 ‖ entry) (RFC 9162 §2.1.1); the entry must decode, name a
+   known origin and carry a valid Ed25519 signature by it over the exact
+   stored bytes. Indices must be contiguous from 0: a missing index is a
+   deleted row.
+2. **Per signed tree head.** Each head's note must be a valid checkpoint by
+   the log key for exactly that ``(size, root)`` (checked here while the
+   workers run), and the recomputed root at that size must equal the head's
+   root. A segment starting at a multiple of its size is a perfect subtree,
+   so the root at a size ``s`` inside it is the fold of the peaks before the
+   segment with the segment's own root of ``[k·S, s)``, which the worker
+   reports for every stored head size.
+3. **Localisation.** When a head's root does not match, the segment is
+   walked again here leaf by leaf, and the entries between
    the previous good head and this one are checked one by one: each
    recomputed leaf hash must be provably included (RFC 9162 §2.1.3) in the
    *signed* root, with the proof read from the stored tree nodes (a table
