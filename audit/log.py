@@ -8,9 +8,10 @@ Theory of operation
 resolves its origin's verify key (unknown origin →
 :class:`~securemesh.errors.UnknownOrigin`) and hashes the leaf
 (``SHA-256(0x00 ‖ entry)``); each chunk of 32 decoded entries has its
-origins' Ed25519 signatures checked on a thread pool (libsodium releases the
-GIL) while this thread decodes the next chunk and then sequences the first
-batch; its commit waits for the verdict, and any bad signature
+origins' Ed25519 signatures checked — in worker processes (:mod:`._sigpool`)
+for calls of 64 entries or more, else on a thread pool — while this thread
+decodes the next chunk and then sequences the first batch; its commit
+waits for the verdict, and any bad signature
 (→ :class:`~securemesh.errors.AuthenticationError`) rolls the transaction
 back, so nothing unverified is ever committed. Per batch of at most
 :data:`MAX_BATCH` entries, one write transaction:
@@ -50,6 +51,7 @@ thread commits up to :data:`MAX_BATCH` entries or whatever arrived within
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +65,7 @@ from sqlalchemy.sql import ColumnElement
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import Decoded, decode_entry, verify_decoded
+from securemesh.audit._sigpool import CODE_OTHER_KEY, SignaturePool, shared_pool
 from securemesh.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from securemesh.audit.merkle import (
     HASH_SIZE,
@@ -83,6 +86,7 @@ from securemesh.audit.store import (
 )
 from securemesh.crypto.signing import VERIFY_KEY_SIZE, Signer
 from securemesh.errors import (
+    AuthenticationError,
     LocalError,
     RemoteError,
     UnknownOrigin,
@@ -169,6 +173,7 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         max_batch: int = MAX_BATCH,
         verify_threads: int = 2,
+        verify_processes: bool | None = None,
     ) -> None:
         if not 1 <= max_batch <= MAX_BATCH:
             raise LocalError(f"max_batch must be in 1..{MAX_BATCH}")
@@ -184,6 +189,11 @@ class AuditLog:
         self._max_batch = max_batch
         self._key_cache: dict[str, bytes] = {}
         self._verify_threads = max(1, verify_threads)
+        # Large appends check signatures in worker processes (see ._sigpool);
+        # by default when there is more than one core.
+        self._verify_processes = (
+            (os.cpu_count() or 1) > 1 if verify_processes is None else verify_processes
+        )
         self._executor: ThreadPoolExecutor | None = None
         # Driver-level executemany (no per-row SQLAlchemy parameter processing).
         mark = "?" if self._sqlite else "%s"
@@ -273,20 +283,22 @@ class AuditLog:
         already in the log returns its existing index.
         """
         checked, wait = self._prepare([_entry_bytes(e) for e in signed_events])
-        for _, err in checked:
-            if err is not None:
-                wait()  # let the started checks finish before raising
-                raise err
+        try:
+            for _, err in checked:
+                if err is not None:
+                    raise err
 
-        def gate() -> None:
-            failures = wait()
-            if failures:
-                raise failures[0][1]
+            def gate() -> None:
+                failures = wait()
+                if failures:
+                    raise failures[0][1]
 
-        decoded = [d for d, _ in checked if d is not None]
-        if not decoded:
-            gate()
-        return self._sequence(decoded, gate=gate)
+            decoded = [d for d, _ in checked if d is not None]
+            if not decoded:
+                gate()
+            return self._sequence(decoded, gate=gate)
+        finally:
+            wait()  # (idempotent) the started checks end before this call does
 
     def append_entries(self, entries: Sequence[bytes]) -> list[AppendOutcome]:
         """Append what verifies, reject the rest individually (the ingestion path).
@@ -307,10 +319,12 @@ class AuditLog:
 
         good = [d for d, err in checked if err is None and d is not None]
         indices: list[int] = []
-        with contextlib.suppress(_RollBack):  # a forged event: sequence again without it
-            indices = self._sequence(good, gate=gate)
-        if failures is None:
-            failures = wait()
+        try:
+            with contextlib.suppress(_RollBack):  # a forged event: sequence again without it
+                indices = self._sequence(good, gate=gate)
+        finally:
+            if failures is None:
+                failures = wait()
         if failures:
             for i, failure in failures:
                 checked[i] = (checked[i][0], failure)
@@ -348,30 +362,52 @@ class AuditLog:
         (or their decode/origin errors) and a waiter for the signature failures.
         """
         results: list[tuple[Decoded | None, RemoteError | None]] = []
-        pooled = self._verify_threads > 1 and len(entries) > _VERIFY_CHUNK
+        procs: SignaturePool | None = None
+        if self._verify_processes and len(entries) >= 2 * _VERIFY_CHUNK:
+            procs = shared_pool()
+            if not procs.try_acquire():
+                procs = None  # busy with another append (or unavailable): threads
+        pooled = procs is None and self._verify_threads > 1 and len(entries) > _VERIFY_CHUNK
         futures: list[Future[list[tuple[int, RemoteError]]]] = []
+        sent: list[tuple[int | None, list[tuple[int, Decoded, bytes]]]] = []
         todo: list[tuple[int, Decoded, bytes]] = []
         resolve = self._resolver
-        for i, entry in enumerate(entries):
-            try:
-                d = decode_entry(entry)
-            except RemoteError as exc:
-                results.append((None, exc))
-                continue
-            try:
-                vk = resolve(d.origin)
-            except RemoteError as exc:
-                results.append((d, exc))
-                continue
-            results.append((d, None))
-            todo.append((i, d, vk))
-            if pooled and len(todo) == _VERIFY_CHUNK:
-                futures.append(self._pool().submit(_verify_chunk, todo))
-                todo = []
-        done = _verify_chunk(todo) if todo else []  # the tail, here
-        if not futures:
-            return results, lambda: done
-        return results, lambda: [f for fut in futures for f in fut.result()] + done
+        try:
+            for i, entry in enumerate(entries):
+                try:
+                    d = decode_entry(entry)
+                except RemoteError as exc:
+                    results.append((None, exc))
+                    continue
+                try:
+                    vk = resolve(d.origin)
+                except RemoteError as exc:
+                    results.append((d, exc))
+                    continue
+                results.append((d, None))
+                todo.append((i, d, vk))
+                if len(todo) == _VERIFY_CHUNK:
+                    if procs is not None and all(len(k) == VERIFY_KEY_SIZE for _, _, k in todo):
+                        sent.append((procs.send([(j, x.entry, k) for j, x, k in todo]), todo))
+                        todo = []
+                    elif pooled:
+                        futures.append(self._pool().submit(_verify_chunk, todo))
+                        todo = []
+            done = _verify_chunk(todo) if todo else []  # the tail, here
+        except BaseException:
+            if procs is not None:
+                _drain(procs, sent)
+            raise
+        outcome: list[list[tuple[int, RemoteError]]] = []
+
+        def wait() -> list[tuple[int, RemoteError]]:
+            if not outcome:  # once: later calls return the same verdict
+                got = _drain(procs, sent) if procs is not None else []
+                got += [f for fut in futures for f in fut.result()]
+                outcome.append(got + done)
+            return outcome[0]
+
+        return results, wait
 
     def _check_all(
         self, entries: Sequence[bytes]
@@ -607,6 +643,37 @@ def _verify_chunk(items: list[tuple[int, Decoded, bytes]]) -> list[tuple[int, Re
             bad.append((i, exc))
             continue
         d.row_values()  # the query projection, computed here while other threads verify
+    return bad
+
+
+def _drain(
+    pool: SignaturePool, sent: list[tuple[int | None, list[tuple[int, Decoded, bytes]]]]
+) -> list[tuple[int, RemoteError]]:
+    """Collect the worker processes' verdicts on ``sent`` chunks, then free the pool.
+
+    A chunk whose worker is gone (or never got it) is checked here instead.
+    """
+    bad: list[tuple[int, RemoteError]] = []
+    try:
+        for worker, items in sent:
+            got = pool.receive(worker) if worker is not None and pool.usable else None
+            if got is None:
+                bad.extend(_verify_chunk(items))
+                continue
+            for pos, code in got:
+                bad.append(
+                    (
+                        pos,
+                        AuthenticationError(
+                            "event was signed by a different key"
+                            if code == CODE_OTHER_KEY
+                            else "signature does not verify"
+                        ),
+                    )
+                )
+    finally:
+        sent.clear()
+        pool.release()
     return bad
 
 
