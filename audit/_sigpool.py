@@ -31,6 +31,7 @@ import atexit
 import contextlib
 import hashlib
 import os
+import select
 import struct
 import subprocess
 import sys
@@ -50,6 +51,7 @@ _BODY_AT: Final = 77
 
 
 _LEN: Final = struct.Struct(">I")
+_START_TIMEOUT_S: Final = 30.0
 _READY: Final = b"\x01"
 
 
@@ -143,7 +145,8 @@ class SignaturePool:
                 self._procs.append(proc)
             for proc in self._procs:
                 assert proc.stdout is not None
-                if _read_exact(proc.stdout, 1) != _READY:
+                ready, _, _ = select.select([proc.stdout], [], [], _START_TIMEOUT_S)
+                if not ready or _read_exact(proc.stdout, 1) != _READY:
                     raise EOFError("worker did not start")
         except (OSError, EOFError, ValueError):  # cannot run workers here: use threads
             self._broken = True

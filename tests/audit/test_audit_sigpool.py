@@ -120,3 +120,12 @@ def test_worker_protocol_round_trip(edge_signers: dict[str, Ed25519Signer]) -> N
         pool.release()
     finally:
         pool.shutdown()
+
+
+def test_a_worker_that_never_starts_leaves_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interpreter that cannot run the worker (here: one that exits at once) is noticed."""
+    monkeypatch.setattr(_sigpool, "_WORKER_CODE", "raise SystemExit(3)")
+    pool = _sigpool.SignaturePool(2)
+    assert not pool.try_acquire()
+    assert not pool.usable
+    pool.shutdown()
