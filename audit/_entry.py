@@ -5,23 +5,28 @@ signature | canonical event JSON``). Two decoders live here:
 
 * :func:`decode_entry` — strict (the ingestion path): full pydantic
   validation and canonical round-trip via :meth:`SignedEvent.from_bytes`.
-* :func:`make_fast_verifier` — the verifier's hot loop over entries that were
-  strictly validated when appended: it splits the header, reads the origin
-  with :func:`json.loads`, and checks the Ed25519 signature over the *exact*
-  stored bytes with libsodium (pynacl ``VerifyKey.verify``, which releases the
-  GIL). Soundness does not depend on the lighter parse: a signature that
-  verifies under the registered key of the named origin means that node signed
-  exactly these bytes.
+* :func:`make_entry_checker` — the verifier's hot loop over stored entries:
+  it splits the header, reads the event id and origin (:func:`event_fields`:
+  a regular-expression fast path for the canonical shape, :func:`json.loads`
+  otherwise, same answers), and checks the Ed25519 signature over the *exact*
+  stored bytes with libsodium (``crypto_sign_open``, which releases the GIL).
+  Soundness does not depend on the lighter parse: a signature that verifies
+  under the registered key of the named origin means that node signed exactly
+  these bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -32,15 +37,17 @@ from securemesh.audit.events import (
     SignedEvent,
     event_key_id,
 )
-from securemesh.errors import DecodeError, LocalError, SecureMeshError
+from securemesh.crypto.signing import VERIFY_KEY_SIZE
+from securemesh.errors import AuthenticationError, DecodeError, LocalError, SecureMeshError
 
 __all__ = [
     "LEAF_COLUMNS",
     "Decoded",
     "decode_entry",
     "entry_of",
+    "event_fields",
     "event_id_of",
-    "make_fast_verifier",
+    "make_entry_checker",
     "projection",
     "verify_decoded",
 ]
@@ -60,6 +67,9 @@ LEAF_COLUMNS = (
 )
 """Column order of :meth:`Decoded.row_values` (after ``idx``)."""
 
+LeafValues = tuple[str, bytes, bytes, str, str, str, str, str, int, str]
+"""A leaf row after ``idx``: event_id, entry, leaf_hash, then the query projection."""
+
 _HEADER = SignedEvent.HEADER_SIZE
 _KEY_ID_AT = 5
 _SIG_AT = 13
@@ -67,6 +77,26 @@ _SIG_AT = 13
 
 def _details_json(event: AuditEvent) -> str:
     return json.dumps(event.details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+_DETAILS_START = b'{"details":'
+_DETAILS_END = b',"event_id":"'
+
+
+def details_json_of_canonical(event_bytes: bytes) -> str:
+    """``_details_json(event)`` read straight out of the event's canonical bytes.
+
+    In the canonical encoding (sorted keys, compact, UTF-8) ``details`` is the
+    first key and its value is the JSON of the details map with the same
+    settings, followed by ``,"event_id":"``. That sequence starts with an
+    unescaped quote, so it cannot occur inside a JSON string, and after the
+    details value only fixed-shape fields follow: its *last* occurrence ends
+    the details value (a detail may itself be called ``event_id``).
+    """
+    if not event_bytes.startswith(_DETAILS_START):
+        raise LocalError("not a canonical audit event")
+    end = event_bytes.rindex(_DETAILS_END)
+    return event_bytes[len(_DETAILS_START) : end].decode("utf-8")
 
 
 def projection(event: AuditEvent) -> dict[str, Any]:
@@ -90,7 +120,7 @@ class Decoded:
     entry: bytes
     leaf_hash: bytes
     signed: SignedEvent
-    _values: tuple[object, ...] | None = field(default=None, repr=False, compare=False)
+    _values: LeafValues | None = field(default=None, repr=False, compare=False)
 
     @property
     def event_id(self) -> str:
@@ -100,7 +130,7 @@ class Decoded:
     def origin(self) -> str:
         return self.signed.unverified_event().origin
 
-    def row_values(self) -> tuple[object, ...]:
+    def row_values(self) -> LeafValues:
         """Column values in :data:`LEAF_COLUMNS` order, without the leading ``idx``.
 
         Computed once (the verifier threads compute it off the sequencer's path).
@@ -117,7 +147,7 @@ class Decoded:
                 ev.subject.id,
                 str(ev.outcome.value),
                 ev.time_ms,
-                _details_json(ev),
+                details_json_of_canonical(self.signed.event_bytes),
             )
         return self._values
 
@@ -130,9 +160,34 @@ def decode_entry(entry: bytes) -> Decoded:
     return Decoded(entry, hashlib.sha256(b"\x00" + entry).digest(), signed)
 
 
+@functools.lru_cache(maxsize=4096)
+def _cached_key_id(verify_key: bytes) -> bytes:
+    return event_key_id(verify_key)
+
+
+_local = threading.local()
+
+
 def verify_decoded(decoded: Decoded, verify_key: bytes) -> AuditEvent:
-    """The verified event, or AuthenticationError."""
-    return decoded.signed.verify(verify_key)
+    """The verified event, or AuthenticationError.
+
+    The checks and errors of :meth:`SignedEvent.verify` (key length, key id,
+    Ed25519 signature over the domain-separated canonical bytes), with the key
+    id cached per key and libsodium called through this thread's
+    :func:`_signature_opener` (the ingestion hot path).
+    """
+    signed = decoded.signed
+    vk = bytes(verify_key)
+    if len(vk) != VERIFY_KEY_SIZE:
+        raise AuthenticationError("verify key has the wrong length")
+    if _cached_key_id(vk) != signed.key_id:
+        raise AuthenticationError("event was signed by a different key")
+    opener = getattr(_local, "opener", None)
+    if opener is None:
+        opener = _local.opener = _signature_opener()
+    if not opener(signed.signature + EVENT_SIGNATURE_DOMAIN + signed.event_bytes, vk):
+        raise AuthenticationError("signature does not verify")
+    return signed.unverified_event()
 
 
 def entry_of(signed_event: object) -> bytes:
@@ -149,72 +204,136 @@ def event_id_of(signed_event: object) -> str:
     return decode_entry(entry_of(signed_event)).event_id
 
 
-Row = tuple[int, bytes, bytes, str]
-FastVerifier = Callable[[Sequence[Row]], list[tuple[int, str]]]
+EntryChecker = Callable[[bytes, str], str | None]
+
+# A regular subset of JSON (no whitespace, [0-9] digits, RFC 8259 strings and
+# escapes, no NaN/Infinity) in the exact shape of a canonical version-1 event.
+# Any text it fully matches is a JSON object that json.loads parses, and whose
+# top-level "event_id" and "origin" are the two groups: the verifier reads them
+# from the match and only falls back to json.loads for anything else.
+_JSON_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
+_JSON_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_JSON_PAIR = f"{_JSON_STR}:(?:{_JSON_STR}|{_JSON_NUM}|true|false|null)"
+_CANONICAL_SHAPE = re.compile(
+    r'\{"details":\{(?:' + _JSON_PAIR + "(?:," + _JSON_PAIR + r")*)?\}"
+    r',"event_id":"([0-9a-f]{32})","kind":"[a-z._]{1,64}"'
+    r',"origin":"([A-Za-z0-9][A-Za-z0-9._-]{0,63})","outcome":"[a-z]{1,32}"'
+    r',"subject":\{"id":' + _JSON_STR + r',"type":"[a-z]{1,32}"\}'
+    r',"time_ms":(?:0|[1-9][0-9]*),"version":1\}'
+)
 
 
-def make_fast_verifier(resolve: Callable[[str], bytes]) -> FastVerifier:
-    """A function checking origin signatures of ``(index, entry, leaf_hash, event_id)`` rows.
+def event_fields(body: bytes) -> tuple[object, object] | None:
+    """``(event_id, origin)`` of an event body as :func:`json.loads` reads them.
 
-    It also checks that the row's ``event_id`` column is the entry's event id
-    (a row whose entry was swapped for another genuine event is named exactly).
-
-    Returns ``[(index, problem)]`` for entries that fail. Thread-safe; verify
-    keys are cached per origin (one resolver call per origin).
+    None if the body is not a JSON object with both keys. The fast path (a
+    full match of :data:`_CANONICAL_SHAPE` on the UTF-8 text) returns exactly
+    what ``json.loads(body)`` would; anything else goes through ``json.loads``.
     """
-    keys: dict[str, tuple[bytes, nacl.signing.VerifyKey] | None] = {}
-    domain = EVENT_SIGNATURE_DOMAIN
+    try:
+        m = _CANONICAL_SHAPE.fullmatch(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        m = None
+    if m is not None:
+        return m.group(1), m.group(2)
+    try:
+        doc = json.loads(body)
+        return doc["event_id"], doc["origin"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
-    def key_for(origin: str) -> tuple[bytes, nacl.signing.VerifyKey] | None:
+
+def _signature_opener() -> Callable[[bytes, bytes], bool]:
+    """``opener(signature ‖ message, verify key) -> bool``: libsodium ``crypto_sign_open``.
+
+    The same libsodium function that ``nacl.signing.VerifyKey.verify`` and
+    ``nacl.bindings.crypto_sign_open`` call, called through pynacl's compiled
+    cffi module with one reusable output buffer per opener (the verifier checks
+    a million signatures; pynacl's wrapper allocates and zeroes a buffer and
+    copies the message out each time). Not thread-safe: one opener per thread.
+    Falls back to ``nacl.bindings.crypto_sign_open`` if that module changes.
+    """
+    try:
+        from nacl._sodium import ffi, lib  # type: ignore[import-not-found]  # noqa: PLC0415
+
+        raw_open = lib.crypto_sign_open
+        null = ffi.NULL
+        buf = ffi.new("unsigned char[]", MAX_SIGNED_EVENT_SIZE + len(EVENT_SIGNATURE_DOMAIN))
+        size = len(buf)
+    except (ImportError, AttributeError):  # pragma: no cover - other pynacl builds
+        bindings_open = nacl.bindings.crypto_sign_open
+
+        def slow(signed: bytes, vk: bytes) -> bool:
+            try:
+                bindings_open(signed, vk)
+            except nacl.exceptions.BadSignatureError:
+                return False
+            return True
+
+        return slow
+
+    def opener(signed: bytes, vk: bytes) -> bool:
+        n = len(signed)
+        if n > size or len(vk) != VERIFY_KEY_SIZE:  # the C call trusts both lengths
+            raise LocalError("bad arguments to crypto_sign_open")
+        return raw_open(buf, null, signed, n, vk) == 0  # type: ignore[no-any-return]
+
+    return opener
+
+
+def make_entry_checker(resolve: Callable[[str], bytes]) -> EntryChecker:
+    """``check(entry, event_id) -> problem or None`` for one stored leaf entry.
+
+    Checks framing and size, that the event names ``event_id`` (the row's
+    column) and a known origin, that the key id is that origin's and that the
+    origin's Ed25519 signature verifies over the exact stored bytes
+    (libsodium ``crypto_sign_open``, the function pynacl's ``VerifyKey.verify``
+    calls, without its wrapper; it releases the GIL). Verify keys are cached
+    per origin (one resolver call per origin). One checker per thread.
+    """
+    keys: dict[str, tuple[bytes, bytes] | None] = {}
+    domain = EVENT_SIGNATURE_DOMAIN
+    sign_open = _signature_opener()
+    shape = _CANONICAL_SHAPE.fullmatch
+
+    def key_for(origin: str) -> tuple[bytes, bytes] | None:
         if origin in keys:
             return keys[origin]
         try:
             vk = resolve(origin)
-            found: tuple[bytes, nacl.signing.VerifyKey] | None = (
-                event_key_id(vk),
-                nacl.signing.VerifyKey(vk),
-            )
-        except (SecureMeshError, nacl.exceptions.CryptoError, ValueError):
+            nacl.signing.VerifyKey(vk)  # length and type checks
+            found: tuple[bytes, bytes] | None = (event_key_id(vk), bytes(vk))
+        except (SecureMeshError, nacl.exceptions.CryptoError, ValueError, TypeError):
             found = None
         keys[origin] = found
         return found
 
-    def check(rows: Sequence[Row]) -> list[tuple[int, str]]:
-        bad: list[tuple[int, str]] = []
-        loads = json.loads
-        for idx, entry, _, event_id in rows:
-            if (
-                len(entry) <= _HEADER
-                or len(entry) > MAX_SIGNED_EVENT_SIZE
-                or entry[:5] != b"SMAE\x01"
-            ):
-                bad.append((idx, "not a signed audit event"))
-                continue
-            body = entry[_HEADER:]
-            try:
-                doc = loads(body)
-                origin = doc["origin"]
-                claimed_id = doc["event_id"]
-            except (ValueError, KeyError, TypeError):
-                bad.append((idx, "event does not decode"))
-                continue
-            if not isinstance(origin, str):
-                bad.append((idx, "event does not decode"))
-                continue
-            if claimed_id != event_id:
-                bad.append((idx, "entry is not the event this row was appended for"))
-                continue
+    def check(entry: bytes, event_id: str) -> str | None:  # noqa: PLR0911 - one per finding
+        if len(entry) <= _HEADER or len(entry) > MAX_SIGNED_EVENT_SIZE or entry[:5] != b"SMAE\x01":
+            return "not a signed audit event"
+        body = entry[_HEADER:]
+        # event_fields(body), inlined (a million calls per verify)
+        try:
+            m = shape(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            m = None
+        fields = m.groups() if m is not None else event_fields(body)
+        if fields is None:
+            return "event does not decode"
+        claimed_id, origin = fields
+        if not isinstance(origin, str):
+            return "event does not decode"
+        if claimed_id != event_id:
+            return "entry is not the event this row was appended for"
+        k = keys.get(origin)
+        if k is None:
             k = key_for(origin)
             if k is None:
-                bad.append((idx, f"unknown origin {origin[:64]!r}"))
-                continue
-            if entry[_KEY_ID_AT:_SIG_AT] != k[0]:
-                bad.append((idx, "signed by a key that is not the origin's"))
-                continue
-            try:
-                k[1].verify(domain + body, entry[_SIG_AT:_HEADER])
-            except nacl.exceptions.BadSignatureError:
-                bad.append((idx, "origin signature does not verify"))
-        return bad
+                return f"unknown origin {origin[:64]!r}"
+        if entry[_KEY_ID_AT:_SIG_AT] != k[0]:
+            return "signed by a key that is not the origin's"
+        if not sign_open(entry[_SIG_AT:_HEADER] + domain + body, k[1]):
+            return "origin signature does not verify"
+        return None
 
     return check

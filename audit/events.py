@@ -213,9 +213,24 @@ class AuditEvent(BaseModel):
 
     def canonical_bytes(self) -> bytes:
         """The deterministic encoding that is signed (see the module docstring)."""
+        # The model's JSON data (``model_dump(mode="json")``), built by hand:
+        # the enums are str subclasses that json encodes as their values, and
+        # strict validation leaves only str/bool/int/float/None in details.
+        # (Same bytes; tests compare it with model_dump for random events.)
+        subject = self.subject
+        doc = {
+            "details": self.details,
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "origin": self.origin,
+            "outcome": self.outcome,
+            "subject": {"id": subject.id, "type": subject.type},
+            "time_ms": self.time_ms,
+            "version": self.version,
+        }
         try:
             data = json.dumps(
-                self.model_dump(mode="json"),
+                doc,
                 sort_keys=True,
                 separators=(",", ":"),
                 ensure_ascii=False,

@@ -7,12 +7,14 @@ Theory of operation
 **Append.** ``append(events)`` first decodes each signed event strictly,
 resolves its origin's verify key (unknown origin →
 :class:`~securemesh.errors.UnknownOrigin`) and hashes the leaf
-(``SHA-256(0x00 ‖ entry)``), then starts checking the origins' Ed25519
-signatures on a thread pool (libsodium releases the GIL). While they are
-checked, this thread sequences the first batch; its commit waits for the
-verdict, and any bad signature (→ :class:`~securemesh.errors.AuthenticationError`)
-rolls the transaction back, so nothing unverified is ever committed. Per
-batch of at most :data:`MAX_BATCH` entries, one write transaction:
+(``SHA-256(0x00 ‖ entry)``); each chunk of 32 decoded entries has its
+origins' Ed25519 signatures checked — in worker processes (:mod:`._sigpool`)
+for calls of 64 entries or more, else on a thread pool — while this thread
+decodes the next chunk and then sequences the first batch; its commit
+waits for the verdict, and any bad signature
+(→ :class:`~securemesh.errors.AuthenticationError`) rolls the transaction
+back, so nothing unverified is ever committed. Per batch of at most
+:data:`MAX_BATCH` entries, one write transaction:
 
 1. take the sequencing lock (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
    ``SELECT … FOR UPDATE`` on the single sequencer row) and read the tree
@@ -49,6 +51,7 @@ thread commits up to :data:`MAX_BATCH` entries or whatever arrived within
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +65,7 @@ from sqlalchemy.sql import ColumnElement
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import Decoded, decode_entry, verify_decoded
+from securemesh.audit._sigpool import CODE_OTHER_KEY, SignaturePool, shared_pool
 from securemesh.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from securemesh.audit.merkle import (
     HASH_SIZE,
@@ -82,6 +86,7 @@ from securemesh.audit.store import (
 )
 from securemesh.crypto.signing import VERIFY_KEY_SIZE, Signer
 from securemesh.errors import (
+    AuthenticationError,
     LocalError,
     RemoteError,
     UnknownOrigin,
@@ -168,6 +173,7 @@ class AuditLog:
         clock: Callable[[], float] = time.time,
         max_batch: int = MAX_BATCH,
         verify_threads: int = 2,
+        verify_processes: bool | None = None,
     ) -> None:
         if not 1 <= max_batch <= MAX_BATCH:
             raise LocalError(f"max_batch must be in 1..{MAX_BATCH}")
@@ -183,11 +189,18 @@ class AuditLog:
         self._max_batch = max_batch
         self._key_cache: dict[str, bytes] = {}
         self._verify_threads = max(1, verify_threads)
+        # Large appends check signatures in worker processes (see ._sigpool);
+        # by default when there is more than one core.
+        self._verify_processes = (
+            (os.cpu_count() or 1) > 1 if verify_processes is None else verify_processes
+        )
         self._executor: ThreadPoolExecutor | None = None
         # Driver-level executemany (no per-row SQLAlchemy parameter processing).
         mark = "?" if self._sqlite else "%s"
+        self._mark = mark
         self._sql_leaves = _SQL_INSERT_LEAVES.replace("?", mark)
         self._sql_nodes = _SQL_INSERT_NODES.replace("?", mark)
+        self._sql_known = "SELECT event_id, idx FROM audit_leaves WHERE event_id IN ("
 
     # ------------------------------------------------------------ lifecycle
 
@@ -269,21 +282,23 @@ class AuditLog:
         is raised and nothing from this call is appended. Re-appending an event
         already in the log returns its existing index.
         """
-        checked, todo = self._prepare([_entry_bytes(e) for e in signed_events])
-        for _, err in checked:
-            if err is not None:
-                raise err
-        wait = self._verify_async(todo)
+        checked, wait = self._prepare([_entry_bytes(e) for e in signed_events])
+        try:
+            for _, err in checked:
+                if err is not None:
+                    raise err
 
-        def gate() -> None:
-            failures = wait()
-            if failures:
-                raise failures[0][1]
+            def gate() -> None:
+                failures = wait()
+                if failures:
+                    raise failures[0][1]
 
-        decoded = [d for d, _ in checked if d is not None]
-        if not decoded:
-            gate()
-        return self._sequence(decoded, gate=gate)
+            decoded = [d for d, _ in checked if d is not None]
+            if not decoded:
+                gate()
+            return self._sequence(decoded, gate=gate)
+        finally:
+            wait()  # (idempotent) the started checks end before this call does
 
     def append_entries(self, entries: Sequence[bytes]) -> list[AppendOutcome]:
         """Append what verifies, reject the rest individually (the ingestion path).
@@ -293,8 +308,7 @@ class AuditLog:
         the signatures are checked; if any fails, the transaction is rolled
         back and the batch sequenced again without it.
         """
-        checked, todo = self._prepare([bytes(e) for e in entries])
-        wait = self._verify_async(todo)
+        checked, wait = self._prepare([bytes(e) for e in entries])
         failures: list[tuple[int, RemoteError]] | None = None
 
         def gate() -> None:
@@ -305,10 +319,12 @@ class AuditLog:
 
         good = [d for d, err in checked if err is None and d is not None]
         indices: list[int] = []
-        with contextlib.suppress(_RollBack):  # a forged event: sequence again without it
-            indices = self._sequence(good, gate=gate)
-        if failures is None:
-            failures = wait()
+        try:
+            with contextlib.suppress(_RollBack):  # a forged event: sequence again without it
+                indices = self._sequence(good, gate=gate)
+        finally:
+            if failures is None:
+                failures = wait()
         if failures:
             for i, failure in failures:
                 checked[i] = (checked[i][0], failure)
@@ -332,50 +348,73 @@ class AuditLog:
 
     def _prepare(
         self, entries: Sequence[bytes]
-    ) -> tuple[list[tuple[Decoded | None, RemoteError | None]], list[tuple[int, Decoded, bytes]]]:
-        """Decode every entry and resolve its origin's key (this thread)."""
-        results: list[tuple[Decoded | None, RemoteError | None]] = []
-        todo: list[tuple[int, Decoded, bytes]] = []
-        for i, entry in enumerate(entries):
-            try:
-                d = decode_entry(entry)
-            except RemoteError as exc:
-                results.append((None, exc))
-                continue
-            try:
-                vk = self._resolver(d.origin)
-            except RemoteError as exc:
-                results.append((d, exc))
-                continue
-            results.append((d, None))
-            todo.append((i, d, vk))
-        return results, todo
+    ) -> tuple[
+        list[tuple[Decoded | None, RemoteError | None]],
+        Callable[[], list[tuple[int, RemoteError]]],
+    ]:
+        """Decode every entry and resolve its origin's key (this thread); check signatures.
 
-    def _verify_async(
-        self, todo: list[tuple[int, Decoded, bytes]]
-    ) -> Callable[[], list[tuple[int, RemoteError]]]:
-        """Start checking origin signatures on the thread pool; return a waiter.
-
-        libsodium (through pynacl/cffi) releases the GIL while it verifies, so
-        the pool's threads use the other core while this thread sequences the
-        batch (everything but the commit, which waits for the verdict).
+        Signature checks start as soon as each chunk of :data:`_VERIFY_CHUNK`
+        entries is decoded, on the thread pool (libsodium, through pynacl/cffi,
+        releases the GIL), so the pool's threads use the other core while this
+        thread decodes the rest and then sequences the batch (everything but
+        the commit, which waits for the verdict). Returns the decoded entries
+        (or their decode/origin errors) and a waiter for the signature failures.
         """
-        if len(todo) <= _VERIFY_CHUNK or self._verify_threads == 1:
-            done = _verify_chunk(todo)
-            return lambda: done
-        step = max(_VERIFY_CHUNK, -(-len(todo) // (4 * self._verify_threads)))
-        futures = [
-            self._pool().submit(_verify_chunk, todo[k : k + step])
-            for k in range(0, len(todo), step)
-        ]
-        return lambda: [f for fut in futures for f in fut.result()]
+        results: list[tuple[Decoded | None, RemoteError | None]] = []
+        procs: SignaturePool | None = None
+        if self._verify_processes and len(entries) >= 2 * _VERIFY_CHUNK:
+            procs = shared_pool()
+            if not procs.try_acquire():
+                procs = None  # busy with another append (or unavailable): threads
+        pooled = procs is None and self._verify_threads > 1 and len(entries) > _VERIFY_CHUNK
+        futures: list[Future[list[tuple[int, RemoteError]]]] = []
+        sent: list[tuple[int | None, list[tuple[int, Decoded, bytes]]]] = []
+        todo: list[tuple[int, Decoded, bytes]] = []
+        resolve = self._resolver
+        try:
+            for i, entry in enumerate(entries):
+                try:
+                    d = decode_entry(entry)
+                except RemoteError as exc:
+                    results.append((None, exc))
+                    continue
+                try:
+                    vk = resolve(d.origin)
+                except RemoteError as exc:
+                    results.append((d, exc))
+                    continue
+                results.append((d, None))
+                todo.append((i, d, vk))
+                if len(todo) == _VERIFY_CHUNK:
+                    if procs is not None and all(len(k) == VERIFY_KEY_SIZE for _, _, k in todo):
+                        sent.append((procs.send([(j, x.entry, k) for j, x, k in todo]), todo))
+                        todo = []
+                    elif pooled:
+                        futures.append(self._pool().submit(_verify_chunk, todo))
+                        todo = []
+            done = _verify_chunk(todo) if todo else []  # the tail, here
+        except BaseException:
+            if procs is not None:
+                _drain(procs, sent)
+            raise
+        outcome: list[list[tuple[int, RemoteError]]] = []
+
+        def wait() -> list[tuple[int, RemoteError]]:
+            if not outcome:  # once: later calls return the same verdict
+                got = _drain(procs, sent) if procs is not None else []
+                got += [f for fut in futures for f in fut.result()]
+                outcome.append(got + done)
+            return outcome[0]
+
+        return results, wait
 
     def _check_all(
         self, entries: Sequence[bytes]
     ) -> list[tuple[Decoded | None, RemoteError | None]]:
         """Decode and verify every entry (no sequencing)."""
-        results, todo = self._prepare(entries)
-        for i, err in self._verify_async(todo)():
+        results, wait = self._prepare(entries)
+        for i, err in wait():
             results[i] = (results[i][0], err)
         return results
 
@@ -407,13 +446,14 @@ class AuditLog:
             return []
         if self._signer is None:
             raise LocalError("appending needs the log key (open the log with a signer)")
-        ids = list(dict.fromkeys(d.event_id for d in batch))
+        values = [d.row_values() for d in batch]  # (event_id, entry, leaf_hash, …)
+        ids = tuple(dict.fromkeys(v[0] for v in values))
         with write_transaction(self._engine) as conn:
             size, _root, frontier = self._lock_sequencer(conn)
             known: dict[str, int] = {
-                r.event_id: int(r.idx)
-                for r in conn.execute(
-                    select(s.leaves.c.event_id, s.leaves.c.idx).where(s.leaves.c.event_id.in_(ids))
+                str(eid): int(idx)
+                for eid, idx in conn.exec_driver_sql(
+                    self._sql_known + ",".join([self._mark] * len(ids)) + ")", ids
                 )
             }
             cr = CompactRange.from_peaks(
@@ -422,13 +462,14 @@ class AuditLog:
             leaf_rows: list[tuple[object, ...]] = []
             node_rows: list[tuple[int, int, bytes]] = []
             result: list[int] = []
-            for d in batch:
-                idx = known.get(d.event_id)
+            append_into = cr.append_into
+            for v in values:
+                idx = known.get(v[0])
                 if idx is None:
                     idx = cr.size
-                    known[d.event_id] = idx
-                    node_rows.extend((n.level, n.index, n.hash) for n in cr.append(d.leaf_hash))
-                    leaf_rows.append((idx, *d.row_values()))
+                    known[v[0]] = idx
+                    append_into(v[2], node_rows)
+                    leaf_rows.append((idx, *v))
                 result.append(idx)
             if leaf_rows:
                 new_root = cr.root()
@@ -602,6 +643,37 @@ def _verify_chunk(items: list[tuple[int, Decoded, bytes]]) -> list[tuple[int, Re
             bad.append((i, exc))
             continue
         d.row_values()  # the query projection, computed here while other threads verify
+    return bad
+
+
+def _drain(
+    pool: SignaturePool, sent: list[tuple[int | None, list[tuple[int, Decoded, bytes]]]]
+) -> list[tuple[int, RemoteError]]:
+    """Collect the worker processes' verdicts on ``sent`` chunks, then free the pool.
+
+    A chunk whose worker is gone (or never got it) is checked here instead.
+    """
+    bad: list[tuple[int, RemoteError]] = []
+    try:
+        for worker, items in sent:
+            got = pool.receive(worker) if worker is not None and pool.usable else None
+            if got is None:
+                bad.extend(_verify_chunk(items))
+                continue
+            for pos, code in got:
+                bad.append(
+                    (
+                        pos,
+                        AuthenticationError(
+                            "event was signed by a different key"
+                            if code == CODE_OTHER_KEY
+                            else "signature does not verify"
+                        ),
+                    )
+                )
+    finally:
+        sent.clear()
+        pool.release()
     return bad
 
 

@@ -278,6 +278,29 @@ class CompactRange:
         self._size = index + 1
         return completed
 
+    def append_into(self, leaf_hash: bytes, out: list[tuple[int, int, bytes]]) -> None:
+        """:meth:`append`, adding the completed nodes to ``out`` as ``(level, index, hash)``.
+
+        The sequencer's form: rows ready for the node table, no objects per node.
+        """
+        if type(leaf_hash) is not bytes or len(leaf_hash) != HASH_SIZE:
+            _check_hash(leaf_hash, LocalError, "leaf hash")
+            leaf_hash = bytes(leaf_hash)
+        index = self._size
+        h = leaf_hash
+        out.append((0, index, h))
+        if index & 1:
+            pop = self._peaks.pop
+            level = 0
+            j = index
+            while j & 1:
+                h = _sha256(_NODE_PREFIX + pop() + h).digest()
+                j >>= 1
+                level += 1
+                out.append((level, j, h))
+        self._peaks.append(h)
+        self._size = index + 1
+
     def extend(self, leaf_hashes: Iterable[bytes]) -> list[Node]:
         """Append several leaf hashes; return all completed nodes in order."""
         out: list[Node] = []

@@ -8,18 +8,26 @@ a caller's resolver), and the *last checkpoint this client saw* (a small local
 state file). Everything else in the database — leaves, hashes, tree nodes,
 tree heads, the sequencer row — is treated as possibly tampered with.
 
-One pass over the leaves, in index order, in batches (bounded memory):
+The leaves are checked in aligned *segments* ``[k·S, (k+1)·S)`` (``S`` a
+power of two, 8,192 by default), each read and checked by a worker — a process
+per core for large logs, else a thread — that returns only its findings and
+subtree roots (:mod:`._scan`); this process folds them together in index order
+(bounded memory, no leaf data crossing process boundaries):
 
-1. **Per entry.** The stored ``leaf_hash`` must equal SHA-256(0x00 ‖ entry)
-   (RFC 9162 §2.1.1); the entry must decode, name a known origin and carry a
-   valid Ed25519 signature by it. Signature checks run on a small thread pool
-   (pynacl releases the GIL inside libsodium, so two threads use both cores).
-   Indices must be contiguous from 0: a missing index is a deleted row.
-2. **Per signed tree head.** The recomputed leaf hashes feed a compact range;
-   at each stored head's size the recomputed root must equal the head's root,
-   and the head's note must be a valid checkpoint by the log key for exactly
-   that ``(size, root)``.
-3. **Localisation.** When a head's root does not match, the entries between
+1. **Per entry** (in the worker). The stored ``leaf_hash`` must equal
+   SHA-256(0x00 ‖ entry) (RFC 9162 §2.1.1); the entry must decode, name a
+   known origin and carry a valid Ed25519 signature by it over the exact
+   stored bytes. Indices must be contiguous from 0: a missing index is a
+   deleted row.
+2. **Per signed tree head.** Each head's note must be a valid checkpoint by
+   the log key for exactly that ``(size, root)`` (checked here while the
+   workers run), and the recomputed root at that size must equal the head's
+   root. A segment starting at a multiple of its size is a perfect subtree,
+   so the root at a size ``s`` inside it is the fold of the peaks before the
+   segment with the segment's own root of ``[k·S, s)``, which the worker
+   reports for every stored head size.
+3. **Localisation.** When a head's root does not match, the segment is
+   walked again here leaf by leaf, and the entries between
    the previous good head and this one are checked one by one: each
    recomputed leaf hash must be provably included (RFC 9162 §2.1.3) in the
    *signed* root, with the proof read from the stored tree nodes (a table
@@ -43,6 +51,7 @@ Any finding raises :class:`~securemesh.errors.LogIntegrityError` whose
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import hashlib
 import json
@@ -58,7 +67,15 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from securemesh.audit import _schema as s
-from securemesh.audit._entry import make_fast_verifier
+from securemesh.audit._entry import make_entry_checker
+from securemesh.audit._scan import (
+    Segment,
+    Source,
+    fold_peaks,
+    read_rows,
+    scan_segment,
+    scan_segment_in_worker,
+)
 from securemesh.audit.checkpoint import open_checkpoint
 from securemesh.audit.merkle import (
     EMPTY_ROOT,
@@ -68,7 +85,7 @@ from securemesh.audit.merkle import (
     verify_inclusion,
 )
 from securemesh.audit.query import leaf_batches
-from securemesh.audit.store import create_audit_engine, read_transaction
+from securemesh.audit.store import is_sqlite, read_transaction
 from securemesh.errors import (
     LocalError,
     LogIntegrityError,
@@ -86,40 +103,51 @@ __all__ = [
 ]
 
 _FETCH: Final = 8192
-_SIG_CHUNK: Final = 1024
 _MAX_STATE_FILE: Final = 64 * 1024
 _PROCESS_THRESHOLD: Final = 100_000
-_PROCESS_RANGE: Final = 25_000
+_SEGMENT: Final = 1 << 13
 
 
 def _process_count(
-    processes: int | None, key_resolver: Callable[[str], bytes] | None, to_check: int
+    processes: int | None, key_resolver: Callable[[str], bytes] | None, total: int
 ) -> int:
     if key_resolver is not None:  # a caller's resolver cannot cross a process boundary
         return 0
     if processes is not None:
         return max(0, processes)
-    return (os.cpu_count() or 1) if to_check >= _PROCESS_THRESHOLD else 0
+    return (os.cpu_count() or 1) if total >= _PROCESS_THRESHOLD else 0
 
 
-def _verify_range(url: str, lo: int, hi: int, registry: dict[str, bytes]) -> list[tuple[int, str]]:
-    """Worker process: check the origin signatures of leaves ``[lo, hi)``."""
+def _source_of(engine: Engine) -> Source:
+    """How a worker process reaches the database behind ``engine``."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database:
+        return ("sqlite", url.database)
+    return ("url", url.render_as_string(hide_password=False))
 
-    def resolve(origin: str) -> bytes:
-        try:
-            return registry[origin]
-        except KeyError:
-            raise UnknownOrigin(f"origin {origin!r} is not registered") from None
 
-    check = make_fast_verifier(resolve)
-    engine = create_audit_engine(url, pool=False)
-    bad: list[tuple[int, str]] = []
+def _scan_here(  # noqa: PLR0917 - the worker's arguments, positionally
+    engine: Engine,
+    lo: int,
+    hi: int,
+    sizes: list[int],
+    resolve: Callable[[str], bytes],
+    skip_below: int,
+    fetch: int,
+) -> Segment:
+    """:func:`~._scan.scan_segment` on a pooled connection of this process (thread path)."""
+    check = make_entry_checker(resolve)  # one per thread (see make_entry_checker)
+    raw = engine.raw_connection()
     try:
-        for batch in _stream_leaves(engine, _FETCH, lo=lo, hi=hi):
-            bad.extend(check(batch))
+        cur = raw.cursor()
+        mark = "?" if is_sqlite(engine) else "%s"
+        seg = scan_segment(read_rows(cur, mark, lo, hi, fetch), lo, hi, sizes, check, skip_below)
+        cur.close()
+        if not is_sqlite(engine):
+            raw.rollback()
     finally:
-        engine.dispose()
-    return bad
+        raw.close()
+    return seg
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +324,16 @@ class _Acc:
         peaks.append(h)
         self.size += 1
 
+    def add_subtree(self, h: bytes, level: int) -> None:
+        """Append the root of a perfect subtree of ``2**level`` leaves (size aligned to it)."""
+        j = self.size >> level
+        peaks = self.peaks
+        while j & 1:
+            h = hashlib.sha256(b"\x01" + peaks.pop() + h).digest()
+            j >>= 1
+        peaks.append(h)
+        self.size += 1 << level
+
     def root(self) -> bytes:
         return _fold(self.peaks)
 
@@ -313,6 +351,99 @@ def _resync(nodes: _NodeReader, head: _Head) -> _Acc | None:
     return _Acc(head.size, peaks)
 
 
+class _Combine:
+    """Joins segment results, in index order, into the whole tree's compact range.
+
+    Fast path (:meth:`take_segment`): the root at each signed head inside the
+    segment is the fold of the prefix peaks and the segment's local root there.
+    If one does not match, :meth:`replay` re-reads the leaves from the last good
+    head on and walks them one by one, localising the tampered entries by
+    inclusion in the signed roots and resynchronising from the stored peaks
+    (steps 2-3 of the module docstring).
+    """
+
+    def __init__(
+        self,
+        nodes: _NodeReader,
+        heads: list[_Head],
+        findings: _Findings,
+        last_seen: LastSeen | None,
+    ) -> None:
+        self.acc = _Acc()
+        self._nodes = nodes
+        self._heads = heads
+        self._next = 0  # heads[_next] is the first head not yet checked
+        self._range_start = 0  # size of the last head checked
+        self._findings = findings
+        self._seen = last_seen.size if last_seen is not None else None
+        self.root_at_seen: bytes | None = None
+
+    def _heads_upto(self, size: int) -> list[_Head]:
+        j = self._next
+        while j < len(self._heads) and self._heads[j].size <= size:
+            j += 1
+        return self._heads[self._next : j]
+
+    def take_segment(self, seg: Segment) -> bool:
+        """Absorb a segment if every signed head inside it matches; False otherwise."""
+        prefix = self.acc.peaks
+        inside = self._heads_upto(seg.hi)
+        for h in inside:
+            if fold_peaks([*prefix, seg.roots[h.size]]) != h.root:
+                return False
+        if self._seen is not None and seg.lo < self._seen <= seg.hi:
+            self.root_at_seen = fold_peaks([*prefix, seg.roots[self._seen]])
+        width = seg.hi - seg.lo  # its set bits are the local peaks' levels, largest first
+        levels = [lvl for lvl in range(width.bit_length() - 1, -1, -1) if width >> lvl & 1]
+        for lvl, peak in zip(levels, seg.peaks, strict=True):
+            self.acc.add_subtree(peak, lvl)
+        if inside:
+            self._next += len(inside)
+            self._range_start = inside[-1].size
+        return True
+
+    def replay(self, engine: Engine, lo: int, hi: int, fetch: int) -> None:
+        """Walk ``[last good head, hi)`` leaf by leaf (only after a mismatch)."""
+        hashes: dict[int, bytes] = {}
+        sha256 = hashlib.sha256
+        expected = lo
+        for rows in _stream_leaves(engine, fetch, lo=self._range_start, hi=hi):
+            for idx, entry, _, _ in rows:
+                h = sha256(b"\x00" + entry).digest()
+                if idx < lo:
+                    hashes[idx] = h  # already in the compact range
+                    continue
+                while expected < idx:  # a gap (already reported by the segment)
+                    self._push(expected, b"\x00" * HASH_SIZE, hashes)
+                    expected += 1
+                self._push(idx, h, hashes)
+                expected += 1
+        while expected < hi:  # cannot happen: the segment ends at a stored row
+            self._push(expected, b"\x00" * HASH_SIZE, hashes)
+            expected += 1
+
+    def _push(self, index: int, h: bytes, hashes: dict[int, bytes]) -> None:
+        self.acc.append(h)
+        hashes[index] = h
+        size = self.acc.size
+        if self._seen is not None and size == self._seen:
+            self.root_at_seen = self.acc.root()
+        while self._next < len(self._heads) and self._heads[self._next].size <= size:
+            head = self._heads[self._next]
+            if self.acc.size == head.size and self.acc.root() != head.root:
+                _localise(self._nodes, head, self._range_start, hashes, self._findings)
+                resynced = _resync(self._nodes, head)
+                if resynced is None:
+                    self._findings.problem(
+                        f"stored tree nodes at size {head.size} do not fold to its signed root"
+                    )
+                else:
+                    self.acc = resynced
+            hashes.clear()
+            self._range_start = head.size
+            self._next += 1
+
+
 def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docstring
     engine: Engine,
     *,
@@ -325,20 +456,25 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     fetch_batch: int = _FETCH,
     recheck_signatures: bool = False,
     processes: int | None = None,
+    segment_size: int = _SEGMENT,
 ) -> VerifyReport:
     """Verify the whole log stored behind ``engine``; see the module docstring.
 
-    ``key_resolver`` defaults to the database's origin registry. Signatures are
-    checked on ``threads`` threads, or — by default for logs of at least
+    ``key_resolver`` defaults to the database's origin registry. The leaves
+    are checked in aligned segments of ``segment_size`` (a power of two)
+    entries, on ``threads`` threads, or — by default for logs of at least
     100,000 entries checked against the registry — in ``processes`` worker
-    processes (default: one per core) that read their own index ranges. With a
-    ``last_seen`` checkpoint, origin signatures of the entries below its size
-    were checked by this client before and are not checked again (unless
-    ``recheck_signatures``): the recomputed root at that size must equal the
-    root this client saw, which binds every one of those entries. Raises
+    processes (default: one per core) that read their own segments and return
+    only findings and subtree roots. With a ``last_seen`` checkpoint, origin
+    signatures of the entries below its size were checked by this client
+    before and are not checked again (unless ``recheck_signatures``): the
+    recomputed root at that size must equal the root this client saw, which
+    binds every one of those entries. Raises
     :class:`~securemesh.errors.LogIntegrityError` (``.entries`` = tampered
     leaf indices) on any finding.
     """
+    if segment_size < 1 or segment_size & (segment_size - 1):
+        raise LocalError("segment_size must be a power of two")
     kname = key_name if key_name is not None else log_origin
     findings = _Findings()
     nodes = _NodeReader(engine)
@@ -359,22 +495,11 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
             )
         ).one_or_none()
         top = conn.execute(select(func.max(s.leaves.c.idx))).scalar_one_or_none()
-    max_idx = -1 if top is None else int(top)
-
-    # --- tree heads: signatures first (a head we cannot trust checks nothing)
-    heads: list[_Head] = []
-    for r in head_rows:
-        size, root, note = int(r[0]), bytes(r[1]), bytes(r[2])
-        try:
-            cp = open_checkpoint(note, key_name=kname, verify_key=log_verify_key, origin=log_origin)
-        except SecureMeshError:
-            findings.problem(f"tree head of size {size}: checkpoint signature does not verify")
-            continue
-        if cp.size != size or cp.root_hash != root:
-            findings.problem(f"tree head of size {size}: row does not match its signed checkpoint")
-            continue
-        heads.append(_Head(size, root, note))
-    latest = heads[-1] if heads else None
+        # Segments cover [0, max]; a row moved below 0 is named here.
+        for (neg,) in conn.execute(select(s.leaves.c.idx).where(s.leaves.c.idx < 0).limit(1000)):
+            findings.entry(int(neg), "index out of range (negative)")
+    total = 0 if top is None or int(top) < 0 else int(top) + 1
+    skip_below = 0 if (last_seen is None or recheck_signatures) else last_seen.size
 
     def resolve(origin: str) -> bytes:
         if key_resolver is not None:
@@ -384,92 +509,90 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
         except KeyError:
             raise UnknownOrigin(f"origin {origin!r} is not registered") from None
 
-    check_sigs = make_fast_verifier(resolve)
+    # Sizes whose recomputed roots are needed: every stored head (checked or
+    # not yet) and the client's last-seen size.
+    wanted = {int(r[0]) for r in head_rows}
+    if last_seen is not None:
+        wanted.add(last_seen.size)
+    wanted_sizes = sorted(wanted)
+    segments = [(lo, min(lo + segment_size, total)) for lo in range(0, total, segment_size)]
 
-    # --- one streaming pass over the leaves
-    cr = _Acc()
-    head_iter = iter(heads)
-    next_head = next(head_iter, None)
-    range_start = 0
-    range_hashes: dict[int, bytes] = {}
-    expected = 0
-    signatures = 0
-    sha256 = hashlib.sha256
-    pending: list[Future[list[tuple[int, str]]]] = []
-    skip_below = 0 if (last_seen is None or recheck_signatures) else last_seen.size
-    root_at_seen: bytes | None = None
+    def sizes_in(lo: int, hi: int) -> list[int]:
+        right = bisect.bisect_right
+        return wanted_sizes[right(wanted_sizes, lo) : right(wanted_sizes, hi)]
 
-    def drain(limit: int) -> None:
-        while len(pending) > limit:
-            for idx, why in pending.pop(0).result():
-                findings.entry(idx, why)
-
-    def close_heads_upto(size: int) -> None:
-        nonlocal next_head, range_start, cr
-        while next_head is not None and next_head.size <= size:
-            h = next_head
-            if cr.size == h.size and cr.root() != h.root:
-                drain(0)  # signature findings first: they make localisation exact
-                _localise(nodes, h, range_start, range_hashes, findings)
-                resynced = _resync(nodes, h)
-                if resynced is None:
-                    findings.problem(
-                        f"stored tree nodes at size {h.size} do not fold to its signed root"
-                    )
-                else:
-                    cr = resynced
-            range_hashes.clear()
-            range_start = h.size
-            next_head = next(head_iter, None)
-
-    def push(index: int, h: bytes) -> None:
-        nonlocal root_at_seen
-        cr.append(h)
-        range_hashes[index] = h
-        if last_seen is not None and cr.size == last_seen.size:
-            root_at_seen = cr.root()
-        close_heads_upto(cr.size)
-
-    n_procs = _process_count(processes, key_resolver, max_idx + 1 - skip_below)
+    n_procs = _process_count(processes, key_resolver, total)
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, threads)))
+        futures: list[Future[Segment]] = []
         if n_procs:
-            # Large logs: signature checks in worker processes that read their
-            # own index ranges (no GIL to share); this process only hashes.
+            # Large logs: each worker process reads and checks its own segments
+            # (no GIL to share); this process only combines subtree roots.
             procs = stack.enter_context(
                 ProcessPoolExecutor(max_workers=n_procs, mp_context=mp.get_context("spawn"))
             )
-            url = engine.url.render_as_string(hide_password=False)
-            for lo in range(skip_below, max_idx + 1, _PROCESS_RANGE):
-                hi = min(lo + _PROCESS_RANGE, max_idx + 1)
-                pending.append(procs.submit(_verify_range, url, lo, hi, registry))
-                signatures += hi - lo
-        for rows in _stream_leaves(engine, fetch_batch):
-            if not n_procs:
-                to_check = (
-                    rows if rows[0][0] >= skip_below else [r for r in rows if r[0] >= skip_below]
+            source = _source_of(engine)
+            for lo, hi in segments:
+                futures.append(
+                    procs.submit(
+                        scan_segment_in_worker,
+                        source,
+                        lo,
+                        hi,
+                        sizes_in(lo, hi),
+                        registry,
+                        skip_below,
+                        fetch_batch,
+                    )
                 )
-                for lo in range(0, len(to_check), _SIG_CHUNK):
-                    pending.append(pool.submit(check_sigs, to_check[lo : lo + _SIG_CHUNK]))
-                    signatures += min(_SIG_CHUNK, len(to_check) - lo)
-            for idx, entry, stored, _ in rows:
-                while expected < idx:  # a gap: deleted row(s)
-                    findings.entry(expected, "missing (row deleted)")
-                    push(expected, b"\x00" * HASH_SIZE)
-                    expected += 1
-                if idx < expected:  # cannot happen with a primary key; be safe
-                    findings.entry(idx, "duplicate index")
-                    continue
-                h = sha256(b"\x00" + entry).digest()
-                if h != stored:
-                    findings.entry(idx, "stored leaf hash does not match the entry bytes")
-                push(idx, h)
-                expected += 1
-            if not n_procs:
-                drain(8)
-        drain(0)
+        else:
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, threads)))
+            for lo, hi in segments:
+                futures.append(
+                    pool.submit(
+                        _scan_here,
+                        engine,
+                        lo,
+                        hi,
+                        sizes_in(lo, hi),
+                        resolve,
+                        skip_below,
+                        fetch_batch,
+                    )
+                )
 
-    size = expected
+        # --- tree heads: signatures (a head we cannot trust checks nothing),
+        # checked here while the segments are scanned
+        heads: list[_Head] = []
+        for r in head_rows:
+            hsize, hroot, note = int(r[0]), bytes(r[1]), bytes(r[2])
+            try:
+                cp = open_checkpoint(
+                    note, key_name=kname, verify_key=log_verify_key, origin=log_origin
+                )
+            except SecureMeshError:
+                findings.problem(f"tree head of size {hsize}: checkpoint signature does not verify")
+                continue
+            if cp.size != hsize or cp.root_hash != hroot:
+                findings.problem(
+                    f"tree head of size {hsize}: row does not match its signed checkpoint"
+                )
+                continue
+            heads.append(_Head(hsize, hroot, note))
+        latest = heads[-1] if heads else None
+
+        # --- combine the segments in index order
+        state = _Combine(nodes, heads, findings, last_seen)
+        signatures = 0
+        for (lo, hi), fut in zip(segments, futures, strict=True):
+            seg = fut.result()
+            signatures += seg.signatures
+            for idx, why in seg.findings:
+                findings.entry(idx, why)
+            if not state.take_segment(seg):
+                state.replay(engine, lo, hi, fetch_batch)
+
+    cr = state.acc
+    size = total
     # rows past the last signed head: never covered by a checkpoint
     if latest is not None and size > latest.size:
         for i in range(latest.size, size):
@@ -480,7 +603,6 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     if latest is not None and latest.size > size:
         for i in range(size, latest.size):
             findings.entry(i, "missing (the signed tree head is larger than the stored log)")
-    close_heads_upto(size)
     root = cr.root()
     if seq is not None and (int(seq[0]) != size or bytes(seq[1]) != root):
         findings.problem("the sequencer state does not match the stored leaves")
@@ -505,7 +627,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
                     f"fork: the signed root at size {last_seen.size} differs from the one "
                     "this client saw"
                 )
-            if last_seen.size > 0 and root_at_seen not in (None, last_seen.root):
+            if last_seen.size > 0 and state.root_at_seen not in (None, last_seen.root):
                 findings.problem(
                     f"the entries below size {last_seen.size} no longer hash to the root "
                     "this client saw"

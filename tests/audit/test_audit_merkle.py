@@ -137,6 +137,18 @@ def test_roots_match_vectors(size: int) -> None:
     assert cr.root() == ROOTS[size]
 
 
+def test_append_into_emits_the_same_nodes_as_append() -> None:
+    a, b = CompactRange(), CompactRange()
+    rows: list[tuple[int, int, bytes]] = []
+    for i in range(70):
+        h = leaf_hash(i.to_bytes(2, "big"))
+        nodes = a.append(h)
+        start = len(rows)
+        b.append_into(h, rows)
+        assert rows[start:] == [(n.level, n.index, n.hash) for n in nodes]
+        assert (b.size, b.peaks, b.root()) == (a.size, a.peaks, a.root())
+
+
 def test_compact_range_emits_the_published_node_hashes() -> None:
     cr = CompactRange()
     emitted = cr.extend(leaf_hash(e) for e in LEAVES)

@@ -39,13 +39,32 @@ def log(
 
 
 def _verify(log: AuditLog, log_signer: Ed25519Signer, last_seen: LastSeen | None = None) -> None:
-    verify_log(
-        log.engine,
-        log_verify_key=log_signer.verify_key,
-        log_origin=log.origin,
-        last_seen=last_seen,
-        fetch_batch=128,
-    )
+    """Verify twice: the whole log as one segment, and in aligned segments of 64.
+
+    Heads are at 100, 356 and 600, so with segments of 64 heads fall inside
+    segments, signed ranges straddle segment boundaries and tampering at
+    63/64, 255/256 … crosses them. Both must reach the same verdict.
+    """
+    results: list[LogIntegrityError | None] = []
+    for opts in ({}, {"segment_size": 64}):
+        try:
+            verify_log(
+                log.engine,
+                log_verify_key=log_signer.verify_key,
+                log_origin=log.origin,
+                last_seen=last_seen,
+                fetch_batch=48,
+                **opts,
+            )
+            results.append(None)
+        except LogIntegrityError as exc:
+            results.append(exc)
+    whole, segmented = results
+    assert (whole is None) == (segmented is None)
+    if whole is not None:
+        assert segmented is not None
+        assert whole.entries == segmented.entries
+        raise whole
 
 
 def _tampered(
@@ -299,3 +318,106 @@ def test_worker_processes_find_the_same_entries(
         )
     assert info.value.entries == [333]
     assert "entry is not the event this row was appended for" in str(info.value)
+
+
+@pytest.mark.parametrize("index", [63, 64, 127, 128, 255, 256])
+def test_segment_boundary_tampering_is_named(
+    log: AuditLog, log_signer: Ed25519Signer, index: int
+) -> None:
+    entry = bytearray(log.get_entry(index))
+    entry[-10] ^= 0x01
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == index).values(entry=bytes(entry)))
+    _sql(log, delete(s.leaves).where(s.leaves.c.idx == index + 1))
+    assert _tampered(log, log_signer) == [index, index + 1]
+
+
+def test_swap_across_a_segment_boundary_is_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 127).values(idx=-1))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 128).values(idx=127))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == -1).values(idx=128))
+    assert _tampered(log, log_signer) == [127, 128]
+
+
+def test_segment_size_must_be_a_power_of_two(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    with pytest.raises(LocalError, match="power of two"):
+        verify_log(
+            log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin, segment_size=48
+        )
+
+
+@pytest.mark.slow
+def test_worker_processes_name_tampering_across_segments(
+    log: AuditLog, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    """Worker processes, segments of 64: every kind of finding, the exact entries named."""
+    forged = make_events(edge_signers["edge-2"], "edge-1", 1, start=20_000)[0].to_bytes()
+    _sql(
+        log,
+        update(s.leaves)
+        .where(s.leaves.c.idx == 64)
+        .values(entry=forged, leaf_hash=hashlib.sha256(b"\x00" + forged).digest()),
+    )
+    entry = bytearray(log.get_entry(99))
+    entry[-10] ^= 0x01
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 99).values(entry=bytes(entry)))
+    _sql(log, delete(s.leaves).where(s.leaves.c.idx == 320))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 383).values(idx=-1))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 384).values(idx=383))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == -1).values(idx=384))
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 599).values(leaf_hash=b"\x11" * 32))
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(
+            log.engine,
+            log_verify_key=log_signer.verify_key,
+            log_origin=log.origin,
+            processes=2,
+            segment_size=64,
+            fetch_batch=40,
+        )
+    assert info.value.entries == [64, 99, 320, 383, 384, 599]
+    assert "entry 64: entry is not the event this row was appended for" in str(info.value)
+    assert "entry 320: missing (row deleted)" in str(info.value)
+
+
+@pytest.mark.slow
+def test_worker_processes_verify_a_clean_log_like_one_pass(
+    log: AuditLog, log_signer: Ed25519Signer
+) -> None:
+    head = log.latest_tree_head()
+    assert head is not None
+    one = verify_log(log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin)
+    many = verify_log(
+        log.engine,
+        log_verify_key=log_signer.verify_key,
+        log_origin=log.origin,
+        processes=2,
+        segment_size=32,
+    )
+    assert (many.size, many.root, many.heads_checked) == (one.size, one.root, one.heads_checked)
+    assert many.root == head.root
+    assert many.signatures_checked == N
+    seen = LastSeen(log.origin, 356, log.tree_head(356).root, log.tree_head(356).note)
+    inc = verify_log(
+        log.engine,
+        log_verify_key=log_signer.verify_key,
+        log_origin=log.origin,
+        processes=2,
+        segment_size=32,
+        last_seen=seen,
+    )
+    assert inc.signatures_checked == N - 356
+    bad = LastSeen(log.origin, 356, b"\x01" * 32, seen.note)
+    with pytest.raises(LogIntegrityError, match="no longer hash to the root"):
+        verify_log(
+            log.engine,
+            log_verify_key=log_signer.verify_key,
+            log_origin=log.origin,
+            processes=2,
+            segment_size=32,
+            last_seen=bad,
+        )
+
+
+def test_row_moved_below_zero_is_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == 5).values(idx=-3))
+    assert _tampered(log, log_signer) == [-3, 5]
