@@ -35,11 +35,7 @@ Paths:
   does per message; that is what ``ratio_signed_vs_verify`` compares with the
   bare verify rate (a receiver verifies; it does not also sign).
   ``signed_e2e_msgs_per_s`` has the sender sign inside the timed loop too
-  (``node.send(..., auth="signed")``), sign + verify on one core. The
-  receiver checks a backlog's signatures on its ``verify_threads`` worker
-  threads (default 2; libsodium releases the GIL);
-  ``signed_inline_msgs_per_s`` is the same receiver with ``verify_threads = 0``
-  (every signature on the event loop), measured in the same run.
+  (``node.send(..., auth="signed")``), sign + verify on one core.
 * ``ed25519_verify_per_s`` — bare pynacl verify of a signature over 1 KiB.
 * Latency: sequential request/reply round trips (1 KiB each way): raw
   DEALER→ROUTER echo vs ``node.request(..., auth="session")`` to a handler
@@ -261,8 +257,7 @@ async def raw_latency(count: int) -> list[float]:
 class Mesh:
     """A cloud node listening on loopback and one device connected to it."""
 
-    def __init__(self, verify_threads: int | None = None) -> None:
-        self.verify_threads = verify_threads
+    def __init__(self) -> None:
         self.now = time.time()
         self.authority = Authority.create("bench-root", now=self.now - 60)
         self.flow: Flow | None = None
@@ -286,8 +281,6 @@ class Mesh:
             "policy": {"allow": [{"types": ["app.*"], "tiers": ["end"]}]},
             "heartbeat_interval": 3600.0,
         }
-        if self.verify_threads is not None:
-            cfg["verify_threads"] = self.verify_threads
         if parent is None:
             cfg["listen"] = "tcp://127.0.0.1:0"
         else:
@@ -408,8 +401,6 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[float]] = {}
     mesh = Mesh()
     await mesh.start()
-    inline = Mesh(verify_threads=0)
-    await inline.start()
     try:
         # warm-up of every path (JIT-free Python, but caches/allocators/TCP)
         await zmq_throughput(2000, w, curve=False, drain=True)
@@ -422,7 +413,6 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             best(results, "curve_drain", lambda: zmq_throughput(n, w, curve=True, drain=True)),
             best(results, "mesh", lambda: mesh.throughput(n, w, "session")),
             best(results, "signed", lambda: mesh.presigned_throughput(n_signed, w)),
-            best(results, "signed_inline", lambda: inline.presigned_throughput(n_signed, w)),
             best(results, "signed_e2e", lambda: mesh.throughput(n_signed, w, "signed")),
             best(results, "verify", lambda: verify_rate(0.5)),
         ]
@@ -434,7 +424,6 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         mesh_lat = await mesh.latency(args.rtts)
         rejected = mesh.cloud.metrics.snapshot()
     finally:
-        await inline.stop()
         await mesh.stop()
 
     top = {k: max(v) for k, v in results.items()}
@@ -456,14 +445,12 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         "curve_msgs_per_s": round(curve),
         "mesh_msgs_per_s": round(top["mesh"]),
         "signed_msgs_per_s": round(top["signed"]),
-        "signed_inline_msgs_per_s": round(top["signed_inline"]),
         "signed_e2e_msgs_per_s": round(top["signed_e2e"]),
         "ed25519_verify_per_s": round(top["verify"]),
         "ratio_curve_vs_raw": round(curve / raw, 3),
         "ratio_mesh_vs_raw": round(top["mesh"] / raw, 3),
         "ratio_mesh_vs_curve": round(top["mesh"] / curve, 3),
         "ratio_signed_vs_verify": round(top["signed"] / top["verify"], 3),
-        "ratio_signed_inline_vs_verify": round(top["signed_inline"] / top["verify"], 3),
         "ratio_signed_e2e_vs_verify": round(top["signed_e2e"] / top["verify"], 3),
         "raw_rtt_p50_us": round(raw_p50, 1),
         "raw_rtt_p99_us": round(raw_p99, 1),
@@ -496,7 +483,6 @@ def main(argv: list[str] | None = None) -> int:
         ("CURVE only", "curve_msgs_per_s"),
         ("SecureMesh session MAC (full pipeline)", "mesh_msgs_per_s"),
         ("SecureMesh SIGNED, receiver", "signed_msgs_per_s"),
-        ("  ... verify_threads = 0 (on the loop)", "signed_inline_msgs_per_s"),
         ("SecureMesh SIGNED, sign+verify in loop", "signed_e2e_msgs_per_s"),
         ("Ed25519 verify (pynacl, bare)", "ed25519_verify_per_s"),
     ]

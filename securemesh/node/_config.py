@@ -189,10 +189,6 @@ class NodeConfig(_Strict):
     #: Node id that answers ``cert.renew`` for root-issued certificates (default:
     #: the cloud node learned from the parent's hello).
     authority_node: NodeId | None = None
-    #: Worker threads that check the Ed25519 signatures of a backlog of SIGNED
-    #: envelopes while the event loop goes on (libsodium releases the GIL);
-    #: 0 checks every signature on the event loop.
-    verify_threads: int = Field(default=2, ge=0, le=64)
     #: Lifetime (seconds) of the certificates this node issues and renews when it
     #: serves enrollment (a cloud with ``authority/``, an edge with
     #: ``delegation.cert``); a cloud's delegations to edges get the same lifetime.

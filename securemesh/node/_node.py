@@ -103,7 +103,6 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -159,17 +158,14 @@ from securemesh.node._pipeline import (
     FirstContactResolver,
     HeldMessage,
     HoldBuffer,
-    PendingSignature,
     Pipeline,
     VerifiedMessage,
 )
-from securemesh.node._stage import VerifyStage
 from securemesh.policy import AllowTypes, Policy
 from securemesh.session import Handshake, Session, SessionLimits
 from securemesh.transport import Channel, Connection, Listener, Transport
 from securemesh.wire import (
     ZERO_ID,
-    AuthMode,
     Envelope,
     Flags,
     Limits,
@@ -190,11 +186,6 @@ log = logging.getLogger("securemesh.node")
 Auth = Literal["signed", "session"]
 #: Step-3 rejections of a relayed message that a certificate lookup may cure.
 _LOOKUP_REASONS = ("unknown_sender", "certificate_expired")
-
-# The header byte that holds the auth mode (docs/protocol.md §3.2), read before
-# decoding to tell a SIGNED envelope of a backlog from the rest (see _recv_loop).
-_AUTH_MODE_AT = 3
-_SIGNED = int(AuthMode.SIGNED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,8 +376,6 @@ class MeshNode:
         self.parent_rtt: float | None = None
         self._parent_failures = 0
         self._loops: list[asyncio.Task[None]] = []
-        self._verify_pool: ThreadPoolExecutor | None = None
-        self._stages: list[VerifyStage] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = asyncio.Semaphore(lim.max_inflight)
         self._inflight_count = 0
@@ -500,9 +489,6 @@ class MeshNode:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
-        if self._verify_pool is not None:
-            self._verify_pool.shutdown(wait=False, cancel_futures=True)
-            self._verify_pool = None
         for pending_req in self._pending.values():
             if not pending_req.future.done():
                 pending_req.future.set_exception(TransportClosed("node stopped"))
@@ -833,87 +819,38 @@ class MeshNode:
 
     # ---------------------------------------------------------------- receiving
 
-    async def _recv_loop(self, channel: Channel, from_parent: bool) -> None:  # noqa: PLR0912
+    async def _recv_loop(self, channel: Channel, from_parent: bool) -> None:
         process = self.pipeline.process
         metrics = self.metrics
         take = self._take
-        stage = self._verify_stage(channel, from_parent)
-        try:
-            while not self._stopped:  # see _maintenance: a swallowed cancel must still end it
-                try:
-                    peer, frames = await channel.recv()
-                except TransportClosed:
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("receive failed", extra={"event": "recv_error"})
-                    await asyncio.sleep(0.01)
-                    continue
-                metrics.received += 1
-                if stage is not None:
-                    # A backlog: SIGNED envelopes' signatures go to worker threads and
-                    # whatever arrives meanwhile queues behind them (see _stage.py).
-                    head = frames[0] if frames else b""
-                    if len(head) > _AUTH_MODE_AT and head[_AUTH_MODE_AT] == _SIGNED:
-                        if stage.busy or channel.has_queued():
-                            early = process(
-                                peer, frames, from_parent=from_parent, defer_signature=True
-                            )
-                            if type(early) is Rejection:  # may depend on earlier messages: redo
-                                stage.put_frames(peer, frames)
-                            else:
-                                stage.put(cast("PendingSignature | VerifiedMessage", early))
-                            await stage.wait_for_room()
-                            continue
-                    elif stage.busy:
-                        stage.put_frames(peer, frames)
-                        await stage.wait_for_room()
-                        continue
-                result = process(peer, frames, from_parent=from_parent)
-                try:
-                    rest = take(
-                        cast("VerifiedMessage | Rejection", result), channel, from_parent, frames
-                    )
-                    if rest is not None:
-                        await rest
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("dispatch failed", extra={"event": "dispatch_error"})
-        finally:
-            if stage is not None:
-                await stage.close()
-
-    def _verify_stage(self, channel: Channel, from_parent: bool) -> VerifyStage | None:
-        if self.config.verify_threads == 0:
-            return None
-
-        async def deliver(
-            result: VerifiedMessage | Rejection, frames: Sequence[bytes] | None
-        ) -> None:
-            rest = self._take(result, channel, from_parent, frames)
-            if rest is not None:
-                await rest
-
-        stage = VerifyStage(self.pipeline, self._verify_executor, deliver, from_parent=from_parent)
-        self._stages.append(stage)
-        return stage
-
-    def _verify_executor(self) -> Executor:
-        """The worker threads that check a backlog's signatures (made on first use)."""
-        if self._verify_pool is None:
-            self._verify_pool = ThreadPoolExecutor(
-                max_workers=self.config.verify_threads, thread_name_prefix="securemesh-verify"
-            )
-        return self._verify_pool
+        while not self._stopped:  # see _maintenance: a swallowed cancel must still end the loop
+            try:
+                peer, frames = await channel.recv()
+            except TransportClosed:
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("receive failed", extra={"event": "recv_error"})
+                await asyncio.sleep(0.01)
+                continue
+            metrics.received += 1
+            result = process(peer, frames, from_parent=from_parent)
+            try:
+                rest = take(result, channel, from_parent, frames)
+                if rest is not None:
+                    await rest
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatch failed", extra={"event": "dispatch_error"})
 
     def _take(
         self,
         result: VerifiedMessage | Rejection,
         channel: Channel,
         from_parent: bool,
-        frames: Sequence[bytes] | None,
+        frames: Sequence[bytes],
     ) -> Awaitable[None] | None:
         """Deliver one pipeline result; return what is left to await, if anything.
 
@@ -926,10 +863,8 @@ class MeshNode:
         :meth:`_route`/:meth:`_deliver`); anything else goes to :meth:`_route`.
         """
         if type(result) is Rejection:
-            if (
-                result.reason in _LOOKUP_REASONS
-                and frames is not None
-                and self._hold_for_lookup(result, frames, channel, from_parent)
+            if result.reason in _LOOKUP_REASONS and self._hold_for_lookup(
+                result, frames, channel, from_parent
             ):
                 return None  # verified from step 1 again once the lookup ends
             self.metrics.reject(result)
@@ -1844,12 +1779,6 @@ class MeshNode:
             "sessions": {"count": len(self._sessions), "peers": self.session_peers()},
             "inflight": self._inflight_count,
             "draining": self._draining,
-            "verify": {
-                "threads": self.config.verify_threads,
-                "offloaded": sum(st.deferred for st in self._stages),
-                "batches": sum(st.batches for st in self._stages),
-                "queued": sum(st.queued for st in self._stages),
-            },
             "counters": self.metrics.snapshot(),
             "transport": transport_stats,
             "certificate": {

@@ -91,11 +91,9 @@ __all__ = [
     "FirstContactResolver",
     "HeldMessage",
     "HoldBuffer",
-    "PendingSignature",
     "Pipeline",
     "SessionKeys",
     "VerifiedMessage",
-    "check_signatures",
 ]
 
 M = TypeVar("M", bound="BaseModel")
@@ -182,49 +180,6 @@ class VerifiedMessage:
         return f"VerifiedMessage({self.envelope!r}, relayed={self.relayed})"
 
 
-class PendingSignature:
-    """A SIGNED envelope past steps 1-3 whose signature (step 4) is still to be checked.
-
-    Made by :meth:`Pipeline.process` with ``defer_signature=True``; nothing of
-    its body reaches a handler before :meth:`Pipeline.finish` passed it.
-    """
-
-    __slots__ = ("entry", "from_parent", "now", "peer", "relayed", "unverified")
-
-    def __init__(
-        self,
-        unverified: UnverifiedEnvelope,
-        entry: DirectoryEntry,
-        peer: bytes,
-        *,
-        relayed: bool,
-        from_parent: bool,
-        now: float,
-    ) -> None:
-        self.unverified = unverified
-        self.entry = entry
-        self.peer = peer
-        self.relayed = relayed
-        self.from_parent = from_parent
-        self.now = now
-
-
-def check_signatures(batch: Sequence[PendingSignature]) -> list[Envelope | RemoteError]:
-    """Step 4 for a batch of pending envelopes, in order; safe on a worker thread.
-
-    Touches only immutable data (the envelope views and the certificate's
-    verify key); libsodium releases the GIL while it checks, so batches on
-    worker threads use the other cores.
-    """
-    out: list[Envelope | RemoteError] = []
-    for pending in batch:
-        try:
-            out.append(pending.unverified.verify_signature(pending.entry.cert.verify_key))
-        except RemoteError as exc:
-            out.append(exc)
-    return out
-
-
 class Pipeline:
     """Steps 1-6 for one node. Configure, then call :meth:`process` per received message."""
 
@@ -289,21 +244,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ steps
 
-    def process(  # noqa: PLR0912 - the numbered steps in one place (hot path)
-        self,
-        peer: bytes,
-        frames: Sequence[bytes],
-        *,
-        from_parent: bool,
-        defer_signature: bool = False,
-    ) -> VerifiedMessage | Rejection | PendingSignature:
-        """Run steps 1-6 on one message from the link whose CURVE key is ``peer``.
-
-        With ``defer_signature`` a SIGNED envelope stops after step 3 and comes
-        back as a :class:`PendingSignature`: check it with
-        :func:`check_signatures` (thread-safe, e.g. on a worker thread) and pass
-        the outcome to :meth:`finish`, which runs steps 5-6.
-        """
+    def process(  # noqa: PLR0912, PLR0915 - the numbered steps in one place (hot path)
+        self, peer: bytes, frames: Sequence[bytes], *, from_parent: bool
+    ) -> VerifiedMessage | Rejection:
+        """Run steps 1-6 on one message from the link whose CURVE key is ``peer``."""
         now = self._clock()
         sender: str | None = None
         msg_type: str | None = None
@@ -336,90 +280,41 @@ class Pipeline:
                     raise AuthenticationError("a relayed envelope must be signed by its origin")
                 entry = directory.lookup(sender, now=now)
                 relayed = True
+            cert = entry.cert
             # 4. signature or MAC
             if mode is AuthMode.SIGNED:
-                if defer_signature:
-                    return PendingSignature(
-                        unverified, entry, peer, relayed=relayed, from_parent=from_parent, now=now
-                    )
-                envelope = unverified.verify_signature(entry.cert.verify_key)
+                envelope = unverified.verify_signature(cert.verify_key)
             else:
                 session = self._sessions.get(header.key_id)
                 if session is None or session.peer_id != sender or session.peer_key != peer:
                     raise AuthenticationError(NO_SESSION)
                 envelope = unverified.verify_mac(session.recv_key)
-            return self._admit(envelope, entry, peer, relayed, from_parent, now)
+            # 5. replay (recorded only now that the envelope is authentic):
+            # the skew bound, then the window (ReplayGuard.accept checks it)
+            # (``header`` is the envelope's own header: verification passed it on)
+            if abs(header.timestamp_ms - now * 1000) > self._max_skew_ms:
+                raise ClockSkewError("timestamp too far from our clock")
+            self._replay.accept(sender, header.sequence)
+            # 6. authorization
+            flags = header.flags
+            if flags is Flags.REPLY:
+                if not self._reply_ok(envelope):
+                    raise UnexpectedReply("reply to no request of ours")
+            else:
+                if not header.recipient and not from_parent and msg_type != NODE_HELLO:
+                    raise AuthorizationError("broadcasts only come down from the parent")
+                key = (sender, msg_type)
+                if self._allowed.get(key) is not entry:  # cache of positive decisions
+                    policy = self._type_policies.get(msg_type, self._policy)
+                    policy.authorize(entry.peer_info, msg_type)
+                    if len(self._allowed) >= _MAX_ALLOWED_CACHE:
+                        self._allowed.clear()
+                    self._allowed[key] = entry
+            return VerifiedMessage(envelope, cert, peer, relayed=relayed)
         except RemoteError as exc:
             return Rejection(exc.reason, peer, sender, msg_type, str(exc), now)
         except Exception as exc:  # a body/certificate that fails validation in a helper
             return Rejection("malformed", peer, sender, msg_type, type(exc).__name__, now)
-
-    def finish(
-        self, pending: PendingSignature, outcome: Envelope | RemoteError
-    ) -> VerifiedMessage | Rejection:
-        """Steps 5-6 for a :class:`PendingSignature` whose step 4 ran elsewhere.
-
-        ``outcome`` is what :func:`check_signatures` returned for it. Step 3 is
-        repeated first (a cheap directory lookup), so a certificate revoked or
-        expired while the signature was being checked is refused as it would
-        have been inline.
-        """
-        unverified = pending.unverified
-        sender = unverified.sender
-        msg_type = unverified.msg_type
-        now = self._clock()
-        try:
-            if isinstance(outcome, RemoteError):
-                raise outcome
-            entry = self._directory.lookup(sender, now=now)
-            if entry.cert.verify_key != pending.entry.cert.verify_key:
-                raise AuthenticationError("sender certificate changed during verification")
-            if pending.relayed:  # the relaying hop must still be enrolled
-                hop = self._directory.node_for_curve_key(pending.peer)
-                if hop is None:
-                    raise AuthenticationError("relaying neighbour is no longer enrolled")
-                self._directory.lookup(hop, now=now)
-            return self._admit(
-                outcome, entry, pending.peer, pending.relayed, pending.from_parent, now
-            )
-        except RemoteError as exc:
-            return Rejection(exc.reason, pending.peer, sender, msg_type, str(exc), now)
-        except Exception as exc:
-            return Rejection("malformed", pending.peer, sender, msg_type, type(exc).__name__, now)
-
-    def _admit(  # noqa: PLR0917 - positional on the hot path
-        self,
-        envelope: Envelope,
-        entry: DirectoryEntry,
-        peer: bytes,
-        relayed: bool,
-        from_parent: bool,
-        now: float,
-    ) -> VerifiedMessage:
-        """Steps 5-6 on an authentic envelope; raises RemoteError."""
-        header = envelope.header
-        sender = header.sender
-        msg_type = header.msg_type
-        # 5. replay (recorded only now that the envelope is authentic):
-        # the skew bound, then the window (ReplayGuard.accept checks it)
-        if abs(header.timestamp_ms - now * 1000) > self._max_skew_ms:
-            raise ClockSkewError("timestamp too far from our clock")
-        self._replay.accept(sender, header.sequence)
-        # 6. authorization
-        if header.flags is Flags.REPLY:
-            if not self._reply_ok(envelope):
-                raise UnexpectedReply("reply to no request of ours")
-        else:
-            if not header.recipient and not from_parent and msg_type != NODE_HELLO:
-                raise AuthorizationError("broadcasts only come down from the parent")
-            key = (sender, msg_type)
-            if self._allowed.get(key) is not entry:  # cache of positive decisions
-                policy = self._type_policies.get(msg_type, self._policy)
-                policy.authorize(entry.peer_info, msg_type)
-                if len(self._allowed) >= _MAX_ALLOWED_CACHE:
-                    self._allowed.clear()
-                self._allowed[key] = entry
-        return VerifiedMessage(envelope, entry.cert, peer, relayed=relayed)
 
     def _learn_hello_certificate(
         self, peer: bytes, sender: str, frames: Sequence[bytes], now: float

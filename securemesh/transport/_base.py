@@ -233,14 +233,6 @@ class Channel(abc.ABC):
     async def close(self) -> None:
         """Close now (linger 0). Idempotent."""
 
-    def has_queued(self) -> bool:
-        """True if a received message is already waiting, so :meth:`recv` will not block.
-
-        A hint for batching (the node checks signatures of a backlog on worker
-        threads): ``False`` when unsure, never a promise about the future.
-        """
-        return False
-
     async def __aenter__(self) -> Self:
         return self
 

@@ -221,9 +221,6 @@ class MemoryListener(Listener):
         self._readable.clear()
         raise LookupError
 
-    def has_queued(self) -> bool:
-        return not self._closed and any(link.up.items for link in self._links)
-
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         async with asyncio.timeout(timeout):
             while True:
@@ -272,9 +269,6 @@ class MemoryConnection(Connection):
         out = check_outgoing(frames, self._transport.options)
         t = self._transport.options.send_timeout if timeout is None else timeout
         await _push(self._link.up, out, t, self.stats, lambda: self._closed)
-
-    def has_queued(self) -> bool:
-        return not self._closed and bool(self._link.down.items)
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         down = self._link.down

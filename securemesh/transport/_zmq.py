@@ -246,22 +246,9 @@ class _Receiver:
     _CLOSED_TEXT: ClassVar[str]
     _closed: bool
     _sock: zmq.asyncio.Socket
-    _shadow: zmq.Socket[bytes]
-    _rearm: _Rearmer
 
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
         raise NotImplementedError
-
-    def has_queued(self) -> bool:
-        if self._closed:
-            return False
-        try:
-            events = self._shadow.get(zmq.EVENTS)
-        except zmq.ZMQError:
-            return False
-        finally:
-            self._rearm()
-        return isinstance(events, int) and bool(events & zmq.POLLIN)
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         if not self._closed:

@@ -17,7 +17,6 @@ from node_testlib import Fixture, Member
 from securemesh.crypto import NodeIdentity
 from securemesh.messages import NODE_HELLO, NodeHello, b64e
 from securemesh.node import Directory, Pipeline, Rejection, VerifiedMessage
-from securemesh.node._pipeline import PendingSignature, check_signatures
 from securemesh.policy import AllowTypes, PolicyConfig
 from securemesh.wire import ZERO_ID, Flags, Limits, ReplayGuard, encode_mac, encode_signed
 
@@ -47,15 +46,10 @@ class Rig:
             self.directory.add_certificate(m.cert, now=NOW)
         self.replies: set[bytes] = set()
         self.sessions: dict[bytes, object] = {}
-        self.pipeline = self.new_pipeline()
-        self.seq = 0
-
-    def new_pipeline(self) -> Pipeline:
-        """A pipeline over this rig's directory, sessions and clock, with fresh replay state."""
         policy = PolicyConfig.model_validate(
             {"allow": [{"types": ["app.*"]}, {"types": ["sensor.*"], "roles": ["sensor"]}]}
         ).build()
-        return Pipeline(
+        self.pipeline = Pipeline(
             node_id="edge-1",
             directory=self.directory,
             policy=policy,
@@ -65,6 +59,7 @@ class Rig:
             sessions=self.sessions,  # type: ignore[arg-type]
             reply_ok=lambda env: env.correlation_id in self.replies,
         )
+        self.seq = 0
 
     def signed(
         self,
@@ -326,105 +321,3 @@ def test_first_contact_from_a_token_key(rig: Rig) -> None:
     # expired token key
     rig.clock.now = NOW + 61
     assert rig.reason(rig.signed(newcomer, msg_type="enroll.request"), token_key) == "bad_auth"
-
-
-# ----------------------------------------------- step 4 on a worker thread (split)
-
-
-def _split(pipeline: Pipeline, frames: list[bytes], peer: Member) -> VerifiedMessage | Rejection:
-    key = peer.identity.curve_public
-    first = pipeline.process(key, frames, from_parent=False, defer_signature=True)
-    if not isinstance(first, PendingSignature):
-        return first
-    return pipeline.finish(first, check_signatures([first])[0])
-
-
-def _defer(
-    rig: Rig, member: Member, frames: list[bytes]
-) -> VerifiedMessage | Rejection | PendingSignature:
-    key = member.identity.curve_public
-    return rig.pipeline.process(key, frames, from_parent=False, defer_signature=True)
-
-
-def _outcome(result: VerifiedMessage | Rejection) -> tuple[str, str]:
-    if isinstance(result, Rejection):
-        return "rejected", result.reason
-    return "accepted", result.envelope.packed().hex()
-
-
-def test_deferred_signature_check_returns_a_pending_envelope(rig: Rig) -> None:
-    frames = rig.signed(rig.dev)
-    pending = _defer(rig, rig.dev, frames)
-    assert isinstance(pending, PendingSignature)
-    outcomes = check_signatures([pending])
-    result = rig.pipeline.finish(pending, outcomes[0])
-    assert isinstance(result, VerifiedMessage)
-    assert result.sender == "dev-1"
-    # a MAC envelope or a rejection never comes back pending
-    stranger = rig.fx.member("dev-9", "end")
-    early = rig.pipeline.process(
-        stranger.identity.curve_public,
-        rig.signed(stranger),
-        from_parent=False,
-        defer_signature=True,
-    )
-    assert isinstance(early, Rejection)
-
-
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_split_path_agrees_with_the_inline_path(rig: Rig, data: st.DataObject) -> None:
-    """Any envelope, valid or with one flipped bit: same verdict inline and split."""
-    frames = rig.signed(rig.dev, body=b'{"a":1}')
-    if data.draw(st.booleans(), label="mangle"):
-        i = data.draw(st.integers(0, len(frames) - 1), label="frame")
-        if frames[i]:
-            j = data.draw(st.integers(0, len(frames[i]) * 8 - 1), label="bit")
-            mangled = bytearray(frames[i])
-            mangled[j // 8] ^= 1 << (j % 8)
-            frames[i] = bytes(mangled)
-    inline = rig.pipeline.process(rig.dev.identity.curve_public, frames, from_parent=False)
-    split = _split(rig.new_pipeline(), frames, rig.dev)
-    assert _outcome(inline) == _outcome(split)
-
-
-def test_a_forged_signature_in_a_batch_fails_alone(rig: Rig) -> None:
-    batch = []
-    for i in range(5):
-        signer = rig.dev2.identity if i == 2 else None
-        pending = _defer(rig, rig.dev, rig.signed(rig.dev, signer=signer))
-        assert isinstance(pending, PendingSignature)
-        batch.append(pending)
-    results = [
-        rig.pipeline.finish(p, o) for p, o in zip(batch, check_signatures(batch), strict=True)
-    ]
-    assert [_outcome(r)[0] for r in results] == ["accepted"] * 2 + ["rejected"] + ["accepted"] * 2
-    assert isinstance(results[2], Rejection)
-    assert results[2].reason == "bad_auth"
-
-
-def test_revoked_or_expired_while_pending_is_refused(rig: Rig) -> None:
-    key = rig.dev.identity.curve_public
-    pending = rig.pipeline.process(
-        key, rig.signed(rig.dev), from_parent=False, defer_signature=True
-    )
-    assert isinstance(pending, PendingSignature)
-    outcome = check_signatures([pending])[0]
-    rl = rig.fx.authority.revoke("dev-1", now=NOW)
-    rig.directory.update_revocation_list(rl.to_bytes())
-    result = rig.pipeline.finish(pending, outcome)
-    assert isinstance(result, Rejection)
-    assert result.reason == "certificate_revoked"
-
-    pending = rig.pipeline.process(
-        rig.dev2.identity.curve_public,
-        rig.signed(rig.dev2),
-        from_parent=False,
-        defer_signature=True,
-    )
-    assert isinstance(pending, PendingSignature)
-    outcome = check_signatures([pending])[0]
-    rig.clock.now = NOW + 7200
-    result = rig.pipeline.finish(pending, outcome)
-    assert isinstance(result, Rejection)
-    assert result.reason == "certificate_expired"
