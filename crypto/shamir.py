@@ -15,8 +15,10 @@ the secret is, so they carry no information about it (perfect secrecy).
 
 :func:`combine` uses the first ``threshold`` shares and, if more were given,
 checks that every extra share lies on the same polynomial; a share that does
-not is reported (DecodeError), as is a reconstructed value without the sentinel.
-This catches accidental corruption; shares are not authenticated here, which
+not is reported (DecodeError), as is a reconstructed value without the sentinel
+(a weak check: with exactly ``threshold`` shares a corrupted one still yields a
+valid-looking value with probability about 2**-9; extra shares are the real
+check). This catches accidental corruption; shares are not authenticated here, which
 is the caller's job (signed envelopes), as in Bonawitz et al. (CCS 2017).
 
 Share encoding (69 bytes)::

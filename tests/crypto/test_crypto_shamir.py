@@ -154,9 +154,12 @@ def test_combine_rejects_bad_inputs() -> None:
     tampered = [*shares[:4], Share(shares[4].x, (shares[4].y + 1) % PRIME)]
     with pytest.raises(DecodeError, match="inconsistent"):
         combine(tampered, threshold=3)
-    # A corrupted share among exactly t gives a value without the sentinel (w.h.p.).
+    # A corrupted share among exactly t gives a value without the sentinel, except
+    # with probability about 2**-9 (a uniform field element whose top byte happens
+    # to be 0x01 at a valid length): pinned randomness, so this case is fixed.
     rng = random.Random(1)
-    bad = [shares[0], shares[1], Share(shares[2].x, rng.randrange(PRIME))]
+    pinned = split(b"secret", threshold=3, shares=5, randbelow=rng.randrange)
+    bad = [pinned[0], pinned[1], Share(pinned[2].x, rng.randrange(PRIME))]
     with pytest.raises(DecodeError):
         combine(bad, threshold=3)
     with pytest.raises(DecodeError):
