@@ -145,6 +145,18 @@ class SessionConfig(_Strict):
     handshake_timeout: float = Field(default=5.0, gt=0, le=600)
 
 
+class HoldConfig(_Strict):
+    """Relayed messages from an origin whose certificate is being looked up (``cert.lookup``)."""
+
+    per_sender: int = Field(default=64, ge=1, le=100_000)
+    total: int = Field(default=1024, ge=1, le=1_000_000)
+    max_bytes: int = Field(default=16 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+    #: Seconds a message may wait; the lookup gives up after this long too.
+    max_age: float = Field(default=5.0, gt=0, le=600)
+    #: Seconds after a lookup ended before the same origin is looked up (and held) again.
+    retry_after: float = Field(default=5.0, ge=0, le=3600)
+
+
 class AuditConfig(_Strict):
     """Audit ingestion over the bus (:mod:`securemesh.node._audit_bus`)."""
 
@@ -196,6 +208,7 @@ class NodeConfig(_Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     session: SessionConfig = Field(default_factory=SessionConfig)
+    hold: HoldConfig = Field(default_factory=HoldConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
 
     def model_post_init(self, __context: object) -> None:

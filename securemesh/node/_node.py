@@ -365,7 +365,7 @@ class MeshNode:
         self._reset_hints: dict[str, float] = {}
         self._lookups: dict[str, float] = {}
         #: relayed messages from origins whose certificate is being looked up
-        self.held = hold if hold is not None else HoldBuffer()
+        self.held = hold if hold is not None else HoldBuffer(**config.hold.model_dump())
         self._lookups_inflight: set[str] = set()
         self._upstream_certs: list[str] = []
         self._listener: Listener | None = None

@@ -531,3 +531,27 @@ def test_an_expired_certificate_of_a_renewed_origin_is_looked_up_again(
                 assert b.node.directory.certificate("dev-1").serial == serial
 
     run(main())
+
+
+def test_hold_bounds_come_from_node_toml() -> None:
+    """``[hold]`` in node.toml sets the buffer's bounds; nonsense is refused at load."""
+    from pydantic import ValidationError
+
+    from securemesh.node import NodeConfig
+
+    fx = Fixture()
+    bounds = {"per_sender": 3, "total": 7, "max_bytes": 4096, "max_age": 1.5, "retry_after": 0.5}
+    built = build_node(fx, fx.member("edge-1", "edge"), memory_factory(), hold=bounds)
+    held = built.node.held
+    assert (held.per_sender, held.total, held.max_bytes, held.max_age, held.retry_after) == (
+        3,
+        7,
+        4096,
+        1.5,
+        0.5,
+    )
+    base = {"node_id": "edge-1", "tier": "edge", "listen": "tcp://127.0.0.1:0"}
+    assert NodeConfig.model_validate(base).hold.per_sender == 64
+    for bad in ({"per_sender": 0}, {"max_age": 0.0}, {"total": "7"}, {"unknown": 1}):
+        with pytest.raises(ValidationError):
+            NodeConfig.model_validate({**base, "hold": bad})
