@@ -376,6 +376,8 @@ class MeshNode:
         self.parent_rtt: float | None = None
         self._parent_failures = 0
         self._loops: list[asyncio.Task[None]] = []
+        #: children a revocation broadcast from the parent revoked, told before the cut
+        self._cut_after_fan_out: list[_Link] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = asyncio.Semaphore(lim.max_inflight)
         self._inflight_count = 0
@@ -770,10 +772,12 @@ class MeshNode:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
         rl = self.directory.update_revocation_list(revocation_list)
         self._note_revocation_list(rl.version, bytes(revocation_list))
-        self._enforce_revocation()
-        return await self.broadcast(
-            MESH_REVOCATION, Revocation(version=rl.version), frames=[bytes(revocation_list)]
-        )
+        try:  # revoked senders are refused from here on; their links go after the broadcast
+            return await self.broadcast(
+                MESH_REVOCATION, Revocation(version=rl.version), frames=[bytes(revocation_list)]
+            )
+        finally:
+            self._enforce_revocation()
 
     async def install_certificate(
         self,
@@ -960,7 +964,11 @@ class MeshNode:
             if env.msg_type in self._handlers:
                 await self._deliver(msg)
             if from_parent:
-                await self._fan_out(env.frames, exclude=None)
+                try:
+                    await self._fan_out(env.frames, exclude=None)
+                finally:
+                    if self._cut_after_fan_out is not None:
+                        await self._tell_revoked_then_cut(env.frames)
         else:
             await self._forward(msg, link, from_parent)
 
@@ -1257,9 +1265,19 @@ class MeshNode:
         if len(raws) != 1:
             raise AuthenticationError("revocation broadcast needs exactly one raw frame")
         blob = bytes(raws[0])
-        rl = self.directory.update_revocation_list(blob)
+        children = list(self._children.values())
+        rl = self.directory.update_revocation_list(blob)  # drops revoked children's state
         self._note_revocation_list(rl.version, blob)
-        self._enforce_revocation()
+        # From now on the pipeline refuses revoked senders (step 3). Cutting their
+        # connections waits until _route has passed the list on to our children —
+        # the revoked ones too, so a revoked device hears of it instead of just
+        # losing its edge (see _tell_revoked_then_cut).
+        link = msg.link
+        if isinstance(link, _Link) and link.is_parent:
+            gone = [c for c in children if self._children.get(c.peer) is not c]
+            self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
+        else:
+            self._enforce_revocation()
 
     def _on_session_hello(self, msg: VerifiedMessage) -> SessionData:
         if msg.relayed or msg.envelope.flags is not Flags.REQUEST:
@@ -1565,6 +1583,16 @@ class MeshNode:
         if self.revocation_list_version is None or version > self.revocation_list_version:
             self.revocation_list_version = version
             self.revocation_list_bytes = blob
+
+    async def _tell_revoked_then_cut(self, frames: Sequence[bytes | memoryview]) -> None:
+        """Pass a revocation broadcast to the children it revoked, then cut them off."""
+        gone, self._cut_after_fan_out = self._cut_after_fan_out or [], None
+        try:
+            for link in gone:
+                with contextlib.suppress(TransportError):
+                    await link.send(frames, self.config.limits.forward_timeout)
+        finally:
+            self._enforce_revocation()
 
     def _enforce_revocation(self) -> None:
         if self._listener is not None:

@@ -254,9 +254,11 @@ def test_revocation_cuts_a_live_device_within_one_broadcast(kit: Kit) -> None:
             rl = t.fx.authority.revoke("dev-1", now=t.fx.now)
             await t.cloud.node.publish_revocation(rl.to_bytes())
             version = rl.unverified_list().version
-            for b in (t.edge1, t.edge2, t.dev2, t.dev3):
+            # every node hears of it, the revoked device too (it is cut off right after)
+            for b in (t.edge1, t.edge2, t.dev1, t.dev2, t.dev3):
                 await wait_for(lambda b=b: rl_version(b) == version)  # type: ignore[misc]
-            assert "dev-1" not in t.edge1.node.session_peers()
+            await wait_for(lambda: "dev-1" not in t.edge1.node.session_peers())
+            await wait_for(lambda: "dev-1" not in t.edge1.node._routes)
             with pytest.raises(TimeoutError):
                 await t.dev1.node.request("cloud-1", "app.echo", Echo(text="after"), timeout=0.5)
             # others are still served
