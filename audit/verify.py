@@ -68,6 +68,7 @@ from sqlalchemy.engine import Engine
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import make_entry_checker
+from securemesh.audit._registry import load_registry, registry_resolver
 from securemesh.audit._scan import (
     Segment,
     Source,
@@ -91,7 +92,6 @@ from securemesh.errors import (
     LogIntegrityError,
     ProofError,
     SecureMeshError,
-    UnknownOrigin,
 )
 
 __all__ = [
@@ -109,7 +109,7 @@ _SEGMENT: Final = 1 << 13
 
 
 def _process_count(
-    processes: int | None, key_resolver: Callable[[str], bytes] | None, total: int
+    processes: int | None, key_resolver: Callable[[str, bytes], bytes] | None, total: int
 ) -> int:
     if key_resolver is not None:  # a caller's resolver cannot cross a process boundary
         return 0
@@ -131,7 +131,7 @@ def _scan_here(  # noqa: PLR0917 - the worker's arguments, positionally
     lo: int,
     hi: int,
     sizes: list[int],
-    resolve: Callable[[str], bytes],
+    resolve: Callable[[str, bytes], bytes],
     skip_below: int,
     fetch: int,
 ) -> Segment:
@@ -450,7 +450,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     log_verify_key: bytes,
     log_origin: str,
     key_name: str | None = None,
-    key_resolver: Callable[[str], bytes] | None = None,
+    key_resolver: Callable[[str, bytes], bytes] | None = None,
     last_seen: LastSeen | None = None,
     threads: int = 2,
     fetch_batch: int = _FETCH,
@@ -460,7 +460,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
 ) -> VerifyReport:
     """Verify the whole log stored behind ``engine``; see the module docstring.
 
-    ``key_resolver`` defaults to the database's origin registry. The leaves
+    ``key_resolver(origin, key id) -> verify key`` defaults to the database's
+    origin registry (every key each node ever registered). The leaves
     are checked in aligned segments of ``segment_size`` (a power of two)
     entries, on ``threads`` threads, or — by default for logs of at least
     100,000 entries checked against the registry — in ``processes`` worker
@@ -480,10 +481,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     nodes = _NodeReader(engine)
 
     with read_transaction(engine) as conn:
-        registry = {
-            str(r[0]): bytes(r[1])
-            for r in conn.execute(select(s.origins.c.node_id, s.origins.c.verify_key))
-        }
+        registry = load_registry(conn)
         head_rows = conn.execute(
             select(s.tree_heads.c.size, s.tree_heads.c.root, s.tree_heads.c.note).order_by(
                 s.tree_heads.c.size
@@ -501,13 +499,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     total = 0 if top is None or int(top) < 0 else int(top) + 1
     skip_below = 0 if (last_seen is None or recheck_signatures) else last_seen.size
 
-    def resolve(origin: str) -> bytes:
-        if key_resolver is not None:
-            return key_resolver(origin)
-        try:
-            return registry[origin]
-        except KeyError:
-            raise UnknownOrigin(f"origin {origin!r} is not registered") from None
+    resolve = key_resolver if key_resolver is not None else registry_resolver(registry)
 
     # Sizes whose recomputed roots are needed: every stored head (checked or
     # not yet) and the client's last-seen size.
