@@ -6,8 +6,9 @@ Theory of operation
 
 **Append.** ``append(events)`` first decodes each signed event strictly,
 resolves the verify key its origin and key id name in the registry (a
-node may have several: re-enrollment adds keys; unknown origin or key id →
-:class:`~securemesh.errors.UnknownOrigin`) and hashes the leaf
+node may have several: re-enrollment adds keys; unknown origin →
+:class:`~securemesh.errors.UnknownOrigin`, a known origin without that key
+id → :class:`~securemesh.errors.AuthenticationError`) and hashes the leaf
 (``SHA-256(0x00 ‖ entry)``); each chunk of 32 decoded entries has its
 origins' Ed25519 signatures checked — in worker processes (:mod:`._sigpool`)
 for calls of 64 entries or more, else on a thread pool — while this thread
@@ -62,6 +63,7 @@ from typing import Any, Final
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
 from securemesh.audit import _schema as s
@@ -254,18 +256,25 @@ class AuditLog:
             raise LocalError("node id must be 1..128 characters")
         t = _now_ms(self._clock) if now is None else int(now * 1000)
         kid = event_key_id(vk)
-        with write_transaction(self._engine) as conn:
-            have = conn.execute(
-                select(s.origins.c.verify_key).where(s.origins.c.node_id == node_id)
-            ).all()
-            for (old,) in have:
-                if bytes(old) == vk:
-                    return False
-                if event_key_id(bytes(old)) == kid:
-                    raise LocalError(
-                        f"{node_id!r} already has a different key with key id {kid.hex()}"
-                    )
-            conn.execute(insert(s.origins).values(node_id=node_id, verify_key=vk, registered_ms=t))
+        try:
+            with write_transaction(self._engine) as conn:
+                have = conn.execute(
+                    select(s.origins.c.verify_key).where(s.origins.c.node_id == node_id)
+                ).all()
+                for (old,) in have:
+                    if bytes(old) == vk:
+                        return False
+                    if event_key_id(bytes(old)) == kid:
+                        raise LocalError(
+                            f"{node_id!r} already has a different key with key id {kid.hex()}"
+                        )
+                conn.execute(
+                    insert(s.origins).values(node_id=node_id, verify_key=vk, registered_ms=t)
+                )
+        except IntegrityError:  # another writer registered the same key meanwhile
+            if vk in self.registered_keys(node_id).values():
+                return False
+            raise
         return True
 
     def registered_key(self, node_id: str, key_id: bytes) -> bytes:

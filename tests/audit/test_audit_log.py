@@ -314,3 +314,30 @@ def test_register_node_refuses_a_colliding_key_id(
         log.register_node("edge-c", Ed25519Signer.from_seed(b"d" * 32).verify_key)
     monkeypatch.undo()
     assert len(log.registered_keys("edge-c")) == 1
+
+
+def test_concurrent_registration_of_one_key_adds_it_once(audit_db_url: str) -> None:
+    """Writers racing to register the same key: exactly one adds it, none fails."""
+    open_log(audit_db_url).close()
+    key = Ed25519Signer.from_seed(b"r" * 32).verify_key
+    logs = [open_log(audit_db_url, migrate=False) for _ in range(4)]
+    barrier = threading.Barrier(len(logs))
+    results: list[bool | BaseException] = []
+
+    def register(lg: AuditLog) -> None:
+        barrier.wait()
+        try:
+            results.append(lg.register_node("edge-r", key))
+        except BaseException as exc:  # reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=register, args=(lg,)) for lg in logs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for lg in logs:
+        lg.close()
+    assert sorted(results, key=str) == [False, False, False, True]
+    with open_log(audit_db_url) as lg:
+        assert list(lg.registered_keys("edge-r").values()) == [key]

@@ -140,3 +140,30 @@ def test_origin_key_history_migration_keeps_existing_rows(audit_db_url: str) -> 
     report = verify_log(engine, log_verify_key=log_signer.verify_key, log_origin=log.origin)
     assert report.size == 70
     log.close()
+
+
+def test_origin_key_history_downgrade_keeps_the_newest_key_per_node(audit_db_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from securemesh.audit import store
+
+    engine = create_audit_engine(audit_db_url)
+    upgrade_schema(engine)
+    log = AuditLog(engine)
+    keys = [Ed25519Signer.from_seed(bytes([k]) * 32).verify_key for k in (1, 2, 3)]
+    log.register_node("a", keys[0], now=1)
+    log.register_node("a", keys[1], now=2)
+    log.register_node("b", keys[2], now=1)
+    cfg = Config()
+    scripts = Path(store.__file__).resolve().parent / "migrations"
+    cfg.set_main_option("script_location", str(scripts))
+    with write_transaction(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "a0001")
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT node_id, verify_key FROM audit_origins ORDER BY node_id"))
+        assert [(r[0], bytes(r[1])) for r in rows] == [("a", keys[1]), ("b", keys[2])]
+    upgrade_schema(engine)
+    assert AuditLog(engine).registered_nodes() == {"a": [keys[1]], "b": [keys[2]]}
+    engine.dispose()
