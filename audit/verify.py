@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 The verifier trusts three things only: the log's public key (checkpoint
-signatures), the origin nodes' verify keys (the ``audit_origins`` registry or
-a caller's resolver), and the *last checkpoint this client saw* (a small local
-state file). Everything else in the database — leaves, hashes, tree nodes,
+signatures), the origin nodes' verify keys (every key each node has had, in
+the ``audit_origins`` registry, or a caller's ``resolve(origin, key id)``),
+and the *last checkpoint this client saw* (a small local state file).
+Everything else in the database — leaves, hashes, tree nodes,
 tree heads, the sequencer row — is treated as possibly tampered with.
 
 The leaves are checked in aligned *segments* ``[k·S, (k+1)·S)`` (``S`` a
@@ -16,9 +17,9 @@ subtree roots (:mod:`._scan`); this process folds them together in index order
 
 1. **Per entry** (in the worker). The stored ``leaf_hash`` must equal
    SHA-256(0x00 ‖ entry) (RFC 9162 §2.1.1); the entry must decode, name a
-   known origin and carry a valid Ed25519 signature by it over the exact
-   stored bytes. Indices must be contiguous from 0: a missing index is a
-   deleted row.
+   known origin and carry a valid Ed25519 signature over the exact stored
+   bytes by the key of that origin its key id names. Indices must be
+   contiguous from 0: a missing index is a deleted row.
 2. **Per signed tree head.** Each head's note must be a valid checkpoint by
    the log key for exactly that ``(size, root)`` (checked here while the
    workers run), and the recomputed root at that size must equal the head's
