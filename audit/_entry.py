@@ -11,8 +11,8 @@ signature | canonical event JSON``). Two decoders live here:
   otherwise, same answers), and checks the Ed25519 signature over the *exact*
   stored bytes with libsodium (``crypto_sign_open``, which releases the GIL).
   Soundness does not depend on the lighter parse: a signature that verifies
-  under the registered key of the named origin means that node signed exactly
-  these bytes.
+  under a registered key of the named origin (the one the entry's key id
+  names) means that node signed exactly these bytes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
+from securemesh.audit._registry import UnregisteredKey
 from securemesh.audit.events import (
     EVENT_SIGNATURE_DOMAIN,
     MAX_SIGNED_EVENT_SIZE,
@@ -281,32 +282,43 @@ def _signature_opener() -> Callable[[bytes, bytes], bool]:
     return opener
 
 
-def make_entry_checker(resolve: Callable[[str], bytes]) -> EntryChecker:
+def make_entry_checker(resolve: Callable[[str, bytes], bytes]) -> EntryChecker:
     """``check(entry, event_id) -> problem or None`` for one stored leaf entry.
 
     Checks framing and size, that the event names ``event_id`` (the row's
-    column) and a known origin, that the key id is that origin's and that the
-    origin's Ed25519 signature verifies over the exact stored bytes
-    (libsodium ``crypto_sign_open``, the function pynacl's ``VerifyKey.verify``
-    calls, without its wrapper; it releases the GIL). Verify keys are cached
-    per origin (one resolver call per origin). One checker per thread.
+    column) and a known origin, that the entry's key id names one of that
+    origin's keys (``resolve(origin, key id)``: the registry is a key history,
+    a node may have several) and that the Ed25519 signature verifies under it
+    over the exact stored bytes (libsodium ``crypto_sign_open``, the function
+    pynacl's ``VerifyKey.verify`` calls, without its wrapper; it releases the
+    GIL). Keys are cached per ``(origin, key id)`` (one resolver call each).
+    One checker per thread.
     """
-    keys: dict[str, tuple[bytes, bytes] | None] = {}
+    keys: dict[tuple[str, bytes], bytes] = {}
+    missing: dict[tuple[str, bytes], str] = {}
     domain = EVENT_SIGNATURE_DOMAIN
     sign_open = _signature_opener()
     shape = _CANONICAL_SHAPE.fullmatch
 
-    def key_for(origin: str) -> tuple[bytes, bytes] | None:
-        if origin in keys:
-            return keys[origin]
+    def key_for(origin: str, key_id: bytes) -> bytes | str:
+        """The verify key, or the finding when there is none."""
+        slot = (origin, key_id)
+        if slot in missing:
+            return missing[slot]
         try:
-            vk = resolve(origin)
+            vk = bytes(resolve(origin, key_id))
             nacl.signing.VerifyKey(vk)  # length and type checks
-            found: tuple[bytes, bytes] | None = (event_key_id(vk), bytes(vk))
+        except UnregisteredKey:
+            missing[slot] = "signed by a key that is not the origin's"
+            return missing[slot]
         except (SecureMeshError, nacl.exceptions.CryptoError, ValueError, TypeError):
-            found = None
-        keys[origin] = found
-        return found
+            missing[slot] = f"unknown origin {origin[:64]!r}"
+            return missing[slot]
+        if event_key_id(vk) != key_id:  # a caller's resolver answered with another key
+            missing[slot] = "signed by a key that is not the origin's"
+            return missing[slot]
+        keys[slot] = vk
+        return vk
 
     def check(entry: bytes, event_id: str) -> str | None:  # noqa: PLR0911 - one per finding
         if len(entry) <= _HEADER or len(entry) > MAX_SIGNED_EVENT_SIZE or entry[:5] != b"SMAE\x01":
@@ -325,14 +337,14 @@ def make_entry_checker(resolve: Callable[[str], bytes]) -> EntryChecker:
             return "event does not decode"
         if claimed_id != event_id:
             return "entry is not the event this row was appended for"
-        k = keys.get(origin)
-        if k is None:
-            k = key_for(origin)
-            if k is None:
-                return f"unknown origin {origin[:64]!r}"
-        if entry[_KEY_ID_AT:_SIG_AT] != k[0]:
-            return "signed by a key that is not the origin's"
-        if not sign_open(entry[_SIG_AT:_HEADER] + domain + body, k[1]):
+        key_id = entry[_KEY_ID_AT:_SIG_AT]
+        vk = keys.get((origin, key_id))
+        if vk is None:
+            found = key_for(origin, key_id)
+            if isinstance(found, str):
+                return found
+            vk = found
+        if not sign_open(entry[_SIG_AT:_HEADER] + domain + body, vk):
             return "origin signature does not verify"
         return None
 

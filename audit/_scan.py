@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from securemesh.audit._entry import EntryChecker, make_entry_checker
-from securemesh.errors import UnknownOrigin
+from securemesh.audit._registry import Registry, registry_resolver
 
 __all__ = ["Segment", "Source", "fold_peaks", "scan_segment", "scan_segment_in_worker"]
 
@@ -167,18 +167,15 @@ def scan_segment_in_worker(  # noqa: PLR0917 - submitted positionally to a proce
     lo: int,
     hi: int,
     sizes: list[int],
-    registry: dict[str, bytes],
+    registry: Registry,
     skip_below: int,
     fetch: int,
 ) -> Segment:
-    """Worker process entry point: :func:`scan_segment` over its own connection."""
+    """Worker process entry point: :func:`scan_segment` over its own connection.
 
-    def resolve(origin: str) -> bytes:
-        try:
-            return registry[origin]
-        except KeyError:
-            raise UnknownOrigin(f"origin {origin!r} is not registered") from None
-
+    ``registry`` is the origin key history as plain data (:mod:`._registry`).
+    """
+    resolve = registry_resolver(registry)
     conn, mark, close = _open_source(source)
     try:
         cur = conn.cursor()

@@ -22,8 +22,13 @@ Theory of operation
   root and compact-range frontier. Writers lock it (``SELECT … FOR UPDATE`` on
   PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) for the whole batch, which is what
   makes concurrent appenders unable to fork, gap or duplicate the tree.
-* ``audit_origins`` is the registry of origin nodes' Ed25519 verify keys,
-  written by the authority at enrollment. Verifiers trust it (docs/audit.md).
+* ``audit_origins`` is the registry of origin nodes' Ed25519 verify keys: a
+  key *history*, one row per ``(node_id, verify_key)`` (a node that
+  re-enrolls with new keys keeps its old ones, so its older entries still
+  verify). Rows are added at enrollment and never replaced or deleted by
+  registration. An entry names its key by key id (first 8 bytes of
+  SHA-256(verify key)), which the readers derive from ``verify_key``.
+  Verifiers trust it (docs/audit.md).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
@@ -107,7 +113,8 @@ sequencer = Table(
 origins = Table(
     "audit_origins",
     metadata,
-    Column("node_id", String(128), primary_key=True),
+    Column("node_id", String(128), nullable=False),
     Column("verify_key", LargeBinary(32), nullable=False),
     Column("registered_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("node_id", "verify_key", name="pk_audit_origins_keys"),
 )

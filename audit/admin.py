@@ -160,7 +160,8 @@ def show_entry(log: AuditLog, index: int, *, log_key: tuple[str, bytes]) -> Show
     cp = open_checkpoint(head.note, key_name=name, verify_key=vk, origin=name)
     verify_inclusion(leaf_hash(entry), index, cp.size, proof, cp.root_hash)
     decoded = decode_entry(entry)
-    event = decoded.signed.verify(log.registered_key(decoded.origin))
+    # the origin's registered key that the entry's key id names (a key history)
+    event = decoded.signed.verify(log.registered_key(decoded.origin, decoded.signed.key_id))
     return ShownEntry(index, event, entry, head, proof)
 
 
@@ -173,7 +174,9 @@ def prove_entry(log: AuditLog, index: int, *, log_key: tuple[str, bytes]) -> byt
         tree_size=shown.head.size,
         inclusion_proof=shown.proof,
         checkpoint_note=shown.head.note,
-        origin_verify_key=log.registered_key(shown.event.origin),
+        origin_verify_key=log.registered_key(
+            shown.event.origin, decode_entry(shown.entry).signed.key_id
+        ),
     )
 
 

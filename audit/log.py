@@ -5,8 +5,10 @@ Theory of operation
 :class:`AuditLog` is an RFC 9162 Merkle log stored in SQL (:mod:`._schema`).
 
 **Append.** ``append(events)`` first decodes each signed event strictly,
-resolves its origin's verify key (unknown origin →
-:class:`~securemesh.errors.UnknownOrigin`) and hashes the leaf
+resolves the verify key its origin and key id name in the registry (a
+node may have several: re-enrollment adds keys; unknown origin →
+:class:`~securemesh.errors.UnknownOrigin`, a known origin without that key
+id → :class:`~securemesh.errors.AuthenticationError`) and hashes the leaf
 (``SHA-256(0x00 ‖ entry)``); each chunk of 32 decoded entries has its
 origins' Ed25519 signatures checked — in worker processes (:mod:`._sigpool`)
 for calls of 64 entries or more, else on a thread pool — while this thread
@@ -61,12 +63,15 @@ from typing import Any, Final
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ColumnElement
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import Decoded, decode_entry, verify_decoded
+from securemesh.audit._registry import load_registry, unknown_key
 from securemesh.audit._sigpool import CODE_OTHER_KEY, SignaturePool, shared_pool
 from securemesh.audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from securemesh.audit.events import event_key_id
 from securemesh.audit.merkle import (
     HASH_SIZE,
     CompactRange,
@@ -118,8 +123,14 @@ MAX_BATCH: Final = 256
 DEFAULT_LOG_ORIGIN: Final = "securemesh.audit/log"
 """Default checkpoint origin line and signed-note key name of the cloud log."""
 
-KeyResolver = Callable[[str], bytes]
-"""``key_resolver(origin_node_id) -> 32-byte Ed25519 verify key``; raises UnknownOrigin."""
+KeyResolver = Callable[[str, bytes], bytes]
+"""``key_resolver(origin_node_id, key_id) -> 32-byte Ed25519 verify key``.
+
+Raises UnknownOrigin (no key for the node) or AuthenticationError (none with
+that key id), as :meth:`AuditLog.registered_key` does.
+
+``key_id`` is the 8-byte key id an entry carries (:func:`~.events.event_key_id`).
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +169,9 @@ class AuditLog:
     """The cloud audit log over one SQL database (SQLite file or PostgreSQL URL).
 
     ``signer`` is the log key (Ed25519) that signs checkpoints; it is needed to
-    append, not to read. ``key_resolver`` maps an origin node id to its Ed25519
-    verify key; by default the log's own registry (:meth:`register_node`).
+    append, not to read. ``key_resolver`` maps an origin node id and an entry's
+    key id to that node's Ed25519 verify key; by default the log's own
+    registry, a key history per node (:meth:`register_node`).
     """
 
     def __init__(
@@ -187,7 +199,7 @@ class AuditLog:
         )
         self._clock = clock
         self._max_batch = max_batch
-        self._key_cache: dict[str, bytes] = {}
+        self._key_cache: dict[tuple[str, bytes], bytes] = {}
         self._verify_threads = max(1, verify_threads)
         # Large appends check signatures in worker processes (see ._sigpool);
         # by default when there is more than one core.
@@ -228,40 +240,81 @@ class AuditLog:
 
     # -------------------------------------------------------- origin registry
 
-    def register_node(self, node_id: str, verify_key: bytes, *, now: float | None = None) -> None:
-        """Record (or replace) an origin node's Ed25519 verify key (done at enrollment)."""
-        if len(verify_key) != VERIFY_KEY_SIZE:
+    def register_node(self, node_id: str, verify_key: bytes, *, now: float | None = None) -> bool:
+        """Add an Ed25519 verify key to ``node_id``'s key history (done at enrollment).
+
+        Idempotent: True if the key was added, False if it was already
+        registered for the node. Keys are never replaced or removed, so a node
+        that re-enrolls with new keys keeps its older entries verifiable. A
+        key whose key id equals that of a *different* key already registered
+        for the node is refused (LocalError): entries name their key by key id.
+        """
+        vk = bytes(verify_key)
+        if len(vk) != VERIFY_KEY_SIZE:
             raise LocalError(f"a verify key is {VERIFY_KEY_SIZE} bytes")
         if not node_id or len(node_id) > 128:
             raise LocalError("node id must be 1..128 characters")
         t = _now_ms(self._clock) if now is None else int(now * 1000)
-        with write_transaction(self._engine) as conn:
-            conn.execute(s.origins.delete().where(s.origins.c.node_id == node_id))
-            conn.execute(
-                insert(s.origins).values(
-                    node_id=node_id, verify_key=bytes(verify_key), registered_ms=t
+        kid = event_key_id(vk)
+        try:
+            with write_transaction(self._engine) as conn:
+                have = conn.execute(
+                    select(s.origins.c.verify_key).where(s.origins.c.node_id == node_id)
+                ).all()
+                for (old,) in have:
+                    if bytes(old) == vk:
+                        return False
+                    if event_key_id(bytes(old)) == kid:
+                        raise LocalError(
+                            f"{node_id!r} already has a different key with key id {kid.hex()}"
+                        )
+                conn.execute(
+                    insert(s.origins).values(node_id=node_id, verify_key=vk, registered_ms=t)
                 )
-            )
-        self._key_cache.pop(node_id, None)
+        except IntegrityError:  # another writer registered the same key meanwhile
+            if vk in self.registered_keys(node_id).values():
+                return False
+            raise
+        return True
 
-    def registered_key(self, node_id: str) -> bytes:
-        """The registry's key resolver: the verify key of ``node_id`` or UnknownOrigin."""
-        cached = self._key_cache.get(node_id)
+    def registered_key(self, node_id: str, key_id: bytes) -> bytes:
+        """The registry's key resolver: ``node_id``'s verify key with ``key_id``.
+
+        Raises UnknownOrigin if the node has no registered key, and
+        AuthenticationError (:class:`~._registry.UnregisteredKey`) if none of
+        its keys has that id.
+        Found keys are cached per ``(node id, key id)`` (registered keys never
+        change); a miss asks the database again, so a key registered since —
+        by this process or another — is found.
+        """
+        cached = self._key_cache.get((node_id, key_id))
         if cached is not None:
             return cached
-        with read_transaction(self._engine) as conn:
-            key = conn.execute(
-                select(s.origins.c.verify_key).where(s.origins.c.node_id == node_id)
-            ).scalar_one_or_none()
-        if key is None:
-            raise UnknownOrigin(f"origin {node_id!r} is not a registered node")
-        self._key_cache[node_id] = bytes(key)
-        return bytes(key)
+        keys = self.registered_keys(node_id)
+        for kid, vk in keys.items():
+            self._key_cache[(node_id, kid)] = vk
+        found = keys.get(bytes(key_id))
+        if found is None:
+            if not keys:
+                raise UnknownOrigin(f"origin {node_id!r} is not a registered node")
+            raise unknown_key(node_id, bytes(key_id))
+        return found
 
-    def registered_nodes(self) -> dict[str, bytes]:
+    def registered_keys(self, node_id: str) -> dict[bytes, bytes]:
+        """``node_id``'s registered keys, ``{key id: verify key}``, oldest first (maybe empty)."""
         with read_transaction(self._engine) as conn:
-            rows = conn.execute(select(s.origins.c.node_id, s.origins.c.verify_key)).all()
-        return {r.node_id: bytes(r.verify_key) for r in rows}
+            rows = conn.execute(
+                select(s.origins.c.verify_key)
+                .where(s.origins.c.node_id == node_id)
+                .order_by(s.origins.c.registered_ms, s.origins.c.verify_key)
+            ).all()
+        return {event_key_id(bytes(r[0])): bytes(r[0]) for r in rows}
+
+    def registered_nodes(self) -> dict[str, list[bytes]]:
+        """Every registered node id with its verify keys, oldest first."""
+        with read_transaction(self._engine) as conn:
+            registry = load_registry(conn)
+        return {node: list(keys.values()) for node, keys in registry.items()}
 
     # ----------------------------------------------------------------- append
 
@@ -272,7 +325,7 @@ class AuditLog:
         UnknownOrigin, AuthenticationError.
         """
         decoded = decode_entry(entry)
-        verify_decoded(decoded, self._resolver(decoded.origin))
+        verify_decoded(decoded, self._resolver(decoded.origin, decoded.signed.key_id))
         return decoded
 
     def append(self, signed_events: Sequence[object]) -> list[int]:
@@ -380,7 +433,7 @@ class AuditLog:
                     results.append((None, exc))
                     continue
                 try:
-                    vk = resolve(d.origin)
+                    vk = resolve(d.origin, d.signed.key_id)
                 except RemoteError as exc:
                     results.append((d, exc))
                     continue

@@ -140,12 +140,15 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def upgrade_schema(engine: Engine) -> None:
-    """Run the packaged Alembic migrations up to ``head`` (idempotent, process-safe)."""
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
+    """Run the packaged Alembic migrations up to ``revision`` (idempotent, process-safe).
+
+    Only tests name an older revision (to check a migration over existing rows).
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "migrations"))
     with write_transaction(engine) as conn:
         if not is_sqlite(conn):
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, revision)

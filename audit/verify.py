@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 The verifier trusts three things only: the log's public key (checkpoint
-signatures), the origin nodes' verify keys (the ``audit_origins`` registry or
-a caller's resolver), and the *last checkpoint this client saw* (a small local
-state file). Everything else in the database — leaves, hashes, tree nodes,
+signatures), the origin nodes' verify keys (every key each node has had, in
+the ``audit_origins`` registry, or a caller's ``resolve(origin, key id)``),
+and the *last checkpoint this client saw* (a small local state file).
+Everything else in the database — leaves, hashes, tree nodes,
 tree heads, the sequencer row — is treated as possibly tampered with.
 
 The leaves are checked in aligned *segments* ``[k·S, (k+1)·S)`` (``S`` a
@@ -16,9 +17,9 @@ subtree roots (:mod:`._scan`); this process folds them together in index order
 
 1. **Per entry** (in the worker). The stored ``leaf_hash`` must equal
    SHA-256(0x00 ‖ entry) (RFC 9162 §2.1.1); the entry must decode, name a
-   known origin and carry a valid Ed25519 signature by it over the exact
-   stored bytes. Indices must be contiguous from 0: a missing index is a
-   deleted row.
+   known origin and carry a valid Ed25519 signature over the exact stored
+   bytes by the key of that origin its key id names. Indices must be
+   contiguous from 0: a missing index is a deleted row.
 2. **Per signed tree head.** Each head's note must be a valid checkpoint by
    the log key for exactly that ``(size, root)`` (checked here while the
    workers run), and the recomputed root at that size must equal the head's
@@ -68,6 +69,7 @@ from sqlalchemy.engine import Engine
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import make_entry_checker
+from securemesh.audit._registry import load_registry, registry_resolver
 from securemesh.audit._scan import (
     Segment,
     Source,
@@ -91,7 +93,6 @@ from securemesh.errors import (
     LogIntegrityError,
     ProofError,
     SecureMeshError,
-    UnknownOrigin,
 )
 
 __all__ = [
@@ -109,7 +110,7 @@ _SEGMENT: Final = 1 << 13
 
 
 def _process_count(
-    processes: int | None, key_resolver: Callable[[str], bytes] | None, total: int
+    processes: int | None, key_resolver: Callable[[str, bytes], bytes] | None, total: int
 ) -> int:
     if key_resolver is not None:  # a caller's resolver cannot cross a process boundary
         return 0
@@ -131,7 +132,7 @@ def _scan_here(  # noqa: PLR0917 - the worker's arguments, positionally
     lo: int,
     hi: int,
     sizes: list[int],
-    resolve: Callable[[str], bytes],
+    resolve: Callable[[str, bytes], bytes],
     skip_below: int,
     fetch: int,
 ) -> Segment:
@@ -450,7 +451,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     log_verify_key: bytes,
     log_origin: str,
     key_name: str | None = None,
-    key_resolver: Callable[[str], bytes] | None = None,
+    key_resolver: Callable[[str, bytes], bytes] | None = None,
     last_seen: LastSeen | None = None,
     threads: int = 2,
     fetch_batch: int = _FETCH,
@@ -460,7 +461,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
 ) -> VerifyReport:
     """Verify the whole log stored behind ``engine``; see the module docstring.
 
-    ``key_resolver`` defaults to the database's origin registry. The leaves
+    ``key_resolver(origin, key id) -> verify key`` defaults to the database's
+    origin registry (every key each node ever registered). The leaves
     are checked in aligned segments of ``segment_size`` (a power of two)
     entries, on ``threads`` threads, or — by default for logs of at least
     100,000 entries checked against the registry — in ``processes`` worker
@@ -480,10 +482,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     nodes = _NodeReader(engine)
 
     with read_transaction(engine) as conn:
-        registry = {
-            str(r[0]): bytes(r[1])
-            for r in conn.execute(select(s.origins.c.node_id, s.origins.c.verify_key))
-        }
+        registry = load_registry(conn)
         head_rows = conn.execute(
             select(s.tree_heads.c.size, s.tree_heads.c.root, s.tree_heads.c.note).order_by(
                 s.tree_heads.c.size
@@ -501,13 +500,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     total = 0 if top is None or int(top) < 0 else int(top) + 1
     skip_below = 0 if (last_seen is None or recheck_signatures) else last_seen.size
 
-    def resolve(origin: str) -> bytes:
-        if key_resolver is not None:
-            return key_resolver(origin)
-        try:
-            return registry[origin]
-        except KeyError:
-            raise UnknownOrigin(f"origin {origin!r} is not registered") from None
+    resolve = key_resolver if key_resolver is not None else registry_resolver(registry)
 
     # Sizes whose recomputed roots are needed: every stored head (checked or
     # not yet) and the client's last-seen size.

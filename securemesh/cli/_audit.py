@@ -110,9 +110,32 @@ def _cmd_register_node(args: argparse.Namespace) -> int:
         key = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
     except ValueError as exc:
         raise ConfigError("verify key must be 64 hex digits or base64") from exc
+    from securemesh.audit.events import event_key_id
+
+    if len(key) != 32:
+        raise ConfigError("an Ed25519 verify key is 32 bytes")
     with _open(args) as log:
-        log.register_node(args.node_id, key)
-    print(f"registered {args.node_id}", file=sys.stderr)
+        added = log.register_node(args.node_id, key)
+    state = "registered" if added else "already registered"
+    print(f"{state}: {args.node_id} key id {event_key_id(key).hex()}", file=sys.stderr)
+    return 0
+
+
+def _cmd_list_nodes(args: argparse.Namespace) -> int:
+    from securemesh.audit.events import event_key_id
+
+    with _open(args) as log:
+        nodes = log.registered_nodes()
+    rows = [
+        {"node_id": node, "key_id": event_key_id(vk).hex(), "verify_key": vk.hex()}
+        for node in sorted(nodes)
+        for vk in nodes[node]
+    ]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, sort_keys=True))
+    else:
+        for r in rows:
+            print(f"{r['node_id']}\t{r['key_id']}\t{r['verify_key']}")
     return 0
 
 
@@ -322,10 +345,20 @@ def register(  # noqa: PLR0915 - one flat list of subcommands reads best
     p.add_argument("--force", action="store_true", help="replace an existing log key")
     p.set_defaults(func=_cmd_init_log)
 
-    p = sub.add_parser("register-node", parents=[common], help="record an origin node's verify key")
+    p = sub.add_parser(
+        "register-node",
+        parents=[common],
+        help="add a verify key to an origin node's key history (older keys stay)",
+    )
     p.add_argument("node_id")
     p.add_argument("verify_key", help="Ed25519 verify key, hex or base64")
     p.set_defaults(func=_cmd_register_node)
+
+    p = sub.add_parser(
+        "list-nodes", parents=[common], help="registered origin nodes and their keys, oldest first"
+    )
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.set_defaults(func=_cmd_list_nodes)
 
     p = sub.add_parser(
         "append", parents=[common], help="append signed events (base64 lines or export jsonl)"

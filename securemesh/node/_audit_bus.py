@@ -41,12 +41,16 @@ at-least-once shipping puts every event in the log exactly once.
    directory, e.g. from the edge's ``route.announce``) has tier ``end``: an edge
    may relay its devices' events. Anything else is acknowledged ``-1``
    (``origin_not_allowed``) and never appended;
-3. each event's origin signature is verified against the origin's key in the
-   log's registry (:meth:`AuditLog.register_node`). The cloud registers keys
-   when it issues certificates (enrollment) and, the first time an origin
-   appears, from its directory if the origin's certificate is currently valid
-   there. An origin with neither is ``UnknownOrigin`` → ``-1``. A registered
-   key stays: events a node signed before it was revoked still verify.
+3. each event's origin signature is verified against the key its key id
+   names in the origin's key history in the log's registry
+   (:meth:`AuditLog.register_node`; a node may have several keys). The cloud
+   registers keys when it issues certificates (enrollment) and, whenever an
+   event arrives with a key id not yet registered for its origin, from its
+   directory if that holds a currently valid certificate for the origin with
+   that key (a node that re-enrolled with new keys under the same id). An
+   origin or key id with neither is ``UnknownOrigin`` → ``-1``. Registered
+   keys stay: events a node signed before it was revoked or re-enrolled
+   still verify.
 
 Since the origin signature is checked against the origin's own key, a relaying
 edge can delay or drop its devices' events but cannot forge or alter them.
@@ -73,6 +77,7 @@ from securemesh.crypto.certs import RevocationList, SignedCertificate, Tier
 from securemesh.errors import (
     CertificateError,
     ConfigError,
+    LocalError,
     RemoteError,
     SecureMeshError,
     SizeLimitExceeded,
@@ -359,7 +364,14 @@ class BusAuditIngest:
         self.log = audit_log
         self.service = AuditService(audit_log)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-log")
-        self._registered: set[str] = set(audit_log.registered_nodes())
+        from securemesh.audit.events import event_key_id  # noqa: PLC0415
+
+        #: ``(node id, key id)`` pairs registered (or being registered) in the log
+        self._registered: set[tuple[str, bytes]] = {
+            (node, event_key_id(vk))
+            for node, keys in audit_log.registered_nodes().items()
+            for vk in keys
+        }
         self.requests = 0
         self.refused: Counter[str] = Counter()
         self.register(node.node_id, node.certificate.verify_key)
@@ -376,41 +388,62 @@ class BusAuditIngest:
         self._executor.shutdown(wait=True)
 
     def register(self, node_id: str, verify_key: bytes) -> None:
-        """Record an origin's key in the log's registry (first key wins; see module doc)."""
-        if node_id in self._registered:
+        """Add a key to ``node_id``'s key history in the log's registry (see module doc).
+
+        Once per ``(node id, key id)`` in this process; the log's own
+        :meth:`~securemesh.audit.log.AuditLog.register_node` is idempotent too.
+        """
+        from securemesh.audit.events import event_key_id  # noqa: PLC0415
+
+        vk = bytes(verify_key)
+        slot = (node_id, event_key_id(vk))
+        if slot in self._registered:
             return
-        self._registered.add(node_id)
-        self._executor.submit(self._register_sync, node_id, bytes(verify_key))
+        self._registered.add(slot)
+        self._executor.submit(self._register_sync, node_id, vk)
 
     def _register_sync(self, node_id: str, verify_key: bytes) -> None:
         try:
-            self.log.registered_key(node_id)
-        except UnknownOrigin:
             self.log.register_node(node_id, verify_key)
+        except LocalError as exc:  # a key id colliding with another key of the node
+            log.warning(
+                "audit origin key not registered",
+                extra={"event": "audit_register_failed", "node": node_id, "error": str(exc)},
+            )
 
-    def register_from_directory(self, node_id: str) -> None:
-        """Register ``node_id``'s key if the directory holds a currently valid certificate."""
-        if node_id in self._registered:
+    def register_from_directory(self, node_id: str, key_id: bytes) -> None:
+        """Register ``node_id``'s key named ``key_id`` from the directory, if it holds it.
+
+        Only a currently valid certificate counts, and only if its verify key
+        has that key id: a node that re-enrolled with new keys gets its new
+        key registered the first time an event signed with it arrives.
+        """
+        from securemesh.audit.events import event_key_id  # noqa: PLC0415
+
+        if (node_id, key_id) in self._registered:
             return
         with contextlib.suppress(CertificateError):
             entry = self.node.directory.lookup(node_id, now=time.time())
-            self.register(node_id, entry.cert.verify_key)
+            if event_key_id(entry.cert.verify_key) == key_id:
+                self.register(node_id, entry.cert.verify_key)
 
     async def append_local(self, entries: list[bytes]) -> list[Ack]:
         """The cloud's own outbox: straight into the service (same thread, same checks)."""
-        for origin in self._origins(entries):
-            self.register_from_directory(origin)
+        for origin, key_id in self._signers(entries):
+            self.register_from_directory(origin, key_id)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.service.handle_batch, entries)
 
-    def _origins(self, entries: list[bytes]) -> set[str]:
+    def _signers(self, entries: list[bytes]) -> set[tuple[str, bytes]]:
+        """The ``(origin, key id)`` pairs the decodable entries name."""
         from securemesh.audit._entry import decode_entry  # noqa: PLC0415
 
-        origins: set[str] = set()
+        signers: set[tuple[str, bytes]] = set()
         for entry in entries:
             with contextlib.suppress(RemoteError):
-                origins.add(decode_entry(entry).origin)
-        return origins
+                decoded = decode_entry(entry)
+                signers.add((decoded.origin, decoded.signed.key_id))
+        return signers
 
     def _may_send_for(self, sender: str, sender_tier: Tier, origin: str) -> bool:
         if origin == sender:
@@ -445,7 +478,7 @@ class BusAuditIngest:
                 self.refused["origin_not_allowed"] += 1
                 acks.append((event_id, REJECTED))
                 continue
-            self.register_from_directory(origin)
+            self.register_from_directory(origin, decoded.signed.key_id)
             allowed.append(entry)
         if allowed:
             loop = asyncio.get_running_loop()

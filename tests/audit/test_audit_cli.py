@@ -13,6 +13,7 @@ from audit_log_helpers import make_events
 from sqlalchemy import update
 
 from securemesh.audit import _schema as s
+from securemesh.audit.events import event_key_id
 from securemesh.audit.log import open_log
 from securemesh.cli import main
 from securemesh.crypto.signing import Ed25519Signer
@@ -241,3 +242,41 @@ def test_tail_follow_prints_new_events(populated: Path) -> None:
         proc.wait(30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_register_node_adds_keys_and_verify_covers_the_whole_history(
+    populated: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Re-registering a node adds a key: old entries still verify, show and prove."""
+    old = Ed25519Signer.from_seed(b"1" * 32)
+    new = Ed25519Signer.from_seed(b"9" * 32)
+    code, _, err = run(capsys, "register-node", "edge-1", base64.b64encode(new.verify_key).decode())
+    assert code == 0
+    assert f"registered: edge-1 key id {event_key_id(new.verify_key).hex()}" in err
+    code, _, err = run(capsys, "register-node", "edge-1", new.verify_key.hex())
+    assert (code, "already registered" in err) == (0, True)
+    assert run(capsys, "register-node", "edge-1", "ab" * 16)[0] == 1  # 16 bytes: not a key
+    code, out, _ = run(capsys, "list-nodes", "--format", "json")
+    assert code == 0
+    assert sorted((r["node_id"], r["verify_key"]) for r in json.loads(out)) == sorted(
+        [("edge-1", old.verify_key.hex()), ("edge-1", new.verify_key.hex())]
+    )
+    code, out, _ = run(capsys, "list-nodes")
+    assert f"edge-1\t{event_key_id(old.verify_key).hex()}\t{old.verify_key.hex()}" in out
+    f = tmp_path / "new.b64"
+    events = make_events(new, "edge-1", 5, start=N)
+    f.write_text("".join(base64.b64encode(e.to_bytes()).decode() + "\n" for e in events))
+    code, out, _ = run(capsys, "append", str(f))
+    assert (code, out.split()) == (0, [str(i) for i in range(N, N + 5)])
+    code, out, _ = run(capsys, "verify", "--full", "--format", "json")
+    assert (code, json.loads(out)["size"]) == (0, N + 5)
+    pub = str(populated / "data" / "audit-log.key.pub")
+    for index, signer in ((3, old), (N + 2, new)):  # one entry under each key
+        code, out, _ = run(capsys, "show", str(index), "--format", "json")
+        assert (code, json.loads(out)["verified"]) == (0, True)
+        proof = tmp_path / f"p{index}.json"
+        assert run(capsys, "prove", str(index), "--out", str(proof))[0] == 0
+        key = signer.verify_key.hex()
+        assert (
+            run(capsys, "verify-proof", str(proof), "--log-key", pub, "--origin-key", key)[0] == 0
+        )

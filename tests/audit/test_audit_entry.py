@@ -17,12 +17,14 @@ from securemesh.audit._entry import (
     make_entry_checker,
     verify_decoded,
 )
+from securemesh.audit._registry import registry_resolver
 from securemesh.audit.events import (
     AuditEvent,
     EventKind,
     Outcome,
     Subject,
     SubjectType,
+    event_key_id,
     sign_event,
 )
 from securemesh.crypto.signing import Ed25519Signer
@@ -30,6 +32,7 @@ from securemesh.errors import AuthenticationError, DecodeError, UnknownOrigin
 
 SIGNER = Ed25519Signer.from_seed(b"E" * 32)
 OTHER = Ed25519Signer.from_seed(b"F" * 32)
+RENEWED = Ed25519Signer.from_seed(b"G" * 32)
 
 
 def reference_fields(body: bytes) -> tuple[object, object] | None:
@@ -140,17 +143,15 @@ def test_entry_checker_findings() -> None:
         outcome=Outcome.SUCCESS,
         details={"origin": "edge-2"},
     )
-    keys = {"edge-1": SIGNER.verify_key, "edge-2": OTHER.verify_key}
-
-    def resolve(origin: str) -> bytes:
-        try:
-            return keys[origin]
-        except KeyError:
-            raise UnknownOrigin(origin) from None
-
-    check = make_entry_checker(resolve)
+    # edge-1 re-enrolled: both its keys are in its history
+    registry = {
+        "edge-1": {event_key_id(k): k for k in (SIGNER.verify_key, RENEWED.verify_key)},
+        "edge-2": {event_key_id(OTHER.verify_key): OTHER.verify_key},
+    }
+    check = make_entry_checker(registry_resolver(registry))
     good = sign_event(ev, SIGNER).to_bytes()
     assert check(good, ev.event_id) is None
+    assert check(sign_event(ev, RENEWED).to_bytes(), ev.event_id) is None
     assert check(good, "cd" * 16) == "entry is not the event this row was appended for"
     assert check(sign_event(ev, OTHER).to_bytes(), ev.event_id) == (
         "signed by a key that is not the origin's"
@@ -206,3 +207,26 @@ def test_canonical_bytes_is_the_json_of_model_dump(ev: AuditEvent) -> None:
         allow_nan=False,
     ).encode("utf-8")
     assert ev.canonical_bytes() == reference
+
+
+def test_entry_checker_with_a_resolver_that_answers_another_key() -> None:
+    """A caller's resolver that returns a key without the entry's key id: a finding."""
+    ev = AuditEvent(
+        event_id="ab" * 16,
+        time_ms=1,
+        origin="edge-1",
+        kind=EventKind.OBJECT_PUT,
+        subject=Subject(type=SubjectType.OBJECT, id="o"),
+        outcome=Outcome.SUCCESS,
+    )
+
+    def resolve(origin: str, key_id: bytes) -> bytes:
+        if origin != "edge-1":
+            raise UnknownOrigin(origin)
+        return OTHER.verify_key
+
+    check = make_entry_checker(resolve)
+    assert check(sign_event(ev, SIGNER).to_bytes(), ev.event_id) == (
+        "signed by a key that is not the origin's"
+    )
+    assert check(sign_event(ev, OTHER).to_bytes(), ev.event_id) is None

@@ -9,7 +9,7 @@ import pytest
 from audit_log_helpers import make_events
 
 from securemesh.audit import _sigpool
-from securemesh.audit.events import SignedEvent
+from securemesh.audit.events import SignedEvent, event_key_id
 from securemesh.audit.log import AuditLog, open_log
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import AuthenticationError
@@ -61,7 +61,8 @@ def test_append_entries_rejects_the_same_events(
     ]
     rejected = {i: str(o.error) for i, o in enumerate(outcomes[0]) if not o.accepted}
     assert rejected == {
-        70: "event was signed by a different key",
+        70: "event was signed by a different key: origin 'edge-1' has no registered key "
+        f"with key id {event_key_id(edge_signers['edge-2'].verify_key).hex()}",
         201: "signature does not verify",
     }
     assert logs[0].size() == logs[1].size() == N - 2

@@ -10,6 +10,8 @@ from audit_log_helpers import make_events
 from sqlalchemy import delete, select, update
 
 from securemesh.audit import _schema as s
+from securemesh.audit._registry import registry_resolver
+from securemesh.audit.events import event_key_id
 from securemesh.audit.log import AuditLog, open_log
 from securemesh.audit.verify import (
     LastSeen,
@@ -421,3 +423,34 @@ def test_worker_processes_verify_a_clean_log_like_one_pass(
 def test_row_moved_below_zero_is_named(log: AuditLog, log_signer: Ed25519Signer) -> None:
     _sql(log, update(s.leaves).where(s.leaves.c.idx == 5).values(idx=-3))
     assert _tampered(log, log_signer) == [-3, 5]
+
+
+def test_entries_under_each_registered_key_verify_and_a_dropped_key_is_named(
+    log: AuditLog, log_signer: Ed25519Signer
+) -> None:
+    """edge-1 re-enrolled: its old and new entries verify; a registry without the
+    new key (or a caller's resolver that does not know it) names exactly those."""
+    new = Ed25519Signer.from_seed(b"N" * 32)
+    log.register_node("edge-1", new.verify_key)
+    log.append(make_events(new, "edge-1", 50, start=N))
+    _verify(log, log_signer)
+    registry = {
+        "edge-1": {event_key_id(new.verify_key): new.verify_key},  # the old key is not known
+        "edge-2": log.registered_keys("edge-2"),
+    }
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(
+            log.engine,
+            log_verify_key=log_signer.verify_key,
+            log_origin=log.origin,
+            key_resolver=registry_resolver(registry),
+        )
+    assert info.value.entries == list(range(N // 2))
+    assert "signed by a key that is not the origin's" in str(info.value)
+    _sql(
+        log,
+        delete(s.origins).where(
+            (s.origins.c.node_id == "edge-1") & (s.origins.c.verify_key == new.verify_key)
+        ),
+    )
+    assert _tampered(log, log_signer) == list(range(N, N + 50))

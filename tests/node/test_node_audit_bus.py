@@ -9,9 +9,11 @@ from node_testlib import Built, Fixture, build_node, memory_factory, run, wait_f
 from pydantic import ValidationError
 
 from securemesh.audit.admin import create_log_key
-from securemesh.audit.events import SignedEvent, new_event, sign_event
+from securemesh.audit.events import SignedEvent, event_key_id, new_event, sign_event
 from securemesh.audit.log import open_log
 from securemesh.audit.outbox import REJECTED, Outbox
+from securemesh.audit.verify import verify_log
+from securemesh.crypto import NodeIdentity
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import RemoteCallError
 from securemesh.messages import b64e
@@ -110,6 +112,74 @@ def test_append_authorization_relay_forgery_and_shipping(tmp_path: Path) -> None
         finally:
             for b in nodes:
                 await b.node.stop(0.5)
+            ingest.close()
+            audit_log.close()
+
+    run(main())
+
+
+def test_a_re_enrolled_node_keeps_appending_under_its_new_and_old_keys(tmp_path: Path) -> None:
+    """Issue #4: a device re-enrolled by the root with new keys under the same id.
+
+    The cloud registers the new key from its directory the first time an
+    event signed with it arrives (not only the first time the origin is
+    seen); the old key stays registered, so events under both are appended,
+    the whole log verifies, and a key no certificate names is still refused.
+    """
+
+    async def main() -> None:
+        fx = Fixture()
+        m = {
+            "cloud-1": fx.member("cloud-1", "cloud"),
+            "edge-1": fx.member("edge-1", "edge"),
+            "dev-1": fx.member("dev-1", "end"),
+        }
+        f = memory_factory()
+        cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud",
+                           known=[m["edge-1"], m["dev-1"]])  # fmt: skip
+        key = create_log_key(tmp_path / "log.key")
+        audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
+        ingest = BusAuditIngest(cloud.node, audit_log)
+        ingest.install()
+        await cloud.node.start()
+        edge = build_node(fx, m["edge-1"], f, parent=cloud.node)
+        await edge.node.start()
+        await edge.node.wait_parent(10)
+
+        async def append(*events: SignedEvent) -> list[int]:
+            body = AuditAppend(entries=[b64e(e.to_bytes()) for e in events])
+            reply = await edge.node.request("cloud-1", MSG_AUDIT_APPEND, body, timeout=5)
+            acks = reply.body(AuditAppendReply).acks
+            assert [a[0] for a in acks] == [e.unverified_event().event_id for e in events]
+            return [a[1] for a in acks]
+
+        try:
+            old_signer = m["dev-1"].identity.signer
+            assert await append(_event("dev-1", old_signer, 0)) == [0]
+            fresh = NodeIdentity.generate()
+            reenrolled = fx.authority.issue(
+                "dev-1", "end", [], fresh.public(), lifetime_s=3600, now=fx.now + 1, backdate_s=59
+            )
+            cloud.node.directory.add_certificate(reenrolled)
+            assert cloud.node.directory.certificate("dev-1").verify_key == fresh.signer.verify_key
+            acks = await append(
+                _event("dev-1", fresh.signer, 1),
+                _event("dev-1", old_signer, 2),  # signed before the re-enrollment arrived
+                _event("dev-1", Ed25519Signer.generate(), 3),  # no certificate names this key
+            )
+            assert acks == [1, 2, REJECTED]
+            assert audit_log.registered_keys("dev-1") == {
+                event_key_id(old_signer.verify_key): old_signer.verify_key,
+                event_key_id(fresh.signer.verify_key): fresh.signer.verify_key,
+            }
+            assert ingest.status()["refused"] == {"bad_auth": 1}
+            report = verify_log(
+                audit_log.engine, log_verify_key=key.signer.verify_key, log_origin=key.name
+            )
+            assert report.size == 3
+        finally:
+            await edge.node.stop(0.5)
+            await cloud.node.stop(0.5)
             ingest.close()
             audit_log.close()
 
