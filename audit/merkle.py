@@ -259,24 +259,9 @@ class CompactRange:
         The first returned node is the leaf itself (level 0); then one node per
         merge, ascending in level.
         """
-        if type(leaf_hash) is not bytes or len(leaf_hash) != HASH_SIZE:
-            _check_hash(leaf_hash, LocalError, "leaf hash")
-            leaf_hash = bytes(leaf_hash)
-        index = self._size
-        h = leaf_hash
-        completed = [Node(0, index, h)]
-        if index & 1:
-            pop = self._peaks.pop
-            level = 0
-            j = index
-            while j & 1:
-                h = _sha256(_NODE_PREFIX + pop() + h).digest()
-                j >>= 1
-                level += 1
-                completed.append(Node(level, j, h))
-        self._peaks.append(h)
-        self._size = index + 1
-        return completed
+        out: list[tuple[int, int, bytes]] = []
+        self.append_into(leaf_hash, out)
+        return [Node(level, index, h) for level, index, h in out]
 
     def append_into(self, leaf_hash: bytes, out: list[tuple[int, int, bytes]]) -> None:
         """:meth:`append`, adding the completed nodes to ``out`` as ``(level, index, hash)``.
