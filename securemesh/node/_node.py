@@ -770,14 +770,18 @@ class MeshNode:
 
     async def publish_revocation(self, revocation_list: bytes) -> int:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
-        rl = self.directory.update_revocation_list(revocation_list)
+        children = list(self._children.values())
+        rl = self.directory.update_revocation_list(revocation_list)  # refused from here on
         self._note_revocation_list(rl.version, bytes(revocation_list))
-        try:  # revoked senders are refused from here on; their links go after the broadcast
-            return await self.broadcast(
-                MESH_REVOCATION, Revocation(version=rl.version), frames=[bytes(revocation_list)]
-            )
+        gone = [c for c in children if self._children.get(c.peer) is not c]
+        self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
+        out = self._encode(
+            "", MESH_REVOCATION, Revocation(version=rl.version), [bytes(revocation_list)]
+        )
+        try:  # every child hears of it, revoked ones too; their links go after
+            return await self._fan_out(out, exclude=None)
         finally:
-            self._enforce_revocation()
+            await self._tell_revoked_then_cut(out)
 
     async def install_certificate(
         self,

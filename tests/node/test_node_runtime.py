@@ -403,3 +403,38 @@ def test_device_to_device_across_edges_after_certificate_lookup(kit: Kit) -> Non
             assert "dev-1" in t.edge2.node.directory
 
     run(main())
+
+
+def test_a_device_directly_below_the_cloud_hears_of_its_revocation(kit: Kit) -> None:
+    from node_testlib import build_node
+
+    async def main() -> None:
+        fx = Fixture()
+        cloud_m, dev_m, other_m = (
+            fx.member("cloud-1", "cloud"),
+            fx.member("dev-1", "end"),
+            fx.member("dev-2", "end"),
+        )
+        f = kit.factory
+        cloud = build_node(fx, cloud_m, f, listen=kit.addr("cloud"), known=[dev_m, other_m])
+        await cloud.node.start()
+        devs = [build_node(fx, m, f, parent=cloud.node) for m in (dev_m, other_m)]
+        try:
+            for d in devs:
+                await d.node.start()
+                await d.node.wait_parent(10)
+            rl = fx.authority.revoke("dev-1", now=fx.now)
+            assert await cloud.node.publish_revocation(rl.to_bytes()) >= 1
+            version = rl.unverified_list().version
+            for d in devs:  # the revoked device too, before its link is cut
+                await wait_for(lambda d=d: rl_version(d) == version)  # type: ignore[misc]
+            listener = cloud.node.listener
+            assert listener is not None
+            await wait_for(lambda: dev_m.identity.curve_public not in listener.peers())
+            reply = await devs[1].node.request("cloud-1", "mesh.ping", b"{}", timeout=5)
+            assert reply.sender == "cloud-1"
+        finally:
+            for b in [*devs, cloud]:
+                await b.node.stop(0.5)
+
+    run(main())
