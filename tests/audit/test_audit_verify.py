@@ -82,6 +82,12 @@ def _sql(log: AuditLog, stmt: object) -> None:
         conn.execute(stmt)  # type: ignore[call-overload]
 
 
+def _substitute(log: AuditLog, index: int, entry: bytes) -> None:
+    """Replace the stored entry at ``index`` and its leaf hash, consistently."""
+    leaf = hashlib.sha256(b"\x00" + entry).digest()
+    _sql(log, update(s.leaves).where(s.leaves.c.idx == index).values(entry=entry, leaf_hash=leaf))
+
+
 def test_clean_log_verifies_and_reports(log: AuditLog, log_signer: Ed25519Signer) -> None:
     report = verify_log(log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin)
     assert report.size == N
@@ -106,12 +112,7 @@ def test_changed_entry_with_recomputed_leaf_hash_is_named(
     entry = bytearray(log.get_entry(42))
     entry[-3] ^= 0x20
     new = bytes(entry)
-    _sql(
-        log,
-        update(s.leaves)
-        .where(s.leaves.c.idx == 42)
-        .values(entry=new, leaf_hash=hashlib.sha256(b"\x00" + new).digest()),
-    )
+    _substitute(log, 42, new)
     assert _tampered(log, log_signer) == [42]
 
 
@@ -120,12 +121,7 @@ def test_substituted_validly_signed_event_is_named(
 ) -> None:
     # a genuine edge-1 event that was never appended, swapped in at index 7
     other = make_events(edge_signers["edge-1"], "edge-1", 1, start=10_000)[0].to_bytes()
-    _sql(
-        log,
-        update(s.leaves)
-        .where(s.leaves.c.idx == 7)
-        .values(entry=other, leaf_hash=hashlib.sha256(b"\x00" + other).digest()),
-    )
+    _substitute(log, 7, other)
     assert _tampered(log, log_signer) == [7]
 
 
@@ -308,12 +304,7 @@ def test_worker_processes_find_the_same_entries(
 ) -> None:
     """The multi-process signature path (used for large logs) names the same entries."""
     forged = make_events(edge_signers["edge-2"], "edge-1", 1, start=20_000)[0].to_bytes()
-    _sql(
-        log,
-        update(s.leaves)
-        .where(s.leaves.c.idx == 333)
-        .values(entry=forged, leaf_hash=hashlib.sha256(b"\x00" + forged).digest()),
-    )
+    _substitute(log, 333, forged)
     with pytest.raises(LogIntegrityError) as info:
         verify_log(
             log.engine, log_verify_key=log_signer.verify_key, log_origin=log.origin, processes=2
@@ -353,12 +344,7 @@ def test_worker_processes_name_tampering_across_segments(
 ) -> None:
     """Worker processes, segments of 64: every kind of finding, the exact entries named."""
     forged = make_events(edge_signers["edge-2"], "edge-1", 1, start=20_000)[0].to_bytes()
-    _sql(
-        log,
-        update(s.leaves)
-        .where(s.leaves.c.idx == 64)
-        .values(entry=forged, leaf_hash=hashlib.sha256(b"\x00" + forged).digest()),
-    )
+    _substitute(log, 64, forged)
     entry = bytearray(log.get_entry(99))
     entry[-10] ^= 0x01
     _sql(log, update(s.leaves).where(s.leaves.c.idx == 99).values(entry=bytes(entry)))

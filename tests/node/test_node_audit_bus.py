@@ -5,12 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from node_testlib import Built, Fixture, build_node, memory_factory, run, wait_for
+from node_testlib import (
+    Built,
+    Fixture,
+    Member,
+    TransportFactory,
+    build_node,
+    memory_factory,
+    run,
+    wait_for,
+)
 from pydantic import ValidationError
 
-from securemesh.audit.admin import create_log_key
+from securemesh.audit.admin import LogKey, create_log_key
 from securemesh.audit.events import SignedEvent, event_key_id, new_event, sign_event
-from securemesh.audit.log import open_log
+from securemesh.audit.log import AuditLog, open_log
 from securemesh.audit.outbox import REJECTED, Outbox
 from securemesh.audit.verify import verify_log
 from securemesh.crypto import NodeIdentity
@@ -37,6 +46,18 @@ def _event(origin: str, signer: object, n: int = 0) -> SignedEvent:
     return sign_event(ev, signer)  # type: ignore[arg-type]
 
 
+def cloud_with_log(
+    fx: Fixture, m: dict[str, Member], f: TransportFactory, tmp_path: Path, known: list[Member]
+) -> tuple[Built, LogKey, AuditLog, BusAuditIngest]:
+    """cloud-1 on memory://cloud running the audit log and its audit.append handler."""
+    cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud", known=known)
+    key = create_log_key(tmp_path / "log.key")
+    audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
+    ingest = BusAuditIngest(cloud.node, audit_log)
+    ingest.install()
+    return cloud, key, audit_log, ingest
+
+
 def test_append_authorization_relay_forgery_and_shipping(tmp_path: Path) -> None:
     async def main() -> None:
         fx = Fixture()
@@ -47,12 +68,9 @@ def test_append_authorization_relay_forgery_and_shipping(tmp_path: Path) -> None
             "dev-1": fx.member("dev-1", "end"),
         }
         f = memory_factory()
-        cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud",
-                           known=[m["edge-1"], m["edge-2"]])  # fmt: skip
-        key = create_log_key(tmp_path / "log.key")
-        audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
-        ingest = BusAuditIngest(cloud.node, audit_log)
-        ingest.install()
+        cloud, _key, audit_log, ingest = cloud_with_log(
+            fx, m, f, tmp_path, [m["edge-1"], m["edge-2"]]
+        )
         await cloud.node.start()
         edge = build_node(fx, m["edge-1"], f, listen="memory://edge", parent=cloud.node,
                           known=[m["dev-1"]])  # fmt: skip
@@ -135,12 +153,9 @@ def test_a_re_enrolled_node_keeps_appending_under_its_new_and_old_keys(tmp_path:
             "dev-1": fx.member("dev-1", "end"),
         }
         f = memory_factory()
-        cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud",
-                           known=[m["edge-1"], m["dev-1"]])  # fmt: skip
-        key = create_log_key(tmp_path / "log.key")
-        audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
-        ingest = BusAuditIngest(cloud.node, audit_log)
-        ingest.install()
+        cloud, key, audit_log, ingest = cloud_with_log(
+            fx, m, f, tmp_path, [m["edge-1"], m["dev-1"]]
+        )
         await cloud.node.start()
         edge = build_node(fx, m["edge-1"], f, parent=cloud.node)
         await edge.node.start()
