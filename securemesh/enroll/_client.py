@@ -48,6 +48,7 @@ counter, :func:`enroll_over_zmq`, and :func:`~securemesh.enroll._state.save_enro
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 import secrets
@@ -55,7 +56,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -264,9 +265,11 @@ def enroll_over_zmq(
 ) -> EnrollResult:
     """Enroll ``identity`` as ``node_id`` at the token's server; return the verified result.
 
-    Blocking (plain pyzmq, no event loop). Raises TransportError when no
-    reply arrives within ``timeout`` seconds (unreachable server, or a token
-    the server does not admit: ZAP refusals are silent to the client), and the
+    Blocking (plain pyzmq, no event loop). A refused handshake (the server
+    does not admit the token's key, which a daemon does only at its next
+    token refresh) is tried again on a fresh socket with backoff. Raises
+    TransportError when no reply arrives within ``timeout`` seconds
+    (unreachable server, or a token that is unknown, used or expired), and the
     verification errors of :func:`verify_reply` / :func:`accept_enroll_reply`.
     """
     import zmq  # noqa: PLC0415 - lazy: the token/protocol modules must not need pyzmq
@@ -275,36 +278,94 @@ def enroll_over_zmq(
         raise TransportError("libzmq was built without CURVE: refusing to connect")
     frames, corr = request_frames(token, identity, node_id, now=clock(), sequence=sequence)
     pair = token.first_contact_curve_keypair()
+    deadline = time.monotonic() + timeout
+    backoff = _REFUSED_BACKOFF
+
+    def ours(received: list[bytes]) -> EnrollReply | None:
+        try:
+            return verify_reply(token, received, correlation_id=corr, now=clock())
+        except UnexpectedMessage:
+            return None  # not our reply (cannot normally happen on a fresh socket)
+
     ctx = zmq.Context()
+    try:
+        attempt = functools.partial(_first_contact, ctx, token, pair, frames, deadline=deadline)
+        while (reply := attempt(ours=ours)) is None:
+            # The server refused the token's key. A daemon admits a new token's
+            # key at its next refresh (about a second), so a token created a
+            # moment ago meets a ZAP refusal; libzmq delivered nothing, so
+            # trying again cannot use the token twice.
+            if time.monotonic() + backoff >= deadline:
+                raise TransportError(
+                    f"the server at {token.endpoint} refused this token's key for "
+                    f"{timeout:g} s (the token is unknown, used or expired)"
+                )
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _REFUSED_BACKOFF_MAX)
+    finally:
+        ctx.term()
+    return accept_enroll_reply(token, identity, reply, clock(), node_id=node_id, trust=trust)
+
+
+_REFUSED_BACKOFF = 0.1
+_REFUSED_BACKOFF_MAX = 1.0
+
+
+def _first_contact(
+    ctx: Any,
+    token: JoinToken,
+    pair: Any,
+    frames: Sequence[bytes | memoryview],
+    *,
+    deadline: float,
+    ours: Callable[[list[bytes]], EnrollReply | None],
+) -> EnrollReply | None:
+    """Send the request on a fresh socket; our reply, or None if the key was refused.
+
+    A socket monitor tells a ZAP refusal (``HANDSHAKE_FAILED_AUTH``: libzmq
+    then drops the queued request) apart from silence. Raises TransportError
+    at ``deadline``.
+    """
+    import zmq  # noqa: PLC0415 - lazy, as in enroll_over_zmq
+    from zmq.utils.monitor import recv_monitor_message  # noqa: PLC0415
+
     sock = ctx.socket(zmq.DEALER)
+    monitor = sock.get_monitor_socket(
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    )
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * 1024 * 1024)
-        sock.setsockopt(zmq.HANDSHAKE_IVL, int(timeout * 1000))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, max(1, int((deadline - time.monotonic()) * 1000)))
         sock.curve_serverkey = token.server_key
         sock.curve_publickey = pair.public
         sock.curve_secretkey = pair.secret
         sock.connect(token.endpoint)
         sock.send_multipart(frames, copy=True)
-        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        handshaken = False
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+            ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+            if not ready:
                 raise TransportError(
-                    f"no enrollment reply from {token.endpoint} within {timeout:g} s "
+                    f"no enrollment reply from {token.endpoint} in time "
                     "(server unreachable, or the token is unknown, used or expired)"
                 )
-            received = sock.recv_multipart()
-            try:
-                reply = verify_reply(token, received, correlation_id=corr, now=clock())
-            except UnexpectedMessage:
-                continue  # not our reply (cannot normally happen on a fresh socket)
-            return accept_enroll_reply(
-                token, identity, reply, clock(), node_id=node_id, trust=trust
-            )
+            if sock in ready:
+                reply = ours(sock.recv_multipart())
+                if reply is not None:
+                    return reply
+            elif recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                handshaken = True
+            elif not handshaken:  # HANDSHAKE_FAILED_AUTH before any success
+                return None
     finally:
+        sock.disable_monitor()
+        monitor.close(linger=0)
         sock.close(linger=0)
-        ctx.term()
 
 
 # ---------------------------------------------------------------- a data directory

@@ -109,6 +109,31 @@ def test_device_enrolls_once_then_talks_with_its_own_key(tmp_path: Path) -> None
     run(main())
 
 
+def test_enroll_waits_for_a_token_the_node_has_not_admitted_yet(tmp_path: Path) -> None:
+    """`token create` then `enroll` at once: the daemon admits the token's key at its
+    next refresh, so the first handshake is refused (ZAP); the client tries again."""
+
+    async def main() -> None:
+        fx = Fixture()
+        cloud, store, sync = await _cloud(fx, tmp_path)
+        try:
+            token = _token(store, fx, cloud.node)  # created, not yet admitted
+            pending = asyncio.ensure_future(_enroll(token, NodeIdentity.generate(), "dev-late"))
+            listener = cloud.node.listener
+            assert listener is not None
+            await wait_for(lambda: listener.stats.rejected_keys >= 1)
+            assert not pending.done()
+            sync.refresh(cloud.node.directory)
+            result = await pending
+            assert result.cert.node_id == "dev-late"
+            # the refused attempt did not use the token: it was used exactly once
+            assert "dev-late" in cloud.node.directory
+        finally:
+            await cloud.node.stop(0.2)
+
+    run(main())
+
+
 def test_certificate_renewed_at_half_lifetime(tmp_path: Path) -> None:
     async def main() -> None:
         fx = Fixture()
