@@ -74,7 +74,7 @@ def test_enroll_over_zmq_and_token_key_admission(live_mesh: Mesh) -> None:
         assert result.cert.node_id == "dev-1"
         assert result.cert.public_keys() == identity.public()
         # Used: ZAP no longer admits the token's key, so nothing answers.
-        with pytest.raises(TransportError, match="refused this token.s key"):
+        with pytest.raises(TransportError, match="refused this token's key"):
             enroll_over_zmq(token, NodeIdentity.generate(), "dev-2", timeout=0.5)
         # A token the server never issued: refused at ZAP as well.
         forged = dataclasses.replace(token, token_id=bytes(16), secret=bytes(range(32)))

@@ -186,7 +186,7 @@ def test_one_device_per_data_dir_and_tokens_are_one_time(
             connect(tmp_path / "d1", clock)
         with pytest.raises(StateFileError):  # re-enrolling needs the device closed
             enroll("dev-1", data_dir=tmp_path / "d1")
-    with pytest.raises(TransportError, match="refused this token.s key"):
+    with pytest.raises(TransportError, match="refused this token's key"):
         Device.enroll(
             token,
             data_dir=tmp_path / "d2",
