@@ -188,6 +188,8 @@ def check_outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[b
     out = [bytes(f) if not isinstance(f, bytes) else f for f in frames]
     if not out:
         raise TransportError("a message has at least one frame")
+    if not out[0]:
+        raise TransportError("a message's first frame is not empty (reserved for batches)")
     if len(out) > options.max_frames:
         raise TransportError(f"a message has at most {options.max_frames} frames")
     if any(len(f) > options.max_frame_size for f in out):

@@ -234,6 +234,46 @@ def test_ordering_per_peer(kit: Kit) -> None:
     run(main())
 
 
+def test_bursts_of_mixed_messages_arrive_whole_and_in_order(kit: Kit) -> None:
+    """A burst sent without yielding (ZeroMQ: batched) keeps order and every frame,
+    also across large messages, which leave on their own, and multi-frame ones."""
+
+    async def main() -> None:
+        async with mesh(kit) as m:
+            conn = await m.add_client()
+            sent = []
+            for i in range(500):
+                tag = i.to_bytes(4, "big")
+                if i % 50 == 7:
+                    frames = [tag, bytes([i % 256]) * 40_000]  # larger than a batch item
+                elif i % 3 == 0:
+                    frames = [tag, b"", b"x" * (i % 17), b"\x00"]  # empty middle frame
+                else:
+                    frames = [tag, b"body" * (i % 300)]
+                sent.append(frames)
+                await conn.send(conn.server_key, frames)
+            got = [(await m.listener.recv(timeout=WAIT))[1] for _ in sent]
+            assert got == sent
+            assert m.listener.stats.received == len(sent)
+
+    run(main())
+
+
+def test_an_empty_first_frame_is_reserved(kit: Kit) -> None:
+    async def main() -> None:
+        async with mesh(kit) as m:
+            conn = await m.add_client()
+            peer = await hello(conn, m.listener)
+            with pytest.raises(TransportError, match="reserved"):
+                await conn.send(conn.server_key, [b"", b"x"])
+            with pytest.raises(TransportError, match="reserved"):
+                await m.listener.send(peer, [b""])
+            await conn.send(conn.server_key, [b"after"])
+            assert (await m.listener.recv(timeout=WAIT))[1] == [b"after"]
+
+    run(main())
+
+
 def test_sending_while_a_receive_is_pending(kit: Kit) -> None:
     """Request/reply with a reader task always parked in recv (the SDK's shape).
 
@@ -589,6 +629,27 @@ def test_reauthenticate_cuts_off_a_revoked_peer(kit: Kit) -> None:
             with pytest.raises(TimeoutError):
                 await m.listener.recv(timeout=0.2)
             await until(counted)
+
+    run(main())
+
+
+def test_reauthenticate_drops_what_a_revoked_peer_sent_in_the_same_burst(kit: Kit) -> None:
+    async def main() -> None:
+        async with mesh(kit) as m:
+            revoked = await m.add_client()
+            good = await m.add_client()
+            for i in range(20):  # one burst: in ZeroMQ, batches read whole
+                await revoked.send(revoked.server_key, [b"r", bytes([i])])
+            bad_key, first = await m.listener.recv(timeout=WAIT)
+            assert first == [b"r", b"\x00"]
+            m.allowed.discard(bad_key)
+            assert m.listener.reauthenticate() == [bad_key]
+            await good.send(good.server_key, [b"g"])
+            peer, frames = await m.listener.recv(timeout=WAIT)
+            assert frames == [b"g"]
+            assert peer != bad_key
+            with pytest.raises(TimeoutError):
+                await m.listener.recv(timeout=0.2)
 
     run(main())
 

@@ -345,3 +345,105 @@ def test_a_transport_dropped_without_close_is_collected_without_hanging() -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "collected"
+
+
+# ------------------------------------------------------------------ batches
+
+_message = st.lists(st.binary(max_size=64), min_size=1, max_size=16).filter(lambda fs: fs[0] != b"")
+
+
+@given(st.lists(_message, min_size=2, max_size=40))
+def test_batches_round_trip(messages: list[list[bytes]]) -> None:
+    assert zt.unpack_batch(zt.pack_batch(messages), max_frames=16) == messages
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=300)
+def test_unpack_batch_never_raises_and_is_strict(payload: bytes) -> None:
+    got = zt.unpack_batch(payload, max_frames=16)
+    if got is not None:  # then it is exactly what would be sent for those messages
+        assert zt.pack_batch(got) == payload
+
+
+def test_malformed_batches_are_refused() -> None:
+    good = zt.pack_batch([[b"a"], [b"b", b"c"]])
+    for bad in (
+        good + b"\x00",  # trailing byte
+        good[:-1],  # cut short
+        b"\x02" + good[1:],  # unknown version
+        zt.pack_batch([[b"a"], [b"b"]])[:1] + b"\x00\x01" + zt.pack_batch([[b"a"], [b"b"]])[3:],
+        b"\x01\x00\x02\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01b",  # empty first frame
+        b"\x01\x00\x02\x11" + b"\x00" * 80,  # 17 frames > max_frames
+    ):
+        assert zt.unpack_batch(bad, max_frames=16) is None
+    with pytest.raises(TransportError):
+        zt.pack_batch([[b"a"]])  # one message is not a batch
+    with pytest.raises(TransportError):
+        zt.pack_batch([[b"a"], [b"", b"b"]])
+
+
+def test_a_burst_leaves_as_batches_on_the_wire() -> None:
+    """What a plain CURVE ROUTER (no SecureMesh) receives from a connection's burst."""
+
+    async def main() -> None:
+        server_keys, client_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        raw_ctx = zmq.asyncio.Context()  # no ZAP handler bound: admits any CURVE client
+        client = ZmqTransport(client_keys)
+        try:
+            router = raw_ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            router.curve_server = True
+            router.curve_secretkey = server_keys.secret
+            router.curve_publickey = server_keys.public
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            conn = await client.connect(f"tcp://127.0.0.1:{port}", server_keys.public)
+            sent = [[b"m", i.to_bytes(2, "big")] for i in range(200)]
+            for frames in sent:
+                await conn.send(server_keys.public, frames)
+            got: list[list[bytes]] = []
+            wire_messages = 0
+            async with asyncio.timeout(WAIT):
+                while len(got) < len(sent):
+                    _routing, *frames = await router.recv_multipart()
+                    wire_messages += 1
+                    if frames[0] == b"":
+                        batch = zt.unpack_batch(frames[1], max_frames=16)
+                        assert batch is not None
+                        got.extend(batch)
+                    else:
+                        got.append(frames)
+            assert got == sent
+            assert wire_messages <= len(sent) // zt._BATCH_MESSAGES + 1
+            assert conn.stats.sent == len(sent)
+        finally:
+            await client.close()
+            raw_ctx.destroy(linger=0)
+
+    run(main())
+
+
+def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_served() -> None:
+    async def main() -> None:
+        server_keys, peer_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        server = ZmqTransport(server_keys, authenticator=AllowKeys([peer_keys.public]))
+        raw_ctx = zmq.asyncio.Context()
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            raw = raw_dealer(
+                raw_ctx, listener.address, server_key=server_keys.public, keys=peer_keys
+            )
+            good = zt.pack_batch([[b"one"], [b"two", b"2"]])
+            await raw.send_multipart([b"", good + b"junk"])
+            await raw.send_multipart([b"", good, b"extra frame"])
+            await raw.send_multipart([b""])
+            await raw.send_multipart([b"", b"\xff" * 100])
+            await raw.send_multipart([b"", good])
+            got = [(await listener.recv(timeout=WAIT))[1] for _ in range(2)]
+            assert got == [[b"one"], [b"two", b"2"]]
+            assert listener.stats.dropped_malformed == 4
+            assert listener.stats.received == 2
+        finally:
+            raw_ctx.destroy(linger=0)
+            await server.close()
+
+    run(main())
