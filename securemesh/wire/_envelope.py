@@ -306,9 +306,7 @@ class Envelope(_HeaderFields):
         if _token is not _TOKEN:
             raise LocalError("an Envelope is only created by verifying an UnverifiedEnvelope")
         object.__setattr__(self, "_header", header)
-        object.__setattr__(
-            self, "_frames", tuple([v if v.readonly else v.toreadonly() for v in frames])
-        )
+        object.__setattr__(self, "_frames", frames)  # read-only views: decode() made them so
         object.__setattr__(self, "_body", _whole_bytes(frames[1]))
 
     @property
@@ -436,8 +434,10 @@ def decode(frames: Sequence[Frame], *, limits: Limits = DEFAULT_LIMITS) -> Unver
         raise SizeLimitExceeded(f"{count} frames, limit {limits.max_frames}")
     if count < Limits.MIN_FRAMES:
         raise DecodeError("an envelope has at least header, body and auth frames")
-    # a memoryview of ``bytes`` is always flat and contiguous: no checks needed
-    views = tuple([memoryview(f) if type(f) is bytes else _view(f, DecodeError) for f in frames])
+    # a memoryview of ``bytes`` is always flat, contiguous and read-only: no checks needed
+    views = tuple(
+        [memoryview(f) if type(f) is bytes else _view(f, DecodeError).toreadonly() for f in frames]
+    )
     # 1. sizes, from lengths alone
     if views[0].nbytes > limits.max_header:
         raise SizeLimitExceeded("header frame too large")

@@ -42,8 +42,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import NamedTuple
 
 from securemesh.errors import DecodeError, EncodeError
 
@@ -79,15 +78,18 @@ class Flags(enum.IntFlag):
 
 
 _KNOWN_FLAGS = int(Flags.REQUEST | Flags.REPLY)
+_new_header = tuple.__new__  # Header's fields in order, without its Python __new__
 _MODES = {int(m): m for m in AuthMode}
 _FLAG_VALUES = {0: Flags.NONE, 1: Flags.REQUEST, 2: Flags.REPLY}  # the only legal values
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The parsed header fields. A plain record: validation happens in the codec."""
+class Header(NamedTuple):
+    """The parsed header fields. A plain record: validation happens in the codec.
 
-    VERSION: ClassVar[int] = VERSION
+    Immutable. A named tuple rather than a frozen dataclass: the receiver
+    builds one per message, and a frozen dataclass's ``__init__`` (one
+    ``object.__setattr__`` per field) costs four times as much.
+    """
 
     auth_mode: AuthMode
     msg_type: str
@@ -334,16 +336,18 @@ def parse_header(data: memoryview | bytes) -> Header:
         raise DecodeError("header length does not match its fields")
     msg_type, sender, recipient = _decode_names(bytes(data[FIXED_SIZE - 3 :]), type_len, sender_len)
     # Every rule of _problem() was checked above, on the raw values (hot path).
-    # Positional: a frozen dataclass's keyword call costs ~60 % more.
-    return Header(
-        auth_mode,
-        msg_type,
-        sender,
-        recipient,
-        sequence,
-        timestamp_ms,
-        correlation_id,
-        key_id,
-        raw_count,
-        flag_value,
+    return _new_header(
+        Header,
+        (
+            auth_mode,
+            msg_type,
+            sender,
+            recipient,
+            sequence,
+            timestamp_ms,
+            correlation_id,
+            key_id,
+            raw_count,
+            flag_value,
+        ),
     )
