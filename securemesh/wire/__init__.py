@@ -23,6 +23,7 @@ Receiving (size limits → form → key lookup → signature/MAC → replay)::
 from securemesh.wire._counter import SequenceCounter
 from securemesh.wire._envelope import (
     MAC_KEY_SIZE,
+    MAC_LABEL,
     MAC_SIZE,
     TRANSCRIPT_LABEL,
     Envelope,
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_LIMITS",
     "ID_SIZE",
     "MAC_KEY_SIZE",
+    "MAC_LABEL",
     "MAC_SIZE",
     "MAGIC",
     "TRANSCRIPT_LABEL",

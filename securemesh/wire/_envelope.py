@@ -43,11 +43,21 @@ without copying) and lets Ed25519 sign a short transcript.
   so a signed envelope is forwarded unchanged (``Envelope.frames``) and
   verifies again at every hop and at its destination, by anyone holding the
   sender's certificate.
-* MAC: ``BLAKE2b(key=session_key, digest_size=32, data=transcript)`` — BLAKE2b
+* MAC: ``BLAKE2b(key=session_key, digest_size=32, data=mac_input)`` — BLAKE2b
   in its keyed mode is a PRF/MAC (RFC 7693 §2.9 and §3.3), 32 bytes, key 32
-  bytes. The session id travels in the header's ``key_id``; the receiver
-  compares tags with :func:`hmac.compare_digest`. A MAC proves the message
-  came from one of the two session ends; it is not forwardable evidence.
+  bytes — over the frames themselves in one pass, not over their hashes::
+
+      mac_input = b"securemesh/envelope-mac/v1"      (26 bytes, domain separation)
+               || u16(len(header)) || header
+               || u64(len(body))   || body
+               || u64(len(raw_1))  || raw_1 || ... || u64(len(raw_n)) || raw_n
+
+  (the same length-prefixed layout as the transcript, so frame boundaries are
+  bound the same way; hashing each frame first would only add a pass, as
+  nothing needs the short form). The session id travels in the header's
+  ``key_id``; the receiver compares tags with :func:`hmac.compare_digest`. A
+  MAC proves the message came from one of the two session ends; it is not
+  forwardable evidence.
 
 Packed form
 -----------
@@ -119,6 +129,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAC_KEY_SIZE",
     "MAC_SIZE",
+    "MAC_LABEL",
     "TRANSCRIPT_LABEL",
     "Envelope",
     "Frame",
@@ -139,6 +150,7 @@ Frame = bytes | bytearray | memoryview
 WireFrame = bytes | memoryview
 
 TRANSCRIPT_LABEL: Final = b"securemesh/envelope/v1"
+MAC_LABEL: Final = b"securemesh/envelope-mac/v1"
 MAC_KEY_SIZE: Final = 32
 MAC_SIZE: Final = 32
 HASH_SIZE: Final = 32
@@ -216,6 +228,26 @@ def _transcript(
         parts.append(_U64.pack(view.nbytes))
         parts.append(_digest(view))
     return b"".join(parts)
+
+
+def _mac(
+    key: bytes, header: memoryview | bytes, body: memoryview | bytes, raws: Sequence[Frame]
+) -> bytes:
+    """The MAC-mode tag: keyed BLAKE2b over the MAC input, in one pass."""
+    if not raws:  # the common case: one join, one hash
+        return _blake2b(
+            b"".join((MAC_LABEL, _U16.pack(len(header)), header, _U64.pack(len(body)), body)),
+            key=key,
+            digest_size=MAC_SIZE,
+        ).digest()
+    mac = _blake2b(key=key, digest_size=MAC_SIZE)
+    mac.update(b"".join((MAC_LABEL, _U16.pack(len(header)), header, _U64.pack(len(body)))))
+    mac.update(body)
+    for raw in raws:
+        view = raw if isinstance(raw, memoryview) else memoryview(raw)
+        mac.update(_U64.pack(view.nbytes))
+        mac.update(view)  # hashed in place, not copied
+    return mac.digest()
 
 
 # ----------------------------------------------------------------- header access
@@ -407,8 +439,9 @@ class UnverifiedEnvelope(_HeaderFields):
             raise LocalError(f"a session MAC key is {MAC_KEY_SIZE} bytes")
         if self._header.auth_mode is not AuthMode.MAC:
             raise AuthenticationError("envelope is not in MAC mode")
-        expected = _blake2b(self._transcript(), key=key, digest_size=MAC_SIZE).digest()
-        if not hmac.compare_digest(expected, _whole_bytes(self._views[-1])):
+        views = self._views
+        expected = _mac(key, views[0], views[1], views[2:-1])
+        if not hmac.compare_digest(expected, _whole_bytes(views[-1])):
             raise AuthenticationError("MAC does not verify")
         return Envelope(self._header, self._views, _token=_TOKEN)
 
@@ -573,8 +606,8 @@ def _prepare_plain(  # noqa: PLR0917 - _prepare's fields, positionally (hot path
     correlation_id: bytes,
     flags: Flags,
     limits: Limits,
-) -> tuple[list[WireFrame], bytes]:
-    """:func:`_prepare` for a ``bytes`` body and no raw frame: same checks, one join."""
+) -> list[WireFrame]:
+    """:func:`_prepare` for a ``bytes`` body and no raw frame: the same checks."""
     if len(body) > limits.max_body:
         raise EncodeError(f"body is {len(body)} bytes, limit {limits.max_body}")
     header = encode_header_fields(
@@ -594,16 +627,7 @@ def _prepare_plain(  # noqa: PLR0917 - _prepare's fields, positionally (hot path
         raise EncodeError(f"envelope is {total} bytes, limit {limits.max_total}")
     if len(header) > limits.max_header:
         raise EncodeError(f"header is {len(header)} bytes, limit {limits.max_header}")
-    transcript = b"".join(
-        (
-            TRANSCRIPT_LABEL,
-            _U16.pack(len(header)),
-            header,
-            _U64.pack(len(body)),
-            _blake2b(body, digest_size=HASH_SIZE).digest(),
-        )
-    )
-    return [header, body], transcript
+    return [header, body]
 
 
 def _prepare(
@@ -620,8 +644,8 @@ def _prepare(
     correlation_id: bytes,
     flags: Flags,
     limits: Limits,
-) -> tuple[list[WireFrame], bytes]:
-    """Build ``[header, body, *raws]`` and the transcript, enforcing ``limits``."""
+) -> list[WireFrame]:
+    """Build ``[header, body, *raws]``, enforcing ``limits`` (the caller adds auth)."""
     if type(body) is bytes and type(frames) is tuple and not frames:
         return _prepare_plain(
             auth_mode,
@@ -665,8 +689,7 @@ def _prepare(
         raise EncodeError(f"envelope is {total} bytes, limit {limits.max_total}")
     if len(header) > limits.max_header:
         raise EncodeError(f"header is {len(header)} bytes, limit {limits.max_header}")
-    transcript = _transcript(header, body_bytes, raws)
-    return [header, body_bytes, *raws], transcript
+    return [header, body_bytes, *raws]
 
 
 def encode_signed(
@@ -691,7 +714,7 @@ def encode_signed(
     Raises :class:`~securemesh.errors.EncodeError` for invalid fields or when
     the envelope would exceed ``limits`` (which receivers enforce).
     """
-    parts, transcript = _prepare(
+    parts = _prepare(
         auth_mode=AuthMode.SIGNED,
         key_id=ZERO_ID,
         msg_type=msg_type,
@@ -705,7 +728,7 @@ def encode_signed(
         flags=flags,
         limits=limits,
     )
-    signature = signer.sign(transcript)
+    signature = signer.sign(_transcript(parts[0], parts[1], parts[2:]))
     if len(signature) != SIGNATURE_SIZE:
         raise EncodeError("signer returned a signature of the wrong size")
     parts.append(bytes(signature))
@@ -735,7 +758,7 @@ def encode_mac(
         raise EncodeError(f"a session MAC key is {MAC_KEY_SIZE} bytes")
     if not isinstance(session_id, bytes) or len(session_id) != ID_SIZE:
         raise EncodeError(f"a session id is {ID_SIZE} bytes")
-    parts, transcript = _prepare(
+    parts = _prepare(
         auth_mode=AuthMode.MAC,
         key_id=session_id,
         msg_type=msg_type,
@@ -749,7 +772,7 @@ def encode_mac(
         flags=flags,
         limits=limits,
     )
-    parts.append(_blake2b(transcript, key=key, digest_size=MAC_SIZE).digest())
+    parts.append(_mac(key, parts[0], parts[1], parts[2:]))
     return parts
 
 

@@ -449,7 +449,7 @@ def test_pack_frames_is_strict() -> None:
 
 
 def test_transcript_matches_the_documented_construction() -> None:
-    """Recompute the SIGNED transcript from the spec in the module docstring, independently."""
+    """Recompute the SIGNED transcript and the MAC input from the module docstring."""
     import nacl.signing
 
     header, body, raw1, raw2, sig = as_bytes(signed())
@@ -470,16 +470,21 @@ def test_transcript_matches_the_documented_construction() -> None:
     )
     nacl.signing.VerifyKey(SIGNER.verify_key).verify(transcript, sig)
     assert sig == SIGNER.sign(transcript)
+    # MAC mode: the frames themselves, length-prefixed, under its own label
     mh, mb, m1, m2, tag = as_bytes(maced())
-    mac_transcript = (
-        b"securemesh/envelope/v1"
+    mac_input = (
+        b"securemesh/envelope-mac/v1"
         + struct.pack(">H", len(mh))
         + mh
         + struct.pack(">Q", len(mb))
-        + h(mb)
+        + mb
         + struct.pack(">Q", len(m1))
-        + h(m1)
+        + m1
         + struct.pack(">Q", len(m2))
-        + h(m2)
+        + m2
     )
-    assert tag == hashlib.blake2b(mac_transcript, key=MAC_KEY, digest_size=32).digest()
+    assert tag == hashlib.blake2b(mac_input, key=MAC_KEY, digest_size=32).digest()
+    ph, pb, ptag = as_bytes(maced(frames=()))  # the no-raw-frame fast path
+    plain_input = b"securemesh/envelope-mac/v1" + struct.pack(">H", len(ph)) + ph
+    plain_input += struct.pack(">Q", len(pb)) + pb
+    assert ptag == hashlib.blake2b(plain_input, key=MAC_KEY, digest_size=32).digest()

@@ -11,6 +11,7 @@ EXPECTED = {
     "DEFAULT_LIMITS",
     "ID_SIZE",
     "MAC_KEY_SIZE",
+    "MAC_LABEL",
     "MAC_SIZE",
     "MAGIC",
     "TRANSCRIPT_LABEL",

@@ -34,6 +34,15 @@ def transcript(frames: list[bytes]) -> bytes:
     return out
 
 
+def mac_input(frames: list[bytes]) -> bytes:
+    header, body, *raws, _auth = frames
+    out = b"securemesh/envelope-mac/v1" + struct.pack(">H", len(header)) + header
+    out += struct.pack(">Q", len(body)) + body
+    for raw in raws:
+        out += struct.pack(">Q", len(raw)) + raw
+    return out
+
+
 def valid_vectors() -> list[dict[str, Any]]:
     signer = Ed25519Signer.from_seed(SEED)
     cases: list[dict[str, Any]] = [
@@ -90,6 +99,20 @@ def valid_vectors() -> list[dict[str, Any]]:
             "body": b'{"ok":true}'.hex(),
             "raw_frames": [b"\x00\x01\x02".hex()],
         },
+        {
+            "name": "MAC one-way message, no raw frames",
+            "mode": "MAC",
+            "msg_type": "app.reading",
+            "sender": "dev-9",
+            "recipient": "edge-2",
+            "sequence": 42,
+            "timestamp_ms": 1767225600456,
+            "correlation_id": "00" * 16,
+            "session_id": "b0b1b2b3b4b5b6b7b8b9babbbcbdbebf",
+            "flags": 0,
+            "body": b'{"t":21.5,"rh":40}'.hex(),
+            "raw_frames": [],
+        },
     ]
     for case in cases:
         common: dict[str, Any] = {
@@ -111,7 +134,10 @@ def valid_vectors() -> list[dict[str, Any]]:
             case["mac_key"] = MAC_KEY.hex()
             frames = encode_mac(**common, session_id=bytes.fromhex(case["session_id"]), key=MAC_KEY)
         raw = [bytes(f) for f in frames]
-        case["expected_transcript"] = transcript(raw).hex()
+        if case["mode"] == "SIGNED":
+            case["expected_transcript"] = transcript(raw).hex()
+        else:
+            case["expected_mac_input"] = mac_input(raw).hex()
         case["expected_frames"] = [f.hex() for f in raw]
     return cases
 
@@ -186,6 +212,7 @@ def main() -> None:
         "description": (
             "Known-answer vectors. Valid: encode the inputs, expect expected_frames "
             "(hex) exactly; decode and verify them with ed25519_verify_key or mac_key. "
+            "SIGNED cases give the signed transcript, MAC cases the MAC input. "
             "Invalid: decoding+verifying 'frames' must fail with 'error' under default "
             "limits. Spec: securemesh/wire/_header.py and _envelope.py docstrings."
         ),
