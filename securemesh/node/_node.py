@@ -186,6 +186,7 @@ log = logging.getLogger("securemesh.node")
 Auth = Literal["signed", "session"]
 #: Step-3 rejections of a relayed message that a certificate lookup may cure.
 _LOOKUP_REASONS = ("unknown_sender", "certificate_expired")
+_YIELD_EVERY = 256  # messages a receive loop handles back to back before it yields
 
 
 @dataclass(frozen=True, slots=True)
@@ -831,9 +832,22 @@ class MeshNode:
         process = self.pipeline.process
         metrics = self.metrics
         take = self._take
+        recv_nowait = channel.recv_nowait
+        burst = 0
         while not self._stopped:  # see _maintenance: a swallowed cancel must still end the loop
             try:
-                peer, frames = await channel.recv()
+                got = recv_nowait()  # what is already here, without a coroutine
+                if got is None:
+                    burst = 0
+                    got = await channel.recv()
+                elif burst >= _YIELD_EVERY:
+                    # a flood never suspends this loop: let timers, heartbeats and
+                    # the other links' loops run now and then
+                    burst = 0
+                    await asyncio.sleep(0)
+                else:
+                    burst += 1
+                peer, frames = got
             except TransportClosed:
                 return
             except asyncio.CancelledError:

@@ -232,6 +232,15 @@ class Channel(abc.ABC):
         """Return ``(peer_curve_key, frames)`` of the next message."""
 
     @abc.abstractmethod
+    def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
+        """The next message if one is already here, else None; never waits.
+
+        The same message :meth:`recv` would return (and the same checks);
+        raises TransportClosed when closed. A loop that drains with it must
+        still yield to the event loop now and then.
+        """
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Close now (linger 0). Idempotent."""
 

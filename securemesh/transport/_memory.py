@@ -221,6 +221,17 @@ class MemoryListener(Listener):
         self._readable.clear()
         raise LookupError
 
+    def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
+        while True:
+            if self._closed:
+                raise TransportClosed("listener closed")
+            try:
+                got = self._poll()
+            except LookupError:
+                return None
+            if got is not None:
+                return got
+
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         async with asyncio.timeout(timeout):
             while True:
@@ -269,6 +280,16 @@ class MemoryConnection(Connection):
         out = check_outgoing(frames, self._transport.options)
         t = self._transport.options.send_timeout if timeout is None else timeout
         await _push(self._link.up, out, t, self.stats, lambda: self._closed)
+
+    def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
+        if self._closed:
+            raise TransportClosed("connection closed")
+        down = self._link.down
+        if not down.items:
+            return None
+        frames = down.pop()
+        self.stats.received += 1
+        return self._server_key, frames
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         down = self._link.down

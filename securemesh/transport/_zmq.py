@@ -346,6 +346,16 @@ class _Receiver:
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
         raise NotImplementedError
 
+    def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
+        if self._closed:
+            raise TransportClosed(self._CLOSED_TEXT)
+        try:
+            return self._try_recv()
+        except zmq.ZMQError:
+            if self._closed:
+                raise TransportClosed(self._CLOSED_TEXT) from None
+            raise TransportError("receive failed") from None
+
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         if not self._closed:
             try:

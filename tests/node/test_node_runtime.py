@@ -178,6 +178,30 @@ def test_one_way_events_and_sync_handlers(kit: Kit) -> None:
     run(main())
 
 
+def test_a_receive_loop_yields_to_other_tasks_during_a_burst() -> None:
+    """A backlog is drained without waiting, but never in one go: a callback
+    scheduled behind the backlog runs after at most _YIELD_EVERY + 1 messages."""
+    from securemesh.node._node import _YIELD_EVERY
+
+    async def main() -> None:
+        async with tree(Kit("memory", memory_factory())) as t:
+            got: list[str] = []
+            t.edge1.node.on("app.event", lambda m: got.append(m.body(Echo).text))
+            await t.dev1.node.send("edge-1", "app.event", Echo(text="warm"), auth="session")
+            await wait_for(lambda: len(got) == 1)
+            n = 3 * _YIELD_EVERY
+            for i in range(n):  # none of these suspends: all queue at the edge
+                await t.dev1.node.send("edge-1", "app.event", Echo(text=str(i)), auth="session")
+            seen_by_callback: list[int] = []
+            asyncio.get_running_loop().call_soon(lambda: seen_by_callback.append(len(got)))
+            await wait_for(lambda: len(got) == n + 1)
+            assert got[1:] == [str(i) for i in range(n)]
+            assert seen_by_callback
+            assert seen_by_callback[0] <= _YIELD_EVERY + 2
+
+    run(main())
+
+
 def test_reply_with_raw_frames(kit: Kit) -> None:
     async def main() -> None:
         async with tree(kit) as t:

@@ -259,6 +259,43 @@ def test_bursts_of_mixed_messages_arrive_whole_and_in_order(kit: Kit) -> None:
     run(main())
 
 
+def test_recv_nowait_takes_only_what_is_already_here(kit: Kit) -> None:
+    async def main() -> None:
+        async with mesh(kit) as m:
+            conn = await m.add_client()
+            peer = await hello(conn, m.listener)
+            assert m.listener.recv_nowait() is None
+            assert conn.recv_nowait() is None
+            for i in range(3):
+                await conn.send(conn.server_key, [b"n", bytes([i])])
+            await m.listener.send(peer, [b"down"])
+            got: list[tuple[bytes, list[bytes]]] = []
+
+            async def three_here() -> bool:
+                item = m.listener.recv_nowait()
+                if item is not None:
+                    got.append(item)
+                return len(got) == 3
+
+            await until(three_here)
+            assert got == [(peer, [b"n", bytes([i])]) for i in range(3)]
+            assert m.listener.recv_nowait() is None
+
+            async def down_here() -> bool:
+                item = conn.recv_nowait()
+                if item is not None:
+                    got.append(item)
+                return len(got) == 4
+
+            await until(down_here)
+            assert got[-1] == (conn.server_key, [b"down"])
+            await conn.close()
+            with pytest.raises(TransportClosed):
+                conn.recv_nowait()
+
+    run(main())
+
+
 def test_an_empty_first_frame_is_reserved(kit: Kit) -> None:
     async def main() -> None:
         async with mesh(kit) as m:
