@@ -13,7 +13,7 @@ Wire protocol (one request, one reply, CurveZMQ-encrypted, RFC 26/CurveZMQ):
   a signed event (:meth:`SignedEvent.to_bytes`) of at most
   :data:`~securemesh.audit.events.MAX_SIGNED_EVENT_SIZE` bytes;
 * reply: ``[b"SMAI/1", acks]`` where ``acks`` is compact JSON
-  ``[["<event id>", <leaf index or -1>], …]`` (at most :data:`MAX_REPLY_SIZE`
+  ``[["<event id>", <leaf index, -1 or -2>], …]`` (at most :data:`MAX_REPLY_SIZE`
   bytes), or ``[b"SMAI/1", b"error"]`` for a malformed request.
 
 Limits are enforced before any work: ``ZMQ_MAXMSGSIZE`` on the server
@@ -56,7 +56,7 @@ from typing import Any, Final
 import zmq
 
 from securemesh.audit.events import MAX_SIGNED_EVENT_SIZE
-from securemesh.audit.outbox import REJECTED, Ack, Outbox, ShipResult, ship_once
+from securemesh.audit.outbox import DEFERRED, Ack, Outbox, ShipResult, ship_once
 from securemesh.audit.service import MAX_FRAMES, AuditService
 from securemesh.errors import (
     ConfigError,
@@ -126,7 +126,7 @@ def _decode_acks(data: bytes) -> list[Ack]:
             or not isinstance(item[0], str)
             or len(item[0]) != _EVENT_ID_LEN
             or type(item[1]) is not int
-            or item[1] < REJECTED
+            or item[1] < DEFERRED
         ):
             raise DecodeError("malformed acknowledgement pair")
         out.append((item[0], item[1]))
@@ -263,8 +263,11 @@ def ship_until_empty(
     stop: threading.Event | None = None,
     on_error_wait: float = 0.05,
 ) -> ShipResult:
-    """Ship until the outbox is empty (or ``stop`` is set), retrying through failures."""
-    sent = acked = rejected = 0
+    """Ship until nothing is due (or ``stop`` is set), retrying through failures.
+
+    Deferred entries that are not due yet stay in the outbox.
+    """
+    sent = acked = rejected = deferred = 0
     waiter = stop or threading.Event()
     while not waiter.is_set():
         try:
@@ -273,9 +276,10 @@ def ship_until_empty(
             waiter.wait(on_error_wait)
             continue
         sent, acked, rejected = sent + r.sent, acked + r.acked, rejected + r.rejected
+        deferred += r.deferred
         if r.sent == 0:
             break
-    return ShipResult(sent, acked, rejected)
+    return ShipResult(sent, acked, rejected, deferred)
 
 
 def _write_ready(path: str, endpoint: str) -> None:

@@ -19,8 +19,16 @@ arrives, the rows stay and are sent again. Delivery is therefore
 *at-least-once*; the cloud's append is idempotent by event id, so each event
 is in the log *exactly once*. An acknowledgement with index
 :data:`REJECTED` means the cloud refused the event for good (bad signature,
-unknown origin): the row is moved to a ``rejected`` table for an operator
+origin not allowed): the row is moved to a ``rejected`` table for an operator
 instead of being retried forever.
+
+:data:`DEFERRED` means "not now": the cloud does not know the event's origin,
+or not the key it was signed with, *yet* — typically a device that re-enrolled
+with new keys whose new certificate has not reached the cloud when its edge
+relays the device's first events. The row stays, is not offered again before
+``retry_after`` (1 s, doubling to 5 min) and does not hold up newer rows (the
+shipper takes the oldest *due* rows); after ``max_deferrals`` deferrals
+(default 32, ≈ 2 h) it is moved to ``rejected`` like a refusal.
 
 The outbox uses only the standard library's :mod:`sqlite3` on purpose: edge
 and device images should not need SQLAlchemy.
@@ -40,6 +48,7 @@ from securemesh.audit._entry import entry_of, event_id_of
 from securemesh.errors import LocalError, RemoteError
 
 __all__ = [
+    "DEFERRED",
     "MAX_ENTRY_SIZE",
     "REJECTED",
     "Ack",
@@ -55,11 +64,18 @@ __all__ = [
 REJECTED: Final = -1
 """Leaf index in an acknowledgement meaning "refused for good, do not resend"."""
 
+DEFERRED: Final = -2
+"""Leaf index in an acknowledgement meaning "origin or key not known yet: resend later"."""
+
+DEFER_FIRST_S: Final = 1.0
+DEFER_MAX_S: Final = 300.0
+MAX_DEFERRALS: Final = 32
+
 MAX_ENTRY_SIZE: Final = 64 * 1024
 """Largest signed event the outbox accepts (the ingestion endpoint's limit too)."""
 
 Ack = tuple[str, int]
-"""``(event_id, leaf_index)``; ``leaf_index == REJECTED`` for a permanent refusal."""
+"""``(event_id, leaf_index)``; ``REJECTED`` for a permanent refusal, ``DEFERRED`` for "later"."""
 
 SendBatch = Callable[[list[bytes]], list[Ack]]
 AsyncSendBatch = Callable[[list[bytes]], Awaitable[list[Ack]]]
@@ -69,7 +85,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL UNIQUE,
     entry BLOB NOT NULL,
-    created_ms INTEGER NOT NULL
+    created_ms INTEGER NOT NULL,
+    deferrals INTEGER NOT NULL DEFAULT 0,
+    retry_after_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS rejected (
     event_id TEXT PRIMARY KEY,
@@ -96,6 +114,7 @@ class ShipResult:
     sent: int
     acked: int
     rejected: int
+    deferred: int = 0
 
 
 class Outbox:
@@ -113,8 +132,10 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         keep_receipts: bool = False,
         busy_timeout_s: float = 30.0,
+        max_deferrals: int = MAX_DEFERRALS,
     ) -> None:
         self.path = Path(path)
+        self._max_deferrals = max_deferrals
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._keep_receipts = keep_receipts
@@ -125,6 +146,10 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        for column in ("deferrals", "retry_after_ms"):  # an outbox from before deferrals
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE outbox ADD {column} INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -159,22 +184,53 @@ class Outbox:
         return event_id
 
     def pending(self, limit: int = 256) -> list[PendingEntry]:
-        """The oldest ``limit`` entries not yet acknowledged, oldest first."""
+        """The oldest ``limit`` entries not yet acknowledged and due, oldest first.
+
+        Deferred entries are due again at their ``retry_after`` time.
+        """
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, entry FROM outbox ORDER BY seq LIMIT ?", (int(limit),)
+                "SELECT seq, event_id, entry FROM outbox WHERE retry_after_ms <= ? "
+                "ORDER BY seq LIMIT ?",
+                (self._now_ms(), int(limit)),
             ).fetchall()
         return [PendingEntry(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
     def pending_count(self) -> int:
+        """Entries not yet acknowledged (deferred ones included)."""
         with self._lock:
             (n,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
         return int(n)
 
+    def deferred_count(self) -> int:
+        """Entries the cloud deferred at least once and that still wait."""
+        with self._lock:
+            (n,) = self._db.execute("SELECT count(*) FROM outbox WHERE deferrals > 0").fetchone()
+        return int(n)
+
+    def _defer(self, event_id: str, now: int) -> bool:
+        """Push ``event_id`` back (True), or give up on it: moved to ``rejected`` (False)."""
+        row = self._db.execute(
+            "SELECT deferrals FROM outbox WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        if row is None:
+            return True
+        deferrals = int(row[0]) + 1
+        if deferrals > self._max_deferrals:
+            return False
+        wait = min(DEFER_MAX_S, DEFER_FIRST_S * 2 ** (deferrals - 1))
+        self._db.execute(
+            "UPDATE outbox SET deferrals = ?, retry_after_ms = ? WHERE event_id = ?",
+            (deferrals, now + int(wait * 1000), event_id),
+        )
+        return True
+
     def ack(self, acks: Iterable[Ack]) -> int:
         """Delete acknowledged rows (only those named); return how many were removed.
 
-        An ack with index :data:`REJECTED` moves the row to the ``rejected`` table.
+        An ack with index :data:`REJECTED` moves the row to the ``rejected``
+        table; :data:`DEFERRED` keeps it for later (see the module docstring),
+        or moves it to ``rejected`` once it was deferred too often.
         """
         removed = 0
         now = self._now_ms()
@@ -182,7 +238,9 @@ class Outbox:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for event_id, index in acks:
-                    if index == REJECTED:
+                    if index == DEFERRED and self._defer(event_id, now):
+                        continue
+                    if index in (REJECTED, DEFERRED):
                         self._db.execute(
                             "INSERT OR REPLACE INTO rejected (event_id, entry, rejected_ms) "
                             "SELECT event_id, entry, ? FROM outbox WHERE event_id = ?",
@@ -192,7 +250,7 @@ class Outbox:
                         raise LocalError(f"bad leaf index {index} in an acknowledgement")
                     cur = self._db.execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
                     removed += cur.rowcount
-                    if cur.rowcount and index != REJECTED and self._keep_receipts:
+                    if cur.rowcount and index >= 0 and self._keep_receipts:
                         self._db.execute(
                             "INSERT OR REPLACE INTO shipped (event_id, leaf_index, acked_ms) "
                             "VALUES (?, ?, ?)",
@@ -242,8 +300,9 @@ def _apply_acks(outbox: Outbox, batch: list[PendingEntry], acks: object) -> Ship
         if event_id in sent_ids:
             valid.append((event_id, index))
     rejected = sum(1 for _, i in valid if i == REJECTED)
+    deferred = sum(1 for _, i in valid if i == DEFERRED)
     outbox.ack(valid)
-    return ShipResult(len(batch), len(valid) - rejected, rejected)
+    return ShipResult(len(batch), len(valid) - rejected - deferred, rejected, deferred)
 
 
 def ship_once(

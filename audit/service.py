@@ -7,9 +7,11 @@ checkpoint per batch of up to 256 — and answers one acknowledgement per event
 it can name: ``(event_id, leaf_index)`` once the batch is **committed**
 (so an acknowledged event survives a crash of the service), or
 ``(event_id, REJECTED)`` for an event refused for good (bad signature,
-unknown origin). Frames that do not even decode carry no trustworthy id and
-get no acknowledgement; an edge never produces them (its outbox decodes
-every event before storing it).
+unknown origin). (The bus front end,
+:class:`~securemesh.node._audit_bus.BusAuditIngest`, turns the refusal of an
+event whose origin it could not check yet into ``DEFERRED``.) Frames that do
+not even decode carry no trustworthy id and get no acknowledgement; an edge
+never produces them (its outbox decodes every event before storing it).
 
 Rejections are counted by reason (``RemoteError.reason``) for metrics; the
 reasons never go back to the peer.

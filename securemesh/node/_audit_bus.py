@@ -28,9 +28,11 @@ at-least-once shipping puts every event in the log exactly once.
   1 to :data:`MAX_APPEND_ENTRIES` entries, each at most
   :data:`~securemesh.audit.events.MAX_SIGNED_EVENT_SIZE` bytes, all together at
   most :data:`MAX_APPEND_BYTES` (so the body stays under the bus's 64 KiB);
-* reply: ``{"acks": [["<event id>", <leaf index or -1>], ...]}`` — an index once
-  the batch is committed, ``-1`` (:data:`~securemesh.audit.outbox.REJECTED`) for
-  an event refused for good; entries that do not decode get no ack.
+* reply: ``{"acks": [["<event id>", <leaf index, -1 or -2>], ...]}`` — an index
+  once the batch is committed, ``-1`` (:data:`~securemesh.audit.outbox.REJECTED`)
+  for an event refused for good, ``-2`` (:data:`~securemesh.audit.outbox.DEFERRED`)
+  for one whose origin or key the cloud does not know yet (resent later);
+  entries that do not decode get no ack.
 
 **Who may append what** (decided here, enforced by :class:`BusAuditIngest`):
 
@@ -47,8 +49,12 @@ at-least-once shipping puts every event in the log exactly once.
    registers keys when it issues certificates (enrollment) and, whenever an
    event arrives with a key id not yet registered for its origin, from its
    directory if that holds a currently valid certificate for the origin with
-   that key (a node that re-enrolled with new keys under the same id). An
-   origin or key id with neither is ``UnknownOrigin`` → ``-1``. Registered
+   that key (a node that re-enrolled with new keys under the same id). When
+   the directory lacks it and an edge relayed the event, the cloud first asks
+   that edge for the origin's certificate (``cert.lookup``: the edge verified
+   the device's messages, so it holds the current one). An origin or key id
+   still unknown is deferred (``-2``): not appended, offered again by the
+   outbox with backoff, and refused for good only after many tries. Registered
    keys stay: events a node signed before it was revoked or re-enrolled
    still verify.
 
@@ -125,7 +131,8 @@ _MAX_SIGNED = 8 * 1024 + 128  # >= audit.events.MAX_SIGNED_EVENT_SIZE (checked o
 _B64_MAX = (_MAX_SIGNED * 4 + 2) // 3
 
 EventId = Annotated[str, Field(min_length=1, max_length=64)]
-LeafIndex = Annotated[int, Field(ge=-1, lt=1 << 63)]
+LeafIndex = Annotated[int, Field(ge=-2, lt=1 << 63)]
+_LOOKUPS_PER_REQUEST: Final = 8
 
 
 class AuditAppend(MeshMessage):
@@ -282,6 +289,7 @@ class AuditShipper:
         self._wake = asyncio.Event()
         self.shipped = 0
         self.rejected = 0
+        self.deferred = 0
         self.batches = 0
         self.failures = 0
         self.consecutive_failures = 0
@@ -310,8 +318,10 @@ class AuditShipper:
             self.batches += 1
             self.shipped += result.acked
             self.rejected += result.rejected
+            self.deferred += result.deferred
+            answered = result.acked + result.rejected + result.deferred
             acked += result.acked + result.rejected
-            if result.acked + result.rejected == 0:
+            if answered == 0:
                 return acked  # nothing acknowledged: try again later, not in a tight loop
 
     async def run(self) -> None:
@@ -339,8 +349,10 @@ class AuditShipper:
     def status(self) -> dict[str, object]:
         return {
             "outbox_pending": self.outbox.pending_count(),
+            "outbox_deferred": self.outbox.deferred_count(),
             "shipped": self.shipped,
             "rejected": self.rejected,
+            "deferred": self.deferred,
             "batches": self.batches,
             "ship_failures": self.failures,
             "last_error": self.last_error,
@@ -373,6 +385,7 @@ class BusAuditIngest:
             for vk in keys
         }
         self.requests = 0
+        self.lookups = 0  #: certificates learned from relaying edges
         self.refused: Counter[str] = Counter()
         self.register(node.node_id, node.certificate.verify_key)
 
@@ -411,21 +424,24 @@ class BusAuditIngest:
                 extra={"event": "audit_register_failed", "node": node_id, "error": str(exc)},
             )
 
-    def register_from_directory(self, node_id: str, key_id: bytes) -> None:
+    def register_from_directory(self, node_id: str, key_id: bytes) -> bool:
         """Register ``node_id``'s key named ``key_id`` from the directory, if it holds it.
 
         Only a currently valid certificate counts, and only if its verify key
         has that key id: a node that re-enrolled with new keys gets its new
         key registered the first time an event signed with it arrives.
+        Returns whether the key is registered (now or before).
         """
         from securemesh.audit.events import event_key_id  # noqa: PLC0415
 
         if (node_id, key_id) in self._registered:
-            return
+            return True
         with contextlib.suppress(CertificateError):
             entry = self.node.directory.lookup(node_id, now=time.time())
             if event_key_id(entry.cert.verify_key) == key_id:
                 self.register(node_id, entry.cert.verify_key)
+                return True
+        return False
 
     async def append_local(self, entries: list[bytes]) -> list[Ack]:
         """The cloud's own outbox: straight into the service (same thread, same checks)."""
@@ -433,6 +449,47 @@ class BusAuditIngest:
             self.register_from_directory(origin, key_id)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.service.handle_batch, entries)
+
+    def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes]]:
+        """``(entry, event id, origin, key id)`` of each decodable entry (others counted)."""
+        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+
+        named: list[tuple[bytes, str, str, bytes]] = []
+        for entry in entries:
+            try:
+                decoded = decode_entry(entry)
+            except RemoteError:
+                self.refused["malformed"] += 1
+                continue
+            named.append((entry, decoded.event_id, decoded.origin, decoded.signed.key_id))
+        return named
+
+    async def _learn_from_relay(self, msg: VerifiedMessage, origins: set[str]) -> None:
+        """Ask the relaying edge for the certificates of ``origins`` (new to us, or their key).
+
+        The edge verified those devices' messages, so it holds their current
+        certificates. At most :data:`_LOOKUPS_PER_REQUEST` per request,
+        concurrently; what is still unknown afterwards is deferred, while an
+        origin whose current certificate names another key than an event's is
+        known, and such an event is refused for good (a key the edge does not
+        vouch for).
+        """
+        if not origins:
+            return
+        learned = await asyncio.gather(
+            *(
+                self.node.learn_certificate_from(msg, origin)
+                for origin in sorted(origins)[:_LOOKUPS_PER_REQUEST]
+            )
+        )
+        self.lookups += sum(learned)
+
+    def _valid_now(self, node_id: str) -> bool:
+        try:
+            self.node.directory.lookup(node_id, now=time.time())
+        except (CertificateError, RemoteError):
+            return False
+        return True
 
     def _signers(self, entries: list[bytes]) -> set[tuple[str, bytes]]:
         """The ``(origin, key id)`` pairs the decodable entries name."""
@@ -454,8 +511,7 @@ class BusAuditIngest:
         return signed is not None and signed.unverified_certificate().tier is Tier.END
 
     async def handle(self, msg: VerifiedMessage) -> AuditAppendReply:
-        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
-        from securemesh.audit.outbox import REJECTED  # noqa: PLC0415
+        from securemesh.audit.outbox import DEFERRED, REJECTED  # noqa: PLC0415
 
         self.requests += 1
         cert = msg.certificate
@@ -465,26 +521,42 @@ class BusAuditIngest:
         entries = [b64d(text, max_size=_MAX_SIGNED) for text in body.entries]
         if sum(len(e) for e in entries) > MAX_APPEND_BYTES:
             raise SizeLimitExceeded(f"audit.append carries more than {MAX_APPEND_BYTES} bytes")
+        named = self._named(entries)
+        relay = cert.tier is Tier.EDGE
+        if relay:  # origins (or keys) new to us: ask the relaying edge first
+            await self._learn_from_relay(
+                msg,
+                {
+                    origin
+                    for _, _, origin, key_id in named
+                    if origin != msg.sender and not self.register_from_directory(origin, key_id)
+                },
+            )
         acks: list[Ack] = []
         allowed: list[bytes] = []
-        for entry in entries:
-            try:
-                decoded = decode_entry(entry)
-                origin, event_id = decoded.origin, decoded.event_id
-            except RemoteError:
-                self.refused["malformed"] += 1
-                continue
+        unchecked: set[str] = set()  # event ids whose origin we cannot check yet
+        for entry, event_id, origin, key_id in named:
             if not self._may_send_for(msg.sender, cert.tier, origin):
-                self.refused["origin_not_allowed"] += 1
-                acks.append((event_id, REJECTED))
+                if relay and self.node.directory.signed_certificate(origin) is None:
+                    self.refused["origin_unknown_yet"] += 1  # a device we have not met yet
+                    acks.append((event_id, DEFERRED))
+                else:
+                    self.refused["origin_not_allowed"] += 1
+                    acks.append((event_id, REJECTED))
                 continue
-            self.register_from_directory(origin, decoded.signed.key_id)
+            known = self.register_from_directory(origin, key_id)
+            if not known and relay and origin != msg.sender and not self._valid_now(origin):
+                unchecked.add(event_id)  # no valid certificate for it here, even now
             allowed.append(entry)
         if allowed:
             loop = asyncio.get_running_loop()
-            acks.extend(
-                await loop.run_in_executor(self._executor, self.service.handle_batch, allowed)
-            )
+            for event_id, index in await loop.run_in_executor(
+                self._executor, self.service.handle_batch, allowed
+            ):
+                later = index == REJECTED and event_id in unchecked
+                if later:  # not appended: resent later, when we may know its origin
+                    self.refused["origin_unknown_yet"] += 1
+                acks.append((event_id, DEFERRED if later else index))
         return AuditAppendReply(acks=acks)
 
     def status(self) -> dict[str, object]:
@@ -494,6 +566,7 @@ class BusAuditIngest:
         return {
             "append_requests": self.requests,
             "appended": self.service.accepted,
+            "certificates_learned": self.lookups,
             "refused": refused,
         }
 

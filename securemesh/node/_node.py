@@ -1380,6 +1380,41 @@ class MeshNode:
         body = reply.body(NodeHello)
         self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
 
+    async def learn_certificate_from(
+        self, msg: VerifiedMessage, node_id: str, *, timeout: float = 2.0
+    ) -> bool:
+        """Ask the direct neighbour that sent ``msg`` for ``node_id``'s certificate.
+
+        For a handler that meets a node it has no (current) certificate for in
+        a message's *content* (the cloud's audit ingest: a device's events
+        relayed by its edge, signed with keys from a re-enrollment the cloud
+        has not heard of). The neighbour must be an enrolled edge or cloud
+        node; lookups of one node id are at most one per ``held.retry_after``
+        (shared with the hold buffer). Returns whether a certificate was
+        learned; never raises for a failed lookup.
+        """
+        link, hop = msg.link, msg.sender
+        if msg.relayed or not isinstance(link, _Link) or self._stopped or hop == node_id:
+            return False
+        if not self.directory.is_authority_tier(hop) or node_id in self._lookups_inflight:
+            return False
+        now = self._clock()
+        if now - self._lookups.get(node_id, -1e9) < self.held.retry_after:
+            return False
+        self._lookups[node_id] = now
+        self._lookups_inflight.add(node_id)
+        try:
+            await self._lookup_via(link, hop, node_id, timeout)
+        except (TimeoutError, SecureMeshError) as exc:
+            log.info(
+                "certificate lookup failed",
+                extra={"event": "cert_lookup_failed", "node": node_id, "error": repr(exc)},
+            )
+            return False
+        finally:
+            self._lookups_inflight.discard(node_id)
+        return True
+
     def _hold_for_lookup(
         self, rejection: Rejection, frames: Sequence[bytes], channel: Channel, from_parent: bool
     ) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from audit_log_helpers import make_events
 from securemesh.audit.events import MAX_SIGNED_EVENT_SIZE
 from securemesh.audit.ingest import MAGIC, IngestClient, IngestServer, ship_until_empty
 from securemesh.audit.log import AuditLog, open_log
-from securemesh.audit.outbox import REJECTED, Outbox, ship_once
+from securemesh.audit.outbox import DEFERRED, REJECTED, Outbox, ship_once
 from securemesh.audit.service import AuditService
 from securemesh.audit.verify import verify_log
 from securemesh.crypto.signing import Ed25519Signer
@@ -103,6 +104,56 @@ def test_service_rejects_forged_and_unknown(
     assert ship_once(ob, service.handle_batch).rejected == 1
     assert ob.pending_count() == 0
     assert ob.rejected() == [ids[1]]
+
+
+def test_deferred_entries_back_off_let_newer_ones_pass_then_give_up(
+    tmp_path: Path, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    events = make_events(edge_signers["edge-1"], "edge-1", 3)
+    clock = [100.0]
+    with Outbox(tmp_path / "o.db", clock=lambda: clock[0], max_deferrals=3) as ob:
+        ids = [ob.put(e) for e in events]
+        assert [p.event_id for p in ob.pending()] == ids
+        ob.ack([(ids[0], DEFERRED)])
+        assert [p.event_id for p in ob.pending()] == ids[1:]  # not due: the others pass
+        assert ob.pending_count() == 3
+        assert ob.deferred_count() == 1
+        waits = []
+        for _ in range(3):  # due again after 1 s, then 2 s, then 4 s
+            start = clock[0]
+            while ids[0] not in [p.event_id for p in ob.pending()]:
+                clock[0] += 0.25
+            waits.append(clock[0] - start)
+            ob.ack([(ids[0], DEFERRED)])
+        assert waits == [1.0, 2.0, 4.0]
+        assert ob.rejected() == [ids[0]]  # deferred a fourth time: given up
+        assert ob.pending_count() == 2
+        assert ob.deferred_count() == 0
+        with pytest.raises(LocalError):
+            ob.ack([(ids[1], -3)])
+
+
+def test_an_outbox_from_before_deferrals_is_upgraded_in_place(
+    tmp_path: Path, edge_signers: dict[str, Ed25519Signer]
+) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+        "event_id TEXT NOT NULL UNIQUE, entry BLOB NOT NULL, created_ms INTEGER NOT NULL)"
+    )
+    event = make_events(edge_signers["edge-1"], "edge-1", 1)[0]
+    db.execute(
+        "INSERT INTO outbox (event_id, entry, created_ms) VALUES (?, ?, 1)",
+        (event.unverified_event().event_id, event.to_bytes()),
+    )
+    db.commit()
+    db.close()
+    with Outbox(path) as ob:
+        (pending,) = ob.pending()
+        assert pending.entry == event.to_bytes()
+        ob.ack([(pending.event_id, DEFERRED)])
+        assert ob.deferred_count() == 1
 
 
 @pytest.fixture

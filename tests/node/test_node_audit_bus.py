@@ -214,9 +214,11 @@ def test_append_body_is_strict() -> None:
     with pytest.raises(ValidationError):
         AuditAppendReply.model_validate_json(b'{"acks": [["e", "1"]]}', strict=True)
     with pytest.raises(ValidationError):
-        AuditAppendReply.model_validate_json(b'{"acks": [["e", -2]]}', strict=True)
-    ok = AuditAppendReply.model_validate_json(b'{"acks": [["e", 3], ["f", -1]]}', strict=True)
-    assert ok.acks == [("e", 3), ("f", -1)]
+        AuditAppendReply.model_validate_json(b'{"acks": [["e", -3]]}', strict=True)
+    ok = AuditAppendReply.model_validate_json(
+        b'{"acks": [["e", 3], ["f", -1], ["g", -2]]}', strict=True
+    )
+    assert ok.acks == [("e", 3), ("f", -1), ("g", -2)]
 
 
 def test_deterministic_event_ids() -> None:
@@ -225,3 +227,81 @@ def test_deterministic_event_ids() -> None:
     assert a != deterministic_event_id("cert.revoked", "root", "dev-2")
     assert len(a) == 32
     int(a, 16)
+
+
+def test_the_cloud_learns_relayed_origins_from_the_edge_and_defers_what_it_cannot_check(
+    tmp_path: Path,
+) -> None:
+    """Relayed device events whose origin (or key) the cloud does not know yet.
+
+    * dev-1 re-enrolled with new keys, and dev-2 enrolled, where only the edge
+      heard of it: the cloud asks the edge (cert.lookup) and appends at once;
+    * a key that dev-1's current certificate does not name: refused for good;
+    * dev-3, unknown to the edge too: deferred (not appended, not refused);
+      the outbox keeps it off the wire until it is due, lets newer events pass,
+      and once the cloud knows dev-3 it is appended, exactly once.
+    """
+
+    async def main() -> None:
+        fx = Fixture()
+        m = {
+            "cloud-1": fx.member("cloud-1", "cloud"),
+            "edge-1": fx.member("edge-1", "edge"),
+            "dev-1": fx.member("dev-1", "end"),
+            "dev-2": fx.member("dev-2", "end"),
+            "dev-3": fx.member("dev-3", "end"),
+        }
+        f = memory_factory()
+        cloud, key, audit_log, ingest = cloud_with_log(
+            fx, m, f, tmp_path, [m["edge-1"], m["dev-1"]]
+        )
+        await cloud.node.start()
+        edge = build_node(fx, m["edge-1"], f, parent=cloud.node, known=[m["dev-1"], m["dev-2"]])
+        allow_audit_relay(edge.node)
+        await edge.node.start()
+        await edge.node.wait_parent(10)
+        fresh = NodeIdentity.generate()
+        reenrolled = fx.authority.issue(
+            "dev-1", "end", [], fresh.public(), lifetime_s=3600, now=fx.now + 1, backdate_s=59
+        )
+        edge.node.directory.add_certificate(reenrolled)  # the edge has seen it, the cloud not
+        clock = [1000.0]
+        outbox = Outbox(tmp_path / "edge.db", keep_receipts=True, clock=lambda: clock[0])
+        shipper = AuditShipper(outbox, bus_sender(edge.node, cloud=lambda: "cloud-1", timeout=5))
+        try:
+            new_key = outbox.put(_event("dev-1", fresh.signer, 1))
+            first_seen = outbox.put(_event("dev-2", m["dev-2"].identity.signer, 1))
+            forged = outbox.put(_event("dev-1", Ed25519Signer.generate(), 2))
+            stranger = outbox.put(_event("dev-3", m["dev-3"].identity.signer, 1))
+            await shipper.ship_pending()
+            assert set(outbox.receipts()) == {new_key, first_seen}
+            assert outbox.rejected() == [forged]
+            assert outbox.pending_count() == outbox.deferred_count() == 1
+            assert ingest.status()["certificates_learned"] == 2
+            assert cloud.node.directory.certificate("dev-1").verify_key == fresh.signer.verify_key
+            # not due yet: newer events pass, the deferred one stays off the wire
+            later = outbox.put(_event("dev-2", m["dev-2"].identity.signer, 2))
+            await shipper.ship_pending()
+            assert later in outbox.receipts()
+            assert stranger not in outbox.receipts()
+            assert audit_log.index_of(stranger) is None
+            # the cloud meets dev-3 (e.g. its route announcement); the retry is due
+            cloud.node.directory.add_certificate(m["dev-3"].cert)
+            clock[0] += 1.0
+            await shipper.ship_pending()
+            assert stranger in outbox.receipts()
+            assert outbox.pending_count() == 0
+            assert audit_log.size() == 4
+            assert shipper.status()["deferred"] == 1
+            report = verify_log(
+                audit_log.engine, log_verify_key=key.signer.verify_key, log_origin=key.name
+            )
+            assert report.size == 4
+            outbox.close()
+        finally:
+            await edge.node.stop(0.5)
+            await cloud.node.stop(0.5)
+            ingest.close()
+            audit_log.close()
+
+    run(main())
