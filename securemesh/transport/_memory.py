@@ -234,16 +234,9 @@ class MemoryListener(Listener):
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
         async with asyncio.timeout(timeout):
-            while True:
-                if self._closed:
-                    raise TransportClosed("listener closed")
-                try:
-                    got = self._poll()
-                except LookupError:
-                    await self._readable.wait()
-                    continue
-                if got is not None:
-                    return got
+            while (got := self.recv_nowait()) is None:
+                await self._readable.wait()  # cleared by _poll when it found nothing
+            return got
 
     async def close(self) -> None:
         if self._closed:
@@ -292,17 +285,11 @@ class MemoryConnection(Connection):
         return self._server_key, frames
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
-        down = self._link.down
         async with asyncio.timeout(timeout):
-            while True:
-                if self._closed:
-                    raise TransportClosed("connection closed")
-                if down.items:
-                    frames = down.pop()
-                    self.stats.received += 1
-                    return self._server_key, frames
+            while (got := self.recv_nowait()) is None:
                 self._readable.clear()
                 await self._readable.wait()
+            return got
 
     async def close(self) -> None:
         if self._closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from node_testlib import (
@@ -58,25 +59,33 @@ def cloud_with_log(
     return cloud, key, audit_log, ingest
 
 
+def members(fx: Fixture, *nodes: str) -> dict[str, Member]:
+    """``cloud-*``, ``edge-*`` and ``dev-*`` members by id, tier from the prefix."""
+    tiers = {"cloud": "cloud", "edge": "edge", "dev": "end"}
+    return {n: fx.member(n, tiers[n.split("-")[0]]) for n in nodes}
+
+
+async def relaying_edge(
+    fx: Fixture, m: dict[str, Member], f: TransportFactory, cloud: Built, **kwargs: Any
+) -> Built:
+    """edge-1 started below ``cloud``, relaying its devices' audit.append (as its daemon)."""
+    edge = build_node(fx, m["edge-1"], f, parent=cloud.node, **kwargs)
+    allow_audit_relay(edge.node)
+    await edge.node.start()
+    await edge.node.wait_parent(10)
+    return edge
+
+
 def test_append_authorization_relay_forgery_and_shipping(tmp_path: Path) -> None:
     async def main() -> None:
         fx = Fixture()
-        m = {
-            "cloud-1": fx.member("cloud-1", "cloud"),
-            "edge-1": fx.member("edge-1", "edge"),
-            "edge-2": fx.member("edge-2", "edge"),
-            "dev-1": fx.member("dev-1", "end"),
-        }
+        m = members(fx, "cloud-1", "edge-1", "edge-2", "dev-1")
         f = memory_factory()
         cloud, _key, audit_log, ingest = cloud_with_log(
             fx, m, f, tmp_path, [m["edge-1"], m["edge-2"]]
         )
         await cloud.node.start()
-        edge = build_node(fx, m["edge-1"], f, listen="memory://edge", parent=cloud.node,
-                          known=[m["dev-1"]])  # fmt: skip
-        allow_audit_relay(edge.node)  # what the edge daemon does
-        await edge.node.start()
-        await edge.node.wait_parent(10)
+        edge = await relaying_edge(fx, m, f, cloud, listen="memory://edge", known=[m["dev-1"]])
         dev = build_node(fx, m["dev-1"], f, parent=edge.node)
         await dev.node.start()
         await dev.node.wait_parent(10)
@@ -147,11 +156,7 @@ def test_a_re_enrolled_node_keeps_appending_under_its_new_and_old_keys(tmp_path:
 
     async def main() -> None:
         fx = Fixture()
-        m = {
-            "cloud-1": fx.member("cloud-1", "cloud"),
-            "edge-1": fx.member("edge-1", "edge"),
-            "dev-1": fx.member("dev-1", "end"),
-        }
+        m = members(fx, "cloud-1", "edge-1", "dev-1")
         f = memory_factory()
         cloud, key, audit_log, ingest = cloud_with_log(
             fx, m, f, tmp_path, [m["edge-1"], m["dev-1"]]
@@ -244,22 +249,13 @@ def test_the_cloud_learns_relayed_origins_from_the_edge_and_defers_what_it_canno
 
     async def main() -> None:
         fx = Fixture()
-        m = {
-            "cloud-1": fx.member("cloud-1", "cloud"),
-            "edge-1": fx.member("edge-1", "edge"),
-            "dev-1": fx.member("dev-1", "end"),
-            "dev-2": fx.member("dev-2", "end"),
-            "dev-3": fx.member("dev-3", "end"),
-        }
+        m = members(fx, "cloud-1", "edge-1", "dev-1", "dev-2", "dev-3")
         f = memory_factory()
         cloud, key, audit_log, ingest = cloud_with_log(
             fx, m, f, tmp_path, [m["edge-1"], m["dev-1"]]
         )
         await cloud.node.start()
-        edge = build_node(fx, m["edge-1"], f, parent=cloud.node, known=[m["dev-1"], m["dev-2"]])
-        allow_audit_relay(edge.node)
-        await edge.node.start()
-        await edge.node.wait_parent(10)
+        edge = await relaying_edge(fx, m, f, cloud, known=[m["dev-1"], m["dev-2"]])
         fresh = NodeIdentity.generate()
         reenrolled = fx.authority.issue(
             "dev-1", "end", [], fresh.public(), lifetime_s=3600, now=fx.now + 1, backdate_s=59
