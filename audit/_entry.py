@@ -38,7 +38,7 @@ from securemesh.audit.events import (
     SignedEvent,
     event_key_id,
 )
-from securemesh.crypto.signing import VERIFY_KEY_SIZE
+from securemesh.crypto.signing import VERIFY_KEY_SIZE, signature_opener
 from securemesh.errors import AuthenticationError, DecodeError, LocalError, SecureMeshError
 
 __all__ = [
@@ -245,41 +245,8 @@ def event_fields(body: bytes) -> tuple[object, object] | None:
 
 
 def _signature_opener() -> Callable[[bytes, bytes], bool]:
-    """``opener(signature ‖ message, verify key) -> bool``: libsodium ``crypto_sign_open``.
-
-    The same libsodium function that ``nacl.signing.VerifyKey.verify`` and
-    ``nacl.bindings.crypto_sign_open`` call, called through pynacl's compiled
-    cffi module with one reusable output buffer per opener (the verifier checks
-    a million signatures; pynacl's wrapper allocates and zeroes a buffer and
-    copies the message out each time). Not thread-safe: one opener per thread.
-    Falls back to ``nacl.bindings.crypto_sign_open`` if that module changes.
-    """
-    try:
-        from nacl._sodium import ffi, lib  # type: ignore[import-not-found]  # noqa: PLC0415
-
-        raw_open = lib.crypto_sign_open
-        null = ffi.NULL
-        buf = ffi.new("unsigned char[]", MAX_SIGNED_EVENT_SIZE + len(EVENT_SIGNATURE_DOMAIN))
-        size = len(buf)
-    except (ImportError, AttributeError):  # pragma: no cover - other pynacl builds
-        bindings_open = nacl.bindings.crypto_sign_open
-
-        def slow(signed: bytes, vk: bytes) -> bool:
-            try:
-                bindings_open(signed, vk)
-            except nacl.exceptions.BadSignatureError:
-                return False
-            return True
-
-        return slow
-
-    def opener(signed: bytes, vk: bytes) -> bool:
-        n = len(signed)
-        if n > size or len(vk) != VERIFY_KEY_SIZE:  # the C call trusts both lengths
-            raise LocalError("bad arguments to crypto_sign_open")
-        return raw_open(buf, null, signed, n, vk) == 0  # type: ignore[no-any-return]
-
-    return opener
+    """:func:`~securemesh.crypto.signing.signature_opener` sized for one signed event."""
+    return signature_opener(MAX_SIGNED_EVENT_SIZE + len(EVENT_SIGNATURE_DOMAIN))
 
 
 def make_entry_checker(resolve: Callable[[str, bytes], bytes]) -> EntryChecker:
