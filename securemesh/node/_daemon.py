@@ -65,7 +65,6 @@ from securemesh.errors import (
     LocalError,
     SecureMeshError,
 )
-from securemesh.messages import b64d
 from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._directory import Directory
@@ -219,23 +218,20 @@ def load_passphrase(config: NodeConfig) -> str:
 
 
 def load_trust(files: NodeFiles) -> TrustStore:
-    """``trust.json`` roots plus ``revocation.list`` (if present), verified."""
-    raw = _read_small(files.trust, "trust file")
+    """``trust.json`` roots plus ``revocation.list`` (if present), verified.
+
+    :func:`~securemesh.enroll._state.read_trust` (the same files an enrollment
+    wrote), with a daemon's errors: ConfigError, and a trust file naming no
+    root is one.
+    """
+    from securemesh.enroll._state import read_trust  # noqa: PLC0415
+
     try:
-        data = json.loads(raw)
-        roots = data["roots"]
-        if not isinstance(data, dict) or set(data) != {"roots"} or not isinstance(roots, dict):
-            raise ValueError("expected {'roots': {...}}")
-        trust = TrustStore({str(k): b64d(str(v), max_size=32) for k, v in roots.items()})
-    except (ValueError, KeyError, TypeError, SecureMeshError) as exc:
-        raise ConfigError(f"invalid trust file {files.trust}: {exc}") from exc
+        trust = read_trust(files.data_dir)
+    except (SecureMeshError, OSError) as exc:
+        raise ConfigError(f"invalid trust in {files.data_dir}: {exc}") from exc
     if not trust.roots:
         raise ConfigError(f"trust file {files.trust} names no root")
-    if files.revocation_list.exists():
-        try:
-            trust.update_revocation_list(_read_small(files.revocation_list, "revocation list"))
-        except CertificateError as exc:
-            raise ConfigError(f"revocation list {files.revocation_list}: {exc}") from exc
     return trust
 
 

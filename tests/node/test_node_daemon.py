@@ -238,6 +238,33 @@ def test_cli_refuses_to_start_without_a_usable_identity(tmp_path: Path) -> None:
     assert not (tmp_path / "c" / "ready").exists()
 
 
+@pytest.mark.parametrize(
+    ("trust", "needle"),
+    [
+        ('{"roots": {}}', "not a trusted root"),  # the revocation list's issuer
+        ('{"roots": {"root": "not-a-key!"}}', "invalid trust"),
+        ("[1, 2]", "invalid trust"),
+    ],
+)
+def test_a_bad_trust_file_is_a_config_error(tmp_path: Path, trust: str, needle: str) -> None:
+    from securemesh.node._daemon import NodeFiles, load_trust
+
+    fx = Fixture()
+    write_data_dir(fx, fx.member("cloud-1", "cloud"), tmp_path / "c", listen="tcp://127.0.0.1:0")
+    files = NodeFiles(tmp_path / "c")
+    assert set(load_trust(files).roots) == {"root"}
+    files.trust.write_text(trust)
+    with pytest.raises(ConfigError, match=needle):
+        load_trust(files)
+    files.revocation_list.unlink()
+    files.trust.write_text('{"roots": {}}')
+    with pytest.raises(ConfigError, match="names no root"):
+        load_trust(files)
+    files.trust.unlink()
+    with pytest.raises(ConfigError, match="invalid trust"):
+        load_trust(files)
+
+
 def test_replay_state_survives_a_daemon_restart(tmp_path: Path) -> None:
     from securemesh.transport import ZmqTransport
     from securemesh.wire import encode_signed
