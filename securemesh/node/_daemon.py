@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securemesh._fileio import read_small_file
 from securemesh.crypto import keystore
@@ -69,6 +69,9 @@ from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._directory import Directory
 from securemesh.node._node import MeshNode
+
+if TYPE_CHECKING:
+    from securemesh.transport import ZmqTransport
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -233,6 +236,26 @@ def load_trust(files: NodeFiles) -> TrustStore:
     if not trust.roots:
         raise ConfigError(f"trust file {files.trust} names no root")
     return trust
+
+
+def zmq_transport(config: NodeConfig, identity: NodeIdentity, directory: Directory) -> ZmqTransport:
+    """The node's ZeroMQ transport: its CURVE key, ZAP by ``directory``, ``[limits]`` queues.
+
+    pyzmq is imported here, not when this module is. Daemons and SDK devices
+    build theirs alike.
+    """
+    from securemesh.transport import CurveKeyPair, TransportOptions, ZmqTransport  # noqa: PLC0415
+
+    lim = config.limits
+    options = TransportOptions(
+        sndhwm=lim.sndhwm,
+        rcvhwm=lim.rcvhwm,
+        send_timeout=lim.send_timeout,
+        max_frame_size=max(lim.max_raw_frame, lim.max_body, 4096),
+        max_frames=lim.max_frames,
+    )
+    keypair = CurveKeyPair.from_secret(z85_decode(identity.curve_secret_z85()))
+    return ZmqTransport(keypair, authenticator=directory.authenticate, options=options)
 
 
 @dataclass
@@ -530,22 +553,12 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     stop: asyncio.Event | None = None,
 ) -> int:
     """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; return the exit code."""
-    from securemesh.transport import CurveKeyPair, TransportOptions, ZmqTransport  # noqa: PLC0415
     from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
     files = NodeFiles.of(config)
     state = load_node_state(config, passphrase)
     directory = Directory(state.trust)
-    lim = config.limits
-    options = TransportOptions(
-        sndhwm=lim.sndhwm,
-        rcvhwm=lim.rcvhwm,
-        send_timeout=lim.send_timeout,
-        max_frame_size=max(lim.max_raw_frame, lim.max_body, 4096),
-        max_frames=lim.max_frames,
-    )
-    keypair = CurveKeyPair.from_secret(z85_decode(state.identity.curve_secret_z85()))
-    transport = ZmqTransport(keypair, authenticator=directory.authenticate, options=options)
+    transport = zmq_transport(config, state.identity, directory)
     counter = SequenceCounter(files.sequence)
     try:
         node = MeshNode(

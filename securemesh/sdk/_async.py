@@ -221,16 +221,10 @@ class AsyncDevice:
         secret = resolve_passphrase(passphrase, path)
         files = await asyncio.to_thread(load_device, path, secret, now=clock())
 
-        from securemesh.crypto.z85 import z85_decode  # noqa: PLC0415
         from securemesh.enroll._state import SEQUENCE_FILE  # noqa: PLC0415
         from securemesh.node import Directory, MeshNode  # noqa: PLC0415
         from securemesh.node._audit_bus import NodeAudit  # noqa: PLC0415 - sqlite3, pydantic
-        from securemesh.node._daemon import load_replay_marks  # noqa: PLC0415
-        from securemesh.transport import (  # noqa: PLC0415 - lazy: pyzmq
-            CurveKeyPair,
-            TransportOptions,
-            ZmqTransport,
-        )
+        from securemesh.node._daemon import load_replay_marks, zmq_transport  # noqa: PLC0415
         from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
         config = files.config
@@ -238,23 +232,11 @@ class AsyncDevice:
         config = config.model_copy(update={"auto_renew": False})
         if renew_fraction is None:
             renew_fraction = config.renew_fraction
-        lim = config.limits
         directory = Directory(files.trust, clock=clock)
         replay_marks = load_replay_marks(path / REPLAY_FILE)
         counter = SequenceCounter(path / SEQUENCE_FILE)
         try:
-            keypair = CurveKeyPair.from_secret(z85_decode(files.identity.curve_secret_z85()))
-            transport = ZmqTransport(
-                keypair,
-                authenticator=directory.authenticate,
-                options=TransportOptions(
-                    sndhwm=lim.sndhwm,
-                    rcvhwm=lim.rcvhwm,
-                    send_timeout=lim.send_timeout,
-                    max_frame_size=max(lim.max_raw_frame, lim.max_body, 4096),
-                    max_frames=lim.max_frames,
-                ),
-            )
+            transport = zmq_transport(config, files.identity, directory)
         except BaseException:
             counter.close()
             raise
