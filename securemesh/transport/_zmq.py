@@ -659,6 +659,7 @@ class ZmqConnection(_Receiver, Connection):
         """
         queue, shadow = self._outq, self._shadow
         limit = self._batch_bytes
+        batch: list[list[bytes]] = []
         try:
             while queue:
                 first = queue.popleft()
@@ -682,7 +683,8 @@ class ZmqConnection(_Receiver, Connection):
                 self.stats.sent += len(batch)
         except zmq.ZMQError as exc:
             if not self._closed and exc.errno != zmq.ENOTSOCK:
-                log.warning("send failed, %d queued messages dropped: %s", len(queue) + 1, exc)
+                dropped = len(queue) + len(batch)
+                log.warning("send failed, %d queued messages dropped: %s", dropped, exc)
             queue.clear()
         finally:
             self._rearm()

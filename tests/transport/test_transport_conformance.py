@@ -527,6 +527,29 @@ def test_bounded_queues_and_send_timeout(kit: Kit, direction: str) -> None:
     run(main())
 
 
+def test_a_send_waiting_for_room_fails_when_its_connection_closes(kit: Kit) -> None:
+    options = TransportOptions(sndhwm=4, rcvhwm=4)
+
+    async def main() -> None:
+        async with mesh(kit, options) as m:
+            conn = await m.add_client(options=options)
+            await hello(conn, m.listener)
+            frame = bytes(64 * 1024)
+            await fill(conn, conn.server_key, frame, limit=5000)
+            for _ in range(1000):  # ZeroMQ's I/O thread may still drain a little: until one waits
+                waiting = asyncio.ensure_future(conn.send(conn.server_key, [frame], timeout=WAIT))
+                await asyncio.sleep(0.01)
+                if not waiting.done():
+                    break
+                waiting.result()
+            assert not waiting.done()
+            await conn.close()
+            with pytest.raises(TransportClosed):
+                await asyncio.wait_for(waiting, WAIT)
+
+    run(main())
+
+
 def test_a_flooding_peer_does_not_starve_others(kit: Kit) -> None:
     """Fair queueing: while one peer floods without pause, another is still heard."""
     options = TransportOptions(sndhwm=4, rcvhwm=4)
