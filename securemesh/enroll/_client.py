@@ -336,12 +336,19 @@ def _first_contact(
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * 1024 * 1024)
-        sock.setsockopt(zmq.HANDSHAKE_IVL, max(1, int((deadline - time.monotonic()) * 1000)))
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, remaining_ms)
+        sock.setsockopt(zmq.SNDTIMEO, remaining_ms)
         sock.curve_serverkey = token.server_key
         sock.curve_publickey = pair.public
         sock.curve_secretkey = pair.secret
         sock.connect(token.endpoint)
-        sock.send_multipart(frames, copy=True)
+        try:
+            sock.send_multipart(frames, copy=True)
+        except zmq.Again:
+            # connect() made the pipe, so only a refusal that came first can have
+            # removed it (libzmq does not reconnect after a ZAP refusal): refused
+            return None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
