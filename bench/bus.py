@@ -27,6 +27,11 @@ Paths:
   the CURVE key, session MAC (keyed BLAKE2b, after one session handshake),
   replay window, authorization by policy, dispatch to a registered handler
   that counts. The device sends with ``node.send(..., auth="session")``.
+  Its connection queues what it is given and sends what accumulated in one
+  event-loop pass as one ZeroMQ message (a batch, protocol.md §2.1) — part
+  of the product, not of the bench; every envelope in a batch is still
+  checked on its own. The raw and CURVE baselines send one ZeroMQ message
+  per message, as plain pyzmq code does.
 * ``signed`` — SIGNED envelopes (Ed25519) through the same pipeline. Two
   figures: ``signed_msgs_per_s`` is the *receiver's* rate — the device node
   encodes and signs the envelopes before the clock starts (its real
