@@ -342,9 +342,32 @@ class _Receiver:
     _CLOSED_TEXT: ClassVar[str]
     _closed: bool
     _sock: zmq.asyncio.Socket
+    _transport: ZmqTransport
+    _backlog: deque[tuple[bytes, list[bytes]]]
+    stats: TransportStats
 
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
         raise NotImplementedError
+
+    def _take(self, peer: bytes, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
+        """Count and return a message from an admitted ``peer``, None if malformed.
+
+        A batch's first message is returned and the rest wait in the backlog.
+        """
+        max_frames = self._transport.options.max_frames
+        if not frames or len(frames) > max_frames:
+            self.stats.dropped_malformed += 1
+            return None
+        if frames[0]:
+            self.stats.received += 1
+            return peer, frames
+        batch = _unbatch(frames, max_frames)
+        if batch is None:
+            self.stats.dropped_malformed += 1
+            return None
+        self.stats.received += len(batch)
+        self._backlog.extend([(peer, item) for item in batch[1:]])
+        return peer, batch[0]
 
     def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
         if self._closed:
@@ -455,22 +478,10 @@ class ZmqListener(_Receiver, Listener):
         if peer is None or not self._verdict(peer):
             self.stats.dropped_unauthenticated += 1
             return None
-        max_frames = self._transport.options.max_frames
-        if not frames or len(frames) > max_frames:
-            self.stats.dropped_malformed += 1
-            return None
-        if not frames[0]:  # a batch
-            batch = _unbatch(frames, max_frames)
-            if batch is None:
-                self.stats.dropped_malformed += 1
-                return None
+        got = self._take(peer, frames)
+        if got is not None:
             self._routes[peer] = routing.bytes
-            self.stats.received += len(batch)
-            self._backlog.extend([(peer, item) for item in batch[1:]])
-            return peer, batch[0]
-        self._routes[peer] = routing.bytes
-        self.stats.received += 1
-        return peer, frames
+        return got
 
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
         """Fast path: take an already-queued message without creating futures.
@@ -691,23 +702,6 @@ class ZmqConnection(_Receiver, Connection):
         self._room.set()
         return False
 
-    def _accept(self, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
-        max_frames = self._transport.options.max_frames
-        if len(frames) > max_frames:
-            self.stats.dropped_malformed += 1
-            return None
-        if not frames[0]:  # a batch
-            batch = _unbatch(frames, max_frames)
-            if batch is None:
-                self.stats.dropped_malformed += 1
-                return None
-            self.stats.received += len(batch)
-            key = self._server_key
-            self._backlog.extend([(key, item) for item in batch[1:]])
-            return key, batch[0]
-        self.stats.received += 1
-        return self._server_key, frames
-
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
         """Fast path: take an already-queued message without creating futures."""
         if self._backlog:
@@ -725,7 +719,7 @@ class ZmqConnection(_Receiver, Connection):
                     part = recv(_NOBLOCK, copy=False)
                     if len(frames) < cap:
                         frames.append(part.bytes)
-                got = self._accept(frames)
+                got = self._take(self._server_key, frames)
                 if got is not None:
                     return got
         finally:
