@@ -484,13 +484,6 @@ class BusAuditIngest:
         )
         self.lookups += sum(learned)
 
-    def _valid_now(self, node_id: str) -> bool:
-        try:
-            self.node.directory.lookup(node_id, now=time.time())
-        except (CertificateError, RemoteError):
-            return False
-        return True
-
     def _signers(self, entries: list[bytes]) -> set[tuple[str, bytes]]:
         """The ``(origin, key id)`` pairs the decodable entries name."""
         from securemesh.audit._entry import decode_entry  # noqa: PLC0415
@@ -545,7 +538,7 @@ class BusAuditIngest:
                     acks.append((event_id, REJECTED))
                 continue
             known = self.register_from_directory(origin, key_id)
-            if not known and relay and origin != msg.sender and not self._valid_now(origin):
+            if not known and relay and origin != msg.sender and not self.node._valid_now(origin):
                 unchecked.add(event_id)  # no valid certificate for it here, even now
             allowed.append(entry)
         if allowed:
