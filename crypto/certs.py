@@ -116,10 +116,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from securemesh.crypto import keystore
-from securemesh.crypto._codec import U32 as _U32
-from securemesh.crypto._codec import U64 as _U64
-from securemesh.crypto._codec import ByteReader
-from securemesh.crypto._codec import str8 as _str8
+from securemesh.crypto.codec import U32 as _U32
+from securemesh.crypto.codec import U64 as _U64
+from securemesh.crypto.codec import ByteReader
+from securemesh.crypto.codec import str8 as _str8
 from securemesh.crypto.identity import PublicKeys
 from securemesh.crypto.signing import (
     SIGNATURE_SIZE,

@@ -33,7 +33,7 @@ from securemesh.crypto.certs import Tier
 from securemesh.errors import ConfigError
 
 if TYPE_CHECKING:
-    from securemesh.enroll._store import TokenStore
+    from securemesh.enroll import TokenStore
 
 __all__ = ["parse_duration", "register"]
 
@@ -64,7 +64,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import init_authority  # noqa: PLC0415 - lazy
+    from securemesh.enroll import init_authority  # noqa: PLC0415 - lazy
 
     data_dir = _data_dir(args)
     passphrase = _passphrase(args.passphrase_env, confirm=True)
@@ -104,8 +104,7 @@ def _b64(data: bytes) -> str:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import load_token_issuer  # noqa: PLC0415 - lazy
-    from securemesh.enroll._store import TokenStore  # noqa: PLC0415 - lazy (sqlalchemy)
+    from securemesh.enroll import TokenStore, load_token_issuer  # noqa: PLC0415 - sqlalchemy
 
     data_dir = _data_dir(args)
     issuer = load_token_issuer(data_dir)
@@ -150,7 +149,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 def _existing_token_store(args: argparse.Namespace) -> TokenStore:
     """The data dir's token store; ConfigError (not a new empty store) if it has none."""
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415 - sqlalchemy
+    from securemesh.enroll import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415 - sqlalchemy
 
     data_dir = _data_dir(args)
     if not (data_dir / DEFAULT_TOKEN_DB).exists():
@@ -209,7 +208,7 @@ def _token_prune(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import REVOCATION_FILE, revoke_node  # noqa: PLC0415
+    from securemesh.enroll import REVOCATION_FILE, revoke_node  # noqa: PLC0415
 
     data_dir = _data_dir(args)
     passphrase = _passphrase(args.passphrase_env, confirm=False)
@@ -226,7 +225,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from securemesh.enroll._client import enroll_data_dir, read_join_token  # noqa: PLC0415 - lazy
+    from securemesh.enroll import enroll_data_dir, read_join_token  # noqa: PLC0415 - lazy
 
     if (args.token is None) == (args.token_file is None):
         raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")

@@ -452,16 +452,17 @@ class BusAuditIngest:
 
     def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes]]:
         """``(entry, event id, origin, key id)`` of each decodable entry (others counted)."""
-        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+        from securemesh.audit.events import SignedEvent  # noqa: PLC0415
 
         named: list[tuple[bytes, str, str, bytes]] = []
         for entry in entries:
             try:
-                decoded = decode_entry(entry)
+                signed = SignedEvent.from_bytes(entry)
             except RemoteError:
                 self.refused["malformed"] += 1
                 continue
-            named.append((entry, decoded.event_id, decoded.origin, decoded.signed.key_id))
+            event = signed.unverified_event()
+            named.append((entry, event.event_id, event.origin, signed.key_id))
         return named
 
     async def _learn_from_relay(self, msg: VerifiedMessage, origins: set[str]) -> None:
@@ -486,13 +487,13 @@ class BusAuditIngest:
 
     def _signers(self, entries: list[bytes]) -> set[tuple[str, bytes]]:
         """The ``(origin, key id)`` pairs the decodable entries name."""
-        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+        from securemesh.audit.events import SignedEvent  # noqa: PLC0415
 
         signers: set[tuple[str, bytes]] = set()
         for entry in entries:
             with contextlib.suppress(RemoteError):
-                decoded = decode_entry(entry)
-                signers.add((decoded.origin, decoded.signed.key_id))
+                signed = SignedEvent.from_bytes(entry)
+                signers.add((signed.unverified_event().origin, signed.key_id))
         return signers
 
     def _may_send_for(self, sender: str, sender_tier: Tier, origin: str) -> bool:

@@ -8,7 +8,23 @@ import sys
 from securemesh import enroll
 
 EXPECTED = {
+    "AUTHORITY_CERT_FILE",
+    "DEFAULT_TOKEN_DB",
+    "IDENTITY_FILE",
     "MAX_TOKEN_LENGTH",
+    "NODE_CERT_FILE",
+    "NODE_TOML",
+    "REVOCATION_FILE",
+    "SEQUENCE_FILE",
+    "TRUST_FILE",
+    "InitResult",
+    "TokenIssuer",
+    "enroll_data_dir",
+    "init_authority",
+    "load_token_issuer",
+    "read_join_token",
+    "read_trust",
+    "revoke_node",
     "MSG_CERT_RENEW",
     "MSG_ENROLL_REPLY",
     "MSG_ENROLL_REQUEST",
