@@ -91,6 +91,9 @@ PASSPHRASE_ENV = "SECUREMESH_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_SMALL_FILE = 4 * 1024 * 1024
 #: Seconds between saves of the replay high-water marks while running (and at stop).
 REPLAY_SAVE_INTERVAL = 30.0
+#: Route evidence is saved as soon as it moves on (a node attached elsewhere), at most
+#: once per this many seconds, so a crashed parent restarts with it (not 30 s old).
+ROUTE_EVIDENCE_SAVE_GAP = 0.2
 
 #: ``service(node)`` registers handlers on a node before it starts.
 Service = Callable[[MeshNode], None]
@@ -227,7 +230,7 @@ def load_trust(files: NodeFiles) -> TrustStore:
     wrote), with a daemon's errors: ConfigError, and a trust file naming no
     root is one.
     """
-    from securemesh.enroll._state import read_trust  # noqa: PLC0415
+    from securemesh.enroll import read_trust  # noqa: PLC0415
 
     try:
         trust = read_trust(files.data_dir)
@@ -348,6 +351,7 @@ class _Daemon:
         self.token_sync: Any = None
         self._replay_saved = time.monotonic()
         self.audit: NodeAudit | None = None
+        self.saver: asyncio.Task[None] | None = None
 
     def _enrolled(self, node_id: str) -> None:
         if self.token_sync is not None:
@@ -495,6 +499,33 @@ class _Daemon:
         except SecureMeshError as exc:
             log.warning("revocation list refused", extra={"event": "rl_refused", "error": str(exc)})
 
+    async def save_route_evidence(self) -> None:
+        """Write ``route-evidence.json`` soon after every change, until cancelled.
+
+        A parent that crashed and lost a move would take the old attachment
+        statement again (see :mod:`securemesh.node._attach`); so the evidence
+        is not left for the periodic save. Changes in a burst are coalesced.
+        """
+        changed = self.node.route_evidence_changed
+        while True:
+            await changed.wait()
+            changed.clear()
+            evidence = self.node.route_evidence()
+            try:
+                await asyncio.to_thread(save_replay_marks, self.files.route_evidence, evidence)
+            except (SecureMeshError, OSError) as exc:
+                changed.set()  # try again after the gap
+                log.warning(
+                    "route evidence not saved", extra={"event": "save_error", "error": str(exc)}
+                )
+            await asyncio.sleep(ROUTE_EVIDENCE_SAVE_GAP)
+
+    async def stop_saver(self) -> None:
+        if self.saver is not None:
+            self.saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.saver
+
     async def tick(self) -> None:
         now = time.monotonic()
         if now - self._replay_saved >= REPLAY_SAVE_INTERVAL:
@@ -603,6 +634,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             loop.add_signal_handler(sig, stop_event.set)
     try:
         await node.start()
+        daemon.saver = asyncio.create_task(daemon.save_route_evidence())
         audit.start()
         ready = {"pid": os.getpid(), "node_id": node.node_id, "listen": node.address}
         _write_json(files.ready, ready)
@@ -622,6 +654,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     finally:
         with contextlib.suppress(FileNotFoundError):
             files.ready.unlink()
+        await daemon.stop_saver()
         await audit.stop()
         await node.stop(config.limits.drain_timeout)
         with contextlib.suppress(SecureMeshError, OSError):

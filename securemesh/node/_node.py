@@ -357,6 +357,8 @@ class MeshNode:
         self._attach_seq: dict[str, int] = {}
         restored = (route_evidence_restore or {}).items()
         self._attach_seq.update(itertools.islice(restored, lim.max_senders))
+        #: set when the route evidence moved on; the daemon then saves route_evidence()
+        self.route_evidence_changed = asyncio.Event()
         self._attachments: dict[str, tuple[int, str]] = {}
         self._children: dict[bytes, _Link] = {}
         self._direct: dict[str, _Link] = {}
@@ -946,10 +948,17 @@ class MeshNode:
             if msg.relayed and not self._fresher(sender, seq, link):
                 return link  # older than the evidence of its current route: keep it
             self._routes[sender] = link
-            self._attach_seq[sender] = max(seq, self._attach_seq.get(sender, seq))
+            self._note_evidence(sender, seq)
             if msg.relayed or msg.envelope.msg_type != NODE_HELLO:
                 self._spawn(self._announce_nodes([sender]))
         return link
+
+    def _note_evidence(self, node_id: str, sequence: int) -> None:
+        """Keep the freshest route evidence of ``node_id``; flag a change for the saver."""
+        known = self._attach_seq.get(node_id)
+        if known is None or sequence > known:
+            self._attach_seq[node_id] = sequence
+            self.route_evidence_changed.set()
 
     def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
         """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?
@@ -1230,7 +1239,7 @@ class MeshNode:
         seq = statement.sequence
         if self._routes.get(node_id) is not link and not self._fresher(node_id, seq, link):
             raise RouteRefused(f"fresher route evidence of {node_id!r} is known")
-        self._attach_seq[node_id] = max(seq, self._attach_seq.get(node_id, seq))
+        self._note_evidence(node_id, seq)
         kept = self._attachments.get(node_id)
         if kept is None or seq >= kept[0]:
             self._attachments[node_id] = (seq, b64e(blob))
