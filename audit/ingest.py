@@ -294,19 +294,24 @@ def _write_ready(path: str, endpoint: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ingestion endpoint until SIGTERM/SIGINT."""
     # the server side only: edges importing the client need no SQLAlchemy
-    from securemesh.audit.admin import load_log_key  # noqa: PLC0415
+    from securemesh.audit.admin import load_log_key  # noqa: PLC0415 - plain or encrypted
     from securemesh.audit.log import open_log  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(prog="python -m securemesh.audit.ingest")
     ap.add_argument("--db", required=True, help="audit database (SQLite path or PostgreSQL URL)")
     ap.add_argument("--log-key-file", required=True)
+    ap.add_argument(
+        "--passphrase-env",
+        default="SECUREMESH_PASSPHRASE",
+        help="environment variable holding the log key file's passphrase",
+    )
     ap.add_argument("--curve-secret-file", required=True, help="created if missing")
     ap.add_argument("--bind", default="tcp://127.0.0.1:0")
     ap.add_argument("--ready-file", help="write the bound endpoint here once listening")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    key = load_log_key(args.log_key_file)
+    key = load_log_key(args.log_key_file, os.environ.get(args.passphrase_env) or None)
     _, secret = load_or_create_curve_key(args.curve_secret_file)
     bind = args.bind.replace(":0", ":*") if args.bind.endswith(":0") else args.bind
     log = open_log(args.db, signer=key.signer, origin=key.name)

@@ -82,7 +82,11 @@ def _init(args: argparse.Namespace) -> int:
     from securemesh.audit.admin import create_log_key  # noqa: PLC0415 - lazy
 
     log_key = data_dir / "audit-log.key"  # the cloud daemon's default ([audit] log_key)
-    verifier = None if log_key.exists() else create_log_key(log_key).verifier
+    verifier = (
+        None
+        if log_key.exists()
+        else create_log_key(log_key, passphrase=passphrase, params=_KDF_PARAMS).verifier
+    )
     print(
         f"mesh authority {result.authority.authority_id!r} created in {data_dir}\n"
         f"cloud node {args.cloud_node_id!r}: config {result.config_path}\n"

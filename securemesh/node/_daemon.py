@@ -616,7 +616,15 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     )
     daemon = _Daemon(config, node, files)
     try:
-        audit = daemon.audit = NodeAudit.open(config, node, files.data_dir, state.identity.signer)
+        # the cloud's log key is sealed like the identity: same passphrase, same KDF cost
+        key_kdf = keystore.kdf_params_of(_read_small(files.identity, "identity"))
+        audit = daemon.audit = NodeAudit.open(
+            config,
+            node,
+            files.data_dir,
+            state.identity.signer,
+            key_passphrase=(passphrase, key_kdf),
+        )
         daemon.enable_enrollment(state, passphrase)
         for service in [*load_services(config.services), *services]:
             service(node)

@@ -23,7 +23,7 @@ from securemesh.audit.events import SignedEvent, event_key_id, new_event, sign_e
 from securemesh.audit.log import AuditLog, open_log
 from securemesh.audit.outbox import REJECTED, Outbox
 from securemesh.audit.verify import verify_log
-from securemesh.crypto import NodeIdentity
+from securemesh.crypto import NodeIdentity, keystore
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import RemoteCallError
 from securemesh.messages import b64e
@@ -52,7 +52,7 @@ def cloud_with_log(
 ) -> tuple[Built, LogKey, AuditLog, BusAuditIngest]:
     """cloud-1 on memory://cloud running the audit log and its audit.append handler."""
     cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud", known=known)
-    key = create_log_key(tmp_path / "log.key")
+    key = create_log_key(tmp_path / "log.key", passphrase="pw", params=keystore.UNSAFE_FAST_PARAMS)
     audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
     ingest = BusAuditIngest(cloud.node, audit_log)
     ingest.install()
