@@ -1319,16 +1319,25 @@ class MeshNode:
         )
         accept = hs.receive(b64d(msg.body(SessionData).data))
         assert accept is not None
-        if len(self._hs_responding) > 10_000:
-            self._hs_responding.clear()
-        self._hs_responding[msg.sender] = (hs, cast("_Link", msg.link))
+        # oldest first (a repeated HELLO moves to the end): drop the handshakes
+        # whose FINISH did not come within [session] handshake_timeout
+        pending = self._hs_responding
+        pending.pop(msg.sender, None)
+        while pending:
+            oldest = next(iter(pending))
+            if not pending[oldest][0].expired(self.config.session.handshake_timeout):
+                break
+            del pending[oldest]
+        if len(pending) > 10_000:
+            pending.clear()
+        pending[msg.sender] = (hs, cast("_Link", msg.link))
         return SessionData(data=b64e(accept))
 
     def _on_session_finish(self, msg: VerifiedMessage) -> None:
         if msg.relayed:
             raise AuthorizationError("sessions are between direct peers")
         pending = self._hs_responding.pop(msg.sender, None)
-        if pending is None:
+        if pending is None or pending[0].expired(self.config.session.handshake_timeout):
             raise AuthenticationError("no handshake in progress with this peer")
         hs, link = pending
         hs.receive(b64d(msg.body(SessionData).data))
@@ -1554,7 +1563,8 @@ class MeshNode:
     # ---------------------------------------------------------------- sessions
 
     def _session_limits(self) -> SessionLimits:
-        return SessionLimits()
+        """The ``[session]`` lifetime, carried by every session this node makes."""
+        return SessionLimits(max_age=self._session_max_age, max_messages=self._session_max_messages)
 
     def _resolve_verify_key(self, node_id: str) -> bytes:
         return self.directory.certificate(node_id, now=self._clock()).verify_key
@@ -1566,11 +1576,7 @@ class MeshNode:
         return entry
 
     def _fresh(self, entry: _SessionEntry) -> bool:
-        return (
-            entry.sent < self._session_max_messages
-            and self._clock() - entry.created < self._session_max_age
-            and entry.session_id in self._sessions
-        )
+        return not entry.session.needs_handshake(entry.sent) and entry.session_id in self._sessions
 
     async def _session_for(self, dest: str) -> _SessionEntry | None:
         entry = self._session_out.get(dest)
