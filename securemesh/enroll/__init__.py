@@ -52,6 +52,7 @@ from securemesh.enroll._protocol import (
 )
 from securemesh.enroll._state import (
     AUTHORITY_CERT_FILE,
+    AUTHORITY_STATE_FILE,
     IDENTITY_FILE,
     NODE_CERT_FILE,
     NODE_TOML,
@@ -61,6 +62,7 @@ from securemesh.enroll._state import (
     InitResult,
     TokenIssuer,
     init_authority,
+    load_authority,
     load_token_issuer,
     read_trust,
     revoke_node,
@@ -88,6 +90,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTHORITY_CERT_FILE",
+    "AUTHORITY_STATE_FILE",
     "DEFAULT_TOKEN_DB",
     "IDENTITY_FILE",
     "MAX_TOKEN_LENGTH",
@@ -121,6 +124,7 @@ __all__ = [
     "enroll_data_dir",
     "enroll_over_zmq",
     "init_authority",
+    "load_authority",
     "load_token_issuer",
     "open_enroll_request",
     "read_join_token",

@@ -438,7 +438,7 @@ class BusAuditIngest:
         if (node_id, key_id) in self._registered:
             return True
         with contextlib.suppress(CertificateError):
-            entry = self.node.directory.lookup(node_id, now=time.time())
+            entry = self.node.directory.lookup(node_id, now=self.node.clock())
             if event_key_id(entry.cert.verify_key) == key_id:
                 self.register(node_id, entry.cert.verify_key)
                 return True

@@ -271,7 +271,9 @@ class NodeState:
     trust: TrustStore
 
 
-def load_node_state(config: NodeConfig, passphrase: str) -> NodeState:
+def load_node_state(config: NodeConfig, passphrase: str, *, now: float | None = None) -> NodeState:
+    """The node's identity, certificates and trust (``now``: Unix time, default the clock)."""
+    at = time.time() if now is None else now
     files = NodeFiles.of(config)
     try:
         identity = NodeIdentity.load(files.identity, passphrase)
@@ -291,7 +293,7 @@ def load_node_state(config: NodeConfig, passphrase: str) -> NodeState:
         try:
             trust.add_delegated_authority(
                 _read_small(files.delegation_certificate, "delegation certificate"),
-                now=time.time(),
+                now=at,
             )
         except CertificateError as exc:
             log.warning(
@@ -342,14 +344,24 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class _Daemon:
-    def __init__(self, config: NodeConfig, node: MeshNode, files: NodeFiles) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        node: MeshNode,
+        files: NodeFiles,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.node = node
         self.files = files
+        self._clock = clock
+        self._monotonic = monotonic
         self._peers_mtime = -1.0
         self._rl_mtime = -1.0
         self.token_sync: Any = None
-        self._replay_saved = time.monotonic()
+        self._replay_saved = monotonic()
         self.audit: NodeAudit | None = None
         self.saver: asyncio.Task[None] | None = None
 
@@ -388,14 +400,20 @@ class _Daemon:
         if not (root_dir / "authority.json").exists() and not delegated:
             return
         from securemesh.crypto.certs import Authority, DelegatedAuthority  # noqa: PLC0415
-        from securemesh.enroll import EnrollmentServer, TokenKeySync, TokenStore  # noqa: PLC0415
+        from securemesh.enroll import (  # noqa: PLC0415
+            AUTHORITY_STATE_FILE,
+            EnrollmentServer,
+            TokenKeySync,
+            TokenStore,
+            load_authority,
+        )
         from securemesh.node._enroll import serve_enrollment  # noqa: PLC0415
 
         node = self.node
         authority: Authority | DelegatedAuthority
-        if (root_dir / "authority.json").exists():
+        if (root_dir / AUTHORITY_STATE_FILE).exists():
             try:
-                authority = Authority.load(root_dir, passphrase)
+                authority = load_authority(root_dir, passphrase)
             except KeyStoreError as exc:
                 raise ConfigError(f"authority in {root_dir}: {exc}") from exc
         else:
@@ -438,7 +456,7 @@ class _Daemon:
 
     def write_status(self, *, state: str) -> None:
         status = self.node.status()
-        status.update({"pid": os.getpid(), "written_at": time.time(), "state": state})
+        status.update({"pid": os.getpid(), "written_at": self._clock(), "state": state})
         if self.audit is not None:
             status["audit"] = self.audit.status()
         _write_json(self.files.status, status)
@@ -527,7 +545,7 @@ class _Daemon:
                 await self.saver
 
     async def tick(self) -> None:
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._replay_saved >= REPLAY_SAVE_INTERVAL:
             self._replay_saved = now
             save_replay_marks(self.files.replay, self.node.replay_high_water_marks())
@@ -582,13 +600,19 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     passphrase: str,
     services: Iterable[Service] = (),
     stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; return the exit code."""
+    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; return the exit code.
+
+    ``clock`` (Unix seconds) and ``monotonic`` reach the node, its directory,
+    its audit and the daemon's own bookkeeping.
+    """
     from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
     files = NodeFiles.of(config)
-    state = load_node_state(config, passphrase)
-    directory = Directory(state.trust)
+    state = load_node_state(config, passphrase, now=clock())
+    directory = Directory(state.trust, clock=clock)
     transport = zmq_transport(config, state.identity, directory)
     counter = SequenceCounter(files.sequence)
     try:
@@ -602,6 +626,8 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             authority_certificate=state.authority_certificate,
             replay_restore=load_replay_marks(files.replay),
             route_evidence_restore=load_replay_marks(files.route_evidence, what="route evidence"),
+            clock=clock,
+            monotonic=monotonic,
         )
     except (LocalError, CertificateError) as exc:
         await transport.close()
@@ -614,7 +640,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
-    daemon = _Daemon(config, node, files)
+    daemon = _Daemon(config, node, files, clock=clock, monotonic=monotonic)
     try:
         # the cloud's log key is sealed like the identity: same passphrase, same KDF cost
         key_kdf = keystore.kdf_params_of(_read_small(files.identity, "identity"))
@@ -623,6 +649,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             node,
             files.data_dir,
             state.identity.signer,
+            clock=clock,
             key_passphrase=(passphrase, key_kdf),
         )
         daemon.enable_enrollment(state, passphrase)
@@ -687,8 +714,9 @@ def run_daemon(config_path: str | os.PathLike[str], *, services: Iterable[Servic
     return asyncio.run(run_node(config, passphrase=passphrase, services=services))
 
 
-def read_status(config: NodeConfig) -> dict[str, Any]:
-    """``securemesh node status``: the daemon's last ``status.json`` plus liveness facts."""
+def read_status(config: NodeConfig, *, now: float | None = None) -> dict[str, Any]:
+    """``securemesh node status``: the daemon's last ``status.json`` plus liveness facts
+    (``age_s`` against ``now``, Unix seconds, default the clock)."""
     files = NodeFiles.of(config)
     raw = _read_small(files.status, "status file (is the daemon running?)")
     try:
@@ -698,7 +726,8 @@ def read_status(config: NodeConfig) -> dict[str, Any]:
     if not isinstance(status, dict):
         raise ConfigError(f"status file {files.status} is not a JSON object")
     written = status.get("written_at")
-    status["age_s"] = round(time.time() - written, 3) if isinstance(written, int | float) else None
+    at = time.time() if now is None else now
+    status["age_s"] = round(at - written, 3) if isinstance(written, int | float) else None
     pid = status.get("pid")
     alive = False
     if isinstance(pid, int) and pid > 0 and files.ready.exists():

@@ -295,6 +295,7 @@ class MeshNode:
         replay_restore: Mapping[str, int] | None = None,
         route_evidence_restore: Mapping[str, int] | None = None,
         hold: HoldBuffer | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         # hot-path copies of the (frozen) configuration
@@ -304,6 +305,8 @@ class MeshNode:
         self._identity = identity
         self._signer = identity.signer
         self._clock = clock
+        #: for durations (round-trip times), like ``clock`` injectable
+        self._monotonic = monotonic
         self._rng = rng
         self.directory = directory
         self.transport = transport
@@ -502,6 +505,11 @@ class MeshNode:
             if not fut.done():
                 fut.cancel()
         await self.transport.close()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The node's wall clock (Unix seconds; the ``clock`` it was built with)."""
+        return self._clock
 
     def replay_high_water_marks(self) -> dict[str, int]:
         """Every sender's highest accepted sequence, to restore after a restart."""
@@ -824,9 +832,9 @@ class MeshNode:
 
     async def ping(self, dest: str, *, timeout: float | None = None) -> float:
         """Round-trip time to ``dest`` in seconds (a ``mesh.ping`` request)."""
-        start = time.monotonic()
+        start = self._monotonic()
         await self.request(dest, MESH_PING, Ack(), timeout=timeout)
-        return time.monotonic() - start
+        return self._monotonic() - start
 
     # ---------------------------------------------------------------- receiving
 
@@ -1752,9 +1760,9 @@ class MeshNode:
             rtt_ms=None if self.parent_rtt is None else self.parent_rtt * 1000.0,
             uptime_s=max(0.0, self._clock() - self._started_at),
         )
-        start = time.monotonic()
+        start = self._monotonic()
         await self.request(self.parent_id, NODE_REPORT, report)
-        self.parent_rtt = time.monotonic() - start
+        self.parent_rtt = self._monotonic() - start
 
     async def _maintenance(self) -> None:
         interval = self.config.heartbeat_interval

@@ -9,6 +9,8 @@ from securemesh import enroll
 
 EXPECTED = {
     "AUTHORITY_CERT_FILE",
+    "AUTHORITY_STATE_FILE",
+    "load_authority",
     "DEFAULT_TOKEN_DB",
     "IDENTITY_FILE",
     "MAX_TOKEN_LENGTH",

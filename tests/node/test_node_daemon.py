@@ -396,3 +396,17 @@ def test_the_cloud_log_key_lives_in_the_key_store(tmp_path: Path) -> None:
     again = load_log_key(key_file, "test-passphrase")
     assert (again.signer.seed(), again.plain) == (key.signer.seed(), False)
     assert (data / "audit-log.key.pub").read_text().strip() == verifier
+
+
+def test_status_age_and_node_state_take_the_time_as_a_parameter(tmp_path: Path) -> None:
+    from securemesh.node._daemon import load_node_state
+
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    config = load_config(write_data_dir(fx, cloud_m, tmp_path / "c", listen="tcp://127.0.0.1:0"))
+    (tmp_path / "c" / "status.json").write_text(json.dumps({"written_at": 100.0, "pid": 0}))
+    status = read_status(config, now=103.5)
+    assert status["age_s"] == 3.5
+    assert status["alive"] is False
+    state = load_node_state(config, "test-passphrase", now=fx.now)
+    assert state.certificate.unverified_certificate().node_id == "cloud-1"

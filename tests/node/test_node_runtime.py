@@ -526,3 +526,26 @@ def test_the_session_config_is_honoured_by_both_ends() -> None:
             await edge.node.stop(0.5)
 
     run(main())
+
+
+def test_ping_and_heartbeat_rtt_use_the_injected_monotonic_clock() -> None:
+    from node_testlib import build_node
+
+    async def main() -> None:
+        fx = Fixture()
+        edge_m, dev_m = fx.member("edge-1", "edge"), fx.member("dev-1", "end")
+        f = memory_factory()
+        ticks = iter(range(0, 10_000, 7))  # every reading is 7 "seconds" after the last
+
+        edge = build_node(fx, edge_m, f, listen="memory://e", known=[dev_m])
+        await edge.node.start()
+        dev = build_node(fx, dev_m, f, parent=edge.node, monotonic=lambda: float(next(ticks)))
+        await dev.node.start()
+        try:
+            await dev.node.wait_parent(5)
+            assert await dev.node.ping("edge-1", timeout=5) == 7.0
+        finally:
+            await dev.node.stop(0.5)
+            await edge.node.stop(0.5)
+
+    run(main())
