@@ -88,6 +88,8 @@ def test_layer_table_in_the_docs_matches_the_contract() -> None:
         ("crypto/z85.py", "def _f() -> None:\n    import securemesh.enroll", "Layers:"),
         # another package's private module, even from a higher layer
         ("sdk/_message.py", "import securemesh.enroll._store", "private modules"),
+        # ZeroMQ outside the transport seam
+        ("node/_attach.py", "import zmq", "ZeroMQ"),
     ],
 )
 def test_a_planted_violation_breaks_its_contract(
