@@ -103,6 +103,14 @@ def test_sigkill_service_mid_stream(
     )
     monkeypatch.setenv("SECUREMESH_PASSPHRASE", "pw")  # the ingest service opens the key
     load_or_create_curve_key(curve_file)
+    # the service admits only the edges' client keys
+    clients = tmp_path / "clients"
+    clients.write_text(
+        "".join(
+            load_or_create_curve_key(tmp_path / f"{node}.curve")[0].decode() + "\n"
+            for node in EDGES
+        )
+    )
     with open_log(db, signer=key.signer, origin=key.name) as log:
         for node, seed in EDGES.items():
             log.register_node(node, Ed25519Signer.from_seed(bytes.fromhex(seed)).verify_key)
@@ -119,6 +127,8 @@ def test_sigkill_service_mid_stream(
                 str(key_file),
                 "--curve-secret-file",
                 str(curve_file),
+                "--client-keys-file",
+                str(clients),
                 "--bind",
                 bind,
                 "--ready-file",
@@ -150,6 +160,8 @@ def test_sigkill_service_mid_stream(
                 str(ready1),
                 "--server-key-file",
                 str(curve_file) + ".pub",
+                "--client-secret-file",
+                str(tmp_path / f"{node}.curve"),
             ],
             tmp_path / f"{node}.log",
         )
