@@ -2,10 +2,15 @@
 
 * The **log key** is an Ed25519 key whose name is the log's origin line
   (C2SP checkpoint origin = signed-note key name). :func:`create_log_key`
-  writes the secret seed to a ``0600`` file (plain; protect the cloud host's
-  disk) and the public *verifier key* string (Go ``note`` format,
-  ``<name>+<key id>+<base64 key>``) next to it as ``<file>.pub``. Verifiers
-  need only the public string.
+  writes the secret (``{"name", "seed"}`` JSON) into a passphrase-encrypted
+  key file of :mod:`securemesh.crypto.keystore` (Argon2id →
+  XChaCha20-Poly1305, ``0600``, atomic) and the public *verifier key* string
+  (Go ``note`` format, ``<name>+<key id>+<base64 key>``) next to it as
+  ``<file>.pub``. Verifiers need only the public string.
+  Log key files written before the key store was used hold the same JSON in
+  plain text; :func:`load_log_key` still reads them (no passphrase needed)
+  and :func:`rewrap_log_key` encrypts one in place (``securemesh audit
+  rewrap-log-key``; the cloud daemon does it by itself at start).
 * :func:`show_entry` and :func:`prove_entry` check the entry's inclusion proof
   against the latest signed checkpoint with the log's public key before
   returning it, and the event's origin signature with the registry key.
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ from securemesh.audit.verify import (
     save_last_seen,
     verify_log,
 )
+from securemesh.crypto import keystore
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import ConfigError, LocalError
 
@@ -54,7 +59,9 @@ __all__ = [
     "export_jsonl",
     "load_log_key",
     "load_verifier",
+    "log_key_is_encrypted",
     "prove_entry",
+    "rewrap_log_key",
     "show_entry",
     "verify_stored_log",
 ]
@@ -68,6 +75,8 @@ class LogKey:
 
     name: str
     signer: Ed25519Signer
+    #: read from a plain (pre-key-store) file: :func:`rewrap_log_key` encrypts it
+    plain: bool = False
 
     @property
     def verifier(self) -> str:
@@ -77,38 +86,82 @@ class LogKey:
         return f"LogKey({self.verifier})"
 
 
+def _secret_of(key: LogKey) -> bytes:
+    return json.dumps({"name": key.name, "seed": key.signer.seed().hex()}).encode()
+
+
 def create_log_key(
-    path: str | Path, *, name: str = DEFAULT_LOG_ORIGIN, force: bool = False
+    path: str | Path,
+    *,
+    passphrase: str | bytes,
+    name: str = DEFAULT_LOG_ORIGIN,
+    force: bool = False,
+    params: keystore.KdfParams = keystore.DEFAULT_PARAMS,
 ) -> LogKey:
-    """Generate a log key, write ``path`` (0600, secret) and ``path.pub`` (verifier string)."""
+    """Generate a log key: ``path`` encrypted under ``passphrase``, ``path.pub`` its verifier."""
     p = Path(path)
     if p.exists() and not force:
         raise ConfigError(f"{p} exists (use --force to replace the log key)")
     key = LogKey(name, Ed25519Signer.generate())
     format_verifier_key(name, key.signer.verify_key)  # validates the name
     p.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"name": name, "seed": key.signer.seed().hex()}
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-        f.write("\n")
+    keystore.write_secret_file(p, _secret_of(key), passphrase, params=params, overwrite=True)
     Path(str(p) + ".pub").write_text(key.verifier + "\n", encoding="utf-8")
     return key
 
 
-def load_log_key(path: str | Path) -> LogKey:
-    p = Path(path)
+def _read_key_file(p: Path) -> bytes:
     try:
         raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the log key {p}: {exc.strerror}") from exc
-    if len(raw) > _MAX_KEY_FILE:
+    if len(raw) > keystore.MAX_FILE_SIZE:
+        raise ConfigError(f"{p} is not a log key file")
+    return raw
+
+
+def log_key_is_encrypted(path: str | Path) -> bool:
+    """Does the log key file need a passphrase (key store format), or is it a plain one?"""
+    return _read_key_file(Path(path)).startswith(keystore.MAGIC)
+
+
+def load_log_key(path: str | Path, passphrase: str | bytes | None = None) -> LogKey:
+    """The log key in ``path``: an encrypted key file (``passphrase`` needed) or a plain one.
+
+    WrongPassphrase / CorruptKeyFile for a bad encrypted file, ConfigError otherwise.
+    """
+    p = Path(path)
+    raw = _read_key_file(p)
+    plain = not raw.startswith(keystore.MAGIC)
+    if not plain:
+        if passphrase is None:
+            raise ConfigError(f"the log key {p} is encrypted: its passphrase is needed")
+        raw = keystore.open_secret(raw, passphrase)
+    elif len(raw) > _MAX_KEY_FILE:
         raise ConfigError(f"{p} is not a log key file")
     try:
         doc = json.loads(raw)
-        return LogKey(str(doc["name"]), Ed25519Signer.from_seed(bytes.fromhex(doc["seed"])))
+        seed = bytes.fromhex(doc["seed"])
+        return LogKey(str(doc["name"]), Ed25519Signer.from_seed(seed), plain=plain)
     except (ValueError, KeyError, TypeError, LocalError) as exc:
         raise ConfigError(f"{p} is not a log key file") from exc
+
+
+def rewrap_log_key(
+    path: str | Path,
+    passphrase: str | bytes,
+    *,
+    params: keystore.KdfParams = keystore.DEFAULT_PARAMS,
+) -> LogKey:
+    """Encrypt a plain log key file in place under ``passphrase`` (atomic; same key).
+
+    An already encrypted file is only opened (so the passphrase is checked) and
+    left as it is. The ``.pub`` verifier does not change.
+    """
+    key = load_log_key(path, passphrase)
+    if key.plain:
+        keystore.write_secret_file(path, _secret_of(key), passphrase, params=params, overwrite=True)
+    return LogKey(key.name, key.signer)
 
 
 def load_verifier(text_or_path: str) -> tuple[str, bytes]:

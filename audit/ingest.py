@@ -23,10 +23,14 @@ reply. ZeroMQ delivers a multipart message whole, so a peer can still make
 the server buffer many small frames before the count is checked; the bus's
 ZAP policy (enrolled nodes only) is what bounds that.
 
-The server's CURVE key authenticates the cloud to the edge; the edge's
-identity is not taken from the transport (every event is signed by its
-origin), so the server accepts any CURVE client key here — the bus's ZAP
-handler will restrict that to enrolled nodes.
+The server's CURVE key authenticates the cloud to the edge, and the server
+admits only the client CURVE keys it was given (``client_keys``;
+``--client-keys-file``, Z85 public keys one a line): a ZAP handler (pyzmq's
+:class:`zmq.auth.thread.ThreadAuthenticator`, on the server's own context)
+refuses every other key during the CURVE handshake, so a stranger cannot
+even make the server buffer frames. Event authenticity still comes from the
+origin signatures, checked by the service. (This endpoint does not use the
+transport seam yet: issue #8 item 6, "one ZeroMQ code path".)
 
 The client follows the "lazy pirate" pattern: on a reply timeout the REQ
 socket is discarded and a new one connects, so a killed and restarted service
@@ -35,7 +39,8 @@ is picked up transparently; the outbox resends what was not acknowledged.
 Run the service as a process::
 
     python -m securemesh.audit.ingest --db URL --log-key-file PATH \\
-        --curve-secret-file PATH --bind tcp://127.0.0.1:0 --ready-file PATH
+        --curve-secret-file PATH --client-keys-file PATH \\
+        --bind tcp://127.0.0.1:0 --ready-file PATH
 
 ``--ready-file`` receives the bound endpoint once the socket listens.
 """
@@ -49,7 +54,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -61,6 +66,7 @@ from securemesh.audit.service import MAX_FRAMES, AuditService
 from securemesh.errors import (
     ConfigError,
     DecodeError,
+    LocalError,
     RemoteError,
     SizeLimitExceeded,
     TransportError,
@@ -68,6 +74,7 @@ from securemesh.errors import (
 
 __all__ = [
     "MAGIC",
+    "read_client_keys",
     "MAX_REPLY_SIZE",
     "IngestClient",
     "IngestServer",
@@ -103,6 +110,40 @@ def load_or_create_curve_key(path: str | Path) -> tuple[bytes, bytes]:
             f.write(secret + b"\n")
     Path(str(p) + ".pub").write_bytes(public + b"\n")
     return public, secret
+
+
+def read_client_keys(path: str | Path) -> frozenset[bytes]:
+    """Z85 CURVE public keys, one a line; anything after the key and a space is a note.
+
+    (No ``#`` comments: ``#`` is a Z85 digit.) Blank lines are skipped.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the client keys {p}: {exc}") from exc
+    keys = set()
+    for line in text.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        key = words[0].encode("ascii")
+        if len(key) != 40:
+            raise ConfigError(f"{p}: not a Z85 CURVE public key: {key[:48]!r}")
+        keys.add(key)
+    if not keys:
+        raise ConfigError(f"{p} names no client key: the endpoint would admit nobody")
+    return frozenset(keys)
+
+
+class _AllowedKeys:
+    """The ZAP credentials provider: a CURVE client key is admitted iff it is listed."""
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self._keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self._keys
 
 
 def _encode_acks(acks: Sequence[Ack]) -> bytes:
@@ -142,10 +183,19 @@ class IngestServer:
         *,
         bind: str,
         curve_secret: bytes,
-        context: zmq.Context[Any] | None = None,
+        client_keys: Iterable[bytes],
     ) -> None:
+        from zmq.auth.thread import ThreadAuthenticator  # noqa: PLC0415 - the server only
+
+        allowed = frozenset(bytes(k) for k in client_keys)
+        if not allowed or any(len(k) != 40 for k in allowed):
+            raise ConfigError("client_keys: one or more Z85 CURVE public keys (40 bytes)")
         self._service = service
-        self._ctx = context or zmq.Context.instance()
+        # its own context: the ZAP handler is per context, and admits only ``allowed``
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._auth = ThreadAuthenticator(self._ctx, log=_log)
+        self._auth.start()
+        self._auth.configure_curve_callback(domain="*", credentials_provider=_AllowedKeys(allowed))
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_FRAME)  # per frame: peer is dropped
@@ -192,6 +242,8 @@ class IngestServer:
 
     def close(self) -> None:
         self._sock.close(0)
+        self._auth.stop()
+        self._ctx.term()
 
 
 class IngestClient:
@@ -202,14 +254,17 @@ class IngestClient:
         endpoint: str,
         *,
         server_public: bytes,
+        keypair: tuple[bytes, bytes],
         timeout_ms: int = 2000,
         context: zmq.Context[Any] | None = None,
     ) -> None:
+        """``keypair``: this client's Z85 ``(public, secret)`` CURVE keys; the server
+        must list the public one (see :func:`load_or_create_curve_key`)."""
         self._endpoint = endpoint
         self._server_public = server_public
         self._timeout_ms = timeout_ms
         self._ctx = context or zmq.Context.instance()
-        self._public, self._secret = zmq.curve_keypair()
+        self._public, self._secret = keypair
         self._sock: zmq.Socket[Any] | None = None
 
     def _socket(self) -> zmq.Socket[Any]:
@@ -294,23 +349,38 @@ def _write_ready(path: str, endpoint: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ingestion endpoint until SIGTERM/SIGINT."""
     # the server side only: edges importing the client need no SQLAlchemy
-    from securemesh.audit.admin import load_log_key  # noqa: PLC0415
+    from securemesh.audit.admin import load_log_key  # noqa: PLC0415 - plain or encrypted
     from securemesh.audit.log import open_log  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(prog="python -m securemesh.audit.ingest")
     ap.add_argument("--db", required=True, help="audit database (SQLite path or PostgreSQL URL)")
     ap.add_argument("--log-key-file", required=True)
+    ap.add_argument(
+        "--passphrase-env",
+        default="SECUREMESH_PASSPHRASE",
+        help="environment variable holding the log key file's passphrase",
+    )
     ap.add_argument("--curve-secret-file", required=True, help="created if missing")
+    ap.add_argument(
+        "--client-keys-file",
+        required=True,
+        help="Z85 CURVE public keys of the clients to admit, one a line",
+    )
     ap.add_argument("--bind", default="tcp://127.0.0.1:0")
     ap.add_argument("--ready-file", help="write the bound endpoint here once listening")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    key = load_log_key(args.log_key_file)
-    _, secret = load_or_create_curve_key(args.curve_secret_file)
+    try:
+        key = load_log_key(args.log_key_file, os.environ.get(args.passphrase_env) or None)
+        _, secret = load_or_create_curve_key(args.curve_secret_file)
+        clients = read_client_keys(args.client_keys_file)
+    except LocalError as exc:  # one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     bind = args.bind.replace(":0", ":*") if args.bind.endswith(":0") else args.bind
     log = open_log(args.db, signer=key.signer, origin=key.name)
-    server = IngestServer(AuditService(log), bind=bind, curve_secret=secret)
+    server = IngestServer(AuditService(log), bind=bind, curve_secret=secret, client_keys=clients)
 
     def _stop(_signum: int, _frame: object) -> None:
         server.stop()

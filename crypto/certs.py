@@ -93,11 +93,14 @@ check the size before parsing anything. Revocation lists are issued by roots
 only; a delegate's certificates are revoked through its root's list (by serial
 or node id), and revoking a delegate's node id cuts off everything it issued.
 
-Persistence: :meth:`Authority.save` writes ``authority.key`` (the Ed25519 seed,
-encrypted with :mod:`securemesh.crypto.keystore`) and ``authority.json``
-(non-secret state: id, public key, revoked sets, the current signed list),
-both atomically with 0600 permissions. Call :meth:`Authority.save_state` after
-every :meth:`Authority.revoke` so that list versions are never reused.
+Persistence, without I/O: :meth:`Authority.sealed_key` is the key-file bytes
+of the Ed25519 seed (encrypted with :func:`securemesh.crypto.keystore.seal_secret`),
+:meth:`Authority.state_bytes` the non-secret state (id, public key, the
+current signed list, as JSON) and :meth:`Authority.from_stored` checks both
+and rebuilds the authority. The files (``authority.key``, ``authority.json``,
+atomic 0600 writes) are the enrollment state's business
+(:func:`securemesh.enroll.load_authority` and friends); store the state again
+after every :meth:`Authority.revoke` so that list versions are never reused.
 """
 
 from __future__ import annotations
@@ -106,20 +109,18 @@ import base64
 import itertools
 import json
 import math
-import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, ClassVar
 
 from securemesh.crypto import keystore
-from securemesh.crypto._codec import U32 as _U32
-from securemesh.crypto._codec import U64 as _U64
-from securemesh.crypto._codec import ByteReader
-from securemesh.crypto._codec import str8 as _str8
+from securemesh.crypto.codec import U32 as _U32
+from securemesh.crypto.codec import U64 as _U64
+from securemesh.crypto.codec import ByteReader
+from securemesh.crypto.codec import str8 as _str8
 from securemesh.crypto.identity import PublicKeys
 from securemesh.crypto.signing import (
     SIGNATURE_SIZE,
@@ -138,7 +139,6 @@ from securemesh.errors import (
     CertificateSignatureInvalid,
     CorruptKeyFile,
     DelegationNotAllowed,
-    KeyStoreError,
     LocalError,
     NameConstraintViolation,
     RevocationListRollback,
@@ -149,6 +149,7 @@ __all__ = [
     "CERT_DOMAIN",
     "CERT_FORMAT_VERSION",
     "MAX_CERT_SIZE",
+    "MAX_AUTHORITY_STATE_SIZE",
     "MAX_REVOCATION_LIST_SIZE",
     "MAX_ROLES",
     "REVOCATION_DOMAIN",
@@ -835,8 +836,6 @@ class Authority:
     :class:`~securemesh.crypto.signing.Ed25519Signer`, never printed.
     """
 
-    KEY_FILE: ClassVar[str] = "authority.key"
-    STATE_FILE: ClassVar[str] = "authority.json"
     STATE_FORMAT: ClassVar[str] = "securemesh-authority-state"
 
     def __init__(
@@ -1085,27 +1084,16 @@ class Authority:
 
     # -------------------------------------------------------------- persistence
 
-    def save(
-        self,
-        directory: str | os.PathLike[str],
-        passphrase: str | bytes,
-        *,
-        params: keystore.KdfParams = keystore.DEFAULT_PARAMS,
-    ) -> None:
-        """Write the encrypted key and the state file into ``directory`` (created 0700)."""
-        path = Path(directory)
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        keystore.write_secret_file(
-            path / self.KEY_FILE,
-            _AUTHORITY_PAYLOAD + self._signer.seed(),
-            passphrase,
-            params=params,
-            overwrite=True,
+    def sealed_key(
+        self, passphrase: str | bytes, *, params: keystore.KdfParams = keystore.DEFAULT_PARAMS
+    ) -> bytes:
+        """The secret key as key-file bytes, encrypted under ``passphrase`` (no I/O)."""
+        return keystore.seal_secret(
+            _AUTHORITY_PAYLOAD + self._signer.seed(), passphrase, params=params
         )
-        self.save_state(path)
 
-    def save_state(self, directory: str | os.PathLike[str]) -> None:
-        """Write only the non-secret state (no passphrase needed)."""
+    def state_bytes(self) -> bytes:
+        """The non-secret state (id, public key, current signed list) as JSON bytes."""
         rl = self._rl_signed.unverified_list()
         state = {
             "format": self.STATE_FORMAT,
@@ -1116,32 +1104,34 @@ class Authority:
             "revocation_list": _b64e(self._rl_signed.to_bytes()),
             "revocation_list_version": rl.version,
         }
-        data = json.dumps(state, sort_keys=True, separators=(",", ":")).encode() + b"\n"
-        keystore.write_file_atomic(Path(directory) / self.STATE_FILE, data, overwrite=True)
+        return json.dumps(state, sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
     @classmethod
-    def load(
+    def from_stored(
         cls,
-        directory: str | os.PathLike[str],
+        sealed_key: bytes,
+        state: bytes,
         passphrase: str | bytes,
         *,
         randbits: Randbits = secrets.randbits,
     ) -> Authority:
-        """Load a saved authority; CorruptKeyFile if the key and state do not match."""
-        path = Path(directory)
-        payload = keystore.read_secret_file(path / cls.KEY_FILE, passphrase)
+        """Rebuild from :meth:`sealed_key` and :meth:`state_bytes` output.
+
+        WrongPassphrase; CorruptKeyFile if either is damaged or they do not match.
+        """
+        payload = keystore.open_secret(sealed_key, passphrase)
         if len(payload) != len(_AUTHORITY_PAYLOAD) + 32 or not payload.startswith(
             _AUTHORITY_PAYLOAD
         ):
             raise CorruptKeyFile("not an authority key file")
         signer = Ed25519Signer.from_seed(payload[len(_AUTHORITY_PAYLOAD) :])
-        state = _read_state(path / cls.STATE_FILE, cls.STATE_FORMAT)
+        fields = _parse_state(state, cls.STATE_FORMAT)
         try:
-            authority_id = state["authority_id"]
-            verify_key = _b64d(state["verify_key"])
-            signed = SignedRevocationList.from_bytes(_b64d(state["revocation_list"]))
-            created_at = state["created_at"]
-            rl_version = state["revocation_list_version"]
+            authority_id = fields["authority_id"]
+            verify_key = _b64d(fields["verify_key"])
+            signed = SignedRevocationList.from_bytes(_b64d(fields["revocation_list"]))
+            created_at = fields["created_at"]
+            rl_version = fields["revocation_list_version"]
         except (ValueError, TypeError, KeyError) as exc:
             raise CorruptKeyFile(f"authority state is invalid: {exc}") from exc
         if verify_key != signer.verify_key:
@@ -1163,13 +1153,12 @@ class Authority:
         return f"Authority(id={self._id!r}, verify_key={self.verify_key.hex()[:16]}…)"
 
 
-def _read_state(path: Path, expected_format: str) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_REVOCATION_LIST_SIZE * 2)
-    except OSError as exc:
-        raise KeyStoreError(f"cannot read authority state {path}: {exc}") from exc
-    if len(raw) >= MAX_REVOCATION_LIST_SIZE * 2:
+#: Largest authority state (JSON around one signed revocation list).
+MAX_AUTHORITY_STATE_SIZE = MAX_REVOCATION_LIST_SIZE * 2
+
+
+def _parse_state(raw: bytes, expected_format: str) -> dict[str, Any]:
+    if len(raw) >= MAX_AUTHORITY_STATE_SIZE:
         raise CorruptKeyFile("authority state file too large")
     try:
         state = json.loads(raw)

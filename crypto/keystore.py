@@ -74,6 +74,7 @@ __all__ = [
     "MAX_SECRET_SIZE",
     "UNSAFE_FAST_PARAMS",
     "KdfParams",
+    "kdf_params_of",
     "open_secret",
     "read_secret_file",
     "seal_secret",
@@ -175,14 +176,12 @@ def seal_secret(
     return header + sealed[aead.NONCE_SIZE :]
 
 
-def open_secret(blob: bytes, passphrase: str | bytes) -> bytes:
-    """Decrypt key-file bytes. WrongPassphrase or CorruptKeyFile on failure."""
-    raw_passphrase = _passphrase_bytes(passphrase)
+def _open_header(blob: bytes) -> tuple[KdfParams, bytes, bytes]:
+    """Size, magic, version, KDF id and parameter bounds: ``(params, salt, nonce)``."""
     if len(blob) > MAX_FILE_SIZE:
         raise CorruptKeyFile(f"key file larger than {MAX_FILE_SIZE} bytes")
     if len(blob) < HEADER_SIZE + aead.TAG_SIZE:
         raise CorruptKeyFile("key file truncated")
-    blob = bytes(blob)
     magic, version, kdf, opslimit, memlimit, salt, nonce = _FIXED.unpack_from(blob)
     if magic != MAGIC:
         raise CorruptKeyFile("not a SecureMesh key file (bad magic)")
@@ -194,6 +193,23 @@ def open_secret(blob: bytes, passphrase: str | bytes) -> bytes:
         params = KdfParams(opslimit=opslimit, memlimit=memlimit)
     except LocalError as exc:
         raise CorruptKeyFile(f"KDF parameters out of bounds: {exc}") from exc
+    return params, salt, nonce
+
+
+def kdf_params_of(blob: bytes) -> KdfParams:
+    """The Argon2id cost a key file was sealed with (to seal another secret alike).
+
+    Checks the header as :func:`open_secret` does before deriving anything
+    (CorruptKeyFile), without a passphrase.
+    """
+    return _open_header(bytes(blob))[0]
+
+
+def open_secret(blob: bytes, passphrase: str | bytes) -> bytes:
+    """Decrypt key-file bytes. WrongPassphrase or CorruptKeyFile on failure."""
+    raw_passphrase = _passphrase_bytes(passphrase)
+    blob = bytes(blob)
+    params, salt, nonce = _open_header(blob)
     fixed_end = _FIXED.size
     verifier_end = fixed_end + _VERIFIER_SIZE
     header = blob[:HEADER_SIZE]

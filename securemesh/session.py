@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 Two nodes that exchange many messages should not pay one Ed25519 signature and
 verification per message. They run this three-message handshake once, signed
-by their identity keys, and then protect each message with an AEAD under keys
-only the two of them hold (ARCHITECTURE.md §3, "session fast path"). Like h11,
+by their identity keys, and then authenticate each message with a keyed MAC
+(the wire's MAC mode) under keys only the two of them hold (ARCHITECTURE.md
+§3, "session fast path"). Like h11,
 this module never touches a socket: bytes go in, bytes come out, and the bus
 moves them.
 
@@ -49,34 +50,25 @@ which the bus backs with certificate verification (valid, unexpired,
 unrevoked); it raises (a :class:`~securemesh.errors.RemoteError`) for unknown or
 revoked nodes and the handshake fails with that error.
 
-Session records
----------------
-After the handshake each side holds a :class:`Session`. ``seal`` and ``open``
-use ChaCha20-Poly1305 (RFC 8439) with one key per direction. A record is::
+Sessions
+--------
+After the handshake each side holds a :class:`Session`: the session id (the
+envelope ``key_id`` of MAC-mode envelopes) and, per direction, a 32-byte key
+for the wire's MAC mode (:meth:`Session.envelope_mac_keys`). Replay
+protection of those envelopes is the wire's own
+:class:`~securemesh.wire.ReplayGuard`, run by the node's pipeline on every
+message, signed or MAC, so the session keeps no window of its own.
 
-    epoch (u32, big-endian) | counter (u64, big-endian) | ciphertext || tag (16)
+A session is used until :meth:`Session.needs_handshake` says its lifetime is
+over — ``SessionLimits.max_age`` seconds since it was established (injectable
+``clock``) or ``max_messages`` envelopes sent with it, the node's
+``[session]`` configuration — and then replaced by a fresh handshake (fresh
+ephemeral KEM keys: new keys, new session id, full forward secrecy). There is
+no in-session rekeying: envelopes carry no epoch.
 
-and the 12-byte header *is* the AEAD nonce, unique per key (a counter never
-repeats within an epoch and each epoch has its own key). The associated data
-is ``session_id || header || caller's associated data``. For a MAC-only fast
-path, seal an empty plaintext with the message as associated data (the
-Poly1305 tag then authenticates the message).
-
-Rekeying: before sealing, the sender moves to the next epoch when the current
-epoch has carried ``max_messages_per_epoch`` records or is older than
-``max_epoch_age`` seconds (injectable ``clock``); the new key is
-``next_traffic_key(old)`` (a one-way ratchet, so earlier epochs stay private
-if a later key leaks) and the counter restarts at 0. The receiver follows the
-epoch number in the header (at most ``max_epoch_skip`` epochs ahead). Records of
-an epoch older than the receiver's current one are refused as stale: on one
-ordered ZeroMQ connection that never happens to honest traffic. After
-``max_session_age`` seconds :meth:`Session.needs_handshake` turns true and the
-bus runs a fresh handshake (fresh ephemeral KEM keys: full forward secrecy).
-
-Replay: the tag is checked first, then the counter against a sliding window of
-``replay_window`` counters (default 8,192, as Linux WireGuard) per epoch. The
-window is injectable (``window_factory``) so the bus may plug in the wire
-layer's own window.
+(An earlier version also had a record layer — ChaCha20-Poly1305 records with
+epochs, a ratchet and a sliding replay window duplicating
+``wire.ReplayWindow`` — that no code path used; it was removed.)
 """
 
 from __future__ import annotations
@@ -85,14 +77,9 @@ import enum
 import hashlib
 import hmac
 import os
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from securemesh.crypto.kem import (
     HybridCiphertext,
@@ -101,16 +88,13 @@ from securemesh.crypto.kem import (
     SessionKeys,
     derive_session_keys,
     encapsulate,
-    next_traffic_key,
 )
 from securemesh.crypto.signing import SIGNATURE_SIZE, Signer, verify_signature
 from securemesh.errors import (
     AuthenticationError,
     DecodeError,
     LocalError,
-    ReplayedMessage,
     SizeLimitExceeded,
-    StaleMessage,
     UnexpectedMessage,
 )
 
@@ -122,11 +106,8 @@ __all__ = [
     "MAX_HELLO_SIZE",
     "MAX_NODE_ID_SIZE",
     "PROTOCOL_VERSION",
-    "RECORD_HEADER_SIZE",
-    "RECORD_OVERHEAD",
     "TRANSITIONS",
     "Accept",
-    "CounterWindow",
     "Event",
     "Finish",
     "Handshake",
@@ -137,7 +118,6 @@ __all__ = [
     "Role",
     "Session",
     "SessionLimits",
-    "SlidingWindow",
     "State",
     "decode_handshake_message",
 ]
@@ -159,10 +139,6 @@ SIG_LABEL_INITIATOR = b"securemesh/v1 handshake signature: initiator"
 #: Label deriving the wire MAC-mode keys from the traffic keys (Session.envelope_mac_keys).
 ENVELOPE_MAC_LABEL = b"securemesh/v1 envelope mac"
 
-RECORD_HEADER_SIZE = 12
-TAG_SIZE = 16
-RECORD_OVERHEAD = RECORD_HEADER_SIZE + TAG_SIZE
-_HEADER = struct.Struct(">IQ")
 
 #: ``resolve_peer(node_id) -> Ed25519 verify key``; raises for unknown/revoked nodes.
 PeerResolver = Callable[[str], bytes]
@@ -372,20 +348,14 @@ _RECV_EVENTS = {
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    """Rekey and replay parameters of a session (both ends should agree)."""
+    """How long a session may be used before a fresh handshake (the node's ``[session]``)."""
 
-    max_messages_per_epoch: int = 1 << 20
-    max_epoch_age: float = 120.0
-    max_epoch_skip: int = 8
-    max_session_age: float = 24 * 3600.0
-    replay_window: int = 8192
-    max_record_size: int = 16 * 1024 * 1024
+    max_age: float = 600.0
+    max_messages: int = 1 << 24
 
     def __post_init__(self) -> None:
-        if self.max_messages_per_epoch < 1 or self.max_epoch_age <= 0:
-            raise LocalError("rekey limits must be positive")
-        if self.max_epoch_skip < 1 or self.replay_window < 64 or self.max_record_size < 1:
-            raise LocalError("invalid session limits")
+        if not self.max_age > 0 or self.max_messages < 1:
+            raise LocalError("session limits must be positive")
 
 
 def _sha256(*parts: bytes) -> bytes:
@@ -421,7 +391,6 @@ class Handshake:
         rng: Rng | None = None,
         clock: Clock | None = None,
         limits: SessionLimits | None = None,
-        window_factory: Callable[[int], CounterWindow] | None = None,
     ) -> None:
         _check_node_id(node_id, local=True)
         if role is Role.INITIATOR:
@@ -439,7 +408,6 @@ class Handshake:
         self._rng: Rng = rng if rng is not None else os.urandom
         self._clock: Clock = clock if clock is not None else time.monotonic
         self._limits = limits if limits is not None else SessionLimits()
-        self._window_factory = window_factory
         self._kem_key: HybridPrivateKey | None = None
         self._hello: bytes = b""
         self._peer_verify_key: bytes = b""
@@ -461,7 +429,6 @@ class Handshake:
         rng: Rng | None = None,
         clock: Clock | None = None,
         limits: SessionLimits | None = None,
-        window_factory: Callable[[int], CounterWindow] | None = None,
     ) -> Handshake:
         return cls(
             Role.INITIATOR,
@@ -472,7 +439,6 @@ class Handshake:
             rng=rng,
             clock=clock,
             limits=limits,
-            window_factory=window_factory,
         )
 
     @classmethod
@@ -485,7 +451,6 @@ class Handshake:
         rng: Rng | None = None,
         clock: Clock | None = None,
         limits: SessionLimits | None = None,
-        window_factory: Callable[[int], CounterWindow] | None = None,
     ) -> Handshake:
         return cls(
             Role.RESPONDER,
@@ -495,7 +460,6 @@ class Handshake:
             rng=rng,
             clock=clock,
             limits=limits,
-            window_factory=window_factory,
         )
 
     # ------------------------------------------------------------ transitions
@@ -620,7 +584,6 @@ class Handshake:
             peer_id=self.peer_id,
             clock=self._clock,
             limits=self._limits,
-            window_factory=self._window_factory,
         )
         self._keys = None
 
@@ -631,70 +594,14 @@ class Handshake:
         )
 
 
-# ------------------------------------------------------------ replay window
-
-
-class CounterWindow(Protocol):
-    """Anti-replay window for counters whose tag already verified."""
-
-    def accept(self, counter: int) -> None:
-        """Record ``counter`` or raise ReplayedMessage / StaleMessage."""
-        ...
-
-
-class SlidingWindow:
-    """RFC 6479-style sliding bitmap over the last ``size`` counters.
-
-    Bit ``i`` of ``_bits`` says whether ``highest - i`` was accepted.
-    """
-
-    __slots__ = ("_bits", "_highest", "size")
-
-    def __init__(self, size: int = 8192) -> None:
-        if size < 1:
-            raise LocalError("window size must be positive")
-        self.size = size
-        self._highest = -1
-        self._bits = 0
-
-    def accept(self, counter: int) -> None:
-        if counter < 0:
-            raise LocalError("counters are non-negative")
-        if counter > self._highest:
-            shift = counter - self._highest
-            self._bits = ((self._bits << shift) | 1) & ((1 << self.size) - 1)
-            self._highest = counter
-            return
-        offset = self._highest - counter
-        if offset >= self.size:
-            raise StaleMessage("counter is left of the replay window")
-        if self._bits >> offset & 1:
-            raise ReplayedMessage("counter already accepted")
-        self._bits |= 1 << offset
-
-
 # ------------------------------------------------------------------ session
 
 
-class _Direction:
-    __slots__ = ("aead", "epoch", "key", "started", "used", "window")
-
-    def __init__(self, key: bytes, started: float, window: CounterWindow) -> None:
-        self.key = key
-        self.aead = ChaCha20Poly1305(key)
-        self.epoch = 0
-        self.used = 0
-        self.started = started
-        self.window = window
-
-
 class Session:
-    """An established session: AEAD records with counters, rekeyed by count and time.
+    """An established session: its id and the MAC-mode envelope keys, for a limited time.
 
     Not thread-safe; one session belongs to one connection's task.
     """
-
-    MAX_EPOCH: ClassVar[int] = 2**32 - 1
 
     def __init__(
         self,
@@ -704,133 +611,43 @@ class Session:
         peer_id: str,
         clock: Clock,
         limits: SessionLimits,
-        window_factory: Callable[[int], CounterWindow] | None = None,
     ) -> None:
         self.session_id = keys.session_id
         self.role = role
         self.peer_id = peer_id
         self._clock = clock
-        self._limits = limits
-        self._window_factory: Callable[[int], CounterWindow] = (
-            window_factory if window_factory is not None else SlidingWindow
-        )
-        now = clock()
-        self.established_at = now
+        self.limits = limits
+        self.established_at = clock()
         if role is Role.INITIATOR:
             send_key, recv_key = keys.initiator_to_responder, keys.responder_to_initiator
         else:
             send_key, recv_key = keys.responder_to_initiator, keys.initiator_to_responder
-        self._send = _Direction(send_key, now, self._new_window())
-        self._recv = _Direction(recv_key, now, self._new_window())
         # Keys for the wire's MAC mode (keyed BLAKE2b, securemesh.wire): derived
-        # from the epoch-0 traffic keys under their own label, so no key serves
-        # two algorithms. One key per direction (wire docstring, "caller's duties").
+        # from the traffic keys under their own label, so no key serves two
+        # algorithms. One key per direction (wire docstring, "caller's duties").
         self._envelope_keys = (
             hmac.new(send_key, ENVELOPE_MAC_LABEL, hashlib.sha256).digest(),
             hmac.new(recv_key, ENVELOPE_MAC_LABEL, hashlib.sha256).digest(),
         )
 
-    def _new_window(self) -> CounterWindow:
-        return self._window_factory(self._limits.replay_window)
-
     def envelope_mac_keys(self) -> tuple[bytes, bytes]:
         """``(send_key, receive_key)``: 32-byte keys for MAC-mode envelopes (never log them).
 
-        ``HMAC-SHA256(traffic key of epoch 0, ENVELOPE_MAC_LABEL)`` per direction.
+        ``HMAC-SHA256(traffic key, ENVELOPE_MAC_LABEL)`` per direction.
         Envelopes carry no epoch, so the bus rekeys MAC traffic by running a new
         handshake (a new session id) rather than by ratcheting these keys.
         """
         return self._envelope_keys
 
-    @property
-    def send_epoch(self) -> int:
-        return self._send.epoch
-
-    @property
-    def recv_epoch(self) -> int:
-        return self._recv.epoch
-
-    def needs_handshake(self) -> bool:
-        """True once the session is older than ``max_session_age``: run a new handshake."""
-        return self._clock() - self.established_at >= self._limits.max_session_age
-
-    def _maybe_rekey(self) -> None:
-        d = self._send
-        now = self._clock()
-        if (
-            d.used >= self._limits.max_messages_per_epoch
-            or now - d.started >= self._limits.max_epoch_age
-        ):
-            if d.epoch >= self.MAX_EPOCH:
-                raise LocalError("session exhausted its epochs; run a new handshake")
-            d.key = next_traffic_key(d.key)
-            d.aead = ChaCha20Poly1305(d.key)
-            d.epoch += 1
-            d.used = 0
-            d.started = now
-
-    def seal(self, plaintext: bytes, associated_data: bytes = b"") -> bytes:
-        """Encrypt and authenticate ``plaintext``; return the record to send."""
-        if len(plaintext) + RECORD_OVERHEAD > self._limits.max_record_size:
-            raise LocalError("record over the session's size limit")
-        self._maybe_rekey()
-        d = self._send
-        header = _HEADER.pack(d.epoch, d.used)
-        d.used += 1
-        ct = d.aead.encrypt(header, plaintext, self.session_id + header + associated_data)
-        return header + ct
-
-    def open(self, record: bytes, associated_data: bytes = b"") -> bytes:
-        """Return the plaintext of a record from the peer, or raise.
-
-        Order: size → header → epoch → tag → replay window; state changes only
-        after every check passed.
-        """
-        if len(record) > self._limits.max_record_size:
-            raise SizeLimitExceeded("session record too large")
-        if len(record) < RECORD_OVERHEAD:
-            raise DecodeError("session record too short")
-        header = bytes(record[:RECORD_HEADER_SIZE])
-        epoch, counter = _HEADER.unpack(header)
-        d = self._recv
-        if epoch < d.epoch:
-            raise StaleMessage("record from an earlier epoch")
-        ahead = epoch - d.epoch
-        if ahead > self._limits.max_epoch_skip:
-            raise DecodeError("record epoch too far ahead")
-        key, aead = d.key, d.aead
-        if ahead:
-            for _ in range(ahead):
-                key = next_traffic_key(key)
-            aead = ChaCha20Poly1305(key)
-        try:
-            plaintext = aead.decrypt(
-                header,
-                bytes(record[RECORD_HEADER_SIZE:]),
-                self.session_id + header + associated_data,
-            )
-        except InvalidTag as exc:
-            raise AuthenticationError("session record does not verify") from exc
-        window = self._new_window() if ahead else d.window
-        window.accept(counter)
-        if ahead:
-            d.key, d.aead, d.epoch, d.window = key, aead, epoch, window
-        return plaintext
-
-    def mac(self, data: bytes) -> bytes:
-        """MAC-only record: authenticates ``data`` (sent alongside) without encrypting it."""
-        return self.seal(b"", data)
-
-    def verify_mac(self, data: bytes, record: bytes) -> bytes:
-        """Return ``data`` if ``record`` is a valid MAC-only record over it; raise otherwise."""
-        if len(record) != RECORD_OVERHEAD:
-            raise DecodeError("a MAC record is 28 bytes")
-        self.open(record, data)
-        return data
+    def needs_handshake(self, messages_sent: int) -> bool:
+        """True once ``limits.max_age`` seconds passed or ``limits.max_messages`` were sent."""
+        return (
+            messages_sent >= self.limits.max_messages
+            or self._clock() - self.established_at >= self.limits.max_age
+        )
 
     def __repr__(self) -> str:
         return (
             f"Session(role={self.role.value}, peer_id={self.peer_id!r}, "
-            f"session_id={self.session_id.hex()}, send_epoch={self._send.epoch}, "
-            f"recv_epoch={self._recv.epoch})"
+            f"session_id={self.session_id.hex()})"
         )

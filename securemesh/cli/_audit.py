@@ -3,7 +3,12 @@
 A thin shell over :mod:`securemesh.audit.admin`, :mod:`securemesh.audit.query`
 and :mod:`securemesh.audit.verify`. Every command takes ``--db URL`` (a SQLite
 file path or a PostgreSQL URL; default ``$SECUREMESH_AUDIT_DB`` or
-``<data dir>/audit.db``). Commands that check signatures need the log's
+``<data dir>/audit.db``). The log's secret key file is encrypted (the key
+store of :mod:`securemesh.crypto.keystore`); the commands that use it
+(``init-log``, ``append``, ``rewrap-log-key``) read its passphrase from
+``$SECUREMESH_PASSPHRASE`` (``--passphrase-env``) or the terminal; a plain key
+file written before is still read, and ``rewrap-log-key`` encrypts it.
+Commands that check signatures need the log's
 public key: ``--log-key`` takes a verifier string
 (``<name>+<id>+<base64>``) or a file holding one; by default the ``.pub``
 file written by ``audit init-log`` next to the log key is used.
@@ -27,11 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from securemesh.audit.paths import DB_ENV, default_data_dir, default_db_url
+from securemesh.cli._common import passphrase_options, read_passphrase
+from securemesh.crypto import keystore
 from securemesh.errors import ConfigError
 
 __all__ = ["register"]
 
 _FORMATS = ("table", "json", "jsonl")
+
+#: Argon2id cost of new and re-wrapped log key files (tests lower it to UNSAFE_FAST_PARAMS).
+_KDF_PARAMS: keystore.KdfParams = keystore.DEFAULT_PARAMS
 
 
 def _data_dir() -> Path:
@@ -39,11 +49,14 @@ def _data_dir() -> Path:
 
 
 def _open(args: argparse.Namespace, *, signer: bool = False) -> Any:
-    from securemesh.audit.admin import load_log_key
+    from securemesh.audit.admin import load_log_key, log_key_is_encrypted
     from securemesh.audit.log import open_log
 
     if signer:
-        key = load_log_key(args.log_key_file)
+        passphrase = None
+        if log_key_is_encrypted(args.log_key_file):  # a plain (older) key file needs none
+            passphrase = read_passphrase(args.passphrase_env, confirm=False)
+        key = load_log_key(args.log_key_file, passphrase)
         return open_log(args.db, signer=key.signer, origin=key.name)
     return open_log(args.db)
 
@@ -97,9 +110,34 @@ def _cmd_init_log(args: argparse.Namespace) -> int:
     from securemesh.audit.admin import create_log_key
     from securemesh.audit.log import open_log
 
-    key = create_log_key(args.log_key_file, name=args.origin, force=args.force)
+    passphrase = read_passphrase(args.passphrase_env, confirm=True)
+    key = create_log_key(
+        args.log_key_file,
+        passphrase=passphrase,
+        name=args.origin,
+        force=args.force,
+        params=_KDF_PARAMS,
+    )
     open_log(args.db).close()
-    print(f"wrote {args.log_key_file} (secret) and {args.log_key_file}.pub", file=sys.stderr)
+    print(
+        f"wrote {args.log_key_file} (secret, encrypted) and {args.log_key_file}.pub",
+        file=sys.stderr,
+    )
+    print(key.verifier)
+    return 0
+
+
+def _cmd_rewrap_log_key(args: argparse.Namespace) -> int:
+    from securemesh.audit.admin import load_log_key, log_key_is_encrypted, rewrap_log_key
+
+    if not log_key_is_encrypted(args.log_key_file):
+        passphrase = read_passphrase(args.passphrase_env, confirm=True)
+        key = rewrap_log_key(args.log_key_file, passphrase, params=_KDF_PARAMS)
+        print(f"encrypted the log key {args.log_key_file}", file=sys.stderr)
+    else:
+        passphrase = read_passphrase(args.passphrase_env, confirm=False)
+        key = load_log_key(args.log_key_file, passphrase)
+        print(f"the log key {args.log_key_file} is already encrypted", file=sys.stderr)
     print(key.verifier)
     return 0
 
@@ -340,7 +378,10 @@ def register(  # noqa: PLR0915 - one flat list of subcommands reads best
         help="the log's public verifier key (string or file); default PATH.pub",
     )
 
-    p = sub.add_parser("init-log", parents=[common], help="create the log key and database")
+    keyed = [common, passphrase_options()]  # commands that open the secret log key
+    p = sub.add_parser(
+        "init-log", parents=keyed, help="create the log key (encrypted) and database"
+    )
     p.add_argument("--origin", default="securemesh.audit/log", help="log name / origin line")
     p.add_argument("--force", action="store_true", help="replace an existing log key")
     p.set_defaults(func=_cmd_init_log)
@@ -361,10 +402,17 @@ def register(  # noqa: PLR0915 - one flat list of subcommands reads best
     p.set_defaults(func=_cmd_list_nodes)
 
     p = sub.add_parser(
-        "append", parents=[common], help="append signed events (base64 lines or export jsonl)"
+        "append", parents=keyed, help="append signed events (base64 lines or export jsonl)"
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="'-' for standard input")
     p.set_defaults(func=_cmd_append)
+
+    p = sub.add_parser(
+        "rewrap-log-key",
+        parents=keyed,
+        help="encrypt a plain log key file (from before the key store) in place",
+    )
+    p.set_defaults(func=_cmd_rewrap_log_key)
 
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--node", help="origin node id")

@@ -33,7 +33,7 @@ from securemesh.crypto.certs import Tier
 from securemesh.errors import ConfigError
 
 if TYPE_CHECKING:
-    from securemesh.enroll._store import TokenStore
+    from securemesh.enroll import TokenStore
 
 __all__ = ["parse_duration", "register"]
 
@@ -64,7 +64,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import init_authority  # noqa: PLC0415 - lazy
+    from securemesh.enroll import init_authority  # noqa: PLC0415 - lazy
 
     data_dir = _data_dir(args)
     passphrase = _passphrase(args.passphrase_env, confirm=True)
@@ -82,7 +82,11 @@ def _init(args: argparse.Namespace) -> int:
     from securemesh.audit.admin import create_log_key  # noqa: PLC0415 - lazy
 
     log_key = data_dir / "audit-log.key"  # the cloud daemon's default ([audit] log_key)
-    verifier = None if log_key.exists() else create_log_key(log_key).verifier
+    verifier = (
+        None
+        if log_key.exists()
+        else create_log_key(log_key, passphrase=passphrase, params=_KDF_PARAMS).verifier
+    )
     print(
         f"mesh authority {result.authority.authority_id!r} created in {data_dir}\n"
         f"cloud node {args.cloud_node_id!r}: config {result.config_path}\n"
@@ -104,8 +108,7 @@ def _b64(data: bytes) -> str:
 
 
 def _token_create(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import load_token_issuer  # noqa: PLC0415 - lazy
-    from securemesh.enroll._store import TokenStore  # noqa: PLC0415 - lazy (sqlalchemy)
+    from securemesh.enroll import TokenStore, load_token_issuer  # noqa: PLC0415 - sqlalchemy
 
     data_dir = _data_dir(args)
     issuer = load_token_issuer(data_dir)
@@ -150,7 +153,7 @@ def _token_create(args: argparse.Namespace) -> int:
 
 def _existing_token_store(args: argparse.Namespace) -> TokenStore:
     """The data dir's token store; ConfigError (not a new empty store) if it has none."""
-    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415 - sqlalchemy
+    from securemesh.enroll import DEFAULT_TOKEN_DB, TokenStore  # noqa: PLC0415 - sqlalchemy
 
     data_dir = _data_dir(args)
     if not (data_dir / DEFAULT_TOKEN_DB).exists():
@@ -209,7 +212,7 @@ def _token_prune(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import REVOCATION_FILE, revoke_node  # noqa: PLC0415
+    from securemesh.enroll import REVOCATION_FILE, revoke_node  # noqa: PLC0415
 
     data_dir = _data_dir(args)
     passphrase = _passphrase(args.passphrase_env, confirm=False)
@@ -226,7 +229,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from securemesh.enroll._client import enroll_data_dir, read_join_token  # noqa: PLC0415 - lazy
+    from securemesh.enroll import enroll_data_dir, read_join_token  # noqa: PLC0415 - lazy
 
     if (args.token is None) == (args.token_file is None):
         raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")

@@ -16,14 +16,13 @@ __all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from securemesh.node._daemon import run_daemon  # noqa: PLC0415 - lazy: loads zmq
+    from securemesh.node import run_daemon  # noqa: PLC0415 - lazy: loads zmq
 
     return run_daemon(args.config)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from securemesh.node._config import load_config  # noqa: PLC0415
-    from securemesh.node._daemon import read_status  # noqa: PLC0415
+    from securemesh.node import load_config, read_status  # noqa: PLC0415
 
     status = read_status(load_config(args.config))
     print(json.dumps(status, indent=2, sort_keys=True))

@@ -17,7 +17,9 @@ Pieces (each module's docstring has its theory of operation):
 * :mod:`~securemesh.enroll._client` — first contact over ZeroMQ
   (:func:`enroll_over_zmq`, synchronous) and the reply envelope helpers.
 * :mod:`~securemesh.enroll._state` — the data directory: ``securemesh init``,
-  token issuers, revocation, saving an enrollment.
+  token issuers, revocation, saving an enrollment. Its file names and the
+  functions the CLI, the daemon and the SDK call are re-exported here, so no
+  other package imports a private module of this one (import-linter checks).
 
 The node daemon puts the server side on the bus (``securemesh.node._enroll``:
 ``enroll.request`` as a first-contact type, ``cert.renew``; token keys fed to
@@ -48,6 +50,23 @@ from securemesh.enroll._protocol import (
     build_enroll_request,
     build_renew_request,
 )
+from securemesh.enroll._state import (
+    AUTHORITY_CERT_FILE,
+    AUTHORITY_STATE_FILE,
+    IDENTITY_FILE,
+    NODE_CERT_FILE,
+    NODE_TOML,
+    REVOCATION_FILE,
+    SEQUENCE_FILE,
+    TRUST_FILE,
+    InitResult,
+    TokenIssuer,
+    init_authority,
+    load_authority,
+    load_token_issuer,
+    read_trust,
+    revoke_node,
+)
 from securemesh.enroll._token import (
     MAX_TOKEN_LENGTH,
     TOKEN_PREFIX,
@@ -59,29 +78,42 @@ from securemesh.enroll._token import (
 if TYPE_CHECKING:
     from securemesh.enroll._client import (
         MSG_ENROLL_REPLY,
+        enroll_data_dir,
         enroll_over_zmq,
         open_enroll_request,
+        read_join_token,
         reply_frames,
         request_frames,
         verify_reply,
     )
-    from securemesh.enroll._store import TokenKeySync, TokenStore
+    from securemesh.enroll._store import DEFAULT_TOKEN_DB, TokenKeySync, TokenStore
 
 __all__ = [
+    "AUTHORITY_CERT_FILE",
+    "AUTHORITY_STATE_FILE",
+    "DEFAULT_TOKEN_DB",
+    "IDENTITY_FILE",
     "MAX_TOKEN_LENGTH",
     "MSG_CERT_RENEW",
     "MSG_ENROLL_REPLY",
     "MSG_ENROLL_REQUEST",
+    "NODE_CERT_FILE",
+    "NODE_TOML",
+    "REVOCATION_FILE",
+    "SEQUENCE_FILE",
     "TOKEN_PREFIX",
+    "TRUST_FILE",
     "CurveKeyPairBytes",
     "EnrollReply",
     "EnrollRequest",
     "EnrollResult",
     "EnrollmentAudit",
     "EnrollmentServer",
+    "InitResult",
     "JoinToken",
     "RenewReply",
     "RenewRequest",
+    "TokenIssuer",
     "TokenKeySync",
     "TokenRecord",
     "TokenStore",
@@ -89,9 +121,16 @@ __all__ = [
     "accept_renew_reply",
     "build_enroll_request",
     "build_renew_request",
+    "enroll_data_dir",
     "enroll_over_zmq",
+    "init_authority",
+    "load_authority",
+    "load_token_issuer",
     "open_enroll_request",
+    "read_join_token",
+    "read_trust",
     "reply_frames",
+    "revoke_node",
     "request_frames",
     "verify_reply",
 ]
@@ -99,6 +138,9 @@ __all__ = [
 _LAZY = {
     "TokenStore": "securemesh.enroll._store",
     "TokenKeySync": "securemesh.enroll._store",
+    "DEFAULT_TOKEN_DB": "securemesh.enroll._store",
+    "enroll_data_dir": "securemesh.enroll._client",
+    "read_join_token": "securemesh.enroll._client",
     "MSG_ENROLL_REPLY": "securemesh.enroll._client",
     "enroll_over_zmq": "securemesh.enroll._client",
     "open_enroll_request": "securemesh.enroll._client",

@@ -14,6 +14,8 @@ daemon reads (:mod:`securemesh.node._config`), plus the authority's own files::
     delegation.cert     this edge's own delegated-authority certificate (optional)
     tokens.db           join tokens issued here (cloud, or an edge with delegation.cert)
     authority/          cloud only: authority.key (root key, encrypted) + authority.json
+                        (its non-secret state); :func:`save_authority`,
+                        :func:`load_authority` (the crypto layer only makes the bytes)
     sequence.state      the node's envelope sequence counter (securemesh.wire.SequenceCounter)
     node.toml           the daemon's configuration
 
@@ -44,6 +46,7 @@ from typing import Final
 from securemesh._fileio import read_small_file
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import (
+    MAX_AUTHORITY_STATE_SIZE,
     Authority,
     Certificate,
     DelegatedAuthority,
@@ -62,6 +65,8 @@ from securemesh.errors import ConfigError, CorruptKeyFile, LocalError
 __all__ = [
     "AUTHORITY_DIR",
     "AUTHORITY_CERT_FILE",
+    "AUTHORITY_KEY_FILE",
+    "AUTHORITY_STATE_FILE",
     "DELEGATION_CERT_FILE",
     "IDENTITY_FILE",
     "NODE_CERT_FILE",
@@ -75,10 +80,13 @@ __all__ = [
     "existing_trust",
     "identity_for_enrollment",
     "init_authority",
+    "load_authority",
     "load_delegated_authority",
     "load_token_issuer",
     "read_trust",
     "revoke_node",
+    "save_authority",
+    "save_authority_state",
     "save_enrollment",
     "write_node_toml",
     "write_trust",
@@ -91,6 +99,9 @@ REVOCATION_FILE: Final = "revocation.list"
 AUTHORITY_CERT_FILE: Final = "authority.cert"
 DELEGATION_CERT_FILE: Final = "delegation.cert"
 AUTHORITY_DIR: Final = "authority"
+#: In ``authority/``: the root key (key store format) and the authority's public state.
+AUTHORITY_KEY_FILE: Final = "authority.key"
+AUTHORITY_STATE_FILE: Final = "authority.json"
 NODE_TOML: Final = "node.toml"
 SEQUENCE_FILE: Final = "sequence.state"
 _MAX_SMALL_FILE: Final = 64 * 1024
@@ -109,6 +120,34 @@ def _read(path: Path, limit: int, what: str) -> bytes:
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     keystore.write_file_atomic(path, data, overwrite=True)
+
+
+# ------------------------------------------------------------------ authority
+
+
+def save_authority(
+    directory: Path,
+    authority: Authority,
+    passphrase: str,
+    *,
+    params: keystore.KdfParams = keystore.DEFAULT_PARAMS,
+) -> None:
+    """Write ``authority.key`` (encrypted) and ``authority.json`` into ``directory`` (0700)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(directory / AUTHORITY_KEY_FILE, authority.sealed_key(passphrase, params=params))
+    save_authority_state(directory, authority)
+
+
+def save_authority_state(directory: Path, authority: Authority) -> None:
+    """Rewrite only the public state (after every revocation: list versions never repeat)."""
+    _write(directory / AUTHORITY_STATE_FILE, authority.state_bytes())
+
+
+def load_authority(directory: Path, passphrase: str) -> Authority:
+    """The authority saved in ``directory``: WrongPassphrase, CorruptKeyFile, ConfigError."""
+    sealed = _read(directory / AUTHORITY_KEY_FILE, keystore.MAX_FILE_SIZE, "authority key")
+    state = _read(directory / AUTHORITY_STATE_FILE, MAX_AUTHORITY_STATE_SIZE, "authority state")
+    return Authority.from_stored(sealed, state, passphrase)
 
 
 # ---------------------------------------------------------------------- trust
@@ -226,12 +265,12 @@ def init_authority(
     validate_node_id(cloud_node_id)
     validate_endpoint(listen)
     auth_dir = data_dir / AUTHORITY_DIR
-    for existing in (auth_dir / Authority.KEY_FILE, data_dir / IDENTITY_FILE):
+    for existing in (auth_dir / AUTHORITY_KEY_FILE, data_dir / IDENTITY_FILE):
         if existing.exists():
             raise ConfigError(f"{existing} exists: this data dir is already initialised")
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     authority = Authority.create(authority_id, now=now)
-    authority.save(auth_dir, passphrase, params=kdf_params)
+    save_authority(auth_dir, authority, passphrase, params=kdf_params)
     identity = NodeIdentity.generate()
     identity.save(data_dir / IDENTITY_FILE, passphrase, params=kdf_params)
     cert = authority.issue(
@@ -296,7 +335,7 @@ def _listen_of(data_dir: Path) -> str | None:
 
 def load_token_issuer(data_dir: Path) -> TokenIssuer:
     """Find out whether ``data_dir`` is a root (cloud) or a delegated edge, from public files."""
-    auth_state = data_dir / AUTHORITY_DIR / Authority.STATE_FILE
+    auth_state = data_dir / AUTHORITY_DIR / AUTHORITY_STATE_FILE
     node = _node_cert(data_dir)
     endpoint = _listen_of(data_dir)
     if auth_state.exists():
@@ -363,12 +402,12 @@ def revoke_node(
 ) -> SignedRevocationList:
     """Sign a new revocation list with the root, save it, replace ``revocation.list``."""
     auth_dir = data_dir / AUTHORITY_DIR
-    if not (auth_dir / Authority.KEY_FILE).exists():
+    if not (auth_dir / AUTHORITY_KEY_FILE).exists():
         raise ConfigError(f"{data_dir} holds no mesh authority (revoke runs on the cloud)")
     node_list = [validate_node_id(n) for n in node_ids]
-    authority = Authority.load(auth_dir, passphrase)
+    authority = load_authority(auth_dir, passphrase)
     signed = authority.revoke(node_ids=node_list, serials=serials, now=now)
-    authority.save_state(auth_dir)  # never reuse a list version
+    save_authority_state(auth_dir, authority)  # never reuse a list version
     _write(data_dir / REVOCATION_FILE, signed.to_bytes())
     return signed
 

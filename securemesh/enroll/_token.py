@@ -86,10 +86,10 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from securemesh.crypto._codec import U64 as _U64
-from securemesh.crypto._codec import ByteReader
-from securemesh.crypto._codec import str8 as _str8
 from securemesh.crypto.certs import MAX_ROLES, Tier, validate_name_prefix, validate_node_id
+from securemesh.crypto.codec import U64 as _U64
+from securemesh.crypto.codec import ByteReader
+from securemesh.crypto.codec import str8 as _str8
 from securemesh.crypto.kx import hkdf_sha256
 from securemesh.errors import DecodeError, EncodeError, LocalError, SizeLimitExceeded
 

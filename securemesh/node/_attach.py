@@ -45,10 +45,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Final
 
-from securemesh.crypto._codec import U64 as _U64
-from securemesh.crypto._codec import ByteReader
-from securemesh.crypto._codec import str8 as _str8
 from securemesh.crypto.certs import validate_node_id
+from securemesh.crypto.codec import U64 as _U64
+from securemesh.crypto.codec import ByteReader
+from securemesh.crypto.codec import str8 as _str8
 from securemesh.crypto.signing import SIGNATURE_SIZE, Signer, verify_signature
 from securemesh.errors import AuthenticationError, DecodeError, LocalError
 

@@ -96,6 +96,7 @@ if TYPE_CHECKING:
     from securemesh.audit.events import EventKind, Outcome, SubjectType
     from securemesh.audit.log import AuditLog
     from securemesh.audit.outbox import Ack, AsyncSendBatch, Outbox
+    from securemesh.crypto.keystore import KdfParams
     from securemesh.crypto.signing import Signer
     from securemesh.node._config import NodeConfig
     from securemesh.node._node import MeshNode
@@ -437,7 +438,7 @@ class BusAuditIngest:
         if (node_id, key_id) in self._registered:
             return True
         with contextlib.suppress(CertificateError):
-            entry = self.node.directory.lookup(node_id, now=time.time())
+            entry = self.node.directory.lookup(node_id, now=self.node.clock())
             if event_key_id(entry.cert.verify_key) == key_id:
                 self.register(node_id, entry.cert.verify_key)
                 return True
@@ -452,16 +453,17 @@ class BusAuditIngest:
 
     def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes]]:
         """``(entry, event id, origin, key id)`` of each decodable entry (others counted)."""
-        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+        from securemesh.audit.events import SignedEvent  # noqa: PLC0415
 
         named: list[tuple[bytes, str, str, bytes]] = []
         for entry in entries:
             try:
-                decoded = decode_entry(entry)
+                signed = SignedEvent.from_bytes(entry)
             except RemoteError:
                 self.refused["malformed"] += 1
                 continue
-            named.append((entry, decoded.event_id, decoded.origin, decoded.signed.key_id))
+            event = signed.unverified_event()
+            named.append((entry, event.event_id, event.origin, signed.key_id))
         return named
 
     async def _learn_from_relay(self, msg: VerifiedMessage, origins: set[str]) -> None:
@@ -486,13 +488,13 @@ class BusAuditIngest:
 
     def _signers(self, entries: list[bytes]) -> set[tuple[str, bytes]]:
         """The ``(origin, key id)`` pairs the decodable entries name."""
-        from securemesh.audit._entry import decode_entry  # noqa: PLC0415
+        from securemesh.audit.events import SignedEvent  # noqa: PLC0415
 
         signers: set[tuple[str, bytes]] = set()
         for entry in entries:
             with contextlib.suppress(RemoteError):
-                decoded = decode_entry(entry)
-                signers.add((decoded.origin, decoded.signed.key_id))
+                signed = SignedEvent.from_bytes(entry)
+                signers.add((signed.unverified_event().origin, signed.key_id))
         return signers
 
     def _may_send_for(self, sender: str, sender_tier: Tier, origin: str) -> bool:
@@ -567,19 +569,28 @@ class BusAuditIngest:
 # ------------------------------------------------------------- a node's audit
 
 
-def open_cloud_log(data_dir: Path, *, log_db: str | None, log_key: str | None) -> AuditLog:
-    """The cloud's log: key file created on first use (``.pub`` verifier beside it)."""
-    from securemesh.audit.admin import create_log_key, load_log_key  # noqa: PLC0415
+def open_cloud_log(
+    data_dir: Path,
+    *,
+    log_db: str | None,
+    log_key: str | None,
+    passphrase: str,
+    kdf_params: KdfParams,
+) -> AuditLog:
+    """The cloud's log. Its key file is encrypted under the node's ``passphrase``:
+    created so on first use (``.pub`` verifier beside it), and a plain key file
+    from before the key store is re-wrapped in place (the same key)."""
+    from securemesh.audit.admin import create_log_key, rewrap_log_key  # noqa: PLC0415
     from securemesh.audit.log import open_log  # noqa: PLC0415 - sqlalchemy
 
     key_path = Path(log_key) if log_key is not None else data_dir / LOG_KEY_FILE
     if not key_path.exists():
-        create_log_key(key_path)
+        create_log_key(key_path, passphrase=passphrase, params=kdf_params)
         log.info(
             "audit log key created",
             extra={"event": "log_key_created", "verifier": str(key_path) + ".pub"},
         )
-    key = load_log_key(key_path)
+    key = rewrap_log_key(key_path, passphrase, params=kdf_params)
     url = log_db if log_db is not None else str(data_dir / LOG_DB_FILE)
     return open_log(url, signer=key.signer, origin=key.name)
 
@@ -610,11 +621,14 @@ class NodeAudit:
         signer: Signer,
         *,
         clock: Callable[[], float] = time.time,
+        key_passphrase: tuple[str, KdfParams] | None = None,
     ) -> NodeAudit:
         """Open ``data_dir/audit-outbox.db``, hook rejections into it, wire shipping.
 
         Call before ``node.start()``, then :meth:`start` on the running loop;
         at shutdown :meth:`stop` (before ``node.stop``) and :meth:`close`.
+        A cloud node needs ``key_passphrase`` (the node's passphrase and KDF
+        cost) for its log key file.
         """
         from securemesh.audit.outbox import Outbox  # noqa: PLC0415 - sqlite3 only
         from securemesh.node._audit import RejectionAuditor  # noqa: PLC0415
@@ -624,7 +638,9 @@ class NodeAudit:
             node.metrics.audit_hook = RejectionAuditor(
                 outbox, origin=node.node_id, signer=signer, window=config.limits.log_window
             )
-            return cls(config, node, outbox, data_dir, signer, clock=clock)
+            return cls(
+                config, node, outbox, data_dir, signer, clock=clock, key_passphrase=key_passphrase
+            )
         except BaseException:
             node.metrics.audit_hook = None
             outbox.close()
@@ -639,6 +655,7 @@ class NodeAudit:
         signer: Signer,
         *,
         clock: Callable[[], float] = time.time,
+        key_passphrase: tuple[str, KdfParams] | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -649,9 +666,15 @@ class NodeAudit:
         self._log: AuditLog | None = None
         send: AsyncSendBatch
         if node.tier is Tier.CLOUD:
+            if key_passphrase is None:
+                raise ConfigError("a cloud node's audit log key needs the node's passphrase")
             try:
                 self._log = open_cloud_log(
-                    data_dir, log_db=config.audit.log_db, log_key=config.audit.log_key
+                    data_dir,
+                    log_db=config.audit.log_db,
+                    log_key=config.audit.log_key,
+                    passphrase=key_passphrase[0],
+                    kdf_params=key_passphrase[1],
                 )
             except SecureMeshError:
                 raise

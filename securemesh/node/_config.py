@@ -37,7 +37,7 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     peers/*.cert        certificates of nodes to admit before they say hello (optional)
     sequence.state      the envelope sequence counter (created)
     replay.json         replay high-water marks per sender (saved every 30 s and at stop)
-    route-evidence.json freshest route evidence per node (edges, cloud; saved with replay.json)
+    route-evidence.json freshest route evidence per node (edges, cloud; saved on change)
     audit-outbox.db     signed audit events waiting for the cloud log's acknowledgement
     audit.db            cloud only: the audit log (SQLite; [audit] log_db may name another DB)
     audit-log.key(.pub) cloud only: the log key (created at first start) and its verifier

@@ -91,6 +91,9 @@ PASSPHRASE_ENV = "SECUREMESH_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_SMALL_FILE = 4 * 1024 * 1024
 #: Seconds between saves of the replay high-water marks while running (and at stop).
 REPLAY_SAVE_INTERVAL = 30.0
+#: Route evidence is saved as soon as it moves on (a node attached elsewhere), at most
+#: once per this many seconds, so a crashed parent restarts with it (not 30 s old).
+ROUTE_EVIDENCE_SAVE_GAP = 0.2
 
 #: ``service(node)`` registers handlers on a node before it starts.
 Service = Callable[[MeshNode], None]
@@ -227,7 +230,7 @@ def load_trust(files: NodeFiles) -> TrustStore:
     wrote), with a daemon's errors: ConfigError, and a trust file naming no
     root is one.
     """
-    from securemesh.enroll._state import read_trust  # noqa: PLC0415
+    from securemesh.enroll import read_trust  # noqa: PLC0415
 
     try:
         trust = read_trust(files.data_dir)
@@ -268,7 +271,9 @@ class NodeState:
     trust: TrustStore
 
 
-def load_node_state(config: NodeConfig, passphrase: str) -> NodeState:
+def load_node_state(config: NodeConfig, passphrase: str, *, now: float | None = None) -> NodeState:
+    """The node's identity, certificates and trust (``now``: Unix time, default the clock)."""
+    at = time.time() if now is None else now
     files = NodeFiles.of(config)
     try:
         identity = NodeIdentity.load(files.identity, passphrase)
@@ -288,7 +293,7 @@ def load_node_state(config: NodeConfig, passphrase: str) -> NodeState:
         try:
             trust.add_delegated_authority(
                 _read_small(files.delegation_certificate, "delegation certificate"),
-                now=time.time(),
+                now=at,
             )
         except CertificateError as exc:
             log.warning(
@@ -339,15 +344,26 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 class _Daemon:
-    def __init__(self, config: NodeConfig, node: MeshNode, files: NodeFiles) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        node: MeshNode,
+        files: NodeFiles,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self.node = node
         self.files = files
+        self._clock = clock
+        self._monotonic = monotonic
         self._peers_mtime = -1.0
         self._rl_mtime = -1.0
         self.token_sync: Any = None
-        self._replay_saved = time.monotonic()
+        self._replay_saved = monotonic()
         self.audit: NodeAudit | None = None
+        self.saver: asyncio.Task[None] | None = None
 
     def _enrolled(self, node_id: str) -> None:
         if self.token_sync is not None:
@@ -384,14 +400,20 @@ class _Daemon:
         if not (root_dir / "authority.json").exists() and not delegated:
             return
         from securemesh.crypto.certs import Authority, DelegatedAuthority  # noqa: PLC0415
-        from securemesh.enroll import EnrollmentServer, TokenKeySync, TokenStore  # noqa: PLC0415
+        from securemesh.enroll import (  # noqa: PLC0415
+            AUTHORITY_STATE_FILE,
+            EnrollmentServer,
+            TokenKeySync,
+            TokenStore,
+            load_authority,
+        )
         from securemesh.node._enroll import serve_enrollment  # noqa: PLC0415
 
         node = self.node
         authority: Authority | DelegatedAuthority
-        if (root_dir / "authority.json").exists():
+        if (root_dir / AUTHORITY_STATE_FILE).exists():
             try:
-                authority = Authority.load(root_dir, passphrase)
+                authority = load_authority(root_dir, passphrase)
             except KeyStoreError as exc:
                 raise ConfigError(f"authority in {root_dir}: {exc}") from exc
         else:
@@ -434,7 +456,7 @@ class _Daemon:
 
     def write_status(self, *, state: str) -> None:
         status = self.node.status()
-        status.update({"pid": os.getpid(), "written_at": time.time(), "state": state})
+        status.update({"pid": os.getpid(), "written_at": self._clock(), "state": state})
         if self.audit is not None:
             status["audit"] = self.audit.status()
         _write_json(self.files.status, status)
@@ -495,8 +517,35 @@ class _Daemon:
         except SecureMeshError as exc:
             log.warning("revocation list refused", extra={"event": "rl_refused", "error": str(exc)})
 
+    async def save_route_evidence(self) -> None:
+        """Write ``route-evidence.json`` soon after every change, until cancelled.
+
+        A parent that crashed and lost a move would take the old attachment
+        statement again (see :mod:`securemesh.node._attach`); so the evidence
+        is not left for the periodic save. Changes in a burst are coalesced.
+        """
+        changed = self.node.route_evidence_changed
+        while True:
+            await changed.wait()
+            changed.clear()
+            evidence = self.node.route_evidence()
+            try:
+                await asyncio.to_thread(save_replay_marks, self.files.route_evidence, evidence)
+            except (SecureMeshError, OSError) as exc:
+                changed.set()  # try again after the gap
+                log.warning(
+                    "route evidence not saved", extra={"event": "save_error", "error": str(exc)}
+                )
+            await asyncio.sleep(ROUTE_EVIDENCE_SAVE_GAP)
+
+    async def stop_saver(self) -> None:
+        if self.saver is not None:
+            self.saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.saver
+
     async def tick(self) -> None:
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._replay_saved >= REPLAY_SAVE_INTERVAL:
             self._replay_saved = now
             save_replay_marks(self.files.replay, self.node.replay_high_water_marks())
@@ -551,13 +600,19 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     passphrase: str,
     services: Iterable[Service] = (),
     stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; return the exit code."""
+    """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; return the exit code.
+
+    ``clock`` (Unix seconds) and ``monotonic`` reach the node, its directory,
+    its audit and the daemon's own bookkeeping.
+    """
     from securemesh.wire import SequenceCounter  # noqa: PLC0415
 
     files = NodeFiles.of(config)
-    state = load_node_state(config, passphrase)
-    directory = Directory(state.trust)
+    state = load_node_state(config, passphrase, now=clock())
+    directory = Directory(state.trust, clock=clock)
     transport = zmq_transport(config, state.identity, directory)
     counter = SequenceCounter(files.sequence)
     try:
@@ -571,6 +626,8 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             authority_certificate=state.authority_certificate,
             replay_restore=load_replay_marks(files.replay),
             route_evidence_restore=load_replay_marks(files.route_evidence, what="route evidence"),
+            clock=clock,
+            monotonic=monotonic,
         )
     except (LocalError, CertificateError) as exc:
         await transport.close()
@@ -583,9 +640,18 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
-    daemon = _Daemon(config, node, files)
+    daemon = _Daemon(config, node, files, clock=clock, monotonic=monotonic)
     try:
-        audit = daemon.audit = NodeAudit.open(config, node, files.data_dir, state.identity.signer)
+        # the cloud's log key is sealed like the identity: same passphrase, same KDF cost
+        key_kdf = keystore.kdf_params_of(_read_small(files.identity, "identity"))
+        audit = daemon.audit = NodeAudit.open(
+            config,
+            node,
+            files.data_dir,
+            state.identity.signer,
+            clock=clock,
+            key_passphrase=(passphrase, key_kdf),
+        )
         daemon.enable_enrollment(state, passphrase)
         for service in [*load_services(config.services), *services]:
             service(node)
@@ -603,6 +669,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
             loop.add_signal_handler(sig, stop_event.set)
     try:
         await node.start()
+        daemon.saver = asyncio.create_task(daemon.save_route_evidence())
         audit.start()
         ready = {"pid": os.getpid(), "node_id": node.node_id, "listen": node.address}
         _write_json(files.ready, ready)
@@ -622,6 +689,7 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     finally:
         with contextlib.suppress(FileNotFoundError):
             files.ready.unlink()
+        await daemon.stop_saver()
         await audit.stop()
         await node.stop(config.limits.drain_timeout)
         with contextlib.suppress(SecureMeshError, OSError):
@@ -646,8 +714,9 @@ def run_daemon(config_path: str | os.PathLike[str], *, services: Iterable[Servic
     return asyncio.run(run_node(config, passphrase=passphrase, services=services))
 
 
-def read_status(config: NodeConfig) -> dict[str, Any]:
-    """``securemesh node status``: the daemon's last ``status.json`` plus liveness facts."""
+def read_status(config: NodeConfig, *, now: float | None = None) -> dict[str, Any]:
+    """``securemesh node status``: the daemon's last ``status.json`` plus liveness facts
+    (``age_s`` against ``now``, Unix seconds, default the clock)."""
     files = NodeFiles.of(config)
     raw = _read_small(files.status, "status file (is the daemon running?)")
     try:
@@ -657,7 +726,8 @@ def read_status(config: NodeConfig) -> dict[str, Any]:
     if not isinstance(status, dict):
         raise ConfigError(f"status file {files.status} is not a JSON object")
     written = status.get("written_at")
-    status["age_s"] = round(time.time() - written, 3) if isinstance(written, int | float) else None
+    at = time.time() if now is None else now
+    status["age_s"] = round(at - written, 3) if isinstance(written, int | float) else None
     pid = status.get("pid")
     alive = False
     if isinstance(pid, int) and pid > 0 and files.ready.exists():

@@ -295,6 +295,7 @@ class MeshNode:
         replay_restore: Mapping[str, int] | None = None,
         route_evidence_restore: Mapping[str, int] | None = None,
         hold: HoldBuffer | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         # hot-path copies of the (frozen) configuration
@@ -304,6 +305,8 @@ class MeshNode:
         self._identity = identity
         self._signer = identity.signer
         self._clock = clock
+        #: for durations (round-trip times), like ``clock`` injectable
+        self._monotonic = monotonic
         self._rng = rng
         self.directory = directory
         self.transport = transport
@@ -357,6 +360,8 @@ class MeshNode:
         self._attach_seq: dict[str, int] = {}
         restored = (route_evidence_restore or {}).items()
         self._attach_seq.update(itertools.islice(restored, lim.max_senders))
+        #: set when the route evidence moved on; the daemon then saves route_evidence()
+        self.route_evidence_changed = asyncio.Event()
         self._attachments: dict[str, tuple[int, str]] = {}
         self._children: dict[bytes, _Link] = {}
         self._direct: dict[str, _Link] = {}
@@ -500,6 +505,11 @@ class MeshNode:
             if not fut.done():
                 fut.cancel()
         await self.transport.close()
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The node's wall clock (Unix seconds; the ``clock`` it was built with)."""
+        return self._clock
 
     def replay_high_water_marks(self) -> dict[str, int]:
         """Every sender's highest accepted sequence, to restore after a restart."""
@@ -822,9 +832,9 @@ class MeshNode:
 
     async def ping(self, dest: str, *, timeout: float | None = None) -> float:
         """Round-trip time to ``dest`` in seconds (a ``mesh.ping`` request)."""
-        start = time.monotonic()
+        start = self._monotonic()
         await self.request(dest, MESH_PING, Ack(), timeout=timeout)
-        return time.monotonic() - start
+        return self._monotonic() - start
 
     # ---------------------------------------------------------------- receiving
 
@@ -946,10 +956,17 @@ class MeshNode:
             if msg.relayed and not self._fresher(sender, seq, link):
                 return link  # older than the evidence of its current route: keep it
             self._routes[sender] = link
-            self._attach_seq[sender] = max(seq, self._attach_seq.get(sender, seq))
+            self._note_evidence(sender, seq)
             if msg.relayed or msg.envelope.msg_type != NODE_HELLO:
                 self._spawn(self._announce_nodes([sender]))
         return link
+
+    def _note_evidence(self, node_id: str, sequence: int) -> None:
+        """Keep the freshest route evidence of ``node_id``; flag a change for the saver."""
+        known = self._attach_seq.get(node_id)
+        if known is None or sequence > known:
+            self._attach_seq[node_id] = sequence
+            self.route_evidence_changed.set()
 
     def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
         """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?
@@ -1230,7 +1247,7 @@ class MeshNode:
         seq = statement.sequence
         if self._routes.get(node_id) is not link and not self._fresher(node_id, seq, link):
             raise RouteRefused(f"fresher route evidence of {node_id!r} is known")
-        self._attach_seq[node_id] = max(seq, self._attach_seq.get(node_id, seq))
+        self._note_evidence(node_id, seq)
         kept = self._attachments.get(node_id)
         if kept is None or seq >= kept[0]:
             self._attachments[node_id] = (seq, b64e(blob))
@@ -1310,16 +1327,25 @@ class MeshNode:
         )
         accept = hs.receive(b64d(msg.body(SessionData).data))
         assert accept is not None
-        if len(self._hs_responding) > 10_000:
-            self._hs_responding.clear()
-        self._hs_responding[msg.sender] = (hs, cast("_Link", msg.link))
+        # oldest first (a repeated HELLO moves to the end): drop the handshakes
+        # whose FINISH did not come within [session] handshake_timeout
+        pending = self._hs_responding
+        pending.pop(msg.sender, None)
+        while pending:
+            oldest = next(iter(pending))
+            if not pending[oldest][0].expired(self.config.session.handshake_timeout):
+                break
+            del pending[oldest]
+        if len(pending) > 10_000:
+            pending.clear()
+        pending[msg.sender] = (hs, cast("_Link", msg.link))
         return SessionData(data=b64e(accept))
 
     def _on_session_finish(self, msg: VerifiedMessage) -> None:
         if msg.relayed:
             raise AuthorizationError("sessions are between direct peers")
         pending = self._hs_responding.pop(msg.sender, None)
-        if pending is None:
+        if pending is None or pending[0].expired(self.config.session.handshake_timeout):
             raise AuthenticationError("no handshake in progress with this peer")
         hs, link = pending
         hs.receive(b64d(msg.body(SessionData).data))
@@ -1545,7 +1571,8 @@ class MeshNode:
     # ---------------------------------------------------------------- sessions
 
     def _session_limits(self) -> SessionLimits:
-        return SessionLimits()
+        """The ``[session]`` lifetime, carried by every session this node makes."""
+        return SessionLimits(max_age=self._session_max_age, max_messages=self._session_max_messages)
 
     def _resolve_verify_key(self, node_id: str) -> bytes:
         return self.directory.certificate(node_id, now=self._clock()).verify_key
@@ -1557,11 +1584,7 @@ class MeshNode:
         return entry
 
     def _fresh(self, entry: _SessionEntry) -> bool:
-        return (
-            entry.sent < self._session_max_messages
-            and self._clock() - entry.created < self._session_max_age
-            and entry.session_id in self._sessions
-        )
+        return not entry.session.needs_handshake(entry.sent) and entry.session_id in self._sessions
 
     async def _session_for(self, dest: str) -> _SessionEntry | None:
         entry = self._session_out.get(dest)
@@ -1737,9 +1760,9 @@ class MeshNode:
             rtt_ms=None if self.parent_rtt is None else self.parent_rtt * 1000.0,
             uptime_s=max(0.0, self._clock() - self._started_at),
         )
-        start = time.monotonic()
+        start = self._monotonic()
         await self.request(self.parent_id, NODE_REPORT, report)
-        self.parent_rtt = time.monotonic() - start
+        self.parent_rtt = self._monotonic() - start
 
     async def _maintenance(self) -> None:
         interval = self.config.heartbeat_interval

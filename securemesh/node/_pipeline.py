@@ -106,6 +106,8 @@ _BOTTOM_TIERS = (Tier.END,)
 _MAX_ALLOWED_CACHE = 65_536
 #: Rejection detail of a MAC envelope naming no session we hold with that peer.
 NO_SESSION = "no such session with this peer"
+#: The construction token of VerifiedMessage: held by this module only.
+_PIPELINE = object()
 
 
 class SessionKeys(Protocol):
@@ -124,6 +126,12 @@ class VerifiedMessage:
     the envelope verified against the verify key its own body declares).
     ``peer`` is the CURVE key of the link it arrived on; ``relayed`` says the
     link's node is not the sender.
+
+    Only :class:`Pipeline` makes one: the constructor insists on a token private
+    to this module (and the import-linter contracts keep every other package
+    out of this module), so no code can call a handler with an envelope it
+    "verified" by itself. A test that needs a message runs it through a real
+    :class:`Pipeline` (tests/node/test_node_pipeline.py has a small rig).
     """
 
     __slots__ = ("certificate", "envelope", "first_contact", "link", "peer", "relayed")
@@ -137,7 +145,10 @@ class VerifiedMessage:
         relayed: bool,
         first_contact: bool = False,
         link: object = None,
+        _made_by: object = None,
     ) -> None:
+        if _made_by is not _PIPELINE:
+            raise TypeError("a VerifiedMessage is made only by the Pipeline, after its checks")
         self.envelope = envelope
         self.certificate = certificate
         self.peer = peer
@@ -262,7 +273,7 @@ class Pipeline:
             # 3. who is the link, who is the sender, and are they bound?
             peer_node = directory.node_for_curve_key(peer)
             if msg_type == NODE_HELLO and (peer_node is None or peer_node == sender):
-                peer_node = self._learn_hello_certificate(peer, sender, frames, now)
+                peer_node = self._learn_hello_certificate(peer, unverified, frames, now)
             if peer_node is None:
                 return self._first_contact_message(peer, unverified, frames, now)
             if sender == peer_node:
@@ -310,24 +321,28 @@ class Pipeline:
                     if len(self._allowed) >= _MAX_ALLOWED_CACHE:
                         self._allowed.clear()
                     self._allowed[key] = entry
-            return VerifiedMessage(envelope, cert, peer, relayed=relayed)
+            return VerifiedMessage(envelope, cert, peer, relayed=relayed, _made_by=_PIPELINE)
         except RemoteError as exc:
             return Rejection(exc.reason, peer, sender, msg_type, str(exc), now)
         except Exception as exc:  # a body/certificate that fails validation in a helper
             return Rejection("malformed", peer, sender, msg_type, type(exc).__name__, now)
 
     def _learn_hello_certificate(
-        self, peer: bytes, sender: str, frames: Sequence[bytes], now: float
+        self, peer: bytes, unverified: UnverifiedEnvelope, frames: Sequence[bytes], now: float
     ) -> str | None:
         """A hello carries its sender's certificate: verify it against the roots and learn it.
 
         Only a certificate naming the link's CURVE key and the envelope's sender
-        is learned here; the hello's own signature is then checked with it
-        (step 4) like any other message.
+        is learned, and only after the hello's signature verified with that
+        certificate's key: an unauthenticated message never changes the
+        directory. (Step 4 then checks the hello again, against the learned
+        entry, like any other message.)
         """
+        sender = unverified.sender
         body = NodeHello.model_validate_json(bytes(frames[1]), strict=True)
         signed = SignedCertificate.from_bytes(b64d(body.certificates[0], max_size=4096))
         claimed = signed.unverified_certificate()
+        unverified.verify_signature(claimed.verify_key)  # AuthenticationError: learn nothing
         if claimed.curve_key != peer or claimed.node_id != sender:
             raise AuthenticationError("hello certificate not bound to connection")
         chain = [b64d(c, max_size=4096) for c in body.certificates[1:]]
@@ -347,7 +362,9 @@ class Pipeline:
         verify_key = resolver(bytes(frames[1]))
         envelope = unverified.verify_signature(verify_key)
         self._replay.accept_envelope(envelope, now_ms=int(now * 1000))
-        return VerifiedMessage(envelope, None, peer, relayed=False, first_contact=True)
+        return VerifiedMessage(
+            envelope, None, peer, relayed=False, first_contact=True, _made_by=_PIPELINE
+        )
 
 
 @dataclass(slots=True)

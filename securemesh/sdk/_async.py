@@ -221,7 +221,7 @@ class AsyncDevice:
         secret = resolve_passphrase(passphrase, path)
         files = await asyncio.to_thread(load_device, path, secret, now=clock())
 
-        from securemesh.enroll._state import SEQUENCE_FILE  # noqa: PLC0415
+        from securemesh.enroll import SEQUENCE_FILE  # noqa: PLC0415
         from securemesh.node import Directory, MeshNode  # noqa: PLC0415
         from securemesh.node._audit_bus import NodeAudit  # noqa: PLC0415 - sqlite3, pydantic
         from securemesh.node._daemon import load_replay_marks, zmq_transport  # noqa: PLC0415

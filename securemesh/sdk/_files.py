@@ -104,7 +104,7 @@ def enroll_device(
 ) -> Enrollment:
     """Generate (or keep) keys, enroll over ZeroMQ with the token, write the data dir."""
     from securemesh.crypto import keystore  # noqa: PLC0415
-    from securemesh.enroll._client import (  # noqa: PLC0415 - pyzmq
+    from securemesh.enroll import (  # noqa: PLC0415 - lazy: enroll_data_dir loads pyzmq
         enroll_data_dir,
         read_join_token,
     )
@@ -138,7 +138,7 @@ def enroll_device(
 
 def _check_same_node(data_dir: Path, node_id: str) -> None:
     """Refuse (before the token is spent) to enroll a data dir under another node id."""
-    from securemesh.enroll._state import NODE_TOML  # noqa: PLC0415
+    from securemesh.enroll import NODE_TOML  # noqa: PLC0415
     from securemesh.node import load_config  # noqa: PLC0415
 
     toml = data_dir / NODE_TOML
@@ -191,7 +191,7 @@ def load_device(
     """Load and verify the data directory; CertificateExpired says: re-enroll."""
     from securemesh.crypto.certs import SignedCertificate, verify_certificate  # noqa: PLC0415
     from securemesh.crypto.identity import NodeIdentity  # noqa: PLC0415
-    from securemesh.enroll._state import (  # noqa: PLC0415
+    from securemesh.enroll import (  # noqa: PLC0415
         AUTHORITY_CERT_FILE,
         IDENTITY_FILE,
         NODE_CERT_FILE,
@@ -237,7 +237,7 @@ def save_renewal(
 ) -> None:
     """Persist a renewed certificate (atomic writes; the identity file is untouched)."""
     from securemesh.crypto import keystore  # noqa: PLC0415
-    from securemesh.enroll._state import (  # noqa: PLC0415
+    from securemesh.enroll import (  # noqa: PLC0415
         AUTHORITY_CERT_FILE,
         NODE_CERT_FILE,
         REVOCATION_FILE,

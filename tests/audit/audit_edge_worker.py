@@ -1,7 +1,8 @@
 """An edge process for the fault test: write events to a durable outbox while shipping them.
 
 Run as ``python audit_edge_worker.py --outbox PATH --node-id ID --seed HEX --count N
---endpoint-file PATH --server-key-file PATH``. Exits 0 once all ``N`` events
+--endpoint-file PATH --server-key-file PATH --client-secret-file PATH`` (the service
+must list ``PATH.pub``). Exits 0 once all ``N`` events
 were produced and the outbox is empty (every event acknowledged by the cloud).
 """
 
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audit_log_helpers import make_events
 
-from securemesh.audit.ingest import IngestClient
+from securemesh.audit.ingest import IngestClient, load_or_create_curve_key
 from securemesh.audit.outbox import Outbox, ship_once
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import TransportError
@@ -30,6 +31,7 @@ def main() -> int:
     ap.add_argument("--count", type=int, required=True)
     ap.add_argument("--endpoint-file", required=True)
     ap.add_argument("--server-key-file", required=True)
+    ap.add_argument("--client-secret-file", required=True)
     ap.add_argument("--batch", type=int, default=25)
     args = ap.parse_args()
 
@@ -37,7 +39,8 @@ def main() -> int:
     events = make_events(signer, args.node_id, args.count)
     endpoint = Path(args.endpoint_file).read_text().strip()
     server_public = Path(args.server_key_file).read_bytes().strip()
-    client = IngestClient(endpoint, server_public=server_public, timeout_ms=500)
+    keypair = load_or_create_curve_key(args.client_secret_file)
+    client = IngestClient(endpoint, server_public=server_public, keypair=keypair, timeout_ms=500)
     outbox = Outbox(args.outbox, keep_receipts=True)
     produced = 0
     while produced < len(events) or outbox.pending_count():

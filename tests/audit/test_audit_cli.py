@@ -13,18 +13,25 @@ from audit_log_helpers import make_events
 from sqlalchemy import update
 
 from securemesh.audit import _schema as s
+from securemesh.audit.admin import load_log_key
 from securemesh.audit.events import event_key_id
 from securemesh.audit.log import open_log
+from securemesh.cli import _audit as audit_cli
 from securemesh.cli import main
+from securemesh.crypto import keystore
 from securemesh.crypto.signing import Ed25519Signer
+from securemesh.errors import ConfigError, WrongPassphrase
 
 N = 40
+PASSPHRASE = "log-key-passphrase"
 
 
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SECUREMESH_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("SECUREMESH_AUDIT_DB", raising=False)
+    monkeypatch.setenv("SECUREMESH_PASSPHRASE", PASSPHRASE)  # the log key file's
+    monkeypatch.setattr(audit_cli, "_KDF_PARAMS", keystore.UNSAFE_FAST_PARAMS)
     return tmp_path
 
 
@@ -228,11 +235,9 @@ def test_tail_follow_prints_new_events(populated: Path) -> None:
         assert proc.stdout is not None
         assert json.loads(proc.stdout.readline())["index"] == N - 1
         signer = Ed25519Signer.from_seed(b"1" * 32)
-        key = json.loads((populated / "data" / "audit-log.key").read_text())
+        key = load_log_key(populated / "data" / "audit-log.key", PASSPHRASE)
         with open_log(
-            str(populated / "data" / "audit.db"),
-            signer=Ed25519Signer.from_seed(bytes.fromhex(key["seed"])),
-            origin=key["name"],
+            str(populated / "data" / "audit.db"), signer=key.signer, origin=key.name
         ) as log:
             log.append(make_events(signer, "edge-1", 2, start=N))
         assert json.loads(proc.stdout.readline())["index"] == N
@@ -280,3 +285,62 @@ def test_register_node_adds_keys_and_verify_covers_the_whole_history(
         assert (
             run(capsys, "verify-proof", str(proof), "--log-key", pub, "--origin-key", key)[0] == 0
         )
+
+
+def test_the_log_key_is_encrypted_at_rest(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init-log writes a key-store file: no seed on disk, the passphrase opens it."""
+    assert run(capsys, "init-log")[0] == 0
+    key_file = env / "data" / "audit-log.key"
+    raw = key_file.read_bytes()
+    assert raw.startswith(keystore.MAGIC)
+    assert key_file.stat().st_mode & 0o077 == 0
+    key = load_log_key(key_file, PASSPHRASE)
+    assert key.signer.seed().hex().encode() not in raw
+    assert key.signer.seed() not in raw
+    with pytest.raises(WrongPassphrase):
+        load_log_key(key_file, "not-it")
+    with pytest.raises(ConfigError, match="encrypted"):
+        load_log_key(key_file)
+    # append without the passphrase: one error line, no traceback
+    monkeypatch.delenv("SECUREMESH_PASSPHRASE")
+    (env / "none.b64").write_text("")
+    code, _, err = run(capsys, "append", str(env / "none.b64"))
+    assert code != 0
+    assert err.startswith("error: ")
+    assert "Traceback" not in err
+
+
+def test_a_plain_log_key_keeps_working_and_is_rewrapped(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key file from before the key store: still used as is, then encrypted in place."""
+    assert run(capsys, "init-log", "--origin", "example.org/old")[0] == 0
+    key_file = env / "data" / "audit-log.key"
+    old = load_log_key(key_file, PASSPHRASE)
+    # what create_log_key wrote before: the seed as plain JSON, 0600
+    key_file.write_text(json.dumps({"name": old.name, "seed": old.signer.seed().hex()}) + "\n")
+    key_file.chmod(0o600)
+    assert load_log_key(key_file).plain  # read without a passphrase
+    signer = Ed25519Signer.from_seed(b"2" * 32)
+    assert run(capsys, "register-node", "edge-1", signer.verify_key.hex())[0] == 0
+    f = env / "events.b64"
+    f.write_text(
+        "".join(
+            base64.b64encode(e.to_bytes()).decode() + "\n" for e in make_events(signer, "edge-1", 3)
+        )
+    )
+    monkeypatch.delenv("SECUREMESH_PASSPHRASE")  # a plain key needs none
+    code, out, _ = run(capsys, "append", str(f))
+    assert (code, out.split()) == (0, ["0", "1", "2"])
+    monkeypatch.setenv("SECUREMESH_PASSPHRASE", PASSPHRASE)
+    code, out, _ = run(capsys, "rewrap-log-key")
+    assert code == 0
+    assert out.strip() == old.verifier  # the same key, now sealed
+    assert key_file.read_bytes().startswith(keystore.MAGIC)
+    new = load_log_key(key_file, PASSPHRASE)
+    assert (new.name, new.signer.seed(), new.plain) == (old.name, old.signer.seed(), False)
+    code, out, _ = run(capsys, "append", str(f))  # idempotent by event id, now with the sealed key
+    assert code == 0
+    assert run(capsys, "verify", "--no-state")[0] == 0

@@ -25,6 +25,7 @@ from securemesh.audit.admin import create_log_key
 from securemesh.audit.ingest import load_or_create_curve_key
 from securemesh.audit.log import open_log
 from securemesh.audit.verify import verify_log
+from securemesh.crypto import keystore
 from securemesh.crypto.signing import Ed25519Signer
 
 HERE = Path(__file__).resolve().parent
@@ -91,12 +92,25 @@ def _receipts(outbox: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_sigkill_service_mid_stream(tmp_path: Path, procs: Procs) -> None:
+def test_sigkill_service_mid_stream(
+    tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "cloud.db"
     key_file = tmp_path / "log.key"
     curve_file = tmp_path / "curve.secret"
-    key = create_log_key(key_file, name="test.example/audit")
+    key = create_log_key(
+        key_file, passphrase="pw", name="test.example/audit", params=keystore.UNSAFE_FAST_PARAMS
+    )
+    monkeypatch.setenv("SECUREMESH_PASSPHRASE", "pw")  # the ingest service opens the key
     load_or_create_curve_key(curve_file)
+    # the service admits only the edges' client keys
+    clients = tmp_path / "clients"
+    clients.write_text(
+        "".join(
+            load_or_create_curve_key(tmp_path / f"{node}.curve")[0].decode() + "\n"
+            for node in EDGES
+        )
+    )
     with open_log(db, signer=key.signer, origin=key.name) as log:
         for node, seed in EDGES.items():
             log.register_node(node, Ed25519Signer.from_seed(bytes.fromhex(seed)).verify_key)
@@ -113,6 +127,8 @@ def test_sigkill_service_mid_stream(tmp_path: Path, procs: Procs) -> None:
                 str(key_file),
                 "--curve-secret-file",
                 str(curve_file),
+                "--client-keys-file",
+                str(clients),
                 "--bind",
                 bind,
                 "--ready-file",
@@ -144,6 +160,8 @@ def test_sigkill_service_mid_stream(tmp_path: Path, procs: Procs) -> None:
                 str(ready1),
                 "--server-key-file",
                 str(curve_file) + ".pub",
+                "--client-secret-file",
+                str(tmp_path / f"{node}.curve"),
             ],
             tmp_path / f"{node}.log",
         )

@@ -11,13 +11,19 @@ import zmq
 from audit_log_helpers import make_events
 
 from securemesh.audit.events import MAX_SIGNED_EVENT_SIZE
-from securemesh.audit.ingest import MAGIC, IngestClient, IngestServer, ship_until_empty
+from securemesh.audit.ingest import (
+    MAGIC,
+    IngestClient,
+    IngestServer,
+    read_client_keys,
+    ship_until_empty,
+)
 from securemesh.audit.log import AuditLog, open_log
 from securemesh.audit.outbox import DEFERRED, REJECTED, Outbox, ship_once
 from securemesh.audit.service import AuditService
 from securemesh.audit.verify import verify_log
 from securemesh.crypto.signing import Ed25519Signer
-from securemesh.errors import LocalError, TransportError
+from securemesh.errors import ConfigError, LocalError, TransportError
 
 
 @pytest.fixture
@@ -156,10 +162,16 @@ def test_an_outbox_from_before_deferrals_is_upgraded_in_place(
         assert ob.deferred_count() == 1
 
 
+#: the one client key the test server admits
+CLIENT = zmq.curve_keypair()
+
+
 @pytest.fixture
 def server(log: AuditLog) -> tuple[IngestServer, bytes]:
     public, secret = zmq.curve_keypair()
-    srv = IngestServer(AuditService(log), bind="tcp://127.0.0.1:*", curve_secret=secret)
+    srv = IngestServer(
+        AuditService(log), bind="tcp://127.0.0.1:*", curve_secret=secret, client_keys=[CLIENT[0]]
+    )
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield srv, public  # type: ignore[misc]
@@ -175,7 +187,7 @@ def test_ingest_over_zeromq_curve(
     edge_signers: dict[str, Ed25519Signer],
 ) -> None:
     srv, public = server
-    client = IngestClient(srv.endpoint, server_public=public, timeout_ms=5000)
+    client = IngestClient(srv.endpoint, server_public=public, keypair=CLIENT, timeout_ms=5000)
     ob = Outbox(tmp_path / "edge.db", keep_receipts=True)
     for e in make_events(edge_signers["edge-2"], "edge-2", 100):
         ob.put(e)
@@ -187,7 +199,7 @@ def test_ingest_over_zeromq_curve(
     assert client.send_batch([b"x" * 10]) == []
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.curve_serverkey = public
-    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_publickey, sock.curve_secretkey = CLIENT
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(srv.endpoint)
     sock.send_multipart([MAGIC] + [b"x"] * 257)
@@ -195,7 +207,7 @@ def test_ingest_over_zeromq_curve(
     assert sock.recv_multipart() == [MAGIC, b"error"]
     sock.close(0)
     # an oversize frame gets the peer disconnected: the client times out
-    impatient = IngestClient(srv.endpoint, server_public=public, timeout_ms=300)
+    impatient = IngestClient(srv.endpoint, server_public=public, keypair=CLIENT, timeout_ms=300)
     with pytest.raises(TransportError):
         impatient.send_batch([b"x" * (MAX_SIGNED_EVENT_SIZE + 1)])
     impatient.close()
@@ -219,7 +231,43 @@ def test_ingest_client_times_out_against_wrong_server_key(
 ) -> None:
     srv, _ = server
     wrong_public, _ = zmq.curve_keypair()
-    client = IngestClient(srv.endpoint, server_public=wrong_public, timeout_ms=300)
+    client = IngestClient(srv.endpoint, server_public=wrong_public, keypair=CLIENT, timeout_ms=300)
     with pytest.raises(TransportError):
         client.send_batch([b"x"])
     client.close()
+
+
+def test_ingest_admits_only_the_listed_client_keys(
+    server: tuple[IngestServer, bytes],
+    log: AuditLog,
+    edge_signers: dict[str, Ed25519Signer],
+) -> None:
+    """A stranger's CURVE key is refused in the handshake: nothing is appended, no reply."""
+    srv, public = server
+    before = log.size()
+    stranger = IngestClient(
+        srv.endpoint, server_public=public, keypair=zmq.curve_keypair(), timeout_ms=500
+    )
+    with pytest.raises(TransportError):
+        stranger.send_batch([ob_entry(edge_signers)])
+    stranger.close()
+    assert log.size() == before
+    listed = IngestClient(srv.endpoint, server_public=public, keypair=CLIENT, timeout_ms=5000)
+    assert listed.send_batch([ob_entry(edge_signers)]) == [(ob_id(edge_signers), before)]
+    listed.close()
+
+
+def test_ingest_refuses_to_admit_nobody_or_malformed_keys(log: AuditLog, tmp_path: Path) -> None:
+    _, secret = zmq.curve_keypair()
+    for keys in ([], [b"short"]):
+        with pytest.raises(ConfigError):
+            IngestServer(
+                AuditService(log), bind="tcp://127.0.0.1:*", curve_secret=secret, client_keys=keys
+            )
+    f = tmp_path / "clients"
+    f.write_text("\n" + CLIENT[0].decode() + "  edge-1\n")
+    assert read_client_keys(f) == {CLIENT[0]}
+    for text in ("", "\n \n", "not-a-key\n"):
+        f.write_text(text)
+        with pytest.raises(ConfigError):
+            read_client_keys(f)

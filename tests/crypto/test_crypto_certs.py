@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import (
     CERT_DOMAIN,
+    MAX_AUTHORITY_STATE_SIZE,
     MAX_CERT_SIZE,
     MAX_ROLES,
     Authority,
@@ -674,40 +674,32 @@ def test_trust_store_rules() -> None:
 # ------------------------------------------------------------------- persistence
 
 
-def test_authority_save_load(tmp_path: Path, authority: Authority, device: NodeIdentity) -> None:
+def test_authority_stored_round_trip(authority: Authority, device: NodeIdentity) -> None:
+    """sealed_key/state_bytes/from_stored: the authority's persistence without any I/O."""
     signed = issue_device(authority, device)
     authority.revoke("gone", now=NOW)
-    authority.save(tmp_path / "ca", "pw", params=FAST)
-    for name in (Authority.KEY_FILE, Authority.STATE_FILE):
-        assert stat.S_IMODE((tmp_path / "ca" / name).stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "ca").stat().st_mode) == 0o700
-    loaded = Authority.load(tmp_path / "ca", "pw")
+    sealed, state = authority.sealed_key("pw", params=FAST), authority.state_bytes()
+    assert sealed.startswith(keystore.MAGIC)
+    assert authority._signer.seed() not in sealed
+    loaded = Authority.from_stored(sealed, state, "pw")
     assert loaded.verify_key == authority.verify_key
     assert loaded.revocation_list == authority.revocation_list
     assert loaded.revoke("next", now=NOW).unverified_list().version == 3
-    loaded.save_state(tmp_path / "ca")
-    again = Authority.load(tmp_path / "ca", "pw")
+    again = Authority.from_stored(sealed, loaded.state_bytes(), "pw")
     assert again.revocation_list.unverified_list().node_ids == frozenset({"gone", "next"})
     verify_certificate(signed, trust=again.trust_store(), now=NOW)
     with pytest.raises(WrongPassphrase):
-        Authority.load(tmp_path / "ca", "wrong")
-    text = (tmp_path / "ca" / Authority.STATE_FILE).read_text()
-    assert bytes(range(32)).hex() not in text
+        Authority.from_stored(sealed, state, "wrong")
+    assert bytes(range(32)).hex().encode() not in state
 
 
-def test_authority_state_tampering(tmp_path: Path, authority: Authority) -> None:
-    authority.save(tmp_path / "a", "pw", params=FAST)
+def test_authority_state_tampering(authority: Authority) -> None:
+    sealed, state_bytes = authority.sealed_key("pw", params=FAST), authority.state_bytes()
     other = Authority.create("mesh-root", now=NOW)
-    other.save(tmp_path / "b", "pw", params=FAST)
-    state_path = tmp_path / "a" / Authority.STATE_FILE
     # Key of one authority with the state of another.
-    (tmp_path / "a" / Authority.KEY_FILE).write_bytes(
-        (tmp_path / "b" / Authority.KEY_FILE).read_bytes()
-    )
     with pytest.raises(CorruptKeyFile):
-        Authority.load(tmp_path / "a", "pw")
-    authority.save(tmp_path / "a", "pw", params=FAST)
-    state = json.loads(state_path.read_text())
+        Authority.from_stored(other.sealed_key("pw", params=FAST), state_bytes, "pw")
+    state = json.loads(state_bytes)
     for change in (
         {"extra": 1},
         {"format": "x"},
@@ -715,12 +707,13 @@ def test_authority_state_tampering(tmp_path: Path, authority: Authority) -> None
         {"verify_key": "!!"},
         {"created_at": "now"},
     ):
-        state_path.write_text(json.dumps({**state, **change}))
         with pytest.raises(CorruptKeyFile):
-            Authority.load(tmp_path / "a", "pw")
-    state_path.write_text("not json")
+            Authority.from_stored(sealed, json.dumps({**state, **change}).encode(), "pw")
+    for bad in (b"not json", b"{" * MAX_AUTHORITY_STATE_SIZE):
+        with pytest.raises(CorruptKeyFile):
+            Authority.from_stored(sealed, bad, "pw")
     with pytest.raises(CorruptKeyFile):
-        Authority.load(tmp_path / "a", "pw")
+        Authority.from_stored(keystore.seal_secret(b"x" * 40, "pw", params=FAST), state_bytes, "pw")
 
 
 def test_reprs_hide_secrets(
@@ -730,3 +723,33 @@ def test_reprs_hide_secrets(
     text = repr(authority) + repr(delegated) + repr(signed) + repr(authority.revocation_list)
     assert bytes(range(32)).hex()[:16] not in text
     assert "dev-01" in repr(signed)
+
+
+def test_crypto_does_no_file_io_beyond_the_key_file_helpers() -> None:
+    """Authority persistence lives in securemesh.enroll; crypto only makes and checks bytes.
+
+    Only ``keystore`` (key files) and ``identity`` (its save/load over keystore) may
+    touch the file system.
+    """
+    import ast
+
+    import securemesh.crypto
+
+    allowed = {"keystore.py", "identity.py"}
+    root = Path(securemesh.crypto.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        if path.name in allowed:
+            continue
+        tree = ast.parse(path.read_text())
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        imported = {
+            alias.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for alias in n.names
+        } | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "open" not in names, path.name
+        assert not {"pathlib", "Path", "shutil", "tempfile"} & imported, path.name
+        file_calls = {"write_file_atomic", "write_secret_file", "read_secret_file", "read_bytes"}
+        assert not file_calls & attrs, path.name

@@ -58,6 +58,7 @@ EXPECTED = {
         "MAX_SECRET_SIZE",
         "UNSAFE_FAST_PARAMS",
         "KdfParams",
+        "kdf_params_of",
         "open_secret",
         "read_secret_file",
         "seal_secret",
@@ -68,6 +69,7 @@ EXPECTED = {
     "securemesh.crypto.certs": {
         "CERT_DOMAIN",
         "CERT_FORMAT_VERSION",
+        "MAX_AUTHORITY_STATE_SIZE",
         "MAX_CERT_SIZE",
         "MAX_REVOCATION_LIST_SIZE",
         "MAX_ROLES",
@@ -99,6 +101,7 @@ EXPECTED = {
     },
     "securemesh.crypto.prg": {"MAX_LENGTH", "PRG_DOMAIN", "SEED_SIZE", "expand_mask", "prg_nonce"},
     "securemesh.crypto.z85": {"z85_decode", "z85_encode"},
+    "securemesh.crypto.codec": {"U32", "U64", "ByteReader", "str8"},
 }
 
 

@@ -110,6 +110,19 @@ def test_crafted_expensive_parameters_are_refused_before_the_kdf() -> None:
         keystore.open_secret(bytes(blob), "pw")
 
 
+def test_kdf_params_of_reads_the_header_without_the_passphrase() -> None:
+    other = KdfParams(opslimit=FAST.opslimit + 1, memlimit=FAST.memlimit * 2)
+    for params in (FAST, other):
+        assert keystore.kdf_params_of(keystore.seal_secret(b"s", "pw", params=params)) == params
+    blob = bytearray(keystore.seal_secret(b"s", "pw", params=FAST))
+    struct.pack_into(">I", blob, 14, 0xFFFFFFFF)
+    with pytest.raises(CorruptKeyFile, match="out of bounds"):
+        keystore.kdf_params_of(bytes(blob))
+    for bad in (b"", b'{"seed": "00"}', bytes(blob[:50])):
+        with pytest.raises(CorruptKeyFile):
+            keystore.kdf_params_of(bad)
+
+
 def test_kdf_params_bounds() -> None:
     with pytest.raises(LocalError):
         KdfParams(opslimit=0, memlimit=FAST.memlimit)

@@ -16,7 +16,6 @@ from enroll_support import running_endpoint
 
 from securemesh.cli import main
 from securemesh.crypto import (
-    Authority,
     DelegatedAuthority,
     NodeIdentity,
     SignedCertificate,
@@ -25,7 +24,7 @@ from securemesh.crypto import (
     keystore,
     verify_certificate,
 )
-from securemesh.enroll import EnrollmentServer, JoinToken
+from securemesh.enroll import EnrollmentServer, JoinToken, load_authority
 from securemesh.enroll._state import read_trust
 from securemesh.enroll._store import TokenStore
 from securemesh.errors import ConfigError
@@ -49,7 +48,7 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 def _cloud_server(cloud: Path) -> tuple[EnrollmentServer, TokenStore, NodeIdentity]:
     # Argon2id at the default cost only for these two loads (the files were written fast).
-    authority = Authority.load(cloud / "authority", PASS)
+    authority = load_authority(cloud / "authority", PASS)
     identity = NodeIdentity.load(cloud / "identity.key", PASS)
     store = TokenStore.in_dir(cloud)
     server = EnrollmentServer(

@@ -127,6 +127,7 @@ def build_node(
     clock: Callable[[], float] | None = None,
     authority_certificate: Any = None,
     route_evidence_restore: dict[str, int] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
     **config: Any,
 ) -> Built:
     clk = clock or time.time
@@ -170,6 +171,7 @@ def build_node(
         audit_hook=hook,
         authority_certificate=authority_certificate,
         route_evidence_restore=route_evidence_restore,
+        monotonic=monotonic,
     )
     return Built(node, member, rejections, event)
 

@@ -23,7 +23,7 @@ from securemesh.audit.events import SignedEvent, event_key_id, new_event, sign_e
 from securemesh.audit.log import AuditLog, open_log
 from securemesh.audit.outbox import REJECTED, Outbox
 from securemesh.audit.verify import verify_log
-from securemesh.crypto import NodeIdentity
+from securemesh.crypto import NodeIdentity, keystore
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import RemoteCallError
 from securemesh.messages import b64e
@@ -52,7 +52,7 @@ def cloud_with_log(
 ) -> tuple[Built, LogKey, AuditLog, BusAuditIngest]:
     """cloud-1 on memory://cloud running the audit log and its audit.append handler."""
     cloud = build_node(fx, m["cloud-1"], f, listen="memory://cloud", known=known)
-    key = create_log_key(tmp_path / "log.key")
+    key = create_log_key(tmp_path / "log.key", passphrase="pw", params=keystore.UNSAFE_FAST_PARAMS)
     audit_log = open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name)
     ingest = BusAuditIngest(cloud.node, audit_log)
     ingest.install()
@@ -301,3 +301,26 @@ def test_the_cloud_learns_relayed_origins_from_the_edge_and_defers_what_it_canno
             audit_log.close()
 
     run(main())
+
+
+def test_keys_are_registered_from_the_directory_at_the_nodes_clock(tmp_path: Path) -> None:
+    """register_from_directory asks the directory at the node's (injected) clock, not
+    the machine's: a mesh whose certificates are valid only at the node's time works."""
+    import time
+
+    fx = Fixture(now=time.time() + 30 * 86_400)  # certificates not valid yet in real time
+    m = members(fx, "cloud-1", "edge-1")
+    cloud = build_node(
+        fx,
+        m["cloud-1"],
+        memory_factory(),
+        listen="memory://c",
+        known=[m["edge-1"]],
+        clock=lambda: fx.now,
+    )
+    key = create_log_key(tmp_path / "log.key", passphrase="pw", params=keystore.UNSAFE_FAST_PARAMS)
+    with open_log(str(tmp_path / "audit.db"), signer=key.signer, origin=key.name) as audit_log:
+        ingest = BusAuditIngest(cloud.node, audit_log)
+        edge_key = m["edge-1"].identity.signer.verify_key
+        assert ingest.register_from_directory("edge-1", event_key_id(edge_key))
+        assert not ingest.register_from_directory("edge-1", event_key_id(bytes(32)))

@@ -341,3 +341,72 @@ def test_a_missing_service_is_a_config_error(tmp_path: Path) -> None:
 
     run(main())
     assert not (tmp_path / "c" / "ready").exists()
+
+
+def _run_until_ready(config: NodeConfig, data_dir: Path) -> None:
+    """Start the daemon in this process, wait for its ready file, stop it (exit 0)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_node(config, passphrase="test-passphrase", stop=stop))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not (data_dir / "ready").exists():
+            assert loop.time() < deadline
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        stop.set()
+        assert await task == 0
+
+    run(main())
+
+
+def test_the_cloud_log_key_lives_in_the_key_store(tmp_path: Path) -> None:
+    """A new cloud seals its log key with the node's passphrase; a plain one is re-wrapped."""
+    from securemesh.audit.admin import load_log_key
+    from securemesh.crypto import keystore
+    from securemesh.errors import WrongPassphrase
+
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    data = tmp_path / "cloud"
+    config = load_config(write_data_dir(fx, cloud_m, data, listen="tcp://127.0.0.1:0"))
+    key_file = data / "audit-log.key"
+
+    _run_until_ready(config, data)  # first start: the key is created, encrypted
+    raw = key_file.read_bytes()
+    assert raw.startswith(keystore.MAGIC)
+    # sealed at the identity file's KDF cost (the tests' fast one here)
+    assert keystore.kdf_params_of(raw) == keystore.kdf_params_of(
+        (data / "identity.key").read_bytes()
+    )
+    key = load_log_key(key_file, "test-passphrase")
+    assert key.signer.seed().hex().encode() not in raw
+    with pytest.raises(WrongPassphrase):
+        load_log_key(key_file, "wrong")
+    verifier = (data / "audit-log.key.pub").read_text().strip()
+    assert verifier == key.verifier
+
+    # a plain key file from before the key store: the daemon uses it and seals it in place
+    key_file.write_text(json.dumps({"name": key.name, "seed": key.signer.seed().hex()}))
+    assert load_log_key(key_file).plain
+    (data / "ready").unlink(missing_ok=True)
+    _run_until_ready(config, data)
+    assert key_file.read_bytes().startswith(keystore.MAGIC)
+    again = load_log_key(key_file, "test-passphrase")
+    assert (again.signer.seed(), again.plain) == (key.signer.seed(), False)
+    assert (data / "audit-log.key.pub").read_text().strip() == verifier
+
+
+def test_status_age_and_node_state_take_the_time_as_a_parameter(tmp_path: Path) -> None:
+    from securemesh.node._daemon import load_node_state
+
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    config = load_config(write_data_dir(fx, cloud_m, tmp_path / "c", listen="tcp://127.0.0.1:0"))
+    (tmp_path / "c" / "status.json").write_text(json.dumps({"written_at": 100.0, "pid": 0}))
+    status = read_status(config, now=103.5)
+    assert status["age_s"] == 3.5
+    assert status["alive"] is False
+    state = load_node_state(config, "test-passphrase", now=fx.now)
+    assert state.certificate.unverified_certificate().node_id == "cloud-1"

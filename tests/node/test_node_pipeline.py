@@ -118,6 +118,20 @@ def test_accepts_a_valid_direct_message(rig: Rig) -> None:
     assert msg.peer_info.tier == "end"
 
 
+def test_a_verified_message_cannot_be_made_outside_the_pipeline(rig: Rig) -> None:
+    """Only the pipeline's checks make a VerifiedMessage; a forged one never reaches a handler."""
+    made = rig.process(rig.signed(rig.dev), rig.dev)
+    assert isinstance(made, VerifiedMessage)
+    # the same verified parts, but assembled by hand: refused, with or without a guessed token
+    with pytest.raises(TypeError, match="only by the Pipeline"):
+        VerifiedMessage(made.envelope, made.certificate, made.peer, relayed=False)
+    for token in (None, object(), True, "pipeline"):
+        with pytest.raises(TypeError, match="only by the Pipeline"):
+            VerifiedMessage(
+                made.envelope, made.certificate, made.peer, relayed=False, _made_by=token
+            )
+
+
 def test_rejections_carry_context(rig: Rig) -> None:
     frames = rig.signed(rig.dev, signer=rig.dev2.identity)
     result = rig.process(frames, rig.dev)
@@ -299,6 +313,52 @@ def test_hello_teaches_the_senders_certificate(rig: Rig) -> None:
     # a garbage hello body
     frames = rig.signed(newcomer, msg_type=NODE_HELLO, body=b'{"certificates": 5}', recipient="")
     assert rig.reason(frames, rig.fx.member("x", "end").identity.curve_public) == "malformed"
+
+
+def test_a_hello_certificate_is_learned_only_after_the_hello_signature_verifies(rig: Rig) -> None:
+    """A hello signed by another key than its certificate's teaches the directory nothing."""
+    rig.pipeline.set_type_policy(NODE_HELLO, AllowTypes(types=[NODE_HELLO]))
+    newcomer = rig.fx.member("dev-7", "end")
+    forger = rig.fx.member("dev-9", "end")  # holds dev-7's link, not dev-7's signing key
+    body = NodeHello(certificates=[b64e(newcomer.cert.to_bytes())]).model_dump_json().encode()
+    frames = rig.signed(
+        newcomer, msg_type=NODE_HELLO, body=body, recipient="", signer=forger.identity
+    )
+    assert rig.reason(frames, newcomer, from_parent=True) == "bad_auth"
+    assert "dev-7" not in rig.directory
+    # a MAC hello cannot carry a certificate either (nothing to check it against)
+    mac = [
+        bytes(f)
+        for f in encode_mac(
+            msg_type=NODE_HELLO,
+            sender="dev-7",
+            recipient="",
+            sequence=77,
+            timestamp_ms=int(NOW * 1000),
+            body=body,
+            key=b"k" * 32,
+            session_id=b"s" * 16,
+        )
+    ]
+    assert rig.reason(mac, newcomer, from_parent=True) == "bad_auth"
+    assert "dev-7" not in rig.directory
+    # a renewed certificate of a known node is not swapped in by a forged hello either
+    renewed = rig.fx.authority.issue(
+        "dev-1", "end", ["sensor"], forger.identity.public(), lifetime_s=7200, now=NOW
+    )
+    body = NodeHello(certificates=[b64e(renewed.to_bytes())]).model_dump_json().encode()
+    frames = rig.signed(rig.dev, msg_type=NODE_HELLO, body=body, recipient="")
+    before = rig.directory.signed_certificate("dev-1")
+    assert rig.reason(frames, forger, from_parent=True) == "bad_auth"
+    assert rig.directory.signed_certificate("dev-1") == before
+    # signed by the right key, the same hello teaches it
+    frames = rig.signed(newcomer, msg_type=NODE_HELLO, body=_hello(newcomer), recipient="")
+    assert isinstance(rig.process(frames, newcomer, from_parent=True), VerifiedMessage)
+    assert "dev-7" in rig.directory
+
+
+def _hello(member: Member) -> bytes:
+    return NodeHello(certificates=[b64e(member.cert.to_bytes())]).model_dump_json().encode()
 
 
 def test_first_contact_from_a_token_key(rig: Rig) -> None:

@@ -462,3 +462,90 @@ def test_a_device_directly_below_the_cloud_hears_of_its_revocation(kit: Kit) -> 
                 await b.node.stop(0.5)
 
     run(main())
+
+
+def test_the_session_config_is_honoured_by_both_ends() -> None:
+    """[session]: sessions carry max_age/max_messages; a responder drops a handshake whose
+    FINISH comes after handshake_timeout (it does not install a session from it)."""
+    from node_testlib import build_node
+
+    from securemesh.messages import SESSION_FINISH, SESSION_HELLO, SessionData, b64d, b64e
+    from securemesh.session import Handshake
+
+    class Clock:
+        def __init__(self) -> None:
+            import time
+
+            self.now = time.time()
+
+        def __call__(self) -> float:
+            return self.now
+
+    async def main() -> None:
+        fx = Fixture()
+        edge_m, dev_m = fx.member("edge-1", "edge"), fx.member("dev-1", "end")
+        clock = Clock()
+        session = {"max_age": 50.0, "max_messages": 7, "handshake_timeout": 2.0}
+        f = memory_factory()
+        edge = build_node(
+            fx, edge_m, f, listen="memory://e", known=[dev_m], clock=clock, session=session
+        )
+        edge.node.on("app.x", collector([]))
+        await edge.node.start()
+        dev = build_node(fx, dev_m, f, parent=edge.node, clock=clock, session=session)
+        await dev.node.start()
+        try:
+            await dev.node.wait_parent(5)
+            # the device's own handshake: both sessions carry the configured lifetime
+            await dev.node.send("edge-1", "app.x", Echo(text="warm"), auth="session")
+            await wait_for(lambda: "dev-1" in edge.node.session_peers())
+            for b in (dev, edge):
+                limits = next(iter(b.node._sessions.values())).session.limits
+                assert (limits.max_age, limits.max_messages) == (50.0, 7)
+            # a handshake by hand, whose FINISH comes late
+            hs = Handshake.initiator(
+                node_id="dev-1",
+                peer_id="edge-1",
+                signer=dev_m.identity.signer,
+                resolve_peer=lambda _id: edge_m.identity.verify_key,
+                clock=clock,
+            )
+            reply = await dev.node.request(
+                "edge-1", SESSION_HELLO, SessionData(data=b64e(hs.initiate())), timeout=5
+            )
+            finish = hs.receive(b64d(reply.body(SessionData).data))
+            assert finish is not None
+            before = set(edge.node._sessions)
+            clock.now += 2.5  # past the responder's handshake_timeout
+            await dev.node.send("edge-1", SESSION_FINISH, SessionData(data=b64e(finish)))
+            await wait_for(lambda: any(r.msg_type == SESSION_FINISH for r in edge.rejections))
+            assert hs.session.session_id not in edge.node._sessions
+            assert set(edge.node._sessions) == before
+        finally:
+            await dev.node.stop(0.5)
+            await edge.node.stop(0.5)
+
+    run(main())
+
+
+def test_ping_and_heartbeat_rtt_use_the_injected_monotonic_clock() -> None:
+    from node_testlib import build_node
+
+    async def main() -> None:
+        fx = Fixture()
+        edge_m, dev_m = fx.member("edge-1", "edge"), fx.member("dev-1", "end")
+        f = memory_factory()
+        ticks = iter(range(0, 10_000, 7))  # every reading is 7 "seconds" after the last
+
+        edge = build_node(fx, edge_m, f, listen="memory://e", known=[dev_m])
+        await edge.node.start()
+        dev = build_node(fx, dev_m, f, parent=edge.node, monotonic=lambda: float(next(ticks)))
+        await dev.node.start()
+        try:
+            await dev.node.wait_parent(5)
+            assert await dev.node.ping("edge-1", timeout=5) == 7.0
+        finally:
+            await dev.node.stop(0.5)
+            await edge.node.stop(0.5)
+
+    run(main())

@@ -16,7 +16,9 @@ overriding the class variables (certificates raise ``CertificateMalformed``,
 join tokens ``DecodeError``), so the shared cursor never changes what a caller
 sees.
 
-Private module: not part of the public API.
+Public so that the other canonical encodings (join tokens in :mod:`securemesh.enroll`,
+attachment statements in :mod:`securemesh.node`) share it without reaching into a
+private module; the layer contracts in ``pyproject.toml`` forbid that.
 """
 
 from __future__ import annotations
