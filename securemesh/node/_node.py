@@ -330,6 +330,7 @@ class MeshNode:
             max_senders=lim.max_senders,
             max_skew_ms=int(lim.max_clock_skew * 1000),
             restore=replay_restore,
+            restored_at_ms=int(clock() * 1000),
         )
         self._sessions: dict[bytes, _SessionEntry] = {}
         self.pipeline = Pipeline(
@@ -1870,6 +1871,7 @@ class MeshNode:
             "revocation_list_versions": rl_versions,
             "known_nodes": len(self.directory),
             "held": self.held.stats(),
+            "replay": self.pipeline.replay_stats(),
             "refused_key_changes": self.directory.refused_key_changes,
         }
 

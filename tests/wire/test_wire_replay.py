@@ -269,3 +269,38 @@ def test_guard_never_accepts_a_sender_sequence_pair_twice(
         assert (sender, seq) not in accepted
         accepted.add((sender, seq))
     assert len(g) <= cap
+
+
+def test_evicted_marks_are_bounded_and_dropping_one_reopens_nothing() -> None:
+    """Issue #9 item 1: the high-water-mark table is bounded; the timestamp floor closes
+    what a dropped mark protected."""
+    guard = ReplayGuard(max_senders=2, max_evicted=3)
+    t = 1_000_000
+    for i in range(100):  # 100 distinct senders, each one message at time t + i
+        guard.accept(f"s{i}", 7, t + i)
+    stats = guard.stats()
+    assert stats["senders"] == 2
+    assert stats["evicted_marks"] == 3
+    assert stats["dropped_marks"] == 95
+    assert len(guard.high_water_marks()) == 5
+    # s0's mark was dropped: its old message (timestamp t) is refused by the floor
+    with pytest.raises(StaleMessage):
+        guard.check("s0", 7, t, now_ms=t)
+    with pytest.raises(StaleMessage):
+        guard.accept("s0", 7, t)
+    # a sender still marked is refused at or below its mark, accepted above it
+    with pytest.raises(StaleMessage):
+        guard.accept("s96", 7, t + 200)
+    guard.accept("s96", 8, t + 200)
+    # a new sender with a fresh timestamp is served
+    guard.accept("new", 1, t + 500)
+
+
+def test_restored_marks_are_bounded_too() -> None:
+    restore = {f"s{i}": 10 for i in range(50)}
+    guard = ReplayGuard(max_senders=4, max_evicted=10, restore=restore, restored_at_ms=5_000)
+    assert guard.stats()["evicted_marks"] == 10
+    # a dropped restored sender's old messages were sent before the restart (+ skew)
+    with pytest.raises(StaleMessage):
+        guard.accept("s0", 11, 5_000)
+    guard.accept("s0", 11, 5_000 + ReplayGuard.DEFAULT_MAX_SKEW_MS + 1)
