@@ -363,9 +363,12 @@ class _Daemon:
 
     def _save_peer(self, node_id: str) -> None:
         """Keep a certificate this node issued in ``peers/`` so a restart still admits it."""
-        signed = self.node.directory.signed_certificate(node_id)
+        directory = self.node.directory
+        signed = directory.signed_certificate(node_id)
         if signed is None or "/" in node_id or node_id.startswith("."):
             return
+        if not directory.is_admissible(node_id):
+            return  # enrolled through an edge: it connects there, not here (item 6)
         try:
             self.files.peers.mkdir(mode=0o755, exist_ok=True)
             keystore.write_file_atomic(

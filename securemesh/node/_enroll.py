@@ -62,9 +62,11 @@ def serve_enrollment(
     def declared_key(body: bytes) -> bytes:
         return EnrollRequest.model_validate_json(body, strict=True).verify_key
 
-    def learn(certificate: bytes, issuer: bytes | None) -> None:
+    def learn(certificate: bytes, issuer: bytes | None, *, admit: bool) -> None:
+        # admit: the node enrolled or renewed here directly may connect here; one
+        # whose request an edge relayed sits below that edge (admission by topology)
         inters = [] if issuer is None else [issuer]
-        node.directory.add_certificate(certificate, intermediates=inters)
+        node.directory.add_certificate(certificate, intermediates=inters, admit=admit)
 
     async def on_enroll(msg: VerifiedMessage) -> EnrollReply:
         request = msg.body(EnrollRequest)
@@ -86,14 +88,14 @@ def serve_enrollment(
             node.directory.retire_token_key(msg.peer)
         else:
             reply = server.handle_enroll(request, peer_curve_key=None)
-        learn(reply.certificate, reply.issuer_certificate)
+        learn(reply.certificate, reply.issuer_certificate, admit=msg.first_contact)
         if on_enrolled is not None:
             on_enrolled(request.node_id)
         return reply
 
     async def on_renew(msg: VerifiedMessage) -> RenewReply:
         reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
-        learn(reply.certificate, reply.issuer_certificate)
+        learn(reply.certificate, reply.issuer_certificate, admit=not msg.relayed)
         if on_renewed is not None:
             on_renewed(msg.sender)
         return reply

@@ -187,6 +187,14 @@ Auth = Literal["signed", "session"]
 #: Step-3 rejections of a relayed message that a certificate lookup may cure.
 _LOOKUP_REASONS = ("unknown_sender", "certificate_expired")
 _YIELD_EVERY = 256  # messages a receive loop handles back to back before it yields
+#: Tiers a node's listener admits by tier alone; other nodes only if enrolled or
+#: supplied here directly (``DirectoryEntry.admissible``): a device enrolled at an
+#: edge cannot connect to the cloud although the cloud knows its certificate.
+_CHILD_TIERS: dict[Tier, frozenset[Tier]] = {
+    Tier.CLOUD: frozenset({Tier.EDGE, Tier.CLOUD}),
+    Tier.EDGE: frozenset({Tier.EDGE}),
+    Tier.END: frozenset(),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,6 +400,8 @@ class MeshNode:
         self.revocation_list_bytes: bytes | None = None
         self.revocation_list_version: int | None = None
         directory.on_revoked.append(self._on_revoked)
+        # admission by topology: whole tiers that may be our children (Directory docstring)
+        directory.admit_tiers = _CHILD_TIERS[self.tier]
         self._install_builtins()
 
     # ------------------------------------------------------------ registration
@@ -1163,9 +1173,9 @@ class MeshNode:
         learned: list[Certificate] = []
         for text in blobs:
             try:
-                learned.append(
+                learned.append(  # second-hand: not admitted as a direct peer for it
                     self.directory.add_certificate(
-                        b64d(text, max_size=4096), intermediates=intermediates
+                        b64d(text, max_size=4096), intermediates=intermediates, admit=False
                     )
                 )
             except (RemoteError, LocalError) as exc:

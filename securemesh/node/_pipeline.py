@@ -346,7 +346,8 @@ class Pipeline:
         if claimed.curve_key != peer or claimed.node_id != sender:
             raise AuthenticationError("hello certificate not bound to connection")
         chain = [b64d(c, max_size=4096) for c in body.certificates[1:]]
-        self._directory.add_certificate(signed, intermediates=chain, now=now)
+        # the link is already admitted; a hello adds no right to connect (admit=False)
+        self._directory.add_certificate(signed, intermediates=chain, now=now, admit=False)
         return sender
 
     def _first_contact_message(
