@@ -405,6 +405,10 @@ class _Daemon:
 
         def current_list() -> SignedRevocationList:
             blob = node.revocation_list_bytes
+            on_disk = _version_of(self.files.revocation_list)
+            if on_disk is not None and (blob is None or on_disk > (_version_of_blob(blob) or 0)):
+                # ``securemesh revoke`` wrote a newer one the tick has not installed yet
+                blob = _read_small(self.files.revocation_list, "revocation list")
             if blob is not None:
                 return SignedRevocationList.from_bytes(blob)
             if isinstance(authority, Authority):
@@ -536,6 +540,13 @@ def _version_of(path: Path) -> int | None:
             .version
         )
     except (ConfigError, CertificateError):
+        return None
+
+
+def _version_of_blob(blob: bytes) -> int | None:
+    try:
+        return SignedRevocationList.from_bytes(blob).unverified_list().version
+    except CertificateError:
         return None
 
 

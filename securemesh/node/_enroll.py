@@ -20,7 +20,13 @@ Theory of operation
   ``enroll.request`` from certified ``edge`` nodes (without a CURVE binding:
   the token proof and the self-signature in the body still bind it).
 * ``cert.renew`` from any certified node is answered by
-  :meth:`EnrollmentServer.handle_renew` (valid, unrevoked, issued here).
+  :meth:`EnrollmentServer.handle_renew` (valid, unrevoked, issued here). A
+  node with a parent first pulls the newest revocation lists from it
+  (:meth:`MeshNode.sync_revocation_lists`), so a renewal is checked against
+  the newest list known on the path; if the parent cannot confirm it, the
+  renewal is refused (``no_route``) and the node retries later (it renews at
+  half lifetime). The cloud checks the list on its disk as well (the daemon's
+  ``revocation_list`` callable), so a ``securemesh revoke`` counts at once.
 
 The client side of renewal (a node renewing its own certificate at half its
 lifetime) is :meth:`MeshNode.renew_certificate`.
@@ -31,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from securemesh.errors import AuthenticationError, TokenError
+from securemesh.errors import AuthenticationError, NoRoute, SecureMeshError, TokenError
 from securemesh.policy import AllowTypes
 
 if TYPE_CHECKING:
@@ -94,6 +100,12 @@ def serve_enrollment(
         return reply
 
     async def on_renew(msg: VerifiedMessage) -> RenewReply:
+        if node.config.parent is not None:
+            # check against the newest list known anywhere on the path (issue #9 item 2)
+            try:
+                await node.sync_revocation_lists(timeout=node.config.limits.request_timeout / 2)
+            except (TimeoutError, SecureMeshError) as exc:
+                raise NoRoute("the revocation list could not be confirmed upstream") from exc
         reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
         learn(reply.certificate, reply.issuer_certificate, admit=not msg.relayed)
         if on_renewed is not None:
