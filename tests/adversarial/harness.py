@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +68,7 @@ from zmq.utils.monitor import recv_monitor_message
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import SignedCertificate
 from securemesh.crypto.identity import NodeIdentity
+from securemesh.crypto.z85 import z85_decode
 from securemesh.enroll import JoinToken
 from securemesh.node import NodeConfig
 from securemesh.sdk import Device
@@ -344,15 +346,11 @@ class Attacker:
 
 
 def _z85_secret(identity: NodeIdentity) -> bytes:
-    from securemesh.crypto.z85 import z85_decode  # noqa: PLC0415
-
     return z85_decode(identity.curve_secret_z85())
 
 
-def raw_tcp(endpoint: str, timeout: float = 5.0) -> Any:
+def raw_tcp(endpoint: str, timeout: float = 5.0) -> socket.socket:
     """A plain TCP socket connected to a ``tcp://host:port`` endpoint (no ZeroMQ, no keys)."""
-    import socket  # noqa: PLC0415
-
     host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
     return socket.create_connection((host, int(port)), timeout=timeout)
 
@@ -414,7 +412,7 @@ class RoundTrips:
             start = time.perf_counter()
             try:
                 self.device.request(self.dest, "app.echo", {"n": n}, timeout=self.timeout)
-            except Exception as exc:  # noqa: BLE001 - recorded, asserted by the test
+            except Exception as exc:
                 self.failures.append(repr(exc))
                 continue
             self.times.append(time.perf_counter() - start)
