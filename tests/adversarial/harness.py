@@ -219,10 +219,18 @@ def _curve_key(data_dir: Path) -> bytes:
 @contextlib.contextmanager
 def operator_mesh(root: Path) -> Iterator[Mesh]:
     """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit."""
+    from securemesh.cli import _mesh as mesh_cli  # the KDF knob tests/enroll use too
+
     cloud_dir, edge_dir = root / "cloud", root / "edge"
     cloud_ep = f"tcp://127.0.0.1:{free_port()}"
     edge_ep = f"tcp://127.0.0.1:{free_port()}"
-    with reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons:
+    saved_kdf = mesh_cli._KDF_PARAMS
+    mesh_cli._KDF_PARAMS = FAST_KDF  # key files the daemons open in milliseconds
+    with (
+        contextlib.ExitStack() as restore,
+        reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons,
+    ):
+        restore.callback(setattr, mesh_cli, "_KDF_PARAMS", saved_kdf)
         cli(
             "init", "--data-dir", str(cloud_dir), "--authority-id", "root",
             "--cloud-node-id", CLOUD_ID, "--listen", cloud_ep, env=ENV,
