@@ -442,6 +442,8 @@ class RoundTrips:
         assert not self.failures, f"honest requests failed during the attack: {self.failures[:3]}"
         assert len(self.times) >= min_samples, f"only {len(self.times)} honest round trips"
         p99 = self.p99()
+        # the figure, for docs/threat-model.md (shown with pytest -s)
+        print(f"honest p99 {p99 * 1000:.1f} ms over {len(self.times)} round trips to {self.dest}")
         assert p99 < limit, f"honest p99 {p99 * 1000:.1f} ms >= {limit * 1000:.0f} ms"
 
 
@@ -484,6 +486,10 @@ class RssWatch:
         return self.peak - self.baseline
 
     def assert_bounded(self, limit: int = RSS_GROWTH_LIMIT) -> None:
+        print(
+            f"RSS of pid {self.pid}: {self.baseline / 2**20:.1f} MiB, "
+            f"peak growth {self.growth / 2**20:.1f} MiB"
+        )
         assert self.growth < limit, (
             f"RSS of pid {self.pid} grew by {self.growth / 2**20:.1f} MiB "
             f"(from {self.baseline / 2**20:.1f} MiB) >= {limit / 2**20:.0f} MiB"
