@@ -297,6 +297,33 @@ def test_revocation_cuts_a_live_device_within_one_broadcast(kit: Kit) -> None:
     run(main())
 
 
+def test_a_missed_revocation_is_pulled_with_revocation_sync_and_passed_down(kit: Kit) -> None:
+    """Issue #9 item 2: a list the cloud holds but never broadcast reaches every hop."""
+
+    async def main() -> None:
+        async with tree(kit) as t:
+            rl = t.fx.authority.revoke("dev-1", now=t.fx.now)
+            version = rl.unverified_list().version
+            # the cloud installs it without a broadcast (as if the edges were down)
+            t.cloud.node.directory.update_revocation_list(rl.to_bytes())
+            t.cloud.node._note_revocation_list(version, rl.to_bytes())
+            assert rl_version(t.edge1) < version
+            assert await t.edge1.node.sync_revocation_lists(timeout=5) == 1
+            assert rl_version(t.edge1) == version
+            # passed down as the edge's own broadcast: its devices hear of it, dev-1 too
+            for b in (t.dev1, t.dev2):
+                await wait_for(lambda b=b: rl_version(b) == version)  # type: ignore[misc]
+            await wait_for(lambda: "dev-1" not in t.edge1.node._routes)
+            # nothing newer: nothing pulled; a device syncs with its edge the same way
+            assert await t.edge1.node.sync_revocation_lists(timeout=5) == 0
+            assert await t.dev2.node.sync_revocation_lists(timeout=5) == 0
+            # the other edge converges too (here on request; daemons also on a timer)
+            assert await t.edge2.node.sync_revocation_lists(timeout=5) == 1
+            await wait_for(lambda: rl_version(t.dev3) == version)
+
+    run(main())
+
+
 def test_errors_timeouts_and_unauthorized(kit: Kit) -> None:
     async def main() -> None:
         async with tree(kit, limits={"request_timeout": 5.0}) as t:
