@@ -165,7 +165,9 @@ class ReplayGuard:
     """
 
     DEFAULT_MAX_SENDERS: ClassVar[int] = 10_000
-    DEFAULT_MAX_EVICTED: ClassVar[int] = 100_000
+    #: (10,000 windows + 20,000 marks of ids up to 64 characters stay well under the
+    #: daemon's 4 MiB limit for replay.json)
+    DEFAULT_MAX_EVICTED: ClassVar[int] = 20_000
     DEFAULT_MAX_SKEW_MS: ClassVar[int] = 120_000
 
     __slots__ = (
