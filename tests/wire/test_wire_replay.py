@@ -271,6 +271,36 @@ def test_guard_never_accepts_a_sender_sequence_pair_twice(
     assert len(g) <= cap
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.integers(min_value=0, max_value=300)),
+        max_size=250,
+    ),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_bounded_guard_never_accepts_a_message_twice(
+    steps: list[tuple[str, int]], cap: int, marks: int, salt: int
+) -> None:
+    """With both tables tiny (so marks are dropped all the time), a message — a sender,
+    a sequence and the timestamp it was signed with — is still accepted at most once."""
+    g = ReplayGuard(max_senders=cap, max_evicted=marks, window_blocks=2)
+    accepted: set[tuple[str, int]] = set()
+    for sender, seq in steps:
+        ts = (ord(sender) * 7919 + seq * 104_729 + salt) % 10_000  # fixed per message
+        try:
+            g.accept(sender, seq, ts)
+        except ReplayError:
+            continue
+        assert (sender, seq) not in accepted
+        accepted.add((sender, seq))
+    stats = g.stats()
+    assert stats["senders"] <= cap
+    assert stats["evicted_marks"] <= marks
+
+
 def test_evicted_marks_are_bounded_and_dropping_one_reopens_nothing() -> None:
     """Issue #9 item 1: the high-water-mark table is bounded; the timestamp floor closes
     what a dropped mark protected."""
