@@ -46,7 +46,9 @@ clock-skew bound closes them instead. Each window remembers the newest
 the guard's *timestamp floor* to that value, and a sender with neither a
 window nor a mark is accepted only with ``timestamp_ms`` above the floor.
 Every message the dropped sender had sent carries a timestamp at or below
-the floor, so none of them can be replayed; honest senders, whose timestamps
+the floor, so none of them can be replayed (a window opened while the floor
+was raised keeps refusing timestamps at or below it, in case its sender is
+one of those dropped); honest senders, whose timestamps
 track the clock, are refused (``stale``) only while the floor is in the
 future, i.e. for at most one skew bound after more than ``max_senders +
 max_evicted`` distinct senders were active within one skew bound. Marks
@@ -89,7 +91,7 @@ class ReplayWindow:
     #: Default ring size: (129 - 1) * 64 = 8192 sequence numbers of window.
     DEFAULT_BLOCKS: ClassVar[int] = 129
 
-    __slots__ = ("_blocks", "_floor", "_nblocks", "_top", "_window", "last_ms")
+    __slots__ = ("_blocks", "_floor", "_nblocks", "_top", "_window", "last_ms", "min_ms")
 
     def __init__(self, *, blocks: int = DEFAULT_BLOCKS, floor: int | None = None) -> None:
         """``floor``: refuse every sequence ``<= floor`` (a restored high-water mark)."""
@@ -102,6 +104,8 @@ class ReplayWindow:
         self._floor = -1
         #: newest timestamp_ms its owner recorded (ReplayGuard), -1 if none
         self.last_ms = -1
+        #: its owner refuses timestamps at or below this (ReplayGuard's floor), -1: none
+        self.min_ms = -1
         if floor is not None:
             _check_seq(floor)
             self._top = floor
@@ -202,15 +206,16 @@ class ReplayGuard:
         self._max_skew_ms = max_skew_ms
         self._blocks = window_blocks
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
-        #: evicted sender -> (high-water mark, newest timestamp_ms or -1), oldest first
-        self._evicted: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        #: evicted sender -> (high-water mark, newest timestamp_ms or -1, the window's
+        #: timestamp floor or -1), oldest first
+        self._evicted: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self._ts_floor_ms = -1
         #: high-water marks dropped from the bounded table (each raised the floor)
         self.dropped_marks = 0
         restored_ts = -1 if restored_at_ms is None else restored_at_ms + max_skew_ms
         for sender, hwm in (restore or {}).items():
             _check_seq(hwm)
-            self._evicted[sender] = (hwm, restored_ts)
+            self._evicted[sender] = (hwm, restored_ts, -1)
             self._bound_evicted()
 
     def __len__(self) -> int:
@@ -228,7 +233,7 @@ class ReplayGuard:
 
     def _bound_evicted(self) -> None:
         while len(self._evicted) > self._max_evicted:
-            _sender, (_hwm, last_ms) = self._evicted.popitem(last=False)
+            _sender, (_hwm, last_ms, _min) = self._evicted.popitem(last=False)
             if last_ms < 0:  # unknown: everything seen so far, plus the skew bound
                 last_ms = self._newest_ms() + self._max_skew_ms
             self._ts_floor_ms = max(self._ts_floor_ms, last_ms)
@@ -237,7 +242,7 @@ class ReplayGuard:
     def _newest_ms(self) -> int:
         """The newest timestamp recorded anywhere here (rare path: O(senders))."""
         newest = max((w.last_ms for w in self._windows.values()), default=0)
-        return max(newest, max((ts for _hwm, ts in self._evicted.values()), default=0), 0)
+        return max(newest, max((mark[1] for mark in self._evicted.values()), default=0), 0)
 
     def _window(self, sender: str) -> ReplayWindow | None:
         window = self._windows.get(sender)
@@ -245,17 +250,26 @@ class ReplayGuard:
             self._windows.move_to_end(sender)
         return window
 
-    def _check_new(self, sender: str, sequence: int, timestamp_ms: int | None) -> int | None:
-        """Rules for a sender without a live window; returns its mark's floor, if any."""
+    def _check_new(
+        self, sender: str, sequence: int, timestamp_ms: int | None
+    ) -> tuple[int | None, int]:
+        """Rules for a sender without a live window.
+
+        Returns the new window's sequence floor (its mark, if any) and timestamp
+        floor: a sender first seen after marks were dropped may be one of them,
+        so its window keeps refusing timestamps at or below the guard's floor.
+        """
         _check_seq(sequence)
         mark = self._evicted.get(sender)
         if mark is not None:
-            if sequence <= mark[0]:
+            hwm, _last, min_ms = mark
+            if sequence <= hwm:
                 raise StaleMessage("sequence at or below the sender's recorded high-water mark")
-            return mark[0]
-        if timestamp_ms is not None and timestamp_ms <= self._ts_floor_ms:
+        else:
+            hwm, min_ms = None, self._ts_floor_ms
+        if timestamp_ms is not None and timestamp_ms <= min_ms:
             raise StaleMessage("timestamp at or below the replay state's floor")
-        return None
+        return hwm, min_ms
 
     def check(self, sender: str, sequence: int, timestamp_ms: int, *, now_ms: int) -> None:
         """Raise :class:`ClockSkewError`, :class:`StaleMessage` or :class:`ReplayedMessage`.
@@ -266,6 +280,8 @@ class ReplayGuard:
             raise ClockSkewError("timestamp too far from our clock")
         window = self._window(sender)
         if window is not None:
+            if timestamp_ms <= window.min_ms:
+                raise StaleMessage("timestamp at or below the replay state's floor")
             window.check(sequence)
             return
         self._check_new(sender, sequence, timestamp_ms)
@@ -280,11 +296,14 @@ class ReplayGuard:
         window = windows.get(sender)  # _window() inline (hot path)
         if window is not None:
             windows.move_to_end(sender)
+            if timestamp_ms is not None and timestamp_ms <= window.min_ms:
+                raise StaleMessage("timestamp at or below the replay state's floor")
             window.accept(sequence)
         else:
-            floor = self._check_new(sender, sequence, timestamp_ms)
+            floor, min_ms = self._check_new(sender, sequence, timestamp_ms)
             window = ReplayWindow(blocks=self._blocks, floor=floor)
             window.accept(sequence)
+            window.min_ms = min_ms
             mark = self._evicted.pop(sender, None)
             if mark is not None:
                 window.last_ms = mark[1]
@@ -293,7 +312,7 @@ class ReplayGuard:
                 old_sender, old = windows.popitem(last=False)
                 hwm = old.high_water_mark
                 if hwm is not None:
-                    self._evicted[old_sender] = (hwm, old.last_ms)
+                    self._evicted[old_sender] = (hwm, old.last_ms, old.min_ms)
             self._bound_evicted()
         if timestamp_ms is not None and timestamp_ms > window.last_ms:
             window.last_ms = timestamp_ms
@@ -312,7 +331,7 @@ class ReplayGuard:
 
         At most ``max_senders + max_evicted`` entries.
         """
-        marks = {sender: hwm for sender, (hwm, _ts) in self._evicted.items()}
+        marks = {sender: mark[0] for sender, mark in self._evicted.items()}
         for sender, window in self._windows.items():
             hwm = window.high_water_mark
             if hwm is not None:
