@@ -26,6 +26,9 @@ type                   body                   meaning
 ``route.announce``     :class:`RouteAnnounce` an edge tells its parent which nodes it
                                               reaches (with their certificates)
 ``mesh.revocation``    :class:`Revocation`    broadcast; raw frame 0 is the signed list
+``revocation.sync``    :class:`RevocationSync` "these are my list versions" to the parent
+                                              (REQUEST); the REPLY names the parent's and
+                                              carries each newer signed list as a raw frame
 ``session.hello``      :class:`SessionData`   handshake HELLO (REQUEST), REPLY is ACCEPT
 ``session.finish``     :class:`SessionData`   handshake FINISH (one-way)
 ``session.reset``      :class:`Ack`           "I hold no session for your MAC envelopes":
@@ -57,6 +60,7 @@ __all__ = [
     "MESH_REVOCATION",
     "NODE_HELLO",
     "NODE_REPORT",
+    "REVOCATION_SYNC",
     "ROUTE_ANNOUNCE",
     "SESSION_FINISH",
     "SESSION_HELLO",
@@ -69,6 +73,7 @@ __all__ = [
     "NodeHello",
     "NodeReport",
     "Revocation",
+    "RevocationSync",
     "RouteAnnounce",
     "SessionData",
     "b64d",
@@ -78,6 +83,7 @@ __all__ = [
 NODE_HELLO: Final = "node.hello"
 NODE_REPORT: Final = "node.report"
 ROUTE_ANNOUNCE: Final = "route.announce"
+REVOCATION_SYNC: Final = "revocation.sync"
 MESH_REVOCATION: Final = "mesh.revocation"
 SESSION_HELLO: Final = "session.hello"
 SESSION_FINISH: Final = "session.finish"
@@ -166,6 +172,18 @@ class Revocation(MeshMessage):
     """``mesh.revocation``: raw frame 0 carries the signed revocation list bytes."""
 
     version: int = Field(ge=1, le=2**63 - 1)
+
+
+class RevocationSync(MeshMessage):
+    """``revocation.sync``: the installed revocation-list version per root authority.
+
+    The REPLY carries the parent's versions and, as raw frames, every signed
+    list newer than the asker's (at most one per root).
+    """
+
+    versions: dict[NodeId, Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        default_factory=dict, max_length=8
+    )
 
 
 class SessionData(MeshMessage):

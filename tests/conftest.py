@@ -12,7 +12,18 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--adversarial-long",
+        action="store_true",
+        default=False,
+        help="run the sustained attacks of tests/adversarial for a minute each instead of seconds",
+    )
+
 
 settings.register_profile(
     "ci",

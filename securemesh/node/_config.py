@@ -189,6 +189,9 @@ class NodeConfig(_Strict):
     passphrase_file: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_interval: float = Field(default=10.0, gt=0, le=86_400)
+    #: Seconds between ``revocation.sync`` requests to the parent (also sent after
+    #: every (re)connect): revocation lists converge even if a broadcast was missed.
+    revocation_sync_interval: float = Field(default=60.0, gt=0, le=86_400)
     status_interval: float = Field(default=2.0, gt=0, le=3600)
     #: ``"package.module:function"`` entries; the daemon calls ``function(node)``
     #: before starting so it can register handlers (``node.on(...)``).

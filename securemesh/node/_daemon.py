@@ -379,9 +379,12 @@ class _Daemon:
 
     def _save_peer(self, node_id: str) -> None:
         """Keep a certificate this node issued in ``peers/`` so a restart still admits it."""
-        signed = self.node.directory.signed_certificate(node_id)
+        directory = self.node.directory
+        signed = directory.signed_certificate(node_id)
         if signed is None or "/" in node_id or node_id.startswith("."):
             return
+        if not directory.is_admissible(node_id):
+            return  # enrolled through an edge: it connects there, not here (item 6)
         try:
             self.files.peers.mkdir(mode=0o755, exist_ok=True)
             keystore.write_file_atomic(
@@ -424,6 +427,10 @@ class _Daemon:
 
         def current_list() -> SignedRevocationList:
             blob = node.revocation_list_bytes
+            on_disk = _version_of(self.files.revocation_list)
+            if on_disk is not None and (blob is None or on_disk > (_version_of_blob(blob) or 0)):
+                # ``securemesh revoke`` wrote a newer one the tick has not installed yet
+                blob = _read_small(self.files.revocation_list, "revocation list")
             if blob is not None:
                 return SignedRevocationList.from_bytes(blob)
             if isinstance(authority, Authority):
@@ -582,6 +589,13 @@ def _version_of(path: Path) -> int | None:
             .version
         )
     except (ConfigError, CertificateError):
+        return None
+
+
+def _version_of_blob(blob: bytes) -> int | None:
+    try:
+        return SignedRevocationList.from_bytes(blob).unverified_list().version
+    except CertificateError:
         return None
 
 

@@ -18,11 +18,25 @@ directory, and both are **default deny**:
   certificate and for the delegated authority that issued it). The signature
   was checked once, on entry.
 * A CURVE key is admitted iff it is the ``curve_key`` of a certificate that
-  passes :meth:`lookup` now, or the first-contact key of an unexpired join
-  token registered with :meth:`admit_token_key` (the enrollment layer,
-  :mod:`securemesh.enroll`, registers and retires those). Token peers may only
-  send first-contact message types (``enroll.request``); the pipeline enforces
-  that.
+  passes :meth:`lookup` now **and that topology lets connect here** (below),
+  or the first-contact key of an unexpired join token registered with
+  :meth:`admit_token_key` (the enrollment layer, :mod:`securemesh.enroll`,
+  registers and retires those). Token peers may only send first-contact
+  message types (``enroll.request``); the pipeline enforces that.
+
+**Admission by topology** (issue #9, item 6). Knowing a certificate is not
+the same as accepting its holder as a direct peer: a cloud learns the
+certificates of every device below its edges (route announcements,
+certificate lookups), and a device must not use that to bypass its edge.
+Each entry records whether it may connect here (``admissible``): a
+certificate added with ``admit=True`` (the default: enrolled here, renewed
+directly, operator-supplied ``peers/``) is; one learned second-hand
+(``admit=False``: announced by a child, looked up, from the parent's hello)
+is not, and a later certificate with the same keys keeps the flag it had.
+Besides, a node admits whole tiers it has as children (:attr:`admit_tiers`,
+set by the node: a cloud admits ``edge`` and ``cloud`` nodes, an edge
+``edge`` nodes); everything else is refused at the transport (ZAP), so a
+device enrolled at an edge can reach the cloud only through its edge.
 
 **Key continuity.** When another certificate for a known node id arrives:
 
@@ -45,6 +59,7 @@ A replacing certificate naming a different CURVE key moves the key mapping.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -84,6 +99,8 @@ class DirectoryEntry:
     root_id: str
     issuer_cert: Certificate | None  # the delegated authority that issued it, if any
     peer_info: PeerInfo
+    #: may connect to this node directly (module docstring: admission by topology)
+    admissible: bool = True
 
     @property
     def node_id(self) -> str:
@@ -112,6 +129,11 @@ class Directory:
         self.on_revoked: list[Callable[[frozenset[str]], None]] = []
         #: Certificates refused because they would re-key a known node (key continuity).
         self.refused_key_changes = 0
+        #: Tiers admitted as direct peers whatever the entry's ``admissible`` flag
+        #: (``None``: every tier, for a directory that serves no topology).
+        self.admit_tiers: frozenset[Tier] | None = None
+        #: CURVE keys refused because topology does not let them connect here.
+        self.refused_by_topology = 0
 
     @property
     def trust(self) -> TrustStore:
@@ -125,11 +147,14 @@ class Directory:
         *,
         intermediates: Iterable[SignedCertificate | bytes] = (),
         now: float | None = None,
+        admit: bool = True,
     ) -> Certificate:
         """Verify ``signed`` against the trust store and remember it; return the certificate.
 
         ``intermediates``: delegated-authority certificates that may have issued
-        it; each that verifies is also added to the trust store. Raises a
+        it; each that verifies is also added to the trust store. ``admit``: its
+        holder may connect here directly (False for certificates learned
+        second-hand; module docstring). Raises a
         :class:`~securemesh.errors.CertificateError` subclass if it does not verify.
         """
         at = self._clock() if now is None else now
@@ -154,6 +179,8 @@ class Directory:
                 raise CertificateError("issuing authority vanished")
             issuer_cert = delegate.unverified_certificate()
             root_id = issuer_cert.issuer
+        old = self._by_node.get(cert.node_id)
+        same_keys = old is not None and old.cert.public_keys() == cert.public_keys()
         entry = DirectoryEntry(
             cert=cert,
             signed=signed,
@@ -162,12 +189,14 @@ class Directory:
             peer_info=PeerInfo(
                 node_id=cert.node_id, tier=cert.tier.value, roles=frozenset(cert.roles)
             ),
+            admissible=admit or (same_keys and old is not None and old.admissible),
         )
-        old = self._by_node.get(cert.node_id)
         if old is not None:
             if old.cert.public_keys() != cert.public_keys():
                 self._check_key_change(old, entry)
             elif old.cert.not_after > cert.not_after and self._usable(old, at):
+                if entry.admissible and not old.admissible:
+                    self._by_node[cert.node_id] = dataclasses.replace(old, admissible=True)
                 return old.cert  # keep the longer-lived one we already trust
             if self._by_curve.get(old.cert.curve_key) == cert.node_id:
                 del self._by_curve[old.cert.curve_key]
@@ -302,7 +331,11 @@ class Directory:
             entry = self.lookup(node_id, now=now)
             if entry.cert.curve_key != curve_key:
                 raise AuthenticationError("curve key no longer current for that node")
-            return
+            tiers = self.admit_tiers
+            if entry.admissible or tiers is None or entry.cert.tier in tiers:
+                return
+            self.refused_by_topology += 1
+            raise AuthenticationError("topology does not let that node connect here")
         if self.is_token_key(curve_key, now=now):
             return
         raise AuthenticationError("curve key not admitted")
@@ -325,6 +358,11 @@ class Directory:
             for callback in list(self.on_revoked):
                 callback(revoked)
         return rl
+
+    def is_admissible(self, node_id: str) -> bool:
+        """May ``node_id`` connect here directly (its entry's flag; tiers aside)?"""
+        entry = self._by_node.get(node_id)
+        return entry is not None and entry.admissible
 
     def is_authority_tier(self, node_id: str) -> bool:
         entry = self._by_node.get(node_id)

@@ -20,7 +20,13 @@ Theory of operation
   ``enroll.request`` from certified ``edge`` nodes (without a CURVE binding:
   the token proof and the self-signature in the body still bind it).
 * ``cert.renew`` from any certified node is answered by
-  :meth:`EnrollmentServer.handle_renew` (valid, unrevoked, issued here).
+  :meth:`EnrollmentServer.handle_renew` (valid, unrevoked, issued here). A
+  node with a parent first pulls the newest revocation lists from it
+  (:meth:`MeshNode.sync_revocation_lists`), so a renewal is checked against
+  the newest list known on the path; if the parent cannot confirm it, the
+  renewal is refused (``no_route``) and the node retries later (it renews at
+  half lifetime). The cloud checks the list on its disk as well (the daemon's
+  ``revocation_list`` callable), so a ``securemesh revoke`` counts at once.
 
 The client side of renewal (a node renewing its own certificate at half its
 lifetime) is :meth:`MeshNode.renew_certificate`.
@@ -31,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from securemesh.errors import AuthenticationError, TokenError
+from securemesh.errors import AuthenticationError, NoRoute, SecureMeshError, TokenError
 from securemesh.policy import AllowTypes
 
 if TYPE_CHECKING:
@@ -62,9 +68,11 @@ def serve_enrollment(
     def declared_key(body: bytes) -> bytes:
         return EnrollRequest.model_validate_json(body, strict=True).verify_key
 
-    def learn(certificate: bytes, issuer: bytes | None) -> None:
+    def learn(certificate: bytes, issuer: bytes | None, *, admit: bool) -> None:
+        # admit: the node enrolled or renewed here directly may connect here; one
+        # whose request an edge relayed sits below that edge (admission by topology)
         inters = [] if issuer is None else [issuer]
-        node.directory.add_certificate(certificate, intermediates=inters)
+        node.directory.add_certificate(certificate, intermediates=inters, admit=admit)
 
     async def on_enroll(msg: VerifiedMessage) -> EnrollReply:
         request = msg.body(EnrollRequest)
@@ -86,14 +94,20 @@ def serve_enrollment(
             node.directory.retire_token_key(msg.peer)
         else:
             reply = server.handle_enroll(request, peer_curve_key=None)
-        learn(reply.certificate, reply.issuer_certificate)
+        learn(reply.certificate, reply.issuer_certificate, admit=msg.first_contact)
         if on_enrolled is not None:
             on_enrolled(request.node_id)
         return reply
 
     async def on_renew(msg: VerifiedMessage) -> RenewReply:
+        if node.config.parent is not None:
+            # check against the newest list known anywhere on the path (issue #9 item 2)
+            try:
+                await node.sync_revocation_lists(timeout=node.config.limits.request_timeout / 2)
+            except (TimeoutError, SecureMeshError) as exc:
+                raise NoRoute("the revocation list could not be confirmed upstream") from exc
         reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
-        learn(reply.certificate, reply.issuer_certificate)
+        learn(reply.certificate, reply.issuer_certificate, admit=not msg.relayed)
         if on_renewed is not None:
             on_renewed(msg.sender)
         return reply

@@ -62,6 +62,16 @@ refused), then the node drops routes and sessions of revoked nodes and calls
 :meth:`Listener.reauthenticate`, so a revoked peer is cut off on its live
 connection, and forwards the broadcast to its children.
 
+**Revocation sync.** A broadcast missed while a node was down is not lost:
+after every (re)connect to its parent (the hello) and every
+``revocation_sync_interval`` seconds, a node sends ``revocation.sync`` with
+its installed list version per root; the parent answers with its own and
+every newer signed list as a raw frame. Each list is verified exactly like a
+broadcast one (root signature, rollbacks refused), installed, enforced, and
+passed down to the children as a ``mesh.revocation`` broadcast of this node
+(an edge may send it to its children: the list is signed by the root, not by
+the broadcaster). Lists that fail are counted and audited.
+
 **Unknown origins.** A relayed message whose origin has no certificate here
 (or only an expired one: it may have been renewed since) fails pipeline step
 3 (``unknown_sender``, ``certificate_expired``). If an enrolled edge/cloud
@@ -106,7 +116,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, cast
 
-from securemesh.crypto.certs import SignedCertificate, Tier
+from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, Tier
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.errors import (
     AuthenticationError,
@@ -129,6 +139,7 @@ from securemesh.messages import (
     MESH_REVOCATION,
     NODE_HELLO,
     NODE_REPORT,
+    REVOCATION_SYNC,
     ROUTE_ANNOUNCE,
     SESSION_FINISH,
     SESSION_HELLO,
@@ -139,6 +150,7 @@ from securemesh.messages import (
     NodeHello,
     NodeReport,
     Revocation,
+    RevocationSync,
     RouteAnnounce,
     SessionData,
     b64d,
@@ -187,6 +199,14 @@ Auth = Literal["signed", "session"]
 #: Step-3 rejections of a relayed message that a certificate lookup may cure.
 _LOOKUP_REASONS = ("unknown_sender", "certificate_expired")
 _YIELD_EVERY = 256  # messages a receive loop handles back to back before it yields
+#: Tiers a node's listener admits by tier alone; other nodes only if enrolled or
+#: supplied here directly (``DirectoryEntry.admissible``): a device enrolled at an
+#: edge cannot connect to the cloud although the cloud knows its certificate.
+_CHILD_TIERS: dict[Tier, frozenset[Tier]] = {
+    Tier.CLOUD: frozenset({Tier.EDGE, Tier.CLOUD}),
+    Tier.EDGE: frozenset({Tier.EDGE}),
+    Tier.END: frozenset(),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +353,7 @@ class MeshNode:
             max_senders=lim.max_senders,
             max_skew_ms=int(lim.max_clock_skew * 1000),
             restore=replay_restore,
+            restored_at_ms=int(clock() * 1000),
         )
         self._sessions: dict[bytes, _SessionEntry] = {}
         self.pipeline = Pipeline(
@@ -395,7 +416,12 @@ class MeshNode:
         #: The newest signed revocation list this node installed (to persist it).
         self.revocation_list_bytes: bytes | None = None
         self.revocation_list_version: int | None = None
+        #: the installed signed list per root, to answer ``revocation.sync``
+        self._rl_blobs: dict[str, bytes] = {}
+        self._rl_synced_at = float("-inf")
         directory.on_revoked.append(self._on_revoked)
+        # admission by topology: whole tiers that may be our children (Directory docstring)
+        directory.admit_tiers = _CHILD_TIERS[self.tier]
         self._install_builtins()
 
     # ------------------------------------------------------------ registration
@@ -441,9 +467,13 @@ class MeshNode:
         self._builtin(
             ROUTE_ANNOUNCE, self._on_announce, _builtin_policy(ROUTE_ANNOUNCE, ["edge", "cloud"])
         )
+        # an edge passes on lists it pulled; the list is root-signed, not the broadcaster's
         self._builtin(
-            MESH_REVOCATION, self._on_revocation, _builtin_policy(MESH_REVOCATION, ["cloud"])
+            MESH_REVOCATION,
+            self._on_revocation,
+            _builtin_policy(MESH_REVOCATION, ["cloud", "edge"]),
         )
+        self._builtin(REVOCATION_SYNC, self._on_revocation_sync, _builtin_policy(REVOCATION_SYNC))
         self._builtin(SESSION_HELLO, self._on_session_hello, _builtin_policy(SESSION_HELLO))
         self._builtin(SESSION_FINISH, self._on_session_finish, _builtin_policy(SESSION_FINISH))
         self._builtin(SESSION_RESET, self._on_session_reset, _builtin_policy(SESSION_RESET))
@@ -1179,9 +1209,9 @@ class MeshNode:
         learned: list[Certificate] = []
         for text in blobs:
             try:
-                learned.append(
+                learned.append(  # second-hand: not admitted as a direct peer for it
                     self.directory.add_certificate(
-                        b64d(text, max_size=4096), intermediates=intermediates
+                        b64d(text, max_size=4096), intermediates=intermediates, admit=False
                     )
                 )
             except (RemoteError, LocalError) as exc:
@@ -1659,6 +1689,85 @@ class MeshNode:
         if self.revocation_list_version is None or version > self.revocation_list_version:
             self.revocation_list_version = version
             self.revocation_list_bytes = blob
+        with contextlib.suppress(RemoteError):
+            issuer = SignedRevocationList.from_bytes(blob).unverified_list().issuer
+            installed = self.directory.trust.revocation_list(issuer)
+            if installed is not None and installed.version == version:
+                self._rl_blobs[issuer] = bytes(blob)
+
+    def _rl_versions(self) -> dict[str, int]:
+        trust = self.directory.trust
+        return {
+            root: rl.version
+            for root in trust.roots
+            if (rl := trust.revocation_list(root)) is not None
+        }
+
+    def _on_revocation_sync(self, msg: VerifiedMessage) -> Reply:
+        """A child's versions in, ours out, with every newer signed list as a raw frame."""
+        if msg.relayed or not msg.is_request:
+            raise AuthorizationError("revocation sync is a request between direct peers")
+        theirs = msg.body(RevocationSync).versions
+        mine = self._rl_versions()
+        frames = [
+            self._rl_blobs[root]
+            for root, version in mine.items()
+            if version > theirs.get(root, 0) and root in self._rl_blobs
+        ]
+        return Reply(RevocationSync(versions=mine), frames)
+
+    async def sync_revocation_lists(self, *, timeout: float | None = None) -> int:
+        """Pull from the parent every revocation list newer than ours; return how many.
+
+        Each list is verified like a broadcast one (root signature, no rollback),
+        installed, enforced and passed down to our children. A list that fails
+        is counted and audited, and the others still count.
+        """
+        if self.parent_id is None:
+            raise PeerUnavailable("no parent to sync revocation lists with")
+        reply = await self.request(
+            self.parent_id, REVOCATION_SYNC, RevocationSync(versions=self._rl_versions()),
+            timeout=timeout,
+        )  # fmt: skip
+        self._rl_synced_at = self._clock()
+        installed = 0
+        for raw in reply.raw_frames[:8]:
+            try:
+                installed += await self._install_pulled_list(bytes(raw))
+            except RemoteError as exc:
+                self._reject(reply, exc)
+        return installed
+
+    async def _install_pulled_list(self, blob: bytes) -> bool:
+        signed = SignedRevocationList.from_bytes(blob)
+        before = self.directory.trust.revocation_list(signed.unverified_list().issuer)
+        children = list(self._children.values())
+        rl = self.directory.update_revocation_list(signed)  # verifies; refuses rollbacks
+        if before is not None and rl.version <= before.version:
+            return False
+        self._note_revocation_list(rl.version, blob)
+        log.info(
+            "revocation list pulled from the parent",
+            extra={"event": "revocation_synced", "version": rl.version},
+        )
+        # tell every child, the revoked ones too, before cutting those off
+        frames = self._encode("", MESH_REVOCATION, Revocation(version=rl.version), [blob])
+        gone = [c for c in children if self._children.get(c.peer) is not c]
+        self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
+        try:
+            await self._fan_out(frames, exclude=None)
+        finally:
+            await self._tell_revoked_then_cut(frames)
+        return True
+
+    async def _sync_revocations_quietly(self) -> None:
+        try:
+            await self.sync_revocation_lists(timeout=self.config.limits.request_timeout)
+        except (TimeoutError, SecureMeshError) as exc:
+            log.info(
+                "revocation sync failed",
+                extra={"event": "revocation_sync_failed", "error": repr(exc)},
+            )
 
     async def _tell_revoked_then_cut(self, frames: Sequence[bytes | memoryview]) -> None:
         """Pass a revocation broadcast to the children it revoked, then cut them off."""
@@ -1774,9 +1883,12 @@ class MeshNode:
                 try:
                     if not self.parent_ready.is_set() or self._parent_failures:
                         await self._hello_parent()
+                        self._rl_synced_at = float("-inf")  # (re)connected: sync now
                     else:
                         await self._report_parent()
                     self._parent_failures = 0
+                    if self._clock() - self._rl_synced_at >= self.config.revocation_sync_interval:
+                        await self._sync_revocations_quietly()
                 except (TimeoutError, SecureMeshError) as exc:
                     self._parent_failures += 1
                     log.info(
@@ -1893,6 +2005,7 @@ class MeshNode:
             "revocation_list_versions": rl_versions,
             "known_nodes": len(self.directory),
             "held": self.held.stats(),
+            "replay": self.pipeline.replay_stats(),
             "refused_key_changes": self.directory.refused_key_changes,
         }
 

@@ -22,12 +22,18 @@ Every message a node receives runs these steps, in this order (ARCHITECTURE.md
    first-contact types registered with :meth:`Pipeline.allow_first_contact`;
    its verify key is read from the body by that type's resolver and the
    message is checked against it (self-signed); it has no certificate.
+   Its claimed ``sender`` is *not* an identity: nothing keyed by a node id
+   (replay windows, routes, directory, sessions) ever sees it (step 5).
 4. **signature or MAC** — SIGNED: Ed25519 with the certificate's verify key;
    MAC: the session named by ``key_id`` must belong to this sender on this
    link, and its receive key verifies the keyed-BLAKE2b tag (``bad_auth``).
 5. **replay** — :class:`securemesh.wire.ReplayGuard` per origin sender: window
    of 8,192 sequence numbers plus a clock-skew bound (``replayed``, ``stale``,
-   ``clock_skew``). Recorded only after step 4 passed.
+   ``clock_skew``). Recorded only after step 4 passed. A first-contact
+   message has its own bounded guard keyed by the *connection* (the join
+   token's first-contact CURVE key), never by the sender it claims: a token
+   holder claiming ``cloud-1`` with sequence 2^63 changes nothing of
+   ``cloud-1``'s window (issue #9, item 1).
 6. **authorization** — a REPLY must answer a request we sent (or forwarded) to
    that sender (``unexpected_reply``); a broadcast must come down from the
    parent link; anything else: the policy of its message type (a built-in or
@@ -104,6 +110,8 @@ FirstContactResolver = Callable[[bytes], bytes]
 
 _BOTTOM_TIERS = (Tier.END,)
 _MAX_ALLOWED_CACHE = 65_536
+#: Live first-contact replay windows (one per join-token connection key; LRU).
+_FIRST_CONTACT_WINDOWS = 1024
 #: Rejection detail of a MAC envelope naming no session we hold with that peer.
 NO_SESSION = "no such session with this peer"
 #: The construction token of VerifiedMessage: held by this module only.
@@ -199,6 +207,7 @@ class Pipeline:
         "_clock",
         "_directory",
         "_first_contact",
+        "_first_contact_replay",
         "_limits",
         "_max_skew_ms",
         "_node_id",
@@ -237,6 +246,12 @@ class Pipeline:
         # certificate is a new entry, so a stale decision is never reused.
         self._allowed: dict[tuple[str, str], DirectoryEntry] = {}
         self._first_contact: dict[str, FirstContactResolver] = {}
+        # replay state of join-token peers, keyed by their connection key only
+        self._first_contact_replay = ReplayGuard(
+            max_senders=_FIRST_CONTACT_WINDOWS,
+            max_evicted=_FIRST_CONTACT_WINDOWS,
+            max_skew_ms=max_skew_ms,
+        )
 
     # ------------------------------------------------------------ configuration
 
@@ -305,7 +320,7 @@ class Pipeline:
             # (``header`` is the envelope's own header: verification passed it on)
             if abs(header.timestamp_ms - now * 1000) > self._max_skew_ms:
                 raise ClockSkewError("timestamp too far from our clock")
-            self._replay.accept(sender, header.sequence)
+            self._replay.accept(sender, header.sequence, header.timestamp_ms)
             # 6. authorization
             flags = header.flags
             if flags is Flags.REPLY:
@@ -346,7 +361,8 @@ class Pipeline:
         if claimed.curve_key != peer or claimed.node_id != sender:
             raise AuthenticationError("hello certificate not bound to connection")
         chain = [b64d(c, max_size=4096) for c in body.certificates[1:]]
-        self._directory.add_certificate(signed, intermediates=chain, now=now)
+        # the link is already admitted; a hello adds no right to connect (admit=False)
+        self._directory.add_certificate(signed, intermediates=chain, now=now, admit=False)
         return sender
 
     def _first_contact_message(
@@ -361,10 +377,23 @@ class Pipeline:
             raise AuthorizationError("first-contact messages are not forwarded as is")
         verify_key = resolver(bytes(frames[1]))
         envelope = unverified.verify_signature(verify_key)
-        self._replay.accept_envelope(envelope, now_ms=int(now * 1000))
+        # Replay protection by connection key (the token's first-contact key), in
+        # state of its own: the claimed sender is not an identity yet, so no
+        # node's window may move because of it.
+        guard = self._first_contact_replay
+        connection = peer.hex()
+        guard.check(connection, envelope.sequence, envelope.timestamp_ms, now_ms=int(now * 1000))
+        guard.accept(connection, envelope.sequence, envelope.timestamp_ms)
         return VerifiedMessage(
             envelope, None, peer, relayed=False, first_contact=True, _made_by=_PIPELINE
         )
+
+    def replay_stats(self) -> dict[str, dict[str, int]]:
+        """Sizes of the replay state: per sender (``senders``) and per join-token connection."""
+        return {
+            "senders": self._replay.stats(),
+            "first_contact": self._first_contact_replay.stats(),
+        }
 
 
 @dataclass(slots=True)

@@ -36,11 +36,32 @@ and a revived sender's window starts *closed* at that mark: every number at or
 below it is refused as stale, numbers above it are accepted. Consequence: a
 sender evicted while messages were still in flight may see some of its
 delayed (never-seen) messages rejected — safe, and rare with a cap well above
-the number of active peers. The high-water-mark table grows by one entry per
-distinct sender ever evicted; senders are authenticated nodes (the replay
-check runs after certificate and signature checks), so it is bounded by the
-number of enrolled nodes, not by what an attacker sends. :meth:`ReplayGuard.high_water_marks`
-and the ``restore`` argument let a node persist this state across restarts.
+the number of active peers.
+
+The high-water-mark table is bounded too (``max_evicted``, oldest evicted
+first out), so nothing here grows with the number of distinct senders ever
+seen. Dropping a mark must not reopen that sender's old numbers either; the
+clock-skew bound closes them instead. Each window remembers the newest
+``timestamp_ms`` it accepted and the mark keeps it; dropping a mark raises
+the guard's *timestamp floor* to that value, and a sender with neither a
+window nor a mark is accepted only with ``timestamp_ms`` above the floor.
+Every message the dropped sender had sent carries a timestamp at or below
+the floor, so none of them can be replayed (a window opened while the floor
+was raised keeps refusing timestamps at or below it, in case its sender is
+one of those dropped); honest senders, whose timestamps
+track the clock, are refused (``stale``) only while the floor is in the
+future, i.e. for at most one skew bound after more than ``max_senders +
+max_evicted`` distinct senders were active within one skew bound. Marks
+restored from disk (``restore``) carry ``restored_at_ms`` plus the skew
+bound as their timestamp (everything accepted before the restart was sent
+before then); without ``restored_at_ms`` (or when a caller never passes
+timestamps) the conservative newest-timestamp-seen plus the skew bound is used.
+:meth:`ReplayGuard.high_water_marks` and the ``restore`` argument let a node
+persist this state across restarts; :meth:`ReplayGuard.stats` reports the sizes.
+
+Only authenticated senders may reach a guard (the node's pipeline runs it after
+certificate and signature checks; first-contact peers without a certificate
+have their own per-connection state in the node, never a sender's window).
 
 The guard also bounds clock skew: ``|timestamp_ms - now_ms|`` must not exceed
 ``max_skew_ms`` (default 120 s), else :class:`~securemesh.errors.ClockSkewError`.
@@ -70,7 +91,7 @@ class ReplayWindow:
     #: Default ring size: (129 - 1) * 64 = 8192 sequence numbers of window.
     DEFAULT_BLOCKS: ClassVar[int] = 129
 
-    __slots__ = ("_blocks", "_floor", "_nblocks", "_top", "_window")
+    __slots__ = ("_blocks", "_floor", "_nblocks", "_top", "_window", "last_ms", "min_ms")
 
     def __init__(self, *, blocks: int = DEFAULT_BLOCKS, floor: int | None = None) -> None:
         """``floor``: refuse every sequence ``<= floor`` (a restored high-water mark)."""
@@ -81,6 +102,10 @@ class ReplayWindow:
         self._blocks = [0] * blocks
         self._top = -1
         self._floor = -1
+        #: newest timestamp_ms its owner recorded (ReplayGuard), -1 if none
+        self.last_ms = -1
+        #: its owner refuses timestamps at or below this (ReplayGuard's floor), -1: none
+        self.min_ms = -1
         if floor is not None:
             _check_seq(floor)
             self._top = floor
@@ -137,44 +162,114 @@ def _check_seq(sequence: int) -> None:
 
 
 class ReplayGuard:
-    """Replay windows for many senders, with LRU eviction and a clock-skew bound."""
+    """Replay windows for many senders, with LRU eviction and a clock-skew bound.
+
+    Bounded in every table: ``max_senders`` live windows, ``max_evicted``
+    high-water marks of evicted senders (module docstring).
+    """
 
     DEFAULT_MAX_SENDERS: ClassVar[int] = 10_000
+    #: (10,000 windows + 20,000 marks of ids up to 64 characters stay well under the
+    #: daemon's 4 MiB limit for replay.json)
+    DEFAULT_MAX_EVICTED: ClassVar[int] = 20_000
     DEFAULT_MAX_SKEW_MS: ClassVar[int] = 120_000
 
-    __slots__ = ("_blocks", "_evicted", "_max_senders", "_max_skew_ms", "_windows")
+    __slots__ = (
+        "_blocks",
+        "_evicted",
+        "_max_evicted",
+        "_max_senders",
+        "_max_skew_ms",
+        "_ts_floor_ms",
+        "_windows",
+        "dropped_marks",
+    )
 
     def __init__(
         self,
         *,
         max_senders: int = DEFAULT_MAX_SENDERS,
+        max_evicted: int = DEFAULT_MAX_EVICTED,
         max_skew_ms: int = DEFAULT_MAX_SKEW_MS,
         window_blocks: int = ReplayWindow.DEFAULT_BLOCKS,
         restore: Mapping[str, int] | None = None,
+        restored_at_ms: int | None = None,
     ) -> None:
-        """``restore``: high-water marks from :meth:`high_water_marks` of an earlier run."""
-        if max_senders < 1:
-            raise ConfigError("max_senders must be at least 1")
+        """``restore``: high-water marks from :meth:`high_water_marks` of an earlier run,
+        ``restored_at_ms`` the time of the restart (module docstring)."""
+        if max_senders < 1 or max_evicted < 1:
+            raise ConfigError("max_senders and max_evicted must be at least 1")
         if max_skew_ms < 0:
             raise ConfigError("max_skew_ms must not be negative")
         self._max_senders = max_senders
+        self._max_evicted = max_evicted
         self._max_skew_ms = max_skew_ms
         self._blocks = window_blocks
         self._windows: OrderedDict[str, ReplayWindow] = OrderedDict()
-        self._evicted: dict[str, int] = {}
+        #: evicted sender -> (high-water mark, newest timestamp_ms or -1, the window's
+        #: timestamp floor or -1), oldest first
+        self._evicted: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        self._ts_floor_ms = -1
+        #: high-water marks dropped from the bounded table (each raised the floor)
+        self.dropped_marks = 0
+        restored_ts = -1 if restored_at_ms is None else restored_at_ms + max_skew_ms
         for sender, hwm in (restore or {}).items():
             _check_seq(hwm)
-            self._evicted[sender] = hwm
+            self._evicted[sender] = (hwm, restored_ts, -1)
+            self._bound_evicted()
 
     def __len__(self) -> int:
         """Number of senders with a live window."""
         return len(self._windows)
+
+    def stats(self) -> dict[str, int]:
+        """Sizes of the bounded tables and the timestamp floor (for status reports)."""
+        return {
+            "senders": len(self._windows),
+            "evicted_marks": len(self._evicted),
+            "dropped_marks": self.dropped_marks,
+            "timestamp_floor_ms": self._ts_floor_ms,
+        }
+
+    def _bound_evicted(self) -> None:
+        while len(self._evicted) > self._max_evicted:
+            _sender, (_hwm, last_ms, _min) = self._evicted.popitem(last=False)
+            if last_ms < 0:  # unknown: everything seen so far, plus the skew bound
+                last_ms = self._newest_ms() + self._max_skew_ms
+            self._ts_floor_ms = max(self._ts_floor_ms, last_ms)
+            self.dropped_marks += 1
+
+    def _newest_ms(self) -> int:
+        """The newest timestamp recorded anywhere here (rare path: O(senders))."""
+        newest = max((w.last_ms for w in self._windows.values()), default=0)
+        return max(newest, max((mark[1] for mark in self._evicted.values()), default=0), 0)
 
     def _window(self, sender: str) -> ReplayWindow | None:
         window = self._windows.get(sender)
         if window is not None:
             self._windows.move_to_end(sender)
         return window
+
+    def _check_new(
+        self, sender: str, sequence: int, timestamp_ms: int | None
+    ) -> tuple[int | None, int]:
+        """Rules for a sender without a live window.
+
+        Returns the new window's sequence floor (its mark, if any) and timestamp
+        floor: a sender first seen after marks were dropped may be one of them,
+        so its window keeps refusing timestamps at or below the guard's floor.
+        """
+        _check_seq(sequence)
+        mark = self._evicted.get(sender)
+        if mark is not None:
+            hwm, _last, min_ms = mark
+            if sequence <= hwm:
+                raise StaleMessage("sequence at or below the sender's recorded high-water mark")
+        else:
+            hwm, min_ms = None, self._ts_floor_ms
+        if timestamp_ms is not None and timestamp_ms <= min_ms:
+            raise StaleMessage("timestamp at or below the replay state's floor")
+        return hwm, min_ms
 
     def check(self, sender: str, sequence: int, timestamp_ms: int, *, now_ms: int) -> None:
         """Raise :class:`ClockSkewError`, :class:`StaleMessage` or :class:`ReplayedMessage`.
@@ -185,30 +280,42 @@ class ReplayGuard:
             raise ClockSkewError("timestamp too far from our clock")
         window = self._window(sender)
         if window is not None:
+            if timestamp_ms <= window.min_ms:
+                raise StaleMessage("timestamp at or below the replay state's floor")
             window.check(sequence)
             return
-        _check_seq(sequence)
-        floor = self._evicted.get(sender)
-        if floor is not None and sequence <= floor:
-            raise StaleMessage("sequence at or below the sender's recorded high-water mark")
+        self._check_new(sender, sequence, timestamp_ms)
 
-    def accept(self, sender: str, sequence: int) -> None:
-        """Record ``sequence`` for ``sender``; call only after the envelope verified."""
+    def accept(self, sender: str, sequence: int, timestamp_ms: int | None = None) -> None:
+        """Record ``sequence`` for ``sender``; call only after the envelope verified.
+
+        ``timestamp_ms`` (the envelope's) lets the bounded mark table drop
+        marks safely (module docstring); pass it whenever there is one.
+        """
         windows = self._windows
         window = windows.get(sender)  # _window() inline (hot path)
         if window is not None:
             windows.move_to_end(sender)
+            if timestamp_ms is not None and timestamp_ms <= window.min_ms:
+                raise StaleMessage("timestamp at or below the replay state's floor")
+            window.accept(sequence)
         else:
-            window = ReplayWindow(blocks=self._blocks, floor=self._evicted.get(sender))
-            window.check(sequence)
-            self._evicted.pop(sender, None)
-            self._windows[sender] = window
-            while len(self._windows) > self._max_senders:
-                old_sender, old = self._windows.popitem(last=False)
+            floor, min_ms = self._check_new(sender, sequence, timestamp_ms)
+            window = ReplayWindow(blocks=self._blocks, floor=floor)
+            window.accept(sequence)
+            window.min_ms = min_ms
+            mark = self._evicted.pop(sender, None)
+            if mark is not None:
+                window.last_ms = mark[1]
+            windows[sender] = window
+            while len(windows) > self._max_senders:
+                old_sender, old = windows.popitem(last=False)
                 hwm = old.high_water_mark
                 if hwm is not None:
-                    self._evicted[old_sender] = hwm
-        window.accept(sequence)
+                    self._evicted[old_sender] = (hwm, old.last_ms, old.min_ms)
+            self._bound_evicted()
+        if timestamp_ms is not None and timestamp_ms > window.last_ms:
+            window.last_ms = timestamp_ms
 
     def check_envelope(self, envelope: Envelope | UnverifiedEnvelope, *, now_ms: int) -> None:
         """:meth:`check` with the envelope's sender, sequence and timestamp."""
@@ -217,11 +324,14 @@ class ReplayGuard:
     def accept_envelope(self, envelope: Envelope, *, now_ms: int) -> None:
         """Check and record a *verified* envelope (the type makes skipping verification hard)."""
         self.check_envelope(envelope, now_ms=now_ms)
-        self.accept(envelope.sender, envelope.sequence)
+        self.accept(envelope.sender, envelope.sequence, envelope.timestamp_ms)
 
     def high_water_marks(self) -> dict[str, int]:
-        """Every sender's highest accepted sequence (live and evicted), for persistence."""
-        marks = dict(self._evicted)
+        """Every sender's highest accepted sequence (live and evicted), for persistence.
+
+        At most ``max_senders + max_evicted`` entries.
+        """
+        marks = {sender: mark[0] for sender, mark in self._evicted.items()}
         for sender, window in self._windows.items():
             hwm = window.high_water_mark
             if hwm is not None:

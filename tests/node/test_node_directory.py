@@ -40,6 +40,36 @@ def test_default_deny_and_admission() -> None:
         directory.lookup("dev-2", now=NOW)
 
 
+def test_admission_by_topology() -> None:
+    """Issue #9 item 6: a certificate learned second-hand does not admit its holder."""
+    fx = Fixture(now=NOW)
+    dev, enrolled, edge = (
+        fx.member("dev-1", "end"),
+        fx.member("dev-2", "end"),
+        fx.member("e", "edge"),
+    )
+    directory = Directory(fx.trust(), clock=lambda: NOW)
+    directory.admit_tiers = frozenset({Tier.EDGE, Tier.CLOUD})  # what a cloud node sets
+    directory.add_certificate(dev.cert, admit=False)  # e.g. from a route announcement
+    directory.add_certificate(enrolled.cert)  # enrolled here
+    directory.add_certificate(edge.cert, admit=False)  # an edge: admitted by tier
+    with pytest.raises(AuthenticationError):
+        directory.authenticate(dev.identity.curve_public)
+    assert directory.refused_by_topology == 1
+    directory.authenticate(enrolled.identity.curve_public)
+    directory.authenticate(edge.identity.curve_public)
+    # the same certificate learned second-hand again keeps the flag it had
+    directory.add_certificate(enrolled.cert, admit=False)
+    directory.authenticate(enrolled.identity.curve_public)
+    # a renewal announced by its edge (same keys) does not make it admissible
+    renewed = fx.authority.renew(dev.cert, now=NOW, lifetime_s=7200)
+    directory.add_certificate(renewed, admit=False)
+    assert not directory.is_admissible("dev-1")
+    # an operator-supplied (or directly renewed) certificate does
+    directory.add_certificate(dev.cert)
+    directory.authenticate(dev.identity.curve_public)
+
+
 def test_certificates_are_verified_on_entry() -> None:
     fx = Fixture(now=NOW)
     other = Fixture(now=NOW)  # a different key under the same root name

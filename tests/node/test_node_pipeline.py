@@ -381,3 +381,51 @@ def test_first_contact_from_a_token_key(rig: Rig) -> None:
     # expired token key
     rig.clock.now = NOW + 61
     assert rig.reason(rig.signed(newcomer, msg_type="enroll.request"), token_key) == "bad_auth"
+
+
+def test_first_contact_never_moves_a_claimed_senders_replay_window(rig: Rig) -> None:
+    """Issue #9 item 1: a token peer claiming ``dev-1`` at sequence 2^63 moves nothing of dev-1."""
+    newcomer = rig.fx.member("dev-new", "end")
+    token_key = bytes(range(32))
+    rig.directory.admit_token_key(token_key, NOW + 60)
+    rig.pipeline.allow_first_contact("enroll.request", lambda body: newcomer.identity.verify_key)
+    forged = [
+        bytes(f)
+        for f in encode_signed(
+            msg_type="enroll.request",
+            sender="dev-1",  # a claimed identity, self-signed by the newcomer's key
+            recipient="edge-1",
+            sequence=2**63,
+            timestamp_ms=int(NOW * 1000),
+            body=b"{}",
+            signer=newcomer.identity.signer,
+        )
+    ]
+    msg = rig.process(forged, token_key)
+    assert isinstance(msg, VerifiedMessage)
+    assert msg.first_contact
+    # the same message again is a replay on that connection...
+    assert rig.reason(forged, token_key) == "replayed"
+    # ...but dev-1's own window never moved: its next message is accepted
+    assert isinstance(rig.process(rig.signed(rig.dev, sequence=5), rig.dev), VerifiedMessage)
+    stats = rig.pipeline.replay_stats()
+    assert stats["senders"]["senders"] == 1
+    assert stats["first_contact"]["senders"] == 1
+    # spraying made-up sender ids from one token connection grows nothing
+    for i in range(50):
+        frames = [
+            bytes(f)
+            for f in encode_signed(
+                msg_type="enroll.request",
+                sender=f"made-up-{i}",
+                recipient="edge-1",
+                sequence=2**63 + 1 + i,
+                timestamp_ms=int(NOW * 1000),
+                body=b"{}",
+                signer=newcomer.identity.signer,
+            )
+        ]
+        assert isinstance(rig.process(frames, token_key), VerifiedMessage)
+    stats = rig.pipeline.replay_stats()
+    assert stats["senders"]["senders"] == 1
+    assert stats["first_contact"]["senders"] == 1

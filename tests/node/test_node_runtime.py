@@ -25,6 +25,7 @@ from node_testlib import (
 from pydantic import BaseModel, ConfigDict
 
 from securemesh.errors import RemoteCallError, TransportError
+from securemesh.messages import REVOCATION_SYNC, RevocationSync
 from securemesh.node import Reply, VerifiedMessage
 from securemesh.wire import AuthMode
 
@@ -293,6 +294,59 @@ def test_revocation_cuts_a_live_device_within_one_broadcast(kit: Kit) -> None:
                 await t.cloud.node.publish_revocation(
                     t.fx.authority.revocation_list.to_bytes()[:-1]
                 )
+
+    run(main())
+
+
+def test_a_missed_revocation_is_pulled_with_revocation_sync_and_passed_down(kit: Kit) -> None:
+    """Issue #9 item 2: a list the cloud holds but never broadcast reaches every hop."""
+
+    async def main() -> None:
+        async with tree(kit) as t:
+            rl = t.fx.authority.revoke("dev-1", now=t.fx.now)
+            version = rl.unverified_list().version
+            # the cloud installs it without a broadcast (as if the edges were down)
+            t.cloud.node.directory.update_revocation_list(rl.to_bytes())
+            t.cloud.node._note_revocation_list(version, rl.to_bytes())
+            assert rl_version(t.edge1) < version
+            assert await t.edge1.node.sync_revocation_lists(timeout=5) == 1
+            assert rl_version(t.edge1) == version
+            # passed down as the edge's own broadcast: its devices hear of it, dev-1 too
+            for b in (t.dev1, t.dev2):
+                await wait_for(lambda b=b: rl_version(b) == version)  # type: ignore[misc]
+            await wait_for(lambda: "dev-1" not in t.edge1.node._routes)
+            # nothing newer: nothing pulled; a device syncs with its edge the same way
+            assert await t.edge1.node.sync_revocation_lists(timeout=5) == 0
+            assert await t.dev2.node.sync_revocation_lists(timeout=5) == 0
+            # the other edge converges too (here on request; daemons also on a timer)
+            assert await t.edge2.node.sync_revocation_lists(timeout=5) == 1
+            await wait_for(lambda: rl_version(t.dev3) == version)
+
+    run(main())
+
+
+def test_revocation_sync_refuses_rollbacks_and_forgeries_from_the_parent(kit: Kit) -> None:
+    """A pulled list is verified like a broadcast one: an older or a tampered list from a
+    (compromised) parent is refused, counted and audited, and changes nothing."""
+
+    async def main() -> None:
+        async with tree(kit) as t:
+            old = t.fx.authority.revocation_list.to_bytes()
+            new = t.fx.authority.revoke("dev-3", now=t.fx.now).to_bytes()
+            await t.cloud.node.publish_revocation(new)
+            await wait_for(lambda: rl_version(t.dev2) == 2)
+            tampered = new[:-1] + bytes([new[-1] ^ 1])
+
+            def rogue(msg: VerifiedMessage) -> Reply:
+                return Reply(RevocationSync(versions={"root": 9}), [old, tampered])
+
+            t.edge1.node.on(REVOCATION_SYNC, rogue)
+            assert await t.dev2.node.sync_revocation_lists(timeout=5) == 0
+            assert rl_version(t.dev2) == 2
+            rejections = t.dev2.node.metrics.snapshot()["rejections"]
+            assert isinstance(rejections, dict)
+            assert rejections.get("revocation_rollback") == 1, rejections
+            assert rejections.get("certificate_signature") == 1, rejections
 
     run(main())
 

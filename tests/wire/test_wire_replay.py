@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from wire_testlib import NOW_MS, SIGNER, signed
 
@@ -269,3 +269,71 @@ def test_guard_never_accepts_a_sender_sequence_pair_twice(
         assert (sender, seq) not in accepted
         accepted.add((sender, seq))
     assert len(g) <= cap
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.integers(min_value=0, max_value=300)),
+        max_size=250,
+    ),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=1, max_value=3),
+    st.integers(min_value=0, max_value=2**32),
+)
+# a sender whose mark was dropped comes back with an older sequence but a newer
+# timestamp; its earlier message must still be refused (found by this test)
+@example([("c", 1), ("a", 0), ("b", 0), ("c", 0), ("c", 1)], 1, 1, 1290)
+def test_bounded_guard_never_accepts_a_message_twice(
+    steps: list[tuple[str, int]], cap: int, marks: int, salt: int
+) -> None:
+    """With both tables tiny (so marks are dropped all the time), a message — a sender,
+    a sequence and the timestamp it was signed with — is still accepted at most once."""
+    g = ReplayGuard(max_senders=cap, max_evicted=marks, window_blocks=2)
+    accepted: set[tuple[str, int]] = set()
+    for sender, seq in steps:
+        ts = (ord(sender) * 7919 + seq * 104_729 + salt) % 10_000  # fixed per message
+        try:
+            g.accept(sender, seq, ts)
+        except ReplayError:
+            continue
+        assert (sender, seq) not in accepted
+        accepted.add((sender, seq))
+    stats = g.stats()
+    assert stats["senders"] <= cap
+    assert stats["evicted_marks"] <= marks
+
+
+def test_evicted_marks_are_bounded_and_dropping_one_reopens_nothing() -> None:
+    """Issue #9 item 1: the high-water-mark table is bounded; the timestamp floor closes
+    what a dropped mark protected."""
+    guard = ReplayGuard(max_senders=2, max_evicted=3)
+    t = 1_000_000
+    for i in range(100):  # 100 distinct senders, each one message at time t + i
+        guard.accept(f"s{i}", 7, t + i)
+    stats = guard.stats()
+    assert stats["senders"] == 2
+    assert stats["evicted_marks"] == 3
+    assert stats["dropped_marks"] == 95
+    assert len(guard.high_water_marks()) == 5
+    # s0's mark was dropped: its old message (timestamp t) is refused by the floor
+    with pytest.raises(StaleMessage):
+        guard.check("s0", 7, t, now_ms=t)
+    with pytest.raises(StaleMessage):
+        guard.accept("s0", 7, t)
+    # a sender still marked is refused at or below its mark, accepted above it
+    with pytest.raises(StaleMessage):
+        guard.accept("s96", 7, t + 200)
+    guard.accept("s96", 8, t + 200)
+    # a new sender with a fresh timestamp is served
+    guard.accept("new", 1, t + 500)
+
+
+def test_restored_marks_are_bounded_too() -> None:
+    restore = {f"s{i}": 10 for i in range(50)}
+    guard = ReplayGuard(max_senders=4, max_evicted=10, restore=restore, restored_at_ms=5_000)
+    assert guard.stats()["evicted_marks"] == 10
+    # a dropped restored sender's old messages were sent before the restart (+ skew)
+    with pytest.raises(StaleMessage):
+        guard.accept("s0", 11, 5_000)
+    guard.accept("s0", 11, 5_000 + ReplayGuard.DEFAULT_MAX_SKEW_MS + 1)
