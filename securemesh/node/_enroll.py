@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from securemesh.errors import AuthenticationError, TokenError
 from securemesh.policy import AllowTypes
+from securemesh.wire import parse_body
 
 if TYPE_CHECKING:
     from securemesh.enroll import EnrollmentServer, EnrollReply, RenewReply
@@ -60,7 +61,7 @@ def serve_enrollment(
     )
 
     def declared_key(body: bytes) -> bytes:
-        return EnrollRequest.model_validate_json(body, strict=True).verify_key
+        return parse_body(EnrollRequest, body).verify_key
 
     def learn(certificate: bytes, issuer: bytes | None) -> None:
         inters = [] if issuer is None else [issuer]

@@ -80,6 +80,7 @@ from securemesh.wire import (
     ReplayGuard,
     UnverifiedEnvelope,
     decode,
+    parse_body,
 )
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ class Pipeline:
         is learned here; the hello's own signature is then checked with it
         (step 4) like any other message.
         """
-        body = NodeHello.model_validate_json(bytes(frames[1]), strict=True)
+        body = parse_body(NodeHello, bytes(frames[1]))
         signed = SignedCertificate.from_bytes(b64d(body.certificates[0], max_size=4096))
         claimed = signed.unverified_certificate()
         if claimed.curve_key != peer or claimed.node_id != sender:
