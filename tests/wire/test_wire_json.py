@@ -51,7 +51,7 @@ def _dump_with_duplicate(value: dict[str, Any], key: str) -> str:
     """``value`` as JSON text with ``key`` written twice at the top level."""
     body = json.dumps(value)
     first = json.dumps({key: 1})[1:-1]
-    return "{" + first + ("," + body[1:] if len(body) > 2 else "}")  # noqa: PLR2004
+    return "{" + first + ("," + body[1:] if len(body) > 2 else "}")
 
 
 @given(json_values)
@@ -149,17 +149,20 @@ def test_the_detail_names_fields_but_never_echoes_values() -> None:
     detail = info.value.public_detail
     assert "certificates: too_long" in detail
     assert "?: extra_forbidden" in detail
-    assert secret not in detail and "surprise" not in detail
+    assert secret not in detail
+    assert "surprise" not in detail
     assert len(detail) <= MAX_DETAIL
 
 
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_parse_or_raise_decode_error_with_a_bounded_detail(data: bytes) -> None:
+    detail = ""
     try:
         parse_body(NodeReport, data)
     except DecodeError as exc:
-        assert len(exc.public_detail) <= MAX_DETAIL
-        assert exc.public_detail.isprintable()
+        detail = exc.public_detail
+    assert len(detail) <= MAX_DETAIL
+    assert detail.isprintable()
 
 
 # ------------------------------------------------------------ optional fields
@@ -189,7 +192,9 @@ def test_a_required_nullable_field_keeps_its_null() -> None:
     label=st.none() | st.text(max_size=10),
     notes=st.lists(st.none() | st.text(max_size=5), max_size=3),
 )
-def test_dump_then_parse_round_trips(count: int, label: str | None, notes: list[str | None]) -> None:
+def test_dump_then_parse_round_trips(
+    count: int, label: str | None, notes: list[str | None]
+) -> None:
     value = Outer(count=count, label=label, items=[Inner(name="n", note=n) for n in notes])
     body = dump_body(value)
     assert parse_body(Outer, body) == value
