@@ -383,6 +383,8 @@ class RemoteCallError(RemoteError):
 
     reason = "remote_error"
 
-    def __init__(self, message: str, *, code: str = "rejected") -> None:
+    def __init__(self, message: str, *, code: str = "rejected", detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        #: the reply's ``message`` (e.g. which body field failed validation), maybe ""
+        self.detail = detail
