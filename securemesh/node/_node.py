@@ -37,9 +37,11 @@ and never loops. Only SIGNED envelopes are forwarded (a MAC is hop-local).
 *from the addressed node* — a reply that answers no pending request is
 rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`). A
 handler's return value becomes the REPLY (same message type, or
-``mesh.error`` if it raised); the reply goes back down the link the request
-came on. Forwarding hops remember forwarded requests (bounded, expiring) and
-let each matching reply through once.
+``mesh.error`` if it raised: reason code and the error's ``public_detail``);
+the reply goes back down the link the request came on. A message rejected in
+the pipeline gets no reply at all (protocol.md §7, "reply or silence").
+Forwarding hops remember forwarded requests (bounded, expiring) and let each
+matching reply through once.
 
 **Broadcast.** :meth:`MeshNode.broadcast` sends one SIGNED envelope with an
 empty recipient to every child link; each child handles it and re-broadcasts
@@ -413,7 +415,8 @@ class MeshNode:
         a pydantic model, JSON bytes, a :class:`Reply` with raw frames, or
         ``None`` (an empty ``{}``) — is sent back as the REPLY; an exception
         becomes a ``mesh.error`` reply (a :class:`RemoteError`'s ``reason`` as
-        the code, anything else ``internal``).
+        the code and its ``public_detail`` as the message, e.g. the body field
+        that failed validation; anything else ``internal`` with no message).
 
         ``policy`` authorizes this type instead of the node's configured policy.
         ``first_contact``: also accept this type from join-token peers
