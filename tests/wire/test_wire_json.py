@@ -204,3 +204,44 @@ def test_dump_then_parse_round_trips(
 def test_error_reply_message_is_bounded_by_its_model() -> None:
     with pytest.raises(DecodeError):
         parse_body(ErrorReply, json.dumps({"code": "x", "message": "m" * 257}).encode())
+
+
+ascii_keys = st.text(st.sampled_from('ab"\\:/ \u00e9'), max_size=3)
+nested = st.recursive(
+    st.integers(0, 3) | ascii_keys,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(st.tuples(ascii_keys, inner), max_size=4).map(
+            lambda pairs: "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in pairs) + "}"
+        )
+    ),
+    max_leaves=10,
+)
+
+
+@given(st.lists(st.tuples(ascii_keys, nested), max_size=5), st.booleans())
+def test_the_fast_scan_agrees_with_a_full_parse(pairs: list[tuple[str, Any]], ascii: bool) -> None:
+    """Objects built as text (so keys may repeat, quotes and colons may sit in strings,
+    keys may be escaped): check_strict_json refuses exactly what json.loads with a
+    duplicate-refusing hook refuses."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, str) and value.startswith("{"):
+            return value  # an object already written as text
+        if isinstance(value, list):
+            return "[" + ",".join(text(v) for v in value) + "]"
+        return json.dumps(value, ensure_ascii=ascii)
+
+    doc = "{" + ",".join(f"{json.dumps(k, ensure_ascii=ascii)} : {text(v)}" for k, v in pairs) + "}"
+    data = doc.encode()
+    try:
+        loads_strict(data)
+        expected = True
+    except DecodeError:
+        expected = False
+    try:
+        check_strict_json(data)
+        got = True
+    except DecodeError:
+        got = False
+    assert got == expected, doc
