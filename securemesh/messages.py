@@ -130,9 +130,11 @@ class NodeHello(MeshMessage):
     certificates of the sender's ancestors (a device learns its edge's and the
     cloud's certificates from its edge's hello reply).
 
-    ``attachment`` (hello to the parent only): the sender's signed attachment
-    statement naming the parent's CURVE key (:mod:`securemesh.node._attach`),
-    the evidence the parent forwards in ``route.announce``.
+    ``attachment``: required in a hello to the parent (the parent refuses one
+    without it), absent otherwise — the sender's signed attachment statement
+    naming the parent's CURVE key (:mod:`securemesh.node._attach`), the
+    evidence the parent forwards in ``route.announce``. Optional fields are
+    sent absent, not ``null`` (both are accepted; protocol.md §3.1).
     """
 
     certificates: list[B64] = Field(min_length=1, max_length=8)

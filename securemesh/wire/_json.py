@@ -143,11 +143,13 @@ def validation_detail(exc: ValidationError) -> str:
 
 def parse_body(model: type[M], data: bytes) -> M:
     """Parse ``data`` strictly as ``model`` (module docstring); :class:`DecodeError` else."""
-    import pydantic  # noqa: PLC0415 - lazy: keeps `import securemesh.wire` light
-
     try:
         value = model.model_validate_json(data, strict=True)
-    except pydantic.ValidationError as exc:
+    except ValueError as exc:  # pydantic's ValidationError is one; import it only now
+        import pydantic  # noqa: PLC0415 - lazy: keeps `import securemesh.wire` light
+
+        if not isinstance(exc, pydantic.ValidationError):
+            raise
         error = DecodeError(f"body is not a valid {model.__name__}")
         error.public_detail = validation_detail(exc)
         raise error from exc
