@@ -244,13 +244,16 @@ class Adversary:
         return cid
 
     async def replies(self, until: bytes, timeout: float = 20.0) -> list[Envelope]:
-        """Verified replies from the edge, in arrival order, up to the one for ``until``."""
+        """Verified replies from the edge, in arrival order, up to the one for ``until``
+        (anything that is not a REPLY, e.g. a hello the edge sends its children, is skipped)."""
         got: list[Envelope] = []
         deadline = time.monotonic() + timeout
         while not got or got[-1].correlation_id != until:
             _, frames = await self.conn.recv(timeout=max(0.1, deadline - time.monotonic()))
-            env = decode(frames).verify_signature(self.edge.member.identity.verify_key)
-            got.append(env)
+            unverified = decode(frames)
+            if unverified.flags is not Flags.REPLY:
+                continue
+            got.append(unverified.verify_signature(self.edge.member.identity.verify_key))
         return got
 
 
