@@ -260,13 +260,13 @@ def batch(messages: list[list[bytes]]) -> bytes:
 def batches() -> dict[str, Any]:
     env = [bytes.fromhex(f) for f in valid_vectors()[0]["expected_frames"]]
     mac = [bytes.fromhex(f) for f in valid_vectors()[3]["expected_frames"]]
-    valid = [
+    valid: list[dict[str, Any]] = [
         {"name": "two envelopes", "messages": [env, mac]},
         {"name": "three one-frame messages", "messages": [[b"a"], [b"bc"], [b"d" * 300]]},
         {"name": "empty frames after the first", "messages": [[b"x", b"", b""], [b"y", b""]]},
     ]
     good = batch([[b"a"], [b"b"]])
-    invalid = [
+    invalid: list[dict[str, Any]] = [
         {"name": "one message (count must be 2..1024)", "batch": batch([[b"a"]])},
         {"name": "version 2", "batch": b"\x02" + good[1:]},
         {"name": "trailing byte", "batch": good + b"\x00"},

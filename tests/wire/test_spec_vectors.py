@@ -20,6 +20,7 @@ from typing import Any
 
 import nacl.signing
 import pytest
+from pydantic import BaseModel
 
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.crypto.kem import HybridPrivateKey, derive_session_keys
@@ -141,7 +142,11 @@ def test_join_token_derived_keys_and_enroll_request() -> None:
 
 # ------------------------------------------------------------------------ bodies
 
-MODELS = {NODE_HELLO: NodeHello, NODE_REPORT: NodeReport, MESH_ERROR: ErrorReply}
+MODELS: dict[str, type[BaseModel]] = {
+    NODE_HELLO: NodeHello,
+    NODE_REPORT: NodeReport,
+    MESH_ERROR: ErrorReply,
+}
 
 
 @pytest.mark.parametrize("case", load("bodies.json")["bodies"], ids=lambda c: c["name"])
