@@ -8,8 +8,12 @@ subclasses the matching built-in (``ValueError``, ``PermissionError``,
 ``OSError``), as pynacl's exceptions do, so generic handlers still work.
 
 Every :class:`RemoteError` carries a short, stable ``reason`` code. The reason
-is what goes into rejection counters, logs and audit records; the message text
-sent back to a peer, if any, is always the opaque "rejected" so that a forger
+is what goes into rejection counters, logs and audit records. A peer learns
+nothing of a rejection in the verification pipeline (silence, protocol.md §7);
+only an authenticated, authorized requester whose request a handler refuses
+gets a ``mesh.error`` reply with the ``reason`` and the error's
+``public_detail`` (empty unless the raiser set a text that is safe to show:
+e.g. which body field failed validation, never an input value). So a forger
 learns nothing about which check failed (STYLE.md §5).
 
 ::
@@ -176,6 +180,8 @@ class RemoteError(SecureMeshError, ValueError):
     """What a peer sent is not acceptable. ``reason`` is a stable, short code."""
 
     reason: ClassVar[str] = "rejected"
+    #: Text safe to send the peer in ``mesh.error`` (no input values, short); "" = none.
+    public_detail: str = ""
 
 
 class DecodeError(RemoteError):
@@ -377,6 +383,8 @@ class RemoteCallError(RemoteError):
 
     reason = "remote_error"
 
-    def __init__(self, message: str, *, code: str = "rejected") -> None:
+    def __init__(self, message: str, *, code: str = "rejected", detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        #: the reply's ``message`` (e.g. which body field failed validation), maybe ""
+        self.detail = detail

@@ -34,7 +34,7 @@ type                   body                   meaning
 ``session.reset``      :class:`Ack`           "I hold no session for your MAC envelopes":
                                               the receiver drops its sessions toward the
                                               sender and handshakes again (after a restart)
-``mesh.error``         :class:`ErrorReply`    error REPLY to any REQUEST
+``mesh.error``         :class:`ErrorReply`    error REPLY to a REQUEST a handler refused
 ``mesh.ping``          :class:`Ack`           liveness probe (REQUEST; REPLY :class:`Ack`)
 ``cert.lookup``        :class:`CertLookup`    "send me this node's certificate" to a parent
                                               (REQUEST; REPLY :class:`NodeHello` with it and
@@ -55,6 +55,7 @@ from securemesh.errors import DecodeError
 
 __all__ = [
     "CERT_LOOKUP",
+    "ERROR_MESSAGE_MAX",
     "MESH_ERROR",
     "MESH_PING",
     "MESH_REVOCATION",
@@ -91,6 +92,8 @@ SESSION_RESET: Final = "session.reset"
 MESH_ERROR: Final = "mesh.error"
 MESH_PING: Final = "mesh.ping"
 CERT_LOOKUP: Final = "cert.lookup"
+#: Longest ``mesh.error`` message (characters).
+ERROR_MESSAGE_MAX: Final = 256
 
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
 #: An unpadded base64url string (at most 8 KiB of text: certificates are <= 4 KiB).
@@ -133,9 +136,11 @@ class NodeHello(MeshMessage):
     certificates of the sender's ancestors (a device learns its edge's and the
     cloud's certificates from its edge's hello reply).
 
-    ``attachment`` (hello to the parent only): the sender's signed attachment
-    statement naming the parent's CURVE key (:mod:`securemesh.node._attach`),
-    the evidence the parent forwards in ``route.announce``.
+    ``attachment``: required in a hello to the parent (the parent refuses one
+    without it), absent otherwise — the sender's signed attachment statement
+    naming the parent's CURVE key (:mod:`securemesh.node._attach`), the
+    evidence the parent forwards in ``route.announce``. Optional fields are
+    sent absent, not ``null`` (both are accepted; protocol.md §3.1).
     """
 
     certificates: list[B64] = Field(min_length=1, max_length=8)
@@ -199,7 +204,13 @@ class CertLookup(MeshMessage):
 
 
 class ErrorReply(MeshMessage):
-    """An error answer to a request. ``code`` is a stable short code; text is for people."""
+    """An error answer to a request. ``code`` is a stable short code; text is for people.
+
+    Sent only to an authenticated, authorized requester whose request a
+    handler refused (or that arrived while the node drains); pipeline
+    rejections are silent (protocol.md §7). ``message`` never echoes input
+    values: e.g. ``"attachment: missing"`` for a body that failed validation.
+    """
 
     code: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")
-    message: str = Field(default="", max_length=256)
+    message: str = Field(default="", max_length=ERROR_MESSAGE_MAX)

@@ -50,15 +50,12 @@ from __future__ import annotations
 
 import functools
 import hmac
-import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
 
 from securemesh.crypto.certs import (
     SignedRevocationList,
@@ -94,6 +91,7 @@ from securemesh.errors import (
     TransportError,
     UnexpectedMessage,
 )
+from securemesh.messages import ErrorReply
 from securemesh.wire import (
     DEFAULT_LIMITS,
     Envelope,
@@ -104,6 +102,7 @@ from securemesh.wire import (
     WireFrame,
     decode,
     encode_signed,
+    parse_body,
 )
 
 if TYPE_CHECKING:
@@ -127,14 +126,13 @@ MSG_MESH_ERROR = "mesh.error"
 
 
 def _error_code(body: bytes) -> str:
-    """The ``code`` of a mesh.error body, if it is a short plain code (display only)."""
-    import json  # noqa: PLC0415
-
+    """``code`` and message of a mesh.error body, for display only (it is unverified)."""
     try:
-        code = json.loads(bytes(body[:512])).get("code")
-    except (ValueError, AttributeError):
+        err = parse_body(ErrorReply, bytes(body))
+    except DecodeError:
         return "unknown"
-    return code if isinstance(code, str) and re.fullmatch(r"[a-z0-9_]{1,64}", code) else "unknown"
+    text = "".join(c if c.isprintable() else "?" for c in err.message)
+    return f"{err.code} ({text})" if text else err.code
 
 
 def request_frames(
@@ -209,10 +207,7 @@ def verify_reply(
         raise UnexpectedMessage(f"unexpected reply type {unverified.msg_type!r}")
     if unverified.sender != token.server_id:
         raise AuthenticationError("the reply does not come from the token's server")
-    try:
-        tentative = EnrollReply.model_validate_json(bytes(frames[1]), strict=True)
-    except ValidationError as exc:
-        raise DecodeError("malformed enroll.reply body") from exc
+    tentative = parse_body(EnrollReply, bytes(frames[1]))
     trust = TrustStore({token.authority_id: token.root_key})
     trust.update_revocation_list(SignedRevocationList.from_bytes(tentative.revocation_list))
     server = verify_certificate(tentative.server_certificate, trust=trust, now=now)
@@ -242,10 +237,7 @@ def open_enroll_request(
     unverified = decode(frames, limits=limits)
     if unverified.msg_type != MSG_ENROLL_REQUEST:
         raise UnexpectedMessage(f"expected {MSG_ENROLL_REQUEST}, got {unverified.msg_type!r}")
-    try:
-        tentative = EnrollRequest.model_validate_json(bytes(frames[1]), strict=True)
-    except ValidationError as exc:
-        raise DecodeError("malformed enroll.request body") from exc
+    tentative = parse_body(EnrollRequest, bytes(frames[1]))
     envelope = unverified.verify_signature(tentative.verify_key)
     request = envelope.body(EnrollRequest)
     if envelope.sender != request.node_id:

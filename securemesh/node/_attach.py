@@ -8,11 +8,12 @@ drop) the traffic of any device whose certificate it holds -- certificates
 are public. So an upstream node sets or moves a route for node ``N`` only on
 evidence **signed by N itself** that it is attached there:
 
-* When a node says ``node.hello`` to its parent it includes an *attachment
-  statement*: ``N`` signs {its node id, the parent's CURVE public key, a
-  sequence number, a timestamp} with its certificate's Ed25519 key. The
-  parent checks it (signer = the hello's verified sender, parent key = its
-  own) and keeps the latest one per child.
+* When a node says ``node.hello`` to its parent it MUST include an
+  *attachment statement*: ``N`` signs {its node id, the parent's CURVE public
+  key, a sequence number, a timestamp} with its certificate's Ed25519 key.
+  The parent refuses a child's hello without one, checks it (signer = the
+  hello's verified sender, parent key = its own) and keeps the latest one per
+  child.
 * The parent forwards the statements it holds in its ``route.announce``
   (``attachments``). The receiver accepts a route for ``N`` via the
   announcing link only if ``N``'s statement verifies with ``N``'s verified

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from securemesh.errors import AuthenticationError, NoRoute, SecureMeshError, TokenError
 from securemesh.policy import AllowTypes
+from securemesh.wire import parse_body
 
 if TYPE_CHECKING:
     from securemesh.enroll import EnrollmentServer, EnrollReply, RenewReply
@@ -66,7 +67,7 @@ def serve_enrollment(
     )
 
     def declared_key(body: bytes) -> bytes:
-        return EnrollRequest.model_validate_json(body, strict=True).verify_key
+        return parse_body(EnrollRequest, body).verify_key
 
     def learn(certificate: bytes, issuer: bytes | None, *, admit: bool) -> None:
         # admit: the node enrolled or renewed here directly may connect here; one

@@ -37,9 +37,11 @@ and never loops. Only SIGNED envelopes are forwarded (a MAC is hop-local).
 *from the addressed node* — a reply that answers no pending request is
 rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`). A
 handler's return value becomes the REPLY (same message type, or
-``mesh.error`` if it raised); the reply goes back down the link the request
-came on. Forwarding hops remember forwarded requests (bounded, expiring) and
-let each matching reply through once.
+``mesh.error`` if it raised: reason code and the error's ``public_detail``);
+the reply goes back down the link the request came on. A message rejected in
+the pipeline gets no reply at all (protocol.md §7, "reply or silence").
+Forwarding hops remember forwarded requests (bounded, expiring) and let each
+matching reply through once.
 
 **Broadcast.** :meth:`MeshNode.broadcast` sends one SIGNED envelope with an
 empty recipient to every child link; each child handles it and re-broadcasts
@@ -121,6 +123,7 @@ from securemesh.crypto.identity import NodeIdentity
 from securemesh.errors import (
     AuthenticationError,
     AuthorizationError,
+    DecodeError,
     LocalError,
     NoHandler,
     NoRoute,
@@ -134,6 +137,7 @@ from securemesh.errors import (
 )
 from securemesh.messages import (
     CERT_LOOKUP,
+    ERROR_MESSAGE_MAX,
     MESH_ERROR,
     MESH_PING,
     MESH_REVOCATION,
@@ -442,7 +446,8 @@ class MeshNode:
         a pydantic model, JSON bytes, a :class:`Reply` with raw frames, or
         ``None`` (an empty ``{}``) — is sent back as the REPLY; an exception
         becomes a ``mesh.error`` reply (a :class:`RemoteError`'s ``reason`` as
-        the code, anything else ``internal``).
+        the code and its ``public_detail`` as the message, e.g. the body field
+        that failed validation; anything else ``internal`` with no message).
 
         ``policy`` authorizes this type instead of the node's configured policy.
         ``first_contact``: also accept this type from join-token peers
@@ -1081,8 +1086,9 @@ class MeshNode:
             if env.msg_type == MESH_ERROR:
                 try:
                     err = env.body(ErrorReply)
+                    text = f"{env.sender}: {err.code}" + (f": {err.message}" if err.message else "")
                     pending.future.set_exception(
-                        RemoteCallError(f"{env.sender}: {err.code}", code=err.code)
+                        RemoteCallError(text, code=err.code, detail=err.message)
                     )
                 except RemoteError:
                     pending.future.set_exception(RemoteCallError("malformed error reply"))
@@ -1095,7 +1101,7 @@ class MeshNode:
             return
         if self._draining and not entry.builtin:
             if env.flags is Flags.REQUEST:
-                await self._send_error(msg, "unavailable")
+                await self._send_error(msg, "unavailable", "the node is shutting down")
             return
         self.metrics.dispatched += 1
         if not entry.is_async:
@@ -1128,9 +1134,18 @@ class MeshNode:
             await self._send_reply(msg, result)
 
     async def _handler_failed(self, msg: VerifiedMessage, exc: Exception) -> None:
+        """A handler refused a message that passed the whole pipeline (protocol.md §7.2).
+
+        Reply or silence: the sender is authenticated and authorized for this
+        type, so a REQUEST gets ``mesh.error`` with the reason and the error's
+        ``public_detail`` (e.g. the body field that failed validation, never an
+        input value); a one-way message gets nothing. Pipeline rejections never
+        reach here: they are silent.
+        """
+        message = ""
         if isinstance(exc, RemoteError):
             self._reject(msg, exc)
-            code = exc.reason
+            code, message = exc.reason, exc.public_detail
         else:
             log.error(
                 "handler failed",
@@ -1138,10 +1153,11 @@ class MeshNode:
             )
             code = "internal"
         if msg.envelope.flags is Flags.REQUEST:
-            await self._send_error(msg, code)
+            await self._send_error(msg, code, message)
 
-    async def _send_error(self, msg: VerifiedMessage, code: str) -> None:
-        await self._send_reply(msg, ErrorReply(code=code), msg_type=MESH_ERROR)
+    async def _send_error(self, msg: VerifiedMessage, code: str, message: str = "") -> None:
+        text = "".join(c if c.isprintable() else "?" for c in message[:ERROR_MESSAGE_MAX])
+        await self._send_reply(msg, ErrorReply(code=code, message=text), msg_type=MESH_ERROR)
 
     async def _send_reply(
         self, msg: VerifiedMessage, result: object, *, msg_type: str | None = None
@@ -1239,9 +1255,14 @@ class MeshNode:
             self._upstream_certs = list(body.certificates)
             return None
         # a child: certificates[0] (the sender's) was learned by the pipeline,
-        # the rest were its issuer chain.
-        if body.attachment is not None:
-            self._keep_child_attachment(msg, body.attachment, link)
+        # the rest were its issuer chain. Its attachment statement is REQUIRED
+        # (protocol.md §7.1, §12 step 3): without it this node could not prove
+        # the child's route to its own parent.
+        if body.attachment is None:
+            error = DecodeError("a hello to the parent without an attachment statement")
+            error.public_detail = "attachment: missing (required in a hello to the parent)"
+            raise error
+        self._keep_child_attachment(msg, body.attachment, link)
         if msg.envelope.flags is not Flags.REQUEST:
             return None
         if self._parent_link is not None:

@@ -86,6 +86,7 @@ from securemesh.wire import (
     ReplayGuard,
     UnverifiedEnvelope,
     decode,
+    parse_body,
 )
 
 if TYPE_CHECKING:
@@ -354,7 +355,7 @@ class Pipeline:
         entry, like any other message.)
         """
         sender = unverified.sender
-        body = NodeHello.model_validate_json(bytes(frames[1]), strict=True)
+        body = parse_body(NodeHello, bytes(frames[1]))
         signed = SignedCertificate.from_bytes(b64d(body.certificates[0], max_size=4096))
         claimed = signed.unverified_certificate()
         unverified.verify_signature(claimed.verify_key)  # AuthenticationError: learn nothing

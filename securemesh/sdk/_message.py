@@ -27,7 +27,7 @@ a read-only view of a :class:`~securemesh.node.VerifiedMessage` — a message
 that passed the whole verification pipeline (certificate, signature or
 session MAC, replay window, policy). ``msg.body(Model)`` parses strictly;
 ``msg.json()`` parses a dict body with :func:`json.loads` and refuses a
-non-object top level, NaN/Infinity and pathological nesting
+non-object top level, duplicate keys, NaN/Infinity and pathological nesting
 (:class:`~securemesh.errors.DecodeError`); ``msg.frames`` are the raw frames
 as ``bytes`` (copies, safe to keep after the handler returns).
 
@@ -103,15 +103,16 @@ def encode_body(body: object) -> BaseModel | bytes:
     )
 
 
-def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not allowed")
-
-
 def parse_json_object(data: bytes) -> dict[str, Any]:
-    """Strict-ish JSON object parse of a (size-limited) body; DecodeError otherwise."""
+    """Strict JSON object parse of a (size-limited) body; DecodeError otherwise.
+
+    Duplicate keys and NaN/Infinity are refused (protocol.md §3.1).
+    """
+    from securemesh.wire import loads_strict  # noqa: PLC0415 - lazy: keeps the SDK import light
+
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        value = loads_strict(data)
+    except DecodeError as exc:
         raise DecodeError("body is not a JSON document") from exc
     if not isinstance(value, dict):
         raise DecodeError("body is not a JSON object")

@@ -38,6 +38,7 @@ from securemesh.wire._envelope import (
     pack_frames,
 )
 from securemesh.wire._header import ID_SIZE, MAGIC, VERSION, ZERO_ID, AuthMode, Flags, Header
+from securemesh.wire._json import dump_body, loads_strict, parse_body
 from securemesh.wire._limits import DEFAULT_LIMITS, Limits
 from securemesh.wire._replay import ReplayGuard, ReplayWindow
 
@@ -65,7 +66,10 @@ __all__ = [
     "decode",
     "decode_and_verify",
     "decode_packed",
+    "dump_body",
     "encode_mac",
     "encode_signed",
+    "loads_strict",
     "pack_frames",
+    "parse_body",
 ]

@@ -10,7 +10,8 @@ An envelope is a list of ZeroMQ message parts::
     the binary header of :mod:`securemesh.wire._header` (59 … 251 bytes).
 ``body``
     UTF-8 JSON of a pydantic model (may be empty), at most ``Limits.max_body``.
-    Receivers parse it with ``Model.model_validate_json(body, strict=True)``.
+    Receivers parse it with ``Model.model_validate_json(body, strict=True)`` and
+    refuse duplicate keys and NaN/Infinity (:mod:`securemesh.wire._json`).
 ``raw_1 … raw_n``
     opaque bulk data (shards, ciphertexts, array buffers); ``n`` is the header's
     ``raw_frame_count``. Each at most ``Limits.max_raw_frame``.
@@ -121,6 +122,7 @@ from securemesh.wire._header import (
     encode_header_fields,
     parse_header,
 )
+from securemesh.wire._json import dump_body, parse_body
 from securemesh.wire._limits import DEFAULT_LIMITS, Limits
 
 if TYPE_CHECKING:
@@ -349,16 +351,13 @@ class Envelope(_HeaderFields):
     def body(self, model: type[M]) -> M:
         """Parse the body strictly as ``model``; raise :class:`DecodeError` if it does not fit.
 
-        Uses ``model.model_validate_json(body, strict=True)``: no type coercion.
-        Strict mode still ignores unknown keys; message models should also set
-        ``model_config = ConfigDict(extra="forbid", frozen=True)``.
+        :func:`securemesh.wire._json.parse_body`: ``model.model_validate_json(body,
+        strict=True)`` (no type coercion), then duplicate keys and NaN/Infinity
+        are refused (protocol.md §3.1). Strict mode still ignores unknown keys;
+        message models should also set ``ConfigDict(extra="forbid", frozen=True)``.
+        The error's ``public_detail`` names the failing field (no input values).
         """
-        import pydantic  # noqa: PLC0415 - lazy: keeps `import securemesh.wire` light
-
-        try:
-            return model.model_validate_json(self._body, strict=True)
-        except pydantic.ValidationError as exc:
-            raise DecodeError(f"body is not a valid {model.__name__}") from exc
+        return parse_body(model, self._body)
 
     @property
     def raw_frames(self) -> tuple[memoryview, ...]:
@@ -584,7 +583,7 @@ def _body_bytes(body: BaseModel | Frame) -> bytes:
     from pydantic import BaseModel  # noqa: PLC0415 - lazy, as in Envelope.body
 
     if isinstance(body, BaseModel):
-        return body.model_dump_json().encode("utf-8")
+        return dump_body(body)
     raise EncodeError("body must be a pydantic model or JSON bytes")
 
 
@@ -708,7 +707,8 @@ def encode_signed(
 ) -> list[WireFrame]:
     """Build a SIGNED envelope: ``[header, body, *frames, signature]``.
 
-    ``body`` is a pydantic model (serialised with ``model_dump_json``) or
+    ``body`` is a pydantic model (serialised with ``model_dump_json``, optional
+    fields that are None omitted: :func:`securemesh.wire._json.dump_body`) or
     ready JSON bytes. Raw ``frames`` are passed through without copying
     (memoryviews of bytearrays/arrays; keep them unchanged until sent).
     Raises :class:`~securemesh.errors.EncodeError` for invalid fields or when

@@ -11,11 +11,18 @@ from typing import Any
 from securemesh.crypto.identity import NodeIdentity
 
 DATA = Path(__file__).parent / "data"
+#: The published vectors (protocol.md §13); the crypto tests read them from there.
+SPEC_VECTORS = Path(__file__).resolve().parents[2] / "docs" / "vectors" / "v1"
 NOW = 1_700_000_000
 
 
 def load_vectors(name: str) -> Any:
     return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+def load_spec_vectors(name: str) -> Any:
+    """A file of the published vectors, docs/vectors/v1/ (protocol.md §13)."""
+    return json.loads((SPEC_VECTORS / name).read_text(encoding="utf-8"))
 
 
 def reference_hkdf(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from crypto_support import NOW, CountingBits, identity_from_byte, load_vectors
+from crypto_support import NOW, CountingBits, identity_from_byte, load_spec_vectors
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -160,7 +160,7 @@ def test_documented_layout_by_hand(authority: Authority, device: NodeIdentity) -
 
 
 def test_known_answer_vectors() -> None:
-    vectors = load_vectors("cert_vectors.json")
+    vectors = load_spec_vectors("certificates.json")
     root = vectors["authority"]
     signer = Ed25519Signer.from_seed(bytes.fromhex(root["ed25519_seed"]))
     assert signer.verify_key.hex() == root["verify_key"]

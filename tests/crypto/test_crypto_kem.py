@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from crypto_support import load_vectors, reference_hkdf
+from crypto_support import load_spec_vectors, reference_hkdf
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from securemesh.crypto import kem
 from securemesh.errors import AuthenticationError, DecodeError, LocalError
 
-VECTORS: list[dict[str, Any]] = load_vectors("kem_vectors.json")["vectors"]
+VECTORS: list[dict[str, Any]] = load_spec_vectors("kem.json")["vectors"]
 
 
 def test_sizes_match_fips_203_and_the_tls_hybrid_draft() -> None:

@@ -466,3 +466,36 @@ def test_delegation_and_root_self_renewal(
         mesh.cloud, mesh.cloud_cert, own, mesh.authority.trust_store(), NOW + 6
     )
     assert cloud_new.unverified_certificate().node_id == "cloud-1"
+
+
+def test_reply_optional_fields_are_absent_on_the_wire_and_null_is_still_accepted(
+    mesh: Mesh,
+) -> None:
+    """protocol.md §3.1: an optional field's canonical form is absent, not null."""
+    from securemesh.crypto.signing import Ed25519Signer
+    from securemesh.enroll import reply_frames
+    from securemesh.wire import decode, parse_body
+
+    token = mesh.token("end")
+    identity = NodeIdentity.generate()
+    reply = mesh.server.handle_enroll(build_enroll_request(token, identity, "dev-1"))
+    assert reply.issuer_certificate is None
+    assert reply.authority_certificate is None
+    signer = Ed25519Signer.generate()
+    frames = reply_frames(
+        reply,
+        server_id="cloud-1",
+        signer=signer,
+        recipient="dev-1",
+        correlation_id=bytes(range(16)),
+        sequence=1,
+        now=NOW,
+    )
+    body = decode(frames).verify_signature(signer.verify_key).body_bytes
+    assert b"null" not in body
+    assert b"issuer_certificate" not in body
+    assert b"authority_certificate" not in body
+    assert parse_body(EnrollReply, body) == reply
+    # what servers sent before the rule (explicit nulls) still parses to the same reply
+    assert b'"issuer_certificate":null' in reply.model_dump_json().encode()
+    assert parse_body(EnrollReply, reply.model_dump_json().encode()) == reply

@@ -20,7 +20,7 @@ from securemesh.enroll import MAX_TOKEN_LENGTH, JoinToken
 from securemesh.enroll._token import CURVE_LABEL, PROOF_LABEL, TokenRecord
 from securemesh.errors import DecodeError, EncodeError, LocalError, SizeLimitExceeded
 
-DATA = Path(__file__).parent / "data" / "token_vectors.json"
+DATA = Path(__file__).resolve().parents[2] / "docs" / "vectors" / "v1" / "join_token.json"
 
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 roles = st.lists(st.from_regex(r"[A-Za-z0-9._:-]{1,12}", fullmatch=True), max_size=6, unique=True)

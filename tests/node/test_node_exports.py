@@ -39,6 +39,7 @@ EXPECTED = {
         "B64",
         "CERT_LOOKUP",
         "CertLookup",
+        "ERROR_MESSAGE_MAX",
         "ErrorReply",
         "MESH_ERROR",
         "MESH_PING",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ from node_testlib import (
     zmq_factory,
 )
 
+from securemesh.messages import ErrorReply, NodeReport, b64e
 from securemesh.node import load_config, read_status
 from securemesh.transport import CurveKeyPair, ZmqTransport
-from securemesh.wire import Limits, encode_signed
+from securemesh.wire import ZERO_ID, Envelope, Flags, Limits, decode, encode_signed
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +73,7 @@ class Mesh:
 
 
 SERVICES = 'services = ["node_test_services:register"]'
-DEVICES = ["dev-a", "dev-b", "dev-c", "dev-bad", "dev-flood", "dev-revoked", "dev-exp"]
+DEVICES = ["dev-a", "dev-b", "dev-c", "dev-bad", "dev-flood", "dev-revoked", "dev-exp", "dev-err"]
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +208,8 @@ class Adversary:
         signer: Any = None,
         ts: float | None = None,
         limits: Limits | None = None,
+        flags: Flags = Flags.NONE,
+        correlation_id: bytes = ZERO_ID,
     ) -> list[bytes]:
         if sequence is None:
             self.seq += 1
@@ -221,11 +225,36 @@ class Adversary:
                 body=body,
                 signer=(signer or self.member.identity).signer,
                 limits=limits or Limits(),
+                flags=flags,
+                correlation_id=correlation_id,
             )
         ]
 
     async def send(self, frames: list[bytes]) -> None:
         await self.conn.send(self.edge.member.identity.curve_public, frames, timeout=5)
+
+    async def request(self, msg_type: str, body: bytes, *, recipient: str = "edge-1") -> bytes:
+        """Send a REQUEST; return its correlation id."""
+        cid = os.urandom(16)
+        await self.send(
+            self.envelope(
+                msg_type, recipient=recipient, body=body, flags=Flags.REQUEST, correlation_id=cid
+            )
+        )
+        return cid
+
+    async def replies(self, until: bytes, timeout: float = 20.0) -> list[Envelope]:
+        """Verified replies from the edge, in arrival order, up to the one for ``until``
+        (anything that is not a REPLY, e.g. a hello the edge sends its children, is skipped)."""
+        got: list[Envelope] = []
+        deadline = time.monotonic() + timeout
+        while not got or got[-1].correlation_id != until:
+            _, frames = await self.conn.recv(timeout=max(0.1, deadline - time.monotonic()))
+            unverified = decode(frames)
+            if unverified.flags is not Flags.REPLY:
+                continue
+            got.append(unverified.verify_signature(self.edge.member.identity.verify_key))
+        return got
 
 
 def test_adversarial_frames_are_rejected_and_others_still_served(mesh: Mesh) -> None:
@@ -298,6 +327,61 @@ def test_adversarial_frames_are_rejected_and_others_still_served(mesh: Mesh) -> 
             assert {reason for reason, _ in cases} <= audited
         finally:
             await good.node.stop(0.2)
+
+    run(main())
+
+
+def test_reply_or_silence_on_a_real_edge(mesh: Mesh) -> None:
+    """protocol.md §7: pipeline rejections get no reply; a refused request of an
+    authenticated, authorized sender gets ``mesh.error`` naming the failing field,
+    never echoing input values. Also: a hello to the parent without an attachment
+    statement is refused (§7.1), and duplicate keys are refused (§3.1)."""
+
+    async def main() -> None:
+        edge = mesh.edge1
+        member = mesh.members["dev-err"]
+        report = NodeReport(
+            load_1m=0.5,
+            load_5m=0.5,
+            load_15m=0.5,
+            queue_length=0,
+            capacity=1,
+            inflight=0,
+            uptime_s=1.0,
+        ).model_dump_json()
+        before = edge.rejections()
+        async with Adversary(member, edge) as dev:
+            # silent: unauthorized type, and an authorized type with no handler here
+            await dev.request("admin.wipe", b"{}")
+            await dev.request("app.nothing", b"{}")
+            # replied: the handler refuses the body
+            wrong_type = await dev.request("node.report", b'{"load_1m": "secret-text"}')
+            duplicate = await dev.request("node.report", ('{"capacity": 9,' + report[1:]).encode())
+            cert = b64e(member.cert.to_bytes())
+            hello = await dev.request(
+                "node.hello", json.dumps({"certificates": [cert]}).encode(), recipient=""
+            )
+            ping = await dev.request("mesh.ping", b"{}")
+            replies = await dev.replies(until=ping)
+        assert [(r.correlation_id, r.msg_type) for r in replies] == [
+            (wrong_type, "mesh.error"),
+            (duplicate, "mesh.error"),
+            (hello, "mesh.error"),
+            (ping, "mesh.ping"),
+        ]
+        errors = [r.body(ErrorReply) for r in replies[:3]]
+        assert [e.code for e in errors] == ["malformed"] * 3
+        assert errors[0].message.startswith("load_1m: float_type")
+        assert "secret-text" not in errors[0].message
+        assert "duplicate key" in errors[1].message
+        assert errors[2].message.startswith("attachment: missing")
+        await wait_for(
+            lambda: all(
+                edge.rejections().get(r, 0) > before.get(r, 0)
+                for r in ("unauthorized", "no_handler", "malformed")
+            ),
+            10,
+        )
 
     run(main())
 

@@ -267,6 +267,34 @@ def test_a_child_hello_with_a_statement_for_another_parent_is_rejected() -> None
     run(main())
 
 
+def test_a_child_hello_without_an_attachment_statement_is_refused() -> None:
+    """protocol.md §7.1 / §12 step 3: the statement is REQUIRED in a hello to the parent."""
+
+    async def main() -> None:
+        async with mesh() as m:
+            dev = await m.attach(m.edge1)
+            await wait_for(lambda: m.route_of("dev-1") == "edge-1")
+            kept = m.edge1.node._attachments["dev-1"]
+            link = dev.node._parent_link
+            assert link is not None
+            for body in (
+                b'{"certificates":["%s"]}' % b64e(m.members["dev-1"].cert.to_bytes()).encode(),
+                b'{"certificates":["%s"],"attachment":null}'
+                % b64e(m.members["dev-1"].cert.to_bytes()).encode(),
+            ):
+                with pytest.raises(RemoteCallError) as info:
+                    await dev.node._request_on(link, "", NODE_HELLO, body, timeout=5, expect=None)
+                assert info.value.code == "malformed"
+                assert info.value.detail.startswith("attachment: missing")
+            assert m.edge1.node._attachments["dev-1"] == kept
+            refused = [r for r in m.edge1.rejections if r.msg_type == NODE_HELLO]
+            assert [r.reason for r in refused] == ["malformed", "malformed"]
+            # the device's own hellos (with a statement) still work
+            await dev.node._hello_parent()
+
+    run(main())
+
+
 # ------------------------------------------------------------- the statement itself
 
 

@@ -366,6 +366,26 @@ def test_errors_timeouts_and_unauthorized(kit: Kit) -> None:
             with pytest.raises(RemoteCallError) as info:
                 await t.dev1.node.request("cloud-1", "app.broken", Echo(text="x"), timeout=5)
             assert info.value.code == "internal"
+            assert info.value.detail == ""  # nothing of the exception leaks
+
+            def strict(msg: VerifiedMessage) -> Echo:
+                return msg.body(Echo)
+
+            t.cloud.node.on("app.strict", strict)
+            # an authorized request whose body the handler refuses: mesh.error names
+            # the fields that failed (protocol.md §7.2), never their values
+            with pytest.raises(RemoteCallError) as info:
+                await t.dev1.node.request(
+                    "cloud-1", "app.strict", b'{"text": 5, "hidden-key": "hidden"}', timeout=5
+                )
+            assert info.value.code == "malformed"
+            assert info.value.detail == "text: string_type; ?: extra_forbidden"
+            assert "hidden" not in str(info.value)
+            with pytest.raises(RemoteCallError) as info:
+                await t.dev1.node.request(
+                    "cloud-1", "app.strict", b'{"text": "a", "text": "b"}', timeout=5
+                )
+            assert info.value.detail == "duplicate key in a JSON object"
             with pytest.raises(TimeoutError):
                 await t.dev1.node.request("cloud-1", "app.slow", Echo(text="x"), timeout=0.3)
             assert t.dev1.node._pending == {}

@@ -31,9 +31,12 @@ EXPECTED = {
     "decode",
     "decode_and_verify",
     "decode_packed",
+    "dump_body",
     "encode_mac",
     "encode_signed",
+    "loads_strict",
     "pack_frames",
+    "parse_body",
 }
 
 

@@ -1,4 +1,4 @@
-"""Known-answer vectors (tests/wire/data/envelope_vectors.json) for compatible implementations."""
+"""Known-answer vectors (docs/vectors/v1/envelopes.json) for compatible implementations."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from securemesh import errors
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.wire import AuthMode, Flags, decode, encode_mac, encode_signed
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "envelope_vectors.json").read_text())
+SPEC_VECTORS = Path(__file__).resolve().parents[2] / "docs" / "vectors" / "v1"
+VECTORS = json.loads((SPEC_VECTORS / "envelopes.json").read_text())
 
 
 def _inputs(case: dict[str, Any]) -> dict[str, Any]:
