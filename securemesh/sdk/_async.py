@@ -398,7 +398,14 @@ class AsyncDevice:
         if timeout is None:
             return Message(await call)
         # the transport never half-sends a cancelled message (its contract)
-        return Message(await asyncio.wait_for(call, timeout))
+        try:
+            return Message(await asyncio.wait_for(call, timeout))
+        except TimeoutError as exc:
+            if exc.args:  # the node's own, already saying who and what
+                raise
+            from securemesh.node import no_reply_message  # noqa: PLC0415 - loaded by connect()
+
+            raise TimeoutError(no_reply_message(dest, msg_type, timeout)) from None
 
     def on(
         self,
