@@ -61,6 +61,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
 )
 
+
 def _requested(argv: Sequence[str]) -> str | None:
     """The command named in ``argv`` (the first word that is not an option), if known."""
     names = {name for name, _, _ in COMMANDS}

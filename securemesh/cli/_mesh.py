@@ -28,11 +28,21 @@ from typing import TYPE_CHECKING
 
 from securemesh.cli._common import passphrase_options
 from securemesh.cli._common import read_passphrase as _passphrase
+from securemesh.cli._records import (
+    daemon_pid,
+    data_dir_of,
+    data_dir_options,
+    format_options,
+    iso_time,
+    print_records,
+    usable_dir,
+)
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import Tier
 from securemesh.errors import ConfigError
 
 if TYPE_CHECKING:
+    from securemesh.enroll import TokenRecord
     from securemesh.enroll._store import TokenStore
 
 __all__ = ["parse_duration", "register"]
@@ -57,7 +67,17 @@ def _roles(text: str) -> list[str]:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir).expanduser()
+    return data_dir_of(args)
+
+
+def _not_running(data_dir: Path, doing: str) -> None:
+    """ConfigError if a daemon runs on ``data_dir`` (it holds the counter and the keys)."""
+    pid = daemon_pid(data_dir)
+    if pid is not None:
+        raise ConfigError(
+            f"another daemon is already running on this data dir (pid {pid}): "
+            f"stop it (securemesh node stop --data-dir {data_dir}) before {doing}"
+        )
 
 
 # --------------------------------------------------------------------- commands
@@ -66,7 +86,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def _init(args: argparse.Namespace) -> int:
     from securemesh.enroll._state import init_authority  # noqa: PLC0415 - lazy
 
-    data_dir = _data_dir(args)
+    data_dir = usable_dir(_data_dir(args))
     passphrase = _passphrase(args.passphrase_env, confirm=True)
     result = init_authority(
         data_dir,
@@ -158,30 +178,38 @@ def _existing_token_store(args: argparse.Namespace) -> TokenStore:
     return TokenStore.in_dir(data_dir)
 
 
-def _token_list(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
+def _token_state(rec: TokenRecord, now: float) -> str:
+    if rec.usable_at(now):
+        return "usable"
+    if rec.withdrawn:
+        return "withdrawn"
+    return "used" if rec.used else "expired"
 
+
+def _token_list(args: argparse.Namespace) -> int:
     now = time.time()
     with _existing_token_store(args) as store:
         records = store.list_tokens(include_used=args.all, include_expired=args.all)
-    for rec in records:
-        state = "usable" if rec.usable_at(now) else ("used" if rec.used else "expired")
-        print(
-            json.dumps(
-                {
-                    "token_id": rec.token_id.hex(),
-                    "tier": rec.tier.value,
-                    "roles": list(rec.roles),
-                    "issuer": rec.issuer,
-                    "delegate": rec.delegate,
-                    "created_at": rec.created_at,
-                    "expires_at": rec.expires_at,
-                    "state": state,
-                    "used_by": rec.used_by,
-                },
-                sort_keys=True,
-            )
-        )
+    rows = [
+        {
+            "token_id": rec.token_id.hex(),
+            "tier": rec.tier.value,
+            "roles": list(rec.roles),
+            "issuer": rec.issuer,
+            "delegate": rec.delegate,
+            "created_at": iso_time(rec.created_at),
+            "expires_at": iso_time(rec.expires_at),
+            "state": _token_state(rec, now),
+            "used_by": rec.used_by,
+        }
+        for rec in records
+    ]
+    print_records(
+        rows,
+        args.format,
+        columns=("token_id", "tier", "roles", "state", "expires_at", "used_by", "delegate"),
+        empty="no tokens" + ("" if args.all else " usable (--all lists used, withdrawn, expired)"),
+    )
     return 0
 
 
@@ -209,9 +237,26 @@ def _token_prune(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from securemesh.enroll._state import REVOCATION_FILE, revoke_node  # noqa: PLC0415
+    from securemesh.enroll._state import (  # noqa: PLC0415
+        REVOCATION_FILE,
+        known_node_ids,
+        revoke_node,
+    )
 
     data_dir = _data_dir(args)
+    if not args.nodes and not args.serial:
+        raise ConfigError("name at least one NODE (or --serial) to revoke")
+    if not args.force:
+        ids, prefixes = known_node_ids(data_dir)
+        unknown = [
+            n for n in args.nodes if n not in ids and not any(n.startswith(p) for p in prefixes)
+        ]
+        if unknown:
+            raise ConfigError(
+                f"this authority never issued {', '.join(map(repr, unknown))} (not in peers/, "
+                "tokens.db or an edge's namespace): check the spelling, or pass --force to "
+                "revoke it anyway"
+            )
     passphrase = _passphrase(args.passphrase_env, confirm=False)
     signed = revoke_node(
         data_dir, passphrase, node_ids=args.nodes, serials=args.serial, now=time.time()
@@ -230,12 +275,11 @@ def _enroll(args: argparse.Namespace) -> int:
 
     if (args.token is None) == (args.token_file is None):
         raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")
-    if args.token_file is not None:
-        text = Path(args.token_file).read_text(encoding="ascii", errors="replace")[:4096]
-    else:
-        text = args.token
+    text = args.token if args.token_file is None else _read_token_file(Path(args.token_file))
     token = read_join_token(text, time.time())
-    data_dir = _data_dir(args)
+    data_dir = usable_dir(_data_dir(args))
+    _check_same_node(data_dir, args.node_id, force=args.force)
+    _not_running(data_dir, "enrolling again")
     passphrase = _passphrase(args.passphrase_env, confirm=not (data_dir / "identity.key").exists())
     done = enroll_data_dir(
         token,
@@ -246,7 +290,8 @@ def _enroll(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         listen=args.listen,
         in_use_error=ConfigError,
-        in_use_hint="stop the node daemon before enrolling again",
+        in_use_hint="another daemon is using this data dir: stop it before enrolling again",
+        on_wait=lambda text: print(f"{text} ...", file=sys.stderr, flush=True),
     )
     result, files, created = done.result, done.files, done.new_keys
     cert = result.cert
@@ -262,13 +307,42 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token_file(path: Path) -> str:
+    """The token text of ``--token-file`` (at most 4 KiB read); ConfigError if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror or exc}") from exc
+    return raw.decode("ascii", errors="replace")
+
+
+def _check_same_node(data_dir: Path, node_id: str, *, force: bool) -> None:
+    """ConfigError if ``data_dir`` is enrolled as another node id (unless ``force``)."""
+    from securemesh.crypto.certs import SignedCertificate  # noqa: PLC0415
+    from securemesh.enroll._state import NODE_CERT_FILE  # noqa: PLC0415
+
+    path = data_dir / NODE_CERT_FILE
+    if force or not path.is_file():
+        return
+    try:
+        enrolled = SignedCertificate.from_bytes(path.read_bytes()[:65536]).unverified_certificate()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}): pass --force to enroll anyway") from exc
+    if enrolled.node_id != node_id:
+        raise ConfigError(
+            f"{data_dir} is enrolled as {enrolled.node_id!r}, not {node_id!r}: re-enroll with "
+            f"--node-id {enrolled.node_id}, use another --data-dir for a new node, or pass "
+            "--force to give these keys the new id"
+        )
+
+
 # ---------------------------------------------------------------------- parsers
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``init``, ``token create|list|withdraw|prune``, ``revoke`` and ``enroll``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")
+    common = data_dir_options()
     secret = passphrase_options()
 
     init = subparsers.add_parser(
@@ -302,7 +376,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="edge tokens only: also give the edge a delegated authority for end devices",
     )
     create.set_defaults(func=_token_create)
-    listing = token_sub.add_parser("list", parents=[common], help="list usable tokens (JSON lines)")
+    listing = token_sub.add_parser(
+        "list", parents=[common, format_options()], help="list usable tokens (never secrets)"
+    )
     listing.add_argument("--all", action="store_true", help="include used and expired tokens")
     listing.set_defaults(func=_token_list)
     withdraw = token_sub.add_parser(
@@ -326,6 +402,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke.add_argument(
         "--serial", action="append", type=int, default=[], help="also revoke a serial"
     )
+    revoke.add_argument(
+        "--force", action="store_true", help="revoke node ids this authority has no record of"
+    )
     revoke.set_defaults(func=_revoke)
 
     enroll = subparsers.add_parser(
@@ -340,4 +419,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--listen", default=None, metavar="tcp://HOST:PORT", help="edge: where to listen"
     )
     enroll.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    enroll.add_argument(
+        "--force",
+        action="store_true",
+        help="enroll even if the data dir is enrolled under another node id (keeps its keys)",
+    )
     enroll.set_defaults(func=_enroll)

@@ -66,6 +66,7 @@ __all__ = [
     "IDENTITY_FILE",
     "NODE_CERT_FILE",
     "NODE_TOML",
+    "POLICY_HINT",
     "REVOCATION_FILE",
     "SEQUENCE_FILE",
     "TRUST_FILE",
@@ -75,6 +76,7 @@ __all__ = [
     "existing_trust",
     "identity_for_enrollment",
     "init_authority",
+    "known_node_ids",
     "load_delegated_authority",
     "load_token_issuer",
     "read_trust",
@@ -157,6 +159,28 @@ def _toml_value(value: object) -> str:
     raise LocalError(f"cannot write {type(value).__name__} to TOML")
 
 
+#: Appended to the ``node.toml`` of an edge or cloud: the policy, explained
+#: (deny by default; the rule the device example needs, commented out).
+POLICY_HINT: Final = """
+# Policy: deny by default. This node accepts -- and forwards -- only message
+# types a [[policy.allow]] rule below allows, from senders of the listed tiers
+# (and, if given, roles). Anything else is refused, counted in status.json
+# ("rejections": {"unauthorized": N}) and audited; a refused request gets no
+# reply, so its sender sees a timeout. A message that crosses several nodes is
+# authorized on every hop. Services add handlers for their types
+# (services = ["module:register"]); a type with no handler is refused as
+# no_handler. For the device example (examples/device_app.py with
+# examples/sensor_service.py, see examples/edge.toml) an edge needs, at the
+# top of this file:
+#   services = ["sensor_service:register"]   # run with PYTHONPATH=examples
+# and this rule (tokens made with `token create --tier end --roles sensor`):
+# [[policy.allow]]
+# types = ["sensor.reading", "sensor.time"]
+# tiers = ["end"]
+# roles = ["sensor"]
+"""
+
+
 def write_node_toml(
     path: Path,
     *,
@@ -190,7 +214,10 @@ def write_node_toml(
             f"endpoint = {_toml_value(parent_endpoint)}",
             f"curve_key = {_toml_value(z85_encode(parent_key))}",
         ]
-    _write(path, ("\n".join(lines) + "\n").encode())
+    text = "\n".join(lines) + "\n"
+    if tier is not Tier.END:
+        text += POLICY_HINT
+    _write(path, text.encode())
     return True
 
 
@@ -371,6 +398,51 @@ def revoke_node(
     authority.save_state(auth_dir)  # never reuse a list version
     _write(data_dir / REVOCATION_FILE, signed.to_bytes())
     return signed
+
+
+def known_node_ids(data_dir: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """Node ids the authority in ``data_dir`` knows it issued, and namespaces it delegated.
+
+    ``(ids, prefixes)``, from public files only: this node's certificate, the
+    certificates in ``peers/`` (the daemon keeps every certificate it issued
+    there), the nodes that used a token of ``tokens.db``, and the ids already
+    in ``revocation.list``. An edge's namespace (its id and a dot) is a prefix
+    when it was enrolled with a delegate token or is an edge in ``peers/``:
+    its devices' ids were issued by the edge, not here. ``revoke`` refuses an
+    id outside both unless forced.
+    """
+    ids: set[str] = set()
+    prefixes: set[str] = set()
+    if (data_dir / NODE_CERT_FILE).exists():
+        ids.add(_node_cert(data_dir).node_id)
+    peers = data_dir / "peers"
+    if peers.is_dir():
+        for path in sorted(peers.glob("*.cert"))[:100_000]:
+            try:
+                cert = SignedCertificate.from_bytes(
+                    _read(path, _MAX_SMALL_FILE, "peer certificate")
+                ).unverified_certificate()
+            except ValueError:  # unreadable or malformed (Local/RemoteError): not ours
+                continue
+            ids.add(cert.node_id)
+            if cert.tier is Tier.EDGE:
+                prefixes.add(cert.node_id + ".")
+    if (data_dir / "tokens.db").exists():
+        from securemesh.enroll._store import TokenStore  # noqa: PLC0415 - sqlalchemy
+
+        with TokenStore.in_dir(data_dir) as store:
+            for record in store.list_tokens():
+                if record.used_by is not None:
+                    ids.add(record.used_by)
+                    if record.delegate:
+                        prefixes.add(record.used_by + ".")
+    rl_path = data_dir / REVOCATION_FILE
+    if rl_path.exists():
+        from securemesh.crypto.certs import MAX_REVOCATION_LIST_SIZE  # noqa: PLC0415
+
+        blob = _read(rl_path, MAX_REVOCATION_LIST_SIZE, "revocation list")
+        ids.update(SignedRevocationList.from_bytes(blob).unverified_list().node_ids)
+    return frozenset(ids), frozenset(prefixes)
 
 
 # ------------------------------------------------------------------ enrollment

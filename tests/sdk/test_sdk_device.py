@@ -167,12 +167,14 @@ def test_an_unanswered_request_names_peer_type_and_wait(
         assert "'edge-1'" in text
         assert "'app.nobody-handles-this'" in text
         assert "0.5 s" in text
-        assert "a refused request" in text and "gets no reply" in text
-        # timeout=None: the node's own timeout path says the same
-        async_dev = dev._dev  # noqa: SLF001 - the node's path without the SDK's outer wait
-        node = async_dev._node  # noqa: SLF001
-        with pytest.raises(TimeoutError, match=r"no reply from 'edge-1' to 'app\.none' within 0\.3 s"):
-            dev._call(node.request("edge-1", "app.none", b"{}", timeout=0.3))  # noqa: SLF001
+        assert "a refused request" in text
+        assert "gets no reply" in text
+        # the node's own timeout path (without the SDK's outer wait) says the same
+        node = dev._dev.node
+        with pytest.raises(
+            TimeoutError, match=r"no reply from 'edge-1' to 'app\.none' within 0\.3 s"
+        ):
+            dev._call(node.request("edge-1", "app.none", b"{}", timeout=0.3))
 
 
 def test_bodies_are_validated_before_sending(
