@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         "--passphrase-env", default="SECUREMESH_PASSPHRASE", help="variable holding the passphrase"
     )
     parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for each acknowledgement"
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the edge at connect, and for each acknowledgement",
     )
     args = parser.parse_args(argv)
     if args.token and not args.node_id:
@@ -175,7 +178,9 @@ def _run(args: argparse.Namespace, passphrase: str) -> int:
         )
         print(f"enrolled {info.node_id} (serial {info.serial}, by {info.issuer})", file=sys.stderr)
 
-    with Device.connect(args.data_dir, passphrase=passphrase) as device:
+    with Device.connect(
+        args.data_dir, passphrase=passphrase, connect_timeout=args.timeout
+    ) as device:
         app = SensorApp(device, args.sensor, args.interval)
         device.on("sensor.config", app.on_config)
         for sig in (signal.SIGINT, signal.SIGTERM):

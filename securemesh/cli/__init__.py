@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecureMeshError as exc:
         print(f"error: {exc.diagnostics()}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file the command could not use: still one line, no traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -240,12 +240,14 @@ def _revoke(args: argparse.Namespace) -> int:
     from securemesh.enroll._state import (  # noqa: PLC0415
         REVOCATION_FILE,
         known_node_ids,
+        require_authority,
         revoke_node,
     )
 
     data_dir = _data_dir(args)
     if not args.nodes and not args.serial:
         raise ConfigError("name at least one NODE (or --serial) to revoke")
+    require_authority(data_dir)
     if not args.force:
         ids, prefixes = known_node_ids(data_dir)
         unknown = [

@@ -80,6 +80,7 @@ __all__ = [
     "load_delegated_authority",
     "load_token_issuer",
     "read_trust",
+    "require_authority",
     "revoke_node",
     "save_enrollment",
     "write_node_toml",
@@ -380,6 +381,14 @@ def load_delegated_authority(data_dir: Path, identity: NodeIdentity) -> Delegate
 # ------------------------------------------------------------------ revocation
 
 
+def require_authority(data_dir: Path) -> Path:
+    """``data_dir/authority`` if it holds the mesh authority's key; ConfigError otherwise."""
+    auth_dir = data_dir / AUTHORITY_DIR
+    if not (auth_dir / Authority.KEY_FILE).exists():
+        raise ConfigError(f"{data_dir} holds no mesh authority (revoke runs on the cloud)")
+    return auth_dir
+
+
 def revoke_node(
     data_dir: Path,
     passphrase: str,
@@ -389,9 +398,7 @@ def revoke_node(
     now: float,
 ) -> SignedRevocationList:
     """Sign a new revocation list with the root, save it, replace ``revocation.list``."""
-    auth_dir = data_dir / AUTHORITY_DIR
-    if not (auth_dir / Authority.KEY_FILE).exists():
-        raise ConfigError(f"{data_dir} holds no mesh authority (revoke runs on the cloud)")
+    auth_dir = require_authority(data_dir)
     node_list = [validate_node_id(n) for n in node_ids]
     authority = Authority.load(auth_dir, passphrase)
     signed = authority.revoke(node_ids=node_list, serials=serials, now=now)

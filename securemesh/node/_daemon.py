@@ -439,7 +439,11 @@ class _Daemon:
         if state == "stopped":
             status["draining"] = False  # it drained; it is not draining any more
         status["children"] = children(
-            status, self.node.directory, self.files.peers, now=time.time()
+            status,
+            self.node.directory,
+            self.files.peers,
+            now=time.time(),
+            stale_after=3 * self.config.heartbeat_interval,
         )
         if self.audit is not None:
             status["audit"] = self.audit.status()

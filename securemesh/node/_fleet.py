@@ -10,7 +10,10 @@ disconnected or revoked device stays listed. One row per child, like
      "serial": 123, "not_after": 1765200000, "connected": true,
      "last_seen": 1765100000.5, "load_1m": 0.12, "inflight": 0, "revoked": false}
 
-``last_seen`` is Unix seconds (None if never seen since the daemon started),
+``connected``: a link to it exists and it was heard from within ``stale_after``
+seconds (the daemon passes three of its heartbeat intervals: a ZeroMQ peer
+that went away says nothing, so silence is the signal). ``last_seen`` is Unix
+seconds (None if never seen since the daemon started),
 ``load_1m``/``inflight`` come from the child's last ``node.report`` (None
 before one arrived), ``revoked`` is true if an installed revocation list names
 its node id or serial (or its issuer's). Certificates are shown as stored,
@@ -59,7 +62,7 @@ def _stored(directory: Directory, peers: Path, node_id: str) -> Certificate | No
 
 
 def children(
-    status: dict[str, Any], directory: Directory, peers: Path, *, now: float
+    status: dict[str, Any], directory: Directory, peers: Path, *, now: float, stale_after: float
 ) -> list[dict[str, Any]]:
     """The rows, from the node's ``status()`` (its live links), ``directory`` and ``peers/``."""
     me = status.get("node_id")
@@ -82,6 +85,7 @@ def children(
         report = link.get("report") if link is not None else None
         report = report if isinstance(report, dict) else {}
         ago = link.get("last_seen_s_ago") if link is not None else None
+        heard = isinstance(ago, int | float) and ago <= stale_after
         rows.append(
             {
                 "node_id": node_id,
@@ -89,7 +93,7 @@ def children(
                 "roles": [] if cert is None else list(cert.roles),
                 "serial": None if cert is None else cert.serial,
                 "not_after": None if cert is None else cert.not_after,
-                "connected": link is not None,
+                "connected": heard,
                 "last_seen": None if not isinstance(ago, int | float) else round(now - ago, 3),
                 "load_1m": report.get("load_1m"),
                 "inflight": report.get("inflight"),
