@@ -105,13 +105,18 @@ class SensorService:
         seen = self._seen.get(device)
         return None if seen is None else seen.latest
 
+    def record(self, device: str, reading: Reading) -> int:
+        """Keep ``reading`` as ``device``'s latest; return how many it sent (bounded state)."""
+        seen = self._seen.pop(device, None)
+        count = 1 if seen is None else seen.received + 1
+        self._seen[device] = _Seen(reading, count)
+        while len(self._seen) > self.max_devices:
+            self._seen.popitem(last=False)  # the least recently heard
+        return count
+
     def on_reading(self, msg: VerifiedMessage) -> ReadingAck:
         reading = msg.body(Reading)
-        seen = self._seen.pop(msg.sender, None)
-        count = 1 if seen is None else seen.received + 1
-        self._seen[msg.sender] = _Seen(reading, count)
-        while len(self._seen) > self.max_devices:
-            self._seen.popitem(last=False)
+        count = self.record(msg.sender, reading)
         log.info(
             "reading",
             extra={

@@ -400,7 +400,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke = subparsers.add_parser(
         "revoke", parents=[common, secret], help="revoke nodes: write a new signed revocation list"
     )
-    revoke.add_argument("nodes", nargs="*", metavar="NODE")
+    revoke.add_argument("nodes", nargs="*", metavar="NODE", help="node ids to revoke")
     revoke.add_argument(
         "--serial", action="append", type=int, default=[], help="also revoke a serial"
     )
@@ -414,13 +414,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parents=[common, secret],
         help="enroll this node with a join token (keys are generated or kept locally)",
     )
-    enroll.add_argument("--token", default=None, metavar="TOKEN")
-    enroll.add_argument("--token-file", default=None, metavar="PATH")
-    enroll.add_argument("--node-id", required=True, metavar="ID")
+    enroll.add_argument("--token", default=None, metavar="TOKEN", help="the join token (smj1.…)")
+    enroll.add_argument(
+        "--token-file", default=None, metavar="PATH", help="read the join token from PATH"
+    )
+    enroll.add_argument(
+        "--node-id",
+        required=True,
+        metavar="ID",
+        help="this node's id (at a delegated edge: the edge's id, a dot and a name)",
+    )
     enroll.add_argument(
         "--listen", default=None, metavar="tcp://HOST:PORT", help="edge: where to listen"
     )
-    enroll.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    enroll.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the enrolling server (default 10)",
+    )
     enroll.add_argument(
         "--force",
         action="store_true",
