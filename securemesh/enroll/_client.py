@@ -456,6 +456,7 @@ def enroll_data_dir(
     token is spent. ``listen`` goes to a new ``node.toml`` of an edge.
     ``on_wait``: as in :func:`enroll_over_zmq`.
     """
+    token.check_node_id(node_id)  # before any key is generated or file written
     trust = existing_trust(data_dir)
     identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=kdf_params)
     try:

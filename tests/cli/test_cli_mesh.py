@@ -17,6 +17,7 @@ in-process enrollment tests do); everything else is ``python -m securemesh``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import signal
@@ -36,6 +37,7 @@ from daemon_support import (
     wait_ready,
     wait_status,
 )
+from docs_support import marked_block
 
 from securemesh.cli import COMMANDS, build_parser
 
@@ -218,6 +220,27 @@ def test_device_app_explains_the_namespace_rule(mesh: Mesh) -> None:
     line = one_error(done)
     assert "outside the namespace of the edge 'edge-1'" in line
     assert "'edge-1.sensor-7'" in line
+    assert not (mesh.root / "bad-id" / "identity.key").exists()  # refused before any key work
+
+
+def test_the_sdk_snippet_in_the_docs_runs(mesh: Mesh, tmp_path: Path) -> None:
+    """docs/sdk.md's example, as written, against the documented edge (``token``, ``pw``
+    and ``raw_bytes`` are the application's; the data dir is a temporary one)."""
+    code = marked_block("sdk.md", "sdk-device").replace("/var/lib/sensor", str(tmp_path / "s"))
+    token = ok(
+        "token", "create", "--data-dir", str(mesh.edge), "--tier", "end", "--roles", "sensor"
+    ).strip()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(
+            compile(code, "docs/sdk.md", "exec"),
+            {"token": token, "pw": PASSPHRASE, "raw_bytes": b"\x00\x01"},
+        )
+    ack, time_reply = out.getvalue().splitlines()
+    assert ack.startswith("edge-1 {")
+    assert "'ack': 1" in ack
+    assert "'received': 2" in ack  # the one-way reading, then this one
+    assert time_reply.startswith("edge-1 {'by': 'edge-1', 'time': ")
 
 
 # ------------------------------------------------------------ operator guards
