@@ -11,6 +11,16 @@ environment variable named by ``--passphrase-env`` (default
 key). ``token create`` and ``token list`` need no passphrase: tokens carry
 only public data of the server and their own fresh secret.
 
+Every command takes the data dir from ``--data-dir`` or
+``$SECUREMESH_DATA_DIR``; ``token list`` prints a table (``--format json`` /
+``jsonl`` for scripts, ISO 8601 ``Z`` times; states usable, used, withdrawn,
+expired). Operator mistakes stop with one ``error:`` line before anything is
+written: ``revoke`` of a node id this authority has no record of
+(:func:`~securemesh.enroll._state.known_node_ids`; ``--force`` overrides),
+``enroll`` of an enrolled data dir under another ``--node-id`` (``--force``)
+or of one a running daemon holds, ``init`` or ``enroll`` on a path that is a
+file (or under one). ``enroll`` prints what it waits for once a wait passes a second.
+
 Revocation reaches a running cloud daemon through the file system:
 ``revoke`` replaces ``DATA_DIR/revocation.list`` atomically; the daemon
 watches that file (mtime), verifies the new list (rollbacks refused) and

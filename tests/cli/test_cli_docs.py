@@ -26,24 +26,22 @@ def test_every_command_has_a_section() -> None:
         assert f"\n## `{command}`\n" in text
 
 
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "securemesh.cli._docs", "--check", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def test_check_mode_exits_non_zero_on_a_stale_file(tmp_path: Path) -> None:
     stale = tmp_path / "cli.md"
     stale.write_text(render().replace("node stop", "node halt"), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "securemesh.cli._docs", "--check", str(stale)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = _check(stale)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ")
     assert "Traceback" not in done.stderr
-    fresh = subprocess.run(
-        [sys.executable, "-m", "securemesh.cli._docs", "--check", str(CLI_MD)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    fresh = _check(CLI_MD)
     assert fresh.returncode == 0, fresh.stderr
