@@ -177,14 +177,22 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 # ------------------------------------------------------------- the device path
 
 
-def test_device_app_gets_every_reading_acknowledged(mesh: Mesh) -> None:
+@pytest.fixture(scope="module")
+def first_run(mesh: Mesh) -> subprocess.CompletedProcess[str]:
+    """examples/device_app.py enrolling DEVICE_ID at the edge and sending 3 readings."""
     token = ok(
         "token", "create", "--data-dir", str(mesh.edge), "--tier", "end", "--roles", "sensor"
     ).strip()
-    done = device_app(
+    return device_app(
         "--data-dir", str(mesh.device), "--token", token, "--node-id", DEVICE_ID,
         "--count", "3", "--interval", "0.05", "--kdf-memlimit-mib", "8",
     )  # fmt: skip
+
+
+def test_device_app_gets_every_reading_acknowledged(
+    first_run: subprocess.CompletedProcess[str],
+) -> None:
+    done = first_run
     assert done.returncode == 0, done.stderr
     assert re.search(r"^time at edge-1: \d{4}-\d\d-\d\dT[\d:.]+Z", done.stdout, re.M)
     for seq in range(3):
@@ -247,9 +255,11 @@ def test_the_sdk_snippet_in_the_docs_runs(mesh: Mesh, tmp_path: Path) -> None:
 # ------------------------------------------------------------ operator guards
 
 
-def test_enroll_refuses_another_node_id_for_an_enrolled_data_dir(mesh: Mesh) -> None:
+def test_enroll_refuses_another_node_id_for_an_enrolled_data_dir(
+    mesh: Mesh, first_run: subprocess.CompletedProcess[str]
+) -> None:
     token, token_id = create_token(mesh.edge, "--tier", "end")
-    assert (mesh.device / "node.cert").exists(), "runs after the device enrolled"
+    assert first_run.returncode == 0, "the device is enrolled"
     line = one_error(
         run(
             "enroll",
@@ -319,8 +329,10 @@ def test_revoke_refuses_a_node_id_never_issued_unless_forced(mesh: Mesh) -> None
 # --------------------------------------------------------------- fleet view
 
 
-def test_node_list_shows_the_children_of_cloud_and_edge(mesh: Mesh) -> None:
-    assert (mesh.device / "node.cert").exists(), "runs after the device enrolled"
+def test_node_list_shows_the_children_of_cloud_and_edge(
+    mesh: Mesh, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    assert first_run.returncode == 0, "the device is enrolled"
     wait_status(
         mesh.cloud,
         lambda s: any(c["node_id"] == "edge-1" and c["load_1m"] is not None
@@ -349,8 +361,10 @@ def test_node_list_shows_the_children_of_cloud_and_edge(mesh: Mesh) -> None:
     assert device[1:4] == ["end", "sensor", "disconnected"]
 
 
-def test_a_revoked_device_is_listed_as_revoked_and_told_so_at_connect(mesh: Mesh) -> None:
-    assert (mesh.device / "node.cert").exists(), "runs after the device enrolled"
+def test_a_revoked_device_is_listed_as_revoked_and_told_so_at_connect(
+    mesh: Mesh, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    assert first_run.returncode == 0, "the device is enrolled"
     before = json.loads((mesh.edge / "status.json").read_text())["revocation_list_versions"]
     ok("revoke", "--data-dir", str(mesh.cloud), DEVICE_ID)  # in edge-1's namespace: known
     wait_status(
