@@ -290,7 +290,6 @@ def _enroll(args: argparse.Namespace) -> int:
     text = args.token if args.token_file is None else _read_token_file(Path(args.token_file))
     token = read_join_token(text, time.time())
     data_dir = usable_dir(_data_dir(args))
-    _check_same_node(data_dir, args.node_id, force=args.force)
     _not_running(data_dir, "enrolling again")
     passphrase = _passphrase(args.passphrase_env, confirm=not (data_dir / "identity.key").exists())
     done = enroll_data_dir(
@@ -304,6 +303,8 @@ def _enroll(args: argparse.Namespace) -> int:
         in_use_error=ConfigError,
         in_use_hint="another daemon is using this data dir: stop it before enrolling again",
         on_wait=lambda text: print(f"{text} ...", file=sys.stderr, flush=True),
+        rename=args.force,
+        rename_hint=" (or pass --force to give these keys the new id)",
     )
     result, files, created = done.result, done.files, done.new_keys
     cert = result.cert
@@ -327,26 +328,6 @@ def _read_token_file(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc.strerror or exc}") from exc
     return raw.decode("ascii", errors="replace")
-
-
-def _check_same_node(data_dir: Path, node_id: str, *, force: bool) -> None:
-    """ConfigError if ``data_dir`` is enrolled as another node id (unless ``force``)."""
-    from securemesh.crypto.certs import SignedCertificate  # noqa: PLC0415
-    from securemesh.enroll._state import NODE_CERT_FILE  # noqa: PLC0415
-
-    path = data_dir / NODE_CERT_FILE
-    if force or not path.is_file():
-        return
-    try:
-        enrolled = SignedCertificate.from_bytes(path.read_bytes()[:65536]).unverified_certificate()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is unreadable ({exc}): pass --force to enroll anyway") from exc
-    if enrolled.node_id != node_id:
-        raise ConfigError(
-            f"{data_dir} is enrolled as {enrolled.node_id!r}, not {node_id!r}: re-enroll with "
-            f"--node-id {enrolled.node_id}, use another --data-dir for a new node, or pass "
-            "--force to give these keys the new id"
-        )
 
 
 # ---------------------------------------------------------------------- parsers

@@ -79,6 +79,7 @@ from securemesh.enroll._protocol import (
 from securemesh.enroll._state import (
     SEQUENCE_FILE,
     NodeFiles,
+    enrolled_node_id,
     existing_trust,
     identity_for_enrollment,
     save_enrollment,
@@ -445,6 +446,8 @@ def enroll_data_dir(
     in_use_hint: str,
     in_use_error: type[LocalError] = StateFileError,
     on_wait: Callable[[str], None] | None = None,
+    rename: bool = False,
+    rename_hint: str = "",
 ) -> DataDirEnrollment:
     """Enroll the node of ``data_dir`` with ``token`` and write the daemon's layout there.
 
@@ -454,9 +457,17 @@ def enroll_data_dir(
     remembers a re-enrolling node's id; if the counter is locked (the node is
     running) this raises ``in_use_error`` naming ``in_use_hint`` before the
     token is spent. ``listen`` goes to a new ``node.toml`` of an edge.
-    ``on_wait``: as in :func:`enroll_over_zmq`.
+    ``on_wait``: as in :func:`enroll_over_zmq`. A data dir enrolled under
+    another node id is refused (ConfigError, before the token is spent; the
+    message ends with ``rename_hint``) unless ``rename``.
     """
     token.check_node_id(node_id)  # before any key is generated or file written
+    enrolled = enrolled_node_id(data_dir)
+    if enrolled is not None and enrolled != node_id and not rename:
+        raise ConfigError(
+            f"{data_dir} belongs to node {enrolled!r}, not {node_id!r}: re-enroll it with "
+            f"that id, or use another data directory{rename_hint}"
+        )
     trust = existing_trust(data_dir)
     identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=kdf_params)
     try:

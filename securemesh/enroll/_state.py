@@ -73,6 +73,7 @@ __all__ = [
     "InitResult",
     "NodeFiles",
     "TokenIssuer",
+    "enrolled_node_id",
     "existing_trust",
     "identity_for_enrollment",
     "init_authority",
@@ -320,6 +321,13 @@ def _listen_of(data_dir: Path) -> str | None:
         return None
     # A wildcard bind address is not somewhere a new node can connect to.
     return None if "://0.0.0.0:" in listen or "://*:" in listen else listen
+
+
+def enrolled_node_id(data_dir: Path) -> str | None:
+    """The node id of ``data_dir``'s certificate (``node.cert``), None if not enrolled yet."""
+    if not (data_dir / NODE_CERT_FILE).is_file():
+        return None
+    return _node_cert(data_dir).node_id
 
 
 def load_token_issuer(data_dir: Path) -> TokenIssuer:

@@ -39,7 +39,8 @@ rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`). A
 handler's return value becomes the REPLY (same message type, or
 ``mesh.error`` if it raised); the reply goes back down the link the request
 came on. Forwarding hops remember forwarded requests (bounded, expiring) and
-let each matching reply through once.
+let each matching reply through once. A refused request gets no reply, so the
+caller's ``TimeoutError`` says who, what, how long, and that (:func:`no_reply_message`).
 
 **Broadcast.** :meth:`MeshNode.broadcast` sends one SIGNED envelope with an
 empty recipient to every child link; each child handles it and re-broadcasts

@@ -272,7 +272,8 @@ def test_enroll_refuses_another_node_id_for_an_enrolled_data_dir(
             fast=True,
         )
     )
-    assert f"is enrolled as {DEVICE_ID!r}, not 'edge-1.sensor-8'" in line
+    assert f"belongs to node {DEVICE_ID!r}, not 'edge-1.sensor-8'" in line
+    assert "--force" in line
     assert token_states(mesh.edge)[token_id] == "usable"  # refused before it was spent
 
 
