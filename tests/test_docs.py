@@ -21,18 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from daemon_support import free_port
+from daemon_support import FAST_KDF_CLI, free_port
 from docs_support import RUNNABLE, TESTED, all_blocks, marked_block
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_INIT = (
-    "import sys\n"
-    "import securemesh.cli._mesh as m\n"
-    "from securemesh.crypto import keystore\n"
-    "m._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS\n"
-    "from securemesh.cli import main\n"
-    "raise SystemExit(main(sys.argv[1:]))\n"
-)
 
 
 def test_every_runnable_snippet_is_tested() -> None:
@@ -129,7 +121,7 @@ def test_enrollment_quick_start_runs(tmp_path: Path) -> None:
 def test_node_operations_run(tmp_path: Path) -> None:
     data_dir = tmp_path / "edge-1"
     init = subprocess.run(
-        [sys.executable, "-c", FAST_INIT, "init", "--data-dir", str(data_dir),
+        [*FAST_KDF_CLI, "init", "--data-dir", str(data_dir),
          "--listen", f"tcp://127.0.0.1:{free_port()}"],
         env={**os.environ, "SECUREMESH_PASSPHRASE": "..."},
         capture_output=True, text=True, check=False, timeout=120,

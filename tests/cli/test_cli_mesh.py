@@ -9,9 +9,9 @@ must get every reading acknowledged; the guards, the fleet view, ``node
 stop``, the default config lookup and a table of bad inputs (one ``error:``
 line, non-zero exit, never a traceback) are checked against real processes.
 
-Commands that create key files run through :data:`FAST_CLI`, which lowers the
-Argon2id cost in the child first (``securemesh.cli._mesh._KDF_PARAMS``, as the
-in-process enrollment tests do); everything else is ``python -m securemesh``.
+Commands that create key files run through ``daemon_support.FAST_KDF_CLI``,
+which lowers the Argon2id cost in the child first; everything else is
+``python -m securemesh``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from daemon_support import (
+    FAST_KDF_CLI,
     Daemons,
     daemon_env,
     free_port,
@@ -47,16 +48,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PASSPHRASE = "cli-mesh-test-passphrase"
 SM = [sys.executable, "-m", "securemesh"]
-FAST_CLI = [
-    sys.executable,
-    "-c",
-    "import sys\n"
-    "import securemesh.cli._mesh as m\n"
-    "from securemesh.crypto import keystore\n"
-    "m._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS\n"
-    "from securemesh.cli import main\n"
-    "raise SystemExit(main(sys.argv[1:]))\n",
-]
 DEVICE_ID = "edge-1.sensor-7"
 
 
@@ -75,7 +66,7 @@ def run(
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*(FAST_CLI if fast else SM), *args],
+        [*(FAST_KDF_CLI if fast else SM), *args],
         env=env if env is not None else _env(),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
