@@ -29,17 +29,23 @@ The SDK renews the certificate at half its lifetime by itself. If the device
 stayed offline past expiry, ``connect`` raises CertificateExpired: enroll
 again with a fresh token and the same ``--data-dir`` (the keys are kept).
 
-What it does: every ``--interval`` seconds it sends one ``sensor.reading``
-(a dict body: sensor name, sequence number, a simulated temperature, the
-1-minute load average) to its edge, and answers ``sensor.config`` requests
-from its edge or the cloud (``{"interval": 5.0}`` changes the period). The
-edge's policy must allow ``sensor.*`` from tier ``end`` (examples/edge.toml).
-SIGINT/SIGTERM stop it cleanly.
+What it does: it asks its edge for the time (``sensor.time``), then every
+``--interval`` seconds sends one ``sensor.reading`` (a dict body: sensor name,
+sequence number, a simulated temperature, the 1-minute load average) to its
+edge *as a request*, and prints what the edge acknowledged. It answers
+``sensor.config`` requests from its edge or the cloud (``{"interval": 5.0}``
+changes the period). The edge must run a service for these types and allow
+them from tier ``end`` -- examples/sensor_service.py, loaded and allowed as
+examples/edge.toml shows. A request the edge refuses (not allowed, no
+handler) gets no reply: the app then prints one ``error:`` line and exits 1,
+so "exit 0" means every reading was acknowledged. SIGINT/SIGTERM stop it
+cleanly.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
 import signal
@@ -48,6 +54,7 @@ import threading
 import time
 from typing import Any
 
+from securemesh.errors import SecureMeshError
 from securemesh.sdk import Device, Message
 
 
@@ -86,15 +93,37 @@ class SensorApp:
             "ts": round(time.time(), 3),
         }
 
-    def run(self, count: int) -> int:
+    def run(self, count: int, *, timeout: float) -> int:
+        """Send readings as requests; print each acknowledgement. Returns the count sent."""
         dest = self.device.parent_id
         assert dest is not None  # connect() waited for the edge
         sent = 0
         while not self.stop.is_set() and (count <= 0 or sent < count):
-            self.device.send(dest, "sensor.reading", self.reading(sent))
+            ack = self.device.request(dest, "sensor.reading", self.reading(sent), timeout=timeout)
+            body = ack.json()
+            print(
+                f"acknowledged reading {body.get('ack')} of {body.get('sensor')} by {ack.sender} "
+                f"({body.get('received')} received from this device)",
+                flush=True,
+            )
             sent += 1
             self.stop.wait(self.interval)
         return sent
+
+
+def edge_time(device: Device, *, timeout: float) -> str:
+    """Ask the edge for its clock (``sensor.time``); a line saying it and our offset."""
+    dest = device.parent_id
+    assert dest is not None
+    reply = device.request(dest, "sensor.time", {}, timeout=timeout)
+    edge_now = reply.json().get("time")
+    if not isinstance(edge_now, int | float):
+        raise ValueError(f"{reply.sender} answered sensor.time without a time")
+    when = datetime.datetime.fromtimestamp(edge_now, datetime.UTC)
+    return (
+        f"time at {reply.sender}: {when.isoformat(timespec='milliseconds').replace('+00:00', 'Z')}"
+        f" (this device is {time.time() - edge_now:+.3f} s off)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,14 +142,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--passphrase-env", default="SECUREMESH_PASSPHRASE", help="variable holding the passphrase"
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the edge at connect, and for each acknowledgement",
+    )
     args = parser.parse_args(argv)
+    if args.token and not args.node_id:
+        parser.error("--token needs --node-id")
     passphrase = os.environ.get(args.passphrase_env)
     if not passphrase:
-        print(f"set {args.passphrase_env} (it encrypts the device key)", file=sys.stderr)
+        print(f"error: set {args.passphrase_env} (it encrypts the device key)", file=sys.stderr)
         return 2
+    try:
+        return _run(args, passphrase)
+    except (SecureMeshError, TimeoutError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, passphrase: str) -> int:
     if args.token:
-        if not args.node_id:
-            parser.error("--token needs --node-id")
         kdf = None
         if args.kdf_memlimit_mib is not None:
             from securemesh.crypto.keystore import KdfParams  # noqa: PLC0415 - only when asked
@@ -135,14 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"enrolled {info.node_id} (serial {info.serial}, by {info.issuer})", file=sys.stderr)
 
-    with Device.connect(args.data_dir, passphrase=passphrase) as device:
+    with Device.connect(
+        args.data_dir, passphrase=passphrase, connect_timeout=args.timeout
+    ) as device:
         app = SensorApp(device, args.sensor, args.interval)
         device.on("sensor.config", app.on_config)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: app.stop.set())
         print(f"{device.node_id} connected to {device.parent_id}", file=sys.stderr)
-        sent = app.run(args.count)
-    print(f"sent {sent} readings", file=sys.stderr)
+        print(edge_time(device, timeout=args.timeout), flush=True)
+        sent = app.run(args.count, timeout=args.timeout)
+    print(f"sent {sent} readings, all acknowledged", file=sys.stderr)
     return 0
 
 

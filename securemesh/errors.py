@@ -132,6 +132,10 @@ class SecureMeshError(Exception):
 class LocalError(SecureMeshError, ValueError):
     """Something on our side is wrong: configuration, API misuse, local files."""
 
+    def diagnostics(self) -> str:
+        """The message alone: it says what to fix in the user's words (no class name)."""
+        return str(self) or type(self).__name__
+
 
 class ConfigError(LocalError):
     """A configuration file or argument is invalid."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from securemesh.cli._common import DEFAULT_PASSPHRASE_ENV, passphrase_options
 from securemesh.cli._common import read_passphrase as _passphrase
 from securemesh.crypto.identity import NodeIdentity, PublicKeys
+from securemesh.errors import ConfigError
 
 __all__ = ["DEFAULT_PASSPHRASE_ENV", "register"]
 
@@ -31,6 +33,9 @@ def _print_public(keys: PublicKeys, *, as_json: bool) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    parent = Path(args.out).expanduser().parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {args.out}: the directory {parent} does not exist")
     passphrase = _passphrase(args.passphrase_env, confirm=True)
     identity = NodeIdentity.generate()
     identity.save(args.out, passphrase, overwrite=args.force)

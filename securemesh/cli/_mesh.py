@@ -11,6 +11,16 @@ environment variable named by ``--passphrase-env`` (default
 key). ``token create`` and ``token list`` need no passphrase: tokens carry
 only public data of the server and their own fresh secret.
 
+Every command takes the data dir from ``--data-dir`` or
+``$SECUREMESH_DATA_DIR``; ``token list`` prints a table (``--format json`` /
+``jsonl`` for scripts, ISO 8601 ``Z`` times; states usable, used, withdrawn,
+expired). Operator mistakes stop with one ``error:`` line before anything is
+written: ``revoke`` of a node id this authority has no record of
+(:func:`~securemesh.enroll._state.known_node_ids`; ``--force`` overrides),
+``enroll`` of an enrolled data dir under another ``--node-id`` (``--force``)
+or of one a running daemon holds, ``init`` or ``enroll`` on a path that is a
+file (or under one). ``enroll`` prints what it waits for once a wait passes a second.
+
 Revocation reaches a running cloud daemon through the file system:
 ``revoke`` replaces ``DATA_DIR/revocation.list`` atomically; the daemon
 watches that file (mtime), verifies the new list (rollbacks refused) and
@@ -28,12 +38,21 @@ from typing import TYPE_CHECKING
 
 from securemesh.cli._common import passphrase_options
 from securemesh.cli._common import read_passphrase as _passphrase
+from securemesh.cli._records import (
+    daemon_pid,
+    data_dir_of,
+    data_dir_options,
+    format_options,
+    iso_time,
+    print_records,
+    usable_dir,
+)
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import Tier
 from securemesh.errors import ConfigError
 
 if TYPE_CHECKING:
-    from securemesh.enroll import TokenStore
+    from securemesh.enroll import TokenRecord, TokenStore
 
 __all__ = ["parse_duration", "register"]
 
@@ -57,7 +76,17 @@ def _roles(text: str) -> list[str]:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return Path(args.data_dir).expanduser()
+    return data_dir_of(args)
+
+
+def _not_running(data_dir: Path, doing: str) -> None:
+    """ConfigError if a daemon runs on ``data_dir`` (it holds the counter and the keys)."""
+    pid = daemon_pid(data_dir)
+    if pid is not None:
+        raise ConfigError(
+            f"another daemon is already running on this data dir (pid {pid}): "
+            f"stop it (securemesh node stop --data-dir {data_dir}) before {doing}"
+        )
 
 
 # --------------------------------------------------------------------- commands
@@ -66,7 +95,7 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def _init(args: argparse.Namespace) -> int:
     from securemesh.enroll import init_authority  # noqa: PLC0415 - lazy
 
-    data_dir = _data_dir(args)
+    data_dir = usable_dir(_data_dir(args))
     passphrase = _passphrase(args.passphrase_env, confirm=True)
     result = init_authority(
         data_dir,
@@ -161,30 +190,38 @@ def _existing_token_store(args: argparse.Namespace) -> TokenStore:
     return TokenStore.in_dir(data_dir)
 
 
-def _token_list(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415
+def _token_state(rec: TokenRecord, now: float) -> str:
+    if rec.usable_at(now):
+        return "usable"
+    if rec.withdrawn:
+        return "withdrawn"
+    return "used" if rec.used else "expired"
 
+
+def _token_list(args: argparse.Namespace) -> int:
     now = time.time()
     with _existing_token_store(args) as store:
         records = store.list_tokens(include_used=args.all, include_expired=args.all)
-    for rec in records:
-        state = "usable" if rec.usable_at(now) else ("used" if rec.used else "expired")
-        print(
-            json.dumps(
-                {
-                    "token_id": rec.token_id.hex(),
-                    "tier": rec.tier.value,
-                    "roles": list(rec.roles),
-                    "issuer": rec.issuer,
-                    "delegate": rec.delegate,
-                    "created_at": rec.created_at,
-                    "expires_at": rec.expires_at,
-                    "state": state,
-                    "used_by": rec.used_by,
-                },
-                sort_keys=True,
-            )
-        )
+    rows = [
+        {
+            "token_id": rec.token_id.hex(),
+            "tier": rec.tier.value,
+            "roles": list(rec.roles),
+            "issuer": rec.issuer,
+            "delegate": rec.delegate,
+            "created_at": iso_time(rec.created_at),
+            "expires_at": iso_time(rec.expires_at),
+            "state": _token_state(rec, now),
+            "used_by": rec.used_by,
+        }
+        for rec in records
+    ]
+    print_records(
+        rows,
+        args.format,
+        columns=("token_id", "tier", "roles", "state", "expires_at", "used_by", "delegate"),
+        empty="no tokens" + ("" if args.all else " usable (--all lists used, withdrawn, expired)"),
+    )
     return 0
 
 
@@ -212,9 +249,28 @@ def _token_prune(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from securemesh.enroll import REVOCATION_FILE, revoke_node  # noqa: PLC0415
+    from securemesh.enroll import (  # noqa: PLC0415
+        REVOCATION_FILE,
+        known_node_ids,
+        require_authority,
+        revoke_node,
+    )
 
     data_dir = _data_dir(args)
+    if not args.nodes and not args.serial:
+        raise ConfigError("name at least one NODE (or --serial) to revoke")
+    require_authority(data_dir)
+    if not args.force:
+        ids, prefixes = known_node_ids(data_dir)
+        unknown = [
+            n for n in args.nodes if n not in ids and not any(n.startswith(p) for p in prefixes)
+        ]
+        if unknown:
+            raise ConfigError(
+                f"this authority never issued {', '.join(map(repr, unknown))} (not in peers/, "
+                "tokens.db or an edge's namespace): check the spelling, or pass --force to "
+                "revoke it anyway"
+            )
     passphrase = _passphrase(args.passphrase_env, confirm=False)
     signed = revoke_node(
         data_dir, passphrase, node_ids=args.nodes, serials=args.serial, now=time.time()
@@ -233,12 +289,10 @@ def _enroll(args: argparse.Namespace) -> int:
 
     if (args.token is None) == (args.token_file is None):
         raise ConfigError("give exactly one of --token TOKEN and --token-file PATH")
-    if args.token_file is not None:
-        text = Path(args.token_file).read_text(encoding="ascii", errors="replace")[:4096]
-    else:
-        text = args.token
+    text = args.token if args.token_file is None else _read_token_file(Path(args.token_file))
     token = read_join_token(text, time.time())
-    data_dir = _data_dir(args)
+    data_dir = usable_dir(_data_dir(args))
+    _not_running(data_dir, "enrolling again")
     passphrase = _passphrase(args.passphrase_env, confirm=not (data_dir / "identity.key").exists())
     done = enroll_data_dir(
         token,
@@ -249,7 +303,10 @@ def _enroll(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         listen=args.listen,
         in_use_error=ConfigError,
-        in_use_hint="stop the node daemon before enrolling again",
+        in_use_hint="another daemon is using this data dir: stop it before enrolling again",
+        on_wait=lambda text: print(f"{text} ...", file=sys.stderr, flush=True),
+        rename=args.force,
+        rename_hint=" (or pass --force to give these keys the new id)",
     )
     result, files, created = done.result, done.files, done.new_keys
     cert = result.cert
@@ -265,13 +322,22 @@ def _enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_token_file(path: Path) -> str:
+    """The token text of ``--token-file`` (at most 4 KiB read); ConfigError if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the token file {path}: {exc.strerror or exc}") from exc
+    return raw.decode("ascii", errors="replace")
+
+
 # ---------------------------------------------------------------------- parsers
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``init``, ``token create|list|withdraw|prune``, ``revoke`` and ``enroll``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", required=True, metavar="DIR", help="the node's data dir")
+    common = data_dir_options()
     secret = passphrase_options()
 
     init = subparsers.add_parser(
@@ -305,7 +371,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="edge tokens only: also give the edge a delegated authority for end devices",
     )
     create.set_defaults(func=_token_create)
-    listing = token_sub.add_parser("list", parents=[common], help="list usable tokens (JSON lines)")
+    listing = token_sub.add_parser(
+        "list", parents=[common, format_options()], help="list usable tokens (never secrets)"
+    )
     listing.add_argument("--all", action="store_true", help="include used and expired tokens")
     listing.set_defaults(func=_token_list)
     withdraw = token_sub.add_parser(
@@ -325,9 +393,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     revoke = subparsers.add_parser(
         "revoke", parents=[common, secret], help="revoke nodes: write a new signed revocation list"
     )
-    revoke.add_argument("nodes", nargs="*", metavar="NODE")
+    revoke.add_argument("nodes", nargs="*", metavar="NODE", help="node ids to revoke")
     revoke.add_argument(
         "--serial", action="append", type=int, default=[], help="also revoke a serial"
+    )
+    revoke.add_argument(
+        "--force", action="store_true", help="revoke node ids this authority has no record of"
     )
     revoke.set_defaults(func=_revoke)
 
@@ -336,11 +407,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parents=[common, secret],
         help="enroll this node with a join token (keys are generated or kept locally)",
     )
-    enroll.add_argument("--token", default=None, metavar="TOKEN")
-    enroll.add_argument("--token-file", default=None, metavar="PATH")
-    enroll.add_argument("--node-id", required=True, metavar="ID")
+    enroll.add_argument("--token", default=None, metavar="TOKEN", help="the join token (smj1.…)")
+    enroll.add_argument(
+        "--token-file", default=None, metavar="PATH", help="read the join token from PATH"
+    )
+    enroll.add_argument(
+        "--node-id",
+        required=True,
+        metavar="ID",
+        help="this node's id (at a delegated edge: the edge's id, a dot and a name)",
+    )
     enroll.add_argument(
         "--listen", default=None, metavar="tcp://HOST:PORT", help="edge: where to listen"
     )
-    enroll.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    enroll.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the enrolling server (default 10)",
+    )
+    enroll.add_argument(
+        "--force",
+        action="store_true",
+        help="enroll even if the data dir is enrolled under another node id (keeps its keys)",
+    )
     enroll.set_defaults(func=_enroll)

@@ -76,6 +76,7 @@ from securemesh.enroll._protocol import (
 from securemesh.enroll._state import (
     SEQUENCE_FILE,
     NodeFiles,
+    enrolled_node_id,
     existing_trust,
     identity_for_enrollment,
     save_enrollment,
@@ -254,8 +255,12 @@ def enroll_over_zmq(
     clock: Callable[[], float] = time.time,
     sequence: int = 1,
     trust: TrustStore | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> EnrollResult:
     """Enroll ``identity`` as ``node_id`` at the token's server; return the verified result.
+
+    ``on_wait(text)`` is called once if the wait passes a second, saying what
+    it waits for (the CLI prints it).
 
     Blocking (plain pyzmq, no event loop). A refused handshake (the server
     does not admit the token's key, which a daemon does only at its next
@@ -279,9 +284,12 @@ def enroll_over_zmq(
         except UnexpectedMessage:
             return None  # not our reply (cannot normally happen on a fresh socket)
 
+    waiting = _WaitNotice(on_wait, start=time.monotonic())
     ctx = zmq.Context()
     try:
-        attempt = functools.partial(_first_contact, ctx, token, pair, frames, deadline=deadline)
+        attempt = functools.partial(
+            _first_contact, ctx, token, pair, frames, deadline=deadline, waiting=waiting
+        )
         while (reply := attempt(ours=ours)) is None:
             # The server refused the token's key. A daemon admits a new token's
             # key at its next refresh (about a second), so a token created a
@@ -292,6 +300,11 @@ def enroll_over_zmq(
                     f"the server at {token.endpoint} refused this token's key for "
                     f"{timeout:g} s (the token is unknown, used or expired)"
                 )
+            waiting.tick(
+                f"the server at {token.endpoint} refuses this token's key; trying again for "
+                f"up to {timeout:g} s (a daemon admits a new token within a few seconds; an "
+                "unknown, used, withdrawn or expired token stays refused)"
+            )
             time.sleep(backoff)
             backoff = min(backoff * 2, _REFUSED_BACKOFF_MAX)
     finally:
@@ -301,6 +314,21 @@ def enroll_over_zmq(
 
 _REFUSED_BACKOFF = 0.1
 _REFUSED_BACKOFF_MAX = 1.0
+#: A wait longer than this is announced through ``on_wait`` (once).
+_NOTICE_AFTER = 1.0
+
+
+class _WaitNotice:
+    """Calls ``on_wait`` once, the first time :meth:`tick` comes a second after ``start``."""
+
+    def __init__(self, on_wait: Callable[[str], None] | None, *, start: float) -> None:
+        self._on_wait = on_wait
+        self._start = start
+
+    def tick(self, text: str) -> None:
+        if self._on_wait is not None and time.monotonic() - self._start >= _NOTICE_AFTER:
+            self._on_wait(text)
+            self._on_wait = None
 
 
 def _first_contact(
@@ -311,6 +339,7 @@ def _first_contact(
     *,
     deadline: float,
     ours: Callable[[list[bytes]], EnrollReply | None],
+    waiting: _WaitNotice,
 ) -> EnrollReply | None:
     """Send the request on a fresh socket; our reply, or None if the key was refused.
 
@@ -347,7 +376,16 @@ def _first_contact(
         handshaken = False
         while True:
             remaining = deadline - time.monotonic()
-            ready = dict(poller.poll(max(1, int(remaining * 1000)))) if remaining > 0 else {}
+            # in slices of at most a second, so that a long wait is announced
+            ready = (
+                dict(poller.poll(max(1, int(min(remaining, 1.0) * 1000)))) if remaining > 0 else {}
+            )
+            if not ready and time.monotonic() < deadline:
+                waiting.tick(
+                    f"waiting for the enrollment reply from {token.endpoint} (up to "
+                    f"{max(0.0, deadline - time.monotonic()):.0f} s more)"
+                )
+                continue
             if not ready:
                 raise TransportError(
                     f"no enrollment reply from {token.endpoint} in time "
@@ -399,6 +437,9 @@ def enroll_data_dir(
     listen: str | None = None,
     in_use_hint: str,
     in_use_error: type[LocalError] = StateFileError,
+    on_wait: Callable[[str], None] | None = None,
+    rename: bool = False,
+    rename_hint: str = "",
 ) -> DataDirEnrollment:
     """Enroll the node of ``data_dir`` with ``token`` and write the daemon's layout there.
 
@@ -408,7 +449,17 @@ def enroll_data_dir(
     remembers a re-enrolling node's id; if the counter is locked (the node is
     running) this raises ``in_use_error`` naming ``in_use_hint`` before the
     token is spent. ``listen`` goes to a new ``node.toml`` of an edge.
+    ``on_wait``: as in :func:`enroll_over_zmq`. A data dir enrolled under
+    another node id is refused (ConfigError, before the token is spent; the
+    message ends with ``rename_hint``) unless ``rename``.
     """
+    token.check_node_id(node_id)  # before any key is generated or file written
+    enrolled = enrolled_node_id(data_dir)
+    if enrolled is not None and enrolled != node_id and not rename:
+        raise ConfigError(
+            f"{data_dir} belongs to node {enrolled!r}, not {node_id!r}: re-enroll it with "
+            f"that id, or use another data directory{rename_hint}"
+        )
     trust = existing_trust(data_dir)
     identity, created = identity_for_enrollment(data_dir, passphrase, kdf_params=kdf_params)
     try:
@@ -417,7 +468,14 @@ def enroll_data_dir(
     except StateFileError as exc:
         raise in_use_error(f"{exc} ({in_use_hint})") from exc
     result = enroll_over_zmq(
-        token, identity, node_id, timeout=timeout, clock=clock, sequence=sequence, trust=trust
+        token,
+        identity,
+        node_id,
+        timeout=timeout,
+        clock=clock,
+        sequence=sequence,
+        trust=trust,
+        on_wait=on_wait,
     )
     files = save_enrollment(data_dir, token, result, listen=listen)
     return DataDirEnrollment(result, files, created)

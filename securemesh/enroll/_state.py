@@ -71,19 +71,23 @@ __all__ = [
     "IDENTITY_FILE",
     "NODE_CERT_FILE",
     "NODE_TOML",
+    "POLICY_HINT",
     "REVOCATION_FILE",
     "SEQUENCE_FILE",
     "TRUST_FILE",
     "InitResult",
     "NodeFiles",
     "TokenIssuer",
+    "enrolled_node_id",
     "existing_trust",
     "identity_for_enrollment",
     "init_authority",
     "load_authority",
+    "known_node_ids",
     "load_delegated_authority",
     "load_token_issuer",
     "read_trust",
+    "require_authority",
     "revoke_node",
     "save_authority",
     "save_authority_state",
@@ -196,6 +200,28 @@ def _toml_value(value: object) -> str:
     raise LocalError(f"cannot write {type(value).__name__} to TOML")
 
 
+#: Appended to the ``node.toml`` of an edge or cloud: the policy, explained
+#: (deny by default; the rule the device example needs, commented out).
+POLICY_HINT: Final = """
+# Policy: deny by default. This node accepts -- and forwards -- only message
+# types a [[policy.allow]] rule below allows, from senders of the listed tiers
+# (and, if given, roles). Anything else is refused, counted in status.json
+# ("rejections": {"unauthorized": N}) and audited; a refused request gets no
+# reply, so its sender sees a timeout. A message that crosses several nodes is
+# authorized on every hop. Services add handlers for their types
+# (services = ["module:register"]); a type with no handler is refused as
+# no_handler. For the device example (examples/device_app.py with
+# examples/sensor_service.py, see examples/edge.toml) an edge needs, at the
+# top of this file:
+#   services = ["sensor_service:register"]   # run with PYTHONPATH=examples
+# and this rule (tokens made with `token create --tier end --roles sensor`):
+# [[policy.allow]]
+# types = ["sensor.reading", "sensor.time"]
+# tiers = ["end"]
+# roles = ["sensor"]
+"""
+
+
 def write_node_toml(
     path: Path,
     *,
@@ -229,7 +255,10 @@ def write_node_toml(
             f"endpoint = {_toml_value(parent_endpoint)}",
             f"curve_key = {_toml_value(z85_encode(parent_key))}",
         ]
-    _write(path, ("\n".join(lines) + "\n").encode())
+    text = "\n".join(lines) + "\n"
+    if tier is not Tier.END:
+        text += POLICY_HINT
+    _write(path, text.encode())
     return True
 
 
@@ -333,6 +362,13 @@ def _listen_of(data_dir: Path) -> str | None:
     return None if "://0.0.0.0:" in listen or "://*:" in listen else listen
 
 
+def enrolled_node_id(data_dir: Path) -> str | None:
+    """The node id of ``data_dir``'s certificate (``node.cert``), None if not enrolled yet."""
+    if not (data_dir / NODE_CERT_FILE).is_file():
+        return None
+    return _node_cert(data_dir).node_id
+
+
 def load_token_issuer(data_dir: Path) -> TokenIssuer:
     """Find out whether ``data_dir`` is a root (cloud) or a delegated edge, from public files."""
     auth_state = data_dir / AUTHORITY_DIR / AUTHORITY_STATE_FILE
@@ -392,6 +428,14 @@ def load_delegated_authority(data_dir: Path, identity: NodeIdentity) -> Delegate
 # ------------------------------------------------------------------ revocation
 
 
+def require_authority(data_dir: Path) -> Path:
+    """``data_dir/authority`` if it holds the mesh authority's key; ConfigError otherwise."""
+    auth_dir = data_dir / AUTHORITY_DIR
+    if not (auth_dir / AUTHORITY_KEY_FILE).exists():
+        raise ConfigError(f"{data_dir} holds no mesh authority (revoke runs on the cloud)")
+    return auth_dir
+
+
 def revoke_node(
     data_dir: Path,
     passphrase: str,
@@ -401,15 +445,58 @@ def revoke_node(
     now: float,
 ) -> SignedRevocationList:
     """Sign a new revocation list with the root, save it, replace ``revocation.list``."""
-    auth_dir = data_dir / AUTHORITY_DIR
-    if not (auth_dir / AUTHORITY_KEY_FILE).exists():
-        raise ConfigError(f"{data_dir} holds no mesh authority (revoke runs on the cloud)")
+    auth_dir = require_authority(data_dir)
     node_list = [validate_node_id(n) for n in node_ids]
     authority = load_authority(auth_dir, passphrase)
     signed = authority.revoke(node_ids=node_list, serials=serials, now=now)
     save_authority_state(auth_dir, authority)  # never reuse a list version
     _write(data_dir / REVOCATION_FILE, signed.to_bytes())
     return signed
+
+
+def known_node_ids(data_dir: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """Node ids the authority in ``data_dir`` knows it issued, and namespaces it delegated.
+
+    ``(ids, prefixes)``, from public files only: this node's certificate, the
+    certificates in ``peers/`` (the daemon keeps every certificate it issued
+    there), the nodes that used a token of ``tokens.db``, and the ids already
+    in ``revocation.list``. An edge's namespace (its id and a dot) is a prefix
+    when it was enrolled with a delegate token or is an edge in ``peers/``:
+    its devices' ids were issued by the edge, not here. ``revoke`` refuses an
+    id outside both unless forced.
+    """
+    ids: set[str] = set()
+    prefixes: set[str] = set()
+    if (data_dir / NODE_CERT_FILE).exists():
+        ids.add(_node_cert(data_dir).node_id)
+    peers = data_dir / "peers"
+    if peers.is_dir():
+        for path in sorted(peers.glob("*.cert"))[:100_000]:
+            try:
+                cert = SignedCertificate.from_bytes(
+                    _read(path, _MAX_SMALL_FILE, "peer certificate")
+                ).unverified_certificate()
+            except ValueError:  # unreadable or malformed (Local/RemoteError): not ours
+                continue
+            ids.add(cert.node_id)
+            if cert.tier is Tier.EDGE:
+                prefixes.add(cert.node_id + ".")
+    if (data_dir / "tokens.db").exists():
+        from securemesh.enroll._store import TokenStore  # noqa: PLC0415 - sqlalchemy
+
+        with TokenStore.in_dir(data_dir) as store:
+            for record in store.list_tokens():
+                if record.used_by is not None:
+                    ids.add(record.used_by)
+                    if record.delegate:
+                        prefixes.add(record.used_by + ".")
+    rl_path = data_dir / REVOCATION_FILE
+    if rl_path.exists():
+        from securemesh.crypto.certs import MAX_REVOCATION_LIST_SIZE  # noqa: PLC0415
+
+        blob = _read(rl_path, MAX_REVOCATION_LIST_SIZE, "revocation list")
+        ids.update(SignedRevocationList.from_bytes(blob).unverified_list().node_ids)
+    return frozenset(ids), frozenset(prefixes)
 
 
 # ------------------------------------------------------------------ enrollment

@@ -311,6 +311,8 @@ class TokenStore:
         record = self.get(token_id)
         if record is None:
             raise TokenError("unknown join token")
+        if record.withdrawn:
+            raise TokenError("join token withdrawn")
         if record.used_at is not None:
             raise TokenError("join token already used")
         if self._now(now) >= record.expires_at:
@@ -445,6 +447,8 @@ class TokenStore:
         record = self.get(token_id)
         if record is None:
             raise TokenError("unknown join token")
+        if record.withdrawn:
+            raise TokenError("join token withdrawn")
         if record.used_at is not None:
             raise TokenError("join token already used")
         raise TokenError("join token expired")
@@ -458,13 +462,18 @@ class TokenStore:
         return None if row is None else bytes(row[0])
 
     def revoke(self, token_id: bytes, *, now: float | None = None) -> bool:
-        """Make an unused token unusable (expire it now). True if it was usable."""
+        """Make an unused token unusable (expire it now). True if it was usable.
+
+        The record is marked withdrawn: ``used_at`` set with no ``used_by``
+        (``TokenRecord.withdrawn``), so ``token list`` can tell it from an
+        expired one; ``prune_expired`` keeps it as long as a used token.
+        """
         t = self._now(now)
         with self._engine.begin() as conn:
             result = conn.execute(
                 update(_tokens)
                 .where(_tokens.c.token_id == bytes(token_id), _usable_at(t))
-                .values(expires_at=t)
+                .values(expires_at=t, used_at=t, used_by=None)
             )
             return bool(result.rowcount == 1)
 

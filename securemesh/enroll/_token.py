@@ -411,7 +411,13 @@ class TokenRecord:
 
     @property
     def used(self) -> bool:
+        """Consumed by an enrollment, or withdrawn (either way unusable for good)."""
         return self.used_at is not None
+
+    @property
+    def withdrawn(self) -> bool:
+        """Made unusable by ``token withdraw`` (marked at ``used_at`` with no ``used_by``)."""
+        return self.used_at is not None and self.used_by is None
 
     def usable_at(self, now: float) -> bool:
         """Unused and unexpired at ``now``."""
@@ -423,7 +429,9 @@ class TokenRecord:
             raise LocalError("secret does not match this token")
 
     def __repr__(self) -> str:
-        state = f"used by {self.used_by!r}" if self.used_at is not None else "unused"
+        state = "withdrawn" if self.withdrawn else "unused"
+        if self.used_by is not None:
+            state = f"used by {self.used_by!r}"
         return (
             f"TokenRecord(id={self.token_id.hex()}, tier={self.tier.value!r}, "
             f"roles={self.roles!r}, issuer={self.issuer!r}, expires_at={self.expires_at}, "

@@ -10,6 +10,8 @@
 * :func:`serve_enrollment` — answer ``enroll.request``/``cert.renew`` with a
   :class:`securemesh.enroll.EnrollmentServer`; :class:`RejectionAuditor` — the
   audit hook writing signed ``message.rejected`` events to an outbox.
+* :func:`no_reply_message` — the text of a request's ``TimeoutError`` (peer, type,
+  time waited, and that a refused request gets no reply).
 * :func:`run_daemon` / :func:`run_node` / :func:`read_status` — ``securemesh
   node run|status`` (imported lazily: they load the daemon module and pyzmq).
 """
@@ -30,7 +32,7 @@ from securemesh.node._config import (
 from securemesh.node._directory import Directory, DirectoryEntry
 from securemesh.node._enroll import serve_enrollment
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
-from securemesh.node._node import Handler, MeshNode, Reply
+from securemesh.node._node import Handler, MeshNode, Reply, no_reply_message
 from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ __all__ = [
     "SessionConfig",
     "VerifiedMessage",
     "load_config",
+    "no_reply_message",
     "parse_curve_key",
     "read_status",
     "run_daemon",

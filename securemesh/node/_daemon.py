@@ -68,6 +68,7 @@ from securemesh.errors import (
 from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._directory import Directory
+from securemesh.node._fleet import children
 from securemesh.node._node import MeshNode
 
 if TYPE_CHECKING:
@@ -464,6 +465,15 @@ class _Daemon:
     def write_status(self, *, state: str) -> None:
         status = self.node.status()
         status.update({"pid": os.getpid(), "written_at": self._clock(), "state": state})
+        if state == "stopped":
+            status["draining"] = False  # it drained; it is not draining any more
+        status["children"] = children(
+            status,
+            self.node.directory,
+            self.files.peers,
+            now=self._clock(),
+            stale_after=3 * self.config.heartbeat_interval,
+        )
         if self.audit is not None:
             status["audit"] = self.audit.status()
         _write_json(self.files.status, status)
@@ -608,7 +618,7 @@ def _installed_version(node: MeshNode) -> int | None:
     return max(versions) if versions else None
 
 
-async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
+async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in order
     config: NodeConfig,
     *,
     passphrase: str,
@@ -681,9 +691,11 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
+    started = False
     try:
         await node.start()
         daemon.saver = asyncio.create_task(daemon.save_route_evidence())
+        started = True
         audit.start()
         ready = {"pid": os.getpid(), "node_id": node.node_id, "listen": node.address}
         _write_json(files.ready, ready)
@@ -709,8 +721,10 @@ async def run_node(  # noqa: PLR0915 - start-up, run and shutdown in order
         with contextlib.suppress(SecureMeshError, OSError):
             save_replay_marks(files.replay, node.replay_high_water_marks())
             save_replay_marks(files.route_evidence, node.route_evidence())
+        # A node that never started (its port in use, ...) leaves status.json alone.
         with contextlib.suppress(SecureMeshError, OSError):
-            daemon.write_status(state="stopped")
+            if started:
+                daemon.write_status(state="stopped")
         counter.close()
         audit.close()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -42,6 +42,8 @@ the reply goes back down the link the request came on. A message rejected in
 the pipeline gets no reply at all (protocol.md §7, "reply or silence").
 Forwarding hops remember forwarded requests (bounded, expiring) and let each
 matching reply through once.
+The caller of a request that got no reply gets a ``TimeoutError`` that says
+who, what, how long, and why there may be no reply (:func:`no_reply_message`).
 
 **Broadcast.** :meth:`MeshNode.broadcast` sends one SIGNED envelope with an
 empty recipient to every child link; each child handles it and re-broadcasts
@@ -195,7 +197,7 @@ if TYPE_CHECKING:
 
     from securemesh.crypto.certs import Certificate
 
-__all__ = ["Handler", "HandlerResult", "MeshNode", "Reply"]
+__all__ = ["Handler", "HandlerResult", "MeshNode", "Reply", "no_reply_message"]
 
 log = logging.getLogger("securemesh.node")
 
@@ -225,6 +227,15 @@ class Reply:
 HandlerResult = object
 #: ``handler(msg)`` returning a HandlerResult, or an awaitable of one.
 Handler = Callable[[VerifiedMessage], object]
+
+
+def no_reply_message(peer: str, msg_type: str, waited: float) -> str:
+    """The message of a request's TimeoutError: who, what, how long, and why it may be."""
+    return (
+        f"no reply from {peer!r} to {msg_type!r} within {waited:g} s: a refused request "
+        "(not authorized on a hop, no handler, bad signature, ...) gets no reply, so check "
+        "the peer's and every hop's policy and handlers (their status.json counts rejections)"
+    )
 
 
 def _builtin_policy(msg_type: str, tiers: list[str] | None = None) -> Policy:
@@ -777,7 +788,10 @@ class MeshNode:
             )
             await self._send_on(link, out)
             wait = self.config.limits.request_timeout if timeout is None else timeout
-            return await asyncio.wait_for(future, wait)
+            try:
+                return await asyncio.wait_for(future, wait)
+            except TimeoutError:
+                raise TimeoutError(no_reply_message(recipient, msg_type, wait)) from None
         finally:
             self._pending.pop(cid, None)
 

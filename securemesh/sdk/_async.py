@@ -64,6 +64,7 @@ are saved to the data directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -333,15 +334,54 @@ class AsyncDevice:
         return cert.not_before + (cert.not_after - cert.not_before) * self._renew_fraction
 
     async def wait_connected(self, timeout: float) -> None:
-        """Wait until the edge answered our hello (PeerUnavailable after ``timeout`` s)."""
-        try:
-            await self._node.wait_parent(timeout)
-        except TimeoutError as exc:
-            parent = self._files.config.parent
-            where = parent.endpoint if parent is not None else "?"
-            raise PeerUnavailable(
-                f"the edge at {where} did not answer within {timeout:g} s"
-            ) from exc
+        """Wait until the edge answered our hello (PeerUnavailable after ``timeout`` s).
+
+        A wait longer than a second is logged (a warning: what it waits for).
+        If the edge never answers, its CURVE handshake is asked once why
+        (:func:`securemesh.transport.curve_admission`): a refused key raises CertificateRevoked
+        saying that the edge revoked this device.
+        """
+        parent = self._files.config.parent
+        where = parent.endpoint if parent is not None else "?"
+        first = min(timeout, 1.0)
+        with contextlib.suppress(TimeoutError):
+            await self._node.wait_parent(first)
+            return
+        if timeout > first:
+            log.warning(
+                "waiting up to %g s for the edge at %s to answer this device's hello",
+                timeout,
+                where,
+                extra={"event": "connect_waiting", "endpoint": where},
+            )
+            with contextlib.suppress(TimeoutError):
+                await self._node.wait_parent(timeout - first)
+                return
+        if parent is not None and await self._edge_refuses_us(parent.endpoint):
+            raise CertificateRevoked(
+                f"the edge at {where} refuses this device's key: {self.node_id!r} was "
+                "revoked there (or its certificate is no longer valid there); ask the "
+                "operator, and re-enroll with a fresh token if it was revoked by mistake"
+            )
+        raise PeerUnavailable(f"the edge at {where} did not answer within {timeout:g} s")
+
+    async def _edge_refuses_us(self, endpoint: str) -> bool:
+        from securemesh.crypto.z85 import z85_decode  # noqa: PLC0415
+        from securemesh.transport import curve_admission  # noqa: PLC0415
+
+        parent = self._files.config.parent
+        assert parent is not None
+        identity = self._files.identity
+
+        verdict = await asyncio.to_thread(
+            curve_admission,
+            endpoint,
+            parent.curve_key_bytes,
+            identity.curve_public,
+            z85_decode(identity.curve_secret_z85()),
+            timeout=2.0,
+        )
+        return verdict == "refused"
 
     def on_renewal(self, callback: Callable[[Certificate], None]) -> None:
         """Call ``callback(new_certificate)`` (in the loop) after each successful renewal."""
@@ -398,7 +438,14 @@ class AsyncDevice:
         if timeout is None:
             return Message(await call)
         # the transport never half-sends a cancelled message (its contract)
-        return Message(await asyncio.wait_for(call, timeout))
+        try:
+            return Message(await asyncio.wait_for(call, timeout))
+        except TimeoutError as exc:
+            if exc.args:  # the node's own, already saying who and what
+                raise
+            from securemesh.node import no_reply_message  # noqa: PLC0415 - loaded by connect()
+
+            raise TimeoutError(no_reply_message(dest, msg_type, timeout)) from None
 
     def on(
         self,

@@ -110,7 +110,6 @@ def enroll_device(
     )
 
     token = read_join_token(token_text, clock())
-    _check_same_node(data_dir, node_id)
     done = enroll_data_dir(
         token,
         data_dir,
@@ -134,19 +133,6 @@ def enroll_device(
         data_dir=data_dir,
         new_keys=done.new_keys,
     )
-
-
-def _check_same_node(data_dir: Path, node_id: str) -> None:
-    """Refuse (before the token is spent) to enroll a data dir under another node id."""
-    from securemesh.enroll import NODE_TOML  # noqa: PLC0415
-    from securemesh.node import load_config  # noqa: PLC0415
-
-    toml = data_dir / NODE_TOML
-    if toml.exists() and load_config(toml).node_id != node_id:
-        raise ConfigError(
-            f"{data_dir} belongs to node {load_config(toml).node_id!r}, not {node_id!r}: "
-            "use another data directory"
-        )
 
 
 _PARENT_RE = re.compile(

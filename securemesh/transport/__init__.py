@@ -31,10 +31,12 @@ from securemesh.transport._base import (
 from securemesh.transport._memory import MemoryNetwork, MemoryTransport
 
 if TYPE_CHECKING:
+    from securemesh.transport._probe import Admission, curve_admission
     from securemesh.transport._zmq import ZmqTransport
 
 __all__ = [
     "CURVE_KEY_SIZE",
+    "Admission",
     "AllowKeys",
     "Channel",
     "Connection",
@@ -48,6 +50,7 @@ __all__ = [
     "TransportOptions",
     "TransportStats",
     "ZmqTransport",
+    "curve_admission",
     "deny_all_keys",
 ]
 
@@ -57,4 +60,8 @@ def __getattr__(name: str) -> object:
         from securemesh.transport._zmq import ZmqTransport  # noqa: PLC0415  (lazy: pyzmq)
 
         return ZmqTransport
+    if name in ("Admission", "curve_admission"):
+        from securemesh.transport import _probe  # noqa: PLC0415  (lazy: pyzmq)
+
+        return getattr(_probe, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,21 +11,13 @@ from pathlib import Path
 
 import pytest
 from audit_log_helpers import make_events
+from docs_support import marked_block
 
 from securemesh.crypto.signing import Ed25519Signer
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
-
-
-def _block(name: str) -> str:
-    text = DOC.read_text(encoding="utf-8")
-    m = re.search(rf"<!-- tested-block: {name} -->\s*```bash\n(.*?)```", text, re.S)
-    assert m, f"no tested block {name!r} in {DOC}"
-    return m.group(1)
-
 
 def test_cli_examples_in_docs_run(tmp_path: Path) -> None:
-    script = _block("audit-cli")
+    script = marked_block("audit.md", "audit-cli")
     signer = Ed25519Signer.from_seed(b"1" * 32)
     events = make_events(signer, "edge-1", 30)
     (tmp_path / "events.b64").write_text(

@@ -27,6 +27,8 @@ EXPECTED = {
     "read_join_token",
     "read_trust",
     "revoke_node",
+    "known_node_ids",
+    "require_authority",
     "MSG_CERT_RENEW",
     "MSG_ENROLL_REPLY",
     "MSG_ENROLL_REQUEST",

@@ -131,7 +131,7 @@ def test_token_create_prints_only_the_token(
     assert token.server_key == NodeIdentity.load(cloud / "identity.key", PASS).curve_public
     assert 14 * 60 <= token.expires_at - _now() <= 15 * 60
     assert token.secret.hex() not in err
-    code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud))
+    code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud), "--format", "jsonl")
     assert code == 0
     listed = [json.loads(line) for line in out.splitlines()]
     assert [(t["token_id"], t["state"]) for t in listed] == [(token.token_id.hex(), "usable")]
@@ -353,8 +353,10 @@ def test_token_withdraw_and_prune(cloud: Path, capsys: pytest.CaptureFixture[str
     assert code == 1
     code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud))
     assert out == ""  # no usable tokens
-    code, out, _ = _run(capsys, "token", "list", "--data-dir", str(cloud), "--all")
-    assert json.loads(out)["state"] == "expired"
+    code, out, _ = _run(
+        capsys, "token", "list", "--data-dir", str(cloud), "--all", "--format", "jsonl"
+    )
+    assert json.loads(out)["state"] == "withdrawn"
     code, _, err = _run(capsys, "token", "prune", "--data-dir", str(cloud), "--keep-used", "0")
     assert code == 0
     assert "removed 1" in err

@@ -28,6 +28,7 @@ EXPECTED = {
         "SessionConfig",
         "VerifiedMessage",
         "load_config",
+        "no_reply_message",
         "parse_curve_key",
         "read_status",
         "run_daemon",

@@ -155,6 +155,28 @@ def test_handler_authorization_by_tier(
         assert counters["rejections"] == {"unauthorized": 1}
 
 
+def test_an_unanswered_request_names_peer_type_and_wait(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    enroll("dev-1")
+    with connect(tmp_path / "dev-1", clock) as dev:
+        # the edge has no handler for it: refused there, and a refusal gets no reply
+        with pytest.raises(TimeoutError) as caught:
+            dev.request("edge-1", "app.nobody-handles-this", {}, timeout=0.5)
+        text = str(caught.value)
+        assert "'edge-1'" in text
+        assert "'app.nobody-handles-this'" in text
+        assert "0.5 s" in text
+        assert "a refused request" in text
+        assert "gets no reply" in text
+        # the node's own timeout path (without the SDK's outer wait) says the same
+        node = dev._dev.node
+        with pytest.raises(
+            TimeoutError, match=r"no reply from 'edge-1' to 'app\.none' within 0\.3 s"
+        ):
+            dev._call(node.request("edge-1", "app.none", b"{}", timeout=0.3))
+
+
 def test_bodies_are_validated_before_sending(
     infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
 ) -> None:
