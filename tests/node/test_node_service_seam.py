@@ -268,7 +268,9 @@ def test_old_reports_without_the_new_fields_stay_valid() -> None:
         b'"capacity":100,"inflight":0,"rtt_ms":null,"uptime_s":1.5}'
     )
     report = NodeReport.model_validate_json(old, strict=True)
-    assert report.labels == {} and report.services == [] and report.failure_domain is None
+    assert report.labels == {}
+    assert report.services == []
+    assert report.failure_domain is None
     too_many = {f"k{i}": "v" for i in range(33)}
     from pydantic import ValidationError
 

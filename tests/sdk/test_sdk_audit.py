@@ -46,6 +46,8 @@ DEVICE_TUNING = (
 #: says hello again and re-announces its devices to the restarted cloud (see below).
 EDGE_HEARTBEAT = "heartbeat_interval = 0.2\n"
 EDGE_LIMITS = "\n[limits]\nrequest_timeout = 1.0\n"
+#: The operator allows app.poke from devices (a service's own policy only narrows this).
+EDGE_POLICY = '\n[[policy.allow]]\ntypes = ["app.poke"]\ntiers = ["end"]\n'
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
@@ -146,6 +148,7 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
             + EDGE_HEARTBEAT
             + toml.read_text()
             + EDGE_LIMITS
+            + EDGE_POLICY
         )
         daemons.run("edge", edge)
         _enroll(Mesh(cloud, edge, daemons), dev_dir, DEVICE)
