@@ -461,8 +461,8 @@ class AsyncDevice:
         ``task.finished``, ...) or a service's own (the cloud appends it only
         if its ``[[audit.kinds]]`` rules let devices log that namespace),
         ``subject`` a ``(type, id)`` pair (type ``node``, ``object``, ``task``,
-        ``round``, ``message`` or ``key``), ``outcome`` ``success``/``failure``/``denied``, ``details``
-        a flat map of short scalars. Returns the event id; the shipper sends
+        ``round``, ``message`` or ``key``), ``outcome``
+        ``success``/``failure``/``denied``, ``details`` a flat map of short scalars. Returns the event id; the shipper sends
         it to the cloud log. Invalid events raise before anything is stored.
         """
         return self._audit.recorder.record(
