@@ -459,11 +459,12 @@ class AsyncDevice:
         ``kind`` is a namespaced kind: a built-in
         :class:`~securemesh.audit.events.EventKind` value (``object.put``,
         ``task.finished``, ...) or a service's own (the cloud appends it only
-        if its ``[[audit.kinds]]`` rules let devices log that namespace),
-        ``subject`` a ``(type, id)`` pair (type ``node``, ``object``, ``task``,
-        ``round``, ``message`` or ``key``), ``outcome``
-        ``success``/``failure``/``denied``, ``details`` a flat map of short scalars. Returns the event id; the shipper sends
-        it to the cloud log. Invalid events raise before anything is stored.
+        if its ``[[audit.kinds]]`` rules let devices log that namespace).
+        ``subject`` is a ``(type, id)`` pair (type ``node``, ``object``,
+        ``task``, ``round``, ``message`` or ``key``), ``outcome``
+        ``success``/``failure``/``denied``, ``details`` a flat map of short
+        scalars. Returns the event id; the shipper sends it to the cloud log.
+        Invalid events raise before anything is stored.
         """
         return self._audit.recorder.record(
             kind, subject, outcome=outcome, details=details, event_id=event_id
