@@ -13,11 +13,18 @@ run it too):
    before they say hello). Anything missing or inconsistent is one
    :class:`~securemesh.errors.ConfigError` and exit status 1, before any socket
    opens.
-2. **Run** a :class:`~securemesh.node.MeshNode` over
+2. **Assemble** the node with :func:`~securemesh.node.assemble_node` (as the
+   SDK device does): a :class:`~securemesh.node.MeshNode` over
    :class:`~securemesh.transport.ZmqTransport` (CurveZMQ + ZAP backed by the
    node's :class:`~securemesh.node.Directory`), with a persistent
    :class:`~securemesh.wire.SequenceCounter` (``sequence.state``) so a restart
-   never reuses a sequence number.
+   never reuses a sequence number, and its services: ``audit`` (shipping; on a
+   cloud the log's ingest), ``enrollment`` (:class:`EnrollmentService`, if the
+   data dir holds an authority or a delegation), then ``services`` of
+   ``node.toml`` (factories returning a :class:`~securemesh.node.Service`, or
+   legacy ``register(node)`` functions). Services start once the node runs and
+   stop, in reverse order, before it stops; ``status.json`` shows them under
+   ``services``.
 3. **Ready**: once listening (and, for a node with a parent, once the sockets
    exist) it writes ``ready`` (JSON: pid, node id, listen address) and logs
    one line with ``"event": "ready"``.

@@ -51,7 +51,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from securemesh.messages import NodeReport
     from securemesh.node._config import NodeConfig
     from securemesh.node._directory import Directory
-    from securemesh.node._node import Handler, MeshNode
+    from securemesh.node._node import Auth, Handler, MeshNode
     from securemesh.node._pipeline import VerifiedMessage
     from securemesh.policy import Policy
 
@@ -216,6 +216,29 @@ class AuditRecorderLike(Protocol):
     def status(self) -> dict[str, object]: ...
 
 
+def _build_event(  # noqa: PLR0917 - record()'s arguments, passed on
+    origin: str,
+    clock: Callable[[], float],
+    kind: str,
+    subject: tuple[str, str],
+    outcome: str,
+    details: Mapping[str, Any] | None,
+    event_id: str | None,
+) -> AuditEvent:
+    """A validated event "now" (LocalError if it is not one)."""
+    from securemesh.audit.events import new_event  # noqa: PLC0415
+
+    return new_event(
+        kind,
+        origin=origin,
+        subject=subject,
+        outcome=outcome,
+        details=dict(details or {}),
+        now=clock(),
+        event_id=event_id,
+    )
+
+
 class NullAuditRecorder:
     """An audit recorder for unit tests: validates events and keeps the last ``keep``.
 
@@ -243,17 +266,7 @@ class NullAuditRecorder:
         details: Mapping[str, Any] | None = None,
         event_id: str | None = None,
     ) -> str | None:
-        from securemesh.audit.events import new_event  # noqa: PLC0415
-
-        event = new_event(
-            kind,
-            origin=self.origin,
-            subject=subject,
-            outcome=outcome,
-            details=dict(details or {}),
-            now=self._clock(),
-            event_id=event_id,
-        )
+        event = _build_event(self.origin, self._clock, kind, subject, outcome, details, event_id)
         self.events.append(event)
         self.recorded += 1
         return event.event_id
@@ -318,19 +331,9 @@ class QueuedAuditRecorder:
 
         Raises :class:`~securemesh.errors.LocalError` for an invalid event.
         """
-        from securemesh.audit.events import new_event  # noqa: PLC0415
-
         if self._closed:
             raise LocalError("the audit recorder is closed")
-        event = new_event(
-            kind,
-            origin=self.origin,
-            subject=subject,
-            outcome=outcome,
-            details=dict(details or {}),
-            now=self._clock(),
-            event_id=event_id,
-        )
+        event = _build_event(self.origin, self._clock, kind, subject, outcome, details, event_id)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -583,21 +586,31 @@ class NodeContext:
         dest: str,
         msg_type: str,
         body: BaseModel | bytes,
-        **kwargs: Any,
+        frames: Sequence[bytes | memoryview] = (),
+        *,
+        auth: Auth = "signed",
     ) -> None:
-        await self._node.send(dest, msg_type, body, **kwargs)
+        """One-way message to node ``dest`` (see :meth:`MeshNode.send`)."""
+        await self._node.send(dest, msg_type, body, frames, auth=auth)
 
     async def request(
         self,
         dest: str,
         msg_type: str,
         body: BaseModel | bytes,
-        **kwargs: Any,
+        frames: Sequence[bytes | memoryview] = (),
+        *,
+        timeout: float | None = None,
+        auth: Auth = "signed",
     ) -> VerifiedMessage:
-        return await self._node.request(dest, msg_type, body, **kwargs)
+        """A REQUEST to ``dest``; its verified REPLY (see :meth:`MeshNode.request`)."""
+        return await self._node.request(dest, msg_type, body, frames, timeout=timeout, auth=auth)
 
-    async def broadcast(self, msg_type: str, body: BaseModel | bytes) -> int:
-        return await self._node.broadcast(msg_type, body)
+    async def broadcast(
+        self, msg_type: str, body: BaseModel | bytes, frames: Sequence[bytes | memoryview] = ()
+    ) -> int:
+        """A SIGNED broadcast to every child link (a cloud's or edge's); links reached."""
+        return await self._node.broadcast(msg_type, body, frames)
 
     # tasks
     def spawn(self, coro: Coroutine[Any, Any, object], *, name: str) -> asyncio.Task[Any]:

@@ -377,3 +377,42 @@ def test_legacy_register_gets_the_node(tmp_path: Path) -> None:
     host = ServiceHost(edge.node, audit=NullAuditRecorder(), data_dir=tmp_path)
     host.install(LegacyService(got.append, "legacy-x"))
     assert got == [edge.node]
+
+
+def test_a_relay_only_type_is_narrowed_on_the_forwarding_hop() -> None:
+    """``ctx.on(type, None, relay_policy=...)``: the edge forwards only what both allow."""
+
+    async def main() -> None:
+        fx = Fixture()
+        f = memory_factory()
+        sensor_m = fx.member("dev-1", "end", ["sensor"])
+        plain_m = fx.member("dev-2", "end")
+        edge_m = fx.member("edge-1", "edge")
+        cloud = build_node(fx, fx.member("cloud-1", "cloud"), f, listen="memory://seam-cloud",
+                           known=[edge_m])  # fmt: skip
+        await cloud.node.start()
+        edge = build_node(fx, edge_m, f, listen="memory://seam-relay", parent=cloud.node,
+                          known=[sensor_m, plain_m])  # fmt: skip
+        ctx = NodeContext(edge.node, name="relay", audit=NullAuditRecorder(), data_dir=None)
+        ctx.on("app.up", None, relay_policy=AllowTypes(types=["app.up"], roles=["sensor"]))
+        await edge.node.start()
+        devs = [build_node(fx, m, f, parent=edge.node) for m in (sensor_m, plain_m)]
+        got: list[str] = []
+        cloud.node.on("app.up", lambda msg: got.append(msg.sender))
+        try:
+            await edge.node.wait_parent(5)
+            for d in devs:
+                await d.node.start()
+                await d.node.wait_parent(5)
+            await devs[0].node.send("cloud-1", "app.up", Ping(n=1))
+            await wait_for(lambda: got == ["dev-1"])
+            # the operator allows app.* from anyone; the relay policy narrows it to sensors
+            await devs[1].node.send("cloud-1", "app.up", Ping(n=2))
+            await wait_for(lambda: edge.node.metrics.rejections["unauthorized"] == 1)
+            await devs[0].node.send("cloud-1", "app.up", Ping(n=3))
+            await wait_for(lambda: got == ["dev-1", "dev-1"])
+        finally:
+            for b in (*devs, edge, cloud):
+                await b.node.stop(0.5)
+
+    run(main())
