@@ -399,3 +399,21 @@ def test_open_kinds_are_namespaced_strings() -> None:
     assert not is_valid_kind("Counter.tick")
     assert not is_valid_kind("counter")
     assert not is_valid_kind("counter.tick." + "x" * 60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.one_of(
+        st.from_regex(r"[a-z][a-z0-9_]{0,12}(\.[a-z][a-z0-9_]{0,12}){1,3}", fullmatch=True),
+        st.text(alphabet="abcxyz019_.A -", max_size=80),
+    )
+)
+def test_a_kind_is_accepted_exactly_when_it_is_well_formed(kind: str) -> None:
+    from securemesh.audit.events import SignedEvent, is_valid_kind, sign_event
+
+    if is_valid_kind(kind):
+        signed = sign_event(simple(kind=kind), SIGNER)
+        assert SignedEvent.from_bytes(signed.to_bytes()).verify(SIGNER.verify_key).kind == kind
+    else:
+        with pytest.raises(LocalError):
+            simple(kind=kind)
