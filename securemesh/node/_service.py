@@ -673,7 +673,12 @@ class ServiceHost:
             clock=self._clock,
             rng=self._rng,
         )
-        service.install(ctx)
+        try:
+            service.install(ctx)
+        except ConfigError:
+            raise
+        except Exception as exc:  # a service's bug: one clear line, not a traceback
+            raise ConfigError(f"service {name!r} failed to install: {exc!r}") from exc
         self._services[name] = _Installed(service, ctx)
         return ctx
 
