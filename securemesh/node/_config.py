@@ -46,6 +46,7 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     authority/          cloud only: the root authority (securemesh init)
     ready               written when the node is listening/connected (removed on stop)
     status.json         refreshed every status_interval seconds
+    services/<name>/    each service's own data directory (docs/services.md)
 """
 
 from __future__ import annotations
