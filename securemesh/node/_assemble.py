@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from securemesh._fileio import read_small_file
-from securemesh.errors import CertificateError, ConfigError, LocalError
+from securemesh.errors import ConfigError
 from securemesh.node._service import QueuedAuditRecorder, Service, ServiceHost
 
 if TYPE_CHECKING:
@@ -233,8 +233,10 @@ async def assemble_node(
 
     A coroutine (call it on the loop the node will run on).
 
-    Raises :class:`~securemesh.errors.ConfigError` for unusable material or
-    services; whatever was opened is closed again.
+    Raises :class:`~securemesh.errors.ConfigError` for unusable services or
+    audit stores, and what :class:`MeshNode` raises for a certificate that does
+    not fit the identity or configuration (LocalError, CertificateError);
+    whatever was opened is closed again.
     """
     from securemesh.node._audit_bus import NodeAudit  # noqa: PLC0415 - sqlite3, pydantic
     from securemesh.node._directory import Directory  # noqa: PLC0415
@@ -251,22 +253,19 @@ async def assemble_node(
     recorder: QueuedAuditRecorder | None = None
     try:
         transport = zmq_transport(config, files.identity, directory)
-        try:
-            node = MeshNode(
-                config,
-                files.identity,
-                files.certificate,
-                directory,
-                transport,
-                clock=clock,
-                rng=rng,
-                sequence=counter.next,
-                authority_certificate=files.authority_certificate,
-                replay_restore=replay,
-                route_evidence_restore=evidence,
-            )
-        except (LocalError, CertificateError) as exc:
-            raise ConfigError(f"cannot start node: {exc}") from exc
+        node = MeshNode(
+            config,
+            files.identity,
+            files.certificate,
+            directory,
+            transport,
+            clock=clock,
+            rng=rng,
+            sequence=counter.next,
+            authority_certificate=files.authority_certificate,
+            replay_restore=replay,
+            route_evidence_restore=evidence,
+        )
         audit = NodeAudit.open(config, node, data_dir, files.identity.signer, clock=clock)
         recorder = QueuedAuditRecorder(
             audit.outbox, origin=node.node_id, signer=files.identity.signer, clock=clock

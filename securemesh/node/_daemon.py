@@ -532,6 +532,38 @@ def _installed_version(node: MeshNode) -> int | None:
     return max(versions) if versions else None
 
 
+async def _assemble(
+    daemon: _Daemon, passphrase: str, services: Iterable[Service | LegacyRegister]
+) -> AssembledNode:
+    """The daemon's node: enrollment, then ``node.toml``'s services, then ``services``."""
+    config, files = daemon.config, daemon.files
+    state = load_node_state(config, passphrase)
+    material = NodeMaterial(
+        data_dir=files.data_dir,
+        identity=state.identity,
+        certificate=state.certificate,
+        trust=state.trust,
+        authority_certificate=state.authority_certificate,
+    )
+    try:
+        assembled = await assemble_node(
+            config,
+            material,
+            [
+                EnrollmentService(daemon, state, passphrase),
+                *load_services(config.services),
+                *_as_services(services),
+            ],
+        )
+    except ConfigError:
+        raise
+    except (LocalError, CertificateError) as exc:
+        raise ConfigError(f"cannot start node: {exc}") from exc
+    daemon.assembled = assembled
+    daemon.audit = assembled.audit
+    return assembled
+
+
 async def run_node(
     config: NodeConfig,
     *,
@@ -546,27 +578,9 @@ async def run_node(
     ``services`` of ``node.toml``.
     """
     files = NodeFiles.of(config)
-    state = load_node_state(config, passphrase)
     daemon = _Daemon(config, files)
-    material = NodeMaterial(
-        data_dir=files.data_dir,
-        identity=state.identity,
-        certificate=state.certificate,
-        trust=state.trust,
-        authority_certificate=state.authority_certificate,
-    )
-    assembled = await assemble_node(
-        config,
-        material,
-        [
-            EnrollmentService(daemon, state, passphrase),
-            *load_services(config.services),
-            *_as_services(services),
-        ],
-    )
+    assembled = await _assemble(daemon, passphrase, services)
     node = assembled.node
-    daemon.assembled = assembled
-    daemon.audit = assembled.audit
     if files.revocation_list.exists():
         version = _version_of(files.revocation_list)
         if version is not None:
