@@ -169,15 +169,13 @@ def load_services(entries: Iterable[str]) -> list[Service]:
             raise ConfigError(f"service {entry!r} cannot be loaded: {exc}") from exc
         if not callable(obj):
             raise ConfigError(f"service {entry!r} is not callable")
-        if isinstance(obj, type) and issubclass(obj, Service):
-            made: object = obj()
-        elif _takes_one_argument(obj):
-            made = LegacyService(obj, _legacy_name(entry))
-        else:
-            try:
-                made = obj()
-            except Exception as exc:
-                raise ConfigError(f"service factory {entry!r} failed: {exc}") from exc
+        if not (isinstance(obj, type) and issubclass(obj, Service)) and _takes_one_argument(obj):
+            loaded.append(LegacyService(obj, _legacy_name(entry)))
+            continue
+        try:
+            made: object = obj()  # a Service subclass, or a factory of no arguments
+        except Exception as exc:  # the factory's bug: one clear line, not a traceback
+            raise ConfigError(f"service factory {entry!r} failed: {exc!r}") from exc
         if not isinstance(made, Service):
             raise ConfigError(f"service {entry!r} did not return a securemesh.node.Service")
         loaded.append(made)
