@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Daemons, cli, daemon_env, free_port
+from daemon_support import Daemons, cli, daemon_env, free_port, verify_cloud_log
 from test_sdk_daemons import ENV, HERE, PASSPHRASE, Mesh, _enroll
 
 from securemesh.errors import LocalError
@@ -232,9 +232,4 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
         k: v for k, v in receipts.items() if k != app_event
     }
     # the log with the device's events verifies (tree, signed heads, origin signatures)
-    verify = subprocess.run(
-        [sys.executable, "-m", "securemesh", "audit", "verify", "--db", str(cloud / "audit.db"),
-         "--log-key-file", str(cloud / "audit-log.key"), "--no-state"],
-        env=daemon_env(), capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stderr[-2000:]
+    verify_cloud_log(cloud)
