@@ -105,7 +105,7 @@ def projection(event: AuditEvent) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "origin": event.origin,
-        "kind": str(event.kind.value),
+        "kind": event.kind,
         "subject_type": str(event.subject.type.value),
         "subject_id": event.subject.id,
         "outcome": str(event.outcome.value),
@@ -143,7 +143,7 @@ class Decoded:
                 self.entry,
                 self.leaf_hash,
                 ev.origin,
-                str(ev.kind.value),
+                ev.kind,
                 str(ev.subject.type.value),
                 ev.subject.id,
                 str(ev.outcome.value),
@@ -217,7 +217,7 @@ _JSON_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
 _JSON_PAIR = f"{_JSON_STR}:(?:{_JSON_STR}|{_JSON_NUM}|true|false|null)"
 _CANONICAL_SHAPE = re.compile(
     r'\{"details":\{(?:' + _JSON_PAIR + "(?:," + _JSON_PAIR + r")*)?\}"
-    r',"event_id":"([0-9a-f]{32})","kind":"[a-z._]{1,64}"'
+    r',"event_id":"([0-9a-f]{32})","kind":"[a-z0-9._]{1,64}"'
     r',"origin":"([A-Za-z0-9][A-Za-z0-9._-]{0,63})","outcome":"[a-z]{1,32}"'
     r',"subject":\{"id":' + _JSON_STR + r',"type":"[a-z]{1,32}"\}'
     r',"time_ms":(?:0|[1-9][0-9]*),"version":1\}'

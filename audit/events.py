@@ -6,9 +6,20 @@ Theory of operation
 An :class:`AuditEvent` says who did what, where, when: a random 128-bit
 ``event_id`` (also the idempotency key of log appends), ``time_ms`` (Unix
 milliseconds on the origin's clock), ``origin`` (the node id where it
-happened), ``kind`` (:class:`EventKind`), ``subject`` (what it happened to),
+happened), ``kind`` (a namespaced string, see below), ``subject`` (what it happened to),
 ``outcome`` and a small flat ``details`` map. It is a strict, frozen pydantic
 model: no coercion, no unknown fields, hard limits on every field.
+
+**Kinds are open.** A kind is a lowercase dotted string, ``namespace.name``
+(:data:`KIND_PATTERN`, at most :data:`MAX_KIND_LENGTH` characters), e.g.
+``storage.put`` or ``counter.tick``. :class:`EventKind` names the built-in
+kinds (stable strings: never rename one); a service declares its own
+(``Service.audit_kinds``). Decoding accepts any well-formed kind, so logs
+written before kinds were opened decode to the same events and verify as
+before (the encoding is unchanged: the kind was always a JSON string). Which
+*origins* may log a namespace is the cloud's decision
+(:func:`securemesh.audit.events.kind_namespace`, the cloud's ``[[audit.kinds]]``
+rules).
 
 **Canonical encoding** (:meth:`AuditEvent.canonical_bytes`): the model's JSON
 data, serialised with sorted keys, ``","``/``":"`` separators and no other
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -76,14 +88,20 @@ __all__ = [
     "MAX_EVENT_SIZE",
     "MAX_SIGNED_EVENT_SIZE",
     "REQUIRED_DETAILS",
+    "BUILTIN_NAMESPACES",
+    "KIND_PATTERN",
+    "MAX_KIND_LENGTH",
     "AuditEvent",
     "DetailValue",
     "EventKind",
+    "KindStr",
     "Outcome",
     "SignedEvent",
     "Subject",
     "SubjectType",
     "event_key_id",
+    "is_valid_kind",
+    "kind_namespace",
     "new_event",
     "sign_event",
 ]
@@ -129,7 +147,30 @@ class EventKind(StrEnum):
     HE_JOB = "he.job"
 
 
-REQUIRED_DETAILS: Final[dict[EventKind, tuple[str, ...]]] = {
+MAX_KIND_LENGTH: Final = 64
+KIND_PATTERN: Final = r"^[a-z][a-z0-9_]{0,31}(?:\.[a-z][a-z0-9_]{0,31})+$"
+"""A kind: lowercase dotted identifiers, a namespace and at least one more part."""
+_KIND_RE: Final = re.compile(KIND_PATTERN)
+KindStr = Annotated[
+    str, StringConstraints(pattern=KIND_PATTERN, min_length=3, max_length=MAX_KIND_LENGTH)
+]
+BUILTIN_NAMESPACES: Final[frozenset[str]] = frozenset(k.value.split(".", 1)[0] for k in EventKind)
+"""Namespaces of the built-in kinds (``node``, ``cert``, ``message``, ``task``, ...)."""
+
+
+def is_valid_kind(kind: str) -> bool:
+    """Whether ``kind`` is a well-formed namespaced kind (no registry is consulted)."""
+    return (
+        isinstance(kind, str) and len(kind) <= MAX_KIND_LENGTH and _KIND_RE.match(kind) is not None
+    )
+
+
+def kind_namespace(kind: str) -> str:
+    """``"storage"`` for ``"storage.put"``: the part a cloud's kind rules match on."""
+    return kind.split(".", 1)[0]
+
+
+REQUIRED_DETAILS: Final[dict[str, tuple[str, ...]]] = {
     EventKind.MESSAGE_REJECTED: ("reason",),
     EventKind.FL_ROUND_FINISHED: ("model_hash",),
 }
@@ -186,7 +227,7 @@ class AuditEvent(BaseModel):
     event_id: EventIdStr
     time_ms: Annotated[int, Field(ge=0, le=_INT64_MAX)]
     origin: NodeIdStr
-    kind: EventKind
+    kind: KindStr
     subject: Subject
     outcome: Outcome
     details: Annotated[dict[DetailKey, DetailValue], Field(max_length=MAX_DETAIL_KEYS)] = Field(
@@ -292,7 +333,7 @@ def new_event(
             event_id=event_id,
             time_ms=round(seconds * 1000),
             origin=origin,
-            kind=EventKind(kind),
+            kind=str(kind.value if isinstance(kind, EventKind) else kind),
             subject=subject,
             outcome=Outcome(outcome),
             details=dict(details or {}),

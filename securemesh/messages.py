@@ -58,6 +58,8 @@ __all__ = [
     "ERROR_MESSAGE_MAX",
     "MESH_ERROR",
     "MESH_PING",
+    "MAX_REPORT_LABELS",
+    "MAX_REPORT_SERVICES",
     "MESH_REVOCATION",
     "NODE_HELLO",
     "NODE_REPORT",
@@ -147,6 +149,14 @@ class NodeHello(MeshMessage):
     attachment: B64 | None = None
 
 
+MAX_REPORT_LABELS: Final = 32
+MAX_REPORT_SERVICES: Final = 64
+ReportLabelKey = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
+]
+ReportLabel = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+
+
 class NodeReport(MeshMessage):
     """Resource report for the scheduler (load averages from ``os.getloadavg``)."""
 
@@ -158,6 +168,19 @@ class NodeReport(MeshMessage):
     inflight: int = Field(ge=0)
     rtt_ms: float | None = Field(default=None, ge=0.0)
     uptime_s: float = Field(ge=0.0)
+    # Optional, typed and bounded scheduler facts (``[report]`` in node.toml and the
+    # services the node runs). Absent in reports from older peers, which stay valid.
+    #: Joules per unit of work (the node's own benchmark unit).
+    energy_per_unit: float | None = Field(default=None, ge=0.0, le=1e9)
+    #: Carbon intensity of the node's power, gCO2e per kWh.
+    carbon_intensity: float | None = Field(default=None, ge=0.0, le=1e6)
+    #: Nodes sharing a failure domain (rack, site, power feed) fail together.
+    failure_domain: ReportLabel | None = None
+    labels: dict[ReportLabelKey, ReportLabel] = Field(
+        default_factory=dict, max_length=MAX_REPORT_LABELS
+    )
+    #: Names of the services this node runs (``Service.name``).
+    services: list[ReportLabelKey] = Field(default_factory=list, max_length=MAX_REPORT_SERVICES)
 
 
 class RouteAnnounce(MeshMessage):

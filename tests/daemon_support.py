@@ -215,3 +215,17 @@ def reaped(env: Mapping[str, str]) -> Iterator[Daemons]:
         yield daemons
     finally:
         daemons.close()
+
+
+def verify_cloud_log(cloud: Path) -> str:
+    """``securemesh audit verify`` (a real process) on a cloud daemon's log; its stdout.
+
+    Fails unless it exits 0: tree, signed heads and every origin signature check out.
+    """
+    verify = subprocess.run(
+        [sys.executable, "-m", "securemesh", "audit", "verify", "--db", str(cloud / "audit.db"),
+         "--log-key-file", str(cloud / "audit-log.key"), "--no-state"],
+        env=daemon_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    return verify.stdout

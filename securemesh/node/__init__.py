@@ -12,6 +12,13 @@
   audit hook writing signed ``message.rejected`` events to an outbox.
 * :func:`no_reply_message` — the text of a request's ``TimeoutError`` (peer, type,
   time waited, and that a refused request gets no reply).
+* :class:`Service` / :class:`NodeContext` / :class:`ServiceHost` — the service
+  seam (docs/services.md); :class:`QueuedAuditRecorder` (a node's non-blocking
+  audit recorder) and :class:`NullAuditRecorder` (for unit tests);
+  :func:`combine_policies` — a service's policy AND the operator's.
+* :func:`assemble_node` / :class:`AssembledNode` / :class:`NodeMaterial` — build
+  a node with its audit and services, for the daemon and the SDK device alike
+  (imported lazily: pyzmq).
 * :func:`run_daemon` / :func:`run_node` / :func:`read_status` — ``securemesh
   node run|status`` (imported lazily: they load the daemon module and pyzmq).
 """
@@ -34,29 +41,55 @@ from securemesh.node._enroll import serve_enrollment
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._node import Handler, MeshNode, Reply, no_reply_message
 from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
+from securemesh.node._policy import combine_policies
+from securemesh.node._service import (
+    AuditRecorderLike,
+    CertificateView,
+    LegacyService,
+    NodeContext,
+    NullAuditRecorder,
+    QueuedAuditRecorder,
+    Service,
+    ServiceHost,
+    load_services,
+)
 
 if TYPE_CHECKING:
+    from securemesh.node._assemble import AssembledNode, NodeMaterial, assemble_node
     from securemesh.node._daemon import NodeFiles, read_status, run_daemon, run_node
 
 __all__ = [
+    "AssembledNode",
     "AuditHook",
+    "AuditRecorderLike",
+    "CertificateView",
     "Directory",
     "DirectoryEntry",
     "FirstContactResolver",
     "Handler",
+    "LegacyService",
     "LimitsConfig",
     "MeshNode",
     "Metrics",
     "NodeConfig",
+    "NodeContext",
     "NodeFiles",
+    "NodeMaterial",
+    "NullAuditRecorder",
     "ParentConfig",
     "Pipeline",
+    "QueuedAuditRecorder",
     "Rejection",
     "RejectionAuditor",
     "Reply",
+    "Service",
+    "ServiceHost",
     "SessionConfig",
     "VerifiedMessage",
+    "assemble_node",
+    "combine_policies",
     "load_config",
+    "load_services",
     "no_reply_message",
     "parse_curve_key",
     "read_status",
@@ -66,6 +99,7 @@ __all__ = [
 ]
 
 _LAZY = {"NodeFiles", "read_status", "run_daemon", "run_node"}
+_LAZY_ASSEMBLE = {"AssembledNode", "NodeMaterial", "assemble_node"}
 
 
 def __getattr__(name: str) -> object:
@@ -73,4 +107,8 @@ def __getattr__(name: str) -> object:
         from securemesh.node import _daemon  # noqa: PLC0415 - lazy: the daemon pulls in more
 
         return getattr(_daemon, name)
+    if name in _LAZY_ASSEMBLE:
+        from securemesh.node import _assemble  # noqa: PLC0415 - lazy: sqlite3, pyzmq
+
+        return getattr(_assemble, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

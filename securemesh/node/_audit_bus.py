@@ -58,6 +58,13 @@ at-least-once shipping puts every event in the log exactly once.
    keys stay: events a node signed before it was revoked or re-enrolled
    still verify.
 
+4. each event's *kind* must be one its origin may log
+   (:class:`~securemesh.node._kinds.KindRules`, the cloud's ``[[audit.kinds]]``):
+   built-in namespaces from any origin, other namespaces by rule (default:
+   ``edge`` and ``cloud`` origins). A kind whose origin's certificate is not
+   known yet is deferred (``-2``), one not allowed is acknowledged ``-1``
+   (``kind_not_allowed``). The cloud's own events are not subject to the table.
+
 Since the origin signature is checked against the origin's own key, a relaying
 edge can delay or drop its devices' events but cannot forge or alter them.
 """
@@ -240,8 +247,8 @@ def allow_audit_relay(node: MeshNode) -> None:
     A forwarding hop authorizes relayed messages with its own policy; an edge
     admits ``audit.append`` from ``end`` nodes (the cloud decides what is appended).
     """
-    node.pipeline.set_type_policy(
-        MSG_AUDIT_APPEND, AllowTypes(types=[MSG_AUDIT_APPEND], tiers=["end"])
+    node.on_protocol(
+        MSG_AUDIT_APPEND, None, policy=AllowTypes(types=[MSG_AUDIT_APPEND], tiers=["end"])
     )
 
 
@@ -388,11 +395,15 @@ class BusAuditIngest:
         self.requests = 0
         self.lookups = 0  #: certificates learned from relaying edges
         self.refused: Counter[str] = Counter()
+        from securemesh.node._kinds import KindRules  # noqa: PLC0415
+
+        #: who may log which kind namespace (``[[audit.kinds]]``, securemesh.node._kinds)
+        self.kind_rules = KindRules(node.config.audit.kinds)
         self.register(node.node_id, node.certificate.verify_key)
 
     def install(self) -> None:
         """Register the ``audit.append`` handler (any enrolled tier may send it)."""
-        self.node.on(
+        self.node.on_protocol(
             MSG_AUDIT_APPEND,
             self.handle,
             policy=AllowTypes(types=[MSG_AUDIT_APPEND], tiers=["end", "edge", "cloud"]),
@@ -451,11 +462,11 @@ class BusAuditIngest:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.service.handle_batch, entries)
 
-    def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes]]:
-        """``(entry, event id, origin, key id)`` of each decodable entry (others counted)."""
+    def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes, str]]:
+        """``(entry, event id, origin, key id, kind)`` of each decodable entry (others counted)."""
         from securemesh.audit.events import SignedEvent  # noqa: PLC0415
 
-        named: list[tuple[bytes, str, str, bytes]] = []
+        named: list[tuple[bytes, str, str, bytes, str]] = []
         for entry in entries:
             try:
                 signed = SignedEvent.from_bytes(entry)
@@ -463,8 +474,21 @@ class BusAuditIngest:
                 self.refused["malformed"] += 1
                 continue
             event = signed.unverified_event()
-            named.append((entry, event.event_id, event.origin, signed.key_id))
+            named.append((entry, event.event_id, event.origin, signed.key_id, event.kind))
         return named
+
+    def _kind_allowed(self, kind: str, origin: str, msg: VerifiedMessage) -> bool | None:
+        """Whether ``origin`` may log ``kind`` (None: its certificate is not known here yet)."""
+        if not self.kind_rules.needs_certificate(kind):
+            return True
+        if origin == msg.sender:
+            cert = msg.certificate
+        else:
+            signed = self.node.directory.signed_certificate(origin)
+            cert = None if signed is None else signed.unverified_certificate()  # verified on add
+        if cert is None:
+            return None
+        return self.kind_rules.allows(kind, cert)
 
     async def _learn_from_relay(self, msg: VerifiedMessage, origins: set[str]) -> None:
         """Ask the relaying edge for the certificates of ``origins`` (new to us, or their key).
@@ -505,6 +529,27 @@ class BusAuditIngest:
         signed = self.node.directory.signed_certificate(origin)
         return signed is not None and signed.unverified_certificate().tier is Tier.END
 
+    def _refusal(
+        self, msg: VerifiedMessage, tier: Tier, relay: bool, origin: str, kind: str
+    ) -> int | None:
+        """DEFERRED/REJECTED (counted) if this sender may not append this origin's ``kind``."""
+        from securemesh.audit.outbox import DEFERRED, REJECTED  # noqa: PLC0415
+
+        if not self._may_send_for(msg.sender, tier, origin):
+            if relay and self.node.directory.signed_certificate(origin) is None:
+                self.refused["origin_unknown_yet"] += 1  # a device we have not met yet
+                return DEFERRED
+            self.refused["origin_not_allowed"] += 1
+            return REJECTED
+        kind_ok = self._kind_allowed(kind, origin, msg)
+        if kind_ok is None:
+            self.refused["origin_unknown_yet"] += 1
+            return DEFERRED
+        if not kind_ok:
+            self.refused["kind_not_allowed"] += 1
+            return REJECTED
+        return None
+
     async def handle(self, msg: VerifiedMessage) -> AuditAppendReply:
         from securemesh.audit.outbox import DEFERRED, REJECTED  # noqa: PLC0415
 
@@ -523,21 +568,17 @@ class BusAuditIngest:
                 msg,
                 {
                     origin
-                    for _, _, origin, key_id in named
+                    for _, _, origin, key_id, _ in named
                     if origin != msg.sender and not self.register_from_directory(origin, key_id)
                 },
             )
         acks: list[Ack] = []
         allowed: list[bytes] = []
         unchecked: set[str] = set()  # event ids whose origin we cannot check yet
-        for entry, event_id, origin, key_id in named:
-            if not self._may_send_for(msg.sender, cert.tier, origin):
-                if relay and self.node.directory.signed_certificate(origin) is None:
-                    self.refused["origin_unknown_yet"] += 1  # a device we have not met yet
-                    acks.append((event_id, DEFERRED))
-                else:
-                    self.refused["origin_not_allowed"] += 1
-                    acks.append((event_id, REJECTED))
+        for entry, event_id, origin, key_id, kind in named:
+            refusal = self._refusal(msg, cert.tier, relay, origin, kind)
+            if refusal is not None:
+                acks.append((event_id, refusal))
                 continue
             known = self.register_from_directory(origin, key_id)
             if not known and relay and origin != msg.sender and not self.node._valid_now(origin):

@@ -46,6 +46,7 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     authority/          cloud only: the root authority (securemesh init)
     ready               written when the node is listening/connected (removed on stop)
     status.json         refreshed every status_interval seconds
+    services/<name>/    each service's own data directory (docs/services.md)
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ from securemesh.policy import PolicyConfig
 
 __all__ = [
     "AuditConfig",
+    "KindRuleConfig",
     "LimitsConfig",
     "NodeConfig",
     "ParentConfig",
+    "ReportConfig",
     "SessionConfig",
     "load_config",
     "parse_curve_key",
@@ -157,6 +160,24 @@ class HoldConfig(_Strict):
     retry_after: float = Field(default=5.0, ge=0, le=3600)
 
 
+class KindRuleConfig(_Strict):
+    """``[[audit.kinds]]`` (cloud): which origins may log events of a kind namespace.
+
+    ``tiers``/``roles`` as in ``[policy]``: None means any; otherwise the
+    origin's certificate needs one of the tiers and (if given) one of the roles.
+    Namespaces with no rule take the default (``edge`` and ``cloud`` origins);
+    the built-in namespaces keep their fixed rule (any enrolled origin).
+    """
+
+    namespace: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+    tiers: list[Literal["end", "edge", "cloud"]] | None = Field(
+        default=None, min_length=1, max_length=3
+    )
+    roles: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]] | None = Field(
+        default=None, min_length=1, max_length=64
+    )
+
+
 class AuditConfig(_Strict):
     """Audit ingestion over the bus (:mod:`securemesh.node._audit_bus`)."""
 
@@ -176,6 +197,33 @@ class AuditConfig(_Strict):
     backoff_max: float = Field(default=10.0, gt=0, le=3600)
     #: Keep ``(event id, leaf index)`` of every acknowledged event in the outbox.
     keep_receipts: bool = False
+    #: Cloud: who may log each non-built-in kind namespace (see :class:`KindRuleConfig`).
+    kinds: list[KindRuleConfig] = Field(default_factory=list, max_length=256)
+
+    @field_validator("kinds")
+    @classmethod
+    def _no_builtin_namespace(cls, rules: list[KindRuleConfig]) -> list[KindRuleConfig]:
+        from securemesh.audit.events import BUILTIN_NAMESPACES  # noqa: PLC0415
+
+        for rule in rules:
+            if rule.namespace in BUILTIN_NAMESPACES:
+                raise ValueError(f"namespace {rule.namespace!r} is built in: its rule is fixed")
+        return rules
+
+
+_LabelKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+_Label = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+
+
+class ReportConfig(_Strict):
+    """``[report]``: static scheduler facts this node adds to its ``node.report`` heartbeat."""
+
+    #: Joules per unit of work.
+    energy_per_unit: float | None = Field(default=None, ge=0.0, le=1e9)
+    #: Carbon intensity of the node's power, gCO2e/kWh.
+    carbon_intensity: float | None = Field(default=None, ge=0.0, le=1e6)
+    failure_domain: _Label | None = None
+    labels: dict[_LabelKey, _Label] = Field(default_factory=dict, max_length=32)
 
 
 class NodeConfig(_Strict):
@@ -193,8 +241,10 @@ class NodeConfig(_Strict):
     #: every (re)connect): revocation lists converge even if a broadcast was missed.
     revocation_sync_interval: float = Field(default=60.0, gt=0, le=86_400)
     status_interval: float = Field(default=2.0, gt=0, le=3600)
-    #: ``"package.module:function"`` entries; the daemon calls ``function(node)``
-    #: before starting so it can register handlers (``node.on(...)``).
+    #: ``"package.module:name"`` entries. ``name`` is a factory returning a
+    #: :class:`~securemesh.node.Service` (or a Service class), installed through the
+    #: service seam (docs/services.md); legacy: a ``register(node)`` function that
+    #: registers handlers directly.
     services: list[
         Annotated[str, Field(max_length=256, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
     ] = Field(default_factory=list, max_length=64)
@@ -213,6 +263,7 @@ class NodeConfig(_Strict):
     session: SessionConfig = Field(default_factory=SessionConfig)
     hold: HoldConfig = Field(default_factory=HoldConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     def model_post_init(self, __context: object) -> None:
         if self.tier == "cloud" and self.parent is not None:

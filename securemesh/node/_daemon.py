@@ -13,11 +13,18 @@ run it too):
    before they say hello). Anything missing or inconsistent is one
    :class:`~securemesh.errors.ConfigError` and exit status 1, before any socket
    opens.
-2. **Run** a :class:`~securemesh.node.MeshNode` over
+2. **Assemble** the node with :func:`~securemesh.node.assemble_node` (as the
+   SDK device does): a :class:`~securemesh.node.MeshNode` over
    :class:`~securemesh.transport.ZmqTransport` (CurveZMQ + ZAP backed by the
    node's :class:`~securemesh.node.Directory`), with a persistent
    :class:`~securemesh.wire.SequenceCounter` (``sequence.state``) so a restart
-   never reuses a sequence number.
+   never reuses a sequence number, and its services: ``audit`` (shipping; on a
+   cloud the log's ingest), ``enrollment`` (:class:`EnrollmentService`, if the
+   data dir holds an authority or a delegation), then ``services`` of
+   ``node.toml`` (factories returning a :class:`~securemesh.node.Service`, or
+   legacy ``register(node)`` functions). Services start once the node runs and
+   stop, in reverse order, before it stops; ``status.json`` shows them under
+   ``services``.
 3. **Ready**: once listening (and, for a node with a parent, once the sockets
    exist) it writes ``ready`` (JSON: pid, node id, listen address) and logs
    one line with ``"event": "ready"``.
@@ -57,7 +64,6 @@ from securemesh._fileio import read_small_file
 from securemesh.crypto import keystore
 from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, TrustStore
 from securemesh.crypto.identity import NodeIdentity
-from securemesh.crypto.z85 import z85_decode
 from securemesh.errors import (
     CertificateError,
     ConfigError,
@@ -65,14 +71,21 @@ from securemesh.errors import (
     LocalError,
     SecureMeshError,
 )
+from securemesh.node._assemble import (
+    NodeMaterial,
+    assemble_node,
+    load_replay_marks,
+    save_replay_marks,
+    zmq_transport,
+)
 from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
-from securemesh.node._directory import Directory
 from securemesh.node._fleet import children
 from securemesh.node._node import MeshNode
+from securemesh.node._service import LegacyService, NodeContext, Service, load_services
 
 if TYPE_CHECKING:
-    from securemesh.transport import ZmqTransport
+    from securemesh.node._assemble import AssembledNode
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -80,10 +93,13 @@ __all__ = [
     "NodeFiles",
     "configure_logging",
     "load_node_state",
+    "load_replay_marks",
     "load_services",
     "read_status",
     "run_daemon",
     "run_node",
+    "save_replay_marks",
+    "zmq_transport",
 ]
 
 log = logging.getLogger("securemesh.daemon")
@@ -96,8 +112,8 @@ REPLAY_SAVE_INTERVAL = 30.0
 #: once per this many seconds, so a crashed parent restarts with it (not 30 s old).
 ROUTE_EVIDENCE_SAVE_GAP = 0.2
 
-#: ``service(node)`` registers handlers on a node before it starts.
-Service = Callable[[MeshNode], None]
+#: Legacy: ``register(node)`` registers handlers on a node before it starts.
+LegacyRegister = Callable[[MeshNode], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,31 +197,6 @@ def _read_small(path: Path, what: str) -> bytes:
     return read_small_file(path, limit=_MAX_SMALL_FILE, what=what)
 
 
-def load_replay_marks(path: Path, *, what: str = "replay state") -> dict[str, int]:
-    """``{node id: sequence}`` JSON (``replay.json``, ``route-evidence.json``).
-
-    Empty if missing, :class:`ConfigError` if corrupt.
-    """
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(_read_small(path, what))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-        marks: dict[str, int] = {}
-        for key, value in data.items():
-            if not isinstance(key, str) or type(value) is not int or not 0 <= value < 2**64:
-                raise ValueError("entries are node id -> u64")
-            marks[key] = value
-    except ValueError as exc:
-        raise ConfigError(f"{what} {path} is corrupt: {exc}") from exc
-    return marks
-
-
-def save_replay_marks(path: Path, marks: dict[str, int]) -> None:
-    keystore.write_file_atomic(path, json.dumps(marks, sort_keys=True).encode(), mode=0o600)
-
-
 def load_passphrase(config: NodeConfig) -> str:
     """The identity passphrase: ``passphrase_file`` if set, else ``$SECUREMESH_PASSPHRASE``."""
     if config.passphrase_file is not None:
@@ -240,26 +231,6 @@ def load_trust(files: NodeFiles) -> TrustStore:
     if not trust.roots:
         raise ConfigError(f"trust file {files.trust} names no root")
     return trust
-
-
-def zmq_transport(config: NodeConfig, identity: NodeIdentity, directory: Directory) -> ZmqTransport:
-    """The node's ZeroMQ transport: its CURVE key, ZAP by ``directory``, ``[limits]`` queues.
-
-    pyzmq is imported here, not when this module is. Daemons and SDK devices
-    build theirs alike.
-    """
-    from securemesh.transport import CurveKeyPair, TransportOptions, ZmqTransport  # noqa: PLC0415
-
-    lim = config.limits
-    options = TransportOptions(
-        sndhwm=lim.sndhwm,
-        rcvhwm=lim.rcvhwm,
-        send_timeout=lim.send_timeout,
-        max_frame_size=max(lim.max_raw_frame, lim.max_body, 4096),
-        max_frames=lim.max_frames,
-    )
-    keypair = CurveKeyPair.from_secret(z85_decode(identity.curve_secret_z85()))
-    return ZmqTransport(keypair, authenticator=directory.authenticate, options=options)
 
 
 @dataclass
@@ -348,14 +319,12 @@ class _Daemon:
     def __init__(
         self,
         config: NodeConfig,
-        node: MeshNode,
         files: NodeFiles,
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.node = node
         self.files = files
         self._clock = clock
         self._monotonic = monotonic
@@ -364,7 +333,14 @@ class _Daemon:
         self.token_sync: Any = None
         self._replay_saved = monotonic()
         self.audit: NodeAudit | None = None
+        self.assembled: AssembledNode | None = None
         self.saver: asyncio.Task[None] | None = None
+
+    @property
+    def node(self) -> MeshNode:
+        if self.assembled is None:
+            raise LocalError("the daemon's node is not assembled yet")
+        return self.assembled.node
 
     def _enrolled(self, node_id: str) -> None:
         if self.token_sync is not None:
@@ -397,12 +373,12 @@ class _Daemon:
                 extra={"event": "peer_save_failed", "node": node_id, "error": str(exc)},
             )
 
-    def enable_enrollment(self, state: NodeState, passphrase: str) -> None:
+    def enable_enrollment(self, node: MeshNode, state: NodeState, passphrase: str) -> bool:
         """Serve enrollment if this data dir holds an authority (cloud) or a delegation (edge)."""
         root_dir = self.files.data_dir / "authority"
         delegated = self.files.delegation_certificate.exists()
         if not (root_dir / "authority.json").exists() and not delegated:
-            return
+            return False
         from securemesh.crypto.certs import Authority, DelegatedAuthority  # noqa: PLC0415
         from securemesh.enroll import (  # noqa: PLC0415
             AUTHORITY_STATE_FILE,
@@ -413,7 +389,6 @@ class _Daemon:
         )
         from securemesh.node._enroll import serve_enrollment  # noqa: PLC0415
 
-        node = self.node
         authority: Authority | DelegatedAuthority
         if (root_dir / AUTHORITY_STATE_FILE).exists():
             try:
@@ -461,9 +436,11 @@ class _Daemon:
             "enrollment enabled",
             extra={"event": "enrollment_enabled", "authority": authority.authority_id},
         )
+        return True
 
     def write_status(self, *, state: str) -> None:
-        status = self.node.status()
+        assert self.assembled is not None
+        status = self.assembled.status()
         status.update({"pid": os.getpid(), "written_at": self._clock(), "state": state})
         if state == "stopped":
             status["draining"] = False  # it drained; it is not draining any more
@@ -474,8 +451,6 @@ class _Daemon:
             now=self._clock(),
             stale_after=3 * self.config.heartbeat_interval,
         )
-        if self.audit is not None:
-            status["audit"] = self.audit.status()
         _write_json(self.files.status, status)
 
     def admit_peers(self) -> None:
@@ -563,10 +538,9 @@ class _Daemon:
 
     async def tick(self) -> None:
         now = self._monotonic()
-        if now - self._replay_saved >= REPLAY_SAVE_INTERVAL:
+        if now - self._replay_saved >= REPLAY_SAVE_INTERVAL and self.assembled is not None:
             self._replay_saved = now
-            save_replay_marks(self.files.replay, self.node.replay_high_water_marks())
-            save_replay_marks(self.files.route_evidence, self.node.route_evidence())
+            self.assembled.save_marks()
         if self.token_sync is not None:
             self.token_sync.refresh(self.node.directory)
         self.admit_peers()
@@ -574,21 +548,33 @@ class _Daemon:
         self.write_status(state="running")
 
 
-def load_services(entries: Iterable[str]) -> list[Service]:
-    """Import ``"module:function"`` entries from the configuration (ConfigError if missing)."""
-    import importlib  # noqa: PLC0415
+class EnrollmentService(Service):
+    """The daemon's enrollment serving (``enroll.request``, ``cert.renew``) as a Service.
 
-    loaded: list[Service] = []
-    for entry in entries:
-        module_name, _, attr = entry.partition(":")
-        try:
-            func = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"service {entry!r} cannot be loaded: {exc}") from exc
-        if not callable(func):
-            raise ConfigError(f"service {entry!r} is not callable")
-        loaded.append(func)
-    return loaded
+    Wraps :meth:`_Daemon.enable_enrollment` (a cloud with ``authority/``, or an
+    edge with ``delegation.cert``; otherwise it installs nothing).
+    """
+
+    name = "enrollment"
+
+    def __init__(self, daemon: _Daemon, state: NodeState, passphrase: str) -> None:
+        self._daemon = daemon
+        self._state = state
+        self._passphrase = passphrase
+        self.enabled = False
+
+    def install(self, ctx: NodeContext) -> None:
+        self.enabled = self._daemon.enable_enrollment(ctx.node, self._state, self._passphrase)
+
+    def status(self) -> dict[str, object]:
+        return {"enabled": self.enabled}
+
+
+def _as_services(services: Iterable[Service | LegacyRegister]) -> list[Service]:
+    out: list[Service] = []
+    for i, service in enumerate(services):
+        out.append(service if isinstance(service, Service) else LegacyService(service, f"app-{i}"))
+    return out
 
 
 def _version_of(path: Path) -> int | None:
@@ -618,11 +604,53 @@ def _installed_version(node: MeshNode) -> int | None:
     return max(versions) if versions else None
 
 
-async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in order
+async def _assemble(
+    daemon: _Daemon,
+    passphrase: str,
+    services: Iterable[Service | LegacyRegister],
+    *,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+) -> AssembledNode:
+    """The daemon's node: enrollment, then ``node.toml``'s services, then ``services``."""
+    config, files = daemon.config, daemon.files
+    state = load_node_state(config, passphrase, now=clock())
+    # the cloud's log key is sealed like the identity: same passphrase, same KDF cost
+    key_kdf = keystore.kdf_params_of(_read_small(files.identity, "identity"))
+    material = NodeMaterial(
+        data_dir=files.data_dir,
+        identity=state.identity,
+        certificate=state.certificate,
+        trust=state.trust,
+        authority_certificate=state.authority_certificate,
+    )
+    try:
+        assembled = await assemble_node(
+            config,
+            material,
+            [
+                EnrollmentService(daemon, state, passphrase),
+                *load_services(config.services),
+                *_as_services(services),
+            ],
+            clock=clock,
+            monotonic=monotonic,
+            key_passphrase=(passphrase, key_kdf),
+        )
+    except ConfigError:
+        raise
+    except (LocalError, CertificateError) as exc:
+        raise ConfigError(f"cannot start node: {exc}") from exc
+    daemon.assembled = assembled
+    daemon.audit = assembled.audit
+    return assembled
+
+
+async def run_node(
     config: NodeConfig,
     *,
     passphrase: str,
-    services: Iterable[Service] = (),
+    services: Iterable[Service | LegacyRegister] = (),
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
@@ -630,33 +658,14 @@ async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in or
     """Run the daemon until ``stop`` is set or SIGTERM/SIGINT arrives; return the exit code.
 
     ``clock`` (Unix seconds) and ``monotonic`` reach the node, its directory,
-    its audit and the daemon's own bookkeeping.
+    its audit and the daemon's own bookkeeping. ``services``:
+    :class:`~securemesh.node.Service` objects (or legacy ``register(node)``
+    functions), installed after enrollment and the ``services`` of ``node.toml``.
     """
-    from securemesh.wire import SequenceCounter  # noqa: PLC0415
-
     files = NodeFiles.of(config)
-    state = load_node_state(config, passphrase, now=clock())
-    directory = Directory(state.trust, clock=clock)
-    transport = zmq_transport(config, state.identity, directory)
-    counter = SequenceCounter(files.sequence)
-    try:
-        node = MeshNode(
-            config,
-            state.identity,
-            state.certificate,
-            directory,
-            transport,
-            sequence=counter.next,
-            authority_certificate=state.authority_certificate,
-            replay_restore=load_replay_marks(files.replay),
-            route_evidence_restore=load_replay_marks(files.route_evidence, what="route evidence"),
-            clock=clock,
-            monotonic=monotonic,
-        )
-    except (LocalError, CertificateError) as exc:
-        await transport.close()
-        counter.close()
-        raise ConfigError(f"cannot start node: {exc}") from exc
+    daemon = _Daemon(config, files, clock=clock, monotonic=monotonic)
+    assembled = await _assemble(daemon, passphrase, services, clock=clock, monotonic=monotonic)
+    node = assembled.node
     if files.revocation_list.exists():
         version = _version_of(files.revocation_list)
         if version is not None:
@@ -664,27 +673,6 @@ async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in or
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
-    daemon = _Daemon(config, node, files, clock=clock, monotonic=monotonic)
-    try:
-        # the cloud's log key is sealed like the identity: same passphrase, same KDF cost
-        key_kdf = keystore.kdf_params_of(_read_small(files.identity, "identity"))
-        audit = daemon.audit = NodeAudit.open(
-            config,
-            node,
-            files.data_dir,
-            state.identity.signer,
-            clock=clock,
-            key_passphrase=(passphrase, key_kdf),
-        )
-        daemon.enable_enrollment(state, passphrase)
-        for service in [*load_services(config.services), *services]:
-            service(node)
-    except BaseException:
-        await transport.close()
-        counter.close()
-        if daemon.audit is not None:
-            daemon.audit.close()
-        raise
     daemon.admit_peers()
     stop_event = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -693,10 +681,9 @@ async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in or
             loop.add_signal_handler(sig, stop_event.set)
     started = False
     try:
-        await node.start()
+        await assembled.start()
         daemon.saver = asyncio.create_task(daemon.save_route_evidence())
         started = True
-        audit.start()
         ready = {"pid": os.getpid(), "node_id": node.node_id, "listen": node.address}
         _write_json(files.ready, ready)
         daemon.write_status(state="running")
@@ -716,17 +703,14 @@ async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in or
         with contextlib.suppress(FileNotFoundError):
             files.ready.unlink()
         await daemon.stop_saver()
-        await audit.stop()
-        await node.stop(config.limits.drain_timeout)
+        await assembled.stop(config.limits.drain_timeout)
         with contextlib.suppress(SecureMeshError, OSError):
-            save_replay_marks(files.replay, node.replay_high_water_marks())
-            save_replay_marks(files.route_evidence, node.route_evidence())
+            assembled.save_marks()
         # A node that never started (its port in use, ...) leaves status.json alone.
         with contextlib.suppress(SecureMeshError, OSError):
             if started:
                 daemon.write_status(state="stopped")
-        counter.close()
-        audit.close()
+        assembled.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
@@ -734,7 +718,9 @@ async def run_node(  # noqa: PLR0912, PLR0915 - start-up, run and shutdown in or
     return 0
 
 
-def run_daemon(config_path: str | os.PathLike[str], *, services: Iterable[Service] = ()) -> int:
+def run_daemon(
+    config_path: str | os.PathLike[str], *, services: Iterable[Service | LegacyRegister] = ()
+) -> int:
     """``securemesh node run``: load the config, configure JSON logs, run until a signal."""
     config = load_config(Path(config_path))
     configure_logging(config.log_level)

@@ -113,10 +113,10 @@ def serve_enrollment(
             on_renewed(msg.sender)
         return reply
 
-    node.on(
+    node.on_protocol(
         MSG_ENROLL_REQUEST,
         on_enroll,
         policy=AllowTypes(types=[MSG_ENROLL_REQUEST], tiers=["edge"]),
         first_contact=declared_key,
     )
-    node.on(MSG_CERT_RENEW, on_renew, policy=AllowTypes(types=[MSG_CERT_RENEW]))
+    node.on_protocol(MSG_CERT_RENEW, on_renew, policy=AllowTypes(types=[MSG_CERT_RENEW]))

@@ -118,7 +118,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, Tier
 from securemesh.crypto.identity import NodeIdentity
@@ -428,6 +428,8 @@ class MeshNode:
         self._stopped = False
         #: Called with our new signed certificate after a renewal (the daemon saves it).
         self.on_certificate: list[Callable[[SignedCertificate], None]] = []
+        #: Extra typed ``node.report`` fields (``[report]``, offered services): set by assembly.
+        self.report_fields: Callable[[], Mapping[str, Any]] = dict
         #: The newest signed revocation list this node installed (to persist it).
         self.revocation_list_bytes: bytes | None = None
         self.revocation_list_version: int | None = None
@@ -444,9 +446,10 @@ class MeshNode:
     def on(
         self,
         msg_type: str,
-        handler: Handler,
+        handler: Handler | None,
         *,
         policy: Policy | None = None,
+        relay_policy: Policy | None = None,
         first_contact: FirstContactResolver | None = None,
     ) -> None:
         """Register ``handler`` for ``msg_type`` (replacing any previous one).
@@ -460,15 +463,47 @@ class MeshNode:
         the code and its ``public_detail`` as the message, e.g. the body field
         that failed validation; anything else ``internal`` with no message).
 
-        ``policy`` authorizes this type instead of the node's configured policy.
+        ``policy`` *narrows* the operator's ``[policy]`` for this type: a message
+        is authorized only if both allow it (:func:`~securemesh.node.combine_policies`),
+        so a service can never widen what the operator allowed. ``relay_policy``
+        does the same for messages of this type that this node forwards; with
+        both, the pipeline admits ``operator AND (policy OR relay_policy)`` and
+        ``handler`` runs only for senders ``policy`` allows (checked at dispatch).
+        ``handler`` may be None to only relay the type.
         ``first_contact``: also accept this type from join-token peers
         (enrollment); the resolver reads the self-declared verify key from the
         unverified body and the envelope must verify against it; such messages
         reach the handler with ``msg.certificate is None`` and ``msg.first_contact``.
         """
-        self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
-        if policy is not None:
-            self.pipeline.set_type_policy(msg_type, policy)
+        from securemesh.node._policy import combine_policies, guard_handler  # noqa: PLC0415
+
+        if handler is not None:
+            if policy is not None and relay_policy is not None:
+                handler = guard_handler(handler, policy, msg_type)
+            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
+        combined = combine_policies(self.pipeline.policy, policy, relay_policy)
+        if combined is not None:
+            self.pipeline.set_type_policy(msg_type, combined)
+        if first_contact is not None:
+            self.pipeline.allow_first_contact(msg_type, first_contact)
+
+    def on_protocol(
+        self,
+        msg_type: str,
+        handler: Handler | None,
+        *,
+        policy: Policy,
+        first_contact: FirstContactResolver | None = None,
+    ) -> None:
+        """The runtime's own protocol types (enrollment, audit ingest and relay).
+
+        Like the built-ins (``node.hello`` ...), ``policy`` is the whole rule for
+        the type, independent of the operator's ``[policy]``: not for services
+        (they use :meth:`on`, whose policy can only narrow the operator's).
+        """
+        if handler is not None:
+            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
+        self.pipeline.set_type_policy(msg_type, policy)
         if first_contact is not None:
             self.pipeline.allow_first_contact(msg_type, first_contact)
 
@@ -1903,6 +1938,7 @@ class MeshNode:
             inflight=self._inflight_count,
             rtt_ms=None if self.parent_rtt is None else self.parent_rtt * 1000.0,
             uptime_s=max(0.0, self._clock() - self._started_at),
+            **self.report_fields(),
         )
         start = self._monotonic()
         await self.request(self.parent_id, NODE_REPORT, report)
@@ -2042,6 +2078,14 @@ class MeshNode:
             "held": self.held.stats(),
             "replay": self.pipeline.replay_stats(),
             "refused_key_changes": self.directory.refused_key_changes,
+        }
+
+    def peer_reports(self) -> dict[str, dict[str, object]]:
+        """Each child neighbour's latest ``node.report`` body (only those that reported)."""
+        return {
+            link.node_id: dict(link.report)
+            for link in self._children.values()
+            if link.node_id is not None and link.report is not None
         }
 
     def is_tier(self, tier: Tier) -> bool:

@@ -41,8 +41,8 @@ replay high-water marks of its senders (``replay.json``, every 30 s and on
 close, restored on connect), so frames it accepted before a restart stay
 refused after it.
 
-**Audit.** As a node daemon does (the same wiring,
-:meth:`securemesh.node._audit_bus.NodeAudit.open`), the device writes every
+**Audit.** As a node daemon does (the same assembly,
+:func:`securemesh.node.assemble_node`), the device writes every
 message its pipeline rejects as a signed ``message.rejected`` event (reason,
 claimed sender, at most one per peer and reason per ``limits.log_window``)
 to a durable SQLite outbox, ``audit-outbox.db`` in its data directory, before
@@ -94,9 +94,7 @@ from securemesh.sdk._message import Message, Reply, encode_body
 if TYPE_CHECKING:
     from securemesh.crypto.certs import Certificate
     from securemesh.crypto.keystore import KdfParams
-    from securemesh.node import MeshNode, VerifiedMessage
-    from securemesh.node._audit_bus import NodeAudit
-    from securemesh.wire import SequenceCounter
+    from securemesh.node import AssembledNode, MeshNode, VerifiedMessage
 
 __all__ = ["AsyncDevice", "Handler", "State"]
 
@@ -110,7 +108,6 @@ Auth = Literal["signed", "session"]
 
 _MAX_BACKOFF = 60.0
 #: Replay high-water marks per sender (the daemon's file and format).
-REPLAY_FILE = "replay.json"
 _REPLAY_SAVE_INTERVAL = 30.0
 
 
@@ -136,18 +133,16 @@ class AsyncDevice:
     def __init__(
         self,
         files: DeviceFiles,
-        node: MeshNode,
-        counter: SequenceCounter,
-        audit: NodeAudit,
+        assembled: AssembledNode,
         *,
         clock: Callable[[], float],
         renew_fraction: float,
         renew_check_interval: float | None,
     ) -> None:
         self._files = files
-        self._node = node
-        self._counter = counter
-        self._audit = audit
+        self._assembled = assembled
+        node = self._node = assembled.node
+        self._audit = assembled.audit
         self._clock = clock
         self._signed = files.certificate
         self._authority_cert = files.authority_certificate
@@ -222,57 +217,36 @@ class AsyncDevice:
         secret = resolve_passphrase(passphrase, path)
         files = await asyncio.to_thread(load_device, path, secret, now=clock())
 
-        from securemesh.enroll import SEQUENCE_FILE  # noqa: PLC0415
-        from securemesh.node import Directory, MeshNode  # noqa: PLC0415
-        from securemesh.node._audit_bus import NodeAudit  # noqa: PLC0415 - sqlite3, pydantic
-        from securemesh.node._daemon import load_replay_marks, zmq_transport  # noqa: PLC0415
-        from securemesh.wire import SequenceCounter  # noqa: PLC0415
+        from securemesh.node import NodeMaterial, assemble_node  # noqa: PLC0415
 
         config = files.config
         # The SDK renews (and persists) itself, on its own clock checks.
         config = config.model_copy(update={"auto_renew": False})
         if renew_fraction is None:
             renew_fraction = config.renew_fraction
-        directory = Directory(files.trust, clock=clock)
-        replay_marks = load_replay_marks(path / REPLAY_FILE)
-        counter = SequenceCounter(path / SEQUENCE_FILE)
+        material = NodeMaterial(
+            data_dir=path,
+            identity=files.identity,
+            certificate=files.certificate,
+            trust=files.trust,
+            authority_certificate=files.authority_certificate,
+        )
+        # The daemon's assembly: transport, node, audit (rejections -> data_dir/audit-outbox.db
+        # -> the cloud log), replay marks restored.
+        assembled = await assemble_node(config, material, clock=clock)
         try:
-            transport = zmq_transport(config, files.identity, directory)
-        except BaseException:
-            counter.close()
-            raise
-        audit: NodeAudit | None = None
-        try:
-            node = MeshNode(
-                config,
-                files.identity,
-                files.certificate,
-                directory,
-                transport,
-                clock=clock,
-                sequence=counter.next,
-                authority_certificate=files.authority_certificate,
-                replay_restore=replay_marks,
-            )
-            # The daemon's audit wiring: rejections -> data_dir/audit-outbox.db -> the cloud log.
-            audit = NodeAudit.open(config, node, path, files.identity.signer, clock=clock)
             device = cls(
                 files,
-                node,
-                counter,
-                audit,
+                assembled,
                 clock=clock,
                 renew_fraction=renew_fraction,
                 renew_check_interval=renew_check_interval,
             )
-            await node.start()
+            await assembled.start()
         except BaseException:
-            await transport.close()
-            counter.close()
-            if audit is not None:
-                audit.close()
+            await assembled.stop(0)
+            assembled.close()
             raise
-        audit.start()
         device._tasks.append(asyncio.create_task(device._maintenance()))
         if connect_timeout is not None:
             try:
@@ -509,7 +483,12 @@ class AsyncDevice:
             tiers=None if tiers is None else list(tiers),
             roles=None if roles is None else list(roles),
         )
-        self._node.on(msg_type, fn, policy=policy)
+        if self._node.config.policy.allow:
+            # the operator wrote a [policy] into the device's node.toml: ours only narrows it
+            self._node.on(msg_type, fn, policy=policy)
+        else:
+            # no operator rules on the device: the application's own rule is the rule
+            self._node.on_protocol(msg_type, fn, policy=policy)
 
     # -------------------------------------------------------------------- audit
 
@@ -524,12 +503,15 @@ class AsyncDevice:
     ) -> str:
         """Record an audit event signed by this device; durable in the outbox when it returns.
 
-        ``kind`` is an :class:`~securemesh.audit.events.EventKind` value
-        (``object.put``, ``task.finished``, ...), ``subject`` a ``(type, id)``
-        pair (type ``node``, ``object``, ``task``, ``round``, ``message`` or
-        ``key``), ``outcome`` ``success``/``failure``/``denied``, ``details``
-        a flat map of short scalars. Returns the event id; the shipper sends
-        it to the cloud log. Invalid events raise before anything is stored.
+        ``kind`` is a namespaced kind: a built-in
+        :class:`~securemesh.audit.events.EventKind` value (``object.put``,
+        ``task.finished``, ...) or a service's own (the cloud appends it only
+        if its ``[[audit.kinds]]`` rules let devices log that namespace).
+        ``subject`` is a ``(type, id)`` pair (type ``node``, ``object``,
+        ``task``, ``round``, ``message`` or ``key``), ``outcome``
+        ``success``/``failure``/``denied``, ``details`` a flat map of short
+        scalars. Returns the event id; the shipper sends it to the cloud log.
+        Invalid events raise before anything is stored.
         """
         return self._audit.recorder.record(
             kind, subject, outcome=outcome, details=details, event_id=event_id
@@ -608,9 +590,7 @@ class AsyncDevice:
         return node.parent_id
 
     def _save_replay_marks(self) -> None:
-        from securemesh.node._daemon import save_replay_marks  # noqa: PLC0415
-
-        save_replay_marks(self._files.data_dir / REPLAY_FILE, self._node.replay_high_water_marks())
+        self._assembled.save_marks()
         self._replay_saved = time.monotonic()
 
     async def _maintenance(self) -> None:
@@ -675,16 +655,15 @@ class AsyncDevice:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         try:
-            await self._audit.stop()  # unshipped events stay in the outbox for the next connect
-            await self._node.stop(drain_timeout)
+            # services (audit shipping: unshipped events stay in the outbox), then the node
+            await self._assembled.stop(drain_timeout)
         finally:
             try:
                 self._save_newer_revocation_list()
                 self._save_replay_marks()
             except (OSError, SecureMeshError):
                 log.warning("could not save the revocation list / replay marks", exc_info=True)
-            self._counter.close()
-            self._audit.close()
+            self._assembled.close()
 
     async def __aenter__(self) -> AsyncDevice:
         return self

@@ -104,7 +104,7 @@ def test_new_event_fields() -> None:
     ev = simple()
     assert ev.version == 1
     assert ev.time_ms == 1_700_000_000_123
-    assert ev.kind is EventKind.OBJECT_PUT
+    assert ev.kind == EventKind.OBJECT_PUT
     assert ev.subject == Subject(type=SubjectType.OBJECT, id="obj-42")
     assert ev.outcome is Outcome.SUCCESS
     fresh = new_event("he.job", origin="cloud-1", subject=("task", "t1"))
@@ -138,7 +138,11 @@ def test_required_details() -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"kind": "object.stolen"},
+        {"kind": "Object.Put"},  # kinds are open, but must be well-formed
+        {"kind": "nonamespace"},
+        {"kind": "a..b"},
+        {"kind": "counter.tick!"},
+        {"kind": "x." + "y" * 70},
         {"outcome": "maybe"},
         {"origin": ""},
         {"origin": "has space"},
@@ -371,3 +375,45 @@ def test_any_single_byte_change_is_caught(data: st.DataObject) -> None:
     bad = wire[:pos] + bytes([new]) + wire[pos + 1 :]
     with pytest.raises(RemoteError):
         SignedEvent.from_bytes(bad).verify(SIGNER.verify_key)
+
+
+def test_open_kinds_are_namespaced_strings() -> None:
+    """A service's own kind (``counter.tick``) is an event kind like the built-ins."""
+    from securemesh.audit.events import (
+        BUILTIN_NAMESPACES,
+        SignedEvent,
+        is_valid_kind,
+        kind_namespace,
+        sign_event,
+    )
+
+    ev = simple(kind="counter.tick", details={"n": 3})
+    assert ev.kind == "counter.tick"
+    signed = SignedEvent.from_bytes(sign_event(ev, SIGNER).to_bytes())
+    assert signed.verify(SIGNER.verify_key).kind == "counter.tick"
+    assert kind_namespace("storage.put") == "storage"
+    assert {"node", "cert", "message", "task", "object", "storage", "fl", "he"} == set(
+        BUILTIN_NAMESPACES
+    )
+    assert is_valid_kind("fl.round_started")
+    assert not is_valid_kind("Counter.tick")
+    assert not is_valid_kind("counter")
+    assert not is_valid_kind("counter.tick." + "x" * 60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.one_of(
+        st.from_regex(r"[a-z][a-z0-9_]{0,12}(\.[a-z][a-z0-9_]{0,12}){1,3}", fullmatch=True),
+        st.text(alphabet="abcxyz019_.A -", max_size=80),
+    )
+)
+def test_a_kind_is_accepted_exactly_when_it_is_well_formed(kind: str) -> None:
+    from securemesh.audit.events import SignedEvent, is_valid_kind, sign_event
+
+    if is_valid_kind(kind):
+        signed = sign_event(simple(kind=kind), SIGNER)
+        assert SignedEvent.from_bytes(signed.to_bytes()).verify(SIGNER.verify_key).kind == kind
+    else:
+        with pytest.raises(LocalError):
+            simple(kind=kind)

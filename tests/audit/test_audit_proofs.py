@@ -332,7 +332,8 @@ EXPORTS = {
     "securemesh.audit.events": (
         "AuditEvent DetailValue EVENT_SIGNATURE_DOMAIN EVENT_VERSION EventKind MAX_DETAIL_KEYS "
         "MAX_DETAIL_KEY_LENGTH MAX_DETAIL_STR_LENGTH MAX_EVENT_SIZE MAX_SIGNED_EVENT_SIZE Outcome "
-        "REQUIRED_DETAILS SignedEvent Subject SubjectType event_key_id new_event sign_event"
+        "REQUIRED_DETAILS SignedEvent Subject SubjectType event_key_id new_event sign_event "
+        "BUILTIN_NAMESPACES KIND_PATTERN MAX_KIND_LENGTH KindStr is_valid_kind kind_namespace"
     ),
     "securemesh.audit.proofs": (
         "BUNDLE_FORMAT BUNDLE_VERSION MAX_BUNDLE_SIZE VerifiedProof build_proof_bundle "

@@ -26,7 +26,7 @@ def test_rejections_are_signed_events_rate_limited_per_peer_and_reason(tmp_path:
             SignedEvent.from_bytes(p.entry).verify(identity.verify_key) for p in outbox.pending()
         ]
     assert [e.details["reason"] for e in events] == ["bad_auth", "malformed", "bad_auth"]
-    assert all(e.kind is EventKind.MESSAGE_REJECTED and e.outcome is Outcome.DENIED for e in events)
+    assert all(e.kind == EventKind.MESSAGE_REJECTED and e.outcome is Outcome.DENIED for e in events)
     assert events[0].subject.id == "dev-1"
     assert events[1].subject.id == "curve:" + peer.hex()[:16]
     assert events[2].details["suppressed"] == 49

@@ -410,3 +410,45 @@ def test_status_age_and_node_state_take_the_time_as_a_parameter(tmp_path: Path) 
     assert status["alive"] is False
     state = load_node_state(config, "test-passphrase", now=fx.now)
     assert state.certificate.unverified_certificate().node_id == "cloud-1"
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ("broken_services:not_a_service", b"did not return a securemesh.node.Service"),
+        ("broken_services:Crashes", b"failed to install"),
+    ],
+)
+def test_a_broken_service_is_one_error_line(tmp_path: Path, entry: str, needle: bytes) -> None:
+    """``securemesh node run`` with a bad service: ``error: ...``, exit 1, no traceback."""
+    (tmp_path / "broken_services.py").write_text(
+        "from securemesh.node import Service\n"
+        "def not_a_service():\n"
+        "    return 42\n"
+        "class Crashes(Service):\n"
+        "    name = 'crashes'\n"
+        "    def install(self, ctx):\n"
+        "        raise ValueError('the bug')\n"
+    )
+    fx = Fixture()
+    cloud_m = fx.member("cloud-1", "cloud")
+    toml = write_data_dir(
+        fx,
+        cloud_m,
+        tmp_path / "c",
+        listen="tcp://127.0.0.1:0",
+        extra_toml=f'services = ["{entry}"]',
+    )
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [PY, "-m", "securemesh", "node", "run", "--config", str(toml)],
+        capture_output=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert needle in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert not (tmp_path / "c" / "ready").exists()

@@ -316,13 +316,15 @@ def install_edge_services(
         edge.directory.add_certificate(reply.certificate, intermediates=[delegation])
         return reply
 
-    edge.on(
+    edge.on_protocol(
         MSG_ENROLL_REQUEST,
         enroll,
         policy=AllowTypes(types=[MSG_ENROLL_REQUEST]),
         first_contact=resolve,
     )
-    edge.on(MSG_CERT_RENEW, renew, policy=AllowTypes(types=[MSG_CERT_RENEW], tiers=["end"]))
+    edge.on_protocol(
+        MSG_CERT_RENEW, renew, policy=AllowTypes(types=[MSG_CERT_RENEW], tiers=["end"])
+    )
 
 
 def _install_app(infra: Infra) -> None:

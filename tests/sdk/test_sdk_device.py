@@ -177,6 +177,30 @@ def test_an_unanswered_request_names_peer_type_and_wait(
             dev._call(node.request("edge-1", "app.none", b"{}", timeout=0.3))
 
 
+def test_an_operator_policy_in_the_device_toml_bounds_its_handlers(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    """With ``[policy]`` rules in the device's node.toml, ``dev.on`` only narrows them."""
+    enroll("dev-1")
+    with open(tmp_path / "dev-1" / "node.toml", "a", encoding="utf-8") as f:
+        f.write('\n[[policy.allow]]\ntypes = ["dev.cfg"]\ntiers = ["cloud"]\n')
+    with connect(tmp_path / "dev-1", clock) as dev:
+        calls: list[str] = []
+        # the app would take dev.cfg from the edge and the cloud, and dev.other from them
+        dev.on("dev.cfg", lambda msg: calls.append(msg.sender), tiers=["edge", "cloud"])
+        dev.on("dev.other", lambda msg: calls.append(msg.sender), tiers=["edge", "cloud"])
+        with pytest.raises(TimeoutError):  # the operator: dev.cfg from the cloud only
+            infra.edge_request("dev-1", "dev.cfg", {}, timeout=0.5)
+        with pytest.raises(TimeoutError):  # the operator names no dev.other at all
+            infra.edge_request("dev-1", "dev.other", {}, timeout=0.5)
+        reply = infra.loop.call(infra.cloud.request("dev-1", "dev.cfg", b"{}", timeout=10))
+        assert reply.sender == "dev-1"
+        assert calls == ["cloud-1"]
+        counters = dev.status()["counters"]
+        assert isinstance(counters, dict)
+        assert counters["rejections"] == {"unauthorized": 2}
+
+
 def test_bodies_are_validated_before_sending(
     infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
 ) -> None:

@@ -47,6 +47,7 @@ EXPECTED = {
     },
     "securemesh.transport": {
         "CURVE_KEY_SIZE",
+        "Admission",
         "AllowKeys",
         "Channel",
         "Connection",
@@ -60,6 +61,7 @@ EXPECTED = {
         "TransportOptions",
         "TransportStats",
         "ZmqTransport",
+        "curve_admission",
         "deny_all_keys",
     },
     "securemesh.crypto.kem": {
