@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -211,6 +211,7 @@ def verify_stored_log(
     state_path: str | Path | None,
     threads: int = 2,
     full: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """``audit verify``: full verification plus the client's last-seen checkpoint.
 
@@ -226,6 +227,7 @@ def verify_stored_log(
         last_seen=last,
         threads=threads,
         recheck_signatures=full,
+        progress=progress,
     )
     if state_path is not None and report.latest_note is not None:
         save_last_seen(state_path, LastSeen(name, report.size, report.root, report.latest_note))
