@@ -68,6 +68,7 @@ _WRITE_OPTION: Final = "securemesh_audit_write"
 # pg_advisory_xact_lock key for migrations: "SMAUDIT" packed into an int64.
 _PG_MIGRATION_LOCK: Final = 0x534D4155444954
 _VERSION_TABLE: Final = "audit_alembic_version"  # as migrations/env.py configures it
+_SQL_VERSION: Final = "SELECT version_num FROM audit_alembic_version"
 _READ_CONNECT_TIMEOUT_S: Final = 10  # a reader gives up on an unreachable server
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
@@ -197,7 +198,7 @@ def check_schema(engine: Engine, where: str) -> None:
             tables = set(inspect(conn).get_table_names())
             if _VERSION_TABLE not in tables or "audit_leaves" not in tables:
                 raise ConfigError(f"no audit log at {where}")
-            have = conn.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalars().all()
+            have = conn.execute(text(_SQL_VERSION)).scalars().all()
     except OperationalError as exc:  # cannot connect / open (not "not a database")
         raise ConfigError(
             f"cannot open the audit database {where}: {db_error_reason(exc)}"

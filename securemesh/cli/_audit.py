@@ -56,6 +56,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from securemesh.cli._common import (
     CliError,
     Progress,
+    accept_relative_times,
     data_dir_given,
     data_dir_options,
     format_options,
@@ -226,6 +227,17 @@ def _open_out(path: str) -> IO[str]:
         return open(path, "w", encoding="utf-8")  # closed by the caller
     except OSError as exc:
         raise os_error(exc, "write") from exc
+
+
+def _check_out(path: str) -> None:
+    """Fail before any work if ``--out FILE`` cannot be created (its directory is missing)."""
+    if path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CliError(f"cannot write {path}: it is a directory")
+    if not target.parent.is_dir():
+        raise CliError(f"cannot write {path}: no directory {target.parent}")
 
 
 def _write_out(path: str, data: str) -> None:
@@ -544,6 +556,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_prove(args: argparse.Namespace) -> int:
     if (args.target is None) == (args.consistency is None):
         raise CliError("give an entry (INDEX or EVENT_ID) or --consistency OLD NEW, not both")
+    _check_out(args.out)
     with _open_read(args) as log:
         key = _log_key(args)
         _check_key_signs(log, key, every_head=args.consistency is not None)
@@ -629,6 +642,7 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from securemesh.audit.admin import export_jsonl
 
+    _check_out(args.out)
     with _open_read(args) as log:
         out = _open_out(args.out)
         try:
@@ -679,22 +693,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
             "note": head.note.decode("utf-8", errors="replace"),
         }
     cp: Mapping[str, Any] = doc["latest_checkpoint"] or {}
-    print_record(
-        doc,
-        args.format,
-        fields=(
-            ("log", lambda d: d["log"]),
-            ("size", lambda d: str(d["size"])),
-            ("root", lambda d: d["root"]),
-            ("tree heads", lambda d: str(d["tree_heads"])),
-            ("registered nodes", lambda d: str(d["registered_nodes"])),
-            ("latest checkpoint", lambda _: f"size {cp['size']}" if cp else "none (empty log)"),
-            ("  time (UTC)", lambda _: cp.get("time")),
-            ("  signed by", lambda _: cp.get("signed_by")),
-            ("  signature", lambda _: cp.get("signature")),
-            ("  note", lambda _: cp.get("note", "").rstrip("\n") or None),
-        ),
-    )
+    fields: list[tuple[str, Callable[[Mapping[str, Any]], object]]] = [
+        ("log", lambda d: d["log"]),
+        ("size", lambda d: str(d["size"])),
+        ("root", lambda d: d["root"]),
+        ("tree heads", lambda d: str(d["tree_heads"])),
+        ("registered nodes", lambda d: str(d["registered_nodes"])),
+        ("latest checkpoint", lambda _: f"size {cp['size']}" if cp else "none (empty log)"),
+    ]
+    if cp:
+        fields += [
+            ("  time (UTC)", lambda _: cp["time"]),
+            ("  signed by", lambda _: cp["signed_by"]),
+            ("  signature", lambda _: cp["signature"]),
+            ("  note", lambda _: cp["note"].rstrip("\n")),
+        ]
+    print_record(doc, args.format, fields=fields)
     return 0
 
 
@@ -800,11 +814,13 @@ def register(  # noqa: PLR0915 - one flat list of subcommands reads best
     filters.add_argument("--text", help="free text in details, subject, kind, origin")
     filters.add_argument("fields", nargs="*", metavar="FIELD=VALUE", help="match a detail")
 
-    p = add("query", _cmd_query, "search events", filters, table_json)
+    p = accept_relative_times(add("query", _cmd_query, "search events", filters, table_json))
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--cursor", help="continue after a previous page")
 
-    p = add("tail", _cmd_tail, "the newest events (with the filters of query)", filters, table_json)
+    p = accept_relative_times(
+        add("tail", _cmd_tail, "the newest events (with the filters of query)", filters, table_json)
+    )
     p.add_argument("-n", "--lines", type=_positive_int, default=10)
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--interval", type=float, default=1.0, help="poll interval with -f")

@@ -36,6 +36,7 @@ __all__ = [
     "TIME_HELP",
     "CliError",
     "Progress",
+    "accept_relative_times",
     "data_dir_given",
     "data_dir_options",
     "format_options",
@@ -307,8 +308,24 @@ def parse_time_arg(text: str, *, now: float) -> float:
     return parsed.timestamp()
 
 
+# ``-S -1h``: argparse reads an argument that starts with "-" as an option unless it
+# looks like a negative number; widen that test on the parsers that take times.
+# (Python 3.13's argparse already treats anything starting "-<digit>" so.)
+_NEGATIVE_OR_RELATIVE: Final = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d{1,9}[smhdw]$")
+
+
+def accept_relative_times(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let ``parser`` take ``-30m``/``-1h``/``-2d`` as option values (``-S -1h``)."""
+    if hasattr(parser, "_negative_number_matcher"):
+        parser._negative_number_matcher = _NEGATIVE_OR_RELATIVE  # see above
+    return parser
+
+
 def time_range_options() -> argparse.ArgumentParser:
-    """A parent parser adding ``-S/--since`` and ``-U/--until`` (journalctl's letters)."""
+    """A parent parser adding ``-S/--since`` and ``-U/--until`` (journalctl's letters).
+
+    Pass each parser built on it to :func:`accept_relative_times`.
+    """
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("-S", "--since", metavar="TIME", help=f"from TIME on: {TIME_HELP}")
     parent.add_argument("-U", "--until", metavar="TIME", help="before TIME (same forms)")
