@@ -13,17 +13,15 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, inspect
 
 from securemesh.audit.checkpoint import key_id, open_checkpoint, parse_verifier_key
 from securemesh.audit.events import EventKind, SignedEvent, new_event, sign_event
@@ -548,45 +546,20 @@ def test_verify_progress(log: Log) -> None:
 # ------------------------------------------------------------------ PostgreSQL
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema (dropped afterwards); skip only if the server is unreachable."""
-    base = os.environ.get(
-        "SECUREMESH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-    )
-    admin = create_engine(base, connect_args={"connect_timeout": 3})
-    schema = f"t_cli_{secrets.token_hex(6)}"
-    try:
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    except Exception as exc:  # the server is not there
-        admin.dispose()
-        pytest.skip(f"PostgreSQL unreachable: {exc}")
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-def test_postgres_read_commands_run_no_ddl(pg_url: str, tmp_path: Path) -> None:
-    line = one_error(cli("query", "--db", pg_url, data=tmp_path))
+def test_postgres_read_commands_run_no_ddl(audit_pg_url: str, tmp_path: Path) -> None:
+    line = one_error(cli("query", "--db", audit_pg_url, data=tmp_path))
     assert line.startswith("error: no audit log at postgresql+psycopg://postgres@")
-    engine = create_engine(pg_url)
+    engine = create_engine(audit_pg_url)
     try:
         with engine.connect() as conn:
             assert inspect(conn).get_table_names() == []  # no table was created
     finally:
         engine.dispose()
     # a real log there: read commands work in a read-only session
-    ok(cli("init-log", "--db", pg_url, data=tmp_path))
-    ok(cli("register-node", "--db", pg_url, "edge-1", EDGE.verify_key.hex(), data=tmp_path))
+    ok(cli("init-log", "--db", audit_pg_url, data=tmp_path))
+    ok(cli("register-node", "--db", audit_pg_url, "edge-1", EDGE.verify_key.hex(), data=tmp_path))
     (tmp_path / "e.b64").write_text(_b64_lines(_events(0, 5, NEW_T0, 1.0)))
-    ok(cli("append", "--db", pg_url, str(tmp_path / "e.b64"), data=tmp_path))
-    assert ok(cli("verify", "--db", pg_url, "--no-state", data=tmp_path)).startswith("OK: 5")
-    assert _indices(ok(cli("tail", "--db", pg_url, "-n", "2", "-o", "jsonl", data=tmp_path))) == [
-        3,
-        4,
-    ]
+    ok(cli("append", "--db", audit_pg_url, str(tmp_path / "e.b64"), data=tmp_path))
+    assert ok(cli("verify", "--db", audit_pg_url, "--no-state", data=tmp_path)).startswith("OK: 5")
+    tail = ok(cli("tail", "--db", audit_pg_url, "-n", "2", "-o", "jsonl", data=tmp_path))
+    assert _indices(tail) == [3, 4]
