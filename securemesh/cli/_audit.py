@@ -575,17 +575,15 @@ def _cmd_prove(args: argparse.Namespace) -> int:
 
 
 def _consistency_doc(log: AuditLog, key: tuple[str, bytes], old: int, new: int) -> str:
-    """A checked RFC 9162 §2.1.4 consistency proof between two signed tree heads, as JSON."""
-    from securemesh.audit.checkpoint import open_checkpoint
-    from securemesh.audit.merkle import verify_consistency
+    """A consistency file (RFC 9162 §2.1.4) between two signed tree heads, checked first."""
+    from securemesh.audit.proofs import build_consistency_bundle, verify_consistency_bundle
 
     if not 1 <= old <= new:
         raise CliError("--consistency OLD NEW needs 1 <= OLD <= NEW")
-    name, vk = key
-    cps = []
+    heads = []
     for size in (old, new):
         try:
-            head = log.tree_head(size)
+            heads.append(log.tree_head(size))
         except LocalError:
             sizes = [h.size for h in log.tree_heads()]
             near = sorted(sizes, key=lambda s: abs(s - size))[:5]
@@ -593,27 +591,23 @@ def _consistency_doc(log: AuditLog, key: tuple[str, bytes], old: int, new: int) 
                 f"no signed tree head of size {size} (log size {log.size()}; "
                 f"nearest signed sizes: {', '.join(map(str, sorted(near))) or 'none'})"
             ) from None
-        cps.append((head, open_checkpoint(head.note, key_name=name, verify_key=vk, origin=name)))
-    (old_head, old_cp), (new_head, new_cp) = cps
-    proof = log.consistency_proof(old, new)
-    verify_consistency(old, new, old_cp.root_hash, new_cp.root_hash, proof)
-    doc = {
-        "format": "securemesh-audit-consistency",
-        "version": 1,
-        "old_size": old,
-        "new_size": new,
-        "old_root": old_cp.root_hash.hex(),
-        "new_root": new_cp.root_hash.hex(),
-        "old_checkpoint": old_head.note.decode("utf-8"),
-        "new_checkpoint": new_head.note.decode("utf-8"),
-        "consistency_proof": [base64.b64encode(h).decode("ascii") for h in proof],
-    }
-    return json.dumps(doc, indent=2, sort_keys=True)
+    data = build_consistency_bundle(
+        old_note=heads[0].note, new_note=heads[1].note, proof=log.consistency_proof(old, new)
+    )
+    name, vk = key
+    verify_consistency_bundle(data, log_key_name=name, log_verify_key=vk, log_origin=name)
+    return data.decode("utf-8")
 
 
 def _cmd_verify_proof(args: argparse.Namespace) -> int:
     from securemesh.audit.admin import event_json, load_verifier
-    from securemesh.audit.proofs import MAX_BUNDLE_SIZE, verify_proof_bundle
+    from securemesh.audit.proofs import (
+        CONSISTENCY_FORMAT,
+        MAX_BUNDLE_SIZE,
+        bundle_format,
+        verify_consistency_bundle,
+        verify_proof_bundle,
+    )
 
     name, vk = load_verifier(args.log_key)
     origin_key = None if args.origin_key is None else _verify_key_arg(args.origin_key, "origin key")
@@ -622,6 +616,23 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
             data = f.read(MAX_BUNDLE_SIZE + 1)
     except OSError as exc:
         raise os_error(exc, "read") from exc
+    if bundle_format(data) == CONSISTENCY_FORMAT:
+        if origin_key is not None:
+            raise CliError("--origin-key is for proofs of an entry, not of consistency")
+        both = verify_consistency_bundle(
+            data, log_key_name=name, log_verify_key=vk, log_origin=name
+        )
+        print_record(
+            {
+                "ok": True,
+                "old_size": both.old.size,
+                "old_root": both.old.root_hash.hex(),
+                "new_size": both.new.size,
+                "new_root": both.new.root_hash.hex(),
+            },
+            args.format,
+        )
+        return 0
     proven = verify_proof_bundle(
         data, log_key_name=name, log_verify_key=vk, log_origin=name, origin_verify_key=origin_key
     )
@@ -857,7 +868,7 @@ def register(  # noqa: PLR0915 - one flat list of subcommands reads best
     p = sub.add_parser(
         "verify-proof",
         parents=[format_options(default="json")],
-        help="check a proof file with only the log's public key",
+        help="check a proof file (entry or consistency) with only the log's public key",
     )
     p.add_argument("file", metavar="FILE")
     p.add_argument("--log-key", required=True, metavar="VERIFIERKEY", help="string or file")

@@ -532,6 +532,13 @@ def test_prove_consistency(log: Log, tmp_path: Path) -> None:
     proof = [base64.b64decode(h) for h in doc["consistency_proof"]]
     verify_consistency(N_OLD, N, old.root_hash, new.root_hash, proof)  # raises if not
     assert proof  # a real proof, not the trivial one
+    # an auditor checks the file with only the log's public key
+    checked = json.loads(ok(cli("verify-proof", str(out), "--log-key", log.verifier)))
+    assert (checked["ok"], checked["old_size"], checked["new_size"]) == (True, N_OLD, N)
+    doc["consistency_proof"] = doc["consistency_proof"][1:]
+    out.write_text(json.dumps(doc))
+    line = one_error(cli("verify-proof", str(out), "--log-key", log.verifier))
+    assert "ConsistencyProofError" in line
 
 
 def test_verify_progress(log: Log) -> None:
