@@ -115,7 +115,11 @@ def load_verifier(text_or_path: str) -> tuple[str, bytes]:
     """A verifier key string, or a file holding one (e.g. the ``.pub`` file)."""
     text = text_or_path.strip()
     if "+" not in text and Path(text).exists():
-        text = Path(text).read_text(encoding="utf-8").strip()
+        with open(text, "rb") as f:  # bounded: not a key file if it is larger
+            raw = f.read(_MAX_KEY_FILE + 1)
+        if len(raw) > _MAX_KEY_FILE:
+            raise ConfigError(f"{text} is not a log verifier key file (too large)")
+        text = raw.decode("utf-8", errors="replace").strip()
     try:
         return parse_verifier_key(text)
     except Exception as exc:

@@ -411,33 +411,39 @@ def _cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _scan(log: AuditLog, flt: QueryFilter, after: int) -> tuple[list[QueryRow], int]:
-    """Every row matching ``flt`` after index ``after``; and the last index scanned."""
+def _scan(
+    log: AuditLog, flt: QueryFilter, after: int, *, keep: int | None = None
+) -> tuple[list[QueryRow], int]:
+    """Rows matching ``flt`` after index ``after`` (only the last ``keep``, if given);
+    and the last index scanned."""
     from securemesh.audit.query import MAX_LIMIT, decode_cursor, encode_cursor, query
 
     size = log.size()  # rows below it are committed: a scan to the end sees them all
-    rows: list[QueryRow] = []
+    rows: collections.deque[QueryRow] = collections.deque(maxlen=keep)
+    last = after
     cursor = None if after < 0 else encode_cursor(after)
     while True:
         page = query(log.engine, flt, limit=MAX_LIMIT, cursor=cursor)
         rows.extend(page.rows)
+        if page.rows:
+            last = max(last, page.rows[-1].index)
         if page.next_cursor is None:
-            last = rows[-1].index if rows else after
-            return rows, max(last, size - 1, after)
+            return list(rows), max(last, size - 1)
         cursor = page.next_cursor
-        after = decode_cursor(cursor)
+        last = max(last, decode_cursor(cursor))
 
 
 def _last_matching(log: AuditLog, flt: QueryFilter, n: int) -> tuple[list[QueryRow], int]:
     """The newest ``n`` rows matching ``flt`` (windows from the end, growing 4x)."""
+    if n == 0:
+        return [], log.size() - 1
     size = log.size()
     window = max(4 * n, 256)
     while True:
         start = max(0, size - window)
-        rows, last = _scan(log, flt, start - 1)
-        kept = collections.deque((r for r in rows), maxlen=n) if n else collections.deque()
-        if len(kept) >= n or start == 0:
-            return list(kept), last
+        rows, last = _scan(log, flt, start - 1, keep=n)
+        if len(rows) >= n or start == 0:
+            return rows, last
         window *= 4
 
 
