@@ -30,7 +30,8 @@ from securemesh.crypto.signing import Ed25519Signer
 
 NOW = time.time()
 OLD_T0 = NOW - 3 * 86400  # 20 events three days ago
-NEW_T0 = NOW - 30 * 60  # 20 events in the last half hour, one a minute
+NEW_T0 = NOW - 20 * 60  # 20 events from 20 to 10.5 minutes ago, 30 s apart
+NEW_STEP = 30.0
 N_OLD = N_NEW = 20
 N = N_OLD + N_NEW
 EDGE = Ed25519Signer.from_seed(b"E" * 32)
@@ -131,7 +132,7 @@ def log(tmp_path_factory: pytest.TempPathFactory) -> Log:
     root = tmp_path_factory.mktemp("auditlog")
     made = _make_log(root / "data")
     (root / "old.b64").write_text(_b64_lines(_events(0, N_OLD, OLD_T0, 1.0)))
-    (root / "new.b64").write_text(_b64_lines(_events(N_OLD, N_NEW, NEW_T0, 60.0)))
+    (root / "new.b64").write_text(_b64_lines(_events(N_OLD, N_NEW, NEW_T0, NEW_STEP)))
     assert ok(cli("append", str(root / "old.b64"), data=made.data)).split() == [
         str(i) for i in range(N_OLD)
     ]
@@ -437,11 +438,14 @@ def test_data_dir_option_and_node_toml(log: Log, tmp_path: Path) -> None:
 def test_since_until_aliases(log: Log) -> None:
     recent = list(range(N_OLD, N))
     old = list(range(N_OLD))
-    for since in ("-1h", "-45m", "yesterday", "today" if _midnight() < NEW_T0 else "yesterday"):
+    # the subprocesses' clocks run later than NOW: the margins allow a slow machine
+    # "today" only when no UTC midnight falls between the events and an hour from now
+    today_ok = _midnight(time.time() + 3600) <= NEW_T0
+    for since in ("-1h", "-90m", "yesterday", "today" if today_ok else "yesterday"):
         assert _indices(ok(cli("query", "-S", since, "-o", "jsonl", data=log.data))) == recent
     assert _indices(ok(cli("query", "-U", "-2d", "-o", "jsonl", data=log.data))) == old
     assert _indices(ok(cli("query", "--until", "-2d", "-o", "jsonl", data=log.data))) == old
-    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NEW_T0 + 10 * 60 - 1))
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NEW_T0 + 10 * NEW_STEP - 1))
     assert _indices(ok(cli("query", "-S", iso, "-o", "jsonl", data=log.data))) == recent[10:]
     # tail takes the same filters
     assert (
@@ -450,9 +454,9 @@ def test_since_until_aliases(log: Log) -> None:
     )
 
 
-def _midnight() -> float:
-    t = time.gmtime(NOW)
-    return NOW - (t.tm_hour * 3600 + t.tm_min * 60 + t.tm_sec) - 1
+def _midnight(t: float) -> float:
+    """The UTC midnight that starts the day of ``t``."""
+    return t - t % 86400
 
 
 def test_tail_takes_the_filters_of_query(log: Log) -> None:
