@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
@@ -168,7 +168,11 @@ def load_verifier(text_or_path: str) -> tuple[str, bytes]:
     """A verifier key string, or a file holding one (e.g. the ``.pub`` file)."""
     text = text_or_path.strip()
     if "+" not in text and Path(text).exists():
-        text = Path(text).read_text(encoding="utf-8").strip()
+        with open(text, "rb") as f:  # bounded: not a key file if it is larger
+            raw = f.read(_MAX_KEY_FILE + 1)
+        if len(raw) > _MAX_KEY_FILE:
+            raise ConfigError(f"{text} is not a log verifier key file (too large)")
+        text = raw.decode("utf-8", errors="replace").strip()
     try:
         return parse_verifier_key(text)
     except Exception as exc:
@@ -264,6 +268,7 @@ def verify_stored_log(
     state_path: str | Path | None,
     threads: int = 2,
     full: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """``audit verify``: full verification plus the client's last-seen checkpoint.
 
@@ -279,6 +284,7 @@ def verify_stored_log(
         last_seen=last,
         threads=threads,
         recheck_signatures=full,
+        progress=progress,
     )
     if state_path is not None and report.latest_note is not None:
         save_last_seen(state_path, LastSeen(name, report.size, report.root, report.latest_note))

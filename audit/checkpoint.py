@@ -64,6 +64,7 @@ __all__ = [
     "NoteVerifier",
     "format_verifier_key",
     "key_id",
+    "note_signers",
     "open_checkpoint",
     "open_note",
     "parse_verifier_key",
@@ -262,6 +263,17 @@ def open_note(
         verify_signature(verify_key, text.encode("utf-8"), raw[_KEY_ID_SIZE:])
         return text
     raise AuthenticationError(f"no signature by {key_name}+{expected_id.hex()}")
+
+
+def note_signers(note: bytes, *, max_size: int = MAX_CHECKPOINT_SIZE) -> list[tuple[str, bytes]]:
+    """``(key name, 4-byte key ID)`` of each signature line of a note. UNVERIFIED.
+
+    Only for telling a person *which* key signed a note that does not open with
+    the key they gave (``audit verify --log-key`` of another log); nothing here
+    is checked beyond the note's syntax (:class:`DecodeError`).
+    """
+    _, sigs = _split_note(note, max_size)
+    return [(name, raw[:_KEY_ID_SIZE]) for name, raw in sigs]
 
 
 # ------------------------------------------------------------------ checkpoints

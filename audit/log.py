@@ -83,7 +83,9 @@ from securemesh.audit.merkle import (
     verify_inclusion,
 )
 from securemesh.audit.store import (
+    check_schema,
     create_audit_engine,
+    describe_url,
     is_sqlite,
     read_transaction,
     upgrade_schema,
@@ -752,13 +754,23 @@ def open_log(
     clock: Callable[[], float] = time.time,
     synchronous: str = "FULL",
     migrate: bool = True,
+    read_only: bool = False,
 ) -> AuditLog:
     """Open (and by default migrate to ``head``) the audit log at ``url``.
 
     ``url`` is a SQLite file path / ``sqlite:///`` URL or a PostgreSQL URL.
+    ``read_only`` opens an existing log for reading only: nothing is created
+    or migrated, and a missing or foreign database is a ConfigError
+    (:func:`~securemesh.audit.store.check_schema`).
     """
-    engine = create_audit_engine(url, synchronous=synchronous)
-    if migrate:
+    engine = create_audit_engine(url, synchronous=synchronous, read_only=read_only)
+    if read_only:
+        try:
+            check_schema(engine, describe_url(url))
+        except BaseException:
+            engine.dispose()
+            raise
+    elif migrate:
         upgrade_schema(engine)
     return AuditLog(
         engine,

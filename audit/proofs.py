@@ -43,6 +43,22 @@ recorded in :attr:`VerifiedProof.origin_key_source`:
 * ``"bundle"`` — neither: the key is the bundle's own claim. The inclusion
   and checkpoint checks still hold (the log committed to this signed event),
   but a log operator could have minted both the key and the event.
+
+``securemesh audit prove --consistency OLD NEW`` writes a *consistency* file
+(:func:`build_consistency_bundle`): two signed checkpoints and the RFC 9162
+§2.1.4 proof that the newer tree extends the older one::
+
+    {
+      "format": "securemesh-audit-consistency",
+      "version": 1,
+      "old_checkpoint": "<signed checkpoint note, as text>",
+      "new_checkpoint": "<signed checkpoint note, as text>",
+      "consistency_proof": ["<base64 32-byte hash>", ...]     (RFC 9162 §2.1.4.1 order)
+    }
+
+:func:`verify_consistency_bundle` checks, with only the log's key: size limit
+and strict JSON; both checkpoints' signatures (and origin); then the proof
+(RFC 9162 §2.1.4.2) from the old checkpoint's root to the new one's.
 """
 
 from __future__ import annotations
@@ -55,7 +71,13 @@ from typing import Any, Final, Literal
 
 from securemesh.audit.checkpoint import Checkpoint, open_checkpoint
 from securemesh.audit.events import AuditEvent, SignedEvent
-from securemesh.audit.merkle import HASH_SIZE, MAX_PROOF_LENGTH, leaf_hash, verify_inclusion
+from securemesh.audit.merkle import (
+    HASH_SIZE,
+    MAX_PROOF_LENGTH,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
 from securemesh.crypto.certs import TrustStore, verify_certificate
 from securemesh.crypto.signing import VERIFY_KEY_SIZE
 from securemesh.errors import (
@@ -70,9 +92,14 @@ from securemesh.errors import (
 __all__ = [
     "BUNDLE_FORMAT",
     "BUNDLE_VERSION",
+    "CONSISTENCY_FORMAT",
     "MAX_BUNDLE_SIZE",
+    "VerifiedConsistency",
     "VerifiedProof",
+    "build_consistency_bundle",
     "build_proof_bundle",
+    "bundle_format",
+    "verify_consistency_bundle",
     "verify_proof_bundle",
 ]
 
@@ -80,6 +107,10 @@ BUNDLE_FORMAT: Final = "securemesh-audit-proof"
 BUNDLE_VERSION: Final = 1
 MAX_BUNDLE_SIZE: Final = 1024 * 1024
 """Hard limit on a proof file, checked before parsing."""
+CONSISTENCY_FORMAT: Final = "securemesh-audit-consistency"
+_CONSISTENCY_FIELDS: Final = frozenset(
+    {"format", "version", "old_checkpoint", "new_checkpoint", "consistency_proof"}
+)
 _MAX_CERT_SIZE: Final = 16 * 1024
 
 _FIELDS: Final = frozenset(
@@ -317,3 +348,90 @@ def verify_proof_bundle(
         origin_certificate=bundle.origin_certificate,
         origin_key_source=source,
     )
+
+
+# ------------------------------------------------------------------ consistency files
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedConsistency:
+    """Two signed checkpoints of one log, the newer proven to extend the older."""
+
+    old: Checkpoint
+    new: Checkpoint
+
+
+def build_consistency_bundle(*, old_note: bytes, new_note: bytes, proof: list[bytes]) -> bytes:
+    """Serialise a consistency file (module docstring); the producer checked the proof."""
+    if len(proof) > MAX_PROOF_LENGTH or any(len(h) != HASH_SIZE for h in proof):
+        raise LocalError("consistency proof must be at most 64 hashes of 32 bytes")
+    try:
+        old_text, new_text = old_note.decode("utf-8"), new_note.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LocalError("checkpoint note is not UTF-8") from exc
+    doc = {
+        "format": CONSISTENCY_FORMAT,
+        "version": BUNDLE_VERSION,
+        "old_checkpoint": old_text,
+        "new_checkpoint": new_text,
+        "consistency_proof": [_b64(h) for h in proof],
+    }
+    return (json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def _parse_json(data: bytes, what: str) -> Any:
+    if not isinstance(data, bytes):
+        raise DecodeError(f"a {what} is bytes")
+    if len(data) > MAX_BUNDLE_SIZE:
+        raise SizeLimitExceeded(f"{what} is larger than {MAX_BUNDLE_SIZE} bytes")
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_reject_constant,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DecodeError(f"{what} is not UTF-8 JSON") from exc
+
+
+def bundle_format(data: bytes) -> str | None:
+    """The ``format`` a proof file claims (UNVERIFIED: only to pick its verifier)."""
+    doc = _parse_json(data, "proof file")
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    return fmt if isinstance(fmt, str) else None
+
+
+def verify_consistency_bundle(
+    data: bytes, *, log_key_name: str, log_verify_key: bytes, log_origin: str | None = None
+) -> VerifiedConsistency:
+    """Verify a consistency file with only the log's public key; return both checkpoints.
+
+    Raises :class:`SizeLimitExceeded` / :class:`DecodeError` (malformed),
+    :class:`AuthenticationError` (a checkpoint's signature or origin) or
+    :class:`~securemesh.errors.ConsistencyProofError` (RFC 9162 §2.1.4.2 fails).
+    """
+    doc = _parse_json(data, "consistency file")
+    if not isinstance(doc, dict) or set(doc) != _CONSISTENCY_FIELDS:
+        raise DecodeError("consistency file does not have exactly the expected fields")
+    if doc["format"] != CONSISTENCY_FORMAT or doc["version"] != BUNDLE_VERSION:
+        raise DecodeError("not a SecureMesh audit consistency file of version 1")
+    proof = doc["consistency_proof"]
+    if not isinstance(proof, list) or len(proof) > MAX_PROOF_LENGTH:
+        raise DecodeError(f"consistency proof must be a list of at most {MAX_PROOF_LENGTH} hashes")
+    hashes = [_b64field(h, "proof hash", size=HASH_SIZE, limit=HASH_SIZE) for h in proof]
+    cps = []
+    for field in ("old_checkpoint", "new_checkpoint"):
+        note = doc[field]
+        if not isinstance(note, str):
+            raise DecodeError(f"{field} must be a string")
+        cps.append(
+            open_checkpoint(
+                note.encode("utf-8"),
+                key_name=log_key_name,
+                verify_key=log_verify_key,
+                origin=log_origin,
+            )
+        )
+    old, new = cps
+    verify_consistency(old.size, new.size, old.root_hash, new.root_hash, hashes)
+    return VerifiedConsistency(old, new)

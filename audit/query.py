@@ -103,7 +103,9 @@ class QueryPage:
 
 
 def _iso(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+    """ISO 8601 UTC with ``Z`` (the CLI's one time format, securemesh.cli._common.iso_utc)."""
+    stamp = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def parse_time(text: str, *, now: float) -> int:

@@ -458,6 +458,7 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     recheck_signatures: bool = False,
     processes: int | None = None,
     segment_size: int = _SEGMENT,
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Verify the whole log stored behind ``engine``; see the module docstring.
 
@@ -471,7 +472,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
     signatures of the entries below its size were checked by this client
     before and are not checked again (unless ``recheck_signatures``): the
     recomputed root at that size must equal the root this client saw, which
-    binds every one of those entries. Raises
+    binds every one of those entries. ``progress(entries done, total)`` is
+    called after each segment is combined (``audit verify``'s progress bar). Raises
     :class:`~securemesh.errors.LogIntegrityError` (``.entries`` = tampered
     leaf indices) on any finding.
     """
@@ -583,6 +585,8 @@ def verify_log(  # noqa: PLR0912, PLR0915 - one pass, steps numbered in the docs
                 findings.entry(idx, why)
             if not state.take_segment(seg):
                 state.replay(engine, lo, hi, fetch_batch)
+            if progress is not None:
+                progress(hi, total)
 
     cr = state.acc
     size = total

@@ -11,13 +11,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securemesh.audit.checkpoint import Checkpoint, sign_checkpoint
+from securemesh.audit.checkpoint import Checkpoint, key_id, note_signers, sign_checkpoint
 from securemesh.audit.events import SignedEvent, new_event, sign_event
-from securemesh.audit.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
+from securemesh.audit.merkle import (
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+)
 from securemesh.audit.proofs import (
     BUNDLE_FORMAT,
+    CONSISTENCY_FORMAT,
     MAX_BUNDLE_SIZE,
+    build_consistency_bundle,
     build_proof_bundle,
+    bundle_format,
+    verify_consistency_bundle,
     verify_proof_bundle,
 )
 from securemesh.crypto.certs import Authority
@@ -26,6 +35,7 @@ from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import (
     AuthenticationError,
     CertificateError,
+    ConsistencyProofError,
     DecodeError,
     InclusionProofError,
     LocalError,
@@ -315,6 +325,84 @@ def test_random_corruption_never_verifies_something_else(data: st.DataObject) ->
     assert vp.signed_event == SignedEvent.from_bytes(w.entries[3])
 
 
+# ------------------------------------------------------------ consistency files
+
+
+def _signed_head(w: World, size: int) -> bytes:
+    cp = Checkpoint(LOG, size, root_from_leaf_hashes(w.hashes[:size]))
+    return sign_checkpoint(cp, key_name=LOG, signer=w.log_signer)
+
+
+def _consistency(w: World, old: int, new: int) -> bytes:
+    return build_consistency_bundle(
+        old_note=_signed_head(w, old),
+        new_note=_signed_head(w, new),
+        proof=consistency_proof(old, w.hashes[:new]),
+    )
+
+
+def _verify_consistency(w: World, data: bytes, key: bytes | None = None) -> Any:
+    vk = w.log_signer.verify_key if key is None else key
+    return verify_consistency_bundle(data, log_key_name=LOG, log_verify_key=vk, log_origin=LOG)
+
+
+def test_consistency_file_round_trip(world: World) -> None:
+    data = _consistency(world, 5, 13)
+    assert bundle_format(data) == CONSISTENCY_FORMAT
+    assert bundle_format(world.bundle(2)) == BUNDLE_FORMAT
+    both = _verify_consistency(world, data)
+    assert (both.old.size, both.new.size) == (5, 13)
+    assert both.new.root_hash == root_from_leaf_hashes(world.hashes)
+
+
+def test_consistency_file_refusals(world: World) -> None:
+    data = _consistency(world, 5, 13)
+    with pytest.raises(AuthenticationError):  # another log's key
+        _verify_consistency(world, data, Ed25519Signer.from_seed(b"x" * 32).verify_key)
+    doc = json.loads(data)
+    # a proof between other sizes, or a forked old head, does not verify
+    other = json.loads(_consistency(world, 6, 13))
+    with pytest.raises(ConsistencyProofError):
+        _verify_consistency(world, edit(data, consistency_proof=other["consistency_proof"]))
+    forked = [*world.entries[:4], b"forged"]  # another tree of size 5, signed by the log
+    fork_root = root_from_leaf_hashes([leaf_hash(e) for e in forked])
+    fork_note = sign_checkpoint(
+        Checkpoint(LOG, 5, fork_root), key_name=LOG, signer=world.log_signer
+    )
+    with pytest.raises(ConsistencyProofError):
+        _verify_consistency(world, edit(data, old_checkpoint=fork_note.decode()))
+    # strict: exactly the fields, the format, version 1, canonical hashes
+    for change in (
+        {"extra": 1},
+        {"format": BUNDLE_FORMAT},
+        {"version": 2},
+        {"consistency_proof": ["AA=="]},
+        {"consistency_proof": "nope"},
+        {"old_checkpoint": 5},
+    ):
+        with pytest.raises(DecodeError):
+            _verify_consistency(world, edit(data, **change))
+    without = {k: v for k, v in doc.items() if k != "new_checkpoint"}
+    with pytest.raises(DecodeError):
+        _verify_consistency(world, json.dumps(without).encode())
+    with pytest.raises(SizeLimitExceeded):
+        _verify_consistency(world, b" " * (MAX_BUNDLE_SIZE + 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=512))
+def test_consistency_decoder_only_raises_remote_errors(junk: bytes) -> None:
+    w = make_world(3)
+    with pytest.raises(RemoteError):
+        _verify_consistency(w, junk)
+
+
+def test_note_signers_names_keys_without_verifying(world: World) -> None:
+    assert note_signers(world.note) == [(LOG, key_id(LOG, world.log_signer.verify_key))]
+    with pytest.raises(DecodeError):
+        note_signers(b"no signature block\n")
+
+
 # ------------------------------------------------------------ public surface (httpx-style lock)
 
 EXPORTS = {
@@ -326,8 +414,8 @@ EXPORTS = {
     ),
     "securemesh.audit.checkpoint": (
         "Checkpoint MAX_CHECKPOINT_SIZE MAX_SIGNATURES NoteVerifier SIG_TYPE_ED25519 "
-        "TIME_EXTENSION format_verifier_key key_id open_checkpoint open_note parse_verifier_key "
-        "sign_checkpoint sign_note"
+        "TIME_EXTENSION format_verifier_key key_id note_signers open_checkpoint open_note "
+        "parse_verifier_key sign_checkpoint sign_note"
     ),
     "securemesh.audit.events": (
         "AuditEvent DetailValue EVENT_SIGNATURE_DOMAIN EVENT_VERSION EventKind MAX_DETAIL_KEYS "
@@ -336,8 +424,9 @@ EXPORTS = {
         "BUILTIN_NAMESPACES KIND_PATTERN MAX_KIND_LENGTH KindStr is_valid_kind kind_namespace"
     ),
     "securemesh.audit.proofs": (
-        "BUNDLE_FORMAT BUNDLE_VERSION MAX_BUNDLE_SIZE VerifiedProof build_proof_bundle "
-        "verify_proof_bundle"
+        "BUNDLE_FORMAT BUNDLE_VERSION CONSISTENCY_FORMAT MAX_BUNDLE_SIZE VerifiedConsistency "
+        "VerifiedProof build_consistency_bundle build_proof_bundle bundle_format "
+        "verify_consistency_bundle verify_proof_bundle"
     ),
 }
 
