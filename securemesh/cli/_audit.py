@@ -61,6 +61,13 @@ def _log_key(args: argparse.Namespace) -> tuple[str, bytes]:
     return load_verifier(str(pub))
 
 
+def _log_key_if_any(args: argparse.Namespace) -> tuple[str, bytes] | None:
+    """The log's public key for checking query hits, if given or beside the log key file."""
+    if args.log_key or Path(str(args.log_key_file) + ".pub").exists():
+        return _log_key(args)
+    return None
+
+
 def _print_rows(rows: list[Any], fmt: str, *, title: str | None = None) -> None:
     if fmt == "json":
         print(json.dumps([r.to_json() for r in rows], indent=2, sort_keys=True))
@@ -173,7 +180,13 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from securemesh.audit.query import query
 
     with _open(args) as log:
-        page = query(log.engine, _filters(args), limit=args.limit, cursor=args.cursor)
+        page = query(
+            log.engine,
+            _filters(args),
+            limit=args.limit,
+            cursor=args.cursor,
+            log_key=_log_key_if_any(args),
+        )
     _print_rows(page.rows, args.format, title="audit events")
     if page.next_cursor is not None:
         print(f"next page: --cursor {page.next_cursor}", file=sys.stderr)
@@ -183,11 +196,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _cmd_tail(args: argparse.Namespace) -> int:
     from securemesh.audit.query import rows_after
 
+    log_key = _log_key_if_any(args)
     with _open(args) as log:
         size = log.size()
         after = max(-1, size - args.lines - 1)
         while True:
-            rows = rows_after(log.engine, after)
+            rows = rows_after(log.engine, after, log_key=log_key)
             if rows:
                 _print_rows(rows, "jsonl" if args.format == "jsonl" else args.format)
                 after = rows[-1].index

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from securemesh.audit._entry import (
     _CANONICAL_SHAPE,
+    INDEX_COLUMNS,
     _details_json,
+    _index_of_match,
     decode_entry,
     details_json_of_canonical,
     event_fields,
@@ -22,6 +24,7 @@ from securemesh.audit.events import (
     AuditEvent,
     EventKind,
     Outcome,
+    SignedEvent,
     Subject,
     SubjectType,
     event_key_id,
@@ -230,3 +233,30 @@ def test_entry_checker_with_a_resolver_that_answers_another_key() -> None:
         "signed by a key that is not the origin's"
     )
     assert check(sign_event(ev, OTHER).to_bytes(), ev.event_id) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.sampled_from(list(range(7))), st.data())
+def test_entry_checker_compares_every_index_column(
+    ev: AuditEvent, column: int, data: st.DataObject
+) -> None:
+    """The fast path's index columns are the strict decoder's; any edited column is a finding."""
+    entry = sign_event(ev, SIGNER).to_bytes()
+    index = decode_entry(entry).row_values()[3:]
+    m = _CANONICAL_SHAPE.fullmatch(entry[SignedEvent.HEADER_SIZE :].decode("utf-8"))
+    assert m is not None
+    assert _index_of_match(m) == index
+    check = make_entry_checker(
+        registry_resolver({ev.origin: {event_key_id(SIGNER.verify_key): SIGNER.verify_key}})
+    )
+    assert check(entry, ev.event_id, index) is None
+    assert check(entry, ev.event_id, index, False) is None
+    forged = list(index)
+    old = forged[column]
+    forged[column] = data.draw(
+        (st.integers(0, 1 << 62) if isinstance(old, int) else st.text(max_size=12)).filter(
+            lambda v: v != old
+        )
+    )
+    finding = check(entry, ev.event_id, forged, False)
+    assert finding == f"query index does not match the signed entry ({INDEX_COLUMNS[column]})"
