@@ -38,6 +38,7 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from securemesh._fileio import private_sqlite_file
 from securemesh.errors import ConfigError
 
 __all__ = [
@@ -95,6 +96,8 @@ def create_audit_engine(
             raise ConfigError("the audit log needs a SQLite *file* (WAL needs one)")
         db_path = Path(parsed.database or "")
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600, and so the -wal/-shm SQLite creates beside it (a read-only URL creates nothing)
+        private_sqlite_file(db_path, create=parsed.query.get("mode") != "ro")
         engine = create_engine(full, connect_args={"timeout": busy_timeout_s}, **kwargs)
         busy_ms = int(busy_timeout_s * 1000)
 
