@@ -13,6 +13,7 @@ from securemesh.audit._entry import (
     INDEX_COLUMNS,
     _details_json,
     _index_of_match,
+    canonical_from_index,
     decode_entry,
     details_json_of_canonical,
     event_fields,
@@ -260,3 +261,29 @@ def test_entry_checker_compares_every_index_column(
     )
     finding = check(entry, ev.event_id, forged, False)
     assert finding == f"query index does not match the signed entry ({INDEX_COLUMNS[column]})"
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(0, 5), st.integers(1, 12))
+def test_the_index_fast_path_rebuilds_honest_rows_and_no_shifted_ones(
+    ev: AuditEvent, at: int, cut: int
+) -> None:
+    """Honest columns rebuild the stored bytes; moving text across a column boundary never does."""
+    entry = sign_event(ev, SIGNER).to_bytes()
+    body = entry[SignedEvent.HEADER_SIZE :]
+    values = decode_entry(entry).row_values()
+    index = list(values[3:])
+    assert canonical_from_index(ev.event_id, index) == body
+    # text columns in body order: details, event id, kind, origin, outcome, subject id, type
+    order = [6, None, 1, 0, 4, 3, 2]
+    cols: list[object] = [index[i] if i is not None else ev.event_id for i in order]
+    left, right = cols[at], cols[at + 1]
+    assert isinstance(left, str)
+    assert isinstance(right, str)
+    text = body.decode()  # a piece of the stored text, with its separators and quotes
+    piece = text[len(text) // 2 : len(text) // 2 + cut]
+    cols[at] = left + piece
+    forged_index = [index[5] if i == 5 else cols[order.index(i)] for i in range(7)]
+    forged_id = str(cols[1])
+    rebuilt = canonical_from_index(forged_id, forged_index)
+    assert rebuilt != body
