@@ -18,7 +18,7 @@ __all__ = ["register"]
 def _run(args: argparse.Namespace) -> int:
     from securemesh.node._daemon import run_daemon  # noqa: PLC0415 - lazy: loads zmq
 
-    return run_daemon(args.config)
+    return run_daemon(args.config, passphrase_file=args.passphrase_file)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -36,6 +36,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     node_sub = node.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     run = node_sub.add_parser("run", help="run the node daemon until SIGTERM/SIGINT")
     run.add_argument("--config", required=True, metavar="PATH", help="node.toml")
+    run.add_argument(
+        "--passphrase-file",
+        metavar="PATH",
+        help="file holding the identity passphrase (else passphrase_file in node.toml, the "
+        "systemd credential securemesh-passphrase, or $SECUREMESH_PASSPHRASE)",
+    )
     run.set_defaults(func=_run)
     status = node_sub.add_parser("status", help="print the running daemon's status as JSON")
     status.add_argument("--config", required=True, metavar="PATH", help="node.toml")
