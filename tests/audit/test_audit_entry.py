@@ -65,7 +65,11 @@ events = st.builds(
     time_ms=st.integers(0, (1 << 63) - 1),
     origin=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
     kind=st.sampled_from(
-        [k for k in EventKind if k not in ("message.rejected", "fl.round_finished")]
+        [
+            k
+            for k in EventKind
+            if k not in ("message.rejected", "fl.round_finished", "audit.flagged")
+        ]
     ),
     subject=st.builds(
         Subject,
