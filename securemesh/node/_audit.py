@@ -21,7 +21,10 @@ exact). When no next event comes, :meth:`RejectionAuditor.flush` (called
 from the node's maintenance loop through
 :meth:`~securemesh.node.Metrics.flush_suppressed`) records the count once the
 window has closed: an event like the last suppressed rejection with
-``suppressed`` set, so a burst that stops is never hidden from the log. The
+``suppressed`` set and ``window_closed: true`` (it stands for the suppressed
+rejections only, not for one more), so a burst that stops is never hidden
+from the log: the rejections of a peer and reason are the events without
+``window_closed`` plus the sum of ``suppressed``. The
 hook never raises into the receive loop (the node counts hook failures in
 ``audit_failures``).
 """
@@ -100,11 +103,13 @@ class RejectionAuditor:
                 break  # in start order: the rest are still open
             del self._state[key]
             if state.count and state.last is not None:
-                self._record(state.last, state.count)
+                self._record(state.last, state.count, window_closed=True)
                 recorded += 1
         return recorded
 
-    def _record(self, rejection: Rejection, suppressed: int) -> None:
+    def _record(
+        self, rejection: Rejection, suppressed: int, *, window_closed: bool = False
+    ) -> None:
         from securemesh.audit.events import (  # noqa: PLC0415 - the audit package is optional here
             EventKind,
             Outcome,
@@ -125,6 +130,7 @@ class RejectionAuditor:
                 "msg_type": rejection.msg_type,
                 "peer": peer,
                 "suppressed": suppressed,
+                **({"window_closed": True} if window_closed else {}),
             },
             now=rejection.at,
         )

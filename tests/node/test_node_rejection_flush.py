@@ -89,6 +89,7 @@ def test_the_auditor_records_the_count_when_the_window_closes(tmp_path: Path) ->
             for p in outbox.pending(limit=10)
         ]
     assert [e.details["suppressed"] for e in events] == [0, 479]
+    assert [e.details.get("window_closed") for e in events] == [None, True]
     assert {e.details["reason"] for e in events} == {"bad_auth"}
     assert events[1].time_ms == int((1000.0 + 479 * 0.001) * 1000)  # the last one hidden
     assert auditor.suppressed == 479
