@@ -28,7 +28,7 @@ from securemesh.cli import main
 from securemesh.crypto.signing import Ed25519Signer
 from securemesh.errors import LogIntegrityError
 
-N = 300
+N = 600  # conftest.POPULATED
 
 #: One forged value per index column (row 42 is an ``object.put`` by edge-1, see make_events).
 FORGERIES: dict[str, Any] = {
@@ -43,18 +43,8 @@ FORGERIES: dict[str, Any] = {
 
 
 @pytest.fixture
-def log(
-    audit_db_url: str, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
-) -> AuditLog:
-    lg = open_log(audit_db_url, signer=log_signer, clock=lambda: 1_800_000_000.0)
-    for name, signer in edge_signers.items():
-        lg.register_node(name, signer.verify_key)
-    events = make_events(edge_signers["edge-1"], "edge-1", N // 2)
-    events += make_events(edge_signers["edge-2"], "edge-2", N // 2)
-    lg.append(events[:100])
-    lg.append(events[100:])
-    yield lg  # type: ignore[misc]
-    lg.close()
+def log(populated_log: AuditLog) -> AuditLog:
+    return populated_log
 
 
 def _set(log: AuditLog, index: int, **values: Any) -> None:
