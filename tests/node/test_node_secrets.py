@@ -93,3 +93,36 @@ def test_scrub_removes_the_variable_from_proc_environ_and_children() -> None:
         "child": "None",
         "others": True,
     }
+
+
+def test_node_run_takes_the_passphrase_from_passphrase_file(tmp_path: Path) -> None:
+    """``securemesh node run --passphrase-file``: a real daemon, no passphrase anywhere else."""
+    from daemon_support import daemon_env, log_path, stop_process, wait_ready
+    from node_testlib import Fixture, write_data_dir
+
+    fx = Fixture()
+    data = tmp_path / "cloud"
+    toml = write_data_dir(fx, fx.member("cloud-1", "cloud"), data, listen="tcp://127.0.0.1:0")
+    lines = [ln for ln in toml.read_text().splitlines() if not ln.startswith("passphrase_file")]
+    toml.write_text("\n".join(lines) + "\n")
+    secret = tmp_path / "secret"
+    secret.write_text((data / "passphrase").read_text())
+    (data / "passphrase").unlink()
+    cmd = [sys.executable, "-m", "securemesh", "node", "run", "--config", str(toml)]
+    missing = subprocess.run(
+        [*cmd, "--passphrase-file", str(tmp_path / "nope")],
+        env=daemon_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 1
+    (line,) = missing.stderr.strip().splitlines()  # one error line, no traceback
+    assert line.startswith("error: ")
+    assert "passphrase file not found" in line
+    with open(log_path(data), "ab") as log:
+        proc = subprocess.Popen(
+            [*cmd, "--passphrase-file", str(secret)],
+            env=daemon_env(), stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    try:
+        assert wait_ready(data, proc)["node_id"] == "cloud-1"
+    finally:
+        assert stop_process(proc) == 0
