@@ -497,12 +497,34 @@ class BusAuditIngest:
             event,
             tier=cert.tier.value if cert is not None else None,
             now_ms=int(self.node._clock() * 1000),
-            namespace=(
-                cert.delegation.permits_name
-                if cert is not None and cert.delegation is not None
-                else None
-            ),
+            namespace=self._namespace(origin),
             key_since_ms=self._key_since.get(slot),
+        )
+
+    def _namespace(self, origin: str) -> Callable[[str], bool] | None:
+        """The name constraint of ``origin``'s delegated authority, if the cloud knows one.
+
+        The delegation is a certificate of its own (``delegation.cert`` on the
+        edge), learned as the intermediate of the certificates it issued.
+        """
+        signed = self.node.directory.trust.delegated_authorities.get(origin)
+        if signed is None:
+            return None
+        delegation = signed.unverified_certificate().delegation
+        return delegation.permits_name if delegation is not None else None
+
+    def _delegation_unknown(self, sender_cert: Certificate, event: AuditEvent) -> bool:
+        """An edge's event that needs its delegation, which the cloud has not learned yet.
+
+        It learns it with the first certificate that delegation issued (a
+        device's hello, announced by the edge): such events are deferred, not
+        refused, so an edge's ``node.enrolled`` shipped before that arrives later.
+        """
+        return (
+            sender_cert.tier is Tier.EDGE
+            and self.policy.rules.get(str(event.kind.value), {}).get("edge") == "namespace"
+            and event.origin == sender_cert.node_id
+            and self._namespace(sender_cert.node_id) is None
         )
 
     async def _learn_from_relay(self, msg: VerifiedMessage, origins: set[str]) -> None:
@@ -580,6 +602,10 @@ class BusAuditIngest:
                 else:
                     self.refused["origin_not_allowed"] += 1
                     acks.append((event_id, REJECTED))
+                continue
+            if self._delegation_unknown(cert, event):
+                self.refused["delegation_unknown_yet"] += 1
+                acks.append((event_id, DEFERRED))
                 continue
             verdict = self._admit(cert, origin, key_id, event)
             if verdict.refused is not None:  # kind, subject or time outside the policy

@@ -204,6 +204,14 @@ def test_a_device_cannot_append_events_about_others_or_outside_the_time_bounds(
     assert refused["subject_not_allowed"] >= 1
     assert refused["event_time_future"] >= 1
     assert status["audit"]["flagged"] == {"event_time_before_key": 1}
+    # the edge's own records of the enrolments it did (inside its namespace) are there
+    _wait(
+        lambda: (
+            {r.subject_id for r in _rows(mesh, QueryFilter(origin="edge-1", kind="node.enrolled"))}
+            >= {DEV_A, DEV_B}
+        ),
+        "the edge's node.enrolled events",
+    )
     # and the log, flags included, verifies
     done = subprocess.run(
         [sys.executable, "-m", "securemesh", "audit", "verify",
