@@ -8,8 +8,10 @@ signature | canonical event JSON``). Two decoders live here:
 * :func:`make_entry_checker` — the verifier's hot loop over stored entries:
   it splits the header, reads the event id and origin (:func:`event_fields`:
   a regular-expression fast path for the canonical shape, :func:`json.loads`
-  otherwise, same answers), and checks the Ed25519 signature over the *exact*
-  stored bytes with libsodium (``crypto_sign_open``, which releases the GIL).
+  otherwise, same answers), checks the Ed25519 signature over the *exact*
+  stored bytes with libsodium (``crypto_sign_open``, which releases the GIL),
+  and that the row's query-index columns (origin, kind, subject, outcome,
+  time, details) say what the signed entry says.
   Soundness does not depend on the lighter parse: a signature that verifies
   under a registered key of the named origin (the one the entry's key id
   names) means that node signed exactly these bytes.
@@ -22,9 +24,9 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import nacl.bindings
 import nacl.exceptions
@@ -42,6 +44,7 @@ from securemesh.crypto.signing import VERIFY_KEY_SIZE, signature_opener
 from securemesh.errors import AuthenticationError, DecodeError, LocalError, SecureMeshError
 
 __all__ = [
+    "INDEX_COLUMNS",
     "LEAF_COLUMNS",
     "Decoded",
     "decode_entry",
@@ -205,7 +208,17 @@ def event_id_of(signed_event: object) -> str:
     return decode_entry(entry_of(signed_event)).event_id
 
 
-EntryChecker = Callable[[bytes, str], str | None]
+class EntryChecker(Protocol):
+    """``check(entry, event_id, index=None, signature=True) -> finding or None``."""
+
+    def __call__(
+        self,
+        entry: bytes,
+        event_id: str,
+        index: Sequence[Any] | None = None,
+        signature: bool = True,
+    ) -> str | None: ...
+
 
 # A regular subset of JSON (no whitespace, [0-9] digits, RFC 8259 strings and
 # escapes, no NaN/Infinity) in the exact shape of a canonical version-1 event.
@@ -216,12 +229,89 @@ _JSON_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1
 _JSON_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
 _JSON_PAIR = f"{_JSON_STR}:(?:{_JSON_STR}|{_JSON_NUM}|true|false|null)"
 _CANONICAL_SHAPE = re.compile(
-    r'\{"details":\{(?:' + _JSON_PAIR + "(?:," + _JSON_PAIR + r")*)?\}"
-    r',"event_id":"([0-9a-f]{32})","kind":"[a-z0-9._]{1,64}"'
-    r',"origin":"([A-Za-z0-9][A-Za-z0-9._-]{0,63})","outcome":"[a-z]{1,32}"'
-    r',"subject":\{"id":' + _JSON_STR + r',"type":"[a-z]{1,32}"\}'
-    r',"time_ms":(?:0|[1-9][0-9]*),"version":1\}'
+    r'\{"details":(\{(?:' + _JSON_PAIR + "(?:," + _JSON_PAIR + r")*)?\})"
+    r',"event_id":"([0-9a-f]{32})","kind":"([a-z0-9._]{1,64})"'
+    r',"origin":"([A-Za-z0-9][A-Za-z0-9._-]{0,63})","outcome":"([a-z]{1,32})"'
+    r',"subject":\{"id":(' + _JSON_STR + r'),"type":"([a-z]{1,32})"\}'
+    r',"time_ms":(0|[1-9][0-9]*),"version":1\}'
 )
+# group numbers in _CANONICAL_SHAPE
+_G_DETAILS, _G_EVENT_ID, _G_KIND, _G_ORIGIN, _G_OUTCOME, _G_SUBJECT_ID, _G_SUBJECT_TYPE, _G_TIME = (
+    range(1, 9)
+)
+
+INDEX_COLUMNS = LEAF_COLUMNS[4:]
+"""The query-index columns after ``event_id`` that :func:`make_entry_checker` compares."""
+
+
+def canonical_from_index(event_id: str, index: Sequence[Any]) -> bytes | None:
+    """The canonical event bytes that a row's event id and index columns describe.
+
+    If they equal the stored entry's event bytes, every column equals the
+    event's field (the verifier's fast path: no parse at all). Why: the
+    canonical encoding (sorted keys, compact) is
+    ``{"details":D,"event_id":"E","kind":"K","origin":"O","outcome":"C",
+    "subject":{"id":S,"type":"T"},"time_ms":N,"version":1}``. Read both
+    strings backwards from their common end: N is digits, T, C, O, K and E
+    contain no ``"`` (required here; real ones never do), so each ends at the
+    same quote in both; S is a JSON string literal whose opening quote is
+    preceded by ``:``, while every quote inside a literal is preceded by a
+    backslash, so S starts at the same place too; what is left, D, is then
+    the same. None if a column has the wrong type or a quote where none may be.
+    """
+    if len(index) != 7:
+        return None
+    origin, kind, stype, sid, outcome, time_ms, details = index
+    if type(time_ms) is not int:
+        return None
+    try:
+        fixed = event_id + kind + origin + outcome + stype
+        if '"' in fixed or type(sid) is not str or type(details) is not str:
+            return None
+    except TypeError:
+        return None
+    quoted = json.dumps(sid, ensure_ascii=False) if '"' in sid or "\\" in sid else f'"{sid}"'
+    return (
+        f'{{"details":{details},"event_id":"{event_id}","kind":"{kind}","origin":"{origin}"'
+        f',"outcome":"{outcome}","subject":{{"id":{quoted},"type":"{stype}"}}'
+        f',"time_ms":{time_ms},"version":1}}'
+    ).encode("utf-8", "surrogatepass")
+
+
+def _index_of_match(m: re.Match[str]) -> tuple[object, ...]:
+    """The index columns (:data:`INDEX_COLUMNS` order) of a canonical-shape match."""
+    sid = m.group(_G_SUBJECT_ID)
+    subject_id = sid[1:-1] if "\\" not in sid else json.loads(sid)
+    return (
+        m.group(_G_ORIGIN),
+        m.group(_G_KIND),
+        m.group(_G_SUBJECT_TYPE),
+        subject_id,
+        m.group(_G_OUTCOME),
+        int(m.group(_G_TIME)),
+        m.group(_G_DETAILS),
+    )
+
+
+def _index_of_entry(entry: bytes) -> tuple[object, ...] | None:
+    """The index columns of an entry outside the fast path (strict decode), None if it fails."""
+    try:
+        values = decode_entry(entry).row_values()
+    except (SecureMeshError, ValueError):
+        return None
+    return values[3:]
+
+
+def _index_mismatch(expected: tuple[object, ...], stored: Sequence[Any]) -> str | None:
+    """The finding for index columns that differ from the entry's, or None."""
+    if len(stored) != len(expected):
+        return "query index row is incomplete"
+    wrong = [
+        name for name, want, got in zip(INDEX_COLUMNS, expected, stored, strict=True) if want != got
+    ]
+    if not wrong:
+        return None
+    return f"query index does not match the signed entry ({', '.join(wrong)})"
 
 
 def event_fields(body: bytes) -> tuple[object, object] | None:
@@ -236,7 +326,7 @@ def event_fields(body: bytes) -> tuple[object, object] | None:
     except UnicodeDecodeError:
         m = None
     if m is not None:
-        return m.group(1), m.group(2)
+        return m.group(_G_EVENT_ID), m.group(_G_ORIGIN)
     try:
         doc = json.loads(body)
         return doc["event_id"], doc["origin"]
@@ -249,17 +339,26 @@ def _signature_opener() -> Callable[[bytes, bytes], bool]:
     return signature_opener(MAX_SIGNED_EVENT_SIZE + len(EVENT_SIGNATURE_DOMAIN))
 
 
-def make_entry_checker(resolve: Callable[[str, bytes], bytes]) -> EntryChecker:
-    """``check(entry, event_id) -> problem or None`` for one stored leaf entry.
+def make_entry_checker(  # noqa: PLR0915 - the verifier's hot loop, inlined
+    resolve: Callable[[str, bytes], bytes],
+) -> EntryChecker:
+    """``check(entry, event_id, index=None, signature=True) -> problem or None`` for a leaf row.
 
     Checks framing and size, that the event names ``event_id`` (the row's
-    column) and a known origin, that the entry's key id names one of that
-    origin's keys (``resolve(origin, key id)``: the registry is a key history,
-    a node may have several) and that the Ed25519 signature verifies under it
-    over the exact stored bytes (libsodium ``crypto_sign_open``, the function
-    pynacl's ``VerifyKey.verify`` calls, without its wrapper; it releases the
-    GIL). Keys are cached per ``(origin, key id)`` (one resolver call each).
-    One checker per thread.
+    column) and, with ``signature``, a known origin, that the entry's key id
+    names one of that origin's keys (``resolve(origin, key id)``: the registry
+    is a key history, a node may have several) and that the Ed25519 signature
+    verifies under it over the exact stored bytes (libsodium
+    ``crypto_sign_open``, the function pynacl's ``VerifyKey.verify`` calls,
+    without its wrapper; it releases the GIL). Keys are cached per ``(origin,
+    key id)`` (one resolver call each).
+
+    ``index`` is the row's query-index columns (:data:`INDEX_COLUMNS` order:
+    origin, kind, subject type and id, outcome, time, details JSON); if given,
+    each must equal what the entry says, so an index edited to forge a query
+    answer, or to hide an event from a filter, is a finding. The fast path
+    reads them from the same match as the event id; anything else is decoded
+    strictly. One checker per thread.
     """
     keys: dict[tuple[str, bytes], bytes] = {}
     missing: dict[tuple[str, bytes], str] = {}
@@ -287,32 +386,54 @@ def make_entry_checker(resolve: Callable[[str, bytes], bytes]) -> EntryChecker:
         keys[slot] = vk
         return vk
 
-    def check(entry: bytes, event_id: str) -> str | None:  # noqa: PLR0911 - one per finding
+    def check(  # noqa: PLR0911, PLR0912 - one return per finding
+        entry: bytes,
+        event_id: str,
+        index: Sequence[Any] | None = None,
+        signature: bool = True,
+    ) -> str | None:
         if len(entry) <= _HEADER or len(entry) > MAX_SIGNED_EVENT_SIZE or entry[:5] != b"SMAE\x01":
             return "not a signed audit event"
         body = entry[_HEADER:]
-        # event_fields(body), inlined (a million calls per verify)
-        try:
-            m = shape(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            m = None
-        fields = m.groups() if m is not None else event_fields(body)
-        if fields is None:
-            return "event does not decode"
-        claimed_id, origin = fields
-        if not isinstance(origin, str):
-            return "event does not decode"
-        if claimed_id != event_id:
-            return "entry is not the event this row was appended for"
-        key_id = entry[_KEY_ID_AT:_SIG_AT]
-        vk = keys.get((origin, key_id))
-        if vk is None:
-            found = key_for(origin, key_id)
-            if isinstance(found, str):
-                return found
-            vk = found
-        if not sign_open(entry[_SIG_AT:_HEADER] + domain + body, vk):
-            return "origin signature does not verify"
+        m: re.Match[str] | None = None
+        # Fast path: the row's columns rebuild exactly the stored canonical body,
+        # which proves every column (see canonical_from_index), and names the
+        # event id and origin without parsing the body.
+        fast = index is not None and canonical_from_index(event_id, index) == body
+        if fast:
+            origin = index[0]  # type: ignore[index]
+        else:
+            # event_fields(body), inlined (a million calls per verify)
+            try:
+                m = shape(body.decode("utf-8"))
+            except UnicodeDecodeError:
+                m = None
+            if m is not None:
+                claimed_id, origin = m.group(_G_EVENT_ID, _G_ORIGIN)
+            else:
+                fields = event_fields(body)
+                if fields is None:
+                    return "event does not decode"
+                claimed_id, origin = fields
+                if not isinstance(origin, str):
+                    return "event does not decode"
+            if claimed_id != event_id:
+                return "entry is not the event this row was appended for"
+        if signature:
+            key_id = entry[_KEY_ID_AT:_SIG_AT]
+            vk = keys.get((origin, key_id))
+            if vk is None:
+                found = key_for(origin, key_id)
+                if isinstance(found, str):
+                    return found
+                vk = found
+            if not sign_open(entry[_SIG_AT:_HEADER] + domain + body, vk):
+                return "origin signature does not verify"
+        if index is not None and not fast:
+            expected = _index_of_match(m) if m is not None else _index_of_entry(entry)
+            if expected is None:
+                return "event does not decode"
+            return _index_mismatch(expected, index)
         return None
 
     return check

@@ -4,9 +4,11 @@
 raw DB-API query per ``fetch`` rows and, per row: fills gaps (a missing index
 is a deleted row, hashed as 32 zero bytes so the tree shape is kept), recomputes
 the leaf hash ``SHA-256(0x00 ‖ entry)`` and compares it with the stored one,
-checks the origin signature (:func:`~._entry.make_entry_checker`, only for
-indices ``>= skip_below``), and appends the recomputed hash to a compact range
-*local to the segment*.
+checks that the query-index columns match the entry and the origin
+signature (:func:`~._entry.make_entry_checker`; signatures only for indices
+``>= skip_below``: below, the client's last-seen root binds the entries, but
+not the index columns, which are checked on every run), and appends the
+recomputed hash to a compact range *local to the segment*.
 
 ``lo`` is a multiple of ``2**k`` with ``hi - lo <= 2**k``, so the leaves
 ``[lo, s)`` for ``lo < s <= hi`` decompose into the same perfect subtrees in
@@ -38,8 +40,8 @@ __all__ = ["Segment", "Source", "fold_peaks", "scan_segment", "scan_segment_in_w
 
 _ZERO: Final = b"\x00" * 32
 _SQL: Final = (
-    "SELECT idx, entry, leaf_hash, event_id FROM audit_leaves "
-    "WHERE idx >= {p} AND idx < {p} ORDER BY idx"
+    "SELECT idx, entry, leaf_hash, event_id, origin, kind, subject_type, subject_id, "
+    "outcome, time_ms, details FROM audit_leaves WHERE idx >= {p} AND idx < {p} ORDER BY idx"
 )
 
 Source = tuple[str, str]
@@ -70,14 +72,15 @@ def fold_peaks(peaks: Sequence[bytes]) -> bytes:
 
 
 def scan_segment(  # noqa: PLR0917 - hot path, positional
-    rows: Iterable[Sequence[tuple[Any, Any, Any, Any]]],
+    rows: Iterable[Sequence[Sequence[Any]]],
     lo: int,
     hi: int,
     sizes: Iterable[int],
     check: EntryChecker,
     skip_below: int,
 ) -> Segment:
-    """Check the rows of ``[lo, hi)`` (batches of ``(idx, entry, leaf_hash, event_id)``)."""
+    """Check the rows of ``[lo, hi)``: batches of ``(idx, entry, leaf_hash, event_id, *index)``
+    (the columns of :data:`_SQL`)."""
     seg = Segment(lo, hi)
     bad = seg.findings
     want = {s - lo for s in sizes if lo < s <= hi}
@@ -101,9 +104,10 @@ def scan_segment(  # noqa: PLR0917 - hot path, positional
             roots[n + lo] = fold_peaks(peaks)
 
     for batch in rows:
-        for idx, entry, stored, event_id in batch:
+        for row in batch:
+            idx, entry, stored, event_id = row[0], row[1], row[2], row[3]
             if type(entry) is not bytes:
-                entry = bytes(entry)  # noqa: PLW2901 - memoryview from some drivers
+                entry = bytes(entry)  # memoryview from some drivers
             if idx != lo + n:
                 if idx < lo + n:  # cannot happen with a primary key; be safe
                     bad.append((idx, "duplicate index"))
@@ -114,11 +118,11 @@ def scan_segment(  # noqa: PLR0917 - hot path, positional
             h = sha256(b"\x00" + entry).digest()
             if h != stored:
                 bad.append((idx, "stored leaf hash does not match the entry bytes"))
-            if idx >= skip_below:
-                checked += 1
-                problem = check(entry, event_id)
-                if problem is not None:
-                    bad.append((idx, problem))
+            signature = idx >= skip_below
+            checked += signature
+            problem = check(entry, event_id, row[4:], signature)
+            if problem is not None:
+                bad.append((idx, problem))
             j = n
             while j & 1:
                 h = sha256(b"\x01" + pop() + h).digest()

@@ -7,7 +7,9 @@ Theory of operation
   ``leaf_hash`` = SHA-256(0x00 ‖ entry). The other columns (origin, kind,
   subject, outcome, time, details) are a *projection* for queries: they are
   derived from ``entry`` at append time and can be rebuilt from it at any time
-  (:func:`securemesh.audit.query.rebuild_index`). ``verify`` never trusts them.
+  (:func:`securemesh.audit.query.rebuild_index`). Nobody trusts them:
+  ``verify`` checks every row's columns against its entry, and a query
+  checks each hit against its entry and the tree before returning it.
 * ``audit_tree_nodes`` holds the hash of every complete (perfect) subtree of
   height ``level`` at position ``idx`` (the leaves ``idx·2^level`` …
   ``(idx+1)·2^level - 1``), level 0 (the leaf hashes) included. Every proof

@@ -145,6 +145,7 @@ class EventKind(StrEnum):
     FL_ROUND_STARTED = "fl.round_started"
     FL_ROUND_FINISHED = "fl.round_finished"  # details: model_hash (hex of the global model)
     HE_JOB = "he.job"
+    AUDIT_FLAGGED = "audit.flagged"  # the cloud's mark on an appended event; details: reason
 
 
 MAX_KIND_LENGTH: Final = 64
@@ -173,6 +174,7 @@ def kind_namespace(kind: str) -> str:
 REQUIRED_DETAILS: Final[dict[str, tuple[str, ...]]] = {
     EventKind.MESSAGE_REJECTED: ("reason",),
     EventKind.FL_ROUND_FINISHED: ("model_hash",),
+    EventKind.AUDIT_FLAGGED: ("reason",),
 }
 """Detail keys that events of these kinds must carry (non-empty strings)."""
 

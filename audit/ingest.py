@@ -42,7 +42,10 @@ Run the service as a process::
         --curve-secret-file PATH --client-keys-file PATH \\
         --bind tcp://127.0.0.1:0 --ready-file PATH
 
-``--ready-file`` receives the bound endpoint once the socket listens.
+``--ready-file`` receives the bound endpoint once the socket listens. Events
+dated more than ``--max-clock-skew`` seconds (120) ahead of the server's clock
+are refused (:mod:`securemesh.audit.admission`; without node certificates the
+kind and subject rules of the bus do not apply here).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from typing import Any, Final
 
 import zmq
 
+from securemesh.audit.admission import EventPolicy
 from securemesh.audit.events import MAX_SIGNED_EVENT_SIZE
 from securemesh.audit.outbox import DEFERRED, Ack, Outbox, ShipResult, ship_once
 from securemesh.audit.service import MAX_FRAMES, AuditService
@@ -368,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--bind", default="tcp://127.0.0.1:0")
     ap.add_argument("--ready-file", help="write the bound endpoint here once listening")
+    ap.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=120.0,
+        help="refuse events dated more than this many seconds in the future (default 120)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -380,7 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     bind = args.bind.replace(":0", ":*") if args.bind.endswith(":0") else args.bind
     log = open_log(args.db, signer=key.signer, origin=key.name)
-    server = IngestServer(AuditService(log), bind=bind, curve_secret=secret, client_keys=clients)
+    server = IngestServer(
+        AuditService(log, policy=EventPolicy(max_future_skew=args.max_clock_skew)),
+        bind=bind,
+        curve_secret=secret,
+        client_keys=clients,
+    )
 
     def _stop(_signum: int, _frame: object) -> None:
         server.stop()

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from securemesh._fileio import private_sqlite_file
 from securemesh.audit._entry import entry_of, event_id_of
 from securemesh.errors import LocalError, RemoteError
 
@@ -137,6 +138,7 @@ class Outbox:
         self.path = Path(path)
         self._max_deferrals = max_deferrals
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(self.path)  # 0600, and so the -wal/-shm SQLite creates beside it
         self._clock = clock
         self._keep_receipts = keep_receipts
         self._lock = threading.Lock()

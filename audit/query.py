@@ -4,10 +4,16 @@ Theory of operation
 -------------------
 The columns ``origin, kind, subject_type, subject_id, outcome, time_ms,
 details`` of ``audit_leaves`` are a *projection* of the signed entries, made
-at append time for indexed queries. They are convenience, not evidence:
-:func:`rebuild_index` recomputes them from the entries (run it after a restore
-or if ``audit verify`` flags the projection), and anything a security team
-relies on should be re-checked with ``audit show`` (entry + inclusion proof).
+at append time for indexed queries. They only *find* rows; what is returned
+comes from the signed entry: every hit is checked (:mod:`._hits`, in the same
+read transaction) — entry decodes, index columns equal the entry's fields,
+origin signature, leaf hash included in the latest tree head, signed by the
+log key when ``log_key`` is given — and a hit that fails raises
+:class:`~securemesh.errors.LogIntegrityError` instead of being shown. An
+event hidden from a filter by an edited column cannot be seen by a query;
+``audit verify`` compares every row's columns with its entry and names it.
+:func:`rebuild_index` recomputes the columns from the entries (after a
+restore, or when ``audit verify`` flags the index).
 
 Filters map to indexed SQL predicates; ``FIELD=VALUE`` filters on event
 details are pre-filtered in SQL (``LIKE``) and then matched exactly in
@@ -31,6 +37,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from securemesh.audit import _schema as s
 from securemesh.audit._entry import decode_entry, projection
+from securemesh.audit._hits import HIT_COLUMNS, HitChecker
+from securemesh.audit.events import AuditEvent
 from securemesh.audit.store import read_transaction, write_transaction
 from securemesh.errors import LocalError
 
@@ -198,77 +206,88 @@ def _field_match(details: Mapping[str, Any], fields: Mapping[str, str]) -> bool:
     return True
 
 
-def _row(r: Any) -> QueryRow:
-    try:
-        details = json.loads(r.details)
-    except ValueError:
-        details = {}
+def _row(index: int, event: AuditEvent) -> QueryRow:
     return QueryRow(
-        index=int(r.idx),
-        event_id=str(r.event_id),
-        origin=str(r.origin),
-        kind=str(r.kind),
-        subject_type=str(r.subject_type),
-        subject_id=str(r.subject_id),
-        outcome=str(r.outcome),
-        time_ms=int(r.time_ms),
-        details=details if isinstance(details, dict) else {},
+        index=index,
+        event_id=event.event_id,
+        origin=event.origin,
+        kind=str(event.kind),
+        subject_type=str(event.subject.type.value),
+        subject_id=event.subject.id,
+        outcome=str(event.outcome.value),
+        time_ms=event.time_ms,
+        details=dict(event.details),
     )
 
 
+def _checked_rows(
+    engine: Engine,
+    preds: Sequence[ColumnElement[bool]],
+    after: int,
+    limit: int,
+    log_key: tuple[str, bytes] | None,
+) -> list[QueryRow]:
+    """Up to ``limit`` rows with index > ``after`` matching ``preds``, each checked (module doc)."""
+    c = s.leaves.c
+    with read_transaction(engine) as conn:
+        rows = conn.execute(
+            select(*(c[name] for name in HIT_COLUMNS))
+            .where(c.idx > after, *preds)
+            .order_by(c.idx)
+            .limit(limit)
+        ).all()
+        if not rows:
+            return []
+        events = HitChecker(conn, log_key=log_key).check(rows)
+    return [_row(int(r[0]), ev) for r, ev in zip(rows, events, strict=True)]
+
+
 def query(
-    engine: Engine, flt: QueryFilter, *, limit: int = 100, cursor: str | None = None
+    engine: Engine,
+    flt: QueryFilter,
+    *,
+    limit: int = 100,
+    cursor: str | None = None,
+    log_key: tuple[str, bytes] | None = None,
 ) -> QueryPage:
-    """Matching rows in log order after ``cursor``; ``next_cursor`` is None at the end."""
+    """Matching rows in log order after ``cursor``; ``next_cursor`` is None at the end.
+
+    Every row is checked against its signed entry and the tree before it is
+    returned (module doc); ``log_key = (name, verify key)`` binds that check
+    to the log's signed checkpoint.
+    """
     if not 1 <= limit <= MAX_LIMIT:
         raise LocalError(f"limit must be in 1..{MAX_LIMIT}")
     after = -1 if cursor is None else decode_cursor(cursor)
     preds = _predicates(flt)
     out: list[QueryRow] = []
-    c = s.leaves.c
-    cols = (c.idx, c.event_id, c.origin, c.kind, c.subject_type, c.subject_id, c.outcome)
-    cols_all = (*cols, c.time_ms, c.details)
     while len(out) < limit:
-        with read_transaction(engine) as conn:
-            rows = conn.execute(
-                select(*cols_all).where(c.idx > after, *preds).order_by(c.idx).limit(_SCAN)
-            ).all()
+        # every row read is checked (a signature each): read only what can be shown
+        want = _SCAN if flt.fields else min(_SCAN, limit - len(out))
+        rows = _checked_rows(engine, preds, after, want, log_key)
         if not rows:
             return QueryPage(out, None)
-        for r in rows:
-            after = int(r.idx)
-            row = _row(r)
+        for row in rows:
+            after = row.index
             if flt.fields and not _field_match(row.details, flt.fields):
                 continue
             out.append(row)
             if len(out) == limit:
                 break
-        if len(rows) < _SCAN and len(out) < limit:
+        if len(rows) < want and len(out) < limit:
             return QueryPage(out, None)
     return QueryPage(out, encode_cursor(after))
 
 
-def rows_after(engine: Engine, after: int, *, limit: int = 1000) -> list[QueryRow]:
-    """Rows with index > ``after`` in log order (``audit tail``)."""
-    c = s.leaves.c
-    with read_transaction(engine) as conn:
-        rows = conn.execute(
-            select(
-                c.idx,
-                c.event_id,
-                c.origin,
-                c.kind,
-                c.subject_type,
-                c.subject_id,
-                c.outcome,
-                c.time_ms,
-                c.details,
-            )
-            .where(c.idx > after)
-            .order_by(c.idx)
-            .limit(limit)
-        ).all()
-    return [_row(r) for r in rows]
+def rows_after(
+    engine: Engine,
+    after: int,
+    *,
+    limit: int = 1000,
+    log_key: tuple[str, bytes] | None = None,
+) -> list[QueryRow]:
+    """Rows with index > ``after`` in log order (``audit tail``), each checked like a query hit."""
+    return _checked_rows(engine, [], after, limit, log_key)
 
 
 def leaf_batches(

@@ -13,6 +13,12 @@ event whose origin it could not check yet into ``DEFERRED``.) Frames that do
 not even decode carry no trustworthy id and get no acknowledgement; an edge
 never produces them (its outbox decodes every event before storing it).
 
+An optional :class:`~securemesh.audit.admission.EventPolicy` is applied
+before appending (the standalone endpoint uses it with no tier information:
+only the time bound, events dated beyond the clock-skew bound in the future
+are refused ``event_time_future``; the bus front end applies the full policy
+itself, where it knows each origin's certificate).
+
 Rejections are counted by reason (``RemoteError.reason``) for metrics; the
 reasons never go back to the peer.
 """
@@ -21,12 +27,15 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from securemesh.audit._entry import decode_entry
+from securemesh.audit.admission import EventPolicy
 from securemesh.audit.log import MAX_BATCH, AuditLog
 from securemesh.audit.outbox import REJECTED, Ack
-from securemesh.errors import SizeLimitExceeded
+from securemesh.errors import RemoteError, SizeLimitExceeded
 
 __all__ = ["MAX_FRAMES", "AuditService"]
 
@@ -39,17 +48,45 @@ _log = logging.getLogger(__name__)
 class AuditService:
     """Appends batches of signed events to an :class:`AuditLog` and acknowledges them."""
 
-    def __init__(self, log: AuditLog) -> None:
+    def __init__(
+        self,
+        log: AuditLog,
+        *,
+        policy: EventPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._log = log
+        self._policy = policy
+        self._clock = clock
         self.rejections: collections.Counter[str] = collections.Counter()
         self.accepted = 0
+
+    def _admitted(self, entries: Sequence[bytes], acks: list[Ack]) -> list[bytes]:
+        """The entries the policy lets through; refusals acknowledged in ``acks``."""
+        if self._policy is None:
+            return list(entries)
+        now_ms = int(self._clock() * 1000)
+        out: list[bytes] = []
+        for entry in entries:
+            try:
+                event = decode_entry(entry).signed.unverified_event()
+            except RemoteError:
+                out.append(entry)  # the log refuses it with the precise reason
+                continue
+            verdict = self._policy.admit(event, tier=None, now_ms=now_ms)
+            if verdict.refused is not None:
+                self.rejections[verdict.refused] += 1
+                acks.append((event.event_id, REJECTED))
+                continue
+            out.append(entry)
+        return out
 
     def handle_batch(self, entries: Sequence[bytes]) -> list[Ack]:
         """Append ``entries``; return ``[(event_id, index or REJECTED)]`` (see module doc)."""
         if len(entries) > MAX_FRAMES:
             raise SizeLimitExceeded(f"more than {MAX_FRAMES} events in one batch")
         acks: list[Ack] = []
-        for outcome in self._log.append_entries(list(entries)):
+        for outcome in self._log.append_entries(self._admitted(entries, acks)):
             if outcome.index is not None and outcome.event_id is not None:
                 acks.append((outcome.event_id, outcome.index))
                 self.accepted += 1

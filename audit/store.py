@@ -48,6 +48,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from securemesh._fileio import private_sqlite_file
 from securemesh.errors import ConfigError
 
 __all__ = [
@@ -87,7 +88,7 @@ def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_audit_engine(
+def create_audit_engine(  # noqa: PLR0915 - one place per backend: SQLite ro/rw, PostgreSQL
     url: str | Path,
     *,
     synchronous: str = "FULL",
@@ -124,6 +125,8 @@ def create_audit_engine(
             )
         else:
             db_path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600, and so the -wal/-shm SQLite creates beside it
+            private_sqlite_file(db_path, create=parsed.query.get("mode") != "ro")
         engine = create_engine(full, connect_args={"timeout": busy_timeout_s}, **kwargs)
         busy_ms = int(busy_timeout_s * 1000)
 

@@ -18,7 +18,11 @@ subtree roots (:mod:`._scan`); this process folds them together in index order
 1. **Per entry** (in the worker). The stored ``leaf_hash`` must equal
    SHA-256(0x00 ‖ entry) (RFC 9162 §2.1.1); the entry must decode, name a
    known origin and carry a valid Ed25519 signature over the exact stored
-   bytes by the key of that origin its key id names. Indices must be
+   bytes by the key of that origin its key id names. The row's query-index
+   columns (origin, kind, subject, outcome, time, details) must say what the
+   entry says — for every row, also below the last-seen size, since the
+   signed root binds the entries but not the columns (an edited column would
+   forge a query answer or hide an event from a filter). Indices must be
    contiguous from 0: a missing index is a deleted row.
 2. **Per signed tree head.** Each head's note must be a valid checkpoint by
    the log key for exactly that ``(size, root)`` (checked here while the

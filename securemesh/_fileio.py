@@ -8,17 +8,48 @@ most ``limit + 1`` bytes, so an oversized file is detected without reading it
 all, and turns every failure into a :class:`~securemesh.errors.LocalError`
 naming the file: missing, unreadable, or too large.
 
+:func:`private_sqlite_file` makes a SQLite database owner-only *before*
+SQLite opens it. SQLite creates a database's ``-wal``, ``-shm`` and
+``-journal`` side files with the permission bits of the database file itself
+(``robust_open`` with the mode from ``findCreateFileMode`` in its
+``os_unix.c``), so a database file created ``0600`` by us (instead of by
+SQLite, which uses ``0644`` minus the umask) gets ``0600`` side files — with no
+process-wide umask change, which would race with other threads. Side files
+left by an earlier version are tightened too. Every SQLite file the project
+creates goes through it: the audit log, the audit outbox, the token store.
+
 Private leaf module: it imports nothing but :mod:`securemesh.errors`, so the
 enrollment state, the SDK and the node daemon can all share it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 from securemesh.errors import ConfigError, LocalError
 
-__all__ = ["read_small_file"]
+__all__ = ["SQLITE_SIDE_SUFFIXES", "private_sqlite_file", "read_small_file"]
+
+SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+"""The files SQLite keeps beside a database ``x.db``: ``x.db-wal`` and so on."""
+
+
+def private_sqlite_file(path: Path, *, create: bool = True) -> None:
+    """Create the SQLite database ``path`` as an empty ``0600`` file if it does not exist
+    (unless ``create`` is false: a read-only opening), and make it and its existing side
+    files ``0600`` (see the module doc).
+
+    A file we may not change (another owner) is left as it is.
+    """
+    if create:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        os.close(fd)
+    for name in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_SUFFIXES)):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            if os.stat(name).st_mode & 0o777 != 0o600:
+                os.chmod(name, 0o600)
 
 
 def read_small_file(

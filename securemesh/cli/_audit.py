@@ -204,6 +204,13 @@ def _log_key(args: argparse.Namespace) -> tuple[str, bytes]:
     return load_verifier(str(pub))
 
 
+def _log_key_if_any(args: argparse.Namespace) -> tuple[str, bytes] | None:
+    """The log's public key for checking query hits, if given or beside the log key file."""
+    if args.log_key or Path(str(_where(args).log_key_file) + ".pub").exists():
+        return _log_key(args)
+    return None
+
+
 def _check_key_signs(log: AuditLog, key: tuple[str, bytes], *, every_head: bool) -> None:
     """Refuse a log key that signed none of the log's checkpoints, naming both keys.
 
@@ -445,8 +452,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     from securemesh.audit.query import query
 
     flt = _filters(args)
+    log_key = _log_key_if_any(args)  # every hit is checked against its leaf and the log's head
     with _open_read(args) as log:
-        page = query(log.engine, flt, limit=args.limit, cursor=args.cursor)
+        page = query(log.engine, flt, limit=args.limit, cursor=args.cursor, log_key=log_key)
     _print_rows(page.rows, args.format)
     if page.next_cursor is not None:
         print(f"next page: --cursor {page.next_cursor}", file=sys.stderr)
@@ -454,7 +462,12 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _scan(
-    log: AuditLog, flt: QueryFilter, after: int, *, keep: int | None = None
+    log: AuditLog,
+    flt: QueryFilter,
+    after: int,
+    *,
+    keep: int | None = None,
+    log_key: tuple[str, bytes] | None = None,
 ) -> tuple[list[QueryRow], int]:
     """Rows matching ``flt`` after index ``after`` (only the last ``keep``, if given);
     and the last index scanned."""
@@ -465,7 +478,7 @@ def _scan(
     last = after
     cursor = None if after < 0 else encode_cursor(after)
     while True:
-        page = query(log.engine, flt, limit=MAX_LIMIT, cursor=cursor)
+        page = query(log.engine, flt, limit=MAX_LIMIT, cursor=cursor, log_key=log_key)
         rows.extend(page.rows)
         if page.rows:
             last = max(last, page.rows[-1].index)
@@ -475,7 +488,9 @@ def _scan(
         last = max(last, decode_cursor(cursor))
 
 
-def _last_matching(log: AuditLog, flt: QueryFilter, n: int) -> tuple[list[QueryRow], int]:
+def _last_matching(
+    log: AuditLog, flt: QueryFilter, n: int, log_key: tuple[str, bytes] | None
+) -> tuple[list[QueryRow], int]:
     """The newest ``n`` rows matching ``flt`` (windows from the end, growing 4x)."""
     if n == 0:
         return [], log.size() - 1
@@ -483,7 +498,7 @@ def _last_matching(log: AuditLog, flt: QueryFilter, n: int) -> tuple[list[QueryR
     window = max(4 * n, 256)
     while True:
         start = max(0, size - window)
-        rows, last = _scan(log, flt, start - 1, keep=n)
+        rows, last = _scan(log, flt, start - 1, keep=n, log_key=log_key)
         if len(rows) >= n or start == 0:
             return rows, last
         window *= 4
@@ -497,13 +512,14 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     flt = _filters(args)
     # following prints a record per line as it comes: JSON is JSON lines then
     fmt = "jsonl" if args.follow and args.format == "json" else args.format
+    log_key = _log_key_if_any(args)  # every hit is checked against its leaf and the log's head
     with _open_read(args) as log:
-        rows, after = _last_matching(log, flt, args.lines)
+        rows, after = _last_matching(log, flt, args.lines, log_key)
         _print_rows(rows, fmt)
         while args.follow:
             sys.stdout.flush()
             time.sleep(args.interval)
-            rows, after = _scan(log, flt, after)
+            rows, after = _scan(log, flt, after, log_key=log_key)
             if rows:
                 _print_rows(rows, fmt)
     return 0

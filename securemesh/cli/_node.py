@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
                 f"another daemon is already running on this data dir (pid {pid}): "
                 f"securemesh node stop --config {path}"
             )
-    return run_daemon(path)
+    return run_daemon(path, passphrase_file=args.passphrase_file)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -235,6 +235,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     run = node_sub.add_parser(
         "run", parents=[where], help="run the node daemon until SIGTERM/SIGINT"
+    )
+    run.add_argument(
+        "--passphrase-file",
+        metavar="PATH",
+        help="file holding the identity passphrase (else passphrase_file in node.toml, the "
+        "systemd credential securemesh-passphrase, or $SECUREMESH_PASSPHRASE)",
     )
     run.set_defaults(func=_run)
     status = node_sub.add_parser(

@@ -26,9 +26,7 @@ cloud). Time is injectable: every method takes ``now`` or uses ``clock``.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -56,6 +54,7 @@ from sqlalchemy.engine import Engine, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql import ColumnElement
 
+from securemesh._fileio import private_sqlite_file
 from securemesh.crypto.certs import Tier, validate_node_id
 from securemesh.enroll._token import (
     SECRET_SIZE,
@@ -184,15 +183,15 @@ class TokenStore:
     ) -> None:
         self._engine = engine if engine is not None else _engine_for(location)
         self._clock = clock
+        database = self._engine.url.database
+        if self._engine.dialect.name == "sqlite" and database and database != ":memory:":
+            # Proof keys of pending tokens are in here: owner only (like key files),
+            # and so are the -wal/-shm files SQLite creates beside it.
+            private_sqlite_file(Path(database))
         try:
             _metadata.create_all(self._engine, checkfirst=True)
         except OperationalError:  # another process created the tables meanwhile
             _metadata.create_all(self._engine, checkfirst=True)
-        database = self._engine.url.database
-        if self._engine.dialect.name == "sqlite" and database:
-            # Proof keys of pending tokens are in here: owner only (like key files).
-            with contextlib.suppress(OSError):
-                os.chmod(database, 0o600)
 
     @classmethod
     def in_dir(cls, data_dir: str | Path, *, clock: Callable[[], float] = time.time) -> TokenStore:

@@ -17,8 +17,16 @@ A peer must not be able to turn a flood of garbage into a flood of signed,
 fsync'ed audit records, so the auditor records at most one event per
 ``window`` seconds per ``(peer, reason)``; the next event carries the number
 of rejections suppressed in between (the counters in ``status.json`` stay
-exact). The hook never raises into the receive loop (the node counts hook
-failures in ``audit_failures``).
+exact). When no next event comes, :meth:`RejectionAuditor.flush` (called
+from the node's maintenance loop through
+:meth:`~securemesh.node.Metrics.flush_suppressed`) records the count once the
+window has closed: an event like the last suppressed rejection with
+``suppressed`` set and ``window_closed: true`` (it stands for the suppressed
+rejections only, not for one more), so a burst that stops is never hidden
+from the log: the rejections of a peer and reason are the events without
+``window_closed`` plus the sum of ``suppressed``. The
+hook never raises into the receive loop (the node counts hook failures in
+``audit_failures``).
 """
 
 from __future__ import annotations
@@ -35,6 +43,15 @@ if TYPE_CHECKING:
     from securemesh.crypto.signing import Signer
 
 __all__ = ["RejectionAuditor"]
+
+
+class _Window:
+    __slots__ = ("count", "last", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.count = 0
+        self.last: Rejection | None = None
 
 
 class RejectionAuditor:
@@ -56,7 +73,8 @@ class RejectionAuditor:
         self._window = window
         self._max_keys = max_keys
         self._clock = clock
-        self._state: OrderedDict[tuple[bytes | None, str], list[float]] = OrderedDict()
+        # (peer, reason) -> (window start, suppressed count, last suppressed rejection)
+        self._state: OrderedDict[tuple[bytes | None, str], _Window] = OrderedDict()
         self.recorded = 0
         self.suppressed = 0
 
@@ -64,18 +82,34 @@ class RejectionAuditor:
         key = (rejection.peer, rejection.reason)
         now = rejection.at
         state = self._state.get(key)
-        if state is not None and now - state[0] < self._window:
-            state[1] += 1
+        if state is not None and now - state.start < self._window:
+            state.count += 1
+            state.last = rejection
             self.suppressed += 1
             return
-        suppressed = 0 if state is None else int(state[1])
-        self._state[key] = [now, 0.0]
+        suppressed = 0 if state is None else state.count
+        self._state[key] = _Window(now)
         self._state.move_to_end(key)
         while len(self._state) > self._max_keys:
             self._state.popitem(last=False)
         self._record(rejection, suppressed)
 
-    def _record(self, rejection: Rejection, suppressed: int) -> None:
+    def flush(self, now: float) -> int:
+        """Record the suppressed count of every window closed by ``now``; return events."""
+        recorded = 0
+        while self._state:
+            key, state = next(iter(self._state.items()))
+            if now - state.start < self._window:
+                break  # in start order: the rest are still open
+            del self._state[key]
+            if state.count and state.last is not None:
+                self._record(state.last, state.count, window_closed=True)
+                recorded += 1
+        return recorded
+
+    def _record(
+        self, rejection: Rejection, suppressed: int, *, window_closed: bool = False
+    ) -> None:
         from securemesh.audit.events import (  # noqa: PLC0415 - the audit package is optional here
             EventKind,
             Outcome,
@@ -96,6 +130,7 @@ class RejectionAuditor:
                 "msg_type": rejection.msg_type,
                 "peer": peer,
                 "suppressed": suppressed,
+                **({"window_closed": True} if window_closed else {}),
             },
             now=rejection.at,
         )

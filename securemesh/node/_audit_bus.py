@@ -86,7 +86,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 from pydantic import Field
 
-from securemesh.crypto.certs import RevocationList, SignedCertificate, Tier
+from securemesh.crypto.certs import Certificate, RevocationList, SignedCertificate, Tier
 from securemesh.errors import (
     CertificateError,
     ConfigError,
@@ -100,7 +100,8 @@ from securemesh.messages import MeshMessage, b64d, b64e
 from securemesh.policy import AllowTypes
 
 if TYPE_CHECKING:
-    from securemesh.audit.events import EventKind, Outcome, SubjectType
+    from securemesh.audit.admission import Admission
+    from securemesh.audit.events import AuditEvent, EventKind, Outcome, SubjectType
     from securemesh.audit.log import AuditLog
     from securemesh.audit.outbox import Ack, AsyncSendBatch, Outbox
     from securemesh.crypto.keystore import KdfParams
@@ -141,6 +142,7 @@ _B64_MAX = (_MAX_SIGNED * 4 + 2) // 3
 EventId = Annotated[str, Field(min_length=1, max_length=64)]
 LeafIndex = Annotated[int, Field(ge=-2, lt=1 << 63)]
 _LOOKUPS_PER_REQUEST: Final = 8
+_MAX_KEY_SINCE: Final = 100_000
 
 
 class AuditAppend(MeshMessage):
@@ -400,6 +402,15 @@ class BusAuditIngest:
         #: who may log which kind namespace (``[[audit.kinds]]``, securemesh.node._kinds)
         self.kind_rules = KindRules(node.config.audit.kinds)
         self.register(node.node_id, node.certificate.verify_key)
+        from securemesh.audit.admission import EventPolicy  # noqa: PLC0415
+
+        #: kind x tier x subject rules and time bounds (securemesh.audit.admission)
+        self.policy = EventPolicy(max_future_skew=node.config.limits.max_clock_skew)
+        #: called as ``on_flag(event, leaf index, reason)`` for each appended, flagged event
+        self.on_flag: Callable[[AuditEvent, int, str], None] | None = None
+        self.flagged: Counter[str] = Counter()
+        #: earliest ``not_before`` (ms) seen for an ``(origin, key id)``
+        self._key_since: dict[tuple[str, bytes], int] = {}
 
     def install(self) -> None:
         """Register the ``audit.append`` handler (any enrolled tier may send it)."""
@@ -462,11 +473,12 @@ class BusAuditIngest:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.service.handle_batch, entries)
 
-    def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes, str]]:
-        """``(entry, event id, origin, key id, kind)`` of each decodable entry (others counted)."""
+    def _named(self, entries: list[bytes]) -> list[tuple[bytes, str, str, bytes, AuditEvent]]:
+        """``(entry, event id, origin, key id, unverified event)`` of each decodable entry
+        (others counted)."""
         from securemesh.audit.events import SignedEvent  # noqa: PLC0415
 
-        named: list[tuple[bytes, str, str, bytes, str]] = []
+        named: list[tuple[bytes, str, str, bytes, AuditEvent]] = []
         for entry in entries:
             try:
                 signed = SignedEvent.from_bytes(entry)
@@ -474,7 +486,7 @@ class BusAuditIngest:
                 self.refused["malformed"] += 1
                 continue
             event = signed.unverified_event()
-            named.append((entry, event.event_id, event.origin, signed.key_id, event.kind))
+            named.append((entry, event.event_id, event.origin, signed.key_id, event))
         return named
 
     def _kind_allowed(self, kind: str, origin: str, msg: VerifiedMessage) -> bool | None:
@@ -489,6 +501,56 @@ class BusAuditIngest:
         if cert is None:
             return None
         return self.kind_rules.allows(kind, cert)
+
+    def _admit(
+        self, sender_cert: Certificate, origin: str, key_id: bytes, event: AuditEvent
+    ) -> Admission:
+        """The event policy's verdict, with the origin's tier, namespace and key age here."""
+        from securemesh.audit.events import event_key_id  # noqa: PLC0415
+
+        cert: Certificate | None = sender_cert
+        if origin != sender_cert.node_id:
+            signed = self.node.directory.signed_certificate(origin)
+            cert = signed.unverified_certificate() if signed is not None else None
+        slot = (origin, key_id)
+        if cert is not None and event_key_id(cert.verify_key) == key_id:
+            since = min(cert.not_before * 1000, self._key_since.get(slot, cert.not_before * 1000))
+            self._key_since[slot] = since
+            while len(self._key_since) > _MAX_KEY_SINCE:
+                del self._key_since[next(iter(self._key_since))]
+        return self.policy.admit(
+            event,
+            tier=cert.tier.value if cert is not None else None,
+            now_ms=int(self.node._clock() * 1000),
+            namespace=self._namespace(origin),
+            key_since_ms=self._key_since.get(slot),
+        )
+
+    def _namespace(self, origin: str) -> Callable[[str], bool] | None:
+        """The name constraint of ``origin``'s delegated authority, if the cloud knows one.
+
+        The delegation is a certificate of its own (``delegation.cert`` on the
+        edge), learned as the intermediate of the certificates it issued.
+        """
+        signed = self.node.directory.trust.delegated_authorities.get(origin)
+        if signed is None:
+            return None
+        delegation = signed.unverified_certificate().delegation
+        return delegation.permits_name if delegation is not None else None
+
+    def _delegation_unknown(self, sender_cert: Certificate, event: AuditEvent) -> bool:
+        """An edge's event that needs its delegation, which the cloud has not learned yet.
+
+        It learns it with the first certificate that delegation issued (a
+        device's hello, announced by the edge): such events are deferred, not
+        refused, so an edge's ``node.enrolled`` shipped before that arrives later.
+        """
+        return (
+            sender_cert.tier is Tier.EDGE
+            and self.policy.rules.get(str(event.kind), {}).get("edge") == "namespace"
+            and event.origin == sender_cert.node_id
+            and self._namespace(sender_cert.node_id) is None
+        )
 
     async def _learn_from_relay(self, msg: VerifiedMessage, origins: set[str]) -> None:
         """Ask the relaying edge for the certificates of ``origins`` (new to us, or their key).
@@ -550,7 +612,9 @@ class BusAuditIngest:
             return REJECTED
         return None
 
-    async def handle(self, msg: VerifiedMessage) -> AuditAppendReply:
+    async def handle(  # noqa: PLR0912 - one decision per event, in the module doc's order
+        self, msg: VerifiedMessage
+    ) -> AuditAppendReply:
         from securemesh.audit.outbox import DEFERRED, REJECTED  # noqa: PLC0415
 
         self.requests += 1
@@ -575,11 +639,23 @@ class BusAuditIngest:
         acks: list[Ack] = []
         allowed: list[bytes] = []
         unchecked: set[str] = set()  # event ids whose origin we cannot check yet
-        for entry, event_id, origin, key_id, kind in named:
-            refusal = self._refusal(msg, cert.tier, relay, origin, kind)
-            if refusal is not None:
+        flags: dict[str, tuple[AuditEvent, str]] = {}
+        for entry, event_id, origin, key_id, event in named:
+            refusal = self._refusal(msg, cert.tier, relay, origin, str(event.kind))
+            if refusal is not None:  # origin or kind namespace not allowed from this sender
                 acks.append((event_id, refusal))
                 continue
+            if self._delegation_unknown(cert, event):
+                self.refused["delegation_unknown_yet"] += 1
+                acks.append((event_id, DEFERRED))
+                continue
+            verdict = self._admit(cert, origin, key_id, event)
+            if verdict.refused is not None:  # kind, subject or time outside the policy
+                self.refused[verdict.refused] += 1
+                acks.append((event_id, REJECTED))
+                continue
+            if verdict.flag is not None:
+                flags[event_id] = (event, verdict.flag)
             known = self.register_from_directory(origin, key_id)
             if not known and relay and origin != msg.sender and not self.node._valid_now(origin):
                 unchecked.add(event_id)  # no valid certificate for it here, even now
@@ -593,7 +669,24 @@ class BusAuditIngest:
                 if later:  # not appended: resent later, when we may know its origin
                     self.refused["origin_unknown_yet"] += 1
                 acks.append((event_id, DEFERRED if later else index))
+                if index >= 0 and event_id in flags:
+                    self._flag(*flags[event_id], index)
         return AuditAppendReply(acks=acks)
+
+    def _flag(self, event: AuditEvent, reason: str, index: int) -> None:
+        self.flagged[reason] += 1
+        log.warning(
+            "audit event flagged",
+            extra={
+                "event": "audit_flagged",
+                "reason": reason,
+                "event_id": event.event_id,
+                "origin": event.origin,
+                "index": index,
+            },
+        )
+        if self.on_flag is not None:
+            self.on_flag(event, index, reason)
 
     def status(self) -> dict[str, object]:
         refused = dict(self.refused)
@@ -604,6 +697,7 @@ class BusAuditIngest:
             "appended": self.service.accepted,
             "certificates_learned": self.lookups,
             "refused": refused,
+            "flagged": dict(self.flagged),
         }
 
 
@@ -722,6 +816,7 @@ class NodeAudit:
             except Exception as exc:  # the database driver's errors: one clear line
                 raise ConfigError(f"cannot open the audit log: {exc}") from exc
             self.ingest = BusAuditIngest(node, self._log)
+            self.ingest.on_flag = self.flagged
             self.ingest.install()
             send = self.ingest.append_local
         else:
@@ -794,6 +889,28 @@ class NodeAudit:
             details,
             deterministic_event_id("node.enrolled", node_id, str(cert.serial)),
         )
+
+    def flagged(self, event: AuditEvent, index: int, reason: str) -> None:
+        """``audit.flagged`` by the cloud: an appended event the event policy marked."""
+        try:
+            self.recorder.record(
+                "audit.flagged",
+                ("message", event.event_id),
+                outcome="failure",
+                details={
+                    "reason": reason,
+                    "index": index,
+                    "origin": event.origin,
+                    "kind": str(event.kind),
+                    "event_time_ms": event.time_ms,
+                },
+                event_id=deterministic_event_id("audit.flagged", event.event_id),
+            )
+        except (SecureMeshError, OSError) as exc:
+            log.warning(
+                "audit event not recorded",
+                extra={"event": "audit_record_failed", "kind": "audit.flagged", "error": str(exc)},
+            )
 
     def renewed(self, node_id: str) -> None:
         signed = self.node.directory.signed_certificate(node_id)

@@ -9,7 +9,8 @@ Example (an edge)::
     log_level = "info"
     heartbeat_interval = 10.0
     services = ["myapp.edge:register"]        # register(node) adds handlers
-    # passphrase_file = "/run/secrets/edge-1"   # else env SECUREMESH_PASSPHRASE
+    # passphrase_file = "/run/secrets/edge-1"   # else the systemd credential
+    # passphrase_credential = "securemesh-passphrase", else env SECUREMESH_PASSPHRASE
 
     [parent]
     endpoint = "tcp://cloud.example:7100"
@@ -235,6 +236,10 @@ class NodeConfig(_Strict):
     listen: Endpoint | None = None
     parent: ParentConfig | None = None
     passphrase_file: str | None = None
+    #: systemd credential holding the passphrase: ``$CREDENTIALS_DIRECTORY/<name>``.
+    passphrase_credential: str = Field(
+        default="securemesh-passphrase", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}$"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     heartbeat_interval: float = Field(default=10.0, gt=0, le=86_400)
     #: Seconds between ``revocation.sync`` requests to the parent (also sent after

@@ -82,6 +82,7 @@ from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._fleet import children
 from securemesh.node._node import MeshNode
+from securemesh.node._secrets import PASSPHRASE_ENV, read_passphrase, scrub_environment
 from securemesh.node._service import LegacyService, NodeContext, Service, load_services
 
 if TYPE_CHECKING:
@@ -104,7 +105,6 @@ __all__ = [
 
 log = logging.getLogger("securemesh.daemon")
 
-PASSPHRASE_ENV = "SECUREMESH_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_SMALL_FILE = 4 * 1024 * 1024
 #: Seconds between saves of the replay high-water marks while running (and at stop).
 REPLAY_SAVE_INTERVAL = 30.0
@@ -197,22 +197,12 @@ def _read_small(path: Path, what: str) -> bytes:
     return read_small_file(path, limit=_MAX_SMALL_FILE, what=what)
 
 
-def load_passphrase(config: NodeConfig) -> str:
-    """The identity passphrase: ``passphrase_file`` if set, else ``$SECUREMESH_PASSPHRASE``."""
-    if config.passphrase_file is not None:
-        text = _read_small(Path(config.passphrase_file), "passphrase file").decode(
-            "utf-8", "strict"
-        )
-        value = text.rstrip("\r\n")
-    else:
-        value = os.environ.get(PASSPHRASE_ENV, "")
-        if not value:
-            raise ConfigError(
-                f"no passphrase: set {PASSPHRASE_ENV} or passphrase_file in node.toml"
-            )
-    if not value:
-        raise ConfigError("the passphrase is empty")
-    return value
+def load_passphrase(
+    config: NodeConfig, *, passphrase_file: str | os.PathLike[str] | None = None
+) -> str:
+    """The identity passphrase: ``--passphrase-file``, ``passphrase_file``, the systemd
+    credential, else ``$SECUREMESH_PASSPHRASE`` (:mod:`securemesh.node._secrets`)."""
+    return read_passphrase(config, passphrase_file=passphrase_file)
 
 
 def load_trust(files: NodeFiles) -> TrustStore:
@@ -719,12 +709,20 @@ async def run_node(
 
 
 def run_daemon(
-    config_path: str | os.PathLike[str], *, services: Iterable[Service | LegacyRegister] = ()
+    config_path: str | os.PathLike[str],
+    *,
+    services: Iterable[Service | LegacyRegister] = (),
+    passphrase_file: str | os.PathLike[str] | None = None,
 ) -> int:
-    """``securemesh node run``: load the config, configure JSON logs, run until a signal."""
+    """``securemesh node run``: load the config, configure JSON logs, run until a signal.
+
+    The passphrase variable is scrubbed from the environment (also from
+    ``/proc/<pid>/environ``) before anything else starts (:mod:`._secrets`).
+    """
     config = load_config(Path(config_path))
     configure_logging(config.log_level)
-    passphrase = load_passphrase(config)
+    passphrase = load_passphrase(config, passphrase_file=passphrase_file)
+    scrub_environment(PASSPHRASE_ENV)
     return asyncio.run(run_node(config, passphrase=passphrase, services=services))
 
 

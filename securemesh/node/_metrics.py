@@ -17,6 +17,14 @@ string for our own logs. :meth:`Metrics.reject`
 3. hands it to ``audit_hook`` (the audit layer's edge outbox); a failing hook
    is counted, never raised into the receive loop.
 
+A window's suppressed count must not wait for the *next* rejection of the
+same peer and reason, which may never come (an attacker sends one burst and
+stops): :meth:`Metrics.flush_suppressed`, called by the node's maintenance
+loop, logs ``"rejections suppressed"`` with the count for every window that
+has closed, and lets the audit hook do the same (``flush(now)``, if it has
+one). The windows are kept in the order they started, so this looks only at
+the oldest few.
+
 Nothing here allocates on the accepted path except integer increments.
 """
 
@@ -131,6 +139,42 @@ class Metrics:
             extra={"event": "rejected", **rejection.to_dict(), "suppressed": suppressed},
         )
         return True
+
+    def flush_suppressed(self, now: float) -> int:
+        """Log the suppressed count of every window closed by ``now``; return lines logged.
+
+        A closed window is forgotten, so the next rejection of that peer and
+        reason is logged at once (with ``suppressed`` 0: nothing is counted
+        twice). The audit hook's ``flush(now)`` runs too (failures counted).
+        """
+        state = self._log_state
+        logged = 0
+        while state:
+            key, (start, count) = next(iter(state.items()))
+            if now - start < self.log_window:
+                break  # windows are in start order: the rest are still open
+            del state[key]
+            if count:
+                peer, reason = key
+                log.warning(
+                    "rejections suppressed",
+                    extra={
+                        "event": "rejected_suppressed",
+                        "reason": reason,
+                        "peer": None if peer is None else peer.hex()[:16],
+                        "suppressed": int(count),
+                        "window_start": start,
+                        "window_s": self.log_window,
+                    },
+                )
+                logged += 1
+        flush = getattr(self.audit_hook, "flush", None)
+        if flush is not None:
+            try:
+                flush(now)
+            except Exception:  # the audit layer must never break the node's loops
+                self.audit_failures += 1
+        return logged
 
     def snapshot(self) -> dict[str, object]:
         """The counters as a JSON-friendly dict."""

@@ -2002,6 +2002,7 @@ class MeshNode:
 
     def _purge(self) -> None:
         now = self._clock()
+        self.metrics.flush_suppressed(now)
         for old in self.held.expire(now):
             self._reject_held(old, "held too long for a certificate lookup")
         for cid, (_o, _d, expires) in list(self._forwarded.items()):

@@ -9,6 +9,9 @@ parallel runs never share tables.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 # the PostgreSQL fixtures live in tests/pg_support.py (tests/cli uses them too)
@@ -37,3 +40,27 @@ def edge_signers() -> dict[str, Ed25519Signer]:
         "edge-1": Ed25519Signer.from_seed(b"1" * 32),
         "edge-2": Ed25519Signer.from_seed(b"2" * 32),
     }
+
+
+#: Events in :func:`populated_log`: edge-1 then edge-2, half each; heads at 100, 356 and 600.
+POPULATED = 600
+
+
+@pytest.fixture
+def populated_log(
+    audit_db_url: str, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
+) -> Iterator[Any]:
+    """An :class:`AuditLog` of :data:`POPULATED` events appended in two calls (100, 500)."""
+    from audit_log_helpers import make_events
+
+    from securemesh.audit.log import open_log
+
+    lg = open_log(audit_db_url, signer=log_signer, clock=lambda: 1_800_000_000.0)
+    for name, signer in edge_signers.items():
+        lg.register_node(name, signer.verify_key)
+    events = make_events(edge_signers["edge-1"], "edge-1", POPULATED // 2)
+    events += make_events(edge_signers["edge-2"], "edge-2", POPULATED // 2)
+    lg.append(events[:100])
+    lg.append(events[100:])
+    yield lg
+    lg.close()

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from securemesh.audit._entry import (
     _CANONICAL_SHAPE,
+    INDEX_COLUMNS,
     _details_json,
+    _index_of_match,
+    canonical_from_index,
     decode_entry,
     details_json_of_canonical,
     event_fields,
@@ -22,6 +25,7 @@ from securemesh.audit.events import (
     AuditEvent,
     EventKind,
     Outcome,
+    SignedEvent,
     Subject,
     SubjectType,
     event_key_id,
@@ -61,7 +65,11 @@ events = st.builds(
     time_ms=st.integers(0, (1 << 63) - 1),
     origin=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
     kind=st.sampled_from(
-        [k for k in EventKind if k not in ("message.rejected", "fl.round_finished")]
+        [
+            k
+            for k in EventKind
+            if k not in ("message.rejected", "fl.round_finished", "audit.flagged")
+        ]
     ),
     subject=st.builds(
         Subject,
@@ -230,3 +238,56 @@ def test_entry_checker_with_a_resolver_that_answers_another_key() -> None:
         "signed by a key that is not the origin's"
     )
     assert check(sign_event(ev, OTHER).to_bytes(), ev.event_id) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.sampled_from(list(range(7))), st.data())
+def test_entry_checker_compares_every_index_column(
+    ev: AuditEvent, column: int, data: st.DataObject
+) -> None:
+    """The fast path's index columns are the strict decoder's; any edited column is a finding."""
+    entry = sign_event(ev, SIGNER).to_bytes()
+    index = decode_entry(entry).row_values()[3:]
+    m = _CANONICAL_SHAPE.fullmatch(entry[SignedEvent.HEADER_SIZE :].decode("utf-8"))
+    assert m is not None
+    assert _index_of_match(m) == index
+    check = make_entry_checker(
+        registry_resolver({ev.origin: {event_key_id(SIGNER.verify_key): SIGNER.verify_key}})
+    )
+    assert check(entry, ev.event_id, index) is None
+    assert check(entry, ev.event_id, index, False) is None
+    forged = list(index)
+    old = forged[column]
+    forged[column] = data.draw(
+        (st.integers(0, 1 << 62) if isinstance(old, int) else st.text(max_size=12)).filter(
+            lambda v: v != old
+        )
+    )
+    finding = check(entry, ev.event_id, forged, False)
+    assert finding == f"query index does not match the signed entry ({INDEX_COLUMNS[column]})"
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.integers(0, 5), st.integers(1, 12))
+def test_the_index_fast_path_rebuilds_honest_rows_and_no_shifted_ones(
+    ev: AuditEvent, at: int, cut: int
+) -> None:
+    """Honest columns rebuild the stored bytes; moving text across a column boundary never does."""
+    entry = sign_event(ev, SIGNER).to_bytes()
+    body = entry[SignedEvent.HEADER_SIZE :]
+    values = decode_entry(entry).row_values()
+    index = list(values[3:])
+    assert canonical_from_index(ev.event_id, index) == body
+    # text columns in body order: details, event id, kind, origin, outcome, subject id, type
+    order = [6, None, 1, 0, 4, 3, 2]
+    cols: list[object] = [index[i] if i is not None else ev.event_id for i in order]
+    left, right = cols[at], cols[at + 1]
+    assert isinstance(left, str)
+    assert isinstance(right, str)
+    text = body.decode()  # a piece of the stored text, with its separators and quotes
+    piece = text[len(text) // 2 : len(text) // 2 + cut]
+    cols[at] = left + piece
+    forged_index = [index[5] if i == 5 else cols[order.index(i)] for i in range(7)]
+    forged_id = str(cols[1])
+    rebuilt = canonical_from_index(forged_id, forged_index)
+    assert rebuilt != body

@@ -16,6 +16,7 @@ from securemesh.audit.events import (
     MAX_DETAIL_KEYS,
     MAX_EVENT_SIZE,
     MAX_SIGNED_EVENT_SIZE,
+    REQUIRED_DETAILS,
     AuditEvent,
     EventKind,
     Outcome,
@@ -326,9 +327,7 @@ details_values = (
 
 @settings(max_examples=150, deadline=None)
 @given(
-    kind=st.sampled_from(
-        [k for k in EventKind if k not in ("message.rejected", "fl.round_finished")]
-    ),
+    kind=st.sampled_from([k for k in EventKind if k not in REQUIRED_DETAILS]),
     outcome=st.sampled_from(list(Outcome)),
     subject_type=st.sampled_from(list(SubjectType)),
     subject_id=st.text(

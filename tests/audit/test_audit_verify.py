@@ -12,7 +12,7 @@ from sqlalchemy import delete, select, update
 from securemesh.audit import _schema as s
 from securemesh.audit._registry import registry_resolver
 from securemesh.audit.events import event_key_id
-from securemesh.audit.log import AuditLog, open_log
+from securemesh.audit.log import AuditLog
 from securemesh.audit.verify import (
     LastSeen,
     load_last_seen,
@@ -26,18 +26,8 @@ N = 600
 
 
 @pytest.fixture
-def log(
-    audit_db_url: str, log_signer: Ed25519Signer, edge_signers: dict[str, Ed25519Signer]
-) -> AuditLog:
-    lg = open_log(audit_db_url, signer=log_signer, clock=lambda: 1_800_000_000.0)
-    for name, signer in edge_signers.items():
-        lg.register_node(name, signer.verify_key)
-    events = make_events(edge_signers["edge-1"], "edge-1", N // 2)
-    events += make_events(edge_signers["edge-2"], "edge-2", N // 2)
-    lg.append(events[:100])
-    lg.append(events[100:])
-    yield lg  # type: ignore[misc]
-    lg.close()
+def log(populated_log: AuditLog) -> AuditLog:
+    return populated_log
 
 
 def _verify(log: AuditLog, log_signer: Ed25519Signer, last_seen: LastSeen | None = None) -> None:
