@@ -213,13 +213,12 @@ def test_relay_policy_and_local_policy_are_kept_apart() -> None:
             await dev.node.start()
             await dev.node.wait_parent(5)
             # a device's app.job addressed to the edge itself passes the pipeline (it could
-            # be relayed) but the local handler refuses it: mesh.error unauthorized
-            from securemesh.errors import RemoteCallError
-
-            with pytest.raises(RemoteCallError) as info:
-                await dev.node.request("edge-1", "app.job", Ping(n=0), timeout=5)
-            assert info.value.code == "unauthorized"
+            # be relayed) but the local policy refuses it before dispatch: silently, like
+            # any unauthorized message (protocol.md §7), counted as a rejection
+            with pytest.raises(TimeoutError):
+                await dev.node.request("edge-1", "app.job", Ping(n=0), timeout=1)
             assert calls == []
+            assert edge.node.metrics.rejections.get("unauthorized") == 1
         finally:
             await dev.node.stop(0.5)
             await edge.node.stop(0.5)
