@@ -214,7 +214,10 @@ class AssembledNode:
 
 
 def _report_fields(config: NodeConfig, host: ServiceHost) -> Callable[[], dict[str, object]]:
-    static: dict[str, Any] = config.report.model_dump(exclude_none=True)
+    # optional report fields are absent, not empty (protocol.md §3.1)
+    static: dict[str, Any] = {
+        k: v for k, v in config.report.model_dump(exclude_none=True).items() if v != {}
+    }
 
     def fields() -> dict[str, object]:
         return {**static, "services": host.names()[:64]}

@@ -267,8 +267,8 @@ def test_old_reports_without_the_new_fields_stay_valid() -> None:
         b'"capacity":100,"inflight":0,"rtt_ms":null,"uptime_s":1.5}'
     )
     report = NodeReport.model_validate_json(old, strict=True)
-    assert report.labels == {}
-    assert report.services == []
+    assert report.labels is None  # optional fields are absent, not empty (protocol.md §3.1)
+    assert report.services is None
     assert report.failure_domain is None
     too_many = {f"k{i}": "v" for i in range(33)}
     from pydantic import ValidationError
