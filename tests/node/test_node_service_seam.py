@@ -415,3 +415,40 @@ def test_a_relay_only_type_is_narrowed_on_the_forwarding_hop() -> None:
                 await b.node.stop(0.5)
 
     run(main())
+
+
+def test_the_documented_service_and_its_test_recipe_run(tmp_path: Path) -> None:
+    """docs/services.md: the service's shape and the testing recipe run as written."""
+    import json
+    import textwrap
+
+    from docs_support import marked_block
+
+    shape: dict[str, Any] = {}
+    exec(marked_block("services.md", "service-shape"), shape)
+    recipe = marked_block("services.md", "service-testing")
+    scope: dict[str, Any] = {"ServiceHost": ServiceHost, "NullAuditRecorder": NullAuditRecorder}
+    exec(
+        "async def recipe(node, tmp_path, MyService, check):\n"
+        + textwrap.indent(recipe.replace("...", "await check(host)"), "    "),
+        scope,
+    )
+
+    async def check(host: ServiceHost) -> None:
+        recorder = host.audit
+        assert isinstance(recorder, NullAuditRecorder)
+        await wait_for(lambda: any(e.kind == "counter.tick" for e in recorder.events))
+        status = host.status()["counter"]
+        assert isinstance(status, Mapping)
+        assert status["state"] == "running"
+        assert status["count"] >= 1
+
+    async def main() -> None:
+        edge = _edge(Fixture())
+        try:
+            await scope["recipe"](edge.node, tmp_path, shape["CounterService"], check)
+        finally:
+            await edge.node.stop(0.5)
+        assert json.dumps(shape["CounterService"]().status()) == '{"count": 0}'
+
+    run(main())
