@@ -158,6 +158,8 @@ class TransportOptions:
     send_timeout: float = 5.0
     max_frame_size: int = 16 * 1024 * 1024
     max_frames: int = 16
+    #: a whole received message (all frames) above this is dropped uncopied
+    max_message_size: int = 64 * 1024 * 1024
     reconnect_ivl: float = 0.1
     reconnect_ivl_max: float = 5.0
     handshake_timeout: float = 10.0
@@ -165,7 +167,12 @@ class TransportOptions:
     def __post_init__(self) -> None:
         if self.sndhwm < 1 or self.rcvhwm < 1:
             raise LocalError("high-water marks must be at least 1 (0 would mean unbounded)")
-        if self.send_timeout < 0 or self.max_frame_size < 1 or self.max_frames < 1:
+        if (
+            self.send_timeout < 0
+            or self.max_frame_size < 1
+            or self.max_frames < 1
+            or self.max_message_size < 1
+        ):
             raise LocalError("invalid transport limits")
         if not 0 < self.reconnect_ivl <= self.reconnect_ivl_max:
             raise LocalError("need 0 < reconnect_ivl <= reconnect_ivl_max")
@@ -181,6 +188,8 @@ class TransportStats:
     rejected_keys: int = 0
     dropped_malformed: int = 0
     dropped_unauthenticated: int = 0
+    dropped_oversize: int = 0
+    dropped_overflow: int = 0
 
 
 def check_outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:

@@ -52,7 +52,7 @@ import struct
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import zmq
 import zmq.asyncio
@@ -71,6 +71,7 @@ from securemesh.transport._base import (
     check_outgoing,
     deny_all_keys,
 )
+from securemesh.transport._fair import FULL_TURN, FairBacklog
 
 __all__ = ["ZAP_DOMAIN", "ZmqTransport"]
 
@@ -258,6 +259,38 @@ def _unbatch(frames: list[bytes], max_frames: int) -> list[list[bytes]] | None:
     return unpack_batch(frames[1], max_frames)
 
 
+def _read_parts(
+    recv: Callable[..., zmq.Frame],
+    parts: list[zmq.Frame],
+    more: bool,
+    cap: int,
+    limit: int,
+) -> list[bytes] | None:
+    """Read the rest of a multipart message; its frames as bytes, or None if too big.
+
+    A multipart message arrives whole, so these receives never block. Parts
+    stay libzmq's own buffers (``copy=False``) until the whole message is
+    known to be within ``limit`` bytes; nothing of a larger one is copied, and
+    its parts are released as soon as it is over. At most ``cap`` parts are
+    kept (more means malformed: the caller drops it by count).
+    """
+    size = sum(map(len, parts))
+    keep = size <= limit
+    while more:
+        part = recv(_NOBLOCK, copy=False)
+        more = part.more
+        if keep:
+            size += len(part)
+            if size > limit:
+                keep = False
+                parts.clear()  # released now, never copied
+            elif len(parts) < cap:
+                parts.append(part)
+    if not keep:
+        return None
+    return [p.bytes for p in parts]
+
+
 async def _wait_and_take(
     sock: zmq.asyncio.Socket,
     take: Callable[[], tuple[bytes, list[bytes]] | None],
@@ -343,7 +376,8 @@ class _Receiver:
     _closed: bool
     _sock: zmq.asyncio.Socket
     _transport: ZmqTransport
-    _backlog: deque[tuple[bytes, list[bytes]]]
+    _backlog: FairBacklog
+    _turn: int
     stats: TransportStats
 
     def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
@@ -352,22 +386,58 @@ class _Receiver:
     def _take(self, peer: bytes, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
         """Count and return a message from an admitted ``peer``, None if malformed.
 
-        A batch's first message is returned and the rest wait in the backlog.
+        A batch's first message is returned and the rest wait in the backlog
+        (per peer, served round-robin: :mod:`securemesh.transport._fair`); a
+        peer that still has messages there gets its oldest one, in order.
         """
         max_frames = self._transport.options.max_frames
         if not frames or len(frames) > max_frames:
             self.stats.dropped_malformed += 1
             return None
+        backlog = self._backlog
         if frames[0]:
             self.stats.received += 1
+            if backlog.has(peer):  # behind what it already has here, in order
+                if not backlog.room(peer, 1, sum(map(len, frames))):
+                    self.stats.dropped_overflow += 1
+                    return None
+                backlog.put(peer, [frames])
+                return peer, cast("list[bytes]", backlog.pop_peer(peer))
             return peer, frames
         batch = _unbatch(frames, max_frames)
         if batch is None:
             self.stats.dropped_malformed += 1
             return None
         self.stats.received += len(batch)
-        self._backlog.extend([(peer, item) for item in batch[1:]])
+        if not backlog.room(peer, len(batch), len(frames[1])):
+            self.stats.dropped_overflow += len(batch)  # beyond its share: dropped whole
+            return None
+        if backlog.has(peer):
+            backlog.put(peer, batch)
+            return peer, cast("list[bytes]", backlog.pop_peer(peer))
+        backlog.put(peer, batch[1:])
         return peer, batch[0]
+
+    def _read(self) -> tuple[bytes, list[bytes]] | None:
+        raise NotImplementedError
+
+    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
+        """Fast path: take an already-queued message without creating futures.
+
+        While batches are held, turns alternate between the backlog and the
+        socket (fair across peers); while the backlog is full the socket gets
+        one turn in ``FULL_TURN`` (bounded memory; see :mod:`._fair`).
+        """
+        backlog = self._backlog
+        if not backlog:
+            return self._read()
+        turn = self._turn = self._turn + 1
+        if turn >= (FULL_TURN if backlog.full() else 2):
+            self._turn = 0
+            got = self._read()
+            if got is not None:
+                return got
+        return backlog.pop()
 
     def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
         if self._closed:
@@ -427,8 +497,9 @@ class ZmqListener(_Receiver, Listener):
         # peer is re-checked once per generation, on its next message.
         self._verdicts: dict[bytes, bool] = {}
         self._user_ids: dict[str, bytes] = {}
-        # the rest of the last batch received (at most one batch: bounded)
-        self._backlog: deque[tuple[bytes, list[bytes]]] = deque()
+        # the rest of batches received, per peer (bounded: see _fair)
+        self._backlog = FairBacklog(opts.max_frame_size)
+        self._turn = 0
         self._closed = False
         self.stats = TransportStats()
 
@@ -448,11 +519,8 @@ class ZmqListener(_Receiver, Listener):
         cut = [key for key in self._routes if not self._verdict(key)]
         for key in cut:
             del self._routes[key]
-        if cut and self._backlog:  # batched messages of a peer cut off now: dropped too
-            gone = set(cut)
-            kept = deque(item for item in self._backlog if item[0] not in gone)
-            self.stats.dropped_unauthenticated += len(self._backlog) - len(kept)
-            self._backlog = kept
+        # batched messages of a peer cut off now: dropped too
+        self.stats.dropped_unauthenticated += self._backlog.drop(cut)
         return cut
 
     def _peer_of(self, frame: zmq.Frame) -> bytes | None:
@@ -483,32 +551,26 @@ class ZmqListener(_Receiver, Listener):
             self._routes[peer] = routing.bytes
         return got
 
-    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        """Fast path: take an already-queued message without creating futures.
+    def _read(self) -> tuple[bytes, list[bytes]] | None:
+        """Take the next message from the socket (see :func:`_read_parts`).
 
         Receives part by part (``copy=False`` and ``Frame.more``), cheaper than
         ``recv_multipart``; the routing frame stays a ``Frame`` for its
-        ``User-Id``. A message has at most ``max_frames + 1`` parts: the rest
-        of a longer one is drained and the message dropped. The rest of a
-        batch waits in the backlog and is taken first.
+        ``User-Id``.
         """
-        if self._backlog:
-            return self._backlog.popleft()
         recv = self._shadow.recv
-        cap = self._transport.options.max_frames + 1
+        opts = self._transport.options
+        cap, limit = opts.max_frames + 1, opts.max_message_size
         try:
             while True:
                 try:
                     routing = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     return None
-                frames: list[bytes] = []
-                more = routing.more
-                while more:  # a multipart message arrives whole: these never block
-                    part = recv(_NOBLOCK, copy=False)
-                    more = part.more
-                    if len(frames) < cap:
-                        frames.append(part.bytes)
+                frames = _read_parts(recv, [], routing.more, cap, limit)
+                if frames is None:
+                    self.stats.dropped_oversize += 1
+                    continue
                 got = self._accept(routing, frames)
                 if got is not None:
                     return got
@@ -525,38 +587,27 @@ class ZmqListener(_Receiver, Listener):
         routing_id = self._routes.get(peer)
         if routing_id is None:
             raise PeerUnavailable("no connection to that peer")
-        deadline: float | None = None
-        delay = 0.0005
-        while True:
+        # Never waits (issue 9 #3): the peer's own ZeroMQ pipe (SNDHWM messages)
+        # is its bounded outbound queue; when it is full the message is dropped
+        # here, so a peer that does not read cannot hold up anyone else.
+        try:
             try:
-                try:
-                    _csend(self._shadow, routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY: here
-                    _send_parts(self._shadow, out)
-                finally:
-                    self._rearm()
-            except zmq.Again:
-                loop = asyncio.get_running_loop()
-                if deadline is None:
-                    deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self.stats.send_timeouts += 1
-                    raise SendTimeout("peer queue stayed full for the whole send timeout") from None
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.05)
-                if self._closed:
-                    raise TransportClosed("listener closed") from None
-                continue
-            except zmq.ZMQError as exc:
-                if self._closed or exc.errno == zmq.ENOTSOCK:
-                    raise TransportClosed("listener closed") from None
-                if exc.errno == zmq.EHOSTUNREACH:
-                    if self._routes.get(peer) == routing_id:
-                        del self._routes[peer]
-                    raise PeerUnavailable("peer disconnected") from None
-                raise TransportError(f"send failed: {exc}") from exc
-            self.stats.sent += 1
-            return
+                _csend(self._shadow, routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY: here
+                _send_parts(self._shadow, out)
+            finally:
+                self._rearm()
+        except zmq.Again:
+            self.stats.send_timeouts += 1
+            raise SendTimeout("the peer's queue is full: message dropped") from None
+        except zmq.ZMQError as exc:
+            if self._closed or exc.errno == zmq.ENOTSOCK:
+                raise TransportClosed("listener closed") from None
+            if exc.errno == zmq.EHOSTUNREACH:
+                if self._routes.get(peer) == routing_id:
+                    del self._routes[peer]
+                raise PeerUnavailable("peer disconnected") from None
+            raise TransportError(f"send failed: {exc}") from exc
+        self.stats.sent += 1
 
     async def close(self) -> None:
         if self._closed:
@@ -604,7 +655,8 @@ class ZmqConnection(_Receiver, Connection):
         self._room = asyncio.Event()  # set while the queue has room
         self._room.set()
         self._batch_bytes = min(_BATCH_BYTES, transport.options.max_frame_size)
-        self._backlog: deque[tuple[bytes, list[bytes]]] = deque()
+        self._backlog = FairBacklog(opts.max_frame_size)
+        self._turn = 0
 
     async def send(
         self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None
@@ -702,23 +754,21 @@ class ZmqConnection(_Receiver, Connection):
         self._room.set()
         return False
 
-    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        """Fast path: take an already-queued message without creating futures."""
-        if self._backlog:
-            return self._backlog.popleft()
+    def _read(self) -> tuple[bytes, list[bytes]] | None:
+        """Take the next message from the socket (see :func:`_read_parts`)."""
         recv = self._shadow.recv
-        cap = self._transport.options.max_frames + 1
+        opts = self._transport.options
+        cap, limit = opts.max_frames + 1, opts.max_message_size
         try:
             while True:
                 try:
                     part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     return None
-                frames = [part.bytes]
-                while part.more:  # a multipart message arrives whole: these never block
-                    part = recv(_NOBLOCK, copy=False)
-                    if len(frames) < cap:
-                        frames.append(part.bytes)
+                frames = _read_parts(recv, [part], part.more, cap, limit)
+                if frames is None:
+                    self.stats.dropped_oversize += 1
+                    continue
                 got = self._take(self._server_key, frames)
                 if got is not None:
                     return got

@@ -447,3 +447,82 @@ def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_ser
             await server.close()
 
     run(main())
+
+
+def test_a_batch_flood_gets_one_turn_at_a_time() -> None:
+    """Issue 9 #8b: a peer's 1,024-message batch does not make another peer wait behind it."""
+
+    async def main() -> None:
+        server_keys, flood_keys, quiet_keys = (CurveKeyPair.generate() for _ in range(3))
+        server = ZmqTransport(
+            server_keys, authenticator=AllowKeys([flood_keys.public, quiet_keys.public])
+        )
+        raw_ctx = zmq.asyncio.Context()
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            flood = raw_dealer(
+                raw_ctx, listener.address, server_key=server_keys.public, keys=flood_keys
+            )
+            quiet = raw_dealer(
+                raw_ctx, listener.address, server_key=server_keys.public, keys=quiet_keys
+            )
+            batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
+            await flood.send_multipart([b"", batch])
+            await flood.send_multipart([b"", batch])
+            peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
+            assert peer == flood_keys.public
+            await quiet.send_multipart([b"quiet"])
+            # give the I/O thread a moment to put it in the listener's queue (if it is
+            # late, the backlog is served meanwhile: the bound below has a wide margin)
+            await asyncio.sleep(0.2)
+            order: list[bytes] = []
+            flood_seen = [first]
+            while quiet_keys.public not in order:
+                peer, frames = await listener.recv(timeout=WAIT)
+                order.append(peer)
+                if peer == flood_keys.public:
+                    flood_seen.append(frames)
+            # before: behind all 1,023 held messages of the batch
+            assert len(order) < 256, "the quiet peer waited behind the batch"
+            # the flood's own messages keep their order across both batches
+            rest = []
+            while len(flood_seen) + len(rest) < 2048:
+                peer, frames = await listener.recv(timeout=WAIT)
+                assert peer == flood_keys.public
+                rest.append(frames)
+            numbers = [int.from_bytes(f[1], "big") for f in flood_seen + rest]
+            assert numbers == list(range(1024)) * 2
+        finally:
+            raw_ctx.destroy(linger=0)
+            await server.close()
+
+    run(main())
+
+
+def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
+    """Issue 9 #4: many frames each under MAXMSGSIZE, together over max_message_size."""
+
+    async def main() -> None:
+        server_keys, peer_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        options = TransportOptions(max_frame_size=1024 * 1024, max_message_size=2 * 1024 * 1024)
+        server = ZmqTransport(
+            server_keys, authenticator=AllowKeys([peer_keys.public]), options=options
+        )
+        raw_ctx = zmq.asyncio.Context()
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            raw = raw_dealer(
+                raw_ctx, listener.address, server_key=server_keys.public, keys=peer_keys
+            )
+            big = bytes(1000 * 1024)
+            await raw.send_multipart([b"too", big, big, big])  # 3 MB in 4 frames
+            await raw.send_multipart([b"ok", big])
+            peer, frames = await listener.recv(timeout=WAIT)
+            assert frames == [b"ok", big]
+            assert listener.stats.dropped_oversize == 1
+            assert listener.stats.received == 1
+        finally:
+            raw_ctx.destroy(linger=0)
+            await server.close()
+
+    run(main())
