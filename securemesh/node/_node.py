@@ -119,6 +119,7 @@ from securemesh.errors import (
     RemoteError,
     RouteRefused,
     SecureMeshError,
+    SendTimeout,
     TransportClosed,
     TransportError,
 )
@@ -1005,10 +1006,27 @@ class MeshNode:
             self._forwarded.pop(env.correlation_id, None)
         try:
             await out.send(env.frames, self.config.limits.forward_timeout)
+        except SendTimeout:
+            self._dropped(out, dest, env.msg_type)
+            return
         except TransportError:
             self.metrics.send_failures += 1
             return
         self.metrics.forwarded += 1
+
+    def _dropped(self, link: _Link, dest: str, msg_type: str) -> None:
+        """A send the transport dropped at once because ``link``'s peer queue is full."""
+        self.metrics.send_failures += 1
+        self.metrics.drop(
+            Rejection(
+                "peer_queue_full",
+                link.peer,
+                link.node_id or dest,
+                msg_type,
+                "dropped: the peer's queue is full (it does not read)",
+                self._clock(),
+            )
+        )
 
     def _remember_forwarded(self, cid: bytes, origin: str, dest: str) -> None:
         expires = self._clock() + 2 * self.config.limits.request_timeout
@@ -1121,6 +1139,8 @@ class MeshNode:
                 session=session,
             )
             await self._send_on(link, out)
+        except SendTimeout:  # the peer does not read: dropped (counted, logged, audited)
+            self._dropped(link, env.sender, msg_type or env.msg_type)
         except SecureMeshError as exc:
             self.metrics.send_failures += 1
             log.warning(

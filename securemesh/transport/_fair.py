@@ -20,7 +20,7 @@ of batches here, one queue per peer, and
 * drops what a peer sends beyond its share: a message read from the socket is
   refused (:meth:`FairBacklog.room`, counted by the receiver) while its peer
   holds :data:`MAX_HELD_PER_PEER` messages or ``max_bytes`` bytes here, or
-  while all peers together hold 4× the soft bounds. Only a peer that packs
+  while all peers together hold 4 times the soft bounds. Only a peer that packs
   more than :data:`FULL_TURN` messages per batch (hand-made batches: an
   attacker) can get there.
 

@@ -380,9 +380,6 @@ class _Receiver:
     _turn: int
     stats: TransportStats
 
-    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        raise NotImplementedError
-
     def _take(self, peer: bytes, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
         """Count and return a message from an admitted ``peer``, None if malformed.
 
@@ -394,29 +391,31 @@ class _Receiver:
         if not frames or len(frames) > max_frames:
             self.stats.dropped_malformed += 1
             return None
-        backlog = self._backlog
         if frames[0]:
             self.stats.received += 1
-            if backlog.has(peer):  # behind what it already has here, in order
-                if not backlog.room(peer, 1, sum(map(len, frames))):
-                    self.stats.dropped_overflow += 1
-                    return None
-                backlog.put(peer, [frames])
-                return peer, cast("list[bytes]", backlog.pop_peer(peer))
+            if self._backlog.has(peer):  # behind what it already has here, in order
+                return self._behind(peer, [frames], sum(map(len, frames)))
             return peer, frames
         batch = _unbatch(frames, max_frames)
         if batch is None:
             self.stats.dropped_malformed += 1
             return None
         self.stats.received += len(batch)
-        if not backlog.room(peer, len(batch), len(frames[1])):
-            self.stats.dropped_overflow += len(batch)  # beyond its share: dropped whole
+        return self._behind(peer, batch, len(frames[1]))
+
+    def _behind(
+        self, peer: bytes, messages: list[list[bytes]], size: int
+    ) -> tuple[bytes, list[bytes]] | None:
+        """Queue ``messages`` behind what ``peer`` holds here; return its oldest.
+
+        Beyond its share (:meth:`FairBacklog.room`) they are dropped whole.
+        """
+        backlog = self._backlog
+        if not backlog.room(peer, len(messages), size):
+            self.stats.dropped_overflow += len(messages)
             return None
-        if backlog.has(peer):
-            backlog.put(peer, batch)
-            return peer, cast("list[bytes]", backlog.pop_peer(peer))
-        backlog.put(peer, batch[1:])
-        return peer, batch[0]
+        backlog.put(peer, messages)
+        return peer, cast("list[bytes]", backlog.pop_peer(peer))
 
     def _read(self) -> tuple[bytes, list[bytes]] | None:
         raise NotImplementedError

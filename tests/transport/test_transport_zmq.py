@@ -517,7 +517,7 @@ def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
             big = bytes(1000 * 1024)
             await raw.send_multipart([b"too", big, big, big])  # 3 MB in 4 frames
             await raw.send_multipart([b"ok", big])
-            peer, frames = await listener.recv(timeout=WAIT)
+            _, frames = await listener.recv(timeout=WAIT)
             assert frames == [b"ok", big]
             assert listener.stats.dropped_oversize == 1
             assert listener.stats.received == 1
