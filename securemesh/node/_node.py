@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -1852,15 +1853,7 @@ class MeshNode:
         transport_stats = {}
         for name, channel in (("listener", self._listener), ("parent", self._parent_conn)):
             if channel is not None:
-                st = channel.stats
-                transport_stats[name] = {
-                    "sent": st.sent,
-                    "received": st.received,
-                    "send_timeouts": st.send_timeouts,
-                    "rejected_keys": st.rejected_keys,
-                    "dropped_malformed": st.dropped_malformed,
-                    "dropped_unauthenticated": st.dropped_unauthenticated,
-                }
+                transport_stats[name] = dataclasses.asdict(channel.stats)
         return {
             "node_id": self.node_id,
             "tier": self.tier.value,

@@ -163,6 +163,13 @@ class TransportOptions:
     reconnect_ivl: float = 0.1
     reconnect_ivl_max: float = 5.0
     handshake_timeout: float = 10.0
+    # pre-authentication limits (ZeroMQ listeners: securemesh.transport._admission)
+    max_pending_handshakes: int = 8
+    max_pending_per_address: int = 4
+    accept_burst: int = 64
+    accept_rate: float = 20.0
+    fd_reserve: int = 64
+    log_window: float = 60.0
 
     def __post_init__(self) -> None:
         if self.sndhwm < 1 or self.rcvhwm < 1:
@@ -174,6 +181,13 @@ class TransportOptions:
             or self.max_message_size < 1
         ):
             raise LocalError("invalid transport limits")
+        if (
+            min(self.max_pending_handshakes, self.max_pending_per_address, self.accept_burst) < 1
+            or self.accept_rate <= 0
+            or self.fd_reserve < 0
+            or self.log_window < 0
+        ):
+            raise LocalError("invalid pre-authentication limits")
         if not 0 < self.reconnect_ivl <= self.reconnect_ivl_max:
             raise LocalError("need 0 < reconnect_ivl <= reconnect_ivl_max")
 
@@ -190,6 +204,7 @@ class TransportStats:
     dropped_unauthenticated: int = 0
     dropped_oversize: int = 0
     dropped_overflow: int = 0
+    refused_connections: int = 0
 
 
 def check_outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:

@@ -58,6 +58,7 @@ import zmq
 import zmq.asyncio
 
 from securemesh.errors import PeerUnavailable, SendTimeout, TransportClosed, TransportError
+from securemesh.transport._admission import AcceptGuard
 from securemesh.transport._base import (
     CURVE_KEY_SIZE,
     Connection,
@@ -346,7 +347,7 @@ class _ZapHandler:
         if len(request) < 8 or request[1] != b"":
             return None
         envelope, body = request[:2], request[2:]
-        version, request_id, domain, _addr, _ident, mechanism = body[:6]
+        version, request_id, domain, address, _ident, mechanism = body[:6]
         credentials = body[6:]
 
         def answer(code: bytes, text: bytes, user_id: bytes = b"") -> list[bytes]:
@@ -357,6 +358,7 @@ class _ZapHandler:
         if domain != ZAP_DOMAIN or mechanism != b"CURVE" or len(credentials) != 1:
             return answer(b"400", b"CURVE in the securemesh domain only")
         key = credentials[0]
+        self._transport._handshake_seen(address)
         if len(key) != CURVE_KEY_SIZE:
             return answer(b"400", b"bad key")
         if not self._transport._admit(key, count=True):
@@ -491,6 +493,8 @@ class ZmqListener(_Receiver, Listener):
         self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
         self._rearm = _Rearmer(sock)
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stats = TransportStats()
+        self.guard = AcceptGuard(sock, opts, register=transport._sockets.append, stats=self.stats)
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
         # key -> authenticator verdict since the last reauthenticate(): every
         # peer is re-checked once per generation, on its next message.
@@ -500,7 +504,6 @@ class ZmqListener(_Receiver, Listener):
         self._backlog = FairBacklog(opts.max_frame_size)
         self._turn = 0
         self._closed = False
-        self.stats = TransportStats()
 
     def peers(self) -> frozenset[bytes]:
         return frozenset(self._routes)
@@ -614,6 +617,7 @@ class ZmqListener(_Receiver, Listener):
         self._closed = True
         self._routes.clear()
         self._backlog.clear()
+        self.guard.close()
         self._sock.close(linger=0)
 
 
@@ -844,6 +848,13 @@ class ZmqTransport(Transport):
                 _call_hook(self.on_reject, key, exc)
             return False
         return True
+
+    def _handshake_seen(self, address: bytes) -> None:
+        """ZAP saw a client at ``address``: its connection is past the handshake."""
+        text = address.decode("ascii", "replace")
+        for endpoint in self._endpoints:
+            if isinstance(endpoint, ZmqListener):
+                endpoint.guard.handshake_done(text)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -242,6 +242,9 @@ class _FakeTransport:
     def _admit(self, key: bytes, *, count: bool) -> bool:
         return key == self.allowed
 
+    def _handshake_seen(self, address: bytes) -> None:
+        pass  # no listeners, no pending handshakes
+
 
 def _zap_handle(request: list[bytes], allowed: bytes) -> list[bytes] | None:
     handler = zt._ZapHandler.__new__(zt._ZapHandler)
