@@ -160,6 +160,9 @@ class TransportOptions:
     max_frames: int = 16
     #: a whole received message (all frames) above this is dropped uncopied
     max_message_size: int = 64 * 1024 * 1024
+    #: what a listener lets libzmq queue per connection: its RCVHWM (in messages)
+    #: is lowered to ``max(2, max_queued_bytes // max_frame_size)``
+    max_queued_bytes: int = 64 * 1024 * 1024
     reconnect_ivl: float = 0.1
     reconnect_ivl_max: float = 5.0
     handshake_timeout: float = 10.0
@@ -179,6 +182,7 @@ class TransportOptions:
             or self.max_frame_size < 1
             or self.max_frames < 1
             or self.max_message_size < 1
+            or self.max_queued_bytes < 1
         ):
             raise LocalError("invalid transport limits")
         if (
@@ -190,6 +194,12 @@ class TransportOptions:
             raise LocalError("invalid pre-authentication limits")
         if not 0 < self.reconnect_ivl <= self.reconnect_ivl_max:
             raise LocalError("need 0 < reconnect_ivl <= reconnect_ivl_max")
+
+
+def listener_rcvhwm(options: TransportOptions) -> int:
+    """A listener's receive high-water mark: ``rcvhwm``, lowered so that at most about
+    ``max_queued_bytes`` wait per connection (libzmq counts messages, not bytes)."""
+    return max(2, min(options.rcvhwm, options.max_queued_bytes // options.max_frame_size))
 
 
 @dataclass(slots=True)

@@ -71,6 +71,7 @@ from securemesh.transport._base import (
     TransportStats,
     check_outgoing,
     deny_all_keys,
+    listener_rcvhwm,
 )
 from securemesh.transport._fair import FULL_TURN, FairBacklog
 
@@ -480,6 +481,7 @@ class ZmqListener(_Receiver, Listener):
         sock = transport.new_socket(zmq.ROUTER)
         try:
             _configure_common(sock, opts)
+            sock.setsockopt(zmq.RCVHWM, listener_rcvhwm(opts))  # bytes per connection
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.curve_server = True
             sock.curve_secretkey = transport.keypair.secret

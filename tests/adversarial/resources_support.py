@@ -20,6 +20,7 @@ written on another branch) later:
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import resource
 import secrets
 import socket
@@ -31,6 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import zmq
 from daemon_support import Daemons, cli, daemon_env, free_port, log_path, reaped
@@ -115,6 +117,59 @@ def greeting_then_big_frame(size: int = 16 * 1024 * 1024 - 64) -> bytes:
     return greeting + b"\x06" + struct.pack(">Q", size)  # command | long, 8-byte size
 
 
+def _flood(
+    identity_path: str,
+    node_id: str,
+    endpoint: str,
+    server_key: bytes,
+    connections: int,
+    stop: Any,
+) -> None:
+    """In a child process: send 1,024-message batches of signed one-way pings as fast
+    as the edge takes them, over ``connections`` sockets, until ``stop`` is set."""
+    from securemesh.transport._zmq import pack_batch  # noqa: PLC0415 - child only
+
+    identity = NodeIdentity.load(identity_path, PASSPHRASE)
+    attacker = Attacker(node_id, identity, endpoint, server_key)
+    batches = [
+        [b"", pack_batch([attacker.ping(request=False) for _ in range(1024)])] for _ in range(8)
+    ]
+    socks = [attacker.dealer() for _ in range(connections)]
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLOUT)
+    n = 0
+    while not stop.is_set():
+        for sock, _ in poller.poll(100):
+            sock.send_multipart(batches[n % len(batches)], zmq.NOBLOCK)
+            n += 1
+    attacker.close()
+
+
+@contextlib.contextmanager
+def batch_flood(mesh: EdgeMesh, connections: int = 4) -> Iterator[None]:
+    """The attacker device floods the edge with batches from a separate process."""
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    proc = ctx.Process(
+        target=_flood,
+        args=(
+            str(mesh.root / "attacker" / "identity.key"), mesh.attacker.node_id,
+            mesh.endpoint, mesh.edge_curve_key, connections, stop,
+        ),
+        daemon=True,
+    )  # fmt: skip
+    proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        proc.join(timeout=20)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 class Prober:
     """The honest device pings its edge in a thread; round trips are collected."""
 
@@ -190,10 +245,11 @@ def _start_edge(daemons: Daemons, edge_dir: Path, nofile: int | None) -> subproc
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
     with open(log_path(edge_dir), "ab") as log:
-        proc = subprocess.Popen(  # noqa: PLW1509 - preexec_fn only sets an rlimit
+        proc = subprocess.Popen(
             [sys.executable, "-m", "securemesh", "node", "run", "--config",
              str(edge_dir / "node.toml")],
-            env=daemons.env, stdout=subprocess.DEVNULL, stderr=log, preexec_fn=limit,
+            env=daemons.env, stdout=subprocess.DEVNULL, stderr=log,
+            preexec_fn=limit,  # noqa: PLW1509 - only sets an rlimit, before exec
         )  # fmt: skip
     daemons.procs["edge"] = proc
     daemons.dirs["edge"] = edge_dir

@@ -202,6 +202,13 @@ def test_socket_options_are_set() -> None:
                 assert sock.getsockopt(zmq.MAXMSGSIZE) == 4096
             assert listener._sock.getsockopt(zmq.CURVE_SERVER) == 1
             assert listener._sock.getsockopt(zmq.ZAP_DOMAIN) == zt.ZAP_DOMAIN
+            # a listener's RCVHWM holds ~max_queued_bytes per connection (issue 9 #4)
+            big = ZmqTransport(keys, options=TransportOptions(max_queued_bytes=64 << 20))
+            try:
+                big_listener = await big.listen("tcp://127.0.0.1:0")
+                assert big_listener._sock.getsockopt(zmq.RCVHWM) == 4  # 64 MiB / 16 MiB
+            finally:
+                await big.close()
             assert listener.address.startswith("tcp://127.0.0.1:")
             assert not listener.address.endswith(":0")
         finally:
