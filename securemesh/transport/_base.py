@@ -38,16 +38,23 @@ Semantics common to every implementation (the conformance suite checks them):
   peer, the server key it was given.
 * **Bounded queues and back-pressure**: each direction of each connection
   buffers at most about ``sndhwm + rcvhwm`` messages (ZeroMQ high-water marks;
-  TCP buffers add a bounded amount on real sockets). When the queue toward a
-  peer is full, ``send`` **waits** up to ``timeout`` seconds (default
-  ``TransportOptions.send_timeout``) for room, then raises
-  :class:`~securemesh.errors.SendTimeout` and counts it in
-  ``stats.send_timeouts``; the message is then *not* queued. Nothing is ever
-  dropped silently on the sending side and memory never grows without bound.
+  TCP buffers add a bounded amount on real sockets; a listener's receive mark
+  is lowered to hold about ``max_queued_bytes`` per connection). When the
+  queue toward its server is full, a *connection's* ``send`` **waits** up to
+  ``timeout`` seconds (default ``TransportOptions.send_timeout``) for room,
+  then raises :class:`~securemesh.errors.SendTimeout` and counts it in
+  ``stats.send_timeouts``; the message is then *not* queued. A *listener's*
+  ``send`` never waits (issue 9 #3): each peer has its own bounded outbound
+  queue (its ZeroMQ pipe), and when that is full the message is dropped at
+  once — ``SendTimeout``, counted the same way — so a peer that does not read
+  never holds up the others. Nothing is dropped silently and memory never
+  grows without bound.
 * **Receive** waits for the next message, fair-queued across peers (one
   flooding peer cannot starve the others), up to ``timeout`` seconds
   (``None``: forever), raising the built-in :class:`TimeoutError`.
-  Messages with more than ``max_frames`` frames, or from a peer cut off by
+  Messages with more than ``max_frames`` frames or more than
+  ``max_message_size`` bytes in all (``stats.dropped_oversize``, dropped
+  without being copied), or from a peer cut off by
   :meth:`Listener.reauthenticate`, are discarded and counted; ZeroMQ itself
   disconnects a peer that sends a frame over ``max_frame_size`` (``MAXMSGSIZE``).
 * **Cancellation**: a ``send`` or ``recv`` that times out or is cancelled

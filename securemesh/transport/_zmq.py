@@ -21,11 +21,29 @@ Theory of operation
   of the latest connection it heard from; ``ROUTER_MANDATORY`` makes a send to
   a vanished peer fail (``EHOSTUNREACH`` → PeerUnavailable) instead of
   dropping silently, and makes a full peer queue visible (``EAGAIN``).
-* **Back-pressure**: ``SNDHWM``/``RCVHWM`` bound every queue. ``send`` tries a
-  non-blocking send; while the peer's queue is full it waits (DEALER: polls for
-  ``POLLOUT``; ROUTER: short exponential backoff, since a ROUTER's ``POLLOUT``
-  means "some peer is writable", not "this one") until ``timeout``, then raises
-  SendTimeout.
+* **Back-pressure**: ``SNDHWM``/``RCVHWM`` bound every queue (a listener's
+  ``RCVHWM`` is lowered to about ``max_queued_bytes`` per connection: libzmq
+  counts messages, not bytes). A connection's ``send`` tries a non-blocking
+  send; while the server's queue is full it waits (polls for ``POLLOUT``)
+  until ``timeout``, then raises SendTimeout. A listener's ``send`` never
+  waits: ``ROUTER_MANDATORY`` reports a full peer pipe as ``EAGAIN`` and the
+  message is dropped at once (SendTimeout), so one peer that does not read
+  cannot stall a node's receive loop (issue 9 #3).
+* **Fair receive**: the rest of a received batch waits in a per-peer,
+  round-robin backlog (:mod:`._fair`) and turns alternate between it and the
+  socket, so one peer's 1,024-message batch does not make the others wait
+  behind it; the backlog is bounded (a peer beyond its share has its
+  batches dropped, ``stats.dropped_overflow``).
+* **Whole messages**: parts are read with ``copy=False`` and copied only once
+  the message is known to be within ``max_frames`` and ``max_message_size``;
+  a larger one is dropped uncopied (``stats.dropped_oversize``). libzmq
+  itself limits each *frame* (``MAXMSGSIZE``) but not the number of frames,
+  and hands a multipart message over only once it is complete: what one
+  incomplete message holds inside libzmq is not bounded by any socket option
+  (docs/threat-model.md §7).
+* **Before authentication**: :class:`~._admission.AcceptGuard` watches the
+  listener's socket monitor and refuses connections beyond the pending
+  handshake, per-address rate and open-file limits.
 * **Batches** (connections only): a DEALER's ``send`` queues the message and
   returns; the queue is flushed on the event loop's next pass, or at once when
   it holds ``_BATCH_MESSAGES`` messages. Two or more small messages queued

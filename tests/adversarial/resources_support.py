@@ -117,32 +117,37 @@ def greeting_then_big_frame(size: int = 16 * 1024 * 1024 - 64) -> bytes:
     return greeting + b"\x06" + struct.pack(">Q", size)  # command | long, 8-byte size
 
 
-def _flood(
-    identity_path: str,
-    node_id: str,
-    endpoint: str,
-    server_key: bytes,
-    connections: int,
-    stop: Any,
-) -> None:
+@dataclass(frozen=True)
+class FloodSpec:
+    """What the flooding child process needs (picklable)."""
+
+    identity_path: str
+    node_id: str
+    endpoint: str
+    server_key: bytes
+    connections: int
+
+
+def _flood(spec: FloodSpec, stop: Any) -> None:
     """In a child process: send 1,024-message batches of signed one-way pings as fast
     as the edge takes them, over ``connections`` sockets, until ``stop`` is set."""
-    from securemesh.transport._zmq import pack_batch  # noqa: PLC0415 - child only
+    from securemesh.transport._zmq import pack_batch
 
-    identity = NodeIdentity.load(identity_path, PASSPHRASE)
-    attacker = Attacker(node_id, identity, endpoint, server_key)
+    identity = NodeIdentity.load(spec.identity_path, PASSPHRASE)
+    attacker = Attacker(spec.node_id, identity, spec.endpoint, spec.server_key)
     batches = [
         [b"", pack_batch([attacker.ping(request=False) for _ in range(1024)])] for _ in range(8)
     ]
-    socks = [attacker.dealer() for _ in range(connections)]
+    socks = [attacker.dealer() for _ in range(spec.connections)]
     poller = zmq.Poller()
     for sock in socks:
         poller.register(sock, zmq.POLLOUT)
     n = 0
     while not stop.is_set():
         for sock, _ in poller.poll(100):
-            sock.send_multipart(batches[n % len(batches)], zmq.NOBLOCK)
-            n += 1
+            with contextlib.suppress(zmq.Again):
+                sock.send_multipart(batches[n % len(batches)], zmq.NOBLOCK)
+                n += 1
     attacker.close()
 
 
@@ -151,14 +156,14 @@ def batch_flood(mesh: EdgeMesh, connections: int = 4) -> Iterator[None]:
     """The attacker device floods the edge with batches from a separate process."""
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
-    proc = ctx.Process(
-        target=_flood,
-        args=(
-            str(mesh.root / "attacker" / "identity.key"), mesh.attacker.node_id,
-            mesh.endpoint, mesh.edge_curve_key, connections, stop,
-        ),
-        daemon=True,
-    )  # fmt: skip
+    spec = FloodSpec(
+        str(mesh.root / "attacker" / "identity.key"),
+        mesh.attacker.node_id,
+        mesh.endpoint,
+        mesh.edge_curve_key,
+        connections,
+    )
+    proc = ctx.Process(target=_flood, args=(spec, stop), daemon=True)
     proc.start()
     try:
         yield
@@ -177,6 +182,7 @@ class Prober:
         self._device = device
         self.rtts: list[float] = []
         self.failures: list[str] = []
+        self._mark = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
 
@@ -200,9 +206,19 @@ class Prober:
         self._stop.set()
         self._thread.join(timeout=30)
 
+    def mark(self) -> None:
+        """The attack starts now: :meth:`p99` counts only the probes from here."""
+        self._mark = len(self.rtts)
+
+    def more(self, n: int, what: str, timeout: float = 90.0) -> None:
+        """Wait until ``n`` more probes have completed."""
+        seen = len(self.rtts)
+        wait_until(lambda: len(self.rtts) >= seen + n, timeout, f"{n} probes {what}")
+
     def p99(self) -> float:
-        assert len(self.rtts) >= 20, f"too few probes: {len(self.rtts)}"
-        ordered = sorted(self.rtts)
+        rtts = self.rtts[self._mark :]
+        assert len(rtts) >= 20, f"too few probes: {len(rtts)}"
+        ordered = sorted(rtts)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 

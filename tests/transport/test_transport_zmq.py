@@ -250,7 +250,7 @@ class _FakeTransport:
         return key == self.allowed
 
     def _handshake_seen(self, address: bytes) -> None:
-        pass  # no listeners, no pending handshakes
+        """No listeners here, so no pending handshakes to settle."""
 
 
 def _zap_handle(request: list[bytes], allowed: bytes) -> list[bytes] | None:
