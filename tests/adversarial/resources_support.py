@@ -85,11 +85,11 @@ class Attacker:
         sock.connect(self.endpoint)
         return sock
 
-    def ping(self, *, request: bool) -> list[bytes]:
-        """A validly signed ``mesh.ping`` to the edge (a REQUEST, or one-way)."""
+    def ping(self, *, request: bool, msg_type: str = MESH_PING) -> list[bytes]:
+        """A validly signed ``mesh.ping`` (or ``msg_type``) to the edge, REQUEST or one-way."""
         self.sequence += 1
         frames = encode_signed(
-            msg_type=MESH_PING,
+            msg_type=msg_type,
             sender=self.node_id,
             recipient=EDGE,
             sequence=self.sequence,
