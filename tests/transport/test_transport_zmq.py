@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import subprocess
 import sys
 from collections.abc import Coroutine
@@ -533,6 +535,66 @@ def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
             assert listener.stats.received == 1
         finally:
             raw_ctx.destroy(linger=0)
+            await server.close()
+
+    run(main())
+
+
+def test_connections_are_refused_before_authentication_beyond_the_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 9 #5/#8e: pending handshakes per address, the accept rate and descriptors."""
+
+    async def main() -> None:
+        server_keys, good_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        options = TransportOptions(max_pending_per_address=2, accept_burst=3, accept_rate=0.001)
+        server = ZmqTransport(
+            server_keys, authenticator=AllowKeys([good_keys.public]), options=options
+        )
+        client = ZmqTransport(good_keys)
+        raws: list[socket.socket] = []
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            host, port = listener.address.removeprefix("tcp://").rsplit(":", 1)
+            for _ in range(4):  # silent raw TCP clients: they never finish a handshake
+                raws.append(socket.create_connection((host, int(port))))
+            async with asyncio.timeout(WAIT):
+                while listener.stats.refused_connections < 2:
+                    await asyncio.sleep(0.01)
+            guard = listener.guard
+            assert guard.refused["pending_per_address"] == 2
+            assert guard.pending == 2
+            for raw in raws:
+                raw.close()  # their DISCONNECTED frees the pending slots
+            async with asyncio.timeout(WAIT):
+                while guard.pending:
+                    await asyncio.sleep(0.01)
+            # refused ones took no token: the 3rd (the good client) is in
+            conn = await client.connect(listener.address, server_keys.public)
+            await conn.send(server_keys.public, [b"hello"])
+            assert (await listener.recv(timeout=WAIT))[1] == [b"hello"]
+            # no token left for this address: the next connection is refused
+            raws = [socket.create_connection((host, int(port)))]
+            async with asyncio.timeout(WAIT):
+                while guard.refused["accept_rate"] < 1:
+                    await asyncio.sleep(0.01)
+            # near the open-file limit: refused, and said once
+            guard._fd_ceiling = 0
+            with caplog.at_level(logging.WARNING, logger="securemesh.transport"):
+                raws += [socket.create_connection((host, int(port))) for _ in range(2)]
+                async with asyncio.timeout(WAIT):
+                    while guard.refused["fd_limit"] < 2:
+                        await asyncio.sleep(0.01)
+            said = [r for r in caplog.records if getattr(r, "event", None) == "fd_limit"]
+            assert len(said) == 1
+            assert guard.snapshot()["near_fd_limit"] is True
+            # the admitted connection is untouched by all of this
+            await conn.send(server_keys.public, [b"still here"])
+            assert (await listener.recv(timeout=WAIT))[1] == [b"still here"]
+        finally:
+            for raw in raws:
+                raw.close()
+            await client.close()
             await server.close()
 
     run(main())
