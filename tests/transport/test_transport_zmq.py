@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from securemesh.errors import TransportError
 from securemesh.transport import AllowKeys, CurveKeyPair, TransportOptions, ZmqTransport
 from securemesh.transport import _zmq as zt
+from securemesh.transport._zmq import ZmqListener
 
 WAIT = 5.0
 
@@ -45,6 +47,29 @@ def raw_dealer(
         sock.curve_secretkey = keys.secret
     sock.connect(address)
     return sock
+
+
+@contextlib.asynccontextmanager
+async def admitted_raw_peers(
+    count: int, options: TransportOptions | None = None
+) -> AsyncIterator[tuple[ZmqListener, list[zmq.asyncio.Socket], list[bytes]]]:
+    """A listener admitting ``count`` raw pyzmq DEALERs (an attacker's own sockets)."""
+    server_keys = CurveKeyPair.generate()
+    peers = [CurveKeyPair.generate() for _ in range(count)]
+    server = ZmqTransport(
+        server_keys, authenticator=AllowKeys([p.public for p in peers]), options=options
+    )
+    raw_ctx = zmq.asyncio.Context()
+    try:
+        listener = await server.listen("tcp://127.0.0.1:0")
+        socks = [
+            raw_dealer(raw_ctx, listener.address, server_key=server_keys.public, keys=p)
+            for p in peers
+        ]
+        yield listener, socks, [p.public for p in peers]
+    finally:
+        raw_ctx.destroy(linger=0)
+        await server.close()
 
 
 @pytest.mark.parametrize("kind", ["unknown_curve_key", "no_curve", "plain"])
@@ -436,14 +461,7 @@ def test_a_burst_leaves_as_batches_on_the_wire() -> None:
 
 def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_served() -> None:
     async def main() -> None:
-        server_keys, peer_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
-        server = ZmqTransport(server_keys, authenticator=AllowKeys([peer_keys.public]))
-        raw_ctx = zmq.asyncio.Context()
-        try:
-            listener = await server.listen("tcp://127.0.0.1:0")
-            raw = raw_dealer(
-                raw_ctx, listener.address, server_key=server_keys.public, keys=peer_keys
-            )
+        async with admitted_raw_peers(1) as (listener, (raw,), _):
             good = zt.pack_batch([[b"one"], [b"two", b"2"]])
             await raw.send_multipart([b"", good + b"junk"])
             await raw.send_multipart([b"", good, b"extra frame"])
@@ -454,9 +472,6 @@ def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_ser
             assert got == [[b"one"], [b"two", b"2"]]
             assert listener.stats.dropped_malformed == 4
             assert listener.stats.received == 2
-        finally:
-            raw_ctx.destroy(linger=0)
-            await server.close()
 
     run(main())
 
@@ -465,34 +480,22 @@ def test_a_batch_flood_gets_one_turn_at_a_time() -> None:
     """Issue 9 #8b: a peer's 1,024-message batch does not make another peer wait behind it."""
 
     async def main() -> None:
-        server_keys, flood_keys, quiet_keys = (CurveKeyPair.generate() for _ in range(3))
-        server = ZmqTransport(
-            server_keys, authenticator=AllowKeys([flood_keys.public, quiet_keys.public])
-        )
-        raw_ctx = zmq.asyncio.Context()
-        try:
-            listener = await server.listen("tcp://127.0.0.1:0")
-            flood = raw_dealer(
-                raw_ctx, listener.address, server_key=server_keys.public, keys=flood_keys
-            )
-            quiet = raw_dealer(
-                raw_ctx, listener.address, server_key=server_keys.public, keys=quiet_keys
-            )
+        async with admitted_raw_peers(2) as (listener, (flood, quiet), (flood_key, quiet_key)):
             batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
             await flood.send_multipart([b"", batch])
             await flood.send_multipart([b"", batch])
             peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
-            assert peer == flood_keys.public
+            assert peer == flood_key
             await quiet.send_multipart([b"quiet"])
             # give the I/O thread a moment to put it in the listener's queue (if it is
             # late, the backlog is served meanwhile: the bound below has a wide margin)
             await asyncio.sleep(0.2)
             order: list[bytes] = []
             flood_seen = [first]
-            while quiet_keys.public not in order:
+            while quiet_key not in order:
                 peer, frames = await listener.recv(timeout=WAIT)
                 order.append(peer)
-                if peer == flood_keys.public:
+                if peer == flood_key:
                     flood_seen.append(frames)
             # before: behind all 1,023 held messages of the batch
             assert len(order) < 256, "the quiet peer waited behind the batch"
@@ -500,13 +503,10 @@ def test_a_batch_flood_gets_one_turn_at_a_time() -> None:
             rest = []
             while len(flood_seen) + len(rest) < 2048:
                 peer, frames = await listener.recv(timeout=WAIT)
-                assert peer == flood_keys.public
+                assert peer == flood_key
                 rest.append(frames)
             numbers = [int.from_bytes(f[1], "big") for f in flood_seen + rest]
             assert numbers == list(range(1024)) * 2
-        finally:
-            raw_ctx.destroy(linger=0)
-            await server.close()
 
     run(main())
 
@@ -515,17 +515,8 @@ def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
     """Issue 9 #4: many frames each under MAXMSGSIZE, together over max_message_size."""
 
     async def main() -> None:
-        server_keys, peer_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
         options = TransportOptions(max_frame_size=1024 * 1024, max_message_size=2 * 1024 * 1024)
-        server = ZmqTransport(
-            server_keys, authenticator=AllowKeys([peer_keys.public]), options=options
-        )
-        raw_ctx = zmq.asyncio.Context()
-        try:
-            listener = await server.listen("tcp://127.0.0.1:0")
-            raw = raw_dealer(
-                raw_ctx, listener.address, server_key=server_keys.public, keys=peer_keys
-            )
+        async with admitted_raw_peers(1, options) as (listener, (raw,), _):
             big = bytes(1000 * 1024)
             await raw.send_multipart([b"too", big, big, big])  # 3 MB in 4 frames
             await raw.send_multipart([b"ok", big])
@@ -533,9 +524,6 @@ def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
             assert frames == [b"ok", big]
             assert listener.stats.dropped_oversize == 1
             assert listener.stats.received == 1
-        finally:
-            raw_ctx.destroy(linger=0)
-            await server.close()
 
     run(main())
 
