@@ -68,7 +68,10 @@ def _parse(message: list[bytes]) -> tuple[int, int]:
 
 def _peer_address(fd: int) -> str | None:
     """The peer IP of the TCP connection on ``fd`` (None: not a connected TCP socket)."""
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # already closed
+        return None
     try:
         peer = sock.getpeername()
     except OSError:
@@ -82,7 +85,10 @@ def _peer_address(fd: int) -> str | None:
 
 def _refuse(fd: int) -> None:
     """End the connection on ``fd`` without closing libzmq's descriptor."""
-    sock = socket.socket(fileno=fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # already closed
+        return
     try:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["FULL_TURN", "MAX_HELD_MESSAGES", "MAX_HELD_PER_PEER", "FairBacklog"]
 
@@ -45,18 +46,28 @@ MAX_HELD_PER_PEER = 2 * MAX_HELD_MESSAGES
 Item = tuple[bytes, list[bytes]]
 
 
-def _size(frames: list[bytes]) -> int:
-    return sum(map(len, frames))
+class _Queue:
+    """One peer's held messages: chunks ``[messages, next index, bytes]`` in order.
+
+    Bytes are accounted per chunk (a batch's payload size) and released when
+    its last message is taken: no per-message size arithmetic on the hot path.
+    """
+
+    __slots__ = ("chunks", "count", "size")
+
+    def __init__(self) -> None:
+        self.chunks: deque[list[Any]] = deque()
+        self.count = 0
+        self.size = 0
 
 
 class FairBacklog:
     """Messages waiting to be returned, one FIFO per peer, popped round-robin."""
 
-    __slots__ = ("_bytes", "_count", "_max_bytes", "_peer_bytes", "_queues")
+    __slots__ = ("_bytes", "_count", "_max_bytes", "_queues")
 
     def __init__(self, max_bytes: int) -> None:
-        self._queues: OrderedDict[bytes, deque[list[bytes]]] = OrderedDict()
-        self._peer_bytes: dict[bytes, int] = {}
+        self._queues: OrderedDict[bytes, _Queue] = OrderedDict()
         self._count = 0
         self._bytes = 0
         self._max_bytes = max_bytes
@@ -69,7 +80,7 @@ class FairBacklog:
         return self._bytes
 
     def full(self) -> bool:
-        """True while the receiver must not read more from its socket."""
+        """True while the receiver should read its socket only now and then."""
         return self._count >= MAX_HELD_MESSAGES or self._bytes >= self._max_bytes
 
     def has(self, peer: bytes) -> bool:
@@ -86,26 +97,21 @@ class FairBacklog:
         if queue is None:  # one batch (at most max_frame_size bytes) always fits
             return True
         return (
-            len(queue) + messages <= MAX_HELD_PER_PEER
-            and self._peer_bytes[peer] + size <= 2 * self._max_bytes
+            queue.count + messages <= MAX_HELD_PER_PEER and queue.size + size <= 2 * self._max_bytes
         )
 
-    def put(self, peer: bytes, messages: Iterable[list[bytes]]) -> None:
-        """Queue ``messages`` of ``peer`` behind what it already has here."""
+    def put(self, peer: bytes, messages: list[list[bytes]], size: int) -> None:
+        """Queue ``messages`` of ``peer`` (``size`` bytes) behind what it has here."""
+        if not messages:
+            return
         queue = self._queues.get(peer)
         if queue is None:
-            queue = self._queues[peer] = deque()
-        before = len(queue)
-        added = 0
-        for frames in messages:
-            queue.append(frames)
-            added += _size(frames)
-        self._bytes += added
-        self._count += len(queue) - before
-        if queue:
-            self._peer_bytes[peer] = self._peer_bytes.get(peer, 0) + added
-        else:
-            del self._queues[peer]
+            queue = self._queues[peer] = _Queue()
+        queue.chunks.append([messages, 0, size])
+        queue.count += len(messages)
+        queue.size += size
+        self._count += len(messages)
+        self._bytes += size
 
     def pop(self) -> Item | None:
         """The next message of the peer whose turn it is (then it goes to the back)."""
@@ -114,20 +120,24 @@ class FairBacklog:
             return None
         peer, queue = next(iter(queues.items()))
         frames = self._take(peer, queue)
-        if queue:
+        if queue.count:
             queues.move_to_end(peer)
         return peer, frames
 
-    def _take(self, peer: bytes, queue: deque[list[bytes]]) -> list[bytes]:
-        frames = queue.popleft()
-        size = _size(frames)
-        self._count -= 1
-        self._bytes -= size
-        if queue:
-            self._peer_bytes[peer] -= size
+    def _take(self, peer: bytes, queue: _Queue) -> list[bytes]:
+        chunk = queue.chunks[0]
+        messages, i = chunk[0], chunk[1]
+        frames: list[bytes] = messages[i]
+        if i + 1 == len(messages):
+            queue.chunks.popleft()
+            queue.size -= chunk[2]
+            self._bytes -= chunk[2]
         else:
+            chunk[1] = i + 1
+        queue.count -= 1
+        self._count -= 1
+        if not queue.count:
             del self._queues[peer]
-            del self._peer_bytes[peer]
         return frames
 
     def pop_peer(self, peer: bytes) -> list[bytes] | None:
@@ -143,13 +153,12 @@ class FairBacklog:
         for peer in peers:
             queue = self._queues.pop(peer, None)
             if queue is not None:
-                dropped += len(queue)
-                self._count -= len(queue)
-                self._bytes -= self._peer_bytes.pop(peer)
+                dropped += queue.count
+                self._count -= queue.count
+                self._bytes -= queue.size
         return dropped
 
     def clear(self) -> None:
         self._queues.clear()
-        self._peer_bytes.clear()
         self._count = 0
         self._bytes = 0

@@ -435,7 +435,7 @@ class _Receiver:
         if not backlog.room(peer, len(messages), size):
             self.stats.dropped_overflow += len(messages)
             return None
-        backlog.put(peer, messages)
+        backlog.put(peer, messages, size)
         return peer, cast("list[bytes]", backlog.pop_peer(peer))
 
     def _read(self) -> tuple[bytes, list[bytes]] | None:
