@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_support import read_status
+from daemon_support import cli, read_status
 from resources_support import (
     MAX_P99_S,
     MAX_RSS_GROWTH_MIB,
@@ -99,6 +99,17 @@ def _count(text: str, event: str) -> int:
     return sum(1 for e in _log_events(text) if e.get("event") == event)
 
 
+def _audited_drops(cloud_dir: Path) -> list[str]:
+    """``message.rejected`` events with reason ``peer_queue_full`` in the cloud's log."""
+    out = cli(
+        "audit", "query", "--db", str(cloud_dir / "audit.db"),
+        "--log-key-file", str(cloud_dir / "audit-log.key"),
+        "--kind", "message.rejected", "--node", "edge-1", "reason=peer_queue_full",
+        "--format", "jsonl",
+    )  # fmt: skip
+    return [line for line in out.splitlines() if line.strip()]
+
+
 def _counters(edge_dir: Path) -> dict[str, object]:
     counters = read_status(edge_dir)["counters"]
     assert isinstance(counters, dict)
@@ -133,6 +144,9 @@ def test_a_device_that_never_reads_its_replies_does_not_stall_the_edge(tmp_path:
         assert isinstance(dropped, dict)
         assert dropped["peer_queue_full"] > 100
         assert 1 <= _count(mesh.edge_log(), "dropped") <= 2
+        # ... and audited (rate-limited too): the event reaches the cloud's log
+        wait_until(lambda: bool(_audited_drops(mesh.cloud_dir)), 60, "the drop is in the audit log")
+        assert len(_audited_drops(mesh.cloud_dir)) <= 2
         # the stall does not outlive the attacker's socket (there was none): still served
         sock.close()
         start = time.monotonic()
