@@ -23,7 +23,10 @@ socket monitor (``zmq_socket_monitor``, events ``ACCEPTED`` and
   ``accept_rate`` per second), or when its descriptor number is within
   ``fd_reserve`` of ``RLIMIT_NOFILE`` (descriptors are allocated lowest
   first, so a high one means the process is near the limit: the daemon must
-  keep descriptors for its own files; logged once per episode).
+  keep descriptors for its own files; logged at most once per ``log_window``).
+  The monitor is asynchronous: libzmq accepts a burst of connections before
+  the guard sees them, so a burst larger than ``fd_reserve`` can still touch
+  the limit for a moment, until the guard has shut the excess down.
 
 So pre-authentication memory is bounded by about ``max_pending_handshakes x
 max_frame_size`` (plus what a client can send in the instant before its
@@ -125,6 +128,7 @@ class AcceptGuard:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # [tokens, at]
         self._logged: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._near_fd_limit = False
+        self._fd_warned: float | None = None
         self.refused: Counter[str] = Counter()
         self._stats = stats
         self._sock = sock
@@ -177,13 +181,17 @@ class AcceptGuard:
         if fd >= self._fd_ceiling:
             if not self._near_fd_limit:
                 self._near_fd_limit = True
-                log.warning(
-                    "refusing new connections: open files near the limit",
-                    extra={"event": "fd_limit", "fd": fd, "ceiling": self._fd_ceiling},
-                )
+                last = self._fd_warned
+                if last is None or now - last >= self._opts.log_window:
+                    self._fd_warned = now
+                    log.warning(
+                        "refusing new connections: open files near the limit",
+                        extra={"event": "fd_limit", "fd": fd, "ceiling": self._fd_ceiling},
+                    )
             self._refuse(fd, "", "fd_limit", now)
             return
-        if self._near_fd_limit:
+        # hysteresis: a descriptor freed for a moment does not end the episode
+        if self._near_fd_limit and fd < self._fd_ceiling - self._opts.fd_reserve // 2:
             self._near_fd_limit = False
             log.info("accepting connections again", extra={"event": "fd_limit_cleared"})
         address = _peer_address(fd)
