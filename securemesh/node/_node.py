@@ -110,6 +110,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -134,6 +135,7 @@ from securemesh.errors import (
     RemoteError,
     RouteRefused,
     SecureMeshError,
+    SendTimeout,
     TransportClosed,
     TransportError,
 )
@@ -1109,10 +1111,27 @@ class MeshNode:
             self._forwarded.pop(env.correlation_id, None)
         try:
             await out.send(env.frames, self.config.limits.forward_timeout)
+        except SendTimeout:
+            self._dropped(out, dest, env.msg_type)
+            return
         except TransportError:
             self.metrics.send_failures += 1
             return
         self.metrics.forwarded += 1
+
+    def _dropped(self, link: _Link, dest: str, msg_type: str) -> None:
+        """A send the transport dropped at once because ``link``'s peer queue is full."""
+        self.metrics.send_failures += 1
+        self.metrics.drop(
+            Rejection(
+                "peer_queue_full",
+                link.peer,
+                link.node_id or dest,
+                msg_type,
+                "dropped: the peer's queue is full (it does not read)",
+                self._clock(),
+            )
+        )
 
     def _remember_forwarded(self, cid: bytes, origin: str, dest: str) -> None:
         expires = self._clock() + 2 * self.config.limits.request_timeout
@@ -1254,6 +1273,8 @@ class MeshNode:
                 session=session,
             )
             await self._send_on(link, out)
+        except SendTimeout:  # the peer does not read: dropped (counted, logged, audited)
+            self._dropped(link, env.sender, msg_type or env.msg_type)
         except SecureMeshError as exc:
             self.metrics.send_failures += 1
             log.warning(
@@ -2060,15 +2081,7 @@ class MeshNode:
         transport_stats = {}
         for name, channel in (("listener", self._listener), ("parent", self._parent_conn)):
             if channel is not None:
-                st = channel.stats
-                transport_stats[name] = {
-                    "sent": st.sent,
-                    "received": st.received,
-                    "send_timeouts": st.send_timeouts,
-                    "rejected_keys": st.rejected_keys,
-                    "dropped_malformed": st.dropped_malformed,
-                    "dropped_unauthenticated": st.dropped_unauthenticated,
-                }
+                transport_stats[name] = dataclasses.asdict(channel.stats)
         return {
             "node_id": self.node_id,
             "tier": self.tier.value,
