@@ -389,6 +389,11 @@ class _ZapHandler:
         self._sock.close(linger=0)
 
 
+#: Backlog turns after a socket read found nothing, before the socket is read again:
+#: a message arriving meanwhile waits behind at most this many held ones.
+_EMPTY_SOCKET_PAUSE = 14
+
+
 class _Receiver:
     """``recv`` shared by the listener and the connection: the fast path takes an
     already-queued message without another coroutine, the slow path waits."""
@@ -457,6 +462,9 @@ class _Receiver:
             got = self._read()
             if got is not None:
                 return got
+            # the socket is empty: serve the backlog for a few turns before asking it
+            # again (a failed non-blocking read costs as much as a message's own work)
+            self._turn = -_EMPTY_SOCKET_PAUSE
         return backlog.pop()
 
     def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
