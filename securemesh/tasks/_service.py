@@ -50,6 +50,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -143,6 +144,9 @@ class TaskTypes(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
     names: list[TaskTypeName] = Field(max_length=256)
+    #: the executor's concurrency and its open runs (waiting or running) when it answered
+    capacity: int = Field(ge=1, le=1024)
+    open: int = Field(ge=0, le=65_536)
 
 
 def _statement(outcome: TaskOutcome) -> bytes:
@@ -238,7 +242,9 @@ class TaskService(Service):
         self._sem: asyncio.Semaphore | None = None
         self._done: collections.OrderedDict[str, SignedTaskResult] = collections.OrderedDict()
         self._running: dict[str, asyncio.Future[SignedTaskResult]] = {}
-        self._types: dict[str, tuple[float, frozenset[str]]] = {}
+        self._types: dict[str, tuple[float, TaskTypes]] = {}
+        #: runs this scheduler has open on each node (its own view of their queues)
+        self._outstanding: collections.Counter[str] = collections.Counter()
         self._ctx: NodeContext | None = None
         self.counts: collections.Counter[str] = collections.Counter()
 
@@ -281,7 +287,9 @@ class TaskService(Service):
     # -------------------------------------------------------------- executor
 
     def _on_types(self, msg: VerifiedMessage) -> TaskTypes:
-        return TaskTypes(names=self.registry.names())
+        return TaskTypes(
+            names=self.registry.names(), capacity=self.max_concurrency, open=len(self._runs)
+        )
 
     async def _on_run(self, msg: VerifiedMessage) -> SignedTaskResult:
         run = msg.body(TaskRun)
@@ -428,7 +436,7 @@ class TaskService(Service):
                     KIND_FAILED,
                     subject,
                     outcome="denied",
-                    details={"reason": exc.reason, "refused": exc.reasons},
+                    details={"reason": exc.reason, "refused": exc.public_detail[:256]},
                 )
                 raise
             node = ranked[0].candidate.node_id
@@ -462,7 +470,11 @@ class TaskService(Service):
             KIND_FAILED,
             subject,
             outcome="failure",
-            details={"tried": tried, "errors": errors[-4:], "deadline_missed": missed},
+            details={
+                "tried": ",".join(tried)[:256],
+                "errors": ",".join(errors[-4:])[:256],
+                "deadline_missed": missed,
+            },
         )
         err: RemoteError = DeadlinePassed("missed") if missed else TaskFailed("failed")
         err.public_detail = f"attempts={len(tried)}" + (" deadline missed" if missed else "")
@@ -472,7 +484,13 @@ class TaskService(Service):
         if node == self.ctx.node_id:
             return await self.execute(run, inline)
         timeout = max(0.05, (run.deadline_ms - self._now_ms()) / 1000 + 1.0)
-        reply = await self.ctx.request(node, MSG_RUN, run, inline, timeout=timeout)
+        self._outstanding[node] += 1
+        try:
+            reply = await self.ctx.request(node, MSG_RUN, run, inline, timeout=timeout)
+        finally:
+            self._outstanding[node] -= 1
+            if not self._outstanding[node]:
+                del self._outstanding[node]
         result = reply.body(SignedTaskResult)
         try:
             cert = self.ctx.certificates[node]
@@ -512,7 +530,12 @@ class TaskService(Service):
             entry = self._types.get(node_id)
             if cert is None or entry is None:
                 continue
-            out.append(candidate_from_report(node_id, cert.tier.value, report, entry[1]))
+            types = entry[1]
+            cand = candidate_from_report(node_id, cert.tier.value, report, types.names)
+            # the node's report counts its whole runtime; the executor's own numbers
+            # and this scheduler's open runs there say more about a task's wait
+            busy = max(types.open, self._outstanding[node_id])
+            out.append(replace(cand, capacity=types.capacity, inflight=busy, queue_length=0))
         return out
 
     def _stale(self, node_id: str) -> bool:
@@ -522,10 +545,10 @@ class TaskService(Service):
     async def _refresh_types(self, node_id: str) -> None:
         try:
             reply = await self.ctx.request(node_id, MSG_TYPES, Ack(), timeout=2.0)
-            names = reply.body(TaskTypes).names
+            types = reply.body(TaskTypes)
         except (RemoteError, TransportError, TimeoutError):
             self._types.pop(node_id, None)
             return
-        self._types[node_id] = (self.ctx.clock(), frozenset(names))
+        self._types[node_id] = (self.ctx.clock(), types)
         while len(self._types) > 4096:
             self._types.pop(next(iter(self._types)))
