@@ -32,8 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Daemons, cli, daemon_env, free_port, read_status, reaped
-from daemon_support import verify_cloud_log
+from daemon_support import (
+    Daemons,
+    cli,
+    daemon_env,
+    free_port,
+    read_status,
+    reaped,
+    verify_cloud_log,
+)
 
 from securemesh.crypto.certs import Certificate, SignedCertificate
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
@@ -59,10 +66,11 @@ EDGE_RULES = (
     '\n[[policy.allow]]\ntypes = ["task.run", "task.types"]\ntiers = ["cloud"]\n'
     '\n[[policy.allow]]\ntypes = ["task.submit"]\ntiers = ["end"]\n'  # relayed up
 )
+LABELS = '\n[report.labels]\nspeed = "{}"\n'
 EDGE_TOML = {
-    "edge-a": ('services = ["task_service:make_broken"]\n', EDGE_RULES + '\n[report.labels]\nspeed = "400"\n'),
-    "edge-b": ('services = ["task_service:make"]\n', EDGE_RULES + '\n[report.labels]\nspeed = "200"\n'),
-}  # fmt: skip
+    "edge-a": ('services = ["task_service:make_broken"]\n', EDGE_RULES + LABELS.format(400)),
+    "edge-b": ('services = ["task_service:make"]\n', EDGE_RULES + LABELS.format(200)),
+}
 
 
 def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
@@ -152,7 +160,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     "--ttl",
                     "10m",
                     *roles,
-                )  # fmt: skip
+                )
                 for name, roles in (("edge-a.ok", ["--roles", "submitter"]), ("edge-a.norole", []))
             }
             created = time.time()
@@ -191,8 +199,10 @@ def test_a_task_runs_where_the_policy_says_with_a_signed_result(mesh: Mesh) -> N
     )
     outcome = verify_result(result, certificate(mesh.dir("cloud-1")))
     assert outcome.executor == "cloud-1"  # fastest, and local to the scheduler
-    assert outcome.ok and outcome.result == {"total": 6, "input_bytes": 6}
-    assert outcome.task_id == task_id and outcome.submitter == "edge-a.ok"
+    assert outcome.ok
+    assert outcome.result == {"total": 6, "input_bytes": 6}
+    assert outcome.task_id == task_id
+    assert outcome.submitter == "edge-a.ok"
     assert result.attempts == []
     # the signature binds the result: anyone with the certificate detects a change
     forged = result.model_copy(
@@ -220,7 +230,8 @@ def test_a_failing_executor_leads_to_a_retry_elsewhere(mesh: Mesh) -> None:
         "demo.flaky", {"value": 42}, TaskIntent(deadline_s=10.0, privacy="edge-only"), work=100.0
     )
     outcome = verify_result(result, certificate(mesh.dir("edge-b")))
-    assert outcome.executor == "edge-b" and outcome.result == {"value": 42}
+    assert outcome.executor == "edge-b"
+    assert outcome.result == {"value": 42}
     assert result.attempts == ["edge-a"]
     cloud = mesh.dir("cloud-1")
 
