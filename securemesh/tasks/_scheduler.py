@@ -322,18 +322,20 @@ class RandomPolicy:
 
 @dataclass
 class RoundRobin:
-    """Baseline: feasible nodes in turn (by node id)."""
+    """Baseline: the feasible node chosen least recently first (ties by node id)."""
 
     name: str = "round-robin"
     _turn: int = 0
-    _ids: dict[str, int] = field(default_factory=dict)
-
-    def begin(self) -> None:
-        self._turn += 1
+    _last: dict[str, int] = field(default_factory=dict)
 
     def score(self, est: Estimate, intent: TaskIntent) -> float:
-        idx = self._ids.setdefault(est.candidate.node_id, len(self._ids))
-        return float((idx - self._turn) % max(1, len(self._ids)))
+        return float(self._last.get(est.candidate.node_id, -1))
+
+    def chosen(self, est: Estimate) -> None:
+        self._turn += 1
+        self._last[est.candidate.node_id] = self._turn
+        if len(self._last) > 100_000:  # bounded: forget the oldest
+            self._last.pop(next(iter(self._last)))
 
 
 @dataclass(frozen=True)
@@ -433,10 +435,11 @@ class Scheduler:
             if not candidates:
                 refused["no_candidates"] += 1
             raise NoPlacement(f"no node can run {request.task_type}", refused)
-        begin = getattr(self.policy, "begin", None)
-        if callable(begin):
-            begin()
         intent = request.intent
         scored = [(self.policy.score(e, intent), e.candidate.node_id, e) for e in feasible]
         scored.sort(key=lambda t: (t[0], t[1]))
-        return [e for _, _, e in scored]
+        ranked = [e for _, _, e in scored]
+        chosen = getattr(self.policy, "chosen", None)  # stateful policies learn the pick
+        if callable(chosen):
+            chosen(ranked[0])
+        return ranked

@@ -294,11 +294,18 @@ class TaskService(Service):
     async def _on_run(self, msg: VerifiedMessage) -> SignedTaskResult:
         run = msg.body(TaskRun)
         inline = _check_frames(run.request, msg.raw_frames)
-        with self._runs.slot(msg.sender):
-            return await self.execute(run, inline)
+        return await self.execute(run, inline, peer=msg.sender)
 
-    async def execute(self, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
-        """Run once per task id (a repeat gets the first run's signed result)."""
+    async def execute(self, run: TaskRun, inline: list[bytes], *, peer: str) -> SignedTaskResult:
+        """Run once per task id (a repeat gets the first run's signed result).
+
+        ``peer`` (the scheduler asking) has at most ``max_per_peer`` runs open,
+        all peers together ``max_queue``; beyond, :class:`TaskBusy`.
+        """
+        with self._runs.slot(peer):
+            return await self._execute_once(run, inline)
+
+    async def _execute_once(self, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
         request = run.request
         task_type = self.registry.get(request.task_type)
         if task_type is None:
@@ -395,13 +402,18 @@ class TaskService(Service):
     async def _on_submit(self, msg: VerifiedMessage) -> SignedTaskResult:
         request = msg.body(TaskRequest)
         inline = _check_frames(request, msg.raw_frames)
-        with self._submits.slot(msg.sender):
-            return await self.submit(request, inline, submitter=msg.sender)
+        return await self.submit(request, inline, submitter=msg.sender)
 
     async def submit(
         self, request: TaskRequest, inline: list[bytes], *, submitter: str
     ) -> SignedTaskResult:
         """Place, run, retry elsewhere on failure (module doc, steps 1-5)."""
+        with self._submits.slot(submitter):
+            return await self._submit(request, inline, submitter)
+
+    async def _submit(
+        self, request: TaskRequest, inline: list[bytes], submitter: str
+    ) -> SignedTaskResult:
         scheduler = self.scheduler
         if scheduler is None:
             raise LocalError("this tasks service does not schedule")
@@ -482,7 +494,7 @@ class TaskService(Service):
 
     async def _run_on(self, node: str, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
         if node == self.ctx.node_id:
-            return await self.execute(run, inline)
+            return await self.execute(run, inline, peer=node)
         timeout = max(0.05, (run.deadline_ms - self._now_ms()) / 1000 + 1.0)
         self._outstanding[node] += 1
         try:
