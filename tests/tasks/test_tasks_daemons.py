@@ -269,6 +269,11 @@ def test_unregistered_types_and_unauthorized_submitters_are_refused(mesh: Mesh) 
         mesh.submit("demo.missing", {}, TaskIntent(deadline_s=5.0))
     assert unknown.value.code == "no_placement"
     assert "no_type=3" in unknown.value.detail
+    # inline inputs that do not match their declaration (size/sha256) are refused
+    request, _ = new_request("demo.sum", {}, intent=TaskIntent(deadline_s=5.0), inline=[b"abc"])
+    with pytest.raises(RemoteCallError) as malformed:
+        mesh.devices["edge-a.ok"].request("cloud-1", "task.submit", request, [b"abd"], timeout=20)
+    assert malformed.value.code == "malformed"
     cloud = mesh.dir("cloud-1")
     before = read_status(cloud)["counters"]["rejections"].get("unauthorized", 0)
     with pytest.raises(TimeoutError):  # refused in the pipeline: no reply at all

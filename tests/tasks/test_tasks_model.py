@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -161,3 +162,33 @@ def test_the_simulation_is_deterministic_and_intent_wins() -> None:
     res = simulate(wl, AlwaysTier("cloud", name="always-cloud"))
     private = sum(1 for t in wl.tasks if t.request.intent.privacy != "any")
     assert res.placed.get("cloud", 0) <= len(wl.tasks) - private
+
+
+def test_the_simulation_table_in_the_docs_is_what_the_code_prints() -> None:
+    from docs_support import marked_block
+
+    code = marked_block("tasks.md", "tasks-sim")
+    printed: list[object] = []
+    exec(compile(code, "docs/tasks.md", "exec"), {"print": printed.append})
+    assert len(printed) == 7
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "tasks.md").read_text()
+    for r in compare(seed=1):
+        row = (
+            f"| {r.policy} | {r.mean_latency_s:.2f} | {r.p95_latency_s:.2f} | "
+            f"{r.miss_rate:.3f} | {r.energy_j:,.0f} | {r.carbon_g:.2f} | {r.cost:.0f} |"
+        )
+        assert row in doc, row
+
+
+def test_the_task_type_in_the_docs_registers_and_runs() -> None:
+    from docs_support import marked_block
+
+    scope: dict[str, object] = {"__name__": "tasks_doc"}
+    exec(compile(marked_block("tasks.md", "tasks-type"), "docs/tasks.md", "exec"), scope)
+    registry = scope["registry"]
+    assert isinstance(registry, TaskRegistry)
+    resize = registry.get("image.resize")
+    assert resize is not None
+    assert resize.func(resize.parse_args({"width": 5}), [b"abc"]).size == 3  # type: ignore[attr-defined]
+    with pytest.raises(DecodeError):
+        resize.parse_args({"width": 0})
