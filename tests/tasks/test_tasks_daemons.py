@@ -161,7 +161,11 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     "10m",
                     *roles,
                 )
-                for name, roles in (("edge-a.ok", ["--roles", "submitter"]), ("edge-a.norole", []))
+                for name, roles in (
+                    ("edge-a.ok", ["--roles", "submitter"]),
+                    ("edge-a.norole", []),
+                    ("edge-a.cli", ["--roles", "submitter"]),
+                )
             }
             created = time.time()
             poll(
@@ -173,6 +177,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
                     timeout=10, kdf_params=UNSAFE_FAST_PARAMS,
                 )  # fmt: skip
+                if name == "edge-a.cli":  # the CLI connects it itself
+                    continue
                 m.devices[name] = Device.connect(
                     root / name, passphrase=PASSPHRASE, connect_timeout=20
                 )
@@ -282,3 +288,23 @@ def test_unregistered_types_and_unauthorized_submitters_are_refused(mesh: Mesh) 
         lambda: read_status(cloud)["counters"]["rejections"].get("unauthorized", 0) > before,
         "the cloud refusing the submitter without the role",
     )
+
+
+def test_the_cli_submits_and_verifies(mesh: Mesh, tmp_path: Path) -> None:
+    out = cli(
+        "task", "submit", "demo.sum", "--to", "cloud-1", "--args", '{"numbers": [2, 3]}',
+        "--privacy", "edge-only", "--work", "100", "--data-dir", str(mesh.dir("edge-a.cli")),
+        "-o", "json", env=ENV,
+    )  # fmt: skip
+    kept = tmp_path / "result.json"
+    kept.write_text(out)
+    result = SignedTaskResult.model_validate_json(out)
+    assert result.outcome.executor == "edge-a"
+    assert result.outcome.result == {"total": 5, "input_bytes": 0}
+    cert = str(mesh.dir("edge-a") / "node.cert")
+    assert cli("task", "verify", str(kept), "--cert", cert).startswith("OK: task ")
+    doc = json.loads(out)
+    doc["outcome"]["result"]["total"] = 6
+    kept.write_text(json.dumps(doc))
+    with pytest.raises(AssertionError, match="failed"):  # one error line, exit 1
+        cli("task", "verify", str(kept), "--cert", cert)
