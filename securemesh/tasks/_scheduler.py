@@ -164,25 +164,36 @@ class Estimate:
         return self.transfer_s + self.queue_s + self.compute_s
 
 
+def object_holdings(
+    request: TaskRequest, locality: LocalityHook
+) -> list[tuple[int, Mapping[str, float]]]:
+    """Each object input's size and which nodes hold what fraction of it."""
+    out: list[tuple[int, Mapping[str, float]]] = []
+    for item in request.inputs:
+        if isinstance(item, ObjectRef):
+            out.append((item.size, locality(item)))
+        elif not isinstance(item, InlineInput):  # pragma: no cover - the union is closed
+            raise LocalError("unknown input kind")
+    return out
+
+
 def estimate(
     request: TaskRequest,
     cand: Candidate,
     *,
     locality: LocalityHook = holders_locality,
     origin: str | None = None,
+    held: Sequence[tuple[int, Mapping[str, float]]] | None = None,
 ) -> Estimate:
     """Predict time, energy, carbon, cost and data moved for ``request`` on ``cand``.
 
     ``origin``: the node holding the inline inputs (the submitter); running
-    there moves none of them.
+    there moves none of them. ``held``: each object input's size and
+    ``locality`` answer, computed once per request (:func:`object_holdings`).
     """
     moved = 0.0 if cand.node_id == origin else float(request.inline_bytes)
-    for item in request.inputs:
-        if isinstance(item, ObjectRef):
-            held = min(1.0, max(0.0, locality(item).get(cand.node_id, 0.0)))
-            moved += item.size * (1.0 - held)
-        elif not isinstance(item, InlineInput):  # pragma: no cover - the union is closed
-            raise LocalError("unknown input kind")
+    for size, where in object_holdings(request, locality) if held is None else held:
+        moved += size * (1.0 - min(1.0, max(0.0, where.get(cand.node_id, 0.0))))
     transfer = (0.0 if cand.node_id == origin else cand.rtt_ms / 1000.0) + (
         moved * 8 / (cand.bandwidth_mbps * 1e6)
     )
@@ -413,6 +424,7 @@ class Scheduler:
         budget = request.intent.budget
         refused: Counter[str] = Counter()
         feasible: list[Estimate] = []
+        held = object_holdings(request, self.locality)
         for cand in candidates:
             if request.task_type not in cand.task_types:
                 refused["no_type"] += 1
@@ -423,7 +435,7 @@ class Scheduler:
             if cand.node_id in excluded:
                 refused["excluded"] += 1
                 continue
-            est = estimate(request, cand, locality=self.locality, origin=origin)
+            est = estimate(request, cand, origin=origin, held=held)
             if budget is not None and est.cost > budget:
                 refused["budget"] += 1
                 continue
