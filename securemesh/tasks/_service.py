@@ -35,10 +35,12 @@ at most ``max_per_peer`` runs per scheduler and ``max_queue`` in total wait
 or run (``busy``), ``max_concurrency`` run at once. The same task id is run
 once: a repeat gets the same signed result (the last 1,024 are kept; a
 repeat while it runs waits for it). The callable runs under
-``asyncio.wait_for`` with the time left to the deadline (a plain function in
-a worker thread, which a timeout abandons but cannot kill; worker processes
-are not built yet). The outcome -- ok with the result, or the error's type,
-``deadline`` on timeout -- is signed with :meth:`NodeContext.sign_statement`
+``asyncio.timeout`` with the time left to the deadline (a plain function in
+one of the service's ``max_concurrency`` worker threads, which a timeout
+abandons but cannot kill: the thread keeps its slot until it returns, so
+overrunning tasks never hold more threads; worker processes are not built
+yet). The outcome -- ok with the result, or the error's type, ``deadline``
+on timeout -- is signed with :meth:`NodeContext.sign_statement`
 and audited (``task.finished`` / ``task.failed``).
 """
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import inspect
@@ -240,6 +243,9 @@ class TaskService(Service):
         self._runs = _Bounded(max_per_peer, max_queue, "task runs")
         self._submits = _Bounded(max_per_peer, max_queue, "task submissions")
         self._sem: asyncio.Semaphore | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: plain-function runs abandoned at their deadline whose thread still runs
+        self.abandoned = 0
         self._done: collections.OrderedDict[str, SignedTaskResult] = collections.OrderedDict()
         self._running: dict[str, asyncio.Future[SignedTaskResult]] = {}
         self._types: dict[str, tuple[float, TaskTypes]] = {}
@@ -270,12 +276,20 @@ class TaskService(Service):
 
     async def start(self) -> None:
         self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.max_concurrency, thread_name_prefix="task"
+        )
+
+    async def stop(self) -> None:
+        if self._pool is not None:  # abandoned threads finish on their own; nothing waits
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def status(self) -> Mapping[str, object]:
         return {
             "types": self.registry.names(),
             "scheduler": None if self.scheduler is None else self.scheduler.policy.name,
             "running": len(self._running),
+            "abandoned": self.abandoned,
             "open_runs": len(self._runs),
             "open_submissions": len(self._submits),
             "counts": dict(self.counts),
@@ -339,6 +353,44 @@ class TaskService(Service):
             self._done.popitem(last=False)
         return result
 
+    async def _call(self, task_type: Any, args: BaseModel, inline: list[bytes]) -> Any:
+        """Run the callable in one of ``max_concurrency`` slots (cancellable by the caller).
+
+        A coroutine is cancelled with the caller. A plain function runs in this
+        service's thread pool; a thread cannot be killed, so a run abandoned at
+        its deadline keeps its slot until the function returns (counted in
+        ``abandoned``): overrunning tasks never hold more than
+        ``max_concurrency`` threads.
+        """
+        sem, pool = self._sem, self._pool
+        if sem is None or pool is None:
+            raise LocalError("the tasks service is not running")
+        await sem.acquire()
+        if inspect.iscoroutinefunction(task_type.func):
+            try:
+                return await task_type.func(args, inline)
+            finally:
+                sem.release()
+        fut = asyncio.get_running_loop().run_in_executor(pool, task_type.func, args, inline)
+        try:
+            produced = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.done():
+                sem.release()
+            else:  # abandoned: the slot is freed when the thread returns
+                self.abandoned += 1
+                fut.add_done_callback(lambda _: self._thread_returned(sem))
+            raise
+        except BaseException:
+            sem.release()
+            raise
+        sem.release()
+        return produced
+
+    def _thread_returned(self, sem: asyncio.Semaphore) -> None:
+        self.abandoned -= 1
+        sem.release()
+
     async def _execute(
         self, run: TaskRun, task_type: Any, args: BaseModel, inline: list[bytes]
     ) -> SignedTaskResult:
@@ -351,11 +403,7 @@ class TaskService(Service):
         try:
             remaining = (run.deadline_ms - started) / 1000
             async with asyncio.timeout(max(0.0, remaining)):
-                async with self._sem:
-                    if inspect.iscoroutinefunction(task_type.func):
-                        produced = await task_type.func(args, inline)
-                    else:
-                        produced = await asyncio.to_thread(task_type.func, args, inline)
+                produced = await self._call(task_type, args, inline)
             value = task_type.check_result(produced).model_dump(mode="json")
             if len(canonical_json(value)) > 256 * 1024:
                 raise ValueError("result too large")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from node_testlib import Fixture, build_node, memory_factory, run
+from node_testlib import Fixture, build_node, memory_factory, run, wait_for
 from pydantic import BaseModel, ConfigDict
 
 from securemesh.crypto.signing import verify_signature
@@ -183,5 +184,52 @@ def test_the_scheduler_places_locally_when_alone_and_refuses_what_it_cannot_meet
         finally:
             await host.stop()
             await cloud.node.stop()
+
+    run(main())
+
+
+def test_an_overrunning_thread_keeps_its_slot_until_it_returns(tmp_path: Path) -> None:
+    """A plain function abandoned at its deadline still holds its slot: overrunning
+    tasks cannot pile up threads beyond ``max_concurrency`` (before the fix, the next
+    task got a fresh thread at once while the abandoned one kept running)."""
+
+    async def main() -> None:
+        fx = Fixture()
+        edge = build_node(fx, fx.member("edge-1", "edge"), memory_factory(), listen="memory://ov")
+        release = threading.Event()
+        reg = TaskRegistry()
+
+        @reg.task("t.block")
+        def block(args: Args, inputs: Sequence[bytes]) -> Out:
+            release.wait(10)
+            return Out(n=args.n)
+
+        @reg.task("t.quick")
+        def quick(args: Args, inputs: Sequence[bytes]) -> Out:
+            return Out(n=args.n)
+
+        svc = TaskService(reg, max_concurrency=1)
+        host = ServiceHost(edge.node, audit=NullAuditRecorder(origin="edge-1"), data_dir=tmp_path)
+        host.install(svc)
+        await edge.node.start()
+        await host.start()
+        try:
+            first = await svc.execute(_run("t.block", {}, deadline_s=0.2)[0], [], peer="s")
+            assert first.outcome.error == "deadline"
+            assert svc.status()["abandoned"] == 1
+            # the only slot is still taken by the abandoned thread: even a quick task
+            # waits for it (and here misses its deadline) instead of a second thread
+            second = await svc.execute(_run("t.quick", {"n": 2}, deadline_s=0.3)[0], [], peer="s")
+            assert second.outcome.error == "deadline"
+            release.set()
+            await wait_for(lambda: svc.status()["abandoned"] == 0)
+            release.clear()
+            threading.Timer(0.05, release.set).start()
+            third = await svc.execute(_run("t.block", {"n": 3}, deadline_s=5)[0], [], peer="s")
+            assert third.outcome.result == {"n": 3}
+        finally:
+            release.set()
+            await host.stop()
+            await edge.node.stop()
 
     run(main())
