@@ -327,6 +327,14 @@ class TaskService(Service):
             raise UnknownTaskType(f"task type {request.task_type} is not registered here")
         done = self._done.get(request.task_id)
         if done is not None:
+            # the same request from the same submitter only: a task id is not a ticket
+            # to someone else's result
+            same = done.outcome.request_sha256 == request_digest(request, inline)
+            if not same or done.outcome.submitter != run.submitter:
+                self.counts["id_conflict"] += 1
+                err = DecodeError("task id reused for another request")
+                err.public_detail = "task_id: reused"
+                raise err
             self.counts["repeat"] += 1
             return done
         running = self._running.get(request.task_id)

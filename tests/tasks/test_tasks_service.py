@@ -95,6 +95,12 @@ def test_the_executor_signs_runs_once_enforces_deadlines_and_bounds(tmp_path: Pa
             # run once per task id: a repeat (a retry racing a slow reply) gets the same result
             assert await svc.execute(task, frames, peer="sched") == result
             assert calls == [3]
+            # ... but the id is no ticket to the result for another submitter or request
+            other = task.model_copy(update={"submitter": "dev-9"})
+            with pytest.raises(DecodeError):
+                await svc.execute(other, frames, peer="sched")
+            with pytest.raises(DecodeError):
+                await svc.execute(task, [b"zz"], peer="sched")
             # a signature over a changed statement fails
             bad = result.model_copy(
                 update={"outcome": outcome.model_copy(update={"submitter": "dev-2"})}
