@@ -24,7 +24,9 @@ loaded from ``node.toml`` like any other. It always **executes**: it answers
    node's certificate key for this task id (:func:`verify_result`), else it
    counts as a failure; a failure, ``mesh.error`` or timeout excludes that
    node and the scheduler ranks again with the time now left, at most
-   ``max_attempts`` times;
+   ``max_attempts`` times. While another node is feasible, a node gets
+   ``patience`` (3) x its predicted time (at least 1 s) to answer, so a lost
+   or killed executor leaves time for a retry; the last one gets the deadline;
 5. the reply to the submitter is the executor's :class:`SignedTaskResult`
    (with the nodes tried before, unsigned); a run that failed everywhere is
    ``mesh.error`` ``task_failed``.
@@ -229,6 +231,7 @@ class TaskService(Service):
         max_per_peer: int = 16,
         max_attempts: int = 3,
         types_ttl: float = 30.0,
+        patience: float = 3.0,
     ) -> None:
         if not (1 <= max_concurrency <= 1024 and 1 <= max_per_peer <= max_queue <= 65_536):
             raise LocalError("need 1 <= max_concurrency <= 1024, 1 <= max_per_peer <= max_queue")
@@ -240,6 +243,11 @@ class TaskService(Service):
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
         self.types_ttl = types_ttl
+        if not 1.0 <= patience <= 1000.0:
+            raise LocalError("patience is between 1 and 1000 (times the predicted time)")
+        #: how many times its predicted completion time a node may take to answer
+        #: while another node could still run the task
+        self.patience = patience
         self._runs = _Bounded(max_per_peer, max_queue, "task runs")
         self._submits = _Bounded(max_per_peer, max_queue, "task submissions")
         self._sem: asyncio.Semaphore | None = None
@@ -522,8 +530,14 @@ class TaskService(Service):
             run = TaskRun(
                 request=request, submitter=submitter, deadline_ms=deadline_ms, attempt=attempt
             )
+            # a node that stops answering (lost, killed) must not eat the whole deadline
+            # while other nodes could still make it: wait `patience` x its prediction
+            # (at least 1 s) if another attempt may follow, else up to the deadline
+            limit = None
+            if attempt < self.max_attempts and len(ranked) > 1:
+                limit = max(1.0, self.patience * ranked[0].time_s)
             try:
-                result = await self._run_on(node, run, inline)
+                result = await self._run_on(node, run, inline, limit=limit)
             except (RemoteError, TransportError, TimeoutError) as exc:
                 errors.append(getattr(exc, "code", None) or type(exc).__name__)
                 self.counts["attempt_failed"] += 1
@@ -548,10 +562,14 @@ class TaskService(Service):
         err.public_detail = f"attempts={len(tried)}" + (" deadline missed" if missed else "")
         raise err
 
-    async def _run_on(self, node: str, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
+    async def _run_on(
+        self, node: str, run: TaskRun, inline: list[bytes], *, limit: float | None = None
+    ) -> SignedTaskResult:
         if node == self.ctx.node_id:
             return await self.execute(run, inline, peer=node)
         timeout = max(0.05, (run.deadline_ms - self._now_ms()) / 1000 + 1.0)
+        if limit is not None:
+            timeout = min(timeout, limit)
         self._outstanding[node] += 1
         try:
             reply = await self.ctx.request(node, MSG_RUN, run, inline, timeout=timeout)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from securemesh.crypto.certs import Certificate, SignedCertificate
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.errors import AuthenticationError, RemoteCallError
 from securemesh.sdk import Device
-from securemesh.tasks import SignedTaskResult, TaskIntent, new_request, verify_result
+from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent, new_request, verify_result
 
 pytestmark = pytest.mark.slow
 
@@ -308,3 +309,43 @@ def test_the_cli_submits_and_verifies(mesh: Mesh, tmp_path: Path) -> None:
     kept.write_text(json.dumps(doc))
     with pytest.raises(AssertionError, match="failed"):  # one error line, exit 1
         cli("task", "verify", str(kept), "--cert", cert)
+
+
+def test_locality_places_near_the_shards_and_a_killed_executor_is_retried_elsewhere(
+    mesh: Mesh,
+) -> None:
+    """Runs last: it SIGKILLs edge-b. The object's shards are on edge-b and the
+    intent weighs locality, so the task goes there although edge-a is faster;
+    edge-b dies mid-task, and after 3x its predicted time the cloud retries on
+    edge-a; the device gets exactly one reply, from edge-a."""
+    ref = ObjectRef(object_id="ab" * 32, size=100_000_000, holders=["edge-b"])
+    request, _ = new_request(
+        "demo.sleep", {"seconds": 2.0}, work=200.0, objects=[ref],
+        intent=TaskIntent(deadline_s=25.0, privacy="edge-only", locality_weight=1.0),
+    )  # fmt: skip
+    edge_b = mesh.dir("edge-b")
+
+    def running_on_b() -> bool:
+        return bool(read_status(edge_b)["services"]["tasks"]["running"])
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            mesh.devices["edge-a.ok"].request, "cloud-1", "task.submit", request, timeout=40
+        )
+        poll(running_on_b, "the task running on edge-b")
+        mesh.daemons.procs["edge-b"].kill()
+        mesh.daemons.procs["edge-b"].wait(30)
+        reply = pending.result(timeout=60)
+    result = SignedTaskResult.model_validate_json(reply.body_bytes)
+    outcome = verify_result(result, certificate(mesh.dir("edge-a")))
+    assert outcome.executor == "edge-a"
+    assert outcome.result == {"slept": 2.0}
+    assert result.attempts == ["edge-b"]
+    cloud = mesh.dir("cloud-1")
+
+    def placed() -> list[str]:
+        rows = query(cloud, "task.placed")
+        return [r["details"]["node"] for r in rows if r["subject"]["id"] == request.task_id]
+
+    poll(lambda: len(placed()) == 2, "both placements in the cloud log")
+    assert placed() == ["edge-b", "edge-a"]
