@@ -50,7 +50,7 @@ def _candidates(n: int, rng: random.Random) -> list[Candidate]:
 
 
 def decisions_per_s(nodes: int, seconds: float, seed: int) -> float:
-    rng = random.Random(seed)  # noqa: S311 - a reproducible mesh, not secrets
+    rng = random.Random(seed)
     cands = _candidates(nodes, rng)
     ref = ObjectRef(object_id="ab" * 32, size=10_000_000, holders=["n0", "n2", "n4"])
     request, _ = new_request(
