@@ -180,4 +180,3 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--edges", type=int, default=3)
     s.add_argument("--clouds", type=int, default=1)
     s.set_defaults(func=_simulate)
-
