@@ -12,7 +12,8 @@
   default; :class:`LatencyFirst`, :class:`EnergyAware`, :class:`CarbonAware`,
   :class:`CostAware`, :class:`Locality`, :class:`Weighted`; baselines
   :class:`RandomPolicy`, :class:`RoundRobin`, :class:`AlwaysTier`),
-  :class:`NoPlacement`. :mod:`securemesh.tasks.sim` compares policies.
+  :class:`NoPlacement`; :class:`CandidateTable`, the intent-aware decision
+  vectorized over many nodes. :mod:`securemesh.tasks.sim` compares policies.
 * Execution -- :class:`TaskService`, the ``tasks`` service on the node seam
   (executor, and scheduler where submissions arrive); :class:`SignedTaskResult`
   and :func:`verify_result` (the executor's Ed25519 signature).
@@ -66,6 +67,7 @@ from securemesh.tasks._service import (
     UnknownTaskType,
     verify_result,
 )
+from securemesh.tasks._table import CandidateTable
 
 __all__ = [
     "MSG_RUN",
@@ -73,6 +75,7 @@ __all__ = [
     "MSG_TYPES",
     "AlwaysTier",
     "Candidate",
+    "CandidateTable",
     "CarbonAware",
     "CostAware",
     "DeadlinePassed",

@@ -202,7 +202,7 @@ def estimate(
         queue = cand.wait_s
     else:  # counts only: assume the tasks ahead are like this one, spread over the slots
         ahead = cand.inflight + cand.queue_length - cand.capacity + 1
-        queue = max(0, ahead) * request.work / (cand.speed * cand.capacity)
+        queue = max(0, ahead) / (cand.speed * cand.capacity) * request.work
     energy = request.work * cand.energy_per_unit
     return Estimate(
         candidate=cand,

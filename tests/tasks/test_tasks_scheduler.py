@@ -13,6 +13,7 @@ from securemesh.messages import NodeReport
 from securemesh.tasks import (
     AlwaysTier,
     Candidate,
+    CandidateTable,
     CarbonAware,
     CostAware,
     EnergyAware,
@@ -225,3 +226,46 @@ def test_a_candidate_from_a_report_reads_its_labels() -> None:
     assert c.task_types == frozenset({"a.x"})
     with pytest.raises(LocalError):
         Candidate("x", "moon", frozenset())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cands=candidates_st,
+    intent=intent_st,
+    task_type=st.sampled_from(TYPES),
+    work=st.floats(0.01, 1e4),
+    exclude=st.frozensets(st.from_regex(r"n[0-9]{1,3}", fullmatch=True), max_size=3),
+    inline=st.lists(st.binary(max_size=64), max_size=2),
+    holders=st.lists(st.from_regex(r"n[0-9]{1,3}", fullmatch=True), max_size=3),
+    locality=st.floats(0, 10),
+    origin=st.none() | st.from_regex(r"n[0-9]{1,3}", fullmatch=True),
+)
+def test_the_vectorized_table_makes_the_schedulers_decision(  # noqa: PLR0917
+    cands: list[Candidate],
+    intent: TaskIntent,
+    task_type: str,
+    work: float,
+    exclude: frozenset[str],
+    inline: list[bytes],
+    holders: list[str],
+    locality: float,
+    origin: str | None,
+) -> None:
+    intent = intent.model_copy(update={"locality_weight": locality})
+    ref = ObjectRef(object_id="ef" * 32, size=5_000_000, holders=holders)
+    request, _ = new_request(
+        task_type, intent=intent, work=work, inline=inline, objects=[ref] if holders else []
+    )
+    try:
+        expected = Scheduler().rank(request, cands, exclude=exclude, origin=origin)[0]
+    except NoPlacement as exc:
+        reasons = exc.reasons
+    else:
+        reasons = None
+    if reasons is not None:
+        with pytest.raises(NoPlacement) as again:
+            CandidateTable(cands).best(request, exclude=exclude, origin=origin)
+        assert again.value.reasons == reasons
+        return
+    got = CandidateTable(cands).best(request, exclude=exclude, origin=origin)
+    assert got.node_id == expected.candidate.node_id
