@@ -36,7 +36,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
 from securemesh.errors import LocalError, RemoteError
 from securemesh.tasks._model import InlineInput, ObjectRef, TaskIntent, TaskRequest
@@ -228,54 +228,54 @@ class Policy(Protocol):
     def score(self, est: Estimate, intent: TaskIntent) -> float: ...
 
 
+class _Objective:
+    """A policy scoring one attribute of the estimate (``metric``)."""
+
+    metric: ClassVar[str]
+    name: str
+
+    def score(self, est: Estimate, intent: TaskIntent) -> float:
+        return float(getattr(est, self.metric))
+
+
 @dataclass(frozen=True)
-class LatencyFirst:
+class LatencyFirst(_Objective):
     """Predicted completion time (s)."""
 
+    metric: ClassVar[str] = "time_s"
     name: str = "latency-first"
 
-    def score(self, est: Estimate, intent: TaskIntent) -> float:
-        return est.time_s
-
 
 @dataclass(frozen=True)
-class EnergyAware:
+class EnergyAware(_Objective):
     """Predicted energy (J)."""
 
+    metric: ClassVar[str] = "energy_j"
     name: str = "energy-aware"
 
-    def score(self, est: Estimate, intent: TaskIntent) -> float:
-        return est.energy_j
-
 
 @dataclass(frozen=True)
-class CarbonAware:
+class CarbonAware(_Objective):
     """Predicted carbon (g CO2e)."""
 
+    metric: ClassVar[str] = "carbon_g"
     name: str = "carbon-aware"
 
-    def score(self, est: Estimate, intent: TaskIntent) -> float:
-        return est.carbon_g
-
 
 @dataclass(frozen=True)
-class CostAware:
+class CostAware(_Objective):
     """Predicted cost (price units)."""
 
+    metric: ClassVar[str] = "cost"
     name: str = "cost-aware"
-
-    def score(self, est: Estimate, intent: TaskIntent) -> float:
-        return est.cost
 
 
 @dataclass(frozen=True)
-class Locality:
+class Locality(_Objective):
     """Megabytes of input moved to the node (run near the data)."""
 
+    metric: ClassVar[str] = "moved_mb"
     name: str = "locality"
-
-    def score(self, est: Estimate, intent: TaskIntent) -> float:
-        return est.moved_mb
 
 
 @dataclass(frozen=True)

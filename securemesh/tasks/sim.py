@@ -96,6 +96,24 @@ class SimResult:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _TierSpec:
+    """Ranges the generated nodes of one tier are drawn from."""
+
+    capacity: tuple[int, ...]
+    speed: tuple[float, float]  # work units / s
+    rtt_ms: tuple[float, float]  # to the scheduler
+    bandwidth_mbps: float
+    energy: tuple[float, float]  # J / unit: battery devices worst, the cloud best
+    carbon: tuple[float, float]  # gCO2e / kWh
+    price: float  # per unit
+
+
+_DEVICE = _TierSpec((1,), (5, 15), (0, 0), 20.0, (2.0, 4.0), (300, 500), 0.0)
+_EDGE = _TierSpec((2, 4), (40, 80), (2, 8), 200.0, (0.8, 1.5), (200, 450), 0.01)
+_CLOUD = _TierSpec((16,), (150, 250), (40, 80), 50.0, (0.3, 0.6), (50, 150), 0.05)
+
+
 def generate(
     seed: int, *, devices: int = 8, edges: int = 3, clouds: int = 1, tasks: int = 400
 ) -> Workload:
@@ -103,51 +121,26 @@ def generate(
     rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not secrets
     types = frozenset({SIM_TYPE})
     nodes: list[Candidate] = []
-    for i in range(devices):
-        nodes.append(
-            Candidate(
-                f"dev-{i}",
-                "end",
-                types,
-                capacity=1,
-                speed=rng.uniform(5, 15),
-                rtt_ms=0.0,
-                bandwidth_mbps=20.0,
-                energy_per_unit=rng.uniform(2.0, 4.0),
-                carbon_intensity=rng.uniform(300, 500),
-                price=0.0,
+    for prefix, tier, count, spec in (
+        ("dev", "end", devices, _DEVICE),
+        ("edge", "edge", edges, _EDGE),
+        ("cloud", "cloud", clouds, _CLOUD),
+    ):
+        for i in range(count):
+            nodes.append(
+                Candidate(
+                    f"{prefix}-{i}",
+                    tier,
+                    types,
+                    capacity=rng.choice(spec.capacity),
+                    speed=rng.uniform(*spec.speed),
+                    rtt_ms=rng.uniform(*spec.rtt_ms),
+                    bandwidth_mbps=spec.bandwidth_mbps,
+                    energy_per_unit=rng.uniform(*spec.energy),
+                    carbon_intensity=rng.uniform(*spec.carbon),
+                    price=spec.price,
+                )
             )
-        )
-    for i in range(edges):
-        nodes.append(
-            Candidate(
-                f"edge-{i}",
-                "edge",
-                types,
-                capacity=rng.choice((2, 4)),
-                speed=rng.uniform(40, 80),
-                rtt_ms=rng.uniform(2, 8),
-                bandwidth_mbps=200.0,
-                energy_per_unit=rng.uniform(0.8, 1.5),
-                carbon_intensity=rng.uniform(200, 450),
-                price=0.01,
-            )
-        )
-    for i in range(clouds):
-        nodes.append(
-            Candidate(
-                f"cloud-{i}",
-                "cloud",
-                types,
-                capacity=16,
-                speed=rng.uniform(150, 250),
-                rtt_ms=rng.uniform(40, 80),
-                bandwidth_mbps=50.0,
-                energy_per_unit=rng.uniform(0.3, 0.6),
-                carbon_intensity=rng.uniform(50, 150),
-                price=0.05,
-            )
-        )
     out: list[SimTask] = []
     t = 0.0
     rate = 10.0 * max(1, devices) / 8  # arrivals per second across the devices

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from daemon_support import (
     cli,
     daemon_env,
     free_port,
+    poll,
     read_status,
     reaped,
     verify_cloud_log,
@@ -72,15 +73,6 @@ EDGE_TOML = {
     "edge-a": ('services = ["task_service:make_broken"]\n', EDGE_RULES + LABELS.format(400)),
     "edge-b": ('services = ["task_service:make"]\n', EDGE_RULES + LABELS.format(200)),
 }
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait for a condition on the files/log the daemons write (bounded; not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def configure(toml: Path, top: str, tables: str) -> None:
