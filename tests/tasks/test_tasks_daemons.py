@@ -213,6 +213,24 @@ def test_a_task_runs_where_the_policy_says_with_a_signed_result(mesh: Mesh) -> N
         verify_result(result, certificate(mesh.dir("edge-b")))
 
 
+def test_the_sdk_submits_and_returns_a_handle(mesh: Mesh) -> None:
+    handle = mesh.devices["edge-a.ok"].submit(
+        "cloud-1", "demo.sum", {"numbers": [4]}, intent=TaskIntent(deadline_s=10.0),
+        inline=[b"xyz"],
+    )  # fmt: skip
+    result = handle.result(timeout=20)
+    assert handle.done()
+    outcome = verify_result(result, certificate(mesh.dir("cloud-1")))
+    assert outcome.task_id == handle.task_id
+    assert outcome.result == {"total": 4, "input_bytes": 3}
+    refused = mesh.devices["edge-a.ok"].submit(
+        "cloud-1", "demo.missing", intent=TaskIntent(deadline_s=5.0)
+    )
+    with pytest.raises(RemoteCallError) as exc:
+        refused.result(timeout=20)
+    assert exc.value.code == "no_placement"
+
+
 def test_an_edge_only_task_never_reaches_the_idle_cloud(mesh: Mesh) -> None:
     for _ in range(3):
         _, result = mesh.submit(
