@@ -78,6 +78,7 @@ class TaskHandle:
             raise TimeoutError(f"task {self.task_id}: no result within {timeout} s") from None
         return SignedTaskResult.model_validate_json(reply.body_bytes)
 
+
 T = TypeVar("T")
 
 #: Who may send a device the types it handles, by default: its infrastructure.
