@@ -26,6 +26,8 @@ TESTED = {
     "sdk-device": "tests/cli/test_cli_mesh.py",
     "tasks-sim": "tests/tasks/test_tasks_model.py",
     "tasks-type": "tests/tasks/test_tasks_model.py",
+    "service-shape": "tests/node/test_node_service_seam.py",
+    "service-testing": "tests/node/test_node_service_seam.py",
 }
 
 _FENCE = re.compile(

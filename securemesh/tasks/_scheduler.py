@@ -128,7 +128,7 @@ def candidate_from_report(
     node_id: str, tier: str, report: NodeReport, task_types: Iterable[str]
 ) -> Candidate:
     """A candidate from a neighbour's verified ``node.report`` (module doc, step 1)."""
-    labels = report.labels
+    labels = report.labels or {}
     return Candidate(
         node_id=node_id,
         tier=tier,

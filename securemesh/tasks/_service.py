@@ -607,7 +607,7 @@ class TaskService(Service):
                     failure_domain=own.failure_domain,
                 )
             )
-        peers = {n: r for n, r in ctx.peers().items() if SERVICE_NAME in r.services}
+        peers = {n: r for n, r in ctx.peers().items() if SERVICE_NAME in (r.services or ())}
         stale = [n for n in peers if self._stale(n)]
         if stale:
             await asyncio.gather(*(self._refresh_types(n) for n in stale))

@@ -181,7 +181,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 seen = {
                     p["node_id"]
                     for p in peers
-                    if p["report"] and "tasks" in p["report"].get("services", [])
+                    if p["report"] and "tasks" in (p["report"].get("services") or [])
                 }
                 return {"edge-a", "edge-b"} <= seen
 
