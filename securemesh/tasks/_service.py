@@ -189,6 +189,15 @@ def _check_frames(request: TaskRequest, frames: Sequence[memoryview | bytes]) ->
     return data
 
 
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Pass a failure (or cancellation) to whoever waits on ``future`` for the same task."""
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+        return
+    future.set_exception(exc)
+    future.exception()  # retrieved: nobody else may be waiting
+
+
 class _Bounded:
     """Open items per peer and in total, bounded (TaskBusy beyond)."""
 
@@ -257,6 +266,8 @@ class TaskService(Service):
         self._done: collections.OrderedDict[str, SignedTaskResult] = collections.OrderedDict()
         self._running: dict[str, asyncio.Future[SignedTaskResult]] = {}
         self._types: dict[str, tuple[float, TaskTypes]] = {}
+        #: submissions running, by (submitter, task id): their request digest and result
+        self._submitted: dict[tuple[str, str], tuple[str, asyncio.Future[SignedTaskResult]]] = {}
         #: runs this scheduler has open on each node (its own view of their queues)
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._ctx: NodeContext | None = None
@@ -359,8 +370,7 @@ class TaskService(Service):
             result = await self._execute(run, task_type, args, inline)
             future.set_result(result)
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting
+            _fail(future, exc)
             raise
         finally:
             del self._running[request.task_id]
@@ -471,9 +481,33 @@ class TaskService(Service):
     async def submit(
         self, request: TaskRequest, inline: list[bytes], *, submitter: str
     ) -> SignedTaskResult:
-        """Place, run, retry elsewhere on failure (module doc, steps 1-5)."""
+        """Place, run, retry elsewhere on failure (module doc, steps 1-5).
+
+        A re-submission of a task id by the same submitter while the first runs
+        waits for the first (the same request only: else ``malformed``).
+        """
+        key = (submitter, request.task_id)
+        digest = request_digest(request, inline)
+        first = self._submitted.get(key)
+        if first is not None:
+            if first[0] != digest:
+                err = DecodeError("task id reused for another request")
+                err.public_detail = "task_id: reused"
+                raise err
+            self.counts["resubmitted"] += 1
+            return await asyncio.shield(first[1])
         with self._submits.slot(submitter):
-            return await self._submit(request, inline, submitter)
+            future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
+            self._submitted[key] = (digest, future)
+            try:
+                result = await self._submit(request, inline, submitter)
+            except BaseException as exc:
+                _fail(future, exc)
+                raise
+            finally:
+                del self._submitted[key]
+            future.set_result(result)
+            return result
 
     async def _submit(
         self, request: TaskRequest, inline: list[bytes], submitter: str

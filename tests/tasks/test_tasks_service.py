@@ -161,7 +161,8 @@ def test_the_scheduler_places_locally_when_alone_and_refuses_what_it_cannot_meet
         cloud = build_node(fx, member, memory_factory(), listen="memory://tasks-cloud")
         audit = NullAuditRecorder(origin="cloud-1")
         host = ServiceHost(cloud.node, audit=audit, data_dir=tmp_path)
-        svc = TaskService(registry([]), scheduler=Scheduler())
+        calls: list[int] = []
+        svc = TaskService(registry(calls), scheduler=Scheduler())
         host.install(svc)
         await cloud.node.start()
         await host.start()
@@ -175,6 +176,22 @@ def test_the_scheduler_places_locally_when_alone_and_refuses_what_it_cannot_meet
                 "task.placed",
                 "task.finished",
             ]
+            # a re-submission while the first runs waits for it: one run, one result
+            slow, _ = new_request("t.echo", {"n": 7, "sleep": 0.3}, intent=TaskIntent(deadline_s=5))
+            both = await asyncio.gather(
+                svc.submit(slow, [], submitter="dev-1"), svc.submit(slow, [], submitter="dev-1")
+            )
+            assert both[0] == both[1]
+            assert calls.count(7) == 1
+            slow2, _ = new_request(
+                "t.echo", {"n": 9, "sleep": 0.3}, intent=TaskIntent(deadline_s=5)
+            )
+            other = slow2.model_copy(update={"args": {"n": 8}})
+            racing = asyncio.ensure_future(svc.submit(slow2, [], submitter="dev-1"))
+            await asyncio.sleep(0.05)
+            with pytest.raises(DecodeError):  # the same id for another request
+                await svc.submit(other, [], submitter="dev-1")
+            await racing
             # edge-only: the only node is the cloud, so nothing may run it
             private, _ = new_request(
                 "t.echo", {}, intent=TaskIntent(deadline_s=5, privacy="edge-only")
