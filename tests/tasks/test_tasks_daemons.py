@@ -48,7 +48,14 @@ from securemesh.crypto.certs import Certificate, SignedCertificate
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.errors import AuthenticationError, RemoteCallError
 from securemesh.sdk import Device
-from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent, new_request, verify_result
+from securemesh.tasks import (
+    ObjectRef,
+    SignedTaskResult,
+    TaskIntent,
+    TaskRun,
+    new_request,
+    verify_result,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -298,6 +305,19 @@ def test_unregistered_types_and_unauthorized_submitters_are_refused(mesh: Mesh) 
     poll(
         lambda: read_status(cloud)["counters"]["rejections"].get("unauthorized", 0) > before,
         "the cloud refusing the submitter without the role",
+    )
+    # a device cannot bypass the scheduler: task.run is for edge and cloud nodes only
+    edge_a = mesh.dir("edge-a")
+    before_a = read_status(edge_a)["counters"]["rejections"].get("unauthorized", 0)
+    run = TaskRun(
+        request=new_request("demo.sum", {}, intent=TaskIntent(deadline_s=5.0))[0],
+        submitter="edge-a.ok", deadline_ms=int((time.time() + 5) * 1000), attempt=1,
+    )  # fmt: skip
+    with pytest.raises(TimeoutError):
+        mesh.devices["edge-a.ok"].request("edge-a", "task.run", run, timeout=2)
+    poll(
+        lambda: read_status(edge_a)["counters"]["rejections"].get("unauthorized", 0) > before_a,
+        "edge-a refusing a device's task.run",
     )
 
 
