@@ -22,15 +22,18 @@ and cost. Same seed, same numbers.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from securemesh.errors import LocalError
 from securemesh.tasks._model import TaskIntent, TaskRequest
 from securemesh.tasks._scheduler import (
     AlwaysTier,
     Candidate,
+    Estimate,
     IntentAware,
     LatencyFirst,
     NoPlacement,
@@ -38,6 +41,8 @@ from securemesh.tasks._scheduler import (
     RandomPolicy,
     RoundRobin,
     Scheduler,
+    allowed_tiers,
+    estimate,
 )
 
 __all__ = [
@@ -48,6 +53,10 @@ __all__ = [
     "baseline_policies",
     "compare",
     "generate",
+    "objective",
+    "optimality_gap",
+    "optimum",
+    "policy_runs",
     "simulate",
 ]
 
@@ -181,64 +190,179 @@ def baseline_policies(seed: int = 0) -> list[Policy]:
 CONSTRAINED: frozenset[str] = frozenset({"intent", "latency-first"})
 
 
+#: The objective's price of one missed or refused deadline (in the intent's units:
+#: seconds of latency at time weight 1).
+MISS_PENALTY = 100.0
+
+Choose = Callable[[SimTask, list[Candidate]], "Estimate | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One task's fate in a replay: where it ran (None: refused) and when it finished."""
+
+    estimate: Estimate | None
+    latency_s: float
+
+
+def _candidates(
+    workload: Workload, task: SimTask, slots: dict[str, list[float]]
+) -> list[Candidate]:
+    """The nodes a task may use at its arrival, with their exact wait for a slot.
+
+    A device only runs its own tasks: other devices are not candidates.
+    """
+    now = task.arrival_s
+    return [
+        replace(n, wait_s=max(0.0, slots[n.node_id][0] - now))
+        for n in workload.nodes
+        if n.tier != "end" or n.node_id == task.origin
+    ]
+
+
+def _replay(workload: Workload, choose: Choose) -> list[_Run]:
+    """Replay the arrivals; ``choose`` places each (list scheduling, FIFO per node)."""
+    slots: dict[str, list[float]] = {n.node_id: [0.0] * n.capacity for n in workload.nodes}
+    runs: list[_Run] = []
+    for task in workload.tasks:
+        best = choose(task, _candidates(workload, task, slots))
+        if best is None:
+            runs.append(_Run(None, math.inf))
+            continue
+        heap = slots[best.candidate.node_id]
+        free = heapq.heappop(heap)
+        finish = max(task.arrival_s + best.transfer_s, free) + best.compute_s
+        heapq.heappush(heap, finish)
+        runs.append(_Run(best, finish - task.arrival_s))
+    return runs
+
+
+def objective(workload: Workload, runs: Sequence[_Run]) -> float:
+    """Sum over tasks of the intent's weighted cost of what happened, plus
+    :data:`MISS_PENALTY` per missed or refused deadline: what the optimum minimizes."""
+    total = 0.0
+    for task, run in zip(workload.tasks, runs, strict=True):
+        intent = task.request.intent
+        est = run.estimate
+        if est is None:
+            total += MISS_PENALTY
+            continue
+        total += (
+            intent.time_weight * run.latency_s
+            + intent.energy_weight * est.energy_j
+            + intent.carbon_weight * est.carbon_g
+            + intent.cost_weight * est.cost
+            + intent.locality_weight * est.moved_mb
+        )
+        if run.latency_s > intent.deadline_s:
+            total += MISS_PENALTY
+    return total
+
+
+def policy_runs(
+    workload: Workload, policy: Policy, *, constrained: bool | None = None
+) -> list[_Run]:
+    """The replay of ``workload`` with ``policy`` (see :func:`simulate`)."""
+    if constrained is None:
+        constrained = policy.name in CONSTRAINED
+    scheduler = Scheduler(policy, enforce_deadline=constrained)
+
+    def choose(task: SimTask, candidates: list[Candidate]) -> Estimate | None:
+        try:
+            return scheduler.rank(task.request, candidates, origin=task.origin)[0]
+        except NoPlacement:
+            return None
+
+    return _replay(workload, choose)
+
+
 def simulate(workload: Workload, policy: Policy, *, constrained: bool | None = None) -> SimResult:
     """Run ``workload`` with ``policy`` (module doc); deterministic.
 
     ``constrained``: refuse placements predicted to miss the deadline (default:
     for the policies in :data:`CONSTRAINED`); type, privacy and budget always hold.
     """
-    if constrained is None:
-        constrained = policy.name in CONSTRAINED
-    scheduler = Scheduler(policy, enforce_deadline=constrained)
-    slots: dict[str, list[float]] = {n.node_id: [0.0] * n.capacity for n in workload.nodes}
-    for heap in slots.values():
-        heapq.heapify(heap)
-    latencies: list[float] = []
-    misses = refused = 0
-    energy = carbon = cost = 0.0
-    placed: dict[str, int] = {}
-    for task in workload.tasks:
-        now = task.arrival_s
-        # a device only runs its own tasks: other devices are not candidates
-        candidates = [
-            replace(n, wait_s=max(0.0, slots[n.node_id][0] - now))
-            for n in workload.nodes
-            if n.tier != "end" or n.node_id == task.origin
-        ]
-        try:
-            best = scheduler.rank(task.request, candidates, origin=task.origin)[0]
-        except NoPlacement:
-            refused += 1
-            misses += 1
-            continue
-        node = best.candidate
-        heap = slots[node.node_id]
-        free = heapq.heappop(heap)
-        start = max(now + best.transfer_s, free)
-        finish = start + best.compute_s
-        heapq.heappush(heap, finish)
-        latency = finish - now
-        latencies.append(latency)
-        if latency > task.request.intent.deadline_s:
-            misses += 1
-        energy += best.energy_j
-        carbon += best.carbon_g
-        cost += best.cost
-        placed[node.tier] = placed.get(node.tier, 0) + 1
-    ordered = sorted(latencies)
+    runs = policy_runs(workload, policy, constrained=constrained)
+    ran = [r for r in runs if r.estimate is not None]
+    ordered = sorted(r.latency_s for r in ran)
     n = len(workload.tasks)
+    misses = sum(
+        1
+        for t, r in zip(workload.tasks, runs, strict=True)
+        if r.latency_s > t.request.intent.deadline_s
+    )
+    placed: dict[str, int] = {}
+    for r in ran:
+        assert r.estimate is not None
+        tier = r.estimate.candidate.tier
+        placed[tier] = placed.get(tier, 0) + 1
     return SimResult(
         policy=policy.name,
         tasks=n,
         mean_latency_s=sum(ordered) / len(ordered) if ordered else 0.0,
         p95_latency_s=ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else 0.0,
         miss_rate=misses / n if n else 0.0,
-        refused=refused,
-        energy_j=energy,
-        carbon_g=carbon,
-        cost=cost,
+        refused=n - len(ran),
+        energy_j=sum(r.estimate.energy_j for r in ran if r.estimate is not None),
+        carbon_g=sum(r.estimate.carbon_g for r in ran if r.estimate is not None),
+        cost=sum(r.estimate.cost for r in ran if r.estimate is not None),
         placed=placed,
     )
+
+
+#: At most this many assignments are searched by :func:`optimum`.
+MAX_SEARCH = 200_000
+
+
+def _follow(assignment: Sequence[str | None]) -> Choose:
+    """A chooser that places the tasks, in order, where ``assignment`` says."""
+    plan = iter(assignment)
+
+    def choose(task: SimTask, candidates: list[Candidate]) -> Estimate | None:
+        node = next(plan)
+        if node is None:
+            return None
+        cand = next(c for c in candidates if c.node_id == node)
+        return estimate(task.request, cand, origin=task.origin)
+
+    return choose
+
+
+def optimum(workload: Workload) -> float:
+    """The least :func:`objective` over every assignment of tasks to allowed nodes
+    (or refusal), by exhaustive search (small instances only: LocalError beyond
+    :data:`MAX_SEARCH` assignments). Privacy, type and budget hold as in the scheduler."""
+    choices: list[list[str | None]] = []
+    for task in workload.tasks:
+        allowed = [
+            c.node_id
+            for c in _candidates(workload, task, {n.node_id: [0.0] for n in workload.nodes})
+            if c.tier in allowed_tiers(task.request.intent)
+            and task.request.task_type in c.task_types
+            and (
+                task.request.intent.budget is None
+                or task.request.work * c.price <= task.request.intent.budget
+            )
+        ]
+        choices.append([*allowed, None])
+    if math.prod(len(c) for c in choices) > MAX_SEARCH:
+        raise LocalError(f"more than {MAX_SEARCH} assignments: too large to search")
+    best = math.inf
+    for assignment in itertools.product(*choices):
+        best = min(best, objective(workload, _replay(workload, _follow(assignment))))
+    return best
+
+
+def optimality_gap(seeds: Sequence[int], policy: Policy | None = None, **sizes: int) -> float:
+    """Mean of (policy's objective - optimum) / optimum over small generated instances."""
+    sizes = {"devices": 2, "edges": 2, "clouds": 1, "tasks": 6, **sizes}
+    gaps = []
+    for seed in seeds:
+        workload = generate(seed, **sizes)
+        best = optimum(workload)
+        got = objective(workload, policy_runs(workload, policy or IntentAware()))
+        gaps.append((got - best) / best if best > 0 else 0.0)
+    return sum(gaps) / len(gaps)
 
 
 def compare(seed: int, policies: Sequence[Policy] | None = None, **sizes: int) -> list[SimResult]:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from securemesh.errors import ConfigError, DecodeError
+from securemesh.errors import ConfigError, DecodeError, LocalError
 from securemesh.tasks import (
     MSG_SUBMIT,
     ObjectRef,
@@ -192,3 +192,23 @@ def test_the_task_type_in_the_docs_registers_and_runs() -> None:
     assert resize.func(resize.parse_args({"width": 5}), [b"abc"]).size == 3  # type: ignore[attr-defined]
     with pytest.raises(DecodeError):
         resize.parse_args({"width": 0})
+
+
+def test_the_exhaustive_optimum_bounds_every_policy() -> None:
+    from securemesh.tasks.sim import (
+        baseline_policies,
+        objective,
+        optimality_gap,
+        optimum,
+        policy_runs,
+    )
+
+    for seed in (2, 5):
+        wl = generate(seed, devices=2, edges=2, clouds=1, tasks=4)
+        best = optimum(wl)
+        scores = {p.name: objective(wl, policy_runs(wl, p)) for p in baseline_policies(seed)}
+        assert all(score >= best - 1e-9 for score in scores.values()), (best, scores)
+        assert best < max(scores.values())  # the search finds better than the worst baseline
+    assert 0.0 <= optimality_gap([2], tasks=4) < 1.0
+    with pytest.raises(LocalError):
+        optimum(generate(1, tasks=40))  # far too many assignments to search
