@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from node_testlib import Fixture, build_node, memory_factory, run, wait_for
+from node_testlib import Fixture, Member, build_node, memory_factory, run, wait_for
 from pydantic import BaseModel, ConfigDict
 
 from securemesh.crypto.signing import verify_signature
 from securemesh.errors import AuthenticationError, DecodeError
-from securemesh.node import NullAuditRecorder, ServiceHost, verify_statement
+from securemesh.node import NodeContext, NullAuditRecorder, ServiceHost, verify_statement
 from securemesh.tasks import (
     DeadlinePassed,
     NoPlacement,
@@ -64,20 +65,32 @@ def _run(task_type: str, args: dict[str, object], *, deadline_s: float = 5.0, **
     return TaskRun(request=request, submitter="dev-1", deadline_ms=deadline_ms, attempt=1), frames
 
 
+@contextlib.asynccontextmanager
+async def hosted(
+    svc: TaskService, tmp_path: Path, node_id: str = "edge-1", tier: str = "edge"
+) -> AsyncIterator[tuple[NodeContext, NullAuditRecorder, Member]]:
+    """``svc`` installed and running on a started in-memory node; stopped on exit."""
+    fx = Fixture()
+    member = fx.member(node_id, tier)
+    built = build_node(fx, member, memory_factory(), listen=f"memory://tasks-{node_id}")
+    audit = NullAuditRecorder(origin=node_id)
+    host = ServiceHost(built.node, audit=audit, data_dir=tmp_path)
+    ctx = host.install(svc)
+    await built.node.start()
+    await host.start()
+    try:
+        yield ctx, audit, member
+    finally:
+        await host.stop()
+        await built.node.stop()
+
+
 def test_the_executor_signs_runs_once_enforces_deadlines_and_bounds(tmp_path: Path) -> None:
     async def main() -> None:
-        fx = Fixture()
-        member = fx.member("edge-1", "edge")
-        edge = build_node(fx, member, memory_factory(), listen="memory://tasks-edge")
-        audit = NullAuditRecorder(origin="edge-1")
-        host = ServiceHost(edge.node, audit=audit, data_dir=tmp_path)
         calls: list[int] = []
         svc = TaskService(registry(calls), max_concurrency=2, max_per_peer=1, max_queue=2)
-        ctx = host.install(svc)
-        await edge.node.start()
-        await host.start()
-        cert = member.cert.unverified_certificate()
-        try:
+        async with hosted(svc, tmp_path) as (ctx, audit, member):
+            cert = member.cert.unverified_certificate()
             # the seam's statements: domain-separated, per service
             sig = ctx.sign_statement(b"hello")
             assert verify_statement(cert.verify_key, "tasks", b"hello", sig) == b"hello"
@@ -145,9 +158,6 @@ def test_the_executor_signs_runs_once_enforces_deadlines_and_bounds(tmp_path: Pa
             assert kinds.count("task.finished") >= 3
             assert kinds.count("task.failed") == 2  # boom, deadline
             assert svc.status()["counts"]["repeat"] == 1  # type: ignore[index]
-        finally:
-            await host.stop()
-            await edge.node.stop()
 
     run(main())
 
@@ -156,17 +166,9 @@ def test_the_scheduler_places_locally_when_alone_and_refuses_what_it_cannot_meet
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        fx = Fixture()
-        member = fx.member("cloud-1", "cloud")
-        cloud = build_node(fx, member, memory_factory(), listen="memory://tasks-cloud")
-        audit = NullAuditRecorder(origin="cloud-1")
-        host = ServiceHost(cloud.node, audit=audit, data_dir=tmp_path)
         calls: list[int] = []
         svc = TaskService(registry(calls), scheduler=Scheduler())
-        host.install(svc)
-        await cloud.node.start()
-        await host.start()
-        try:
+        async with hosted(svc, tmp_path, "cloud-1", "cloud") as (_, audit, _member):
             request, frames = new_request("t.echo", {"n": 1}, intent=TaskIntent(deadline_s=5))
             result = await svc.submit(request, frames, submitter="dev-1")
             assert result.outcome.executor == "cloud-1"
@@ -204,9 +206,6 @@ def test_the_scheduler_places_locally_when_alone_and_refuses_what_it_cannot_meet
             boom, _ = new_request("t.boom", {}, intent=TaskIntent(deadline_s=5))
             with pytest.raises(TaskFailed):
                 await svc.submit(boom, [], submitter="dev-1")
-        finally:
-            await host.stop()
-            await cloud.node.stop()
 
     run(main())
 
@@ -217,8 +216,6 @@ def test_an_overrunning_thread_keeps_its_slot_until_it_returns(tmp_path: Path) -
     task got a fresh thread at once while the abandoned one kept running)."""
 
     async def main() -> None:
-        fx = Fixture()
-        edge = build_node(fx, fx.member("edge-1", "edge"), memory_factory(), listen="memory://ov")
         release = threading.Event()
         reg = TaskRegistry()
 
@@ -232,27 +229,24 @@ def test_an_overrunning_thread_keeps_its_slot_until_it_returns(tmp_path: Path) -
             return Out(n=args.n)
 
         svc = TaskService(reg, max_concurrency=1)
-        host = ServiceHost(edge.node, audit=NullAuditRecorder(origin="edge-1"), data_dir=tmp_path)
-        host.install(svc)
-        await edge.node.start()
-        await host.start()
-        try:
-            first = await svc.execute(_run("t.block", {}, deadline_s=0.2)[0], [], peer="s")
-            assert first.outcome.error == "deadline"
-            assert svc.status()["abandoned"] == 1
-            # the only slot is still taken by the abandoned thread: even a quick task
-            # waits for it (and here misses its deadline) instead of a second thread
-            second = await svc.execute(_run("t.quick", {"n": 2}, deadline_s=0.3)[0], [], peer="s")
-            assert second.outcome.error == "deadline"
-            release.set()
-            await wait_for(lambda: svc.status()["abandoned"] == 0)
-            release.clear()
-            threading.Timer(0.05, release.set).start()
-            third = await svc.execute(_run("t.block", {"n": 3}, deadline_s=5)[0], [], peer="s")
-            assert third.outcome.result == {"n": 3}
-        finally:
-            release.set()
-            await host.stop()
-            await edge.node.stop()
+        async with hosted(svc, tmp_path):
+            try:
+                first = await svc.execute(_run("t.block", {}, deadline_s=0.2)[0], [], peer="s")
+                assert first.outcome.error == "deadline"
+                assert svc.status()["abandoned"] == 1
+                # the only slot is still taken by the abandoned thread: even a quick task
+                # waits for it (and here misses its deadline) instead of a second thread
+                second = await svc.execute(
+                    _run("t.quick", {"n": 2}, deadline_s=0.3)[0], [], peer="s"
+                )
+                assert second.outcome.error == "deadline"
+                release.set()
+                await wait_for(lambda: svc.status()["abandoned"] == 0)
+                release.clear()
+                threading.Timer(0.05, release.set).start()
+                third = await svc.execute(_run("t.block", {"n": 3}, deadline_s=5)[0], [], peer="s")
+                assert third.outcome.result == {"n": 3}
+            finally:
+                release.set()
 
     run(main())
