@@ -112,6 +112,15 @@ def read_status(data_dir: Path) -> dict[str, Any]:
     return data
 
 
+def poll(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Wait for a condition on the files/logs the daemons write (bounded; not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def wait_status(
     data_dir: Path,
     predicate: Callable[[dict[str, Any]], bool],

@@ -55,6 +55,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "securemesh.cli._node",
     ),
     (
+        "task",
+        "submit tasks with intent, verify signed results, simulate placement policies",
+        "securemesh.cli._task",
+    ),
+    (
         "demo",
         "run cloud, edge and device end to end on 127.0.0.1 (real processes, ~10 s)",
         "securemesh.cli._demo",

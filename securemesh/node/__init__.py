@@ -15,7 +15,8 @@
 * :class:`Service` / :class:`NodeContext` / :class:`ServiceHost` — the service
   seam (docs/services.md); :class:`QueuedAuditRecorder` (a node's non-blocking
   audit recorder) and :class:`NullAuditRecorder` (for unit tests);
-  :func:`combine_policies` — a service's policy AND the operator's.
+  :func:`combine_policies` — a service's policy AND the operator's;
+  :func:`verify_statement` — check a service's ``ctx.sign_statement`` signature.
 * :func:`assemble_node` / :class:`AssembledNode` / :class:`NodeMaterial` — build
   a node with its audit and services, for the daemon and the SDK device alike
   (imported lazily: pyzmq).
@@ -52,6 +53,7 @@ from securemesh.node._service import (
     Service,
     ServiceHost,
     load_services,
+    verify_statement,
 )
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ __all__ = [
     "run_daemon",
     "run_node",
     "serve_enrollment",
+    "verify_statement",
 ]
 
 _LAZY = {"NodeFiles", "read_status", "run_daemon", "run_node"}

@@ -81,6 +81,8 @@ __all__ = [
     "Service",
     "ServiceHost",
     "load_services",
+    "statement_message",
+    "verify_statement",
 ]
 
 log = logging.getLogger("securemesh.services")
@@ -429,6 +431,31 @@ class _ServiceAudit:
         return self._inner.status()
 
 
+# ------------------------------------------------------------------ statements
+
+#: Domain of :meth:`NodeContext.sign_statement` signatures (no other signer uses it).
+STATEMENT_DOMAIN: Final = b"securemesh/service/v1\0"
+
+
+def statement_message(service: str, data: bytes) -> bytes:
+    """What :meth:`NodeContext.sign_statement` signs: domain, service name, NUL, data."""
+    if not _SERVICE_NAME.match(service):
+        raise LocalError(f"not a service name: {service!r}")
+    return STATEMENT_DOMAIN + service.encode() + b"\0" + data
+
+
+def verify_statement(verify_key: bytes, service: str, data: bytes, signature: bytes) -> bytes:
+    """Return ``data`` if ``signature`` is ``service``'s statement under ``verify_key``.
+
+    ``verify_key`` is the signing node's certificate key (``Certificate.verify_key``).
+    Raises :class:`~securemesh.errors.AuthenticationError` otherwise.
+    """
+    from securemesh.crypto.signing import verify_signature  # noqa: PLC0415
+
+    verify_signature(verify_key, statement_message(service, data), signature)
+    return data
+
+
 # ------------------------------------------------------------------ the context
 
 
@@ -614,6 +641,19 @@ class NodeContext:
     def spawn(self, coro: Coroutine[Any, Any, object], *, name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task of this service (cancelled when the service stops)."""
         return self._tasks.spawn(coro, name)
+
+    # statements
+    def sign_statement(self, data: bytes) -> bytes:
+        """Sign ``data`` with the node's identity key (Ed25519, RFC 8032), for this service.
+
+        The signature is over ``statement_message(service, data)``, a domain
+        (``securemesh/service/v1``) and the service's name before the data, so
+        a service can never produce an envelope, audit-event or certificate
+        signature, nor one that verifies for another service. Anyone holding the
+        node's certificate checks it with :func:`verify_statement`
+        (non-repudiable: task results are signed this way).
+        """
+        return self._node._signer.sign(statement_message(self.name, data))
 
     # neighbours
     def peers(self) -> dict[str, NodeReport]:

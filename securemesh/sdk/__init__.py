@@ -20,6 +20,8 @@
   of a *verified* message; :class:`Reply` — a handler's reply with raw frames;
   bodies are pydantic models, dicts or JSON bytes (:mod:`securemesh.sdk._message`).
 * :class:`Enrollment` — what :meth:`Device.enroll` reports.
+* :class:`TaskHandle` — what :meth:`Device.submit` returns: a task submitted
+  with its intent, and its signed result (docs/tasks.md).
 
 Importing this package is deliberately cheap (it is checked by a test and
 ``bench/sdk_footprint.py``): it loads no pydantic, cryptography, pyzmq,
@@ -31,14 +33,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from securemesh.sdk._device import Device
+from securemesh.sdk._device import Device, TaskHandle
 from securemesh.sdk._files import Enrollment
 from securemesh.sdk._message import Message, Reply
 
 if TYPE_CHECKING:
     from securemesh.sdk._async import AsyncDevice
 
-__all__ = ["AsyncDevice", "Device", "Enrollment", "Message", "Reply"]
+__all__ = ["AsyncDevice", "Device", "Enrollment", "Message", "Reply", "TaskHandle"]
 
 
 def __getattr__(name: str) -> object:

@@ -44,13 +44,40 @@ from securemesh.sdk._files import Enrollment, enroll_device, resolve_passphrase
 
 if TYPE_CHECKING:
     import asyncio
+    import concurrent.futures
 
     from securemesh.crypto.certs import Certificate
     from securemesh.crypto.keystore import KdfParams
     from securemesh.sdk._async import AsyncDevice, Auth, Handler, State
     from securemesh.sdk._message import Message
+    from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent
 
-__all__ = ["Device"]
+__all__ = ["Device", "TaskHandle"]
+
+
+class TaskHandle:
+    """A submitted task (:meth:`Device.submit`): its id and, once it arrives, its result."""
+
+    def __init__(self, task_id: str, future: concurrent.futures.Future[Message]) -> None:
+        self.task_id = task_id
+        self._future = future
+
+    def done(self) -> bool:
+        """True once the reply (a result or a refusal) arrived or the wait ended."""
+        return self._future.done()
+
+    def result(self, timeout: float | None = None) -> SignedTaskResult:
+        """The executor's signed result (TimeoutError if it is not there in ``timeout`` s)."""
+        import concurrent.futures  # noqa: PLC0415 - loaded by connect() already
+
+        from securemesh.tasks import SignedTaskResult  # noqa: PLC0415
+
+        try:
+            reply = self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"task {self.task_id}: no result within {timeout} s") from None
+        return SignedTaskResult.model_validate_json(reply.body_bytes)
+
 
 T = TypeVar("T")
 
@@ -275,6 +302,39 @@ class Device:
         return self._call(
             self._dev.request(dest, msg_type, body, frames, timeout=timeout, auth=auth)
         )
+
+    def submit(
+        self,
+        scheduler: str,
+        task_type: str,
+        args: dict[str, Any] | None = None,
+        *,
+        intent: TaskIntent,
+        work: float = 1.0,
+        inline: Sequence[bytes] = (),
+        objects: Sequence[ObjectRef] = (),
+    ) -> TaskHandle:
+        """Submit a task with its intent to the ``scheduler`` node; a handle to its result.
+
+        Returns at once (docs/tasks.md). ``handle.result(timeout)`` waits for the
+        executor's :class:`~securemesh.tasks.SignedTaskResult` (``RemoteCallError``
+        with code ``deadline``, ``no_placement``, ``task_failed`` ... if refused);
+        check it with :func:`securemesh.tasks.verify_result` and the executor's
+        certificate. The request waits at most the deadline plus 5 s.
+        """
+        import asyncio  # noqa: PLC0415 - already loaded by connect()
+
+        from securemesh.tasks import new_request  # noqa: PLC0415 - lazy: only when used
+
+        request, frames = new_request(
+            task_type, args, intent=intent, work=work, inline=list(inline), objects=list(objects)
+        )
+        if self._closed:
+            raise TransportClosed("the device is closed")
+        coro = self._dev.request(
+            scheduler, "task.submit", request, frames, timeout=intent.deadline_s + 5.0
+        )
+        return TaskHandle(request.task_id, asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def on(
         self,

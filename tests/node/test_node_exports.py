@@ -47,6 +47,7 @@ EXPECTED = {
         "run_daemon",
         "run_node",
         "serve_enrollment",
+        "verify_statement",
     },
     securemesh.messages: {
         "Ack",

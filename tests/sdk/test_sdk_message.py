@@ -38,6 +38,7 @@ def test_public_surface() -> None:
         "Enrollment",
         "Message",
         "Reply",
+        "TaskHandle",
     ]
     for name in securemesh.sdk.__all__:
         assert getattr(securemesh.sdk, name) is not None

@@ -1,0 +1,182 @@
+"""``securemesh task``: submit a task from an enrolled device, verify a result, simulate policies.
+
+* ``task submit TYPE --to NODE`` connects the device enrolled in ``--data-dir``
+  to its edge, submits one task with its intent to the scheduling node ``NODE``
+  and prints the executor's signed result (``-o json`` prints the whole
+  :class:`~securemesh.tasks.SignedTaskResult`, to keep and verify later);
+* ``task verify RESULT --cert CERT`` checks a kept result against the
+  executor's certificate file (``node.cert``): ``OK`` or one ``error:`` line;
+* ``task simulate`` runs every policy on one seeded workload (docs/tasks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from securemesh.cli._common import (
+    CliError,
+    data_dir_options,
+    format_options,
+    os_error,
+    passphrase_options,
+    print_record,
+    print_records,
+    read_passphrase,
+    resolve_data_dir,
+)
+
+__all__ = ["register"]
+
+_MAX_FILE = 4 * 1024 * 1024
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_FILE + 1)
+    except OSError as exc:
+        raise os_error(exc, "read") from exc
+    if len(data) > _MAX_FILE:
+        raise CliError(f"{what} {path} is larger than {_MAX_FILE} bytes")
+    return data
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from securemesh.sdk import Device  # noqa: PLC0415 - lazy
+    from securemesh.tasks import SignedTaskResult, TaskIntent, new_request  # noqa: PLC0415
+
+    try:
+        task_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--args is not JSON: {exc.msg}") from None
+    if not isinstance(task_args, dict):
+        raise CliError("--args must be a JSON object")
+    inline = [_read(p, "input") for p in args.input]
+    try:
+        intent = TaskIntent(
+            deadline_s=args.deadline,
+            budget=args.budget,
+            privacy=args.privacy,
+            energy_weight=args.energy_weight,
+            carbon_weight=args.carbon_weight,
+            cost_weight=args.cost_weight,
+            locality_weight=args.locality_weight,
+        )
+        request, frames = new_request(
+            args.type, task_args, intent=intent, work=args.work, inline=inline
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise CliError(f"invalid task request: {where}: {first['msg']}") from None
+    passphrase = read_passphrase(args.passphrase_env, confirm=False)
+    device = Device.connect(resolve_data_dir(args), passphrase=passphrase, connect_timeout=20)
+    try:
+        reply = device.request(
+            args.to, "task.submit", request, frames, timeout=args.deadline + args.grace
+        )
+    except TimeoutError:
+        raise CliError(
+            f"no reply from {args.to} within {args.deadline + args.grace:g} s "
+            "(refused by its policy, or unreachable)"
+        ) from None
+    finally:
+        device.close(drain_timeout=1.0)
+    result = SignedTaskResult.model_validate_json(reply.body_bytes)
+    if args.format == "table":
+        o = result.outcome
+        doc: dict[str, Any] = {
+            "task": o.task_id,
+            "type": o.task_type,
+            "executor": o.executor,
+            "ok": o.ok,
+            "result": json.dumps(o.result, sort_keys=True),
+            "ms": o.finished_ms - o.started_ms,
+            "tried before": result.attempts,
+        }
+        print_record(doc, "table")
+    else:
+        print_record(json.loads(result.model_dump_json()), args.format)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from securemesh.crypto.certs import SignedCertificate  # noqa: PLC0415
+    from securemesh.tasks import SignedTaskResult, verify_result  # noqa: PLC0415
+
+    try:
+        result = SignedTaskResult.model_validate_json(_read(args.result, "result"))
+    except ValidationError:
+        raise CliError(f"{args.result} is not a signed task result") from None
+    cert = SignedCertificate.from_bytes(_read(args.cert, "certificate")).unverified_certificate()
+    outcome = verify_result(result, cert)
+    state = "ok" if outcome.ok else f"failed ({outcome.error})"
+    print(f"OK: task {outcome.task_id} {state}, signed by {outcome.executor}")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from securemesh.tasks.sim import compare  # noqa: PLC0415
+
+    if not (1 <= args.tasks <= 100_000 and 1 <= args.devices <= 1000):
+        raise CliError("--tasks is 1..100000 and --devices 1..1000")
+    if not (0 <= args.edges <= 1000 and 0 <= args.clouds <= 100):
+        raise CliError("--edges is 0..1000 and --clouds 0..100")
+    results = compare(
+        args.seed, tasks=args.tasks, devices=args.devices, edges=args.edges, clouds=args.clouds
+    )
+    print_records([r.row() for r in results], args.format)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``task`` and its subcommands."""
+    task = subparsers.add_parser(
+        "task",
+        help="submit tasks with intent, verify signed results, simulate placement policies",
+        description="Tasks across end, edge and cloud (docs/tasks.md).",
+    )
+    sub = task.add_subparsers(dest="task_command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser(
+        "submit",
+        parents=[data_dir_options(), passphrase_options(), format_options()],
+        help="submit one task from this enrolled device; print the signed result",
+    )
+    p.add_argument("type", help="the registered task type, e.g. demo.sum")
+    p.add_argument("--to", required=True, metavar="NODE", help="the scheduling node (cloud)")
+    p.add_argument("--args", default="{}", metavar="JSON", help="the arguments (a JSON object)")
+    p.add_argument(
+        "--input", action="append", default=[], metavar="FILE", help="an inline input (repeat)"
+    )
+    p.add_argument("--deadline", type=float, default=10.0, metavar="S", help="seconds (10)")
+    p.add_argument("--budget", type=float, default=None, help="maximum predicted cost")
+    p.add_argument("--privacy", choices=("any", "edge-only", "device-only"), default="any")
+    p.add_argument("--work", type=float, default=1.0, help="estimated work units (1)")
+    for name in ("energy", "carbon", "cost", "locality"):
+        p.add_argument(f"--{name}-weight", type=float, default=0.0, metavar="W")
+    p.add_argument(
+        "--grace", type=float, default=5.0, metavar="S", help="wait this long past the deadline"
+    )
+    p.set_defaults(func=_submit)
+
+    v = sub.add_parser("verify", help="verify a kept result against its executor's certificate")
+    v.add_argument("result", help="a result printed by `task submit -o json`")
+    v.add_argument("--cert", required=True, help="the executor's certificate (node.cert)")
+    v.set_defaults(func=_verify)
+
+    s = sub.add_parser(
+        "simulate", parents=[format_options()], help="compare placement policies (seeded)"
+    )
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--tasks", type=int, default=400)
+    s.add_argument("--devices", type=int, default=8)
+    s.add_argument("--edges", type=int, default=3)
+    s.add_argument("--clouds", type=int, default=1)
+    s.set_defaults(func=_simulate)

@@ -1,0 +1,116 @@
+"""``securemesh.tasks``: tasks across end, edge and cloud (docs/tasks.md).
+
+* Task types -- :class:`TaskRegistry` (``@registry.task("name")``),
+  :class:`TaskType`, :func:`load_task_types`: Python callables registered by
+  name, pydantic-typed arguments and results; code never travels.
+* Requests and intent -- :class:`TaskRequest`, :class:`TaskIntent`
+  (deadline, budget, privacy ``any``/``edge-only``/``device-only``, weights),
+  :class:`InlineInput` (raw frames), :class:`ObjectRef` (stored objects, for
+  locality), :func:`new_request`.
+* Placement, pure code -- :class:`Scheduler`, :class:`Candidate`,
+  :func:`estimate` (the cost model), the policies (:class:`IntentAware`, the
+  default; :class:`LatencyFirst`, :class:`EnergyAware`, :class:`CarbonAware`,
+  :class:`CostAware`, :class:`Locality`, :class:`Weighted`; baselines
+  :class:`RandomPolicy`, :class:`RoundRobin`, :class:`AlwaysTier`),
+  :class:`NoPlacement`; :class:`CandidateTable`, the intent-aware decision
+  vectorized over many nodes. :mod:`securemesh.tasks.sim` compares policies.
+* Execution -- :class:`TaskService`, the ``tasks`` service on the node seam
+  (executor, and scheduler where submissions arrive); :class:`SignedTaskResult`
+  and :func:`verify_result` (the executor's Ed25519 signature).
+"""
+
+from __future__ import annotations
+
+from securemesh.tasks._model import (
+    InlineInput,
+    ObjectRef,
+    Privacy,
+    SignedTaskResult,
+    TaskInput,
+    TaskIntent,
+    TaskOutcome,
+    TaskRequest,
+    TaskRun,
+    canonical_json,
+    new_request,
+)
+from securemesh.tasks._registry import TaskRegistry, TaskType, load_task_types
+from securemesh.tasks._scheduler import (
+    AlwaysTier,
+    Candidate,
+    CarbonAware,
+    CostAware,
+    EnergyAware,
+    Estimate,
+    IntentAware,
+    LatencyFirst,
+    Locality,
+    LocalityHook,
+    NoPlacement,
+    Policy,
+    RandomPolicy,
+    RoundRobin,
+    Scheduler,
+    Weighted,
+    allowed_tiers,
+    candidate_from_report,
+    estimate,
+)
+from securemesh.tasks._service import (
+    MSG_RUN,
+    MSG_SUBMIT,
+    MSG_TYPES,
+    DeadlinePassed,
+    TaskBusy,
+    TaskFailed,
+    TaskService,
+    UnknownTaskType,
+    verify_result,
+)
+from securemesh.tasks._table import CandidateTable
+
+__all__ = [
+    "MSG_RUN",
+    "MSG_SUBMIT",
+    "MSG_TYPES",
+    "AlwaysTier",
+    "Candidate",
+    "CandidateTable",
+    "CarbonAware",
+    "CostAware",
+    "DeadlinePassed",
+    "EnergyAware",
+    "Estimate",
+    "InlineInput",
+    "IntentAware",
+    "LatencyFirst",
+    "Locality",
+    "LocalityHook",
+    "NoPlacement",
+    "ObjectRef",
+    "Policy",
+    "Privacy",
+    "RandomPolicy",
+    "RoundRobin",
+    "Scheduler",
+    "SignedTaskResult",
+    "TaskBusy",
+    "TaskFailed",
+    "TaskInput",
+    "TaskIntent",
+    "TaskOutcome",
+    "TaskRegistry",
+    "TaskRequest",
+    "TaskRun",
+    "TaskService",
+    "TaskType",
+    "UnknownTaskType",
+    "Weighted",
+    "allowed_tiers",
+    "candidate_from_report",
+    "canonical_json",
+    "estimate",
+    "load_task_types",
+    "new_request",
+    "verify_result",
+]

@@ -1,0 +1,674 @@
+"""The tasks service: an executor on every node, a scheduler where submissions arrive.
+
+Theory of operation
+-------------------
+:class:`TaskService` is a :class:`~securemesh.node.Service` (``name = "tasks"``)
+loaded from ``node.toml`` like any other. It always **executes**: it answers
+``task.types`` (the names in its registry) and ``task.run`` from ``edge`` and
+``cloud`` nodes. With a :class:`~securemesh.tasks.Scheduler` it also
+**schedules**: it answers ``task.submit``.
+
+``task.submit`` (a :class:`TaskRequest`, inline inputs as raw frames):
+
+1. bounds: at most ``max_per_peer`` open submissions per submitter and
+   ``max_queue`` in total (``busy``); frames match the inline inputs
+   (count, size, sha256; ``malformed``); audit ``task.submitted``;
+2. candidates: every neighbour whose report lists the ``tasks`` service
+   (``ctx.peers()``), its tier from its certificate, its task types from
+   ``task.types`` (cached ``types_ttl`` seconds), plus this node itself;
+3. the scheduler ranks them under the hard constraints with the time left to
+   the deadline; none: ``task.failed`` and ``mesh.error`` ``deadline`` (only
+   the deadline ruled nodes out) or ``no_placement``;
+4. the best goes first (audit ``task.placed``): ``task.run`` with the absolute
+   deadline, or a local run. The reply must be a result signed by that very
+   node's certificate key for this task id (:func:`verify_result`), else it
+   counts as a failure; a failure, ``mesh.error`` or timeout excludes that
+   node and the scheduler ranks again with the time now left, at most
+   ``max_attempts`` times. While another node is feasible, a node gets
+   ``patience`` (3) x its predicted time (at least 1 s) to answer, so a lost
+   or killed executor leaves time for a retry; the last one gets the deadline;
+5. the reply to the submitter is the executor's :class:`SignedTaskResult`
+   (with the nodes tried before, unsigned); a run that failed everywhere is
+   ``mesh.error`` ``task_failed``.
+
+``task.run`` (a :class:`TaskRun`): the type must be registered here
+(``unknown_task_type``); the deadline must not have passed (``deadline``);
+at most ``max_per_peer`` runs per scheduler and ``max_queue`` in total wait
+or run (``busy``), ``max_concurrency`` run at once. The same task id is run
+once: a repeat gets the same signed result (the last 1,024 are kept; a
+repeat while it runs waits for it). The callable runs under
+``asyncio.timeout`` with the time left to the deadline (a plain function in
+one of the service's ``max_concurrency`` worker threads, which a timeout
+abandons but cannot kill: the thread keeps its slot until it returns, so
+overrunning tasks never hold more threads; worker processes are not built
+yet). The outcome -- ok with the result, or the error's type, ``deadline``
+on timeout -- is signed with :meth:`NodeContext.sign_statement`
+and audited (``task.finished`` / ``task.failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import hashlib
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from securemesh.errors import (
+    AuthenticationError,
+    DecodeError,
+    LocalError,
+    RemoteError,
+    TransportError,
+)
+from securemesh.messages import Ack
+from securemesh.node import NodeContext, Service, VerifiedMessage, verify_statement
+from securemesh.policy import AllowTypes
+from securemesh.tasks._model import (
+    InlineInput,
+    SignedTaskResult,
+    TaskOutcome,
+    TaskRequest,
+    TaskRun,
+    TaskTypeName,
+    canonical_json,
+    request_digest,
+)
+from securemesh.tasks._registry import TaskRegistry
+from securemesh.tasks._scheduler import (
+    Candidate,
+    NoPlacement,
+    Scheduler,
+    candidate_from_report,
+    label_float,
+)
+
+if TYPE_CHECKING:
+    from securemesh.crypto.certs import Certificate
+
+__all__ = [
+    "MSG_RUN",
+    "MSG_SUBMIT",
+    "MSG_TYPES",
+    "SERVICE_NAME",
+    "DeadlinePassed",
+    "TaskBusy",
+    "TaskFailed",
+    "TaskService",
+    "TaskTypes",
+    "UnknownTaskType",
+    "verify_result",
+]
+
+log = logging.getLogger("securemesh.tasks")
+
+SERVICE_NAME: Final = "tasks"
+MSG_SUBMIT: Final = "task.submit"
+MSG_RUN: Final = "task.run"
+MSG_TYPES: Final = "task.types"
+KIND_SUBMITTED: Final = "task.submitted"
+KIND_PLACED: Final = "task.placed"
+KIND_FINISHED: Final = "task.finished"
+KIND_FAILED: Final = "task.failed"
+_DONE_KEPT: Final = 1024
+
+
+class UnknownTaskType(RemoteError):
+    """The task type is not registered on this node."""
+
+    reason = "unknown_task_type"
+
+
+class TaskBusy(RemoteError):
+    """Too many tasks from this peer, or in total: try later or elsewhere."""
+
+    reason = "busy"
+
+
+class DeadlinePassed(RemoteError):
+    """The task's deadline has passed (or cannot be met)."""
+
+    reason = "deadline"
+
+
+class TaskFailed(RemoteError):
+    """The task failed on every node tried."""
+
+    reason = "task_failed"
+
+
+class TaskTypes(BaseModel):
+    """``task.types`` reply: the names registered on the executor."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    names: list[TaskTypeName] = Field(max_length=256)
+    #: the executor's concurrency and its open runs (waiting or running) when it answered
+    capacity: int = Field(ge=1, le=1024)
+    open: int = Field(ge=0, le=65_536)
+
+
+def _statement(outcome: TaskOutcome) -> bytes:
+    return canonical_json(outcome.model_dump(mode="json"))
+
+
+def verify_result(result: SignedTaskResult, certificate: Certificate) -> TaskOutcome:
+    """The outcome, once its signature verifies under ``certificate`` (its executor's).
+
+    Raises :class:`~securemesh.errors.AuthenticationError` if the certificate
+    is another node's or the signature does not verify.
+    """
+    outcome = result.outcome
+    if certificate.node_id != outcome.executor:
+        raise AuthenticationError("the result names another executor")
+    verify_statement(
+        certificate.verify_key, SERVICE_NAME, _statement(outcome), bytes.fromhex(result.signature)
+    )
+    return outcome
+
+
+def _check_frames(request: TaskRequest, frames: Sequence[memoryview | bytes]) -> list[bytes]:
+    inline = [i for i in request.inputs if isinstance(i, InlineInput)]
+    if len(frames) != len(inline):
+        err = DecodeError("inline inputs do not match the frames")
+        err.public_detail = "inputs: frame count"
+        raise err
+    data = [bytes(f) for f in frames]
+    for item in inline:
+        blob = data[item.frame]
+        if len(blob) != item.size or hashlib.sha256(blob).hexdigest() != item.sha256:
+            err = DecodeError("an inline input does not match its declaration")
+            err.public_detail = f"inputs: frame {item.frame} size or sha256"
+            raise err
+    return data
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Pass a failure (or cancellation) to whoever waits on ``future`` for the same task."""
+    if isinstance(exc, asyncio.CancelledError):
+        future.cancel()
+        return
+    future.set_exception(exc)
+    future.exception()  # retrieved: nobody else may be waiting
+
+
+class _Bounded:
+    """Open items per peer and in total, bounded (TaskBusy beyond)."""
+
+    def __init__(self, per_peer: int, total: int, what: str) -> None:
+        self.per_peer = per_peer
+        self.total = total
+        self.what = what
+        self.open: collections.Counter[str] = collections.Counter()
+
+    @contextlib.contextmanager
+    def slot(self, peer: str) -> Any:
+        if self.open[peer] >= self.per_peer or sum(self.open.values()) >= self.total:
+            raise TaskBusy(f"too many open {self.what}")
+        self.open[peer] += 1
+        try:
+            yield
+        finally:
+            self.open[peer] -= 1
+            if not self.open[peer]:
+                del self.open[peer]
+
+    def __len__(self) -> int:
+        return sum(self.open.values())
+
+
+class TaskService(Service):
+    """Executor of registered task types; with a scheduler, also places submissions."""
+
+    name = SERVICE_NAME
+    audit_kinds = (KIND_SUBMITTED, KIND_PLACED, KIND_FINISHED, KIND_FAILED)
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        *,
+        scheduler: Scheduler | None = None,
+        submit_roles: Sequence[str] | None = None,
+        max_concurrency: int = 4,
+        max_queue: int = 64,
+        max_per_peer: int = 16,
+        max_attempts: int = 3,
+        types_ttl: float = 30.0,
+        patience: float = 3.0,
+    ) -> None:
+        if not (1 <= max_concurrency <= 1024 and 1 <= max_per_peer <= max_queue <= 65_536):
+            raise LocalError("need 1 <= max_concurrency <= 1024, 1 <= max_per_peer <= max_queue")
+        if not 1 <= max_attempts <= 16:
+            raise LocalError("max_attempts is between 1 and 16")
+        self.registry = registry
+        self.scheduler = scheduler
+        self.submit_roles = None if submit_roles is None else tuple(submit_roles)
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.types_ttl = types_ttl
+        if not 1.0 <= patience <= 1000.0:
+            raise LocalError("patience is between 1 and 1000 (times the predicted time)")
+        #: how many times its predicted completion time a node may take to answer
+        #: while another node could still run the task
+        self.patience = patience
+        self._runs = _Bounded(max_per_peer, max_queue, "task runs")
+        self._submits = _Bounded(max_per_peer, max_queue, "task submissions")
+        self._sem: asyncio.Semaphore | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: plain-function runs abandoned at their deadline whose thread still runs
+        self.abandoned = 0
+        self._done: collections.OrderedDict[str, SignedTaskResult] = collections.OrderedDict()
+        self._running: dict[str, asyncio.Future[SignedTaskResult]] = {}
+        self._types: dict[str, tuple[float, TaskTypes]] = {}
+        #: submissions running, by (submitter, task id): their request digest and result
+        self._submitted: dict[tuple[str, str], tuple[str, asyncio.Future[SignedTaskResult]]] = {}
+        #: runs this scheduler has open on each node (its own view of their queues)
+        self._outstanding: collections.Counter[str] = collections.Counter()
+        self._ctx: NodeContext | None = None
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    @property
+    def ctx(self) -> NodeContext:
+        if self._ctx is None:
+            raise LocalError("the tasks service is not installed")
+        return self._ctx
+
+    # ------------------------------------------------------------------ seam
+
+    def install(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        nodes = AllowTypes(types=[MSG_RUN, MSG_TYPES], tiers=["edge", "cloud"])
+        ctx.on(MSG_RUN, self._on_run, policy=nodes)
+        ctx.on(MSG_TYPES, self._on_types, policy=nodes)
+        if self.scheduler is not None:
+            ctx.on(
+                MSG_SUBMIT,
+                self._on_submit,
+                policy=AllowTypes(types=[MSG_SUBMIT], roles=self.submit_roles),
+            )
+
+    async def start(self) -> None:
+        self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.max_concurrency, thread_name_prefix="task"
+        )
+
+    async def stop(self) -> None:
+        if self._pool is not None:  # abandoned threads finish on their own; nothing waits
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def status(self) -> Mapping[str, object]:
+        return {
+            "types": self.registry.names(),
+            "scheduler": None if self.scheduler is None else self.scheduler.policy.name,
+            "running": len(self._running),
+            "abandoned": self.abandoned,
+            "open_runs": len(self._runs),
+            "open_submissions": len(self._submits),
+            "counts": dict(self.counts),
+        }
+
+    def _now_ms(self) -> int:
+        return int(self.ctx.clock() * 1000)
+
+    # -------------------------------------------------------------- executor
+
+    def _on_types(self, msg: VerifiedMessage) -> TaskTypes:
+        return TaskTypes(
+            names=self.registry.names(), capacity=self.max_concurrency, open=len(self._runs)
+        )
+
+    async def _on_run(self, msg: VerifiedMessage) -> SignedTaskResult:
+        run = msg.body(TaskRun)
+        inline = _check_frames(run.request, msg.raw_frames)
+        return await self.execute(run, inline, peer=msg.sender)
+
+    async def execute(self, run: TaskRun, inline: list[bytes], *, peer: str) -> SignedTaskResult:
+        """Run once per task id (a repeat gets the first run's signed result).
+
+        ``peer`` (the scheduler asking) has at most ``max_per_peer`` runs open,
+        all peers together ``max_queue``; beyond, :class:`TaskBusy`.
+        """
+        with self._runs.slot(peer):
+            return await self._execute_once(run, inline)
+
+    async def _execute_once(self, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
+        request = run.request
+        task_type = self.registry.get(request.task_type)
+        if task_type is None:
+            self.counts["unknown_type"] += 1
+            raise UnknownTaskType(f"task type {request.task_type} is not registered here")
+        done = self._done.get(request.task_id)
+        if done is not None:
+            # the same request from the same submitter only: a task id is not a ticket
+            # to someone else's result
+            same = done.outcome.request_sha256 == request_digest(request, inline)
+            if not same or done.outcome.submitter != run.submitter:
+                self.counts["id_conflict"] += 1
+                err = DecodeError("task id reused for another request")
+                err.public_detail = "task_id: reused"
+                raise err
+            self.counts["repeat"] += 1
+            return done
+        running = self._running.get(request.task_id)
+        if running is not None:
+            self.counts["repeat"] += 1
+            return await asyncio.shield(running)
+        if self._now_ms() >= run.deadline_ms:
+            self.counts["deadline"] += 1
+            raise DeadlinePassed("the task's deadline has passed")
+        args = task_type.parse_args(request.args)  # before anything runs: DecodeError
+        future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
+        self._running[request.task_id] = future
+        try:
+            result = await self._execute(run, task_type, args, inline)
+            future.set_result(result)
+        except BaseException as exc:
+            _fail(future, exc)
+            raise
+        finally:
+            del self._running[request.task_id]
+        self._done[request.task_id] = result
+        while len(self._done) > _DONE_KEPT:
+            self._done.popitem(last=False)
+        return result
+
+    async def _call(self, task_type: Any, args: BaseModel, inline: list[bytes]) -> Any:
+        """Run the callable in one of ``max_concurrency`` slots (cancellable by the caller).
+
+        A coroutine is cancelled with the caller. A plain function runs in this
+        service's thread pool; a thread cannot be killed, so a run abandoned at
+        its deadline keeps its slot until the function returns (counted in
+        ``abandoned``): overrunning tasks never hold more than
+        ``max_concurrency`` threads.
+        """
+        sem, pool = self._sem, self._pool
+        if sem is None or pool is None:
+            raise LocalError("the tasks service is not running")
+        await sem.acquire()
+        if inspect.iscoroutinefunction(task_type.func):
+            try:
+                return await task_type.func(args, inline)
+            finally:
+                sem.release()
+        fut = asyncio.get_running_loop().run_in_executor(pool, task_type.func, args, inline)
+        try:
+            produced = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.done():
+                sem.release()
+            else:  # abandoned: the slot is freed when the thread returns
+                self.abandoned += 1
+                fut.add_done_callback(lambda _: self._thread_returned(sem))
+            raise
+        except BaseException:
+            sem.release()
+            raise
+        sem.release()
+        return produced
+
+    def _thread_returned(self, sem: asyncio.Semaphore) -> None:
+        self.abandoned -= 1
+        sem.release()
+
+    async def _execute(
+        self, run: TaskRun, task_type: Any, args: BaseModel, inline: list[bytes]
+    ) -> SignedTaskResult:
+        request = run.request
+        assert self._sem is not None
+        started = self._now_ms()
+        ok = False
+        value: Any = None
+        error = ""
+        try:
+            remaining = (run.deadline_ms - started) / 1000
+            async with asyncio.timeout(max(0.0, remaining)):
+                produced = await self._call(task_type, args, inline)
+            value = task_type.check_result(produced).model_dump(mode="json")
+            if len(canonical_json(value)) > 256 * 1024:
+                raise ValueError("result too large")
+            ok = True
+        except TimeoutError:
+            error = "deadline"
+        except Exception as exc:  # the task's own failure: signed, audited, retried elsewhere
+            error = f"{type(exc).__name__}"[:256]
+            log.info(
+                "task failed",
+                extra={"event": "task_failed", "task": request.task_id, "error": repr(exc)},
+            )
+        finished = self._now_ms()
+        outcome = TaskOutcome(
+            task_id=request.task_id,
+            task_type=request.task_type,
+            executor=self.ctx.node_id,
+            submitter=run.submitter,
+            request_sha256=request_digest(request, inline),
+            ok=ok,
+            result=value if ok else None,
+            error=error,
+            started_ms=started,
+            finished_ms=max(started, finished),
+        )
+        signature = self.ctx.sign_statement(_statement(outcome)).hex()
+        self.counts["finished" if ok else "failed"] += 1
+        self.ctx.audit.record(
+            KIND_FINISHED if ok else KIND_FAILED,
+            ("task", request.task_id),
+            outcome="success" if ok else "failure",
+            details={
+                "type": request.task_type,
+                "submitter": run.submitter,
+                "attempt": run.attempt,
+                "ms": outcome.finished_ms - started,
+                **({"error": error} if error else {}),
+            },
+        )
+        return SignedTaskResult(outcome=outcome, signature=signature)
+
+    # ------------------------------------------------------------- scheduler
+
+    async def _on_submit(self, msg: VerifiedMessage) -> SignedTaskResult:
+        request = msg.body(TaskRequest)
+        inline = _check_frames(request, msg.raw_frames)
+        return await self.submit(request, inline, submitter=msg.sender)
+
+    async def submit(
+        self, request: TaskRequest, inline: list[bytes], *, submitter: str
+    ) -> SignedTaskResult:
+        """Place, run, retry elsewhere on failure (module doc, steps 1-5).
+
+        A re-submission of a task id by the same submitter while the first runs
+        waits for the first (the same request only: else ``malformed``).
+        """
+        key = (submitter, request.task_id)
+        digest = request_digest(request, inline)
+        first = self._submitted.get(key)
+        if first is not None:
+            if first[0] != digest:
+                err = DecodeError("task id reused for another request")
+                err.public_detail = "task_id: reused"
+                raise err
+            self.counts["resubmitted"] += 1
+            return await asyncio.shield(first[1])
+        with self._submits.slot(submitter):
+            future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
+            self._submitted[key] = (digest, future)
+            try:
+                result = await self._submit(request, inline, submitter)
+            except BaseException as exc:
+                _fail(future, exc)
+                raise
+            finally:
+                del self._submitted[key]
+            future.set_result(result)
+            return result
+
+    async def _submit(
+        self, request: TaskRequest, inline: list[bytes], submitter: str
+    ) -> SignedTaskResult:
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise LocalError("this tasks service does not schedule")
+        ctx = self.ctx
+        subject = ("task", request.task_id)
+        deadline_ms = self._now_ms() + int(request.intent.deadline_s * 1000)
+        ctx.audit.record(
+            KIND_SUBMITTED,
+            subject,
+            details={
+                "type": request.task_type,
+                "submitter": submitter,
+                "privacy": request.intent.privacy,
+                "deadline_ms": deadline_ms,
+            },
+        )
+        self.counts["submitted"] += 1
+        tried: list[str] = []
+        errors: list[str] = []
+        for attempt in range(1, self.max_attempts + 1):
+            candidates = await self._candidates()
+            remaining = (deadline_ms - self._now_ms()) / 1000
+            try:
+                ranked = scheduler.rank(
+                    request, candidates, remaining_s=remaining, exclude=tried, origin=submitter
+                )
+            except NoPlacement as exc:
+                if tried:  # retries exhausted the feasible nodes
+                    break
+                self.counts[f"refused_{exc.reason}"] += 1
+                ctx.audit.record(
+                    KIND_FAILED,
+                    subject,
+                    outcome="denied",
+                    details={"reason": exc.reason, "refused": exc.public_detail[:256]},
+                )
+                raise
+            node = ranked[0].candidate.node_id
+            tried.append(node)
+            ctx.audit.record(
+                KIND_PLACED,
+                subject,
+                details={
+                    "node": node,
+                    "attempt": attempt,
+                    "policy": scheduler.policy.name,
+                    "predicted_ms": int(ranked[0].time_s * 1000),
+                },
+            )
+            run = TaskRun(
+                request=request, submitter=submitter, deadline_ms=deadline_ms, attempt=attempt
+            )
+            # a node that stops answering (lost, killed) must not eat the whole deadline
+            # while other nodes could still make it: wait `patience` x its prediction
+            # (at least 1 s) if another attempt may follow, else up to the deadline
+            limit = None
+            if attempt < self.max_attempts and len(ranked) > 1:
+                limit = max(1.0, self.patience * ranked[0].time_s)
+            try:
+                result = await self._run_on(node, run, inline, limit=limit)
+            except (RemoteError, TransportError, TimeoutError) as exc:
+                errors.append(getattr(exc, "code", None) or type(exc).__name__)
+                self.counts["attempt_failed"] += 1
+                continue
+            if result.outcome.ok:
+                self.counts["placed_ok"] += 1
+                return result.model_copy(update={"attempts": tried[:-1]})
+            errors.append(result.outcome.error or "failed")
+            self.counts["attempt_failed"] += 1
+        missed = self._now_ms() >= deadline_ms
+        ctx.audit.record(
+            KIND_FAILED,
+            subject,
+            outcome="failure",
+            details={
+                "tried": ",".join(tried)[:256],
+                "errors": ",".join(errors[-4:])[:256],
+                "deadline_missed": missed,
+            },
+        )
+        err: RemoteError = DeadlinePassed("missed") if missed else TaskFailed("failed")
+        err.public_detail = f"attempts={len(tried)}" + (" deadline missed" if missed else "")
+        raise err
+
+    async def _run_on(
+        self, node: str, run: TaskRun, inline: list[bytes], *, limit: float | None = None
+    ) -> SignedTaskResult:
+        if node == self.ctx.node_id:
+            return await self.execute(run, inline, peer=node)
+        timeout = max(0.05, (run.deadline_ms - self._now_ms()) / 1000 + 1.0)
+        if limit is not None:
+            timeout = min(timeout, limit)
+        self._outstanding[node] += 1
+        try:
+            reply = await self.ctx.request(node, MSG_RUN, run, inline, timeout=timeout)
+        finally:
+            self._outstanding[node] -= 1
+            if not self._outstanding[node]:
+                del self._outstanding[node]
+        result = reply.body(SignedTaskResult)
+        try:
+            cert = self.ctx.certificates[node]
+        except KeyError as exc:
+            raise AuthenticationError("no valid certificate for the executor") from exc
+        outcome = verify_result(result, cert)
+        if outcome.task_id != run.request.task_id or reply.sender != node:
+            raise AuthenticationError("the result answers another task")
+        return result
+
+    async def _candidates(self) -> list[Candidate]:
+        ctx = self.ctx
+        out: list[Candidate] = []
+        if len(self.registry):
+            own = ctx.config.report
+            labels = dict(own.labels)
+            out.append(
+                Candidate(
+                    node_id=ctx.node_id,
+                    tier=ctx.tier,
+                    task_types=frozenset(self.registry.names()),
+                    capacity=self.max_concurrency,
+                    inflight=len(self._running),
+                    speed=label_float(labels, "speed", 100.0),
+                    energy_per_unit=own.energy_per_unit or 0.0,
+                    carbon_intensity=own.carbon_intensity or 0.0,
+                    price=label_float(labels, "price", 0.0),
+                    failure_domain=own.failure_domain,
+                )
+            )
+        peers = {n: r for n, r in ctx.peers().items() if SERVICE_NAME in (r.services or ())}
+        stale = [n for n in peers if self._stale(n)]
+        if stale:
+            await asyncio.gather(*(self._refresh_types(n) for n in stale))
+        for node_id, report in peers.items():
+            cert = ctx.certificates.get(node_id)
+            entry = self._types.get(node_id)
+            if cert is None or entry is None:
+                continue
+            types = entry[1]
+            cand = candidate_from_report(node_id, cert.tier.value, report, types.names)
+            # the node's report counts its whole runtime; the executor's own numbers
+            # and this scheduler's open runs there say more about a task's wait
+            busy = max(types.open, self._outstanding[node_id])
+            out.append(replace(cand, capacity=types.capacity, inflight=busy, queue_length=0))
+        return out
+
+    def _stale(self, node_id: str) -> bool:
+        entry = self._types.get(node_id)
+        return entry is None or self.ctx.clock() - entry[0] > self.types_ttl
+
+    async def _refresh_types(self, node_id: str) -> None:
+        try:
+            reply = await self.ctx.request(node_id, MSG_TYPES, Ack(), timeout=2.0)
+            types = reply.body(TaskTypes)
+        except (RemoteError, TransportError, TimeoutError):
+            self._types.pop(node_id, None)
+            return
+        self._types[node_id] = (self.ctx.clock(), types)
+        while len(self._types) > 4096:
+            self._types.pop(next(iter(self._types)))
