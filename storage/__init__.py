@@ -13,6 +13,7 @@ described by a signed manifest; storage nodes hold ciphertext shards only.
   client that drives the plans over a node's requests.
 """
 
+from securemesh.storage._client import GetReport, ReplyLike, Requester, StorageClient
 from securemesh.storage._codec import (
     OBJECT_ID_SIZE,
     EncodedSegment,
@@ -42,6 +43,7 @@ from securemesh.storage._plan import (
     ShardGet,
     ShardPut,
 )
+from securemesh.storage._service import StorageService, make_service
 from securemesh.storage._store import ShardStore, StoreStats
 
 __all__ = [
@@ -53,19 +55,25 @@ __all__ = [
     "Candidate",
     "EncodedSegment",
     "GetPlan",
+    "GetReport",
     "Manifest",
     "ObjectUnreadable",
     "PutPlan",
     "QuotaExceeded",
+    "ReplyLike",
+    "Requester",
     "SegmentEntry",
     "ShardCorrupt",
     "ShardGet",
     "ShardNotFound",
     "ShardPut",
     "ShardStore",
+    "StorageClient",
+    "StorageService",
     "StoreStats",
     "decode_segment",
     "encode_segment",
+    "make_service",
     "merkle_root_of",
     "open_manifest",
     "peek_owner_unverified",

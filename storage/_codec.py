@@ -81,7 +81,7 @@ class EncodedSegment:
     hashes: tuple[bytes, ...]
 
 
-def encode_segment(  # noqa: PLR0913, PLR0917 - the coding parameters of one segment
+def encode_segment(  # noqa: PLR0917 - the coding parameters of one segment
     key: bytes,
     object_id: bytes,
     index: int,
@@ -114,7 +114,7 @@ def encode_segment(  # noqa: PLR0913, PLR0917 - the coding parameters of one seg
     )
 
 
-def decode_segment(  # noqa: PLR0913, PLR0917 - the coding parameters of one segment
+def decode_segment(  # noqa: PLR0917 - the coding parameters of one segment
     key: bytes,
     object_id: bytes,
     index: int,

@@ -143,9 +143,9 @@ class Manifest(BaseModel):
 
 def merkle_root_of(segments: list[SegmentEntry]) -> bytes:
     """RFC 9162 MTH over every shard hash, segment-major (empty object: the empty root)."""
-    return root_from_leaf_hashes([
-        leaf_hash(bytes.fromhex(h)) for seg in segments for h in seg.shards
-    ])
+    return root_from_leaf_hashes(
+        [leaf_hash(bytes.fromhex(h)) for seg in segments for h in seg.shards]
+    )
 
 
 def sign_manifest(manifest: Manifest, signer: Signer) -> bytes:
@@ -199,7 +199,7 @@ def unwrap_data_key(manifest: Manifest, reader_id: str, reader_kx_private: bytes
     if wrapped is None:
         raise AuthenticationError(f"{reader_id!r} is not a reader of this object")
     key = boxes.unwrap_key(reader_kx_private, bytes.fromhex(wrapped))
-    if len(key) != 32:  # noqa: PLR2004 - the AEAD key size
+    if len(key) != 32:
         raise AuthenticationError("wrapped data key has the wrong size")
     return key
 

@@ -62,7 +62,15 @@ from securemesh.storage._manifest import (
     unwrap_data_key,
 )
 
-__all__ = ["DEFAULT_K", "DEFAULT_N", "DEFAULT_SEGMENT_SIZE", "GetPlan", "PutPlan", "ShardGet", "ShardPut"]
+__all__ = [
+    "DEFAULT_K",
+    "DEFAULT_N",
+    "DEFAULT_SEGMENT_SIZE",
+    "GetPlan",
+    "PutPlan",
+    "ShardGet",
+    "ShardPut",
+]
 
 DEFAULT_K = 4
 DEFAULT_N = 6
@@ -100,7 +108,7 @@ class _PutState(Enum):
 class PutPlan:
     """The writer's side of one object (module doc)."""
 
-    def __init__(  # noqa: PLR0913 - the object's parameters, all keyword
+    def __init__(
         self,
         *,
         name: str,

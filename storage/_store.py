@@ -80,7 +80,7 @@ class StoreStats:
 class ShardStore:
     """Content-addressed shard blobs and their metadata (module doc)."""
 
-    def __init__(  # noqa: PLR0913 - the store's bounds, all keyword
+    def __init__(
         self,
         root: Path,
         *,
@@ -131,9 +131,9 @@ class ShardStore:
                 )
             )
             mans = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(_manifests.c.blob)), 0)).where(
-                    _manifests.c.owner == owner
-                )
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(sa.func.length(_manifests.c.blob)), 0)
+                ).where(_manifests.c.owner == owner)
             )
         return int(shards.scalar_one()) + int(mans.scalar_one())
 
@@ -217,7 +217,9 @@ class ShardStore:
     def has(self, digest: bytes) -> bool:
         with self._engine.connect() as conn:
             return (
-                conn.execute(sa.select(_shards.c.hash).where(_shards.c.hash == digest.hex())).first()
+                conn.execute(
+                    sa.select(_shards.c.hash).where(_shards.c.hash == digest.hex())
+                ).first()
                 is not None
             )
 
@@ -237,6 +239,21 @@ class ShardStore:
                 conn.execute(_shards.delete().where(_shards.c.hash == key))
                 self.blob_path(digest).unlink(missing_ok=True)
             return True
+
+    def delete_object(self, *, owner: str, object_id: str) -> int:
+        """Drop every reference ``owner`` holds for ``object_id``; how many were dropped."""
+        with self._engine.connect() as conn:
+            keys = [
+                str(r[0])
+                for r in conn.execute(
+                    sa.select(_refs.c.hash).where(
+                        _refs.c.owner == owner, _refs.c.object_id == object_id
+                    )
+                )
+            ]
+        return sum(
+            self.delete(bytes.fromhex(key), owner=owner, object_id=object_id) for key in keys
+        )
 
     # -------------------------------------------------------------- manifests
 

@@ -1,0 +1,327 @@
+"""The storage service on the node seam: an edge's shard and manifest store, served over the bus.
+
+Load it from ``node.toml``::
+
+    services = ["securemesh.storage:make_service"]
+
+    [[policy.allow]]                 # the operator's outer bound
+    types = ["storage.*"]
+    tiers = ["end", "edge", "cloud"]
+
+Handlers (bodies in :mod:`securemesh.storage._messages`; a shard or a signed
+manifest is the one raw frame, never JSON/base64):
+
+* ``storage.shard.put`` — store the frame under its SHA-256 for the sender;
+  refused if the hash does not match (``shard_corrupt``) or a quota is full
+  (``quota_exceeded``); both audited (``storage.shard_refused``).
+* ``storage.shard.get`` — the shard as the reply's frame; a blob damaged on
+  disk is refused (``shard_corrupt``) and audited (``storage.shard_corrupt``).
+* ``storage.shard.delete`` — drop the sender's shards of an object.
+* ``storage.manifest.put|get|delete|list`` — manifests: stored only when their
+  owner is the sender and the owner's signature verifies against its
+  certificate (``object.put``/``object.delete`` audited); read by the owner
+  or a reader the manifest names.
+* ``storage.nodes`` — (any node, useful on the cloud) the child nodes whose
+  heartbeats report the ``storage`` service, with their failure domains.
+
+Every type is also relayed (``relay_policy``), so a device's request crosses
+its edge and the cloud to the edge holding the shard. The service's policy
+narrows the operator's to the tiers it is built with; each sender has at most
+``max_inflight_per_peer`` requests in the store at once (more are refused
+``busy``), and the store's per-owner quota bounds what a peer can grow.
+Disk and SQL work runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from securemesh.errors import AuthorizationError, DecodeError, LocalError, RemoteError
+from securemesh.node import NodeContext, Reply, Service, VerifiedMessage
+from securemesh.policy import AllowTypes
+from securemesh.storage._errors import QuotaExceeded, ShardCorrupt
+from securemesh.storage._manifest import open_manifest
+from securemesh.storage._messages import (
+    MSG_MANIFEST_DELETE,
+    MSG_MANIFEST_GET,
+    MSG_MANIFEST_LIST,
+    MSG_MANIFEST_PUT,
+    MSG_NODES,
+    MSG_SHARD_DELETE,
+    MSG_SHARD_GET,
+    MSG_SHARD_PUT,
+    Done,
+    ManifestRef,
+    NameList,
+    NodeEntry,
+    NodeList,
+    ObjectRef,
+    ShardPutBody,
+    ShardRef,
+)
+from securemesh.storage._store import ShardStore
+
+__all__ = ["KIND_SHARD_CORRUPT", "KIND_SHARD_REFUSED", "StorageService", "make_service"]
+
+KIND_OBJECT_PUT = "object.put"
+KIND_OBJECT_DELETE = "object.delete"
+KIND_SHARD_REFUSED = "storage.shard_refused"
+KIND_SHARD_CORRUPT = "storage.shard_corrupt"
+
+T = TypeVar("T")
+
+
+class Busy(RemoteError):
+    """The sender already has its maximum of requests in this node's store."""
+
+    reason = "busy"
+
+
+class StorageService(Service):
+    """Shards and manifests on this node's disk (module doc)."""
+
+    name = "storage"
+    audit_kinds = (KIND_OBJECT_PUT, KIND_OBJECT_DELETE, KIND_SHARD_REFUSED, KIND_SHARD_CORRUPT)
+
+    def __init__(
+        self,
+        *,
+        quota_bytes: int = 10 * 1024**3,
+        owner_quota_bytes: int | None = None,
+        tiers: Iterable[str] = ("end", "edge", "cloud"),
+        max_inflight_per_peer: int = 8,
+        db_url: str | None = None,
+        root: Path | None = None,
+    ) -> None:
+        if max_inflight_per_peer < 1:
+            raise LocalError("max_inflight_per_peer is at least 1")
+        self.quota_bytes = quota_bytes
+        self.owner_quota_bytes = owner_quota_bytes
+        self.tiers = list(tiers)
+        self.max_inflight_per_peer = max_inflight_per_peer
+        self._db_url = db_url
+        self._root = root
+        self._ctx: NodeContext | None = None
+        self._store: ShardStore | None = None
+        self._inflight: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "shards_stored": 0,
+            "shards_served": 0,
+            "shards_refused": 0,
+            "shards_corrupt": 0,
+            "manifests_stored": 0,
+            "busy": 0,
+        }
+
+    # ------------------------------------------------------------------ seam
+
+    @property
+    def ctx(self) -> NodeContext:
+        if self._ctx is None:
+            raise LocalError("the storage service is not installed")
+        return self._ctx
+
+    @property
+    def store(self) -> ShardStore:
+        if self._store is None:
+            raise LocalError("the storage service is not installed")
+        return self._store
+
+    def install(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._store = ShardStore(
+            self._root or ctx.data_dir,
+            db_url=self._db_url,
+            quota_bytes=self.quota_bytes,
+            owner_quota_bytes=self.owner_quota_bytes,
+            clock=ctx.clock,
+        )
+        handlers: Mapping[str, Callable[[VerifiedMessage], Awaitable[object]]] = {
+            MSG_SHARD_PUT: self._shard_put,
+            MSG_SHARD_GET: self._shard_get,
+            MSG_SHARD_DELETE: self._shard_delete,
+            MSG_MANIFEST_PUT: self._manifest_put,
+            MSG_MANIFEST_GET: self._manifest_get,
+            MSG_MANIFEST_DELETE: self._manifest_delete,
+            MSG_MANIFEST_LIST: self._manifest_list,
+            MSG_NODES: self._nodes,
+        }
+        for msg_type, handler in handlers.items():
+            policy = AllowTypes(types=[msg_type], tiers=self.tiers)
+            ctx.on(msg_type, handler, policy=policy, relay_policy=policy)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.gc)
+
+    async def stop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def status(self) -> Mapping[str, object]:
+        stats = self.store.stats() if self._store is not None else None
+        return {
+            **self.counters,
+            "shards": stats.shards if stats else 0,
+            "bytes": stats.bytes if stats else 0,
+            "manifests": stats.manifests if stats else 0,
+            "quota_bytes": self.quota_bytes,
+        }
+
+    # --------------------------------------------------------------- helpers
+
+    async def _in_store(self, sender: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread, at most ``max_inflight_per_peer`` per sender."""
+        if self._inflight.get(sender, 0) >= self.max_inflight_per_peer:
+            self.counters["busy"] += 1
+            raise Busy("too many storage requests in flight from this node")
+        self._inflight[sender] = self._inflight.get(sender, 0) + 1
+        try:
+            return await asyncio.to_thread(fn)
+        finally:
+            left = self._inflight[sender] - 1
+            if left:
+                self._inflight[sender] = left
+            else:
+                del self._inflight[sender]
+
+    @staticmethod
+    def _one_frame(msg: VerifiedMessage) -> memoryview:
+        if len(msg.raw_frames) != 1:
+            raise DecodeError("expected exactly one raw frame")
+        return msg.raw_frames[0]
+
+    def _refused(self, msg: VerifiedMessage, object_id: str, exc: RemoteError) -> None:
+        self.counters["shards_refused"] += 1
+        self.ctx.audit.record(
+            KIND_SHARD_REFUSED,
+            ("object", object_id),
+            outcome="denied",
+            details={"from": msg.sender, "reason": exc.reason},
+        )
+
+    # -------------------------------------------------------------- handlers
+
+    async def _shard_put(self, msg: VerifiedMessage) -> Done:
+        body = msg.body(ShardPutBody)
+        frame = self._one_frame(msg)
+        digest = bytes.fromhex(body.hash)
+        try:
+            fresh = await self._in_store(
+                msg.sender,
+                lambda: self.store.put(digest, frame, owner=msg.sender, object_id=body.object_id),
+            )
+        except (ShardCorrupt, QuotaExceeded) as exc:
+            self._refused(msg, body.object_id, exc)
+            raise
+        self.counters["shards_stored"] += 1
+        return Done(changed=fresh)
+
+    async def _shard_get(self, msg: VerifiedMessage) -> Reply:
+        body = msg.body(ShardRef)
+        digest = bytes.fromhex(body.hash)
+        try:
+            data = await self._in_store(msg.sender, lambda: self.store.get(digest))
+        except ShardCorrupt as exc:
+            self.counters["shards_corrupt"] += 1
+            self.ctx.audit.record(
+                KIND_SHARD_CORRUPT,
+                ("node", self.ctx.node_id),
+                outcome="failure",
+                details={"hash": body.hash, "reason": exc.reason},
+            )
+            raise
+        self.counters["shards_served"] += 1
+        return Reply(Done(changed=False), frames=[data])
+
+    async def _shard_delete(self, msg: VerifiedMessage) -> Done:
+        body = msg.body(ObjectRef)
+        gone = await self._in_store(
+            msg.sender, lambda: self.store.delete_object(owner=msg.sender, object_id=body.object_id)
+        )
+        return Done(changed=gone > 0)
+
+    async def _manifest_put(self, msg: VerifiedMessage) -> Done:
+        ref = msg.body(ManifestRef)
+        blob = bytes(self._one_frame(msg))
+        if ref.owner != msg.sender or msg.certificate is None:
+            raise AuthorizationError("a node stores only its own manifests")
+        manifest = open_manifest(blob, msg.certificate.verify_key)
+        if manifest.owner != msg.sender or manifest.name != ref.name:
+            raise AuthorizationError("the manifest names another owner or object")
+        await self._in_store(
+            msg.sender,
+            lambda: self.store.put_manifest(
+                owner=msg.sender, name=ref.name, object_id=manifest.object_id, blob=blob
+            ),
+        )
+        self.counters["manifests_stored"] += 1
+        self.ctx.audit.record(
+            KIND_OBJECT_PUT,
+            ("object", manifest.object_id),
+            details={
+                "owner": manifest.owner,
+                "size": manifest.size,
+                "k": manifest.k,
+                "n": manifest.n,
+                "merkle_root": manifest.merkle_root,
+            },
+        )
+        return Done(changed=True)
+
+    async def _manifest_get(self, msg: VerifiedMessage) -> Reply:
+        ref = msg.body(ManifestRef)
+        blob = await self._in_store(
+            msg.sender, lambda: self.store.get_manifest(owner=ref.owner, name=ref.name)
+        )
+        if msg.sender != ref.owner:
+            owner_cert = self.ctx.certificates.get(ref.owner)
+            if owner_cert is None:
+                raise AuthorizationError("the owner's certificate is unknown here")
+            if msg.sender not in open_manifest(blob, owner_cert.verify_key).readers:
+                raise AuthorizationError("not a reader of this object")
+        return Reply(Done(changed=False), frames=[blob])
+
+    async def _manifest_delete(self, msg: VerifiedMessage) -> Done:
+        ref = msg.body(ManifestRef)
+        if ref.owner != msg.sender:
+            raise AuthorizationError("a node deletes only its own manifests")
+        gone = await self._in_store(
+            msg.sender, lambda: self.store.delete_manifest(owner=msg.sender, name=ref.name)
+        )
+        if gone:
+            self.ctx.audit.record(
+                KIND_OBJECT_DELETE, ("object", f"{msg.sender}/{ref.name}"), details={}
+            )
+        return Done(changed=gone)
+
+    async def _manifest_list(self, msg: VerifiedMessage) -> NameList:
+        names = await self._in_store(
+            msg.sender, lambda: self.store.list_manifests(owner=msg.sender)
+        )
+        return NameList(names=names)
+
+    async def _nodes(self, msg: VerifiedMessage) -> NodeList:
+        del msg
+        return NodeList(
+            nodes=[
+                NodeEntry(node_id=node_id, failure_domain=report.failure_domain or "")
+                for node_id, report in sorted(self.ctx.peers().items())
+                if self.name in report.services
+            ]
+        )
+
+
+def make_service() -> StorageService:
+    """The ``node.toml`` factory; ``SECUREMESH_STORAGE_QUOTA_MB`` sets the node quota."""
+    quota_mb = os.environ.get("SECUREMESH_STORAGE_QUOTA_MB")
+    if quota_mb is None:
+        return StorageService()
+    try:
+        quota = int(quota_mb) * 1024 * 1024
+    except ValueError as exc:
+        raise LocalError("SECUREMESH_STORAGE_QUOTA_MB is a whole number of MiB") from exc
+    return StorageService(quota_bytes=quota)
