@@ -49,7 +49,8 @@ SEG = 64 * 1024
 MARKER = b"PLAINTEXT-MARKER-7f3a"
 EDGES = ("edge-a", "edge-b", "edge-c")
 
-TOP = 'status_interval = 0.2\nheartbeat_interval = 0.5\nservices = ["securemesh.storage:make_service"]\n'
+SERVICES = 'services = ["securemesh.storage:make_service"]\n'
+TOP = "status_interval = 0.2\nheartbeat_interval = 0.5\n" + SERVICES
 POLICY = '\n[[policy.allow]]\ntypes = ["storage.*"]\ntiers = ["end", "edge", "cloud"]\n'
 
 
