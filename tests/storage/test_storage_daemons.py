@@ -13,7 +13,9 @@ frames. The tests check that:
 2. a flipped bit in a stored shard file is detected (the edge refuses the
    damaged shard, ``storage.shard_corrupt`` is audited, the client's report
    names it) and the read still returns the right bytes;
-3. after SIGKILL of n-k = 1 edge, ``get`` still succeeds.
+3. a real edge refuses a shard whose hash does not match, a manifest signed
+   by another key and a manifest in another owner's name;
+4. after SIGKILL of n-k = 1 edge, ``get`` still succeeds (last: it kills an edge).
 
 Every wait is bounded and polls a readiness signal; every daemon and the
 device are closed/reaped, also on failure.
@@ -36,9 +38,10 @@ from pydantic import BaseModel
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.enroll import IDENTITY_FILE
+from securemesh.errors import RemoteCallError
 from securemesh.node import VerifiedMessage
 from securemesh.sdk import Device
-from securemesh.storage import Candidate, StorageClient
+from securemesh.storage import Candidate, StorageClient, sign_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -239,6 +242,36 @@ def test_a_flipped_bit_is_detected_and_the_read_succeeds(grid: Grid) -> None:
         lambda: storage_status(grid.dir(victim))["shards_corrupt"] >= 1,
         "the edge counting the corrupt shard",
     )
+
+
+def test_the_service_refuses_bad_shards_and_forged_manifests(grid: Grid) -> None:
+    """Attacks on a real edge: wrong hash, someone else's manifest, a forged signature."""
+    edge_b = grid.dir("edge-b")
+    refused_before = storage_status(edge_b)["shards_refused"]
+    body = {"object_id": "00" * 16, "hash": "11" * 32}
+    with pytest.raises(RemoteCallError) as bad_hash:
+        grid.device.request("edge-b", "storage.shard.put", body, [b"not that"], timeout=10)
+    assert bad_hash.value.code == "shard_corrupt"
+    assert not any(p.name == "11" * 32 for p in grid.blobs("edge-b"))
+    poll(
+        lambda: storage_status(edge_b)["shards_refused"] > refused_before,
+        "the refusal counted at edge-b",
+    )
+    # a manifest signed by another key than the device's certificate is refused
+    manifest = grid.run(grid.client.put("forge/base", b"base"))
+    forged = sign_manifest(manifest, NodeIdentity.generate().signer)
+    ref = {"owner": "edge-a.dev", "name": "forge/base"}
+    with pytest.raises(RemoteCallError) as forged_sig:
+        grid.device.request("edge-b", "storage.manifest.put", ref, [forged], timeout=10)
+    assert forged_sig.value.code == "bad_auth"
+    # nobody stores a manifest in another owner's name
+    with pytest.raises(RemoteCallError) as other_owner:
+        grid.device.request(
+            "edge-b", "storage.manifest.put", {"owner": "edge-b", "name": "x"}, [forged], timeout=10
+        )
+    assert other_owner.value.code == "unauthorized"
+    # the stored manifest is still the genuine one
+    assert grid.run(grid.client.stat("forge/base")) == manifest
 
 
 def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
