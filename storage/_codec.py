@@ -98,16 +98,21 @@ def encode_segment(  # noqa: PLR0917 - the coding parameters of one segment
     """
     check_coding(k, n)
     nonce = None if rng is None else rng(aead.NONCE_SIZE)
-    sealed = aead.seal(key, bytes(plaintext), aad=segment_aad(object_id, index, count), nonce=nonce)
-    padding = (-len(sealed)) % k
+    plain = plaintext if isinstance(plaintext, bytes) else bytes(plaintext)
+    sealed = aead.seal(key, plain, aad=segment_aad(object_id, index, count), nonce=nonce)
+    del plain
+    cipher_size = len(sealed)
+    padding = (-cipher_size) % k
     if padding:
         sealed += bytes(padding)
     size = len(sealed) // k
-    blocks = tuple(sealed[i * size : (i + 1) * size] for i in range(k))
+    view = memoryview(sealed)  # primary blocks are views: no copy of the segment
+    blocks = tuple(view[i * size : (i + 1) * size] for i in range(k))
     shards = tuple(bytes(s) for s in zfec.Encoder(k, n).encode(blocks))
+    del blocks, view, sealed
     return EncodedSegment(
         index=index,
-        cipher_size=len(sealed) - padding,
+        cipher_size=cipher_size,
         padding=padding,
         shards=shards,
         hashes=tuple(shard_hash(s) for s in shards),
