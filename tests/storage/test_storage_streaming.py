@@ -1,4 +1,4 @@
-"""Streaming with bounded memory: the plans' peak memory depends on the segment size, not the object's.
+"""Streaming with bounded memory: peak memory depends on the segment size, not the object size.
 
 The plans are driven from a real file into three real shard stores (files +
 SQLite) and back out into a file, under tracemalloc: an object eight times
