@@ -13,12 +13,19 @@ described by a signed manifest; storage nodes hold ciphertext shards only.
   client that drives the plans over a node's requests.
 """
 
-from securemesh.storage._client import GetReport, ReplyLike, Requester, StorageClient
+from securemesh.storage._client import (
+    GetReport,
+    RepairReport,
+    ReplyLike,
+    Requester,
+    StorageClient,
+)
 from securemesh.storage._codec import (
     OBJECT_ID_SIZE,
     EncodedSegment,
     decode_segment,
     encode_segment,
+    regenerate_shards,
     segment_aad,
     shard_hash,
 )
@@ -33,7 +40,7 @@ from securemesh.storage._manifest import (
     sign_manifest,
     unwrap_data_key,
 )
-from securemesh.storage._placement import Candidate, place, rendezvous_score
+from securemesh.storage._placement import Candidate, place, rendezvous_score, replacements
 from securemesh.storage._plan import (
     DEFAULT_K,
     DEFAULT_N,
@@ -60,6 +67,7 @@ __all__ = [
     "ObjectUnreadable",
     "PutPlan",
     "QuotaExceeded",
+    "RepairReport",
     "ReplyLike",
     "Requester",
     "SegmentEntry",
@@ -78,7 +86,9 @@ __all__ = [
     "open_manifest",
     "peek_owner_unverified",
     "place",
+    "regenerate_shards",
     "rendezvous_score",
+    "replacements",
     "segment_aad",
     "shard_hash",
     "sign_manifest",

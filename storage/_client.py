@@ -34,9 +34,10 @@ from typing import BinaryIO, Protocol
 from pydantic import BaseModel
 
 from securemesh.crypto.signing import Signer
-from securemesh.errors import LocalError, RemoteCallError, SecureMeshError
+from securemesh.errors import LocalError, RemoteCallError, SecureMeshError, TransportError
+from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import ObjectUnreadable
-from securemesh.storage._manifest import Manifest, open_manifest
+from securemesh.storage._manifest import Manifest, open_manifest, sign_manifest
 from securemesh.storage._messages import (
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
@@ -54,7 +55,7 @@ from securemesh.storage._messages import (
     ShardPutBody,
     ShardRef,
 )
-from securemesh.storage._placement import Candidate, place, rendezvous_score
+from securemesh.storage._placement import Candidate, place, rendezvous_score, replacements
 from securemesh.storage._plan import (
     DEFAULT_K,
     DEFAULT_N,
@@ -65,7 +66,7 @@ from securemesh.storage._plan import (
     ShardPut,
 )
 
-__all__ = ["GetReport", "ReplyLike", "Requester", "StorageClient"]
+__all__ = ["GetReport", "RepairReport", "ReplyLike", "Requester", "StorageClient"]
 
 
 class ReplyLike(Protocol):
@@ -99,6 +100,16 @@ class GetReport:
     manifest: Manifest
     corrupt: list[tuple[int, int, str]] = field(default_factory=list)
     missing: list[tuple[int, int, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class RepairReport:
+    """What a repair did: the (re-signed) manifest and each moved shard column."""
+
+    manifest: Manifest
+    #: shard index -> (old node, new node)
+    moved: dict[int, tuple[str, str]] = field(default_factory=dict)
+    shards_rebuilt: int = 0
 
 
 def _reason(exc: BaseException) -> str:
@@ -310,10 +321,17 @@ class StorageClient:
             write(plan.plaintext(segment))
         return GetReport(manifest, list(plan.corrupt), list(plan.missing_shards))
 
-    async def get(self, name: str, **kwargs: object) -> tuple[bytes, GetReport]:
+    async def get(
+        self,
+        name: str,
+        *,
+        owner: str | None = None,
+        owner_key: bytes | None = None,
+        nodes: builtins.list[Candidate] | None = None,
+    ) -> tuple[bytes, GetReport]:
         """The whole object in memory (small objects; use :meth:`get_into` to stream)."""
         out = io.BytesIO()
-        report = await self.get_into(name, out.write, **kwargs)  # type: ignore[arg-type]
+        report = await self.get_into(name, out.write, owner=owner, owner_key=owner_key, nodes=nodes)
         return out.getvalue(), report
 
     async def _get_shard(self, plan: GetPlan, want: ShardGet) -> None:
@@ -355,3 +373,87 @@ class StorageClient:
             *(self._quiet(c.node_id, MSG_MANIFEST_DELETE, ref) for c in candidates)
         )
         return manifest
+
+    # --------------------------------------------------------------- repair
+
+    async def repair(
+        self, name: str, *, nodes: builtins.list[Candidate] | None = None
+    ) -> RepairReport:
+        """Restore full redundancy of our object ``name`` onto other live nodes.
+
+        Pass 1 reads every shard of every segment (hash-checked); a placement
+        column with any missing or corrupt shard is moved. Pass 2 rebuilds
+        those shards from k good ones per segment (:func:`regenerate_shards`:
+        byte-identical, so the hashes and Merkle root stay), stores them on
+        replacement nodes (:func:`replacements`, same failure-domain rule),
+        re-signs the manifest with the new placement and stores it; the old
+        nodes' references are dropped where they still answer. Memory is one
+        segment's shards at a time; an unreachable node is asked once.
+        """
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        m, dead = manifest, set[str]()
+        lost: set[int] = set()
+        for seg in range(len(m.segments)):
+            got = await asyncio.gather(*(self._fetch(m, seg, j, dead) for j in range(m.n)))
+            lost.update(j for j, data in enumerate(got) if data is None)
+        if not lost:
+            return RepairReport(manifest)
+        kept = [node for j, node in enumerate(m.placement) if j not in lost]
+        if len(kept) < m.k:
+            raise ObjectUnreadable(f"{name}: only {len(kept)} of {m.k} needed shard columns remain")
+        columns = sorted(lost)
+        fresh = replacements(m.object_id_bytes, candidates, m.placement, len(columns))
+        new_node = dict(zip(columns, fresh, strict=True))
+        rebuilt = 0
+        for seg in range(len(m.segments)):
+            good: dict[int, bytes] = {}
+            for j in (j for j in range(m.n) if j not in lost):
+                data = await self._fetch(m, seg, j, dead)
+                if data is not None:
+                    good[j] = data
+                if len(good) == m.k:
+                    break
+            if len(good) < m.k:
+                raise ObjectUnreadable(f"{name}: segment {seg} lost shards during repair")
+            regenerated = regenerate_shards(good, m.k, m.n, columns)
+            del good
+            await asyncio.gather(
+                *(self._store_shard(new_node[j], m.object_id, regenerated[j]) for j in columns)
+            )
+            rebuilt += len(columns)
+        placement = [new_node.get(j, node) for j, node in enumerate(m.placement)]
+        repaired = Manifest.model_validate({**m.model_dump(), "placement": placement})
+        await self._put_manifest(repaired, sign_manifest(repaired, self._signer), candidates)
+        await asyncio.gather(
+            *(
+                self._quiet(m.placement[j], MSG_SHARD_DELETE, ObjectRef(object_id=m.object_id))
+                for j in columns
+                if m.placement[j] not in dead
+            )
+        )
+        moved = {j: (m.placement[j], new_node[j]) for j in columns}
+        return RepairReport(repaired, moved, rebuilt)
+
+    async def _fetch(self, m: Manifest, seg: int, j: int, dead: set[str]) -> bytes | None:
+        """Shard j of segment seg if its node delivers it intact; None otherwise."""
+        node = m.placement[j]
+        if node in dead:
+            return None
+        try:
+            reply = await self._req.request(
+                node, MSG_SHARD_GET, ShardRef(hash=m.segments[seg].shards[j]), timeout=self.timeout
+            )
+        except (TimeoutError, TransportError):
+            dead.add(node)
+            return None
+        except SecureMeshError:
+            return None
+        if len(reply.raw_frames) != 1:
+            return None
+        data = bytes(reply.raw_frames[0])
+        return data if shard_hash(data) == m.shard_hash(seg, j) else None
+
+    async def _store_shard(self, node: str, object_id: str, data: bytes) -> None:
+        body = ShardPutBody(object_id=object_id, hash=shard_hash(data).hex())
+        await self._req.request(node, MSG_SHARD_PUT, body, [data], timeout=self.timeout)

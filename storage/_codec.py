@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import zfec
@@ -40,6 +40,7 @@ __all__ = [
     "EncodedSegment",
     "decode_segment",
     "encode_segment",
+    "regenerate_shards",
     "segment_aad",
     "shard_hash",
 ]
@@ -145,3 +146,22 @@ def decode_segment(  # noqa: PLR0917 - the coding parameters of one segment
     blocks = zfec.Decoder(k, n).decode(tuple(shards[i] for i in chosen), tuple(chosen))
     sealed = b"".join(blocks)[:cipher_size]
     return aead.open_sealed(key, sealed, aad=segment_aad(object_id, index, count))
+
+
+def regenerate_shards(
+    shards: Mapping[int, bytes], k: int, n: int, wanted: Sequence[int]
+) -> dict[int, bytes]:
+    """Shards ``wanted`` rebuilt from any ``k`` others, without the key (repair).
+
+    zfec is deterministic, so a regenerated shard is byte-identical to the one
+    first written and keeps its content address in the manifest.
+    """
+    check_coding(k, n)
+    chosen = sorted(i for i in shards if 0 <= i < n)[:k]
+    if len(chosen) < k:
+        raise LocalError(f"regenerating needs {k} shards, got {len(chosen)}")
+    if any(not 0 <= j < n for j in wanted):
+        raise LocalError(f"shard indexes are 0..{n - 1}")
+    blocks = zfec.Decoder(k, n).decode(tuple(shards[i] for i in chosen), tuple(chosen))
+    out = zfec.Encoder(k, n).encode(tuple(blocks), tuple(wanted))
+    return {j: bytes(s) for j, s in zip(wanted, out, strict=True)}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from securemesh.errors import LocalError
 
-__all__ = ["Candidate", "place", "rendezvous_score"]
+__all__ = ["Candidate", "place", "rendezvous_score", "replacements"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,33 @@ def place(object_id: bytes, candidates: Iterable[Candidate], n: int) -> list[str
     while len(chosen) < n:
         # min() keeps the first of equals: the best-ranked node of a least-used domain
         best = min((c for c in ranked if c.node_id not in chosen), key=lambda c: used[c.domain])
+        chosen.append(best.node_id)
+        used[best.domain] += 1
+    return chosen
+
+
+def replacements(
+    object_id: bytes, candidates: Iterable[Candidate], keep: Iterable[str], count: int
+) -> list[str]:
+    """``count`` new nodes for an object that keeps ``keep`` (repair), by the same rule.
+
+    Candidates outside ``keep`` in rendezvous order, each from the domain that
+    holds the fewest of the object's shards counting the kept nodes.
+    """
+    unique = {c.node_id: c for c in candidates}
+    kept = set(keep)
+    free = sorted(
+        (c for c in unique.values() if c.node_id not in kept),
+        key=lambda c: (-rendezvous_score(object_id, c.node_id), c.node_id),
+    )
+    if len(free) < count:
+        raise LocalError(f"repair needs {count} more storage nodes, {len(free)} available")
+    used: Counter[str] = Counter(
+        unique[node].domain if node in unique else f"\x00node:{node}" for node in kept
+    )
+    chosen: list[str] = []
+    while len(chosen) < count:
+        best = min((c for c in free if c.node_id not in chosen), key=lambda c: used[c.domain])
         chosen.append(best.node_id)
         used[best.domain] += 1
     return chosen

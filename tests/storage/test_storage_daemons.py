@@ -15,7 +15,9 @@ frames. The tests check that:
    names it) and the read still returns the right bytes;
 3. a real edge refuses a shard whose hash does not match, a manifest signed
    by another key and a manifest in another owner's name;
-4. after SIGKILL of n-k = 1 edge, ``get`` still succeeds (last: it kills an edge).
+4. after SIGKILL of n-k = 1 edge, ``get`` still succeeds;
+5. a new edge daemon joins (nothing else reconfigured) and ``repair`` moves the
+   dead edge's shard column onto it, re-signing the manifest (same Merkle root).
 
 Every wait is bounded and polls a readiness signal; every daemon and the
 device are closed/reaped, also on failure.
@@ -97,6 +99,8 @@ class Grid:
         self.daemons = daemons
         self.device = device
         self.client = client
+        #: objects written by one test and read by a later one
+        self.kept: dict[str, bytes] = {}
 
     def dir(self, name: str) -> Path:
         return self.root / name
@@ -277,6 +281,7 @@ def test_the_service_refuses_bad_shards_and_forged_manifests(grid: Grid) -> None
 def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
     data = os.urandom(4 * SEG + 99)
     grid.run(grid.client.put("kill/me", data))
+    grid.kept["kill/me"] = data
     nodes = [Candidate(e) for e in EDGES]
     victim = "edge-c"  # edge-a is the device's parent
     proc = grid.daemons.procs[victim]
@@ -285,3 +290,39 @@ def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
     back, report = grid.run(grid.client.get("kill/me", nodes=nodes))
     assert back == data
     assert {node for _, _, node, _ in report.missing} <= {victim}
+
+
+def test_repair_restores_redundancy_on_a_new_edge(grid: Grid) -> None:
+    """After the SIGKILL above: a new edge joins (no other node reconfigured), repair uses it."""
+    assert grid.daemons.procs["edge-c"].poll() is not None  # killed by the previous test
+    cloud, edge_d = grid.dir("cloud-1"), grid.dir("edge-d")
+    token = cli(
+        "token", "create", "--data-dir", str(cloud), "--tier", "edge", "--delegate", "--ttl", "10m"
+    )  # fmt: skip
+    cli(
+        "enroll", "--data-dir", str(edge_d), "--token", token, "--node-id", "edge-d",
+        "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
+    )  # fmt: skip
+    configure(edge_d / "node.toml", '\n[report]\nfailure_domain = "rack-d"\n')
+    grid.daemons.run("edge-d", edge_d)
+    poll(
+        lambda: "edge-d" in {c.node_id for c in grid.run(grid.client.nodes())},
+        "the cloud to list edge-d",
+    )
+    before = grid.run(grid.client.stat("kill/me", nodes=[Candidate(e) for e in EDGES]))
+    report = grid.run(grid.client.repair("kill/me"))
+    column = before.placement.index("edge-c")
+    assert report.moved == {column: ("edge-c", "edge-d")}
+    assert report.shards_rebuilt == len(before.segments)
+    after = report.manifest
+    assert after.placement[column] == "edge-d"
+    assert after.merkle_root == before.merkle_root  # regenerated shards are byte-identical
+    on_d = {p.name for p in grid.blobs("edge-d") if p.is_file()}
+    assert {seg.shards[column] for seg in after.segments} <= on_d
+    # every shard of every column is in place again: a second repair finds nothing to do
+    live = [Candidate(e) for e in ("edge-a", "edge-b", "edge-d")]
+    again = grid.run(grid.client.repair("kill/me", nodes=live))
+    assert again.moved == {}
+    back, _ = grid.run(grid.client.get("kill/me", nodes=live))
+    assert grid.run(grid.client.stat("kill/me", nodes=live)).placement == after.placement
+    assert back == grid.kept["kill/me"]
