@@ -14,6 +14,7 @@ described by a signed manifest; storage nodes hold ciphertext shards only.
 """
 
 from securemesh.storage._client import (
+    AuditHook,
     GetReport,
     RepairReport,
     ReplyLike,
@@ -50,10 +51,23 @@ from securemesh.storage._plan import (
     ShardGet,
     ShardPut,
 )
+from securemesh.storage._proof import (
+    StorageProof,
+    challenge_indexes,
+    prove_storage,
+    shard_address,
+    verify_storage_proof,
+)
 from securemesh.storage._service import StorageService, make_service
 from securemesh.storage._store import ShardStore, StoreStats
 
 __all__ = [
+    "AuditHook",
+    "StorageProof",
+    "challenge_indexes",
+    "prove_storage",
+    "shard_address",
+    "verify_storage_proof",
     "DEFAULT_K",
     "DEFAULT_N",
     "DEFAULT_SEGMENT_SIZE",

@@ -34,11 +34,18 @@ from typing import BinaryIO, Protocol
 from pydantic import BaseModel
 
 from securemesh.crypto.signing import Signer
-from securemesh.errors import LocalError, RemoteCallError, SecureMeshError, TransportError
+from securemesh.errors import (
+    InclusionProofError,
+    LocalError,
+    RemoteCallError,
+    SecureMeshError,
+    TransportError,
+)
 from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import ObjectUnreadable
 from securemesh.storage._manifest import Manifest, open_manifest, sign_manifest
 from securemesh.storage._messages import (
+    MSG_CHALLENGE,
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
     MSG_MANIFEST_LIST,
@@ -47,11 +54,13 @@ from securemesh.storage._messages import (
     MSG_SHARD_DELETE,
     MSG_SHARD_GET,
     MSG_SHARD_PUT,
+    Challenge,
     Done,
     ManifestRef,
     NameList,
     NodeList,
     ObjectRef,
+    ProofReply,
     ShardPutBody,
     ShardRef,
 )
@@ -65,8 +74,30 @@ from securemesh.storage._plan import (
     ShardGet,
     ShardPut,
 )
+from securemesh.storage._proof import (
+    NONCE_SIZE,
+    StorageProof,
+    check_paths,
+    verify_storage_proof,
+)
 
-__all__ = ["GetReport", "RepairReport", "ReplyLike", "Requester", "StorageClient"]
+__all__ = ["AuditHook", "GetReport", "RepairReport", "ReplyLike", "Requester", "StorageClient"]
+
+
+KIND_CHALLENGE = "storage.challenge"
+
+
+class AuditHook(Protocol):
+    """Records an audit event (``ctx.audit.record`` or ``Device.record_audit``)."""
+
+    def __call__(
+        self,
+        kind: str,
+        subject: tuple[str, str],
+        *,
+        outcome: str = "success",
+        details: dict[str, object] | None = None,
+    ) -> object: ...
 
 
 class ReplyLike(Protocol):
@@ -139,8 +170,10 @@ class StorageClient:
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
+        audit: AuditHook | None = None,
     ) -> None:
         self._req = requester
+        self._audit = audit
         self.node_id = node_id
         self._signer = signer
         self._kx_secret = kx_secret
@@ -457,3 +490,40 @@ class StorageClient:
     async def _store_shard(self, node: str, object_id: str, data: bytes) -> None:
         body = ShardPutBody(object_id=object_id, hash=shard_hash(data).hex())
         await self._req.request(node, MSG_SHARD_PUT, body, [data], timeout=self.timeout)
+
+    # ------------------------------------------------------------ challenge
+
+    async def challenge(
+        self, manifest: Manifest, segment: int, index: int, *, count: int = 8
+    ) -> tuple[bool, str]:
+        """Challenge the node holding shard ``index`` of ``segment`` to prove it has it.
+
+        A fresh nonce picks ``count`` blocks; the node answers with them and
+        their Merkle paths, checked against the shard's address in the
+        (verified) manifest. Returns (passed, reason) and records a
+        ``storage.challenge`` audit event when the client has an audit hook.
+        """
+        node = manifest.placement[index]
+        entry = manifest.segments[segment]
+        shard_size = (entry.cipher_size + entry.padding) // manifest.k
+        nonce = self._rng(NONCE_SIZE)
+        body = Challenge(hash=entry.shards[index], nonce=nonce.hex(), count=count)
+        reason = "ok"
+        try:
+            reply = await self._req.request(node, MSG_CHALLENGE, body, timeout=self.timeout)
+            paths = ProofReply.model_validate_json(reply.body_bytes, strict=True).paths
+            proof = StorageProof(tuple(bytes(f) for f in reply.raw_frames), check_paths(paths))
+            verify_storage_proof(
+                bytes.fromhex(entry.shards[index]), shard_size, nonce, count, proof
+            )
+        except (SecureMeshError, TimeoutError) as exc:
+            reason = _reason(exc) if not isinstance(exc, InclusionProofError) else "bad_proof"
+        passed = reason == "ok"
+        if self._audit is not None:
+            self._audit(
+                KIND_CHALLENGE,
+                ("object", manifest.object_id),
+                outcome="success" if passed else "failure",
+                details={"node": node, "segment": segment, "shard": index, "result": reason},
+            )
+        return passed, reason

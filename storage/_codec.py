@@ -16,13 +16,13 @@ bytes) is zero-padded to ``k * shard_size`` (``padding = (-len(C)) mod k``,
 recorded in the manifest), cut into ``k`` primary blocks and erasure-coded
 with zfec (Reed-Solomon over GF(2^8), Rizzo's "Effective erasure codes", 1997)
 into ``n`` shards, of which any ``k`` rebuild ``C``. Each shard's content
-address is ``SHA-256(shard)``; a shard whose bytes do not hash to its address
-is corrupt and treated as missing.
+address is the RFC 9162 Merkle root over its 4 KiB blocks (SHA-256 leaves and
+nodes, :mod:`securemesh.storage._proof`); a shard whose bytes do not hash to
+its address is corrupt and treated as missing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import zfec
 
 from securemesh.crypto import aead
 from securemesh.errors import LocalError
+from securemesh.storage._proof import shard_address
 
 __all__ = [
     "HASH_SIZE",
@@ -54,8 +55,12 @@ _U64X2 = struct.Struct(">QQ")
 
 
 def shard_hash(data: bytes | memoryview) -> bytes:
-    """A shard's content address: SHA-256 of its bytes."""
-    return hashlib.sha256(data).digest()
+    """A shard's content address: the RFC 9162 Merkle root over its 4 KiB blocks.
+
+    (:func:`securemesh.storage._proof.shard_address`; a Merkle root rather than a
+    flat SHA-256 so that proof-of-storage challenges can check single blocks.)
+    """
+    return shard_address(data)
 
 
 def segment_aad(object_id: bytes, index: int, count: int) -> bytes:

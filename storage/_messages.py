@@ -13,6 +13,9 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MSG_CHALLENGE",
+    "Challenge",
+    "ProofReply",
     "MSG_MANIFEST_DELETE",
     "MSG_MANIFEST_GET",
     "MSG_MANIFEST_LIST",
@@ -40,6 +43,7 @@ MSG_MANIFEST_GET: Final = "storage.manifest.get"
 MSG_MANIFEST_DELETE: Final = "storage.manifest.delete"
 MSG_MANIFEST_LIST: Final = "storage.manifest.list"
 MSG_NODES: Final = "storage.nodes"
+MSG_CHALLENGE: Final = "storage.challenge"
 STORAGE_TYPES: Final = (
     MSG_SHARD_PUT,
     MSG_SHARD_GET,
@@ -49,6 +53,7 @@ STORAGE_TYPES: Final = (
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_LIST,
     MSG_NODES,
+    MSG_CHALLENGE,
 )
 
 _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
@@ -111,3 +116,19 @@ class NodeList(BaseModel):
 
     model_config = _STRICT
     nodes: list[NodeEntry] = Field(max_length=4096)
+
+
+class Challenge(BaseModel):
+    """``storage.challenge``: prove holding shard ``hash`` (blocks chosen by ``nonce``)."""
+
+    model_config = _STRICT
+    hash: Hex32
+    nonce: Hex32
+    count: int = Field(ge=1, le=16)
+
+
+class ProofReply(BaseModel):
+    """The reply: one inclusion path per challenged block (the blocks are raw frames)."""
+
+    model_config = _STRICT
+    paths: list[Annotated[list[Hex32], Field(max_length=64)]] = Field(max_length=16)

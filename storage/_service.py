@@ -21,6 +21,8 @@ manifest is the one raw frame, never JSON/base64):
   owner is the sender and the owner's signature verifies against its
   certificate (``object.put``/``object.delete`` audited); read by the owner
   or a reader the manifest names.
+* ``storage.challenge`` — a proof of storage: the blocks a fresh nonce picks
+  from a shard, with their Merkle inclusion paths (:mod:`._proof`).
 * ``storage.nodes`` — (any node, useful on the cloud) the child nodes whose
   heartbeats report the ``storage`` service, with their failure domains.
 
@@ -46,6 +48,7 @@ from securemesh.policy import AllowTypes
 from securemesh.storage._errors import QuotaExceeded, ShardCorrupt
 from securemesh.storage._manifest import open_manifest
 from securemesh.storage._messages import (
+    MSG_CHALLENGE,
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
     MSG_MANIFEST_LIST,
@@ -54,15 +57,18 @@ from securemesh.storage._messages import (
     MSG_SHARD_DELETE,
     MSG_SHARD_GET,
     MSG_SHARD_PUT,
+    Challenge,
     Done,
     ManifestRef,
     NameList,
     NodeEntry,
     NodeList,
     ObjectRef,
+    ProofReply,
     ShardPutBody,
     ShardRef,
 )
+from securemesh.storage._proof import prove_storage
 from securemesh.storage._store import ShardStore
 
 __all__ = ["KIND_SHARD_CORRUPT", "KIND_SHARD_REFUSED", "StorageService", "make_service"]
@@ -115,6 +121,7 @@ class StorageService(Service):
             "shards_corrupt": 0,
             "manifests_stored": 0,
             "busy": 0,
+            "challenges_answered": 0,
         }
 
     # ------------------------------------------------------------------ seam
@@ -149,6 +156,7 @@ class StorageService(Service):
             MSG_MANIFEST_DELETE: self._manifest_delete,
             MSG_MANIFEST_LIST: self._manifest_list,
             MSG_NODES: self._nodes,
+            MSG_CHALLENGE: self._challenge,
         }
         for msg_type, handler in handlers.items():
             policy = AllowTypes(types=[msg_type], tiers=self.tiers)
@@ -303,6 +311,18 @@ class StorageService(Service):
             msg.sender, lambda: self.store.list_manifests(owner=msg.sender)
         )
         return NameList(names=names)
+
+    async def _challenge(self, msg: VerifiedMessage) -> Reply:
+        body = msg.body(Challenge)
+        digest, nonce = bytes.fromhex(body.hash), bytes.fromhex(body.nonce)
+
+        def prove() -> tuple[tuple[bytes, ...], list[list[str]]]:
+            proof = prove_storage(self.store.get(digest), nonce, body.count)
+            return proof.blocks, [[h.hex() for h in path] for path in proof.paths]
+
+        blocks, paths = await self._in_store(msg.sender, prove)
+        self.counters["challenges_answered"] += 1
+        return Reply(ProofReply(paths=paths), frames=list(blocks))
 
     async def _nodes(self, msg: VerifiedMessage) -> NodeList:
         del msg

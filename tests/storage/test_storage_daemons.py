@@ -15,8 +15,10 @@ frames. The tests check that:
    names it) and the read still returns the right bytes;
 3. a real edge refuses a shard whose hash does not match, a manifest signed
    by another key and a manifest in another owner's name;
-4. after SIGKILL of n-k = 1 edge, ``get`` still succeeds;
-5. a new edge daemon joins (nothing else reconfigured) and ``repair`` moves the
+4. a proof-of-storage challenge passes on an honest edge and fails on one that
+   deleted the shard, and both results reach the cloud log (``storage.challenge``);
+5. after SIGKILL of n-k = 1 edge, ``get`` still succeeds;
+6. a new edge daemon joins (nothing else reconfigured) and ``repair`` moves the
    dead edge's shard column onto it, re-signing the manifest (same Merkle root).
 
 Every wait is bounded and polls a readiness signal; every daemon and the
@@ -171,6 +173,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
                 n=3,
                 segment_size=SEG,
                 timeout=5.0,
+                audit=device.record_audit,
             )
 
             def all_edges_listed() -> bool:
@@ -276,6 +279,36 @@ def test_the_service_refuses_bad_shards_and_forged_manifests(grid: Grid) -> None
     assert other_owner.value.code == "unauthorized"
     # the stored manifest is still the genuine one
     assert grid.run(grid.client.stat("forge/base")) == manifest
+
+
+def test_a_challenge_against_an_edge_that_deleted_a_shard_fails_and_is_audited(
+    grid: Grid,
+) -> None:
+    data = os.urandom(2 * SEG + 5)
+    manifest = grid.run(grid.client.put("challenge/me", data))
+    column = manifest.placement.index("edge-b")
+    # an honest edge passes (fresh nonce, blocks checked against the shard's address)
+    assert grid.run(grid.client.challenge(manifest, 0, column)) == (True, "ok")
+    # edge-b silently drops the shard of segment 1
+    victim = next(p for p in grid.blobs("edge-b") if p.name == manifest.segments[1].shards[column])
+    victim.unlink()
+    passed, reason = grid.run(grid.client.challenge(manifest, 1, column))
+    assert not passed
+    assert reason == "not_found"
+
+    def challenges() -> list[dict[str, Any]]:
+        out = cli(
+            "audit", "query", "--db", str(grid.dir("cloud-1") / "audit.db"),
+            "--kind", "storage.challenge", "--format", "json",
+        )  # fmt: skip
+        rows = json.loads(out)
+        assert isinstance(rows, list)
+        return rows
+
+    poll(lambda: len(challenges()) >= 2, "storage.challenge events in the cloud log")
+    by_outcome = {(r["outcome"], r["details"]["segment"]) for r in challenges()}
+    assert {("success", 0), ("failure", 1)} <= by_outcome
+    assert all(r["details"]["node"] == "edge-b" for r in challenges())
 
 
 def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
