@@ -58,7 +58,7 @@ from securemesh.storage._proof import (
     shard_address,
     verify_storage_proof,
 )
-from securemesh.storage._service import StorageService, make_service
+from securemesh.storage._service import StorageService, make_cloud_service, make_service
 from securemesh.storage._store import ShardStore, StoreStats
 
 __all__ = [
@@ -95,6 +95,7 @@ __all__ = [
     "StoreStats",
     "decode_segment",
     "encode_segment",
+    "make_cloud_service",
     "make_service",
     "merkle_root_of",
     "open_manifest",

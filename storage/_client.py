@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import hashlib
 import io
 import os
@@ -81,7 +82,16 @@ from securemesh.storage._proof import (
     verify_storage_proof,
 )
 
-__all__ = ["AuditHook", "GetReport", "RepairReport", "ReplyLike", "Requester", "StorageClient"]
+__all__ = [
+    "KIND_CHALLENGE",
+    "AuditHook",
+    "GetReport",
+    "RepairReport",
+    "ReplyLike",
+    "Requester",
+    "StorageClient",
+    "challenge_shard",
+]
 
 
 KIND_CHALLENGE = "storage.challenge"
@@ -141,6 +151,38 @@ class RepairReport:
     #: shard index -> (old node, new node)
     moved: dict[int, tuple[str, str]] = field(default_factory=dict)
     shards_rebuilt: int = 0
+
+
+async def challenge_shard(
+    requester: Requester,
+    manifest: Manifest,
+    segment: int,
+    index: int,
+    *,
+    nonce: bytes,
+    count: int = 8,
+    timeout: float = 30.0,
+) -> str:
+    """Challenge shard ``index`` of ``segment`` on its node; "ok" or why it failed.
+
+    ``nonce`` must be fresh (from a CSPRNG); ``count`` blocks are checked
+    against the shard's address in the verified manifest (``_proof``).
+    """
+    entry = manifest.segments[segment]
+    shard_size = (entry.cipher_size + entry.padding) // manifest.k
+    body = Challenge(hash=entry.shards[index], nonce=nonce.hex(), count=count)
+    try:
+        reply = await requester.request(
+            manifest.placement[index], MSG_CHALLENGE, body, timeout=timeout
+        )
+        paths = ProofReply.model_validate_json(reply.body_bytes, strict=True).paths
+        proof = StorageProof(tuple(bytes(f) for f in reply.raw_frames), check_paths(paths))
+        verify_storage_proof(bytes.fromhex(entry.shards[index]), shard_size, nonce, count, proof)
+    except InclusionProofError:
+        return "bad_proof"
+    except (SecureMeshError, TimeoutError) as exc:
+        return _reason(exc)
+    return "ok"
 
 
 def _reason(exc: BaseException) -> str:
@@ -291,6 +333,9 @@ class StorageClient:
         ref = ManifestRef(owner=self.node_id, name=manifest.name)
         copies = min(self.manifest_copies, len(candidates))
         stored = 0
+        # the index (cloud) keeps a copy too: it challenges the shards' holders
+        with contextlib.suppress(SecureMeshError, TimeoutError):
+            await self._req.request(self.index, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout)
         for node in self._manifest_nodes(self.node_id, manifest.name, candidates):
             try:
                 await self._req.request(node, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout)
@@ -504,20 +549,15 @@ class StorageClient:
         ``storage.challenge`` audit event when the client has an audit hook.
         """
         node = manifest.placement[index]
-        entry = manifest.segments[segment]
-        shard_size = (entry.cipher_size + entry.padding) // manifest.k
-        nonce = self._rng(NONCE_SIZE)
-        body = Challenge(hash=entry.shards[index], nonce=nonce.hex(), count=count)
-        reason = "ok"
-        try:
-            reply = await self._req.request(node, MSG_CHALLENGE, body, timeout=self.timeout)
-            paths = ProofReply.model_validate_json(reply.body_bytes, strict=True).paths
-            proof = StorageProof(tuple(bytes(f) for f in reply.raw_frames), check_paths(paths))
-            verify_storage_proof(
-                bytes.fromhex(entry.shards[index]), shard_size, nonce, count, proof
-            )
-        except (SecureMeshError, TimeoutError) as exc:
-            reason = _reason(exc) if not isinstance(exc, InclusionProofError) else "bad_proof"
+        reason = await challenge_shard(
+            self._req,
+            manifest,
+            segment,
+            index,
+            nonce=self._rng(NONCE_SIZE),
+            count=count,
+            timeout=self.timeout,
+        )
         passed = reason == "ok"
         if self._audit is not None:
             self._audit(

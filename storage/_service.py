@@ -42,9 +42,16 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from securemesh.errors import AuthorizationError, DecodeError, LocalError, RemoteError
+from securemesh.errors import (
+    AuthorizationError,
+    DecodeError,
+    LocalError,
+    RemoteError,
+    SecureMeshError,
+)
 from securemesh.node import NodeContext, Reply, Service, VerifiedMessage
 from securemesh.policy import AllowTypes
+from securemesh.storage._client import KIND_CHALLENGE, challenge_shard
 from securemesh.storage._errors import QuotaExceeded, ShardCorrupt
 from securemesh.storage._manifest import open_manifest
 from securemesh.storage._messages import (
@@ -71,7 +78,13 @@ from securemesh.storage._messages import (
 from securemesh.storage._proof import prove_storage
 from securemesh.storage._store import ShardStore
 
-__all__ = ["KIND_SHARD_CORRUPT", "KIND_SHARD_REFUSED", "StorageService", "make_service"]
+__all__ = [
+    "KIND_SHARD_CORRUPT",
+    "KIND_SHARD_REFUSED",
+    "StorageService",
+    "make_cloud_service",
+    "make_service",
+]
 
 KIND_OBJECT_PUT = "object.put"
 KIND_OBJECT_DELETE = "object.delete"
@@ -79,6 +92,7 @@ KIND_SHARD_REFUSED = "storage.shard_refused"
 KIND_SHARD_CORRUPT = "storage.shard_corrupt"
 
 T = TypeVar("T")
+_MAX_TRACKED = 4096  # nodes whose failed challenges are counted
 
 
 class Busy(RemoteError):
@@ -91,7 +105,13 @@ class StorageService(Service):
     """Shards and manifests on this node's disk (module doc)."""
 
     name = "storage"
-    audit_kinds = (KIND_OBJECT_PUT, KIND_OBJECT_DELETE, KIND_SHARD_REFUSED, KIND_SHARD_CORRUPT)
+    audit_kinds = (
+        KIND_OBJECT_PUT,
+        KIND_OBJECT_DELETE,
+        KIND_SHARD_REFUSED,
+        KIND_SHARD_CORRUPT,
+        KIND_CHALLENGE,
+    )
 
     def __init__(
         self,
@@ -102,9 +122,23 @@ class StorageService(Service):
         max_inflight_per_peer: int = 8,
         db_url: str | None = None,
         root: Path | None = None,
+        challenge_interval: float | None = None,
+        unhealthy_after: int = 5,
+        challenge_blocks: int = 8,
     ) -> None:
         if max_inflight_per_peer < 1:
             raise LocalError("max_inflight_per_peer is at least 1")
+        if challenge_interval is not None and not 0.01 <= challenge_interval <= 86_400:
+            raise LocalError("the challenge interval is between 0.01 and 86400 seconds")
+        if unhealthy_after < 1:
+            raise LocalError("unhealthy_after is at least 1")
+        #: seconds between proof-of-storage challenges (None: this node does not challenge)
+        self.challenge_interval = challenge_interval
+        self.unhealthy_after = unhealthy_after
+        self.challenge_blocks = challenge_blocks
+        #: node -> consecutive failed challenges (bounded: _MAX_TRACKED nodes)
+        self.failures: dict[str, int] = {}
+        self.unhealthy: set[str] = set()
         self.quota_bytes = quota_bytes
         self.owner_quota_bytes = owner_quota_bytes
         self.tiers = list(tiers)
@@ -122,6 +156,8 @@ class StorageService(Service):
             "manifests_stored": 0,
             "busy": 0,
             "challenges_answered": 0,
+            "challenges_sent": 0,
+            "challenges_failed": 0,
         }
 
     # ------------------------------------------------------------------ seam
@@ -164,6 +200,8 @@ class StorageService(Service):
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.gc)
+        if self.challenge_interval is not None:
+            self.ctx.spawn(self._challenge_loop(self.challenge_interval), name="challenges")
 
     async def stop(self) -> None:
         if self._store is not None:
@@ -177,6 +215,7 @@ class StorageService(Service):
             "bytes": stats.bytes if stats else 0,
             "manifests": stats.manifests if stats else 0,
             "quota_bytes": self.quota_bytes,
+            "unhealthy": sorted(self.unhealthy),
         }
 
     # --------------------------------------------------------------- helpers
@@ -330,9 +369,84 @@ class StorageService(Service):
             nodes=[
                 NodeEntry(node_id=node_id, failure_domain=report.failure_domain or "")
                 for node_id, report in sorted(self.ctx.peers().items())
-                if self.name in report.services
+                if self.name in report.services and node_id not in self.unhealthy
             ]
         )
+
+    # ------------------------------------------------------ proof of storage
+
+    async def _challenge_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.challenge_once()
+
+    def _pick(self, bound: int) -> int:
+        return int.from_bytes(self.ctx.rng(8), "big") % bound
+
+    async def challenge_once(self) -> str | None:
+        """Challenge one random shard of one random manifest this node holds; its result.
+
+        The manifest is verified against its owner's certificate first. The
+        result is recorded as ``storage.challenge``; ``unhealthy_after``
+        consecutive failures mark the node unhealthy (left out of
+        ``storage.nodes``) until it passes one again. None: nothing to check.
+        """
+        picked = await asyncio.to_thread(self.store.manifest_at, self._pick(2**31))
+        if picked is None:
+            return None
+        owner, blob = picked
+        cert = self.ctx.certificates.get(owner)
+        if cert is None:
+            return None
+        try:
+            manifest = open_manifest(blob, cert.verify_key)
+        except SecureMeshError:  # stored verified; a key rotated since: skip it
+            return None
+        if not manifest.segments:
+            return None
+        segment, index = self._pick(len(manifest.segments)), self._pick(manifest.n)
+        node = manifest.placement[index]
+        if node == self.ctx.node_id:
+            return None
+        result = await challenge_shard(
+            self.ctx,
+            manifest,
+            segment,
+            index,
+            nonce=self.ctx.rng(32),
+            count=self.challenge_blocks,
+            timeout=max(self.challenge_interval or 0.0, 5.0),
+        )
+        self.counters["challenges_sent"] += 1
+        if result == "ok":
+            self.failures.pop(node, None)
+            self.unhealthy.discard(node)
+        else:
+            self.counters["challenges_failed"] += 1
+            if node in self.failures or len(self.failures) < _MAX_TRACKED:
+                self.failures[node] = self.failures.get(node, 0) + 1
+                if self.failures[node] >= self.unhealthy_after:
+                    self.unhealthy.add(node)
+        self.ctx.audit.record(
+            KIND_CHALLENGE,
+            ("object", manifest.object_id),
+            outcome="success" if result == "ok" else "failure",
+            details={"node": node, "segment": segment, "shard": index, "result": result},
+        )
+        return result
+
+
+def make_cloud_service() -> StorageService:
+    """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL`` s)."""
+    service = make_service()
+    raw = os.environ.get("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
+    try:
+        service.challenge_interval = float(raw)
+    except ValueError as exc:
+        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is a number of seconds") from exc
+    if not 0.01 <= service.challenge_interval <= 86_400:
+        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is 0.01..86400 seconds")
+    return service
 
 
 def make_service() -> StorageService:

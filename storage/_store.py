@@ -307,6 +307,23 @@ class ShardStore:
                 ).rowcount
             )
 
+    def manifest_at(self, position: int) -> tuple[str, bytes] | None:
+        """(owner, signed manifest) number ``position`` modulo the count; None when empty.
+
+        The challenger picks ``position`` at random: every stored manifest is as likely.
+        """
+        with self._engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(_manifests)).scalar_one()
+            if not count:
+                return None
+            row = conn.execute(
+                sa.select(_manifests.c.owner, _manifests.c.blob)
+                .order_by(_manifests.c.owner, _manifests.c.name)
+                .offset(position % int(count))
+                .limit(1)
+            ).first()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
     def list_manifests(self, *, owner: str, limit: int = 1000) -> list[str]:
         with self._engine.connect() as conn:
             rows = conn.execute(

@@ -19,7 +19,10 @@ frames. The tests check that:
    deleted the shard, and both results reach the cloud log (``storage.challenge``);
 5. after SIGKILL of n-k = 1 edge, ``get`` still succeeds;
 6. a new edge daemon joins (nothing else reconfigured) and ``repair`` moves the
-   dead edge's shard column onto it, re-signing the manifest (same Merkle root).
+   dead edge's shard column onto it, re-signing the manifest (same Merkle root);
+7. the cloud (``make_cloud_service``) challenges random shards of the
+   manifests it indexes; an edge that lost its shards is marked unhealthy,
+   left out of ``storage.nodes``, and the failures are in the log.
 
 Every wait is bounded and polls a readiness signal; every daemon and the
 device are closed/reaped, also on failure.
@@ -70,8 +73,9 @@ def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> 
         time.sleep(0.05)
 
 
-def configure(toml: Path, tables: str) -> None:
-    toml.write_text(TOP + toml.read_text() + POLICY + tables)
+def configure(toml: Path, tables: str, factory: str = "make_service") -> None:
+    top = TOP.replace("make_service", factory)
+    toml.write_text(top + toml.read_text() + POLICY + tables)
 
 
 class DeviceRequester:
@@ -124,6 +128,7 @@ def storage_status(data_dir: Path) -> dict[str, Any]:
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     root = tmp_path_factory.mktemp("storage")
     env = daemon_env(passphrase=PASSPHRASE)
+    env["SECUREMESH_STORAGE_CHALLENGE_INTERVAL"] = "0.2"  # the cloud's proof-of-storage rounds
     device: Device | None = None
     with reaped(env) as daemons:
         try:
@@ -133,7 +138,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
                 "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
                 env=ENV,
             )  # fmt: skip
-            configure(cloud / "node.toml", "")
+            configure(cloud / "node.toml", "", factory="make_cloud_service")
             daemons.run("cloud-1", cloud)
             for edge in EDGES:
                 token = cli(
@@ -234,12 +239,14 @@ def test_a_flipped_bit_is_detected_and_the_read_succeeds(grid: Grid) -> None:
     # damage every shard of this object on one edge that the reader asks first
     victim = manifest.placement[0]
     hashes = {seg.shards[0] for seg in manifest.segments}
-    for path in grid.blobs(victim):
-        if path.name in hashes:
-            raw = bytearray(path.read_bytes())
-            raw[len(raw) // 2] ^= 0x10
-            path.write_bytes(bytes(raw))
+    originals = {p: p.read_bytes() for p in grid.blobs(victim) if p.name in hashes}
+    for path, raw in originals.items():
+        damaged = bytearray(raw)
+        damaged[len(damaged) // 2] ^= 0x10
+        path.write_bytes(bytes(damaged))
     back, report = grid.run(grid.client.get("flip/me"))
+    for path, raw in originals.items():  # undo, so the cloud's challenges find edges healthy
+        path.write_bytes(raw)
     assert back == data
     # the edge re-hashes on read and refuses the damaged shard; the client reads another
     assert [(seg, idx, node, why) for seg, idx, node, why in report.missing] == [
@@ -291,8 +298,10 @@ def test_a_challenge_against_an_edge_that_deleted_a_shard_fails_and_is_audited(
     assert grid.run(grid.client.challenge(manifest, 0, column)) == (True, "ok")
     # edge-b silently drops the shard of segment 1
     victim = next(p for p in grid.blobs("edge-b") if p.name == manifest.segments[1].shards[column])
+    kept = victim.read_bytes()
     victim.unlink()
     passed, reason = grid.run(grid.client.challenge(manifest, 1, column))
+    victim.write_bytes(kept)  # undo (the cloud's own rounds run meanwhile)
     assert not passed
     assert reason == "not_found"
 
@@ -305,10 +314,14 @@ def test_a_challenge_against_an_edge_that_deleted_a_shard_fails_and_is_audited(
         assert isinstance(rows, list)
         return rows
 
-    poll(lambda: len(challenges()) >= 2, "storage.challenge events in the cloud log")
-    by_outcome = {(r["outcome"], r["details"]["segment"]) for r in challenges()}
-    assert {("success", 0), ("failure", 1)} <= by_outcome
-    assert all(r["details"]["node"] == "edge-b" for r in challenges())
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in challenges() if r["origin"] == "edge-a.dev"]
+
+    poll(lambda: len(mine()) >= 2, "the device's storage.challenge events in the cloud log")
+    assert {(r["outcome"], r["details"]["segment"]) for r in mine()} == {
+        ("success", 0), ("failure", 1),
+    }  # fmt: skip
+    assert all(r["details"]["node"] == "edge-b" for r in mine())
 
 
 def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
@@ -359,3 +372,30 @@ def test_repair_restores_redundancy_on_a_new_edge(grid: Grid) -> None:
     back, _ = grid.run(grid.client.get("kill/me", nodes=live))
     assert grid.run(grid.client.stat("kill/me", nodes=live)).placement == after.placement
     assert back == grid.kept["kill/me"]
+
+
+def test_the_cloud_challenges_edges_and_marks_a_failing_one_unhealthy(grid: Grid) -> None:
+    """The cloud's own rounds (``make_cloud_service``): edge-b loses every shard silently."""
+    cloud = grid.dir("cloud-1")
+    poll(lambda: storage_status(cloud)["challenges_sent"] >= 3, "the cloud's challenge rounds")
+    for path in grid.blobs("edge-b"):
+        if path.is_file():
+            path.unlink()
+    poll(
+        lambda: "edge-b" in storage_status(cloud)["unhealthy"],
+        "the cloud marking edge-b unhealthy",
+    )
+    assert "edge-b" not in {c.node_id for c in grid.run(grid.client.nodes())}
+
+    def cloud_failures() -> list[dict[str, Any]]:
+        out = cli(
+            "audit", "query", "--db", str(cloud / "audit.db"),
+            "--kind", "storage.challenge", "--format", "json",
+        )  # fmt: skip
+        return [
+            r for r in json.loads(out)
+            if r["origin"] == "cloud-1" and r["outcome"] == "failure"
+            and r["details"]["node"] == "edge-b"
+        ]  # fmt: skip
+
+    poll(lambda: len(cloud_failures()) >= 1, "the cloud's failed challenges in its log")
