@@ -334,8 +334,11 @@ class StorageClient:
         copies = min(self.manifest_copies, len(candidates))
         stored = 0
         # the index (cloud) keeps a copy too: it challenges the shards' holders
-        with contextlib.suppress(SecureMeshError, TimeoutError):
-            await self._req.request(self.index, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout)
+        if self.index not in {c.node_id for c in candidates}:
+            with contextlib.suppress(SecureMeshError, TimeoutError):
+                await self._req.request(
+                    self.index, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout
+                )
         for node in self._manifest_nodes(self.node_id, manifest.name, candidates):
             try:
                 await self._req.request(node, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout)
