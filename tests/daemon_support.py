@@ -41,6 +41,15 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
 
+def poll(predicate: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
+    """Wait for a condition on what the daemons write (bounded polling, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:

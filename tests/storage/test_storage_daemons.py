@@ -34,12 +34,21 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Daemons, cli, daemon_env, free_port, read_status, reaped, wait_status
+from daemon_support import (
+    Daemons,
+    cli,
+    daemon_env,
+    free_port,
+    poll,
+    read_status,
+    reaped,
+    wait_status,
+)
 from pydantic import BaseModel
 
 from securemesh.crypto.identity import NodeIdentity
@@ -62,15 +71,6 @@ EDGES = ("edge-a", "edge-b", "edge-c")
 SERVICES = 'services = ["securemesh.storage:make_service"]\n'
 TOP = "status_interval = 0.2\nheartbeat_interval = 0.5\n" + SERVICES
 POLICY = '\n[[policy.allow]]\ntypes = ["storage.*"]\ntiers = ["end", "edge", "cloud"]\n'
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait for a condition on the files the daemons write (bounded; not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def configure(toml: Path, tables: str, factory: str = "make_service") -> None:
@@ -116,6 +116,14 @@ class Grid:
 
     def run(self, coro: Any) -> Any:
         return asyncio.run(coro)
+
+
+def audit_rows(cloud: Path, kind: str) -> list[dict[str, Any]]:
+    """The cloud log's events of ``kind`` (``securemesh audit query``)."""
+    out = cli("audit", "query", "--db", str(cloud / "audit.db"), "--kind", kind, "--format", "json")
+    rows = json.loads(out)
+    assert isinstance(rows, list)
+    return rows
 
 
 def storage_status(data_dir: Path) -> dict[str, Any]:
@@ -221,16 +229,10 @@ def test_round_trip_and_no_plaintext_on_disk(grid: Grid) -> None:
         poll(lambda e=edge: storage_status(grid.dir(e))["shards_stored"] >= 1, "edge status")
 
     # the manifests' object.put events reach the cloud log
-    def object_puts() -> list[dict[str, Any]]:
-        out = cli(
-            "audit", "query", "--db", str(grid.dir("cloud-1") / "audit.db"),
-            "--kind", "object.put", "--format", "json",
-        )  # fmt: skip
-        rows = json.loads(out)
-        assert isinstance(rows, list)
-        return rows
-
-    poll(lambda: len(object_puts()) >= len(SIZES), "object.put events in the cloud log")
+    poll(
+        lambda: len(audit_rows(grid.dir("cloud-1"), "object.put")) >= len(SIZES),
+        "object.put events in the cloud log",
+    )
 
 
 def test_a_flipped_bit_is_detected_and_the_read_succeeds(grid: Grid) -> None:
@@ -305,17 +307,9 @@ def test_a_challenge_against_an_edge_that_deleted_a_shard_fails_and_is_audited(
     assert not passed
     assert reason == "not_found"
 
-    def challenges() -> list[dict[str, Any]]:
-        out = cli(
-            "audit", "query", "--db", str(grid.dir("cloud-1") / "audit.db"),
-            "--kind", "storage.challenge", "--format", "json",
-        )  # fmt: skip
-        rows = json.loads(out)
-        assert isinstance(rows, list)
-        return rows
-
     def mine() -> list[dict[str, Any]]:
-        return [r for r in challenges() if r["origin"] == "edge-a.dev"]
+        rows = audit_rows(grid.dir("cloud-1"), "storage.challenge")
+        return [r for r in rows if r["origin"] == "edge-a.dev"]
 
     poll(lambda: len(mine()) >= 2, "the device's storage.challenge events in the cloud log")
     assert {(r["outcome"], r["details"]["segment"]) for r in mine()} == {
@@ -388,12 +382,8 @@ def test_the_cloud_challenges_edges_and_marks_a_failing_one_unhealthy(grid: Grid
     assert "edge-b" not in {c.node_id for c in grid.run(grid.client.nodes())}
 
     def cloud_failures() -> list[dict[str, Any]]:
-        out = cli(
-            "audit", "query", "--db", str(cloud / "audit.db"),
-            "--kind", "storage.challenge", "--format", "json",
-        )  # fmt: skip
         return [
-            r for r in json.loads(out)
+            r for r in audit_rows(cloud, "storage.challenge")
             if r["origin"] == "cloud-1" and r["outcome"] == "failure"
             and r["details"]["node"] == "edge-b"
         ]  # fmt: skip
