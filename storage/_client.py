@@ -249,6 +249,7 @@ class StorageClient:
         size: int | None = None,
         readers: dict[str, bytes] | None = None,
         nodes: list[Candidate] | None = None,
+        progress: Callable[[int, int], object] | None = None,
     ) -> Manifest:
         """Store ``data`` (bytes or a binary file read segment by segment) as ``name``.
 
@@ -293,6 +294,8 @@ class StorageClient:
                     f"{name}: shard {idx} of segment {seg} was refused by "
                     f"{placement[idx]} ({why}); nothing was kept"
                 )
+            if progress is not None:
+                progress(index + 1, plan.count)
         manifest, blob = plan.finish()
         await self._put_manifest(manifest, blob, candidates)
         return manifest
@@ -391,6 +394,7 @@ class StorageClient:
         owner: str | None = None,
         owner_key: bytes | None = None,
         nodes: list[Candidate] | None = None,
+        progress: Callable[[int, int], object] | None = None,
     ) -> GetReport:
         """Stream the object into ``write`` segment by segment; the report of what failed."""
         manifest = await self.stat(name, owner=owner, owner_key=owner_key, nodes=nodes)
@@ -400,6 +404,8 @@ class StorageClient:
                 wanted = plan.wanted(segment)
                 await asyncio.gather(*(self._get_shard(plan, want) for want in wanted))
             write(plan.plaintext(segment))
+            if progress is not None:
+                progress(segment + 1, plan.count)
         return GetReport(manifest, list(plan.corrupt), list(plan.missing_shards))
 
     async def get(

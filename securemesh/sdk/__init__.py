@@ -20,6 +20,8 @@
   of a *verified* message; :class:`Reply` — a handler's reply with raw frames;
   bodies are pydantic models, dicts or JSON bytes (:mod:`securemesh.sdk._message`).
 * :class:`Enrollment` — what :meth:`Device.enroll` reports.
+* :func:`storage_client` / :class:`DeviceRequester` — encrypted edge storage
+  (docs/storage.md) from a device (:mod:`securemesh.sdk._storage`).
 
 Importing this package is deliberately cheap (it is checked by a test and
 ``bench/sdk_footprint.py``): it loads no pydantic, cryptography, pyzmq,
@@ -37,8 +39,17 @@ from securemesh.sdk._message import Message, Reply
 
 if TYPE_CHECKING:
     from securemesh.sdk._async import AsyncDevice
+    from securemesh.sdk._storage import DeviceRequester, storage_client
 
-__all__ = ["AsyncDevice", "Device", "Enrollment", "Message", "Reply"]
+__all__ = [
+    "AsyncDevice",
+    "Device",
+    "DeviceRequester",
+    "Enrollment",
+    "Message",
+    "Reply",
+    "storage_client",
+]
 
 
 def __getattr__(name: str) -> object:
@@ -46,4 +57,8 @@ def __getattr__(name: str) -> object:
         from securemesh.sdk._async import AsyncDevice  # noqa: PLC0415 - imports asyncio
 
         return AsyncDevice
+    if name in {"DeviceRequester", "storage_client"}:
+        from securemesh.sdk import _storage  # noqa: PLC0415 - loads pydantic and storage
+
+        return getattr(_storage, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

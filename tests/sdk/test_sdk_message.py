@@ -35,9 +35,11 @@ def test_public_surface() -> None:
     assert sorted(securemesh.sdk.__all__) == [
         "AsyncDevice",
         "Device",
+        "DeviceRequester",
         "Enrollment",
         "Message",
         "Reply",
+        "storage_client",
     ]
     for name in securemesh.sdk.__all__:
         assert getattr(securemesh.sdk, name) is not None

@@ -31,10 +31,12 @@ device are closed/reaped, also on failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +51,13 @@ from daemon_support import (
     reaped,
     wait_status,
 )
-from pydantic import BaseModel
 
+from securemesh.cli import main
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.enroll import IDENTITY_FILE
 from securemesh.errors import RemoteCallError
-from securemesh.node import VerifiedMessage
-from securemesh.sdk import Device
+from securemesh.sdk import Device, DeviceRequester
 from securemesh.storage import Candidate, StorageClient, sign_manifest
 
 pytestmark = pytest.mark.slow
@@ -76,27 +77,6 @@ POLICY = '\n[[policy.allow]]\ntypes = ["storage.*"]\ntiers = ["end", "edge", "cl
 def configure(toml: Path, tables: str, factory: str = "make_service") -> None:
     top = TOP.replace("make_service", factory)
     toml.write_text(top + toml.read_text() + POLICY + tables)
-
-
-class DeviceRequester:
-    """The SDK device's requests as the client's ``Requester`` (run in a worker thread)."""
-
-    def __init__(self, device: Device) -> None:
-        self.device = device
-
-    async def request(
-        self,
-        dest: str,
-        msg_type: str,
-        body: BaseModel | bytes,
-        frames: Sequence[bytes | memoryview] = (),
-        *,
-        timeout: float | None = None,
-    ) -> VerifiedMessage:
-        msg = await asyncio.to_thread(
-            self.device.request, dest, msg_type, body, [bytes(f) for f in frames], timeout=timeout
-        )
-        return msg.verified
 
 
 class Grid:
@@ -163,16 +143,15 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
                 daemons.start(edge, root / edge)
             for edge in EDGES:
                 daemons.wait_ready(edge)
-            token = cli(
-                "token", "create", "--data-dir", str(root / "edge-a"), "--tier", "end",
-                "--ttl", "10m",
-            )  # fmt: skip
+            end_token = ["token", "create", "--data-dir", str(root / "edge-a"), "--tier", "end"]
+            tokens = [cli(*end_token, "--ttl", "10m") for _ in range(2)]
             created = time.time()
             wait_status(root / "edge-a", lambda s: s["written_at"] > created, what="a tick")
-            Device.enroll(
-                token, data_dir=root / "dev", node_id="edge-a.dev", passphrase=PASSPHRASE,
-                timeout=10, kdf_params=UNSAFE_FAST_PARAMS,
-            )  # fmt: skip
+            for token, name in zip(tokens, ("dev", "cli"), strict=True):
+                Device.enroll(
+                    token, data_dir=root / name, node_id=f"edge-a.{name}",
+                    passphrase=PASSPHRASE, timeout=10, kdf_params=UNSAFE_FAST_PARAMS,
+                )  # fmt: skip
             device = Device.connect(root / "dev", passphrase=PASSPHRASE, connect_timeout=20)
             identity = NodeIdentity.load(root / "dev" / IDENTITY_FILE, PASSPHRASE)
             client = StorageClient(
@@ -316,6 +295,40 @@ def test_a_challenge_against_an_edge_that_deleted_a_shard_fails_and_is_audited(
         ("success", 0), ("failure", 1),
     }  # fmt: skip
     assert all(r["details"]["node"] == "edge-b" for r in mine())
+
+
+def test_the_store_cli_as_a_device(grid: Grid, tmp_path: Path) -> None:
+    """``securemesh store`` connects as the enrolled device ``edge-a.cli`` per command."""
+    base = ["--data-dir", str(grid.dir("cli")), "--index", "cloud-1", "--timeout", "10"]
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    src.write_bytes(MARKER * 3000 + os.urandom(SEG))
+    put = json.loads(cli(
+        "store", "put", *base, "--k", "2", "--n", "3", "--segment-size", str(SEG),
+        "-o", "json", "cli/one", str(src), env=ENV,
+    ))  # fmt: skip
+    assert put["owner"] == "edge-a.cli"
+    assert put["size"] == src.stat().st_size
+    cli("store", "get", *base, "cli/one", str(dst), env=ENV)
+    assert dst.read_bytes() == src.read_bytes()
+    assert json.loads(cli("store", "ls", *base, "-o", "json", env=ENV)) == [{"name": "cli/one"}]
+    stat = json.loads(cli("store", "stat", *base, "-o", "json", "cli/one", env=ENV))
+    assert stat["merkle_root"] == put["merkle_root"]
+    checks = json.loads(cli("store", "challenge", *base, "-o", "json", "cli/one", env=ENV))
+    assert sorted(r["node"] for r in checks) == sorted(EDGES)
+    assert {r["result"] for r in checks} == {"ok"}
+    cli("store", "rm", *base, "cli/one", env=ENV)
+    # a mistake is one error line and exit 1, never a traceback
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        os.environ["SECUREMESH_PASSPHRASE"] = PASSPHRASE
+        try:
+            code = main(["store", "get", *base, "cli/one", str(dst)])
+        finally:
+            del os.environ["SECUREMESH_PASSPHRASE"]
+    assert code == 1
+    assert err.getvalue().startswith("error: ")
+    assert err.getvalue().count("\n") == 1
+    assert "Traceback" not in err.getvalue()
 
 
 def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
