@@ -14,7 +14,9 @@ shard whose bytes do not hash to the address it is offered under is refused
 hashed again, so a blob damaged on disk is reported, not served.
 
 Bounds: ``quota_bytes`` over all shards and manifests, ``owner_quota_bytes``
-per owner (the node id that stored them), ``max_manifests_per_owner``.
+per owner (the node id that stored them), ``max_shards_per_owner`` and
+``max_manifests_per_owner`` (so tiny shards cannot grow the tables without
+bound inside a byte quota).
 Every reference records its owner; a shard is deleted when its last
 reference is.
 
@@ -88,6 +90,7 @@ class ShardStore:
         quota_bytes: int = 10 * 1024**3,
         owner_quota_bytes: int | None = None,
         max_manifests_per_owner: int = 100_000,
+        max_shards_per_owner: int = 1_000_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if quota_bytes <= 0:
@@ -99,6 +102,7 @@ class ShardStore:
         self.quota_bytes = quota_bytes
         self.owner_quota_bytes = owner_quota_bytes or quota_bytes
         self.max_manifests_per_owner = max_manifests_per_owner
+        self.max_shards_per_owner = max_shards_per_owner
         self._clock = clock
         self._lock = threading.Lock()
         self._engine = sa.create_engine(db_url or f"sqlite:///{self.root / 'shards.db'}")
@@ -168,6 +172,11 @@ class ShardStore:
             if ref is not None:
                 return False
             self._check_quota(conn, owner, 0 if exists else len(data))
+            held = conn.execute(
+                sa.select(sa.func.count()).select_from(_refs).where(_refs.c.owner == owner)
+            ).scalar_one()
+            if held >= self.max_shards_per_owner:  # tiny shards must not grow rows unbounded
+                raise QuotaExceeded("too many shards for this owner")
             if exists is None:
                 self._write_blob(digest, data)
                 conn.execute(

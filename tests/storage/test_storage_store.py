@@ -76,6 +76,17 @@ def test_quota_total_and_per_owner(tmp_path: Path) -> None:
     assert not store.has(shard_hash(d))
 
 
+def test_shard_count_per_owner_is_bounded(tmp_path: Path) -> None:
+    """Tiny shards inside a large byte quota still cannot grow the tables without bound."""
+    store = ShardStore(tmp_path, max_shards_per_owner=3)
+    blobs = [bytes([i]) for i in range(4)]
+    for blob in blobs[:3]:
+        store.put(shard_hash(blob), blob, owner="one", object_id=OID)
+    with pytest.raises(QuotaExceeded, match="too many shards"):
+        store.put(shard_hash(blobs[3]), blobs[3], owner="one", object_id=OID)
+    store.put(shard_hash(blobs[3]), blobs[3], owner="two", object_id=OID)  # per owner
+
+
 def test_delete_drops_the_blob_with_the_last_reference(tmp_path: Path) -> None:
     store = ShardStore(tmp_path)
     data = os.urandom(100)
