@@ -6,9 +6,9 @@ node), or an adapter over the SDK device. It never sees a socket.
 
 * ``put(name, bytes | binary file)`` — asks ``index`` (the cloud) for the live
   storage nodes (``storage.nodes``), places the object by rendezvous hashing,
-  then for each segment sends its n shards to the n nodes concurrently and
-  waits for all of them before reading the next segment: peak memory is about
-  ``segment_size * (1 + n/k)``, whatever the object's size. The signed
+  then for each segment sends its n shards to the n nodes concurrently, with
+  at most ``parallel_segments`` (2) segments in flight: peak memory is about
+  ``parallel_segments * segment_size * (1 + n/k)``, whatever the object's size. The signed
   manifest goes to ``manifest_copies`` nodes chosen by rendezvous hashing on
   ``owner/name``, so any reader computes the same nodes.
 * ``get(name)`` / ``get_into(name, write)`` — finds the manifest (the first
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import hashlib
 import io
@@ -209,6 +210,7 @@ class StorageClient:
         n: int = DEFAULT_N,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         manifest_copies: int = 3,
+        parallel_segments: int = 2,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
@@ -223,6 +225,9 @@ class StorageClient:
         self.index = index
         self.k, self.n, self.segment_size = k, n, segment_size
         self.manifest_copies = manifest_copies
+        if not 1 <= parallel_segments <= 16:
+            raise LocalError("parallel_segments is 1..16")
+        self.parallel_segments = parallel_segments
         self.timeout = timeout
         self._clock = clock
         self._rng = rng
@@ -279,26 +284,44 @@ class StorageClient:
             created_ms=int(self._clock() * 1000),
             rng=self._rng,
         )
-        for index in range(plan.count):
-            want = min(self.segment_size, size - index * self.segment_size)
-            chunk = stream.read(want)
-            if len(chunk) != want:
-                raise LocalError(f"{name}: the file ended early (segment {index})")
-            puts = plan.segment(chunk)
-            del chunk
-            await asyncio.gather(*(self._put_shard(plan, put) for put in puts))
-            if plan.failed_shards:
-                seg, idx, why = plan.failed_shards[0]
-                await self._abort(plan.object_id.hex(), placement)
-                raise LocalError(
-                    f"{name}: shard {idx} of segment {seg} was refused by "
-                    f"{placement[idx]} ({why}); nothing was kept"
-                )
-            if progress is not None:
-                progress(index + 1, plan.count)
+        # up to `parallel_segments` segments' transfers in flight: the next segment is
+        # sealed and coded while the previous one's shards travel
+        inflight: collections.deque[asyncio.Future[list[None]]] = collections.deque()
+        try:
+            for index in range(plan.count):
+                want = min(self.segment_size, size - index * self.segment_size)
+                chunk = stream.read(want)
+                if len(chunk) != want:
+                    raise LocalError(f"{name}: the file ended early (segment {index})")
+                puts = plan.segment(chunk)
+                del chunk
+                inflight.append(asyncio.gather(*(self._put_shard(plan, p) for p in puts)))
+                del puts
+                while len(inflight) >= self.parallel_segments or (
+                    inflight and index == plan.count - 1
+                ):
+                    await inflight.popleft()
+                    self._check_put(plan, name, placement)
+                    if progress is not None:
+                        progress(plan.count - plan.pending_segments(), plan.count)
+        except BaseException:
+            for fut in inflight:
+                fut.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            await self._abort(plan.object_id.hex(), placement)
+            raise
         manifest, blob = plan.finish()
         await self._put_manifest(manifest, blob, candidates)
         return manifest
+
+    @staticmethod
+    def _check_put(plan: PutPlan, name: str, placement: Sequence[str]) -> None:
+        if plan.failed_shards:
+            seg, idx, why = plan.failed_shards[0]
+            raise LocalError(
+                f"{name}: shard {idx} of segment {seg} was refused by "
+                f"{placement[idx]} ({why}); nothing was kept"
+            )
 
     async def _put_shard(self, plan: PutPlan, put: ShardPut) -> None:
         body = ShardPutBody(object_id=put.object_id.hex(), hash=put.hash.hex())

@@ -187,6 +187,10 @@ class PutPlan:
         """Shards sent and not yet acknowledged."""
         return len(self._unacked)
 
+    def pending_segments(self) -> int:
+        """Segments not yet given or with a shard not yet acknowledged."""
+        return self.count - len(self._segments) + len({seg for seg, _ in self._unacked})
+
     def finish(self) -> tuple[Manifest, bytes]:
         """Every segment given and every shard acknowledged: the manifest and its signed form."""
         if self.state is not _PutState.SEALED:
