@@ -72,6 +72,18 @@ _manifests = sa.Table(
 )
 
 
+_usage = sa.Table(
+    "storage_usage",
+    _meta,
+    # one row per owner, and TOTAL for the node (unique shard bytes + manifests)
+    sa.Column("owner", sa.String(64), primary_key=True),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("shards", sa.BigInteger, nullable=False),
+    sa.Column("manifests", sa.BigInteger, nullable=False),
+)
+TOTAL = "*"  # not a node id (those start with a letter or digit)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     shards: int
@@ -107,6 +119,8 @@ class ShardStore:
         self._lock = threading.Lock()
         self._engine = sa.create_engine(db_url or f"sqlite:///{self.root / 'shards.db'}")
         _meta.create_all(self._engine)
+        with self._lock, self._engine.begin() as conn:
+            self._recount(conn)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -122,36 +136,80 @@ class ShardStore:
 
     # ------------------------------------------------------------------ usage
 
-    def _used(self, conn: sa.Connection, owner: str | None = None) -> int:
-        if owner is None:
-            shards = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_shards.c.size), 0)))
-            mans = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(sa.func.length(_manifests.c.blob)), 0))
-            )
-        else:
-            shards = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(_refs.c.size), 0)).where(
-                    _refs.c.owner == owner
-                )
-            )
-            mans = conn.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(sa.func.length(_manifests.c.blob)), 0)
-                ).where(_manifests.c.owner == owner)
-            )
-        return int(shards.scalar_one()) + int(mans.scalar_one())
+    # Usage is kept in `storage_usage`, updated in the same transaction as every
+    # change, so a quota check is two primary-key reads, not a scan; it is
+    # recounted from the tables when the store opens and after gc().
 
-    def _check_quota(self, conn: sa.Connection, owner: str, extra: int) -> None:
-        if self._used(conn) + extra > self.quota_bytes:
+    def _recount(self, conn: sa.Connection) -> None:
+        conn.execute(_usage.delete())
+        rows: dict[str, list[int]] = {}
+        shard_rows = conn.execute(
+            sa.select(_refs.c.owner, sa.func.sum(_refs.c.size), sa.func.count()).group_by(
+                _refs.c.owner
+            )
+        )
+        for owner, size, count in shard_rows:
+            rows.setdefault(str(owner), [0, 0, 0])[:2] = [int(size), int(count)]
+        manifest_rows = conn.execute(
+            sa.select(
+                _manifests.c.owner, sa.func.sum(sa.func.length(_manifests.c.blob)), sa.func.count()
+            ).group_by(_manifests.c.owner)
+        )
+        total = [0, 0, 0]
+        for owner, size, count in manifest_rows:
+            row = rows.setdefault(str(owner), [0, 0, 0])
+            row[0] += int(size)
+            row[2] = int(count)
+            total[0] += int(size)
+            total[2] += int(count)
+        unique = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(_shards.c.size), 0), sa.func.count())
+        ).one()
+        total[0] += int(unique[0])
+        total[1] = int(unique[1])
+        rows[TOTAL] = total
+        for owner, (size, shards, manifests) in rows.items():
+            conn.execute(
+                _usage.insert().values(owner=owner, bytes=size, shards=shards, manifests=manifests)
+            )
+
+    @staticmethod
+    def _usage_of(conn: sa.Connection, owner: str) -> tuple[int, int, int]:
+        row = conn.execute(
+            sa.select(_usage.c.bytes, _usage.c.shards, _usage.c.manifests).where(
+                _usage.c.owner == owner
+            )
+        ).first()
+        return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+    @staticmethod
+    def _bump(
+        conn: sa.Connection, owner: str, size: int, shards: int = 0, manifests: int = 0
+    ) -> None:
+        done = conn.execute(
+            _usage.update()
+            .where(_usage.c.owner == owner)
+            .values(
+                bytes=_usage.c.bytes + size,
+                shards=_usage.c.shards + shards,
+                manifests=_usage.c.manifests + manifests,
+            )
+        ).rowcount
+        if not done:
+            conn.execute(
+                _usage.insert().values(owner=owner, bytes=size, shards=shards, manifests=manifests)
+            )
+
+    def _check_quota(self, conn: sa.Connection, owner: str, node_extra: int, extra: int) -> None:
+        if self._usage_of(conn, TOTAL)[0] + node_extra > self.quota_bytes:
             raise QuotaExceeded("node storage quota exceeded")
-        if self._used(conn, owner) + extra > self.owner_quota_bytes:
+        if self._usage_of(conn, owner)[0] + extra > self.owner_quota_bytes:
             raise QuotaExceeded("owner storage quota exceeded")
 
     def stats(self) -> StoreStats:
         with self._engine.connect() as conn:
-            shards = conn.execute(sa.select(sa.func.count()).select_from(_shards)).scalar_one()
-            mans = conn.execute(sa.select(sa.func.count()).select_from(_manifests)).scalar_one()
-            return StoreStats(int(shards), self._used(conn), int(mans))
+            size, shards, manifests = self._usage_of(conn, TOTAL)
+        return StoreStats(shards, size, manifests)
 
     # ----------------------------------------------------------------- shards
 
@@ -171,20 +229,19 @@ class ShardStore:
             ).first()
             if ref is not None:
                 return False
-            self._check_quota(conn, owner, 0 if exists else len(data))
-            held = conn.execute(
-                sa.select(sa.func.count()).select_from(_refs).where(_refs.c.owner == owner)
-            ).scalar_one()
-            if held >= self.max_shards_per_owner:  # tiny shards must not grow rows unbounded
-                raise QuotaExceeded("too many shards for this owner")
+            self._check_quota(conn, owner, 0 if exists else len(data), len(data))
+            if self._usage_of(conn, owner)[1] >= self.max_shards_per_owner:
+                raise QuotaExceeded("too many shards for this owner")  # tiny shards, many rows
             if exists is None:
                 self._write_blob(digest, data)
                 conn.execute(
                     _shards.insert().values(hash=key, size=len(data), created_ms=self._now_ms())
                 )
+                self._bump(conn, TOTAL, len(data), shards=1)
             conn.execute(
                 _refs.insert().values(hash=key, owner=owner, object_id=object_id, size=len(data))
             )
+            self._bump(conn, owner, len(data), shards=1)
             return exists is None
 
     def _write_blob(self, digest: bytes, data: bytes | memoryview) -> None:
@@ -236,16 +293,16 @@ class ShardStore:
         """Drop ``owner``'s reference; the blob goes with the last reference. False if none."""
         key = digest.hex()
         with self._lock, self._engine.begin() as conn:
-            gone = conn.execute(
-                _refs.delete().where(
-                    _refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id
-                )
-            ).rowcount
-            if not gone:
+            where = (_refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id)
+            ref = conn.execute(sa.select(_refs.c.size).where(*where)).first()
+            if ref is None:
                 return False
+            conn.execute(_refs.delete().where(*where))
+            self._bump(conn, owner, -int(ref[0]), shards=-1)
             left = conn.execute(sa.select(_refs.c.hash).where(_refs.c.hash == key)).first()
             if left is None:
                 conn.execute(_shards.delete().where(_shards.c.hash == key))
+                self._bump(conn, TOTAL, -int(ref[0]), shards=-1)
                 self.blob_path(digest).unlink(missing_ok=True)
             return True
 
@@ -276,15 +333,13 @@ class ShardStore:
                     _manifests.c.owner == owner, _manifests.c.name == name
                 )
             ).first()
-            if old is None:
-                count = conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(_manifests)
-                    .where(_manifests.c.owner == owner)
-                ).scalar_one()
-                if count >= self.max_manifests_per_owner:
-                    raise QuotaExceeded("too many manifests for this owner")
-            self._check_quota(conn, owner, len(blob) - (int(old[0]) if old else 0))
+            if old is None and self._usage_of(conn, owner)[2] >= self.max_manifests_per_owner:
+                raise QuotaExceeded("too many manifests for this owner")
+            delta = len(blob) - (int(old[0]) if old else 0)
+            self._check_quota(conn, owner, delta, delta)
+            new = 0 if old else 1
+            self._bump(conn, owner, delta, manifests=new)
+            self._bump(conn, TOTAL, delta, manifests=new)
             values = {"object_id": object_id, "blob": blob, "created_ms": self._now_ms()}
             if old is None:
                 conn.execute(_manifests.insert().values(owner=owner, name=name, **values))
@@ -307,14 +362,15 @@ class ShardStore:
         return bytes(row[0])
 
     def delete_manifest(self, *, owner: str, name: str) -> bool:
+        where = (_manifests.c.owner == owner, _manifests.c.name == name)
         with self._lock, self._engine.begin() as conn:
-            return bool(
-                conn.execute(
-                    _manifests.delete().where(
-                        _manifests.c.owner == owner, _manifests.c.name == name
-                    )
-                ).rowcount
-            )
+            old = conn.execute(sa.select(sa.func.length(_manifests.c.blob)).where(*where)).first()
+            if old is None:
+                return False
+            conn.execute(_manifests.delete().where(*where))
+            self._bump(conn, owner, -int(old[0]), manifests=-1)
+            self._bump(conn, TOTAL, -int(old[0]), manifests=-1)
+            return True
 
     def manifest_at(self, position: int) -> tuple[str, bytes] | None:
         """(owner, signed manifest) number ``position`` modulo the count; None when empty.
@@ -371,6 +427,7 @@ class ShardStore:
                         conn.execute(_shards.delete().where(_shards.c.hash == key))
                         live.discard(key)
                         removed += 1
+                self._recount(conn)
             for sub in (self.root / "blobs").iterdir():
                 for blob in sub.iterdir():
                     if blob.name not in live:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from securemesh.storage import QuotaExceeded, ShardCorrupt, ShardNotFound, ShardStore, shard_hash
 
@@ -146,3 +149,35 @@ def test_metadata_on_postgresql(tmp_path: Path, audit_pg_url: str) -> None:
     assert store.get(digest) == data
     assert store.delete_object(owner="pg-owner", object_id=OID) == 1
     store.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "delete", "manifest", "unmanifest"]),
+            st.sampled_from(["one", "two"]),
+            st.integers(0, 5),
+        ),
+        max_size=30,
+    )
+)
+def test_kept_usage_matches_a_recount(ops: list[tuple[str, str, int]]) -> None:
+    """The usage rows updated with every change equal a recount from the tables (reopen)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ShardStore(Path(tmp))
+        blobs = [bytes([i]) * (100 + i) for i in range(6)]
+        for op, owner, i in ops:
+            if op == "put":
+                store.put(shard_hash(blobs[i]), blobs[i], owner=owner, object_id=OID)
+            elif op == "delete":
+                store.delete(shard_hash(blobs[i]), owner=owner, object_id=OID)
+            elif op == "manifest":
+                store.put_manifest(owner=owner, name=f"m{i}", object_id=OID, blob=blobs[i])
+            else:
+                store.delete_manifest(owner=owner, name=f"m{i}")
+        kept = store.stats()
+        store.close()
+        again = ShardStore(Path(tmp))
+        assert again.stats() == kept
+        again.close()
