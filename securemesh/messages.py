@@ -176,11 +176,12 @@ class NodeReport(MeshMessage):
     carbon_intensity: float | None = Field(default=None, ge=0.0, le=1e6)
     #: Nodes sharing a failure domain (rack, site, power feed) fail together.
     failure_domain: ReportLabel | None = None
-    labels: dict[ReportLabelKey, ReportLabel] = Field(
-        default_factory=dict, max_length=MAX_REPORT_LABELS
+    #: Free-form labels (``[report.labels]``); absent when there are none.
+    labels: dict[ReportLabelKey, ReportLabel] | None = Field(
+        default=None, max_length=MAX_REPORT_LABELS
     )
-    #: Names of the services this node runs (``Service.name``).
-    services: list[ReportLabelKey] = Field(default_factory=list, max_length=MAX_REPORT_SERVICES)
+    #: Names of the services this node runs (``Service.name``); absent when none.
+    services: list[ReportLabelKey] | None = Field(default=None, max_length=MAX_REPORT_SERVICES)
 
 
 class RouteAnnounce(MeshMessage):

@@ -369,7 +369,7 @@ class StorageService(Service):
             nodes=[
                 NodeEntry(node_id=node_id, failure_domain=report.failure_domain or "")
                 for node_id, report in sorted(self.ctx.peers().items())
-                if self.name in report.services and node_id not in self.unhealthy
+                if self.name in (report.services or ()) and node_id not in self.unhealthy
             ]
         )
 

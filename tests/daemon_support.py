@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 #: ``[*FAST_KDF_CLI, ARGS...]`` runs ``securemesh ARGS`` in a child process whose new key
-#: files get the cheap test Argon2id cost (``securemesh.cli._mesh._KDF_PARAMS``, as the
-#: in-process CLI tests set it); every other step is the real command.
+#: files (identities, authority, the audit log key) get the cheap test Argon2id cost
+#: (``_KDF_PARAMS`` of ``securemesh.cli._mesh`` and ``._audit``, as the in-process CLI tests
+#: set it); every other step is the real command.
 FAST_KDF_CLI = [
     sys.executable,
     "-c",
     "import sys\n"
+    "import securemesh.cli._audit as a\n"
     "import securemesh.cli._mesh as m\n"
     "from securemesh.crypto import keystore\n"
-    "m._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS\n"
+    "m._KDF_PARAMS = a._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS\n"
     "from securemesh.cli import main\n"
     "raise SystemExit(main(sys.argv[1:]))\n",
 ]

@@ -24,6 +24,8 @@ TESTED = {
     "enrollment-quick-start": "tests/test_docs.py",
     "node-ops": "tests/test_docs.py",
     "sdk-device": "tests/cli/test_cli_mesh.py",
+    "service-shape": "tests/node/test_node_service_seam.py",
+    "service-testing": "tests/node/test_node_service_seam.py",
 }
 
 _FENCE = re.compile(

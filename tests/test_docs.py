@@ -10,6 +10,7 @@ listen addresses replaced by temporary ones; the audit and SDK snippets run in
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -44,7 +45,8 @@ def test_every_runnable_snippet_is_tested() -> None:
         elif b.lang == "json":
             json.loads(b.text)
         elif b.lang == "python":
-            compile(b.text, f"docs/{b.doc}:{b.line}", "exec")
+            # top-level await: an async recipe's body (its test runs it in a coroutine)
+            compile(b.text, f"docs/{b.doc}:{b.line}", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 def run_shell_block(

@@ -1,16 +1,11 @@
-"""Printing records and finding the data dir, the way every command group does it.
+"""Printing records and finding the data dir for the mesh and node commands.
 
-The CLI's conventions (those operators know from kubectl, journalctl and rekor-cli):
-
-* ``--format table|json|jsonl`` on every command that prints records: an
-  aligned table with an upper-case header (the default; nothing on stdout and
-  a note on stderr when there are no records), one JSON array, or one JSON
-  object per line;
-* times are ISO 8601 UTC with ``Z`` (``2026-12-07T13:08:00Z``), in every format;
-* ``--data-dir DIR``, else ``$SECUREMESH_DATA_DIR``.
-
-Local helpers of the mesh and node commands (a teammate's ``_common`` module
-defines the same conventions for the audit commands; they fold at merge).
+The CLI's conventions live in :mod:`securemesh.cli._common` (``--format
+table|json|jsonl``, ISO 8601 UTC times with ``Z`` and milliseconds, the
+aligned table); this module adapts them to the mesh and node commands, whose
+``--data-dir`` is *required* (else ``$SECUREMESH_DATA_DIR``) rather than
+defaulting to the audit commands' ``~/.local/share/securemesh``, and adds the
+daemon's pid lookup.
 """
 
 from __future__ import annotations
@@ -19,11 +14,12 @@ import argparse
 import json
 import os
 import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from securemesh.cli._common import FORMATS, format_options, iso_utc
+from securemesh.cli._common import print_records as _print_records
 from securemesh.errors import ConfigError
 
 __all__ = [
@@ -39,14 +35,11 @@ __all__ = [
 ]
 
 DATA_DIR_ENV = "SECUREMESH_DATA_DIR"
-FORMATS = ("table", "json", "jsonl")
 
 
 def iso_time(epoch: float | None) -> str | None:
-    """Unix seconds -> ``YYYY-MM-DDTHH:MM:SSZ`` (None stays None)."""
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    """Unix seconds -> the CLI's one time format (:func:`~securemesh.cli._common.iso_utc`)."""
+    return None if epoch is None else iso_utc(epoch)
 
 
 def data_dir_options() -> argparse.ArgumentParser:
@@ -69,26 +62,11 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     return Path(text).expanduser()
 
 
-def format_options(default: str = "table") -> argparse.ArgumentParser:
-    """A parent parser adding ``--format table|json|jsonl``."""
-    parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=default,
-        help=f"output format (default {default})",
-    )
-    return parent
+def _field(name: str) -> Callable[[Mapping[str, Any]], object]:
+    def get(record: Mapping[str, Any]) -> object:
+        return record.get(name)
 
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+    return get
 
 
 def print_records(
@@ -98,24 +76,13 @@ def print_records(
     columns: Sequence[str],
     empty: str,
 ) -> None:
-    """Print ``records`` in ``fmt``; the table shows ``columns`` (JSON shows every field)."""
-    if fmt == "json":
-        print(json.dumps(list(records), indent=2, sort_keys=True))
-        return
-    if fmt == "jsonl":
-        for record in records:
-            print(json.dumps(record, sort_keys=True))
-        return
-    if not records:
+    """Print ``records`` in ``fmt``; the table shows ``columns`` (JSON shows every field),
+    and no records at all is ``empty`` on stderr."""
+    if fmt == "table" and not records:
         print(empty, file=sys.stderr)
         return
-    rows = [[c.upper().replace("_", " ") for c in columns]]
-    rows += [[_cell(record.get(c)) for c in columns] for record in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    headers = [(c.upper().replace("_", " "), _field(c)) for c in columns]
+    _print_records(records, fmt, columns=headers)
 
 
 def usable_dir(path: Path, *, what: str = "data dir") -> Path:

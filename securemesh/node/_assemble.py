@@ -108,6 +108,14 @@ def zmq_transport(config: NodeConfig, identity: NodeIdentity, directory: Directo
         send_timeout=lim.send_timeout,
         max_frame_size=max(lim.max_raw_frame, lim.max_body, 4096),
         max_frames=lim.max_frames,
+        # the whole message: the envelope's own max_total (MeshNode's wire limits)
+        max_message_size=max(64 * 1024 * 1024, lim.max_body + lim.max_raw_frame),
+        max_pending_handshakes=lim.max_pending_handshakes,
+        max_pending_per_address=lim.max_pending_per_address,
+        accept_burst=lim.accept_burst,
+        accept_rate=lim.accept_rate,
+        fd_reserve=lim.fd_reserve,
+        log_window=lim.log_window,
     )
     keypair = CurveKeyPair.from_secret(z85_decode(identity.curve_secret_z85()))
     return ZmqTransport(keypair, authenticator=directory.authenticate, options=options)
@@ -214,7 +222,10 @@ class AssembledNode:
 
 
 def _report_fields(config: NodeConfig, host: ServiceHost) -> Callable[[], dict[str, object]]:
-    static: dict[str, Any] = config.report.model_dump(exclude_none=True)
+    # optional report fields are absent, not empty (protocol.md §3.1)
+    static: dict[str, Any] = {
+        k: v for k, v in config.report.model_dump(exclude_none=True).items() if v != {}
+    }
 
     def fields() -> dict[str, object]:
         return {**static, "services": host.names()[:64]}

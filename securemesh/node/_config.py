@@ -139,6 +139,12 @@ class LimitsConfig(_Strict):
     max_senders: int = Field(default=10_000, ge=1, le=10_000_000)
     log_window: float = Field(default=60.0, ge=0, le=86_400)
     drain_timeout: float = Field(default=10.0, ge=0, le=600)
+    # before authentication (listeners; securemesh.transport._admission)
+    max_pending_handshakes: int = Field(default=8, ge=1, le=100_000)
+    max_pending_per_address: int = Field(default=4, ge=1, le=100_000)
+    accept_burst: int = Field(default=64, ge=1, le=1_000_000)
+    accept_rate: float = Field(default=20.0, gt=0, le=1_000_000)
+    fd_reserve: int = Field(default=64, ge=0, le=100_000)
 
 
 class SessionConfig(_Strict):

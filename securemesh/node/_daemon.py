@@ -338,6 +338,9 @@ class _Daemon:
         self._save_peer(node_id)
         if self.audit is not None:
             self.audit.enrolled(node_id)
+        # the fleet view (status.json children) shows a new node at once, not at the next tick
+        with contextlib.suppress(SecureMeshError, OSError):
+            self.write_status(state="running")
 
     def _renewed(self, node_id: str) -> None:
         self._save_peer(node_id)

@@ -24,6 +24,10 @@ loop, logs ``"rejections suppressed"`` with the count for every window that
 has closed, and lets the audit hook do the same (``flush(now)``, if it has
 one). The windows are kept in the order they started, so this looks only at
 the oldest few.
+:meth:`Metrics.drop` does the same for a message the node *sent* that the
+transport dropped because the peer's queue was full (reason
+``peer_queue_full``: a peer that does not read its replies): counted apart
+(``dropped``, ``drops``), logged and audited with the same rate limits.
 
 Nothing here allocates on the accepted path except integer increments.
 """
@@ -76,6 +80,8 @@ class Metrics:
         "audit_failures",
         "audit_hook",
         "dispatched",
+        "dropped",
+        "drops",
         "forwarded",
         "log_window",
         "received",
@@ -103,6 +109,8 @@ class Metrics:
         self.send_failures = 0
         self.audit_failures = 0
         self.rejections: Counter[str] = Counter()
+        self.dropped = 0
+        self.drops: Counter[str] = Counter()
         self.audit_hook = audit_hook
         self.log_window = log_window
         self._max_log_keys = max_log_keys
@@ -122,7 +130,22 @@ class Metrics:
                 self.audit_failures += 1
         return logged
 
-    def _maybe_log(self, rejection: Rejection) -> bool:
+    def drop(self, rejection: Rejection) -> bool:
+        """Count, maybe log, and audit one message we sent that was dropped."""
+        self.dropped += 1
+        self.drops[rejection.reason] += 1
+        logged = self._maybe_log(rejection, "dropped message", "dropped")
+        hook = self.audit_hook
+        if hook is not None:
+            try:
+                hook(rejection)
+            except Exception:
+                self.audit_failures += 1
+        return logged
+
+    def _maybe_log(
+        self, rejection: Rejection, what: str = "rejected message", event: str = "rejected"
+    ) -> bool:
         key = (rejection.peer, rejection.reason)
         state = self._log_state.get(key)
         now = rejection.at
@@ -135,8 +158,8 @@ class Metrics:
         while len(self._log_state) > self._max_log_keys:
             self._log_state.popitem(last=False)
         log.warning(
-            "rejected message",
-            extra={"event": "rejected", **rejection.to_dict(), "suppressed": suppressed},
+            what,
+            extra={"event": event, **rejection.to_dict(), "suppressed": suppressed},
         )
         return True
 
@@ -189,4 +212,6 @@ class Metrics:
             "send_failures": self.send_failures,
             "audit_failures": self.audit_failures,
             "rejections": dict(sorted(self.rejections.items())),
+            "dropped": self.dropped,
+            "drops": dict(sorted(self.drops.items())),
         }

@@ -110,6 +110,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import itertools
 import logging
@@ -134,6 +135,7 @@ from securemesh.errors import (
     RemoteError,
     RouteRefused,
     SecureMeshError,
+    SendTimeout,
     TransportClosed,
     TransportError,
 )
@@ -296,12 +298,15 @@ class _Pending:
 
 
 class _HandlerEntry:
-    __slots__ = ("builtin", "fn", "is_async")
+    __slots__ = ("builtin", "fn", "is_async", "local_policy")
 
-    def __init__(self, fn: Handler, *, builtin: bool) -> None:
+    def __init__(self, fn: Handler, *, builtin: bool, local_policy: Policy | None = None) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn)
         self.builtin = builtin
+        #: a local delivery's own policy, when the pipeline admitted the type under
+        #: ``local OR relay`` (checked before dispatch: a refusal is silent, like the pipeline's)
+        self.local_policy = local_policy
 
 
 class MeshNode:
@@ -468,19 +473,19 @@ class MeshNode:
         so a service can never widen what the operator allowed. ``relay_policy``
         does the same for messages of this type that this node forwards; with
         both, the pipeline admits ``operator AND (policy OR relay_policy)`` and
-        ``handler`` runs only for senders ``policy`` allows (checked at dispatch).
+        ``handler`` runs only for senders ``policy`` allows (checked before
+        dispatch; a refusal there is silent, counted and audited like the pipeline's).
         ``handler`` may be None to only relay the type.
         ``first_contact``: also accept this type from join-token peers
         (enrollment); the resolver reads the self-declared verify key from the
         unverified body and the envelope must verify against it; such messages
         reach the handler with ``msg.certificate is None`` and ``msg.first_contact``.
         """
-        from securemesh.node._policy import combine_policies, guard_handler  # noqa: PLC0415
+        from securemesh.node._policy import combine_policies  # noqa: PLC0415
 
         if handler is not None:
-            if policy is not None and relay_policy is not None:
-                handler = guard_handler(handler, policy, msg_type)
-            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
+            local = policy if policy is not None and relay_policy is not None else None
+            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False, local_policy=local)
         combined = combine_policies(self.pipeline.policy, policy, relay_policy)
         if combined is not None:
             self.pipeline.set_type_policy(msg_type, combined)
@@ -1106,10 +1111,27 @@ class MeshNode:
             self._forwarded.pop(env.correlation_id, None)
         try:
             await out.send(env.frames, self.config.limits.forward_timeout)
+        except SendTimeout:
+            self._dropped(out, dest, env.msg_type)
+            return
         except TransportError:
             self.metrics.send_failures += 1
             return
         self.metrics.forwarded += 1
+
+    def _dropped(self, link: _Link, dest: str, msg_type: str) -> None:
+        """A send the transport dropped at once because ``link``'s peer queue is full."""
+        self.metrics.send_failures += 1
+        self.metrics.drop(
+            Rejection(
+                "peer_queue_full",
+                link.peer,
+                link.node_id or dest,
+                msg_type,
+                "dropped: the peer's queue is full (it does not read)",
+                self._clock(),
+            )
+        )
 
     def _remember_forwarded(self, cid: bytes, origin: str, dest: str) -> None:
         expires = self._clock() + 2 * self.config.limits.request_timeout
@@ -1125,7 +1147,23 @@ class MeshNode:
         entry = self._forwarded.get(cid)
         return entry is not None and entry[0] == env.recipient and entry[1] == env.sender
 
-    async def _deliver(self, msg: VerifiedMessage) -> None:
+    def _refused_locally(self, policy: Policy, msg: VerifiedMessage) -> bool:
+        """A type admitted for relaying, addressed here: the local policy must allow it too.
+
+        A refusal is rejected like the pipeline's (counted, audited, no reply:
+        protocol.md §7).
+        """
+        info = msg.peer_info
+        if info is None:  # first contact: only the protocol's rules apply
+            return False
+        try:
+            policy.authorize(info, msg.msg_type)
+        except AuthorizationError as exc:
+            self._reject(msg, exc)
+            return True
+        return False
+
+    async def _deliver(self, msg: VerifiedMessage) -> None:  # noqa: PLR0911 - one exit a case
         env = msg.envelope
         if env.flags is Flags.REPLY:
             pending = self._pending.pop(env.correlation_id, None)
@@ -1147,6 +1185,8 @@ class MeshNode:
         entry = self._handlers.get(env.msg_type)
         if entry is None:
             self._reject(msg, NoHandler("no handler for this message type"))
+            return
+        if entry.local_policy is not None and self._refused_locally(entry.local_policy, msg):
             return
         if self._draining and not entry.builtin:
             if env.flags is Flags.REQUEST:
@@ -1233,6 +1273,8 @@ class MeshNode:
                 session=session,
             )
             await self._send_on(link, out)
+        except SendTimeout:  # the peer does not read: dropped (counted, logged, audited)
+            self._dropped(link, env.sender, msg_type or env.msg_type)
         except SecureMeshError as exc:
             self.metrics.send_failures += 1
             log.warning(
@@ -2039,15 +2081,7 @@ class MeshNode:
         transport_stats = {}
         for name, channel in (("listener", self._listener), ("parent", self._parent_conn)):
             if channel is not None:
-                st = channel.stats
-                transport_stats[name] = {
-                    "sent": st.sent,
-                    "received": st.received,
-                    "send_timeouts": st.send_timeouts,
-                    "rejected_keys": st.rejected_keys,
-                    "dropped_malformed": st.dropped_malformed,
-                    "dropped_unauthenticated": st.dropped_unauthenticated,
-                }
+                transport_stats[name] = dataclasses.asdict(channel.stats)
         return {
             "node_id": self.node_id,
             "tier": self.tier.value,

@@ -12,16 +12,14 @@ unchanged, so this costs nothing per message.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING
 
 from securemesh.policy import AllOf, AnyOf, Policy
 
 if TYPE_CHECKING:
-    from securemesh.node._node import Handler
-    from securemesh.node._pipeline import VerifiedMessage
+    pass
 
-__all__ = ["combine_policies", "guard_handler"]
+__all__ = ["combine_policies"]
 
 
 def combine_policies(
@@ -37,30 +35,3 @@ def combine_policies(
     if len(service) == 1:
         return AllOf(operator, service[0])
     return AllOf(operator, AnyOf(*service))
-
-
-def guard_handler(handler: Handler, policy: Policy, msg_type: str) -> Handler:
-    """``handler``, run only for senders ``policy`` allows (AuthorizationError otherwise).
-
-    Used when a type has both a local and a relay policy: the pipeline admitted
-    the message under either, and a local delivery must satisfy the local one.
-    """
-
-    def check(msg: VerifiedMessage) -> None:
-        info = msg.peer_info
-        if info is not None:  # None: first contact, only the protocol's rules apply
-            policy.authorize(info, msg_type)
-
-    if inspect.iscoroutinefunction(handler):
-
-        async def guarded_async(msg: VerifiedMessage) -> object:
-            check(msg)
-            return await handler(msg)
-
-        return guarded_async
-
-    def guarded(msg: VerifiedMessage) -> object:
-        check(msg)
-        return handler(msg)
-
-    return guarded

@@ -38,16 +38,23 @@ Semantics common to every implementation (the conformance suite checks them):
   peer, the server key it was given.
 * **Bounded queues and back-pressure**: each direction of each connection
   buffers at most about ``sndhwm + rcvhwm`` messages (ZeroMQ high-water marks;
-  TCP buffers add a bounded amount on real sockets). When the queue toward a
-  peer is full, ``send`` **waits** up to ``timeout`` seconds (default
-  ``TransportOptions.send_timeout``) for room, then raises
-  :class:`~securemesh.errors.SendTimeout` and counts it in
-  ``stats.send_timeouts``; the message is then *not* queued. Nothing is ever
-  dropped silently on the sending side and memory never grows without bound.
+  TCP buffers add a bounded amount on real sockets; a listener's receive mark
+  is lowered to hold about ``max_queued_bytes`` per connection). When the
+  queue toward its server is full, a *connection's* ``send`` **waits** up to
+  ``timeout`` seconds (default ``TransportOptions.send_timeout``) for room,
+  then raises :class:`~securemesh.errors.SendTimeout` and counts it in
+  ``stats.send_timeouts``; the message is then *not* queued. A *listener's*
+  ``send`` never waits (issue 9 #3): each peer has its own bounded outbound
+  queue (its ZeroMQ pipe), and when that is full the message is dropped at
+  once — ``SendTimeout``, counted the same way — so a peer that does not read
+  never holds up the others. Nothing is dropped silently and memory never
+  grows without bound.
 * **Receive** waits for the next message, fair-queued across peers (one
   flooding peer cannot starve the others), up to ``timeout`` seconds
   (``None``: forever), raising the built-in :class:`TimeoutError`.
-  Messages with more than ``max_frames`` frames, or from a peer cut off by
+  Messages with more than ``max_frames`` frames or more than
+  ``max_message_size`` bytes in all (``stats.dropped_oversize``, dropped
+  without being copied), or from a peer cut off by
   :meth:`Listener.reauthenticate`, are discarded and counted; ZeroMQ itself
   disconnects a peer that sends a frame over ``max_frame_size`` (``MAXMSGSIZE``).
 * **Cancellation**: a ``send`` or ``recv`` that times out or is cancelled
@@ -158,17 +165,48 @@ class TransportOptions:
     send_timeout: float = 5.0
     max_frame_size: int = 16 * 1024 * 1024
     max_frames: int = 16
+    #: a whole received message (all frames) above this is dropped uncopied
+    max_message_size: int = 64 * 1024 * 1024
+    #: what a listener lets libzmq queue per connection: its RCVHWM (in messages)
+    #: is lowered to ``max(2, max_queued_bytes // max_frame_size)``
+    max_queued_bytes: int = 64 * 1024 * 1024
     reconnect_ivl: float = 0.1
     reconnect_ivl_max: float = 5.0
     handshake_timeout: float = 10.0
+    # pre-authentication limits (ZeroMQ listeners: securemesh.transport._admission)
+    max_pending_handshakes: int = 8
+    max_pending_per_address: int = 4
+    accept_burst: int = 64
+    accept_rate: float = 20.0
+    fd_reserve: int = 64
+    log_window: float = 60.0
 
     def __post_init__(self) -> None:
         if self.sndhwm < 1 or self.rcvhwm < 1:
             raise LocalError("high-water marks must be at least 1 (0 would mean unbounded)")
-        if self.send_timeout < 0 or self.max_frame_size < 1 or self.max_frames < 1:
+        if (
+            self.send_timeout < 0
+            or self.max_frame_size < 1
+            or self.max_frames < 1
+            or self.max_message_size < 1
+            or self.max_queued_bytes < 1
+        ):
             raise LocalError("invalid transport limits")
+        if (
+            min(self.max_pending_handshakes, self.max_pending_per_address, self.accept_burst) < 1
+            or self.accept_rate <= 0
+            or self.fd_reserve < 0
+            or self.log_window < 0
+        ):
+            raise LocalError("invalid pre-authentication limits")
         if not 0 < self.reconnect_ivl <= self.reconnect_ivl_max:
             raise LocalError("need 0 < reconnect_ivl <= reconnect_ivl_max")
+
+
+def listener_rcvhwm(options: TransportOptions) -> int:
+    """A listener's receive high-water mark: ``rcvhwm``, lowered so that at most about
+    ``max_queued_bytes`` wait per connection (libzmq counts messages, not bytes)."""
+    return max(2, min(options.rcvhwm, options.max_queued_bytes // options.max_frame_size))
 
 
 @dataclass(slots=True)
@@ -181,6 +219,9 @@ class TransportStats:
     rejected_keys: int = 0
     dropped_malformed: int = 0
     dropped_unauthenticated: int = 0
+    dropped_oversize: int = 0
+    dropped_overflow: int = 0
+    refused_connections: int = 0
 
 
 def check_outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:

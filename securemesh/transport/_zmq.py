@@ -21,11 +21,29 @@ Theory of operation
   of the latest connection it heard from; ``ROUTER_MANDATORY`` makes a send to
   a vanished peer fail (``EHOSTUNREACH`` → PeerUnavailable) instead of
   dropping silently, and makes a full peer queue visible (``EAGAIN``).
-* **Back-pressure**: ``SNDHWM``/``RCVHWM`` bound every queue. ``send`` tries a
-  non-blocking send; while the peer's queue is full it waits (DEALER: polls for
-  ``POLLOUT``; ROUTER: short exponential backoff, since a ROUTER's ``POLLOUT``
-  means "some peer is writable", not "this one") until ``timeout``, then raises
-  SendTimeout.
+* **Back-pressure**: ``SNDHWM``/``RCVHWM`` bound every queue (a listener's
+  ``RCVHWM`` is lowered to about ``max_queued_bytes`` per connection: libzmq
+  counts messages, not bytes). A connection's ``send`` tries a non-blocking
+  send; while the server's queue is full it waits (polls for ``POLLOUT``)
+  until ``timeout``, then raises SendTimeout. A listener's ``send`` never
+  waits: ``ROUTER_MANDATORY`` reports a full peer pipe as ``EAGAIN`` and the
+  message is dropped at once (SendTimeout), so one peer that does not read
+  cannot stall a node's receive loop (issue 9 #3).
+* **Fair receive**: the rest of a received batch waits in a per-peer,
+  round-robin backlog (:mod:`._fair`) and turns alternate between it and the
+  socket, so one peer's 1,024-message batch does not make the others wait
+  behind it; the backlog is bounded (a peer beyond its share has its
+  batches dropped, ``stats.dropped_overflow``).
+* **Whole messages**: parts are read with ``copy=False`` and copied only once
+  the message is known to be within ``max_frames`` and ``max_message_size``;
+  a larger one is dropped uncopied (``stats.dropped_oversize``). libzmq
+  itself limits each *frame* (``MAXMSGSIZE``) but not the number of frames,
+  and hands a multipart message over only once it is complete: what one
+  incomplete message holds inside libzmq is not bounded by any socket option
+  (docs/threat-model.md §7).
+* **Before authentication**: :class:`~._admission.AcceptGuard` watches the
+  listener's socket monitor and refuses connections beyond the pending
+  handshake, per-address rate and open-file limits.
 * **Batches** (connections only): a DEALER's ``send`` queues the message and
   returns; the queue is flushed on the event loop's next pass, or at once when
   it holds ``_BATCH_MESSAGES`` messages. Two or more small messages queued
@@ -52,12 +70,13 @@ import struct
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import zmq
 import zmq.asyncio
 
 from securemesh.errors import PeerUnavailable, SendTimeout, TransportClosed, TransportError
+from securemesh.transport._admission import AcceptGuard
 from securemesh.transport._base import (
     CURVE_KEY_SIZE,
     Connection,
@@ -70,7 +89,9 @@ from securemesh.transport._base import (
     TransportStats,
     check_outgoing,
     deny_all_keys,
+    listener_rcvhwm,
 )
+from securemesh.transport._fair import FULL_TURN, FairBacklog
 
 __all__ = ["ZAP_DOMAIN", "ZmqTransport"]
 
@@ -258,6 +279,38 @@ def _unbatch(frames: list[bytes], max_frames: int) -> list[list[bytes]] | None:
     return unpack_batch(frames[1], max_frames)
 
 
+def _read_parts(
+    recv: Callable[..., zmq.Frame],
+    parts: list[zmq.Frame],
+    more: bool,
+    cap: int,
+    limit: int,
+) -> list[bytes] | None:
+    """Read the rest of a multipart message; its frames as bytes, or None if too big.
+
+    A multipart message arrives whole, so these receives never block. Parts
+    stay libzmq's own buffers (``copy=False``) until the whole message is
+    known to be within ``limit`` bytes; nothing of a larger one is copied, and
+    its parts are released as soon as it is over. At most ``cap`` parts are
+    kept (more means malformed: the caller drops it by count).
+    """
+    size = sum(map(len, parts))
+    keep = size <= limit
+    while more:
+        part = recv(_NOBLOCK, copy=False)
+        more = part.more
+        if keep:
+            size += len(part)
+            if size > limit:
+                keep = False
+                parts.clear()  # released now, never copied
+            elif len(parts) < cap:
+                parts.append(part)
+    if not keep:
+        return None
+    return [p.bytes for p in parts]
+
+
 async def _wait_and_take(
     sock: zmq.asyncio.Socket,
     take: Callable[[], tuple[bytes, list[bytes]] | None],
@@ -313,7 +366,7 @@ class _ZapHandler:
         if len(request) < 8 or request[1] != b"":
             return None
         envelope, body = request[:2], request[2:]
-        version, request_id, domain, _addr, _ident, mechanism = body[:6]
+        version, request_id, domain, address, _ident, mechanism = body[:6]
         credentials = body[6:]
 
         def answer(code: bytes, text: bytes, user_id: bytes = b"") -> list[bytes]:
@@ -324,6 +377,7 @@ class _ZapHandler:
         if domain != ZAP_DOMAIN or mechanism != b"CURVE" or len(credentials) != 1:
             return answer(b"400", b"CURVE in the securemesh domain only")
         key = credentials[0]
+        self._transport._handshake_seen(address)
         if len(key) != CURVE_KEY_SIZE:
             return answer(b"400", b"bad key")
         if not self._transport._admit(key, count=True):
@@ -343,16 +397,16 @@ class _Receiver:
     _closed: bool
     _sock: zmq.asyncio.Socket
     _transport: ZmqTransport
-    _backlog: deque[tuple[bytes, list[bytes]]]
+    _backlog: FairBacklog
+    _turn: int
     stats: TransportStats
-
-    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        raise NotImplementedError
 
     def _take(self, peer: bytes, frames: list[bytes]) -> tuple[bytes, list[bytes]] | None:
         """Count and return a message from an admitted ``peer``, None if malformed.
 
-        A batch's first message is returned and the rest wait in the backlog.
+        A batch's first message is returned and the rest wait in the backlog
+        (per peer, served round-robin: :mod:`securemesh.transport._fair`); a
+        peer that still has messages there gets its oldest one, in order.
         """
         max_frames = self._transport.options.max_frames
         if not frames or len(frames) > max_frames:
@@ -360,14 +414,50 @@ class _Receiver:
             return None
         if frames[0]:
             self.stats.received += 1
+            if self._backlog.has(peer):  # behind what it already has here, in order
+                return self._behind(peer, [frames], sum(map(len, frames)))
             return peer, frames
         batch = _unbatch(frames, max_frames)
         if batch is None:
             self.stats.dropped_malformed += 1
             return None
         self.stats.received += len(batch)
-        self._backlog.extend([(peer, item) for item in batch[1:]])
-        return peer, batch[0]
+        return self._behind(peer, batch, len(frames[1]))
+
+    def _behind(
+        self, peer: bytes, messages: list[list[bytes]], size: int
+    ) -> tuple[bytes, list[bytes]] | None:
+        """Queue ``messages`` behind what ``peer`` holds here; return its oldest.
+
+        Beyond its share (:meth:`FairBacklog.room`) they are dropped whole.
+        """
+        backlog = self._backlog
+        if not backlog.room(peer, len(messages), size):
+            self.stats.dropped_overflow += len(messages)
+            return None
+        backlog.put(peer, messages, size)
+        return peer, cast("list[bytes]", backlog.pop_peer(peer))
+
+    def _read(self) -> tuple[bytes, list[bytes]] | None:
+        raise NotImplementedError
+
+    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
+        """Fast path: take an already-queued message without creating futures.
+
+        While batches are held, turns alternate between the backlog and the
+        socket (fair across peers); while the backlog is full the socket gets
+        one turn in ``FULL_TURN`` (bounded memory; see :mod:`._fair`).
+        """
+        backlog = self._backlog
+        if not backlog:
+            return self._read()
+        turn = self._turn = self._turn + 1
+        if turn >= (FULL_TURN if backlog.full() else 2):
+            self._turn = 0
+            got = self._read()
+            if got is not None:
+                return got
+        return backlog.pop()
 
     def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
         if self._closed:
@@ -409,6 +499,7 @@ class ZmqListener(_Receiver, Listener):
         sock = transport.new_socket(zmq.ROUTER)
         try:
             _configure_common(sock, opts)
+            sock.setsockopt(zmq.RCVHWM, listener_rcvhwm(opts))  # bytes per connection
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.curve_server = True
             sock.curve_secretkey = transport.keypair.secret
@@ -422,15 +513,17 @@ class ZmqListener(_Receiver, Listener):
         self._shadow: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)  # sync fast path
         self._rearm = _Rearmer(sock)
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stats = TransportStats()
+        self.guard = AcceptGuard(sock, opts, register=transport._sockets.append, stats=self.stats)
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
         # key -> authenticator verdict since the last reauthenticate(): every
         # peer is re-checked once per generation, on its next message.
         self._verdicts: dict[bytes, bool] = {}
         self._user_ids: dict[str, bytes] = {}
-        # the rest of the last batch received (at most one batch: bounded)
-        self._backlog: deque[tuple[bytes, list[bytes]]] = deque()
+        # the rest of batches received, per peer (bounded: see _fair)
+        self._backlog = FairBacklog(opts.max_frame_size)
+        self._turn = 0
         self._closed = False
-        self.stats = TransportStats()
 
     def peers(self) -> frozenset[bytes]:
         return frozenset(self._routes)
@@ -448,11 +541,8 @@ class ZmqListener(_Receiver, Listener):
         cut = [key for key in self._routes if not self._verdict(key)]
         for key in cut:
             del self._routes[key]
-        if cut and self._backlog:  # batched messages of a peer cut off now: dropped too
-            gone = set(cut)
-            kept = deque(item for item in self._backlog if item[0] not in gone)
-            self.stats.dropped_unauthenticated += len(self._backlog) - len(kept)
-            self._backlog = kept
+        # batched messages of a peer cut off now: dropped too
+        self.stats.dropped_unauthenticated += self._backlog.drop(cut)
         return cut
 
     def _peer_of(self, frame: zmq.Frame) -> bytes | None:
@@ -483,32 +573,26 @@ class ZmqListener(_Receiver, Listener):
             self._routes[peer] = routing.bytes
         return got
 
-    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        """Fast path: take an already-queued message without creating futures.
+    def _read(self) -> tuple[bytes, list[bytes]] | None:
+        """Take the next message from the socket (see :func:`_read_parts`).
 
         Receives part by part (``copy=False`` and ``Frame.more``), cheaper than
         ``recv_multipart``; the routing frame stays a ``Frame`` for its
-        ``User-Id``. A message has at most ``max_frames + 1`` parts: the rest
-        of a longer one is drained and the message dropped. The rest of a
-        batch waits in the backlog and is taken first.
+        ``User-Id``.
         """
-        if self._backlog:
-            return self._backlog.popleft()
         recv = self._shadow.recv
-        cap = self._transport.options.max_frames + 1
+        opts = self._transport.options
+        cap, limit = opts.max_frames + 1, opts.max_message_size
         try:
             while True:
                 try:
                     routing = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     return None
-                frames: list[bytes] = []
-                more = routing.more
-                while more:  # a multipart message arrives whole: these never block
-                    part = recv(_NOBLOCK, copy=False)
-                    more = part.more
-                    if len(frames) < cap:
-                        frames.append(part.bytes)
+                frames = _read_parts(recv, [], routing.more, cap, limit)
+                if frames is None:
+                    self.stats.dropped_oversize += 1
+                    continue
                 got = self._accept(routing, frames)
                 if got is not None:
                     return got
@@ -525,38 +609,27 @@ class ZmqListener(_Receiver, Listener):
         routing_id = self._routes.get(peer)
         if routing_id is None:
             raise PeerUnavailable("no connection to that peer")
-        deadline: float | None = None
-        delay = 0.0005
-        while True:
+        # Never waits (issue 9 #3): the peer's own ZeroMQ pipe (SNDHWM messages)
+        # is its bounded outbound queue; when it is full the message is dropped
+        # here, so a peer that does not read cannot hold up anyone else.
+        try:
             try:
-                try:
-                    _csend(self._shadow, routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY: here
-                    _send_parts(self._shadow, out)
-                finally:
-                    self._rearm()
-            except zmq.Again:
-                loop = asyncio.get_running_loop()
-                if deadline is None:
-                    deadline = loop.time() + (opts.send_timeout if timeout is None else timeout)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    self.stats.send_timeouts += 1
-                    raise SendTimeout("peer queue stayed full for the whole send timeout") from None
-                await asyncio.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.05)
-                if self._closed:
-                    raise TransportClosed("listener closed") from None
-                continue
-            except zmq.ZMQError as exc:
-                if self._closed or exc.errno == zmq.ENOTSOCK:
-                    raise TransportClosed("listener closed") from None
-                if exc.errno == zmq.EHOSTUNREACH:
-                    if self._routes.get(peer) == routing_id:
-                        del self._routes[peer]
-                    raise PeerUnavailable("peer disconnected") from None
-                raise TransportError(f"send failed: {exc}") from exc
-            self.stats.sent += 1
-            return
+                _csend(self._shadow, routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY: here
+                _send_parts(self._shadow, out)
+            finally:
+                self._rearm()
+        except zmq.Again:
+            self.stats.send_timeouts += 1
+            raise SendTimeout("the peer's queue is full: message dropped") from None
+        except zmq.ZMQError as exc:
+            if self._closed or exc.errno == zmq.ENOTSOCK:
+                raise TransportClosed("listener closed") from None
+            if exc.errno == zmq.EHOSTUNREACH:
+                if self._routes.get(peer) == routing_id:
+                    del self._routes[peer]
+                raise PeerUnavailable("peer disconnected") from None
+            raise TransportError(f"send failed: {exc}") from exc
+        self.stats.sent += 1
 
     async def close(self) -> None:
         if self._closed:
@@ -564,6 +637,7 @@ class ZmqListener(_Receiver, Listener):
         self._closed = True
         self._routes.clear()
         self._backlog.clear()
+        self.guard.close()
         self._sock.close(linger=0)
 
 
@@ -604,7 +678,8 @@ class ZmqConnection(_Receiver, Connection):
         self._room = asyncio.Event()  # set while the queue has room
         self._room.set()
         self._batch_bytes = min(_BATCH_BYTES, transport.options.max_frame_size)
-        self._backlog: deque[tuple[bytes, list[bytes]]] = deque()
+        self._backlog = FairBacklog(opts.max_frame_size)
+        self._turn = 0
 
     async def send(
         self, peer: bytes, frames: Sequence[bytes], *, timeout: float | None = None
@@ -702,23 +777,21 @@ class ZmqConnection(_Receiver, Connection):
         self._room.set()
         return False
 
-    def _try_recv(self) -> tuple[bytes, list[bytes]] | None:
-        """Fast path: take an already-queued message without creating futures."""
-        if self._backlog:
-            return self._backlog.popleft()
+    def _read(self) -> tuple[bytes, list[bytes]] | None:
+        """Take the next message from the socket (see :func:`_read_parts`)."""
         recv = self._shadow.recv
-        cap = self._transport.options.max_frames + 1
+        opts = self._transport.options
+        cap, limit = opts.max_frames + 1, opts.max_message_size
         try:
             while True:
                 try:
                     part = recv(_NOBLOCK, copy=False)
                 except zmq.Again:
                     return None
-                frames = [part.bytes]
-                while part.more:  # a multipart message arrives whole: these never block
-                    part = recv(_NOBLOCK, copy=False)
-                    if len(frames) < cap:
-                        frames.append(part.bytes)
+                frames = _read_parts(recv, [part], part.more, cap, limit)
+                if frames is None:
+                    self.stats.dropped_oversize += 1
+                    continue
                 got = self._take(self._server_key, frames)
                 if got is not None:
                     return got
@@ -795,6 +868,13 @@ class ZmqTransport(Transport):
                 _call_hook(self.on_reject, key, exc)
             return False
         return True
+
+    def _handshake_seen(self, address: bytes) -> None:
+        """ZAP saw a client at ``address``: its connection is past the handshake."""
+        text = address.decode("ascii", "replace")
+        for endpoint in self._endpoints:
+            if isinstance(endpoint, ZmqListener):
+                endpoint.guard.handshake_done(text)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -391,7 +391,7 @@ def test_open_kinds_are_namespaced_strings() -> None:
     signed = SignedEvent.from_bytes(sign_event(ev, SIGNER).to_bytes())
     assert signed.verify(SIGNER.verify_key).kind == "counter.tick"
     assert kind_namespace("storage.put") == "storage"
-    assert {"node", "cert", "message", "task", "object", "storage", "fl", "he"} == set(
+    assert {"node", "cert", "message", "task", "object", "storage", "fl", "he", "audit"} == set(
         BUILTIN_NAMESPACES
     )
     assert is_valid_kind("fl.round_started")

@@ -182,8 +182,13 @@ def test_cli_query_prints_nothing_from_a_forged_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``securemesh audit query`` over a log whose index was edited: one error line, exit 1."""
+    from securemesh.cli import _audit as audit_cli
+    from securemesh.crypto import keystore
+
     monkeypatch.setenv("SECUREMESH_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("SECUREMESH_AUDIT_DB", raising=False)
+    monkeypatch.setenv("SECUREMESH_PASSPHRASE", "log-key-passphrase")  # seals the log key
+    monkeypatch.setattr(audit_cli, "_KDF_PARAMS", keystore.UNSAFE_FAST_PARAMS)
     assert main(["audit", "init-log", "--origin", "example.org/audit"]) == 0
     signer = Ed25519Signer.from_seed(b"1" * 32)
     with open_log(tmp_path / "audit.db") as lg:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemon_support import FAST_KDF_CLI
 from sqlalchemy import create_engine, inspect
 
 from securemesh.audit.checkpoint import key_id, open_checkpoint, parse_verifier_key
@@ -59,12 +60,17 @@ def _b64_lines(events: Sequence[SignedEvent]) -> str:
     return "".join(base64.b64encode(e.to_bytes()).decode() + "\n" for e in events)
 
 
+#: the log key file's passphrase (init-log seals the key with it; append opens it)
+PASSPHRASE = "log-key-passphrase"
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in {"SECUREMESH_DATA_DIR", "SECUREMESH_AUDIT_DB", "XDG_DATA_HOME"}
     }
+    env["SECUREMESH_PASSPHRASE"] = PASSPHRASE  # the log key file's (init-log, append)
     env.update(extra)
     return env
 
@@ -80,7 +86,7 @@ def cli(
     if data is not None:
         e = {**e, "SECUREMESH_DATA_DIR": str(data)}
     return subprocess.run(
-        [sys.executable, "-m", "securemesh", "audit", *argv],
+        [*FAST_KDF_CLI, "audit", *argv],
         input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,

@@ -280,3 +280,27 @@ def test_a_failing_audit_hook_is_counted_not_raised() -> None:
     metrics.reject(Rejection("bad_auth", None, None, None, "", 0.0))
     assert metrics.audit_failures == 1
     assert metrics.rejections["bad_auth"] == 1
+
+
+def test_dropped_sends_are_counted_apart_logged_rate_limited_and_audited(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 9 #3: a reply the transport dropped (peer queue full) is not a rejection."""
+    audited: list[Rejection] = []
+    metrics = Metrics(audit_hook=audited.append, log_window=60.0)
+    peer = b"p" * 32
+    with caplog.at_level(logging.WARNING, logger="securemesh.node"):
+        logged = [
+            metrics.drop(Rejection("peer_queue_full", peer, "dev-1", "mesh.ping", "d", t))
+            for t in (0.0, 1.0, 2.0, 61.0)
+        ]
+    assert logged == [True, False, False, True]
+    assert metrics.dropped == 4
+    assert metrics.drops["peer_queue_full"] == 4
+    assert metrics.rejected == 0  # the requests themselves were accepted
+    assert len(audited) == 4  # the auditor rate-limits what it records
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "dropped"]
+    assert [r.suppressed for r in lines] == [0, 2]  # type: ignore[attr-defined]
+    snap = metrics.snapshot()
+    assert snap["dropped"] == 4
+    assert snap["drops"] == {"peer_queue_full": 4}

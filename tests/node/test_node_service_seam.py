@@ -213,13 +213,12 @@ def test_relay_policy_and_local_policy_are_kept_apart() -> None:
             await dev.node.start()
             await dev.node.wait_parent(5)
             # a device's app.job addressed to the edge itself passes the pipeline (it could
-            # be relayed) but the local handler refuses it: mesh.error unauthorized
-            from securemesh.errors import RemoteCallError
-
-            with pytest.raises(RemoteCallError) as info:
-                await dev.node.request("edge-1", "app.job", Ping(n=0), timeout=5)
-            assert info.value.code == "unauthorized"
+            # be relayed) but the local policy refuses it before dispatch: silently, like
+            # any unauthorized message (protocol.md §7), counted as a rejection
+            with pytest.raises(TimeoutError):
+                await dev.node.request("edge-1", "app.job", Ping(n=0), timeout=1)
             assert calls == []
+            assert edge.node.metrics.rejections.get("unauthorized") == 1
         finally:
             await dev.node.stop(0.5)
             await edge.node.stop(0.5)
@@ -268,8 +267,8 @@ def test_old_reports_without_the_new_fields_stay_valid() -> None:
         b'"capacity":100,"inflight":0,"rtt_ms":null,"uptime_s":1.5}'
     )
     report = NodeReport.model_validate_json(old, strict=True)
-    assert report.labels == {}
-    assert report.services == []
+    assert report.labels is None  # optional fields are absent, not empty (protocol.md §3.1)
+    assert report.services is None
     assert report.failure_domain is None
     too_many = {f"k{i}": "v" for i in range(33)}
     from pydantic import ValidationError
@@ -414,5 +413,42 @@ def test_a_relay_only_type_is_narrowed_on_the_forwarding_hop() -> None:
         finally:
             for b in (*devs, edge, cloud):
                 await b.node.stop(0.5)
+
+    run(main())
+
+
+def test_the_documented_service_and_its_test_recipe_run(tmp_path: Path) -> None:
+    """docs/services.md: the service's shape and the testing recipe run as written."""
+    import json
+    import textwrap
+
+    from docs_support import marked_block
+
+    shape: dict[str, Any] = {}
+    exec(marked_block("services.md", "service-shape"), shape)
+    recipe = marked_block("services.md", "service-testing")
+    scope: dict[str, Any] = {"ServiceHost": ServiceHost, "NullAuditRecorder": NullAuditRecorder}
+    exec(
+        "async def recipe(node, tmp_path, MyService, check):\n"
+        + textwrap.indent(recipe.replace("...", "await check(host)"), "    "),
+        scope,
+    )
+
+    async def check(host: ServiceHost) -> None:
+        recorder = host.audit
+        assert isinstance(recorder, NullAuditRecorder)
+        await wait_for(lambda: any(e.kind == "counter.tick" for e in recorder.events))
+        status = host.status()["counter"]
+        assert isinstance(status, Mapping)
+        assert status["state"] == "running"
+        assert status["count"] >= 1
+
+    async def main() -> None:
+        edge = _edge(Fixture())
+        try:
+            await scope["recipe"](edge.node, tmp_path, shape["CounterService"], check)
+        finally:
+            await edge.node.stop(0.5)
+        assert json.dumps(shape["CounterService"]().status()) == '{"count": 0}'
 
     run(main())

@@ -513,7 +513,10 @@ def test_bounded_queues_and_send_timeout(kit: Kit, direction: str) -> None:
             else:
                 sender, receiver, dest = m.listener, conn, peer
             sent = await fill(sender, dest, frame, limit=5000)
-            assert 8 <= sent < 5000, "the queue must fill, and must be bounded"
+            # a connection waits for room in both high-water marks; a listener never
+            # waits (its peer's pipe is the bound): at least its SNDHWM goes
+            least = 8 if direction == "to_listener" else 4
+            assert least <= sent < 5000, "the queue must fill, and must be bounded"
             assert sender.stats.send_timeouts == 1
             # Nothing was lost or reordered; the timed-out message was not queued.
             for i in range(sent):
@@ -523,6 +526,47 @@ def test_bounded_queues_and_send_timeout(kit: Kit, direction: str) -> None:
                 await receiver.recv(timeout=0.05)
             await sender.send(dest, [b"after"], timeout=WAIT)
             assert (await receiver.recv(timeout=WAIT))[1] == [b"after"]
+
+    run(main())
+
+
+def test_a_listener_never_waits_for_a_peer_that_does_not_read(kit: Kit) -> None:
+    """Issue 9 #3: a full queue toward one peer drops at once; others are served."""
+    options = TransportOptions(sndhwm=4, rcvhwm=4)
+    frame = bytes(64 * 1024)
+
+    async def main() -> None:
+        async with mesh(kit, options) as m:
+            stalled = await m.add_client(options=options)
+            reader = await m.add_client(options=options)
+            stalled_key = await hello(stalled, m.listener, b"s")
+            reader_key = await hello(reader, m.listener, b"r")
+            loop = asyncio.get_running_loop()
+            dropped = 0
+            start = loop.time()
+            for i in range(2000):  # the stalled peer never reads
+                try:
+                    await m.listener.send(stalled_key, [i.to_bytes(4, "big"), frame], timeout=WAIT)
+                except SendTimeout:
+                    dropped += 1
+                    if dropped >= 20:
+                        break
+            assert dropped >= 20, "a peer that never reads must not absorb without bound"
+            assert loop.time() - start < WAIT, "a full peer queue must not make send wait"
+            assert m.listener.stats.send_timeouts == dropped
+            await m.listener.send(reader_key, [b"for the reader"], timeout=WAIT)
+            assert (await reader.recv(timeout=WAIT))[1] == [b"for the reader"]
+            # what was queued for the stalled peer arrives whole and in order
+            last = -1
+            while True:
+                try:
+                    _, frames = await stalled.recv(timeout=0.5)
+                except TimeoutError:
+                    break
+                number = int.from_bytes(frames[0], "big")
+                assert number > last
+                last = number
+            assert last >= 3
 
     run(main())
 

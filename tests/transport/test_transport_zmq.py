@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import socket
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -17,6 +20,7 @@ from hypothesis import strategies as st
 from securemesh.errors import TransportError
 from securemesh.transport import AllowKeys, CurveKeyPair, TransportOptions, ZmqTransport
 from securemesh.transport import _zmq as zt
+from securemesh.transport._zmq import ZmqListener
 
 WAIT = 5.0
 
@@ -43,6 +47,29 @@ def raw_dealer(
         sock.curve_secretkey = keys.secret
     sock.connect(address)
     return sock
+
+
+@contextlib.asynccontextmanager
+async def admitted_raw_peers(
+    count: int, options: TransportOptions | None = None
+) -> AsyncIterator[tuple[ZmqListener, list[zmq.asyncio.Socket], list[bytes]]]:
+    """A listener admitting ``count`` raw pyzmq DEALERs (an attacker's own sockets)."""
+    server_keys = CurveKeyPair.generate()
+    peers = [CurveKeyPair.generate() for _ in range(count)]
+    server = ZmqTransport(
+        server_keys, authenticator=AllowKeys([p.public for p in peers]), options=options
+    )
+    raw_ctx = zmq.asyncio.Context()
+    try:
+        listener = await server.listen("tcp://127.0.0.1:0")
+        socks = [
+            raw_dealer(raw_ctx, listener.address, server_key=server_keys.public, keys=p)
+            for p in peers
+        ]
+        yield listener, socks, [p.public for p in peers]
+    finally:
+        raw_ctx.destroy(linger=0)
+        await server.close()
 
 
 @pytest.mark.parametrize("kind", ["unknown_curve_key", "no_curve", "plain"])
@@ -202,6 +229,13 @@ def test_socket_options_are_set() -> None:
                 assert sock.getsockopt(zmq.MAXMSGSIZE) == 4096
             assert listener._sock.getsockopt(zmq.CURVE_SERVER) == 1
             assert listener._sock.getsockopt(zmq.ZAP_DOMAIN) == zt.ZAP_DOMAIN
+            # a listener's RCVHWM holds ~max_queued_bytes per connection (issue 9 #4)
+            big = ZmqTransport(keys, options=TransportOptions(max_queued_bytes=64 << 20))
+            try:
+                big_listener = await big.listen("tcp://127.0.0.1:0")
+                assert big_listener._sock.getsockopt(zmq.RCVHWM) == 4  # 64 MiB / 16 MiB
+            finally:
+                await big.close()
             assert listener.address.startswith("tcp://127.0.0.1:")
             assert not listener.address.endswith(":0")
         finally:
@@ -241,6 +275,9 @@ class _FakeTransport:
 
     def _admit(self, key: bytes, *, count: bool) -> bool:
         return key == self.allowed
+
+    def _handshake_seen(self, address: bytes) -> None:
+        """No listeners here, so no pending handshakes to settle."""
 
 
 def _zap_handle(request: list[bytes], allowed: bytes) -> list[bytes] | None:
@@ -424,14 +461,7 @@ def test_a_burst_leaves_as_batches_on_the_wire() -> None:
 
 def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_served() -> None:
     async def main() -> None:
-        server_keys, peer_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
-        server = ZmqTransport(server_keys, authenticator=AllowKeys([peer_keys.public]))
-        raw_ctx = zmq.asyncio.Context()
-        try:
-            listener = await server.listen("tcp://127.0.0.1:0")
-            raw = raw_dealer(
-                raw_ctx, listener.address, server_key=server_keys.public, keys=peer_keys
-            )
+        async with admitted_raw_peers(1) as (listener, (raw,), _):
             good = zt.pack_batch([[b"one"], [b"two", b"2"]])
             await raw.send_multipart([b"", good + b"junk"])
             await raw.send_multipart([b"", good, b"extra frame"])
@@ -442,8 +472,117 @@ def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_ser
             assert got == [[b"one"], [b"two", b"2"]]
             assert listener.stats.dropped_malformed == 4
             assert listener.stats.received == 2
+
+    run(main())
+
+
+def test_a_batch_flood_gets_one_turn_at_a_time() -> None:
+    """Issue 9 #8b: a peer's 1,024-message batch does not make another peer wait behind it."""
+
+    async def main() -> None:
+        async with admitted_raw_peers(2) as (listener, (flood, quiet), (flood_key, quiet_key)):
+            batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
+            await flood.send_multipart([b"", batch])
+            await flood.send_multipart([b"", batch])
+            peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
+            assert peer == flood_key
+            await quiet.send_multipart([b"quiet"])
+            # give the I/O thread a moment to put it in the listener's queue (if it is
+            # late, the backlog is served meanwhile: the bound below has a wide margin)
+            await asyncio.sleep(0.2)
+            order: list[bytes] = []
+            flood_seen = [first]
+            while quiet_key not in order:
+                peer, frames = await listener.recv(timeout=WAIT)
+                order.append(peer)
+                if peer == flood_key:
+                    flood_seen.append(frames)
+            # before: behind all 1,023 held messages of the batch
+            assert len(order) < 256, "the quiet peer waited behind the batch"
+            # the flood's own messages keep their order across both batches
+            rest = []
+            while len(flood_seen) + len(rest) < 2048:
+                peer, frames = await listener.recv(timeout=WAIT)
+                assert peer == flood_key
+                rest.append(frames)
+            numbers = [int.from_bytes(f[1], "big") for f in flood_seen + rest]
+            assert numbers == list(range(1024)) * 2
+
+    run(main())
+
+
+def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
+    """Issue 9 #4: many frames each under MAXMSGSIZE, together over max_message_size."""
+
+    async def main() -> None:
+        options = TransportOptions(max_frame_size=1024 * 1024, max_message_size=2 * 1024 * 1024)
+        async with admitted_raw_peers(1, options) as (listener, (raw,), _):
+            big = bytes(1000 * 1024)
+            await raw.send_multipart([b"too", big, big, big])  # 3 MB in 4 frames
+            await raw.send_multipart([b"ok", big])
+            _, frames = await listener.recv(timeout=WAIT)
+            assert frames == [b"ok", big]
+            assert listener.stats.dropped_oversize == 1
+            assert listener.stats.received == 1
+
+    run(main())
+
+
+def test_connections_are_refused_before_authentication_beyond_the_limits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 9 #5/#8e: pending handshakes per address, the accept rate and descriptors."""
+
+    async def main() -> None:
+        server_keys, good_keys = CurveKeyPair.generate(), CurveKeyPair.generate()
+        options = TransportOptions(max_pending_per_address=2, accept_burst=3, accept_rate=0.001)
+        server = ZmqTransport(
+            server_keys, authenticator=AllowKeys([good_keys.public]), options=options
+        )
+        client = ZmqTransport(good_keys)
+        raws: list[socket.socket] = []
+        try:
+            listener = await server.listen("tcp://127.0.0.1:0")
+            host, port = listener.address.removeprefix("tcp://").rsplit(":", 1)
+            for _ in range(4):  # silent raw TCP clients: they never finish a handshake
+                raws.append(socket.create_connection((host, int(port))))
+            async with asyncio.timeout(WAIT):
+                while listener.stats.refused_connections < 2:
+                    await asyncio.sleep(0.01)
+            guard = listener.guard
+            assert guard.refused["pending_per_address"] == 2
+            assert guard.pending == 2
+            for raw in raws:
+                raw.close()  # their DISCONNECTED frees the pending slots
+            async with asyncio.timeout(WAIT):
+                while guard.pending:
+                    await asyncio.sleep(0.01)
+            # refused ones took no token: the 3rd (the good client) is in
+            conn = await client.connect(listener.address, server_keys.public)
+            await conn.send(server_keys.public, [b"hello"])
+            assert (await listener.recv(timeout=WAIT))[1] == [b"hello"]
+            # no token left for this address: the next connection is refused
+            raws = [socket.create_connection((host, int(port)))]
+            async with asyncio.timeout(WAIT):
+                while guard.refused["accept_rate"] < 1:
+                    await asyncio.sleep(0.01)
+            # near the open-file limit: refused, and said once
+            guard._fd_ceiling = 0
+            with caplog.at_level(logging.WARNING, logger="securemesh.transport"):
+                raws += [socket.create_connection((host, int(port))) for _ in range(2)]
+                async with asyncio.timeout(WAIT):
+                    while guard.refused["fd_limit"] < 2:
+                        await asyncio.sleep(0.01)
+            said = [r for r in caplog.records if getattr(r, "event", None) == "fd_limit"]
+            assert len(said) == 1
+            assert guard.snapshot()["near_fd_limit"] is True
+            # the admitted connection is untouched by all of this
+            await conn.send(server_keys.public, [b"still here"])
+            assert (await listener.recv(timeout=WAIT))[1] == [b"still here"]
         finally:
-            raw_ctx.destroy(linger=0)
+            for raw in raws:
+                raw.close()
+            await client.close()
             await server.close()
 
     run(main())
