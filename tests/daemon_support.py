@@ -43,6 +43,15 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 
 
+def poll(predicate: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
+    """Wait for a condition on what the daemons write (bounded polling, not a sleep)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
@@ -110,15 +119,6 @@ def read_status(data_dir: Path) -> dict[str, Any]:
     data = json.loads((data_dir / "status.json").read_text())
     assert isinstance(data, dict)
     return data
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Wait for a condition on the files/logs the daemons write (bounded; not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_status(

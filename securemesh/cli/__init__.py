@@ -60,6 +60,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "securemesh.cli._task",
     ),
     (
+        "store",
+        "encrypted, erasure-coded objects on the edges (as an enrolled device)",
+        "securemesh.cli._store",
+    ),
+    (
         "demo",
         "run cloud, edge and device end to end on 127.0.0.1 (real processes, ~10 s)",
         "securemesh.cli._demo",

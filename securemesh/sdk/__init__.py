@@ -22,6 +22,8 @@
 * :class:`Enrollment` — what :meth:`Device.enroll` reports.
 * :class:`TaskHandle` — what :meth:`Device.submit` returns: a task submitted
   with its intent, and its signed result (docs/tasks.md).
+* :func:`storage_client` / :class:`DeviceRequester` — encrypted edge storage
+  (docs/storage.md) from a device (:mod:`securemesh.sdk._storage`).
 
 Importing this package is deliberately cheap (it is checked by a test and
 ``bench/sdk_footprint.py``): it loads no pydantic, cryptography, pyzmq,
@@ -39,8 +41,18 @@ from securemesh.sdk._message import Message, Reply
 
 if TYPE_CHECKING:
     from securemesh.sdk._async import AsyncDevice
+    from securemesh.sdk._storage import DeviceRequester, storage_client
 
-__all__ = ["AsyncDevice", "Device", "Enrollment", "Message", "Reply", "TaskHandle"]
+__all__ = [
+    "AsyncDevice",
+    "Device",
+    "DeviceRequester",
+    "Enrollment",
+    "Message",
+    "Reply",
+    "TaskHandle",
+    "storage_client",
+]
 
 
 def __getattr__(name: str) -> object:
@@ -48,4 +60,8 @@ def __getattr__(name: str) -> object:
         from securemesh.sdk._async import AsyncDevice  # noqa: PLC0415 - imports asyncio
 
         return AsyncDevice
+    if name in {"DeviceRequester", "storage_client"}:
+        from securemesh.sdk import _storage  # noqa: PLC0415 - loads pydantic and storage
+
+        return getattr(_storage, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

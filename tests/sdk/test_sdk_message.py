@@ -35,10 +35,12 @@ def test_public_surface() -> None:
     assert sorted(securemesh.sdk.__all__) == [
         "AsyncDevice",
         "Device",
+        "DeviceRequester",
         "Enrollment",
         "Message",
         "Reply",
         "TaskHandle",
+        "storage_client",
     ]
     for name in securemesh.sdk.__all__:
         assert getattr(securemesh.sdk, name) is not None

@@ -1,0 +1,601 @@
+"""The storage client: drives put/get plans over a node's requests, n transfers in parallel.
+
+``StorageClient`` needs something that sends a REQUEST and returns the
+verified reply: a :class:`~securemesh.node.NodeContext` (a service on a
+node), or an adapter over the SDK device. It never sees a socket.
+
+* ``put(name, bytes | binary file)`` — asks ``index`` (the cloud) for the live
+  storage nodes (``storage.nodes``), places the object by rendezvous hashing,
+  then for each segment sends its n shards to the n nodes concurrently, with
+  at most ``parallel_segments`` (2) segments in flight: peak memory is about
+  ``parallel_segments * segment_size * (1 + n/k)``, whatever the object's size. The signed
+  manifest goes to ``manifest_copies`` nodes chosen by rendezvous hashing on
+  ``owner/name``, so any reader computes the same nodes.
+* ``get(name)`` / ``get_into(name, write)`` — finds the manifest (the first
+  copy whose owner signature verifies; a forged one is skipped), unwraps the
+  data key, and for each segment asks k nodes at once, then others for every
+  shard that is missing, refused or corrupt (hash checked by the plan); the
+  report lists them.
+* ``stat`` (the verified manifest), ``list`` and ``delete``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import hashlib
+import io
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from pydantic import BaseModel
+
+from securemesh.crypto.signing import Signer
+from securemesh.errors import (
+    InclusionProofError,
+    LocalError,
+    RemoteCallError,
+    SecureMeshError,
+    TransportError,
+)
+from securemesh.storage._codec import regenerate_shards, shard_hash
+from securemesh.storage._errors import ObjectUnreadable
+from securemesh.storage._manifest import Manifest, open_manifest, sign_manifest
+from securemesh.storage._messages import (
+    MSG_CHALLENGE,
+    MSG_MANIFEST_DELETE,
+    MSG_MANIFEST_GET,
+    MSG_MANIFEST_LIST,
+    MSG_MANIFEST_PUT,
+    MSG_NODES,
+    MSG_SHARD_DELETE,
+    MSG_SHARD_GET,
+    MSG_SHARD_PUT,
+    Challenge,
+    Done,
+    ManifestRef,
+    NameList,
+    NodeList,
+    ObjectRef,
+    ProofReply,
+    ShardPutBody,
+    ShardRef,
+)
+from securemesh.storage._placement import Candidate, place, rendezvous_score, replacements
+from securemesh.storage._plan import (
+    DEFAULT_K,
+    DEFAULT_N,
+    DEFAULT_SEGMENT_SIZE,
+    GetPlan,
+    PutPlan,
+    ShardGet,
+    ShardPut,
+)
+from securemesh.storage._proof import (
+    NONCE_SIZE,
+    StorageProof,
+    check_paths,
+    verify_storage_proof,
+)
+
+__all__ = [
+    "KIND_CHALLENGE",
+    "AuditHook",
+    "GetReport",
+    "RepairReport",
+    "ReplyLike",
+    "Requester",
+    "StorageClient",
+    "challenge_shard",
+]
+
+
+KIND_CHALLENGE = "storage.challenge"
+
+
+class AuditHook(Protocol):
+    """Records an audit event (``ctx.audit.record`` or ``Device.record_audit``)."""
+
+    def __call__(
+        self,
+        kind: str,
+        subject: tuple[str, str],
+        *,
+        outcome: str = "success",
+        details: dict[str, object] | None = None,
+    ) -> object: ...
+
+
+class ReplyLike(Protocol):
+    """A verified reply: what ``NodeContext.request`` returns (``VerifiedMessage``)."""
+
+    @property
+    def body_bytes(self) -> bytes: ...
+
+    @property
+    def raw_frames(self) -> tuple[memoryview, ...]: ...
+
+
+class Requester(Protocol):
+    """Sends a REQUEST and returns its verified reply (``NodeContext`` is one)."""
+
+    async def request(
+        self,
+        dest: str,
+        msg_type: str,
+        body: BaseModel | bytes,
+        frames: Sequence[bytes | memoryview] = (),
+        *,
+        timeout: float | None = None,
+    ) -> ReplyLike: ...
+
+
+@dataclass
+class GetReport:
+    """What a read met on the way: shards that were corrupt or did not arrive."""
+
+    manifest: Manifest
+    corrupt: list[tuple[int, int, str]] = field(default_factory=list)
+    missing: list[tuple[int, int, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class RepairReport:
+    """What a repair did: the (re-signed) manifest and each moved shard column."""
+
+    manifest: Manifest
+    #: shard index -> (old node, new node)
+    moved: dict[int, tuple[str, str]] = field(default_factory=dict)
+    shards_rebuilt: int = 0
+
+
+async def challenge_shard(
+    requester: Requester,
+    manifest: Manifest,
+    segment: int,
+    index: int,
+    *,
+    nonce: bytes,
+    count: int = 8,
+    timeout: float = 30.0,
+) -> str:
+    """Challenge shard ``index`` of ``segment`` on its node; "ok" or why it failed.
+
+    ``nonce`` must be fresh (from a CSPRNG); ``count`` blocks are checked
+    against the shard's address in the verified manifest (``_proof``).
+    """
+    entry = manifest.segments[segment]
+    shard_size = (entry.cipher_size + entry.padding) // manifest.k
+    body = Challenge(hash=entry.shards[index], nonce=nonce.hex(), count=count)
+    try:
+        reply = await requester.request(
+            manifest.placement[index], MSG_CHALLENGE, body, timeout=timeout
+        )
+        paths = ProofReply.model_validate_json(reply.body_bytes, strict=True).paths
+        proof = StorageProof(tuple(bytes(f) for f in reply.raw_frames), check_paths(paths))
+        verify_storage_proof(bytes.fromhex(entry.shards[index]), shard_size, nonce, count, proof)
+    except InclusionProofError:
+        return "bad_proof"
+    except (SecureMeshError, TimeoutError) as exc:
+        return _reason(exc)
+    return "ok"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RemoteCallError):
+        return exc.code
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__
+
+
+class StorageClient:
+    """The library client (module doc)."""
+
+    def __init__(
+        self,
+        requester: Requester,
+        *,
+        node_id: str,
+        signer: Signer,
+        kx_secret: bytes,
+        kx_public: bytes,
+        index: str,
+        k: int = DEFAULT_K,
+        n: int = DEFAULT_N,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        manifest_copies: int = 3,
+        parallel_segments: int = 2,
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+        audit: AuditHook | None = None,
+    ) -> None:
+        self._req = requester
+        self._audit = audit
+        self.node_id = node_id
+        self._signer = signer
+        self._kx_secret = kx_secret
+        self._kx_public = kx_public
+        self.index = index
+        self.k, self.n, self.segment_size = k, n, segment_size
+        self.manifest_copies = manifest_copies
+        if not 1 <= parallel_segments <= 16:
+            raise LocalError("parallel_segments is 1..16")
+        self.parallel_segments = parallel_segments
+        self.timeout = timeout
+        self._clock = clock
+        self._rng = rng
+
+    # ---------------------------------------------------------------- nodes
+
+    async def nodes(self) -> list[Candidate]:
+        """The live storage nodes, from the index node's ``storage.nodes``."""
+        reply = await self._req.request(self.index, MSG_NODES, b"{}", timeout=self.timeout)
+        listed = NodeList.model_validate_json(reply.body_bytes, strict=True)
+        return [Candidate(e.node_id, e.failure_domain) for e in listed.nodes]
+
+    @staticmethod
+    def _name_key(owner: str, name: str) -> bytes:
+        return hashlib.sha256(f"{owner}\x00{name}".encode()).digest()[:16]
+
+    # ------------------------------------------------------------------ put
+
+    async def put(
+        self,
+        name: str,
+        data: bytes | BinaryIO,
+        *,
+        size: int | None = None,
+        readers: dict[str, bytes] | None = None,
+        nodes: list[Candidate] | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> Manifest:
+        """Store ``data`` (bytes or a binary file read segment by segment) as ``name``.
+
+        ``readers`` maps other node ids to their X25519 keys (certificates'
+        ``kx_key``); the owner is always a reader.
+        """
+        stream: BinaryIO = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+        if size is None:
+            size = (
+                os.fstat(stream.fileno()).st_size
+                if not isinstance(data, bytes | bytearray)
+                else len(data)
+            )
+        candidates = nodes if nodes is not None else await self.nodes()
+        object_key = self._rng(16)
+        placement = place(object_key, candidates, self.n)
+        plan = PutPlan(
+            name=name,
+            owner=self.node_id,
+            signer=self._signer,
+            size=size,
+            placement=placement,
+            readers={self.node_id: self._kx_public, **(readers or {})},
+            k=self.k,
+            n=self.n,
+            segment_size=self.segment_size,
+            created_ms=int(self._clock() * 1000),
+            rng=self._rng,
+        )
+        # up to `parallel_segments` segments' transfers in flight: the next segment is
+        # sealed and coded while the previous one's shards travel
+        inflight: collections.deque[asyncio.Future[list[None]]] = collections.deque()
+        try:
+            for index in range(plan.count):
+                want = min(self.segment_size, size - index * self.segment_size)
+                chunk = stream.read(want)
+                if len(chunk) != want:
+                    raise LocalError(f"{name}: the file ended early (segment {index})")
+                puts = plan.segment(chunk)
+                del chunk
+                inflight.append(asyncio.gather(*(self._put_shard(plan, p) for p in puts)))
+                del puts
+                while len(inflight) >= self.parallel_segments or (
+                    inflight and index == plan.count - 1
+                ):
+                    await inflight.popleft()
+                    self._check_put(plan, name, placement)
+                    if progress is not None:
+                        progress(plan.count - plan.pending_segments(), plan.count)
+        except BaseException:
+            for fut in inflight:
+                fut.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+            await self._abort(plan.object_id.hex(), placement)
+            raise
+        manifest, blob = plan.finish()
+        await self._put_manifest(manifest, blob, candidates)
+        return manifest
+
+    @staticmethod
+    def _check_put(plan: PutPlan, name: str, placement: Sequence[str]) -> None:
+        if plan.failed_shards:
+            seg, idx, why = plan.failed_shards[0]
+            raise LocalError(
+                f"{name}: shard {idx} of segment {seg} was refused by "
+                f"{placement[idx]} ({why}); nothing was kept"
+            )
+
+    async def _put_shard(self, plan: PutPlan, put: ShardPut) -> None:
+        body = ShardPutBody(object_id=put.object_id.hex(), hash=put.hash.hex())
+        try:
+            await self._req.request(put.node, MSG_SHARD_PUT, body, [put.data], timeout=self.timeout)
+        except (SecureMeshError, TimeoutError) as exc:
+            plan.failed(put.segment, put.index, _reason(exc))
+        else:
+            plan.stored(put.segment, put.index)
+
+    async def _abort(self, object_id: str, placement: Sequence[str]) -> None:
+        await asyncio.gather(
+            *(
+                self._quiet(node, MSG_SHARD_DELETE, ObjectRef(object_id=object_id))
+                for node in placement
+            )
+        )
+
+    async def _quiet(self, node: str, msg_type: str, body: BaseModel) -> bool:
+        try:
+            reply = await self._req.request(node, msg_type, body, timeout=self.timeout)
+        except (SecureMeshError, TimeoutError):
+            return False
+        return Done.model_validate_json(reply.body_bytes, strict=True).changed
+
+    def _manifest_nodes(self, owner: str, name: str, candidates: Sequence[Candidate]) -> list[str]:
+        key = self._name_key(owner, name)
+        return sorted(
+            {c.node_id for c in candidates}, key=lambda node: -rendezvous_score(key, node)
+        )
+
+    async def _put_manifest(
+        self, manifest: Manifest, blob: bytes, candidates: Sequence[Candidate]
+    ) -> None:
+        ref = ManifestRef(owner=self.node_id, name=manifest.name)
+        copies = min(self.manifest_copies, len(candidates))
+        stored = 0
+        # the index (cloud) keeps a copy too: it challenges the shards' holders
+        if self.index not in {c.node_id for c in candidates}:
+            with contextlib.suppress(SecureMeshError, TimeoutError):
+                await self._req.request(
+                    self.index, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout
+                )
+        for node in self._manifest_nodes(self.node_id, manifest.name, candidates):
+            try:
+                await self._req.request(node, MSG_MANIFEST_PUT, ref, [blob], timeout=self.timeout)
+            except (SecureMeshError, TimeoutError):
+                continue
+            stored += 1
+            if stored == copies:
+                return
+        raise LocalError(
+            f"{manifest.name}: the manifest was stored on {stored} nodes, not {copies}"
+        )
+
+    # ------------------------------------------------------------------ get
+
+    async def stat(
+        self,
+        name: str,
+        *,
+        owner: str | None = None,
+        owner_key: bytes | None = None,
+        nodes: list[Candidate] | None = None,
+    ) -> Manifest:
+        """The verified manifest of ``owner``'s (default: our) object ``name``."""
+        owner = owner or self.node_id
+        verify_key = owner_key or (self._signer.verify_key if owner == self.node_id else None)
+        if verify_key is None:
+            raise LocalError("reading another owner's object needs the owner's verify key")
+        candidates = nodes if nodes is not None else await self.nodes()
+        ref = ManifestRef(owner=owner, name=name)
+        refused = 0
+        for node in self._manifest_nodes(owner, name, candidates):
+            try:
+                reply = await self._req.request(node, MSG_MANIFEST_GET, ref, timeout=self.timeout)
+                if len(reply.raw_frames) != 1:
+                    refused += 1
+                    continue
+                return open_manifest(reply.raw_frames[0], verify_key)
+            except (SecureMeshError, TimeoutError) as exc:
+                if not isinstance(exc, RemoteCallError) or exc.code != "not_found":
+                    refused += 1
+        raise ObjectUnreadable(
+            f"{owner}/{name}: no valid manifest on {len(candidates)} nodes ({refused} refused)"
+        )
+
+    async def get_into(
+        self,
+        name: str,
+        write: Callable[[bytes], object],
+        *,
+        owner: str | None = None,
+        owner_key: bytes | None = None,
+        nodes: list[Candidate] | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> GetReport:
+        """Stream the object into ``write`` segment by segment; the report of what failed."""
+        manifest = await self.stat(name, owner=owner, owner_key=owner_key, nodes=nodes)
+        plan = GetPlan.for_reader(manifest, self.node_id, self._kx_secret)
+        for segment in range(plan.count):
+            while not plan.ready(segment):
+                wanted = plan.wanted(segment)
+                await asyncio.gather(*(self._get_shard(plan, want) for want in wanted))
+            write(plan.plaintext(segment))
+            if progress is not None:
+                progress(segment + 1, plan.count)
+        return GetReport(manifest, list(plan.corrupt), list(plan.missing_shards))
+
+    async def get(
+        self,
+        name: str,
+        *,
+        owner: str | None = None,
+        owner_key: bytes | None = None,
+        nodes: builtins.list[Candidate] | None = None,
+    ) -> tuple[bytes, GetReport]:
+        """The whole object in memory (small objects; use :meth:`get_into` to stream)."""
+        out = io.BytesIO()
+        report = await self.get_into(name, out.write, owner=owner, owner_key=owner_key, nodes=nodes)
+        return out.getvalue(), report
+
+    async def _get_shard(self, plan: GetPlan, want: ShardGet) -> None:
+        try:
+            reply = await self._req.request(
+                want.node, MSG_SHARD_GET, ShardRef(hash=want.hash.hex()), timeout=self.timeout
+            )
+        except (SecureMeshError, TimeoutError) as exc:
+            plan.missing(want.segment, want.index, _reason(exc))
+            return
+        if len(reply.raw_frames) != 1:
+            plan.missing(want.segment, want.index, "malformed")
+            return
+        plan.received(want.segment, want.index, reply.raw_frames[0])
+
+    # ---------------------------------------------------------- list/delete
+
+    async def list(self, *, nodes: builtins.list[Candidate] | None = None) -> builtins.list[str]:
+        """Our object names, as the storage nodes know them (union of their manifests)."""
+        candidates = nodes if nodes is not None else await self.nodes()
+        names: set[str] = set()
+        for c in candidates:
+            try:
+                reply = await self._req.request(
+                    c.node_id, MSG_MANIFEST_LIST, b"{}", timeout=self.timeout
+                )
+            except (SecureMeshError, TimeoutError):
+                continue
+            names.update(NameList.model_validate_json(reply.body_bytes, strict=True).names)
+        return sorted(names)
+
+    async def delete(self, name: str, *, nodes: builtins.list[Candidate] | None = None) -> Manifest:
+        """Delete our object: its shards on the placement nodes, then its manifests."""
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        await self._abort(manifest.object_id, manifest.placement)
+        ref = ManifestRef(owner=self.node_id, name=name)
+        await asyncio.gather(
+            *(self._quiet(c.node_id, MSG_MANIFEST_DELETE, ref) for c in candidates)
+        )
+        return manifest
+
+    # --------------------------------------------------------------- repair
+
+    async def repair(
+        self, name: str, *, nodes: builtins.list[Candidate] | None = None
+    ) -> RepairReport:
+        """Restore full redundancy of our object ``name`` onto other live nodes.
+
+        Pass 1 reads every shard of every segment (hash-checked); a placement
+        column with any missing or corrupt shard is moved. Pass 2 rebuilds
+        those shards from k good ones per segment (:func:`regenerate_shards`:
+        byte-identical, so the hashes and Merkle root stay), stores them on
+        replacement nodes (:func:`replacements`, same failure-domain rule),
+        re-signs the manifest with the new placement and stores it; the old
+        nodes' references are dropped where they still answer. Memory is one
+        segment's shards at a time; an unreachable node is asked once.
+        """
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        m, dead = manifest, set[str]()
+        lost: set[int] = set()
+        for seg in range(len(m.segments)):
+            got = await asyncio.gather(*(self._fetch(m, seg, j, dead) for j in range(m.n)))
+            lost.update(j for j, data in enumerate(got) if data is None)
+        if not lost:
+            return RepairReport(manifest)
+        kept = [node for j, node in enumerate(m.placement) if j not in lost]
+        if len(kept) < m.k:
+            raise ObjectUnreadable(f"{name}: only {len(kept)} of {m.k} needed shard columns remain")
+        columns = sorted(lost)
+        fresh = replacements(m.object_id_bytes, candidates, m.placement, len(columns))
+        new_node = dict(zip(columns, fresh, strict=True))
+        rebuilt = 0
+        for seg in range(len(m.segments)):
+            good: dict[int, bytes] = {}
+            for j in (j for j in range(m.n) if j not in lost):
+                data = await self._fetch(m, seg, j, dead)
+                if data is not None:
+                    good[j] = data
+                if len(good) == m.k:
+                    break
+            if len(good) < m.k:
+                raise ObjectUnreadable(f"{name}: segment {seg} lost shards during repair")
+            regenerated = regenerate_shards(good, m.k, m.n, columns)
+            del good
+            await asyncio.gather(
+                *(self._store_shard(new_node[j], m.object_id, regenerated[j]) for j in columns)
+            )
+            rebuilt += len(columns)
+        placement = [new_node.get(j, node) for j, node in enumerate(m.placement)]
+        repaired = Manifest.model_validate({**m.model_dump(), "placement": placement})
+        await self._put_manifest(repaired, sign_manifest(repaired, self._signer), candidates)
+        await asyncio.gather(
+            *(
+                self._quiet(m.placement[j], MSG_SHARD_DELETE, ObjectRef(object_id=m.object_id))
+                for j in columns
+                if m.placement[j] not in dead
+            )
+        )
+        moved = {j: (m.placement[j], new_node[j]) for j in columns}
+        return RepairReport(repaired, moved, rebuilt)
+
+    async def _fetch(self, m: Manifest, seg: int, j: int, dead: set[str]) -> bytes | None:
+        """Shard j of segment seg if its node delivers it intact; None otherwise."""
+        node = m.placement[j]
+        if node in dead:
+            return None
+        try:
+            reply = await self._req.request(
+                node, MSG_SHARD_GET, ShardRef(hash=m.segments[seg].shards[j]), timeout=self.timeout
+            )
+        except (TimeoutError, TransportError):
+            dead.add(node)
+            return None
+        except SecureMeshError:
+            return None
+        if len(reply.raw_frames) != 1:
+            return None
+        data = bytes(reply.raw_frames[0])
+        return data if shard_hash(data) == m.shard_hash(seg, j) else None
+
+    async def _store_shard(self, node: str, object_id: str, data: bytes) -> None:
+        body = ShardPutBody(object_id=object_id, hash=shard_hash(data).hex())
+        await self._req.request(node, MSG_SHARD_PUT, body, [data], timeout=self.timeout)
+
+    # ------------------------------------------------------------ challenge
+
+    async def challenge(
+        self, manifest: Manifest, segment: int, index: int, *, count: int = 8
+    ) -> tuple[bool, str]:
+        """Challenge the node holding shard ``index`` of ``segment`` to prove it has it.
+
+        A fresh nonce picks ``count`` blocks; the node answers with them and
+        their Merkle paths, checked against the shard's address in the
+        (verified) manifest. Returns (passed, reason) and records a
+        ``storage.challenge`` audit event when the client has an audit hook.
+        """
+        node = manifest.placement[index]
+        reason = await challenge_shard(
+            self._req,
+            manifest,
+            segment,
+            index,
+            nonce=self._rng(NONCE_SIZE),
+            count=count,
+            timeout=self.timeout,
+        )
+        passed = reason == "ok"
+        if self._audit is not None:
+            self._audit(
+                KIND_CHALLENGE,
+                ("object", manifest.object_id),
+                outcome="success" if passed else "failure",
+                details={"node": node, "segment": segment, "shard": index, "result": reason},
+            )
+        return passed, reason

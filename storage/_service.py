@@ -1,0 +1,461 @@
+"""The storage service on the node seam: an edge's shard and manifest store, served over the bus.
+
+Load it from ``node.toml``::
+
+    services = ["securemesh.storage:make_service"]
+
+    [[policy.allow]]                 # the operator's outer bound
+    types = ["storage.*"]
+    tiers = ["end", "edge", "cloud"]
+
+Handlers (bodies in :mod:`securemesh.storage._messages`; a shard or a signed
+manifest is the one raw frame, never JSON/base64):
+
+* ``storage.shard.put`` — store the frame under its SHA-256 for the sender;
+  refused if the hash does not match (``shard_corrupt``) or a quota is full
+  (``quota_exceeded``); both audited (``storage.shard_refused``).
+* ``storage.shard.get`` — the shard as the reply's frame; a blob damaged on
+  disk is refused (``shard_corrupt``) and audited (``storage.shard_corrupt``).
+* ``storage.shard.delete`` — drop the sender's shards of an object.
+* ``storage.manifest.put|get|delete|list`` — manifests: stored only when their
+  owner is the sender and the owner's signature verifies against its
+  certificate (``object.put``/``object.delete`` audited); read by the owner
+  or a reader the manifest names.
+* ``storage.challenge`` — a proof of storage: the blocks a fresh nonce picks
+  from a shard, with their Merkle inclusion paths (:mod:`._proof`).
+* ``storage.nodes`` — (any node, useful on the cloud) the child nodes whose
+  heartbeats report the ``storage`` service, with their failure domains.
+
+Every type is also relayed (``relay_policy``), so a device's request crosses
+its edge and the cloud to the edge holding the shard. The service's policy
+narrows the operator's to the tiers it is built with; each sender has at most
+``max_inflight_per_peer`` requests in the store at once (more are refused
+``busy``), and the store's per-owner quota bounds what a peer can grow.
+Disk and SQL work runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from securemesh.errors import (
+    AuthorizationError,
+    DecodeError,
+    LocalError,
+    RemoteError,
+    SecureMeshError,
+)
+from securemesh.node import NodeContext, Reply, Service, VerifiedMessage
+from securemesh.policy import AllowTypes
+from securemesh.storage._client import KIND_CHALLENGE, challenge_shard
+from securemesh.storage._errors import QuotaExceeded, ShardCorrupt
+from securemesh.storage._manifest import open_manifest
+from securemesh.storage._messages import (
+    MSG_CHALLENGE,
+    MSG_MANIFEST_DELETE,
+    MSG_MANIFEST_GET,
+    MSG_MANIFEST_LIST,
+    MSG_MANIFEST_PUT,
+    MSG_NODES,
+    MSG_SHARD_DELETE,
+    MSG_SHARD_GET,
+    MSG_SHARD_PUT,
+    Challenge,
+    Done,
+    ManifestRef,
+    NameList,
+    NodeEntry,
+    NodeList,
+    ObjectRef,
+    ProofReply,
+    ShardPutBody,
+    ShardRef,
+)
+from securemesh.storage._proof import prove_storage
+from securemesh.storage._store import ShardStore
+
+__all__ = [
+    "KIND_SHARD_CORRUPT",
+    "KIND_SHARD_REFUSED",
+    "StorageService",
+    "make_cloud_service",
+    "make_service",
+]
+
+KIND_OBJECT_PUT = "object.put"
+KIND_OBJECT_DELETE = "object.delete"
+KIND_SHARD_REFUSED = "storage.shard_refused"
+KIND_SHARD_CORRUPT = "storage.shard_corrupt"
+
+T = TypeVar("T")
+_MAX_TRACKED = 4096  # nodes whose failed challenges are counted
+
+
+class Busy(RemoteError):
+    """The sender already has its maximum of requests in this node's store."""
+
+    reason = "busy"
+
+
+class StorageService(Service):
+    """Shards and manifests on this node's disk (module doc)."""
+
+    name = "storage"
+    audit_kinds = (
+        KIND_OBJECT_PUT,
+        KIND_OBJECT_DELETE,
+        KIND_SHARD_REFUSED,
+        KIND_SHARD_CORRUPT,
+        KIND_CHALLENGE,
+    )
+
+    def __init__(
+        self,
+        *,
+        quota_bytes: int = 10 * 1024**3,
+        owner_quota_bytes: int | None = None,
+        tiers: Iterable[str] = ("end", "edge", "cloud"),
+        max_inflight_per_peer: int = 8,
+        db_url: str | None = None,
+        root: Path | None = None,
+        challenge_interval: float | None = None,
+        unhealthy_after: int = 5,
+        challenge_blocks: int = 8,
+    ) -> None:
+        if max_inflight_per_peer < 1:
+            raise LocalError("max_inflight_per_peer is at least 1")
+        if challenge_interval is not None and not 0.01 <= challenge_interval <= 86_400:
+            raise LocalError("the challenge interval is between 0.01 and 86400 seconds")
+        if unhealthy_after < 1:
+            raise LocalError("unhealthy_after is at least 1")
+        #: seconds between proof-of-storage challenges (None: this node does not challenge)
+        self.challenge_interval = challenge_interval
+        self.unhealthy_after = unhealthy_after
+        self.challenge_blocks = challenge_blocks
+        #: node -> consecutive failed challenges (bounded: _MAX_TRACKED nodes)
+        self.failures: dict[str, int] = {}
+        self.unhealthy: set[str] = set()
+        self.quota_bytes = quota_bytes
+        self.owner_quota_bytes = owner_quota_bytes
+        self.tiers = list(tiers)
+        self.max_inflight_per_peer = max_inflight_per_peer
+        self._db_url = db_url
+        self._root = root
+        self._ctx: NodeContext | None = None
+        self._store: ShardStore | None = None
+        self._inflight: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "shards_stored": 0,
+            "shards_served": 0,
+            "shards_refused": 0,
+            "shards_corrupt": 0,
+            "manifests_stored": 0,
+            "busy": 0,
+            "challenges_answered": 0,
+            "challenges_sent": 0,
+            "challenges_failed": 0,
+        }
+
+    # ------------------------------------------------------------------ seam
+
+    @property
+    def ctx(self) -> NodeContext:
+        if self._ctx is None:
+            raise LocalError("the storage service is not installed")
+        return self._ctx
+
+    @property
+    def store(self) -> ShardStore:
+        if self._store is None:
+            raise LocalError("the storage service is not installed")
+        return self._store
+
+    def install(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._store = ShardStore(
+            self._root or ctx.data_dir,
+            db_url=self._db_url,
+            quota_bytes=self.quota_bytes,
+            owner_quota_bytes=self.owner_quota_bytes,
+            clock=ctx.clock,
+        )
+        handlers: Mapping[str, Callable[[VerifiedMessage], Awaitable[object]]] = {
+            MSG_SHARD_PUT: self._shard_put,
+            MSG_SHARD_GET: self._shard_get,
+            MSG_SHARD_DELETE: self._shard_delete,
+            MSG_MANIFEST_PUT: self._manifest_put,
+            MSG_MANIFEST_GET: self._manifest_get,
+            MSG_MANIFEST_DELETE: self._manifest_delete,
+            MSG_MANIFEST_LIST: self._manifest_list,
+            MSG_NODES: self._nodes,
+            MSG_CHALLENGE: self._challenge,
+        }
+        for msg_type, handler in handlers.items():
+            policy = AllowTypes(types=[msg_type], tiers=self.tiers)
+            ctx.on(msg_type, handler, policy=policy, relay_policy=policy)
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.gc)
+        if self.challenge_interval is not None:
+            self.ctx.spawn(self._challenge_loop(self.challenge_interval), name="challenges")
+
+    async def stop(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def status(self) -> Mapping[str, object]:
+        stats = self.store.stats() if self._store is not None else None
+        return {
+            **self.counters,
+            "shards": stats.shards if stats else 0,
+            "bytes": stats.bytes if stats else 0,
+            "manifests": stats.manifests if stats else 0,
+            "quota_bytes": self.quota_bytes,
+            "unhealthy": sorted(self.unhealthy),
+        }
+
+    # --------------------------------------------------------------- helpers
+
+    async def _in_store(self, sender: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread, at most ``max_inflight_per_peer`` per sender."""
+        if self._inflight.get(sender, 0) >= self.max_inflight_per_peer:
+            self.counters["busy"] += 1
+            raise Busy("too many storage requests in flight from this node")
+        self._inflight[sender] = self._inflight.get(sender, 0) + 1
+        try:
+            return await asyncio.to_thread(fn)
+        finally:
+            left = self._inflight[sender] - 1
+            if left:
+                self._inflight[sender] = left
+            else:
+                del self._inflight[sender]
+
+    @staticmethod
+    def _one_frame(msg: VerifiedMessage) -> memoryview:
+        if len(msg.raw_frames) != 1:
+            raise DecodeError("expected exactly one raw frame")
+        return msg.raw_frames[0]
+
+    def _refused(self, msg: VerifiedMessage, object_id: str, exc: RemoteError) -> None:
+        self.counters["shards_refused"] += 1
+        self.ctx.audit.record(
+            KIND_SHARD_REFUSED,
+            ("object", object_id),
+            outcome="denied",
+            details={"from": msg.sender, "reason": exc.reason},
+        )
+
+    # -------------------------------------------------------------- handlers
+
+    async def _shard_put(self, msg: VerifiedMessage) -> Done:
+        body = msg.body(ShardPutBody)
+        frame = self._one_frame(msg)
+        digest = bytes.fromhex(body.hash)
+        try:
+            fresh = await self._in_store(
+                msg.sender,
+                lambda: self.store.put(digest, frame, owner=msg.sender, object_id=body.object_id),
+            )
+        except (ShardCorrupt, QuotaExceeded) as exc:
+            self._refused(msg, body.object_id, exc)
+            raise
+        self.counters["shards_stored"] += 1
+        return Done(changed=fresh)
+
+    async def _shard_get(self, msg: VerifiedMessage) -> Reply:
+        body = msg.body(ShardRef)
+        digest = bytes.fromhex(body.hash)
+        try:
+            data = await self._in_store(msg.sender, lambda: self.store.get(digest))
+        except ShardCorrupt as exc:
+            self.counters["shards_corrupt"] += 1
+            self.ctx.audit.record(
+                KIND_SHARD_CORRUPT,
+                ("node", self.ctx.node_id),
+                outcome="failure",
+                details={"hash": body.hash, "reason": exc.reason},
+            )
+            raise
+        self.counters["shards_served"] += 1
+        return Reply(Done(changed=False), frames=[data])
+
+    async def _shard_delete(self, msg: VerifiedMessage) -> Done:
+        body = msg.body(ObjectRef)
+        gone = await self._in_store(
+            msg.sender, lambda: self.store.delete_object(owner=msg.sender, object_id=body.object_id)
+        )
+        return Done(changed=gone > 0)
+
+    async def _manifest_put(self, msg: VerifiedMessage) -> Done:
+        ref = msg.body(ManifestRef)
+        blob = bytes(self._one_frame(msg))
+        if ref.owner != msg.sender or msg.certificate is None:
+            raise AuthorizationError("a node stores only its own manifests")
+        manifest = open_manifest(blob, msg.certificate.verify_key)
+        if manifest.owner != msg.sender or manifest.name != ref.name:
+            raise AuthorizationError("the manifest names another owner or object")
+        await self._in_store(
+            msg.sender,
+            lambda: self.store.put_manifest(
+                owner=msg.sender, name=ref.name, object_id=manifest.object_id, blob=blob
+            ),
+        )
+        self.counters["manifests_stored"] += 1
+        self.ctx.audit.record(
+            KIND_OBJECT_PUT,
+            ("object", manifest.object_id),
+            details={
+                "owner": manifest.owner,
+                "size": manifest.size,
+                "k": manifest.k,
+                "n": manifest.n,
+                "merkle_root": manifest.merkle_root,
+            },
+        )
+        return Done(changed=True)
+
+    async def _manifest_get(self, msg: VerifiedMessage) -> Reply:
+        ref = msg.body(ManifestRef)
+        blob = await self._in_store(
+            msg.sender, lambda: self.store.get_manifest(owner=ref.owner, name=ref.name)
+        )
+        if msg.sender != ref.owner:
+            owner_cert = self.ctx.certificates.get(ref.owner)
+            if owner_cert is None:
+                raise AuthorizationError("the owner's certificate is unknown here")
+            if msg.sender not in open_manifest(blob, owner_cert.verify_key).readers:
+                raise AuthorizationError("not a reader of this object")
+        return Reply(Done(changed=False), frames=[blob])
+
+    async def _manifest_delete(self, msg: VerifiedMessage) -> Done:
+        ref = msg.body(ManifestRef)
+        if ref.owner != msg.sender:
+            raise AuthorizationError("a node deletes only its own manifests")
+        gone = await self._in_store(
+            msg.sender, lambda: self.store.delete_manifest(owner=msg.sender, name=ref.name)
+        )
+        if gone:
+            self.ctx.audit.record(
+                KIND_OBJECT_DELETE, ("object", f"{msg.sender}/{ref.name}"), details={}
+            )
+        return Done(changed=gone)
+
+    async def _manifest_list(self, msg: VerifiedMessage) -> NameList:
+        names = await self._in_store(
+            msg.sender, lambda: self.store.list_manifests(owner=msg.sender)
+        )
+        return NameList(names=names)
+
+    async def _challenge(self, msg: VerifiedMessage) -> Reply:
+        body = msg.body(Challenge)
+        digest, nonce = bytes.fromhex(body.hash), bytes.fromhex(body.nonce)
+
+        def prove() -> tuple[tuple[bytes, ...], list[list[str]]]:
+            proof = prove_storage(self.store.get(digest), nonce, body.count)
+            return proof.blocks, [[h.hex() for h in path] for path in proof.paths]
+
+        blocks, paths = await self._in_store(msg.sender, prove)
+        self.counters["challenges_answered"] += 1
+        return Reply(ProofReply(paths=paths), frames=list(blocks))
+
+    async def _nodes(self, msg: VerifiedMessage) -> NodeList:
+        del msg
+        return NodeList(
+            nodes=[
+                NodeEntry(node_id=node_id, failure_domain=report.failure_domain or "")
+                for node_id, report in sorted(self.ctx.peers().items())
+                if self.name in (report.services or ()) and node_id not in self.unhealthy
+            ]
+        )
+
+    # ------------------------------------------------------ proof of storage
+
+    async def _challenge_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self.challenge_once()
+
+    def _pick(self, bound: int) -> int:
+        return int.from_bytes(self.ctx.rng(8), "big") % bound
+
+    async def challenge_once(self) -> str | None:
+        """Challenge one random shard of one random manifest this node holds; its result.
+
+        The manifest is verified against its owner's certificate first. The
+        result is recorded as ``storage.challenge``; ``unhealthy_after``
+        consecutive failures mark the node unhealthy (left out of
+        ``storage.nodes``) until it passes one again. None: nothing to check.
+        """
+        picked = await asyncio.to_thread(self.store.manifest_at, self._pick(2**31))
+        if picked is None:
+            return None
+        owner, blob = picked
+        cert = self.ctx.certificates.get(owner)
+        if cert is None:
+            return None
+        try:
+            manifest = open_manifest(blob, cert.verify_key)
+        except SecureMeshError:  # stored verified; a key rotated since: skip it
+            return None
+        if not manifest.segments:
+            return None
+        segment, index = self._pick(len(manifest.segments)), self._pick(manifest.n)
+        node = manifest.placement[index]
+        if node == self.ctx.node_id:
+            return None
+        result = await challenge_shard(
+            self.ctx,
+            manifest,
+            segment,
+            index,
+            nonce=self.ctx.rng(32),
+            count=self.challenge_blocks,
+            timeout=max(self.challenge_interval or 0.0, 5.0),
+        )
+        self.counters["challenges_sent"] += 1
+        if result == "ok":
+            self.failures.pop(node, None)
+            self.unhealthy.discard(node)
+        else:
+            self.counters["challenges_failed"] += 1
+            if node in self.failures or len(self.failures) < _MAX_TRACKED:
+                self.failures[node] = self.failures.get(node, 0) + 1
+                if self.failures[node] >= self.unhealthy_after:
+                    self.unhealthy.add(node)
+        self.ctx.audit.record(
+            KIND_CHALLENGE,
+            ("object", manifest.object_id),
+            outcome="success" if result == "ok" else "failure",
+            details={"node": node, "segment": segment, "shard": index, "result": result},
+        )
+        return result
+
+
+def make_cloud_service() -> StorageService:
+    """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL`` s)."""
+    service = make_service()
+    raw = os.environ.get("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
+    try:
+        service.challenge_interval = float(raw)
+    except ValueError as exc:
+        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is a number of seconds") from exc
+    if not 0.01 <= service.challenge_interval <= 86_400:
+        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is 0.01..86400 seconds")
+    return service
+
+
+def make_service() -> StorageService:
+    """The ``node.toml`` factory; ``SECUREMESH_STORAGE_QUOTA_MB`` sets the node quota."""
+    quota_mb = os.environ.get("SECUREMESH_STORAGE_QUOTA_MB")
+    if quota_mb is None:
+        return StorageService()
+    try:
+        quota = int(quota_mb) * 1024 * 1024
+    except ValueError as exc:
+        raise LocalError("SECUREMESH_STORAGE_QUOTA_MB is a whole number of MiB") from exc
+    return StorageService(quota_bytes=quota)

@@ -1,0 +1,404 @@
+"""Storage on REAL daemons: cloud + three edges (k=2, n=3) + an SDK device as the client.
+
+Four ``securemesh node run`` processes over CurveZMQ on loopback load
+``services = ["securemesh.storage:make_service"]`` from ``node.toml``
+(cloud-1 <- edge-a, edge-b, edge-c, each in its own failure domain), and one
+SDK device enrolled at edge-a drives a :class:`StorageClient` over its
+requests: its shards to edge-b and edge-c cross edge-a and the cloud as raw
+frames. The tests check that:
+
+1. objects round-trip (empty, one byte, exactly one segment, several), the
+   manifest is stored and audited (``object.put`` in the cloud log), and no
+   edge's disk holds a plaintext marker of the data;
+2. a flipped bit in a stored shard file is detected (the edge refuses the
+   damaged shard, ``storage.shard_corrupt`` is audited, the client's report
+   names it) and the read still returns the right bytes;
+3. a real edge refuses a shard whose hash does not match, a manifest signed
+   by another key and a manifest in another owner's name;
+4. a proof-of-storage challenge passes on an honest edge and fails on one that
+   deleted the shard, and both results reach the cloud log (``storage.challenge``);
+5. after SIGKILL of n-k = 1 edge, ``get`` still succeeds;
+6. a new edge daemon joins (nothing else reconfigured) and ``repair`` moves the
+   dead edge's shard column onto it, re-signing the manifest (same Merkle root);
+7. the cloud (``make_cloud_service``) challenges random shards of the
+   manifests it indexes; an edge that lost its shards is marked unhealthy,
+   left out of ``storage.nodes``, and the failures are in the log.
+
+Every wait is bounded and polls a readiness signal; every daemon and the
+device are closed/reaped, also on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_support import (
+    Daemons,
+    cli,
+    daemon_env,
+    free_port,
+    poll,
+    read_status,
+    reaped,
+    wait_status,
+)
+
+from securemesh.cli import main
+from securemesh.crypto.identity import NodeIdentity
+from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
+from securemesh.enroll import IDENTITY_FILE
+from securemesh.errors import RemoteCallError
+from securemesh.sdk import Device, DeviceRequester
+from securemesh.storage import Candidate, StorageClient, sign_manifest
+
+pytestmark = pytest.mark.slow
+
+PASSPHRASE = "storage-test-passphrase"
+ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
+TIMEOUT = 60.0
+SEG = 64 * 1024
+MARKER = b"PLAINTEXT-MARKER-7f3a"
+EDGES = ("edge-a", "edge-b", "edge-c")
+
+SERVICES = 'services = ["securemesh.storage:make_service"]\n'
+TOP = "status_interval = 0.2\nheartbeat_interval = 0.5\n" + SERVICES
+POLICY = '\n[[policy.allow]]\ntypes = ["storage.*"]\ntiers = ["end", "edge", "cloud"]\n'
+
+
+def configure(toml: Path, tables: str, factory: str = "make_service") -> None:
+    top = TOP.replace("make_service", factory)
+    toml.write_text(top + toml.read_text() + POLICY + tables)
+
+
+class Grid:
+    def __init__(self, root: Path, daemons: Daemons, device: Device, client: StorageClient) -> None:
+        self.root = root
+        self.daemons = daemons
+        self.device = device
+        self.client = client
+        #: objects written by one test and read by a later one
+        self.kept: dict[str, bytes] = {}
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def blobs(self, edge: str) -> list[Path]:
+        return sorted((self.dir(edge) / "services" / "storage" / "blobs").rglob("*"))
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run(coro)
+
+
+def audit_rows(cloud: Path, kind: str) -> list[dict[str, Any]]:
+    """The cloud log's events of ``kind`` (``securemesh audit query``)."""
+    out = cli("audit", "query", "--db", str(cloud / "audit.db"), "--kind", kind, "--format", "json")
+    rows = json.loads(out)
+    assert isinstance(rows, list)
+    return rows
+
+
+def storage_status(data_dir: Path) -> dict[str, Any]:
+    entry = read_status(data_dir).get("services", {}).get("storage")
+    assert isinstance(entry, dict)
+    return entry
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
+    root = tmp_path_factory.mktemp("storage")
+    env = daemon_env(passphrase=PASSPHRASE)
+    env["SECUREMESH_STORAGE_CHALLENGE_INTERVAL"] = "0.2"  # the cloud's proof-of-storage rounds
+    device: Device | None = None
+    with reaped(env) as daemons:
+        try:
+            cloud = root / "cloud-1"
+            cli(
+                "init", "--data-dir", str(cloud), "--authority-id", "root",
+                "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
+                env=ENV,
+            )  # fmt: skip
+            configure(cloud / "node.toml", "", factory="make_cloud_service")
+            daemons.run("cloud-1", cloud)
+            for edge in EDGES:
+                token = cli(
+                    "token", "create", "--data-dir", str(cloud), "--tier", "edge",
+                    "--delegate", "--ttl", "10m",
+                )  # fmt: skip
+                cli(
+                    "enroll", "--data-dir", str(root / edge), "--token", token,
+                    "--node-id", edge, "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
+                )  # fmt: skip
+                configure(
+                    root / edge / "node.toml", f'\n[report]\nfailure_domain = "rack-{edge[-1]}"\n'
+                )
+                daemons.start(edge, root / edge)
+            for edge in EDGES:
+                daemons.wait_ready(edge)
+            end_token = ["token", "create", "--data-dir", str(root / "edge-a"), "--tier", "end"]
+            tokens = [cli(*end_token, "--ttl", "10m") for _ in range(2)]
+            created = time.time()
+            wait_status(root / "edge-a", lambda s: s["written_at"] > created, what="a tick")
+            for token, name in zip(tokens, ("dev", "cli"), strict=True):
+                Device.enroll(
+                    token, data_dir=root / name, node_id=f"edge-a.{name}",
+                    passphrase=PASSPHRASE, timeout=10, kdf_params=UNSAFE_FAST_PARAMS,
+                )  # fmt: skip
+            device = Device.connect(root / "dev", passphrase=PASSPHRASE, connect_timeout=20)
+            identity = NodeIdentity.load(root / "dev" / IDENTITY_FILE, PASSPHRASE)
+            client = StorageClient(
+                DeviceRequester(device),
+                node_id="edge-a.dev",
+                signer=identity.signer,
+                kx_secret=identity.kx_secret(),
+                kx_public=identity.kx_public,
+                index="cloud-1",
+                k=2,
+                n=3,
+                segment_size=SEG,
+                timeout=5.0,
+                audit=device.record_audit,
+            )
+
+            def all_edges_listed() -> bool:
+                return {c.node_id for c in asyncio.run(client.nodes())} == set(EDGES)
+
+            poll(all_edges_listed, "the cloud to list the three storage edges")
+            yield Grid(root, daemons, device, client)
+        finally:
+            if device is not None:
+                device.close(drain_timeout=1.0)
+
+
+SIZES = (0, 1, SEG, 5 * SEG + 123)
+
+
+def test_round_trip_and_no_plaintext_on_disk(grid: Grid) -> None:
+    nodes = grid.run(grid.client.nodes())
+    assert {(c.node_id, c.failure_domain) for c in nodes} == {
+        ("edge-a", "rack-a"), ("edge-b", "rack-b"), ("edge-c", "rack-c"),
+    }  # fmt: skip
+    for size in SIZES:
+        data = (MARKER + os.urandom(16)) * (size // (len(MARKER) + 16) + 1)
+        data = data[:size]
+        manifest = grid.run(grid.client.put(f"rt/{size}", data))
+        assert manifest.size == size
+        assert sorted(manifest.placement) == sorted(EDGES)
+        back, report = grid.run(grid.client.get(f"rt/{size}"))
+        assert back == data
+        assert report.corrupt == []
+        assert report.missing == []
+    assert {f"rt/{s}" for s in SIZES} <= set(grid.run(grid.client.list()))
+    # shards travelled as raw frames and landed as 0600 files; none holds plaintext
+    for edge in EDGES:
+        files = [p for p in grid.dir(edge).rglob("*") if p.is_file()]
+        blobs = [p for p in grid.blobs(edge) if p.is_file()]
+        assert len(blobs) == sum(-(-s // SEG) for s in SIZES)
+        for path in files:
+            assert MARKER not in path.read_bytes(), path
+        assert all(p.stat().st_mode & 0o077 == 0 for p in blobs)
+        poll(lambda e=edge: storage_status(grid.dir(e))["shards_stored"] >= 1, "edge status")
+
+    # the manifests' object.put events reach the cloud log
+    poll(
+        lambda: len(audit_rows(grid.dir("cloud-1"), "object.put")) >= len(SIZES),
+        "object.put events in the cloud log",
+    )
+
+
+def test_a_flipped_bit_is_detected_and_the_read_succeeds(grid: Grid) -> None:
+    data = os.urandom(3 * SEG + 7)
+    manifest = grid.run(grid.client.put("flip/me", data))
+    # damage every shard of this object on one edge that the reader asks first
+    victim = manifest.placement[0]
+    hashes = {seg.shards[0] for seg in manifest.segments}
+    originals = {p: p.read_bytes() for p in grid.blobs(victim) if p.name in hashes}
+    for path, raw in originals.items():
+        damaged = bytearray(raw)
+        damaged[len(damaged) // 2] ^= 0x10
+        path.write_bytes(bytes(damaged))
+    back, report = grid.run(grid.client.get("flip/me"))
+    for path, raw in originals.items():  # undo, so the cloud's challenges find edges healthy
+        path.write_bytes(raw)
+    assert back == data
+    # the edge re-hashes on read and refuses the damaged shard; the client reads another
+    assert [(seg, idx, node, why) for seg, idx, node, why in report.missing] == [
+        (0, 0, victim, "shard_corrupt")
+    ]
+    poll(
+        lambda: storage_status(grid.dir(victim))["shards_corrupt"] >= 1,
+        "the edge counting the corrupt shard",
+    )
+
+
+def test_the_service_refuses_bad_shards_and_forged_manifests(grid: Grid) -> None:
+    """Attacks on a real edge: wrong hash, someone else's manifest, a forged signature."""
+    edge_b = grid.dir("edge-b")
+    refused_before = storage_status(edge_b)["shards_refused"]
+    body = {"object_id": "00" * 16, "hash": "11" * 32}
+    with pytest.raises(RemoteCallError) as bad_hash:
+        grid.device.request("edge-b", "storage.shard.put", body, [b"not that"], timeout=10)
+    assert bad_hash.value.code == "shard_corrupt"
+    assert not any(p.name == "11" * 32 for p in grid.blobs("edge-b"))
+    poll(
+        lambda: storage_status(edge_b)["shards_refused"] > refused_before,
+        "the refusal counted at edge-b",
+    )
+    # a manifest signed by another key than the device's certificate is refused
+    manifest = grid.run(grid.client.put("forge/base", b"base"))
+    forged = sign_manifest(manifest, NodeIdentity.generate().signer)
+    ref = {"owner": "edge-a.dev", "name": "forge/base"}
+    with pytest.raises(RemoteCallError) as forged_sig:
+        grid.device.request("edge-b", "storage.manifest.put", ref, [forged], timeout=10)
+    assert forged_sig.value.code == "bad_auth"
+    # nobody stores a manifest in another owner's name
+    with pytest.raises(RemoteCallError) as other_owner:
+        grid.device.request(
+            "edge-b", "storage.manifest.put", {"owner": "edge-b", "name": "x"}, [forged], timeout=10
+        )
+    assert other_owner.value.code == "unauthorized"
+    # the stored manifest is still the genuine one
+    assert grid.run(grid.client.stat("forge/base")) == manifest
+
+
+def test_a_challenge_against_an_edge_that_deleted_a_shard_fails_and_is_audited(
+    grid: Grid,
+) -> None:
+    data = os.urandom(2 * SEG + 5)
+    manifest = grid.run(grid.client.put("challenge/me", data))
+    column = manifest.placement.index("edge-b")
+    # an honest edge passes (fresh nonce, blocks checked against the shard's address)
+    assert grid.run(grid.client.challenge(manifest, 0, column)) == (True, "ok")
+    # edge-b silently drops the shard of segment 1
+    victim = next(p for p in grid.blobs("edge-b") if p.name == manifest.segments[1].shards[column])
+    kept = victim.read_bytes()
+    victim.unlink()
+    passed, reason = grid.run(grid.client.challenge(manifest, 1, column))
+    victim.write_bytes(kept)  # undo (the cloud's own rounds run meanwhile)
+    assert not passed
+    assert reason == "not_found"
+
+    def mine() -> list[dict[str, Any]]:
+        rows = audit_rows(grid.dir("cloud-1"), "storage.challenge")
+        return [r for r in rows if r["origin"] == "edge-a.dev"]
+
+    poll(lambda: len(mine()) >= 2, "the device's storage.challenge events in the cloud log")
+    assert {(r["outcome"], r["details"]["segment"]) for r in mine()} == {
+        ("success", 0), ("failure", 1),
+    }  # fmt: skip
+    assert all(r["details"]["node"] == "edge-b" for r in mine())
+
+
+def test_the_store_cli_as_a_device(grid: Grid, tmp_path: Path) -> None:
+    """``securemesh store`` connects as the enrolled device ``edge-a.cli`` per command."""
+    base = ["--data-dir", str(grid.dir("cli")), "--index", "cloud-1", "--timeout", "10"]
+    src, dst = tmp_path / "src.bin", tmp_path / "dst.bin"
+    src.write_bytes(MARKER * 3000 + os.urandom(SEG))
+    put = json.loads(cli(
+        "store", "put", *base, "--k", "2", "--n", "3", "--segment-size", str(SEG),
+        "-o", "json", "cli/one", str(src), env=ENV,
+    ))  # fmt: skip
+    assert put["owner"] == "edge-a.cli"
+    assert put["size"] == src.stat().st_size
+    cli("store", "get", *base, "cli/one", str(dst), env=ENV)
+    assert dst.read_bytes() == src.read_bytes()
+    assert json.loads(cli("store", "ls", *base, "-o", "json", env=ENV)) == [{"name": "cli/one"}]
+    stat = json.loads(cli("store", "stat", *base, "-o", "json", "cli/one", env=ENV))
+    assert stat["merkle_root"] == put["merkle_root"]
+    checks = json.loads(cli("store", "challenge", *base, "-o", "json", "cli/one", env=ENV))
+    assert sorted(r["node"] for r in checks) == sorted(EDGES)
+    assert {r["result"] for r in checks} == {"ok"}
+    cli("store", "rm", *base, "cli/one", env=ENV)
+    # a mistake is one error line and exit 1, never a traceback
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        os.environ["SECUREMESH_PASSPHRASE"] = PASSPHRASE
+        try:
+            code = main(["store", "get", *base, "cli/one", str(dst)])
+        finally:
+            del os.environ["SECUREMESH_PASSPHRASE"]
+    assert code == 1
+    assert err.getvalue().startswith("error: ")
+    assert err.getvalue().count("\n") == 1
+    assert "Traceback" not in err.getvalue()
+
+
+def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
+    data = os.urandom(4 * SEG + 99)
+    grid.run(grid.client.put("kill/me", data))
+    grid.kept["kill/me"] = data
+    nodes = [Candidate(e) for e in EDGES]
+    victim = "edge-c"  # edge-a is the device's parent
+    proc = grid.daemons.procs[victim]
+    proc.kill()
+    proc.wait(timeout=30)
+    back, report = grid.run(grid.client.get("kill/me", nodes=nodes))
+    assert back == data
+    assert {node for _, _, node, _ in report.missing} <= {victim}
+
+
+def test_repair_restores_redundancy_on_a_new_edge(grid: Grid) -> None:
+    """After the SIGKILL above: a new edge joins (no other node reconfigured), repair uses it."""
+    assert grid.daemons.procs["edge-c"].poll() is not None  # killed by the previous test
+    cloud, edge_d = grid.dir("cloud-1"), grid.dir("edge-d")
+    token = cli(
+        "token", "create", "--data-dir", str(cloud), "--tier", "edge", "--delegate", "--ttl", "10m"
+    )  # fmt: skip
+    cli(
+        "enroll", "--data-dir", str(edge_d), "--token", token, "--node-id", "edge-d",
+        "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
+    )  # fmt: skip
+    configure(edge_d / "node.toml", '\n[report]\nfailure_domain = "rack-d"\n')
+    grid.daemons.run("edge-d", edge_d)
+    poll(
+        lambda: "edge-d" in {c.node_id for c in grid.run(grid.client.nodes())},
+        "the cloud to list edge-d",
+    )
+    before = grid.run(grid.client.stat("kill/me", nodes=[Candidate(e) for e in EDGES]))
+    report = grid.run(grid.client.repair("kill/me"))
+    column = before.placement.index("edge-c")
+    assert report.moved == {column: ("edge-c", "edge-d")}
+    assert report.shards_rebuilt == len(before.segments)
+    after = report.manifest
+    assert after.placement[column] == "edge-d"
+    assert after.merkle_root == before.merkle_root  # regenerated shards are byte-identical
+    on_d = {p.name for p in grid.blobs("edge-d") if p.is_file()}
+    assert {seg.shards[column] for seg in after.segments} <= on_d
+    # every shard of every column is in place again: a second repair finds nothing to do
+    live = [Candidate(e) for e in ("edge-a", "edge-b", "edge-d")]
+    again = grid.run(grid.client.repair("kill/me", nodes=live))
+    assert again.moved == {}
+    back, _ = grid.run(grid.client.get("kill/me", nodes=live))
+    assert grid.run(grid.client.stat("kill/me", nodes=live)).placement == after.placement
+    assert back == grid.kept["kill/me"]
+
+
+def test_the_cloud_challenges_edges_and_marks_a_failing_one_unhealthy(grid: Grid) -> None:
+    """The cloud's own rounds (``make_cloud_service``): edge-b loses every shard silently."""
+    cloud = grid.dir("cloud-1")
+    poll(lambda: storage_status(cloud)["challenges_sent"] >= 3, "the cloud's challenge rounds")
+    for path in grid.blobs("edge-b"):
+        if path.is_file():
+            path.unlink()
+    poll(
+        lambda: "edge-b" in storage_status(cloud)["unhealthy"],
+        "the cloud marking edge-b unhealthy",
+    )
+    assert "edge-b" not in {c.node_id for c in grid.run(grid.client.nodes())}
+
+    def cloud_failures() -> list[dict[str, Any]]:
+        return [
+            r for r in audit_rows(cloud, "storage.challenge")
+            if r["origin"] == "cloud-1" and r["outcome"] == "failure"
+            and r["details"]["node"] == "edge-b"
+        ]  # fmt: skip
+
+    poll(lambda: len(cloud_failures()) >= 1, "the cloud's failed challenges in its log")

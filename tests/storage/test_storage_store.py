@@ -1,0 +1,183 @@
+"""The shard store on real files and a real SQLite database (and PostgreSQL when available)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from securemesh.storage import QuotaExceeded, ShardCorrupt, ShardNotFound, ShardStore, shard_hash
+
+OID = "ab" * 16
+
+
+def test_put_get_is_content_addressed_atomic_and_private(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "s")
+    data = os.urandom(5000)
+    digest = shard_hash(data)
+    assert store.put(digest, data, owner="dev", object_id=OID) is True
+    path = store.blob_path(digest)
+    assert path.name == digest.hex()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == 0o700
+    assert store.get(digest) == data
+    assert list((tmp_path / "s" / "tmp").iterdir()) == []  # no temp file left behind
+    # the same shard again for the same owner/object changes nothing
+    assert store.put(digest, data, owner="dev", object_id=OID) is False
+    # survives a reopen (metadata in SQLite)
+    store.close()
+    again = ShardStore(tmp_path / "s")
+    assert again.get(digest) == data
+    assert again.stats().shards == 1
+
+
+def test_shard_whose_hash_does_not_match_is_refused(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    data = b"x" * 100
+    with pytest.raises(ShardCorrupt):
+        store.put(shard_hash(b"other"), data, owner="dev", object_id=OID)
+    assert store.stats().shards == 0
+    assert not any((tmp_path / "blobs").iterdir())
+
+
+def test_damaged_blob_on_disk_is_reported_not_served(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    data = os.urandom(1000)
+    digest = shard_hash(data)
+    store.put(digest, data, owner="dev", object_id=OID)
+    path = store.blob_path(digest)
+    damaged = bytearray(path.read_bytes())
+    damaged[500] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ShardCorrupt):
+        store.get(digest)
+    path.unlink()
+    with pytest.raises(ShardNotFound):
+        store.get(digest)
+    with pytest.raises(ShardNotFound):
+        store.get(shard_hash(b"never stored"))
+
+
+def test_quota_total_and_per_owner(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path, quota_bytes=3000, owner_quota_bytes=2000)
+    a, b, c = os.urandom(1000), os.urandom(1000), os.urandom(1000)
+    store.put(shard_hash(a), a, owner="one", object_id=OID)
+    store.put(shard_hash(b), b, owner="one", object_id=OID)
+    with pytest.raises(QuotaExceeded):  # owner one is at its 2000
+        store.put(shard_hash(c), c, owner="one", object_id=OID)
+    store.put(shard_hash(c), c, owner="two", object_id=OID)
+    d = os.urandom(10)
+    with pytest.raises(QuotaExceeded):  # node total 3000 reached
+        store.put(shard_hash(d), d, owner="three", object_id=OID)
+    with pytest.raises(QuotaExceeded):  # manifests count too
+        store.put_manifest(owner="three", name="n", object_id=OID, blob=b"m" * 10)
+    assert not store.has(shard_hash(d))
+
+
+def test_shard_count_per_owner_is_bounded(tmp_path: Path) -> None:
+    """Tiny shards inside a large byte quota still cannot grow the tables without bound."""
+    store = ShardStore(tmp_path, max_shards_per_owner=3)
+    blobs = [bytes([i]) for i in range(4)]
+    for blob in blobs[:3]:
+        store.put(shard_hash(blob), blob, owner="one", object_id=OID)
+    with pytest.raises(QuotaExceeded, match="too many shards"):
+        store.put(shard_hash(blobs[3]), blobs[3], owner="one", object_id=OID)
+    store.put(shard_hash(blobs[3]), blobs[3], owner="two", object_id=OID)  # per owner
+
+
+def test_delete_drops_the_blob_with_the_last_reference(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    data = os.urandom(100)
+    digest = shard_hash(data)
+    store.put(digest, data, owner="one", object_id=OID)
+    store.put(digest, data, owner="two", object_id=OID)
+    assert store.delete(digest, owner="one", object_id=OID) is True
+    assert store.get(digest) == data  # two still holds it
+    assert store.delete(digest, owner="one", object_id=OID) is False  # not one's any more
+    assert store.delete_object(owner="two", object_id=OID) == 1
+    assert not store.blob_path(digest).exists()
+    assert store.stats().shards == 0
+
+
+def test_gc_removes_orphans(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    keep = os.urandom(100)
+    store.put(shard_hash(keep), keep, owner="one", object_id=OID)
+    # an interrupted write, a blob renamed into place before its commit, a row whose file vanished
+    (tmp_path / "tmp" / "partial").write_bytes(b"half")
+    stray = os.urandom(50)
+    stray_path = store.blob_path(shard_hash(stray))
+    stray_path.parent.mkdir(exist_ok=True)
+    stray_path.write_bytes(stray)
+    lost = os.urandom(60)
+    store.put(shard_hash(lost), lost, owner="one", object_id=OID)
+    store.blob_path(shard_hash(lost)).unlink()
+    assert store.gc() == 3
+    assert store.get(shard_hash(keep)) == keep
+    assert not stray_path.exists()
+    assert not store.has(shard_hash(lost))
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert store.gc() == 0
+
+
+def test_manifests_per_owner(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path, max_manifests_per_owner=2)
+    store.put_manifest(owner="one", name="a", object_id=OID, blob=b"A")
+    store.put_manifest(owner="one", name="b", object_id=OID, blob=b"B")
+    store.put_manifest(owner="one", name="a", object_id=OID, blob=b"A2")  # replace is fine
+    with pytest.raises(QuotaExceeded):
+        store.put_manifest(owner="one", name="c", object_id=OID, blob=b"C")
+    assert store.get_manifest(owner="one", name="a") == b"A2"
+    assert store.list_manifests(owner="one") == ["a", "b"]
+    assert store.list_manifests(owner="two") == []
+    assert store.delete_manifest(owner="one", name="a") is True
+    with pytest.raises(ShardNotFound):
+        store.get_manifest(owner="one", name="a")
+
+
+@pytest.mark.postgres
+def test_metadata_on_postgresql(tmp_path: Path, audit_pg_url: str) -> None:
+    store = ShardStore(tmp_path, db_url=audit_pg_url)
+    data = os.urandom(300)
+    digest = shard_hash(data)
+    store.put(digest, data, owner="pg-owner", object_id=OID)
+    assert store.get(digest) == data
+    assert store.delete_object(owner="pg-owner", object_id=OID) == 1
+    store.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "delete", "manifest", "unmanifest"]),
+            st.sampled_from(["one", "two"]),
+            st.integers(0, 5),
+        ),
+        max_size=30,
+    )
+)
+def test_kept_usage_matches_a_recount(ops: list[tuple[str, str, int]]) -> None:
+    """The usage rows updated with every change equal a recount from the tables (reopen)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ShardStore(Path(tmp))
+        blobs = [bytes([i]) * (100 + i) for i in range(6)]
+        for op, owner, i in ops:
+            if op == "put":
+                store.put(shard_hash(blobs[i]), blobs[i], owner=owner, object_id=OID)
+            elif op == "delete":
+                store.delete(shard_hash(blobs[i]), owner=owner, object_id=OID)
+            elif op == "manifest":
+                store.put_manifest(owner=owner, name=f"m{i}", object_id=OID, blob=blobs[i])
+            else:
+                store.delete_manifest(owner=owner, name=f"m{i}")
+        kept = store.stats()
+        store.close()
+        again = ShardStore(Path(tmp))
+        assert again.stats() == kept
+        again.close()
