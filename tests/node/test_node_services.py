@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,10 @@ from daemon_support import (
     Daemons,
     cli,
     daemon_env,
-    free_port,
+    end_token,
+    enroll_edge,
+    init_cloud,
+    poll,
     read_status,
     reaped,
     verify_cloud_log,
@@ -52,8 +55,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PASSPHRASE = "services-test-passphrase"
-ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
-TIMEOUT = 60.0
 
 TOP = "status_interval = 0.2\n"
 EDGE_TOP = TOP + 'services = ["counter_service:make"]\nheartbeat_interval = 0.5\n'
@@ -65,19 +66,6 @@ EDGE_A_TABLES = (
     '[report.labels]\nsite = "lab"\n'
 )
 EDGE_B_TABLES = '\n[[policy.allow]]\ntypes = ["app.*"]\ntiers = ["end"]\n'
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait for a condition on the files/log the daemons write (bounded; not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def configure(toml: Path, top: str, tables: str) -> None:
-    toml.write_text(top + toml.read_text() + tables)
 
 
 def counter_status(data_dir: Path) -> dict[str, Any]:
@@ -116,31 +104,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m = Mesh(root, daemons)
         try:
             cloud = m.dir("cloud-1")
-            cli(
-                "init", "--data-dir", str(cloud), "--authority-id", "root",
-                "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-                env=ENV,
-            )  # fmt: skip
-            configure(cloud / "node.toml", TOP, CLOUD_TABLES)
+            init_cloud(cloud, PASSPHRASE, top=TOP, tables=CLOUD_TABLES)
             daemons.run("cloud-1", cloud)
             for edge, tables in (("edge-a", EDGE_A_TABLES), ("edge-b", EDGE_B_TABLES)):
-                token = cli(
-                    "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-                    "--delegate", "--ttl", "10m",
-                )  # fmt: skip
-                cli(
-                    "enroll", "--data-dir", str(m.dir(edge)), "--token", token,
-                    "--node-id", edge, "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
-                )  # fmt: skip
-                configure(m.dir(edge) / "node.toml", EDGE_TOP, tables)
+                enroll_edge(cloud, m.dir(edge), edge, PASSPHRASE, top=EDGE_TOP, tables=tables)
                 daemons.start(edge, m.dir(edge))
             tokens = {}
             for edge in ("edge-a", "edge-b"):
                 daemons.wait_ready(edge)
-                tokens[edge] = cli(
-                    "token", "create", "--data-dir", str(m.dir(edge)), "--tier", "end",
-                    "--ttl", "10m",
-                )  # fmt: skip
+                tokens[edge] = end_token(m.dir(edge))
             created = time.time()
             for edge in ("edge-a", "edge-b"):  # the edge admits the token's key on a tick
                 wait_status(m.dir(edge), lambda s: s["written_at"] > created, what="a tick")

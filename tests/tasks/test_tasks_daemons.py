@@ -37,7 +37,9 @@ from daemon_support import (
     Daemons,
     cli,
     daemon_env,
-    free_port,
+    end_token,
+    enroll_edge,
+    init_cloud,
     poll,
     read_status,
     reaped,
@@ -80,10 +82,6 @@ EDGE_TOML = {
     "edge-a": ('services = ["task_service:make_broken"]\n', EDGE_RULES + LABELS.format(400)),
     "edge-b": ('services = ["task_service:make"]\n', EDGE_RULES + LABELS.format(200)),
 }
-
-
-def configure(toml: Path, top: str, tables: str) -> None:
-    toml.write_text(TOP + top + toml.read_text() + tables)
 
 
 def certificate(data_dir: Path) -> Certificate:
@@ -129,42 +127,19 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m = Mesh(root, daemons)
         try:
             cloud = m.dir("cloud-1")
-            cli(
-                "init", "--data-dir", str(cloud), "--authority-id", "root",
-                "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-                env=ENV,
-            )  # fmt: skip
-            configure(cloud / "node.toml", *CLOUD_TOML)
+            init_cloud(cloud, PASSPHRASE, top=TOP + CLOUD_TOML[0], tables=CLOUD_TOML[1])
             daemons.run("cloud-1", cloud)
             for edge, (top, tables) in EDGE_TOML.items():
-                token = cli(
-                    "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-                    "--delegate", "--ttl", "10m",
-                )  # fmt: skip
-                cli(
-                    "enroll", "--data-dir", str(m.dir(edge)), "--token", token,
-                    "--node-id", edge, "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
-                )  # fmt: skip
-                configure(m.dir(edge) / "node.toml", top, tables)
+                enroll_edge(cloud, m.dir(edge), edge, PASSPHRASE, top=TOP + top, tables=tables)
                 daemons.start(edge, m.dir(edge))
             for edge in EDGE_TOML:
                 daemons.wait_ready(edge)
             tokens = {
-                name: cli(
-                    "token",
-                    "create",
-                    "--data-dir",
-                    str(m.dir("edge-a")),
-                    "--tier",
-                    "end",
-                    "--ttl",
-                    "10m",
-                    *roles,
-                )
+                name: end_token(m.dir("edge-a"), *roles)
                 for name, roles in (
-                    ("edge-a.ok", ["--roles", "submitter"]),
+                    ("edge-a.ok", ["submitter"]),
                     ("edge-a.norole", []),
-                    ("edge-a.cli", ["--roles", "submitter"]),
+                    ("edge-a.cli", ["submitter"]),
                 )
             }
             created = time.time()
