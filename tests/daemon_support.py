@@ -20,7 +20,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from securemesh.sdk import Device
 
 #: ``[*FAST_KDF_CLI, ARGS...]`` runs ``securemesh ARGS`` in a child process whose new key
 #: files (identities, authority, the audit log key) get the cheap test Argon2id cost
@@ -306,3 +309,20 @@ def end_token(at: Path, *roles: str) -> str:
         "token", "create", "--data-dir", str(at), "--tier", "end",
         *(["--roles", ",".join(roles)] if roles else []), "--ttl", "10m",
     )  # fmt: skip
+
+
+class DeviceMesh:
+    """A test mesh whose daemons keep their data dirs at ``root/<name>``, and the SDK
+    devices the test connected, by node id (:meth:`close_devices` closes them)."""
+
+    def __init__(self, root: Path, daemons: Daemons) -> None:
+        self.root = root
+        self.daemons = daemons
+        self.devices: dict[str, Device] = {}
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def close_devices(self) -> None:
+        for dev in self.devices.values():
+            dev.close(drain_timeout=1.0)

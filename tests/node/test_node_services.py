@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from daemon_support import (
-    Daemons,
+    DeviceMesh,
     cli,
     daemon_env,
     end_token,
@@ -85,23 +85,13 @@ def query_ticks(cloud: Path, node: str) -> list[dict[str, Any]]:
     return rows
 
 
-class Mesh:
-    def __init__(self, root: Path, daemons: Daemons) -> None:
-        self.root = root
-        self.daemons = daemons
-        self.devices: dict[str, Device] = {}
-
-    def dir(self, name: str) -> Path:
-        return self.root / name
-
-
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
     root = tmp_path_factory.mktemp("services")
     env = daemon_env(pythonpath=[EXAMPLES], passphrase=PASSPHRASE)
     env["COUNTER_INTERVAL"] = "0.2"
     with reaped(env) as daemons:
-        m = Mesh(root, daemons)
+        m = DeviceMesh(root, daemons)
         try:
             cloud = m.dir("cloud-1")
             init_cloud(cloud, PASSPHRASE, top=TOP, tables=CLOUD_TABLES)
@@ -127,11 +117,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 )
             yield m
         finally:
-            for dev in m.devices.values():
-                dev.close(drain_timeout=1.0)
+            m.close_devices()
 
 
-def test_the_service_runs_answers_and_reports(mesh: Mesh) -> None:
+def test_the_service_runs_answers_and_reports(mesh: DeviceMesh) -> None:
     edge_a = mesh.dir("edge-a")
     poll(lambda: counter_status(edge_a)["count"] >= 2, "the counter's loop to tick")
     status = counter_status(edge_a)
@@ -162,7 +151,7 @@ def test_the_service_runs_answers_and_reports(mesh: Mesh) -> None:
     assert report["services"] == ["audit", "enrollment", "counter"]
 
 
-def test_an_operator_deny_beats_a_service_allow(mesh: Mesh) -> None:
+def test_an_operator_deny_beats_a_service_allow(mesh: DeviceMesh) -> None:
     edge_b = mesh.dir("edge-b")
     poll(lambda: counter_status(edge_b)["state"] == "running", "edge-b's counter")
     before = read_status(edge_b)["counters"]["rejections"].get("unauthorized", 0)
@@ -175,7 +164,7 @@ def test_an_operator_deny_beats_a_service_allow(mesh: Mesh) -> None:
     )
 
 
-def test_the_custom_kind_is_logged_verified_and_queried(mesh: Mesh) -> None:
+def test_the_custom_kind_is_logged_verified_and_queried(mesh: DeviceMesh) -> None:
     cloud = mesh.dir("cloud-1")
     poll(lambda: len(query_ticks(cloud, "edge-a")) >= 2, "counter.tick events in the cloud log")
     rows = query_ticks(cloud, "edge-a")
@@ -194,7 +183,7 @@ def test_the_custom_kind_is_logged_verified_and_queried(mesh: Mesh) -> None:
     assert verify_cloud_log(cloud).startswith("OK:")
 
 
-def test_stopping_the_daemon_stops_the_service_and_cancels_its_tasks(mesh: Mesh) -> None:
+def test_stopping_the_daemon_stops_the_service_and_cancels_its_tasks(mesh: DeviceMesh) -> None:
     edge_a = mesh.dir("edge-a")
     poll(lambda: counter_status(edge_a)["count"] >= 1, "the counter to tick")
     assert mesh.daemons.stop("edge-a") == 0

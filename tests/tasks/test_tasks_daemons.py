@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from daemon_support import (
-    Daemons,
+    DeviceMesh,
     cli,
     daemon_env,
     end_token,
@@ -98,15 +98,7 @@ def query(cloud: Path, kind: str) -> list[dict[str, Any]]:
     return rows
 
 
-class Mesh:
-    def __init__(self, root: Path, daemons: Daemons) -> None:
-        self.root = root
-        self.daemons = daemons
-        self.devices: dict[str, Device] = {}
-
-    def dir(self, name: str) -> Path:
-        return self.root / name
-
+class Mesh(DeviceMesh):
     def submit(
         self, task_type: str, args: dict[str, Any], intent: TaskIntent, *,
         device: str = "edge-a.ok", inline: list[bytes] | None = None, work: float = 1.0,
@@ -170,8 +162,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             poll(edges_report_tasks, "the edges' reports listing the tasks service")
             yield m
         finally:
-            for dev in m.devices.values():
-                dev.close(drain_timeout=1.0)
+            m.close_devices()
 
 
 def test_a_task_runs_where_the_policy_says_with_a_signed_result(mesh: Mesh) -> None:
