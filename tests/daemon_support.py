@@ -5,6 +5,11 @@ Shared by the daemon tests in ``tests/node`` and ``tests/sdk`` (``tests/`` is on
 daemon writes itself (``ready``, ``status.json``): no sleep stands in for a
 readiness signal. :class:`Daemons` reaps every process it started — SIGTERM,
 then SIGKILL after a grace period — also when the test fails.
+
+A mesh is set up the operator way with :func:`init_cloud` (``securemesh init``),
+:func:`enroll_edge` (a delegated edge token, ``securemesh enroll``) and
+:func:`end_token` (a device's token); each test adds its own ``node.toml`` keys
+and tables. :class:`DeviceMesh` holds a mesh's data dirs and connected devices.
 """
 
 from __future__ import annotations
