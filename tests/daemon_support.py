@@ -5,6 +5,11 @@ Shared by the daemon tests in ``tests/node`` and ``tests/sdk`` (``tests/`` is on
 daemon writes itself (``ready``, ``status.json``): no sleep stands in for a
 readiness signal. :class:`Daemons` reaps every process it started — SIGTERM,
 then SIGKILL after a grace period — also when the test fails.
+
+A mesh is set up the operator way with :func:`init_cloud` (``securemesh init``),
+:func:`enroll_edge` (a delegated edge token, ``securemesh enroll``) and
+:func:`end_token` (a device's token); each test adds its own ``node.toml`` keys
+and tables. :class:`DeviceMesh` holds a mesh's data dirs and connected devices.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from securemesh.sdk import Device
 
 #: ``[*FAST_KDF_CLI, ARGS...]`` runs ``securemesh ARGS`` in a child process whose new key
 #: files (identities, authority, the audit log key) get the cheap test Argon2id cost
@@ -240,3 +248,86 @@ def verify_cloud_log(cloud: Path) -> str:
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr[-2000:]
     return verify.stdout
+
+
+# ------------------------------------------------- a mesh set up the operator way
+
+
+def _edit_toml(data_dir: Path, top: str, tables: str) -> None:
+    """Put ``top`` (top-level keys) before and ``tables`` after the ``node.toml`` that
+    ``init``/``enroll`` wrote in ``data_dir``."""
+    toml = data_dir / "node.toml"
+    toml.write_text(top + toml.read_text() + tables)
+
+
+def init_cloud(
+    cloud: Path,
+    passphrase: str,
+    *,
+    node_id: str = "cloud-1",
+    listen: str | None = None,
+    top: str = "",
+    tables: str = "",
+) -> str:
+    """``securemesh init`` of a cloud node (authority ``root``) in ``cloud``, with ``top``
+    and ``tables`` added to its ``node.toml``; returns its listen endpoint."""
+    listen = listen or f"tcp://127.0.0.1:{free_port()}"
+    cli(
+        "init", "--data-dir", str(cloud), "--authority-id", "root",
+        "--cloud-node-id", node_id, "--listen", listen,
+        env={"SECUREMESH_PASSPHRASE": passphrase},
+    )  # fmt: skip
+    _edit_toml(cloud, top, tables)
+    return listen
+
+
+def enroll_edge(
+    cloud: Path,
+    edge: Path,
+    node_id: str,
+    passphrase: str,
+    *,
+    listen: str | None = None,
+    top: str = "",
+    tables: str = "",
+) -> str:
+    """A delegated edge token at ``cloud`` (``token create --tier edge --delegate``), then
+    ``securemesh enroll`` of ``node_id`` into ``edge``, with ``top`` and ``tables`` added to
+    its ``node.toml``; returns its listen endpoint. The daemon is not started."""
+    listen = listen or f"tcp://127.0.0.1:{free_port()}"
+    token = cli(
+        "token", "create", "--data-dir", str(cloud), "--tier", "edge",
+        "--delegate", "--ttl", "10m",
+    )  # fmt: skip
+    cli(
+        "enroll", "--data-dir", str(edge), "--token", token, "--node-id", node_id,
+        "--listen", listen, env={"SECUREMESH_PASSPHRASE": passphrase},
+    )  # fmt: skip
+    _edit_toml(edge, top, tables)
+    return listen
+
+
+def end_token(at: Path, *roles: str) -> str:
+    """``securemesh token create --tier end`` at the node whose data dir is ``at`` (roles
+    optional). A running daemon admits the token's key on its next status tick."""
+    return cli(
+        "token", "create", "--data-dir", str(at), "--tier", "end",
+        *(["--roles", ",".join(roles)] if roles else []), "--ttl", "10m",
+    )  # fmt: skip
+
+
+class DeviceMesh:
+    """A test mesh whose daemons keep their data dirs at ``root/<name>``, and the SDK
+    devices the test connected, by node id (:meth:`close_devices` closes them)."""
+
+    def __init__(self, root: Path, daemons: Daemons) -> None:
+        self.root = root
+        self.daemons = daemons
+        self.devices: dict[str, Device] = {}
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def close_devices(self) -> None:
+        for dev in self.devices.values():
+            dev.close(drain_timeout=1.0)

@@ -62,7 +62,17 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from daemon_support import Daemons, cli, daemon_env, free_port, read_status, reaped, wait_status
+from daemon_support import (
+    Daemons,
+    cli,
+    daemon_env,
+    enroll_edge,
+    free_port,
+    init_cloud,
+    read_status,
+    reaped,
+    wait_status,
+)
 from zmq.utils.monitor import recv_monitor_message
 
 from securemesh.crypto import keystore
@@ -204,10 +214,6 @@ class Mesh:
         return dev
 
 
-def _configure(toml: Path) -> None:
-    toml.write_text(FAST_TOML + toml.read_text() + POLICY_TOML)
-
-
 def _curve_key(data_dir: Path) -> bytes:
     return (
         SignedCertificate.from_bytes((data_dir / "node.cert").read_bytes())
@@ -231,20 +237,17 @@ def operator_mesh(root: Path) -> Iterator[Mesh]:
         reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons,
     ):
         restore.callback(setattr, mesh_cli, "_KDF_PARAMS", saved_kdf)
-        cli(
-            "init", "--data-dir", str(cloud_dir), "--authority-id", "root",
-            "--cloud-node-id", CLOUD_ID, "--listen", cloud_ep, env=ENV,
+        init_cloud(
+            cloud_dir, PASSPHRASE, node_id=CLOUD_ID, listen=cloud_ep,
+            top=FAST_TOML, tables=POLICY_TOML,
         )  # fmt: skip
-        _configure(cloud_dir / "node.toml")
         daemons.run("cloud", cloud_dir)
         mesh = Mesh(root, cloud_dir, edge_dir, daemons)
         # the edge gets a delegated authority: it enrolls devices itself (edge-1.*)
-        edge_token = mesh.token(at="cloud", tier="edge", roles="", delegate=True)
-        cli(
-            "enroll", "--data-dir", str(edge_dir), "--token", edge_token, "--node-id", EDGE_ID,
-            "--listen", edge_ep, env=ENV,
+        enroll_edge(
+            cloud_dir, edge_dir, EDGE_ID, PASSPHRASE, listen=edge_ep,
+            top=FAST_TOML, tables=POLICY_TOML,
         )  # fmt: skip
-        _configure(edge_dir / "node.toml")
         daemons.run("edge", edge_dir)
         mesh.endpoints = {"cloud": cloud_ep, "edge": edge_ep}
         mesh.curve_keys = {"cloud": _curve_key(cloud_dir), "edge": _curve_key(edge_dir)}

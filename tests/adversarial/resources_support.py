@@ -1,8 +1,9 @@
 """Set-up for the resource-exhaustion attacks on real daemons (issue 9 #3, #4, #5, #8).
 
-Everything a test in ``test_resources.py`` needs, in one place so that it can be
-folded into the shared adversarial harness (``tests/adversarial/harness.py``,
-written on another branch) later:
+What ``test_resources.py`` needs beyond the shared adversarial harness
+(``tests/adversarial/harness.py``: passphrase, ids, p99/RSS limits, :func:`wait_until`,
+:class:`~harness.RssWatch`) and ``tests/daemon_support.py`` (:func:`init_cloud`,
+:func:`enroll_edge`, :func:`end_token`):
 
 * :func:`edge_mesh` — a cloud daemon and a delegated edge daemon set up the
   operator way (``init``, ``token create --delegate``, ``enroll``, ``node run``)
@@ -14,7 +15,6 @@ written on another branch) later:
 * :func:`greeting_then_big_frame` — an outsider's raw TCP bytes: a ZMTP 3.0
   greeting announcing CURVE, then the header of a 16 MiB command frame.
 * :class:`Prober` — the honest device pinging its edge in a thread, for p99.
-* :func:`rss_mib` — a process's resident set (``/proc/PID/status`` VmRSS).
 """
 
 from __future__ import annotations
@@ -35,30 +35,24 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from daemon_support import Daemons, cli, daemon_env, free_port, log_path, reaped
+from daemon_support import (
+    Daemons,
+    daemon_env,
+    end_token,
+    enroll_edge,
+    free_port,
+    init_cloud,
+    log_path,
+    reaped,
+)
+from harness import EDGE_ID as EDGE
+from harness import FAST_KDF, PASSPHRASE, wait_until
+from harness import raw_tcp as _raw_tcp
 
-from securemesh.crypto import keystore
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.messages import MESH_PING, Ack
 from securemesh.sdk import Device
 from securemesh.wire import Flags, encode_signed
-
-PASSPHRASE = "adversarial-test-passphrase"
-ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
-FAST_KDF = keystore.UNSAFE_FAST_PARAMS
-EDGE = "edge-1"
-
-#: What the issue asks of every attack.
-MAX_P99_S = 0.5
-MAX_RSS_GROWTH_MIB = 128.0
-
-
-def rss_mib(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 @dataclass
@@ -243,12 +237,8 @@ class EdgeMesh:
 
 
 def _enroll(mesh_edge_dir: Path, data_dir: Path, node_id: str) -> None:
-    token = cli(
-        "token", "create", "--data-dir", str(mesh_edge_dir), "--tier", "end",
-        "--roles", "sensor", "--ttl", "10m",
-    )  # fmt: skip
     Device.enroll(
-        token, data_dir=data_dir, node_id=node_id,
+        end_token(mesh_edge_dir, "sensor"), data_dir=data_dir, node_id=node_id,
         passphrase=PASSPHRASE, kdf_params=FAST_KDF, timeout=30,
     )  # fmt: skip
 
@@ -285,29 +275,15 @@ def edge_mesh(
     cloud_dir, edge_dir = root / "cloud", root / "edge"
     edge_port = free_port()
     with reaped(daemon_env(passphrase=PASSPHRASE)) as daemons:
-        cli(
-            "init", "--data-dir", str(cloud_dir), "--authority-id", "root",
-            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        (cloud_dir / "node.toml").write_text(
-            "status_interval = 0.2\n" + (cloud_dir / "node.toml").read_text()
-        )
+        init_cloud(cloud_dir, PASSPHRASE, top="status_interval = 0.2\n")
         daemons.run("cloud", cloud_dir)
-        edge_token = cli(
-            "token", "create", "--data-dir", str(cloud_dir), "--tier", "edge",
-            "--delegate", "--ttl", "10m",
+        enroll_edge(
+            cloud_dir, edge_dir, EDGE, PASSPHRASE, listen=f"tcp://127.0.0.1:{edge_port}",
+            top="status_interval = 0.2\n",
+            tables="\n[limits]\n" + edge_limits + "\n" if edge_limits else "",
         )  # fmt: skip
-        cli(
-            "enroll", "--data-dir", str(edge_dir), "--token", edge_token,
-            "--node-id", EDGE, "--listen", f"tcp://127.0.0.1:{edge_port}", env=ENV,
-        )  # fmt: skip
-        toml = edge_dir / "node.toml"
-        text = "status_interval = 0.2\n" + toml.read_text()
-        if edge_limits:
-            assert "[limits]" not in text
-            text += "\n[limits]\n" + edge_limits + "\n"
-        toml.write_text(text)
+        if edge_limits:  # enroll wrote no [limits] table of its own
+            assert (edge_dir / "node.toml").read_text().count("[limits]") == 1
         proc = _start_edge(daemons, edge_dir, edge_nofile)
         _enroll(edge_dir, root / "honest", f"{EDGE}.honest")
         _enroll(edge_dir, root / "attacker", f"{EDGE}.attacker")
@@ -332,18 +308,11 @@ def edge_mesh(
 
 
 def raw_tcp(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    """:func:`harness.raw_tcp` to a loopback port, closed with a RST (SO_LINGER 0)."""
+    sock = _raw_tcp(f"tcp://127.0.0.1:{port}", timeout=10)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     return sock
 
 
 def port_of(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
-
-
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not reached in {timeout} s: {what}"
-        time.sleep(0.02)

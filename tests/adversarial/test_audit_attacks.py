@@ -33,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import cli, daemon_env, free_port, log_path, reaped, wait_status
+from daemon_support import (
+    daemon_env,
+    end_token,
+    enroll_edge,
+    init_cloud,
+    log_path,
+    reaped,
+    wait_status,
+)
 
 from securemesh.audit.events import new_event, sign_event
 from securemesh.audit.log import open_log
@@ -50,7 +58,6 @@ from securemesh.wire import encode_signed
 pytestmark = pytest.mark.slow
 
 PASSPHRASE = "adversarial-audit-passphrase-0a1b2c"
-ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
 DEV_A, DEV_B = "edge-1.dev-a", "edge-1.dev-b"
 #: the edge's rejection-log window: short, so the test sees it close
 LOG_WINDOW = 3.0
@@ -79,40 +86,20 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("audit-attacks")
     cloud, edge = root / "cloud", root / "edge"
     with reaped(daemon_env(passphrase=PASSPHRASE)) as daemons:
-        cli(
-            "init", "--data-dir", str(cloud), "--authority-id", "root",
-            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        toml = cloud / "node.toml"
-        toml.write_text("status_interval = 0.2\n" + toml.read_text())
+        init_cloud(cloud, PASSPHRASE, top="status_interval = 0.2\n")
         cinfo = daemons.run("cloud", cloud)
-        edge_token = cli(
-            "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-            "--delegate", "--ttl", "10m",
+        enroll_edge(
+            cloud, edge, "edge-1", PASSPHRASE,
+            top="status_interval = 0.2\nheartbeat_interval = 0.2\n",
+            tables=f"\n[limits]\nlog_window = {LOG_WINDOW}\n",
         )  # fmt: skip
-        cli(
-            "enroll", "--data-dir", str(edge), "--token", edge_token,
-            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        toml = edge / "node.toml"
-        toml.write_text(
-            "status_interval = 0.2\nheartbeat_interval = 0.2\n"
-            + toml.read_text()
-            + f"\n[limits]\nlog_window = {LOG_WINDOW}\n"
-        )
         einfo = daemons.run("edge", edge)
         devs = []
         for node_id in (DEV_A, DEV_B):
-            token = cli(
-                "token", "create", "--data-dir", str(edge), "--tier", "end",
-                "--roles", "sensor", "--ttl", "10m",
-            )  # fmt: skip
             data_dir = root / node_id
             Device.enroll(
-                token, data_dir=data_dir, node_id=node_id, passphrase=PASSPHRASE,
-                kdf_params=keystore.UNSAFE_FAST_PARAMS, timeout=30,
+                end_token(edge, "sensor"), data_dir=data_dir, node_id=node_id,
+                passphrase=PASSPHRASE, kdf_params=keystore.UNSAFE_FAST_PARAMS, timeout=30,
             )  # fmt: skip
             devs.append(data_dir)
         yield Mesh(

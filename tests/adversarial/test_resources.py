@@ -9,8 +9,8 @@ enrolled device) or raw TCP (an outsider without keys). Each asserts that
   the attack,
 * the edge's RSS grows by less than 128 MiB (``/proc/PID/status`` VmRSS).
 
-Set-up lives in ``resources_support.py`` (one helper, to be folded into the
-shared adversarial harness).
+Set-up lives in ``resources_support.py`` (on top of the shared adversarial
+harness, whose :class:`~harness.RssWatch` samples the edge's RSS).
 """
 
 from __future__ import annotations
@@ -24,49 +24,17 @@ from pathlib import Path
 
 import pytest
 from daemon_support import cli, read_status
+from harness import P99_LIMIT_S, RSS_GROWTH_LIMIT, RssWatch, wait_until
 from resources_support import (
-    MAX_P99_S,
-    MAX_RSS_GROWTH_MIB,
     Prober,
     batch_flood,
     edge_mesh,
     greeting_then_big_frame,
     port_of,
     raw_tcp,
-    rss_mib,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow
-
-
-class RssWatch:
-    """Samples a process's RSS in a thread; ``peak`` is the highest seen."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.base = rss_mib(pid)
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_mib(self.pid))
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> RssWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self.peak = max(self.peak, rss_mib(self.pid))
-
-    @property
-    def growth(self) -> float:
-        return self.peak - self.base
 
 
 def _within_budget(name: str, probe: Prober, rss: RssWatch) -> None:
@@ -76,10 +44,11 @@ def _within_budget(name: str, probe: Prober, rss: RssWatch) -> None:
     """
     print(
         f"figures {name}: honest p99 {probe.p99() * 1000:.0f} ms,"
-        f" edge RSS {rss.base:.0f} -> peak {rss.peak:.0f} MiB (+{rss.growth:.0f})"
+        f" edge RSS {rss.baseline / 2**20:.0f} -> peak {rss.peak / 2**20:.0f} MiB"
+        f" (+{rss.growth / 2**20:.0f})"
     )
-    assert probe.p99() < MAX_P99_S, (probe.p99(), probe.failures[:3])
-    assert rss.growth < MAX_RSS_GROWTH_MIB, rss.growth
+    assert probe.p99() < P99_LIMIT_S, (probe.p99(), probe.failures[:3])
+    assert rss.growth < RSS_GROWTH_LIMIT, rss.growth / 2**20
 
 
 def _log_events(text: str) -> list[dict[str, object]]:
@@ -128,7 +97,7 @@ def test_a_device_that_never_reads_its_replies_does_not_stall_the_edge(tmp_path:
         attacker = mesh.attacker
         pings = [attacker.ping(request=True) for _ in range(30_000)]
         sock = attacker.dealer(rcvhwm=1, rcvbuf=4096)  # and never reads
-        with RssWatch(mesh.edge_pid) as rss, Prober(mesh.honest) as probe:
+        with RssWatch(mesh.edge_pid, interval=0.01) as rss, Prober(mesh.honest) as probe:
             probe.mark()
             for frames in pings:
                 sock.send_multipart(frames)
@@ -151,13 +120,17 @@ def test_a_device_that_never_reads_its_replies_does_not_stall_the_edge(tmp_path:
         sock.close()
         start = time.monotonic()
         mesh.honest.request("edge-1", "mesh.ping", {}, timeout=5)
-        assert time.monotonic() - start < MAX_P99_S
+        assert time.monotonic() - start < P99_LIMIT_S
 
 
 def test_a_batch_flood_gets_its_fair_share_only(tmp_path: Path) -> None:
     """#8b: 1,024-message batches from one device do not make another device wait behind them."""
     with edge_mesh(tmp_path) as mesh:
-        with RssWatch(mesh.edge_pid) as rss, Prober(mesh.honest) as probe, batch_flood(mesh):
+        with (
+            RssWatch(mesh.edge_pid, interval=0.01) as rss,
+            Prober(mesh.honest) as probe,
+            batch_flood(mesh),
+        ):
             probe.mark()
             wait_until(
                 lambda: _counters(mesh.edge_dir)["received"] > 20_000,  # type: ignore[operator]
@@ -178,7 +151,7 @@ def test_a_message_over_the_whole_size_limit_is_dropped_without_copies(tmp_path:
     with edge_mesh(tmp_path) as mesh:
         sock = mesh.attacker.dealer()
         frame = bytes(4 * 1024 * 1024)
-        with RssWatch(mesh.edge_pid) as rss, Prober(mesh.honest) as probe:
+        with RssWatch(mesh.edge_pid, interval=0.01) as rss, Prober(mesh.honest) as probe:
             probe.mark()
             for _ in range(3):
                 sock.send_multipart([b"huge"] + [frame] * 20)
@@ -212,7 +185,7 @@ def test_outsiders_cannot_make_the_edge_allocate_handshake_frames(tmp_path: Path
             with contextlib.suppress(OSError):  # refused: the edge shut it down
                 sock.sendall(head + body)
 
-        with RssWatch(mesh.edge_pid) as rss, Prober(mesh.honest) as probe:
+        with RssWatch(mesh.edge_pid, interval=0.01) as rss, Prober(mesh.honest) as probe:
             probe.mark()
             threads = [threading.Thread(target=attack, daemon=True) for _ in range(48)]
             for thread in threads:
@@ -236,7 +209,7 @@ def test_near_the_open_file_limit_new_connections_are_refused(tmp_path: Path) ->
     limits += "max_pending_handshakes = 1000\n"
     with edge_mesh(tmp_path, edge_limits=limits, edge_nofile=256) as mesh:
         attacker = mesh.attacker
-        with RssWatch(mesh.edge_pid) as rss, Prober(mesh.honest) as probe:
+        with RssWatch(mesh.edge_pid, interval=0.01) as rss, Prober(mesh.honest) as probe:
             probe.mark()
             socks = [attacker.dealer() for _ in range(300)]
             for sock in socks:  # each speaks once (refused by policy: counted apart)

@@ -28,16 +28,19 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_support import (
-    Daemons,
+    DeviceMesh,
     cli,
     daemon_env,
-    free_port,
+    end_token,
+    enroll_edge,
+    init_cloud,
+    poll,
     read_status,
     reaped,
     verify_cloud_log,
@@ -52,8 +55,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PASSPHRASE = "services-test-passphrase"
-ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
-TIMEOUT = 60.0
 
 TOP = "status_interval = 0.2\n"
 EDGE_TOP = TOP + 'services = ["counter_service:make"]\nheartbeat_interval = 0.5\n'
@@ -65,19 +66,6 @@ EDGE_A_TABLES = (
     '[report.labels]\nsite = "lab"\n'
 )
 EDGE_B_TABLES = '\n[[policy.allow]]\ntypes = ["app.*"]\ntiers = ["end"]\n'
-
-
-def poll(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait for a condition on the files/log the daemons write (bounded; not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def configure(toml: Path, top: str, tables: str) -> None:
-    toml.write_text(top + toml.read_text() + tables)
 
 
 def counter_status(data_dir: Path) -> dict[str, Any]:
@@ -97,50 +85,24 @@ def query_ticks(cloud: Path, node: str) -> list[dict[str, Any]]:
     return rows
 
 
-class Mesh:
-    def __init__(self, root: Path, daemons: Daemons) -> None:
-        self.root = root
-        self.daemons = daemons
-        self.devices: dict[str, Device] = {}
-
-    def dir(self, name: str) -> Path:
-        return self.root / name
-
-
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
     root = tmp_path_factory.mktemp("services")
     env = daemon_env(pythonpath=[EXAMPLES], passphrase=PASSPHRASE)
     env["COUNTER_INTERVAL"] = "0.2"
     with reaped(env) as daemons:
-        m = Mesh(root, daemons)
+        m = DeviceMesh(root, daemons)
         try:
             cloud = m.dir("cloud-1")
-            cli(
-                "init", "--data-dir", str(cloud), "--authority-id", "root",
-                "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-                env=ENV,
-            )  # fmt: skip
-            configure(cloud / "node.toml", TOP, CLOUD_TABLES)
+            init_cloud(cloud, PASSPHRASE, top=TOP, tables=CLOUD_TABLES)
             daemons.run("cloud-1", cloud)
             for edge, tables in (("edge-a", EDGE_A_TABLES), ("edge-b", EDGE_B_TABLES)):
-                token = cli(
-                    "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-                    "--delegate", "--ttl", "10m",
-                )  # fmt: skip
-                cli(
-                    "enroll", "--data-dir", str(m.dir(edge)), "--token", token,
-                    "--node-id", edge, "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
-                )  # fmt: skip
-                configure(m.dir(edge) / "node.toml", EDGE_TOP, tables)
+                enroll_edge(cloud, m.dir(edge), edge, PASSPHRASE, top=EDGE_TOP, tables=tables)
                 daemons.start(edge, m.dir(edge))
             tokens = {}
             for edge in ("edge-a", "edge-b"):
                 daemons.wait_ready(edge)
-                tokens[edge] = cli(
-                    "token", "create", "--data-dir", str(m.dir(edge)), "--tier", "end",
-                    "--ttl", "10m",
-                )  # fmt: skip
+                tokens[edge] = end_token(m.dir(edge))
             created = time.time()
             for edge in ("edge-a", "edge-b"):  # the edge admits the token's key on a tick
                 wait_status(m.dir(edge), lambda s: s["written_at"] > created, what="a tick")
@@ -155,11 +117,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 )
             yield m
         finally:
-            for dev in m.devices.values():
-                dev.close(drain_timeout=1.0)
+            m.close_devices()
 
 
-def test_the_service_runs_answers_and_reports(mesh: Mesh) -> None:
+def test_the_service_runs_answers_and_reports(mesh: DeviceMesh) -> None:
     edge_a = mesh.dir("edge-a")
     poll(lambda: counter_status(edge_a)["count"] >= 2, "the counter's loop to tick")
     status = counter_status(edge_a)
@@ -190,7 +151,7 @@ def test_the_service_runs_answers_and_reports(mesh: Mesh) -> None:
     assert report["services"] == ["audit", "enrollment", "counter"]
 
 
-def test_an_operator_deny_beats_a_service_allow(mesh: Mesh) -> None:
+def test_an_operator_deny_beats_a_service_allow(mesh: DeviceMesh) -> None:
     edge_b = mesh.dir("edge-b")
     poll(lambda: counter_status(edge_b)["state"] == "running", "edge-b's counter")
     before = read_status(edge_b)["counters"]["rejections"].get("unauthorized", 0)
@@ -203,7 +164,7 @@ def test_an_operator_deny_beats_a_service_allow(mesh: Mesh) -> None:
     )
 
 
-def test_the_custom_kind_is_logged_verified_and_queried(mesh: Mesh) -> None:
+def test_the_custom_kind_is_logged_verified_and_queried(mesh: DeviceMesh) -> None:
     cloud = mesh.dir("cloud-1")
     poll(lambda: len(query_ticks(cloud, "edge-a")) >= 2, "counter.tick events in the cloud log")
     rows = query_ticks(cloud, "edge-a")
@@ -222,7 +183,7 @@ def test_the_custom_kind_is_logged_verified_and_queried(mesh: Mesh) -> None:
     assert verify_cloud_log(cloud).startswith("OK:")
 
 
-def test_stopping_the_daemon_stops_the_service_and_cancels_its_tasks(mesh: Mesh) -> None:
+def test_stopping_the_daemon_stops_the_service_and_cancels_its_tasks(mesh: DeviceMesh) -> None:
     edge_a = mesh.dir("edge-a")
     poll(lambda: counter_status(edge_a)["count"] >= 1, "the counter to tick")
     assert mesh.daemons.stop("edge-a") == 0

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import Daemons, cli, daemon_env, free_port, verify_cloud_log
-from test_sdk_daemons import ENV, HERE, PASSPHRASE, Mesh, _enroll
+from daemon_support import Daemons, cli, daemon_env, enroll_edge, init_cloud, verify_cloud_log
+from test_sdk_daemons import HERE, PASSPHRASE, Mesh, _enroll
 
 from securemesh.errors import LocalError
 from securemesh.sdk import Device
@@ -125,31 +125,14 @@ def test_device_rejections_reach_the_cloud_log_once_and_wait_out_a_cloud_outage(
     cloud, edge, dev_dir = tmp_path / "cloud", tmp_path / "edge", tmp_path / "dev"
     daemons = Daemons(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE))
     try:
-        cli(
-            "init", "--data-dir", str(cloud), "--authority-id", "root",
-            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        toml = cloud / "node.toml"
-        toml.write_text("status_interval = 0.1\n" + toml.read_text())
+        init_cloud(cloud, PASSPHRASE, top="status_interval = 0.1\n")
         daemons.run("cloud", cloud)
-        edge_token = cli(
-            "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-            "--delegate", "--ttl", "10m",
+        enroll_edge(
+            cloud, edge, "edge-1", PASSPHRASE,
+            top='services = ["sdk_audit_services:register"]\nstatus_interval = 0.1\n'
+            + EDGE_HEARTBEAT,
+            tables=EDGE_LIMITS + EDGE_POLICY,
         )  # fmt: skip
-        cli(
-            "enroll", "--data-dir", str(edge), "--token", edge_token,
-            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        toml = edge / "node.toml"
-        toml.write_text(
-            'services = ["sdk_audit_services:register"]\nstatus_interval = 0.1\n'
-            + EDGE_HEARTBEAT
-            + toml.read_text()
-            + EDGE_LIMITS
-            + EDGE_POLICY
-        )
         daemons.run("edge", edge)
         _enroll(Mesh(cloud, edge, daemons), dev_dir, DEVICE)
         with open(dev_dir / "node.toml", "a", encoding="utf-8") as f:

@@ -20,7 +20,9 @@ from daemon_support import (
     Daemons,
     cli,
     daemon_env,
-    free_port,
+    end_token,
+    enroll_edge,
+    init_cloud,
     read_status,
     reaped,
     wait_status,
@@ -39,11 +41,6 @@ POLICY = '\n[[policy.allow]]\ntypes = ["app.*"]\n'
 ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
 
 
-def _configure(toml: Path) -> None:
-    """Load the test services and allow app.* (deny by default otherwise)."""
-    toml.write_text(SERVICES + toml.read_text() + POLICY)
-
-
 @dataclass
 class Mesh:
     cloud_dir: Path
@@ -56,32 +53,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("sdk-daemons")
     cloud_dir, edge_dir = root / "cloud", root / "edge"
     with reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons:
-        cli(
-            "init", "--data-dir", str(cloud_dir), "--authority-id", "root",
-            "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        _configure(cloud_dir / "node.toml")
+        init_cloud(cloud_dir, PASSPHRASE, top=SERVICES, tables=POLICY)
         daemons.run("cloud", cloud_dir)
-        edge_token = cli(
-            "token", "create", "--data-dir", str(cloud_dir), "--tier", "edge",
-            "--delegate", "--ttl", "10m",
-        )  # fmt: skip
-        cli(
-            "enroll", "--data-dir", str(edge_dir), "--token", edge_token,
-            "--node-id", "edge-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-            env=ENV,
-        )  # fmt: skip
-        _configure(edge_dir / "node.toml")
+        enroll_edge(cloud_dir, edge_dir, "edge-1", PASSPHRASE, top=SERVICES, tables=POLICY)
         daemons.run("edge", edge_dir)
         yield Mesh(cloud_dir, edge_dir, daemons)
 
 
 def _enroll(mesh: Mesh, data_dir: Path, node_id: str, *, at: Path | None = None) -> Enrollment:
-    token = cli(
-        "token", "create", "--data-dir", str(at or mesh.edge_dir), "--tier", "end",
-        "--roles", "sensor", "--ttl", "10m",
-    )  # fmt: skip
+    token = end_token(at or mesh.edge_dir, "sensor")
     # the edge daemon admits the new token's key on its next status tick; until
     # then its handshake is refused and the client tries again
     return Device.enroll(

@@ -34,10 +34,12 @@ from typing import Any
 
 import pytest
 from daemon_support import (
-    Daemons,
+    DeviceMesh,
     cli,
     daemon_env,
-    free_port,
+    end_token,
+    enroll_edge,
+    init_cloud,
     poll,
     read_status,
     reaped,
@@ -82,10 +84,6 @@ EDGE_TOML = {
 }
 
 
-def configure(toml: Path, top: str, tables: str) -> None:
-    toml.write_text(TOP + top + toml.read_text() + tables)
-
-
 def certificate(data_dir: Path) -> Certificate:
     """The node's own certificate file (written by init/enroll in this test)."""
     return SignedCertificate.from_bytes(
@@ -100,15 +98,7 @@ def query(cloud: Path, kind: str) -> list[dict[str, Any]]:
     return rows
 
 
-class Mesh:
-    def __init__(self, root: Path, daemons: Daemons) -> None:
-        self.root = root
-        self.daemons = daemons
-        self.devices: dict[str, Device] = {}
-
-    def dir(self, name: str) -> Path:
-        return self.root / name
-
+class Mesh(DeviceMesh):
     def submit(
         self, task_type: str, args: dict[str, Any], intent: TaskIntent, *,
         device: str = "edge-a.ok", inline: list[bytes] | None = None, work: float = 1.0,
@@ -129,42 +119,19 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         m = Mesh(root, daemons)
         try:
             cloud = m.dir("cloud-1")
-            cli(
-                "init", "--data-dir", str(cloud), "--authority-id", "root",
-                "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{free_port()}",
-                env=ENV,
-            )  # fmt: skip
-            configure(cloud / "node.toml", *CLOUD_TOML)
+            init_cloud(cloud, PASSPHRASE, top=TOP + CLOUD_TOML[0], tables=CLOUD_TOML[1])
             daemons.run("cloud-1", cloud)
             for edge, (top, tables) in EDGE_TOML.items():
-                token = cli(
-                    "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-                    "--delegate", "--ttl", "10m",
-                )  # fmt: skip
-                cli(
-                    "enroll", "--data-dir", str(m.dir(edge)), "--token", token,
-                    "--node-id", edge, "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
-                )  # fmt: skip
-                configure(m.dir(edge) / "node.toml", top, tables)
+                enroll_edge(cloud, m.dir(edge), edge, PASSPHRASE, top=TOP + top, tables=tables)
                 daemons.start(edge, m.dir(edge))
             for edge in EDGE_TOML:
                 daemons.wait_ready(edge)
             tokens = {
-                name: cli(
-                    "token",
-                    "create",
-                    "--data-dir",
-                    str(m.dir("edge-a")),
-                    "--tier",
-                    "end",
-                    "--ttl",
-                    "10m",
-                    *roles,
-                )
+                name: end_token(m.dir("edge-a"), *roles)
                 for name, roles in (
-                    ("edge-a.ok", ["--roles", "submitter"]),
+                    ("edge-a.ok", ["submitter"]),
                     ("edge-a.norole", []),
-                    ("edge-a.cli", ["--roles", "submitter"]),
+                    ("edge-a.cli", ["submitter"]),
                 )
             }
             created = time.time()
@@ -195,8 +162,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             poll(edges_report_tasks, "the edges' reports listing the tasks service")
             yield m
         finally:
-            for dev in m.devices.values():
-                dev.close(drain_timeout=1.0)
+            m.close_devices()
 
 
 def test_a_task_runs_where_the_policy_says_with_a_signed_result(mesh: Mesh) -> None:
