@@ -489,29 +489,27 @@ class BusAuditIngest:
             named.append((entry, event.event_id, event.origin, signed.key_id, event))
         return named
 
-    def _kind_allowed(self, kind: str, origin: str, msg: VerifiedMessage) -> bool | None:
-        """Whether ``origin`` may log ``kind`` (None: its certificate is not known here yet)."""
+    def _origin_certificate(self, msg: VerifiedMessage, origin: str) -> Certificate | None:
+        """The certificate of an event's ``origin``: the sender's, or one learned here."""
+        if origin == msg.sender:
+            return msg.certificate
+        signed = self.node.directory.signed_certificate(origin)
+        return None if signed is None else signed.unverified_certificate()  # verified on add
+
+    def _kind_allowed(self, kind: str, cert: Certificate | None) -> bool | None:
+        """Whether the origin (``cert``) may log ``kind`` (None: its certificate is not known)."""
         if not self.kind_rules.needs_certificate(kind):
             return True
-        if origin == msg.sender:
-            cert = msg.certificate
-        else:
-            signed = self.node.directory.signed_certificate(origin)
-            cert = None if signed is None else signed.unverified_certificate()  # verified on add
         if cert is None:
             return None
         return self.kind_rules.allows(kind, cert)
 
     def _admit(
-        self, sender_cert: Certificate, origin: str, key_id: bytes, event: AuditEvent
+        self, cert: Certificate | None, origin: str, key_id: bytes, event: AuditEvent
     ) -> Admission:
-        """The event policy's verdict, with the origin's tier, namespace and key age here."""
+        """The event policy's verdict, with the origin's tier (``cert``), namespace and key age."""
         from securemesh.audit.events import event_key_id  # noqa: PLC0415
 
-        cert: Certificate | None = sender_cert
-        if origin != sender_cert.node_id:
-            signed = self.node.directory.signed_certificate(origin)
-            cert = signed.unverified_certificate() if signed is not None else None
         slot = (origin, key_id)
         if cert is not None and event_key_id(cert.verify_key) == key_id:
             since = min(cert.not_before * 1000, self._key_since.get(slot, cert.not_before * 1000))
@@ -592,18 +590,25 @@ class BusAuditIngest:
         return signed is not None and signed.unverified_certificate().tier is Tier.END
 
     def _refusal(
-        self, msg: VerifiedMessage, tier: Tier, relay: bool, origin: str, kind: str
+        self,
+        msg: VerifiedMessage,
+        origin: str,
+        origin_cert: Certificate | None,
+        kind: str,
+        *,
+        relay: bool,
     ) -> int | None:
         """DEFERRED/REJECTED (counted) if this sender may not append this origin's ``kind``."""
         from securemesh.audit.outbox import DEFERRED, REJECTED  # noqa: PLC0415
 
+        tier = msg.certificate.tier if msg.certificate is not None else Tier.END
         if not self._may_send_for(msg.sender, tier, origin):
             if relay and self.node.directory.signed_certificate(origin) is None:
                 self.refused["origin_unknown_yet"] += 1  # a device we have not met yet
                 return DEFERRED
             self.refused["origin_not_allowed"] += 1
             return REJECTED
-        kind_ok = self._kind_allowed(kind, origin, msg)
+        kind_ok = self._kind_allowed(kind, origin_cert)
         if kind_ok is None:
             self.refused["origin_unknown_yet"] += 1
             return DEFERRED
@@ -641,7 +646,8 @@ class BusAuditIngest:
         unchecked: set[str] = set()  # event ids whose origin we cannot check yet
         flags: dict[str, tuple[AuditEvent, str]] = {}
         for entry, event_id, origin, key_id, event in named:
-            refusal = self._refusal(msg, cert.tier, relay, origin, str(event.kind))
+            origin_cert = self._origin_certificate(msg, origin)  # once per event
+            refusal = self._refusal(msg, origin, origin_cert, str(event.kind), relay=relay)
             if refusal is not None:  # origin or kind namespace not allowed from this sender
                 acks.append((event_id, refusal))
                 continue
@@ -649,7 +655,7 @@ class BusAuditIngest:
                 self.refused["delegation_unknown_yet"] += 1
                 acks.append((event_id, DEFERRED))
                 continue
-            verdict = self._admit(cert, origin, key_id, event)
+            verdict = self._admit(origin_cert, origin, key_id, event)
             if verdict.refused is not None:  # kind, subject or time outside the policy
                 self.refused[verdict.refused] += 1
                 acks.append((event_id, REJECTED))
