@@ -31,9 +31,8 @@ served after at most one backlog message.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
 __all__ = ["FULL_TURN", "MAX_HELD_MESSAGES", "MAX_HELD_PER_PEER", "FairBacklog"]
 
@@ -47,33 +46,44 @@ Item = tuple[bytes, list[bytes]]
 
 
 class _Queue:
-    """One peer's held messages: chunks ``[messages, next index, bytes]`` in order.
+    """One peer's held messages: the chunk being served, then whole chunks in order.
 
-    Bytes are accounted per chunk (a batch's payload size) and released when
-    its last message is taken: no per-message size arithmetic on the hot path.
+    A chunk is one batch's rest (its messages and payload size). Bytes are
+    accounted per chunk and released when its last message is taken: no
+    per-message size arithmetic on the hot path.
     """
 
-    __slots__ = ("chunks", "count", "size")
+    __slots__ = ("count", "cur", "cur_size", "i", "peer", "rest", "size")
 
-    def __init__(self) -> None:
-        self.chunks: deque[list[Any]] = deque()
-        self.count = 0
-        self.size = 0
+    def __init__(self, peer: bytes, messages: list[list[bytes]], size: int) -> None:
+        self.peer = peer
+        self.cur = messages  # the chunk being served ...
+        self.i = 0  # ... from this index
+        self.cur_size = size
+        self.rest: deque[tuple[list[list[bytes]], int]] = deque()  # whole chunks behind it
+        self.count = len(messages)
+        self.size = size
 
 
 class FairBacklog:
-    """Messages waiting to be returned, one FIFO per peer, popped round-robin."""
+    """Messages waiting to be returned, one FIFO per peer, popped round-robin.
 
-    __slots__ = ("_bytes", "_count", "_max_bytes", "_queues")
+    ``count`` is the number of messages held (read it, never write it). The
+    turn order is a ring of the peers that hold messages; with one peer in it
+    (the usual case: one peer's batch) a pop is an index step, no reordering.
+    """
+
+    __slots__ = ("_bytes", "_max_bytes", "_queues", "_ring", "count")
 
     def __init__(self, max_bytes: int) -> None:
-        self._queues: OrderedDict[bytes, _Queue] = OrderedDict()
-        self._count = 0
+        self._queues: dict[bytes, _Queue] = {}
+        self._ring: deque[_Queue] = deque()  # turn order: the head's peer is next
+        self.count = 0
         self._bytes = 0
         self._max_bytes = max_bytes
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     @property
     def held_bytes(self) -> int:
@@ -81,7 +91,7 @@ class FairBacklog:
 
     def full(self) -> bool:
         """True while the receiver should read its socket only now and then."""
-        return self._count >= MAX_HELD_MESSAGES or self._bytes >= self._max_bytes
+        return self.count >= MAX_HELD_MESSAGES or self._bytes >= self._max_bytes
 
     def has(self, peer: bytes) -> bool:
         return peer in self._queues
@@ -89,7 +99,7 @@ class FairBacklog:
     def room(self, peer: bytes, messages: int, size: int) -> bool:
         """May ``messages`` more of ``peer`` (``size`` bytes) be held? False: drop them."""
         if (
-            self._count + messages > 4 * MAX_HELD_MESSAGES
+            self.count + messages > 4 * MAX_HELD_MESSAGES
             or self._bytes + size > 4 * self._max_bytes
         ):
             return False
@@ -106,46 +116,60 @@ class FairBacklog:
             return
         queue = self._queues.get(peer)
         if queue is None:
-            queue = self._queues[peer] = _Queue()
-        queue.chunks.append([messages, 0, size])
-        queue.count += len(messages)
-        queue.size += size
-        self._count += len(messages)
+            queue = self._queues[peer] = _Queue(peer, messages, size)
+            self._ring.append(queue)  # its first turn comes after everyone held now
+        else:
+            queue.rest.append((messages, size))
+            queue.count += len(messages)
+            queue.size += size
+        self.count += len(messages)
         self._bytes += size
 
     def pop(self) -> Item | None:
         """The next message of the peer whose turn it is (then it goes to the back)."""
-        queues = self._queues
-        if not queues:
+        ring = self._ring
+        if not ring:
             return None
-        peer, queue = next(iter(queues.items()))
-        frames = self._take(peer, queue)
-        if queue.count:
-            queues.move_to_end(peer)
-        return peer, frames
-
-    def _take(self, peer: bytes, queue: _Queue) -> list[bytes]:
-        chunk = queue.chunks[0]
-        messages, i = chunk[0], chunk[1]
-        frames: list[bytes] = messages[i]
-        if i + 1 == len(messages):
-            queue.chunks.popleft()
-            queue.size -= chunk[2]
-            self._bytes -= chunk[2]
-        else:
-            chunk[1] = i + 1
+        queue = ring[0]
+        i = queue.i
+        frames = queue.cur[i]
+        queue.i = i + 1
         queue.count -= 1
-        self._count -= 1
-        if not queue.count:
-            del self._queues[peer]
-        return frames
+        self.count -= 1
+        if i + 1 == len(queue.cur):
+            self._next_chunk(queue)
+            if not queue.count:
+                ring.popleft()
+                return queue.peer, frames
+        if len(ring) > 1:
+            ring.rotate(-1)
+        return queue.peer, frames
+
+    def _next_chunk(self, queue: _Queue) -> None:
+        """``queue``'s current chunk is served: release its bytes, start the next."""
+        self._bytes -= queue.cur_size
+        queue.size -= queue.cur_size
+        if queue.rest:
+            queue.cur, queue.cur_size = queue.rest.popleft()
+            queue.i = 0
+        else:
+            del self._queues[queue.peer]  # the caller takes it out of the ring
 
     def pop_peer(self, peer: bytes) -> list[bytes] | None:
         """The oldest message of ``peer`` (its turn stays where it was)."""
         queue = self._queues.get(peer)
         if queue is None:
             return None
-        return self._take(peer, queue)
+        i = queue.i
+        frames = queue.cur[i]
+        queue.i = i + 1
+        queue.count -= 1
+        self.count -= 1
+        if i + 1 == len(queue.cur):
+            self._next_chunk(queue)
+            if not queue.count:
+                self._ring.remove(queue)
+        return frames
 
     def drop(self, peers: Iterable[bytes]) -> int:
         """Forget everything held for ``peers``; return how many messages went."""
@@ -153,12 +177,14 @@ class FairBacklog:
         for peer in peers:
             queue = self._queues.pop(peer, None)
             if queue is not None:
+                self._ring.remove(queue)
                 dropped += queue.count
-                self._count -= queue.count
+                self.count -= queue.count
                 self._bytes -= queue.size
         return dropped
 
     def clear(self) -> None:
         self._queues.clear()
-        self._count = 0
+        self._ring.clear()
+        self.count = 0
         self._bytes = 0
