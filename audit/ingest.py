@@ -16,23 +16,25 @@ Wire protocol (one request, one reply, CurveZMQ-encrypted, RFC 26/CurveZMQ):
   ``[["<event id>", <leaf index, -1 or -2>], …]`` (at most :data:`MAX_REPLY_SIZE`
   bytes), or ``[b"SMAI/1", b"error"]`` for a malformed request.
 
-Limits are enforced before any work: ``ZMQ_MAXMSGSIZE`` on the server
-socket (libzmq disconnects a peer that sends a frame larger than one signed
-event), then the frame count; the client bounds and strictly validates the
-reply. ZeroMQ delivers a multipart message whole, so a peer can still make
-the server buffer many small frames before the count is checked; the bus's
-ZAP policy (enrolled nodes only) is what bounds that.
+Both ends go through the transport seam (issue #8 item 6, one ZeroMQ code
+path): the server is a :class:`~securemesh.transport.ZmqTransport` listener
+(ROUTER, CURVE server, its own ZAP handler), the client a
+:class:`~securemesh.transport.SyncRequester` (a blocking CURVE-client DEALER).
+Limits are enforced before any work: ``MAXMSGSIZE`` (libzmq disconnects a
+peer that sends a frame larger than one signed event), then the transport's
+whole-message bounds (at most 257 frames and 257 signed events' bytes;
+larger messages are dropped uncopied and counted in :attr:`IngestServer.stats`,
+no reply); the client bounds and strictly validates the reply.
 
 The server's CURVE key authenticates the cloud to the edge, and the server
 admits only the client CURVE keys it was given (``client_keys``;
-``--client-keys-file``, Z85 public keys one a line): a ZAP handler (pyzmq's
-:class:`zmq.auth.thread.ThreadAuthenticator`, on the server's own context)
-refuses every other key during the CURVE handshake, so a stranger cannot
-even make the server buffer frames. Event authenticity still comes from the
-origin signatures, checked by the service. (This endpoint does not use the
-transport seam yet: issue #8 item 6, "one ZeroMQ code path".)
+``--client-keys-file``, Z85 public keys one a line): the transport's ZAP
+handler refuses every other key during the CURVE handshake (default deny:
+there is no "any CURVE key" mode), so a stranger cannot even make the server
+buffer frames. Event authenticity still comes from the origin signatures,
+checked by the service.
 
-The client follows the "lazy pirate" pattern: on a reply timeout the REQ
+The client follows the "lazy pirate" pattern: on a reply timeout the
 socket is discarded and a new one connects, so a killed and restarted service
 is picked up transparently; the outbox resends what was not acknowledged.
 
@@ -51,30 +53,38 @@ kind and subject rules of the bus do not apply here).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
-
-import zmq
+from typing import TYPE_CHECKING, Final
 
 from securemesh.audit.admission import EventPolicy
 from securemesh.audit.events import MAX_SIGNED_EVENT_SIZE
 from securemesh.audit.outbox import DEFERRED, Ack, Outbox, ShipResult, ship_once
 from securemesh.audit.service import MAX_FRAMES, AuditService
+from securemesh.crypto.z85 import z85_decode, z85_encode
 from securemesh.errors import (
     ConfigError,
     DecodeError,
     LocalError,
+    PeerUnavailable,
     RemoteError,
+    SendTimeout,
     SizeLimitExceeded,
     TransportError,
 )
+from securemesh.transport import AllowKeys, CurveKeyPair, TransportOptions, TransportStats
+
+if TYPE_CHECKING:
+    from securemesh.transport import Listener, SyncRequester, ZmqTransport
 
 __all__ = [
     "MAGIC",
@@ -103,17 +113,34 @@ def load_or_create_curve_key(path: str | Path) -> tuple[bytes, bytes]:
     p = Path(path)
     if p.exists():
         secret = p.read_bytes().strip()
-        if len(secret) != 40:
-            raise ConfigError(f"{p} is not a Z85 CURVE secret key")
-        public = zmq.curve_public(secret)
+        public = _z85_pair(secret, what=str(p))[0]
     else:
-        public, secret = zmq.curve_keypair()
+        pair = CurveKeyPair.generate()
+        public = z85_encode(pair.public).encode("ascii")
+        secret = z85_encode(pair.secret).encode("ascii")
         p.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secret + b"\n")
     Path(str(p) + ".pub").write_bytes(public + b"\n")
     return public, secret
+
+
+def _z85_key(text: bytes, *, what: str) -> bytes:
+    """A raw 32-byte CURVE key from its 40-character Z85 text, or ConfigError."""
+    try:
+        raw = z85_decode(text.decode("ascii")) if len(text) == 40 else b""
+    except (UnicodeDecodeError, DecodeError):
+        raw = b""
+    if len(raw) != 32:
+        raise ConfigError(f"{what}: not a Z85 CURVE key")
+    return raw
+
+
+def _z85_pair(secret: bytes, *, what: str) -> tuple[bytes, bytes]:
+    """``(public, secret)`` as Z85 from a Z85 secret key."""
+    pair = CurveKeyPair.from_secret(_z85_key(secret, what=what))
+    return z85_encode(pair.public).encode("ascii"), secret
 
 
 def read_client_keys(path: str | Path) -> frozenset[bytes]:
@@ -132,22 +159,11 @@ def read_client_keys(path: str | Path) -> frozenset[bytes]:
         if not words:
             continue
         key = words[0].encode("ascii")
-        if len(key) != 40:
-            raise ConfigError(f"{p}: not a Z85 CURVE public key: {key[:48]!r}")
+        _z85_key(key, what=f"{p}: {key[:48]!r}")
         keys.add(key)
     if not keys:
         raise ConfigError(f"{p} names no client key: the endpoint would admit nobody")
     return frozenset(keys)
-
-
-class _AllowedKeys:
-    """The ZAP credentials provider: a CURVE client key is admitted iff it is listed."""
-
-    def __init__(self, keys: frozenset[bytes]) -> None:
-        self._keys = keys
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self._keys
 
 
 def _encode_acks(acks: Sequence[Ack]) -> bytes:
@@ -178,8 +194,22 @@ def _decode_acks(data: bytes) -> list[Ack]:
     return out
 
 
+#: The transport limits of both ends: a request is the magic and up to 256 events.
+_OPTIONS: Final = TransportOptions(
+    max_frame_size=_MAX_FRAME,
+    max_frames=MAX_FRAMES + 1,
+    max_message_size=(MAX_FRAMES + 1) * _MAX_FRAME,
+    max_queued_bytes=4 * (MAX_FRAMES + 1) * _MAX_FRAME,
+    send_timeout=0.0,
+)
+
+
 class IngestServer:
-    """ROUTER socket in front of an :class:`AuditService` (one request at a time)."""
+    """A transport listener in front of an :class:`AuditService` (one request at a time).
+
+    Runs its own event loop, driven by :meth:`serve_one` / :meth:`serve_forever`
+    from one thread at a time; :meth:`stop` may be called from any thread.
+    """
 
     def __init__(
         self,
@@ -189,39 +219,55 @@ class IngestServer:
         curve_secret: bytes,
         client_keys: Iterable[bytes],
     ) -> None:
-        from zmq.auth.thread import ThreadAuthenticator  # noqa: PLC0415 - the server only
-
         allowed = frozenset(bytes(k) for k in client_keys)
         if not allowed or any(len(k) != 40 for k in allowed):
             raise ConfigError("client_keys: one or more Z85 CURVE public keys (40 bytes)")
+        raw_keys = [_z85_key(k, what="client_keys") for k in allowed]
+        pair = CurveKeyPair.from_secret(_z85_key(bytes(curve_secret), what="curve_secret"))
         self._service = service
-        # its own context: the ZAP handler is per context, and admits only ``allowed``
-        self._ctx: zmq.Context[Any] = zmq.Context()
-        self._auth = ThreadAuthenticator(self._ctx, log=_log)
-        self._auth.start()
-        self._auth.configure_curve_callback(domain="*", credentials_provider=_AllowedKeys(allowed))
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, _MAX_FRAME)  # per frame: peer is dropped
-        self._sock.curve_server = True
-        self._sock.curve_secretkey = curve_secret
-        self._sock.curve_publickey = zmq.curve_public(curve_secret)
-        self._sock.bind(bind)
-        endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT)
-        self.endpoint: str = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._transport, self._listener = self._loop.run_until_complete(
+                self._open(pair, raw_keys, bind)
+            )
+        except BaseException:
+            self._loop.close()
+            raise
+        self.endpoint: str = self._listener.address
         self._stop = threading.Event()
+
+    @staticmethod
+    async def _open(
+        pair: CurveKeyPair, keys: list[bytes], bind: str
+    ) -> tuple[ZmqTransport, Listener]:
+        from securemesh.transport import ZmqTransport  # noqa: PLC0415 - the server only
+
+        # only the listed keys: the ZAP handler refuses every other one (default deny)
+        transport = ZmqTransport(pair, authenticator=AllowKeys(keys), options=_OPTIONS)
+        try:
+            return transport, await transport.listen(bind)
+        except BaseException:
+            await transport.close()
+            raise
+
+    @property
+    def stats(self) -> TransportStats:
+        """The listener's counters (oversize, malformed and unauthenticated drops, refused keys)."""
+        return self._listener.stats
 
     def serve_one(self, timeout_ms: int) -> bool:
         """Handle at most one request; return whether one was handled."""
-        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+        return self._loop.run_until_complete(self._serve_one(timeout_ms / 1000))
+
+    async def _serve_one(self, timeout: float) -> bool:
+        try:
+            peer, frames = await self._listener.recv(timeout=timeout)
+        except TimeoutError:
             return False
-        frames = self._sock.recv_multipart(copy=True)
-        # ROUTER + REQ: [identity, b"", MAGIC, entries...]
-        if len(frames) < 3 or frames[1] != b"":
-            return True  # not a REQ peer: drop
-        ident, body = frames[0], frames[2:]
-        reply = self._handle(body)
-        self._sock.send_multipart([ident, b"", MAGIC, reply])
+        reply = self._handle(frames)
+        # never waits: a client that does not read loses its reply (and retries)
+        with contextlib.suppress(SendTimeout, PeerUnavailable):
+            await self._listener.send(peer, [MAGIC, reply])
         return True
 
     def _handle(self, body: list[bytes]) -> bytes:
@@ -245,13 +291,18 @@ class IngestServer:
         self._stop.set()
 
     def close(self) -> None:
-        self._sock.close(0)
-        self._auth.stop()
-        self._ctx.term()
+        if self._loop.is_closed():
+            return
+        self._loop.run_until_complete(self._transport.close())
+        self._loop.close()
 
 
 class IngestClient:
-    """The edge side: ``send_batch(entries) -> acks`` over REQ with lazy-pirate retry."""
+    """The edge side: ``send_batch(entries) -> acks`` with lazy-pirate retry.
+
+    A :class:`~securemesh.transport.SyncRequester`; after a failure the
+    socket is discarded and the next call connects a new one.
+    """
 
     def __init__(
         self,
@@ -260,50 +311,50 @@ class IngestClient:
         server_public: bytes,
         keypair: tuple[bytes, bytes],
         timeout_ms: int = 2000,
-        context: zmq.Context[Any] | None = None,
     ) -> None:
         """``keypair``: this client's Z85 ``(public, secret)`` CURVE keys; the server
         must list the public one (see :func:`load_or_create_curve_key`)."""
         self._endpoint = endpoint
-        self._server_public = server_public
-        self._timeout_ms = timeout_ms
-        self._ctx = context or zmq.Context.instance()
-        self._public, self._secret = keypair
-        self._sock: zmq.Socket[Any] | None = None
+        self._server_key = _z85_key(bytes(server_public), what="server_public")
+        self._timeout = timeout_ms / 1000
+        self._pair = CurveKeyPair.from_secret(_z85_key(bytes(keypair[1]), what="keypair"))
+        self._requester: SyncRequester | None = None
 
-    def _socket(self) -> zmq.Socket[Any]:
-        if self._sock is None:
-            s = self._ctx.socket(zmq.REQ)
-            s.setsockopt(zmq.LINGER, 0)
-            s.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_SIZE + 1024)
-            s.curve_serverkey = self._server_public
-            s.curve_publickey = self._public
-            s.curve_secretkey = self._secret
-            s.connect(self._endpoint)
-            self._sock = s
-        return self._sock
+    def _socket(self) -> SyncRequester:
+        if self._requester is None:
+            from securemesh.transport import SyncRequester  # noqa: PLC0415 - pyzmq
+
+            self._requester = SyncRequester(
+                self._endpoint,
+                self._server_key,
+                self._pair,
+                max_frame_size=MAX_REPLY_SIZE + 1024,
+                max_frames=2,
+                handshake_timeout=max(self._timeout, 1.0),
+            )
+        return self._requester
 
     def _reset(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+        if self._requester is not None:
+            self._requester.close()
+            self._requester = None
 
     def send_batch(self, entries: list[bytes]) -> list[Ack]:
         """Send up to 256 entries; return the acknowledgements or raise TransportError."""
         if not 1 <= len(entries) <= MAX_FRAMES:
             raise TransportError(f"a batch holds 1..{MAX_FRAMES} events")
-        sock = self._socket()
+        requester = self._socket()
+        deadline = time.monotonic() + self._timeout
         try:
-            sock.send_multipart([MAGIC, *entries])
-            if not sock.poll(self._timeout_ms, zmq.POLLIN):
-                raise TransportError("audit service did not answer in time")
-            frames = sock.recv_multipart()
-        except zmq.ZMQError as exc:
+            frames = requester.request(
+                [MAGIC, *entries], deadline=deadline, accept=lambda reply: reply
+            )
+        except TransportError as exc:
             self._reset()
-            raise TransportError(f"audit transport failed: {exc}") from exc
-        except TransportError:
+            raise TransportError(f"audit service did not answer in time ({exc})") from None
+        if frames is None:
             self._reset()
-            raise
+            raise TransportError("the audit service refused this client's key")
         if len(frames) != 2 or frames[0] != MAGIC:
             raise DecodeError("malformed reply from the audit service")
         if frames[1] == b"error":

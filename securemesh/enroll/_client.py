@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-A node that holds only a join token connects a plain synchronous pyzmq
-DEALER to ``token.endpoint`` as a CurveZMQ client (RFC 26) with
+A node that holds only a join token connects a blocking DEALER
+(:class:`securemesh.transport.SyncRequester`, the transport seam's one
+synchronous ZeroMQ path) to ``token.endpoint`` as a CurveZMQ client (RFC 26) with
 
 * ``CURVE_SERVERKEY`` = ``token.server_key``: the handshake fails unless the
   peer holds that server's secret key, so nobody else can answer;
@@ -48,14 +49,13 @@ counter, :func:`enroll_over_zmq`, and :func:`~securemesh.enroll._state.save_enro
 
 from __future__ import annotations
 
-import functools
 import hmac
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from securemesh.crypto.certs import (
     SignedRevocationList,
@@ -81,7 +81,7 @@ from securemesh.enroll._state import (
     identity_for_enrollment,
     save_enrollment,
 )
-from securemesh.enroll._token import JoinToken
+from securemesh.enroll._token import CurveKeyPairBytes, JoinToken
 from securemesh.errors import (
     AuthenticationError,
     ConfigError,
@@ -262,17 +262,14 @@ def enroll_over_zmq(
     ``on_wait(text)`` is called once if the wait passes a second, saying what
     it waits for (the CLI prints it).
 
-    Blocking (plain pyzmq, no event loop). A refused handshake (the server
-    does not admit the token's key, which a daemon does only at its next
-    token refresh) is tried again on a fresh socket with backoff. Raises
+    Blocking (no event loop: :class:`securemesh.transport.SyncRequester`). A
+    refused handshake (the server does not admit the token's key, which a
+    daemon does only at its next token refresh) is tried again on a fresh
+    socket with backoff. Raises
     TransportError when no reply arrives within ``timeout`` seconds
     (unreachable server, or a token that is unknown, used or expired), and the
     verification errors of :func:`verify_reply` / :func:`accept_enroll_reply`.
     """
-    import zmq  # noqa: PLC0415 - lazy: the token/protocol modules must not need pyzmq
-
-    if not zmq.has("curve"):
-        raise TransportError("libzmq was built without CURVE: refusing to connect")
     frames, corr = request_frames(token, identity, node_id, now=clock(), sequence=sequence)
     pair = token.first_contact_curve_keypair()
     deadline = time.monotonic() + timeout
@@ -285,30 +282,25 @@ def enroll_over_zmq(
             return None  # not our reply (cannot normally happen on a fresh socket)
 
     waiting = _WaitNotice(on_wait, start=time.monotonic())
-    ctx = zmq.Context()
-    try:
-        attempt = functools.partial(
-            _first_contact, ctx, token, pair, frames, deadline=deadline, waiting=waiting
-        )
-        while (reply := attempt(ours=ours)) is None:
-            # The server refused the token's key. A daemon admits a new token's
-            # key at its next refresh (about a second), so a token created a
-            # moment ago meets a ZAP refusal; libzmq delivered nothing, so
-            # trying again cannot use the token twice.
-            if time.monotonic() + backoff >= deadline:
-                raise TransportError(
-                    f"the server at {token.endpoint} refused this token's key for "
-                    f"{timeout:g} s (the token is unknown, used or expired)"
-                )
-            waiting.tick(
-                f"the server at {token.endpoint} refuses this token's key; trying again for "
-                f"up to {timeout:g} s (a daemon admits a new token within a few seconds; an "
-                "unknown, used, withdrawn or expired token stays refused)"
+    while (
+        reply := _first_contact(token, pair, frames, deadline=deadline, ours=ours, waiting=waiting)
+    ) is None:
+        # The server refused the token's key. A daemon admits a new token's
+        # key at its next refresh (about a second), so a token created a
+        # moment ago meets a ZAP refusal; libzmq delivered nothing, so
+        # trying again cannot use the token twice.
+        if time.monotonic() + backoff >= deadline:
+            raise TransportError(
+                f"the server at {token.endpoint} refused this token's key for "
+                f"{timeout:g} s (the token is unknown, used or expired)"
             )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, _REFUSED_BACKOFF_MAX)
-    finally:
-        ctx.term()
+        waiting.tick(
+            f"the server at {token.endpoint} refuses this token's key; trying again for "
+            f"up to {timeout:g} s (a daemon admits a new token within a few seconds; an "
+            "unknown, used, withdrawn or expired token stays refused)"
+        )
+        time.sleep(backoff)
+        backoff = min(backoff * 2, _REFUSED_BACKOFF_MAX)
     return accept_enroll_reply(token, identity, reply, clock(), node_id=node_id, trust=trust)
 
 
@@ -316,6 +308,8 @@ _REFUSED_BACKOFF = 0.1
 _REFUSED_BACKOFF_MAX = 1.0
 #: A wait longer than this is announced through ``on_wait`` (once).
 _NOTICE_AFTER = 1.0
+#: The largest enrollment reply frame accepted (certificates, a revocation list).
+_MAX_REPLY_FRAME = 2 * 1024 * 1024
 
 
 class _WaitNotice:
@@ -332,9 +326,8 @@ class _WaitNotice:
 
 
 def _first_contact(
-    ctx: Any,
     token: JoinToken,
-    pair: Any,
+    pair: CurveKeyPairBytes,
     frames: Sequence[bytes | memoryview],
     *,
     deadline: float,
@@ -343,66 +336,33 @@ def _first_contact(
 ) -> EnrollReply | None:
     """Send the request on a fresh socket; our reply, or None if the key was refused.
 
-    A socket monitor tells a ZAP refusal (``HANDSHAKE_FAILED_AUTH``: libzmq
-    then drops the queued request) apart from silence. Raises TransportError
-    at ``deadline``.
+    :class:`securemesh.transport.SyncRequester` tells a ZAP refusal
+    (``HANDSHAKE_FAILED_AUTH``: libzmq then drops the queued request) apart
+    from silence. Raises TransportError at ``deadline``.
     """
-    import zmq  # noqa: PLC0415 - lazy, as in enroll_over_zmq
-    from zmq.utils.monitor import recv_monitor_message  # noqa: PLC0415
+    from securemesh.transport import CurveKeyPair, SyncRequester  # noqa: PLC0415 - pyzmq
 
-    sock = ctx.socket(zmq.DEALER)
-    monitor = sock.get_monitor_socket(
-        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    )
-    try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * 1024 * 1024)
-        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        sock.setsockopt(zmq.HANDSHAKE_IVL, remaining_ms)
-        sock.setsockopt(zmq.SNDTIMEO, remaining_ms)
-        sock.curve_serverkey = token.server_key
-        sock.curve_publickey = pair.public
-        sock.curve_secretkey = pair.secret
-        sock.connect(token.endpoint)
+    def idle() -> None:
+        waiting.tick(
+            f"waiting for the enrollment reply from {token.endpoint} (up to "
+            f"{max(0.0, deadline - time.monotonic()):.0f} s more)"
+        )
+
+    remaining = max(0.001, deadline - time.monotonic())
+    with SyncRequester(
+        token.endpoint,
+        token.server_key,
+        CurveKeyPair(public=pair.public, secret=pair.secret),
+        max_frame_size=_MAX_REPLY_FRAME,
+        handshake_timeout=remaining,
+    ) as requester:
         try:
-            sock.send_multipart(frames, copy=True)
-        except zmq.Again:
-            # connect() made the pipe, so only a refusal that came first can have
-            # removed it (libzmq does not reconnect after a ZAP refusal): refused
-            return None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        handshaken = False
-        while True:
-            remaining = deadline - time.monotonic()
-            # in slices of at most a second, so that a long wait is announced
-            ready = (
-                dict(poller.poll(max(1, int(min(remaining, 1.0) * 1000)))) if remaining > 0 else {}
-            )
-            if not ready and time.monotonic() < deadline:
-                waiting.tick(
-                    f"waiting for the enrollment reply from {token.endpoint} (up to "
-                    f"{max(0.0, deadline - time.monotonic()):.0f} s more)"
-                )
-                continue
-            if not ready:
-                raise TransportError(
-                    f"no enrollment reply from {token.endpoint} in time "
-                    "(server unreachable, or the token is unknown, used or expired)"
-                )
-            if sock in ready:
-                reply = ours(sock.recv_multipart())
-                if reply is not None:
-                    return reply
-            elif recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                handshaken = True
-            elif not handshaken:  # HANDSHAKE_FAILED_AUTH before any success
-                return None
-    finally:
-        sock.disable_monitor()
-        monitor.close(linger=0)
-        sock.close(linger=0)
+            return requester.request(frames, deadline=deadline, accept=ours, on_idle=idle)
+        except TransportError:
+            raise TransportError(
+                f"no enrollment reply from {token.endpoint} in time "
+                "(server unreachable, or the token is unknown, used or expired)"
+            ) from None
 
 
 # ---------------------------------------------------------------- a data directory

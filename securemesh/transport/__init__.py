@@ -3,7 +3,8 @@
 See :mod:`securemesh.transport._base` for the semantics every implementation
 shares (addressing by CURVE key, bounded queues and back-pressure, close).
 Implementations: :class:`ZmqTransport` (pyzmq ``zmq.asyncio``, CurveZMQ + ZAP)
-and :class:`MemoryTransport` (the in-memory twin for tests). ``ZmqTransport`` is
+and :class:`MemoryTransport` (the in-memory twin for tests); :class:`SyncRequester`
+is a blocking one-request CURVE client for code without an event loop. ``ZmqTransport`` is
 imported lazily so that ``import securemesh.transport`` does not load pyzmq.
 
 This package moves frames and reports authenticated CURVE keys; it never
@@ -32,6 +33,7 @@ from securemesh.transport._memory import MemoryNetwork, MemoryTransport
 
 if TYPE_CHECKING:
     from securemesh.transport._probe import Admission, curve_admission
+    from securemesh.transport._sync import SyncRequester
     from securemesh.transport._zmq import ZmqTransport
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "MemoryNetwork",
     "MemoryTransport",
     "RejectHook",
+    "SyncRequester",
     "Transport",
     "TransportOptions",
     "TransportStats",
@@ -60,6 +63,10 @@ def __getattr__(name: str) -> object:
         from securemesh.transport._zmq import ZmqTransport  # noqa: PLC0415  (lazy: pyzmq)
 
         return ZmqTransport
+    if name == "SyncRequester":
+        from securemesh.transport._sync import SyncRequester  # noqa: PLC0415  (lazy: pyzmq)
+
+        return SyncRequester
     if name in ("Admission", "curve_admission"):
         from securemesh.transport import _probe  # noqa: PLC0415  (lazy: pyzmq)
 
