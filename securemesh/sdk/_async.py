@@ -136,6 +136,7 @@ class AsyncDevice:
         assembled: AssembledNode,
         *,
         clock: Callable[[], float],
+        monotonic: Callable[[], float] = time.monotonic,
         renew_fraction: float,
         renew_check_interval: float | None,
     ) -> None:
@@ -144,6 +145,7 @@ class AsyncDevice:
         node = self._node = assembled.node
         self._audit = assembled.audit
         self._clock = clock
+        self._monotonic = monotonic
         self._signed = files.certificate
         self._authority_cert = files.authority_certificate
         self._renew_fraction = renew_fraction
@@ -157,7 +159,7 @@ class AsyncDevice:
         self._state: State = "connecting"
         self._tasks: list[asyncio.Task[None]] = []
         self._saved_rl_version = node.revocation_list_version
-        self._replay_saved = time.monotonic()
+        self._replay_saved = monotonic()
         #: Number of successful renewals since connect.
         self.renewals = 0
         #: Last renewal failure (repr), if the latest attempt failed.
@@ -198,6 +200,7 @@ class AsyncDevice:
         passphrase: str | None = None,
         connect_timeout: float | None = 10.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         renew_fraction: float | None = None,
         renew_check_interval: float | None = None,
     ) -> AsyncDevice:
@@ -233,12 +236,13 @@ class AsyncDevice:
         )
         # The daemon's assembly: transport, node, audit (rejections -> data_dir/audit-outbox.db
         # -> the cloud log), replay marks restored.
-        assembled = await assemble_node(config, material, clock=clock)
+        assembled = await assemble_node(config, material, clock=clock, monotonic=monotonic)
         try:
             device = cls(
                 files,
                 assembled,
                 clock=clock,
+                monotonic=monotonic,
                 renew_fraction=renew_fraction,
                 renew_check_interval=renew_check_interval,
             )
@@ -591,7 +595,7 @@ class AsyncDevice:
 
     def _save_replay_marks(self) -> None:
         self._assembled.save_marks()
-        self._replay_saved = time.monotonic()
+        self._replay_saved = self._monotonic()
 
     async def _maintenance(self) -> None:
         failures = 0
@@ -599,7 +603,7 @@ class AsyncDevice:
             delay = self._check_interval
             try:
                 self._save_newer_revocation_list()
-                if time.monotonic() - self._replay_saved >= _REPLAY_SAVE_INTERVAL:
+                if self._monotonic() - self._replay_saved >= _REPLAY_SAVE_INTERVAL:
                     self._save_replay_marks()
                 now = self._clock()
                 if (

@@ -160,6 +160,7 @@ class Device:
         passphrase: str | None = None,
         connect_timeout: float | None = 10.0,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         renew_fraction: float | None = None,
         renew_check_interval: float | None = None,
     ) -> Device:
@@ -167,9 +168,11 @@ class Device:
 
         Waits (up to ``connect_timeout`` s; None: do not wait) until the edge
         answered. ``clock`` (Unix seconds) drives certificate checks,
-        timestamps and renewal; renewal starts at ``renew_fraction`` of the
-        certificate's lifetime (default: ``renew_fraction`` of node.toml,
-        0.5) and is checked every ``renew_check_interval`` seconds
+        timestamps and renewal; ``monotonic`` (seconds, never going back) the
+        node's timers and the 30 s interval of saving replay marks. Renewal
+        starts at ``renew_fraction`` of the certificate's lifetime (default:
+        ``renew_fraction`` of node.toml, 0.5) and is checked every
+        ``renew_check_interval`` seconds
         (default: 1 % of the lifetime, 0.05..60 s).
         """
         import asyncio  # noqa: PLC0415 - lazy: keeps `import securemesh.sdk` small
@@ -187,6 +190,7 @@ class Device:
                 passphrase=passphrase,
                 connect_timeout=connect_timeout,
                 clock=clock,
+                monotonic=monotonic,
                 renew_fraction=renew_fraction,
                 renew_check_interval=renew_check_interval,
             ),

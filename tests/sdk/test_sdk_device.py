@@ -311,6 +311,40 @@ def test_replay_marks_survive_a_restart(
         assert restored["edge-1"] >= saved["edge-1"]
 
 
+def test_replay_marks_are_saved_on_the_injected_monotonic_clock(
+    infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
+) -> None:
+    """Issue 8 ("time is a parameter"): the 30 s replay-save interval reads ``monotonic``."""
+    enroll("dev-1")
+    skip = [0.0]
+
+    def monotonic() -> float:
+        return time.monotonic() + skip[0]
+
+    replay_file = tmp_path / "dev-1" / "replay.json"
+
+    def saved() -> dict[str, int]:
+        return json.loads(replay_file.read_text()) if replay_file.exists() else {}
+
+    with Device.connect(
+        tmp_path / "dev-1",
+        passphrase=PASSPHRASE,
+        clock=clock,
+        monotonic=monotonic,
+        renew_check_interval=0.05,
+        connect_timeout=10.0,
+    ) as dev:
+        dev.on("dev.cmd", lambda msg: None)
+        infra.edge_request("dev-1", "dev.cmd", {})
+        assert "edge-1" in dev.async_device.node.replay_high_water_marks()
+        assert "edge-1" not in saved()  # the interval has not passed on its clock
+        skip[0] = 31.0  # the injected clock jumps past the interval: the next tick saves
+        deadline = time.monotonic() + 10
+        while "edge-1" not in saved():
+            assert time.monotonic() < deadline, "replay marks not saved after the interval"
+            time.sleep(0.02)
+
+
 def test_session_fast_path_to_the_edge(
     infra: Infra, enroll: EnrollFn, tmp_path: Path, clock: Clock
 ) -> None:
