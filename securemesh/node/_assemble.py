@@ -116,6 +116,7 @@ def zmq_transport(config: NodeConfig, identity: NodeIdentity, directory: Directo
         accept_rate=lim.accept_rate,
         fd_reserve=lim.fd_reserve,
         log_window=lim.log_window,
+        memory_budget=lim.memory_budget,
     )
     keypair = CurveKeyPair.from_secret(z85_decode(identity.curve_secret_z85()))
     return ZmqTransport(keypair, authenticator=directory.authenticate, options=options)

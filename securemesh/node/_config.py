@@ -145,6 +145,9 @@ class LimitsConfig(_Strict):
     accept_burst: int = Field(default=64, ge=1, le=1_000_000)
     accept_rate: float = Field(default=20.0, gt=0, le=1_000_000)
     fd_reserve: int = Field(default=64, ge=0, le=100_000)
+    # listeners: cut every connection past this growth of the resident memory, freeing
+    # what libzmq holds of unfinished messages (0: off; securemesh.transport._memguard)
+    memory_budget: int = Field(default=0, ge=0, le=1 << 40)
 
 
 class SessionConfig(_Strict):

@@ -180,6 +180,11 @@ class TransportOptions:
     accept_rate: float = 20.0
     fd_reserve: int = 64
     log_window: float = 60.0
+    #: listeners: cut every connection when the process's resident memory grew by
+    #: more than this many bytes since the listener started (0: off; Linux only;
+    #: securemesh.transport._memguard)
+    memory_budget: int = 0
+    memory_check_interval: float = 0.02
 
     def __post_init__(self) -> None:
         if self.sndhwm < 1 or self.rcvhwm < 1:
@@ -197,6 +202,8 @@ class TransportOptions:
             or self.accept_rate <= 0
             or self.fd_reserve < 0
             or self.log_window < 0
+            or self.memory_budget < 0
+            or self.memory_check_interval <= 0
         ):
             raise LocalError("invalid pre-authentication limits")
         if not 0 < self.reconnect_ivl <= self.reconnect_ivl_max:
@@ -222,6 +229,8 @@ class TransportStats:
     dropped_oversize: int = 0
     dropped_overflow: int = 0
     refused_connections: int = 0
+    memory_trips: int = 0
+    memory_cut_connections: int = 0
 
 
 def check_outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:

@@ -41,6 +41,9 @@ Theory of operation
   and hands a multipart message over only once it is complete: what one
   incomplete message holds inside libzmq is not bounded by any socket option
   (docs/threat-model.md §7).
+* **Memory guard** (listeners with ``memory_budget``): past that growth of the
+  process's resident memory the listener's connections are cut, which makes
+  libzmq free unfinished messages (:mod:`._memguard`).
 * **Before authentication**: :class:`~._admission.AcceptGuard` watches the
   listener's socket monitor and refuses connections beyond the pending
   handshake, per-address rate and open-file limits.
@@ -92,6 +95,7 @@ from securemesh.transport._base import (
     listener_rcvhwm,
 )
 from securemesh.transport._fair import FULL_TURN, FairBacklog
+from securemesh.transport._memguard import MemoryGuard
 
 __all__ = ["ZAP_DOMAIN", "ZmqTransport"]
 
@@ -113,6 +117,16 @@ def _configure_common(sock: zmq.asyncio.Socket, options: TransportOptions) -> No
     sock.setsockopt(zmq.RCVHWM, options.rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, options.max_frame_size)
     sock.setsockopt(zmq.HANDSHAKE_IVL, int(options.handshake_timeout * 1000))
+
+
+def _tcp_port(endpoint: str) -> int | None:
+    """The port of a ``tcp://host:port`` endpoint (None for other transports)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    try:
+        return int(endpoint.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def _call_hook(hook: RejectHook | None, key: bytes, exc: BaseException) -> None:
@@ -535,6 +549,13 @@ class ZmqListener(_Receiver, Listener):
         self._address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.stats = TransportStats()
         self.guard = AcceptGuard(sock, opts, register=transport._sockets.append, stats=self.stats)
+        # whole messages libzmq holds unfinished: see _memguard (issue 9 #4)
+        self.memory_guard: MemoryGuard | None = None
+        port = _tcp_port(self._address)
+        if opts.memory_budget and port is not None:
+            self.memory_guard = MemoryGuard(
+                port, opts, stats=self.stats, process_commands=lambda: _rearm(sock)
+            )
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
         # key -> authenticator verdict since the last reauthenticate(): every
         # peer is re-checked once per generation, on its next message.
@@ -658,6 +679,8 @@ class ZmqListener(_Receiver, Listener):
         self._routes.clear()
         self._backlog.clear()
         self.guard.close()
+        if self.memory_guard is not None:
+            self.memory_guard.close()
         self._sock.close(linger=0)
 
 

@@ -244,3 +244,30 @@ def test_near_the_open_file_limit_new_connections_are_refused(tmp_path: Path) ->
         assert len(failed_ticks) <= 5, failed_ticks[:3]
         errors = [e for e in events if e.get("level") in ("error", "critical")]
         assert not errors, errors[:3]
+
+
+def test_the_memory_guard_bounds_an_unfinished_multipart_message(tmp_path: Path) -> None:
+    """#4: one message of 40 x 15 MiB frames (600 MiB), each frame under MAXMSGSIZE.
+
+    libzmq holds the unfinished message invisibly (no option bounds the frame
+    count); the edge's memory guard (``memory_budget`` 64 MiB) cuts the
+    listener's connections, which frees it. The honest device reconnects by
+    itself and keeps being served.
+    """
+    with edge_mesh(tmp_path, edge_limits=f"memory_budget = {64 * 2**20}") as mesh:
+        sock = mesh.attacker.dealer()
+        frame = bytes(15 * 2**20)
+        with RssWatch(mesh.edge_pid, interval=0.01) as rss, Prober(mesh.honest) as probe:
+            probe.mark()
+            sock.send_multipart([b"huge", *([frame] * 40)], copy=False)
+            wait_until(
+                lambda: _listener_stats(mesh.edge_dir).get("memory_trips", 0) >= 1,
+                60,
+                "the edge's memory guard trips",
+            )
+            probe.more(200, "after the attack")
+        _within_budget("memory-guard", probe, rss)
+        stats = _listener_stats(mesh.edge_dir)
+        assert stats["memory_cut_connections"] >= 1
+        assert stats["dropped_oversize"] == 0  # never completed, so never seen whole
+        sock.close()
