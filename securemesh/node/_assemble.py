@@ -122,6 +122,29 @@ def zmq_transport(config: NodeConfig, identity: NodeIdentity, directory: Directo
     return ZmqTransport(keypair, authenticator=directory.authenticate, options=options)
 
 
+def _memory_trip_recorder(node: MeshNode, clock: Callable[[], float]) -> Callable[[int], None]:
+    """A listener's memory guard tripped: a ``memory_guard`` drop (counted, logged, audited).
+
+    No peer is named: libzmq attributes no bytes to connections, so every
+    connection of the listener was cut (securemesh/transport/_memguard.py).
+    """
+    from securemesh.node._metrics import Rejection  # noqa: PLC0415
+
+    def record(cut: int) -> None:
+        node.metrics.drop(
+            Rejection(
+                "memory_guard",
+                None,
+                None,
+                None,
+                f"memory budget exceeded: cut {cut} connections of the listener",
+                clock(),
+            )
+        )
+
+    return record
+
+
 @dataclass(frozen=True, slots=True)
 class NodeMaterial:
     """What a node is made of, as loaded (and checked) from its data directory."""
@@ -297,6 +320,7 @@ async def assemble_node(
             audit.outbox, origin=node.node_id, signer=files.identity.signer, clock=clock
         )
         recorder.wake = audit.shipper.wake
+        transport.on_memory_trip = _memory_trip_recorder(node, clock)
         host = ServiceHost(node, audit=recorder, data_dir=data_dir, clock=clock, rng=rng)
         host.install(AuditShipping(audit, recorder))
         for service in services:

@@ -37,8 +37,10 @@ reads ``/proc/self/statm``; elsewhere it stays off and says so once):
    Otherwise the baseline stays: the bound is on growth since start.
 
 Each trip is counted (``memory_trips``, ``memory_cut_connections`` in the
-listener's stats) and logged at most once per ``log_window`` with the number
-suppressed since. The cost to honest peers is a reconnect (about
+listener's stats), logged at most once per ``log_window`` with the number
+suppressed since, and passed to the transport's ``on_memory_trip`` hook (the
+node records it as a ``memory_guard`` drop: counted, logged and audited,
+rate-limited). The cost to honest peers is a reconnect (about
 ``RECONNECT_IVL`` plus a CURVE handshake) per trip, and the messages they had
 in flight. The guard acts after the fact: between two samples a fast sender
 adds at most what loopback/TCP and libzmq's CURVE decoding deliver in
@@ -140,6 +142,7 @@ class MemoryGuard:
         *,
         stats: TransportStats,
         process_commands: Callable[[], None],
+        on_trip: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rss: Callable[[], int | None] = resident_bytes,
     ) -> None:
@@ -149,6 +152,7 @@ class MemoryGuard:
         self._log_window = options.log_window
         self._stats = stats
         self._process_commands = process_commands
+        self._on_trip = on_trip
         self._clock = clock
         self._rss = rss
         self._trim = _malloc_trim()
@@ -196,6 +200,11 @@ class MemoryGuard:
         stats = self._stats
         stats.memory_trips += 1
         stats.memory_cut_connections += cut
+        if self._on_trip is not None:
+            try:
+                self._on_trip(cut)  # the node counts and audits it (rate-limited)
+            except Exception:
+                log.exception("memory guard hook failed")
         rebaselined = after - self.baseline > self._budget // 2
         if rebaselined:
             self.baseline = after

@@ -554,7 +554,11 @@ class ZmqListener(_Receiver, Listener):
         port = _tcp_port(self._address)
         if opts.memory_budget and port is not None:
             self.memory_guard = MemoryGuard(
-                port, opts, stats=self.stats, process_commands=lambda: _rearm(sock)
+                port,
+                opts,
+                stats=self.stats,
+                process_commands=lambda: _rearm(sock),
+                on_trip=transport._memory_tripped,
             )
         self._routes: dict[bytes, bytes] = {}  # curve key -> routing id
         # key -> authenticator verdict since the last reauthenticate(): every
@@ -877,6 +881,9 @@ class ZmqTransport(Transport):
         self.authenticator = authenticator
         self.options = options if options is not None else TransportOptions()
         self.on_reject = on_reject
+        #: called with the number of connections cut when a listener's memory guard
+        #: trips (``TransportOptions.memory_budget``); its failure is logged, not raised
+        self.on_memory_trip: Callable[[int], None] | None = None
         self.context = zmq.asyncio.Context()
         # Every socket we open, held strongly so that a transport dropped without
         # close() is still released cleanly: the garbage collector clears weak
@@ -911,6 +918,11 @@ class ZmqTransport(Transport):
                 _call_hook(self.on_reject, key, exc)
             return False
         return True
+
+    def _memory_tripped(self, cut: int) -> None:
+        hook = self.on_memory_trip
+        if hook is not None:
+            hook(cut)
 
     def _handshake_seen(self, address: bytes) -> None:
         """ZAP saw a client at ``address``: its connection is past the handshake."""

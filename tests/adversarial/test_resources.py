@@ -68,12 +68,12 @@ def _count(text: str, event: str) -> int:
     return sum(1 for e in _log_events(text) if e.get("event") == event)
 
 
-def _audited_drops(cloud_dir: Path) -> list[str]:
-    """``message.rejected`` events with reason ``peer_queue_full`` in the cloud's log."""
+def _audited_drops(cloud_dir: Path, reason: str = "peer_queue_full") -> list[str]:
+    """``message.rejected`` events with ``reason`` in the cloud's log."""
     out = cli(
         "audit", "query", "--db", str(cloud_dir / "audit.db"),
         "--log-key-file", str(cloud_dir / "audit-log.key"),
-        "--kind", "message.rejected", "--node", "edge-1", "reason=peer_queue_full",
+        "--kind", "message.rejected", "--node", "edge-1", f"reason={reason}",
         "--format", "jsonl",
     )  # fmt: skip
     return [line for line in out.splitlines() if line.strip()]
@@ -270,4 +270,13 @@ def test_the_memory_guard_bounds_an_unfinished_multipart_message(tmp_path: Path)
         stats = _listener_stats(mesh.edge_dir)
         assert stats["memory_cut_connections"] >= 1
         assert stats["dropped_oversize"] == 0  # never completed, so never seen whole
+        # counted as a drop, and audited: the event reaches the cloud's log
+        drops = _counters(mesh.edge_dir)["drops"]
+        assert isinstance(drops, dict)
+        assert drops["memory_guard"] >= 1
+        wait_until(
+            lambda: bool(_audited_drops(mesh.cloud_dir, "memory_guard")),
+            60,
+            "the trip is in the audit log",
+        )
         sock.close()
