@@ -122,15 +122,28 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from securemesh.tasks.sim import compare  # noqa: PLC0415
+    from securemesh.tasks.sim import chart, compare  # noqa: PLC0415
 
     if not (1 <= args.tasks <= 100_000 and 1 <= args.devices <= 1000):
         raise CliError("--tasks is 1..100000 and --devices 1..1000")
     if not (0 <= args.edges <= 1000 and 0 <= args.clouds <= 100):
         raise CliError("--edges is 0..1000 and --clouds 0..100")
+    if not (0 < args.rate <= 10_000 and 0.0 <= args.data <= 1.0):
+        raise CliError("--rate is in (0, 10000] and --data in [0, 1]")
     results = compare(
-        args.seed, tasks=args.tasks, devices=args.devices, edges=args.edges, clouds=args.clouds
+        args.seed,
+        tasks=args.tasks,
+        devices=args.devices,
+        edges=args.edges,
+        clouds=args.clouds,
+        rate=args.rate,
+        data=args.data,
     )
+    if args.chart:
+        try:
+            chart(results, args.chart, title=f"seed {args.seed}, {args.tasks} tasks")
+        except OSError as exc:
+            raise os_error(exc, "write") from exc
     print_records([r.row() for r in results], args.format)
     return 0
 
@@ -179,4 +192,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--devices", type=int, default=8)
     s.add_argument("--edges", type=int, default=3)
     s.add_argument("--clouds", type=int, default=1)
+    s.add_argument(
+        "--rate", type=float, default=40.0, help="arrivals per second per 8 devices (40)"
+    )
+    s.add_argument(
+        "--data",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="share of interactive tasks with an input from the device (0.5)",
+    )
+    s.add_argument("--chart", metavar="PNG", help="also write a chart of the table to PNG")
     s.set_defaults(func=_simulate)
