@@ -16,7 +16,9 @@
   vectorized over many nodes. :mod:`securemesh.tasks.sim` compares policies.
 * Execution -- :class:`TaskService`, the ``tasks`` service on the node seam
   (executor, and scheduler where submissions arrive); :class:`SignedTaskResult`
-  and :func:`verify_result` (the executor's Ed25519 signature).
+  and :func:`verify_result` (the executor's Ed25519 signature);
+  :class:`WorkerPool`, the executor's worker processes for plain functions
+  (:func:`locate` finds the name a worker imports a function by).
 """
 
 from __future__ import annotations
@@ -68,11 +70,9 @@ from securemesh.tasks._service import (
     verify_result,
 )
 from securemesh.tasks._table import CandidateTable
+from securemesh.tasks._workers import WorkerCrashed, WorkerPool, WorkerTaskError, locate
 
 __all__ = [
-    "MSG_RUN",
-    "MSG_SUBMIT",
-    "MSG_TYPES",
     "AlwaysTier",
     "Candidate",
     "CandidateTable",
@@ -86,6 +86,9 @@ __all__ = [
     "LatencyFirst",
     "Locality",
     "LocalityHook",
+    "MSG_RUN",
+    "MSG_SUBMIT",
+    "MSG_TYPES",
     "NoPlacement",
     "ObjectRef",
     "Policy",
@@ -106,11 +109,15 @@ __all__ = [
     "TaskType",
     "UnknownTaskType",
     "Weighted",
+    "WorkerCrashed",
+    "WorkerPool",
+    "WorkerTaskError",
     "allowed_tiers",
     "candidate_from_report",
     "canonical_json",
     "estimate",
     "load_task_types",
+    "locate",
     "new_request",
     "verify_result",
 ]

@@ -37,11 +37,15 @@ at most ``max_per_peer`` runs per scheduler and ``max_queue`` in total wait
 or run (``busy``), ``max_concurrency`` run at once. The same task id is run
 once: a repeat gets the same signed result (the last 1,024 are kept; a
 repeat while it runs waits for it). The callable runs under
-``asyncio.timeout`` with the time left to the deadline (a plain function in
-one of the service's ``max_concurrency`` worker threads, which a timeout
-abandons but cannot kill: the thread keeps its slot until it returns, so
-overrunning tasks never hold more threads; worker processes are not built
-yet). The outcome -- ok with the result, or the error's type, ``deadline``
+``asyncio.timeout`` with the time left to the deadline: a plain function
+that a worker can import by name (:func:`locate`: module-level) runs in one
+of the service's :class:`WorkerPool` processes -- arguments, inputs and
+result cross as JSON and bytes, and at the deadline the process is killed
+and replaced --; an ``async`` function runs on the node's loop and is
+cancelled; any other plain function (a closure; or every one with
+``workers="thread"``) runs in one of ``max_concurrency`` threads, which a
+timeout abandons but cannot kill (the thread keeps its slot until it
+returns, so overrunning tasks never hold more threads). The outcome -- ok with the result, or the error's type, ``deadline``
 on timeout -- is signed with :meth:`NodeContext.sign_statement`
 and audited (``task.finished`` / ``task.failed``).
 """
@@ -89,6 +93,7 @@ from securemesh.tasks._scheduler import (
     candidate_from_report,
     label_float,
 )
+from securemesh.tasks._workers import WorkerPool, WorkerTaskError, locate
 
 if TYPE_CHECKING:
     from securemesh.crypto.certs import Certificate
@@ -241,6 +246,7 @@ class TaskService(Service):
         max_attempts: int = 3,
         types_ttl: float = 30.0,
         patience: float = 3.0,
+        workers: str = "process",
     ) -> None:
         if not (1 <= max_concurrency <= 1024 and 1 <= max_per_peer <= max_queue <= 65_536):
             raise LocalError("need 1 <= max_concurrency <= 1024, 1 <= max_per_peer <= max_queue")
@@ -259,6 +265,16 @@ class TaskService(Service):
         self.patience = patience
         self._runs = _Bounded(max_per_peer, max_queue, "task runs")
         self._submits = _Bounded(max_per_peer, max_queue, "task submissions")
+        if workers not in {"process", "thread"}:
+            raise LocalError('workers is "process" or "thread"')
+        #: where each plain-function type runs in a worker process: (module, qualname);
+        #: the others (closures, ``__main__``, or ``workers="thread"``) run in threads
+        self._located: dict[str, tuple[str, str]] = {}
+        if workers == "process":
+            for t in registry:
+                if not t.is_async and (where := locate(t.func)) is not None:
+                    self._located[t.name] = where
+        self._workers: WorkerPool | None = None
         self._sem: asyncio.Semaphore | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: plain-function runs abandoned at their deadline whose thread still runs
@@ -298,10 +314,15 @@ class TaskService(Service):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix="task"
         )
+        if self._located:
+            self._workers = WorkerPool(self.max_concurrency)
+            await self._workers.warm()
 
     async def stop(self) -> None:
         if self._pool is not None:  # abandoned threads finish on their own; nothing waits
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
 
     def status(self) -> Mapping[str, object]:
         return {
@@ -309,6 +330,15 @@ class TaskService(Service):
             "scheduler": None if self.scheduler is None else self.scheduler.policy.name,
             "running": len(self._running),
             "abandoned": self.abandoned,
+            "in_processes": sorted(self._located),
+            "workers": None
+            if self._workers is None
+            else {
+                "live": len(self._workers),
+                "started": self._workers.started,
+                "killed": self._workers.killed,
+                "crashed": self._workers.crashed,
+            },
             "open_runs": len(self._runs),
             "open_submissions": len(self._submits),
             "counts": dict(self.counts),
@@ -392,6 +422,13 @@ class TaskService(Service):
         if sem is None or pool is None:
             raise LocalError("the tasks service is not running")
         await sem.acquire()
+        where = self._located.get(task_type.name)
+        if where is not None and self._workers is not None:
+            try:  # cancelled (the deadline): the worker is killed, the slot is free at once
+                body = await self._workers.run(where, args.model_dump_json().encode(), inline)
+            finally:
+                sem.release()
+            return task_type.result_model.model_validate_json(body)
         if inspect.iscoroutinefunction(task_type.func):
             try:
                 return await task_type.func(args, inline)
@@ -437,7 +474,8 @@ class TaskService(Service):
         except TimeoutError:
             error = "deadline"
         except Exception as exc:  # the task's own failure: signed, audited, retried elsewhere
-            error = f"{type(exc).__name__}"[:256]
+            name = exc.name if isinstance(exc, WorkerTaskError) else type(exc).__name__
+            error = name[:256]
             log.info(
                 "task failed",
                 extra={"event": "task_failed", "task": request.task_id, "error": repr(exc)},

@@ -1,0 +1,110 @@
+"""Plain-function task types run in worker processes: killed at the deadline,
+replaced after a crash, bounded by the executor's concurrency (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from node_testlib import wait_for
+from test_tasks_service import _run, hosted
+from worker_tasks import REGISTRY, Args, Out
+
+from securemesh.tasks import TaskRegistry, TaskService, locate, verify_result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):  # reaped by the pool's join
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    return True
+
+
+def test_plain_functions_run_in_killable_worker_processes(tmp_path: Path) -> None:
+    registry = TaskRegistry(REGISTRY)
+
+    @registry.task("w.closure")
+    def closure(args: Args, inputs: Sequence[bytes]) -> Out:  # not importable: a thread
+        return Out(pid=os.getpid(), n=args.n)
+
+    assert locate(closure) is None
+    assert locate(REGISTRY.get("w.where").func) == ("worker_tasks", "where")  # type: ignore[union-attr]
+
+    async def main() -> None:
+        svc = TaskService(registry, max_concurrency=2)
+        async with hosted(svc, tmp_path) as (_ctx, _audit, member):
+            cert = member.cert.unverified_certificate()
+            assert svc.status()["in_processes"] == sorted(REGISTRY.names())
+            # in another process, with its inputs, signed as usual
+            run, frames = _run("w.where", {"n": 1}, inline=[b"abc"], deadline_s=30.0)
+            outcome = verify_result(await svc.execute(run, frames, peer="s"), cert)
+            assert outcome.ok, outcome.error
+            worker_pid = outcome.result["pid"]  # type: ignore[index]
+            assert worker_pid != os.getpid()
+            assert outcome.result["n"] == 4  # type: ignore[index]
+            # the same worker serves the next run
+            again = await svc.execute(_run("w.where", {}, deadline_s=30.0)[0], [], peer="s")
+            assert again.outcome.result["pid"] == worker_pid  # type: ignore[index]
+            closure_run = await svc.execute(_run("w.closure", {}, deadline_s=30.0)[0], [], peer="s")
+            assert closure_run.outcome.result["pid"] == os.getpid()  # type: ignore[index]
+
+            # a task past its deadline is killed: the process really stops
+            pid_file = tmp_path / "spin.pid"
+            started = time.monotonic()
+            late = await svc.execute(
+                _run("w.spin", {"seconds": 30.0, "pid_file": str(pid_file)}, deadline_s=3.0)[0],
+                [],
+                peer="s",
+            )
+            assert late.outcome.error == "deadline"
+            assert time.monotonic() - started < 15
+            spun = int(pid_file.read_text())
+            await wait_for(lambda: not _alive(spun), timeout=20)
+            # the task's failures are named; a dead worker is replaced
+            for task_type, error in (
+                ("w.fail", "ValueError"),
+                ("w.wrong", "TypeError"),
+                ("w.crash", "WorkerCrashed"),
+            ):
+                failed = await svc.execute(_run(task_type, {}, deadline_s=30.0)[0], [], peer="s")
+                assert failed.outcome.error == error
+            fresh = await svc.execute(_run("w.where", {}, deadline_s=30.0)[0], [], peer="s")
+            assert fresh.outcome.ok
+            workers = svc.status()["workers"]
+            assert isinstance(workers, dict)
+            assert workers["killed"] == 1
+            assert workers["crashed"] == 1
+            assert workers["live"] <= 2
+            # concurrency: two slots, three spinning runs: the third waits for a slot
+            runs = [_run("w.spin", {"seconds": 1.0, "n": i}, deadline_s=60.0)[0] for i in range(3)]
+            t0 = time.monotonic()
+            results = await asyncio.gather(
+                *(svc.execute(r, [], peer=f"p{i}") for i, r in enumerate(runs))
+            )
+            assert all(r.outcome.ok for r in results)
+            assert time.monotonic() - t0 >= 2.0  # at most two ran at once
+            assert len({r.outcome.result["pid"] for r in results}) <= 2  # type: ignore[index]
+        assert svc.status()["workers"]["live"] == 0  # type: ignore[index]
+
+    asyncio.run(main())
+
+
+def test_thread_mode_keeps_plain_functions_in_the_node(tmp_path: Path) -> None:
+    async def main() -> None:
+        svc = TaskService(TaskRegistry(REGISTRY), workers="thread")
+        async with hosted(svc, tmp_path):
+            assert svc.status()["workers"] is None
+            done = await svc.execute(_run("w.where", {}, deadline_s=30.0)[0], [], peer="s")
+            assert done.outcome.result["pid"] == os.getpid()  # type: ignore[index]
+
+    asyncio.run(main())
+    with pytest.raises(Exception, match="process"):
+        TaskService(TaskRegistry(), workers="fork")
