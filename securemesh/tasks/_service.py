@@ -45,9 +45,9 @@ and replaced --; an ``async`` function runs on the node's loop and is
 cancelled; any other plain function (a closure; or every one with
 ``workers="thread"``) runs in one of ``max_concurrency`` threads, which a
 timeout abandons but cannot kill (the thread keeps its slot until it
-returns, so overrunning tasks never hold more threads). The outcome -- ok with the result, or the error's type, ``deadline``
-on timeout -- is signed with :meth:`NodeContext.sign_statement`
-and audited (``task.finished`` / ``task.failed``).
+returns, so overrunning tasks never hold more threads). The outcome -- ok
+with the result, or the error's type, ``deadline`` on timeout -- is signed
+with :meth:`NodeContext.sign_statement` and audited (``task.finished`` / ``task.failed``).
 """
 
 from __future__ import annotations
