@@ -10,11 +10,11 @@ Load it from ``node.toml`` (the directory holding this file on ``PYTHONPATH``)::
     price = "0.01"            # cost per work unit
 
 and let the operator admit the messages: on the scheduler, ``task.submit`` from
-the devices that may submit; on each executor, ``task.run`` and ``task.types``
-from the scheduler's tier::
+the devices that may submit; on each executor, ``task.run``, ``task.types``
+and ``task.abort`` from the scheduler's tier::
 
     [[policy.allow]]
-    types = ["task.submit"]
+    types = ["task.submit", "task.cancel", "task.status"]
     tiers = ["end"]
     roles = ["submitter"]
 

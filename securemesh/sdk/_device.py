@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from securemesh.crypto.keystore import KdfParams
     from securemesh.sdk._async import AsyncDevice, Auth, Handler, State
     from securemesh.sdk._message import Message
-    from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent
+    from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent, TaskState
 
 __all__ = ["Device", "TaskHandle"]
 
@@ -58,16 +58,26 @@ __all__ = ["Device", "TaskHandle"]
 class TaskHandle:
     """A submitted task (:meth:`Device.submit`): its id and, once it arrives, its result."""
 
-    def __init__(self, task_id: str, future: concurrent.futures.Future[Message]) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        future: concurrent.futures.Future[Message],
+        *,
+        device: Device | None = None,
+        scheduler: str = "",
+    ) -> None:
         self.task_id = task_id
         self._future = future
+        self._device = device
+        self._scheduler = scheduler
 
     def done(self) -> bool:
         """True once the reply (a result or a refusal) arrived or the wait ended."""
         return self._future.done()
 
     def result(self, timeout: float | None = None) -> SignedTaskResult:
-        """The executor's signed result (TimeoutError if it is not there in ``timeout`` s)."""
+        """The executor's signed result (TimeoutError if it is not there in ``timeout`` s;
+        RemoteCallError with code ``cancelled`` after :meth:`cancel`)."""
         import concurrent.futures  # noqa: PLC0415 - loaded by connect() already
 
         from securemesh.tasks import SignedTaskResult  # noqa: PLC0415
@@ -77,6 +87,38 @@ class TaskHandle:
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"task {self.task_id}: no result within {timeout} s") from None
         return SignedTaskResult.model_validate_json(reply.body_bytes)
+
+    def status(self, timeout: float = 10.0) -> TaskState | None:
+        """The scheduler's view of this task (``state``: submitted, placed, finished,
+        failed, cancelled; the node; attempts), or None if it does not know it."""
+        from securemesh.tasks import MSG_STATUS, TaskQuery, TaskStates  # noqa: PLC0415
+
+        device = self._bound()
+        reply = device.request(
+            self._scheduler, MSG_STATUS, TaskQuery(task_id=self.task_id), timeout=timeout
+        )
+        states = TaskStates.model_validate_json(reply.body_bytes).tasks
+        return states[0] if states else None
+
+    def cancel(self, timeout: float = 10.0) -> bool:
+        """Ask the scheduler to cancel the task (the executor stops it: a worker
+        process is killed). True if it was still running and is now cancelled;
+        False if it had already ended (or the scheduler does not know it)."""
+        from securemesh.tasks import MSG_CANCEL, TaskQuery, TaskStates  # noqa: PLC0415
+
+        if self._future.done():
+            return False
+        device = self._bound()
+        reply = device.request(
+            self._scheduler, MSG_CANCEL, TaskQuery(task_id=self.task_id), timeout=timeout
+        )
+        states = TaskStates.model_validate_json(reply.body_bytes).tasks
+        return bool(states) and states[0].state == "cancelled"
+
+    def _bound(self) -> Device:
+        if self._device is None or not self._scheduler:
+            raise LocalError("this handle is not bound to a device and scheduler")
+        return self._device
 
 
 T = TypeVar("T")
@@ -334,7 +376,12 @@ class Device:
         coro = self._dev.request(
             scheduler, "task.submit", request, frames, timeout=intent.deadline_s + 5.0
         )
-        return TaskHandle(request.task_id, asyncio.run_coroutine_threadsafe(coro, self._loop))
+        return TaskHandle(
+            request.task_id,
+            asyncio.run_coroutine_threadsafe(coro, self._loop),
+            device=self,
+            scheduler=scheduler,
+        )
 
     def on(
         self,

@@ -61,7 +61,7 @@ import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,13 +99,20 @@ if TYPE_CHECKING:
     from securemesh.crypto.certs import Certificate
 
 __all__ = [
+    "MSG_ABORT",
+    "MSG_CANCEL",
     "MSG_RUN",
+    "MSG_STATUS",
     "MSG_SUBMIT",
     "MSG_TYPES",
     "SERVICE_NAME",
     "DeadlinePassed",
     "TaskBusy",
+    "TaskCancelled",
     "TaskFailed",
+    "TaskQuery",
+    "TaskState",
+    "TaskStates",
     "TaskService",
     "TaskTypes",
     "UnknownTaskType",
@@ -118,6 +125,13 @@ SERVICE_NAME: Final = "tasks"
 MSG_SUBMIT: Final = "task.submit"
 MSG_RUN: Final = "task.run"
 MSG_TYPES: Final = "task.types"
+MSG_CANCEL: Final = "task.cancel"  # submitter -> scheduler
+MSG_STATUS: Final = "task.status"  # submitter -> scheduler
+MSG_ABORT: Final = "task.abort"  # scheduler -> executor
+KIND_CANCELLED: Final = "task.cancelled"
+#: submissions whose state a scheduler keeps for ``task.status``: in all, per submitter
+_HISTORY_KEPT: Final = 4096
+_HISTORY_PER_SUBMITTER: Final = 256
 KIND_SUBMITTED: Final = "task.submitted"
 KIND_PLACED: Final = "task.placed"
 KIND_FINISHED: Final = "task.finished"
@@ -147,6 +161,39 @@ class TaskFailed(RemoteError):
     """The task failed on every node tried."""
 
     reason = "task_failed"
+
+
+class TaskCancelled(RemoteError):
+    """The submitter cancelled the task."""
+
+    reason = "cancelled"
+
+
+class TaskQuery(BaseModel):
+    """``task.status`` / ``task.cancel`` / ``task.abort``: one task id, or (status
+    only) None for the submitter's recent tasks."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    task_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+
+
+class TaskState(BaseModel):
+    """What a scheduler knows of one submission (its submitter's view)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    task_type: TaskTypeName
+    state: Literal["submitted", "placed", "finished", "failed", "cancelled"]
+    node: str = Field(default="", max_length=128)
+    attempts: int = Field(default=0, ge=0, le=16)
+    submitted_ms: int = Field(ge=0, le=2**53)
+    updated_ms: int = Field(ge=0, le=2**53)
+    error: str = Field(default="", max_length=256)
+
+
+class TaskStates(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    tasks: list[TaskState] = Field(default_factory=list, max_length=_HISTORY_PER_SUBMITTER)
 
 
 class TaskTypes(BaseModel):
@@ -232,7 +279,7 @@ class TaskService(Service):
     """Executor of registered task types; with a scheduler, also places submissions."""
 
     name = SERVICE_NAME
-    audit_kinds = (KIND_SUBMITTED, KIND_PLACED, KIND_FINISHED, KIND_FAILED)
+    audit_kinds = (KIND_SUBMITTED, KIND_PLACED, KIND_FINISHED, KIND_FAILED, KIND_CANCELLED)
 
     def __init__(
         self,
@@ -284,6 +331,15 @@ class TaskService(Service):
         self._types: dict[str, tuple[float, TaskTypes]] = {}
         #: submissions running, by (submitter, task id): their request digest and result
         self._submitted: dict[tuple[str, str], tuple[str, asyncio.Future[SignedTaskResult]]] = {}
+        #: the submission tasks running, by (submitter, task id): cancelled by task.cancel
+        self._inner: dict[tuple[str, str], asyncio.Task[SignedTaskResult]] = {}
+        #: the runs executing here, by task id: (the scheduler that asked, the task)
+        self._executing: dict[str, tuple[str, asyncio.Task[SignedTaskResult]]] = {}
+        #: recent submissions' states, by (submitter, task id), oldest first
+        self._history: collections.OrderedDict[tuple[str, str], TaskState] = (
+            collections.OrderedDict()
+        )
+        self._history_count: collections.Counter[str] = collections.Counter()
         #: runs this scheduler has open on each node (its own view of their queues)
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._ctx: NodeContext | None = None
@@ -299,15 +355,17 @@ class TaskService(Service):
 
     def install(self, ctx: NodeContext) -> None:
         self._ctx = ctx
-        nodes = AllowTypes(types=[MSG_RUN, MSG_TYPES], tiers=["edge", "cloud"])
+        nodes = AllowTypes(types=[MSG_RUN, MSG_TYPES, MSG_ABORT], tiers=["edge", "cloud"])
         ctx.on(MSG_RUN, self._on_run, policy=nodes)
         ctx.on(MSG_TYPES, self._on_types, policy=nodes)
+        ctx.on(MSG_ABORT, self._on_abort, policy=nodes)
         if self.scheduler is not None:
-            ctx.on(
-                MSG_SUBMIT,
-                self._on_submit,
-                policy=AllowTypes(types=[MSG_SUBMIT], roles=self.submit_roles),
+            submitters = AllowTypes(
+                types=[MSG_SUBMIT, MSG_CANCEL, MSG_STATUS], roles=self.submit_roles
             )
+            ctx.on(MSG_SUBMIT, self._on_submit, policy=submitters)
+            ctx.on(MSG_CANCEL, self._on_cancel, policy=submitters)
+            ctx.on(MSG_STATUS, self._on_status, policy=submitters)
 
     async def start(self) -> None:
         self._sem = asyncio.Semaphore(self.max_concurrency)
@@ -366,9 +424,21 @@ class TaskService(Service):
         all peers together ``max_queue``; beyond, :class:`TaskBusy`.
         """
         with self._runs.slot(peer):
-            return await self._execute_once(run, inline)
+            return await self._execute_once(run, inline, peer)
 
-    async def _execute_once(self, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
+    def _on_abort(self, msg: VerifiedMessage) -> Ack:
+        """``task.abort`` from the scheduler that asked for the run: cancel it (a
+        worker process is killed). Anyone else's abort, or an unknown id: no effect."""
+        query = msg.body(TaskQuery)
+        entry = self._executing.get(query.task_id or "")
+        if entry is not None and entry[0] == msg.sender:
+            self.counts["aborted"] += 1
+            entry[1].cancel()
+        else:
+            self.counts["abort_ignored"] += 1
+        return Ack()
+
+    async def _execute_once(self, run: TaskRun, inline: list[bytes], peer: str) -> SignedTaskResult:
         request = run.request
         task_type = self.registry.get(request.task_type)
         if task_type is None:
@@ -396,14 +466,18 @@ class TaskService(Service):
         args = task_type.parse_args(request.args)  # before anything runs: DecodeError
         future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
         self._running[request.task_id] = future
+        inner = asyncio.ensure_future(self._execute(run, task_type, args, inline))
+        self._executing[request.task_id] = (peer, inner)
         try:
-            result = await self._execute(run, task_type, args, inline)
+            result = await inner
             future.set_result(result)
         except BaseException as exc:
+            inner.cancel()  # the handler itself was cancelled: so is the run
             _fail(future, exc)
             raise
         finally:
             del self._running[request.task_id]
+            del self._executing[request.task_id]
         self._done[request.task_id] = result
         while len(self._done) > _DONE_KEPT:
             self._done.popitem(last=False)
@@ -537,15 +611,114 @@ class TaskService(Service):
         with self._submits.slot(submitter):
             future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
             self._submitted[key] = (digest, future)
+            self._remember(submitter, request, "submitted")
+            inner = asyncio.ensure_future(self._submit(request, inline, submitter))
+            self._inner[key] = inner
             try:
-                result = await self._submit(request, inline, submitter)
+                try:
+                    result = await inner
+                except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if me is not None and me.cancelling():
+                        inner.cancel()
+                        raise  # this handler itself is being cancelled (the node stops)
+                    raise self._cancelled(submitter, request) from None  # task.cancel
             except BaseException as exc:
+                if not isinstance(exc, TaskCancelled):
+                    self._remember(
+                        submitter,
+                        request,
+                        "failed",
+                        error=getattr(exc, "reason", "") or type(exc).__name__,
+                    )
                 _fail(future, exc)
                 raise
             finally:
                 del self._submitted[key]
+                del self._inner[key]
+            self._remember(submitter, request, "finished", node=result.outcome.executor)
             future.set_result(result)
             return result
+
+    def _cancelled(self, submitter: str, request: TaskRequest) -> TaskCancelled:
+        self.counts["cancelled"] += 1
+        self._remember(submitter, request, "cancelled", error="cancelled")
+        self.ctx.audit.record(
+            KIND_CANCELLED,
+            ("task", request.task_id),
+            details={"submitter": submitter, "type": request.task_type},
+        )
+        err = TaskCancelled("cancelled by its submitter")
+        err.public_detail = "cancelled"
+        return err
+
+    def _remember(
+        self,
+        submitter: str,
+        request: TaskRequest,
+        state: str,
+        *,
+        node: str = "",
+        error: str = "",
+        attempts: int | None = None,
+    ) -> None:
+        """Record a submission's state for ``task.status`` (bounded per submitter and in all)."""
+        key = (submitter, request.task_id)
+        now = self._now_ms()
+        old = self._history.get(key)
+        if old is None:
+            if self._history_count[submitter] >= _HISTORY_PER_SUBMITTER:
+                oldest = next(k for k in self._history if k[0] == submitter)
+                self._forget(oldest)
+            while len(self._history) >= _HISTORY_KEPT:
+                self._forget(next(iter(self._history)))
+            self._history_count[submitter] += 1
+        self._history[key] = TaskState(
+            task_id=request.task_id,
+            task_type=request.task_type,
+            state=state,  # type: ignore[arg-type]
+            node=node or (old.node if old else ""),
+            attempts=attempts if attempts is not None else (old.attempts if old else 0),
+            submitted_ms=old.submitted_ms if old else now,
+            updated_ms=now,
+            error=error[:256],
+        )
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        del self._history[key]
+        self._history_count[key[0]] -= 1
+        if not self._history_count[key[0]]:
+            del self._history_count[key[0]]
+
+    def states(self, submitter: str, task_id: str | None = None) -> list[TaskState]:
+        """``submitter``'s own submissions: one (``task_id``) or all kept, newest first."""
+        if task_id is not None:
+            state = self._history.get((submitter, task_id))
+            return [state] if state is not None else []
+        mine = [v for (who, _), v in reversed(self._history.items()) if who == submitter]
+        return mine[:_HISTORY_PER_SUBMITTER]
+
+    def cancel(self, submitter: str, task_id: str) -> TaskState | None:
+        """Cancel ``submitter``'s running submission ``task_id`` (its executor is told
+        to abort: a worker process is killed); its state, None if unknown. Another
+        submitter's task id is unknown here: a task id is no ticket."""
+        key = (submitter, task_id)
+        inner = self._inner.get(key)
+        state = self._history.get(key)
+        if inner is None or inner.done() or state is None:
+            return state
+        inner.cancel()
+        return state.model_copy(update={"state": "cancelled", "error": "cancelled"})
+
+    def _on_status(self, msg: VerifiedMessage) -> TaskStates:
+        return TaskStates(tasks=self.states(msg.sender, msg.body(TaskQuery).task_id))
+
+    def _on_cancel(self, msg: VerifiedMessage) -> TaskStates:
+        query = msg.body(TaskQuery)
+        if query.task_id is None:
+            raise DecodeError("task.cancel needs a task id")
+        state = self.cancel(msg.sender, query.task_id)
+        return TaskStates(tasks=[state] if state is not None else [])
 
     async def _submit(
         self, request: TaskRequest, inline: list[bytes], submitter: str
@@ -589,6 +762,7 @@ class TaskService(Service):
                 raise
             node = ranked[0].candidate.node_id
             tried.append(node)
+            self._remember(submitter, request, "placed", node=node, attempts=attempt)
             ctx.audit.record(
                 KIND_PLACED,
                 subject,
@@ -645,6 +819,11 @@ class TaskService(Service):
         self._outstanding[node] += 1
         try:
             reply = await self.ctx.request(node, MSG_RUN, run, inline, timeout=timeout)
+        except asyncio.CancelledError:  # cancelled by its submitter: the executor stops too
+            with contextlib.suppress(RemoteError, TransportError, LocalError, TimeoutError):
+                abort = TaskQuery(task_id=run.request.task_id)
+                await self.ctx.request(node, MSG_ABORT, abort, timeout=2.0)
+            raise
         finally:
             self._outstanding[node] -= 1
             if not self._outstanding[node]:

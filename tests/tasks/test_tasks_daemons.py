@@ -14,9 +14,12 @@ cloud-1 through edge-a (relayed, signed). The test checks that:
    edge-a (``make_broken``) and the result comes from edge-b, once;
 4. a deadline that cannot be met is refused (``deadline``) before anything
    runs, and one that the run overshoots is reported as missed (``deadline``);
-5. an unregistered type is refused (``no_placement``); a device without the
+5. a device cancels its running task (``TaskHandle.cancel``): the cloud tells
+   the executor, whose worker process is killed; ``task list|status|cancel``
+   from the CLI show a device its own submissions;
+6. an unregistered type is refused (``no_placement``); a device without the
    ``submitter`` role cannot submit (unauthorized, no reply);
-6. the lifecycle (``task.submitted``, ``task.placed``, ``task.finished``,
+7. the lifecycle (``task.submitted``, ``task.placed``, ``task.finished``,
    ``task.failed``) is in the cloud's audit log, which verifies.
 
 Every wait is bounded and polls a readiness signal; every daemon and device is
@@ -70,12 +73,14 @@ TIMEOUT = 60.0
 TOP = "status_interval = 0.2\nheartbeat_interval = 0.3\n"
 CLOUD_TOML = (
     'services = ["task_service:make_scheduler"]\n',
-    '\n[[policy.allow]]\ntypes = ["task.submit"]\ntiers = ["end"]\nroles = ["submitter"]\n'
+    '\n[[policy.allow]]\ntypes = ["task.submit", "task.cancel", "task.status"]\ntiers = ["end"]\n'
+    'roles = ["submitter"]\n'
     '\n[report.labels]\nspeed = "1000"\n',
 )
 EDGE_RULES = (
-    '\n[[policy.allow]]\ntypes = ["task.run", "task.types"]\ntiers = ["cloud"]\n'
-    '\n[[policy.allow]]\ntypes = ["task.submit"]\ntiers = ["end"]\n'  # relayed up
+    '\n[[policy.allow]]\ntypes = ["task.run", "task.types", "task.abort"]\ntiers = ["cloud"]\n'
+    # relayed up
+    '\n[[policy.allow]]\ntypes = ["task.submit", "task.cancel", "task.status"]\ntiers = ["end"]\n'
 )
 LABELS = '\n[report.labels]\nspeed = "{}"\n'
 EDGE_TOML = {
@@ -305,6 +310,51 @@ def test_the_cli_submits_and_verifies(mesh: Mesh, tmp_path: Path) -> None:
     kept.write_text(json.dumps(doc))
     with pytest.raises(AssertionError, match="failed"):  # one error line, exit 1
         cli("task", "verify", str(kept), "--cert", cert)
+    # the device's own submissions, as the scheduler knows them
+    asked = ("--to", "cloud-1", "--data-dir", str(mesh.dir("edge-a.cli")), "-o", "json")
+    listed = json.loads(cli("task", "list", *asked, env=ENV))
+    assert [(r["task"], r["state"], r["node"]) for r in listed] == [
+        (result.outcome.task_id, "finished", "edge-a")
+    ]
+    one = json.loads(cli("task", "status", result.outcome.task_id, *asked, env=ENV))
+    assert one["updated"].endswith("Z")
+    with pytest.raises(AssertionError, match="already ended: finished"):
+        cli("task", "cancel", result.outcome.task_id, *asked, env=ENV)
+    with pytest.raises(AssertionError, match="knows no task"):
+        cli("task", "status", "0" * 32, *asked, env=ENV)
+
+
+def test_a_device_cancels_its_task_and_the_executors_worker_stops(mesh: Mesh) -> None:
+    device = mesh.devices["edge-a.ok"]
+    handle = device.submit(
+        "cloud-1", "demo.spin", {"seconds": 40.0},
+        intent=TaskIntent(deadline_s=60.0, privacy="edge-only"),
+    )  # fmt: skip
+    edge_a = mesh.dir("edge-a")
+
+    def tasks_status() -> dict[str, Any]:
+        status: dict[str, Any] = read_status(edge_a)["services"]["tasks"]
+        return status
+
+    poll(lambda: bool(tasks_status()["running"]), "demo.spin running on edge-a")
+    state = handle.status()
+    assert state is not None
+    assert (state.state, state.node) == ("placed", "edge-a")
+    assert handle.cancel() is True
+    with pytest.raises(RemoteCallError) as cancelled:
+        handle.result(timeout=30)
+    assert cancelled.value.code == "cancelled"
+    poll(lambda: tasks_status()["workers"]["killed"] >= 1, "edge-a killing the worker")
+    assert not tasks_status()["running"]
+    after = handle.status()
+    assert after is not None
+    assert after.state == "cancelled"
+    assert handle.cancel() is False  # ended already
+    cloud = mesh.dir("cloud-1")
+    poll(
+        lambda: any(r["subject"]["id"] == handle.task_id for r in query(cloud, "task.cancelled")),
+        "task.cancelled in the cloud's log",
+    )
 
 
 def test_locality_places_near_the_shards_and_a_killed_executor_is_retried_elsewhere(

@@ -108,3 +108,50 @@ def test_thread_mode_keeps_plain_functions_in_the_node(tmp_path: Path) -> None:
     asyncio.run(main())
     with pytest.raises(Exception, match="process"):
         TaskService(TaskRegistry(), workers="fork")
+
+
+def test_a_submitter_cancels_its_own_task_and_the_worker_stops(tmp_path: Path) -> None:
+    from securemesh.tasks import Scheduler, TaskCancelled, TaskIntent, new_request
+
+    async def main() -> None:
+        svc = TaskService(TaskRegistry(REGISTRY), scheduler=Scheduler(), max_concurrency=2)
+        async with hosted(svc, tmp_path, node_id="cloud-1", tier="cloud") as (_ctx, audit, _m):
+            pid_file = tmp_path / "cancel.pid"
+            request, _ = new_request(
+                "w.spin",
+                {"seconds": 60.0, "pid_file": str(pid_file)},
+                intent=TaskIntent(deadline_s=120.0),
+            )
+            running = asyncio.ensure_future(svc.submit(request, [], submitter="dev-1"))
+            await wait_for(pid_file.exists, timeout=30)
+            spun = int(pid_file.read_text())
+            [placed] = svc.states("dev-1", request.task_id)
+            assert (placed.state, placed.node, placed.attempts) == ("placed", "cloud-1", 1)
+            # a task id is no ticket: another submitter neither sees nor cancels it
+            assert svc.cancel("dev-2", request.task_id) is None
+            assert svc.states("dev-2") == []
+            assert not running.done()
+            state = svc.cancel("dev-1", request.task_id)
+            assert state is not None
+            assert state.state == "cancelled"
+            with pytest.raises(TaskCancelled):
+                await running
+            await wait_for(lambda: not _alive(spun), timeout=20)  # the worker was killed
+            assert svc.states("dev-1")[0].state == "cancelled"
+            # a finished task is not cancelled again; the newest comes first
+            done_req, _ = new_request("w.where", {}, intent=TaskIntent(deadline_s=60.0))
+            result = await svc.submit(done_req, [], submitter="dev-1")
+            assert result.outcome.ok
+            assert svc.cancel("dev-1", done_req.task_id).state == "finished"  # type: ignore[union-attr]
+            assert [t.task_id for t in svc.states("dev-1")] == [done_req.task_id, request.task_id]
+            assert "task.cancelled" in [e.kind for e in audit.events]
+            # what a submitter can grow is bounded
+            for _ in range(300):
+                svc._remember(
+                    "dev-3",
+                    new_request("w.where", {}, intent=TaskIntent(deadline_s=1))[0],
+                    "failed",
+                )
+            assert len(svc.states("dev-3")) == 256
+
+    asyncio.run(main())
