@@ -14,7 +14,7 @@ the devices that may submit; on each executor, ``task.run``, ``task.types``
 and ``task.abort`` from the scheduler's tier::
 
     [[policy.allow]]
-    types = ["task.submit", "task.cancel", "task.status"]
+    types = ["task.submit", "task.start", "task.result", "task.cancel", "task.status"]
     tiers = ["end"]
     roles = ["submitter"]
 

@@ -53,7 +53,7 @@ def _submit(args: argparse.Namespace) -> int:
     from pydantic import ValidationError  # noqa: PLC0415
 
     from securemesh.sdk import Device  # noqa: PLC0415 - lazy
-    from securemesh.tasks import SignedTaskResult, TaskIntent, new_request  # noqa: PLC0415
+    from securemesh.tasks import TaskIntent, new_request  # noqa: PLC0415
 
     try:
         task_args = json.loads(args.args)
@@ -81,10 +81,12 @@ def _submit(args: argparse.Namespace) -> int:
         raise CliError(f"invalid task request: {where}: {first['msg']}") from None
     passphrase = read_passphrase(args.passphrase_env, confirm=False)
     device = Device.connect(resolve_data_dir(args), passphrase=passphrase, connect_timeout=20)
-    try:
-        reply = device.request(
-            args.to, "task.submit", request, frames, timeout=args.deadline + args.grace
-        )
+    try:  # a task longer than the edge's reply window is detached and polled (docs/tasks.md)
+        handle = device.submit(
+            args.to, request.task_type, request.args, intent=intent, work=request.work,
+            inline=[bytes(f) for f in frames],
+        )  # fmt: skip
+        result = handle.result(timeout=args.deadline + args.grace)
     except TimeoutError:
         raise CliError(
             f"no reply from {args.to} within {args.deadline + args.grace:g} s "
@@ -92,7 +94,6 @@ def _submit(args: argparse.Namespace) -> int:
         ) from None
     finally:
         device.close(drain_timeout=1.0)
-    result = SignedTaskResult.model_validate_json(reply.body_bytes)
     if args.format == "table":
         o = result.outcome
         doc: dict[str, Any] = {

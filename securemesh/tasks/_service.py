@@ -101,7 +101,9 @@ if TYPE_CHECKING:
 __all__ = [
     "MSG_ABORT",
     "MSG_CANCEL",
+    "MSG_RESULT",
     "MSG_RUN",
+    "MSG_START",
     "MSG_STATUS",
     "MSG_SUBMIT",
     "MSG_TYPES",
@@ -110,9 +112,11 @@ __all__ = [
     "TaskBusy",
     "TaskCancelled",
     "TaskFailed",
+    "TaskPoll",
     "TaskQuery",
     "TaskState",
     "TaskStates",
+    "TaskWait",
     "TaskService",
     "TaskTypes",
     "UnknownTaskType",
@@ -128,10 +132,18 @@ MSG_TYPES: Final = "task.types"
 MSG_CANCEL: Final = "task.cancel"  # submitter -> scheduler
 MSG_STATUS: Final = "task.status"  # submitter -> scheduler
 MSG_ABORT: Final = "task.abort"  # scheduler -> executor
+MSG_START: Final = "task.start"  # submitter -> scheduler: submit, reply at once
+MSG_RESULT: Final = "task.result"  # submitter -> scheduler: poll (long-poll) a result
 KIND_CANCELLED: Final = "task.cancelled"
 #: submissions whose state a scheduler keeps for ``task.status``: in all, per submitter
 _HISTORY_KEPT: Final = 4096
 _HISTORY_PER_SUBMITTER: Final = 256
+#: results of detached submissions (task.start) kept for task.result
+_RESULTS_KEPT: Final = 1024
+_RESULTS_PER_SUBMITTER: Final = 64
+_RESULT_BYTES_KEPT: Final = 64 * 1024 * 1024
+#: the longest a task.result poll waits for the result
+MAX_POLL_WAIT_S: Final = 30.0
 KIND_SUBMITTED: Final = "task.submitted"
 KIND_PLACED: Final = "task.placed"
 KIND_FINISHED: Final = "task.finished"
@@ -194,6 +206,23 @@ class TaskState(BaseModel):
 class TaskStates(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     tasks: list[TaskState] = Field(default_factory=list, max_length=_HISTORY_PER_SUBMITTER)
+
+
+class TaskWait(BaseModel):
+    """``task.result``: the result of ``task_id``, waiting at most ``wait_s`` for it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    wait_s: float = Field(default=0.0, ge=0.0, le=MAX_POLL_WAIT_S, allow_inf_nan=False)
+
+
+class TaskPoll(BaseModel):
+    """The reply to ``task.result``: the state (None: unknown) and, once finished,
+    the executor's signed result."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    state: TaskState | None = None
+    result: SignedTaskResult | None = None
 
 
 class TaskTypes(BaseModel):
@@ -340,6 +369,13 @@ class TaskService(Service):
             collections.OrderedDict()
         )
         self._history_count: collections.Counter[str] = collections.Counter()
+        #: results of detached submissions, by (submitter, task id): (result, its size)
+        self._results: collections.OrderedDict[tuple[str, str], tuple[SignedTaskResult, int]] = (
+            collections.OrderedDict()
+        )
+        self._result_bytes = 0
+        #: detached submissions running, by (submitter, task id): done when they end
+        self._detached_runs: dict[tuple[str, str], asyncio.Future[None]] = {}
         #: runs this scheduler has open on each node (its own view of their queues)
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._ctx: NodeContext | None = None
@@ -361,9 +397,12 @@ class TaskService(Service):
         ctx.on(MSG_ABORT, self._on_abort, policy=nodes)
         if self.scheduler is not None:
             submitters = AllowTypes(
-                types=[MSG_SUBMIT, MSG_CANCEL, MSG_STATUS], roles=self.submit_roles
+                types=[MSG_SUBMIT, MSG_START, MSG_RESULT, MSG_CANCEL, MSG_STATUS],
+                roles=self.submit_roles,
             )
             ctx.on(MSG_SUBMIT, self._on_submit, policy=submitters)
+            ctx.on(MSG_START, self._on_start, policy=submitters)
+            ctx.on(MSG_RESULT, self._on_result, policy=submitters)
             ctx.on(MSG_CANCEL, self._on_cancel, policy=submitters)
             ctx.on(MSG_STATUS, self._on_status, policy=submitters)
 
@@ -709,6 +748,96 @@ class TaskService(Service):
             return state
         inner.cancel()
         return state.model_copy(update={"state": "cancelled", "error": "cancelled"})
+
+    # ---------------------------------------------- detached submissions (long tasks)
+
+    async def _on_start(self, msg: VerifiedMessage) -> TaskState:
+        request = msg.body(TaskRequest)
+        inline = _check_frames(request, msg.raw_frames)
+        return self.start_detached(request, inline, submitter=msg.sender)
+
+    def start_detached(
+        self, request: TaskRequest, inline: list[bytes], *, submitter: str
+    ) -> TaskState:
+        """Accept a submission and run it in the background (the reply is its state at
+        once); the result is fetched with :meth:`poll` (``task.result``). A known task
+        id of this submitter is not started again: its state is the answer."""
+        key = (submitter, request.task_id)
+        known = self._history.get(key)
+        if known is not None and (key in self._detached_runs or key in self._results):
+            return known
+        if key in self._submitted:
+            raise TaskBusy("this task id is being submitted")
+        per_peer, total = self._submits.per_peer, self._submits.total
+        if self._submits.open[submitter] >= per_peer or len(self._submits) >= total:
+            raise TaskBusy("too many open task submissions")
+        self._remember(submitter, request, "submitted")
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._detached_runs[key] = ended
+        try:
+            self.ctx.spawn(
+                self._detached(request, inline, submitter, ended),
+                name=f"task-{request.task_id[:12]}",
+            )
+        except BaseException:
+            del self._detached_runs[key]
+            raise
+        return self._history[key]
+
+    async def _detached(
+        self,
+        request: TaskRequest,
+        inline: list[bytes],
+        submitter: str,
+        ended: asyncio.Future[None],
+    ) -> None:
+        key = (submitter, request.task_id)
+        try:
+            result = await self.submit(request, inline, submitter=submitter)
+            self._keep_result(key, result)
+        except (RemoteError, LocalError):  # the state (failed, cancelled) says why
+            pass
+        finally:
+            del self._detached_runs[key]
+            if not ended.done():
+                ended.set_result(None)
+
+    def _keep_result(self, key: tuple[str, str], result: SignedTaskResult) -> None:
+        """Keep ``result`` for task.result: at most 64 per submitter, 1,024 and 64 MiB in all."""
+        size = len(result.model_dump_json())
+        self._results[key] = (result, size)
+        self._result_bytes += size
+        mine = [k for k in self._results if k[0] == key[0]]
+        for old in mine[: max(0, len(mine) - _RESULTS_PER_SUBMITTER)]:
+            self._drop_result(old)
+        while len(self._results) > _RESULTS_KEPT or self._result_bytes > _RESULT_BYTES_KEPT:
+            self._drop_result(next(iter(self._results)))
+
+    def _drop_result(self, key: tuple[str, str]) -> None:
+        _, size = self._results.pop(key)
+        self._result_bytes -= size
+
+    async def _on_result(self, msg: VerifiedMessage) -> TaskPoll:
+        wait = msg.body(TaskWait)
+        return await self.poll(msg.sender, wait.task_id, wait.wait_s)
+
+    async def poll(self, submitter: str, task_id: str, wait_s: float = 0.0) -> TaskPoll:
+        """``submitter``'s task ``task_id``: its state and, once finished, its result;
+        while it runs, wait up to ``wait_s`` seconds for it first (a long poll)."""
+        key = (submitter, task_id)
+        running = self._detached_runs.get(key)
+        if key not in self._results and running is not None and wait_s > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(running), min(wait_s, MAX_POLL_WAIT_S))
+            except (TimeoutError, RemoteError, LocalError):
+                pass  # still running, or failed: the state says which
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise  # this poll itself is cancelled
+                # else the submission was cancelled: the state says so
+        kept = self._results.get(key)
+        return TaskPoll(state=self._history.get(key), result=kept[0] if kept else None)
 
     def _on_status(self, msg: VerifiedMessage) -> TaskStates:
         return TaskStates(tasks=self.states(msg.sender, msg.body(TaskQuery).task_id))

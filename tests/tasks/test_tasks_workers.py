@@ -155,3 +155,45 @@ def test_a_submitter_cancels_its_own_task_and_the_worker_stops(tmp_path: Path) -
             assert len(svc.states("dev-3")) == 256
 
     asyncio.run(main())
+
+
+def test_a_detached_submission_is_polled_for_its_result(tmp_path: Path) -> None:
+    from securemesh.tasks import Scheduler, TaskIntent, new_request
+
+    async def main() -> None:
+        svc = TaskService(TaskRegistry(REGISTRY), scheduler=Scheduler(), max_concurrency=2)
+        async with hosted(svc, tmp_path, node_id="cloud-1", tier="cloud"):
+            request, frames = new_request(
+                "w.spin", {"seconds": 1.0, "n": 7}, intent=TaskIntent(deadline_s=60.0)
+            )
+            state = svc.start_detached(request, list(frames), submitter="dev-1")
+            assert state.state == "submitted"
+            # a repeat of the same id is not started again
+            assert svc.start_detached(request, list(frames), submitter="dev-1").task_id == (
+                request.task_id
+            )
+            early = await svc.poll("dev-1", request.task_id)  # no wait: not there yet
+            assert early.result is None
+            assert early.state is not None
+            polled = await svc.poll("dev-1", request.task_id, wait_s=30.0)  # a long poll
+            assert polled.result is not None
+            assert polled.result.outcome.result["n"] == 7  # type: ignore[index]
+            assert polled.state.state == "finished"  # type: ignore[union-attr]
+            assert (await svc.poll("dev-2", request.task_id)).result is None  # not theirs
+            # a refused detached submission: its state says why
+            bad, _ = new_request("w.missing", {}, intent=TaskIntent(deadline_s=5.0))
+            svc.start_detached(bad, [], submitter="dev-1")
+            await wait_for(lambda: svc.states("dev-1", bad.task_id)[0].state == "failed")
+            assert svc.states("dev-1", bad.task_id)[0].error == "no_placement"
+            # kept results are bounded per submitter
+            for _ in range(70):
+                svc._keep_result(
+                    (
+                        "dev-3",
+                        new_request("w.where", {}, intent=TaskIntent(deadline_s=1))[0].task_id,
+                    ),
+                    polled.result,
+                )
+            assert sum(1 for k in svc._results if k[0] == "dev-3") == 64
+
+    asyncio.run(main())
