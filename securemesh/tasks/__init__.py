@@ -10,7 +10,8 @@
 * Placement, pure code -- :class:`Scheduler`, :class:`Candidate`,
   :func:`estimate` (the cost model), the policies (:class:`IntentAware`, the
   default; :class:`LatencyFirst`, :class:`EnergyAware`, :class:`CarbonAware`,
-  :class:`CostAware`, :class:`Locality`, :class:`Weighted`; baselines
+  :class:`CostAware`, :class:`Locality`, :class:`Weighted`; :class:`Adaptive`,
+  a contextual bandit that learns nodes' real completion times; baselines
   :class:`RandomPolicy`, :class:`RoundRobin`, :class:`AlwaysTier`),
   :class:`NoPlacement`; :class:`CandidateTable`, the intent-aware decision
   vectorized over many nodes. :mod:`securemesh.tasks.sim` compares policies.
@@ -38,6 +39,7 @@ from securemesh.tasks._model import (
 )
 from securemesh.tasks._registry import TaskRegistry, TaskType, load_task_types
 from securemesh.tasks._scheduler import (
+    Adaptive,
     AlwaysTier,
     Candidate,
     CarbonAware,
@@ -84,6 +86,7 @@ from securemesh.tasks._table import CandidateTable
 from securemesh.tasks._workers import WorkerCrashed, WorkerPool, WorkerTaskError, locate
 
 __all__ = [
+    "Adaptive",
     "AlwaysTier",
     "Candidate",
     "CandidateTable",

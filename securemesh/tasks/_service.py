@@ -911,12 +911,16 @@ class TaskService(Service):
             limit = None
             if attempt < self.max_attempts and len(ranked) > 1:
                 limit = max(1.0, self.patience * ranked[0].time_s)
+            placed_at = self.ctx.clock()
             try:
                 result = await self._run_on(node, run, inline, limit=limit)
             except (RemoteError, TransportError, TimeoutError) as exc:
                 errors.append(getattr(exc, "code", None) or type(exc).__name__)
                 self.counts["attempt_failed"] += 1
                 continue
+            observe = getattr(scheduler.policy, "observe", None)
+            if callable(observe):  # an adaptive policy learns the real completion time
+                observe(ranked[0], self.ctx.clock() - placed_at)
             if result.outcome.ok:
                 self.counts["placed_ok"] += 1
                 return result.model_copy(update={"attempts": tried[:-1]})

@@ -26,12 +26,13 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from securemesh.errors import LocalError
 from securemesh.tasks._model import MAX_INLINE_BYTES, InlineInput, TaskIntent, TaskRequest
 from securemesh.tasks._scheduler import (
+    Adaptive,
     AlwaysTier,
     Candidate,
     Estimate,
@@ -84,6 +85,8 @@ class SimTask:
 class Workload:
     nodes: tuple[Candidate, ...]
     tasks: tuple[SimTask, ...]
+    #: node -> actual compute time / the reported speed's prediction (1: honest)
+    slowdown: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ def generate(
     tasks: int = 400,
     rate: float = RATE,
     data: float = DATA_SHARE,
+    misreport: float = 0.0,
 ) -> Workload:
     """A mesh and a workload from ``seed`` (module doc).
 
@@ -149,6 +153,9 @@ def generate(
     that carry an inline input from the submitting device (a camera frame, a
     sensor window: lognormal around 1 MB, at most 4 MiB), drawn from a stream of
     its own so that ``data=0`` gives the same tasks without inputs.
+    ``misreport``: each node's real compute time is its reported speed's
+    prediction times ``exp(U(-misreport, misreport))`` (stale or optimistic
+    labels; a stream of its own), which only an adaptive policy can learn.
     """
     if not (math.isfinite(rate) and rate > 0 and 0.0 <= data <= 1.0):
         raise LocalError("rate must be > 0 and data in [0, 1]")
@@ -211,14 +218,18 @@ def generate(
             inputs=inputs,  # type: ignore[arg-type]
         )
         out.append(SimTask(t, f"dev-{rng.randrange(devices)}", request))
-    return Workload(tuple(nodes), tuple(out))
+    srng = random.Random(f"{seed}/speed")  # noqa: S311
+    slowdown = {n.node_id: math.exp(srng.uniform(-misreport, misreport)) for n in nodes}
+    return Workload(tuple(nodes), tuple(out), slowdown if misreport else {})
 
 
 def baseline_policies(seed: int = 0) -> list[Policy]:
-    """The intent-aware default, latency-first and the baselines, in report order."""
+    """The intent-aware default, latency-first, the adaptive policy and the baselines,
+    in report order (a fresh, untrained adaptive policy each time)."""
     return [
         IntentAware(),
         LatencyFirst(),
+        Adaptive(),
         RandomPolicy(random.Random(seed)),  # noqa: S311 - a reproducible baseline
         RoundRobin(),
         AlwaysTier("cloud", name="always-cloud"),
@@ -228,7 +239,7 @@ def baseline_policies(seed: int = 0) -> list[Policy]:
 
 
 #: Policies that use the scheduler's deadline constraint; the classic baselines do not.
-CONSTRAINED: frozenset[str] = frozenset({"intent", "latency-first"})
+CONSTRAINED: frozenset[str] = frozenset({"intent", "latency-first", "adaptive"})
 
 
 #: The objective's price of one missed or refused deadline (in the intent's units:
@@ -261,8 +272,14 @@ def _candidates(
     ]
 
 
-def _replay(workload: Workload, choose: Choose) -> list[_Run]:
-    """Replay the arrivals; ``choose`` places each (list scheduling, FIFO per node)."""
+def _replay(
+    workload: Workload, choose: Choose, observe: Callable[[Estimate, float], None] | None = None
+) -> list[_Run]:
+    """Replay the arrivals; ``choose`` places each (list scheduling, FIFO per node).
+
+    ``observe(estimate, latency)`` learns each run's real completion time (told
+    at once: the simulation does not model the delay of the feedback).
+    """
     slots: dict[str, list[float]] = {n.node_id: [0.0] * n.capacity for n in workload.nodes}
     runs: list[_Run] = []
     for task in workload.tasks:
@@ -270,11 +287,15 @@ def _replay(workload: Workload, choose: Choose) -> list[_Run]:
         if best is None:
             runs.append(_Run(None, math.inf))
             continue
-        heap = slots[best.candidate.node_id]
+        node = best.candidate.node_id
+        heap = slots[node]
         free = heapq.heappop(heap)
-        finish = max(task.arrival_s + best.transfer_s, free) + best.compute_s
+        compute = best.compute_s * workload.slowdown.get(node, 1.0)
+        finish = max(task.arrival_s + best.transfer_s, free) + compute
         heapq.heappush(heap, finish)
         runs.append(_Run(best, finish - task.arrival_s))
+        if observe is not None:
+            observe(best, finish - task.arrival_s)
     return runs
 
 
@@ -314,7 +335,7 @@ def policy_runs(
         except NoPlacement:
             return None
 
-    return _replay(workload, choose)
+    return _replay(workload, choose, getattr(policy, "observe", None))
 
 
 def simulate(workload: Workload, policy: Policy, *, constrained: bool | None = None) -> SimResult:

@@ -170,7 +170,7 @@ def test_the_simulation_table_in_the_docs_is_what_the_code_prints() -> None:
     code = marked_block("tasks.md", "tasks-sim")
     printed: list[object] = []
     exec(compile(code, "docs/tasks.md", "exec"), {"print": printed.append})
-    assert len(printed) == 7
+    assert len(printed) == 8
     doc = (Path(__file__).resolve().parents[2] / "docs" / "tasks.md").read_text()
     for r in compare(seed=1):
         row = (

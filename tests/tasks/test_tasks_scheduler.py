@@ -292,3 +292,31 @@ def test_the_table_breaks_ties_and_meets_the_deadline_exactly_as_the_scheduler()
         for req in (request, tight):
             got = CandidateTable(cands).best(req, origin=origin)
             assert got.node_id == Scheduler().rank(req, cands, origin=origin)[0].candidate.node_id
+
+
+def test_the_adaptive_policy_learns_a_node_slower_than_it_reports() -> None:
+    from securemesh.tasks import Adaptive
+
+    req, _ = new_request("a.x", intent=TaskIntent(deadline_s=60), work=10.0)
+    # "liar" reports twice the speed of "honest" but really runs 4x slower than it says
+    cands = [
+        Candidate("honest", "edge", frozenset({"a.x"}), speed=50.0),
+        Candidate("liar", "edge", frozenset({"a.x"}), speed=100.0),
+    ]
+    policy = Adaptive()
+    sched = Scheduler(policy)
+    assert sched.rank(req, cands)[0].candidate.node_id == "liar"  # believed at first
+    picks = []
+    for _ in range(30):
+        best = sched.rank(req, cands)[0]
+        real = best.compute_s * (4.0 if best.candidate.node_id == "liar" else 1.0)
+        policy.observe(best, real)
+        picks.append(best.candidate.node_id)
+    assert picks[-10:] == ["honest"] * 10  # learned
+    assert policy.observed == 30
+    liar = next(e for e in sched.rank(req, cands) if e.candidate.node_id == "liar")
+    assert policy.predicted_time(liar) > liar.time_s * 1.5  # no longer believed
+    policy.observe(best, math.nan)  # ignored
+    assert policy.observed == 30
+    with pytest.raises(LocalError):
+        Adaptive(alpha=-1.0)
