@@ -945,7 +945,9 @@ class TaskService(Service):
         self, node: str, run: TaskRun, inline: list[bytes], *, limit: float | None = None
     ) -> SignedTaskResult:
         if node == self.ctx.node_id:
-            return await self.execute(run, inline, peer=node)
+            # a local run counts against its submitter's bound, not this node's: else one
+            # submitter's admitted submissions would fill the slots every submitter shares
+            return await self.execute(run, inline, peer=f"{node}/{run.submitter}")
         timeout = max(0.05, (run.deadline_ms - self._now_ms()) / 1000 + 1.0)
         if limit is not None:
             timeout = min(timeout, limit)
