@@ -32,8 +32,10 @@ def where(args: Args, inputs: Sequence[bytes]) -> Out:
 
 def spin(args: Args, inputs: Sequence[bytes]) -> Out:
     """Write the pid to ``pid_file``, then keep a CPU busy for ``seconds``."""
-    if args.pid_file:
-        Path(args.pid_file).write_text(str(os.getpid()))
+    if args.pid_file:  # written whole, then renamed: a reader never sees it half-written
+        tmp = Path(args.pid_file + ".tmp")
+        tmp.write_text(str(os.getpid()))
+        tmp.replace(args.pid_file)
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
         pass
