@@ -10,11 +10,11 @@ Load it from ``node.toml`` (the directory holding this file on ``PYTHONPATH``)::
     price = "0.01"            # cost per work unit
 
 and let the operator admit the messages: on the scheduler, ``task.submit`` from
-the devices that may submit; on each executor, ``task.run`` and ``task.types``
-from the scheduler's tier::
+the devices that may submit; on each executor, ``task.run``, ``task.types``
+and ``task.abort`` from the scheduler's tier::
 
     [[policy.allow]]
-    types = ["task.submit"]
+    types = ["task.submit", "task.start", "task.result", "task.cancel", "task.status"]
     tiers = ["end"]
     roles = ["submitter"]
 
@@ -22,6 +22,10 @@ The task types:
 
 * ``demo.sum`` -- the sum of ``numbers`` plus the total size of the inline inputs;
 * ``demo.sleep`` -- sleeps ``seconds`` (to show deadlines and cancellation);
+* ``demo.spin`` -- a plain function that keeps a CPU busy for ``seconds``: it
+  runs in one of the executor's worker processes, which is killed at the
+  deadline (module-level functions run in worker processes; ``async`` ones
+  and closures in the node's process);
 * ``demo.flaky`` -- succeeds, except on a node built with :func:`make_broken`,
   where it raises (to show a retry elsewhere).
 """
@@ -29,6 +33,7 @@ The task types:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,24 +70,36 @@ class FlakyResult(BaseModel):
     value: int
 
 
+def demo_sum(args: SumArgs, inputs: Sequence[bytes]) -> SumResult:
+    return SumResult(total=sum(args.numbers), input_bytes=sum(len(b) for b in inputs))
+
+
+async def demo_sleep(args: SleepArgs, inputs: Sequence[bytes]) -> SleepResult:
+    await asyncio.sleep(args.seconds)
+    return SleepResult(slept=args.seconds)
+
+
+def demo_spin(args: SleepArgs, inputs: Sequence[bytes]) -> SleepResult:
+    end = time.monotonic() + args.seconds
+    while time.monotonic() < end:  # busy: only killing the process stops it early
+        pass
+    return SleepResult(slept=args.seconds)
+
+
+def demo_flaky(args: FlakyArgs, inputs: Sequence[bytes]) -> FlakyResult:
+    return FlakyResult(value=args.value)
+
+
+def demo_flaky_broken(args: FlakyArgs, inputs: Sequence[bytes]) -> FlakyResult:
+    raise RuntimeError("this executor is broken")
+
+
 def _registry(*, broken: bool) -> TaskRegistry:
     registry = TaskRegistry()
-
-    @registry.task("demo.sum", work=1.0)
-    def demo_sum(args: SumArgs, inputs: Sequence[bytes]) -> SumResult:
-        return SumResult(total=sum(args.numbers), input_bytes=sum(len(b) for b in inputs))
-
-    @registry.task("demo.sleep", work=1.0)
-    async def demo_sleep(args: SleepArgs, inputs: Sequence[bytes]) -> SleepResult:
-        await asyncio.sleep(args.seconds)
-        return SleepResult(slept=args.seconds)
-
-    @registry.task("demo.flaky", work=1.0)
-    def demo_flaky(args: FlakyArgs, inputs: Sequence[bytes]) -> FlakyResult:
-        if broken:
-            raise RuntimeError("this executor is broken")
-        return FlakyResult(value=args.value)
-
+    registry.task("demo.sum", work=1.0)(demo_sum)
+    registry.task("demo.sleep", work=1.0)(demo_sleep)
+    registry.task("demo.spin", work=1.0)(demo_spin)
+    registry.task("demo.flaky", work=1.0)(demo_flaky_broken if broken else demo_flaky)
     return registry
 
 

@@ -56,7 +56,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "task",
-        "submit tasks with intent, verify signed results, simulate placement policies",
+        "submit tasks with intent, follow or cancel them, verify results, simulate policies",
         "securemesh.cli._task",
     ),
     (

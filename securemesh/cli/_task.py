@@ -6,6 +6,10 @@
   :class:`~securemesh.tasks.SignedTaskResult`, to keep and verify later);
 * ``task verify RESULT --cert CERT`` checks a kept result against the
   executor's certificate file (``node.cert``): ``OK`` or one ``error:`` line;
+* ``task status ID --to NODE``, ``task list --to NODE``, ``task cancel ID
+  --to NODE``: this device's submissions as the scheduler ``NODE`` knows them
+  (state, node, attempts, times); cancel one still running (the executor
+  stops it);
 * ``task simulate`` runs every policy on one seeded workload (docs/tasks.md).
 """
 
@@ -13,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 from securemesh.cli._common import (
     CliError,
     data_dir_options,
     format_options,
+    iso_utc,
     os_error,
     passphrase_options,
     print_record,
@@ -47,7 +53,7 @@ def _submit(args: argparse.Namespace) -> int:
     from pydantic import ValidationError  # noqa: PLC0415
 
     from securemesh.sdk import Device  # noqa: PLC0415 - lazy
-    from securemesh.tasks import SignedTaskResult, TaskIntent, new_request  # noqa: PLC0415
+    from securemesh.tasks import TaskIntent, new_request  # noqa: PLC0415
 
     try:
         task_args = json.loads(args.args)
@@ -75,10 +81,12 @@ def _submit(args: argparse.Namespace) -> int:
         raise CliError(f"invalid task request: {where}: {first['msg']}") from None
     passphrase = read_passphrase(args.passphrase_env, confirm=False)
     device = Device.connect(resolve_data_dir(args), passphrase=passphrase, connect_timeout=20)
-    try:
-        reply = device.request(
-            args.to, "task.submit", request, frames, timeout=args.deadline + args.grace
-        )
+    try:  # a task longer than the edge's reply window is detached and polled (docs/tasks.md)
+        handle = device.submit(
+            args.to, request.task_type, request.args, intent=intent, work=request.work,
+            inline=[bytes(f) for f in frames],
+        )  # fmt: skip
+        result = handle.result(timeout=args.deadline + args.grace)
     except TimeoutError:
         raise CliError(
             f"no reply from {args.to} within {args.deadline + args.grace:g} s "
@@ -86,7 +94,6 @@ def _submit(args: argparse.Namespace) -> int:
         ) from None
     finally:
         device.close(drain_timeout=1.0)
-    result = SignedTaskResult.model_validate_json(reply.body_bytes)
     if args.format == "table":
         o = result.outcome
         doc: dict[str, Any] = {
@@ -101,6 +108,66 @@ def _submit(args: argparse.Namespace) -> int:
         print_record(doc, "table")
     else:
         print_record(json.loads(result.model_dump_json()), args.format)
+    return 0
+
+
+def _ask(args: argparse.Namespace, msg_type: str, task_id: str | None) -> list[dict[str, Any]]:
+    """One ``task.status`` / ``task.cancel`` request from the enrolled device; the rows."""
+    from securemesh.errors import RemoteError  # noqa: PLC0415
+    from securemesh.sdk import Device  # noqa: PLC0415 - lazy
+    from securemesh.tasks import TaskQuery, TaskStates  # noqa: PLC0415
+
+    if task_id is not None and not re.fullmatch(r"[0-9a-f]{32}", task_id):
+        raise CliError(f"{task_id!r} is not a task id (32 lowercase hex digits)")
+    passphrase = read_passphrase(args.passphrase_env, confirm=False)
+    device = Device.connect(resolve_data_dir(args), passphrase=passphrase, connect_timeout=20)
+    try:
+        reply = device.request(args.to, msg_type, TaskQuery(task_id=task_id), timeout=args.timeout)
+    except TimeoutError:
+        raise CliError(
+            f"no reply from {args.to} within {args.timeout:g} s "
+            "(refused by its policy, or unreachable)"
+        ) from None
+    except RemoteError as exc:
+        raise CliError(f"{args.to} refused: {exc}") from None
+    finally:
+        device.close(drain_timeout=1.0)
+    states = TaskStates.model_validate_json(reply.body_bytes).tasks
+    return [
+        {
+            "task": t.task_id,
+            "type": t.task_type,
+            "state": t.state,
+            "node": t.node,
+            "attempts": t.attempts,
+            "submitted": iso_utc(t.submitted_ms / 1000),
+            "updated": iso_utc(t.updated_ms / 1000),
+            "error": t.error,
+        }
+        for t in states
+    ]
+
+
+def _status(args: argparse.Namespace) -> int:
+    rows = _ask(args, "task.status", args.task_id)
+    if not rows:
+        raise CliError(f"{args.to} knows no task {args.task_id} of this device")
+    print_record(rows[0], args.format)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    print_records(_ask(args, "task.status", None), args.format)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    rows = _ask(args, "task.cancel", args.task_id)
+    if not rows:
+        raise CliError(f"{args.to} knows no task {args.task_id} of this device")
+    if rows[0]["state"] != "cancelled":
+        raise CliError(f"task {args.task_id} already ended: {rows[0]['state']}")
+    print_record(rows[0], args.format)
     return 0
 
 
@@ -122,15 +189,28 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from securemesh.tasks.sim import compare  # noqa: PLC0415
+    from securemesh.tasks.sim import chart, compare  # noqa: PLC0415
 
     if not (1 <= args.tasks <= 100_000 and 1 <= args.devices <= 1000):
         raise CliError("--tasks is 1..100000 and --devices 1..1000")
     if not (0 <= args.edges <= 1000 and 0 <= args.clouds <= 100):
         raise CliError("--edges is 0..1000 and --clouds 0..100")
+    if not (0 < args.rate <= 10_000 and 0.0 <= args.data <= 1.0):
+        raise CliError("--rate is in (0, 10000] and --data in [0, 1]")
     results = compare(
-        args.seed, tasks=args.tasks, devices=args.devices, edges=args.edges, clouds=args.clouds
+        args.seed,
+        tasks=args.tasks,
+        devices=args.devices,
+        edges=args.edges,
+        clouds=args.clouds,
+        rate=args.rate,
+        data=args.data,
     )
+    if args.chart:
+        try:
+            chart(results, args.chart, title=f"seed {args.seed}, {args.tasks} tasks")
+        except OSError as exc:
+            raise os_error(exc, "write") from exc
     print_records([r.row() for r in results], args.format)
     return 0
 
@@ -139,7 +219,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``task`` and its subcommands."""
     task = subparsers.add_parser(
         "task",
-        help="submit tasks with intent, verify signed results, simulate placement policies",
+        help="submit tasks with intent, follow or cancel them, verify results, simulate policies",
         description="Tasks across end, edge and cloud (docs/tasks.md).",
     )
     sub = task.add_subparsers(dest="task_command", metavar="SUBCOMMAND", required=True)
@@ -166,6 +246,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.set_defaults(func=_submit)
 
+    for name, func, what in (
+        ("status", _status, "one submission of this device, as the scheduler knows it"),
+        ("list", _list, "this device's recent submissions (newest first)"),
+        ("cancel", _cancel, "cancel a running submission of this device"),
+    ):
+        q = sub.add_parser(
+            name, parents=[data_dir_options(), passphrase_options(), format_options()], help=what
+        )
+        if name != "list":
+            q.add_argument("task_id", metavar="TASK_ID", help="the task id (32 hex digits)")
+        q.add_argument("--to", required=True, metavar="NODE", help="the scheduling node (cloud)")
+        q.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds (10)")
+        q.set_defaults(func=func)
+
     v = sub.add_parser("verify", help="verify a kept result against its executor's certificate")
     v.add_argument("result", help="a result printed by `task submit -o json`")
     v.add_argument("--cert", required=True, help="the executor's certificate (node.cert)")
@@ -179,4 +273,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     s.add_argument("--devices", type=int, default=8)
     s.add_argument("--edges", type=int, default=3)
     s.add_argument("--clouds", type=int, default=1)
+    s.add_argument(
+        "--rate", type=float, default=40.0, help="arrivals per second per 8 devices (40)"
+    )
+    s.add_argument(
+        "--data",
+        type=float,
+        default=0.5,
+        metavar="SHARE",
+        help="share of interactive tasks with an input from the device (0.5)",
+    )
+    s.add_argument("--chart", metavar="PNG", help="also write a chart of the table to PNG")
     s.set_defaults(func=_simulate)

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from securemesh.crypto.keystore import KdfParams
     from securemesh.sdk._async import AsyncDevice, Auth, Handler, State
     from securemesh.sdk._message import Message
-    from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent
+    from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent, TaskRequest, TaskState
 
 __all__ = ["Device", "TaskHandle"]
 
@@ -58,16 +58,26 @@ __all__ = ["Device", "TaskHandle"]
 class TaskHandle:
     """A submitted task (:meth:`Device.submit`): its id and, once it arrives, its result."""
 
-    def __init__(self, task_id: str, future: concurrent.futures.Future[Message]) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        future: concurrent.futures.Future[Any],
+        *,
+        device: Device | None = None,
+        scheduler: str = "",
+    ) -> None:
         self.task_id = task_id
         self._future = future
+        self._device = device
+        self._scheduler = scheduler
 
     def done(self) -> bool:
         """True once the reply (a result or a refusal) arrived or the wait ended."""
         return self._future.done()
 
     def result(self, timeout: float | None = None) -> SignedTaskResult:
-        """The executor's signed result (TimeoutError if it is not there in ``timeout`` s)."""
+        """The executor's signed result (TimeoutError if it is not there in ``timeout`` s;
+        RemoteCallError with code ``cancelled`` after :meth:`cancel`)."""
         import concurrent.futures  # noqa: PLC0415 - loaded by connect() already
 
         from securemesh.tasks import SignedTaskResult  # noqa: PLC0415
@@ -76,7 +86,80 @@ class TaskHandle:
             reply = self._future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"task {self.task_id}: no result within {timeout} s") from None
+        if isinstance(reply, SignedTaskResult):  # a detached submission's polled result
+            return reply
         return SignedTaskResult.model_validate_json(reply.body_bytes)
+
+    def status(self, timeout: float = 10.0) -> TaskState | None:
+        """The scheduler's view of this task (``state``: submitted, placed, finished,
+        failed, cancelled; the node; attempts), or None if it does not know it."""
+        from securemesh.tasks import MSG_STATUS, TaskQuery, TaskStates  # noqa: PLC0415
+
+        device = self._bound()
+        reply = device.request(
+            self._scheduler, MSG_STATUS, TaskQuery(task_id=self.task_id), timeout=timeout
+        )
+        states = TaskStates.model_validate_json(reply.body_bytes).tasks
+        return states[0] if states else None
+
+    def cancel(self, timeout: float = 10.0) -> bool:
+        """Ask the scheduler to cancel the task (the executor stops it: a worker
+        process is killed). True if it was still running and is now cancelled;
+        False if it had already ended (or the scheduler does not know it)."""
+        from securemesh.tasks import MSG_CANCEL, TaskQuery, TaskStates  # noqa: PLC0415
+
+        if self._future.done():
+            return False
+        device = self._bound()
+        reply = device.request(
+            self._scheduler, MSG_CANCEL, TaskQuery(task_id=self.task_id), timeout=timeout
+        )
+        states = TaskStates.model_validate_json(reply.body_bytes).tasks
+        return bool(states) and states[0].state == "cancelled"
+
+    def _bound(self) -> Device:
+        if self._device is None or not self._scheduler:
+            raise LocalError("this handle is not bound to a device and scheduler")
+        return self._device
+
+
+async def _detached_submit(
+    dev: AsyncDevice,
+    scheduler: str,
+    request: TaskRequest,
+    frames: Sequence[bytes],
+    *,
+    poll_s: float,
+) -> SignedTaskResult:
+    """``task.start``, then ``task.result`` long polls until the result (the
+    submission's failure as RemoteCallError with its reason as the code)."""
+    import asyncio  # noqa: PLC0415 - already loaded by connect()
+
+    from securemesh.errors import RemoteCallError  # noqa: PLC0415
+    from securemesh.tasks import MSG_RESULT, MSG_START, TaskPoll, TaskWait  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + request.intent.deadline_s + 5.0
+    await dev.request(scheduler, MSG_START, request, frames, timeout=poll_s + 10.0)
+    while True:
+        wait = max(0.0, min(poll_s, end - loop.time()))
+        reply = await dev.request(
+            scheduler,
+            MSG_RESULT,
+            TaskWait(task_id=request.task_id, wait_s=wait),
+            timeout=wait + 10.0,
+        )
+        poll = TaskPoll.model_validate_json(reply.body_bytes)
+        if poll.result is not None:
+            return poll.result
+        state = poll.state
+        if state is None:
+            raise RemoteCallError("the scheduler does not know the task", code="unknown_task")
+        if state.state in {"failed", "cancelled"}:
+            code = state.error or state.state
+            raise RemoteCallError(f"task {state.state}: {code}", code=code, detail=state.error)
+        if loop.time() >= end:
+            raise TimeoutError(f"task {request.task_id}: no result by its deadline + 5 s")
 
 
 T = TypeVar("T")
@@ -317,6 +400,7 @@ class Device:
         work: float = 1.0,
         inline: Sequence[bytes] = (),
         objects: Sequence[ObjectRef] = (),
+        detached: bool | None = None,
     ) -> TaskHandle:
         """Submit a task with its intent to the ``scheduler`` node; a handle to its result.
 
@@ -325,6 +409,13 @@ class Device:
         with code ``deadline``, ``no_placement``, ``task_failed`` ... if refused);
         check it with :func:`securemesh.tasks.verify_result` and the executor's
         certificate. The request waits at most the deadline plus 5 s.
+
+        A relaying edge passes a reply back only within 2 x its request timeout
+        (protocol.md), so a task that may run longer is **detached** (the default
+        when the deadline plus 5 s exceeds 2 x this device's ``request_timeout``,
+        taken as the edge's; or ``detached=True``): ``task.start`` returns at
+        once and the handle polls ``task.result`` (long polls of a quarter of
+        that window) until the result, a failure or the deadline plus 5 s.
         """
         import asyncio  # noqa: PLC0415 - already loaded by connect()
 
@@ -335,10 +426,24 @@ class Device:
         )
         if self._closed:
             raise TransportClosed("the device is closed")
-        coro = self._dev.request(
-            scheduler, "task.submit", request, frames, timeout=intent.deadline_s + 5.0
+        window = 2 * self._dev.node.config.limits.request_timeout
+        if detached is None:
+            detached = intent.deadline_s + 5.0 > window
+        coro: Coroutine[Any, Any, Any]
+        if detached:
+            coro = _detached_submit(
+                self._dev, scheduler, request, frames, poll_s=min(10.0, window / 4)
+            )
+        else:
+            coro = self._dev.request(
+                scheduler, "task.submit", request, frames, timeout=intent.deadline_s + 5.0
+            )
+        return TaskHandle(
+            request.task_id,
+            asyncio.run_coroutine_threadsafe(coro, self._loop),
+            device=self,
+            scheduler=scheduler,
         )
-        return TaskHandle(request.task_id, asyncio.run_coroutine_threadsafe(coro, self._loop))
 
     def on(
         self,

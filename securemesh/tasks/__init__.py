@@ -10,13 +10,16 @@
 * Placement, pure code -- :class:`Scheduler`, :class:`Candidate`,
   :func:`estimate` (the cost model), the policies (:class:`IntentAware`, the
   default; :class:`LatencyFirst`, :class:`EnergyAware`, :class:`CarbonAware`,
-  :class:`CostAware`, :class:`Locality`, :class:`Weighted`; baselines
+  :class:`CostAware`, :class:`Locality`, :class:`Weighted`; :class:`Adaptive`,
+  a contextual bandit that learns nodes' real completion times; baselines
   :class:`RandomPolicy`, :class:`RoundRobin`, :class:`AlwaysTier`),
   :class:`NoPlacement`; :class:`CandidateTable`, the intent-aware decision
   vectorized over many nodes. :mod:`securemesh.tasks.sim` compares policies.
 * Execution -- :class:`TaskService`, the ``tasks`` service on the node seam
   (executor, and scheduler where submissions arrive); :class:`SignedTaskResult`
-  and :func:`verify_result` (the executor's Ed25519 signature).
+  and :func:`verify_result` (the executor's Ed25519 signature);
+  :class:`WorkerPool`, the executor's worker processes for plain functions
+  (:func:`locate` finds the name a worker imports a function by).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from securemesh.tasks._model import (
 )
 from securemesh.tasks._registry import TaskRegistry, TaskType, load_task_types
 from securemesh.tasks._scheduler import (
+    Adaptive,
     AlwaysTier,
     Candidate,
     CarbonAware,
@@ -57,22 +61,32 @@ from securemesh.tasks._scheduler import (
     estimate,
 )
 from securemesh.tasks._service import (
+    MSG_ABORT,
+    MSG_CANCEL,
+    MSG_RESULT,
     MSG_RUN,
+    MSG_START,
+    MSG_STATUS,
     MSG_SUBMIT,
     MSG_TYPES,
     DeadlinePassed,
     TaskBusy,
+    TaskCancelled,
     TaskFailed,
+    TaskPoll,
+    TaskQuery,
     TaskService,
+    TaskState,
+    TaskStates,
+    TaskWait,
     UnknownTaskType,
     verify_result,
 )
 from securemesh.tasks._table import CandidateTable
+from securemesh.tasks._workers import WorkerCrashed, WorkerPool, WorkerTaskError, locate
 
 __all__ = [
-    "MSG_RUN",
-    "MSG_SUBMIT",
-    "MSG_TYPES",
+    "Adaptive",
     "AlwaysTier",
     "Candidate",
     "CandidateTable",
@@ -86,6 +100,14 @@ __all__ = [
     "LatencyFirst",
     "Locality",
     "LocalityHook",
+    "MSG_ABORT",
+    "MSG_CANCEL",
+    "MSG_RESULT",
+    "MSG_RUN",
+    "MSG_START",
+    "MSG_STATUS",
+    "MSG_SUBMIT",
+    "MSG_TYPES",
     "NoPlacement",
     "ObjectRef",
     "Policy",
@@ -95,22 +117,32 @@ __all__ = [
     "Scheduler",
     "SignedTaskResult",
     "TaskBusy",
+    "TaskCancelled",
     "TaskFailed",
     "TaskInput",
     "TaskIntent",
     "TaskOutcome",
+    "TaskPoll",
+    "TaskQuery",
     "TaskRegistry",
     "TaskRequest",
     "TaskRun",
     "TaskService",
+    "TaskState",
+    "TaskStates",
     "TaskType",
+    "TaskWait",
     "UnknownTaskType",
     "Weighted",
+    "WorkerCrashed",
+    "WorkerPool",
+    "WorkerTaskError",
     "allowed_tiers",
     "candidate_from_report",
     "canonical_json",
     "estimate",
     "load_task_types",
+    "locate",
     "new_request",
     "verify_result",
 ]

@@ -18,8 +18,9 @@ for its names, ``task.types``). A type is registered with the decorator::
 
 or from configuration, with :func:`load_task_types` over ``"module:attr"``
 entries naming :class:`TaskType` objects or registries. The callable may be
-``async``; a plain one runs in a worker thread (docs/tasks.md says what that
-means for cancellation).
+``async`` (it runs on the node's loop); a module-level plain one runs in one
+of the executor's worker processes, killed at the deadline; any other plain
+one in a worker thread (docs/tasks.md, "Writing a task type").
 """
 
 from __future__ import annotations

@@ -23,8 +23,10 @@ Theory of operation
 4. **Policies** (:class:`Policy`) score the feasible estimates, lower is
    better: small objects (latency-first, energy-, carbon-, cost-aware,
    locality, the intent-aware weighted default) that compose with
-   :class:`Weighted`. The scheduler returns every feasible candidate, best
-   first, so the caller retries on the next one after a failure.
+   :class:`Weighted`, and :class:`Adaptive`, which learns each node's real
+   completion times from observations (a contextual bandit). The scheduler
+   returns every feasible candidate, best first, so the caller retries on the
+   next one after a failure.
 
 Nothing here does I/O, reads a clock or draws randomness it was not given.
 """
@@ -38,6 +40,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from securemesh.errors import LocalError, RemoteError
 from securemesh.tasks._model import InlineInput, ObjectRef, TaskIntent, TaskRequest
 
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from securemesh.messages import NodeReport
 
 __all__ = [
+    "Adaptive",
     "AlwaysTier",
     "CarbonAware",
     "Candidate",
@@ -358,6 +364,78 @@ class AlwaysTier:
 
     def score(self, est: Estimate, intent: TaskIntent) -> float:
         return (0.0 if est.candidate.tier == self.tier else 1e9) + est.time_s * 1e-6
+
+
+class Adaptive:
+    """Learns each node's real completion times: a contextual bandit (LinUCB with
+    disjoint models, Li, Chu, Langford and Schapire, WWW 2010, algorithm 1).
+
+    The context of a task on a node is the cost model's own decomposition,
+    ``x = (transfer_s, queue_s, compute_s, 1)``; each node has a ridge
+    regression ``theta = A^-1 b`` of the observed completion time on ``x``,
+    whose prior is the cost model itself (``theta = (1, 1, 1, 0)``: a node is
+    believed until it is observed). The score is the intent-aware objective
+    with the time replaced by the optimistic estimate ``theta.x - alpha *
+    sqrt(x' A^-1 x)`` (a lower bound: time is a cost), so a node seldom tried
+    is tried again. :meth:`observe` (the scheduler's caller reports each run's
+    real completion time) updates ``A`` and ``b``, ``A^-1`` by Sherman-Morrison.
+    Nodes are remembered up to ``max_nodes`` (the oldest forgotten).
+    """
+
+    name = "adaptive"
+
+    def __init__(self, *, alpha: float = 0.1, prior: float = 4.0, max_nodes: int = 100_000) -> None:
+        if not (math.isfinite(alpha) and alpha >= 0 and math.isfinite(prior) and prior > 0):
+            raise LocalError("alpha >= 0 and prior > 0")
+        self.alpha = alpha
+        self.prior = prior
+        self.max_nodes = max_nodes
+        #: per node: (A^-1, b) of its ridge regression
+        self._models: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]] = {}
+        self.observed = 0
+
+    @staticmethod
+    def _context(est: Estimate) -> npt.NDArray[np.float64]:
+        return np.array((est.transfer_s, est.queue_s, est.compute_s, 1.0))
+
+    def _model(self, node: str) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        model = self._models.get(node)
+        if model is None:
+            # A = prior * I, b = prior * (1, 1, 1, 0): theta starts as the cost model
+            model = (np.eye(4) / self.prior, self.prior * np.array((1.0, 1.0, 1.0, 0.0)))
+        return model
+
+    def predicted_time(self, est: Estimate) -> float:
+        """The optimistic completion time of ``est`` on its node (seconds, >= 0)."""
+        a_inv, b = self._model(est.candidate.node_id)
+        x = self._context(est)
+        mean = float(x @ (a_inv @ b))
+        bonus = self.alpha * math.sqrt(max(0.0, float(x @ a_inv @ x)))
+        return max(0.0, mean - bonus)
+
+    def score(self, est: Estimate, intent: TaskIntent) -> float:
+        return (
+            intent.time_weight * self.predicted_time(est)
+            + intent.energy_weight * est.energy_j
+            + intent.carbon_weight * est.carbon_g
+            + intent.cost_weight * est.cost
+            + intent.locality_weight * est.moved_mb
+        )
+
+    def observe(self, est: Estimate, actual_s: float) -> None:
+        """Learn that the task ``est`` predicted took ``actual_s`` seconds there."""
+        if not (math.isfinite(actual_s) and actual_s >= 0):
+            return
+        node = est.candidate.node_id
+        a_inv, b = self._model(node)
+        x = self._context(est)
+        ax = a_inv @ x
+        a_inv = a_inv - np.outer(ax, ax) / (1.0 + float(x @ ax))  # Sherman-Morrison
+        self._models.pop(node, None)  # re-inserted last: the newest
+        self._models[node] = (a_inv, b + actual_s * x)
+        while len(self._models) > self.max_nodes:
+            self._models.pop(next(iter(self._models)))
+        self.observed += 1
 
 
 # ------------------------------------------------------------------ scheduler

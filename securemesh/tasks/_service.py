@@ -37,13 +37,17 @@ at most ``max_per_peer`` runs per scheduler and ``max_queue`` in total wait
 or run (``busy``), ``max_concurrency`` run at once. The same task id is run
 once: a repeat gets the same signed result (the last 1,024 are kept; a
 repeat while it runs waits for it). The callable runs under
-``asyncio.timeout`` with the time left to the deadline (a plain function in
-one of the service's ``max_concurrency`` worker threads, which a timeout
-abandons but cannot kill: the thread keeps its slot until it returns, so
-overrunning tasks never hold more threads; worker processes are not built
-yet). The outcome -- ok with the result, or the error's type, ``deadline``
-on timeout -- is signed with :meth:`NodeContext.sign_statement`
-and audited (``task.finished`` / ``task.failed``).
+``asyncio.timeout`` with the time left to the deadline: a plain function
+that a worker can import by name (:func:`locate`: module-level) runs in one
+of the service's :class:`WorkerPool` processes -- arguments, inputs and
+result cross as JSON and bytes, and at the deadline the process is killed
+and replaced --; an ``async`` function runs on the node's loop and is
+cancelled; any other plain function (a closure; or every one with
+``workers="thread"``) runs in one of ``max_concurrency`` threads, which a
+timeout abandons but cannot kill (the thread keeps its slot until it
+returns, so overrunning tasks never hold more threads). The outcome -- ok
+with the result, or the error's type, ``deadline`` on timeout -- is signed
+with :meth:`NodeContext.sign_statement` and audited (``task.finished`` / ``task.failed``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,18 +93,30 @@ from securemesh.tasks._scheduler import (
     candidate_from_report,
     label_float,
 )
+from securemesh.tasks._workers import WorkerPool, WorkerTaskError, locate
 
 if TYPE_CHECKING:
     from securemesh.crypto.certs import Certificate
 
 __all__ = [
+    "MSG_ABORT",
+    "MSG_CANCEL",
+    "MSG_RESULT",
     "MSG_RUN",
+    "MSG_START",
+    "MSG_STATUS",
     "MSG_SUBMIT",
     "MSG_TYPES",
     "SERVICE_NAME",
     "DeadlinePassed",
     "TaskBusy",
+    "TaskCancelled",
     "TaskFailed",
+    "TaskPoll",
+    "TaskQuery",
+    "TaskState",
+    "TaskStates",
+    "TaskWait",
     "TaskService",
     "TaskTypes",
     "UnknownTaskType",
@@ -113,6 +129,21 @@ SERVICE_NAME: Final = "tasks"
 MSG_SUBMIT: Final = "task.submit"
 MSG_RUN: Final = "task.run"
 MSG_TYPES: Final = "task.types"
+MSG_CANCEL: Final = "task.cancel"  # submitter -> scheduler
+MSG_STATUS: Final = "task.status"  # submitter -> scheduler
+MSG_ABORT: Final = "task.abort"  # scheduler -> executor
+MSG_START: Final = "task.start"  # submitter -> scheduler: submit, reply at once
+MSG_RESULT: Final = "task.result"  # submitter -> scheduler: poll (long-poll) a result
+KIND_CANCELLED: Final = "task.cancelled"
+#: submissions whose state a scheduler keeps for ``task.status``: in all, per submitter
+_HISTORY_KEPT: Final = 4096
+_HISTORY_PER_SUBMITTER: Final = 256
+#: results of detached submissions (task.start) kept for task.result
+_RESULTS_KEPT: Final = 1024
+_RESULTS_PER_SUBMITTER: Final = 64
+_RESULT_BYTES_KEPT: Final = 64 * 1024 * 1024
+#: the longest a task.result poll waits for the result
+MAX_POLL_WAIT_S: Final = 30.0
 KIND_SUBMITTED: Final = "task.submitted"
 KIND_PLACED: Final = "task.placed"
 KIND_FINISHED: Final = "task.finished"
@@ -142,6 +173,56 @@ class TaskFailed(RemoteError):
     """The task failed on every node tried."""
 
     reason = "task_failed"
+
+
+class TaskCancelled(RemoteError):
+    """The submitter cancelled the task."""
+
+    reason = "cancelled"
+
+
+class TaskQuery(BaseModel):
+    """``task.status`` / ``task.cancel`` / ``task.abort``: one task id, or (status
+    only) None for the submitter's recent tasks."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    task_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{32}$")
+
+
+class TaskState(BaseModel):
+    """What a scheduler knows of one submission (its submitter's view)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    task_type: TaskTypeName
+    state: Literal["submitted", "placed", "finished", "failed", "cancelled"]
+    node: str = Field(default="", max_length=128)
+    attempts: int = Field(default=0, ge=0, le=16)
+    submitted_ms: int = Field(ge=0, le=2**53)
+    updated_ms: int = Field(ge=0, le=2**53)
+    error: str = Field(default="", max_length=256)
+
+
+class TaskStates(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    tasks: list[TaskState] = Field(default_factory=list, max_length=_HISTORY_PER_SUBMITTER)
+
+
+class TaskWait(BaseModel):
+    """``task.result``: the result of ``task_id``, waiting at most ``wait_s`` for it."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    wait_s: float = Field(default=0.0, ge=0.0, le=MAX_POLL_WAIT_S, allow_inf_nan=False)
+
+
+class TaskPoll(BaseModel):
+    """The reply to ``task.result``: the state (None: unknown) and, once finished,
+    the executor's signed result."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    state: TaskState | None = None
+    result: SignedTaskResult | None = None
 
 
 class TaskTypes(BaseModel):
@@ -227,7 +308,7 @@ class TaskService(Service):
     """Executor of registered task types; with a scheduler, also places submissions."""
 
     name = SERVICE_NAME
-    audit_kinds = (KIND_SUBMITTED, KIND_PLACED, KIND_FINISHED, KIND_FAILED)
+    audit_kinds = (KIND_SUBMITTED, KIND_PLACED, KIND_FINISHED, KIND_FAILED, KIND_CANCELLED)
 
     def __init__(
         self,
@@ -241,6 +322,7 @@ class TaskService(Service):
         max_attempts: int = 3,
         types_ttl: float = 30.0,
         patience: float = 3.0,
+        workers: str = "process",
     ) -> None:
         if not (1 <= max_concurrency <= 1024 and 1 <= max_per_peer <= max_queue <= 65_536):
             raise LocalError("need 1 <= max_concurrency <= 1024, 1 <= max_per_peer <= max_queue")
@@ -259,6 +341,16 @@ class TaskService(Service):
         self.patience = patience
         self._runs = _Bounded(max_per_peer, max_queue, "task runs")
         self._submits = _Bounded(max_per_peer, max_queue, "task submissions")
+        if workers not in {"process", "thread"}:
+            raise LocalError('workers is "process" or "thread"')
+        #: where each plain-function type runs in a worker process: (module, qualname);
+        #: the others (closures, ``__main__``, or ``workers="thread"``) run in threads
+        self._located: dict[str, tuple[str, str]] = {}
+        if workers == "process":
+            for t in registry:
+                if not t.is_async and (where := locate(t.func)) is not None:
+                    self._located[t.name] = where
+        self._workers: WorkerPool | None = None
         self._sem: asyncio.Semaphore | None = None
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         #: plain-function runs abandoned at their deadline whose thread still runs
@@ -268,6 +360,22 @@ class TaskService(Service):
         self._types: dict[str, tuple[float, TaskTypes]] = {}
         #: submissions running, by (submitter, task id): their request digest and result
         self._submitted: dict[tuple[str, str], tuple[str, asyncio.Future[SignedTaskResult]]] = {}
+        #: the submission tasks running, by (submitter, task id): cancelled by task.cancel
+        self._inner: dict[tuple[str, str], asyncio.Task[SignedTaskResult]] = {}
+        #: the runs executing here, by task id: (the scheduler that asked, the task)
+        self._executing: dict[str, tuple[str, asyncio.Task[SignedTaskResult]]] = {}
+        #: recent submissions' states, by (submitter, task id), oldest first
+        self._history: collections.OrderedDict[tuple[str, str], TaskState] = (
+            collections.OrderedDict()
+        )
+        self._history_count: collections.Counter[str] = collections.Counter()
+        #: results of detached submissions, by (submitter, task id): (result, its size)
+        self._results: collections.OrderedDict[tuple[str, str], tuple[SignedTaskResult, int]] = (
+            collections.OrderedDict()
+        )
+        self._result_bytes = 0
+        #: detached submissions running, by (submitter, task id): done when they end
+        self._detached_runs: dict[tuple[str, str], asyncio.Future[None]] = {}
         #: runs this scheduler has open on each node (its own view of their queues)
         self._outstanding: collections.Counter[str] = collections.Counter()
         self._ctx: NodeContext | None = None
@@ -283,25 +391,35 @@ class TaskService(Service):
 
     def install(self, ctx: NodeContext) -> None:
         self._ctx = ctx
-        nodes = AllowTypes(types=[MSG_RUN, MSG_TYPES], tiers=["edge", "cloud"])
+        nodes = AllowTypes(types=[MSG_RUN, MSG_TYPES, MSG_ABORT], tiers=["edge", "cloud"])
         ctx.on(MSG_RUN, self._on_run, policy=nodes)
         ctx.on(MSG_TYPES, self._on_types, policy=nodes)
+        ctx.on(MSG_ABORT, self._on_abort, policy=nodes)
         if self.scheduler is not None:
-            ctx.on(
-                MSG_SUBMIT,
-                self._on_submit,
-                policy=AllowTypes(types=[MSG_SUBMIT], roles=self.submit_roles),
+            submitters = AllowTypes(
+                types=[MSG_SUBMIT, MSG_START, MSG_RESULT, MSG_CANCEL, MSG_STATUS],
+                roles=self.submit_roles,
             )
+            ctx.on(MSG_SUBMIT, self._on_submit, policy=submitters)
+            ctx.on(MSG_START, self._on_start, policy=submitters)
+            ctx.on(MSG_RESULT, self._on_result, policy=submitters)
+            ctx.on(MSG_CANCEL, self._on_cancel, policy=submitters)
+            ctx.on(MSG_STATUS, self._on_status, policy=submitters)
 
     async def start(self) -> None:
         self._sem = asyncio.Semaphore(self.max_concurrency)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.max_concurrency, thread_name_prefix="task"
         )
+        if self._located:
+            self._workers = WorkerPool(self.max_concurrency)
+            await self._workers.warm()
 
     async def stop(self) -> None:
         if self._pool is not None:  # abandoned threads finish on their own; nothing waits
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
 
     def status(self) -> Mapping[str, object]:
         return {
@@ -309,6 +427,15 @@ class TaskService(Service):
             "scheduler": None if self.scheduler is None else self.scheduler.policy.name,
             "running": len(self._running),
             "abandoned": self.abandoned,
+            "in_processes": sorted(self._located),
+            "workers": None
+            if self._workers is None
+            else {
+                "live": len(self._workers),
+                "started": self._workers.started,
+                "killed": self._workers.killed,
+                "crashed": self._workers.crashed,
+            },
             "open_runs": len(self._runs),
             "open_submissions": len(self._submits),
             "counts": dict(self.counts),
@@ -336,9 +463,21 @@ class TaskService(Service):
         all peers together ``max_queue``; beyond, :class:`TaskBusy`.
         """
         with self._runs.slot(peer):
-            return await self._execute_once(run, inline)
+            return await self._execute_once(run, inline, peer)
 
-    async def _execute_once(self, run: TaskRun, inline: list[bytes]) -> SignedTaskResult:
+    def _on_abort(self, msg: VerifiedMessage) -> Ack:
+        """``task.abort`` from the scheduler that asked for the run: cancel it (a
+        worker process is killed). Anyone else's abort, or an unknown id: no effect."""
+        query = msg.body(TaskQuery)
+        entry = self._executing.get(query.task_id or "")
+        if entry is not None and entry[0] == msg.sender:
+            self.counts["aborted"] += 1
+            entry[1].cancel()
+        else:
+            self.counts["abort_ignored"] += 1
+        return Ack()
+
+    async def _execute_once(self, run: TaskRun, inline: list[bytes], peer: str) -> SignedTaskResult:
         request = run.request
         task_type = self.registry.get(request.task_type)
         if task_type is None:
@@ -366,14 +505,18 @@ class TaskService(Service):
         args = task_type.parse_args(request.args)  # before anything runs: DecodeError
         future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
         self._running[request.task_id] = future
+        inner = asyncio.ensure_future(self._execute(run, task_type, args, inline))
+        self._executing[request.task_id] = (peer, inner)
         try:
-            result = await self._execute(run, task_type, args, inline)
+            result = await inner
             future.set_result(result)
         except BaseException as exc:
+            inner.cancel()  # the handler itself was cancelled: so is the run
             _fail(future, exc)
             raise
         finally:
             del self._running[request.task_id]
+            del self._executing[request.task_id]
         self._done[request.task_id] = result
         while len(self._done) > _DONE_KEPT:
             self._done.popitem(last=False)
@@ -392,6 +535,13 @@ class TaskService(Service):
         if sem is None or pool is None:
             raise LocalError("the tasks service is not running")
         await sem.acquire()
+        where = self._located.get(task_type.name)
+        if where is not None and self._workers is not None:
+            try:  # cancelled (the deadline): the worker is killed, the slot is free at once
+                body = await self._workers.run(where, args.model_dump_json().encode(), inline)
+            finally:
+                sem.release()
+            return task_type.result_model.model_validate_json(body)
         if inspect.iscoroutinefunction(task_type.func):
             try:
                 return await task_type.func(args, inline)
@@ -437,7 +587,8 @@ class TaskService(Service):
         except TimeoutError:
             error = "deadline"
         except Exception as exc:  # the task's own failure: signed, audited, retried elsewhere
-            error = f"{type(exc).__name__}"[:256]
+            name = exc.name if isinstance(exc, WorkerTaskError) else type(exc).__name__
+            error = name[:256]
             log.info(
                 "task failed",
                 extra={"event": "task_failed", "task": request.task_id, "error": repr(exc)},
@@ -499,15 +650,204 @@ class TaskService(Service):
         with self._submits.slot(submitter):
             future: asyncio.Future[SignedTaskResult] = asyncio.get_running_loop().create_future()
             self._submitted[key] = (digest, future)
+            self._remember(submitter, request, "submitted")
+            inner = asyncio.ensure_future(self._submit(request, inline, submitter))
+            self._inner[key] = inner
             try:
-                result = await self._submit(request, inline, submitter)
+                try:
+                    result = await inner
+                except asyncio.CancelledError:
+                    me = asyncio.current_task()
+                    if me is not None and me.cancelling():
+                        inner.cancel()
+                        raise  # this handler itself is being cancelled (the node stops)
+                    raise self._cancelled(submitter, request) from None  # task.cancel
             except BaseException as exc:
+                if not isinstance(exc, TaskCancelled):
+                    self._remember(
+                        submitter,
+                        request,
+                        "failed",
+                        error=getattr(exc, "reason", "") or type(exc).__name__,
+                    )
                 _fail(future, exc)
                 raise
             finally:
                 del self._submitted[key]
+                del self._inner[key]
+            self._remember(submitter, request, "finished", node=result.outcome.executor)
             future.set_result(result)
             return result
+
+    def _cancelled(self, submitter: str, request: TaskRequest) -> TaskCancelled:
+        self.counts["cancelled"] += 1
+        self._remember(submitter, request, "cancelled", error="cancelled")
+        self.ctx.audit.record(
+            KIND_CANCELLED,
+            ("task", request.task_id),
+            details={"submitter": submitter, "type": request.task_type},
+        )
+        err = TaskCancelled("cancelled by its submitter")
+        err.public_detail = "cancelled"
+        return err
+
+    def _remember(
+        self,
+        submitter: str,
+        request: TaskRequest,
+        state: str,
+        *,
+        node: str = "",
+        error: str = "",
+        attempts: int | None = None,
+    ) -> None:
+        """Record a submission's state for ``task.status`` (bounded per submitter and in all)."""
+        key = (submitter, request.task_id)
+        now = self._now_ms()
+        old = self._history.get(key)
+        if old is None:
+            if self._history_count[submitter] >= _HISTORY_PER_SUBMITTER:
+                oldest = next(k for k in self._history if k[0] == submitter)
+                self._forget(oldest)
+            while len(self._history) >= _HISTORY_KEPT:
+                self._forget(next(iter(self._history)))
+            self._history_count[submitter] += 1
+        self._history[key] = TaskState(
+            task_id=request.task_id,
+            task_type=request.task_type,
+            state=state,  # type: ignore[arg-type]
+            node=node or (old.node if old else ""),
+            attempts=attempts if attempts is not None else (old.attempts if old else 0),
+            submitted_ms=old.submitted_ms if old else now,
+            updated_ms=now,
+            error=error[:256],
+        )
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        del self._history[key]
+        self._history_count[key[0]] -= 1
+        if not self._history_count[key[0]]:
+            del self._history_count[key[0]]
+
+    def states(self, submitter: str, task_id: str | None = None) -> list[TaskState]:
+        """``submitter``'s own submissions: one (``task_id``) or all kept, newest first."""
+        if task_id is not None:
+            state = self._history.get((submitter, task_id))
+            return [state] if state is not None else []
+        mine = [v for (who, _), v in reversed(self._history.items()) if who == submitter]
+        return mine[:_HISTORY_PER_SUBMITTER]
+
+    def cancel(self, submitter: str, task_id: str) -> TaskState | None:
+        """Cancel ``submitter``'s running submission ``task_id`` (its executor is told
+        to abort: a worker process is killed); its state, None if unknown. Another
+        submitter's task id is unknown here: a task id is no ticket."""
+        key = (submitter, task_id)
+        inner = self._inner.get(key)
+        state = self._history.get(key)
+        if inner is None or inner.done() or state is None:
+            return state
+        inner.cancel()
+        return state.model_copy(update={"state": "cancelled", "error": "cancelled"})
+
+    # ---------------------------------------------- detached submissions (long tasks)
+
+    async def _on_start(self, msg: VerifiedMessage) -> TaskState:
+        request = msg.body(TaskRequest)
+        inline = _check_frames(request, msg.raw_frames)
+        return self.start_detached(request, inline, submitter=msg.sender)
+
+    def start_detached(
+        self, request: TaskRequest, inline: list[bytes], *, submitter: str
+    ) -> TaskState:
+        """Accept a submission and run it in the background (the reply is its state at
+        once); the result is fetched with :meth:`poll` (``task.result``). A known task
+        id of this submitter is not started again: its state is the answer."""
+        key = (submitter, request.task_id)
+        known = self._history.get(key)
+        if known is not None and (key in self._detached_runs or key in self._results):
+            return known
+        if key in self._submitted:
+            raise TaskBusy("this task id is being submitted")
+        per_peer, total = self._submits.per_peer, self._submits.total
+        if self._submits.open[submitter] >= per_peer or len(self._submits) >= total:
+            raise TaskBusy("too many open task submissions")
+        self._remember(submitter, request, "submitted")
+        ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._detached_runs[key] = ended
+        try:
+            self.ctx.spawn(
+                self._detached(request, inline, submitter, ended),
+                name=f"task-{request.task_id[:12]}",
+            )
+        except BaseException:
+            del self._detached_runs[key]
+            raise
+        return self._history[key]
+
+    async def _detached(
+        self,
+        request: TaskRequest,
+        inline: list[bytes],
+        submitter: str,
+        ended: asyncio.Future[None],
+    ) -> None:
+        key = (submitter, request.task_id)
+        try:
+            result = await self.submit(request, inline, submitter=submitter)
+            self._keep_result(key, result)
+        except (RemoteError, LocalError):  # the state (failed, cancelled) says why
+            pass
+        finally:
+            del self._detached_runs[key]
+            if not ended.done():
+                ended.set_result(None)
+
+    def _keep_result(self, key: tuple[str, str], result: SignedTaskResult) -> None:
+        """Keep ``result`` for task.result: at most 64 per submitter, 1,024 and 64 MiB in all."""
+        size = len(result.model_dump_json())
+        self._results[key] = (result, size)
+        self._result_bytes += size
+        mine = [k for k in self._results if k[0] == key[0]]
+        for old in mine[: max(0, len(mine) - _RESULTS_PER_SUBMITTER)]:
+            self._drop_result(old)
+        while len(self._results) > _RESULTS_KEPT or self._result_bytes > _RESULT_BYTES_KEPT:
+            self._drop_result(next(iter(self._results)))
+
+    def _drop_result(self, key: tuple[str, str]) -> None:
+        _, size = self._results.pop(key)
+        self._result_bytes -= size
+
+    async def _on_result(self, msg: VerifiedMessage) -> TaskPoll:
+        wait = msg.body(TaskWait)
+        return await self.poll(msg.sender, wait.task_id, wait.wait_s)
+
+    async def poll(self, submitter: str, task_id: str, wait_s: float = 0.0) -> TaskPoll:
+        """``submitter``'s task ``task_id``: its state and, once finished, its result;
+        while it runs, wait up to ``wait_s`` seconds for it first (a long poll)."""
+        key = (submitter, task_id)
+        running = self._detached_runs.get(key)
+        if key not in self._results and running is not None and wait_s > 0:
+            try:
+                await asyncio.wait_for(asyncio.shield(running), min(wait_s, MAX_POLL_WAIT_S))
+            except (TimeoutError, RemoteError, LocalError):
+                pass  # still running, or failed: the state says which
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if me is not None and me.cancelling():
+                    raise  # this poll itself is cancelled
+                # else the submission was cancelled: the state says so
+        kept = self._results.get(key)
+        return TaskPoll(state=self._history.get(key), result=kept[0] if kept else None)
+
+    def _on_status(self, msg: VerifiedMessage) -> TaskStates:
+        return TaskStates(tasks=self.states(msg.sender, msg.body(TaskQuery).task_id))
+
+    def _on_cancel(self, msg: VerifiedMessage) -> TaskStates:
+        query = msg.body(TaskQuery)
+        if query.task_id is None:
+            raise DecodeError("task.cancel needs a task id")
+        state = self.cancel(msg.sender, query.task_id)
+        return TaskStates(tasks=[state] if state is not None else [])
 
     async def _submit(
         self, request: TaskRequest, inline: list[bytes], submitter: str
@@ -551,6 +891,7 @@ class TaskService(Service):
                 raise
             node = ranked[0].candidate.node_id
             tried.append(node)
+            self._remember(submitter, request, "placed", node=node, attempts=attempt)
             ctx.audit.record(
                 KIND_PLACED,
                 subject,
@@ -570,12 +911,16 @@ class TaskService(Service):
             limit = None
             if attempt < self.max_attempts and len(ranked) > 1:
                 limit = max(1.0, self.patience * ranked[0].time_s)
+            placed_at = self.ctx.clock()
             try:
                 result = await self._run_on(node, run, inline, limit=limit)
             except (RemoteError, TransportError, TimeoutError) as exc:
                 errors.append(getattr(exc, "code", None) or type(exc).__name__)
                 self.counts["attempt_failed"] += 1
                 continue
+            observe = getattr(scheduler.policy, "observe", None)
+            if callable(observe):  # an adaptive policy learns the real completion time
+                observe(ranked[0], self.ctx.clock() - placed_at)
             if result.outcome.ok:
                 self.counts["placed_ok"] += 1
                 return result.model_copy(update={"attempts": tried[:-1]})
@@ -600,13 +945,20 @@ class TaskService(Service):
         self, node: str, run: TaskRun, inline: list[bytes], *, limit: float | None = None
     ) -> SignedTaskResult:
         if node == self.ctx.node_id:
-            return await self.execute(run, inline, peer=node)
+            # a local run counts against its submitter's bound, not this node's: else one
+            # submitter's admitted submissions would fill the slots every submitter shares
+            return await self.execute(run, inline, peer=f"{node}/{run.submitter}")
         timeout = max(0.05, (run.deadline_ms - self._now_ms()) / 1000 + 1.0)
         if limit is not None:
             timeout = min(timeout, limit)
         self._outstanding[node] += 1
         try:
             reply = await self.ctx.request(node, MSG_RUN, run, inline, timeout=timeout)
+        except asyncio.CancelledError:  # cancelled by its submitter: the executor stops too
+            with contextlib.suppress(RemoteError, TransportError, LocalError, TimeoutError):
+                abort = TaskQuery(task_id=run.request.task_id)
+                await self.ctx.request(node, MSG_ABORT, abort, timeout=2.0)
+            raise
         finally:
             self._outstanding[node] -= 1
             if not self._outstanding[node]:

@@ -26,11 +26,13 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from securemesh.errors import LocalError
-from securemesh.tasks._model import TaskIntent, TaskRequest
+from securemesh.tasks._model import MAX_INLINE_BYTES, InlineInput, TaskIntent, TaskRequest
 from securemesh.tasks._scheduler import (
+    Adaptive,
     AlwaysTier,
     Candidate,
     Estimate,
@@ -51,6 +53,7 @@ __all__ = [
     "SimTask",
     "Workload",
     "baseline_policies",
+    "chart",
     "compare",
     "generate",
     "objective",
@@ -61,6 +64,14 @@ __all__ = [
 ]
 
 SIM_TYPE = "sim.work"
+#: The standard workload's arrivals per second per 8 devices (edges near saturation).
+RATE = 40.0
+#: The standard workload's share of tasks that carry an input from the device.
+DATA_SHARE = 0.5
+#: The median size (MB) of an interactive task's input.
+INPUT_MB = 1.5
+#: A carbon-leaning intent's weight: seconds of latency one gram of CO2e is worth.
+CARBON_WEIGHT = 200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +85,8 @@ class SimTask:
 class Workload:
     nodes: tuple[Candidate, ...]
     tasks: tuple[SimTask, ...]
+    #: node -> actual compute time / the reported speed's prediction (1: honest)
+    slowdown: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +137,30 @@ _CLOUD = _TierSpec((16,), (150, 250), (40, 80), 50.0, (0.3, 0.6), (50, 150), 0.0
 
 
 def generate(
-    seed: int, *, devices: int = 8, edges: int = 3, clouds: int = 1, tasks: int = 400
+    seed: int,
+    *,
+    devices: int = 8,
+    edges: int = 3,
+    clouds: int = 1,
+    tasks: int = 400,
+    rate: float = RATE,
+    data: float = DATA_SHARE,
+    misreport: float = 0.0,
 ) -> Workload:
-    """A mesh and a workload from ``seed`` (module doc)."""
+    """A mesh and a workload from ``seed`` (module doc).
+
+    ``rate``: arrivals per second per 8 devices. ``data``: the share of tasks
+    that carry an inline input from the submitting device (a camera frame, a
+    sensor window: lognormal around 1 MB, at most 4 MiB), drawn from a stream of
+    its own so that ``data=0`` gives the same tasks without inputs.
+    ``misreport``: each node's real compute time is its reported speed's
+    prediction times ``exp(U(-misreport, misreport))`` (stale or optimistic
+    labels; a stream of its own), which only an adaptive policy can learn.
+    """
+    if not (math.isfinite(rate) and rate > 0 and 0.0 <= data <= 1.0):
+        raise LocalError("rate must be > 0 and data in [0, 1]")
     rng = random.Random(seed)  # noqa: S311 - a reproducible workload, not secrets
+    drng = random.Random(f"{seed}/data")  # noqa: S311
     types = frozenset({SIM_TYPE})
     nodes: list[Candidate] = []
     for prefix, tier, count, spec in (
@@ -152,32 +185,51 @@ def generate(
             )
     out: list[SimTask] = []
     t = 0.0
-    rate = 10.0 * max(1, devices) / 8  # arrivals per second across the devices
+    rate = rate * max(1, devices) / 8  # arrivals per second across the devices
     for n in range(tasks):
         t += rng.expovariate(rate)
         privacy = rng.choices(("any", "edge-only", "device-only"), weights=(6, 3, 1))[0]
         lean = rng.choice(("time", "energy", "carbon"))
         work = rng.lognormvariate(math.log(20), 0.6)
+        deadline = rng.uniform(0.5, 4.0) if privacy != "device-only" else 30.0
+        budget = rng.choice((None, None, 2.0))
+        inputs: list[InlineInput] = []
+        if drng.random() < data:  # interactive: a frame from the device, a tight deadline
+            size = min(MAX_INLINE_BYTES, int(drng.lognormvariate(math.log(INPUT_MB * 1e6), 0.6)))
+            inputs.append(
+                InlineInput(frame=0, size=size, sha256="00" * 32)
+            )  # not hashed: simulated
+            work = drng.lognormvariate(math.log(10), 0.5)
+            if privacy != "device-only":
+                deadline = drng.uniform(0.3, 1.0)
         intent = TaskIntent(
-            deadline_s=rng.uniform(0.5, 4.0) if privacy != "device-only" else 30.0,
-            budget=rng.choice((None, None, 2.0)),
+            deadline_s=deadline,
+            budget=budget,
             privacy=privacy,  # type: ignore[arg-type]
             time_weight=1.0,
             energy_weight=0.02 if lean == "energy" else 0.0,
-            carbon_weight=0.5 if lean == "carbon" else 0.0,
+            carbon_weight=CARBON_WEIGHT if lean == "carbon" else 0.0,
         )
         request = TaskRequest(
-            task_id=f"{n:032x}", task_type=SIM_TYPE, intent=intent, work=min(work, 400.0)
+            task_id=f"{n:032x}",
+            task_type=SIM_TYPE,
+            intent=intent,
+            work=min(work, 400.0),
+            inputs=inputs,  # type: ignore[arg-type]
         )
         out.append(SimTask(t, f"dev-{rng.randrange(devices)}", request))
-    return Workload(tuple(nodes), tuple(out))
+    srng = random.Random(f"{seed}/speed")  # noqa: S311
+    slowdown = {n.node_id: math.exp(srng.uniform(-misreport, misreport)) for n in nodes}
+    return Workload(tuple(nodes), tuple(out), slowdown if misreport else {})
 
 
 def baseline_policies(seed: int = 0) -> list[Policy]:
-    """The intent-aware default, latency-first and the baselines, in report order."""
+    """The intent-aware default, latency-first, the adaptive policy and the baselines,
+    in report order (a fresh, untrained adaptive policy each time)."""
     return [
         IntentAware(),
         LatencyFirst(),
+        Adaptive(),
         RandomPolicy(random.Random(seed)),  # noqa: S311 - a reproducible baseline
         RoundRobin(),
         AlwaysTier("cloud", name="always-cloud"),
@@ -187,7 +239,7 @@ def baseline_policies(seed: int = 0) -> list[Policy]:
 
 
 #: Policies that use the scheduler's deadline constraint; the classic baselines do not.
-CONSTRAINED: frozenset[str] = frozenset({"intent", "latency-first"})
+CONSTRAINED: frozenset[str] = frozenset({"intent", "latency-first", "adaptive"})
 
 
 #: The objective's price of one missed or refused deadline (in the intent's units:
@@ -220,8 +272,14 @@ def _candidates(
     ]
 
 
-def _replay(workload: Workload, choose: Choose) -> list[_Run]:
-    """Replay the arrivals; ``choose`` places each (list scheduling, FIFO per node)."""
+def _replay(
+    workload: Workload, choose: Choose, observe: Callable[[Estimate, float], None] | None = None
+) -> list[_Run]:
+    """Replay the arrivals; ``choose`` places each (list scheduling, FIFO per node).
+
+    ``observe(estimate, latency)`` learns each run's real completion time (told
+    at once: the simulation does not model the delay of the feedback).
+    """
     slots: dict[str, list[float]] = {n.node_id: [0.0] * n.capacity for n in workload.nodes}
     runs: list[_Run] = []
     for task in workload.tasks:
@@ -229,11 +287,15 @@ def _replay(workload: Workload, choose: Choose) -> list[_Run]:
         if best is None:
             runs.append(_Run(None, math.inf))
             continue
-        heap = slots[best.candidate.node_id]
+        node = best.candidate.node_id
+        heap = slots[node]
         free = heapq.heappop(heap)
-        finish = max(task.arrival_s + best.transfer_s, free) + best.compute_s
+        compute = best.compute_s * workload.slowdown.get(node, 1.0)
+        finish = max(task.arrival_s + best.transfer_s, free) + compute
         heapq.heappush(heap, finish)
         runs.append(_Run(best, finish - task.arrival_s))
+        if observe is not None:
+            observe(best, finish - task.arrival_s)
     return runs
 
 
@@ -273,7 +335,7 @@ def policy_runs(
         except NoPlacement:
             return None
 
-    return _replay(workload, choose)
+    return _replay(workload, choose, getattr(policy, "observe", None))
 
 
 def simulate(workload: Workload, policy: Policy, *, constrained: bool | None = None) -> SimResult:
@@ -365,7 +427,41 @@ def optimality_gap(seeds: Sequence[int], policy: Policy | None = None, **sizes: 
     return sum(gaps) / len(gaps)
 
 
-def compare(seed: int, policies: Sequence[Policy] | None = None, **sizes: int) -> list[SimResult]:
-    """Every policy on the same generated workload."""
-    workload = generate(seed, **sizes)
+def compare(
+    seed: int, policies: Sequence[Policy] | None = None, **workload_options: Any
+) -> list[SimResult]:
+    """Every policy on the same generated workload (``workload_options``: :func:`generate`'s)."""
+    workload = generate(seed, **workload_options)
     return [simulate(workload, p) for p in (policies or baseline_policies(seed))]
+
+
+def chart(results: Sequence[SimResult], path: str, *, title: str = "") -> None:
+    """Write a PNG of ``results`` (one bar per policy: deadline-miss rate, mean and
+    p95 latency, energy) to ``path``. matplotlib is imported here, with the Agg
+    backend (no display), so the rest of the module does not pay for it."""
+    import matplotlib  # noqa: PLC0415 - heavy, only for the chart
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    names = [r.policy for r in results]
+    panels = (
+        ("deadline-miss rate", [r.miss_rate for r in results]),
+        ("latency (s): mean, p95", [r.mean_latency_s for r in results]),
+        ("energy (kJ)", [r.energy_j / 1000 for r in results]),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    for ax, (label, values) in zip(axes, panels, strict=True):
+        colors = ["tab:green" if n in CONSTRAINED else "tab:gray" for n in names]
+        ax.bar(names, values, color=colors)
+        if label.startswith("latency"):
+            ax.scatter(names, [r.p95_latency_s for r in results], color="black", marker="_", s=200)
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=45)
+    if title:
+        fig.suptitle(title)
+    try:
+        fig.savefig(path, dpi=90)
+    finally:
+        plt.close(fig)

@@ -223,9 +223,25 @@ def _curve_key(data_dir: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def operator_mesh(root: Path) -> Iterator[Mesh]:
-    """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit."""
+def operator_mesh(
+    root: Path,
+    *,
+    edge_services: Sequence[str] = (),
+    edge_tables: str = "",
+    pythonpath: Sequence[Path] = (),
+) -> Iterator[Mesh]:
+    """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit.
+
+    ``edge_services`` (``"module:factory"``) are loaded by the edge besides the
+    test services, ``edge_tables`` appended to its ``node.toml`` (policy rules),
+    ``pythonpath`` added to the daemons' (where those modules are).
+    """
     from securemesh.cli import _mesh as mesh_cli  # the KDF knob tests/enroll use too
+
+    services = ", ".join(f'"{s}"' for s in ("adversarial_services:register", *edge_services))
+    edge_top = FAST_TOML.replace(
+        'services = ["adversarial_services:register"]', f"services = [{services}]"
+    )
 
     cloud_dir, edge_dir = root / "cloud", root / "edge"
     cloud_ep = f"tcp://127.0.0.1:{free_port()}"
@@ -234,7 +250,7 @@ def operator_mesh(root: Path) -> Iterator[Mesh]:
     mesh_cli._KDF_PARAMS = FAST_KDF  # key files the daemons open in milliseconds
     with (
         contextlib.ExitStack() as restore,
-        reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons,
+        reaped(daemon_env(pythonpath=[HERE, *pythonpath], passphrase=PASSPHRASE)) as daemons,
     ):
         restore.callback(setattr, mesh_cli, "_KDF_PARAMS", saved_kdf)
         init_cloud(
@@ -246,7 +262,7 @@ def operator_mesh(root: Path) -> Iterator[Mesh]:
         # the edge gets a delegated authority: it enrolls devices itself (edge-1.*)
         enroll_edge(
             cloud_dir, edge_dir, EDGE_ID, PASSPHRASE, listen=edge_ep,
-            top=FAST_TOML, tables=POLICY_TOML,
+            top=edge_top, tables=POLICY_TOML + edge_tables,
         )  # fmt: skip
         daemons.run("edge", edge_dir)
         mesh.endpoints = {"cloud": cloud_ep, "edge": edge_ep}

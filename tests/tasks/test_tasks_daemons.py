@@ -14,9 +14,14 @@ cloud-1 through edge-a (relayed, signed). The test checks that:
    edge-a (``make_broken``) and the result comes from edge-b, once;
 4. a deadline that cannot be met is refused (``deadline``) before anything
    runs, and one that the run overshoots is reported as missed (``deadline``);
-5. an unregistered type is refused (``no_placement``); a device without the
+5. a task longer than edge-a's relay window (2 x its request timeout) returns
+   its result (detached: ``task.start``, then ``task.result`` long polls);
+   a device cancels its running task (``TaskHandle.cancel``): the cloud tells
+   the executor, whose worker process is killed; ``task list|status|cancel``
+   from the CLI show a device its own submissions;
+6. an unregistered type is refused (``no_placement``); a device without the
    ``submitter`` role cannot submit (unauthorized, no reply);
-6. the lifecycle (``task.submitted``, ``task.placed``, ``task.finished``,
+7. the lifecycle (``task.submitted``, ``task.placed``, ``task.finished``,
    ``task.failed``) is in the cloud's audit log, which verifies.
 
 Every wait is bounded and polls a readiness signal; every daemon and device is
@@ -28,7 +33,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +74,24 @@ TIMEOUT = 60.0
 TOP = "status_interval = 0.2\nheartbeat_interval = 0.3\n"
 CLOUD_TOML = (
     'services = ["task_service:make_scheduler"]\n',
-    '\n[[policy.allow]]\ntypes = ["task.submit"]\ntiers = ["end"]\nroles = ["submitter"]\n'
+    '\n[[policy.allow]]\ntypes = ["task.submit", "task.start", "task.result", "task.cancel",'
+    ' "task.status"]\ntiers = ["end"]\nroles = ["submitter"]\n'
     '\n[report.labels]\nspeed = "1000"\n',
 )
 EDGE_RULES = (
-    '\n[[policy.allow]]\ntypes = ["task.run", "task.types"]\ntiers = ["cloud"]\n'
-    '\n[[policy.allow]]\ntypes = ["task.submit"]\ntiers = ["end"]\n'  # relayed up
+    '\n[[policy.allow]]\ntypes = ["task.run", "task.types", "task.abort"]\ntiers = ["cloud"]\n'
+    # relayed up
+    '\n[[policy.allow]]\ntypes = ["task.submit", "task.start", "task.result", "task.cancel",'
+    ' "task.status"]\ntiers = ["end"]\n'
 )
+#: edge-a relays replies only within 2 x 4 s: a longer task must come back another way
+RELAY_TIMEOUT = 4.0
 LABELS = '\n[report.labels]\nspeed = "{}"\n'
 EDGE_TOML = {
-    "edge-a": ('services = ["task_service:make_broken"]\n', EDGE_RULES + LABELS.format(400)),
+    "edge-a": (
+        'services = ["task_service:make_broken"]\n',
+        EDGE_RULES + LABELS.format(400) + f"\n[limits]\nrequest_timeout = {RELAY_TIMEOUT}\n",
+    ),
     "edge-b": ('services = ["task_service:make"]\n', EDGE_RULES + LABELS.format(200)),
 }
 
@@ -305,6 +317,69 @@ def test_the_cli_submits_and_verifies(mesh: Mesh, tmp_path: Path) -> None:
     kept.write_text(json.dumps(doc))
     with pytest.raises(AssertionError, match="failed"):  # one error line, exit 1
         cli("task", "verify", str(kept), "--cert", cert)
+    # the device's own submissions, as the scheduler knows them
+    asked = ("--to", "cloud-1", "--data-dir", str(mesh.dir("edge-a.cli")), "-o", "json")
+    listed = json.loads(cli("task", "list", *asked, env=ENV))
+    assert [(r["task"], r["state"], r["node"]) for r in listed] == [
+        (result.outcome.task_id, "finished", "edge-a")
+    ]
+    one = json.loads(cli("task", "status", result.outcome.task_id, *asked, env=ENV))
+    assert one["updated"].endswith("Z")
+    with pytest.raises(AssertionError, match="already ended: finished"):
+        cli("task", "cancel", result.outcome.task_id, *asked, env=ENV)
+    with pytest.raises(AssertionError, match="knows no task"):
+        cli("task", "status", "0" * 32, *asked, env=ENV)
+
+
+def test_a_device_cancels_its_task_and_the_executors_worker_stops(mesh: Mesh) -> None:
+    device = mesh.devices["edge-a.ok"]
+    handle = device.submit(
+        "cloud-1", "demo.spin", {"seconds": 40.0},
+        intent=TaskIntent(deadline_s=60.0, privacy="edge-only"),
+    )  # fmt: skip
+    edge_a = mesh.dir("edge-a")
+
+    def tasks_status() -> dict[str, Any]:
+        status: dict[str, Any] = read_status(edge_a)["services"]["tasks"]
+        return status
+
+    poll(lambda: bool(tasks_status()["running"]), "demo.spin running on edge-a")
+    state = handle.status()
+    assert state is not None
+    assert (state.state, state.node) == ("placed", "edge-a")
+    assert handle.cancel() is True
+    with pytest.raises(RemoteCallError) as cancelled:
+        handle.result(timeout=30)
+    assert cancelled.value.code == "cancelled"
+    poll(lambda: tasks_status()["workers"]["killed"] >= 1, "edge-a killing the worker")
+    assert not tasks_status()["running"]
+    after = handle.status()
+    assert after is not None
+    assert after.state == "cancelled"
+    assert handle.cancel() is False  # ended already
+    cloud = mesh.dir("cloud-1")
+    poll(
+        lambda: any(r["subject"]["id"] == handle.task_id for r in query(cloud, "task.cancelled")),
+        "task.cancelled in the cloud's log",
+    )
+
+
+def test_a_task_longer_than_the_relay_window_returns_its_result(mesh: Mesh) -> None:
+    """edge-a passes replies back within 2 x 4 s only; a 9-s task submitted
+    through it comes back by the detached path (task.start, task.result polls)."""
+    device = mesh.devices["edge-a.ok"]
+    seconds = 2 * RELAY_TIMEOUT + 1.0
+    started = time.monotonic()
+    handle = device.submit(
+        "cloud-1", "demo.sleep", {"seconds": seconds}, intent=TaskIntent(deadline_s=40.0)
+    )  # detached by default: 40 + 5 s > 2 x the device's request timeout
+    poll(lambda: handle.status() is not None, "the scheduler to know the started task")
+    assert handle.status().state in {"submitted", "placed"}  # type: ignore[union-attr]
+    result = handle.result(timeout=60)
+    assert time.monotonic() - started >= seconds
+    outcome = verify_result(result, certificate(mesh.dir(result.outcome.executor)))
+    assert outcome.result == {"slept": seconds}
+    assert handle.status().state == "finished"  # type: ignore[union-attr]
 
 
 def test_locality_places_near_the_shards_and_a_killed_executor_is_retried_elsewhere(
@@ -324,15 +399,16 @@ def test_locality_places_near_the_shards_and_a_killed_executor_is_retried_elsewh
     def running_on_b() -> bool:
         return bool(read_status(edge_b)["services"]["tasks"]["running"])
 
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(
-            mesh.devices["edge-a.ok"].request, "cloud-1", "task.submit", request, timeout=40
-        )
-        poll(running_on_b, "the task running on edge-b")
-        mesh.daemons.procs["edge-b"].kill()
-        mesh.daemons.procs["edge-b"].wait(30)
-        reply = pending.result(timeout=60)
-    result = SignedTaskResult.model_validate_json(reply.body_bytes)
+    device = mesh.devices["edge-a.ok"]
+    handle = device.submit(
+        "cloud-1", "demo.sleep", {"seconds": 2.0}, work=200.0, objects=[ref],
+        intent=request.intent, detached=True,
+    )  # fmt: skip
+    request = request.model_copy(update={"task_id": handle.task_id})
+    poll(running_on_b, "the task running on edge-b")
+    mesh.daemons.procs["edge-b"].kill()
+    mesh.daemons.procs["edge-b"].wait(30)
+    result = handle.result(timeout=60)
     outcome = verify_result(result, certificate(mesh.dir("edge-a")))
     assert outcome.executor == "edge-a"
     assert outcome.result == {"slept": 2.0}

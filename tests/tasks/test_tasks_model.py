@@ -170,7 +170,7 @@ def test_the_simulation_table_in_the_docs_is_what_the_code_prints() -> None:
     code = marked_block("tasks.md", "tasks-sim")
     printed: list[object] = []
     exec(compile(code, "docs/tasks.md", "exec"), {"print": printed.append})
-    assert len(printed) == 7
+    assert len(printed) == 8
     doc = (Path(__file__).resolve().parents[2] / "docs" / "tasks.md").read_text()
     for r in compare(seed=1):
         row = (
@@ -212,3 +212,44 @@ def test_the_exhaustive_optimum_bounds_every_policy() -> None:
     assert 0.0 <= optimality_gap([2], tasks=4) < 1.0
     with pytest.raises(LocalError):
         optimum(generate(1, tasks=40))  # far too many assignments to search
+
+
+def test_the_standard_workload_carries_inputs_and_the_light_one_none(tmp_path: Path) -> None:
+    from securemesh.tasks.sim import chart
+
+    light = generate(4, tasks=60, rate=10.0, data=0.0)
+    standard = generate(4, tasks=60)
+    assert all(t.request.inline_bytes == 0 for t in light.tasks)
+    interactive = [t for t in standard.tasks if t.request.inline_bytes]
+    assert 10 < len(interactive) < 50  # about half
+    assert all(
+        t.request.intent.deadline_s <= 1.0
+        for t in interactive
+        if t.request.intent.privacy != "device-only"
+    )
+    # the same arrivals, origins and privacy: the inputs come from a stream of their own
+    assert [(t.origin, t.request.intent.privacy) for t in light.tasks] == [
+        (t.origin, t.request.intent.privacy) for t in standard.tasks
+    ]
+    with pytest.raises(LocalError):
+        generate(1, rate=0.0)
+    png = tmp_path / "sim.png"
+    chart(compare(4, tasks=60), str(png), title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_simulate_from_the_command_line_writes_the_chart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from securemesh.cli import main
+
+    png = tmp_path / "c.png"
+    assert main(["task", "simulate", "--tasks", "40", "--chart", str(png), "-o", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["policy"] for r in rows][:2] == ["intent", "latency-first"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    for bad in (["--rate", "0"], ["--data", "2"], ["--chart", str(tmp_path / "no" / "c.png")]):
+        assert main(["task", "simulate", "--tasks", "20", *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: "), err
+        assert err.count("\n") == 1, err

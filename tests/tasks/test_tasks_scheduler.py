@@ -48,6 +48,8 @@ candidates_st = st.lists(
         energy_per_unit=st.floats(0, 10),
         carbon_intensity=st.floats(0, 800),
         price=st.floats(0, 1),
+        bandwidth_mbps=st.floats(0.1, 1e4),
+        wait_s=st.none() | st.floats(0, 50),
     ),
     max_size=12,
     unique_by=lambda c: c.node_id,
@@ -269,3 +271,52 @@ def test_the_vectorized_table_makes_the_schedulers_decision(  # noqa: PLR0917
         return
     got = CandidateTable(cands).best(request, exclude=exclude, origin=origin)
     assert got.node_id == expected.candidate.node_id
+
+
+def test_the_table_breaks_ties_and_meets_the_deadline_exactly_as_the_scheduler() -> None:
+    # 300 identical nodes but for their ids, and a deadline exactly at their predicted
+    # time: the product's rounding must neither refuse them nor change the tie-break
+    cands = [
+        Candidate(f"n{i:03d}", "edge", frozenset({"a.x"}), speed=3.0, rtt_ms=7.0, price=0.1)
+        for i in reversed(range(300))
+    ]
+    ref = ObjectRef(object_id="ef" * 32, size=3_333_333, holders=["n250"])
+    for objects, origin in (([], None), ([ref], None), ([ref], "n250"), ([], "n299")):
+        request, _ = new_request(
+            "a.x", intent=TaskIntent(deadline_s=60, cost_weight=0.3), work=0.7, objects=objects
+        )
+        expected = Scheduler().rank(request, cands, origin=origin)[0]
+        tight = request.model_copy(
+            update={"intent": request.intent.model_copy(update={"deadline_s": expected.time_s})}
+        )
+        for req in (request, tight):
+            got = CandidateTable(cands).best(req, origin=origin)
+            assert got.node_id == Scheduler().rank(req, cands, origin=origin)[0].candidate.node_id
+
+
+def test_the_adaptive_policy_learns_a_node_slower_than_it_reports() -> None:
+    from securemesh.tasks import Adaptive
+
+    req, _ = new_request("a.x", intent=TaskIntent(deadline_s=60), work=10.0)
+    # "liar" reports twice the speed of "honest" but really runs 4x slower than it says
+    cands = [
+        Candidate("honest", "edge", frozenset({"a.x"}), speed=50.0),
+        Candidate("liar", "edge", frozenset({"a.x"}), speed=100.0),
+    ]
+    policy = Adaptive()
+    sched = Scheduler(policy)
+    assert sched.rank(req, cands)[0].candidate.node_id == "liar"  # believed at first
+    picks = []
+    for _ in range(30):
+        best = sched.rank(req, cands)[0]
+        real = best.compute_s * (4.0 if best.candidate.node_id == "liar" else 1.0)
+        policy.observe(best, real)
+        picks.append(best.candidate.node_id)
+    assert picks[-10:] == ["honest"] * 10  # learned
+    assert policy.observed == 30
+    liar = next(e for e in sched.rank(req, cands) if e.candidate.node_id == "liar")
+    assert policy.predicted_time(liar) > liar.time_s * 1.5  # no longer believed
+    policy.observe(best, math.nan)  # ignored
+    assert policy.observed == 30
+    with pytest.raises(LocalError):
+        Adaptive(alpha=-1.0)
