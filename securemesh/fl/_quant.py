@@ -107,12 +107,17 @@ class Quantizer:
             raise LocalError(f"weight must be an integer in 1..{self.max_weight}")
         seed = os.urandom(_SEED) if seed is None else seed
         u = expand_mask(seed, x.size, bits=32, label=b"securemesh/fl/quant/v1")
-        uniforms = u.astype(np.float64) * (1.0 / 4294967296.0)
-        scaled = (np.clip(x, -self.clip, self.clip) + self.clip) * (self.levels / (2 * self.clip))
-        q = np.floor(scaled + uniforms)
-        np.clip(q, 0, self.levels, out=q)  # float rounding at the top edge
+        # in place, one buffer: (clip(x) + c) * L / 2c + u, floored, kept in 0..L
+        s = np.clip(x, -self.clip, self.clip)
+        s += self.clip
+        s *= self.levels / (2 * self.clip)
+        s += u * (1.0 / 4294967296.0)
+        np.floor(s, out=s)
+        np.clip(s, 0, self.levels, out=s)  # float rounding at the top edge
         out = np.empty(x.size + 1, dtype=self.dtype)
-        out[:-1] = q.astype(self.dtype) * self.dtype_type(weight)
+        out[:-1] = s
+        if weight != 1:
+            out[:-1] *= self.dtype_type(weight)
         out[-1] = weight
         return out
 
