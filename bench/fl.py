@@ -39,6 +39,33 @@ from securemesh.fl import Quantizer, SecAggClient, SecAggConfig, SecAggServer, r
 from securemesh.fl._messages import MaskedInput, decode
 
 
+def plain_round(
+    cfg: SecAggConfig,
+    quant: Quantizer,
+    updates: dict[str, np.ndarray],
+    weights: dict[str, int],
+    finished: list[str],
+) -> tuple[float, float, float, float]:
+    """The baseline: the same quantized vectors, unmasked, in the same frames, summed."""
+    t_wall = time.perf_counter()
+    plain_client_s = 0.0
+    frames = []
+    for c in finished:
+        t0 = time.perf_counter()
+        vec = quant.encode(updates[c], weights[c])
+        frames.append(MaskedInput(cfg.round_id, c, vec.astype("<u4").tobytes()).encode())
+        plain_client_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    total = np.zeros(cfg.length, dtype=np.uint32)
+    for frame in frames:
+        msg = decode(frame)
+        assert isinstance(msg, MaskedInput)
+        total += np.frombuffer(msg.vector, dtype="<u4")
+    plain_server_s = time.perf_counter() - t0
+    plain_total_s = time.perf_counter() - t_wall
+    return plain_client_s, plain_server_s, plain_total_s, sum(map(len, frames)) / len(frames)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=100)
@@ -83,30 +110,15 @@ def main() -> int:
     finished = [c for c in ids if c not in dropped]
     bytes_per_client = sum(run.bytes_sent[c] for c in finished) / len(finished)
 
-    # -- plain: the same quantized vectors, unmasked, in the same frames
-    t_wall = time.perf_counter()
-    plain_client_s = 0.0
-    frames = []
-    for c in finished:
-        t0 = time.perf_counter()
-        vec = quant.encode(updates[c], weights[c])
-        frames.append(MaskedInput(cfg.round_id, c, vec.astype("<u4").tobytes()).encode())
-        plain_client_s += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    total = np.zeros(cfg.length, dtype=np.uint32)
-    for frame in frames:
-        msg = decode(frame)
-        assert isinstance(msg, MaskedInput)
-        total += np.frombuffer(msg.vector, dtype="<u4")
-    plain_server_s = time.perf_counter() - t0
-    plain_total_s = time.perf_counter() - t_wall
-    plain_bytes = sum(map(len, frames)) / len(frames)
+    plain_client_s, plain_server_s, plain_total_s, plain_bytes = plain_round(
+        cfg, quant, updates, weights, finished
+    )
 
     expected = np.zeros(cfg.length, dtype=np.uint32)
     for c in finished:
         expected += vectors[c]
     exact = bool(np.array_equal(server.result, expected))
-    mean, weight = quant.decode_mean(server.result)
+    _, weight = quant.decode_mean(server.result)
 
     print(f"machine        {platform.processor() or platform.machine()}, load {os.getloadavg()}")
     print(f"secagg+        k={cfg.k} holders={cfg.k + 1} t={cfg.t} bits={cfg.bits}")
