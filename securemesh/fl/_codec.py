@@ -82,46 +82,56 @@ class Reader:
     __slots__ = ("_data", "_pos")
 
     def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
+        self._data = bytes(data)
         self._pos = 0
 
-    def _take(self, size: int) -> memoryview:
-        end = self._pos + size
+    def _take(self, size: int) -> bytes:
+        pos = self._pos
+        end = pos + size
         if end > len(self._data):
             raise DecodeError("truncated message")
-        view = self._data[self._pos : end]
         self._pos = end
-        return view
+        return self._data[pos:end]
+
+    def _unpack(self, fmt: struct.Struct) -> int:
+        pos = self._pos
+        if pos + fmt.size > len(self._data):
+            raise DecodeError("truncated message")
+        self._pos = pos + fmt.size
+        return int(fmt.unpack_from(self._data, pos)[0])
 
     def u8(self) -> int:
-        return int(_U8.unpack(self._take(1))[0])
+        return self._unpack(_U8)
 
     def u16(self) -> int:
-        return int(_U16.unpack(self._take(2))[0])
+        return self._unpack(_U16)
 
     def u32(self) -> int:
-        return int(_U32.unpack(self._take(4))[0])
+        return self._unpack(_U32)
 
     def fixed(self, size: int) -> bytes:
-        return bytes(self._take(size))
+        return self._take(size)
 
     def blob(self, limit: int) -> bytes:
         size = self.u32()
         if size > limit:
             raise SizeLimitExceeded(f"field of {size} bytes exceeds its limit of {limit}")
-        return bytes(self._take(size))
+        return self._take(size)
 
     def text(self, limit: int) -> str:
         size = self.u16()
         if size > limit:
             raise SizeLimitExceeded(f"text of {size} bytes exceeds its limit of {limit}")
         try:
-            return bytes(self._take(size)).decode("utf-8")
+            return self._take(size).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError("text is not UTF-8") from exc
 
     def ident(self) -> str:
-        return check_client_id(self.text(MAX_ID_SIZE))
+        value = self.text(MAX_ID_SIZE)
+        if _ID.fullmatch(value) is None:
+            raise DecodeError("invalid client id")
+        return value
 
     def count(self, limit: int) -> int:
         n = self.u32()

@@ -320,7 +320,7 @@ def decode(frame: bytes, *, max_size: int = MAX_FRAME) -> Message:
         raise DecodeError("a frame is bytes")
     if len(frame) > max_size:
         raise SizeLimitExceeded(f"frame of {len(frame)} bytes exceeds {max_size}")
-    r = Reader(bytes(frame) if not isinstance(frame, bytes) else frame)
+    r = Reader(frame)
     if r.fixed(4) != MAGIC:
         raise DecodeError("not a secure-aggregation frame")
     if r.u8() != VERSION:
