@@ -278,3 +278,12 @@ def test_config_refuses_weak_thresholds_and_odd_sparse_degree() -> None:
     assert all(c in cfg.neighbours(v) for c in cohort for v in cfg.neighbours(c))
     other = SecAggConfig(cohort=cohort, **{**base, "graph_seed": bytes([1]) * 32})
     assert any(cfg.neighbours(c) != other.neighbours(c) for c in cohort)
+
+
+def test_docs_round_example_runs() -> None:
+    from docs_support import marked_block
+
+    printed: list[object] = []
+    code = marked_block("federated-learning.md", "fl-secagg-round")
+    exec(compile(code, "docs/federated-learning.md", "exec"), {"print": printed.append})
+    assert printed == ["k=10 t=6 survivors=19"]
