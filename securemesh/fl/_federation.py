@@ -9,7 +9,7 @@ Each round (McMahan et al. 2017, Algorithm 1; Li et al. 2020 for FedProx):
 3. the aggregation mode (``plain``, ``secagg``, or a registered one such as
    ``he``) returns the weighted mean over the clients that stayed;
 4. the global model moves by ``server_lr`` times that mean, and one audit
-   event ``fl.round`` records the round number, the participants, the
+   event ``fl.round_finished`` records the round number, the participants, the
    survivors and the SHA-256 of the new global parameters (float64,
    little-endian). Exclusions (bad shares, forged signatures) are audited as
    ``fl.client_excluded``, aborted rounds as ``fl.round_aborted``.
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,9 +34,10 @@ from securemesh.fl._models import FloatArray, IntArray, Model
 from securemesh.fl._secagg import RoundAborted
 from securemesh.fl._train import LocalTraining, train_local
 
-__all__ = ["AUDIT_KINDS", "Federation", "RoundRecord", "model_hash"]
+__all__ = ["AUDIT_KINDS", "Federation", "RoundRecord", "id_list", "model_hash", "round_details"]
 
-AUDIT_KINDS = ("fl.round", "fl.round_aborted", "fl.client_excluded")
+AUDIT_KINDS = ("fl.round_started", "fl.round_finished", "fl.round_aborted", "fl.client_excluded")
+_MAX_DETAIL = 1024  # securemesh.audit.events.MAX_DETAIL_STR_LENGTH
 AuditFn = Callable[[str, dict[str, object]], None]
 DropoutFn = Callable[[int, tuple[str, ...]], Mapping[str, str]]
 
@@ -46,12 +47,41 @@ def model_hash(params: FloatArray) -> str:
     return hashlib.sha256(np.asarray(params, dtype="<f8").tobytes()).hexdigest()
 
 
+def id_list(ids: Sequence[str]) -> str:
+    """Node ids for an audit detail: comma-joined, or ``sha256:<hex>`` of that when too long."""
+    joined = ",".join(ids)
+    if len(joined) <= _MAX_DETAIL:
+        return joined
+    return "sha256:" + hashlib.sha256(joined.encode()).hexdigest()
+
+
+def round_details(
+    round_no: int,
+    mode: str,
+    participants: Sequence[str],
+    survivors: Sequence[str],
+    digest: str,
+) -> dict[str, object]:
+    """The flat details of an ``fl.round_finished`` audit event (audit details are scalars)."""
+    gone = [c for c in participants if c not in set(survivors)]
+    return {
+        "round": round_no,
+        "mode": mode,
+        "model_hash": digest,
+        "participants_n": len(participants),
+        "survivors_n": len(survivors),
+        "participants": id_list(participants),
+        "survivors": id_list(survivors),
+        "dropped": id_list(gone),
+    }
+
+
 @dataclass(frozen=True)
 class RoundRecord:
     round: int
     participants: tuple[str, ...]
     survivors: tuple[str, ...]
-    model_sha256: str
+    model_hash: str
     accuracy: float | None = None
     epsilon: float | None = None
     aborted: str | None = None
@@ -117,7 +147,7 @@ class Federation:
             )
             self._record(
                 "fl.round_aborted",
-                {"round": r, "participants": list(chosen), "reason": str(exc)},
+                {"round": r, "participants": id_list(chosen), "reason": str(exc)[:_MAX_DETAIL]},
             )
             self.history.append(rec)
             return rec
@@ -128,7 +158,7 @@ class Federation:
                     "round": r,
                     "client": ex.client,
                     "stage": ex.stage,
-                    "reason": ex.reason,
+                    "reason": ex.reason[:_MAX_DETAIL],
                     "accuser": ex.accuser,
                 },
             )
@@ -141,7 +171,8 @@ class Federation:
                     r, chosen, agg.survivors, model_hash(self.params), self.accuracy(), None, reason
                 )
                 self._record(
-                    "fl.round_aborted", {"round": r, "participants": list(chosen), "reason": reason}
+                    "fl.round_aborted",
+                    {"round": r, "participants": id_list(chosen), "reason": reason},
                 )
                 self.history.append(rec)
                 return rec
@@ -151,16 +182,10 @@ class Federation:
         self.params = self.params + self.server_lr * mean
         digest = model_hash(self.params)
         rec = RoundRecord(r, chosen, agg.survivors, digest, self.accuracy(), epsilon)
-        details: dict[str, object] = {
-            "round": r,
-            "mode": self.aggregator.name,
-            "participants": list(chosen),
-            "survivors": list(agg.survivors),
-            "model_sha256": digest,
-        }
+        details = round_details(r, self.aggregator.name, chosen, agg.survivors, digest)
         if epsilon is not None:
             details["epsilon"] = round(epsilon, 4)
             details["delta"] = self.dp.delta if self.dp else None
-        self._record("fl.round", details)
+        self._record("fl.round_finished", details)
         self.history.append(rec)
         return rec

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fl_support import ShareForger
 
+from securemesh.audit.events import new_event
 from securemesh.crypto import Ed25519Signer
 from securemesh.errors import ConfigError
 from securemesh.fl import (
@@ -65,7 +66,7 @@ def test_fedprox_with_mu_zero_equals_fedavg() -> None:
         fed.run(3)
         runs.append(fed)
     assert np.array_equal(runs[0].params, runs[1].params)
-    assert [r.model_sha256 for r in runs[0].history] == [r.model_sha256 for r in runs[1].history]
+    assert [r.model_hash for r in runs[0].history] == [r.model_hash for r in runs[1].history]
 
 
 def test_fedprox_term_pulls_towards_the_global_model() -> None:
@@ -100,12 +101,15 @@ def test_federation_learns_and_audits_each_round() -> None:
     fed.run(4)
     assert fed.history[-1].accuracy is not None
     assert fed.history[-1].accuracy > 0.9
-    assert [k for k, _ in events] == ["fl.round"] * 4
+    assert [k for k, _ in events] == ["fl.round_finished"] * 4
+    for kind, details in events:  # valid audit events (flat details, model_hash required)
+        new_event(kind, origin="cloud-1", subject=("round", str(details["round"])), details=details)
     last = events[-1][1]
     assert last["round"] == 4
-    assert last["model_sha256"] == model_hash(fed.params)
-    assert last["participants"] == list(fed.history[-1].participants)
-    assert len(last["participants"]) == 5  # type: ignore[arg-type]
+    assert last["model_hash"] == model_hash(fed.params)
+    assert last["participants"] == ",".join(fed.history[-1].participants)
+    assert last["participants_n"] == 5
+    assert last["dropped"] == ""
 
 
 def test_secagg_mode_matches_plain_within_quantization_and_drops_are_survived() -> None:
@@ -143,9 +147,10 @@ def test_secagg_federation_audits_an_excluded_forger() -> None:
     assert forger not in rec.survivors
     assert len(rec.survivors) == 5
     kinds = [k for k, _ in events]
-    assert kinds == ["fl.client_excluded", "fl.round"]
+    assert kinds == ["fl.client_excluded", "fl.round_finished"]
     assert events[0][1]["client"] == forger
-    assert events[1][1]["survivors"] == list(rec.survivors)
+    assert events[1][1]["survivors"] == ",".join(rec.survivors)
+    assert events[1][1]["dropped"] == forger
 
 
 def test_secagg_round_below_threshold_is_audited_as_aborted() -> None:
