@@ -77,7 +77,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
                 cloud, m.dir("edge-a"), "edge-a", PASSPHRASE, top=TOP + EDGE_TOP, tables=EDGE_RULES
             )
             daemons.run("edge-a", m.dir("edge-a"))
-            tokens = {name: end_token(m.dir("edge-a")) for name in [*DEVICES, "edge-a.ops"]}
+            tokens = {
+                name: end_token(m.dir("edge-a")) for name in [*DEVICES, "edge-a.ops", "edge-a.cli"]
+            }
             created = time.time()
             poll(
                 lambda: read_status(m.dir("edge-a"))["written_at"] > created,
@@ -88,6 +90,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
                     token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
                     timeout=20, kdf_params=UNSAFE_FAST_PARAMS,
                 )  # fmt: skip
+                if name == "edge-a.cli":  # the CLI connects it itself
+                    continue
                 m.devices[name] = Device.connect(
                     root / name, passphrase=PASSPHRASE, connect_timeout=20
                 )
@@ -153,3 +157,25 @@ def test_a_small_federation_over_real_daemons_survives_a_dropout(mesh: DeviceMes
     assert all(r["details"]["survivors"] == ",".join(DEVICES[:4]) for r in rows)
     assert all(r["details"]["dropped"] == DEVICES[4] for r in rows)
     assert x.shape[0] == y.shape[0]
+
+
+def test_fl_cli_runs_a_round_and_reports_status(mesh: DeviceMesh) -> None:
+    """``securemesh fl run --wait`` and ``fl status`` (after the test above joined devices)."""
+    env = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
+    cli_dir = str(mesh.dir("edge-a.cli"))
+    out = cli(
+        "fl", "run", "--to", "edge-a", "--data-dir", cli_dir, "--rounds", "1",
+        "--clients-per-round", "4", "--zeros", str(MODEL.size), "--clip", "2",
+        "--stage-timeout", "4", "--wait", "90", "-o", "json", env=env,
+    )  # fmt: skip
+    done = json.loads(out)
+    assert done["started"] is True
+    assert done["running"] is False
+    assert done["last round"] == 3  # after the two rounds of the test above
+    assert done["last aborted"] is None
+    status = json.loads(
+        cli("fl", "status", "--to", "edge-a", "--data-dir", cli_dir, "-o", "json", env=env)
+    )
+    assert status["rounds"] == 3
+    assert len(status["last"]["participants"]) == 4
+    assert len(status["last"]["model_hash"]) == 64

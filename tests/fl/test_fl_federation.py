@@ -205,3 +205,11 @@ def test_he_mode_is_a_documented_hook() -> None:
         from securemesh.fl import _aggregate
 
         _aggregate._REGISTRY.pop("he", None)
+
+
+def test_fl_cli_mistakes_are_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from securemesh.cli import main
+
+    assert main(["fl", "run", "--to", "edge-a", "--clients-per-round", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: give exactly one of --init FILE and --zeros N"]
