@@ -501,6 +501,7 @@ class SecAggServer:
         self._outbox: list[tuple[str, bytes]] = []
         self._exclusions: list[Exclusion] = []
         self._excluded: set[str] = set()
+        self._gone: set[str] = set()
         self._adv: dict[str, AdvertiseKeys] = {}
         self._u2: frozenset[str] = frozenset()
         self._forwarded: dict[str, set[str]] = {}
@@ -543,7 +544,12 @@ class SecAggServer:
             self._advance(now)
 
     def receive(self, sender: str, frame: bytes, now: float) -> None:
-        if self.finished or sender not in self._stage.expected or sender in self._excluded:
+        if (
+            self.finished
+            or sender not in self._stage.expected
+            or sender in self._excluded
+            or sender in self._gone
+        ):
             return  # late, unknown or excluded: nothing to do (counted by the caller)
         if sender in self._stage.got:
             self._exclude(sender, "second message in one stage")
@@ -557,7 +563,20 @@ class SecAggServer:
                 self._accept(sender, msg)
             except RemoteError as exc:
                 self._exclude(sender, f"{type(exc).__name__}: {exc}")
-        if set(self._stage.got) >= self._stage.expected - self._excluded:
+        self._maybe_advance(now)
+
+    def forget(self, client: str, now: float) -> None:
+        """``client`` is unreachable (the transport says so): stop waiting for it this round.
+
+        It is treated exactly like a client that misses the stage deadline, only
+        sooner; nothing it sent before is discarded.
+        """
+        if not self.finished and client in self.config.cohort:
+            self._gone.add(client)
+            self._maybe_advance(now)
+
+    def _maybe_advance(self, now: float) -> None:
+        if set(self._stage.got) >= self._stage.expected - self._excluded - self._gone:
             self._advance(now)
 
     def _accept(self, sender: str, msg: Message) -> None:

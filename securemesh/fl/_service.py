@@ -148,11 +148,14 @@ class FLCoordinator(Service):
             self._server = None
 
     async def _send(self, dest: str, msg_type: str, body: RoundBody | bytes, frame: bytes) -> None:
-        """Send, counting a failure: a device that is gone is a dropout, not our failure."""
+        """Send; a device that cannot be reached is a dropout (counted), not our failure."""
         try:
             await self.ctx.send(dest, msg_type, body, [frame])
         except SecureMeshError:
             self.send_failures += 1
+            if self._server is not None:  # unreachable: a dropout now, not at the deadline
+                self._server.forget(dest, self.ctx.clock())
+                self._wake.set()
 
     async def _flush(self, server: SecAggServer) -> None:
         for client, frame in server.take_outbox():
