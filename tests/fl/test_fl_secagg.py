@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fl_support import ShareForger, make_cohort, pick_dropouts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from securemesh.crypto import Ed25519Signer
 from securemesh.crypto.kx import derive_shared_key
 from securemesh.crypto.prg import expand_mask
 from securemesh.crypto.shamir import Share, interpolate_at_zero
 from securemesh.errors import LocalError
-from securemesh.fl import ClientState, SecAggConfig, ServerState, run_in_memory
+from securemesh.fl import DROP_STAGES, ClientState, SecAggConfig, ServerState, run_in_memory
 from securemesh.fl._messages import ShareKeys, UnmaskShares, decode
 from securemesh.fl._secagg import _Agreement
 
@@ -299,3 +301,23 @@ def test_an_unreachable_client_is_forgotten_without_waiting_for_the_deadline() -
     server.forget(cohort.config.cohort[5], 0.1)
     assert server.state is ServerState.SHARE  # no deadline needed
     assert server.stage_counts["advertise"] == 5
+
+
+@settings(max_examples=8)
+@given(st.data())
+def test_any_dropout_pattern_gives_the_exact_sum_or_a_stated_abort(data: st.DataObject) -> None:
+    """Protocol invariant: whoever drops when, the result is exact over U3 or there is none."""
+    cohort = make_cohort(7, length=16, degree=6, seed=11)  # t = 4
+    drops = data.draw(
+        st.dictionaries(st.sampled_from(cohort.config.cohort), st.sampled_from(DROP_STAGES))
+    )
+    run = run_in_memory(cohort.server(), cohort.clients(), dropouts=drops)
+    server = run.server
+    if server.state is ServerState.DONE:
+        assert len(server.survivors) >= cohort.config.t
+        assert not any(drops.get(c) in ("advertise", "share", "masked") for c in server.survivors)
+        assert np.array_equal(server.result, cohort.expected(server.survivors))
+    else:
+        assert server.state is ServerState.ABORTED
+        assert server.result is None
+        assert server.abort_reason
