@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from fl_support import ShareForger, make_cohort, pick_dropouts
@@ -14,7 +16,14 @@ from securemesh.crypto.prg import expand_mask
 from securemesh.crypto.shamir import Share, interpolate_at_zero
 from securemesh.errors import LocalError
 from securemesh.fl import DROP_STAGES, ClientState, SecAggConfig, ServerState, run_in_memory
-from securemesh.fl._messages import ShareKeys, UnmaskShares, decode
+from securemesh.fl._messages import (
+    AdvertiseKeys,
+    RoundKeys,
+    ShareKeys,
+    SurvivorSet,
+    UnmaskShares,
+    decode,
+)
 from securemesh.fl._secagg import _Agreement
 
 
@@ -321,3 +330,28 @@ def test_any_dropout_pattern_gives_the_exact_sum_or_a_stated_abort(data: st.Data
         assert server.state is ServerState.ABORTED
         assert server.result is None
         assert server.abort_reason
+
+
+def test_client_refuses_a_substituted_key_and_a_survivor_set_without_it() -> None:
+    """What a server that lies gets: the client aborts, it reveals nothing."""
+    cohort = make_cohort(4, length=8, degree=3)
+    cfg = cohort.config
+    me, other = cfg.cohort[0], cfg.cohort[1]
+    client = cohort.clients()[me]
+    client.start()
+    peer = cohort.clients()[other]
+    real = decode(peer.start())
+    assert isinstance(real, AdvertiseKeys)
+    swapped = replace(real, c_pk=_Agreement(bytes(range(32))).public())  # the server's own key
+    assert client.receive(RoundKeys(cfg.round_id, (swapped,)).encode(), 1.0) is None
+    assert client.state is ClientState.ABORTED
+    assert client.abort_reason == "AuthenticationError: signature does not verify"
+    # a survivor set that leaves the client out, at the consistency stage
+    run = run_in_memory(cohort.server(), cohort.clients())
+    assert run.server.state is ServerState.DONE
+    victim = cohort.clients()[me]
+    victim.state = ClientState.MASKED  # as after sending its masked input
+    assert victim.receive(SurvivorSet(cfg.round_id, cfg.cohort[1:]).encode(), 1.0) is None
+    assert victim.abort_reason == (
+        "RoundAborted: the server left this client out of the survivor set"
+    )
