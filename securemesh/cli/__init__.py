@@ -60,6 +60,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "securemesh.cli._task",
     ),
     (
+        "fl",
+        "start secure-aggregation FL rounds and read their progress (as an enrolled device)",
+        "securemesh.cli._fl",
+    ),
+    (
         "store",
         "encrypted, erasure-coded objects on the edges (as an enrolled device)",
         "securemesh.cli._store",

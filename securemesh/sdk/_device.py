@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from securemesh.crypto.certs import Certificate
     from securemesh.crypto.keystore import KdfParams
+    from securemesh.fl import Participant, TrainFn
     from securemesh.sdk._async import AsyncDevice, Auth, Handler, State
     from securemesh.sdk._message import Message
     from securemesh.tasks import ObjectRef, SignedTaskResult, TaskIntent, TaskRequest, TaskState
@@ -444,6 +445,50 @@ class Device:
             device=self,
             scheduler=scheduler,
         )
+
+    def join_federation(
+        self,
+        coordinator: str,
+        train: TrainFn,
+        *,
+        samples: int,
+        timeout: float = 10.0,
+    ) -> Participant:
+        """Take part in the federation coordinated by node ``coordinator`` (federated-learning.md).
+
+        ``train(global_params) -> (new_params, samples_used)`` is called on an
+        SDK handler thread at every round this device is selected for; the
+        update ``new - global`` is quantized and sent only masked (SecAgg+):
+        the coordinator learns the sum over the round's survivors. Returns
+        the :class:`~securemesh.fl.Participant` (``rounds_done``,
+        ``last_error``, ``state``). Only messages from ``coordinator`` are
+        taken; the join itself is a REQUEST answered by the coordinator.
+        """
+        from securemesh.fl import (  # noqa: PLC0415 - lazy: numpy and the FL core only when used
+            MSG_JOIN,
+            MSG_ROUND,
+            MSG_SECAGG,
+            Participant,
+            RoundBody,
+        )
+
+        def send(msg_type: str, body: bytes, frames: Sequence[bytes]) -> None:
+            self.send(coordinator, msg_type, body, frames)
+
+        participant = Participant(self.node_id, train, send, samples=samples)
+
+        def on_round(msg: Message) -> None:
+            if msg.sender == coordinator:
+                participant.on_round(msg.body(RoundBody), msg.frames)
+
+        def on_secagg(msg: Message) -> None:
+            if msg.sender == coordinator:
+                participant.on_secagg(msg.frames)
+
+        self.on(MSG_ROUND, on_round)
+        self.on(MSG_SECAGG, on_secagg)
+        self.request(coordinator, MSG_JOIN, participant.join_body(), timeout=timeout)
+        return participant
 
     def on(
         self,

@@ -1,0 +1,73 @@
+"""The FL messages on the bus: bodies (strict pydantic) and their types.
+
+``fl.join`` (device -> coordinator, REQUEST): the device's per-federation
+Ed25519 key for the protocol's own signatures, and its sample count. The
+envelope is signed by the device's identity, so the binding key -> node id is
+authenticated by the bus. ``fl.round_finished`` (coordinator -> device): one round's
+parameters, the cohort's protocol keys, and the global parameters as a raw
+frame (little-endian float64). ``fl.secagg`` (both ways): one secure-
+aggregation frame (:mod:`securemesh.fl._messages`) as a raw frame.
+``fl.run`` / ``fl.status`` (REQUEST, to the coordinator): start rounds,
+report progress.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "MSG_JOIN",
+    "MSG_ROUND",
+    "MSG_RUN",
+    "MSG_SECAGG",
+    "MSG_STATUS",
+    "JoinBody",
+    "RoundBody",
+    "RunBody",
+]
+
+MSG_JOIN = "fl.join"
+MSG_ROUND = "fl.round_finished"
+MSG_SECAGG = "fl.secagg"
+MSG_RUN = "fl.run"
+MSG_STATUS = "fl.status"
+
+Hex32 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Hex16 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class JoinBody(_Strict):
+    key: Hex32
+    samples: int = Field(ge=1, le=1_000_000_000)
+
+
+class RoundBody(_Strict):
+    round: int = Field(ge=1)
+    round_id: Hex16
+    graph_seed: Hex32
+    cohort: list[NodeId] = Field(min_length=2, max_length=10_000)
+    keys: dict[NodeId, Hex32]
+    length: int = Field(ge=1, le=1 << 24)
+    bits: int = Field(ge=8, le=62)
+    degree: int = Field(ge=1)
+    threshold: int = Field(ge=1)
+    stage_timeout: float = Field(gt=0, le=3600)
+    clip: float = Field(gt=0)
+    levels: int = Field(ge=1)
+    max_clients: int = Field(ge=1)
+    max_weight: int = Field(ge=1)
+
+
+class RunBody(_Strict):
+    rounds: int = Field(ge=1, le=10_000)
+    clients_per_round: int = Field(ge=2, le=10_000)
+    mode: Literal["secagg", "plain"] = "secagg"
+    clip: float = Field(default=1.0, gt=0)
+    stage_timeout: float = Field(default=10.0, gt=0, le=3600)

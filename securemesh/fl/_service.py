@@ -1,0 +1,248 @@
+"""The FL coordinator: a ``Service`` on a cloud or edge node (docs/federated-learning.md §5).
+
+Devices join with ``fl.join`` (their per-federation protocol key, signed by
+the bus envelope); an operator or an authorized device starts rounds with
+``fl.run``. Each round the coordinator picks the cohort among the joined
+devices (``ctx.rng``), announces the round (``fl.round_finished``: parameters, the
+cohort's keys, the global model), and drives a
+:class:`~securemesh.fl.SecAggServer` with the ``fl.secagg`` frames it
+receives and its own clock (``ctx.clock``): every stage has its deadline, a
+silent device is dropped, a round below threshold aborts. The new global
+model's SHA-256, the participants and the survivors are audited
+(``fl.round_finished``); exclusions and aborts too.
+
+Bounded: at most ``max_participants`` joined devices (a re-join replaces the
+key); one round at a time; per device one frame per stage (the server state
+machine excludes a second); frames over the size limit are refused by the
+bus limits and by the frame decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from typing import Any
+
+import numpy as np
+
+from securemesh.errors import DecodeError, LocalError, SecureMeshError
+from securemesh.fl._bus import (
+    MSG_JOIN,
+    MSG_ROUND,
+    MSG_RUN,
+    MSG_SECAGG,
+    MSG_STATUS,
+    JoinBody,
+    RoundBody,
+    RunBody,
+)
+from securemesh.fl._config import SecAggConfig
+from securemesh.fl._federation import AUDIT_KINDS, id_list, model_hash, round_details
+from securemesh.fl._quant import Quantizer
+from securemesh.fl._secagg import SecAggServer
+from securemesh.node import NodeContext, Service, VerifiedMessage
+from securemesh.policy import AllowTypes
+
+__all__ = ["FLCoordinator"]
+
+_TICK = 0.1
+_MAX_WEIGHT = 100_000
+
+
+def _json(value: dict[str, object]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+class FLCoordinator(Service):
+    """``services = ["securemesh.fl:FLCoordinator"]`` in ``node.toml``."""
+
+    name = "fl"
+    audit_kinds = AUDIT_KINDS
+
+    def __init__(self, *, max_participants: int = 1000, bits: int = 32) -> None:
+        self.max_participants = max_participants
+        self.bits = bits
+        self._joined: dict[str, tuple[bytes, int]] = {}
+        self._server: SecAggServer | None = None
+        self._wake = asyncio.Event()
+        self._running = False
+        self.params: np.ndarray | None = None
+        self.history: list[dict[str, Any]] = []
+        self.rejected = 0
+        self.send_failures = 0
+
+    def install(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        end = AllowTypes(types=[MSG_JOIN, MSG_SECAGG, MSG_STATUS, MSG_RUN], tiers=["end"])
+        ctx.on(MSG_JOIN, self._on_join, policy=end)
+        ctx.on(MSG_SECAGG, self._on_secagg, policy=end)
+        ctx.on(MSG_RUN, self._on_run, policy=end)
+        ctx.on(MSG_STATUS, self._on_status, policy=end)
+
+    async def start(self) -> None:
+        pass  # rounds start on fl.run
+
+    async def stop(self) -> None:
+        self._wake.set()
+
+    def status(self) -> dict[str, object]:
+        return {
+            "joined": len(self._joined),
+            "running": self._running,
+            "rounds": len(self.history),
+            "last": self.history[-1] if self.history else None,
+            "stage": None if self._server is None else self._server.state.value,
+            "rejected_frames": self.rejected,
+            "send_failures": self.send_failures,
+        }
+
+    # -- handlers
+    def _on_join(self, msg: VerifiedMessage) -> bytes:
+        body = msg.body(JoinBody)
+        if msg.sender not in self._joined and len(self._joined) >= self.max_participants:
+            raise LocalError("the federation is full")
+        self._joined[msg.sender] = (bytes.fromhex(body.key), body.samples)
+        return _json({"joined": True, "participants": len(self._joined)})
+
+    def _on_status(self, msg: VerifiedMessage) -> bytes:
+        return _json(self.status())
+
+    def _on_run(self, msg: VerifiedMessage) -> bytes:
+        body = msg.body(RunBody)
+        if self._running:
+            raise LocalError("a federation run is already in progress")
+        frames = msg.raw_frames
+        if len(frames) != 1 or len(frames[0]) % 8 or not frames[0]:
+            raise DecodeError("fl.run carries the initial parameters as one float64 frame")
+        if body.mode != "secagg":
+            raise LocalError("over the bus only mode 'secagg' is built")
+        if len(self._joined) < body.clients_per_round:
+            raise LocalError(
+                f"only {len(self._joined)} devices joined, {body.clients_per_round} per round asked"
+            )
+        self.params = np.frombuffer(bytes(frames[0]), dtype="<f8").astype(np.float64)
+        self._running = True
+        self.ctx.spawn(self._run(body), name="fl-run")
+        return _json(
+            {"started": True, "rounds": body.rounds, "model_hash": model_hash(self.params)}
+        )
+
+    def _on_secagg(self, msg: VerifiedMessage) -> None:
+        server = self._server
+        frames = msg.raw_frames
+        if server is None or len(frames) != 1:
+            self.rejected += 1
+            return
+        server.receive(msg.sender, bytes(frames[0]), self.ctx.clock())
+        self._wake.set()
+
+    # -- rounds
+    async def _run(self, body: RunBody) -> None:
+        try:
+            for _ in range(body.rounds):
+                await self._round(body)
+        finally:
+            self._running = False
+            self._server = None
+
+    async def _send(self, dest: str, msg_type: str, body: RoundBody | bytes, frame: bytes) -> None:
+        """Send; a device that cannot be reached is a dropout (counted), not our failure."""
+        try:
+            await self.ctx.send(dest, msg_type, body, [frame])
+        except SecureMeshError:
+            self.send_failures += 1
+            if self._server is not None:  # unreachable: a dropout now, not at the deadline
+                self._server.forget(dest, self.ctx.clock())
+                self._wake.set()
+
+    async def _flush(self, server: SecAggServer) -> None:
+        for client, frame in server.take_outbox():
+            await self._send(client, MSG_SECAGG, b"{}", frame)
+
+    async def _round(self, body: RunBody) -> None:
+        assert self.params is not None
+        r = len(self.history) + 1
+        rnd = random.Random(self.ctx.rng(32))  # noqa: S311 - selection is not a secret
+        cohort = tuple(sorted(rnd.sample(sorted(self._joined), body.clients_per_round)))
+        keys = {c: self._joined[c][0] for c in cohort}
+        quant = Quantizer.fitting(
+            bits=self.bits, clip=body.clip, max_clients=len(cohort), max_weight=_MAX_WEIGHT
+        )
+        config = SecAggConfig(
+            round_id=self.ctx.rng(16),
+            cohort=cohort,
+            length=quant.encoded_length(self.params.size),
+            graph_seed=self.ctx.rng(32),
+            bits=self.bits,
+            stage_timeout=body.stage_timeout,
+        )
+        server = SecAggServer(config, keys, now=self.ctx.clock())
+        self._server = server
+        announce = RoundBody(
+            round=r,
+            round_id=config.round_id.hex(),
+            graph_seed=config.graph_seed.hex(),
+            cohort=list(cohort),
+            keys={c: k.hex() for c, k in keys.items()},
+            length=config.length,
+            bits=config.bits,
+            degree=config.k,
+            threshold=config.t,
+            stage_timeout=config.stage_timeout,
+            clip=quant.clip,
+            levels=quant.levels,
+            max_clients=quant.max_clients,
+            max_weight=quant.max_weight,
+        )
+        self.ctx.audit.record(
+            "fl.round_started",
+            ("round", str(r)),
+            details={"round": r, "participants": id_list(cohort), "threshold": config.t},
+        )
+        frame = self.params.astype("<f8").tobytes()
+        for c in cohort:
+            await self._send(c, MSG_ROUND, announce, frame)
+        while not server.finished:
+            self._wake.clear()
+            await self._flush(server)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _TICK)
+            server.tick(self.ctx.clock())
+        await self._flush(server)
+        for ex in server.take_exclusions():
+            self.ctx.audit.record(
+                "fl.client_excluded",
+                ("node", ex.client),
+                outcome="failure",
+                details={
+                    "round": r,
+                    "stage": ex.stage,
+                    "reason": ex.reason[:200],
+                    "accuser": ex.accuser,
+                },
+            )
+        if server.result is None:
+            reason = server.abort_reason or "aborted"
+            self.history.append({"round": r, "aborted": reason})
+            self.ctx.audit.record(
+                "fl.round_aborted",
+                ("round", str(r)),
+                outcome="failure",
+                details={"round": r, "participants": id_list(cohort), "reason": reason[:200]},
+            )
+            return
+        mean, _ = quant.decode_mean(server.result)
+        self.params = self.params + mean
+        digest = model_hash(self.params)
+        self.history.append(
+            {
+                "round": r,
+                "participants": list(cohort),
+                "survivors": list(server.survivors),
+                "model_hash": digest,
+            }
+        )
+        details = round_details(r, "secagg", cohort, server.survivors, digest)
+        self.ctx.audit.record("fl.round_finished", ("round", str(r)), details=details)
