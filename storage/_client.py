@@ -43,9 +43,17 @@ from securemesh.errors import (
     SecureMeshError,
     TransportError,
 )
+from securemesh.node import AuditRecorderLike
 from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import ObjectUnreadable
-from securemesh.storage._manifest import Manifest, open_manifest, sign_manifest
+from securemesh.storage._manifest import (
+    Manifest,
+    open_manifest,
+    share_manifest,
+    sign_manifest,
+    unshare_manifest,
+    unwrap_data_key,
+)
 from securemesh.storage._messages import (
     MSG_CHALLENGE,
     MSG_MANIFEST_DELETE,
@@ -85,7 +93,7 @@ from securemesh.storage._proof import (
 
 __all__ = [
     "KIND_CHALLENGE",
-    "AuditHook",
+    "KIND_SHARE",
     "GetReport",
     "RepairReport",
     "ReplyLike",
@@ -96,19 +104,7 @@ __all__ = [
 
 
 KIND_CHALLENGE = "storage.challenge"
-
-
-class AuditHook(Protocol):
-    """Records an audit event (``ctx.audit.record`` or ``Device.record_audit``)."""
-
-    def __call__(
-        self,
-        kind: str,
-        subject: tuple[str, str],
-        *,
-        outcome: str = "success",
-        details: dict[str, object] | None = None,
-    ) -> object: ...
+KIND_SHARE = "storage.share"
 
 
 class ReplyLike(Protocol):
@@ -214,7 +210,7 @@ class StorageClient:
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
-        audit: AuditHook | None = None,
+        audit: AuditRecorderLike | None = None,
     ) -> None:
         self._req = requester
         self._audit = audit
@@ -568,6 +564,71 @@ class StorageClient:
         body = ShardPutBody(object_id=object_id, hash=shard_hash(data).hex())
         await self._req.request(node, MSG_SHARD_PUT, body, [data], timeout=self.timeout)
 
+    # ---------------------------------------------------------------- share
+
+    async def share(
+        self,
+        name: str,
+        reader_id: str,
+        reader_kx_public: bytes,
+        *,
+        nodes: builtins.list[Candidate] | None = None,
+    ) -> Manifest:
+        """Let ``reader_id`` read our object ``name``: wrap its data key for the reader.
+
+        ``reader_kx_public`` is the reader's X25519 key (its certificate's
+        ``kx_key``). The data key is unwrapped with our key, sealed to the
+        reader's (:func:`share_manifest`), and the manifest is re-signed as a
+        new version (later ``created_ms``; shards unchanged) and stored where
+        the old one was. The reader then ``get``s it with ``owner=`` our node id
+        and ``owner_key=`` our verify key. Recorded as ``storage.share``
+        (details: reader, action) through the client's audit recorder.
+        """
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        data_key = unwrap_data_key(manifest, self.node_id, self._kx_secret)
+        shared = share_manifest(
+            manifest,
+            data_key=data_key,
+            reader_id=reader_id,
+            reader_kx_public=reader_kx_public,
+            created_ms=self._next_version(manifest),
+        )
+        del data_key
+        await self._publish(shared, candidates, reader_id, "share")
+        return shared
+
+    async def unshare(
+        self, name: str, reader_id: str, *, nodes: builtins.list[Candidate] | None = None
+    ) -> Manifest:
+        """Drop ``reader_id``'s wrapped key from a new manifest version of ``name``.
+
+        Unsharing affects future versions only: a reader that already unwrapped
+        the data key can decrypt the shards written under it for as long as they
+        exist; put the object again (a fresh data key) to cut it off for good.
+        """
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        unshared = unshare_manifest(
+            manifest, reader_id=reader_id, created_ms=self._next_version(manifest)
+        )
+        await self._publish(unshared, candidates, reader_id, "unshare")
+        return unshared
+
+    def _next_version(self, manifest: Manifest) -> int:
+        return max(int(self._clock() * 1000), manifest.created_ms + 1)
+
+    async def _publish(
+        self, manifest: Manifest, candidates: Sequence[Candidate], reader: str, action: str
+    ) -> None:
+        await self._put_manifest(manifest, sign_manifest(manifest, self._signer), candidates)
+        if self._audit is not None:
+            self._audit.record(
+                KIND_SHARE,
+                ("object", manifest.object_id),
+                details={"name": manifest.name, "reader": reader, "action": action},
+            )
+
     # ------------------------------------------------------------ challenge
 
     async def challenge(
@@ -592,7 +653,7 @@ class StorageClient:
         )
         passed = reason == "ok"
         if self._audit is not None:
-            self._audit(
+            self._audit.record(
                 KIND_CHALLENGE,
                 ("object", manifest.object_id),
                 outcome="success" if passed else "failure",

@@ -57,8 +57,8 @@ from securemesh.crypto.identity import NodeIdentity
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.enroll import IDENTITY_FILE
 from securemesh.errors import RemoteCallError
-from securemesh.sdk import Device, DeviceRequester
-from securemesh.storage import Candidate, StorageClient, sign_manifest
+from securemesh.sdk import Device, DeviceAudit, DeviceRequester
+from securemesh.storage import Candidate, ObjectUnreadable, StorageClient, sign_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -165,7 +165,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
                 n=3,
                 segment_size=SEG,
                 timeout=5.0,
-                audit=device.record_audit,
+                audit=DeviceAudit(device),
             )
 
             def all_edges_listed() -> bool:
@@ -316,7 +316,39 @@ def test_the_store_cli_as_a_device(grid: Grid, tmp_path: Path) -> None:
     checks = json.loads(cli("store", "challenge", *base, "-o", "json", "cli/one", env=ENV))
     assert sorted(r["node"] for r in checks) == sorted(EDGES)
     assert {r["result"] for r in checks} == {"ok"}
+    # share: edge-a.dev cannot read cli/one until the owner wraps the key for it
+    cli_id = NodeIdentity.load(grid.dir("cli") / IDENTITY_FILE, PASSPHRASE)
+    dev_id = NodeIdentity.load(grid.dir("dev") / IDENTITY_FILE, PASSPHRASE)
+    as_reader = {"owner": "edge-a.cli", "owner_key": cli_id.verify_key}
+    with pytest.raises(ObjectUnreadable):
+        grid.run(grid.client.get("cli/one", **as_reader))
+    shared = json.loads(cli(
+        "store", "share", *base, "-o", "json", "cli/one", "edge-a.dev",
+        "--kx-key", dev_id.kx_public.hex(), env=ENV,
+    ))  # fmt: skip
+    assert shared["readers"] == ["edge-a.cli", "edge-a.dev"]
+    back, _ = grid.run(grid.client.get("cli/one", **as_reader))
+    assert back == src.read_bytes()
+    # the other way round: the library shares, the CLI reads with --owner/--owner-key
+    grid.run(grid.client.put("dev/for-cli", MARKER))
+    grid.run(grid.client.share("dev/for-cli", "edge-a.cli", cli_id.kx_public))
+    got = tmp_path / "got.bin"
+    cli(
+        "store", "get", *base, "--owner", "edge-a.dev", "--owner-key", dev_id.verify_key.hex(),
+        "dev/for-cli", str(got), env=ENV,
+    )  # fmt: skip
+    assert got.read_bytes() == MARKER
     cli("store", "rm", *base, "cli/one", env=ENV)
+
+    def shared_events() -> set[tuple[str, str]]:
+        rows = audit_rows(grid.dir("cloud-1"), "storage.share")
+        return {(r["origin"], r["details"]["reader"]) for r in rows}
+
+    # both shares are in the cloud log (the CLI's ships from its outbox on a later connect)
+    poll(
+        lambda: shared_events() >= {("edge-a.cli", "edge-a.dev"), ("edge-a.dev", "edge-a.cli")},
+        "the storage.share events in the cloud log",
+    )
     # a mistake is one error line and exit 1, never a traceback
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
