@@ -24,14 +24,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import io
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -103,6 +104,7 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
 KIND_CHALLENGE = "storage.challenge"
 KIND_SHARE = "storage.share"
 
@@ -227,6 +229,28 @@ class StorageClient:
         self.timeout = timeout
         self._clock = clock
         self._rng = rng
+        # put/get seal, code and hash in one worker thread of their own (a segment at a
+        # time, so the loop keeps moving frames): one thread means one malloc arena, not
+        # one per pool thread each holding freed segment buffers (peak RSS)
+        self._codec: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def _in_codec(self, fn: Callable[..., T], *args: object) -> T:
+        if self._codec is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)
+
+    @contextlib.contextmanager
+    def _codec_thread(self) -> Iterator[None]:
+        """The codec worker for one put/get (nested calls share the outer one)."""
+        if self._codec is not None:
+            yield
+            return
+        self._codec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="storage-codec")
+        try:
+            yield
+        finally:
+            self._codec.shutdown(wait=True)
+            self._codec = None
 
     # ---------------------------------------------------------------- nodes
 
@@ -282,30 +306,34 @@ class StorageClient:
         )
         # up to `parallel_segments` segments' transfers in flight: the next segment is
         # sealed and coded while the previous one's shards travel
-        inflight: collections.deque[asyncio.Future[list[None]]] = collections.deque()
-        try:
-            for index in range(plan.count):
-                want = min(self.segment_size, size - index * self.segment_size)
-                chunk = stream.read(want)
-                if len(chunk) != want:
-                    raise LocalError(f"{name}: the file ended early (segment {index})")
-                puts = plan.segment(chunk)
-                del chunk
-                inflight.append(asyncio.gather(*(self._put_shard(plan, p) for p in puts)))
-                del puts
-                while len(inflight) >= self.parallel_segments or (
-                    inflight and index == plan.count - 1
-                ):
-                    await inflight.popleft()
-                    self._check_put(plan, name, placement)
-                    if progress is not None:
-                        progress(plan.count - plan.pending_segments(), plan.count)
-        except BaseException:
-            for fut in inflight:
-                fut.cancel()
-            await asyncio.gather(*inflight, return_exceptions=True)
-            await self._abort(plan.object_id.hex(), placement)
-            raise
+        with self._codec_thread():
+            inflight: collections.deque[asyncio.Future[list[None]]] = collections.deque()
+            try:
+                for index in range(plan.count):
+                    want = min(self.segment_size, size - index * self.segment_size)
+                    chunk = stream.read(want)
+                    if len(chunk) != want:
+                        raise LocalError(f"{name}: the file ended early (segment {index})")
+                    # seal + code + hash off the loop: acknowledgements keep flowing meanwhile
+                    encoded = await self._in_codec(plan.encode, index, chunk)
+                    del chunk
+                    puts = plan.accept(encoded)
+                    del encoded
+                    inflight.append(asyncio.gather(*(self._put_shard(plan, p) for p in puts)))
+                    del puts
+                    while len(inflight) >= self.parallel_segments or (
+                        inflight and index == plan.count - 1
+                    ):
+                        await inflight.popleft()
+                        self._check_put(plan, name, placement)
+                        if progress is not None:
+                            progress(plan.count - plan.pending_segments(), plan.count)
+            except BaseException:
+                for fut in inflight:
+                    fut.cancel()
+                await asyncio.gather(*inflight, return_exceptions=True)
+                await self._abort(plan.object_id.hex(), placement)
+                raise
         manifest, blob = plan.finish()
         await self._put_manifest(manifest, blob, candidates)
         return manifest
@@ -418,14 +446,33 @@ class StorageClient:
         """Stream the object into ``write`` segment by segment; the report of what failed."""
         manifest = await self.stat(name, owner=owner, owner_key=owner_key, nodes=nodes)
         plan = GetPlan.for_reader(manifest, self.node_id, self._kx_secret)
-        for segment in range(plan.count):
-            while not plan.ready(segment):
-                wanted = plan.wanted(segment)
-                await asyncio.gather(*(self._get_shard(plan, want) for want in wanted))
-            write(plan.plaintext(segment))
-            if progress is not None:
-                progress(segment + 1, plan.count)
+        # up to `parallel_segments` segments fetched and decoded ahead, written in order
+        with self._codec_thread():
+            ahead: collections.deque[asyncio.Task[bytes]] = collections.deque()
+            written = 0
+            try:
+                for segment in range(plan.count):
+                    ahead.append(asyncio.ensure_future(self._fetch_segment(plan, segment)))
+                    while len(ahead) >= self.parallel_segments or (
+                        ahead and segment == plan.count - 1
+                    ):
+                        write(await ahead.popleft())
+                        written += 1
+                        if progress is not None:
+                            progress(written, plan.count)
+            finally:
+                for task in ahead:
+                    task.cancel()
+                await asyncio.gather(*ahead, return_exceptions=True)
         return GetReport(manifest, list(plan.corrupt), list(plan.missing_shards))
+
+    async def _fetch_segment(self, plan: GetPlan, segment: int) -> bytes:
+        """k verified shards of ``segment`` (others asked for each that fails), then the
+        segment rebuilt and opened in a worker thread."""
+        while not plan.ready(segment):
+            wanted = plan.wanted(segment)
+            await asyncio.gather(*(self._get_shard(plan, want) for want in wanted))
+        return await self._in_codec(plan.decode, segment, plan.take(segment))
 
     async def get(
         self,

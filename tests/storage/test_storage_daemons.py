@@ -230,9 +230,11 @@ def test_a_flipped_bit_is_detected_and_the_read_succeeds(grid: Grid) -> None:
         path.write_bytes(raw)
     assert back == data
     # the edge re-hashes on read and refuses the damaged shard; the client reads another
-    assert [(seg, idx, node, why) for seg, idx, node, why in report.missing] == [
-        (0, 0, victim, "shard_corrupt")
-    ]
+    # (segments fetched ahead may meet the victim before it is known bad: at most one each)
+    reported = [(seg, idx, node, why) for seg, idx, node, why in report.missing]
+    assert (0, 0, victim, "shard_corrupt") in reported
+    assert len(reported) == len(set(reported))
+    assert {(idx, node, why) for _, idx, node, why in reported} == {(0, victim, "shard_corrupt")}
     poll(
         lambda: storage_status(grid.dir(victim))["shards_corrupt"] >= 1,
         "the edge counting the corrupt shard",
