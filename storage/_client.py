@@ -57,6 +57,7 @@ from securemesh.storage._manifest import (
 )
 from securemesh.storage._messages import (
     MSG_CHALLENGE,
+    MSG_LOCATE,
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
     MSG_MANIFEST_LIST,
@@ -67,6 +68,7 @@ from securemesh.storage._messages import (
     MSG_SHARD_PUT,
     Challenge,
     Done,
+    Located,
     ManifestRef,
     NameList,
     NodeList,
@@ -161,18 +163,20 @@ async def challenge_shard(
     nonce: bytes,
     count: int = 8,
     timeout: float = 30.0,
+    node: str | None = None,
 ) -> str:
     """Challenge shard ``index`` of ``segment`` on its node; "ok" or why it failed.
 
     ``nonce`` must be fresh (from a CSPRNG); ``count`` blocks are checked
-    against the shard's address in the verified manifest (``_proof``).
+    against the shard's address in the verified manifest (``_proof``). ``node``
+    overrides the manifest's placement (a column the index relocated).
     """
     entry = manifest.segments[segment]
     shard_size = (entry.cipher_size + entry.padding) // manifest.k
     body = Challenge(hash=entry.shards[index], nonce=nonce.hex(), count=count)
     try:
         reply = await requester.request(
-            manifest.placement[index], MSG_CHALLENGE, body, timeout=timeout
+            node or manifest.placement[index], MSG_CHALLENGE, body, timeout=timeout
         )
         paths = ProofReply.model_validate_json(reply.body_bytes, strict=True).paths
         proof = StorageProof(tuple(bytes(f) for f in reply.raw_frames), check_paths(paths))
@@ -445,7 +449,8 @@ class StorageClient:
     ) -> GetReport:
         """Stream the object into ``write`` segment by segment; the report of what failed."""
         manifest = await self.stat(name, owner=owner, owner_key=owner_key, nodes=nodes)
-        plan = GetPlan.for_reader(manifest, self.node_id, self._kx_secret)
+        placement = await self.locate(manifest)
+        plan = GetPlan.for_reader(manifest, self.node_id, self._kx_secret, placement)
         # up to `parallel_segments` segments fetched and decoded ahead, written in order
         with self._codec_thread():
             ahead: collections.deque[asyncio.Task[bytes]] = collections.deque()
@@ -465,6 +470,29 @@ class StorageClient:
                     task.cancel()
                 await asyncio.gather(*ahead, return_exceptions=True)
         return GetReport(manifest, list(plan.corrupt), list(plan.missing_shards))
+
+    async def locate(self, manifest: Manifest) -> builtins.list[str]:
+        """Where each shard column of ``manifest`` is now: its placement with the index's
+        automatic repairs applied (``storage.locate``); the placement if the index does not
+        answer. Not trusted for integrity: every shard is checked against the manifest."""
+        placement = list(manifest.placement)
+        try:
+            reply = await self._req.request(
+                self.index, MSG_LOCATE, ObjectRef(object_id=manifest.object_id),
+                timeout=self.timeout,
+            )  # fmt: skip
+            moves = Located.model_validate_json(reply.body_bytes, strict=True).moves
+        except (SecureMeshError, TimeoutError, ValueError):
+            return placement
+        for move in moves:
+            column = move.column
+            if (
+                column < manifest.n
+                and placement[column] == move.from_node
+                and move.node not in placement
+            ):
+                placement[column] = move.node
+        return placement
 
     async def _fetch_segment(self, plan: GetPlan, segment: int) -> bytes:
         """k verified shards of ``segment`` (others asked for each that fails), then the

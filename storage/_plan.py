@@ -249,10 +249,17 @@ class _Segment:
 class GetPlan:
     """The reader's side of one verified manifest (module doc)."""
 
-    def __init__(self, manifest: Manifest, data_key: bytes) -> None:
+    def __init__(
+        self, manifest: Manifest, data_key: bytes, placement: Sequence[str] | None = None
+    ) -> None:
         if len(data_key) != aead.KEY_SIZE:
             raise LocalError("a data key is 32 bytes")
+        if placement is not None and len(placement) != manifest.n:
+            raise LocalError(f"a placement names {manifest.n} nodes")
         self.manifest = manifest
+        #: where each shard column is asked for: the manifest's placement, or the index's
+        #: view after repairs (a wrong node only costs a missing shard: hashes decide)
+        self.placement = list(placement if placement is not None else manifest.placement)
         self._key = data_key
         self._segments: dict[int, _Segment] = {}
         self._bad_nodes: set[str] = set()
@@ -262,9 +269,15 @@ class GetPlan:
         self.missing_shards: list[tuple[int, int, str, str]] = []
 
     @classmethod
-    def for_reader(cls, manifest: Manifest, reader_id: str, reader_kx_private: bytes) -> GetPlan:
+    def for_reader(
+        cls,
+        manifest: Manifest,
+        reader_id: str,
+        reader_kx_private: bytes,
+        placement: Sequence[str] | None = None,
+    ) -> GetPlan:
         """Unwrap the data key for this reader (AuthenticationError if it has none)."""
-        return cls(manifest, unwrap_data_key(manifest, reader_id, reader_kx_private))
+        return cls(manifest, unwrap_data_key(manifest, reader_id, reader_kx_private), placement)
 
     @property
     def count(self) -> int:
@@ -286,17 +299,17 @@ class GetPlan:
                 f"segment {segment} of {m.name!r}: only {len(seg.good) + outstanding} of "
                 f"{m.k} needed shards can still arrive"
             )
-        fresh.sort(key=lambda j: (m.placement[j] in self._bad_nodes, j))
+        fresh.sort(key=lambda j: (self.placement[j] in self._bad_nodes, j))
         picks = fresh[: max(need, 0)]
         seg.asked.update(picks)
-        return [ShardGet(m.placement[j], segment, j, m.shard_hash(segment, j)) for j in picks]
+        return [ShardGet(self.placement[j], segment, j, m.shard_hash(segment, j)) for j in picks]
 
     def received(self, segment: int, index: int, data: bytes | memoryview) -> bool:
         """A shard arrived: kept if it hashes to the manifest's address, else recorded corrupt."""
         seg = self._seg(segment)
         if index not in seg.asked or index in seg.good or index in seg.lost:
             raise LocalError(f"shard {index} of segment {segment} was not asked for")
-        node = self.manifest.placement[index]
+        node = self.placement[index]
         if shard_hash(data) != self.manifest.shard_hash(segment, index):
             seg.lost.add(index)
             self.corrupt.append((segment, index, node))
@@ -311,7 +324,7 @@ class GetPlan:
         if index not in seg.asked or index in seg.good or index in seg.lost:
             raise LocalError(f"shard {index} of segment {segment} was not asked for")
         seg.lost.add(index)
-        node = self.manifest.placement[index]
+        node = self.placement[index]
         self.missing_shards.append((segment, index, node, reason))
         self._bad_nodes.add(node)
 

@@ -52,10 +52,12 @@ from securemesh.errors import (
 from securemesh.node import NodeContext, Reply, Service, VerifiedMessage
 from securemesh.policy import AllowTypes
 from securemesh.storage._client import KIND_CHALLENGE, challenge_shard
+from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import QuotaExceeded, ShardCorrupt
-from securemesh.storage._manifest import open_manifest
+from securemesh.storage._manifest import Manifest, open_manifest
 from securemesh.storage._messages import (
     MSG_CHALLENGE,
+    MSG_LOCATE,
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
     MSG_MANIFEST_LIST,
@@ -66,15 +68,18 @@ from securemesh.storage._messages import (
     MSG_SHARD_PUT,
     Challenge,
     Done,
+    Located,
     ManifestRef,
     NameList,
     NodeEntry,
     NodeList,
     ObjectRef,
     ProofReply,
+    Relocation,
     ShardPutBody,
     ShardRef,
 )
+from securemesh.storage._placement import Candidate, replacements
 from securemesh.storage._proof import prove_storage
 from securemesh.storage._store import ShardStore
 
@@ -90,6 +95,7 @@ KIND_OBJECT_PUT = "object.put"
 KIND_OBJECT_DELETE = "object.delete"
 KIND_SHARD_REFUSED = "storage.shard_refused"
 KIND_SHARD_CORRUPT = "storage.shard_corrupt"
+KIND_REPAIR = "storage.repair"
 
 T = TypeVar("T")
 _MAX_TRACKED = 4096  # nodes whose failed challenges are counted
@@ -111,6 +117,7 @@ class StorageService(Service):
         KIND_SHARD_REFUSED,
         KIND_SHARD_CORRUPT,
         KIND_CHALLENGE,
+        KIND_REPAIR,
     )
 
     def __init__(
@@ -125,6 +132,8 @@ class StorageService(Service):
         challenge_interval: float | None = None,
         unhealthy_after: int = 5,
         challenge_blocks: int = 8,
+        repair_interval: float | None = None,
+        loss_grace: float = 300.0,
     ) -> None:
         if max_inflight_per_peer < 1:
             raise LocalError("max_inflight_per_peer is at least 1")
@@ -135,6 +144,12 @@ class StorageService(Service):
         #: seconds between proof-of-storage challenges (None: this node does not challenge)
         self.challenge_interval = challenge_interval
         self.unhealthy_after = unhealthy_after
+        #: seconds between automatic repair rounds (None: this node does not repair)
+        self.repair_interval = repair_interval
+        #: a storage node absent from this node's peers this long is lost (its shards repaired)
+        self.loss_grace = loss_grace
+        #: node -> when it was first found absent (bounded like ``failures``)
+        self._absent_since: dict[str, float] = {}
         self.challenge_blocks = challenge_blocks
         #: node -> consecutive failed challenges (bounded: _MAX_TRACKED nodes)
         self.failures: dict[str, int] = {}
@@ -158,6 +173,9 @@ class StorageService(Service):
             "challenges_answered": 0,
             "challenges_sent": 0,
             "challenges_failed": 0,
+            "repair_rounds": 0,
+            "shards_repaired": 0,
+            "repairs_failed": 0,
         }
 
     # ------------------------------------------------------------------ seam
@@ -193,6 +211,7 @@ class StorageService(Service):
             MSG_MANIFEST_LIST: self._manifest_list,
             MSG_NODES: self._nodes,
             MSG_CHALLENGE: self._challenge,
+            MSG_LOCATE: self._locate,
         }
         for msg_type, handler in handlers.items():
             policy = AllowTypes(types=[msg_type], tiers=self.tiers)
@@ -202,6 +221,8 @@ class StorageService(Service):
         await asyncio.to_thread(self.store.gc)
         if self.challenge_interval is not None:
             self.ctx.spawn(self._challenge_loop(self.challenge_interval), name="challenges")
+        if self.repair_interval is not None:
+            self.ctx.spawn(self._repair_loop(self.repair_interval), name="repairs")
 
     async def stop(self) -> None:
         if self._store is not None:
@@ -216,6 +237,7 @@ class StorageService(Service):
             "manifests": stats.manifests if stats else 0,
             "quota_bytes": self.quota_bytes,
             "unhealthy": sorted(self.unhealthy),
+            "lost": sorted(self.lost()),
         }
 
     # --------------------------------------------------------------- helpers
@@ -373,6 +395,16 @@ class StorageService(Service):
             ]
         )
 
+    async def _locate(self, msg: VerifiedMessage) -> Located:
+        body = msg.body(ObjectRef)
+        moves = await self._in_store(msg.sender, lambda: self.store.relocations(body.object_id))
+        return Located(
+            moves=[
+                Relocation(column=column, from_node=old, node=new)
+                for column, (old, new) in sorted(moves.items())
+            ]
+        )
+
     # ------------------------------------------------------ proof of storage
 
     async def _challenge_loop(self, interval: float) -> None:
@@ -405,7 +437,7 @@ class StorageService(Service):
         if not manifest.segments:
             return None
         segment, index = self._pick(len(manifest.segments)), self._pick(manifest.n)
-        node = manifest.placement[index]
+        node = (await self._placement(manifest))[index]
         if node == self.ctx.node_id:
             return None
         result = await challenge_shard(
@@ -416,6 +448,7 @@ class StorageService(Service):
             nonce=self.ctx.rng(32),
             count=self.challenge_blocks,
             timeout=max(self.challenge_interval or 0.0, 5.0),
+            node=node,
         )
         self.counters["challenges_sent"] += 1
         if result == "ok":
@@ -435,17 +468,166 @@ class StorageService(Service):
         )
         return result
 
+    # ------------------------------------------------------- automatic repair
+
+    async def _repair_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.repair_once()
+            except SecureMeshError:  # a round that cannot finish is retried next time
+                self.counters["repairs_failed"] += 1
+
+    def _connected(self) -> list[Candidate]:
+        """The storage nodes among this node's peers, healthy or not."""
+        return [
+            Candidate(node_id, report.failure_domain or "")
+            for node_id, report in sorted(self.ctx.peers().items())
+            if self.name in (report.services or ())
+        ]
+
+    def lost(self) -> set[str]:
+        """Storage nodes absent from this node's peers for longer than ``loss_grace``."""
+        now = self.ctx.clock()
+        return {n for n, since in self._absent_since.items() if now - since >= self.loss_grace}
+
+    def _note_absent(self, nodes: Iterable[str], live: set[str]) -> None:
+        now = self.ctx.clock()
+        for node in live:
+            self._absent_since.pop(node, None)
+        for node in nodes:
+            tracked = node in self._absent_since or len(self._absent_since) < _MAX_TRACKED
+            if node not in live and node != self.ctx.node_id and tracked:
+                self._absent_since.setdefault(node, now)
+
+    async def _placement(self, manifest: Manifest) -> list[str]:
+        """The manifest's placement with this index's relocations applied."""
+        moves = await asyncio.to_thread(self.store.relocations, manifest.object_id)
+        placement = list(manifest.placement)
+        for column, (old, new) in moves.items():
+            if column < manifest.n and placement[column] == old and new not in placement:
+                placement[column] = new
+        return placement
+
+    async def repair_once(self, *, batch: int = 100) -> int:
+        """One repair round over every manifest this node indexes; shards regenerated.
+
+        A shard column is repaired when its node is unhealthy (failed
+        ``unhealthy_after`` challenges in a row) or lost (absent from this node's
+        peers for ``loss_grace`` s). Its shards are rebuilt from k others per
+        segment (:func:`regenerate_shards`, byte-identical: no key, no re-signing)
+        onto a live node chosen like the owner's repair (:func:`replacements`), and
+        the move is recorded (``storage.locate`` tells readers; ``storage.repair``
+        audited). Memory: one segment's k shards at a time.
+        """
+        self.counters["repair_rounds"] += 1
+        connected = self._connected()
+        present = {c.node_id for c in connected}
+        live = [c for c in connected if c.node_id not in self.unhealthy]
+        repaired = 0
+        key: tuple[str, str] | None = None
+        while True:
+            page = await asyncio.to_thread(self.store.manifests_after, key, batch)
+            if not page:
+                return repaired
+            for owner, _, blob in page:
+                cert = self.ctx.certificates.get(owner)
+                if cert is None:
+                    continue
+                try:
+                    manifest = open_manifest(blob, cert.verify_key)
+                except SecureMeshError:
+                    continue
+                placement = await self._placement(manifest)
+                self._note_absent(placement, present)
+                bad = self.unhealthy | self.lost()
+                columns = [j for j, node in enumerate(placement) if node in bad]
+                if columns and manifest.segments:
+                    repaired += await self._repair_object(manifest, placement, columns, live)
+            key = (page[-1][0], page[-1][1])
+
+    async def _repair_object(
+        self, m: Manifest, placement: list[str], columns: list[int], live: list[Candidate]
+    ) -> int:
+        sources = [j for j in range(m.n) if j not in columns]
+        if len(sources) < m.k:
+            return 0  # not enough columns left to rebuild from (or to try now)
+        try:
+            fresh = replacements(m.object_id_bytes, live, placement, len(columns))
+        except LocalError:
+            return 0  # no spare node yet: the next round tries again
+        target = dict(zip(columns, fresh, strict=True))
+        lost = self.lost()
+        for seg in range(len(m.segments)):
+            good: dict[int, bytes] = {}
+            for j in sources:
+                data = await self._fetch_shard(placement[j], m.shard_hash(seg, j))
+                if data is not None:
+                    good[j] = data
+                if len(good) == m.k:
+                    break
+            if len(good) < m.k:
+                self.counters["repairs_failed"] += 1
+                return 0
+            rebuilt = await asyncio.to_thread(regenerate_shards, good, m.k, m.n, columns)
+            del good
+            for j in columns:
+                body = ShardPutBody(object_id=m.object_id, hash=m.segments[seg].shards[j])
+                await self.ctx.request(target[j], MSG_SHARD_PUT, body, [rebuilt[j]], timeout=60)
+        for j in columns:
+            await asyncio.to_thread(
+                self.store.relocate,
+                object_id=m.object_id,
+                column=j,
+                from_node=m.placement[j],
+                node=target[j],
+            )
+            self.ctx.audit.record(
+                KIND_REPAIR,
+                ("object", m.object_id),
+                details={
+                    "column": j,
+                    "from": placement[j],
+                    "to": target[j],
+                    "segments": len(m.segments),
+                    "reason": "lost" if placement[j] in lost else "unhealthy",
+                },
+            )
+        self.counters["shards_repaired"] += len(columns) * len(m.segments)
+        return len(columns)
+
+    async def _fetch_shard(self, node: str, digest: bytes) -> bytes | None:
+        try:
+            reply = await self.ctx.request(
+                node, MSG_SHARD_GET, ShardRef(hash=digest.hex()), timeout=30
+            )
+        except (SecureMeshError, TimeoutError):
+            return None
+        if len(reply.raw_frames) != 1:
+            return None
+        data = bytes(reply.raw_frames[0])
+        return data if shard_hash(data) == digest else None
+
+
+def _env_seconds(name: str, default: str) -> float:
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise LocalError(f"{name} is a number of seconds") from exc
+    if not 0.01 <= value <= 86_400:
+        raise LocalError(f"{name} is 0.01..86400 seconds")
+    return value
+
 
 def make_cloud_service() -> StorageService:
-    """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL`` s)."""
+    """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL``
+    s, default 60) and repairs automatically (``SECUREMESH_STORAGE_REPAIR_INTERVAL`` s,
+    default 60; a node absent ``SECUREMESH_STORAGE_LOSS_GRACE`` s, default 300, is lost)."""
     service = make_service()
-    raw = os.environ.get("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
-    try:
-        service.challenge_interval = float(raw)
-    except ValueError as exc:
-        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is a number of seconds") from exc
-    if not 0.01 <= service.challenge_interval <= 86_400:
-        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is 0.01..86400 seconds")
+    service.challenge_interval = _env_seconds("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
+    service.repair_interval = _env_seconds("SECUREMESH_STORAGE_REPAIR_INTERVAL", "60")
+    service.loss_grace = _env_seconds("SECUREMESH_STORAGE_LOSS_GRACE", "300")
     return service
 
 

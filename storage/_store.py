@@ -71,6 +71,17 @@ _manifests = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
 )
 
+#: the index's repairs: shard column ``column`` of ``object_id``, placed on ``from_node`` by
+#: the owner's manifest, now lives on ``node`` (regenerated there by the repairer)
+_relocations = sa.Table(
+    "storage_relocations",
+    _meta,
+    sa.Column("object_id", sa.String(32), primary_key=True),
+    sa.Column("column", sa.Integer, primary_key=True),
+    sa.Column("from_node", sa.String(64), nullable=False),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
 
 _usage = sa.Table(
     "storage_usage",
@@ -364,10 +375,13 @@ class ShardStore:
     def delete_manifest(self, *, owner: str, name: str) -> bool:
         where = (_manifests.c.owner == owner, _manifests.c.name == name)
         with self._lock, self._engine.begin() as conn:
-            old = conn.execute(sa.select(sa.func.length(_manifests.c.blob)).where(*where)).first()
+            old = conn.execute(
+                sa.select(sa.func.length(_manifests.c.blob), _manifests.c.object_id).where(*where)
+            ).first()
             if old is None:
                 return False
             conn.execute(_manifests.delete().where(*where))
+            conn.execute(_relocations.delete().where(_relocations.c.object_id == str(old[1])))
             self._bump(conn, owner, -int(old[0]), manifests=-1)
             self._bump(conn, TOTAL, -int(old[0]), manifests=-1)
             return True
@@ -388,6 +402,48 @@ class ShardStore:
                 .limit(1)
             ).first()
         return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def manifests_after(
+        self, key: tuple[str, str] | None, limit: int = 100
+    ) -> list[tuple[str, str, bytes]]:
+        """Up to ``limit`` (owner, name, signed manifest) after ``key`` in (owner, name)
+        order: a repairer pages through every manifest without holding them all."""
+        query = sa.select(_manifests.c.owner, _manifests.c.name, _manifests.c.blob)
+        if key is not None:
+            query = query.where(sa.tuple_(_manifests.c.owner, _manifests.c.name) > key)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                query.order_by(_manifests.c.owner, _manifests.c.name).limit(limit)
+            ).all()
+        return [(str(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def relocate(self, *, object_id: str, column: int, from_node: str, node: str) -> None:
+        """Record that ``column`` of ``object_id`` moved from ``from_node`` to ``node``."""
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(
+                _relocations.delete().where(
+                    _relocations.c.object_id == object_id, _relocations.c.column == column
+                )
+            )
+            conn.execute(
+                _relocations.insert().values(
+                    object_id=object_id,
+                    column=column,
+                    from_node=from_node,
+                    node=node,
+                    created_ms=self._now_ms(),
+                )
+            )
+
+    def relocations(self, object_id: str) -> dict[int, tuple[str, str]]:
+        """column -> (the manifest's node, the node holding the column now)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_relocations.c.column, _relocations.c.from_node, _relocations.c.node)
+                .where(_relocations.c.object_id == object_id)
+                .order_by(_relocations.c.column)
+            ).all()
+        return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
 
     def list_manifests(self, *, owner: str, limit: int = 1000) -> list[str]:
         with self._engine.connect() as conn:

@@ -22,7 +22,11 @@ frames. The tests check that:
    dead edge's shard column onto it, re-signing the manifest (same Merkle root);
 7. the cloud (``make_cloud_service``) challenges random shards of the
    manifests it indexes; an edge that lost its shards is marked unhealthy,
-   left out of ``storage.nodes``, and the failures are in the log.
+   left out of ``storage.nodes``, and the failures are in the log;
+8. the cloud repairs automatically: the unhealthy edge's and the killed edge's
+   shard columns are regenerated onto live edges (a new one joins for it), the
+   moves are audited (``storage.repair``) and told to readers
+   (``storage.locate``): every column of the object is in place again.
 
 Every wait is bounded and polls a readiness signal; every daemon and the
 device are closed/reaped, also on failure.
@@ -58,7 +62,13 @@ from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.enroll import IDENTITY_FILE
 from securemesh.errors import RemoteCallError
 from securemesh.sdk import Device, DeviceAudit, DeviceRequester
-from securemesh.storage import Candidate, ObjectUnreadable, StorageClient, sign_manifest
+from securemesh.storage import (
+    Candidate,
+    ObjectUnreadable,
+    StorageClient,
+    shard_hash,
+    sign_manifest,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -117,6 +127,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     root = tmp_path_factory.mktemp("storage")
     env = daemon_env(passphrase=PASSPHRASE)
     env["SECUREMESH_STORAGE_CHALLENGE_INTERVAL"] = "0.2"  # the cloud's proof-of-storage rounds
+    env["SECUREMESH_STORAGE_REPAIR_INTERVAL"] = "0.5"  # and its automatic repair rounds
+    env["SECUREMESH_STORAGE_LOSS_GRACE"] = "1"  # a storage edge gone 1 s is lost
     device: Device | None = None
     with reaped(env) as daemons:
         try:
@@ -436,3 +448,47 @@ def test_the_cloud_challenges_edges_and_marks_a_failing_one_unhealthy(grid: Grid
         ]  # fmt: skip
 
     poll(lambda: len(cloud_failures()) >= 1, "the cloud's failed challenges in its log")
+
+
+def test_the_cloud_repairs_unhealthy_and_lost_edges_automatically(grid: Grid) -> None:
+    """After the tests above: edge-b is unhealthy and edge-c is gone; edge-e joins."""
+    cloud, edge_e = grid.dir("cloud-1"), grid.dir("edge-e")
+    assert "edge-b" in storage_status(cloud)["unhealthy"]
+    token = cli(
+        "token", "create", "--data-dir", str(cloud), "--tier", "edge", "--delegate", "--ttl", "10m"
+    )  # fmt: skip
+    cli(
+        "enroll", "--data-dir", str(edge_e), "--token", token, "--node-id", "edge-e",
+        "--listen", f"tcp://127.0.0.1:{free_port()}", env=ENV,
+    )  # fmt: skip
+    configure(edge_e / "node.toml", '\n[report]\nfailure_domain = "rack-e"\n')
+    grid.daemons.run("edge-e", edge_e)
+    live = [Candidate(e) for e in ("edge-a", "edge-d", "edge-e")]
+    manifest = grid.run(grid.client.stat("kill/me", nodes=live))
+    column = manifest.placement.index("edge-b")
+
+    def located() -> list[str]:
+        return list(grid.run(grid.client.locate(manifest)))
+
+    poll(lambda: located()[column] == "edge-e", "the cloud moving edge-b's column to edge-e")
+    placement = located()
+    assert "edge-b" not in placement
+    assert "edge-c" not in placement
+    # full redundancy: every shard of every column is on its (new) node, intact
+    for seg, entry in enumerate(manifest.segments):
+        for j, node in enumerate(placement):
+            reply = grid.device.request(
+                node, "storage.shard.get", {"hash": entry.shards[j]}, timeout=TIMEOUT
+            )
+            assert shard_hash(reply.frames[0]) == manifest.shard_hash(seg, j)
+    back, report = grid.run(grid.client.get("kill/me", nodes=live))
+    assert back == grid.kept["kill/me"]
+    assert report.missing == []
+    assert report.corrupt == []
+    rows = audit_rows(cloud, "storage.repair")
+    reasons = {(r["details"]["from"], r["details"]["reason"]) for r in rows}
+    assert ("edge-b", "unhealthy") in reasons
+    # edge-c's columns of the other objects moved when edge-d joined: killed, it failed the
+    # cloud's challenges (unhealthy) and dropped from its peers (lost), whichever came first
+    assert {why for node, why in reasons if node == "edge-c"} & {"lost", "unhealthy"}
+    assert storage_status(cloud)["shards_repaired"] >= len(manifest.segments)

@@ -181,3 +181,25 @@ def test_kept_usage_matches_a_recount(ops: list[tuple[str, str, int]]) -> None:
         again = ShardStore(Path(tmp))
         assert again.stats() == kept
         again.close()
+
+
+def test_manifests_page_in_order_and_relocations_go_with_their_manifest(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    try:
+        for owner, name in [("b", "x"), ("a", "z"), ("a", "y")]:
+            store.put_manifest(
+                owner=owner, name=name, object_id=owner * 32, blob=b"m" + name.encode()
+            )
+        first = store.manifests_after(None, 2)
+        assert [(o, n) for o, n, _ in first] == [("a", "y"), ("a", "z")]
+        rest = store.manifests_after((first[-1][0], first[-1][1]), 2)
+        assert [(o, n, b) for o, n, b in rest] == [("b", "x", b"mx")]
+        assert store.manifests_after(("b", "x"), 2) == []
+        store.relocate(object_id="b" * 32, column=1, from_node="e1", node="e4")
+        store.relocate(object_id="b" * 32, column=1, from_node="e1", node="e5")  # replaces
+        assert store.relocations("b" * 32) == {1: ("e1", "e5")}
+        assert store.relocations("a" * 32) == {}
+        assert store.delete_manifest(owner="b", name="x")
+        assert store.relocations("b" * 32) == {}
+    finally:
+        store.close()
