@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from securemesh.audit.store import create_audit_engine
 from securemesh.errors import (
     AuthorizationError,
     DecodeError,
@@ -98,6 +99,7 @@ KIND_SHARD_CORRUPT = "storage.shard_corrupt"
 KIND_REPAIR = "storage.repair"
 
 T = TypeVar("T")
+AUDIT_DB_FILE = "audit.db"  # the cloud log's default file in the node's data dir
 _MAX_TRACKED = 4096  # nodes whose failed challenges are counted
 
 
@@ -134,6 +136,7 @@ class StorageService(Service):
         challenge_blocks: int = 8,
         repair_interval: float | None = None,
         loss_grace: float = 300.0,
+        index_in_audit_db: bool = False,
     ) -> None:
         if max_inflight_per_peer < 1:
             raise LocalError("max_inflight_per_peer is at least 1")
@@ -144,6 +147,8 @@ class StorageService(Service):
         #: seconds between proof-of-storage challenges (None: this node does not challenge)
         self.challenge_interval = challenge_interval
         self.unhealthy_after = unhealthy_after
+        #: on a cloud: keep the store's tables (the object index) in the audit log's database
+        self.index_in_audit_db = index_in_audit_db
         #: seconds between automatic repair rounds (None: this node does not repair)
         self.repair_interval = repair_interval
         #: a storage node absent from this node's peers this long is lost (its shards repaired)
@@ -194,12 +199,19 @@ class StorageService(Service):
 
     def install(self, ctx: NodeContext) -> None:
         self._ctx = ctx
+        engine = None
+        if self.index_in_audit_db and self._db_url is None and ctx.tier == "cloud":
+            # the object index scales with the log: SQLite by default, PostgreSQL when
+            # [audit] log_db names one (ctx.data_dir is <node data_dir>/services/storage)
+            url = ctx.config.audit.log_db or str(ctx.data_dir.parent.parent / AUDIT_DB_FILE)
+            engine = create_audit_engine(url)
         self._store = ShardStore(
             self._root or ctx.data_dir,
             db_url=self._db_url,
             quota_bytes=self.quota_bytes,
             owner_quota_bytes=self.owner_quota_bytes,
             clock=ctx.clock,
+            engine=engine,
         )
         handlers: Mapping[str, Callable[[VerifiedMessage], Awaitable[object]]] = {
             MSG_SHARD_PUT: self._shard_put,
@@ -623,11 +635,13 @@ def _env_seconds(name: str, default: str) -> float:
 def make_cloud_service() -> StorageService:
     """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL``
     s, default 60) and repairs automatically (``SECUREMESH_STORAGE_REPAIR_INTERVAL`` s,
-    default 60; a node absent ``SECUREMESH_STORAGE_LOSS_GRACE`` s, default 300, is lost)."""
+    default 60; a node absent ``SECUREMESH_STORAGE_LOSS_GRACE`` s, default 300, is lost);
+    its object index (manifests, relocations) lives in the audit log's database."""
     service = make_service()
     service.challenge_interval = _env_seconds("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
     service.repair_interval = _env_seconds("SECUREMESH_STORAGE_REPAIR_INTERVAL", "60")
     service.loss_grace = _env_seconds("SECUREMESH_STORAGE_LOSS_GRACE", "300")
+    service.index_in_audit_db = True
     return service
 
 

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
+from securemesh.audit.store import write_transaction
 from securemesh.errors import LocalError
 from securemesh.storage._codec import shard_hash
 from securemesh.storage._errors import QuotaExceeded, ShardCorrupt, ShardNotFound
@@ -115,7 +117,10 @@ class ShardStore:
         max_manifests_per_owner: int = 100_000,
         max_shards_per_owner: int = 1_000_000,
         clock: Callable[[], float] = time.time,
+        engine: Engine | None = None,
     ) -> None:
+        """``engine`` (instead of ``db_url``): a database shared with others, such as the
+        cloud's audit log (``create_audit_engine``); the store's tables are ``storage_*``."""
         if quota_bytes <= 0:
             raise LocalError("a storage quota is positive")
         self.root = Path(root)
@@ -128,9 +133,11 @@ class ShardStore:
         self.max_shards_per_owner = max_shards_per_owner
         self._clock = clock
         self._lock = threading.Lock()
-        self._engine = sa.create_engine(db_url or f"sqlite:///{self.root / 'shards.db'}")
+        self._engine = engine or sa.create_engine(
+            db_url or f"sqlite:///{self.root / 'shards.db'}"
+        )
         _meta.create_all(self._engine)
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             self._recount(conn)
 
     def close(self) -> None:
@@ -231,7 +238,7 @@ class ShardStore:
         if shard_hash(data) != digest:
             raise ShardCorrupt("shard bytes do not match their hash")
         key = digest.hex()
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             exists = conn.execute(sa.select(_shards.c.size).where(_shards.c.hash == key)).first()
             ref = conn.execute(
                 sa.select(_refs.c.hash).where(
@@ -303,7 +310,7 @@ class ShardStore:
     def delete(self, digest: bytes, *, owner: str, object_id: str) -> bool:
         """Drop ``owner``'s reference; the blob goes with the last reference. False if none."""
         key = digest.hex()
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             where = (_refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id)
             ref = conn.execute(sa.select(_refs.c.size).where(*where)).first()
             if ref is None:
@@ -338,7 +345,7 @@ class ShardStore:
         """Store (or replace) ``owner``'s manifest for ``name`` (already verified by the caller)."""
         if len(blob) > MAX_MANIFEST_SIZE:
             raise QuotaExceeded("manifest too large")
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob)).where(
                     _manifests.c.owner == owner, _manifests.c.name == name
@@ -374,7 +381,7 @@ class ShardStore:
 
     def delete_manifest(self, *, owner: str, name: str) -> bool:
         where = (_manifests.c.owner == owner, _manifests.c.name == name)
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob), _manifests.c.object_id).where(*where)
             ).first()
@@ -419,7 +426,7 @@ class ShardStore:
 
     def relocate(self, *, object_id: str, column: int, from_node: str, node: str) -> None:
         """Record that ``column`` of ``object_id`` moved from ``from_node`` to ``node``."""
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             conn.execute(
                 _relocations.delete().where(
                     _relocations.c.object_id == object_id, _relocations.c.column == column
@@ -469,7 +476,7 @@ class ShardStore:
             for tmp in (self.root / "tmp").iterdir():
                 tmp.unlink(missing_ok=True)
                 removed += 1
-            with self._engine.begin() as conn:
+            with write_transaction(self._engine) as conn:
                 known = {str(r[0]) for r in conn.execute(sa.select(_shards.c.hash))}
                 referenced = {str(r[0]) for r in conn.execute(sa.select(_refs.c.hash).distinct())}
                 for key in known - referenced:

@@ -39,6 +39,7 @@ import contextlib
 import io
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,14 @@ def test_round_trip_and_no_plaintext_on_disk(grid: Grid) -> None:
         assert report.corrupt == []
         assert report.missing == []
     assert {f"rt/{s}" for s in SIZES} <= set(grid.run(grid.client.list()))
+    # the cloud indexes the manifests in its audit log's database, not one of its own
+    cloud = grid.dir("cloud-1")
+    with contextlib.closing(
+        sqlite3.connect(f"{(cloud / 'audit.db').as_uri()}?mode=ro", uri=True)
+    ) as db:
+        indexed = {row[0] for row in db.execute("SELECT name FROM storage_manifests")}
+    assert {f"rt/{s}" for s in SIZES} <= indexed
+    assert not (cloud / "services" / "storage" / "shards.db").exists()
     # shards travelled as raw frames and landed as 0600 files; none holds plaintext
     for edge in EDGES:
         files = [p for p in grid.dir(edge).rglob("*") if p.is_file()]
