@@ -155,6 +155,8 @@ class StorageService(Service):
         self.loss_grace = loss_grace
         #: node -> when it was first found absent (bounded like ``failures``)
         self._absent_since: dict[str, float] = {}
+        #: storage peer -> (its last reported uptime, when that report was new)
+        self._reported: dict[str, tuple[float, float]] = {}
         self.challenge_blocks = challenge_blocks
         #: node -> consecutive failed challenges (bounded: _MAX_TRACKED nodes)
         self.failures: dict[str, int] = {}
@@ -401,9 +403,9 @@ class StorageService(Service):
         del msg
         return NodeList(
             nodes=[
-                NodeEntry(node_id=node_id, failure_domain=report.failure_domain or "")
-                for node_id, report in sorted(self.ctx.peers().items())
-                if self.name in (report.services or ()) and node_id not in self.unhealthy
+                NodeEntry(node_id=c.node_id, failure_domain=c.failure_domain)
+                for c in self._connected()
+                if c.node_id not in self.unhealthy
             ]
         )
 
@@ -491,12 +493,28 @@ class StorageService(Service):
                 self.counters["repairs_failed"] += 1
 
     def _connected(self) -> list[Candidate]:
-        """The storage nodes among this node's peers, healthy or not."""
-        return [
-            Candidate(node_id, report.failure_domain or "")
-            for node_id, report in sorted(self.ctx.peers().items())
+        """The storage nodes among this node's peers that still report, healthy or not.
+
+        A peer's link can outlive its process (a SIGKILLed edge stays a child until
+        the link is dropped), so a peer whose report has not changed (its
+        ``uptime_s``) for ``loss_grace`` s counts as gone.
+        """
+        now = self.ctx.clock()
+        peers = {
+            node_id: report
+            for node_id, report in self.ctx.peers().items()
             if self.name in (report.services or ())
-        ]
+        }
+        for node_id in [n for n in self._reported if n not in peers]:
+            del self._reported[node_id]
+        fresh = []
+        for node_id, report in sorted(peers.items()):
+            seen = self._reported.get(node_id)
+            if seen is None or seen[0] != report.uptime_s:
+                self._reported[node_id] = seen = (report.uptime_s, now)
+            if now - seen[1] < self.loss_grace:
+                fresh.append(Candidate(node_id, report.failure_domain or ""))
+        return fresh
 
     def lost(self) -> set[str]:
         """Storage nodes absent from this node's peers for longer than ``loss_grace``."""
@@ -645,13 +663,23 @@ def make_cloud_service() -> StorageService:
     return service
 
 
-def make_service() -> StorageService:
-    """The ``node.toml`` factory; ``SECUREMESH_STORAGE_QUOTA_MB`` sets the node quota."""
-    quota_mb = os.environ.get("SECUREMESH_STORAGE_QUOTA_MB")
-    if quota_mb is None:
-        return StorageService()
+def _env_mib(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
     try:
-        quota = int(quota_mb) * 1024 * 1024
+        value = int(raw)
     except ValueError as exc:
-        raise LocalError("SECUREMESH_STORAGE_QUOTA_MB is a whole number of MiB") from exc
-    return StorageService(quota_bytes=quota)
+        raise LocalError(f"{name} is a whole number of MiB") from exc
+    if value < 1:
+        raise LocalError(f"{name} is at least 1 MiB")
+    return value * 1024 * 1024
+
+
+def make_service() -> StorageService:
+    """The ``node.toml`` factory: ``SECUREMESH_STORAGE_QUOTA_MB`` sets the node's quota
+    (default 10 GiB) and ``SECUREMESH_STORAGE_OWNER_QUOTA_MB`` each sender's (default a
+    quarter of the node's: no one peer fills a node)."""
+    quota = _env_mib("SECUREMESH_STORAGE_QUOTA_MB") or 10 * 1024**3
+    owner = _env_mib("SECUREMESH_STORAGE_OWNER_QUOTA_MB") or max(quota // 4, 1024 * 1024)
+    return StorageService(quota_bytes=quota, owner_quota_bytes=min(owner, quota))

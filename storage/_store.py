@@ -133,9 +133,7 @@ class ShardStore:
         self.max_shards_per_owner = max_shards_per_owner
         self._clock = clock
         self._lock = threading.Lock()
-        self._engine = engine or sa.create_engine(
-            db_url or f"sqlite:///{self.root / 'shards.db'}"
-        )
+        self._engine = engine or sa.create_engine(db_url or f"sqlite:///{self.root / 'shards.db'}")
         _meta.create_all(self._engine)
         with self._lock, write_transaction(self._engine) as conn:
             self._recount(conn)

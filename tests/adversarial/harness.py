@@ -223,8 +223,18 @@ def _curve_key(data_dir: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def operator_mesh(root: Path) -> Iterator[Mesh]:
-    """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit."""
+def operator_mesh(
+    root: Path,
+    *,
+    services: Sequence[str] = (),
+    tables: str = "",
+    env: dict[str, str] | None = None,
+) -> Iterator[Mesh]:
+    """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit.
+
+    ``services`` are loaded besides the test services, ``tables`` added to both
+    ``node.toml`` files and ``env`` to both daemons' environment (a module that
+    attacks a service, e.g. storage)."""
     from securemesh.cli import _mesh as mesh_cli  # the KDF knob tests/enroll use too
 
     cloud_dir, edge_dir = root / "cloud", root / "edge"
@@ -232,21 +242,26 @@ def operator_mesh(root: Path) -> Iterator[Mesh]:
     edge_ep = f"tcp://127.0.0.1:{free_port()}"
     saved_kdf = mesh_cli._KDF_PARAMS
     mesh_cli._KDF_PARAMS = FAST_KDF  # key files the daemons open in milliseconds
+    top = FAST_TOML.replace(
+        '"adversarial_services:register"',
+        ", ".join(f'"{entry}"' for entry in ("adversarial_services:register", *services)),
+    )
+    daemon_environment = {**daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE), **(env or {})}
     with (
         contextlib.ExitStack() as restore,
-        reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons,
+        reaped(daemon_environment) as daemons,
     ):
         restore.callback(setattr, mesh_cli, "_KDF_PARAMS", saved_kdf)
         init_cloud(
             cloud_dir, PASSPHRASE, node_id=CLOUD_ID, listen=cloud_ep,
-            top=FAST_TOML, tables=POLICY_TOML,
+            top=top, tables=POLICY_TOML + tables,
         )  # fmt: skip
         daemons.run("cloud", cloud_dir)
         mesh = Mesh(root, cloud_dir, edge_dir, daemons)
         # the edge gets a delegated authority: it enrolls devices itself (edge-1.*)
         enroll_edge(
             cloud_dir, edge_dir, EDGE_ID, PASSPHRASE, listen=edge_ep,
-            top=FAST_TOML, tables=POLICY_TOML,
+            top=top, tables=POLICY_TOML + tables,
         )  # fmt: skip
         daemons.run("edge", edge_dir)
         mesh.endpoints = {"cloud": cloud_ep, "edge": edge_ep}

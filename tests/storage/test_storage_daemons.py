@@ -206,7 +206,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Grid]:
     env = {
         "SECUREMESH_STORAGE_CHALLENGE_INTERVAL": "0.2",  # the cloud's proof-of-storage rounds
         "SECUREMESH_STORAGE_REPAIR_INTERVAL": "0.5",  # and its automatic repair rounds
-        "SECUREMESH_STORAGE_LOSS_GRACE": "1",  # a storage edge gone 1 s is lost
+        "SECUREMESH_STORAGE_LOSS_GRACE": "3",  # a storage edge silent 3 s is lost
     }
     with storage_grid(tmp_path_factory.mktemp("storage"), EDGES, k=2, n=3, env_extra=env) as g:
         yield g
@@ -564,7 +564,7 @@ def grid6(
     env = {
         "SECUREMESH_STORAGE_CHALLENGE_INTERVAL": "3600",  # this grid challenges on demand
         "SECUREMESH_STORAGE_REPAIR_INTERVAL": "0.5",
-        "SECUREMESH_STORAGE_LOSS_GRACE": "1",
+        "SECUREMESH_STORAGE_LOSS_GRACE": "3",
     }
     root = tmp_path_factory.mktemp("storage6")
     with storage_grid(root, EDGES6, k=4, n=6, env_extra=env, timeout=30.0) as g:
