@@ -678,7 +678,7 @@ def test_acceptance_1_gib_streamed_without_client_memory_growing(
         kx_secret=g.client._kx_secret, kx_public=g.client._kx_public, index="cloud-1",
         k=4, n=6, segment_size=4 * 1024 * 1024, timeout=120.0,
     )  # fmt: skip
-    live = [Candidate(e) for e in g.run(client.nodes())]
+    live = g.run(client.nodes())
     peaks: dict[int, tuple[int, float, float]] = {}
     for size in (64 * 1024 * 1024, 1024 * 1024 * 1024):
         src = tmp_path / f"src-{size}"
