@@ -13,10 +13,17 @@ node), or an adapter over the SDK device. It never sees a socket.
   ``owner/name``, so any reader computes the same nodes.
 * ``get(name)`` / ``get_into(name, write)`` — finds the manifest (the first
   copy whose owner signature verifies; a forged one is skipped), unwraps the
-  data key, and for each segment asks k nodes at once, then others for every
-  shard that is missing, refused or corrupt (hash checked by the plan); the
-  report lists them.
-* ``stat`` (the verified manifest), ``list`` and ``delete``.
+  data key, asks the index where repaired columns moved (``storage.locate``),
+  and for each segment asks k nodes at once, then others for every shard that
+  is missing, refused or corrupt (hash checked by the plan); up to
+  ``parallel_segments`` segments are fetched ahead and written in order; the
+  report lists what failed.
+* Sealing/coding (put) and rebuilding/opening (get) run in one worker thread
+  of the call's own, so the event loop keeps moving frames meanwhile.
+* ``stat`` (the verified manifest), ``list``, ``delete``, ``share`` /
+  ``unshare`` (a new manifest version with a reader's wrapped key added or
+  removed, audited ``storage.share``), ``repair`` (the owner's, re-signing)
+  and ``challenge``.
 """
 
 from __future__ import annotations
