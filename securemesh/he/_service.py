@@ -313,6 +313,8 @@ class HeService(Service):
             self.pending_bytes -= pending.nbytes
 
     def _reject(self, job: _Job, sender: str, exc: RemoteError) -> None:
+        if not exc.public_detail:  # our own texts: sizes and fields, never input values
+            exc.public_detail = str(exc)[:200]
         self._drop_pending(job, sender)
         job.rejected[sender] = exc.reason
         self.counters["rejected"] += 1
@@ -350,6 +352,9 @@ class HeService(Service):
         frame = msg.raw_frames[0]
         public = await asyncio.to_thread(load_public_context, frame, preset)
         self._evict()
+        # kept for inspection: the exact bytes this node received (never a secret key)
+        jobs_dir = self.ctx.data_dir / "jobs"
+        await asyncio.to_thread(_write_context, jobs_dir, spec.job_id, public.blob)
         job = _Job(spec, msg.sender, self.ctx.node_id, public)
         self.jobs[spec.job_id] = job
         self.counters["jobs_created"] += 1
@@ -574,6 +579,14 @@ class HeService(Service):
             details={"model": body.model, "length": body.length},
         )
         return Reply(ContextRef(preset=public.preset.name), frames=[result])
+
+
+def _write_context(jobs_dir: Path, job_id: str, blob: bytes) -> None:
+    jobs_dir.mkdir(mode=0o700, exist_ok=True)
+    files = sorted(jobs_dir.glob("*.context"), key=lambda p: p.stat().st_mtime)
+    for old in files[: max(0, len(files) - 63)]:  # the last 64 jobs' contexts
+        old.unlink(missing_ok=True)
+    (jobs_dir / f"{job_id}.context").write_bytes(blob)
 
 
 def load_models(path: Path) -> dict[str, LinearModel]:
