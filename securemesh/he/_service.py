@@ -134,6 +134,25 @@ class Busy(RemoteError):
     reason = "busy"
 
 
+def _with_detail(
+    handler: Callable[[VerifiedMessage], Awaitable[object]],
+) -> Callable[[VerifiedMessage], Awaitable[object]]:
+    """The handler, its refusals carrying their text to the peer (``mesh.error`` detail).
+
+    Every text this service raises names sizes, fields or states, never an input value.
+    """
+
+    async def run(msg: VerifiedMessage) -> object:
+        try:
+            return await handler(msg)
+        except RemoteError as exc:
+            if not exc.public_detail:
+                exc.public_detail = str(exc)[:200]
+            raise
+
+    return run
+
+
 @dataclass(frozen=True)
 class LinearModel:
     """A plaintext linear model this node scores encrypted inputs with: ``⟨x, w⟩ + bias``."""
@@ -272,7 +291,7 @@ class HeService(Service):
         for msg_type, handler in handlers.items():
             roles = [KEYHOLDER_ROLE] if msg_type == MSG_CREATE else None
             policy = AllowTypes(types=[msg_type], tiers=self.tiers, roles=roles)
-            ctx.on(msg_type, handler, policy=policy, relay_policy=policy)
+            ctx.on(msg_type, _with_detail(handler), policy=policy, relay_policy=policy)
 
     async def start(self) -> None:
         return None
@@ -313,16 +332,14 @@ class HeService(Service):
             self.pending_bytes -= pending.nbytes
 
     def _reject(self, job: _Job, sender: str, exc: RemoteError) -> None:
-        if not exc.public_detail:  # our own texts: sizes and fields, never input values
-            exc.public_detail = str(exc)[:200]
         self._drop_pending(job, sender)
         job.rejected[sender] = exc.reason
         self.counters["rejected"] += 1
         self.ctx.audit.record(
             KIND_REJECTED,
-            ("node", sender),
+            ("task", job.spec.job_id),
             outcome="denied",
-            details={"job": job.spec.job_id, "reason": exc.reason, "error": str(exc)[:200]},
+            details={"from": sender, "reason": exc.reason, "error": str(exc)[:200]},
         )
 
     # -------------------------------------------------------------- handlers
@@ -360,9 +377,9 @@ class HeService(Service):
         self.counters["jobs_created"] += 1
         self.ctx.audit.record(
             KIND_CREATED,
-            ("node", msg.sender),
+            ("task", spec.job_id),
             details={
-                "job": spec.job_id,
+                "owner": msg.sender,
                 "op": spec.op,
                 "preset": spec.preset,
                 "length": spec.length,
@@ -460,8 +477,8 @@ class HeService(Service):
             self.counters["contributions"] += 1
             self.ctx.audit.record(
                 KIND_CONTRIBUTION,
-                ("node", sender),
-                details={"job": job.spec.job_id, "weight": pending.weight},
+                ("task", job.spec.job_id),
+                details={"from": sender, "weight": pending.weight},
             )
             if len(job.contributors) >= job.spec.max_contributors:
                 job.full.set()
@@ -478,7 +495,7 @@ class HeService(Service):
             job.dropped.append(sender)
             self.counters["dropouts"] += 1
             self.ctx.audit.record(
-                KIND_DROPOUT, ("node", sender), outcome="failure", details={"job": job.spec.job_id}
+                KIND_DROPOUT, ("task", job.spec.job_id), outcome="failure", details={"from": sender}
             )
         # a contribution completing right now is being added in a thread: let it finish
         while job.acc.count < len(job.contributors):
@@ -491,9 +508,9 @@ class HeService(Service):
             self.counters["jobs_failed"] += 1
             self.ctx.audit.record(
                 KIND_FAILED,
-                ("node", job.owner),
+                ("task", job.spec.job_id),
                 outcome="failure",
-                details={"job": job.spec.job_id, "error": job.error},
+                details={"owner": job.owner, "error": job.error},
             )
         else:
             job.result = await asyncio.to_thread(job.acc.result_frames)
@@ -502,9 +519,9 @@ class HeService(Service):
             self.counters["jobs_done"] += 1
             self.ctx.audit.record(
                 KIND_DONE,
-                ("node", job.owner),
+                ("task", job.spec.job_id),
                 details={
-                    "job": job.spec.job_id,
+                    "owner": job.owner,
                     "count": job.acc.count,
                     "weight_sum": job.acc.weight_sum,
                     "rejected": len(job.rejected),
@@ -567,16 +584,16 @@ class HeService(Service):
         except RemoteError as exc:
             self.ctx.audit.record(
                 KIND_SCORE,
-                ("node", msg.sender),
+                ("node", self.ctx.node_id),
                 outcome="denied",
-                details={"model": body.model, "reason": exc.reason},
+                details={"from": msg.sender, "model": body.model, "reason": exc.reason},
             )
             raise
         self.counters["scores"] += 1
         self.ctx.audit.record(
             KIND_SCORE,
-            ("node", msg.sender),
-            details={"model": body.model, "length": body.length},
+            ("node", self.ctx.node_id),
+            details={"from": msg.sender, "model": body.model, "length": body.length},
         )
         return Reply(ContextRef(preset=public.preset.name), frames=[result])
 
