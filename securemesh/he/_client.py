@@ -187,14 +187,28 @@ class KeyOwner:
         return HeJob(info=info, secret=secret)
 
     async def poll(self, job: HeJob, *, wait: float = 0.0) -> tuple[JobResult, list[bytes]]:
-        """The job's state at the aggregator (waiting up to ``wait`` s for it to finish)."""
+        """The job's state at the aggregator (waiting up to ``wait`` s for it to finish),
+        and, once it is done, every result chunk (fetched in as many replies as needed)."""
         reply = await self.requester.request(
             self.aggregator,
             MSG_RESULT,
             ResultRequest(job_id=job.id, wait=wait),
             timeout=wait + self.request_timeout,
         )
-        return reply.body(JobResult), [bytes(f) for f in reply.raw_frames]
+        status = reply.body(JobResult)
+        frames = [bytes(f) for f in reply.raw_frames]
+        while status.state == "done" and 0 < len(frames) < status.chunks:
+            reply = await self.requester.request(
+                self.aggregator,
+                MSG_RESULT,
+                ResultRequest(job_id=job.id, first=len(frames)),
+                timeout=self.request_timeout,
+            )
+            part = reply.body(JobResult)
+            if part.first != len(frames) or not reply.raw_frames:
+                raise DecodeError("the aggregator sent result chunks out of order")
+            frames.extend(bytes(f) for f in reply.raw_frames)
+        return status, frames
 
     async def result(self, job: HeJob, *, wait: float = 300.0) -> HeResult:
         """Wait for the result, decrypt it; LocalError if the job failed or is not done."""

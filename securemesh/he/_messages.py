@@ -51,6 +51,8 @@ HE_TYPES: Final = (
     MSG_SCORE,
 )
 
+#: Result chunks per ``he.job.result`` reply (the default node limit is 16 frames).
+RESULT_FRAMES: Final = 8
 #: A job's largest vector (values); 2^22 floats is 512 chunks of wide-16384.
 MAX_LENGTH: Final = 1 << 22
 MAX_CONTRIBUTORS: Final = 10_000
@@ -122,11 +124,17 @@ class JobRef(BaseModel):
 
 
 class ResultRequest(BaseModel):
-    """``he.job.result``: the key owner asks for the result, waiting up to ``wait`` seconds."""
+    """``he.job.result``: the key owner asks for the result, waiting up to ``wait`` seconds.
+
+    The reply carries the result chunks from ``first`` on, at most
+    ``RESULT_FRAMES`` of them (the node's frame limit); the owner asks again
+    for the rest.
+    """
 
     model_config = _STRICT
     job_id: JobId
     wait: float = Field(default=0.0, ge=0, le=300)
+    first: int = Field(default=0, ge=0, lt=1 << 16)
 
 
 class Contribution(BaseModel):
@@ -153,7 +161,8 @@ class Accepted(BaseModel):
 
 
 class JobResult(BaseModel):
-    """``he.job.result`` reply; when ``state`` is ``done`` the frames are the result chunks."""
+    """``he.job.result`` reply; when ``state`` is ``done`` the frames are result chunks
+    ``first``.. (``chunks`` in all)."""
 
     model_config = _STRICT
     job_id: JobId
@@ -164,6 +173,8 @@ class JobResult(BaseModel):
     rejected: dict[NodeIdStr, str] = Field(default_factory=dict)
     dropped: list[NodeIdStr] = Field(default_factory=list, max_length=MAX_CONTRIBUTORS)
     error: str = ""
+    first: int = 0
+    chunks: int = 0
 
 
 class ContextRef(BaseModel):

@@ -82,6 +82,7 @@ from securemesh.he._messages import (
     MSG_RESULT,
     MSG_SCORE,
     MSG_SCORE_CONTEXT,
+    RESULT_FRAMES,
     Accepted,
     ContextRef,
     Contribution,
@@ -539,8 +540,15 @@ class HeService(Service):
         if body.wait > 0 and not job.finished.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.finished.wait(), timeout=body.wait)
-        frames = job.result if job.state == "done" else []
-        return Reply(job.result_body(), frames=frames)
+        if job.state != "done":
+            return Reply(job.result_body())
+        if body.first >= len(job.result):
+            raise DecodeError(f"the result has {len(job.result)} chunks")
+        frames = job.result[body.first : body.first + RESULT_FRAMES]
+        reply = job.result_body().model_copy(
+            update={"first": body.first, "chunks": len(job.result)}
+        )
+        return Reply(reply, frames=frames)
 
     # ----------------------------------------------------------------- scoring
 
