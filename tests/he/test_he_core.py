@@ -161,3 +161,9 @@ def test_importing_the_sdk_does_not_import_tenseal() -> None:
         "assert 'tenseal' not in sys.modules, 'tenseal loaded'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_docs_core_example_runs() -> None:
+    from docs_support import marked_block
+
+    exec(compile(marked_block("he.md", "he-core"), "docs/he.md", "exec"), {"__name__": "he_doc"})
