@@ -17,6 +17,7 @@ decrypted only by the key owner that calls it.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -285,15 +286,34 @@ async def contribute(
         raise LocalError(f"the job takes {info.length} values, not {len(x)}")
     if info.op == "stats":
         x = np.concatenate([x, x * x])
-    frames = encrypt_vector(public, x)
-    return await send_chunks(
-        requester,
-        aggregator,
-        Contribution(job_id=job_id, context_digest=public.digest, weight=weight, first=0),
-        frames,
-        timeout=timeout,
-        frames_per_message=frames_per_message,
-    )
+    head = Contribution(job_id=job_id, context_digest=public.digest, weight=weight, first=0)
+    # encrypt a message's worth of chunks, send it, and encrypt the next meanwhile
+    slots = public.preset.slots * frames_per_message
+    sends: list[asyncio.Task[Accepted]] = []
+    try:
+        for start in range(0, len(x), slots):
+            frames = await asyncio.to_thread(encrypt_vector, public, x[start : start + slots])
+            first = start // public.preset.slots
+            sends.append(
+                asyncio.create_task(
+                    send_chunks(
+                        requester,
+                        aggregator,
+                        head.model_copy(update={"first": first}),
+                        frames,
+                        timeout=timeout,
+                        frames_per_message=frames_per_message,
+                    )
+                )
+            )
+        replies = [await task for task in sends]
+    finally:
+        for task in sends:
+            task.cancel()
+    done = [r for r in replies if r.complete]
+    if len(done) != 1:
+        raise DecodeError("the aggregator did not report the contribution complete")
+    return done[0]
 
 
 async def send_chunks(
@@ -305,12 +325,13 @@ async def send_chunks(
     timeout: float = 60.0,
     frames_per_message: int = FRAMES_PER_MESSAGE,
 ) -> Accepted:
-    """Send already-encrypted chunk ``frames`` as ``he.contribute`` parts (``head.first`` = 0)."""
+    """Send encrypted chunk ``frames`` (from chunk ``head.first`` on) as ``he.contribute``
+    parts of at most ``frames_per_message``; the last part's reply."""
     if frames_per_message < 1:
         raise LocalError("frames_per_message is at least 1")
     accepted: Accepted | None = None
     for start in range(0, len(frames), frames_per_message):
-        part = head.model_copy(update={"first": start})
+        part = head.model_copy(update={"first": head.first + start})
         reply = await requester.request(
             aggregator,
             MSG_CONTRIBUTE,

@@ -141,7 +141,8 @@ class Contribution(BaseModel):
     """``he.contribute``: chunks ``first``.. of the sender's contribution (frames in order).
 
     A contribution of many chunks travels in several messages (each within the
-    frame limit); it counts once all ``chunks`` have arrived.
+    frame limit, in any order, each chunk once); it counts once every chunk
+    has arrived.
     """
 
     model_config = _STRICT

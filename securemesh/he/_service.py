@@ -51,7 +51,7 @@ import math
 import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +162,15 @@ class LinearModel:
     bias: float = 0.0
 
 
-@dataclass
 class _Pending:
-    chunks: list[Any] = field(default_factory=list)
-    nbytes: int = 0
-    weight: float = 1.0
+    """One sender's contribution while its parts arrive (chunks by index)."""
+
+    def __init__(self, count: int, weight: float) -> None:
+        self.chunks: list[Any] = [None] * count
+        self.claimed = [False] * count
+        self.filled = 0
+        self.nbytes = 0
+        self.weight = weight
 
 
 class _Job:
@@ -401,14 +405,12 @@ class HeService(Service):
         job = self._job(msg.body(JobRef).job_id)
         return Reply(job.info, frames=[job.public.blob])
 
-    def _check_part(
-        self,
-        job: _Job,
-        body: Contribution,
-        pending: _Pending | None,
-        frames: tuple[memoryview, ...],
-    ) -> tuple[list[int], int]:
-        """The chunk lengths and bytes of a contribution part, or the RemoteError refusing it."""
+    def _claim_part(
+        self, job: _Job, body: Contribution, sender: str, frames: tuple[memoryview, ...]
+    ) -> tuple[_Pending, list[int], int]:
+        """Claim chunks ``first``.. of the sender's contribution for this part (before any
+        await, so parts may arrive and load concurrently, each chunk once); its lengths
+        and bytes (counted as pending until the contribution completes or is dropped)."""
         if body.context_digest != job.public.digest:
             raise ForeignCiphertext("the contribution is for another context than the job's")
         if job.spec.weighted:
@@ -416,18 +418,24 @@ class HeService(Service):
                 raise DecodeError("the weight exceeds the job's max_weight")
         elif body.weight != 1.0:
             raise DecodeError("the job is unweighted: the weight is 1")
-        received = len(pending.chunks) if pending else 0
+        pending = job.pending.get(sender)
         if pending is not None and body.weight != pending.weight:
             raise DecodeError("every part of a contribution has the same weight")
-        if body.first != received or not frames:
-            raise DecodeError(f"expected chunks from {received}, got from {body.first}")
-        if received + len(frames) > len(job.lengths):
-            raise DecodeError("more chunks than the job has")
+        end = body.first + len(frames)
+        if not frames or end > len(job.lengths):
+            raise DecodeError(f"chunks {body.first}..{end - 1}: the job has {len(job.lengths)}")
+        if pending is not None and any(pending.claimed[body.first : end]):
+            raise DecodeError("a chunk of this contribution was sent twice")
         size = sum(f.nbytes for f in frames)
         if self.pending_bytes + size > self.max_pending_bytes:
             self.counters["busy"] += 1
             raise Busy("too many pending contribution bytes on this node; retry later")
-        return job.lengths[received : received + len(frames)], size
+        if pending is None:
+            pending = job.pending[sender] = _Pending(len(job.lengths), body.weight)
+        pending.claimed[body.first : end] = [True] * len(frames)
+        pending.nbytes += size
+        self.pending_bytes += size
+        return pending, job.lengths[body.first : end], size
 
     async def _contribute(self, msg: VerifiedMessage) -> Accepted:
         body = msg.body(Contribution)
@@ -441,36 +449,27 @@ class HeService(Service):
             raise DecodeError("this node's contribution to the job was rejected")
         if sender in job.contributors:
             raise DecodeError("this node has already contributed to the job")
-        pending = job.pending.get(sender)
         frames = msg.raw_frames
         try:
-            lengths, size = self._check_part(job, body, pending, frames)
+            pending, lengths, _ = self._claim_part(job, body, sender, frames)
             preset = job.public.preset
             ctx_ts = job.public.ts
-            self.pending_bytes += size  # reserved while the chunks load
-            try:
-                loaded = await asyncio.to_thread(
-                    lambda: [
-                        load_chunk(ctx_ts, preset, f, n)
-                        for f, n in zip(frames, lengths, strict=True)
-                    ]
-                )
-            except BaseException:
-                self.pending_bytes -= size
-                raise
+            loaded = await asyncio.to_thread(
+                lambda: [
+                    load_chunk(ctx_ts, preset, f, n) for f, n in zip(frames, lengths, strict=True)
+                ]
+            )
         except Busy:
             raise
         except RemoteError as exc:
-            self._reject(job, sender, exc)
+            if sender not in job.rejected:
+                self._reject(job, sender, exc)
             raise
-        if job.state != "collecting" or sender in job.rejected:
-            self.pending_bytes -= size
-            raise JobClosed("the job closed while the chunks loaded")
-        if pending is None:
-            pending = job.pending[sender] = _Pending(weight=body.weight)
-        pending.chunks.extend(loaded)
-        pending.nbytes += size
-        complete = len(pending.chunks) == len(job.lengths)
+        if job.pending.get(sender) is not pending:  # rejected, dropped or closed meanwhile
+            raise JobClosed("this contribution is no longer pending")
+        pending.chunks[body.first : body.first + len(loaded)] = loaded
+        pending.filled += len(loaded)
+        complete = pending.filled == len(job.lengths)
         if complete:
             self._drop_pending(job, sender)
             job.contributors.append(sender)  # before the await: no second completion
@@ -483,7 +482,7 @@ class HeService(Service):
             )
             if len(job.contributors) >= job.spec.max_contributors:
                 job.full.set()
-        return Accepted(job_id=job.spec.job_id, received=len(pending.chunks), complete=complete)
+        return Accepted(job_id=job.spec.job_id, received=pending.filled, complete=complete)
 
     async def _run(self, job: _Job) -> None:
         """Collect until full or the deadline, then compute the result (or fail)."""
