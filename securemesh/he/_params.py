@@ -143,6 +143,12 @@ class Preset:
         weights = float(count) if weight_sum is None else weight_sum
         return ERROR_CONSTANT * self.poly_modulus_degree / self.scale * (count + weights)
 
+    def score_error_bound(self, weight_l1: float) -> float:
+        """The absolute error bound of a linear score ``⟨x, w⟩ + b`` (``weight_l1`` = Σ|wᵢ|):
+        the weighted bound times the log2(slots) rotations that sum the slots (each adds
+        key-switching noise)."""
+        return self.error_bound(1, weight_l1) * math.log2(self.slots)
+
     def fresh_noise_std(self) -> float:
         """The average-case standard deviation of one fresh slot (module doc)."""
         return _SIGMA * self.poly_modulus_degree * math.sqrt(4 / 3) / self.scale
@@ -180,13 +186,15 @@ class Preset:
 
 
 #: The presets a job names (each validated at import). ``fast-4096`` is for tests and
-#: small readings (about 2 decimal digits per contribution); ``standard-8192`` is the
-#: default (one level: weights); ``deep-8192`` has two levels (weights, then a dot
-#: product); ``wide-16384`` four levels and 8,192 slots per ciphertext.
+#: small readings (about 2 decimal digits per contribution); ``score-4096`` for linear
+#: scoring (its Galois keys, ~6 MB, fit one frame; a finer scale than fast-4096);
+#: ``standard-8192`` is the default (one level: weights); ``deep-8192`` has two
+#: levels (weights, then a dot product); ``wide-16384`` four levels and 8,192 slots per ciphertext.
 PRESETS: Final[dict[str, Preset]] = {
     p.name: p.validate()
     for p in (
         Preset("fast-4096", 4096, (40, 20, 40), 20),
+        Preset("score-4096", 4096, (40, 25, 44), 25),
         Preset("standard-8192", 8192, (60, 40, 60), 40),
         Preset("deep-8192", 8192, (60, 40, 40, 60), 40),
         Preset("wide-16384", 16384, (60, 40, 40, 40, 40, 60), 40),

@@ -101,14 +101,15 @@ def test_weighted_sums_of_chunked_vectors_match_plaintext_within_the_bound(
 
 
 def test_linear_scoring_returns_the_dot_product_plus_bias() -> None:
-    owner = SecretContext(FAST, galois_keys=True)
-    public = load_public_context(owner.public_bytes(), FAST)
+    preset = get_preset("score-4096")
+    owner = SecretContext(preset, galois_keys=True)
+    public = load_public_context(owner.public_bytes(), preset)
     x = np.linspace(-1, 1, 100)
     w = np.linspace(0.5, -0.5, 100)
     frames = encrypt_vector(public, x)
     result = score(public, frames, [100], w, 0.25)
     got = float(owner.decrypt([result], [1])[0])
-    assert abs(got - (x @ w + 0.25)) <= FAST.error_bound(1, float(np.abs(w).sum()))
+    assert abs(got - (x @ w + 0.25)) <= preset.score_error_bound(float(np.abs(w).sum()))
 
 
 def test_malformed_truncated_and_foreign_ciphertexts_are_refused(owner: SecretContext) -> None:
