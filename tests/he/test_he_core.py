@@ -6,8 +6,10 @@ Small presets (``fast-4096``) where the property does not depend on size.
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +170,26 @@ def test_the_docs_core_example_runs() -> None:
     from docs_support import marked_block
 
     exec(compile(marked_block("he.md", "he-core"), "docs/he.md", "exec"), {"__name__": "he_doc"})
+
+
+def test_the_cli_lists_presets_and_inspects_contexts(
+    owner: SecretContext, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from securemesh.cli import main
+
+    assert main(["he", "presets", "-o", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(PRESETS)
+    assert all(r["total_bits"] <= r["max_bits_128"] for r in rows)
+    public = tmp_path / "public.context"
+    public.write_bytes(owner.public_bytes())
+    assert main(["he", "inspect", str(public), "--preset", "fast-4096", "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["secret_key"] is False
+    assert doc["sha256"] == owner.public.digest
+    secret = tmp_path / "secret.context"
+    secret.write_bytes(owner._ctx.serialize(save_secret_key=True))
+    assert main(["he", "inspect", str(secret), "--preset", "fast-4096"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error:")
+    assert "secret key" in err

@@ -24,7 +24,11 @@ depend on size). The tests check that:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +50,7 @@ from daemon_support import (
     verify_cloud_log,
 )
 
+from securemesh.cli import main
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.errors import RemoteCallError
 from securemesh.he import (
@@ -64,12 +69,15 @@ from securemesh.sdk import Device, DeviceRequester, he_contribute, he_key_owner
 pytestmark = pytest.mark.slow
 
 PASSPHRASE = "he-test-passphrase"
+ENV = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
 FAST = get_preset("fast-4096")
 TOP = 'status_interval = 0.2\nheartbeat_interval = 0.5\nservices = ["securemesh.he:make_service"]\n'
 POLICY = '\n[[policy.allow]]\ntypes = ["he.*"]\ntiers = ["end", "edge", "cloud"]\n'
 HONEST = ("edge-a.c1", "edge-a.c2", "edge-a.c3")
 OWNER = "edge-a.owner"
 BAD = "edge-a.bad"
+CLI_OWNER = "edge-a.cli-owner"
+CLI_METERS = ("edge-a.cli-m1", "edge-a.cli-m2")
 MODEL = {"risk": {"weights": [0.5, -0.25, 1.0, 0.125], "bias": 0.75}}
 
 
@@ -96,6 +104,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
             enroll_edge(cloud, m.dir("edge-a"), "edge-a", PASSPHRASE, top=TOP, tables=POLICY)
             daemons.run("edge-a", m.dir("edge-a"))
             roles = {OWNER: ["he-keyholder"], BAD: [], **{c: [] for c in HONEST}}
+            roles |= {CLI_OWNER: ["he-keyholder"], **{m: [] for m in CLI_METERS}}
             tokens = {name: end_token(m.dir("edge-a"), *r) for name, r in roles.items()}
             created = time.time()
             poll(
@@ -107,6 +116,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
                     token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
                     timeout=20, kdf_params=UNSAFE_FAST_PARAMS,
                 )  # fmt: skip
+                if name in (CLI_OWNER, *CLI_METERS):  # the CLI connects them itself
+                    continue
                 m.devices[name] = Device.connect(
                     root / name, passphrase=PASSPHRASE, connect_timeout=30
                 )
@@ -249,3 +260,41 @@ def test_the_energy_example_averages_without_revealing_readings(mesh: DeviceMesh
     he_aggregate.run_meter(mesh.devices["edge-a.c2"], "edge-a", job.id, b)
     mean = he_aggregate.finish_job(mesh.devices[OWNER], "edge-a", job, timeout=60)
     assert np.max(np.abs(np.array(mean) - (np.array(a) + np.array(b)) / 2)) < 1e-5
+
+
+def test_the_cli_runs_a_job_and_contributes(mesh: DeviceMesh) -> None:
+    env = daemon_env(passphrase=PASSPHRASE)
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "securemesh", "he", "run", "--data-dir",
+         str(mesh.dir(CLI_OWNER)), "--aggregator", "edge-a", "--op", "sum", "--length", "3",
+         "--contributors", "2", "--timeout", "60", "--preset", "fast-4096", "-o", "json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert owner.stderr is not None
+        first = ""
+        for line in owner.stderr:  # "job <id>", printed as soon as the job exists (after logs)
+            if line.startswith("job "):
+                first = line
+                break
+        assert first, "the owner printed no job id"
+        job_id = first.split()[1]
+        meter = ["--aggregator", "edge-a", "--job", job_id, "-o", "json"]
+        dirs = [str(mesh.dir(m)) for m in CLI_METERS]
+        out = io.StringIO()
+        err = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            bad = main(["he", "contribute", "--data-dir", dirs[0], *meter, "--values", "1,x"])
+        assert bad != 0
+        assert err.getvalue().startswith("error:")
+        cli("he", "contribute", "--data-dir", dirs[0], *meter, "--values", "1,2,3", env=ENV)
+        cli("he", "contribute", "--data-dir", dirs[1], *meter, "--values", "0.5,0.5,0.5", env=ENV)
+        stdout, stderr = owner.communicate(timeout=120)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+    assert owner.returncode == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["count"] == 2
+    assert np.max(np.abs(np.array(doc["total"]) - [1.5, 2.5, 3.5])) <= doc["error_bound"]
