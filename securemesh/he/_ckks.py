@@ -172,6 +172,15 @@ def load_chunk(
         raise ForeignCiphertext("the ciphertext does not load under the job's context") from exc
     if vec.size() != length:
         raise DecodeError("the loaded chunk has the wrong size")
+    if fresh:
+        # a ciphertext switched down to a lower level loads too (its parameters are in
+        # the chain) but would drag the sum down with it and leave no level for weights
+        try:
+            level_ok = vec.ciphertext()[0].parms_id() == ctx.seal_context().data.first_parms_id()
+        except Exception as exc:
+            raise ForeignCiphertext("the ciphertext's level cannot be read") from exc
+        if not level_ok:
+            raise ForeignCiphertext("the ciphertext is not at the context's first level")
     return vec
 
 
@@ -219,18 +228,22 @@ class EncryptedSum:
         """Add one loaded contribution (from :meth:`load`) with ``weight``."""
         if not (math.isfinite(weight) and weight > 0):
             raise LocalError("a weight is a positive finite number")
-        if self.weighted:
-            chunks = [c * weight for c in chunks]
-        elif weight != 1.0:
+        if not self.weighted and weight != 1.0:
             raise LocalError("an unweighted sum takes weight 1")
-        with self._lock:
-            if self._totals is None:
-                self._totals = chunks
-            else:
-                for total, chunk in zip(self._totals, chunks, strict=True):
-                    total.add_(chunk)
-            self.count += 1
-            self.weight_sum += weight
+        try:
+            if self.weighted:
+                chunks = [c * weight for c in chunks]
+            with self._lock:
+                if self._totals is None:
+                    self._totals = chunks
+                else:
+                    # add into copies: a chunk that fails leaves the total as it was
+                    new = [t + c for t, c in zip(self._totals, chunks, strict=True)]
+                    self._totals = new
+                self.count += 1
+                self.weight_sum += weight
+        except Exception as exc:  # TenSEAL refuses to combine them (scale, level, size)
+            raise ForeignCiphertext("the contribution does not combine with the sum") from exc
 
     def result_frames(self) -> list[bytes]:
         """The encrypted sum, one serialized ciphertext per chunk (LocalError if empty)."""

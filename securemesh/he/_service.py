@@ -205,6 +205,7 @@ class _Job:
         self.dropped: list[str] = []
         self.full = asyncio.Event()
         self.finished = asyncio.Event()
+        self.adding: set[asyncio.Future[None]] = set()
         self.result: list[bytes] = []
         self.error = ""
 
@@ -473,7 +474,18 @@ class HeService(Service):
         if complete:
             self._drop_pending(job, sender)
             job.contributors.append(sender)  # before the await: no second completion
-            await asyncio.to_thread(job.acc.add, pending.chunks, pending.weight)
+            adding = asyncio.ensure_future(
+                asyncio.to_thread(job.acc.add, pending.chunks, pending.weight)
+            )
+            job.adding.add(adding)
+            try:
+                await adding
+            except RemoteError as exc:
+                job.contributors.remove(sender)
+                self._reject(job, sender, exc)
+                raise
+            finally:
+                job.adding.discard(adding)
             self.counters["contributions"] += 1
             self.ctx.audit.record(
                 KIND_CONTRIBUTION,
@@ -497,9 +509,9 @@ class HeService(Service):
             self.ctx.audit.record(
                 KIND_DROPOUT, ("task", job.spec.job_id), outcome="failure", details={"from": sender}
             )
-        # a contribution completing right now is being added in a thread: let it finish
-        while job.acc.count < len(job.contributors):
-            await asyncio.sleep(0.01)
+        # contributions completing right now are being added in threads: let them finish
+        if job.adding:
+            await asyncio.gather(*job.adding, return_exceptions=True)
         if job.acc.count < job.spec.min_contributors:
             job.error = (
                 f"{job.acc.count} complete contributions, the job needs {job.spec.min_contributors}"
@@ -513,7 +525,13 @@ class HeService(Service):
                 details={"owner": job.owner, "error": job.error},
             )
         else:
-            job.result = await asyncio.to_thread(job.acc.result_frames)
+            try:
+                job.result = await asyncio.to_thread(job.acc.result_frames)
+            except Exception as exc:  # never leave the owner waiting on a crashed job
+                job.error = f"the result could not be serialized: {type(exc).__name__}"
+                job.set_state("failed")
+                job.finished.set()
+                raise
             digest = hashlib.sha256(b"".join(job.result)).hexdigest()
             job.set_state("done")
             self.counters["jobs_done"] += 1

@@ -129,6 +129,10 @@ def test_malformed_truncated_and_foreign_ciphertexts_are_refused(owner: SecretCo
     foreign = encrypt_vector(SecretContext(other).public, [1.0, 2.0])[0]
     with pytest.raises(ForeignCiphertext):
         load_chunk(owner.public.ts, FAST, foreign, 2)
+    # a ciphertext of the job's own key but at a lower level (multiplied, rescaled)
+    lower = (ts.ckks_vector(owner.public.ts, [1.0, 2.0]) * 1.0).serialize()
+    with pytest.raises(ForeignCiphertext):
+        load_chunk(owner.public.ts, FAST, lower, 2)
     # another preset's scale is refused by the structure check already
     big = encrypt_vector(SecretContext(get_preset("standard-8192")).public, [1.0])[0]
     with pytest.raises(DecodeError):
