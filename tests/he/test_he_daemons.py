@@ -15,10 +15,14 @@ depend on size). The tests check that:
 2. in a weighted ``mean`` job a foreign-context ciphertext and a wrong context
    digest are refused, and a contributor that sends half its chunks and drops
    out does not hold the job past its deadline (``he.job.dropout``);
-3. a node without ``he-keyholder`` cannot create a job; only the owner gets
-   the result; the job events are in the cloud log, which verifies;
+3. only the owner gets the result; the job events are in the cloud log,
+   which verifies (a node without ``he-keyholder`` cannot create a job:
+   tests/adversarial/test_he_attacks.py);
 4. linear scoring: the encrypted input's score under edge-a's plaintext model
-   comes back to the input's owner, who alone decrypts it.
+   comes back to the input's owner, who alone decrypts it;
+5. examples/he_aggregate.py averages two meters' readings, and the CLI
+   (``securemesh he run`` in a real process, ``he contribute``) runs a job;
+   a malformed value is one ``error:`` line.
 """
 
 from __future__ import annotations
