@@ -59,10 +59,12 @@ from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.errors import RemoteCallError
 from securemesh.he import (
     Contribution,
+    HeJob,
     Preset,
     SecretContext,
     context_has_secret_key,
     encrypt_vector,
+    encrypted_weighted_sum,
     fetch_job,
     get_preset,
     score_remote,
@@ -255,6 +257,27 @@ def test_the_energy_example_averages_without_revealing_readings(mesh: DeviceMesh
     he_aggregate.run_meter(mesh.devices["edge-a.c2"], "edge-a", job.id, b)
     mean = he_aggregate.finish_job(mesh.devices[OWNER], "edge-a", job, timeout=60)
     assert np.max(np.abs(np.array(mean) - (np.array(a) + np.array(b)) / 2)) < 1e-5
+
+
+def test_the_fl_aggregation_call_returns_the_weighted_sum(mesh: DeviceMesh) -> None:
+    owner = he_key_owner(mesh.devices[OWNER], "edge-a")
+    updates = {"edge-a.c1": (np.full(10, 0.2), 30.0), "edge-a.c2": (np.linspace(0, 1, 10), 10.0)}
+
+    async def ready(job: HeJob) -> None:  # an FL round tells its participants the job id
+        for name, (delta, n) in updates.items():
+            await asyncio.to_thread(
+                he_contribute, mesh.devices[name], "edge-a", job.id, delta.tolist(), weight=n
+            )
+
+    result = asyncio.run(
+        encrypted_weighted_sum(
+            owner, length=10, contributors=list(updates), timeout=60, ready=ready,
+            max_weight=100.0, preset="fast-4096",
+        )
+    )  # fmt: skip
+    want = sum(n * delta for delta, n in updates.values())
+    assert result.weight_sum == 40.0
+    assert np.max(np.abs(result.total - want)) <= result.error_bound
 
 
 def test_the_cli_runs_a_job_and_contributes(mesh: DeviceMesh) -> None:
