@@ -15,8 +15,10 @@ raw frames, never JSON/base64):
   public context frame. The context is checked structurally, loaded by TenSEAL
   defensively and refused if it holds a secret key or is not the preset's;
   the preset must meet the job's precision and magnitude
-  (:meth:`Preset.check_job`). The job is announced (``he.job.announce``
-  broadcast to this node's children) and audited (``he.job.created``).
+  (:meth:`Preset.check_job`). The job is audited (``he.job.created``) and,
+  with ``announce`` (``SECUREMESH_HE_ANNOUNCE=1``), announced to this node's
+  children (``he.job.announce`` broadcast; off by default: a child without a
+  handler for it would count and audit a rejection per job).
 * ``he.job.get`` — a job's description and its public context (frame).
 * ``he.contribute`` — chunk frames of the sender's contribution; each is
   checked (size, structure, scale, then SEAL's own load under the job's
@@ -251,7 +253,7 @@ class HeService(Service):
         max_jobs: int = 64,
         max_pending_bytes: int = 1 << 30,
         max_score_contexts: int = 16,
-        announce: bool = True,
+        announce: bool = False,
     ) -> None:
         if max_jobs < 1 or max_pending_bytes < 1 or max_score_contexts < 1:
             raise LocalError("HE service bounds are positive")
@@ -654,6 +656,8 @@ def load_models(path: Path) -> dict[str, LinearModel]:
 
 
 def make_service() -> HeService:
-    """The ``node.toml`` factory; ``SECUREMESH_HE_MODELS`` names a JSON file of linear models."""
+    """The ``node.toml`` factory; ``SECUREMESH_HE_MODELS`` names a JSON file of linear models,
+    ``SECUREMESH_HE_ANNOUNCE=1`` broadcasts each new job to the node's children."""
     path = os.environ.get("SECUREMESH_HE_MODELS")
-    return HeService(models=load_models(Path(path)) if path else None)
+    announce = os.environ.get("SECUREMESH_HE_ANNOUNCE", "0") == "1"
+    return HeService(models=load_models(Path(path)) if path else None, announce=announce)
