@@ -12,7 +12,7 @@ results.
   :func:`check_public_context`, :func:`context_has_secret_key`;
 * bus bodies: :class:`JobSpec`, :class:`JobInfo`, :class:`Contribution`, ...;
 * CKKS (loads TenSEAL): :class:`SecretContext`, :func:`load_public_context`,
-  :func:`encrypt_vector`, :class:`EncryptedSum`;
+  :func:`encrypt_vector`, :func:`load_chunk`, :class:`EncryptedSum`, :func:`score`;
 * the library API (loads TenSEAL): :class:`KeyOwner`, :func:`contribute`,
   :func:`encrypted_weighted_sum` (the FL aggregation mode), :func:`score_remote`;
 * the service (``services = ["securemesh.he:make_service"]``): :class:`HeService`.
@@ -39,6 +39,7 @@ from securemesh.he._messages import (
     JobInfo,
     JobResult,
     JobSpec,
+    ResultRequest,
 )
 from securemesh.he._params import HE_STANDARD_128, PRESETS, Preset, get_preset
 
@@ -49,7 +50,9 @@ if TYPE_CHECKING:
         SecretContext,
         chunk_lengths,
         encrypt_vector,
+        load_chunk,
         load_public_context,
+        score,
     )
     from securemesh.he._client import (
         HeJob,
@@ -91,6 +94,7 @@ __all__ = [
     "Preset",
     "PublicContext",
     "Requester",
+    "ResultRequest",
     "SecretContext",
     "check_ciphertext",
     "check_public_context",
@@ -101,9 +105,11 @@ __all__ = [
     "encrypted_weighted_sum",
     "fetch_job",
     "get_preset",
+    "load_chunk",
     "load_models",
     "load_public_context",
     "make_service",
+    "score",
     "score_remote",
     "send_chunks",
 ]
@@ -114,7 +120,9 @@ _CKKS = {
     "SecretContext",
     "chunk_lengths",
     "encrypt_vector",
+    "load_chunk",
     "load_public_context",
+    "score",
 }
 _CLIENT = {
     "HeJob",

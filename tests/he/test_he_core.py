@@ -31,9 +31,10 @@ from securemesh.he import (
     context_has_secret_key,
     encrypt_vector,
     get_preset,
+    load_chunk,
     load_public_context,
+    score,
 )
-from securemesh.he._ckks import load_chunk, score
 
 FAST = get_preset("fast-4096")
 

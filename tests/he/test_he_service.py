@@ -8,6 +8,7 @@ The daemon-level acceptance is ``test_he_daemons.py``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from securemesh.he import (
     Contribution,
     HeService,
     JobInfo,
+    JobResult,
     KeyOwner,
     PublicContext,
+    ResultRequest,
     SecretContext,
     contribute,
     encrypt_vector,
@@ -134,3 +137,50 @@ def test_a_job_with_too_few_contributions_fails_at_its_deadline(tmp_path: Path) 
 
 def _public() -> PublicContext:
     return SecretContext(FAST).public
+
+
+def test_a_result_longer_than_one_reply_is_paged_to_the_owner(tmp_path: Path) -> None:
+    async def main() -> None:
+        fx = Fixture()
+        f = memory_factory()
+        owner_m = fx.member("dev-3", "end", roles=["he-keyholder"])
+        other_m = fx.member("dev-4", "end")
+        edge = build_node(
+            fx, fx.member("edge-3", "edge"), f, listen="memory://he-3", known=[owner_m, other_m],
+            policy=HE_POLICY,
+        )  # fmt: skip
+        host = ServiceHost(edge.node, audit=NullAuditRecorder(origin="edge-3"), data_dir=tmp_path)
+        host.install(HeService())
+        await edge.node.start()
+        await host.start()
+        devs = [
+            build_node(fx, m, f, parent=edge.node, policy=HE_POLICY) for m in (owner_m, other_m)
+        ]
+        for dev in devs:
+            await dev.node.start()
+            await dev.node.wait_parent(5)
+        owner = KeyOwner(devs[0].node, aggregator="edge-3")
+        length = 9 * FAST.slots + 5  # ten chunks: two result replies (eight, then two)
+        try:
+            job = await owner.create_job(
+                "sum", length=length, max_contributors=2, timeout=30, preset=FAST
+            )
+            xs = [np.linspace(-1, 1, length), np.full(length, 0.5)]
+            await asyncio.gather(
+                *(contribute(d.node, "edge-3", job.id, x) for d, x in zip(devs, xs, strict=True))
+            )
+            result = await owner.result(job, wait=30)
+            assert len(result.total) == length
+            first = await devs[0].node.request(
+                "edge-3", "he.job.result", ResultRequest(job_id=job.id), timeout=10
+            )
+            assert len(first.raw_frames) == 8  # the frame limit's share; the owner asked again
+            assert first.body(JobResult).chunks == 10
+            assert np.max(np.abs(result.total - (xs[0] + xs[1]))) <= result.error_bound
+        finally:
+            for dev in devs:
+                await dev.node.stop(0.5)
+            await host.stop()
+            await edge.node.stop(0.5)
+
+    run(main())
