@@ -221,13 +221,7 @@ def test_roles_results_and_the_audit_trail(mesh: DeviceMesh) -> None:
     assert other.value.code == "unauthorized"
     cloud = mesh.dir("cloud-1")
     kinds = ("he.job.created", "he.job.done", "he.contribution.rejected", "he.job.dropout")
-    try:
-        poll(lambda: all(query(cloud, k) for k in kinds), "the HE job events in the cloud log", 20)
-    except TimeoutError:
-        print("EDGE", json.dumps(read_status(mesh.dir("edge-a")).get("services", {}).get("audit")))
-        print("CLOUD", json.dumps(read_status(cloud).get("services", {}).get("audit")))
-        print("KINDS", {k: len(query(cloud, k)) for k in kinds})
-        raise
+    poll(lambda: all(query(cloud, k) for k in kinds), "the HE job events in the cloud log")
     rejected = query(cloud, "he.contribution.rejected")
     assert {r["details"]["reason"] for r in rejected} >= {"malformed", "foreign_ciphertext"}
     verify_cloud_log(cloud)
