@@ -116,7 +116,6 @@ import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -181,6 +180,8 @@ from securemesh.node._pipeline import (
     Pipeline,
     VerifiedMessage,
 )
+from securemesh.node._requests import RequestTable
+from securemesh.node._routes import RouteTable
 from securemesh.policy import AllowTypes, Policy
 from securemesh.session import Handshake, Session, SessionLimits
 from securemesh.transport import Channel, Connection, Listener, Transport
@@ -286,17 +287,6 @@ class _SessionEntry:
         self.sent = 0
 
 
-class _Pending:
-    __slots__ = ("dest", "future", "sent_at")
-
-    def __init__(
-        self, dest: str | None, future: asyncio.Future[VerifiedMessage], now: float
-    ) -> None:
-        self.dest = dest
-        self.future = future
-        self.sent_at = now
-
-
 class _HandlerEntry:
     __slots__ = ("builtin", "fn", "is_async", "local_policy")
 
@@ -392,20 +382,18 @@ class MeshNode:
             sequence = counter.__next__
         self._next_seq = sequence
         self._handlers: dict[str, _HandlerEntry] = {}
-        self._pending: dict[bytes, _Pending] = {}
-        self._forwarded: OrderedDict[bytes, tuple[str, str, float]] = OrderedDict()
-        self._max_forwarded = 100_000
-        self._routes: dict[str, _Link] = {}
-        #: route evidence: the highest sequence of a node's own attachment statement or
-        #: relayed envelope that set its route, and the statement to pass upward
-        self._attach_seq: dict[str, int] = {}
-        restored = (route_evidence_restore or {}).items()
-        self._attach_seq.update(itertools.islice(restored, lim.max_senders))
+        #: our requests waiting for replies, and requests we relayed (component)
+        self._requests: RequestTable[asyncio.Future[VerifiedMessage]] = RequestTable(
+            clock=clock, forward_ttl=2 * lim.request_timeout
+        )
         #: set when the route evidence moved on; the daemon then saves route_evidence()
         self.route_evidence_changed = asyncio.Event()
-        self._attachments: dict[str, tuple[int, str]] = {}
-        self._children: dict[bytes, _Link] = {}
-        self._direct: dict[str, _Link] = {}
+        #: routes, children, direct neighbours and route evidence (component)
+        self._routes: RouteTable[_Link] = RouteTable(
+            max_nodes=lim.max_senders,
+            restore=route_evidence_restore,
+            on_evidence=self.route_evidence_changed.set,
+        )
         self._session_out: dict[str, _SessionEntry] = {}
         self._hs_responding: dict[str, tuple[Handshake, _Link]] = {}
         self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
@@ -583,10 +571,9 @@ class MeshNode:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
-        for pending_req in self._pending.values():
-            if not pending_req.future.done():
-                pending_req.future.set_exception(TransportClosed("node stopped"))
-        self._pending.clear()
+        for waiter in self._requests.drain():
+            if not waiter.done():
+                waiter.set_exception(TransportClosed("node stopped"))
         for fut in self._hs_inflight.values():
             if not fut.done():
                 fut.cancel()
@@ -608,7 +595,7 @@ class MeshNode:
         statement again — including an old one an edge kept from a time the
         device was attached below it — and route the device there.
         """
-        return dict(self._attach_seq)
+        return self._routes.evidence()
 
     # ---------------------------------------------------------- certificate
 
@@ -815,7 +802,8 @@ class MeshNode:
     ) -> VerifiedMessage:
         cid = self._rng(16)
         future: asyncio.Future[VerifiedMessage] = asyncio.get_running_loop().create_future()
-        self._pending[cid] = _Pending(expect, future, self._clock())
+        requests = self._requests
+        requests.open(cid, expect, future)
         try:
             out = self._encode(
                 recipient,
@@ -833,7 +821,7 @@ class MeshNode:
             except TimeoutError:
                 raise TimeoutError(no_reply_message(recipient, msg_type, wait)) from None
         finally:
-            self._pending.pop(cid, None)
+            requests.close(cid)
 
     async def broadcast(
         self, msg_type: str, body: BaseModel | bytes, frames: Sequence[bytes | memoryview] = ()
@@ -845,7 +833,7 @@ class MeshNode:
     async def _fan_out(self, frames: Sequence[bytes | memoryview], exclude: _Link | None) -> int:
         timeout = self.config.limits.forward_timeout
         sent = 0
-        for link in list(self._children.values()):
+        for link in list(self._routes.children.values()):
             if link is exclude:
                 continue
             try:
@@ -860,20 +848,15 @@ class MeshNode:
         return sent
 
     def _drop_child(self, link: _Link) -> None:
-        if self._children.get(link.peer) is link:
-            del self._children[link.peer]
-        if link.node_id is not None and self._direct.get(link.node_id) is link:
-            del self._direct[link.node_id]
-        for node_id, routed in list(self._routes.items()):
-            if routed is link:
-                del self._routes[node_id]
+        self._routes.drop_link(link)
 
     async def publish_revocation(self, revocation_list: bytes) -> int:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
-        children = list(self._children.values())
+        children_now = self._routes.children
+        children = list(children_now.values())
         rl = self.directory.update_revocation_list(revocation_list)  # refused from here on
         self._note_revocation_list(rl.version, bytes(revocation_list))
-        gone = [c for c in children if self._children.get(c.peer) is not c]
+        gone = [c for c in children if children_now.get(c.peer) is not c]
         self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
         out = self._encode(
             "", MESH_REVOCATION, Revocation(version=rl.version), [bytes(revocation_list)]
@@ -915,7 +898,7 @@ class MeshNode:
             callback(certificate)
         if self._parent_link is not None and self.parent_ready.is_set():
             await self._hello_parent()
-        if self._children:
+        if self._routes.children:
             await self._fan_out(self._encode("", NODE_HELLO, self._hello_body(), ()), exclude=None)
         return cert
 
@@ -1019,10 +1002,11 @@ class MeshNode:
         )
 
     def _child_link(self, channel: Channel, peer: bytes) -> _Link:
-        link = self._children.get(peer)
+        routes = self._routes
+        link = routes.children.get(peer)
         if link is None:
             link = _Link(channel, peer, is_parent=False, now=self._clock())
-            self._children[peer] = link
+            routes.add_child(link)
         return link
 
     def _link_of(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> _Link:
@@ -1035,41 +1019,13 @@ class MeshNode:
             # a join-token peer is not a child: no routes, no broadcasts; its
             # reply goes back on a throwaway link
             return _Link(channel, msg.peer, is_parent=False, now=self._clock())
-        sender = msg.envelope.sender
+        env = msg.envelope
         link = self._child_link(channel, msg.peer)
-        if not msg.relayed:
-            link.node_id = sender
-            self._direct[sender] = link
-        if self._routes.get(sender) is not link:
-            seq = msg.envelope.sequence
-            if msg.relayed and not self._fresher(sender, seq, link):
-                return link  # older than the evidence of its current route: keep it
-            self._routes[sender] = link
-            self._note_evidence(sender, seq)
-            if msg.relayed or msg.envelope.msg_type != NODE_HELLO:
-                self._spawn(self._announce_nodes([sender]))
+        if self._routes.learn(env.sender, link, env.sequence, relayed=msg.relayed) and (
+            msg.relayed or env.msg_type != NODE_HELLO
+        ):
+            self._spawn(self._announce_nodes([env.sender]))
         return link
-
-    def _note_evidence(self, node_id: str, sequence: int) -> None:
-        """Keep the freshest route evidence of ``node_id``; flag a change for the saver."""
-        known = self._attach_seq.get(node_id)
-        if known is None or sequence > known:
-            self._attach_seq[node_id] = sequence
-            self.route_evidence_changed.set()
-
-    def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
-        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?
-
-        The same evidence again is fresh for the link that holds the route, or
-        for any link when there is no route (e.g. after a restart restored the
-        evidence): it names its parent, so only the link below that parent can
-        use it.
-        """
-        known = self._attach_seq.get(node_id)
-        if known is None or sequence > known:
-            return True
-        current = self._routes.get(node_id)
-        return sequence == known and (current is link or current is None)
 
     async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
         env = msg.envelope
@@ -1106,9 +1062,9 @@ class MeshNode:
             self._reject(msg, NoRoute("no loop-free route to the recipient"))
             return
         if env.flags is Flags.REQUEST:
-            self._remember_forwarded(env.correlation_id, env.sender, dest)
+            self._requests.remember_forwarded(env.correlation_id, env.sender, dest)
         elif env.flags is Flags.REPLY:
-            self._forwarded.pop(env.correlation_id, None)
+            self._requests.forwarded_reply(env.correlation_id)
         try:
             await out.send(env.frames, self.config.limits.forward_timeout)
         except SendTimeout:
@@ -1133,19 +1089,11 @@ class MeshNode:
             )
         )
 
-    def _remember_forwarded(self, cid: bytes, origin: str, dest: str) -> None:
-        expires = self._clock() + 2 * self.config.limits.request_timeout
-        self._forwarded[cid] = (origin, dest, expires)
-        while len(self._forwarded) > self._max_forwarded:
-            self._forwarded.popitem(last=False)
-
     def _reply_ok(self, env: Envelope) -> bool:
-        cid = env.correlation_id
-        if env.recipient == self.node_id:
-            pending = self._pending.get(cid)
-            return pending is not None and (pending.dest is None or pending.dest == env.sender)
-        entry = self._forwarded.get(cid)
-        return entry is not None and entry[0] == env.recipient and entry[1] == env.sender
+        recipient = env.recipient
+        return self._requests.reply_ok(
+            env.correlation_id, env.sender, recipient, local=recipient == self.node_id
+        )
 
     def _refused_locally(self, policy: Policy, msg: VerifiedMessage) -> bool:
         """A type admitted for relaying, addressed here: the local policy must allow it too.
@@ -1166,21 +1114,19 @@ class MeshNode:
     async def _deliver(self, msg: VerifiedMessage) -> None:  # noqa: PLR0911 - one exit a case
         env = msg.envelope
         if env.flags is Flags.REPLY:
-            pending = self._pending.pop(env.correlation_id, None)
-            if pending is None or pending.future.done():
+            future = self._requests.take(env.correlation_id, env.sender)
+            if future is None or future.done():
                 return
             self.metrics.replies += 1
             if env.msg_type == MESH_ERROR:
                 try:
                     err = env.body(ErrorReply)
                     text = f"{env.sender}: {err.code}" + (f": {err.message}" if err.message else "")
-                    pending.future.set_exception(
-                        RemoteCallError(text, code=err.code, detail=err.message)
-                    )
+                    future.set_exception(RemoteCallError(text, code=err.code, detail=err.message))
                 except RemoteError:
-                    pending.future.set_exception(RemoteCallError("malformed error reply"))
+                    future.set_exception(RemoteCallError("malformed error reply"))
             else:
-                pending.future.set_result(msg)
+                future.set_result(msg)
             return
         entry = self._handlers.get(env.msg_type)
         if entry is None:
@@ -1368,9 +1314,7 @@ class MeshNode:
         )
         if statement.parent_key != self.certificate.curve_key:
             raise AuthenticationError("attachment statement names another parent")
-        kept = self._attachments.get(msg.sender)
-        if kept is None or statement.sequence >= kept[0]:
-            self._attachments[msg.sender] = (statement.sequence, text)
+        self._routes.keep_attachment(msg.sender, statement.sequence, text)
         # (the hello itself, a direct message, already set the route and its evidence)
 
     def _route_evidence(
@@ -1386,14 +1330,7 @@ class MeshNode:
             owner = self.directory.node_for_curve_key(statement.parent_key)
             if owner is None or self._routes.get(owner) is not link:
                 raise RouteRefused(f"{node_id!r} is not attached below the announcing peer")
-        seq = statement.sequence
-        if self._routes.get(node_id) is not link and not self._fresher(node_id, seq, link):
-            raise RouteRefused(f"fresher route evidence of {node_id!r} is known")
-        self._note_evidence(node_id, seq)
-        kept = self._attachments.get(node_id)
-        if kept is None or seq >= kept[0]:
-            self._attachments[node_id] = (seq, b64e(blob))
-        self._routes[node_id] = link
+        self._routes.route_on_statement(node_id, link, statement.sequence, b64e(blob))
 
     def _on_report(self, msg: VerifiedMessage) -> Ack:
         report = msg.body(NodeReport)
@@ -1429,9 +1366,7 @@ class MeshNode:
                 self._reject(msg, exc)  # counted and audited; the rest still count
                 continue
             routed.append(cert.node_id)
-        for node_id in body.withdrawn:
-            if self._routes.get(node_id) is link:
-                del self._routes[node_id]
+        self._routes.withdraw(body.withdrawn, link)
         if routed and self._parent_link is not None:
             self._spawn(self._announce_nodes(routed))
 
@@ -1442,7 +1377,8 @@ class MeshNode:
         if len(raws) != 1:
             raise AuthenticationError("revocation broadcast needs exactly one raw frame")
         blob = bytes(raws[0])
-        children = list(self._children.values())
+        children_now = self._routes.children
+        children = list(children_now.values())
         rl = self.directory.update_revocation_list(blob)  # drops revoked children's state
         self._note_revocation_list(rl.version, blob)
         # From now on the pipeline refuses revoked senders (step 3). Cutting their
@@ -1451,7 +1387,7 @@ class MeshNode:
         # losing its edge (see _tell_revoked_then_cut).
         link = msg.link
         if isinstance(link, _Link) and link.is_parent:
-            gone = [c for c in children if self._children.get(c.peer) is not c]
+            gone = [c for c in children if children_now.get(c.peer) is not c]
             self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
         else:
             self._enforce_revocation()
@@ -1611,7 +1547,7 @@ class MeshNode:
             or not self._valid_now(hop)  # (then the hop's certificate failed step 3)
         ):
             return False
-        link = self._parent_link if from_parent else self._children.get(peer)
+        link = self._parent_link if from_parent else self._routes.children.get(peer)
         if link is None:  # a neighbour whose own messages we have not seen yet
             link = _Link(channel, peer, is_parent=False, now=rejection.at)
         if sender not in self._lookups_inflight:
@@ -1704,7 +1640,7 @@ class MeshNode:
         if len(self._reset_hints) > 10_000:
             self._reset_hints.clear()
         self._reset_hints[sender] = rejection.at
-        link = self._parent_link if from_parent else self._children.get(peer)
+        link = self._parent_link if from_parent else self._routes.children.get(peer)
         if link is None:
             link = _Link(channel, peer, is_parent=False, now=self._clock())
         frames = self._encode(sender, SESSION_RESET, Ack(), ())
@@ -1732,7 +1668,7 @@ class MeshNode:
         entry = self._session_out.get(dest)
         if entry is not None and self._fresh(entry):
             return entry
-        link = self._direct.get(dest)
+        link = self._routes.direct.get(dest)
         if link is None and dest == self.parent_id:
             link = self._parent_link
         if link is None:
@@ -1792,10 +1728,7 @@ class MeshNode:
         for node_id in node_ids:
             self._session_out.pop(node_id, None)
             self._hs_responding.pop(node_id, None)
-            self._routes.pop(node_id, None)
-            link = self._direct.pop(node_id, None)
-            if link is not None and not link.is_parent:
-                self._children.pop(link.peer, None)
+        self._routes.forget(node_ids)
 
     def _note_revocation_list(self, version: int, blob: bytes) -> None:
         if self.revocation_list_version is None or version > self.revocation_list_version:
@@ -1853,7 +1786,8 @@ class MeshNode:
     async def _install_pulled_list(self, blob: bytes) -> bool:
         signed = SignedRevocationList.from_bytes(blob)
         before = self.directory.trust.revocation_list(signed.unverified_list().issuer)
-        children = list(self._children.values())
+        children_now = self._routes.children
+        children = list(children_now.values())
         rl = self.directory.update_revocation_list(signed)  # verifies; refuses rollbacks
         if before is not None and rl.version <= before.version:
             return False
@@ -1864,7 +1798,7 @@ class MeshNode:
         )
         # tell every child, the revoked ones too, before cutting those off
         frames = self._encode("", MESH_REVOCATION, Revocation(version=rl.version), [blob])
-        gone = [c for c in children if self._children.get(c.peer) is not c]
+        gone = [c for c in children if children_now.get(c.peer) is not c]
         self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
         try:
             await self._fan_out(frames, exclude=None)
@@ -1894,12 +1828,7 @@ class MeshNode:
     def _enforce_revocation(self) -> None:
         if self._listener is not None:
             for key in self._listener.reauthenticate():
-                link = self._children.pop(key, None)
-                if link is not None and link.node_id is not None:
-                    self._direct.pop(link.node_id, None)
-                for node_id, routed in list(self._routes.items()):
-                    if routed is link:
-                        del self._routes[node_id]
+                self._routes.drop_peer(key)
 
     # ------------------------------------------------------------- parent link
 
@@ -1928,13 +1857,13 @@ class MeshNode:
         self._upstream_certs = list(body.certificates)
         self.parent_id = reply.sender
         link.node_id = reply.sender
-        self._direct[reply.sender] = link
+        self._routes.set_direct(reply.sender, link)
         self.parent_ready.set()
-        if self._children:
+        if self._routes.children:
             # children may have said hello before we knew our ancestors: refresh them
             await self._fan_out(self._encode("", NODE_HELLO, self._hello_body(), ()), exclude=None)
         if self._routes:
-            await self._announce_nodes(list(self._routes))
+            await self._announce_nodes(list(self._routes.routes))
 
     async def _announce_nodes(self, node_ids: Sequence[str]) -> None:
         link = self._parent_link
@@ -1948,8 +1877,7 @@ class MeshNode:
             if signed is None:
                 continue
             certs.append(b64e(signed.to_bytes()))
-            kept = self._attachments.get(node_id)
-            attachments.append(None if kept is None else kept[1])
+            attachments.append(self._routes.attachment(node_id))
             issuer = signed.unverified_certificate().issuer
             delegate = self.directory.trust.delegated_authorities.get(issuer)
             if delegate is not None:
@@ -2047,10 +1975,7 @@ class MeshNode:
         self.metrics.flush_suppressed(now)
         for old in self.held.expire(now):
             self._reject_held(old, "held too long for a certificate lookup")
-        for cid, (_o, _d, expires) in list(self._forwarded.items()):
-            if expires > now:
-                break
-            del self._forwarded[cid]
+        self._requests.purge()
         grace = 2 * self.config.session.max_age
         for sid, entry in list(self._sessions.items()):
             if now - entry.created > grace:
@@ -2064,7 +1989,7 @@ class MeshNode:
         """A JSON-friendly snapshot: peers, sessions, counters, rejections, parent, cert expiry."""
         now = self._clock()
         peers = []
-        for link in self._children.values():
+        for link in self._routes.children.values():
             peers.append(
                 {
                     "node_id": link.node_id,
@@ -2119,7 +2044,7 @@ class MeshNode:
         """Each child neighbour's latest ``node.report`` body (only those that reported)."""
         return {
             link.node_id: dict(link.report)
-            for link in self._children.values()
+            for link in self._routes.children.values()
             if link.node_id is not None and link.report is not None
         }
 

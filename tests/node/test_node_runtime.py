@@ -388,7 +388,7 @@ def test_errors_timeouts_and_unauthorized(kit: Kit) -> None:
             assert info.value.detail == "duplicate key in a JSON object"
             with pytest.raises(TimeoutError):
                 await t.dev1.node.request("cloud-1", "app.slow", Echo(text="x"), timeout=0.3)
-            assert t.dev1.node._pending == {}
+            assert t.dev1.node._requests.pending_count == 0
             # a type no policy allows: opaque (no answer), counted at the receiver
             with pytest.raises(TimeoutError):
                 await t.dev1.node.request("cloud-1", "admin.wipe", Echo(text="x"), timeout=0.3)
@@ -431,7 +431,9 @@ def test_status_snapshot(kit: Kit) -> None:
     async def main() -> None:
         async with tree(kit, heartbeat_interval=0.1) as t:
             await wait_for(lambda: t.dev1.node.parent_rtt is not None)
-            await wait_for(lambda: all(link.report for link in t.edge1.node._children.values()))
+            await wait_for(
+                lambda: all(link.report for link in t.edge1.node._routes.children.values())
+            )
             status = t.edge1.node.status()
             assert status["node_id"] == "edge-1"
             assert status["tier"] == "edge"
@@ -458,7 +460,7 @@ def test_disconnected_children_are_dropped_and_come_back_with_hello(kit: Kit) ->
             await t.dev2.node.stop(0.1)
             await t.cloud.node.broadcast("app.news", Echo(text="one"))
             await wait_for(lambda: got == ["one"])
-            await wait_for(lambda: len(t.edge1.node._children) == 1)
+            await wait_for(lambda: len(t.edge1.node._routes.children) == 1)
             assert "dev-2" not in t.edge1.node._routes
             t.cloud.node.on("app.echo", echo_handler("cloud"))
             reply = await t.dev1.node.request("cloud-1", "app.echo", Echo(text="x"), timeout=5)
