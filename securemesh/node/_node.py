@@ -730,39 +730,14 @@ class MeshNode:
             raise LocalError("a node does not send to itself")
         session: _SessionEntry | None = None
         if auth == "session":
-            # The usual case of a stream, inline: a fresh session, one clock read
-            # (freshness and timestamp), no coroutine but the channel's send. The
-            # same checks as _fresh and the same envelope as _encode.
             session = self._session_out.get(dest)
-            now = self._clock()
-            if (
-                session is not None
-                and session.sent < self._session_max_messages
-                and now - session.created < self._session_max_age
-                and session.session_id in self._sessions
-            ):
-                session.sent += 1
-                out = encode_mac(
-                    msg_type=msg_type,
-                    sender=self.node_id,
-                    recipient=dest,
-                    sequence=self._next_seq(),
-                    timestamp_ms=int(now * 1000),
-                    body=body,
-                    frames=frames,
-                    session_id=session.session_id,
-                    key=session.send_key,
-                    limits=self.limits,
-                )
-                link = session.link
-                await link.channel.send(
-                    link.peer, cast("Sequence[bytes]", out), timeout=self._send_timeout
-                )
-                self.metrics.sent += 1
-                return
-            session = await self._session_for(dest)
+            if session is None or not self._fresh(session):
+                session = await self._session_for(dest)
         link = session.link if session is not None else self._link_to(dest)
-        await self._send_on(link, self._encode(dest, msg_type, body, frames, session=session))
+        out = self._encode(dest, msg_type, body, frames, session=session)
+        # straight to the channel (as _send_on, one coroutine frame less: the hot path)
+        await link.channel.send(link.peer, cast("Sequence[bytes]", out), timeout=self._send_timeout)
+        self.metrics.sent += 1
 
     async def request(
         self,
@@ -961,10 +936,10 @@ class MeshNode:
         A relayed message from an origin we hold no (valid) certificate for is
         held while ``cert.lookup`` runs (:meth:`_hold_for_lookup`, given its
         ``frames``); any other rejection is counted (and may trigger a
-        session-reset hint). A one-way message for us to a plain-function
-        handler — the common case of a stream — is dispatched right here,
-        without two coroutine frames per message (same steps as
-        :meth:`_route`/:meth:`_deliver`); anything else goes to :meth:`_route`.
+        session-reset hint). A verified message goes to :meth:`_route`, which
+        does only what needs no await and hands back the rest: a one-way
+        message for us to a plain-function handler — the common case of a
+        stream — costs no coroutine at all.
         """
         if type(result) is Rejection:
             if result.reason in _LOOKUP_REASONS and self._hold_for_lookup(
@@ -975,25 +950,7 @@ class MeshNode:
             if result.detail == NO_SESSION:
                 self._hint_session_reset(result, channel, from_parent)
             return None
-        msg = cast("VerifiedMessage", result)
-        header = msg.envelope.header
-        if header.flags is Flags.NONE and header.recipient == self.node_id:
-            entry = self._handlers.get(header.msg_type)
-            if entry is not None and not entry.is_async and not entry.builtin:
-                link = self._link_of(msg, channel, from_parent)
-                link.last_seen = self._clock()
-                msg.link = link
-                metrics = self.metrics
-                metrics.accepted += 1
-                if self._draining:
-                    return None
-                metrics.dispatched += 1
-                try:
-                    entry.fn(msg)
-                except Exception as exc:
-                    return self._handler_failed(msg, exc)
-                return None
-        return self._route(msg, channel, from_parent)
+        return self._route(cast("VerifiedMessage", result), channel, from_parent)
 
     def _reject(self, msg: VerifiedMessage, exc: RemoteError) -> None:
         env = msg.envelope
@@ -1027,7 +984,13 @@ class MeshNode:
             self._spawn(self._announce_nodes([env.sender]))
         return link
 
-    async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
+    def _route(
+        self, msg: VerifiedMessage, channel: Channel, from_parent: bool
+    ) -> Awaitable[None] | None:
+        """Learn the link, then deliver here, take a broadcast, or forward.
+
+        Synchronous up to the first await: returns what is left to await, if anything.
+        """
         env = msg.envelope
         link = self._link_of(msg, channel, from_parent)
         link.last_seen = self._clock()
@@ -1035,22 +998,30 @@ class MeshNode:
         recipient = env.recipient
         if recipient == self.node_id:
             self.metrics.accepted += 1
-            await self._deliver(msg)
-        elif not recipient:
+            return self._deliver(msg)
+        if not recipient:
             self.metrics.accepted += 1
-            if env.msg_type == NODE_HELLO and not msg.relayed:
-                await self._deliver(msg)
-                return
-            if env.msg_type in self._handlers:
-                await self._deliver(msg)
-            if from_parent:
-                try:
-                    await self._fan_out(env.frames, exclude=None)
-                finally:
-                    if self._cut_after_fan_out is not None:
-                        await self._tell_revoked_then_cut(env.frames)
-        else:
-            await self._forward(msg, link, from_parent)
+            return self._broadcast_in(msg, from_parent)
+        return self._forward(msg, link, from_parent)
+
+    async def _broadcast_in(self, msg: VerifiedMessage, from_parent: bool) -> None:
+        """A broadcast: handle it here (if we handle its type), pass it to our children."""
+        env = msg.envelope
+        if env.msg_type == NODE_HELLO and not msg.relayed:
+            rest = self._deliver(msg)
+            if rest is not None:
+                await rest
+            return
+        if env.msg_type in self._handlers:
+            rest = self._deliver(msg)
+            if rest is not None:
+                await rest
+        if from_parent:
+            try:
+                await self._fan_out(env.frames, exclude=None)
+            finally:
+                if self._cut_after_fan_out is not None:
+                    await self._tell_revoked_then_cut(env.frames)
 
     async def _forward(self, msg: VerifiedMessage, link: _Link, from_parent: bool) -> None:
         env = msg.envelope
@@ -1111,43 +1082,57 @@ class MeshNode:
             return True
         return False
 
-    async def _deliver(self, msg: VerifiedMessage) -> None:  # noqa: PLR0911 - one exit a case
+    def _deliver(self, msg: VerifiedMessage) -> Awaitable[None] | None:  # noqa: PLR0911
+        """Dispatch a message addressed here; return what is left to await, if anything.
+
+        A reply resolves its request; a plain-function handler runs inline (its
+        reply, if any, is what is left); an ``async`` one runs as a task.
+        """
         env = msg.envelope
-        if env.flags is Flags.REPLY:
-            future = self._requests.take(env.correlation_id, env.sender)
-            if future is None or future.done():
-                return
-            self.metrics.replies += 1
-            if env.msg_type == MESH_ERROR:
-                try:
-                    err = env.body(ErrorReply)
-                    text = f"{env.sender}: {err.code}" + (f": {err.message}" if err.message else "")
-                    future.set_exception(RemoteCallError(text, code=err.code, detail=err.message))
-                except RemoteError:
-                    future.set_exception(RemoteCallError("malformed error reply"))
-            else:
-                future.set_result(msg)
-            return
+        flags = env.flags
+        if flags is Flags.REPLY:
+            self._resolve(msg)
+            return None
         entry = self._handlers.get(env.msg_type)
         if entry is None:
             self._reject(msg, NoHandler("no handler for this message type"))
-            return
+            return None
         if entry.local_policy is not None and self._refused_locally(entry.local_policy, msg):
-            return
+            return None
         if self._draining and not entry.builtin:
-            if env.flags is Flags.REQUEST:
-                await self._send_error(msg, "unavailable", "the node is shutting down")
-            return
+            if flags is Flags.REQUEST:
+                return self._send_error(msg, "unavailable", "the node is shutting down")
+            return None
         self.metrics.dispatched += 1
         if not entry.is_async:
             try:
                 result = entry.fn(msg)
             except Exception as exc:
-                await self._handler_failed(msg, exc)
-                return
-            if env.flags is Flags.REQUEST:
-                await self._send_reply(msg, result)
+                return self._handler_failed(msg, exc)
+            if flags is Flags.REQUEST:
+                return self._send_reply(msg, result)
+            return None
+        return self._start_handler(entry, msg)
+
+    def _resolve(self, msg: VerifiedMessage) -> None:
+        """A reply: hand it (or the ``mesh.error`` it carries) to the request waiting for it."""
+        env = msg.envelope
+        future = self._requests.take(env.correlation_id, env.sender)
+        if future is None or future.done():
             return
+        self.metrics.replies += 1
+        if env.msg_type == MESH_ERROR:
+            try:
+                err = env.body(ErrorReply)
+                text = f"{env.sender}: {err.code}" + (f": {err.message}" if err.message else "")
+                future.set_exception(RemoteCallError(text, code=err.code, detail=err.message))
+            except RemoteError:
+                future.set_exception(RemoteCallError("malformed error reply"))
+        else:
+            future.set_result(msg)
+
+    async def _start_handler(self, entry: _HandlerEntry, msg: VerifiedMessage) -> None:
+        """Run an ``async`` handler as a task once one of ``limits.max_inflight`` slots is free."""
         await self._inflight.acquire()
         self._inflight_count += 1
         task = asyncio.create_task(self._run_handler(entry, msg))
@@ -1589,7 +1574,9 @@ class MeshNode:
         verified = self._verify_held(sender)
         for msg, channel, from_parent in verified:
             try:
-                await self._route(msg, channel, from_parent)
+                rest = self._route(msg, channel, from_parent)
+                if rest is not None:
+                    await rest
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -1662,7 +1649,12 @@ class MeshNode:
         return entry
 
     def _fresh(self, entry: _SessionEntry) -> bool:
-        return not entry.session.needs_handshake(entry.sent) and entry.session_id in self._sessions
+        """May ``entry`` carry one more message (``[session]`` limits, still installed)?"""
+        return (
+            entry.sent < self._session_max_messages
+            and self._clock() - entry.created < self._session_max_age
+            and entry.session_id in self._sessions
+        )
 
     async def _session_for(self, dest: str) -> _SessionEntry | None:
         entry = self._session_out.get(dest)
