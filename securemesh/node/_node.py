@@ -174,6 +174,8 @@ from securemesh.node._directory import Directory
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._pipeline import (
     NO_SESSION,
+    AnyMessage,
+    FirstContactMessage,
     FirstContactResolver,
     HeldMessage,
     HoldBuffer,
@@ -288,10 +290,19 @@ class _SessionEntry:
 
 
 class _HandlerEntry:
-    __slots__ = ("builtin", "fn", "is_async", "local_policy")
+    __slots__ = ("builtin", "first_contact", "fn", "is_async", "local_policy")
 
-    def __init__(self, fn: Handler, *, builtin: bool, local_policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[Any], object],
+        *,
+        builtin: bool,
+        local_policy: Policy | None = None,
+        first_contact: bool = False,
+    ) -> None:
         self.fn = fn
+        #: opted in to FirstContactMessage (registered with a first-contact resolver)
+        self.first_contact = first_contact
         self.is_async = inspect.iscoroutinefunction(fn)
         self.builtin = builtin
         #: a local delivery's own policy, when the pipeline admitted the type under
@@ -466,14 +477,18 @@ class MeshNode:
         ``handler`` may be None to only relay the type.
         ``first_contact``: also accept this type from join-token peers
         (enrollment); the resolver reads the self-declared verify key from the
-        unverified body and the envelope must verify against it; such messages
-        reach the handler with ``msg.certificate is None`` and ``msg.first_contact``.
+        unverified body and the envelope must verify against it. Such a message
+        is a :class:`~securemesh.node.FirstContactMessage`, not a
+        VerifiedMessage, and only a handler registered with ``first_contact``
+        gets one: registering the type again without it refuses them.
         """
         from securemesh.node._policy import combine_policies  # noqa: PLC0415
 
         if handler is not None:
             local = policy if policy is not None and relay_policy is not None else None
-            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False, local_policy=local)
+            self._handlers[msg_type] = _HandlerEntry(
+                handler, builtin=False, local_policy=local, first_contact=first_contact is not None
+            )
         combined = combine_policies(self.pipeline.policy, policy, relay_policy)
         if combined is not None:
             self.pipeline.set_type_policy(msg_type, combined)
@@ -495,7 +510,9 @@ class MeshNode:
         (they use :meth:`on`, whose policy can only narrow the operator's).
         """
         if handler is not None:
-            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
+            self._handlers[msg_type] = _HandlerEntry(
+                handler, builtin=False, first_contact=first_contact is not None
+            )
         self.pipeline.set_type_policy(msg_type, policy)
         if first_contact is not None:
             self.pipeline.allow_first_contact(msg_type, first_contact)
@@ -926,7 +943,7 @@ class MeshNode:
 
     def _take(
         self,
-        result: VerifiedMessage | Rejection,
+        result: AnyMessage | Rejection,
         channel: Channel,
         from_parent: bool,
         frames: Sequence[bytes],
@@ -950,9 +967,9 @@ class MeshNode:
             if result.detail == NO_SESSION:
                 self._hint_session_reset(result, channel, from_parent)
             return None
-        return self._route(cast("VerifiedMessage", result), channel, from_parent)
+        return self._route(cast("AnyMessage", result), channel, from_parent)
 
-    def _reject(self, msg: VerifiedMessage, exc: RemoteError) -> None:
+    def _reject(self, msg: AnyMessage, exc: RemoteError) -> None:
         env = msg.envelope
         self.metrics.reject(
             Rejection(exc.reason, msg.peer, env.sender, env.msg_type, str(exc), self._clock())
@@ -966,7 +983,7 @@ class MeshNode:
             routes.add_child(link)
         return link
 
-    def _link_of(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> _Link:
+    def _link_of(self, msg: AnyMessage, channel: Channel, from_parent: bool) -> _Link:
         """The link a verified message came on; learns direct peers and routes."""
         if from_parent:
             link = self._parent_link
@@ -985,7 +1002,7 @@ class MeshNode:
         return link
 
     def _route(
-        self, msg: VerifiedMessage, channel: Channel, from_parent: bool
+        self, msg: AnyMessage, channel: Channel, from_parent: bool
     ) -> Awaitable[None] | None:
         """Learn the link, then deliver here, take a broadcast, or forward.
 
@@ -1004,7 +1021,7 @@ class MeshNode:
             return self._broadcast_in(msg, from_parent)
         return self._forward(msg, link, from_parent)
 
-    async def _broadcast_in(self, msg: VerifiedMessage, from_parent: bool) -> None:
+    async def _broadcast_in(self, msg: AnyMessage, from_parent: bool) -> None:
         """A broadcast: handle it here (if we handle its type), pass it to our children."""
         env = msg.envelope
         if env.msg_type == NODE_HELLO and not msg.relayed:
@@ -1023,7 +1040,7 @@ class MeshNode:
                 if self._cut_after_fan_out is not None:
                     await self._tell_revoked_then_cut(env.frames)
 
-    async def _forward(self, msg: VerifiedMessage, link: _Link, from_parent: bool) -> None:
+    async def _forward(self, msg: AnyMessage, link: _Link, from_parent: bool) -> None:
         env = msg.envelope
         dest = env.recipient
         out = self._routes.get(dest)
@@ -1066,7 +1083,7 @@ class MeshNode:
             env.correlation_id, env.sender, recipient, local=recipient == self.node_id
         )
 
-    def _refused_locally(self, policy: Policy, msg: VerifiedMessage) -> bool:
+    def _refused_locally(self, policy: Policy, msg: AnyMessage) -> bool:
         """A type admitted for relaying, addressed here: the local policy must allow it too.
 
         A refusal is rejected like the pipeline's (counted, audited, no reply:
@@ -1082,7 +1099,7 @@ class MeshNode:
             return True
         return False
 
-    def _deliver(self, msg: VerifiedMessage) -> Awaitable[None] | None:  # noqa: PLR0911
+    def _deliver(self, msg: AnyMessage) -> Awaitable[None] | None:  # noqa: PLR0911
         """Dispatch a message addressed here; return what is left to await, if anything.
 
         A reply resolves its request; a plain-function handler runs inline (its
@@ -1090,14 +1107,17 @@ class MeshNode:
         """
         env = msg.envelope
         flags = env.flags
-        if flags is Flags.REPLY:
-            self._resolve(msg)
+        if flags is Flags.REPLY:  # (never a first contact: the pipeline refuses their replies)
+            self._resolve(cast("VerifiedMessage", msg))
             return None
         entry = self._handlers.get(env.msg_type)
         if entry is None:
             self._reject(msg, NoHandler("no handler for this message type"))
             return None
         if entry.local_policy is not None and self._refused_locally(entry.local_policy, msg):
+            return None
+        if type(msg) is FirstContactMessage and not entry.first_contact:
+            self._reject(msg, AuthorizationError("this handler takes no first-contact messages"))
             return None
         if self._draining and not entry.builtin:
             if flags is Flags.REQUEST:
@@ -1131,7 +1151,7 @@ class MeshNode:
         else:
             future.set_result(msg)
 
-    async def _start_handler(self, entry: _HandlerEntry, msg: VerifiedMessage) -> None:
+    async def _start_handler(self, entry: _HandlerEntry, msg: AnyMessage) -> None:
         """Run an ``async`` handler as a task once one of ``limits.max_inflight`` slots is free."""
         await self._inflight.acquire()
         self._inflight_count += 1
@@ -1139,7 +1159,7 @@ class MeshNode:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_handler(self, entry: _HandlerEntry, msg: VerifiedMessage) -> None:
+    async def _run_handler(self, entry: _HandlerEntry, msg: AnyMessage) -> None:
         try:
             result = await cast("Awaitable[object]", entry.fn(msg))
         except asyncio.CancelledError:
@@ -1153,7 +1173,7 @@ class MeshNode:
         if msg.envelope.flags is Flags.REQUEST:
             await self._send_reply(msg, result)
 
-    async def _handler_failed(self, msg: VerifiedMessage, exc: Exception) -> None:
+    async def _handler_failed(self, msg: AnyMessage, exc: Exception) -> None:
         """A handler refused a message that passed the whole pipeline (protocol.md §7.2).
 
         Reply or silence: the sender is authenticated and authorized for this
@@ -1175,12 +1195,12 @@ class MeshNode:
         if msg.envelope.flags is Flags.REQUEST:
             await self._send_error(msg, code, message)
 
-    async def _send_error(self, msg: VerifiedMessage, code: str, message: str = "") -> None:
+    async def _send_error(self, msg: AnyMessage, code: str, message: str = "") -> None:
         text = "".join(c if c.isprintable() else "?" for c in message[:ERROR_MESSAGE_MAX])
         await self._send_reply(msg, ErrorReply(code=code, message=text), msg_type=MESH_ERROR)
 
     async def _send_reply(
-        self, msg: VerifiedMessage, result: object, *, msg_type: str | None = None
+        self, msg: AnyMessage, result: object, *, msg_type: str | None = None
     ) -> None:
         if isinstance(result, Reply):
             body, frames = result.body, result.frames
