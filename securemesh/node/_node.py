@@ -159,7 +159,6 @@ from securemesh.messages import (
     Revocation,
     RevocationSync,
     RouteAnnounce,
-    SessionData,
     b64d,
     b64e,
 )
@@ -170,6 +169,7 @@ from securemesh.node._attach import (
     verify_attachment,
 )
 from securemesh.node._config import NodeConfig
+from securemesh.node._core import Link as _Link
 from securemesh.node._directory import Directory
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._pipeline import (
@@ -184,8 +184,8 @@ from securemesh.node._pipeline import (
 )
 from securemesh.node._requests import RequestTable
 from securemesh.node._routes import RouteTable
+from securemesh.node._sessions import SessionEntry, SessionTable
 from securemesh.policy import AllowTypes, Policy
-from securemesh.session import Handshake, Session, SessionLimits
 from securemesh.transport import Channel, Connection, Listener, Transport
 from securemesh.wire import (
     ZERO_ID,
@@ -247,48 +247,6 @@ def _builtin_policy(msg_type: str, tiers: list[str] | None = None) -> Policy:
     return AllowTypes(types=[msg_type], tiers=tiers)
 
 
-class _Link:
-    """One neighbour: a channel plus the peer's CURVE key (and node id once known)."""
-
-    __slots__ = ("channel", "connected_at", "is_parent", "last_seen", "node_id", "peer", "report")
-
-    def __init__(self, channel: Channel, peer: bytes, *, is_parent: bool, now: float) -> None:
-        self.channel = channel
-        self.peer = peer
-        self.is_parent = is_parent
-        self.node_id: str | None = None
-        self.last_seen = now
-        self.connected_at = now
-        self.report: dict[str, object] | None = None
-
-    async def send(self, frames: Sequence[bytes | memoryview], timeout: float | None) -> None:
-        await self.channel.send(self.peer, cast("Sequence[bytes]", frames), timeout=timeout)
-
-
-class _SessionEntry:
-    __slots__ = (
-        "created",
-        "link",
-        "peer_id",
-        "peer_key",
-        "recv_key",
-        "send_key",
-        "sent",
-        "session",
-        "session_id",
-    )
-
-    def __init__(self, session: Session, link: _Link, peer_key: bytes, now: float) -> None:
-        self.session = session
-        self.session_id = session.session_id
-        self.peer_id = session.peer_id
-        self.peer_key = peer_key
-        self.send_key, self.recv_key = session.envelope_mac_keys()
-        self.link = link
-        self.created = now
-        self.sent = 0
-
-
 class _HandlerEntry:
     __slots__ = ("builtin", "first_contact", "fn", "is_async", "local_policy")
 
@@ -341,8 +299,6 @@ class MeshNode:
         self.config = config
         # hot-path copies of the (frozen) configuration
         self._send_timeout = config.limits.send_timeout
-        self._session_max_messages = config.session.max_messages
-        self._session_max_age = config.session.max_age
         self._identity = identity
         self._signer = identity.signer
         self._clock = clock
@@ -376,7 +332,8 @@ class MeshNode:
             restore=replay_restore,
             restored_at_ms=int(clock() * 1000),
         )
-        self._sessions: dict[bytes, _SessionEntry] = {}
+        #: sessions, handshakes and reset hints (component)
+        self._sessions = SessionTable(self, signer=self._signer, rng=rng, clock=clock)
         self.pipeline = Pipeline(
             node_id=self.node_id,
             directory=directory,
@@ -385,7 +342,7 @@ class MeshNode:
             replay=self._replay,
             clock=clock,
             max_skew_ms=int(lim.max_clock_skew * 1000),
-            sessions=self._sessions,  # type: ignore[arg-type]  # _SessionEntry fits SessionKeys
+            sessions=self._sessions.by_id,  # type: ignore[arg-type]  # SessionEntry fits SessionKeys
             reply_ok=self._reply_ok,
         )
         if sequence is None:
@@ -405,10 +362,6 @@ class MeshNode:
             restore=route_evidence_restore,
             on_evidence=self.route_evidence_changed.set,
         )
-        self._session_out: dict[str, _SessionEntry] = {}
-        self._hs_responding: dict[str, tuple[Handshake, _Link]] = {}
-        self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
-        self._reset_hints: dict[str, float] = {}
         self._lookups: dict[str, float] = {}
         #: relayed messages from origins whose certificate is being looked up
         self.held = hold if hold is not None else HoldBuffer(**config.hold.model_dump())
@@ -535,9 +488,10 @@ class MeshNode:
             _builtin_policy(MESH_REVOCATION, ["cloud", "edge"]),
         )
         self._builtin(REVOCATION_SYNC, self._on_revocation_sync, _builtin_policy(REVOCATION_SYNC))
-        self._builtin(SESSION_HELLO, self._on_session_hello, _builtin_policy(SESSION_HELLO))
-        self._builtin(SESSION_FINISH, self._on_session_finish, _builtin_policy(SESSION_FINISH))
-        self._builtin(SESSION_RESET, self._on_session_reset, _builtin_policy(SESSION_RESET))
+        sessions = self._sessions
+        self._builtin(SESSION_HELLO, sessions.on_hello, _builtin_policy(SESSION_HELLO))
+        self._builtin(SESSION_FINISH, sessions.on_finish, _builtin_policy(SESSION_FINISH))
+        self._builtin(SESSION_RESET, sessions.on_reset, _builtin_policy(SESSION_RESET))
         self._builtin(CERT_LOOKUP, self._on_cert_lookup, _builtin_policy(CERT_LOOKUP))
 
     # --------------------------------------------------------------- lifecycle
@@ -591,9 +545,7 @@ class MeshNode:
         for waiter in self._requests.drain():
             if not waiter.done():
                 waiter.set_exception(TransportClosed("node stopped"))
-        for fut in self._hs_inflight.values():
-            if not fut.done():
-                fut.cancel()
+        self._sessions.close()
         await self.transport.close()
 
     @property
@@ -683,7 +635,7 @@ class MeshNode:
         *,
         flags: Flags = Flags.NONE,
         correlation_id: bytes = ZERO_ID,
-        session: _SessionEntry | None = None,
+        session: SessionEntry | None = None,
     ) -> list[bytes | memoryview]:
         ts = int(self._clock() * 1000)
         if session is None:
@@ -745,11 +697,12 @@ class MeshNode:
         """One-way message to node ``dest`` (routed; raises TransportError if unroutable)."""
         if dest == self.node_id:
             raise LocalError("a node does not send to itself")
-        session: _SessionEntry | None = None
+        session: SessionEntry | None = None
         if auth == "session":
-            session = self._session_out.get(dest)
-            if session is None or not self._fresh(session):
-                session = await self._session_for(dest)
+            sessions = self._sessions
+            session = sessions.out.get(dest)
+            if session is None or not sessions.fresh(session):
+                session = await sessions.session_for(dest)
         link = session.link if session is not None else self._link_to(dest)
         out = self._encode(dest, msg_type, body, frames, session=session)
         # straight to the channel (as _send_on, one coroutine frame less: the hot path)
@@ -774,7 +727,7 @@ class MeshNode:
         """
         if dest == self.node_id:
             raise LocalError("a node does not send to itself")
-        session = await self._session_for(dest) if auth == "session" else None
+        session = await self._sessions.session_for(dest) if auth == "session" else None
         link = session.link if session is not None else self._link_to(dest)
         return await self._request_on(
             link, dest, msg_type, body, frames, timeout=timeout, session=session, expect=dest
@@ -789,7 +742,7 @@ class MeshNode:
         frames: Sequence[bytes | memoryview] = (),
         *,
         timeout: float | None,
-        session: _SessionEntry | None = None,
+        session: SessionEntry | None = None,
         expect: str | None,
     ) -> VerifiedMessage:
         cid = self._rng(16)
@@ -965,7 +918,7 @@ class MeshNode:
                 return None  # verified from step 1 again once the lookup ends
             self.metrics.reject(result)
             if result.detail == NO_SESSION:
-                self._hint_session_reset(result, channel, from_parent)
+                self._sessions.hint_reset(result, channel, from_parent)
             return None
         return self._route(cast("AnyMessage", result), channel, from_parent)
 
@@ -1209,9 +1162,9 @@ class MeshNode:
         else:
             body, frames = cast("BaseModel | bytes", result), ()
         env = msg.envelope
-        session: _SessionEntry | None = None
+        session: SessionEntry | None = None
         if env.key_id != ZERO_ID:
-            session = self._sessions.get(env.key_id)
+            session = self._sessions.by_id.get(env.key_id)
         link = cast("_Link", msg.link)
         try:
             out = self._encode(
@@ -1396,43 +1349,6 @@ class MeshNode:
             self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
         else:
             self._enforce_revocation()
-
-    def _on_session_hello(self, msg: VerifiedMessage) -> SessionData:
-        if msg.relayed or msg.envelope.flags is not Flags.REQUEST:
-            raise AuthorizationError("sessions are between direct peers")
-        hs = Handshake.responder(
-            node_id=self.node_id,
-            signer=self._signer,
-            resolve_peer=self._resolve_verify_key,
-            rng=self._rng,
-            clock=self._clock,
-            limits=self._session_limits(),
-        )
-        accept = hs.receive(b64d(msg.body(SessionData).data))
-        assert accept is not None
-        # oldest first (a repeated HELLO moves to the end): drop the handshakes
-        # whose FINISH did not come within [session] handshake_timeout
-        pending = self._hs_responding
-        pending.pop(msg.sender, None)
-        while pending:
-            oldest = next(iter(pending))
-            if not pending[oldest][0].expired(self.config.session.handshake_timeout):
-                break
-            del pending[oldest]
-        if len(pending) > 10_000:
-            pending.clear()
-        pending[msg.sender] = (hs, cast("_Link", msg.link))
-        return SessionData(data=b64e(accept))
-
-    def _on_session_finish(self, msg: VerifiedMessage) -> None:
-        if msg.relayed:
-            raise AuthorizationError("sessions are between direct peers")
-        pending = self._hs_responding.pop(msg.sender, None)
-        if pending is None or pending[0].expired(self.config.session.handshake_timeout):
-            raise AuthenticationError("no handshake in progress with this peer")
-        hs, link = pending
-        hs.receive(b64d(msg.body(SessionData).data))
-        self._install_session(hs.session, link, msg.peer)
 
     async def _on_cert_lookup(self, msg: VerifiedMessage) -> NodeHello:
         """Answer with a certificate we hold, else ask our parent (and learn the answer).
@@ -1625,121 +1541,10 @@ class MeshNode:
             )
         return verified
 
-    def _on_session_reset(self, msg: VerifiedMessage) -> None:
-        if msg.relayed:
-            raise AuthorizationError("sessions are between direct peers")
-        self._session_out.pop(msg.sender, None)
-
-    def _hint_session_reset(
-        self, rejection: Rejection, channel: Channel, from_parent: bool
-    ) -> None:
-        """A direct peer sent MAC envelopes for a session we do not hold (we restarted).
-
-        Tell it once per second, SIGNED, so it runs a fresh handshake instead of
-        sending into the void until its session ages out.
-        """
-        sender, peer = rejection.sender_claimed, rejection.peer
-        if sender is None or peer is None or self.directory.node_for_curve_key(peer) != sender:
-            return
-        last = self._reset_hints.get(sender, -1.0)
-        if rejection.at - last < 1.0:
-            return
-        if len(self._reset_hints) > 10_000:
-            self._reset_hints.clear()
-        self._reset_hints[sender] = rejection.at
-        link = self._parent_link if from_parent else self._routes.children.get(peer)
-        if link is None:
-            link = _Link(channel, peer, is_parent=False, now=self._clock())
-        frames = self._encode(sender, SESSION_RESET, Ack(), ())
-        self._spawn(self._send_on(link, frames))
-
-    # ---------------------------------------------------------------- sessions
-
-    def _session_limits(self) -> SessionLimits:
-        """The ``[session]`` lifetime, carried by every session this node makes."""
-        return SessionLimits(max_age=self._session_max_age, max_messages=self._session_max_messages)
-
-    def _resolve_verify_key(self, node_id: str) -> bytes:
-        return self.directory.certificate(node_id, now=self._clock()).verify_key
-
-    def _install_session(self, session: Session, link: _Link, peer_key: bytes) -> _SessionEntry:
-        entry = _SessionEntry(session, link, peer_key, self._clock())
-        self._sessions[entry.session_id] = entry
-        self._session_out[entry.peer_id] = entry
-        return entry
-
-    def _fresh(self, entry: _SessionEntry) -> bool:
-        """May ``entry`` carry one more message (``[session]`` limits, still installed)?"""
-        return (
-            entry.sent < self._session_max_messages
-            and self._clock() - entry.created < self._session_max_age
-            and entry.session_id in self._sessions
-        )
-
-    async def _session_for(self, dest: str) -> _SessionEntry | None:
-        entry = self._session_out.get(dest)
-        if entry is not None and self._fresh(entry):
-            return entry
-        link = self._routes.direct.get(dest)
-        if link is None and dest == self.parent_id:
-            link = self._parent_link
-        if link is None:
-            return None  # not a direct peer: SIGNED (forwardable) instead
-        inflight = self._hs_inflight.get(dest)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
-        future: asyncio.Future[_SessionEntry] = asyncio.get_running_loop().create_future()
-        self._hs_inflight[dest] = future
-        try:
-            entry = await self._handshake(dest, link)
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # mark retrieved
-            raise
-        finally:
-            self._hs_inflight.pop(dest, None)
-        future.set_result(entry)
-        return entry
-
-    async def _handshake(self, dest: str, link: _Link) -> _SessionEntry:
-        hs = Handshake.initiator(
-            node_id=self.node_id,
-            peer_id=dest,
-            signer=self._signer,
-            resolve_peer=self._resolve_verify_key,
-            rng=self._rng,
-            clock=self._clock,
-            limits=self._session_limits(),
-        )
-        hello = hs.initiate()
-        reply = await self._request_on(
-            link,
-            dest,
-            SESSION_HELLO,
-            SessionData(data=b64e(hello)),
-            timeout=self.config.session.handshake_timeout,
-            expect=dest,
-        )
-        finish = hs.receive(b64d(reply.body(SessionData).data))
-        assert finish is not None
-        await self._send_on(
-            link, self._encode(dest, SESSION_FINISH, SessionData(data=b64e(finish)), ())
-        )
-        return self._install_session(hs.session, link, link.peer)
-
-    def session_peers(self) -> list[str]:
-        return sorted(self._session_out)
-
     # -------------------------------------------------------------- revocation
 
     def _on_revoked(self, node_ids: frozenset[str]) -> None:
-        for sid, entry in list(self._sessions.items()):
-            if entry.peer_id in node_ids:
-                del self._sessions[sid]
-        for node_id in node_ids:
-            self._session_out.pop(node_id, None)
-            self._hs_responding.pop(node_id, None)
+        self._sessions.forget(node_ids)
         self._routes.forget(node_ids)
 
     def _note_revocation_list(self, version: int, blob: bytes) -> None:
@@ -1988,12 +1793,7 @@ class MeshNode:
         for old in self.held.expire(now):
             self._reject_held(old, "held too long for a certificate lookup")
         self._requests.purge()
-        grace = 2 * self.config.session.max_age
-        for sid, entry in list(self._sessions.items()):
-            if now - entry.created > grace:
-                del self._sessions[sid]
-                if self._session_out.get(entry.peer_id) is entry:
-                    del self._session_out[entry.peer_id]
+        self._sessions.purge(now)
 
     # ------------------------------------------------------------------ status
 
@@ -2035,7 +1835,7 @@ class MeshNode:
             },
             "peers": peers,
             "routes": len(self._routes),
-            "sessions": {"count": len(self._sessions), "peers": self.session_peers()},
+            "sessions": {"count": len(self._sessions.by_id), "peers": self.session_peers()},
             "inflight": self._inflight_count,
             "draining": self._draining,
             "counters": self.metrics.snapshot(),
@@ -2051,6 +1851,10 @@ class MeshNode:
             "replay": self.pipeline.replay_stats(),
             "refused_key_changes": self.directory.refused_key_changes,
         }
+
+    def session_peers(self) -> list[str]:
+        """The peers this node holds a session with (to send with)."""
+        return self._sessions.peers()
 
     def peer_reports(self) -> dict[str, dict[str, object]]:
         """Each child neighbour's latest ``node.report`` body (only those that reported)."""
