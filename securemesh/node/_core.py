@@ -11,9 +11,10 @@ another component; what crosses between them goes through the core.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
-from securemesh.transport import Channel
+from securemesh.transport import Channel, Listener
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -23,12 +24,20 @@ if TYPE_CHECKING:
     from securemesh.node._config import NodeConfig
     from securemesh.node._directory import Directory
     from securemesh.node._metrics import Metrics
-    from securemesh.node._pipeline import AnyMessage, VerifiedMessage
+    from securemesh.node._pipeline import AnyMessage, Pipeline, VerifiedMessage
     from securemesh.node._routes import RouteTable
     from securemesh.node._sessions import SessionEntry
     from securemesh.wire import Flags
 
-__all__ = ["Core", "Link"]
+__all__ = ["Core", "Link", "Reply"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A handler's answer with raw frames (return a bare model/bytes when there are none)."""
+
+    body: BaseModel | bytes
+    frames: Sequence[bytes | memoryview] = ()
 
 
 class Link:
@@ -64,6 +73,8 @@ class Core(Protocol):
     _stopped: bool
     _parent_link: Link | None
     _routes: RouteTable[Link]
+    _listener: Listener | None
+    pipeline: Pipeline
 
     def _encode(
         self,

@@ -109,7 +109,6 @@ transport.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import inspect
 import itertools
@@ -117,10 +116,9 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, Tier
+from securemesh.crypto.certs import SignedCertificate, Tier
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.errors import (
     AuthenticationError,
@@ -152,12 +150,9 @@ from securemesh.messages import (
     SESSION_HELLO,
     SESSION_RESET,
     Ack,
-    CertLookup,
     ErrorReply,
     NodeHello,
     NodeReport,
-    Revocation,
-    RevocationSync,
     RouteAnnounce,
     b64d,
     b64e,
@@ -170,19 +165,21 @@ from securemesh.node._attach import (
 )
 from securemesh.node._config import NodeConfig
 from securemesh.node._core import Link as _Link
+from securemesh.node._core import Reply
 from securemesh.node._directory import Directory
+from securemesh.node._lookup import CertificateLookup
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._pipeline import (
     NO_SESSION,
     AnyMessage,
     FirstContactMessage,
     FirstContactResolver,
-    HeldMessage,
     HoldBuffer,
     Pipeline,
     VerifiedMessage,
 )
 from securemesh.node._requests import RequestTable
+from securemesh.node._revocation import RevocationState
 from securemesh.node._routes import RouteTable
 from securemesh.node._sessions import SessionEntry, SessionTable
 from securemesh.policy import AllowTypes, Policy
@@ -218,14 +215,6 @@ _CHILD_TIERS: dict[Tier, frozenset[Tier]] = {
     Tier.EDGE: frozenset({Tier.EDGE}),
     Tier.END: frozenset(),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A handler's answer with raw frames (return a bare model/bytes when there are none)."""
-
-    body: BaseModel | bytes
-    frames: Sequence[bytes | memoryview] = ()
 
 
 #: What a handler may return: a pydantic model, JSON bytes, a Reply, or None (``{}``).
@@ -362,10 +351,10 @@ class MeshNode:
             restore=route_evidence_restore,
             on_evidence=self.route_evidence_changed.set,
         )
-        self._lookups: dict[str, float] = {}
-        #: relayed messages from origins whose certificate is being looked up
-        self.held = hold if hold is not None else HoldBuffer(**config.hold.model_dump())
-        self._lookups_inflight: set[str] = set()
+        #: certificate lookups and the messages held for them (component)
+        self._lookup = CertificateLookup(
+            self, hold if hold is not None else HoldBuffer(**config.hold.model_dump())
+        )
         self._upstream_certs: list[str] = []
         self._listener: Listener | None = None
         self._parent_conn: Connection | None = None
@@ -375,8 +364,6 @@ class MeshNode:
         self.parent_rtt: float | None = None
         self._parent_failures = 0
         self._loops: list[asyncio.Task[None]] = []
-        #: children a revocation broadcast from the parent revoked, told before the cut
-        self._cut_after_fan_out: list[_Link] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = asyncio.Semaphore(lim.max_inflight)
         self._inflight_count = 0
@@ -387,12 +374,8 @@ class MeshNode:
         self.on_certificate: list[Callable[[SignedCertificate], None]] = []
         #: Extra typed ``node.report`` fields (``[report]``, offered services): set by assembly.
         self.report_fields: Callable[[], Mapping[str, Any]] = dict
-        #: The newest signed revocation list this node installed (to persist it).
-        self.revocation_list_bytes: bytes | None = None
-        self.revocation_list_version: int | None = None
-        #: the installed signed list per root, to answer ``revocation.sync``
-        self._rl_blobs: dict[str, bytes] = {}
-        self._rl_synced_at = float("-inf")
+        #: revocation lists: installed, served, synced, enforced (component)
+        self._revocation = RevocationState(self)
         directory.on_revoked.append(self._on_revoked)
         # admission by topology: whole tiers that may be our children (Directory docstring)
         directory.admit_tiers = _CHILD_TIERS[self.tier]
@@ -484,15 +467,15 @@ class MeshNode:
         # an edge passes on lists it pulled; the list is root-signed, not the broadcaster's
         self._builtin(
             MESH_REVOCATION,
-            self._on_revocation,
+            self._revocation.on_revocation,
             _builtin_policy(MESH_REVOCATION, ["cloud", "edge"]),
         )
-        self._builtin(REVOCATION_SYNC, self._on_revocation_sync, _builtin_policy(REVOCATION_SYNC))
+        self._builtin(REVOCATION_SYNC, self._revocation.on_sync, _builtin_policy(REVOCATION_SYNC))
         sessions = self._sessions
         self._builtin(SESSION_HELLO, sessions.on_hello, _builtin_policy(SESSION_HELLO))
         self._builtin(SESSION_FINISH, sessions.on_finish, _builtin_policy(SESSION_FINISH))
         self._builtin(SESSION_RESET, sessions.on_reset, _builtin_policy(SESSION_RESET))
-        self._builtin(CERT_LOOKUP, self._on_cert_lookup, _builtin_policy(CERT_LOOKUP))
+        self._builtin(CERT_LOOKUP, self._lookup.on_cert_lookup, _builtin_policy(CERT_LOOKUP))
 
     # --------------------------------------------------------------- lifecycle
 
@@ -795,21 +778,62 @@ class MeshNode:
     def _drop_child(self, link: _Link) -> None:
         self._routes.drop_link(link)
 
+    async def learn_certificate_from(
+        self, msg: VerifiedMessage, node_id: str, *, timeout: float = 2.0
+    ) -> bool:
+        """Ask the direct neighbour that sent ``msg`` for ``node_id``'s certificate.
+
+        For a handler that meets a node it has no (current) certificate for in
+        a message's *content* (the cloud's audit ingest: a device's events
+        relayed by its edge, signed with keys from a re-enrollment the cloud
+        has not heard of). The neighbour must be an enrolled edge or cloud
+        node; lookups of one node id are at most one per ``held.retry_after``
+        (shared with the hold buffer). Returns whether a certificate was
+        learned; never raises for a failed lookup.
+        """
+        return await self._lookup.learn_from(msg, node_id, timeout=timeout)
+
+    @property
+    def held(self) -> HoldBuffer:
+        """Relayed messages from origins whose certificate is being looked up."""
+        return self._lookup.held
+
+    @held.setter
+    def held(self, buffer: HoldBuffer) -> None:
+        self._lookup.held = buffer
+
+    # (for the daemon and the audit bus: the components' answers, by their old names)
+    def _valid_now(self, node_id: str) -> bool:
+        return self._lookup.valid_now(node_id)
+
+    def _note_revocation_list(self, version: int, blob: bytes) -> None:
+        self._revocation.note_list(version, blob)
+
+    def _enforce_revocation(self) -> None:
+        self._revocation.enforce()
+
     async def publish_revocation(self, revocation_list: bytes) -> int:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
-        children_now = self._routes.children
-        children = list(children_now.values())
-        rl = self.directory.update_revocation_list(revocation_list)  # refused from here on
-        self._note_revocation_list(rl.version, bytes(revocation_list))
-        gone = [c for c in children if children_now.get(c.peer) is not c]
-        self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
-        out = self._encode(
-            "", MESH_REVOCATION, Revocation(version=rl.version), [bytes(revocation_list)]
-        )
-        try:  # every child hears of it, revoked ones too; their links go after
-            return await self._fan_out(out, exclude=None)
-        finally:
-            await self._tell_revoked_then_cut(out)
+        return await self._revocation.publish(revocation_list)
+
+    @property
+    def revocation_list_bytes(self) -> bytes | None:
+        """The newest signed revocation list this node installed (to persist it)."""
+        return self._revocation.list_bytes
+
+    @property
+    def revocation_list_version(self) -> int | None:
+        """The version of :attr:`revocation_list_bytes`."""
+        return self._revocation.list_version
+
+    async def sync_revocation_lists(self, *, timeout: float | None = None) -> int:
+        """Pull from the parent every revocation list newer than ours; return how many.
+
+        Each list is verified like a broadcast one (root signature, no rollback),
+        installed, enforced and passed down to our children. A list that fails
+        is counted and audited, and the others still count.
+        """
+        return await self._revocation.sync(timeout=timeout)
 
     async def install_certificate(
         self,
@@ -904,7 +928,7 @@ class MeshNode:
         """Deliver one pipeline result; return what is left to await, if anything.
 
         A relayed message from an origin we hold no (valid) certificate for is
-        held while ``cert.lookup`` runs (:meth:`_hold_for_lookup`, given its
+        held while ``cert.lookup`` runs (``CertificateLookup.hold``, given its
         ``frames``); any other rejection is counted (and may trigger a
         session-reset hint). A verified message goes to :meth:`_route`, which
         does only what needs no await and hands back the rest: a one-way
@@ -912,7 +936,7 @@ class MeshNode:
         stream — costs no coroutine at all.
         """
         if type(result) is Rejection:
-            if result.reason in _LOOKUP_REASONS and self._hold_for_lookup(
+            if result.reason in _LOOKUP_REASONS and self._lookup.hold(
                 result, frames, channel, from_parent
             ):
                 return None  # verified from step 1 again once the lookup ends
@@ -990,8 +1014,8 @@ class MeshNode:
             try:
                 await self._fan_out(env.frames, exclude=None)
             finally:
-                if self._cut_after_fan_out is not None:
-                    await self._tell_revoked_then_cut(env.frames)
+                if self._revocation.pending_cut:
+                    await self._revocation.tell_revoked_then_cut(env.frames)
 
     async def _forward(self, msg: AnyMessage, link: _Link, from_parent: bool) -> None:
         env = msg.envelope
@@ -1328,324 +1352,11 @@ class MeshNode:
         if routed and self._parent_link is not None:
             self._spawn(self._announce_nodes(routed))
 
-    def _on_revocation(self, msg: VerifiedMessage) -> None:
-        if msg.envelope.recipient:
-            raise AuthorizationError("revocation lists are broadcast")
-        raws = msg.raw_frames
-        if len(raws) != 1:
-            raise AuthenticationError("revocation broadcast needs exactly one raw frame")
-        blob = bytes(raws[0])
-        children_now = self._routes.children
-        children = list(children_now.values())
-        rl = self.directory.update_revocation_list(blob)  # drops revoked children's state
-        self._note_revocation_list(rl.version, blob)
-        # From now on the pipeline refuses revoked senders (step 3). Cutting their
-        # connections waits until _route has passed the list on to our children —
-        # the revoked ones too, so a revoked device hears of it instead of just
-        # losing its edge (see _tell_revoked_then_cut).
-        link = msg.link
-        if isinstance(link, _Link) and link.is_parent:
-            gone = [c for c in children if children_now.get(c.peer) is not c]
-            self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
-        else:
-            self._enforce_revocation()
-
-    async def _on_cert_lookup(self, msg: VerifiedMessage) -> NodeHello:
-        """Answer with a certificate we hold, else ask our parent (and learn the answer).
-
-        A certificate we hold that is no longer valid (e.g. renewed elsewhere
-        since we learned it) is first asked for upstream too; if that fails
-        we answer with what we have (the asker checks it again anyway).
-        """
-        if msg.relayed:
-            raise AuthorizationError("certificate lookups are between direct peers")
-        node_id = msg.body(CertLookup).node_id
-        signed = self.directory.signed_certificate(node_id)
-        if self.parent_id is not None and node_id != msg.sender:
-            if signed is None:
-                await self._lookup_upstream(node_id)
-            elif not self._valid_now(node_id):
-                with contextlib.suppress(TimeoutError, SecureMeshError):
-                    await self._lookup_upstream(node_id)
-            signed = self.directory.signed_certificate(node_id)
-        if signed is None:
-            raise NoRoute("certificate unknown here")
-        certs = [b64e(signed.to_bytes())]
-        issuer = self.directory.trust.delegated_authorities.get(
-            signed.unverified_certificate().issuer
-        )
-        if issuer is not None:
-            certs.append(b64e(issuer.to_bytes()))
-        return NodeHello(certificates=certs)
-
-    async def _lookup_upstream(self, node_id: str, *, timeout: float | None = None) -> None:
-        if self.parent_id is None:
-            return
-        reply = await self.request(
-            self.parent_id,
-            CERT_LOOKUP,
-            CertLookup(node_id=node_id),
-            timeout=self.config.limits.request_timeout if timeout is None else timeout,
-        )
-        body = reply.body(NodeHello)
-        self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
-
-    def _valid_now(self, node_id: str) -> bool:
-        try:
-            self.directory.lookup(node_id, now=self._clock())
-        except RemoteError:
-            return False
-        return True
-
-    async def _lookup_via(self, link: _Link, hop: str, node_id: str, timeout: float) -> None:
-        """Ask the neighbour ``hop`` on ``link`` for ``node_id``'s certificate; learn it."""
-        reply = await self._request_on(
-            link, hop, CERT_LOOKUP, CertLookup(node_id=node_id), timeout=timeout, expect=hop
-        )
-        body = reply.body(NodeHello)
-        self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
-
-    async def learn_certificate_from(
-        self, msg: VerifiedMessage, node_id: str, *, timeout: float = 2.0
-    ) -> bool:
-        """Ask the direct neighbour that sent ``msg`` for ``node_id``'s certificate.
-
-        For a handler that meets a node it has no (current) certificate for in
-        a message's *content* (the cloud's audit ingest: a device's events
-        relayed by its edge, signed with keys from a re-enrollment the cloud
-        has not heard of). The neighbour must be an enrolled edge or cloud
-        node; lookups of one node id are at most one per ``held.retry_after``
-        (shared with the hold buffer). Returns whether a certificate was
-        learned; never raises for a failed lookup.
-        """
-        link, hop = msg.link, msg.sender
-        if msg.relayed or not isinstance(link, _Link) or self._stopped or hop == node_id:
-            return False
-        if not self.directory.is_authority_tier(hop) or node_id in self._lookups_inflight:
-            return False
-        now = self._clock()
-        if now - self._lookups.get(node_id, -1e9) < self.held.retry_after:
-            return False
-        self._lookups[node_id] = now
-        self._lookups_inflight.add(node_id)
-        try:
-            await self._lookup_via(link, hop, node_id, timeout)
-        except (TimeoutError, SecureMeshError) as exc:
-            log.info(
-                "certificate lookup failed",
-                extra={"event": "cert_lookup_failed", "node": node_id, "error": repr(exc)},
-            )
-            return False
-        finally:
-            self._lookups_inflight.discard(node_id)
-        return True
-
-    def _hold_for_lookup(
-        self, rejection: Rejection, frames: Sequence[bytes], channel: Channel, from_parent: bool
-    ) -> bool:
-        """A relayed message's origin has no (currently valid) certificate here: hold it and
-        ask the neighbour that relayed it.
-
-        That neighbour verified the message before forwarding it, so it holds
-        the origin's current certificate (a renewed one, too). Held (True) only
-        if the neighbour is an enrolled edge/cloud node valid now; then
-        ``cert.lookup`` goes to it on the same link (one per origin at a time)
-        and the message waits in :attr:`held` until the lookup ends, when
-        :meth:`_verify_held` runs it through the whole pipeline again. If a
-        lookup for that origin ended less than ``held.retry_after`` (5 s) ago,
-        or ``held.total`` lookups are in flight already (a neighbour naming
-        ever new origins), the message is not held (False): the caller rejects
-        it at once.
-        """
-        sender, peer = rejection.sender_claimed, rejection.peer
-        if sender is None or peer is None or self._stopped:
-            return False
-        hop = self.directory.node_for_curve_key(peer)
-        if (
-            hop is None
-            or hop == sender
-            or not self.directory.is_authority_tier(hop)
-            or not self._valid_now(hop)  # (then the hop's certificate failed step 3)
-        ):
-            return False
-        link = self._parent_link if from_parent else self._routes.children.get(peer)
-        if link is None:  # a neighbour whose own messages we have not seen yet
-            link = _Link(channel, peer, is_parent=False, now=rejection.at)
-        if sender not in self._lookups_inflight:
-            last = self._lookups.get(sender, -1e9)
-            if rejection.at - last < self.held.retry_after:
-                return False
-            if len(self._lookups_inflight) >= self.held.total:
-                return False  # as many lookups in flight as messages may be held: enough
-            if len(self._lookups) > 10_000:
-                self._lookups.clear()
-            self._lookups[sender] = rejection.at
-            self._lookups_inflight.add(sender)
-            self._spawn(self._lookup_and_release(link, hop, sender))
-        size = sum(len(f) for f in frames)
-        held = HeldMessage(rejection, frames, channel, from_parent, size)
-        for dropped in self.held.hold(held):
-            self._reject_held(dropped, "dropped: the hold buffer is full")
-        return True
-
-    def _reject_held(self, held: HeldMessage, detail: str) -> None:
-        r = held.rejection
-        self.metrics.reject(
-            Rejection(r.reason, r.peer, r.sender_claimed, r.msg_type, detail, self._clock())
-        )
-
-    async def _lookup_and_release(self, link: _Link, hop: str, sender: str) -> None:
-        try:
-            await self._lookup_via(link, hop, sender, self.held.max_age)
-        except asyncio.CancelledError:  # stopping: nothing more is dispatched
-            self._lookups_inflight.discard(sender)
-            raise
-        except Exception as exc:  # timeout, refusal, bad reply: the held ones fail again below
-            log.info(
-                "certificate lookup failed",
-                extra={"event": "cert_lookup_failed", "node": sender, "error": repr(exc)},
-            )
-        self._lookups_inflight.discard(sender)
-        self._lookups[sender] = self._clock()
-        verified = self._verify_held(sender)
-        for msg, channel, from_parent in verified:
-            try:
-                rest = self._route(msg, channel, from_parent)
-                if rest is not None:
-                    await rest
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatch failed", extra={"event": "dispatch_error"})
-
-    def _verify_held(self, sender: str) -> list[tuple[VerifiedMessage, Channel, bool]]:
-        """Run ``sender``'s held messages through the pipeline again, in arrival order.
-
-        Synchronous (no await between learning the certificate and this), so
-        none of the origin's later messages is verified before its held ones.
-        A message that fails again (e.g. the lookup failed: ``unknown_sender``)
-        is rejected as usual; one held longer than ``held.max_age`` is rejected
-        without another look.
-        """
-        for old in self.held.expire(self._clock()):
-            self._reject_held(old, "held too long for a certificate lookup")
-        verified: list[tuple[VerifiedMessage, Channel, bool]] = []
-        process = self.pipeline.process
-        for held in self.held.take(sender):
-            result = process(held.rejection.peer or b"", held.frames, from_parent=held.from_parent)
-            if type(result) is Rejection:
-                self.metrics.reject(result)
-                continue
-            verified.append(
-                (cast("VerifiedMessage", result), cast("Channel", held.channel), held.from_parent)
-            )
-        return verified
-
     # -------------------------------------------------------------- revocation
 
     def _on_revoked(self, node_ids: frozenset[str]) -> None:
         self._sessions.forget(node_ids)
         self._routes.forget(node_ids)
-
-    def _note_revocation_list(self, version: int, blob: bytes) -> None:
-        if self.revocation_list_version is None or version > self.revocation_list_version:
-            self.revocation_list_version = version
-            self.revocation_list_bytes = blob
-        with contextlib.suppress(RemoteError):
-            issuer = SignedRevocationList.from_bytes(blob).unverified_list().issuer
-            installed = self.directory.trust.revocation_list(issuer)
-            if installed is not None and installed.version == version:
-                self._rl_blobs[issuer] = bytes(blob)
-
-    def _rl_versions(self) -> dict[str, int]:
-        trust = self.directory.trust
-        return {
-            root: rl.version
-            for root in trust.roots
-            if (rl := trust.revocation_list(root)) is not None
-        }
-
-    def _on_revocation_sync(self, msg: VerifiedMessage) -> Reply:
-        """A child's versions in, ours out, with every newer signed list as a raw frame."""
-        if msg.relayed or not msg.is_request:
-            raise AuthorizationError("revocation sync is a request between direct peers")
-        theirs = msg.body(RevocationSync).versions
-        mine = self._rl_versions()
-        frames = [
-            self._rl_blobs[root]
-            for root, version in mine.items()
-            if version > theirs.get(root, 0) and root in self._rl_blobs
-        ]
-        return Reply(RevocationSync(versions=mine), frames)
-
-    async def sync_revocation_lists(self, *, timeout: float | None = None) -> int:
-        """Pull from the parent every revocation list newer than ours; return how many.
-
-        Each list is verified like a broadcast one (root signature, no rollback),
-        installed, enforced and passed down to our children. A list that fails
-        is counted and audited, and the others still count.
-        """
-        if self.parent_id is None:
-            raise PeerUnavailable("no parent to sync revocation lists with")
-        reply = await self.request(
-            self.parent_id, REVOCATION_SYNC, RevocationSync(versions=self._rl_versions()),
-            timeout=timeout,
-        )  # fmt: skip
-        self._rl_synced_at = self._clock()
-        installed = 0
-        for raw in reply.raw_frames[:8]:
-            try:
-                installed += await self._install_pulled_list(bytes(raw))
-            except RemoteError as exc:
-                self._reject(reply, exc)
-        return installed
-
-    async def _install_pulled_list(self, blob: bytes) -> bool:
-        signed = SignedRevocationList.from_bytes(blob)
-        before = self.directory.trust.revocation_list(signed.unverified_list().issuer)
-        children_now = self._routes.children
-        children = list(children_now.values())
-        rl = self.directory.update_revocation_list(signed)  # verifies; refuses rollbacks
-        if before is not None and rl.version <= before.version:
-            return False
-        self._note_revocation_list(rl.version, blob)
-        log.info(
-            "revocation list pulled from the parent",
-            extra={"event": "revocation_synced", "version": rl.version},
-        )
-        # tell every child, the revoked ones too, before cutting those off
-        frames = self._encode("", MESH_REVOCATION, Revocation(version=rl.version), [blob])
-        gone = [c for c in children if children_now.get(c.peer) is not c]
-        self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
-        try:
-            await self._fan_out(frames, exclude=None)
-        finally:
-            await self._tell_revoked_then_cut(frames)
-        return True
-
-    async def _sync_revocations_quietly(self) -> None:
-        try:
-            await self.sync_revocation_lists(timeout=self.config.limits.request_timeout)
-        except (TimeoutError, SecureMeshError) as exc:
-            log.info(
-                "revocation sync failed",
-                extra={"event": "revocation_sync_failed", "error": repr(exc)},
-            )
-
-    async def _tell_revoked_then_cut(self, frames: Sequence[bytes | memoryview]) -> None:
-        """Pass a revocation broadcast to the children it revoked, then cut them off."""
-        gone, self._cut_after_fan_out = self._cut_after_fan_out or [], None
-        try:
-            for link in gone:
-                with contextlib.suppress(TransportError):
-                    await link.send(frames, self.config.limits.forward_timeout)
-        finally:
-            self._enforce_revocation()
-
-    def _enforce_revocation(self) -> None:
-        if self._listener is not None:
-            for key in self._listener.reauthenticate():
-                self._routes.drop_peer(key)
 
     # ------------------------------------------------------------- parent link
 
@@ -1741,12 +1452,13 @@ class MeshNode:
                 try:
                     if not self.parent_ready.is_set() or self._parent_failures:
                         await self._hello_parent()
-                        self._rl_synced_at = float("-inf")  # (re)connected: sync now
+                        self._revocation.synced_at = float("-inf")  # (re)connected: sync now
                     else:
                         await self._report_parent()
                     self._parent_failures = 0
-                    if self._clock() - self._rl_synced_at >= self.config.revocation_sync_interval:
-                        await self._sync_revocations_quietly()
+                    since = self._clock() - self._revocation.synced_at
+                    if since >= self.config.revocation_sync_interval:
+                        await self._revocation.sync_quietly()
                 except (TimeoutError, SecureMeshError) as exc:
                     self._parent_failures += 1
                     log.info(
@@ -1790,8 +1502,7 @@ class MeshNode:
     def _purge(self) -> None:
         now = self._clock()
         self.metrics.flush_suppressed(now)
-        for old in self.held.expire(now):
-            self._reject_held(old, "held too long for a certificate lookup")
+        self._lookup.expire(now)
         self._requests.purge()
         self._sessions.purge(now)
 
