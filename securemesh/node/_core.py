@@ -10,6 +10,7 @@ another component; what crosses between them goes through the core.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
@@ -75,6 +76,8 @@ class Core(Protocol):
     _routes: RouteTable[Link]
     _listener: Listener | None
     pipeline: Pipeline
+    #: the node's tasks (handlers, background work), drained and cancelled on stop
+    _tasks: set[asyncio.Task[None]]
 
     def _encode(
         self,
@@ -116,6 +119,12 @@ class Core(Protocol):
     ) -> VerifiedMessage: ...
 
     def _spawn(self, coro: Awaitable[None]) -> None: ...
+
+    async def _send_reply(
+        self, msg: AnyMessage, result: object, *, msg_type: str | None = None
+    ) -> None: ...
+
+    async def _send_error(self, msg: AnyMessage, code: str, message: str = "") -> None: ...
 
     def _learn(
         self,

@@ -110,7 +110,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import itertools
 import logging
 import os
@@ -125,7 +124,6 @@ from securemesh.errors import (
     AuthorizationError,
     DecodeError,
     LocalError,
-    NoHandler,
     NoRoute,
     PeerUnavailable,
     RemoteCallError,
@@ -167,12 +165,12 @@ from securemesh.node._config import NodeConfig
 from securemesh.node._core import Link as _Link
 from securemesh.node._core import Reply
 from securemesh.node._directory import Directory
+from securemesh.node._dispatch import Dispatch
 from securemesh.node._lookup import CertificateLookup
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._pipeline import (
     NO_SESSION,
     AnyMessage,
-    FirstContactMessage,
     FirstContactResolver,
     HoldBuffer,
     Pipeline,
@@ -234,27 +232,6 @@ def no_reply_message(peer: str, msg_type: str, waited: float) -> str:
 
 def _builtin_policy(msg_type: str, tiers: list[str] | None = None) -> Policy:
     return AllowTypes(types=[msg_type], tiers=tiers)
-
-
-class _HandlerEntry:
-    __slots__ = ("builtin", "first_contact", "fn", "is_async", "local_policy")
-
-    def __init__(
-        self,
-        fn: Callable[[Any], object],
-        *,
-        builtin: bool,
-        local_policy: Policy | None = None,
-        first_contact: bool = False,
-    ) -> None:
-        self.fn = fn
-        #: opted in to FirstContactMessage (registered with a first-contact resolver)
-        self.first_contact = first_contact
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.builtin = builtin
-        #: a local delivery's own policy, when the pipeline admitted the type under
-        #: ``local OR relay`` (checked before dispatch: a refusal is silent, like the pipeline's)
-        self.local_policy = local_policy
 
 
 class MeshNode:
@@ -338,7 +315,6 @@ class MeshNode:
             counter = itertools.count(int(clock() * 1_000_000))
             sequence = counter.__next__
         self._next_seq = sequence
-        self._handlers: dict[str, _HandlerEntry] = {}
         #: our requests waiting for replies, and requests we relayed (component)
         self._requests: RequestTable[asyncio.Future[VerifiedMessage]] = RequestTable(
             clock=clock, forward_ttl=2 * lim.request_timeout
@@ -365,9 +341,8 @@ class MeshNode:
         self._parent_failures = 0
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight = asyncio.Semaphore(lim.max_inflight)
-        self._inflight_count = 0
-        self._draining = False
+        #: the handler table and the handlers' slots (component)
+        self._dispatch = Dispatch(self, max_inflight=lim.max_inflight)
         self._started_at = clock()
         self._stopped = False
         #: Called with our new signed certificate after a renewal (the daemon saves it).
@@ -422,8 +397,12 @@ class MeshNode:
 
         if handler is not None:
             local = policy if policy is not None and relay_policy is not None else None
-            self._handlers[msg_type] = _HandlerEntry(
-                handler, builtin=False, local_policy=local, first_contact=first_contact is not None
+            self._dispatch.register(
+                msg_type,
+                handler,
+                builtin=False,
+                local_policy=local,
+                first_contact=first_contact is not None,
             )
         combined = combine_policies(self.pipeline.policy, policy, relay_policy)
         if combined is not None:
@@ -446,15 +425,15 @@ class MeshNode:
         (they use :meth:`on`, whose policy can only narrow the operator's).
         """
         if handler is not None:
-            self._handlers[msg_type] = _HandlerEntry(
-                handler, builtin=False, first_contact=first_contact is not None
+            self._dispatch.register(
+                msg_type, handler, builtin=False, first_contact=first_contact is not None
             )
         self.pipeline.set_type_policy(msg_type, policy)
         if first_contact is not None:
             self.pipeline.allow_first_contact(msg_type, first_contact)
 
     def _builtin(self, msg_type: str, fn: Handler, policy: Policy) -> None:
-        self._handlers[msg_type] = _HandlerEntry(fn, builtin=True)
+        self._dispatch.register(msg_type, fn, builtin=True)
         self.pipeline.set_type_policy(msg_type, policy)
 
     def _install_builtins(self) -> None:
@@ -512,7 +491,7 @@ class MeshNode:
         """Graceful stop: refuse new requests, finish in-flight handlers, close."""
         if self._stopped:
             return
-        self._draining = True
+        self._dispatch.draining = True
         timeout = self.config.limits.drain_timeout if drain_timeout is None else drain_timeout
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -992,7 +971,10 @@ class MeshNode:
         recipient = env.recipient
         if recipient == self.node_id:
             self.metrics.accepted += 1
-            return self._deliver(msg)
+            if env.flags is Flags.REPLY:  # (never a first contact: no replies from them)
+                self._resolve(cast("VerifiedMessage", msg))
+                return None
+            return self._dispatch.deliver(msg)
         if not recipient:
             self.metrics.accepted += 1
             return self._broadcast_in(msg, from_parent)
@@ -1006,7 +988,7 @@ class MeshNode:
             if rest is not None:
                 await rest
             return
-        if env.msg_type in self._handlers:
+        if env.msg_type in self._dispatch:
             rest = self._deliver(msg)
             if rest is not None:
                 await rest
@@ -1060,56 +1042,12 @@ class MeshNode:
             env.correlation_id, env.sender, recipient, local=recipient == self.node_id
         )
 
-    def _refused_locally(self, policy: Policy, msg: AnyMessage) -> bool:
-        """A type admitted for relaying, addressed here: the local policy must allow it too.
-
-        A refusal is rejected like the pipeline's (counted, audited, no reply:
-        protocol.md §7).
-        """
-        info = msg.peer_info
-        if info is None:  # first contact: only the protocol's rules apply
-            return False
-        try:
-            policy.authorize(info, msg.msg_type)
-        except AuthorizationError as exc:
-            self._reject(msg, exc)
-            return True
-        return False
-
-    def _deliver(self, msg: AnyMessage) -> Awaitable[None] | None:  # noqa: PLR0911
-        """Dispatch a message addressed here; return what is left to await, if anything.
-
-        A reply resolves its request; a plain-function handler runs inline (its
-        reply, if any, is what is left); an ``async`` one runs as a task.
-        """
-        env = msg.envelope
-        flags = env.flags
-        if flags is Flags.REPLY:  # (never a first contact: the pipeline refuses their replies)
+    def _deliver(self, msg: AnyMessage) -> Awaitable[None] | None:
+        """A message addressed here: a reply resolves its request, the rest is dispatched."""
+        if msg.envelope.flags is Flags.REPLY:  # (never a first contact: no replies from them)
             self._resolve(cast("VerifiedMessage", msg))
             return None
-        entry = self._handlers.get(env.msg_type)
-        if entry is None:
-            self._reject(msg, NoHandler("no handler for this message type"))
-            return None
-        if entry.local_policy is not None and self._refused_locally(entry.local_policy, msg):
-            return None
-        if type(msg) is FirstContactMessage and not entry.first_contact:
-            self._reject(msg, AuthorizationError("this handler takes no first-contact messages"))
-            return None
-        if self._draining and not entry.builtin:
-            if flags is Flags.REQUEST:
-                return self._send_error(msg, "unavailable", "the node is shutting down")
-            return None
-        self.metrics.dispatched += 1
-        if not entry.is_async:
-            try:
-                result = entry.fn(msg)
-            except Exception as exc:
-                return self._handler_failed(msg, exc)
-            if flags is Flags.REQUEST:
-                return self._send_reply(msg, result)
-            return None
-        return self._start_handler(entry, msg)
+        return self._dispatch.deliver(msg)
 
     def _resolve(self, msg: VerifiedMessage) -> None:
         """A reply: hand it (or the ``mesh.error`` it carries) to the request waiting for it."""
@@ -1127,50 +1065,6 @@ class MeshNode:
                 future.set_exception(RemoteCallError("malformed error reply"))
         else:
             future.set_result(msg)
-
-    async def _start_handler(self, entry: _HandlerEntry, msg: AnyMessage) -> None:
-        """Run an ``async`` handler as a task once one of ``limits.max_inflight`` slots is free."""
-        await self._inflight.acquire()
-        self._inflight_count += 1
-        task = asyncio.create_task(self._run_handler(entry, msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(self, entry: _HandlerEntry, msg: AnyMessage) -> None:
-        try:
-            result = await cast("Awaitable[object]", entry.fn(msg))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._handler_failed(msg, exc)
-            return
-        finally:
-            self._inflight.release()
-            self._inflight_count -= 1
-        if msg.envelope.flags is Flags.REQUEST:
-            await self._send_reply(msg, result)
-
-    async def _handler_failed(self, msg: AnyMessage, exc: Exception) -> None:
-        """A handler refused a message that passed the whole pipeline (protocol.md §7.2).
-
-        Reply or silence: the sender is authenticated and authorized for this
-        type, so a REQUEST gets ``mesh.error`` with the reason and the error's
-        ``public_detail`` (e.g. the body field that failed validation, never an
-        input value); a one-way message gets nothing. Pipeline rejections never
-        reach here: they are silent.
-        """
-        message = ""
-        if isinstance(exc, RemoteError):
-            self._reject(msg, exc)
-            code, message = exc.reason, exc.public_detail
-        else:
-            log.error(
-                "handler failed",
-                extra={"event": "handler_error", "msg_type": msg.msg_type, "error": repr(exc)},
-            )
-            code = "internal"
-        if msg.envelope.flags is Flags.REQUEST:
-            await self._send_error(msg, code, message)
 
     async def _send_error(self, msg: AnyMessage, code: str, message: str = "") -> None:
         text = "".join(c if c.isprintable() else "?" for c in message[:ERROR_MESSAGE_MAX])
@@ -1433,7 +1327,7 @@ class MeshNode:
             load_15m=float(load[2]),
             queue_length=len(self._tasks),
             capacity=self.config.limits.capacity,
-            inflight=self._inflight_count,
+            inflight=self._dispatch.inflight_count,
             rtt_ms=None if self.parent_rtt is None else self.parent_rtt * 1000.0,
             uptime_s=max(0.0, self._clock() - self._started_at),
             **self.report_fields(),
@@ -1547,8 +1441,8 @@ class MeshNode:
             "peers": peers,
             "routes": len(self._routes),
             "sessions": {"count": len(self._sessions.by_id), "peers": self.session_peers()},
-            "inflight": self._inflight_count,
-            "draining": self._draining,
+            "inflight": self._dispatch.inflight_count,
+            "draining": self._dispatch.draining,
             "counters": self.metrics.snapshot(),
             "transport": transport_stats,
             "certificate": {
