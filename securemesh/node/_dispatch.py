@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from securemesh.errors import AuthorizationError, NoHandler, RemoteError
 from securemesh.node._core import Core
-from securemesh.node._pipeline import FirstContactMessage
 from securemesh.wire import Flags
 
 if TYPE_CHECKING:
@@ -64,10 +63,11 @@ class HandlerEntry:
 class Dispatch:
     """The handler table and the handlers' execution (see the module docstring)."""
 
-    __slots__ = ("_core", "_handlers", "_inflight", "draining", "inflight_count")
+    __slots__ = ("_core", "_handlers", "_inflight", "_metrics", "draining", "inflight_count")
 
     def __init__(self, core: Core, *, max_inflight: int) -> None:
         self._core = core
+        self._metrics = core.metrics
         self._handlers: dict[str, HandlerEntry] = {}
         self._inflight = asyncio.Semaphore(max_inflight)
         self.inflight_count = 0
@@ -115,30 +115,30 @@ class Dispatch:
         runs inline (its reply, if any, is what is left); an ``async`` one runs
         as a task once a slot is free.
         """
-        core = self._core
-        env = msg.envelope
-        flags = env.flags
-        entry = self._handlers.get(env.msg_type)
+        header = msg.envelope.header  # (header fields directly: the envelope's are properties)
+        flags = header.flags
+        entry = self._handlers.get(header.msg_type)
         if entry is None:
-            core._reject(msg, NoHandler("no handler for this message type"))
+            self._core._reject(msg, NoHandler("no handler for this message type"))
             return None
         if entry.local_policy is not None and self._refused_locally(entry.local_policy, msg):
             return None
-        if type(msg) is FirstContactMessage and not entry.first_contact:
-            core._reject(msg, AuthorizationError("this handler takes no first-contact messages"))
+        if msg.first_contact and not entry.first_contact:  # (a FirstContactMessage)
+            refusal = AuthorizationError("this handler takes no first-contact messages")
+            self._core._reject(msg, refusal)
             return None
         if self.draining and not entry.builtin:
             if flags is Flags.REQUEST:
-                return core._send_error(msg, "unavailable", "the node is shutting down")
+                return self._core._send_error(msg, "unavailable", "the node is shutting down")
             return None
-        core.metrics.dispatched += 1
+        self._metrics.dispatched += 1
         if not entry.is_async:
             try:
                 result = entry.fn(msg)
             except Exception as exc:
                 return self.handler_failed(msg, exc)
             if flags is Flags.REQUEST:
-                return core._send_reply(msg, result)
+                return self._core._send_reply(msg, result)
             return None
         return self._start_handler(entry, msg)
 

@@ -931,27 +931,19 @@ class MeshNode:
             Rejection(exc.reason, msg.peer, env.sender, env.msg_type, str(exc), self._clock())
         )
 
-    def _child_link(self, channel: Channel, peer: bytes) -> _Link:
-        routes = self._routes
-        link = routes.children.get(peer)
-        if link is None:
-            link = _Link(channel, peer, is_parent=False, now=self._clock())
-            routes.add_child(link)
-        return link
-
-    def _link_of(self, msg: AnyMessage, channel: Channel, from_parent: bool) -> _Link:
-        """The link a verified message came on; learns direct peers and routes."""
-        if from_parent:
-            link = self._parent_link
-            assert link is not None
-            return link
+    def _learn_link(self, msg: AnyMessage, channel: Channel) -> _Link:
+        """The child link ``msg`` came on, made if new; learns direct peers and routes."""
         if msg.first_contact:
             # a join-token peer is not a child: no routes, no broadcasts; its
             # reply goes back on a throwaway link
             return _Link(channel, msg.peer, is_parent=False, now=self._clock())
+        routes = self._routes
+        link = routes.children.get(msg.peer)
+        if link is None:
+            link = _Link(channel, msg.peer, is_parent=False, now=self._clock())
+            routes.add_child(link)
         env = msg.envelope
-        link = self._child_link(channel, msg.peer)
-        if self._routes.learn(env.sender, link, env.sequence, relayed=msg.relayed) and (
+        if routes.learn(env.sender, link, env.sequence, relayed=msg.relayed) and (
             msg.relayed or env.msg_type != NODE_HELLO
         ):
             self._spawn(self._announce_nodes([env.sender]))
@@ -964,14 +956,31 @@ class MeshNode:
 
         Synchronous up to the first await: returns what is left to await, if anything.
         """
-        env = msg.envelope
-        link = self._link_of(msg, channel, from_parent)
+        header = msg.envelope.header  # (header fields directly: the envelope's are properties)
+        if from_parent:
+            link = self._parent_link
+            assert link is not None
+        else:
+            # The stream case inline: a known child whose route (and, for a direct
+            # message, direct link) is this link already -- RouteTable.learn would
+            # change nothing. Anything else learns through _learn_link.
+            routes = self._routes
+            sender = header.sender
+            got = routes.children.get(msg.peer)
+            if (
+                got is None
+                or routes.routes.get(sender) is not got
+                or (not msg.relayed and routes.direct.get(sender) is not got)
+                or msg.first_contact
+            ):
+                got = self._learn_link(msg, channel)
+            link = got
         link.last_seen = self._clock()
         msg.link = link
-        recipient = env.recipient
+        recipient = header.recipient
         if recipient == self.node_id:
             self.metrics.accepted += 1
-            if env.flags is Flags.REPLY:  # (never a first contact: no replies from them)
+            if header.flags is Flags.REPLY:  # (never a first contact: no replies from them)
                 self._resolve(cast("VerifiedMessage", msg))
                 return None
             return self._dispatch.deliver(msg)
