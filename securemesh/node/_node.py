@@ -2,6 +2,18 @@
 
 Theory of operation
 -------------------
+**Core and components.** This class is the core: links, transport, receive
+loops, the parent link, status. The tables live in components that each own
+their state and use only what :class:`~securemesh.node._core.Core` lists
+(encode, send, request, spawn, learn, reject): dispatch
+(:mod:`~securemesh.node._dispatch`), the request table
+(:mod:`~securemesh.node._requests`), the route table
+(:mod:`~securemesh.node._routes`), the session table
+(:mod:`~securemesh.node._sessions`), certificate lookup and hold
+(:mod:`~securemesh.node._lookup`) and revocation
+(:mod:`~securemesh.node._revocation`). The sections below describe the
+behaviour as a whole; each component's module says what it owns.
+
 **Links.** An edge or cloud node *listens* (one :class:`~securemesh.transport.Listener`,
 ROUTER): each authenticated CURVE key that sends a verified message becomes a
 *child link*. A device or edge *connects* to its parent (one
@@ -35,7 +47,8 @@ and never loops. Only SIGNED envelopes are forwarded (a MAC is hop-local).
 **Request/reply.** :meth:`MeshNode.request` sets ``Flags.REQUEST`` and a random
 16-byte correlation id, and waits (with a timeout) for a REPLY with that id
 *from the addressed node* — a reply that answers no pending request is
-rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`). A
+rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`, i.e. the
+request table). A
 handler's return value becomes the REPLY (same message type, or
 ``mesh.error`` if it raised: reason code and the error's ``public_detail``);
 the reply goes back down the link the request came on. A message rejected in
