@@ -1005,13 +1005,14 @@ class MeshNode:
     async def _broadcast_in(self, msg: AnyMessage, from_parent: bool) -> None:
         """A broadcast: handle it here (if we handle its type), pass it to our children."""
         env = msg.envelope
+        # (a broadcast is never a reply: the pipeline finds no request it answers)
         if env.msg_type == NODE_HELLO and not msg.relayed:
-            rest = self._deliver(msg)
+            rest = self._dispatch.deliver(msg)
             if rest is not None:
                 await rest
             return
         if env.msg_type in self._dispatch:
-            rest = self._deliver(msg)
+            rest = self._dispatch.deliver(msg)
             if rest is not None:
                 await rest
         if from_parent:
@@ -1063,13 +1064,6 @@ class MeshNode:
         return self._requests.reply_ok(
             env.correlation_id, env.sender, recipient, local=recipient == self.node_id
         )
-
-    def _deliver(self, msg: AnyMessage) -> Awaitable[None] | None:
-        """A message addressed here: a reply resolves its request, the rest is dispatched."""
-        if msg.envelope.flags is Flags.REPLY:  # (never a first contact: no replies from them)
-            self._resolve(cast("VerifiedMessage", msg))
-            return None
-        return self._dispatch.deliver(msg)
 
     def _resolve(self, msg: VerifiedMessage) -> None:
         """A reply: hand it (or the ``mesh.error`` it carries) to the request waiting for it."""
