@@ -975,15 +975,19 @@ class MeshNode:
             assert link is not None
         else:
             # The stream case inline: a known child whose route (and, for a direct
-            # message, direct link) is this link already -- RouteTable.learn would
-            # change nothing. Anything else learns through _learn_link.
+            # message, direct link and node id) is this link already -- RouteTable.learn
+            # would change nothing (tests/node/test_node_route_table.py checks that).
+            # Anything else learns through _learn_link.
             routes = self._routes
             sender = header.sender
             got = routes.children.get(msg.peer)
             if (
                 got is None
                 or routes.routes.get(sender) is not got
-                or (not msg.relayed and routes.direct.get(sender) is not got)
+                or (
+                    not msg.relayed
+                    and (got.node_id != sender or routes.direct.get(sender) is not got)
+                )
                 or msg.first_contact
             ):
                 got = self._learn_link(msg, channel)

@@ -124,3 +124,32 @@ def test_invariants_under_any_sequence(ops: list[tuple[str, int, int, int]]) -> 
             assert after >= before
         assert len(t.evidence()) <= 5
         assert all(t.children.get(r.peer) is r for r in t.routes.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps, st.integers(0, 11), st.integers(0, 2), st.integers(0, 20), st.booleans())
+def test_the_inline_check_of_route_means_learn_changes_nothing(
+    ops: list[tuple[str, int, int, int]], n: int, li: int, seq: int, relayed: bool
+) -> None:
+    """MeshNode._route skips RouteTable.learn when a known child's route (and, for a direct
+    message, direct link and node id) is the link already; learn must then change nothing."""
+    links = [Link(bytes([i])) for i in range(3)]
+    t: RouteTable[Link] = RouteTable(max_nodes=5)
+    for op, node_n, link_i, s in ops:
+        link = links[link_i]
+        if t.child(link.peer) is None:
+            t.add_child(link)
+        if op in ("learn", "relay"):
+            t.learn(f"n{node_n}", link, s, relayed=op == "relay")
+        elif op == "drop":
+            t.drop_link(link)
+    sender, link = f"n{n}", links[li]
+    skipped = (
+        t.children.get(link.peer) is link
+        and t.routes.get(sender) is link
+        and (relayed or (link.node_id == sender and t.direct.get(sender) is link))
+    )
+    if skipped:
+        before = (dict(t.routes), dict(t.direct), t.evidence(), link.node_id)
+        assert not t.learn(sender, link, seq, relayed=relayed)
+        assert (dict(t.routes), dict(t.direct), t.evidence(), link.node_id) == before
