@@ -41,7 +41,12 @@ from securemesh.node._directory import Directory, DirectoryEntry
 from securemesh.node._enroll import serve_enrollment
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._node import Handler, MeshNode, Reply, no_reply_message
-from securemesh.node._pipeline import FirstContactResolver, Pipeline, VerifiedMessage
+from securemesh.node._pipeline import (
+    FirstContactMessage,
+    FirstContactResolver,
+    Pipeline,
+    VerifiedMessage,
+)
 from securemesh.node._policy import combine_policies
 from securemesh.node._service import (
     AuditRecorderLike,
@@ -67,6 +72,7 @@ __all__ = [
     "CertificateView",
     "Directory",
     "DirectoryEntry",
+    "FirstContactMessage",
     "FirstContactResolver",
     "Handler",
     "LegacyService",

@@ -44,7 +44,7 @@ from securemesh.wire import parse_body
 if TYPE_CHECKING:
     from securemesh.enroll import EnrollmentServer, EnrollReply, RenewReply
     from securemesh.node._node import MeshNode
-    from securemesh.node._pipeline import VerifiedMessage
+    from securemesh.node._pipeline import FirstContactMessage, VerifiedMessage
 
 __all__ = ["serve_enrollment"]
 
@@ -75,7 +75,9 @@ def serve_enrollment(
         inters = [] if issuer is None else [issuer]
         node.directory.add_certificate(certificate, intermediates=inters, admit=admit)
 
-    async def on_enroll(msg: VerifiedMessage) -> EnrollReply:
+    async def on_enroll(msg: VerifiedMessage | FirstContactMessage) -> EnrollReply:
+        # opted in (first_contact= below): a join-token peer's request arrives as a
+        # FirstContactMessage; an edge relaying a device's request sends a VerifiedMessage
         request = msg.body(EnrollRequest)
         if msg.first_contact:
             if request.node_id != msg.sender:

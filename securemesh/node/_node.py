@@ -2,6 +2,18 @@
 
 Theory of operation
 -------------------
+**Core and components.** This class is the core: links, transport, receive
+loops, the parent link, status. The tables live in components that each own
+their state and use only what :class:`~securemesh.node._core.Core` lists
+(encode, send, request, spawn, learn, reject): dispatch
+(:mod:`~securemesh.node._dispatch`), the request table
+(:mod:`~securemesh.node._requests`), the route table
+(:mod:`~securemesh.node._routes`), the session table
+(:mod:`~securemesh.node._sessions`), certificate lookup and hold
+(:mod:`~securemesh.node._lookup`) and revocation
+(:mod:`~securemesh.node._revocation`). The sections below describe the
+behaviour as a whole; each component's module says what it owns.
+
 **Links.** An edge or cloud node *listens* (one :class:`~securemesh.transport.Listener`,
 ROUTER): each authenticated CURVE key that sends a verified message becomes a
 *child link*. A device or edge *connects* to its parent (one
@@ -35,7 +47,8 @@ and never loops. Only SIGNED envelopes are forwarded (a MAC is hop-local).
 **Request/reply.** :meth:`MeshNode.request` sets ``Flags.REQUEST`` and a random
 16-byte correlation id, and waits (with a timeout) for a REPLY with that id
 *from the addressed node* — a reply that answers no pending request is
-rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`). A
+rejected as ``unexpected_reply`` (the pipeline asks :meth:`_reply_ok`, i.e. the
+request table). A
 handler's return value becomes the REPLY (same message type, or
 ``mesh.error`` if it raised: reason code and the error's ``public_detail``);
 the reply goes back down the link the request came on. A message rejected in
@@ -109,26 +122,21 @@ transport.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import inspect
 import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, Tier
+from securemesh.crypto.certs import SignedCertificate, Tier
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.errors import (
     AuthenticationError,
     AuthorizationError,
     DecodeError,
     LocalError,
-    NoHandler,
     NoRoute,
     PeerUnavailable,
     RemoteCallError,
@@ -153,14 +161,10 @@ from securemesh.messages import (
     SESSION_HELLO,
     SESSION_RESET,
     Ack,
-    CertLookup,
     ErrorReply,
     NodeHello,
     NodeReport,
-    Revocation,
-    RevocationSync,
     RouteAnnounce,
-    SessionData,
     b64d,
     b64e,
 )
@@ -171,18 +175,25 @@ from securemesh.node._attach import (
     verify_attachment,
 )
 from securemesh.node._config import NodeConfig
+from securemesh.node._core import Link as _Link
+from securemesh.node._core import Reply
 from securemesh.node._directory import Directory
+from securemesh.node._dispatch import Dispatch
+from securemesh.node._lookup import CertificateLookup
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._pipeline import (
     NO_SESSION,
+    AnyMessage,
     FirstContactResolver,
-    HeldMessage,
     HoldBuffer,
     Pipeline,
     VerifiedMessage,
 )
+from securemesh.node._requests import RequestTable
+from securemesh.node._revocation import RevocationState
+from securemesh.node._routes import RouteTable
+from securemesh.node._sessions import SessionEntry, SessionTable
 from securemesh.policy import AllowTypes, Policy
-from securemesh.session import Handshake, Session, SessionLimits
 from securemesh.transport import Channel, Connection, Listener, Transport
 from securemesh.wire import (
     ZERO_ID,
@@ -217,14 +228,6 @@ _CHILD_TIERS: dict[Tier, frozenset[Tier]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A handler's answer with raw frames (return a bare model/bytes when there are none)."""
-
-    body: BaseModel | bytes
-    frames: Sequence[bytes | memoryview] = ()
-
-
 #: What a handler may return: a pydantic model, JSON bytes, a Reply, or None (``{}``).
 HandlerResult = object
 #: ``handler(msg)`` returning a HandlerResult, or an awaitable of one.
@@ -242,71 +245,6 @@ def no_reply_message(peer: str, msg_type: str, waited: float) -> str:
 
 def _builtin_policy(msg_type: str, tiers: list[str] | None = None) -> Policy:
     return AllowTypes(types=[msg_type], tiers=tiers)
-
-
-class _Link:
-    """One neighbour: a channel plus the peer's CURVE key (and node id once known)."""
-
-    __slots__ = ("channel", "connected_at", "is_parent", "last_seen", "node_id", "peer", "report")
-
-    def __init__(self, channel: Channel, peer: bytes, *, is_parent: bool, now: float) -> None:
-        self.channel = channel
-        self.peer = peer
-        self.is_parent = is_parent
-        self.node_id: str | None = None
-        self.last_seen = now
-        self.connected_at = now
-        self.report: dict[str, object] | None = None
-
-    async def send(self, frames: Sequence[bytes | memoryview], timeout: float | None) -> None:
-        await self.channel.send(self.peer, cast("Sequence[bytes]", frames), timeout=timeout)
-
-
-class _SessionEntry:
-    __slots__ = (
-        "created",
-        "link",
-        "peer_id",
-        "peer_key",
-        "recv_key",
-        "send_key",
-        "sent",
-        "session",
-        "session_id",
-    )
-
-    def __init__(self, session: Session, link: _Link, peer_key: bytes, now: float) -> None:
-        self.session = session
-        self.session_id = session.session_id
-        self.peer_id = session.peer_id
-        self.peer_key = peer_key
-        self.send_key, self.recv_key = session.envelope_mac_keys()
-        self.link = link
-        self.created = now
-        self.sent = 0
-
-
-class _Pending:
-    __slots__ = ("dest", "future", "sent_at")
-
-    def __init__(
-        self, dest: str | None, future: asyncio.Future[VerifiedMessage], now: float
-    ) -> None:
-        self.dest = dest
-        self.future = future
-        self.sent_at = now
-
-
-class _HandlerEntry:
-    __slots__ = ("builtin", "fn", "is_async", "local_policy")
-
-    def __init__(self, fn: Handler, *, builtin: bool, local_policy: Policy | None = None) -> None:
-        self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.builtin = builtin
-        #: a local delivery's own policy, when the pipeline admitted the type under
-        #: ``local OR relay`` (checked before dispatch: a refusal is silent, like the pipeline's)
-        self.local_policy = local_policy
 
 
 class MeshNode:
@@ -340,8 +278,6 @@ class MeshNode:
         self.config = config
         # hot-path copies of the (frozen) configuration
         self._send_timeout = config.limits.send_timeout
-        self._session_max_messages = config.session.max_messages
-        self._session_max_age = config.session.max_age
         self._identity = identity
         self._signer = identity.signer
         self._clock = clock
@@ -375,7 +311,8 @@ class MeshNode:
             restore=replay_restore,
             restored_at_ms=int(clock() * 1000),
         )
-        self._sessions: dict[bytes, _SessionEntry] = {}
+        #: sessions, handshakes and reset hints (component)
+        self._sessions = SessionTable(self, signer=self._signer, rng=rng, clock=clock)
         self.pipeline = Pipeline(
             node_id=self.node_id,
             directory=directory,
@@ -384,36 +321,29 @@ class MeshNode:
             replay=self._replay,
             clock=clock,
             max_skew_ms=int(lim.max_clock_skew * 1000),
-            sessions=self._sessions,  # type: ignore[arg-type]  # _SessionEntry fits SessionKeys
+            sessions=self._sessions.by_id,  # type: ignore[arg-type]  # SessionEntry fits SessionKeys
             reply_ok=self._reply_ok,
         )
         if sequence is None:
             counter = itertools.count(int(clock() * 1_000_000))
             sequence = counter.__next__
         self._next_seq = sequence
-        self._handlers: dict[str, _HandlerEntry] = {}
-        self._pending: dict[bytes, _Pending] = {}
-        self._forwarded: OrderedDict[bytes, tuple[str, str, float]] = OrderedDict()
-        self._max_forwarded = 100_000
-        self._routes: dict[str, _Link] = {}
-        #: route evidence: the highest sequence of a node's own attachment statement or
-        #: relayed envelope that set its route, and the statement to pass upward
-        self._attach_seq: dict[str, int] = {}
-        restored = (route_evidence_restore or {}).items()
-        self._attach_seq.update(itertools.islice(restored, lim.max_senders))
+        #: our requests waiting for replies, and requests we relayed (component)
+        self._requests: RequestTable[asyncio.Future[VerifiedMessage]] = RequestTable(
+            clock=clock, forward_ttl=2 * lim.request_timeout
+        )
         #: set when the route evidence moved on; the daemon then saves route_evidence()
         self.route_evidence_changed = asyncio.Event()
-        self._attachments: dict[str, tuple[int, str]] = {}
-        self._children: dict[bytes, _Link] = {}
-        self._direct: dict[str, _Link] = {}
-        self._session_out: dict[str, _SessionEntry] = {}
-        self._hs_responding: dict[str, tuple[Handshake, _Link]] = {}
-        self._hs_inflight: dict[str, asyncio.Future[_SessionEntry]] = {}
-        self._reset_hints: dict[str, float] = {}
-        self._lookups: dict[str, float] = {}
-        #: relayed messages from origins whose certificate is being looked up
-        self.held = hold if hold is not None else HoldBuffer(**config.hold.model_dump())
-        self._lookups_inflight: set[str] = set()
+        #: routes, children, direct neighbours and route evidence (component)
+        self._routes: RouteTable[_Link] = RouteTable(
+            max_nodes=lim.max_senders,
+            restore=route_evidence_restore,
+            on_evidence=self.route_evidence_changed.set,
+        )
+        #: certificate lookups and the messages held for them (component)
+        self._lookup = CertificateLookup(
+            self, hold if hold is not None else HoldBuffer(**config.hold.model_dump())
+        )
         self._upstream_certs: list[str] = []
         self._listener: Listener | None = None
         self._parent_conn: Connection | None = None
@@ -423,24 +353,17 @@ class MeshNode:
         self.parent_rtt: float | None = None
         self._parent_failures = 0
         self._loops: list[asyncio.Task[None]] = []
-        #: children a revocation broadcast from the parent revoked, told before the cut
-        self._cut_after_fan_out: list[_Link] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight = asyncio.Semaphore(lim.max_inflight)
-        self._inflight_count = 0
-        self._draining = False
+        #: the handler table and the handlers' slots (component)
+        self._dispatch = Dispatch(self, max_inflight=lim.max_inflight)
         self._started_at = clock()
         self._stopped = False
         #: Called with our new signed certificate after a renewal (the daemon saves it).
         self.on_certificate: list[Callable[[SignedCertificate], None]] = []
         #: Extra typed ``node.report`` fields (``[report]``, offered services): set by assembly.
         self.report_fields: Callable[[], Mapping[str, Any]] = dict
-        #: The newest signed revocation list this node installed (to persist it).
-        self.revocation_list_bytes: bytes | None = None
-        self.revocation_list_version: int | None = None
-        #: the installed signed list per root, to answer ``revocation.sync``
-        self._rl_blobs: dict[str, bytes] = {}
-        self._rl_synced_at = float("-inf")
+        #: revocation lists: installed, served, synced, enforced (component)
+        self._revocation = RevocationState(self)
         directory.on_revoked.append(self._on_revoked)
         # admission by topology: whole tiers that may be our children (Directory docstring)
         directory.admit_tiers = _CHILD_TIERS[self.tier]
@@ -478,14 +401,22 @@ class MeshNode:
         ``handler`` may be None to only relay the type.
         ``first_contact``: also accept this type from join-token peers
         (enrollment); the resolver reads the self-declared verify key from the
-        unverified body and the envelope must verify against it; such messages
-        reach the handler with ``msg.certificate is None`` and ``msg.first_contact``.
+        unverified body and the envelope must verify against it. Such a message
+        is a :class:`~securemesh.node.FirstContactMessage`, not a
+        VerifiedMessage, and only a handler registered with ``first_contact``
+        gets one: registering the type again without it refuses them.
         """
         from securemesh.node._policy import combine_policies  # noqa: PLC0415
 
         if handler is not None:
             local = policy if policy is not None and relay_policy is not None else None
-            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False, local_policy=local)
+            self._dispatch.register(
+                msg_type,
+                handler,
+                builtin=False,
+                local_policy=local,
+                first_contact=first_contact is not None,
+            )
         combined = combine_policies(self.pipeline.policy, policy, relay_policy)
         if combined is not None:
             self.pipeline.set_type_policy(msg_type, combined)
@@ -507,13 +438,15 @@ class MeshNode:
         (they use :meth:`on`, whose policy can only narrow the operator's).
         """
         if handler is not None:
-            self._handlers[msg_type] = _HandlerEntry(handler, builtin=False)
+            self._dispatch.register(
+                msg_type, handler, builtin=False, first_contact=first_contact is not None
+            )
         self.pipeline.set_type_policy(msg_type, policy)
         if first_contact is not None:
             self.pipeline.allow_first_contact(msg_type, first_contact)
 
     def _builtin(self, msg_type: str, fn: Handler, policy: Policy) -> None:
-        self._handlers[msg_type] = _HandlerEntry(fn, builtin=True)
+        self._dispatch.register(msg_type, fn, builtin=True)
         self.pipeline.set_type_policy(msg_type, policy)
 
     def _install_builtins(self) -> None:
@@ -526,14 +459,15 @@ class MeshNode:
         # an edge passes on lists it pulled; the list is root-signed, not the broadcaster's
         self._builtin(
             MESH_REVOCATION,
-            self._on_revocation,
+            self._revocation.on_revocation,
             _builtin_policy(MESH_REVOCATION, ["cloud", "edge"]),
         )
-        self._builtin(REVOCATION_SYNC, self._on_revocation_sync, _builtin_policy(REVOCATION_SYNC))
-        self._builtin(SESSION_HELLO, self._on_session_hello, _builtin_policy(SESSION_HELLO))
-        self._builtin(SESSION_FINISH, self._on_session_finish, _builtin_policy(SESSION_FINISH))
-        self._builtin(SESSION_RESET, self._on_session_reset, _builtin_policy(SESSION_RESET))
-        self._builtin(CERT_LOOKUP, self._on_cert_lookup, _builtin_policy(CERT_LOOKUP))
+        self._builtin(REVOCATION_SYNC, self._revocation.on_sync, _builtin_policy(REVOCATION_SYNC))
+        sessions = self._sessions
+        self._builtin(SESSION_HELLO, sessions.on_hello, _builtin_policy(SESSION_HELLO))
+        self._builtin(SESSION_FINISH, sessions.on_finish, _builtin_policy(SESSION_FINISH))
+        self._builtin(SESSION_RESET, sessions.on_reset, _builtin_policy(SESSION_RESET))
+        self._builtin(CERT_LOOKUP, self._lookup.on_cert_lookup, _builtin_policy(CERT_LOOKUP))
 
     # --------------------------------------------------------------- lifecycle
 
@@ -570,7 +504,7 @@ class MeshNode:
         """Graceful stop: refuse new requests, finish in-flight handlers, close."""
         if self._stopped:
             return
-        self._draining = True
+        self._dispatch.draining = True
         timeout = self.config.limits.drain_timeout if drain_timeout is None else drain_timeout
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
@@ -583,13 +517,10 @@ class MeshNode:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._loops.clear()
-        for pending_req in self._pending.values():
-            if not pending_req.future.done():
-                pending_req.future.set_exception(TransportClosed("node stopped"))
-        self._pending.clear()
-        for fut in self._hs_inflight.values():
-            if not fut.done():
-                fut.cancel()
+        for waiter in self._requests.drain():
+            if not waiter.done():
+                waiter.set_exception(TransportClosed("node stopped"))
+        self._sessions.close()
         await self.transport.close()
 
     @property
@@ -608,7 +539,7 @@ class MeshNode:
         statement again — including an old one an edge kept from a time the
         device was attached below it — and route the device there.
         """
-        return dict(self._attach_seq)
+        return self._routes.evidence()
 
     # ---------------------------------------------------------- certificate
 
@@ -679,7 +610,7 @@ class MeshNode:
         *,
         flags: Flags = Flags.NONE,
         correlation_id: bytes = ZERO_ID,
-        session: _SessionEntry | None = None,
+        session: SessionEntry | None = None,
     ) -> list[bytes | memoryview]:
         ts = int(self._clock() * 1000)
         if session is None:
@@ -741,41 +672,17 @@ class MeshNode:
         """One-way message to node ``dest`` (routed; raises TransportError if unroutable)."""
         if dest == self.node_id:
             raise LocalError("a node does not send to itself")
-        session: _SessionEntry | None = None
+        session: SessionEntry | None = None
         if auth == "session":
-            # The usual case of a stream, inline: a fresh session, one clock read
-            # (freshness and timestamp), no coroutine but the channel's send. The
-            # same checks as _fresh and the same envelope as _encode.
-            session = self._session_out.get(dest)
-            now = self._clock()
-            if (
-                session is not None
-                and session.sent < self._session_max_messages
-                and now - session.created < self._session_max_age
-                and session.session_id in self._sessions
-            ):
-                session.sent += 1
-                out = encode_mac(
-                    msg_type=msg_type,
-                    sender=self.node_id,
-                    recipient=dest,
-                    sequence=self._next_seq(),
-                    timestamp_ms=int(now * 1000),
-                    body=body,
-                    frames=frames,
-                    session_id=session.session_id,
-                    key=session.send_key,
-                    limits=self.limits,
-                )
-                link = session.link
-                await link.channel.send(
-                    link.peer, cast("Sequence[bytes]", out), timeout=self._send_timeout
-                )
-                self.metrics.sent += 1
-                return
-            session = await self._session_for(dest)
+            sessions = self._sessions
+            session = sessions.out.get(dest)
+            if session is None or not sessions.fresh(session):
+                session = await sessions.session_for(dest)
         link = session.link if session is not None else self._link_to(dest)
-        await self._send_on(link, self._encode(dest, msg_type, body, frames, session=session))
+        out = self._encode(dest, msg_type, body, frames, session=session)
+        # straight to the channel (as _send_on, one coroutine frame less: the hot path)
+        await link.channel.send(link.peer, cast("Sequence[bytes]", out), timeout=self._send_timeout)
+        self.metrics.sent += 1
 
     async def request(
         self,
@@ -795,7 +702,7 @@ class MeshNode:
         """
         if dest == self.node_id:
             raise LocalError("a node does not send to itself")
-        session = await self._session_for(dest) if auth == "session" else None
+        session = await self._sessions.session_for(dest) if auth == "session" else None
         link = session.link if session is not None else self._link_to(dest)
         return await self._request_on(
             link, dest, msg_type, body, frames, timeout=timeout, session=session, expect=dest
@@ -810,12 +717,13 @@ class MeshNode:
         frames: Sequence[bytes | memoryview] = (),
         *,
         timeout: float | None,
-        session: _SessionEntry | None = None,
+        session: SessionEntry | None = None,
         expect: str | None,
     ) -> VerifiedMessage:
         cid = self._rng(16)
         future: asyncio.Future[VerifiedMessage] = asyncio.get_running_loop().create_future()
-        self._pending[cid] = _Pending(expect, future, self._clock())
+        requests = self._requests
+        requests.open(cid, expect, future)
         try:
             out = self._encode(
                 recipient,
@@ -833,7 +741,7 @@ class MeshNode:
             except TimeoutError:
                 raise TimeoutError(no_reply_message(recipient, msg_type, wait)) from None
         finally:
-            self._pending.pop(cid, None)
+            requests.close(cid)
 
     async def broadcast(
         self, msg_type: str, body: BaseModel | bytes, frames: Sequence[bytes | memoryview] = ()
@@ -845,7 +753,7 @@ class MeshNode:
     async def _fan_out(self, frames: Sequence[bytes | memoryview], exclude: _Link | None) -> int:
         timeout = self.config.limits.forward_timeout
         sent = 0
-        for link in list(self._children.values()):
+        for link in list(self._routes.children.values()):
             if link is exclude:
                 continue
             try:
@@ -860,28 +768,64 @@ class MeshNode:
         return sent
 
     def _drop_child(self, link: _Link) -> None:
-        if self._children.get(link.peer) is link:
-            del self._children[link.peer]
-        if link.node_id is not None and self._direct.get(link.node_id) is link:
-            del self._direct[link.node_id]
-        for node_id, routed in list(self._routes.items()):
-            if routed is link:
-                del self._routes[node_id]
+        self._routes.drop_link(link)
+
+    async def learn_certificate_from(
+        self, msg: VerifiedMessage, node_id: str, *, timeout: float = 2.0
+    ) -> bool:
+        """Ask the direct neighbour that sent ``msg`` for ``node_id``'s certificate.
+
+        For a handler that meets a node it has no (current) certificate for in
+        a message's *content* (the cloud's audit ingest: a device's events
+        relayed by its edge, signed with keys from a re-enrollment the cloud
+        has not heard of). The neighbour must be an enrolled edge or cloud
+        node; lookups of one node id are at most one per ``held.retry_after``
+        (shared with the hold buffer). Returns whether a certificate was
+        learned; never raises for a failed lookup.
+        """
+        return await self._lookup.learn_from(msg, node_id, timeout=timeout)
+
+    @property
+    def held(self) -> HoldBuffer:
+        """Relayed messages from origins whose certificate is being looked up."""
+        return self._lookup.held
+
+    @held.setter
+    def held(self, buffer: HoldBuffer) -> None:
+        self._lookup.held = buffer
+
+    # (for the daemon and the audit bus: the components' answers, by their old names)
+    def _valid_now(self, node_id: str) -> bool:
+        return self._lookup.valid_now(node_id)
+
+    def _note_revocation_list(self, version: int, blob: bytes) -> None:
+        self._revocation.note_list(version, blob)
+
+    def _enforce_revocation(self) -> None:
+        self._revocation.enforce()
 
     async def publish_revocation(self, revocation_list: bytes) -> int:
         """Install a signed revocation list here and broadcast it (cloud nodes)."""
-        children = list(self._children.values())
-        rl = self.directory.update_revocation_list(revocation_list)  # refused from here on
-        self._note_revocation_list(rl.version, bytes(revocation_list))
-        gone = [c for c in children if self._children.get(c.peer) is not c]
-        self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
-        out = self._encode(
-            "", MESH_REVOCATION, Revocation(version=rl.version), [bytes(revocation_list)]
-        )
-        try:  # every child hears of it, revoked ones too; their links go after
-            return await self._fan_out(out, exclude=None)
-        finally:
-            await self._tell_revoked_then_cut(out)
+        return await self._revocation.publish(revocation_list)
+
+    @property
+    def revocation_list_bytes(self) -> bytes | None:
+        """The newest signed revocation list this node installed (to persist it)."""
+        return self._revocation.list_bytes
+
+    @property
+    def revocation_list_version(self) -> int | None:
+        """The version of :attr:`revocation_list_bytes`."""
+        return self._revocation.list_version
+
+    async def sync_revocation_lists(self, *, timeout: float | None = None) -> int:
+        """Pull from the parent every revocation list newer than ours; return how many.
+
+        Each list is verified like a broadcast one (root signature, no rollback),
+        installed, enforced and passed down to our children. A list that fails
+        is counted and audited, and the others still count.
+        """
+        return await self._revocation.sync(timeout=timeout)
 
     async def install_certificate(
         self,
@@ -915,7 +859,7 @@ class MeshNode:
             callback(certificate)
         if self._parent_link is not None and self.parent_ready.is_set():
             await self._hello_parent()
-        if self._children:
+        if self._routes.children:
             await self._fan_out(self._encode("", NODE_HELLO, self._hello_body(), ()), exclude=None)
         return cert
 
@@ -968,7 +912,7 @@ class MeshNode:
 
     def _take(
         self,
-        result: VerifiedMessage | Rejection,
+        result: AnyMessage | Rejection,
         channel: Channel,
         from_parent: bool,
         frames: Sequence[bytes],
@@ -976,127 +920,113 @@ class MeshNode:
         """Deliver one pipeline result; return what is left to await, if anything.
 
         A relayed message from an origin we hold no (valid) certificate for is
-        held while ``cert.lookup`` runs (:meth:`_hold_for_lookup`, given its
+        held while ``cert.lookup`` runs (``CertificateLookup.hold``, given its
         ``frames``); any other rejection is counted (and may trigger a
-        session-reset hint). A one-way message for us to a plain-function
-        handler — the common case of a stream — is dispatched right here,
-        without two coroutine frames per message (same steps as
-        :meth:`_route`/:meth:`_deliver`); anything else goes to :meth:`_route`.
+        session-reset hint). A verified message goes to :meth:`_route`, which
+        does only what needs no await and hands back the rest: a one-way
+        message for us to a plain-function handler — the common case of a
+        stream — costs no coroutine at all.
         """
         if type(result) is Rejection:
-            if result.reason in _LOOKUP_REASONS and self._hold_for_lookup(
+            if result.reason in _LOOKUP_REASONS and self._lookup.hold(
                 result, frames, channel, from_parent
             ):
                 return None  # verified from step 1 again once the lookup ends
             self.metrics.reject(result)
             if result.detail == NO_SESSION:
-                self._hint_session_reset(result, channel, from_parent)
+                self._sessions.hint_reset(result, channel, from_parent)
             return None
-        msg = cast("VerifiedMessage", result)
-        header = msg.envelope.header
-        if header.flags is Flags.NONE and header.recipient == self.node_id:
-            entry = self._handlers.get(header.msg_type)
-            if entry is not None and not entry.is_async and not entry.builtin:
-                link = self._link_of(msg, channel, from_parent)
-                link.last_seen = self._clock()
-                msg.link = link
-                metrics = self.metrics
-                metrics.accepted += 1
-                if self._draining:
-                    return None
-                metrics.dispatched += 1
-                try:
-                    entry.fn(msg)
-                except Exception as exc:
-                    return self._handler_failed(msg, exc)
-                return None
-        return self._route(msg, channel, from_parent)
+        return self._route(cast("AnyMessage", result), channel, from_parent)
 
-    def _reject(self, msg: VerifiedMessage, exc: RemoteError) -> None:
+    def _reject(self, msg: AnyMessage, exc: RemoteError) -> None:
         env = msg.envelope
         self.metrics.reject(
             Rejection(exc.reason, msg.peer, env.sender, env.msg_type, str(exc), self._clock())
         )
 
-    def _child_link(self, channel: Channel, peer: bytes) -> _Link:
-        link = self._children.get(peer)
-        if link is None:
-            link = _Link(channel, peer, is_parent=False, now=self._clock())
-            self._children[peer] = link
-        return link
-
-    def _link_of(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> _Link:
-        """The link a verified message came on; learns direct peers and routes."""
-        if from_parent:
-            link = self._parent_link
-            assert link is not None
-            return link
+    def _learn_link(self, msg: AnyMessage, channel: Channel) -> _Link:
+        """The child link ``msg`` came on, made if new; learns direct peers and routes."""
         if msg.first_contact:
             # a join-token peer is not a child: no routes, no broadcasts; its
             # reply goes back on a throwaway link
             return _Link(channel, msg.peer, is_parent=False, now=self._clock())
-        sender = msg.envelope.sender
-        link = self._child_link(channel, msg.peer)
-        if not msg.relayed:
-            link.node_id = sender
-            self._direct[sender] = link
-        if self._routes.get(sender) is not link:
-            seq = msg.envelope.sequence
-            if msg.relayed and not self._fresher(sender, seq, link):
-                return link  # older than the evidence of its current route: keep it
-            self._routes[sender] = link
-            self._note_evidence(sender, seq)
-            if msg.relayed or msg.envelope.msg_type != NODE_HELLO:
-                self._spawn(self._announce_nodes([sender]))
+        routes = self._routes
+        link = routes.children.get(msg.peer)
+        if link is None:
+            link = _Link(channel, msg.peer, is_parent=False, now=self._clock())
+            routes.add_child(link)
+        env = msg.envelope
+        if routes.learn(env.sender, link, env.sequence, relayed=msg.relayed) and (
+            msg.relayed or env.msg_type != NODE_HELLO
+        ):
+            self._spawn(self._announce_nodes([env.sender]))
         return link
 
-    def _note_evidence(self, node_id: str, sequence: int) -> None:
-        """Keep the freshest route evidence of ``node_id``; flag a change for the saver."""
-        known = self._attach_seq.get(node_id)
-        if known is None or sequence > known:
-            self._attach_seq[node_id] = sequence
-            self.route_evidence_changed.set()
+    def _route(
+        self, msg: AnyMessage, channel: Channel, from_parent: bool
+    ) -> Awaitable[None] | None:
+        """Learn the link, then deliver here, take a broadcast, or forward.
 
-    def _fresher(self, node_id: str, sequence: int, link: _Link) -> bool:
-        """Is ``sequence`` newer evidence for routing ``node_id`` via ``link``?
-
-        The same evidence again is fresh for the link that holds the route, or
-        for any link when there is no route (e.g. after a restart restored the
-        evidence): it names its parent, so only the link below that parent can
-        use it.
+        Synchronous up to the first await: returns what is left to await, if anything.
         """
-        known = self._attach_seq.get(node_id)
-        if known is None or sequence > known:
-            return True
-        current = self._routes.get(node_id)
-        return sequence == known and (current is link or current is None)
-
-    async def _route(self, msg: VerifiedMessage, channel: Channel, from_parent: bool) -> None:
-        env = msg.envelope
-        link = self._link_of(msg, channel, from_parent)
+        header = msg.envelope.header  # (header fields directly: the envelope's are properties)
+        if from_parent:
+            link = self._parent_link
+            assert link is not None
+        else:
+            # The stream case inline: a known child whose route (and, for a direct
+            # message, direct link and node id) is this link already -- RouteTable.learn
+            # would change nothing (tests/node/test_node_route_table.py checks that).
+            # Anything else learns through _learn_link.
+            routes = self._routes
+            sender = header.sender
+            got = routes.children.get(msg.peer)
+            if (
+                got is None
+                or routes.routes.get(sender) is not got
+                or (
+                    not msg.relayed
+                    and (got.node_id != sender or routes.direct.get(sender) is not got)
+                )
+                or msg.first_contact
+            ):
+                got = self._learn_link(msg, channel)
+            link = got
         link.last_seen = self._clock()
         msg.link = link
-        recipient = env.recipient
+        recipient = header.recipient
         if recipient == self.node_id:
             self.metrics.accepted += 1
-            await self._deliver(msg)
-        elif not recipient:
+            if header.flags is Flags.REPLY:  # (never a first contact: no replies from them)
+                self._resolve(cast("VerifiedMessage", msg))
+                return None
+            return self._dispatch.deliver(msg)
+        if not recipient:
             self.metrics.accepted += 1
-            if env.msg_type == NODE_HELLO and not msg.relayed:
-                await self._deliver(msg)
-                return
-            if env.msg_type in self._handlers:
-                await self._deliver(msg)
-            if from_parent:
-                try:
-                    await self._fan_out(env.frames, exclude=None)
-                finally:
-                    if self._cut_after_fan_out is not None:
-                        await self._tell_revoked_then_cut(env.frames)
-        else:
-            await self._forward(msg, link, from_parent)
+            return self._broadcast_in(msg, from_parent)
+        return self._forward(msg, link, from_parent)
 
-    async def _forward(self, msg: VerifiedMessage, link: _Link, from_parent: bool) -> None:
+    async def _broadcast_in(self, msg: AnyMessage, from_parent: bool) -> None:
+        """A broadcast: handle it here (if we handle its type), pass it to our children."""
+        env = msg.envelope
+        # (a broadcast is never a reply: the pipeline finds no request it answers)
+        if env.msg_type == NODE_HELLO and not msg.relayed:
+            rest = self._dispatch.deliver(msg)
+            if rest is not None:
+                await rest
+            return
+        if env.msg_type in self._dispatch:
+            rest = self._dispatch.deliver(msg)
+            if rest is not None:
+                await rest
+        if from_parent:
+            try:
+                await self._fan_out(env.frames, exclude=None)
+            finally:
+                if self._revocation.pending_cut:
+                    await self._revocation.tell_revoked_then_cut(env.frames)
+
+    async def _forward(self, msg: AnyMessage, link: _Link, from_parent: bool) -> None:
         env = msg.envelope
         dest = env.recipient
         out = self._routes.get(dest)
@@ -1106,9 +1036,9 @@ class MeshNode:
             self._reject(msg, NoRoute("no loop-free route to the recipient"))
             return
         if env.flags is Flags.REQUEST:
-            self._remember_forwarded(env.correlation_id, env.sender, dest)
+            self._requests.remember_forwarded(env.correlation_id, env.sender, dest)
         elif env.flags is Flags.REPLY:
-            self._forwarded.pop(env.correlation_id, None)
+            self._requests.forwarded_reply(env.correlation_id)
         try:
             await out.send(env.frames, self.config.limits.forward_timeout)
         except SendTimeout:
@@ -1133,123 +1063,35 @@ class MeshNode:
             )
         )
 
-    def _remember_forwarded(self, cid: bytes, origin: str, dest: str) -> None:
-        expires = self._clock() + 2 * self.config.limits.request_timeout
-        self._forwarded[cid] = (origin, dest, expires)
-        while len(self._forwarded) > self._max_forwarded:
-            self._forwarded.popitem(last=False)
-
     def _reply_ok(self, env: Envelope) -> bool:
-        cid = env.correlation_id
-        if env.recipient == self.node_id:
-            pending = self._pending.get(cid)
-            return pending is not None and (pending.dest is None or pending.dest == env.sender)
-        entry = self._forwarded.get(cid)
-        return entry is not None and entry[0] == env.recipient and entry[1] == env.sender
+        recipient = env.recipient
+        return self._requests.reply_ok(
+            env.correlation_id, env.sender, recipient, local=recipient == self.node_id
+        )
 
-    def _refused_locally(self, policy: Policy, msg: VerifiedMessage) -> bool:
-        """A type admitted for relaying, addressed here: the local policy must allow it too.
-
-        A refusal is rejected like the pipeline's (counted, audited, no reply:
-        protocol.md §7).
-        """
-        info = msg.peer_info
-        if info is None:  # first contact: only the protocol's rules apply
-            return False
-        try:
-            policy.authorize(info, msg.msg_type)
-        except AuthorizationError as exc:
-            self._reject(msg, exc)
-            return True
-        return False
-
-    async def _deliver(self, msg: VerifiedMessage) -> None:  # noqa: PLR0911 - one exit a case
+    def _resolve(self, msg: VerifiedMessage) -> None:
+        """A reply: hand it (or the ``mesh.error`` it carries) to the request waiting for it."""
         env = msg.envelope
-        if env.flags is Flags.REPLY:
-            pending = self._pending.pop(env.correlation_id, None)
-            if pending is None or pending.future.done():
-                return
-            self.metrics.replies += 1
-            if env.msg_type == MESH_ERROR:
-                try:
-                    err = env.body(ErrorReply)
-                    text = f"{env.sender}: {err.code}" + (f": {err.message}" if err.message else "")
-                    pending.future.set_exception(
-                        RemoteCallError(text, code=err.code, detail=err.message)
-                    )
-                except RemoteError:
-                    pending.future.set_exception(RemoteCallError("malformed error reply"))
-            else:
-                pending.future.set_result(msg)
+        future = self._requests.take(env.correlation_id, env.sender)
+        if future is None or future.done():
             return
-        entry = self._handlers.get(env.msg_type)
-        if entry is None:
-            self._reject(msg, NoHandler("no handler for this message type"))
-            return
-        if entry.local_policy is not None and self._refused_locally(entry.local_policy, msg):
-            return
-        if self._draining and not entry.builtin:
-            if env.flags is Flags.REQUEST:
-                await self._send_error(msg, "unavailable", "the node is shutting down")
-            return
-        self.metrics.dispatched += 1
-        if not entry.is_async:
+        self.metrics.replies += 1
+        if env.msg_type == MESH_ERROR:
             try:
-                result = entry.fn(msg)
-            except Exception as exc:
-                await self._handler_failed(msg, exc)
-                return
-            if env.flags is Flags.REQUEST:
-                await self._send_reply(msg, result)
-            return
-        await self._inflight.acquire()
-        self._inflight_count += 1
-        task = asyncio.create_task(self._run_handler(entry, msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run_handler(self, entry: _HandlerEntry, msg: VerifiedMessage) -> None:
-        try:
-            result = await cast("Awaitable[object]", entry.fn(msg))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._handler_failed(msg, exc)
-            return
-        finally:
-            self._inflight.release()
-            self._inflight_count -= 1
-        if msg.envelope.flags is Flags.REQUEST:
-            await self._send_reply(msg, result)
-
-    async def _handler_failed(self, msg: VerifiedMessage, exc: Exception) -> None:
-        """A handler refused a message that passed the whole pipeline (protocol.md §7.2).
-
-        Reply or silence: the sender is authenticated and authorized for this
-        type, so a REQUEST gets ``mesh.error`` with the reason and the error's
-        ``public_detail`` (e.g. the body field that failed validation, never an
-        input value); a one-way message gets nothing. Pipeline rejections never
-        reach here: they are silent.
-        """
-        message = ""
-        if isinstance(exc, RemoteError):
-            self._reject(msg, exc)
-            code, message = exc.reason, exc.public_detail
+                err = env.body(ErrorReply)
+                text = f"{env.sender}: {err.code}" + (f": {err.message}" if err.message else "")
+                future.set_exception(RemoteCallError(text, code=err.code, detail=err.message))
+            except RemoteError:
+                future.set_exception(RemoteCallError("malformed error reply"))
         else:
-            log.error(
-                "handler failed",
-                extra={"event": "handler_error", "msg_type": msg.msg_type, "error": repr(exc)},
-            )
-            code = "internal"
-        if msg.envelope.flags is Flags.REQUEST:
-            await self._send_error(msg, code, message)
+            future.set_result(msg)
 
-    async def _send_error(self, msg: VerifiedMessage, code: str, message: str = "") -> None:
+    async def _send_error(self, msg: AnyMessage, code: str, message: str = "") -> None:
         text = "".join(c if c.isprintable() else "?" for c in message[:ERROR_MESSAGE_MAX])
         await self._send_reply(msg, ErrorReply(code=code, message=text), msg_type=MESH_ERROR)
 
     async def _send_reply(
-        self, msg: VerifiedMessage, result: object, *, msg_type: str | None = None
+        self, msg: AnyMessage, result: object, *, msg_type: str | None = None
     ) -> None:
         if isinstance(result, Reply):
             body, frames = result.body, result.frames
@@ -1258,9 +1100,9 @@ class MeshNode:
         else:
             body, frames = cast("BaseModel | bytes", result), ()
         env = msg.envelope
-        session: _SessionEntry | None = None
+        session: SessionEntry | None = None
         if env.key_id != ZERO_ID:
-            session = self._sessions.get(env.key_id)
+            session = self._sessions.by_id.get(env.key_id)
         link = cast("_Link", msg.link)
         try:
             out = self._encode(
@@ -1368,9 +1210,7 @@ class MeshNode:
         )
         if statement.parent_key != self.certificate.curve_key:
             raise AuthenticationError("attachment statement names another parent")
-        kept = self._attachments.get(msg.sender)
-        if kept is None or statement.sequence >= kept[0]:
-            self._attachments[msg.sender] = (statement.sequence, text)
+        self._routes.keep_attachment(msg.sender, statement.sequence, text)
         # (the hello itself, a direct message, already set the route and its evidence)
 
     def _route_evidence(
@@ -1386,14 +1226,7 @@ class MeshNode:
             owner = self.directory.node_for_curve_key(statement.parent_key)
             if owner is None or self._routes.get(owner) is not link:
                 raise RouteRefused(f"{node_id!r} is not attached below the announcing peer")
-        seq = statement.sequence
-        if self._routes.get(node_id) is not link and not self._fresher(node_id, seq, link):
-            raise RouteRefused(f"fresher route evidence of {node_id!r} is known")
-        self._note_evidence(node_id, seq)
-        kept = self._attachments.get(node_id)
-        if kept is None or seq >= kept[0]:
-            self._attachments[node_id] = (seq, b64e(blob))
-        self._routes[node_id] = link
+        self._routes.route_on_statement(node_id, link, statement.sequence, b64e(blob))
 
     def _on_report(self, msg: VerifiedMessage) -> Ack:
         report = msg.body(NodeReport)
@@ -1429,477 +1262,15 @@ class MeshNode:
                 self._reject(msg, exc)  # counted and audited; the rest still count
                 continue
             routed.append(cert.node_id)
-        for node_id in body.withdrawn:
-            if self._routes.get(node_id) is link:
-                del self._routes[node_id]
+        self._routes.withdraw(body.withdrawn, link)
         if routed and self._parent_link is not None:
             self._spawn(self._announce_nodes(routed))
-
-    def _on_revocation(self, msg: VerifiedMessage) -> None:
-        if msg.envelope.recipient:
-            raise AuthorizationError("revocation lists are broadcast")
-        raws = msg.raw_frames
-        if len(raws) != 1:
-            raise AuthenticationError("revocation broadcast needs exactly one raw frame")
-        blob = bytes(raws[0])
-        children = list(self._children.values())
-        rl = self.directory.update_revocation_list(blob)  # drops revoked children's state
-        self._note_revocation_list(rl.version, blob)
-        # From now on the pipeline refuses revoked senders (step 3). Cutting their
-        # connections waits until _route has passed the list on to our children —
-        # the revoked ones too, so a revoked device hears of it instead of just
-        # losing its edge (see _tell_revoked_then_cut).
-        link = msg.link
-        if isinstance(link, _Link) and link.is_parent:
-            gone = [c for c in children if self._children.get(c.peer) is not c]
-            self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
-        else:
-            self._enforce_revocation()
-
-    def _on_session_hello(self, msg: VerifiedMessage) -> SessionData:
-        if msg.relayed or msg.envelope.flags is not Flags.REQUEST:
-            raise AuthorizationError("sessions are between direct peers")
-        hs = Handshake.responder(
-            node_id=self.node_id,
-            signer=self._signer,
-            resolve_peer=self._resolve_verify_key,
-            rng=self._rng,
-            clock=self._clock,
-            limits=self._session_limits(),
-        )
-        accept = hs.receive(b64d(msg.body(SessionData).data))
-        assert accept is not None
-        # oldest first (a repeated HELLO moves to the end): drop the handshakes
-        # whose FINISH did not come within [session] handshake_timeout
-        pending = self._hs_responding
-        pending.pop(msg.sender, None)
-        while pending:
-            oldest = next(iter(pending))
-            if not pending[oldest][0].expired(self.config.session.handshake_timeout):
-                break
-            del pending[oldest]
-        if len(pending) > 10_000:
-            pending.clear()
-        pending[msg.sender] = (hs, cast("_Link", msg.link))
-        return SessionData(data=b64e(accept))
-
-    def _on_session_finish(self, msg: VerifiedMessage) -> None:
-        if msg.relayed:
-            raise AuthorizationError("sessions are between direct peers")
-        pending = self._hs_responding.pop(msg.sender, None)
-        if pending is None or pending[0].expired(self.config.session.handshake_timeout):
-            raise AuthenticationError("no handshake in progress with this peer")
-        hs, link = pending
-        hs.receive(b64d(msg.body(SessionData).data))
-        self._install_session(hs.session, link, msg.peer)
-
-    async def _on_cert_lookup(self, msg: VerifiedMessage) -> NodeHello:
-        """Answer with a certificate we hold, else ask our parent (and learn the answer).
-
-        A certificate we hold that is no longer valid (e.g. renewed elsewhere
-        since we learned it) is first asked for upstream too; if that fails
-        we answer with what we have (the asker checks it again anyway).
-        """
-        if msg.relayed:
-            raise AuthorizationError("certificate lookups are between direct peers")
-        node_id = msg.body(CertLookup).node_id
-        signed = self.directory.signed_certificate(node_id)
-        if self.parent_id is not None and node_id != msg.sender:
-            if signed is None:
-                await self._lookup_upstream(node_id)
-            elif not self._valid_now(node_id):
-                with contextlib.suppress(TimeoutError, SecureMeshError):
-                    await self._lookup_upstream(node_id)
-            signed = self.directory.signed_certificate(node_id)
-        if signed is None:
-            raise NoRoute("certificate unknown here")
-        certs = [b64e(signed.to_bytes())]
-        issuer = self.directory.trust.delegated_authorities.get(
-            signed.unverified_certificate().issuer
-        )
-        if issuer is not None:
-            certs.append(b64e(issuer.to_bytes()))
-        return NodeHello(certificates=certs)
-
-    async def _lookup_upstream(self, node_id: str, *, timeout: float | None = None) -> None:
-        if self.parent_id is None:
-            return
-        reply = await self.request(
-            self.parent_id,
-            CERT_LOOKUP,
-            CertLookup(node_id=node_id),
-            timeout=self.config.limits.request_timeout if timeout is None else timeout,
-        )
-        body = reply.body(NodeHello)
-        self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
-
-    def _valid_now(self, node_id: str) -> bool:
-        try:
-            self.directory.lookup(node_id, now=self._clock())
-        except RemoteError:
-            return False
-        return True
-
-    async def _lookup_via(self, link: _Link, hop: str, node_id: str, timeout: float) -> None:
-        """Ask the neighbour ``hop`` on ``link`` for ``node_id``'s certificate; learn it."""
-        reply = await self._request_on(
-            link, hop, CERT_LOOKUP, CertLookup(node_id=node_id), timeout=timeout, expect=hop
-        )
-        body = reply.body(NodeHello)
-        self._learn(body.certificates[:1], [b64d(c, max_size=4096) for c in body.certificates[1:]])
-
-    async def learn_certificate_from(
-        self, msg: VerifiedMessage, node_id: str, *, timeout: float = 2.0
-    ) -> bool:
-        """Ask the direct neighbour that sent ``msg`` for ``node_id``'s certificate.
-
-        For a handler that meets a node it has no (current) certificate for in
-        a message's *content* (the cloud's audit ingest: a device's events
-        relayed by its edge, signed with keys from a re-enrollment the cloud
-        has not heard of). The neighbour must be an enrolled edge or cloud
-        node; lookups of one node id are at most one per ``held.retry_after``
-        (shared with the hold buffer). Returns whether a certificate was
-        learned; never raises for a failed lookup.
-        """
-        link, hop = msg.link, msg.sender
-        if msg.relayed or not isinstance(link, _Link) or self._stopped or hop == node_id:
-            return False
-        if not self.directory.is_authority_tier(hop) or node_id in self._lookups_inflight:
-            return False
-        now = self._clock()
-        if now - self._lookups.get(node_id, -1e9) < self.held.retry_after:
-            return False
-        self._lookups[node_id] = now
-        self._lookups_inflight.add(node_id)
-        try:
-            await self._lookup_via(link, hop, node_id, timeout)
-        except (TimeoutError, SecureMeshError) as exc:
-            log.info(
-                "certificate lookup failed",
-                extra={"event": "cert_lookup_failed", "node": node_id, "error": repr(exc)},
-            )
-            return False
-        finally:
-            self._lookups_inflight.discard(node_id)
-        return True
-
-    def _hold_for_lookup(
-        self, rejection: Rejection, frames: Sequence[bytes], channel: Channel, from_parent: bool
-    ) -> bool:
-        """A relayed message's origin has no (currently valid) certificate here: hold it and
-        ask the neighbour that relayed it.
-
-        That neighbour verified the message before forwarding it, so it holds
-        the origin's current certificate (a renewed one, too). Held (True) only
-        if the neighbour is an enrolled edge/cloud node valid now; then
-        ``cert.lookup`` goes to it on the same link (one per origin at a time)
-        and the message waits in :attr:`held` until the lookup ends, when
-        :meth:`_verify_held` runs it through the whole pipeline again. If a
-        lookup for that origin ended less than ``held.retry_after`` (5 s) ago,
-        or ``held.total`` lookups are in flight already (a neighbour naming
-        ever new origins), the message is not held (False): the caller rejects
-        it at once.
-        """
-        sender, peer = rejection.sender_claimed, rejection.peer
-        if sender is None or peer is None or self._stopped:
-            return False
-        hop = self.directory.node_for_curve_key(peer)
-        if (
-            hop is None
-            or hop == sender
-            or not self.directory.is_authority_tier(hop)
-            or not self._valid_now(hop)  # (then the hop's certificate failed step 3)
-        ):
-            return False
-        link = self._parent_link if from_parent else self._children.get(peer)
-        if link is None:  # a neighbour whose own messages we have not seen yet
-            link = _Link(channel, peer, is_parent=False, now=rejection.at)
-        if sender not in self._lookups_inflight:
-            last = self._lookups.get(sender, -1e9)
-            if rejection.at - last < self.held.retry_after:
-                return False
-            if len(self._lookups_inflight) >= self.held.total:
-                return False  # as many lookups in flight as messages may be held: enough
-            if len(self._lookups) > 10_000:
-                self._lookups.clear()
-            self._lookups[sender] = rejection.at
-            self._lookups_inflight.add(sender)
-            self._spawn(self._lookup_and_release(link, hop, sender))
-        size = sum(len(f) for f in frames)
-        held = HeldMessage(rejection, frames, channel, from_parent, size)
-        for dropped in self.held.hold(held):
-            self._reject_held(dropped, "dropped: the hold buffer is full")
-        return True
-
-    def _reject_held(self, held: HeldMessage, detail: str) -> None:
-        r = held.rejection
-        self.metrics.reject(
-            Rejection(r.reason, r.peer, r.sender_claimed, r.msg_type, detail, self._clock())
-        )
-
-    async def _lookup_and_release(self, link: _Link, hop: str, sender: str) -> None:
-        try:
-            await self._lookup_via(link, hop, sender, self.held.max_age)
-        except asyncio.CancelledError:  # stopping: nothing more is dispatched
-            self._lookups_inflight.discard(sender)
-            raise
-        except Exception as exc:  # timeout, refusal, bad reply: the held ones fail again below
-            log.info(
-                "certificate lookup failed",
-                extra={"event": "cert_lookup_failed", "node": sender, "error": repr(exc)},
-            )
-        self._lookups_inflight.discard(sender)
-        self._lookups[sender] = self._clock()
-        verified = self._verify_held(sender)
-        for msg, channel, from_parent in verified:
-            try:
-                await self._route(msg, channel, from_parent)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dispatch failed", extra={"event": "dispatch_error"})
-
-    def _verify_held(self, sender: str) -> list[tuple[VerifiedMessage, Channel, bool]]:
-        """Run ``sender``'s held messages through the pipeline again, in arrival order.
-
-        Synchronous (no await between learning the certificate and this), so
-        none of the origin's later messages is verified before its held ones.
-        A message that fails again (e.g. the lookup failed: ``unknown_sender``)
-        is rejected as usual; one held longer than ``held.max_age`` is rejected
-        without another look.
-        """
-        for old in self.held.expire(self._clock()):
-            self._reject_held(old, "held too long for a certificate lookup")
-        verified: list[tuple[VerifiedMessage, Channel, bool]] = []
-        process = self.pipeline.process
-        for held in self.held.take(sender):
-            result = process(held.rejection.peer or b"", held.frames, from_parent=held.from_parent)
-            if type(result) is Rejection:
-                self.metrics.reject(result)
-                continue
-            verified.append(
-                (cast("VerifiedMessage", result), cast("Channel", held.channel), held.from_parent)
-            )
-        return verified
-
-    def _on_session_reset(self, msg: VerifiedMessage) -> None:
-        if msg.relayed:
-            raise AuthorizationError("sessions are between direct peers")
-        self._session_out.pop(msg.sender, None)
-
-    def _hint_session_reset(
-        self, rejection: Rejection, channel: Channel, from_parent: bool
-    ) -> None:
-        """A direct peer sent MAC envelopes for a session we do not hold (we restarted).
-
-        Tell it once per second, SIGNED, so it runs a fresh handshake instead of
-        sending into the void until its session ages out.
-        """
-        sender, peer = rejection.sender_claimed, rejection.peer
-        if sender is None or peer is None or self.directory.node_for_curve_key(peer) != sender:
-            return
-        last = self._reset_hints.get(sender, -1.0)
-        if rejection.at - last < 1.0:
-            return
-        if len(self._reset_hints) > 10_000:
-            self._reset_hints.clear()
-        self._reset_hints[sender] = rejection.at
-        link = self._parent_link if from_parent else self._children.get(peer)
-        if link is None:
-            link = _Link(channel, peer, is_parent=False, now=self._clock())
-        frames = self._encode(sender, SESSION_RESET, Ack(), ())
-        self._spawn(self._send_on(link, frames))
-
-    # ---------------------------------------------------------------- sessions
-
-    def _session_limits(self) -> SessionLimits:
-        """The ``[session]`` lifetime, carried by every session this node makes."""
-        return SessionLimits(max_age=self._session_max_age, max_messages=self._session_max_messages)
-
-    def _resolve_verify_key(self, node_id: str) -> bytes:
-        return self.directory.certificate(node_id, now=self._clock()).verify_key
-
-    def _install_session(self, session: Session, link: _Link, peer_key: bytes) -> _SessionEntry:
-        entry = _SessionEntry(session, link, peer_key, self._clock())
-        self._sessions[entry.session_id] = entry
-        self._session_out[entry.peer_id] = entry
-        return entry
-
-    def _fresh(self, entry: _SessionEntry) -> bool:
-        return not entry.session.needs_handshake(entry.sent) and entry.session_id in self._sessions
-
-    async def _session_for(self, dest: str) -> _SessionEntry | None:
-        entry = self._session_out.get(dest)
-        if entry is not None and self._fresh(entry):
-            return entry
-        link = self._direct.get(dest)
-        if link is None and dest == self.parent_id:
-            link = self._parent_link
-        if link is None:
-            return None  # not a direct peer: SIGNED (forwardable) instead
-        inflight = self._hs_inflight.get(dest)
-        if inflight is not None:
-            return await asyncio.shield(inflight)
-        future: asyncio.Future[_SessionEntry] = asyncio.get_running_loop().create_future()
-        self._hs_inflight[dest] = future
-        try:
-            entry = await self._handshake(dest, link)
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # mark retrieved
-            raise
-        finally:
-            self._hs_inflight.pop(dest, None)
-        future.set_result(entry)
-        return entry
-
-    async def _handshake(self, dest: str, link: _Link) -> _SessionEntry:
-        hs = Handshake.initiator(
-            node_id=self.node_id,
-            peer_id=dest,
-            signer=self._signer,
-            resolve_peer=self._resolve_verify_key,
-            rng=self._rng,
-            clock=self._clock,
-            limits=self._session_limits(),
-        )
-        hello = hs.initiate()
-        reply = await self._request_on(
-            link,
-            dest,
-            SESSION_HELLO,
-            SessionData(data=b64e(hello)),
-            timeout=self.config.session.handshake_timeout,
-            expect=dest,
-        )
-        finish = hs.receive(b64d(reply.body(SessionData).data))
-        assert finish is not None
-        await self._send_on(
-            link, self._encode(dest, SESSION_FINISH, SessionData(data=b64e(finish)), ())
-        )
-        return self._install_session(hs.session, link, link.peer)
-
-    def session_peers(self) -> list[str]:
-        return sorted(self._session_out)
 
     # -------------------------------------------------------------- revocation
 
     def _on_revoked(self, node_ids: frozenset[str]) -> None:
-        for sid, entry in list(self._sessions.items()):
-            if entry.peer_id in node_ids:
-                del self._sessions[sid]
-        for node_id in node_ids:
-            self._session_out.pop(node_id, None)
-            self._hs_responding.pop(node_id, None)
-            self._routes.pop(node_id, None)
-            link = self._direct.pop(node_id, None)
-            if link is not None and not link.is_parent:
-                self._children.pop(link.peer, None)
-
-    def _note_revocation_list(self, version: int, blob: bytes) -> None:
-        if self.revocation_list_version is None or version > self.revocation_list_version:
-            self.revocation_list_version = version
-            self.revocation_list_bytes = blob
-        with contextlib.suppress(RemoteError):
-            issuer = SignedRevocationList.from_bytes(blob).unverified_list().issuer
-            installed = self.directory.trust.revocation_list(issuer)
-            if installed is not None and installed.version == version:
-                self._rl_blobs[issuer] = bytes(blob)
-
-    def _rl_versions(self) -> dict[str, int]:
-        trust = self.directory.trust
-        return {
-            root: rl.version
-            for root in trust.roots
-            if (rl := trust.revocation_list(root)) is not None
-        }
-
-    def _on_revocation_sync(self, msg: VerifiedMessage) -> Reply:
-        """A child's versions in, ours out, with every newer signed list as a raw frame."""
-        if msg.relayed or not msg.is_request:
-            raise AuthorizationError("revocation sync is a request between direct peers")
-        theirs = msg.body(RevocationSync).versions
-        mine = self._rl_versions()
-        frames = [
-            self._rl_blobs[root]
-            for root, version in mine.items()
-            if version > theirs.get(root, 0) and root in self._rl_blobs
-        ]
-        return Reply(RevocationSync(versions=mine), frames)
-
-    async def sync_revocation_lists(self, *, timeout: float | None = None) -> int:
-        """Pull from the parent every revocation list newer than ours; return how many.
-
-        Each list is verified like a broadcast one (root signature, no rollback),
-        installed, enforced and passed down to our children. A list that fails
-        is counted and audited, and the others still count.
-        """
-        if self.parent_id is None:
-            raise PeerUnavailable("no parent to sync revocation lists with")
-        reply = await self.request(
-            self.parent_id, REVOCATION_SYNC, RevocationSync(versions=self._rl_versions()),
-            timeout=timeout,
-        )  # fmt: skip
-        self._rl_synced_at = self._clock()
-        installed = 0
-        for raw in reply.raw_frames[:8]:
-            try:
-                installed += await self._install_pulled_list(bytes(raw))
-            except RemoteError as exc:
-                self._reject(reply, exc)
-        return installed
-
-    async def _install_pulled_list(self, blob: bytes) -> bool:
-        signed = SignedRevocationList.from_bytes(blob)
-        before = self.directory.trust.revocation_list(signed.unverified_list().issuer)
-        children = list(self._children.values())
-        rl = self.directory.update_revocation_list(signed)  # verifies; refuses rollbacks
-        if before is not None and rl.version <= before.version:
-            return False
-        self._note_revocation_list(rl.version, blob)
-        log.info(
-            "revocation list pulled from the parent",
-            extra={"event": "revocation_synced", "version": rl.version},
-        )
-        # tell every child, the revoked ones too, before cutting those off
-        frames = self._encode("", MESH_REVOCATION, Revocation(version=rl.version), [blob])
-        gone = [c for c in children if self._children.get(c.peer) is not c]
-        self._cut_after_fan_out = gone + (self._cut_after_fan_out or [])
-        try:
-            await self._fan_out(frames, exclude=None)
-        finally:
-            await self._tell_revoked_then_cut(frames)
-        return True
-
-    async def _sync_revocations_quietly(self) -> None:
-        try:
-            await self.sync_revocation_lists(timeout=self.config.limits.request_timeout)
-        except (TimeoutError, SecureMeshError) as exc:
-            log.info(
-                "revocation sync failed",
-                extra={"event": "revocation_sync_failed", "error": repr(exc)},
-            )
-
-    async def _tell_revoked_then_cut(self, frames: Sequence[bytes | memoryview]) -> None:
-        """Pass a revocation broadcast to the children it revoked, then cut them off."""
-        gone, self._cut_after_fan_out = self._cut_after_fan_out or [], None
-        try:
-            for link in gone:
-                with contextlib.suppress(TransportError):
-                    await link.send(frames, self.config.limits.forward_timeout)
-        finally:
-            self._enforce_revocation()
-
-    def _enforce_revocation(self) -> None:
-        if self._listener is not None:
-            for key in self._listener.reauthenticate():
-                link = self._children.pop(key, None)
-                if link is not None and link.node_id is not None:
-                    self._direct.pop(link.node_id, None)
-                for node_id, routed in list(self._routes.items()):
-                    if routed is link:
-                        del self._routes[node_id]
+        self._sessions.forget(node_ids)
+        self._routes.forget(node_ids)
 
     # ------------------------------------------------------------- parent link
 
@@ -1928,13 +1299,13 @@ class MeshNode:
         self._upstream_certs = list(body.certificates)
         self.parent_id = reply.sender
         link.node_id = reply.sender
-        self._direct[reply.sender] = link
+        self._routes.set_direct(reply.sender, link)
         self.parent_ready.set()
-        if self._children:
+        if self._routes.children:
             # children may have said hello before we knew our ancestors: refresh them
             await self._fan_out(self._encode("", NODE_HELLO, self._hello_body(), ()), exclude=None)
         if self._routes:
-            await self._announce_nodes(list(self._routes))
+            await self._announce_nodes(list(self._routes.routes))
 
     async def _announce_nodes(self, node_ids: Sequence[str]) -> None:
         link = self._parent_link
@@ -1948,8 +1319,7 @@ class MeshNode:
             if signed is None:
                 continue
             certs.append(b64e(signed.to_bytes()))
-            kept = self._attachments.get(node_id)
-            attachments.append(None if kept is None else kept[1])
+            attachments.append(self._routes.attachment(node_id))
             issuer = signed.unverified_certificate().issuer
             delegate = self.directory.trust.delegated_authorities.get(issuer)
             if delegate is not None:
@@ -1977,7 +1347,7 @@ class MeshNode:
             load_15m=float(load[2]),
             queue_length=len(self._tasks),
             capacity=self.config.limits.capacity,
-            inflight=self._inflight_count,
+            inflight=self._dispatch.inflight_count,
             rtt_ms=None if self.parent_rtt is None else self.parent_rtt * 1000.0,
             uptime_s=max(0.0, self._clock() - self._started_at),
             **self.report_fields(),
@@ -1996,12 +1366,13 @@ class MeshNode:
                 try:
                     if not self.parent_ready.is_set() or self._parent_failures:
                         await self._hello_parent()
-                        self._rl_synced_at = float("-inf")  # (re)connected: sync now
+                        self._revocation.synced_at = float("-inf")  # (re)connected: sync now
                     else:
                         await self._report_parent()
                     self._parent_failures = 0
-                    if self._clock() - self._rl_synced_at >= self.config.revocation_sync_interval:
-                        await self._sync_revocations_quietly()
+                    since = self._clock() - self._revocation.synced_at
+                    if since >= self.config.revocation_sync_interval:
+                        await self._revocation.sync_quietly()
                 except (TimeoutError, SecureMeshError) as exc:
                     self._parent_failures += 1
                     log.info(
@@ -2045,18 +1416,9 @@ class MeshNode:
     def _purge(self) -> None:
         now = self._clock()
         self.metrics.flush_suppressed(now)
-        for old in self.held.expire(now):
-            self._reject_held(old, "held too long for a certificate lookup")
-        for cid, (_o, _d, expires) in list(self._forwarded.items()):
-            if expires > now:
-                break
-            del self._forwarded[cid]
-        grace = 2 * self.config.session.max_age
-        for sid, entry in list(self._sessions.items()):
-            if now - entry.created > grace:
-                del self._sessions[sid]
-                if self._session_out.get(entry.peer_id) is entry:
-                    del self._session_out[entry.peer_id]
+        self._lookup.expire(now)
+        self._requests.purge()
+        self._sessions.purge(now)
 
     # ------------------------------------------------------------------ status
 
@@ -2064,7 +1426,7 @@ class MeshNode:
         """A JSON-friendly snapshot: peers, sessions, counters, rejections, parent, cert expiry."""
         now = self._clock()
         peers = []
-        for link in self._children.values():
+        for link in self._routes.children.values():
             peers.append(
                 {
                     "node_id": link.node_id,
@@ -2098,9 +1460,9 @@ class MeshNode:
             },
             "peers": peers,
             "routes": len(self._routes),
-            "sessions": {"count": len(self._sessions), "peers": self.session_peers()},
-            "inflight": self._inflight_count,
-            "draining": self._draining,
+            "sessions": {"count": len(self._sessions.by_id), "peers": self.session_peers()},
+            "inflight": self._dispatch.inflight_count,
+            "draining": self._dispatch.draining,
             "counters": self.metrics.snapshot(),
             "transport": transport_stats,
             "certificate": {
@@ -2115,11 +1477,15 @@ class MeshNode:
             "refused_key_changes": self.directory.refused_key_changes,
         }
 
+    def session_peers(self) -> list[str]:
+        """The peers this node holds a session with (to send with)."""
+        return self._sessions.peers()
+
     def peer_reports(self) -> dict[str, dict[str, object]]:
         """Each child neighbour's latest ``node.report`` body (only those that reported)."""
         return {
             link.node_id: dict(link.report)
-            for link in self._children.values()
+            for link in self._routes.children.values()
             if link.node_id is not None and link.report is not None
         }
 

@@ -41,10 +41,15 @@ Every message a node receives runs these steps, in this order (ARCHITECTURE.md
    ``PeerInfo(node_id, tier, roles)`` from the verified certificate
    (``unauthorized``).
 7. **dispatch** is the node's job (:mod:`securemesh.node._node`): the result
-   here is a :class:`VerifiedMessage`, the only type a handler ever receives.
+   here is a :class:`VerifiedMessage` (a certified sender), the only type a
+   handler ever receives — or, for a type registered with
+   :meth:`Pipeline.allow_first_contact`, a :class:`FirstContactMessage` from a
+   join-token peer, a *separate* type that only handlers which opted in
+   (enrollment) are given.
 
 The pipeline never raises for a peer's input: :meth:`Pipeline.process` returns
-a :class:`VerifiedMessage` or a :class:`~securemesh.node._metrics.Rejection`.
+a :class:`VerifiedMessage`, a :class:`FirstContactMessage` or a
+:class:`~securemesh.node._metrics.Rejection`.
 
 **Held messages.** A relayed message whose origin has no certificate here yet
 (or only an expired one) fails step 3 (``unknown_sender``,
@@ -63,7 +68,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from securemesh.crypto.certs import Certificate, SignedCertificate, Tier
 from securemesh.errors import (
@@ -95,6 +100,7 @@ if TYPE_CHECKING:
     from securemesh.node._directory import Directory, DirectoryEntry
 
 __all__ = [
+    "FirstContactMessage",
     "FirstContactResolver",
     "HeldMessage",
     "HoldBuffer",
@@ -128,13 +134,12 @@ class SessionKeys(Protocol):
 
 
 class VerifiedMessage:
-    """A message that passed steps 1-6; the only thing handlers receive.
+    """A message from a certified sender that passed steps 1-6; what handlers receive.
 
-    ``certificate`` is the sender's verified certificate — ``None`` only for a
-    first-contact message from a join-token key (``first_contact`` is then True;
-    the envelope verified against the verify key its own body declares).
+    ``certificate`` is the sender's verified certificate (never ``None``).
     ``peer`` is the CURVE key of the link it arrived on; ``relayed`` says the
-    link's node is not the sender.
+    link's node is not the sender. ``first_contact`` is always False: a
+    join-token peer's message is a :class:`FirstContactMessage` instead.
 
     Only :class:`Pipeline` makes one: the constructor insists on a token private
     to this module (and the import-linter contracts keep every other package
@@ -143,16 +148,18 @@ class VerifiedMessage:
     :class:`Pipeline` (tests/node/test_node_pipeline.py has a small rig).
     """
 
-    __slots__ = ("certificate", "envelope", "first_contact", "link", "peer", "relayed")
+    __slots__ = ("certificate", "envelope", "link", "peer", "relayed")
+
+    #: a certified sender's message (see :class:`FirstContactMessage`)
+    first_contact: ClassVar[bool] = False
 
     def __init__(
         self,
         envelope: Envelope,
-        certificate: Certificate | None,
+        certificate: Certificate,
         peer: bytes,
         *,
         relayed: bool,
-        first_contact: bool = False,
         link: object = None,
         _made_by: object = None,
     ) -> None:
@@ -162,7 +169,6 @@ class VerifiedMessage:
         self.certificate = certificate
         self.peer = peer
         self.relayed = relayed
-        self.first_contact = first_contact
         self.link = link
 
     @property
@@ -190,14 +196,75 @@ class VerifiedMessage:
         return self.envelope.flags is Flags.REQUEST
 
     @property
-    def peer_info(self) -> PeerInfo | None:
+    def peer_info(self) -> PeerInfo:
         cert = self.certificate
-        if cert is None:
-            return None
         return PeerInfo(node_id=cert.node_id, tier=cert.tier.value, roles=frozenset(cert.roles))
 
     def __repr__(self) -> str:
         return f"VerifiedMessage({self.envelope!r}, relayed={self.relayed})"
+
+
+class FirstContactMessage:
+    """A first-contact REQUEST from a join-token peer (enrollment): not a VerifiedMessage.
+
+    The sender has no certificate yet: the envelope verified against the
+    Ed25519 key its own (unverified) body declares, the connection's CURVE key
+    is the first-contact key of an unused join token, and the replay state is
+    the connection's. So it proves much less than a :class:`VerifiedMessage`,
+    and it is a separate type: the node hands it only to a handler registered
+    with ``first_contact=`` (it opted in); any other handler of the type never
+    sees one (the message is rejected as ``unauthorized``). It is never routed,
+    forwarded or broadcast. Made only by :class:`Pipeline`, like a VerifiedMessage.
+    """
+
+    __slots__ = ("envelope", "link", "peer")
+
+    first_contact: ClassVar[bool] = True
+    certificate: ClassVar[None] = None
+    relayed: ClassVar[bool] = False
+    #: the sender is no certified node: no policy of a certified peer applies
+    peer_info: ClassVar[None] = None
+
+    def __init__(
+        self, envelope: Envelope, peer: bytes, *, link: object = None, _made_by: object = None
+    ) -> None:
+        if _made_by is not _PIPELINE:
+            raise TypeError("a FirstContactMessage is made only by the Pipeline, after its checks")
+        self.envelope = envelope
+        self.peer = peer
+        self.link = link
+
+    @property
+    def msg_type(self) -> str:
+        return self.envelope.msg_type
+
+    @property
+    def sender(self) -> str:
+        """The node id the newcomer claims (checked by the handler against its request)."""
+        return self.envelope.sender
+
+    @property
+    def body_bytes(self) -> bytes:
+        return self.envelope.body_bytes
+
+    def body(self, model: type[M]) -> M:
+        """Parse the body strictly (raises DecodeError)."""
+        return self.envelope.body(model)
+
+    @property
+    def raw_frames(self) -> tuple[memoryview, ...]:
+        return self.envelope.raw_frames
+
+    @property
+    def is_request(self) -> bool:
+        return self.envelope.flags is Flags.REQUEST
+
+    def __repr__(self) -> str:
+        return f"FirstContactMessage({self.envelope!r})"
+
+
+#: What the pipeline passes to the node: a certified sender's message or a first contact.
+AnyMessage = VerifiedMessage | FirstContactMessage
 
 
 class Pipeline:
@@ -273,7 +340,7 @@ class Pipeline:
 
     def process(  # noqa: PLR0912, PLR0915 - the numbered steps in one place (hot path)
         self, peer: bytes, frames: Sequence[bytes], *, from_parent: bool
-    ) -> VerifiedMessage | Rejection:
+    ) -> VerifiedMessage | FirstContactMessage | Rejection:
         """Run steps 1-6 on one message from the link whose CURVE key is ``peer``."""
         now = self._clock()
         sender: str | None = None
@@ -368,7 +435,7 @@ class Pipeline:
 
     def _first_contact_message(
         self, peer: bytes, unverified: UnverifiedEnvelope, frames: Sequence[bytes], now: float
-    ) -> VerifiedMessage:
+    ) -> FirstContactMessage:
         if not self._directory.is_token_key(peer, now=now):
             raise AuthenticationError("connection key is not enrolled")
         resolver = self._first_contact.get(unverified.msg_type)
@@ -385,9 +452,7 @@ class Pipeline:
         connection = peer.hex()
         guard.check(connection, envelope.sequence, envelope.timestamp_ms, now_ms=int(now * 1000))
         guard.accept(connection, envelope.sequence, envelope.timestamp_ms)
-        return VerifiedMessage(
-            envelope, None, peer, relayed=False, first_contact=True, _made_by=_PIPELINE
-        )
+        return FirstContactMessage(envelope, peer, _made_by=_PIPELINE)
 
     def replay_stats(self) -> dict[str, dict[str, int]]:
         """Sizes of the replay state: per sender (``senders``) and per join-token connection."""

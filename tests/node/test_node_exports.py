@@ -16,6 +16,7 @@ EXPECTED = {
         "CertificateView",
         "Directory",
         "DirectoryEntry",
+        "FirstContactMessage",
         "FirstContactResolver",
         "Handler",
         "LegacyService",

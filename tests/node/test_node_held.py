@@ -281,7 +281,7 @@ class Gate:
         await asyncio.wait_for(self.opened.wait(), 30)
         if self.fail:
             raise NoRoute("certificate unknown here")
-        return await self.edge._on_cert_lookup(msg)
+        return await self.edge._lookup.on_cert_lookup(msg)
 
 
 def notes(into: list[tuple[str, int]]) -> Any:

@@ -16,7 +16,13 @@ from node_testlib import Fixture, Member
 
 from securemesh.crypto import NodeIdentity
 from securemesh.messages import NODE_HELLO, NodeHello, b64e
-from securemesh.node import Directory, Pipeline, Rejection, VerifiedMessage
+from securemesh.node import (
+    Directory,
+    FirstContactMessage,
+    Pipeline,
+    Rejection,
+    VerifiedMessage,
+)
 from securemesh.policy import AllowTypes, PolicyConfig
 from securemesh.wire import ZERO_ID, Flags, Limits, ReplayGuard, encode_mac, encode_signed
 
@@ -370,7 +376,8 @@ def test_first_contact_from_a_token_key(rig: Rig) -> None:
     assert rig.reason(frames, token_key) == "unauthorized"  # type not first-contact
     rig.pipeline.allow_first_contact("enroll.request", lambda body: newcomer.identity.verify_key)
     msg = rig.process(rig.signed(newcomer, msg_type="enroll.request"), token_key)
-    assert isinstance(msg, VerifiedMessage)
+    assert isinstance(msg, FirstContactMessage)  # a type of its own, not a VerifiedMessage
+    assert not isinstance(msg, VerifiedMessage)
     assert msg.first_contact
     assert msg.certificate is None
     # other types from the token key stay refused; a wrong self-key fails
@@ -402,7 +409,7 @@ def test_first_contact_never_moves_a_claimed_senders_replay_window(rig: Rig) -> 
         )
     ]
     msg = rig.process(forged, token_key)
-    assert isinstance(msg, VerifiedMessage)
+    assert isinstance(msg, FirstContactMessage)
     assert msg.first_contact
     # the same message again is a replay on that connection...
     assert rig.reason(forged, token_key) == "replayed"
@@ -425,7 +432,7 @@ def test_first_contact_never_moves_a_claimed_senders_replay_window(rig: Rig) -> 
                 signer=newcomer.identity.signer,
             )
         ]
-        assert isinstance(rig.process(frames, token_key), VerifiedMessage)
+        assert isinstance(rig.process(frames, token_key), FirstContactMessage)
     stats = rig.pipeline.replay_stats()
     assert stats["senders"]["senders"] == 1
     assert stats["first_contact"]["senders"] == 1

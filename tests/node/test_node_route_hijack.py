@@ -173,7 +173,7 @@ def test_a_device_moves_between_edges_and_the_old_edge_cannot_pull_it_back() -> 
             first = await m.attach(m.edge2)
             await wait_for(lambda: m.route_of("dev-1") == "edge-2")
             assert await who(m) == "dev-1 via edge-2"
-            stale = m.edge2.node._attachments["dev-1"][1]  # what edge-2 keeps from then
+            stale = m.edge2.node._routes.attachment("dev-1")  # what edge-2 keeps from then
             # the device moves to edge-1 (a legitimate move): its newer statement wins
             await first.node.stop(0.2)
             await m.attach(m.edge1)
@@ -244,7 +244,7 @@ def test_a_child_hello_with_a_statement_for_another_parent_is_rejected() -> None
         async with mesh() as m:
             dev = await m.attach(m.edge1)
             await wait_for(lambda: m.route_of("dev-1") == "edge-1")
-            kept = m.edge1.node._attachments["dev-1"]
+            kept = m.edge1.node._routes.attachment("dev-1")
             wrong_parent = sign_attachment(
                 m.members["dev-1"].identity.signer,
                 "dev-1",
@@ -260,7 +260,7 @@ def test_a_child_hello_with_a_statement_for_another_parent_is_rejected() -> None
             assert link is not None
             with pytest.raises(RemoteCallError):
                 await dev.node._request_on(link, "", NODE_HELLO, body, timeout=5, expect=None)
-            assert m.edge1.node._attachments["dev-1"] == kept
+            assert m.edge1.node._routes.attachment("dev-1") == kept
             refused = [r for r in m.edge1.rejections if r.msg_type == NODE_HELLO]
             assert [r.detail for r in refused] == ["attachment statement names another parent"]
 
@@ -274,7 +274,7 @@ def test_a_child_hello_without_an_attachment_statement_is_refused() -> None:
         async with mesh() as m:
             dev = await m.attach(m.edge1)
             await wait_for(lambda: m.route_of("dev-1") == "edge-1")
-            kept = m.edge1.node._attachments["dev-1"]
+            kept = m.edge1.node._routes.attachment("dev-1")
             link = dev.node._parent_link
             assert link is not None
             for body in (
@@ -286,7 +286,7 @@ def test_a_child_hello_without_an_attachment_statement_is_refused() -> None:
                     await dev.node._request_on(link, "", NODE_HELLO, body, timeout=5, expect=None)
                 assert info.value.code == "malformed"
                 assert info.value.detail.startswith("attachment: missing")
-            assert m.edge1.node._attachments["dev-1"] == kept
+            assert m.edge1.node._routes.attachment("dev-1") == kept
             refused = [r for r in m.edge1.rejections if r.msg_type == NODE_HELLO]
             assert [r.reason for r in refused] == ["malformed", "malformed"]
             # the device's own hellos (with a statement) still work
@@ -338,11 +338,11 @@ def test_after_a_restart_the_parent_still_refuses_a_stale_statement() -> None:
         async with mesh() as m:
             first = await m.attach(m.edge2)
             await wait_for(lambda: m.route_of("dev-1") == "edge-2")
-            stale = m.edge2.node._attachments["dev-1"][1]
+            stale = m.edge2.node._routes.attachment("dev-1")
             await first.node.stop(0.2)
             await m.attach(m.edge1)
             await wait_for(lambda: m.route_of("dev-1") == "edge-1")
-            fresh = m.edge1.node._attachments["dev-1"][1]
+            fresh = m.edge1.node._routes.attachment("dev-1")
             evidence = m.cloud.node.route_evidence()
             assert "dev-1" in evidence
             cert = m.members["dev-1"].cert

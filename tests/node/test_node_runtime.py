@@ -388,7 +388,7 @@ def test_errors_timeouts_and_unauthorized(kit: Kit) -> None:
             assert info.value.detail == "duplicate key in a JSON object"
             with pytest.raises(TimeoutError):
                 await t.dev1.node.request("cloud-1", "app.slow", Echo(text="x"), timeout=0.3)
-            assert t.dev1.node._pending == {}
+            assert t.dev1.node._requests.pending_count == 0
             # a type no policy allows: opaque (no answer), counted at the receiver
             with pytest.raises(TimeoutError):
                 await t.dev1.node.request("cloud-1", "admin.wipe", Echo(text="x"), timeout=0.3)
@@ -431,7 +431,9 @@ def test_status_snapshot(kit: Kit) -> None:
     async def main() -> None:
         async with tree(kit, heartbeat_interval=0.1) as t:
             await wait_for(lambda: t.dev1.node.parent_rtt is not None)
-            await wait_for(lambda: all(link.report for link in t.edge1.node._children.values()))
+            await wait_for(
+                lambda: all(link.report for link in t.edge1.node._routes.children.values())
+            )
             status = t.edge1.node.status()
             assert status["node_id"] == "edge-1"
             assert status["tier"] == "edge"
@@ -458,7 +460,7 @@ def test_disconnected_children_are_dropped_and_come_back_with_hello(kit: Kit) ->
             await t.dev2.node.stop(0.1)
             await t.cloud.node.broadcast("app.news", Echo(text="one"))
             await wait_for(lambda: got == ["one"])
-            await wait_for(lambda: len(t.edge1.node._children) == 1)
+            await wait_for(lambda: len(t.edge1.node._routes.children) == 1)
             assert "dev-2" not in t.edge1.node._routes
             t.cloud.node.on("app.echo", echo_handler("cloud"))
             reply = await t.dev1.node.request("cloud-1", "app.echo", Echo(text="x"), timeout=5)
@@ -475,10 +477,10 @@ def test_a_restarted_peer_makes_the_sender_handshake_again(kit: Kit) -> None:
                 "edge-1", "app.echo", Echo(text="1"), auth="session", timeout=5
             )
             # the edge "restarts": it forgets every session
-            t.edge1.node._sessions.clear()
-            t.edge1.node._session_out.clear()
+            t.edge1.node._sessions.by_id.clear()
+            t.edge1.node._sessions.out.clear()
             await t.dev1.node.send("edge-1", "app.echo", Echo(text="lost"), auth="session")
-            await wait_for(lambda: "edge-1" not in t.dev1.node._session_out)
+            await wait_for(lambda: "edge-1" not in t.dev1.node._sessions.out)
             again = await t.dev1.node.request(
                 "edge-1", "app.echo", Echo(text="2"), auth="session", timeout=5
             )
@@ -574,7 +576,7 @@ def test_the_session_config_is_honoured_by_both_ends() -> None:
             await dev.node.send("edge-1", "app.x", Echo(text="warm"), auth="session")
             await wait_for(lambda: "dev-1" in edge.node.session_peers())
             for b in (dev, edge):
-                limits = next(iter(b.node._sessions.values())).session.limits
+                limits = next(iter(b.node._sessions.by_id.values())).session.limits
                 assert (limits.max_age, limits.max_messages) == (50.0, 7)
             # a handshake by hand, whose FINISH comes late
             hs = Handshake.initiator(
@@ -589,12 +591,12 @@ def test_the_session_config_is_honoured_by_both_ends() -> None:
             )
             finish = hs.receive(b64d(reply.body(SessionData).data))
             assert finish is not None
-            before = set(edge.node._sessions)
+            before = set(edge.node._sessions.by_id)
             clock.now += 2.5  # past the responder's handshake_timeout
             await dev.node.send("edge-1", SESSION_FINISH, SessionData(data=b64e(finish)))
             await wait_for(lambda: any(r.msg_type == SESSION_FINISH for r in edge.rejections))
-            assert hs.session.session_id not in edge.node._sessions
-            assert set(edge.node._sessions) == before
+            assert hs.session.session_id not in edge.node._sessions.by_id
+            assert set(edge.node._sessions.by_id) == before
         finally:
             await dev.node.stop(0.5)
             await edge.node.stop(0.5)

@@ -219,6 +219,11 @@ def test_relay_policy_and_local_policy_are_kept_apart() -> None:
                 await dev.node.request("edge-1", "app.job", Ping(n=0), timeout=1)
             assert calls == []
             assert edge.node.metrics.rejections.get("unauthorized") == 1
+            # the same as a one-way message to the plain-function handler (the stream
+            # fast path, which once skipped the local policy): refused just the same
+            await dev.node.send("edge-1", "app.job", Ping(n=1))
+            await wait_for(lambda: edge.node.metrics.rejections.get("unauthorized") == 2)
+            assert calls == []
         finally:
             await dev.node.stop(0.5)
             await edge.node.stop(0.5)
