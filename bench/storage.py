@@ -16,7 +16,8 @@ only; nothing measured depends on it).
 * ``ratio_put``, ``ratio_get``: the above over the pipeline (targets >= 0.5);
 * ``client_peak_rss_mb``: this process's peak RSS (VmHWM) after put and get —
   the device (its loop and node) lives in this process (target <= 128 MB for
-  256 MiB);
+  256 MiB); ``client_rss_before_mb`` is the same peak just before the put
+  (interpreter, imports, the connected device);
 * ``ok``: the object came back byte for byte.
 
 The LAST line is one JSON object with every figure.
@@ -178,12 +179,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             identity = NodeIdentity.load(root / "dev" / IDENTITY_FILE, PASSPHRASE)
             with Device.connect(root / "dev", passphrase=PASSPHRASE, connect_timeout=30) as dev:
                 client = storage_client(dev, identity, index="cloud-1", k=args.k, n=args.n,
-                                        segment_size=segment, timeout=120.0)  # fmt: skip
+                                        segment_size=segment, timeout=120.0,
+                                        parallel_segments=args.parallel)  # fmt: skip
                 deadline = time.monotonic() + 90
                 while len(asyncio.run(client.nodes())) < args.edges:
                     if time.monotonic() > deadline:
                         raise SystemExit("the cloud does not list every edge")
                     time.sleep(0.2)
+                rss_before = _peak_rss_mb()
                 with src.open("rb") as fh:
                     start = time.perf_counter()
                     asyncio.run(client.put("bench/object", fh))
@@ -203,12 +206,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "k": args.k,
         "n": args.n,
         "segment_mib": args.segment_mib,
+        "parallel_segments": args.parallel,
         "put_mb_per_s": round(put_rate, 1),
         "get_mb_per_s": round(get_rate, 1),
         "pipeline_mb_per_s": round(pipeline, 1),
         "ratio_put": round(put_rate / pipeline, 3),
         "ratio_get": round(get_rate / pipeline, 3),
         "client_peak_rss_mb": round(rss, 1),
+        "client_rss_before_mb": round(rss_before, 1),
         "ok": ok,
     }
 
@@ -220,6 +225,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--segment-mib", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=2, help="segments in flight")
     result = run(parser.parse_args())
     for key, value in result.items():
         print(f"{key:>20}: {value}", file=sys.stderr)

@@ -14,7 +14,7 @@ described by a signed manifest; storage nodes hold ciphertext shards only.
 """
 
 from securemesh.storage._client import (
-    AuditHook,
+    KIND_SHARE,
     GetReport,
     RepairReport,
     ReplyLike,
@@ -38,7 +38,9 @@ from securemesh.storage._manifest import (
     merkle_root_of,
     open_manifest,
     peek_owner_unverified,
+    share_manifest,
     sign_manifest,
+    unshare_manifest,
     unwrap_data_key,
 )
 from securemesh.storage._placement import Candidate, place, rendezvous_score, replacements
@@ -62,7 +64,7 @@ from securemesh.storage._service import StorageService, make_cloud_service, make
 from securemesh.storage._store import ShardStore, StoreStats
 
 __all__ = [
-    "AuditHook",
+    "KIND_SHARE",
     "StorageProof",
     "challenge_indexes",
     "prove_storage",
@@ -106,6 +108,8 @@ __all__ = [
     "replacements",
     "segment_aad",
     "shard_hash",
+    "share_manifest",
     "sign_manifest",
+    "unshare_manifest",
     "unwrap_data_key",
 ]

@@ -13,10 +13,17 @@ node), or an adapter over the SDK device. It never sees a socket.
   ``owner/name``, so any reader computes the same nodes.
 * ``get(name)`` / ``get_into(name, write)`` — finds the manifest (the first
   copy whose owner signature verifies; a forged one is skipped), unwraps the
-  data key, and for each segment asks k nodes at once, then others for every
-  shard that is missing, refused or corrupt (hash checked by the plan); the
-  report lists them.
-* ``stat`` (the verified manifest), ``list`` and ``delete``.
+  data key, asks the index where repaired columns moved (``storage.locate``),
+  and for each segment asks k nodes at once, then others for every shard that
+  is missing, refused or corrupt (hash checked by the plan); up to
+  ``parallel_segments`` segments are fetched ahead and written in order; the
+  report lists what failed.
+* Sealing/coding (put) and rebuilding/opening (get) run in one worker thread
+  of the call's own, so the event loop keeps moving frames meanwhile.
+* ``stat`` (the verified manifest), ``list``, ``delete``, ``share`` /
+  ``unshare`` (a new manifest version with a reader's wrapped key added or
+  removed, audited ``storage.share``), ``repair`` (the owner's, re-signing)
+  and ``challenge``.
 """
 
 from __future__ import annotations
@@ -24,14 +31,15 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import io
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -43,11 +51,20 @@ from securemesh.errors import (
     SecureMeshError,
     TransportError,
 )
+from securemesh.node import AuditRecorderLike
 from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import ObjectUnreadable
-from securemesh.storage._manifest import Manifest, open_manifest, sign_manifest
+from securemesh.storage._manifest import (
+    Manifest,
+    open_manifest,
+    share_manifest,
+    sign_manifest,
+    unshare_manifest,
+    unwrap_data_key,
+)
 from securemesh.storage._messages import (
     MSG_CHALLENGE,
+    MSG_LOCATE,
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
     MSG_MANIFEST_LIST,
@@ -58,6 +75,7 @@ from securemesh.storage._messages import (
     MSG_SHARD_PUT,
     Challenge,
     Done,
+    Located,
     ManifestRef,
     NameList,
     NodeList,
@@ -85,7 +103,7 @@ from securemesh.storage._proof import (
 
 __all__ = [
     "KIND_CHALLENGE",
-    "AuditHook",
+    "KIND_SHARE",
     "GetReport",
     "RepairReport",
     "ReplyLike",
@@ -95,20 +113,9 @@ __all__ = [
 ]
 
 
+T = TypeVar("T")
 KIND_CHALLENGE = "storage.challenge"
-
-
-class AuditHook(Protocol):
-    """Records an audit event (``ctx.audit.record`` or ``Device.record_audit``)."""
-
-    def __call__(
-        self,
-        kind: str,
-        subject: tuple[str, str],
-        *,
-        outcome: str = "success",
-        details: dict[str, object] | None = None,
-    ) -> object: ...
+KIND_SHARE = "storage.share"
 
 
 class ReplyLike(Protocol):
@@ -163,18 +170,20 @@ async def challenge_shard(
     nonce: bytes,
     count: int = 8,
     timeout: float = 30.0,
+    node: str | None = None,
 ) -> str:
     """Challenge shard ``index`` of ``segment`` on its node; "ok" or why it failed.
 
     ``nonce`` must be fresh (from a CSPRNG); ``count`` blocks are checked
-    against the shard's address in the verified manifest (``_proof``).
+    against the shard's address in the verified manifest (``_proof``). ``node``
+    overrides the manifest's placement (a column the index relocated).
     """
     entry = manifest.segments[segment]
     shard_size = (entry.cipher_size + entry.padding) // manifest.k
     body = Challenge(hash=entry.shards[index], nonce=nonce.hex(), count=count)
     try:
         reply = await requester.request(
-            manifest.placement[index], MSG_CHALLENGE, body, timeout=timeout
+            node or manifest.placement[index], MSG_CHALLENGE, body, timeout=timeout
         )
         paths = ProofReply.model_validate_json(reply.body_bytes, strict=True).paths
         proof = StorageProof(tuple(bytes(f) for f in reply.raw_frames), check_paths(paths))
@@ -214,7 +223,7 @@ class StorageClient:
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
-        audit: AuditHook | None = None,
+        audit: AuditRecorderLike | None = None,
     ) -> None:
         self._req = requester
         self._audit = audit
@@ -231,6 +240,28 @@ class StorageClient:
         self.timeout = timeout
         self._clock = clock
         self._rng = rng
+        # put/get seal, code and hash in one worker thread of their own (a segment at a
+        # time, so the loop keeps moving frames): one thread means one malloc arena, not
+        # one per pool thread each holding freed segment buffers (peak RSS)
+        self._codec: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def _in_codec(self, fn: Callable[..., T], *args: object) -> T:
+        if self._codec is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._codec, fn, *args)
+
+    @contextlib.contextmanager
+    def _codec_thread(self) -> Iterator[None]:
+        """The codec worker for one put/get (nested calls share the outer one)."""
+        if self._codec is not None:
+            yield
+            return
+        self._codec = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="storage-codec")
+        try:
+            yield
+        finally:
+            self._codec.shutdown(wait=True)
+            self._codec = None
 
     # ---------------------------------------------------------------- nodes
 
@@ -286,30 +317,34 @@ class StorageClient:
         )
         # up to `parallel_segments` segments' transfers in flight: the next segment is
         # sealed and coded while the previous one's shards travel
-        inflight: collections.deque[asyncio.Future[list[None]]] = collections.deque()
-        try:
-            for index in range(plan.count):
-                want = min(self.segment_size, size - index * self.segment_size)
-                chunk = stream.read(want)
-                if len(chunk) != want:
-                    raise LocalError(f"{name}: the file ended early (segment {index})")
-                puts = plan.segment(chunk)
-                del chunk
-                inflight.append(asyncio.gather(*(self._put_shard(plan, p) for p in puts)))
-                del puts
-                while len(inflight) >= self.parallel_segments or (
-                    inflight and index == plan.count - 1
-                ):
-                    await inflight.popleft()
-                    self._check_put(plan, name, placement)
-                    if progress is not None:
-                        progress(plan.count - plan.pending_segments(), plan.count)
-        except BaseException:
-            for fut in inflight:
-                fut.cancel()
-            await asyncio.gather(*inflight, return_exceptions=True)
-            await self._abort(plan.object_id.hex(), placement)
-            raise
+        with self._codec_thread():
+            inflight: collections.deque[asyncio.Future[list[None]]] = collections.deque()
+            try:
+                for index in range(plan.count):
+                    want = min(self.segment_size, size - index * self.segment_size)
+                    chunk = stream.read(want)
+                    if len(chunk) != want:
+                        raise LocalError(f"{name}: the file ended early (segment {index})")
+                    # seal + code + hash off the loop: acknowledgements keep flowing meanwhile
+                    encoded = await self._in_codec(plan.encode, index, chunk)
+                    del chunk
+                    puts = plan.accept(encoded)
+                    del encoded
+                    inflight.append(asyncio.gather(*(self._put_shard(plan, p) for p in puts)))
+                    del puts
+                    while len(inflight) >= self.parallel_segments or (
+                        inflight and index == plan.count - 1
+                    ):
+                        await inflight.popleft()
+                        self._check_put(plan, name, placement)
+                        if progress is not None:
+                            progress(plan.count - plan.pending_segments(), plan.count)
+            except BaseException:
+                for fut in inflight:
+                    fut.cancel()
+                await asyncio.gather(*inflight, return_exceptions=True)
+                await self._abort(plan.object_id.hex(), placement)
+                raise
         manifest, blob = plan.finish()
         await self._put_manifest(manifest, blob, candidates)
         return manifest
@@ -421,15 +456,58 @@ class StorageClient:
     ) -> GetReport:
         """Stream the object into ``write`` segment by segment; the report of what failed."""
         manifest = await self.stat(name, owner=owner, owner_key=owner_key, nodes=nodes)
-        plan = GetPlan.for_reader(manifest, self.node_id, self._kx_secret)
-        for segment in range(plan.count):
-            while not plan.ready(segment):
-                wanted = plan.wanted(segment)
-                await asyncio.gather(*(self._get_shard(plan, want) for want in wanted))
-            write(plan.plaintext(segment))
-            if progress is not None:
-                progress(segment + 1, plan.count)
+        placement = await self.locate(manifest)
+        plan = GetPlan.for_reader(manifest, self.node_id, self._kx_secret, placement)
+        # up to `parallel_segments` segments fetched and decoded ahead, written in order
+        with self._codec_thread():
+            ahead: collections.deque[asyncio.Task[bytes]] = collections.deque()
+            written = 0
+            try:
+                for segment in range(plan.count):
+                    ahead.append(asyncio.ensure_future(self._fetch_segment(plan, segment)))
+                    while len(ahead) >= self.parallel_segments or (
+                        ahead and segment == plan.count - 1
+                    ):
+                        write(await ahead.popleft())
+                        written += 1
+                        if progress is not None:
+                            progress(written, plan.count)
+            finally:
+                for task in ahead:
+                    task.cancel()
+                await asyncio.gather(*ahead, return_exceptions=True)
         return GetReport(manifest, list(plan.corrupt), list(plan.missing_shards))
+
+    async def locate(self, manifest: Manifest) -> builtins.list[str]:
+        """Where each shard column of ``manifest`` is now: its placement with the index's
+        automatic repairs applied (``storage.locate``); the placement if the index does not
+        answer. Not trusted for integrity: every shard is checked against the manifest."""
+        placement = list(manifest.placement)
+        try:
+            reply = await self._req.request(
+                self.index, MSG_LOCATE, ObjectRef(object_id=manifest.object_id),
+                timeout=self.timeout,
+            )  # fmt: skip
+            moves = Located.model_validate_json(reply.body_bytes, strict=True).moves
+        except (SecureMeshError, TimeoutError, ValueError):
+            return placement
+        for move in moves:
+            column = move.column
+            if (
+                column < manifest.n
+                and placement[column] == move.from_node
+                and move.node not in placement
+            ):
+                placement[column] = move.node
+        return placement
+
+    async def _fetch_segment(self, plan: GetPlan, segment: int) -> bytes:
+        """k verified shards of ``segment`` (others asked for each that fails), then the
+        segment rebuilt and opened in a worker thread."""
+        while not plan.ready(segment):
+            wanted = plan.wanted(segment)
+            await asyncio.gather(*(self._get_shard(plan, want) for want in wanted))
+        return await self._in_codec(plan.decode, segment, plan.take(segment))
 
     async def get(
         self,
@@ -568,6 +646,71 @@ class StorageClient:
         body = ShardPutBody(object_id=object_id, hash=shard_hash(data).hex())
         await self._req.request(node, MSG_SHARD_PUT, body, [data], timeout=self.timeout)
 
+    # ---------------------------------------------------------------- share
+
+    async def share(
+        self,
+        name: str,
+        reader_id: str,
+        reader_kx_public: bytes,
+        *,
+        nodes: builtins.list[Candidate] | None = None,
+    ) -> Manifest:
+        """Let ``reader_id`` read our object ``name``: wrap its data key for the reader.
+
+        ``reader_kx_public`` is the reader's X25519 key (its certificate's
+        ``kx_key``). The data key is unwrapped with our key, sealed to the
+        reader's (:func:`share_manifest`), and the manifest is re-signed as a
+        new version (later ``created_ms``; shards unchanged) and stored where
+        the old one was. The reader then ``get``s it with ``owner=`` our node id
+        and ``owner_key=`` our verify key. Recorded as ``storage.share``
+        (details: reader, action) through the client's audit recorder.
+        """
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        data_key = unwrap_data_key(manifest, self.node_id, self._kx_secret)
+        shared = share_manifest(
+            manifest,
+            data_key=data_key,
+            reader_id=reader_id,
+            reader_kx_public=reader_kx_public,
+            created_ms=self._next_version(manifest),
+        )
+        del data_key
+        await self._publish(shared, candidates, reader_id, "share")
+        return shared
+
+    async def unshare(
+        self, name: str, reader_id: str, *, nodes: builtins.list[Candidate] | None = None
+    ) -> Manifest:
+        """Drop ``reader_id``'s wrapped key from a new manifest version of ``name``.
+
+        Unsharing affects future versions only: a reader that already unwrapped
+        the data key can decrypt the shards written under it for as long as they
+        exist; put the object again (a fresh data key) to cut it off for good.
+        """
+        candidates = nodes if nodes is not None else await self.nodes()
+        manifest = await self.stat(name, nodes=candidates)
+        unshared = unshare_manifest(
+            manifest, reader_id=reader_id, created_ms=self._next_version(manifest)
+        )
+        await self._publish(unshared, candidates, reader_id, "unshare")
+        return unshared
+
+    def _next_version(self, manifest: Manifest) -> int:
+        return max(int(self._clock() * 1000), manifest.created_ms + 1)
+
+    async def _publish(
+        self, manifest: Manifest, candidates: Sequence[Candidate], reader: str, action: str
+    ) -> None:
+        await self._put_manifest(manifest, sign_manifest(manifest, self._signer), candidates)
+        if self._audit is not None:
+            self._audit.record(
+                KIND_SHARE,
+                ("object", manifest.object_id),
+                details={"name": manifest.name, "reader": reader, "action": action},
+            )
+
     # ------------------------------------------------------------ challenge
 
     async def challenge(
@@ -592,7 +735,7 @@ class StorageClient:
         )
         passed = reason == "ok"
         if self._audit is not None:
-            self._audit(
+            self._audit.record(
                 KIND_CHALLENGE,
                 ("object", manifest.object_id),
                 outcome="success" if passed else "failure",

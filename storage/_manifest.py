@@ -51,7 +51,9 @@ __all__ = [
     "merkle_root_of",
     "open_manifest",
     "peek_owner_unverified",
+    "share_manifest",
     "sign_manifest",
+    "unshare_manifest",
     "unwrap_data_key",
 ]
 
@@ -202,6 +204,49 @@ def unwrap_data_key(manifest: Manifest, reader_id: str, reader_kx_private: bytes
     if len(key) != 32:
         raise AuthenticationError("wrapped data key has the wrong size")
     return key
+
+
+def share_manifest(
+    manifest: Manifest,
+    *,
+    data_key: bytes,
+    reader_id: str,
+    reader_kx_public: bytes,
+    created_ms: int,
+) -> Manifest:
+    """A new version of ``manifest`` that ``reader_id`` can read too (sign it to publish).
+
+    ``data_key`` (the owner's, from :func:`unwrap_data_key`) is wrapped in a
+    sealed box to ``reader_kx_public`` (the reader certificate's ``kx_key``);
+    the shards, placement and Merkle root are unchanged, ``created_ms`` dates
+    the version. Sharing with a reader already listed re-wraps its key.
+    """
+    if len(data_key) != 32 or len(reader_kx_public) != 32:
+        raise LocalError("a data key and an X25519 key are 32 bytes")
+    wrapped = boxes.wrap_key(reader_kx_public, data_key).hex()
+    return _with(manifest, readers={**manifest.readers, reader_id: wrapped}, created_ms=created_ms)
+
+
+def unshare_manifest(manifest: Manifest, *, reader_id: str, created_ms: int) -> Manifest:
+    """A new version of ``manifest`` without ``reader_id``'s wrapped key.
+
+    This affects *future* reads through manifests only: a reader that already
+    unwrapped the data key can still decrypt the shards written under it
+    (docs/storage.md §3). The owner cannot remove itself.
+    """
+    if reader_id == manifest.owner:
+        raise LocalError("the owner stays a reader of its own objects")
+    if reader_id not in manifest.readers:
+        raise LocalError(f"{reader_id!r} is not a reader of {manifest.name!r}")
+    readers = {rid: w for rid, w in manifest.readers.items() if rid != reader_id}
+    return _with(manifest, readers=readers, created_ms=created_ms)
+
+
+def _with(manifest: Manifest, **changes: object) -> Manifest:
+    try:
+        return Manifest.model_validate({**manifest.model_dump(), **changes}, strict=True)
+    except ValidationError as exc:
+        raise LocalError(f"the new manifest does not validate: {exc.errors()[0]['msg']}") from exc
 
 
 def check_hash(value: bytes) -> bytes:

@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "MSG_CHALLENGE",
+    "MSG_LOCATE",
+    "Located",
+    "Relocation",
     "Challenge",
     "ProofReply",
     "MSG_MANIFEST_DELETE",
@@ -44,6 +47,7 @@ MSG_MANIFEST_DELETE: Final = "storage.manifest.delete"
 MSG_MANIFEST_LIST: Final = "storage.manifest.list"
 MSG_NODES: Final = "storage.nodes"
 MSG_CHALLENGE: Final = "storage.challenge"
+MSG_LOCATE: Final = "storage.locate"
 STORAGE_TYPES: Final = (
     MSG_SHARD_PUT,
     MSG_SHARD_GET,
@@ -54,6 +58,7 @@ STORAGE_TYPES: Final = (
     MSG_MANIFEST_LIST,
     MSG_NODES,
     MSG_CHALLENGE,
+    MSG_LOCATE,
 )
 
 _STRICT = ConfigDict(strict=True, frozen=True, extra="forbid")
@@ -132,3 +137,19 @@ class ProofReply(BaseModel):
 
     model_config = _STRICT
     paths: list[Annotated[list[Hex32], Field(max_length=64)]] = Field(max_length=16)
+
+
+class Relocation(BaseModel):
+    """Shard column ``column`` of an object, on ``from_node`` in its manifest, is on ``node``."""
+
+    model_config = _STRICT
+    column: int = Field(ge=0, lt=32)
+    from_node: NodeIdStr
+    node: NodeIdStr
+
+
+class Located(BaseModel):
+    """``storage.locate`` reply: the index's repairs of one object (``ObjectRef`` request)."""
+
+    model_config = _STRICT
+    moves: list[Relocation] = Field(max_length=32)

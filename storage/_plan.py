@@ -44,6 +44,7 @@ from securemesh.crypto.signing import Signer
 from securemesh.errors import LocalError
 from securemesh.storage._codec import (
     OBJECT_ID_SIZE,
+    EncodedSegment,
     check_coding,
     decode_segment,
     encode_segment,
@@ -149,16 +150,34 @@ class PutPlan:
 
     def segment(self, plaintext: bytes | memoryview) -> list[ShardPut]:
         """Seal and code the next segment; returns its n shard transfers."""
+        return self.accept(self.encode(len(self._segments), plaintext))
+
+    def encode(self, index: int, plaintext: bytes | memoryview) -> EncodedSegment:
+        """Seal and code segment ``index`` without touching the plan's state.
+
+        The CPU-heavy half of :meth:`segment`, safe to run in a worker thread
+        while the plan's owner keeps handling acknowledgements; hand the result
+        to :meth:`accept` (in order) on the owner's side.
+        """
         if self.state is not _PutState.OPEN:
             raise LocalError(f"put plan is {self.state.value}: no more segments")
-        index = len(self._segments)
+        if not 0 <= index < self.count:
+            raise LocalError(f"no segment {index}")
         last = index == self.count - 1
         expected = self.size - index * self.segment_size if last else self.segment_size
         if len(plaintext) != expected:
             raise LocalError(f"segment {index} must be {expected} bytes, got {len(plaintext)}")
-        enc = encode_segment(
+        return encode_segment(
             self._key, self.object_id, index, self.count, plaintext, self.k, self.n, rng=self._rng
         )
+
+    def accept(self, enc: EncodedSegment) -> list[ShardPut]:
+        """Record the next encoded segment (from :meth:`encode`); its n shard transfers."""
+        if self.state is not _PutState.OPEN:
+            raise LocalError(f"put plan is {self.state.value}: no more segments")
+        index = len(self._segments)
+        if enc.index != index or len(enc.shards) != self.n:
+            raise LocalError(f"expected segment {index}, got segment {enc.index}")
         self._segments.append(
             SegmentEntry(
                 cipher_size=enc.cipher_size,
@@ -166,7 +185,7 @@ class PutPlan:
                 shards=[h.hex() for h in enc.hashes],
             )
         )
-        if last:
+        if index == self.count - 1:
             self.state = _PutState.SEALED
         self._unacked.update((index, j) for j in range(self.n))
         return [
@@ -230,10 +249,17 @@ class _Segment:
 class GetPlan:
     """The reader's side of one verified manifest (module doc)."""
 
-    def __init__(self, manifest: Manifest, data_key: bytes) -> None:
+    def __init__(
+        self, manifest: Manifest, data_key: bytes, placement: Sequence[str] | None = None
+    ) -> None:
         if len(data_key) != aead.KEY_SIZE:
             raise LocalError("a data key is 32 bytes")
+        if placement is not None and len(placement) != manifest.n:
+            raise LocalError(f"a placement names {manifest.n} nodes")
         self.manifest = manifest
+        #: where each shard column is asked for: the manifest's placement, or the index's
+        #: view after repairs (a wrong node only costs a missing shard: hashes decide)
+        self.placement = list(placement if placement is not None else manifest.placement)
         self._key = data_key
         self._segments: dict[int, _Segment] = {}
         self._bad_nodes: set[str] = set()
@@ -243,9 +269,15 @@ class GetPlan:
         self.missing_shards: list[tuple[int, int, str, str]] = []
 
     @classmethod
-    def for_reader(cls, manifest: Manifest, reader_id: str, reader_kx_private: bytes) -> GetPlan:
+    def for_reader(
+        cls,
+        manifest: Manifest,
+        reader_id: str,
+        reader_kx_private: bytes,
+        placement: Sequence[str] | None = None,
+    ) -> GetPlan:
         """Unwrap the data key for this reader (AuthenticationError if it has none)."""
-        return cls(manifest, unwrap_data_key(manifest, reader_id, reader_kx_private))
+        return cls(manifest, unwrap_data_key(manifest, reader_id, reader_kx_private), placement)
 
     @property
     def count(self) -> int:
@@ -267,17 +299,17 @@ class GetPlan:
                 f"segment {segment} of {m.name!r}: only {len(seg.good) + outstanding} of "
                 f"{m.k} needed shards can still arrive"
             )
-        fresh.sort(key=lambda j: (m.placement[j] in self._bad_nodes, j))
+        fresh.sort(key=lambda j: (self.placement[j] in self._bad_nodes, j))
         picks = fresh[: max(need, 0)]
         seg.asked.update(picks)
-        return [ShardGet(m.placement[j], segment, j, m.shard_hash(segment, j)) for j in picks]
+        return [ShardGet(self.placement[j], segment, j, m.shard_hash(segment, j)) for j in picks]
 
     def received(self, segment: int, index: int, data: bytes | memoryview) -> bool:
         """A shard arrived: kept if it hashes to the manifest's address, else recorded corrupt."""
         seg = self._seg(segment)
         if index not in seg.asked or index in seg.good or index in seg.lost:
             raise LocalError(f"shard {index} of segment {segment} was not asked for")
-        node = self.manifest.placement[index]
+        node = self.placement[index]
         if shard_hash(data) != self.manifest.shard_hash(segment, index):
             seg.lost.add(index)
             self.corrupt.append((segment, index, node))
@@ -292,7 +324,7 @@ class GetPlan:
         if index not in seg.asked or index in seg.good or index in seg.lost:
             raise LocalError(f"shard {index} of segment {segment} was not asked for")
         seg.lost.add(index)
-        node = self.manifest.placement[index]
+        node = self.placement[index]
         self.missing_shards.append((segment, index, node, reason))
         self._bad_nodes.add(node)
 
@@ -301,19 +333,27 @@ class GetPlan:
 
     def plaintext(self, segment: int) -> bytes:
         """Rebuild and authenticate the segment from k verified shards; frees them."""
+        return self.decode(segment, self.take(segment))
+
+    def take(self, segment: int) -> dict[int, bytes]:
+        """The k verified shards of a ready segment, handed over (the plan forgets them)."""
         m, seg = self.manifest, self._seg(segment)
         if len(seg.good) < m.k:
             raise LocalError(f"segment {segment} has {len(seg.good)} of {m.k} shards")
-        entry = m.segments[segment]
-        data = decode_segment(
+        del self._segments[segment]
+        return seg.good
+
+    def decode(self, segment: int, shards: Mapping[int, bytes]) -> bytes:
+        """Rebuild and open ``segment`` from shards :meth:`take` returned (thread-safe:
+        reads only the manifest and the key)."""
+        m = self.manifest
+        return decode_segment(
             self._key,
             m.object_id_bytes,
             segment,
             self.count,
-            entry.cipher_size,
-            seg.good,
+            m.segments[segment].cipher_size,
+            shards,
             m.k,
             m.n,
         )
-        del self._segments[segment]
-        return data

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from securemesh.audit.store import create_audit_engine
 from securemesh.errors import (
     AuthorizationError,
     DecodeError,
@@ -52,10 +53,12 @@ from securemesh.errors import (
 from securemesh.node import NodeContext, Reply, Service, VerifiedMessage
 from securemesh.policy import AllowTypes
 from securemesh.storage._client import KIND_CHALLENGE, challenge_shard
+from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import QuotaExceeded, ShardCorrupt
-from securemesh.storage._manifest import open_manifest
+from securemesh.storage._manifest import Manifest, open_manifest
 from securemesh.storage._messages import (
     MSG_CHALLENGE,
+    MSG_LOCATE,
     MSG_MANIFEST_DELETE,
     MSG_MANIFEST_GET,
     MSG_MANIFEST_LIST,
@@ -66,15 +69,18 @@ from securemesh.storage._messages import (
     MSG_SHARD_PUT,
     Challenge,
     Done,
+    Located,
     ManifestRef,
     NameList,
     NodeEntry,
     NodeList,
     ObjectRef,
     ProofReply,
+    Relocation,
     ShardPutBody,
     ShardRef,
 )
+from securemesh.storage._placement import Candidate, replacements
 from securemesh.storage._proof import prove_storage
 from securemesh.storage._store import ShardStore
 
@@ -90,8 +96,10 @@ KIND_OBJECT_PUT = "object.put"
 KIND_OBJECT_DELETE = "object.delete"
 KIND_SHARD_REFUSED = "storage.shard_refused"
 KIND_SHARD_CORRUPT = "storage.shard_corrupt"
+KIND_REPAIR = "storage.repair"
 
 T = TypeVar("T")
+AUDIT_DB_FILE = "audit.db"  # the cloud log's default file in the node's data dir
 _MAX_TRACKED = 4096  # nodes whose failed challenges are counted
 
 
@@ -111,6 +119,7 @@ class StorageService(Service):
         KIND_SHARD_REFUSED,
         KIND_SHARD_CORRUPT,
         KIND_CHALLENGE,
+        KIND_REPAIR,
     )
 
     def __init__(
@@ -125,6 +134,9 @@ class StorageService(Service):
         challenge_interval: float | None = None,
         unhealthy_after: int = 5,
         challenge_blocks: int = 8,
+        repair_interval: float | None = None,
+        loss_grace: float = 300.0,
+        index_in_audit_db: bool = False,
     ) -> None:
         if max_inflight_per_peer < 1:
             raise LocalError("max_inflight_per_peer is at least 1")
@@ -135,6 +147,16 @@ class StorageService(Service):
         #: seconds between proof-of-storage challenges (None: this node does not challenge)
         self.challenge_interval = challenge_interval
         self.unhealthy_after = unhealthy_after
+        #: on a cloud: keep the store's tables (the object index) in the audit log's database
+        self.index_in_audit_db = index_in_audit_db
+        #: seconds between automatic repair rounds (None: this node does not repair)
+        self.repair_interval = repair_interval
+        #: a storage node absent from this node's peers this long is lost (its shards repaired)
+        self.loss_grace = loss_grace
+        #: node -> when it was first found absent (bounded like ``failures``)
+        self._absent_since: dict[str, float] = {}
+        #: storage peer -> (its last reported uptime, when that report was new)
+        self._reported: dict[str, tuple[float, float]] = {}
         self.challenge_blocks = challenge_blocks
         #: node -> consecutive failed challenges (bounded: _MAX_TRACKED nodes)
         self.failures: dict[str, int] = {}
@@ -158,6 +180,9 @@ class StorageService(Service):
             "challenges_answered": 0,
             "challenges_sent": 0,
             "challenges_failed": 0,
+            "repair_rounds": 0,
+            "shards_repaired": 0,
+            "repairs_failed": 0,
         }
 
     # ------------------------------------------------------------------ seam
@@ -176,12 +201,19 @@ class StorageService(Service):
 
     def install(self, ctx: NodeContext) -> None:
         self._ctx = ctx
+        engine = None
+        if self.index_in_audit_db and self._db_url is None and ctx.tier == "cloud":
+            # the object index scales with the log: SQLite by default, PostgreSQL when
+            # [audit] log_db names one (ctx.data_dir is <node data_dir>/services/storage)
+            url = ctx.config.audit.log_db or str(ctx.data_dir.parent.parent / AUDIT_DB_FILE)
+            engine = create_audit_engine(url)
         self._store = ShardStore(
             self._root or ctx.data_dir,
             db_url=self._db_url,
             quota_bytes=self.quota_bytes,
             owner_quota_bytes=self.owner_quota_bytes,
             clock=ctx.clock,
+            engine=engine,
         )
         handlers: Mapping[str, Callable[[VerifiedMessage], Awaitable[object]]] = {
             MSG_SHARD_PUT: self._shard_put,
@@ -193,6 +225,7 @@ class StorageService(Service):
             MSG_MANIFEST_LIST: self._manifest_list,
             MSG_NODES: self._nodes,
             MSG_CHALLENGE: self._challenge,
+            MSG_LOCATE: self._locate,
         }
         for msg_type, handler in handlers.items():
             policy = AllowTypes(types=[msg_type], tiers=self.tiers)
@@ -202,6 +235,8 @@ class StorageService(Service):
         await asyncio.to_thread(self.store.gc)
         if self.challenge_interval is not None:
             self.ctx.spawn(self._challenge_loop(self.challenge_interval), name="challenges")
+        if self.repair_interval is not None:
+            self.ctx.spawn(self._repair_loop(self.repair_interval), name="repairs")
 
     async def stop(self) -> None:
         if self._store is not None:
@@ -216,6 +251,7 @@ class StorageService(Service):
             "manifests": stats.manifests if stats else 0,
             "quota_bytes": self.quota_bytes,
             "unhealthy": sorted(self.unhealthy),
+            "lost": sorted(self.lost()),
         }
 
     # --------------------------------------------------------------- helpers
@@ -367,9 +403,19 @@ class StorageService(Service):
         del msg
         return NodeList(
             nodes=[
-                NodeEntry(node_id=node_id, failure_domain=report.failure_domain or "")
-                for node_id, report in sorted(self.ctx.peers().items())
-                if self.name in (report.services or ()) and node_id not in self.unhealthy
+                NodeEntry(node_id=c.node_id, failure_domain=c.failure_domain)
+                for c in self._connected()
+                if c.node_id not in self.unhealthy
+            ]
+        )
+
+    async def _locate(self, msg: VerifiedMessage) -> Located:
+        body = msg.body(ObjectRef)
+        moves = await self._in_store(msg.sender, lambda: self.store.relocations(body.object_id))
+        return Located(
+            moves=[
+                Relocation(column=column, from_node=old, node=new)
+                for column, (old, new) in sorted(moves.items())
             ]
         )
 
@@ -405,7 +451,7 @@ class StorageService(Service):
         if not manifest.segments:
             return None
         segment, index = self._pick(len(manifest.segments)), self._pick(manifest.n)
-        node = manifest.placement[index]
+        node = (await self._placement(manifest))[index]
         if node == self.ctx.node_id:
             return None
         result = await challenge_shard(
@@ -416,6 +462,7 @@ class StorageService(Service):
             nonce=self.ctx.rng(32),
             count=self.challenge_blocks,
             timeout=max(self.challenge_interval or 0.0, 5.0),
+            node=node,
         )
         self.counters["challenges_sent"] += 1
         if result == "ok":
@@ -435,27 +482,204 @@ class StorageService(Service):
         )
         return result
 
+    # ------------------------------------------------------- automatic repair
+
+    async def _repair_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.repair_once()
+            except SecureMeshError:  # a round that cannot finish is retried next time
+                self.counters["repairs_failed"] += 1
+
+    def _connected(self) -> list[Candidate]:
+        """The storage nodes among this node's peers that still report, healthy or not.
+
+        A peer's link can outlive its process (a SIGKILLed edge stays a child until
+        the link is dropped), so a peer whose report has not changed (its
+        ``uptime_s``) for ``loss_grace`` s counts as gone.
+        """
+        now = self.ctx.clock()
+        peers = {
+            node_id: report
+            for node_id, report in self.ctx.peers().items()
+            if self.name in (report.services or ())
+        }
+        for node_id in [n for n in self._reported if n not in peers]:
+            del self._reported[node_id]
+        fresh = []
+        for node_id, report in sorted(peers.items()):
+            seen = self._reported.get(node_id)
+            if seen is None or seen[0] != report.uptime_s:
+                self._reported[node_id] = seen = (report.uptime_s, now)
+            if now - seen[1] < self.loss_grace:
+                fresh.append(Candidate(node_id, report.failure_domain or ""))
+        return fresh
+
+    def lost(self) -> set[str]:
+        """Storage nodes absent from this node's peers for longer than ``loss_grace``."""
+        now = self.ctx.clock()
+        return {n for n, since in self._absent_since.items() if now - since >= self.loss_grace}
+
+    def _note_absent(self, nodes: Iterable[str], live: set[str]) -> None:
+        now = self.ctx.clock()
+        for node in live:
+            self._absent_since.pop(node, None)
+        for node in nodes:
+            tracked = node in self._absent_since or len(self._absent_since) < _MAX_TRACKED
+            if node not in live and node != self.ctx.node_id and tracked:
+                self._absent_since.setdefault(node, now)
+
+    async def _placement(self, manifest: Manifest) -> list[str]:
+        """The manifest's placement with this index's relocations applied."""
+        moves = await asyncio.to_thread(self.store.relocations, manifest.object_id)
+        placement = list(manifest.placement)
+        for column, (old, new) in moves.items():
+            if column < manifest.n and placement[column] == old and new not in placement:
+                placement[column] = new
+        return placement
+
+    async def repair_once(self, *, batch: int = 100) -> int:
+        """One repair round over every manifest this node indexes; shards regenerated.
+
+        A shard column is repaired when its node is unhealthy (failed
+        ``unhealthy_after`` challenges in a row) or lost (absent from this node's
+        peers for ``loss_grace`` s). Its shards are rebuilt from k others per
+        segment (:func:`regenerate_shards`, byte-identical: no key, no re-signing)
+        onto a live node chosen like the owner's repair (:func:`replacements`), and
+        the move is recorded (``storage.locate`` tells readers; ``storage.repair``
+        audited). Memory: one segment's k shards at a time.
+        """
+        self.counters["repair_rounds"] += 1
+        connected = self._connected()
+        present = {c.node_id for c in connected}
+        live = [c for c in connected if c.node_id not in self.unhealthy]
+        repaired = 0
+        key: tuple[str, str] | None = None
+        while True:
+            page = await asyncio.to_thread(self.store.manifests_after, key, batch)
+            if not page:
+                return repaired
+            for owner, _, blob in page:
+                cert = self.ctx.certificates.get(owner)
+                if cert is None:
+                    continue
+                try:
+                    manifest = open_manifest(blob, cert.verify_key)
+                except SecureMeshError:
+                    continue
+                placement = await self._placement(manifest)
+                self._note_absent(placement, present)
+                bad = self.unhealthy | self.lost()
+                columns = [j for j, node in enumerate(placement) if node in bad]
+                if columns and manifest.segments:
+                    repaired += await self._repair_object(manifest, placement, columns, live)
+            key = (page[-1][0], page[-1][1])
+
+    async def _repair_object(
+        self, m: Manifest, placement: list[str], columns: list[int], live: list[Candidate]
+    ) -> int:
+        sources = [j for j in range(m.n) if j not in columns]
+        if len(sources) < m.k:
+            return 0  # not enough columns left to rebuild from (or to try now)
+        try:
+            fresh = replacements(m.object_id_bytes, live, placement, len(columns))
+        except LocalError:
+            return 0  # no spare node yet: the next round tries again
+        target = dict(zip(columns, fresh, strict=True))
+        lost = self.lost()
+        for seg in range(len(m.segments)):
+            good: dict[int, bytes] = {}
+            for j in sources:
+                data = await self._fetch_shard(placement[j], m.shard_hash(seg, j))
+                if data is not None:
+                    good[j] = data
+                if len(good) == m.k:
+                    break
+            if len(good) < m.k:
+                self.counters["repairs_failed"] += 1
+                return 0
+            rebuilt = await asyncio.to_thread(regenerate_shards, good, m.k, m.n, columns)
+            del good
+            for j in columns:
+                body = ShardPutBody(object_id=m.object_id, hash=m.segments[seg].shards[j])
+                await self.ctx.request(target[j], MSG_SHARD_PUT, body, [rebuilt[j]], timeout=60)
+        for j in columns:
+            await asyncio.to_thread(
+                self.store.relocate,
+                object_id=m.object_id,
+                column=j,
+                from_node=m.placement[j],
+                node=target[j],
+            )
+            self.ctx.audit.record(
+                KIND_REPAIR,
+                ("object", m.object_id),
+                details={
+                    "column": j,
+                    "from": placement[j],
+                    "to": target[j],
+                    "segments": len(m.segments),
+                    "reason": "lost" if placement[j] in lost else "unhealthy",
+                },
+            )
+        self.counters["shards_repaired"] += len(columns) * len(m.segments)
+        return len(columns)
+
+    async def _fetch_shard(self, node: str, digest: bytes) -> bytes | None:
+        try:
+            reply = await self.ctx.request(
+                node, MSG_SHARD_GET, ShardRef(hash=digest.hex()), timeout=30
+            )
+        except (SecureMeshError, TimeoutError):
+            return None
+        if len(reply.raw_frames) != 1:
+            return None
+        data = bytes(reply.raw_frames[0])
+        return data if shard_hash(data) == digest else None
+
+
+def _env_seconds(name: str, default: str) -> float:
+    raw = os.environ.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise LocalError(f"{name} is a number of seconds") from exc
+    if not 0.01 <= value <= 86_400:
+        raise LocalError(f"{name} is 0.01..86400 seconds")
+    return value
+
 
 def make_cloud_service() -> StorageService:
-    """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL`` s)."""
+    """The cloud's factory: also challenges edges (``SECUREMESH_STORAGE_CHALLENGE_INTERVAL``
+    s, default 60) and repairs automatically (``SECUREMESH_STORAGE_REPAIR_INTERVAL`` s,
+    default 60; a node absent ``SECUREMESH_STORAGE_LOSS_GRACE`` s, default 300, is lost);
+    its object index (manifests, relocations) lives in the audit log's database."""
     service = make_service()
-    raw = os.environ.get("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
-    try:
-        service.challenge_interval = float(raw)
-    except ValueError as exc:
-        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is a number of seconds") from exc
-    if not 0.01 <= service.challenge_interval <= 86_400:
-        raise LocalError("SECUREMESH_STORAGE_CHALLENGE_INTERVAL is 0.01..86400 seconds")
+    service.challenge_interval = _env_seconds("SECUREMESH_STORAGE_CHALLENGE_INTERVAL", "60")
+    service.repair_interval = _env_seconds("SECUREMESH_STORAGE_REPAIR_INTERVAL", "60")
+    service.loss_grace = _env_seconds("SECUREMESH_STORAGE_LOSS_GRACE", "300")
+    service.index_in_audit_db = True
     return service
 
 
-def make_service() -> StorageService:
-    """The ``node.toml`` factory; ``SECUREMESH_STORAGE_QUOTA_MB`` sets the node quota."""
-    quota_mb = os.environ.get("SECUREMESH_STORAGE_QUOTA_MB")
-    if quota_mb is None:
-        return StorageService()
+def _env_mib(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None:
+        return None
     try:
-        quota = int(quota_mb) * 1024 * 1024
+        value = int(raw)
     except ValueError as exc:
-        raise LocalError("SECUREMESH_STORAGE_QUOTA_MB is a whole number of MiB") from exc
-    return StorageService(quota_bytes=quota)
+        raise LocalError(f"{name} is a whole number of MiB") from exc
+    if value < 1:
+        raise LocalError(f"{name} is at least 1 MiB")
+    return value * 1024 * 1024
+
+
+def make_service() -> StorageService:
+    """The ``node.toml`` factory: ``SECUREMESH_STORAGE_QUOTA_MB`` sets the node's quota
+    (default 10 GiB) and ``SECUREMESH_STORAGE_OWNER_QUOTA_MB`` each sender's (default a
+    quarter of the node's: no one peer fills a node)."""
+    quota = _env_mib("SECUREMESH_STORAGE_QUOTA_MB") or 10 * 1024**3
+    owner = _env_mib("SECUREMESH_STORAGE_OWNER_QUOTA_MB") or max(quota // 4, 1024 * 1024)
+    return StorageService(quota_bytes=quota, owner_quota_bytes=min(owner, quota))

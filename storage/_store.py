@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
+from securemesh.audit.store import write_transaction
 from securemesh.errors import LocalError
 from securemesh.storage._codec import shard_hash
 from securemesh.storage._errors import QuotaExceeded, ShardCorrupt, ShardNotFound
@@ -71,6 +73,17 @@ _manifests = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
 )
 
+#: the index's repairs: shard column ``column`` of ``object_id``, placed on ``from_node`` by
+#: the owner's manifest, now lives on ``node`` (regenerated there by the repairer)
+_relocations = sa.Table(
+    "storage_relocations",
+    _meta,
+    sa.Column("object_id", sa.String(32), primary_key=True),
+    sa.Column("column", sa.Integer, primary_key=True),
+    sa.Column("from_node", sa.String(64), nullable=False),
+    sa.Column("node", sa.String(64), nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+)
 
 _usage = sa.Table(
     "storage_usage",
@@ -104,7 +117,10 @@ class ShardStore:
         max_manifests_per_owner: int = 100_000,
         max_shards_per_owner: int = 1_000_000,
         clock: Callable[[], float] = time.time,
+        engine: Engine | None = None,
     ) -> None:
+        """``engine`` (instead of ``db_url``): a database shared with others, such as the
+        cloud's audit log (``create_audit_engine``); the store's tables are ``storage_*``."""
         if quota_bytes <= 0:
             raise LocalError("a storage quota is positive")
         self.root = Path(root)
@@ -117,9 +133,9 @@ class ShardStore:
         self.max_shards_per_owner = max_shards_per_owner
         self._clock = clock
         self._lock = threading.Lock()
-        self._engine = sa.create_engine(db_url or f"sqlite:///{self.root / 'shards.db'}")
+        self._engine = engine or sa.create_engine(db_url or f"sqlite:///{self.root / 'shards.db'}")
         _meta.create_all(self._engine)
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             self._recount(conn)
 
     def close(self) -> None:
@@ -220,7 +236,7 @@ class ShardStore:
         if shard_hash(data) != digest:
             raise ShardCorrupt("shard bytes do not match their hash")
         key = digest.hex()
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             exists = conn.execute(sa.select(_shards.c.size).where(_shards.c.hash == key)).first()
             ref = conn.execute(
                 sa.select(_refs.c.hash).where(
@@ -292,7 +308,7 @@ class ShardStore:
     def delete(self, digest: bytes, *, owner: str, object_id: str) -> bool:
         """Drop ``owner``'s reference; the blob goes with the last reference. False if none."""
         key = digest.hex()
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             where = (_refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id)
             ref = conn.execute(sa.select(_refs.c.size).where(*where)).first()
             if ref is None:
@@ -327,7 +343,7 @@ class ShardStore:
         """Store (or replace) ``owner``'s manifest for ``name`` (already verified by the caller)."""
         if len(blob) > MAX_MANIFEST_SIZE:
             raise QuotaExceeded("manifest too large")
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, write_transaction(self._engine) as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob)).where(
                     _manifests.c.owner == owner, _manifests.c.name == name
@@ -363,11 +379,14 @@ class ShardStore:
 
     def delete_manifest(self, *, owner: str, name: str) -> bool:
         where = (_manifests.c.owner == owner, _manifests.c.name == name)
-        with self._lock, self._engine.begin() as conn:
-            old = conn.execute(sa.select(sa.func.length(_manifests.c.blob)).where(*where)).first()
+        with self._lock, write_transaction(self._engine) as conn:
+            old = conn.execute(
+                sa.select(sa.func.length(_manifests.c.blob), _manifests.c.object_id).where(*where)
+            ).first()
             if old is None:
                 return False
             conn.execute(_manifests.delete().where(*where))
+            conn.execute(_relocations.delete().where(_relocations.c.object_id == str(old[1])))
             self._bump(conn, owner, -int(old[0]), manifests=-1)
             self._bump(conn, TOTAL, -int(old[0]), manifests=-1)
             return True
@@ -388,6 +407,48 @@ class ShardStore:
                 .limit(1)
             ).first()
         return None if row is None else (str(row[0]), bytes(row[1]))
+
+    def manifests_after(
+        self, key: tuple[str, str] | None, limit: int = 100
+    ) -> list[tuple[str, str, bytes]]:
+        """Up to ``limit`` (owner, name, signed manifest) after ``key`` in (owner, name)
+        order: a repairer pages through every manifest without holding them all."""
+        query = sa.select(_manifests.c.owner, _manifests.c.name, _manifests.c.blob)
+        if key is not None:
+            query = query.where(sa.tuple_(_manifests.c.owner, _manifests.c.name) > key)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                query.order_by(_manifests.c.owner, _manifests.c.name).limit(limit)
+            ).all()
+        return [(str(r[0]), str(r[1]), bytes(r[2])) for r in rows]
+
+    def relocate(self, *, object_id: str, column: int, from_node: str, node: str) -> None:
+        """Record that ``column`` of ``object_id`` moved from ``from_node`` to ``node``."""
+        with self._lock, write_transaction(self._engine) as conn:
+            conn.execute(
+                _relocations.delete().where(
+                    _relocations.c.object_id == object_id, _relocations.c.column == column
+                )
+            )
+            conn.execute(
+                _relocations.insert().values(
+                    object_id=object_id,
+                    column=column,
+                    from_node=from_node,
+                    node=node,
+                    created_ms=self._now_ms(),
+                )
+            )
+
+    def relocations(self, object_id: str) -> dict[int, tuple[str, str]]:
+        """column -> (the manifest's node, the node holding the column now)."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_relocations.c.column, _relocations.c.from_node, _relocations.c.node)
+                .where(_relocations.c.object_id == object_id)
+                .order_by(_relocations.c.column)
+            ).all()
+        return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
 
     def list_manifests(self, *, owner: str, limit: int = 1000) -> list[str]:
         with self._engine.connect() as conn:
@@ -413,7 +474,7 @@ class ShardStore:
             for tmp in (self.root / "tmp").iterdir():
                 tmp.unlink(missing_ok=True)
                 removed += 1
-            with self._engine.begin() as conn:
+            with write_transaction(self._engine) as conn:
                 known = {str(r[0]) for r in conn.execute(sa.select(_shards.c.hash))}
                 referenced = {str(r[0]) for r in conn.execute(sa.select(_refs.c.hash).distinct())}
                 for key in known - referenced:

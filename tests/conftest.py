@@ -23,6 +23,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the sustained attacks of tests/adversarial for a minute each instead of seconds",
     )
+    parser.addoption(
+        "--storage-long",
+        action="store_true",
+        default=False,
+        help="run the storage acceptance tests on 6 edges, with a 1 GiB streamed put/get",
+    )
 
 
 settings.register_profile(

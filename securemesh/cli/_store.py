@@ -36,8 +36,18 @@ __all__ = ["register"]
 T = TypeVar("T")
 
 
+def _wait_shipped(dev: Any, timeout: float) -> None:
+    """Give the device's audit outbox up to ``timeout`` s to ship (what is left ships on a
+    later connect: the outbox is durable)."""
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while dev.status()["audit"].get("outbox_pending", 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
-def _client(args: argparse.Namespace, **options: Any) -> Iterator[Any]:
+def _client(args: argparse.Namespace, *, audited: bool = False, **options: Any) -> Iterator[Any]:
     from securemesh.crypto.identity import NodeIdentity  # noqa: PLC0415 - lazy: start-up
     from securemesh.enroll import IDENTITY_FILE  # noqa: PLC0415
     from securemesh.sdk import Device, storage_client  # noqa: PLC0415
@@ -49,6 +59,8 @@ def _client(args: argparse.Namespace, **options: Any) -> Iterator[Any]:
     identity = NodeIdentity.load(data_dir / IDENTITY_FILE, passphrase)
     with Device.connect(data_dir, passphrase=passphrase, connect_timeout=args.timeout) as dev:
         yield storage_client(dev, identity, index=args.index, timeout=args.timeout, **options)
+        if audited:  # share and challenge record events: let them reach the log
+            _wait_shipped(dev, min(args.timeout, 10.0))
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -92,7 +104,22 @@ def _put(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hex_key(value: str | None, what: str) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise CliError(f"{what} is 32 bytes in hex (64 characters)")
+    return key
+
+
 def _get(args: argparse.Namespace) -> int:
+    owner_key = _hex_key(args.owner_key, "--owner-key")
+    if args.owner is not None and owner_key is None:
+        raise CliError("reading another node's object needs its verify key: --owner-key HEX")
     out_path = Path(args.file)
     tmp = out_path.with_name(out_path.name + ".part")
     with _client(args) as client:
@@ -103,7 +130,15 @@ def _get(args: argparse.Namespace) -> int:
         try:
             with out:
                 progress = _progress(args, f"get {args.name} (segments)")
-                report = _run(client.get_into(args.name, out.write, progress=progress))
+                report = _run(
+                    client.get_into(
+                        args.name,
+                        out.write,
+                        owner=args.owner,
+                        owner_key=owner_key,
+                        progress=progress,
+                    )
+                )
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -137,6 +172,20 @@ def _rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(args: argparse.Namespace) -> int:
+    if args.unshare:
+        with _client(args, audited=True) as client:
+            manifest = _run(client.unshare(args.name, args.reader))
+    else:
+        kx_key = _hex_key(args.kx_key, "--kx-key")
+        if kx_key is None:
+            raise CliError("name the reader's X25519 key: --kx-key HEX (its 'kx key')")
+        with _client(args, audited=True) as client:
+            manifest = _run(client.share(args.name, args.reader, kx_key))
+    print_record(_manifest_doc(manifest), args.format)
+    return 0
+
+
 def _repair(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = _run(client.repair(args.name))
@@ -151,7 +200,7 @@ def _challenge(args: argparse.Namespace) -> int:
     """One challenge per placement column, on a segment chosen at random."""
     import secrets  # noqa: PLC0415
 
-    with _client(args) as client:
+    with _client(args, audited=True) as client:
         manifest = _run(client.stat(args.name))
         results = []
         for index, node in enumerate(manifest.placement if manifest.segments else []):
@@ -166,7 +215,7 @@ def _challenge(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``store put|get|ls|stat|rm|repair|challenge``."""
+    """Add ``store put|get|ls|stat|rm|share|repair|challenge``."""
     common = argparse.ArgumentParser(add_help=False, parents=[data_dir_options()])
     common.add_argument("--index", metavar="NODE", help="the index node (the cloud)")
     common.add_argument(
@@ -196,6 +245,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     get.add_argument("name")
     get.add_argument("file", help="where to write (replaced only when complete)")
     get.add_argument("--progress", action="store_true", help="always show progress")
+    get.add_argument("--owner", metavar="NODE", help="read an object another node shared")
+    get.add_argument(
+        "--owner-key", metavar="HEX", help="the owner's verify key (its certificate's)"
+    )
     get.set_defaults(func=_get)
 
     ls = sub.add_parser("ls", parents=[*parents, format_options()], help="list your objects")
@@ -210,6 +263,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rm = sub.add_parser("rm", parents=parents, help="delete an object's shards and manifests")
     rm.add_argument("name")
     rm.set_defaults(func=_rm)
+
+    share = sub.add_parser(
+        "share", parents=[*parents, format_options()],
+        help="let another node read an object (wraps its data key; a new manifest version)",
+    )  # fmt: skip
+    share.add_argument("name")
+    share.add_argument("reader", help="the reader's node id")
+    share.add_argument("--kx-key", metavar="HEX", help="the reader's X25519 key ('kx key')")
+    share.add_argument(
+        "--unshare", action="store_true",
+        help="remove the reader from future manifest versions (a key it already "
+        "unwrapped still opens the current shards)",
+    )  # fmt: skip
+    share.set_defaults(func=_share)
 
     repair = sub.add_parser(
         "repair", parents=[*parents, format_options()],

@@ -22,7 +22,7 @@
 * :class:`Enrollment` — what :meth:`Device.enroll` reports.
 * :class:`TaskHandle` — what :meth:`Device.submit` returns: a task submitted
   with its intent, and its signed result (docs/tasks.md).
-* :func:`storage_client` / :class:`DeviceRequester` — encrypted edge storage
+* :func:`storage_client` / :class:`DeviceRequester` / :class:`DeviceAudit` — encrypted edge storage
   (docs/storage.md) from a device (:mod:`securemesh.sdk._storage`).
 
 Importing this package is deliberately cheap (it is checked by a test and
@@ -41,11 +41,12 @@ from securemesh.sdk._message import Message, Reply
 
 if TYPE_CHECKING:
     from securemesh.sdk._async import AsyncDevice
-    from securemesh.sdk._storage import DeviceRequester, storage_client
+    from securemesh.sdk._storage import DeviceAudit, DeviceRequester, storage_client
 
 __all__ = [
     "AsyncDevice",
     "Device",
+    "DeviceAudit",
     "DeviceRequester",
     "Enrollment",
     "Message",
@@ -60,7 +61,7 @@ def __getattr__(name: str) -> object:
         from securemesh.sdk._async import AsyncDevice  # noqa: PLC0415 - imports asyncio
 
         return AsyncDevice
-    if name in {"DeviceRequester", "storage_client"}:
+    if name in {"DeviceAudit", "DeviceRequester", "storage_client"}:
         from securemesh.sdk import _storage  # noqa: PLC0415 - loads pydantic and storage
 
         return getattr(_storage, name)

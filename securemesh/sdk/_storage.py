@@ -15,7 +15,7 @@ Imported lazily by :mod:`securemesh.sdk` (it loads pydantic and the storage core
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from securemesh.node import VerifiedMessage
     from securemesh.sdk._device import Device
 
-__all__ = ["DeviceRequester", "storage_client"]
+__all__ = ["DeviceAudit", "DeviceRequester", "storage_client"]
 
 
 class DeviceRequester:
@@ -51,6 +51,33 @@ class DeviceRequester:
         return msg.verified
 
 
+class DeviceAudit:
+    """A device's :meth:`Device.record_audit` as the node seam's ``AuditRecorderLike``."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+
+    def record(
+        self,
+        kind: str,
+        subject: tuple[str, str],
+        *,
+        outcome: str = "success",
+        details: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str | None:
+        return self.device.record_audit(
+            kind,
+            subject,
+            outcome=outcome,
+            details=dict(details) if details is not None else None,
+            event_id=event_id,
+        )
+
+    def status(self) -> dict[str, object]:
+        return {}
+
+
 def storage_client(
     device: Device, identity: NodeIdentity, *, index: str, **options: Any
 ) -> StorageClient:
@@ -62,6 +89,6 @@ def storage_client(
         kx_secret=identity.kx_secret(),
         kx_public=identity.kx_public,
         index=index,
-        audit=device.record_audit,
+        audit=DeviceAudit(device),
         **options,
     )

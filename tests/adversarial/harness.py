@@ -226,43 +226,55 @@ def _curve_key(data_dir: Path) -> bytes:
 def operator_mesh(
     root: Path,
     *,
+    services: Sequence[str] = (),
+    tables: str = "",
+    env: dict[str, str] | None = None,
     edge_services: Sequence[str] = (),
     edge_tables: str = "",
     pythonpath: Sequence[Path] = (),
 ) -> Iterator[Mesh]:
     """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit.
 
-    ``edge_services`` (``"module:factory"``) are loaded by the edge besides the
-    test services, ``edge_tables`` appended to its ``node.toml`` (policy rules),
-    ``pythonpath`` added to the daemons' (where those modules are).
+    ``services`` (``"module:factory"``) are loaded by both daemons besides the
+    test services and ``tables`` added to both ``node.toml`` files (policy
+    rules); ``edge_services`` and ``edge_tables`` go to the edge only.
+    ``pythonpath`` is added to the daemons' (where those modules are) and
+    ``env`` to both daemons' environment (a module that attacks a service).
     """
     from securemesh.cli import _mesh as mesh_cli  # the KDF knob tests/enroll use too
-
-    services = ", ".join(f'"{s}"' for s in ("adversarial_services:register", *edge_services))
-    edge_top = FAST_TOML.replace(
-        'services = ["adversarial_services:register"]', f"services = [{services}]"
-    )
 
     cloud_dir, edge_dir = root / "cloud", root / "edge"
     cloud_ep = f"tcp://127.0.0.1:{free_port()}"
     edge_ep = f"tcp://127.0.0.1:{free_port()}"
     saved_kdf = mesh_cli._KDF_PARAMS
     mesh_cli._KDF_PARAMS = FAST_KDF  # key files the daemons open in milliseconds
+
+    def _top(loaded: Sequence[str]) -> str:
+        entries = ("adversarial_services:register", *loaded)
+        return FAST_TOML.replace(
+            '"adversarial_services:register"', ", ".join(f'"{entry}"' for entry in entries)
+        )
+
+    top, edge_top = _top(services), _top([*services, *edge_services])
+    daemon_environment = {
+        **daemon_env(pythonpath=[HERE, *pythonpath], passphrase=PASSPHRASE),
+        **(env or {}),
+    }
     with (
         contextlib.ExitStack() as restore,
-        reaped(daemon_env(pythonpath=[HERE, *pythonpath], passphrase=PASSPHRASE)) as daemons,
+        reaped(daemon_environment) as daemons,
     ):
         restore.callback(setattr, mesh_cli, "_KDF_PARAMS", saved_kdf)
         init_cloud(
             cloud_dir, PASSPHRASE, node_id=CLOUD_ID, listen=cloud_ep,
-            top=FAST_TOML, tables=POLICY_TOML,
+            top=top, tables=POLICY_TOML + tables,
         )  # fmt: skip
         daemons.run("cloud", cloud_dir)
         mesh = Mesh(root, cloud_dir, edge_dir, daemons)
         # the edge gets a delegated authority: it enrolls devices itself (edge-1.*)
         enroll_edge(
             cloud_dir, edge_dir, EDGE_ID, PASSPHRASE, listen=edge_ep,
-            top=edge_top, tables=POLICY_TOML + edge_tables,
+            top=edge_top, tables=POLICY_TOML + tables + edge_tables,
         )  # fmt: skip
         daemons.run("edge", edge_dir)
         mesh.endpoints = {"cloud": cloud_ep, "edge": edge_ep}

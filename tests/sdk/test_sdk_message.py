@@ -35,6 +35,7 @@ def test_public_surface() -> None:
     assert sorted(securemesh.sdk.__all__) == [
         "AsyncDevice",
         "Device",
+        "DeviceAudit",
         "DeviceRequester",
         "Enrollment",
         "Message",

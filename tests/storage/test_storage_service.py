@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 from node_testlib import Built, Fixture, Member, build_node, memory_factory, run, wait_for
 
-from securemesh.errors import LocalError
+from securemesh.errors import AuthenticationError, LocalError
 from securemesh.node import NullAuditRecorder, ServiceHost
-from securemesh.storage import Candidate, StorageClient, StorageService
+from securemesh.storage import (
+    Candidate,
+    GetPlan,
+    ObjectUnreadable,
+    StorageClient,
+    StorageService,
+)
 
 STORAGE_POLICY = {"allow": [{"types": ["storage.*"]}]}
 
@@ -43,7 +49,9 @@ async def _edge_and_device(
     return edge, dev, host, audit, dev_m
 
 
-def _client(dev: Built, member: Member, timeout: float = 5.0) -> StorageClient:
+def _client(
+    dev: Built, member: Member, timeout: float = 5.0, audit: NullAuditRecorder | None = None
+) -> StorageClient:
     return StorageClient(
         dev.node,
         node_id=member.node_id,
@@ -55,6 +63,7 @@ def _client(dev: Built, member: Member, timeout: float = 5.0) -> StorageClient:
         n=1,
         segment_size=4096,
         timeout=timeout,
+        audit=audit,
     )
 
 
@@ -125,6 +134,73 @@ def test_each_sender_has_a_bounded_number_of_requests_in_the_store(tmp_path: Pat
         finally:
             gate.set()
             await dev.node.stop(0.5)
+            await host.stop()
+            await edge.node.stop(0.5)
+
+    run(main())
+
+
+def test_share_lets_a_reader_get_and_unshare_drops_it_from_new_versions(tmp_path: Path) -> None:
+    """``share`` wraps the data key for another node in a new signed manifest version."""
+
+    async def main() -> None:
+        fx = Fixture()
+        f = memory_factory()
+        owner_m, reader_m = fx.member("dev-1", "end"), fx.member("dev-2", "end")
+        edge = build_node(
+            fx, fx.member("edge-1", "edge"), f, listen="memory://st-share",
+            known=[owner_m, reader_m], policy=STORAGE_POLICY,
+        )  # fmt: skip
+        svc = StorageService()
+        host = ServiceHost(edge.node, audit=NullAuditRecorder(), data_dir=tmp_path / "storage")
+        host.install(svc)
+        await edge.node.start()
+        await host.start()
+        devs = [
+            build_node(fx, m, f, parent=edge.node, policy=STORAGE_POLICY)
+            for m in (owner_m, reader_m)
+        ]
+        for d in devs:
+            await d.node.start()
+            await d.node.wait_parent(5)
+        owner_audit = NullAuditRecorder(origin="dev-1")
+        owner = _client(devs[0], owner_m, audit=owner_audit)
+        reader = _client(devs[1], reader_m)
+        nodes = [Candidate("edge-1")]
+        as_reader = {"owner": "dev-1", "owner_key": owner_m.identity.verify_key, "nodes": nodes}
+        try:
+            data = os.urandom(9_000)
+            first = await owner.put("shared/x", data, nodes=nodes)
+            # not a reader: the edge will not hand out the manifest ...
+            with pytest.raises(ObjectUnreadable):
+                await reader.get("shared/x", **as_reader)
+            # ... and with the manifest in hand the key does not unwrap
+            with pytest.raises(AuthenticationError):
+                GetPlan.for_reader(first, "dev-2", reader_m.identity.kx_secret())
+            shared = await owner.share(
+                "shared/x", "dev-2", reader_m.identity.kx_public, nodes=nodes
+            )
+            assert set(shared.readers) == {"dev-1", "dev-2"}
+            assert shared.created_ms > first.created_ms
+            assert shared.merkle_root == first.merkle_root
+            back, _ = await reader.get("shared/x", **as_reader)
+            assert back == data
+            assert [
+                (e.kind, e.details["reader"], e.details["action"]) for e in owner_audit.events
+            ] == [("storage.share", "dev-2", "share")]
+            # another reader's wrapped key does not open for someone who is not it
+            with pytest.raises(AuthenticationError):
+                GetPlan.for_reader(shared, "dev-2", owner_m.identity.kx_secret())
+            unshared = await owner.unshare("shared/x", "dev-2", nodes=nodes)
+            assert set(unshared.readers) == {"dev-1"}
+            with pytest.raises(ObjectUnreadable):
+                await reader.get("shared/x", **as_reader)
+            assert owner_audit.events[-1].details["action"] == "unshare"
+            with pytest.raises(LocalError, match="owner stays a reader"):
+                await owner.unshare("shared/x", "dev-1", nodes=nodes)
+        finally:
+            for d in devs:
+                await d.node.stop(0.5)
             await host.stop()
             await edge.node.stop(0.5)
 

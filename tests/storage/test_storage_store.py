@@ -11,6 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securemesh.audit.log import open_log
+from securemesh.audit.store import create_audit_engine
+from securemesh.crypto.identity import NodeIdentity
 from securemesh.storage import QuotaExceeded, ShardCorrupt, ShardNotFound, ShardStore, shard_hash
 
 OID = "ab" * 16
@@ -151,6 +154,39 @@ def test_metadata_on_postgresql(tmp_path: Path, audit_pg_url: str) -> None:
     store.close()
 
 
+def _index_beside_an_audit_log(tmp_path: Path, url: str) -> None:
+    """The cloud's object index in the audit log's database: both work, neither disturbs."""
+    log = open_log(url, signer=NodeIdentity.generate().signer, origin="cloud-log")
+    store = ShardStore(tmp_path / "s", engine=create_audit_engine(url))
+    try:
+        store.put_manifest(owner="dev", name="a", object_id=OID, blob=b"manifest")
+        store.relocate(object_id=OID, column=2, from_node="e1", node="e7")
+        assert store.get_manifest(owner="dev", name="a") == b"manifest"
+        assert store.relocations(OID) == {2: ("e1", "e7")}
+        assert store.stats().manifests == 1
+    finally:
+        store.close()
+        log.close()
+    again = ShardStore(tmp_path / "s", engine=create_audit_engine(url))
+    try:
+        assert again.manifests_after(None) == [("dev", "a", b"manifest")]
+    finally:
+        again.close()
+
+
+def test_the_index_lives_in_the_audit_logs_sqlite_database(tmp_path: Path) -> None:
+    db = tmp_path / "audit.db"
+    _index_beside_an_audit_log(tmp_path, str(db))
+    assert not (tmp_path / "s" / "shards.db").exists()  # nothing in a database of its own
+
+
+@pytest.mark.postgres
+def test_the_index_lives_in_the_audit_logs_postgresql_database(
+    tmp_path: Path, audit_pg_url: str
+) -> None:
+    _index_beside_an_audit_log(tmp_path, audit_pg_url)
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     ops=st.lists(
@@ -181,3 +217,25 @@ def test_kept_usage_matches_a_recount(ops: list[tuple[str, str, int]]) -> None:
         again = ShardStore(Path(tmp))
         assert again.stats() == kept
         again.close()
+
+
+def test_manifests_page_in_order_and_relocations_go_with_their_manifest(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path)
+    try:
+        for owner, name in [("b", "x"), ("a", "z"), ("a", "y")]:
+            store.put_manifest(
+                owner=owner, name=name, object_id=owner * 32, blob=b"m" + name.encode()
+            )
+        first = store.manifests_after(None, 2)
+        assert [(o, n) for o, n, _ in first] == [("a", "y"), ("a", "z")]
+        rest = store.manifests_after((first[-1][0], first[-1][1]), 2)
+        assert [(o, n, b) for o, n, b in rest] == [("b", "x", b"mx")]
+        assert store.manifests_after(("b", "x"), 2) == []
+        store.relocate(object_id="b" * 32, column=1, from_node="e1", node="e4")
+        store.relocate(object_id="b" * 32, column=1, from_node="e1", node="e5")  # replaces
+        assert store.relocations("b" * 32) == {1: ("e1", "e5")}
+        assert store.relocations("a" * 32) == {}
+        assert store.delete_manifest(owner="b", name="x")
+        assert store.relocations("b" * 32) == {}
+    finally:
+        store.close()
