@@ -636,6 +636,7 @@ class TaskService(Service):
                 "attempt": run.attempt,
                 "ms": outcome.finished_ms - started,
                 **({"error": error} if error else {}),
+                **({"objects": len(request.stored_objects)} if request.stored_objects else {}),
             },
         )
         return SignedTaskResult(outcome=outcome, signature=signature)
@@ -678,7 +679,8 @@ class TaskService(Service):
         scheduler = self.scheduler
         if scheduler is None:
             raise LocalError("this tasks service does not schedule")
-        candidates = await self._candidates()
+        with self._submits.slot(submitter):  # bounded like submissions (peers are asked)
+            candidates = await self._candidates()
         ranked = scheduler.rank(
             request, candidates, remaining_s=request.intent.deadline_s, origin=submitter
         )

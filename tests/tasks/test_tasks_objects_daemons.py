@@ -95,13 +95,13 @@ class Mesh(DeviceMesh):
     client: StorageClient
 
 
-def failure_details(cloud: Path, task_id: str) -> list[dict[str, Any]]:
+def details(cloud: Path, kind: str, subject: str) -> list[dict[str, Any]]:
+    """The details of the cloud log's ``kind`` events about ``subject``."""
     out = cli(
-        "audit", "query", "--db", str(cloud / "audit.db"), "--kind", "task.failed",
-        "--format", "json",
+        "audit", "query", "--db", str(cloud / "audit.db"), "--kind", kind, "--format", "json",
     )  # fmt: skip
     rows = json.loads(out)
-    return [r["details"] for r in rows if r["subject"]["id"] == task_id]
+    return [r["details"] for r in rows if r["subject"]["id"] == subject]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_a_task_over_an_object_runs_on_a_holder_that_got_the_key_only_then(mesh:
     seen: list[dict[str, Any]] = []
 
     def refused_there() -> bool:
-        seen[:] = failure_details(mesh.dir("cloud-1"), early.task_id)
+        seen[:] = details(mesh.dir("cloud-1"), "task.failed", early.task_id)
         # the storage edges give a manifest to its readers only, so the executor cannot
         # even find it (and the key inside is wrapped for the owner alone)
         return any(d.get("error") == "ObjectUnreadable" for d in seen)
@@ -215,3 +215,13 @@ def test_a_task_over_an_object_runs_on_a_holder_that_got_the_key_only_then(mesh:
     assert shared.placement == manifest.placement  # the shards did not move
     status = read_status(mesh.dir(placement.node))["services"]["tasks"]["counts"]
     assert status.get("objects_read") == 1
+    # the executor's run and the owner's share are in the cloud log
+    cloud = mesh.dir("cloud-1")
+    poll(
+        lambda: (
+            any(d.get("objects") == 1 for d in details(cloud, "task.finished", handle.task_id))
+            and {"reader": placement.node, "action": "share", "name": "inputs/data.bin"}
+            in details(cloud, "storage.share", manifest.object_id)
+        ),
+        "task.finished (1 object) and storage.share in the cloud log",
+    )
