@@ -27,18 +27,30 @@ The task types:
   deadline (module-level functions run in worker processes; ``async`` ones
   and closures in the node's process);
 * ``demo.flaky`` -- succeeds, except on a node built with :func:`make_broken`,
-  where it raises (to show a retry elsewhere).
+  where it raises (to show a retry elsewhere);
+* ``demo.digest`` -- the size and sha256 of each input (inline frames, then the
+  stored objects the executor fetched and decrypted: docs/tasks.md, "Tasks over
+  stored objects").
+
+With ``SECUREMESH_TASKS_STORAGE_INDEX`` set (the node answering ``storage.nodes``,
+the cloud) in the daemon's environment, the executor reads stored-object inputs
+through :func:`securemesh.sdk.stored_object_reader`; load the storage service too::
+
+    services = ["securemesh.storage:make_service", "task_service:make"]
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import time
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from securemesh.tasks import IntentAware, Scheduler, TaskRegistry, TaskService
+from securemesh.sdk import stored_object_reader
+from securemesh.tasks import IntentAware, ObjectReader, Scheduler, TaskRegistry, TaskService
 
 
 class _Args(BaseModel):
@@ -68,6 +80,25 @@ class FlakyArgs(_Args):
 
 class FlakyResult(BaseModel):
     value: int
+
+
+class DigestArgs(_Args):
+    """No arguments: the inputs are the data."""
+
+
+class Digest(BaseModel):
+    size: int
+    sha256: str
+
+
+class DigestResult(BaseModel):
+    inputs: list[Digest]
+
+
+def demo_digest(args: DigestArgs, inputs: Sequence[bytes]) -> DigestResult:
+    return DigestResult(
+        inputs=[Digest(size=len(b), sha256=hashlib.sha256(b).hexdigest()) for b in inputs]
+    )
 
 
 def demo_sum(args: SumArgs, inputs: Sequence[bytes]) -> SumResult:
@@ -100,21 +131,30 @@ def _registry(*, broken: bool) -> TaskRegistry:
     registry.task("demo.sleep", work=1.0)(demo_sleep)
     registry.task("demo.spin", work=1.0)(demo_spin)
     registry.task("demo.flaky", work=1.0)(demo_flaky_broken if broken else demo_flaky)
+    registry.task("demo.digest", work=1.0)(demo_digest)
     return registry
+
+
+def _reader() -> ObjectReader | None:
+    index = os.environ.get("SECUREMESH_TASKS_STORAGE_INDEX")
+    return stored_object_reader(index) if index else None
 
 
 def make() -> TaskService:
     """An executor of the demo types (``services = ["task_service:make"]``)."""
-    return TaskService(_registry(broken=False))
+    return TaskService(_registry(broken=False), object_reader=_reader())
 
 
 def make_broken() -> TaskService:
     """An executor whose ``demo.flaky`` always fails (to show retries)."""
-    return TaskService(_registry(broken=True))
+    return TaskService(_registry(broken=True), object_reader=_reader())
 
 
 def make_scheduler() -> TaskService:
     """Executor and scheduler (intent-aware policy); ``task.submit`` needs role ``submitter``."""
     return TaskService(
-        _registry(broken=False), scheduler=Scheduler(IntentAware()), submit_roles=["submitter"]
+        _registry(broken=False),
+        scheduler=Scheduler(IntentAware()),
+        submit_roles=["submitter"],
+        object_reader=_reader(),
     )

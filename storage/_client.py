@@ -211,7 +211,7 @@ class StorageClient:
         requester: Requester,
         *,
         node_id: str,
-        signer: Signer,
+        signer: Signer | None,
         kx_secret: bytes,
         kx_public: bytes,
         index: str,
@@ -263,6 +263,12 @@ class StorageClient:
             self._codec.shutdown(wait=True)
             self._codec = None
 
+    def _writer(self) -> Signer:
+        """The owner's signer: a client built without one only reads (a task's executor)."""
+        if self._signer is None:
+            raise LocalError("this storage client reads only (it has no signer)")
+        return self._signer
+
     # ---------------------------------------------------------------- nodes
 
     async def nodes(self) -> list[Candidate]:
@@ -305,7 +311,7 @@ class StorageClient:
         plan = PutPlan(
             name=name,
             owner=self.node_id,
-            signer=self._signer,
+            signer=self._writer(),
             size=size,
             placement=placement,
             readers={self.node_id: self._kx_public, **(readers or {})},
@@ -424,7 +430,8 @@ class StorageClient:
     ) -> Manifest:
         """The verified manifest of ``owner``'s (default: our) object ``name``."""
         owner = owner or self.node_id
-        verify_key = owner_key or (self._signer.verify_key if owner == self.node_id else None)
+        own = self._signer.verify_key if self._signer is not None else None
+        verify_key = owner_key or (own if owner == self.node_id else None)
         if verify_key is None:
             raise LocalError("reading another owner's object needs the owner's verify key")
         candidates = nodes if nodes is not None else await self.nodes()
@@ -612,7 +619,7 @@ class StorageClient:
             rebuilt += len(columns)
         placement = [new_node.get(j, node) for j, node in enumerate(m.placement)]
         repaired = Manifest.model_validate({**m.model_dump(), "placement": placement})
-        await self._put_manifest(repaired, sign_manifest(repaired, self._signer), candidates)
+        await self._put_manifest(repaired, sign_manifest(repaired, self._writer()), candidates)
         await asyncio.gather(
             *(
                 self._quiet(m.placement[j], MSG_SHARD_DELETE, ObjectRef(object_id=m.object_id))
@@ -703,7 +710,7 @@ class StorageClient:
     async def _publish(
         self, manifest: Manifest, candidates: Sequence[Candidate], reader: str, action: str
     ) -> None:
-        await self._put_manifest(manifest, sign_manifest(manifest, self._signer), candidates)
+        await self._put_manifest(manifest, sign_manifest(manifest, self._writer()), candidates)
         if self._audit is not None:
             self._audit.record(
                 KIND_SHARE,

@@ -655,6 +655,15 @@ class NodeContext:
         """
         return self._node._signer.sign(statement_message(self.name, data))
 
+    def kx_secret(self) -> bytes:
+        """The node's raw X25519 private key, to open what was sealed to this node.
+
+        For services that read data whose key was wrapped for this node's
+        certificate ``kx_key`` (a stored object shared with a task's executor:
+        :class:`securemesh.storage.StorageClient`). Never log or send it.
+        """
+        return self._node._identity.kx_secret()
+
     # neighbours
     def peers(self) -> dict[str, NodeReport]:
         """Each neighbour's latest ``node.report`` (children that reported so far)."""

@@ -23,7 +23,10 @@
 * :class:`TaskHandle` — what :meth:`Device.submit` returns: a task submitted
   with its intent, and its signed result (docs/tasks.md).
 * :func:`storage_client` / :class:`DeviceRequester` / :class:`DeviceAudit` — encrypted edge storage
-  (docs/storage.md) from a device (:mod:`securemesh.sdk._storage`).
+  (docs/storage.md) from a device (:mod:`securemesh.sdk._storage`);
+  :func:`submit_over_objects` (a task over the device's stored objects: place, share
+  the data keys with the chosen executor, submit pinned there) and
+  :func:`stored_object_reader` (the executor side, for ``TaskService(object_reader=...)``).
 * :func:`he_contribute` / :func:`he_key_owner` — homomorphic encryption jobs
   (docs/he.md) from a device (:mod:`securemesh.sdk._he`; TenSEAL loads only
   when one is called).
@@ -45,7 +48,13 @@ from securemesh.sdk._message import Message, Reply
 if TYPE_CHECKING:
     from securemesh.sdk._async import AsyncDevice
     from securemesh.sdk._he import he_contribute, he_key_owner
-    from securemesh.sdk._storage import DeviceAudit, DeviceRequester, storage_client
+    from securemesh.sdk._storage import (
+        DeviceAudit,
+        DeviceRequester,
+        storage_client,
+        stored_object_reader,
+        submit_over_objects,
+    )
 
 __all__ = [
     "AsyncDevice",
@@ -59,6 +68,8 @@ __all__ = [
     "he_contribute",
     "he_key_owner",
     "storage_client",
+    "stored_object_reader",
+    "submit_over_objects",
 ]
 
 
@@ -67,7 +78,13 @@ def __getattr__(name: str) -> object:
         from securemesh.sdk._async import AsyncDevice  # noqa: PLC0415 - imports asyncio
 
         return AsyncDevice
-    if name in {"DeviceAudit", "DeviceRequester", "storage_client"}:
+    if name in {
+        "DeviceAudit",
+        "DeviceRequester",
+        "storage_client",
+        "stored_object_reader",
+        "submit_over_objects",
+    }:
         from securemesh.sdk import _storage  # noqa: PLC0415 - loads pydantic and storage
 
         return getattr(_storage, name)

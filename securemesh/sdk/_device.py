@@ -402,6 +402,7 @@ class Device:
         inline: Sequence[bytes] = (),
         objects: Sequence[ObjectRef] = (),
         detached: bool | None = None,
+        executor: str | None = None,
     ) -> TaskHandle:
         """Submit a task with its intent to the ``scheduler`` node; a handle to its result.
 
@@ -417,13 +418,22 @@ class Device:
         taken as the edge's; or ``detached=True``): ``task.start`` returns at
         once and the handle polls ``task.result`` (long polls of a quarter of
         that window) until the result, a failure or the deadline plus 5 s.
+
+        ``executor`` pins the task to that node (after ``task.place``; a task over
+        stored objects: :func:`securemesh.sdk.submit_over_objects`).
         """
         import asyncio  # noqa: PLC0415 - already loaded by connect()
 
         from securemesh.tasks import new_request  # noqa: PLC0415 - lazy: only when used
 
         request, frames = new_request(
-            task_type, args, intent=intent, work=work, inline=list(inline), objects=list(objects)
+            task_type,
+            args,
+            intent=intent,
+            work=work,
+            inline=list(inline),
+            objects=list(objects),
+            executor=executor,
         )
         if self._closed:
             raise TransportClosed("the device is closed")

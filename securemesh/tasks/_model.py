@@ -29,6 +29,7 @@ __all__ = [
     "TaskInput",
     "TaskIntent",
     "TaskOutcome",
+    "TaskPlacement",
     "TaskRequest",
     "TaskRun",
     "canonical_json",
@@ -51,6 +52,9 @@ TaskTypeName = Annotated[
 TaskId = Annotated[str, Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")]
 NodeId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Hex32 = Annotated[str, Field(min_length=64, max_length=64, pattern=r"^[0-9a-f]{64}$")]
+#: a storage object id (16 bytes, securemesh.storage) or any 32-byte digest
+ObjectIdHex = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")]
+ObjectName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,255}$")]
 Weight = Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
 
 #: ``any``: anywhere; ``edge-only``: never on a cloud node; ``device-only``: only on
@@ -101,15 +105,23 @@ class ObjectRef(_Strict):
     """A stored object (securemesh.storage) the task reads: its id, size and holders.
 
     ``holders`` is a locality hint: the nodes that hold shards of the object
-    (the storage layer fills it, or a :data:`~securemesh.tasks.LocalityHook`
-    answers it at placement). The executor fetches and decrypts the object
-    itself -- not built yet (docs/tasks.md).
+    (the submitter fills it from the manifest's placement, or a
+    :data:`~securemesh.tasks.LocalityHook` answers it at placement).
+
+    With ``name``, the object is the *submitter's* stored object ``name``: the
+    executor fetches it through the storage client (the manifest verified
+    under the submitter's key) and decrypts it with the data key the owner
+    wrapped for it -- the owner shares it with the executor that
+    ``task.place`` chose, and pins the submission there (``TaskRequest.executor``;
+    docs/tasks.md). The task function gets its bytes after the inline inputs.
+    Without ``name`` it is a locality hint only (nothing is fetched).
     """
 
     kind: Literal["object"] = "object"
-    object_id: Hex32
+    object_id: ObjectIdHex
     size: int = Field(ge=0, le=2**53)
     holders: list[NodeId] = Field(default_factory=list, max_length=64)
+    name: ObjectName | None = None
 
 
 TaskInput = Annotated[InlineInput | ObjectRef, Field(discriminator="kind")]
@@ -125,6 +137,9 @@ class TaskRequest(_Strict):
     intent: TaskIntent
     #: Estimated work in the mesh's work units (a node's ``speed`` is units/s).
     work: float = Field(gt=0.0, le=1e12, allow_inf_nan=False)
+    #: Pinned placement (from ``task.place``): only this node may run the task, so
+    #: a data key shared with it is never needed elsewhere (no retry on another node).
+    executor: NodeId | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> TaskRequest:
@@ -139,6 +154,24 @@ class TaskRequest(_Strict):
     def inline_bytes(self) -> int:
         return sum(i.size for i in self.inputs if isinstance(i, InlineInput))
 
+    @property
+    def stored_objects(self) -> list[ObjectRef]:
+        """The inputs the executor fetches from storage (object refs with a name)."""
+        return [i for i in self.inputs if isinstance(i, ObjectRef) and i.name is not None]
+
+
+class TaskPlacement(_Strict):
+    """``task.place`` reply: where the scheduler would run the request now.
+
+    ``certificate`` is the node's signed certificate (hex): the submitter
+    verifies it against its own trust store before wrapping a data key for
+    its ``kx_key`` -- it does not take the scheduler's word for the key.
+    """
+
+    node: NodeId
+    predicted_ms: int = Field(ge=0, le=2**53)
+    certificate: str = Field(min_length=2, max_length=16_384, pattern=r"^[0-9a-f]+$")
+
 
 class TaskRun(_Strict):
     """``task.run`` body: the scheduler asks an executor to run a task before ``deadline_ms``."""
@@ -147,6 +180,9 @@ class TaskRun(_Strict):
     submitter: NodeId
     deadline_ms: int = Field(ge=0, le=2**53)
     attempt: int = Field(ge=1, le=16)
+    #: the submitter's Ed25519 verify key (hex), from the scheduler's view of its
+    #: certificate: what the executor checks the stored objects' manifests under
+    submitter_key: Hex32 | None = None
 
 
 class TaskOutcome(_Strict):
@@ -205,6 +241,7 @@ def new_request(
     inline: list[bytes] | None = None,
     objects: list[ObjectRef] | None = None,
     task_id: str | None = None,
+    executor: str | None = None,
 ) -> tuple[TaskRequest, list[bytes]]:
     """A request (random task id unless given) and the frames that carry its inline inputs."""
     import os  # noqa: PLC0415
@@ -222,5 +259,6 @@ def new_request(
         inputs=inputs,
         intent=intent,
         work=work,
+        executor=executor,
     )
     return request, frames

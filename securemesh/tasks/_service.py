@@ -59,7 +59,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -77,8 +77,10 @@ from securemesh.node import NodeContext, Service, VerifiedMessage, verify_statem
 from securemesh.policy import AllowTypes
 from securemesh.tasks._model import (
     InlineInput,
+    ObjectRef,
     SignedTaskResult,
     TaskOutcome,
+    TaskPlacement,
     TaskRequest,
     TaskRun,
     TaskTypeName,
@@ -101,6 +103,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MSG_ABORT",
     "MSG_CANCEL",
+    "MSG_PLACE",
     "MSG_RESULT",
     "MSG_RUN",
     "MSG_START",
@@ -109,6 +112,7 @@ __all__ = [
     "MSG_TYPES",
     "SERVICE_NAME",
     "DeadlinePassed",
+    "ObjectReader",
     "TaskBusy",
     "TaskCancelled",
     "TaskFailed",
@@ -134,6 +138,15 @@ MSG_STATUS: Final = "task.status"  # submitter -> scheduler
 MSG_ABORT: Final = "task.abort"  # scheduler -> executor
 MSG_START: Final = "task.start"  # submitter -> scheduler: submit, reply at once
 MSG_RESULT: Final = "task.result"  # submitter -> scheduler: poll (long-poll) a result
+MSG_PLACE: Final = "task.place"  # submitter -> scheduler: where would it run (no run)
+#: the stored objects one task reads, at most (in all; they reach the function whole)
+MAX_OBJECT_INPUT_BYTES: Final = 64 * 1024 * 1024
+
+#: How an executor reads a task's stored object: ``(ctx, owner, owner_verify_key, ref,
+#: max_bytes)`` -> the object's plaintext. The storage-backed one is
+#: :func:`securemesh.sdk.stored_object_reader` (tasks and storage are independent
+#: packages; the layer above joins them).
+ObjectReader = Callable[[NodeContext, str, bytes, ObjectRef, int], Awaitable[bytes]]
 KIND_CANCELLED: Final = "task.cancelled"
 #: submissions whose state a scheduler keeps for ``task.status``: in all, per submitter
 _HISTORY_KEPT: Final = 4096
@@ -323,12 +336,15 @@ class TaskService(Service):
         types_ttl: float = 30.0,
         patience: float = 3.0,
         workers: str = "process",
+        object_reader: ObjectReader | None = None,
     ) -> None:
         if not (1 <= max_concurrency <= 1024 and 1 <= max_per_peer <= max_queue <= 65_536):
             raise LocalError("need 1 <= max_concurrency <= 1024, 1 <= max_per_peer <= max_queue")
         if not 1 <= max_attempts <= 16:
             raise LocalError("max_attempts is between 1 and 16")
         self.registry = registry
+        #: reads stored-object inputs on this executor (None: such tasks fail here)
+        self.object_reader = object_reader
         self.scheduler = scheduler
         self.submit_roles = None if submit_roles is None else tuple(submit_roles)
         self.max_concurrency = max_concurrency
@@ -397,7 +413,7 @@ class TaskService(Service):
         ctx.on(MSG_ABORT, self._on_abort, policy=nodes)
         if self.scheduler is not None:
             submitters = AllowTypes(
-                types=[MSG_SUBMIT, MSG_START, MSG_RESULT, MSG_CANCEL, MSG_STATUS],
+                types=[MSG_SUBMIT, MSG_START, MSG_RESULT, MSG_CANCEL, MSG_STATUS, MSG_PLACE],
                 roles=self.submit_roles,
             )
             ctx.on(MSG_SUBMIT, self._on_submit, policy=submitters)
@@ -405,6 +421,7 @@ class TaskService(Service):
             ctx.on(MSG_RESULT, self._on_result, policy=submitters)
             ctx.on(MSG_CANCEL, self._on_cancel, policy=submitters)
             ctx.on(MSG_STATUS, self._on_status, policy=submitters)
+            ctx.on(MSG_PLACE, self._on_place, policy=submitters)
 
     async def start(self) -> None:
         self._sem = asyncio.Semaphore(self.max_concurrency)
@@ -579,7 +596,8 @@ class TaskService(Service):
         try:
             remaining = (run.deadline_ms - started) / 1000
             async with asyncio.timeout(max(0.0, remaining)):
-                produced = await self._call(task_type, args, inline)
+                objects = await self._read_objects(run)
+                produced = await self._call(task_type, args, [*inline, *objects])
             value = task_type.check_result(produced).model_dump(mode="json")
             if len(canonical_json(value)) > 256 * 1024:
                 raise ValueError("result too large")
@@ -618,11 +636,64 @@ class TaskService(Service):
                 "attempt": run.attempt,
                 "ms": outcome.finished_ms - started,
                 **({"error": error} if error else {}),
+                **({"objects": len(request.stored_objects)} if request.stored_objects else {}),
             },
         )
         return SignedTaskResult(outcome=outcome, signature=signature)
 
+    async def _read_objects(self, run: TaskRun) -> list[bytes]:
+        """The run's stored objects, fetched and decrypted here (the submitter's own,
+        checked under the key the scheduler vouches for; at most 64 MiB in all)."""
+        refs = run.request.stored_objects
+        if not refs:
+            return []
+        if self.object_reader is None:
+            raise LocalError("this executor reads no stored objects")
+        if run.submitter_key is None:
+            raise AuthenticationError("no submitter key to check the objects' manifests")
+        key = bytes.fromhex(run.submitter_key)
+        out: list[bytes] = []
+        left = MAX_OBJECT_INPUT_BYTES
+        for ref in refs:
+            data = await self.object_reader(self.ctx, run.submitter, key, ref, left)
+            if len(data) > left:
+                raise LocalError("the stored objects exceed the task's input bound")
+            left -= len(data)
+            out.append(data)
+        self.counts["objects_read"] += len(out)
+        return out
+
     # ------------------------------------------------------------- scheduler
+
+    async def _on_place(self, msg: VerifiedMessage) -> TaskPlacement:
+        return await self.place(msg.body(TaskRequest), submitter=msg.sender)
+
+    async def place(self, request: TaskRequest, *, submitter: str) -> TaskPlacement:
+        """Where ``request`` would run now (ranked as ``submit`` would), without running it.
+
+        The owner of the request's stored objects wraps their data key for the
+        node named here -- after placement, and only for it -- then submits the
+        request pinned to it (``executor``). The reply carries the node's signed
+        certificate for the owner to verify (docs/tasks.md, "Tasks over stored objects").
+        """
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise LocalError("this tasks service does not schedule")
+        with self._submits.slot(submitter):  # bounded like submissions (peers are asked)
+            candidates = await self._candidates()
+        ranked = scheduler.rank(
+            request, candidates, remaining_s=request.intent.deadline_s, origin=submitter
+        )
+        best = ranked[0]
+        signed = self.ctx.node.directory.signed_certificate(best.candidate.node_id)
+        if signed is None:
+            raise NoPlacement("no certificate for the chosen node", {"certificate": 1})
+        self.counts["placed_query"] += 1
+        return TaskPlacement(
+            node=best.candidate.node_id,
+            predicted_ms=int(best.time_s * 1000),
+            certificate=signed.to_bytes().hex(),
+        )
 
     async def _on_submit(self, msg: VerifiedMessage) -> SignedTaskResult:
         request = msg.body(TaskRequest)
@@ -871,8 +942,11 @@ class TaskService(Service):
         self.counts["submitted"] += 1
         tried: list[str] = []
         errors: list[str] = []
+        submitter_key = self._submitter_key(request, submitter)
         for attempt in range(1, self.max_attempts + 1):
             candidates = await self._candidates()
+            if request.executor is not None:  # pinned by the submitter (task.place)
+                candidates = [c for c in candidates if c.node_id == request.executor]
             remaining = (deadline_ms - self._now_ms()) / 1000
             try:
                 ranked = scheduler.rank(
@@ -903,7 +977,11 @@ class TaskService(Service):
                 },
             )
             run = TaskRun(
-                request=request, submitter=submitter, deadline_ms=deadline_ms, attempt=attempt
+                request=request,
+                submitter=submitter,
+                deadline_ms=deadline_ms,
+                attempt=attempt,
+                submitter_key=submitter_key,
             )
             # a node that stops answering (lost, killed) must not eat the whole deadline
             # while other nodes could still make it: wait `patience` x its prediction
@@ -940,6 +1018,15 @@ class TaskService(Service):
         err: RemoteError = DeadlinePassed("missed") if missed else TaskFailed("failed")
         err.public_detail = f"attempts={len(tried)}" + (" deadline missed" if missed else "")
         raise err
+
+    def _submitter_key(self, request: TaskRequest, submitter: str) -> str | None:
+        """The submitter's verify key (hex) when the executor must check its objects."""
+        if not request.stored_objects:
+            return None
+        cert = self.ctx.certificates.get(submitter)
+        if cert is None:
+            raise AuthenticationError("no valid certificate for the submitter")
+        return cert.verify_key.hex()
 
     async def _run_on(
         self, node: str, run: TaskRun, inline: list[bytes], *, limit: float | None = None

@@ -90,7 +90,30 @@ def test_new_request_declares_inline_inputs_by_hash() -> None:
     assert [i.kind for i in request.inputs] == ["inline", "inline", "object"]
     assert request.inputs[1].sha256 == hashlib.sha256(b"bc").hexdigest()  # type: ignore[union-attr]
     assert request.inline_bytes == 3
+    assert request.stored_objects == []  # a locality hint only: nothing to fetch
     assert MSG_SUBMIT == "task.submit"
+
+
+def test_a_stored_object_reference_names_a_storage_object_and_may_pin_the_executor() -> None:
+    ref = ObjectRef(object_id="ab" * 16, size=3, holders=["edge-b"], name="in/data.bin")
+    request, _ = new_request(
+        "t.x", intent=TaskIntent(deadline_s=1), objects=[ref], executor="edge-b"
+    )
+    assert request.stored_objects == [ref]
+    assert request.executor == "edge-b"
+    again = TaskRequest.model_validate_json(request.model_dump_json())
+    assert again == request
+    for bad in (
+        {"object_id": "ab" * 20},  # neither a storage id (16 bytes) nor a digest (32)
+        {"object_id": "AB" * 16},
+        {"name": ""},
+        {"name": "a b"},
+        {"name": "x" * 256},
+    ):
+        with pytest.raises(ValidationError):
+            ObjectRef.model_validate({**ref.model_dump(), **bad})
+    with pytest.raises(ValidationError):
+        new_request("t.x", intent=TaskIntent(deadline_s=1), executor="no spaces")
 
 
 class Args(BaseModel):

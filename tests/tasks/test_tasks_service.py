@@ -19,6 +19,7 @@ from securemesh.node import NodeContext, NullAuditRecorder, ServiceHost, verify_
 from securemesh.tasks import (
     DeadlinePassed,
     NoPlacement,
+    ObjectRef,
     Scheduler,
     TaskBusy,
     TaskFailed,
@@ -248,5 +249,70 @@ def test_an_overrunning_thread_keeps_its_slot_until_it_returns(tmp_path: Path) -
                 assert third.outcome.result == {"n": 3}
             finally:
                 release.set()
+
+    run(main())
+
+
+def test_stored_object_inputs_reach_the_function_and_placement_can_be_pinned(
+    tmp_path: Path,
+) -> None:
+    """The executor's side of tasks over stored objects (the storage-backed reader is
+    tested on real daemons in test_tasks_objects_daemons.py): the reader is asked for
+    the submitter's object under the key the scheduler vouched for, its bytes follow
+    the inline inputs, and without a reader, a key or within the bound the run fails;
+    ``place`` ranks without running, and a pinned request runs on that node only."""
+
+    async def main() -> None:
+        asked: list[tuple[str, bytes, str | None, int]] = []
+
+        async def reader(
+            ctx: NodeContext, owner: str, key: bytes, ref: ObjectRef, max_bytes: int
+        ) -> bytes:
+            asked.append((owner, key, ref.name, max_bytes))
+            return b"x" * ref.size
+
+        calls: list[int] = []
+        svc = TaskService(registry(calls), scheduler=Scheduler(), object_reader=reader)
+        async with hosted(svc, tmp_path, "cloud-1", "cloud") as (_, _audit, member):
+            ref = ObjectRef(object_id="ab" * 16, size=5, name="in/1")
+            task, frames = _run("t.echo", {"n": 1}, inline=[b"ab"], objects=[ref])
+            keyed = task.model_copy(update={"submitter_key": "cd" * 32})
+            result = await svc.execute(keyed, frames, peer="sched")
+            assert result.outcome.result == {"n": 1 + 2 + 5}
+            assert asked == [("dev-1", bytes.fromhex("cd" * 32), "in/1", 64 * 1024 * 1024)]
+            # no key vouched for by the scheduler: the manifest cannot be checked
+            unkeyed, frames = _run("t.echo", {}, objects=[ref])
+            failed = await svc.execute(unkeyed, frames, peer="sched")
+            assert failed.outcome.error == "AuthenticationError"
+            # a reader that returns more than the bound
+            big = ObjectRef(object_id="ab" * 16, size=64 * 1024 * 1024 + 1, name="in/2")
+            over, frames = _run("t.echo", {}, objects=[big])
+            over = over.model_copy(update={"submitter_key": "cd" * 32})
+            assert (await svc.execute(over, frames, peer="sched")).outcome.error == "LocalError"
+            # a reference without a name is a locality hint only: nothing is read
+            hint = ObjectRef(object_id="ef" * 32, size=9, holders=["edge-1"])
+            plain, frames = _run("t.echo", {"n": 4}, objects=[hint])
+            assert (await svc.execute(plain, frames, peer="s")).outcome.result == {"n": 4}
+            assert len(asked) == 2
+
+            # place: where it would run, with the node's certificate; nothing runs
+            before = len(calls)
+            request, _ = new_request("t.echo", {"n": 2}, intent=TaskIntent(deadline_s=5))
+            placement = await svc.place(request, submitter="dev-1")
+            assert placement.node == "cloud-1"
+            assert bytes.fromhex(placement.certificate) == member.cert.to_bytes()
+            assert len(calls) == before
+            # pinned: that node only (here: absent, so nothing may run it)
+            pinned = request.model_copy(update={"executor": "edge-9"})
+            with pytest.raises(NoPlacement):
+                await svc.submit(pinned, [], submitter="dev-1")
+            here = request.model_copy(update={"executor": "cloud-1"})
+            assert (await svc.submit(here, [], submitter="dev-1")).outcome.executor == "cloud-1"
+
+        bare = TaskService(registry([]))
+        async with hosted(bare, tmp_path / "bare") as _:
+            task, frames = _run("t.echo", {}, objects=[ref])
+            task = task.model_copy(update={"submitter_key": "cd" * 32})
+            assert (await bare.execute(task, frames, peer="s")).outcome.error == "LocalError"
 
     run(main())
