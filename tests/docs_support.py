@@ -22,6 +22,7 @@ RUNNABLE = frozenset({"python", "sh", "bash", "console", "shell"})
 TESTED = {
     "audit-cli": "tests/audit/test_audit_docs.py",
     "enrollment-quick-start": "tests/test_docs.py",
+    "he-core": "tests/he/test_he_core.py",
     "fl-secagg-round": "tests/fl/test_fl_secagg.py",
     "node-ops": "tests/test_docs.py",
     "sdk-device": "tests/cli/test_cli_mesh.py",

@@ -70,6 +70,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "securemesh.cli._store",
     ),
     (
+        "he",
+        "homomorphic-encryption jobs: aggregate encrypted vectors (CKKS)",
+        "securemesh.cli._he",
+    ),
+    (
         "demo",
         "run cloud, edge and device end to end on 127.0.0.1 (real processes, ~10 s)",
         "securemesh.cli._demo",

@@ -24,6 +24,9 @@
   with its intent, and its signed result (docs/tasks.md).
 * :func:`storage_client` / :class:`DeviceRequester` — encrypted edge storage
   (docs/storage.md) from a device (:mod:`securemesh.sdk._storage`).
+* :func:`he_contribute` / :func:`he_key_owner` — homomorphic encryption jobs
+  (docs/he.md) from a device (:mod:`securemesh.sdk._he`; TenSEAL loads only
+  when one is called).
 
 Importing this package is deliberately cheap (it is checked by a test and
 ``bench/sdk_footprint.py``): it loads no pydantic, cryptography, pyzmq,
@@ -41,6 +44,7 @@ from securemesh.sdk._message import Message, Reply
 
 if TYPE_CHECKING:
     from securemesh.sdk._async import AsyncDevice
+    from securemesh.sdk._he import he_contribute, he_key_owner
     from securemesh.sdk._storage import DeviceRequester, storage_client
 
 __all__ = [
@@ -51,6 +55,8 @@ __all__ = [
     "Message",
     "Reply",
     "TaskHandle",
+    "he_contribute",
+    "he_key_owner",
     "storage_client",
 ]
 
@@ -64,4 +70,8 @@ def __getattr__(name: str) -> object:
         from securemesh.sdk import _storage  # noqa: PLC0415 - loads pydantic and storage
 
         return getattr(_storage, name)
+    if name in {"he_contribute", "he_key_owner"}:
+        from securemesh.sdk import _he  # noqa: PLC0415 - loads pydantic; TenSEAL when called
+
+        return getattr(_he, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

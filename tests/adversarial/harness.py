@@ -223,8 +223,12 @@ def _curve_key(data_dir: Path) -> bytes:
 
 
 @contextlib.contextmanager
-def operator_mesh(root: Path) -> Iterator[Mesh]:
-    """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit."""
+def operator_mesh(root: Path, *, services: Sequence[str] = (), tables: str = "") -> Iterator[Mesh]:
+    """``init`` → cloud daemon → delegated edge token → ``enroll`` → edge daemon; reaped on exit.
+
+    ``services`` are loaded after the test services, ``tables`` appended to
+    both ``node.toml`` files (e.g. the HE service and its ``[[policy.allow]]``).
+    """
     from securemesh.cli import _mesh as mesh_cli  # the KDF knob tests/enroll use too
 
     cloud_dir, edge_dir = root / "cloud", root / "edge"
@@ -232,6 +236,8 @@ def operator_mesh(root: Path) -> Iterator[Mesh]:
     edge_ep = f"tcp://127.0.0.1:{free_port()}"
     saved_kdf = mesh_cli._KDF_PARAMS
     mesh_cli._KDF_PARAMS = FAST_KDF  # key files the daemons open in milliseconds
+    names = ", ".join(f'"{name}"' for name in ("adversarial_services:register", *services))
+    top = FAST_TOML.replace('services = ["adversarial_services:register"]', f"services = [{names}]")
     with (
         contextlib.ExitStack() as restore,
         reaped(daemon_env(pythonpath=[HERE], passphrase=PASSPHRASE)) as daemons,
@@ -239,14 +245,14 @@ def operator_mesh(root: Path) -> Iterator[Mesh]:
         restore.callback(setattr, mesh_cli, "_KDF_PARAMS", saved_kdf)
         init_cloud(
             cloud_dir, PASSPHRASE, node_id=CLOUD_ID, listen=cloud_ep,
-            top=FAST_TOML, tables=POLICY_TOML,
+            top=top, tables=POLICY_TOML + tables,
         )  # fmt: skip
         daemons.run("cloud", cloud_dir)
         mesh = Mesh(root, cloud_dir, edge_dir, daemons)
         # the edge gets a delegated authority: it enrolls devices itself (edge-1.*)
         enroll_edge(
             cloud_dir, edge_dir, EDGE_ID, PASSPHRASE, listen=edge_ep,
-            top=FAST_TOML, tables=POLICY_TOML,
+            top=top, tables=POLICY_TOML + tables,
         )  # fmt: skip
         daemons.run("edge", edge_dir)
         mesh.endpoints = {"cloud": cloud_ep, "edge": edge_ep}

@@ -40,6 +40,8 @@ def test_public_surface() -> None:
         "Message",
         "Reply",
         "TaskHandle",
+        "he_contribute",
+        "he_key_owner",
         "storage_client",
     ]
     for name in securemesh.sdk.__all__:
