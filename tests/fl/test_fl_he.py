@@ -177,3 +177,13 @@ def test_rounds_the_preset_cannot_meet_are_refused() -> None:
             10
         )  # 1e7 > 2^19
     HEAggregator(preset="standard-8192", clip=4.0, max_weight=1000).check(10)
+
+
+def test_the_docs_he_round_runs() -> None:
+    from docs_support import marked_block
+
+    printed: list[object] = []
+    code = marked_block("federated-learning.md", "fl-he-round")
+    exec(compile(code, "docs/federated-learning.md", "exec"), {"print": printed.append})
+    assert len(printed) == 1
+    assert str(printed[0]).startswith("error bound of the mean: ")
