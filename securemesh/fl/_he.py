@@ -56,8 +56,10 @@ from securemesh.fl._secagg import Exclusion, RoundAborted
 if TYPE_CHECKING:
     from securemesh.he import Preset
 
-__all__ = ["HEAggregator", "HEModelOwner", "HESum", "encrypt_update"]
+__all__ = ["STAGE", "HEAggregator", "HEModelOwner", "HESum", "encrypt_update"]
 
+#: The stage an exclusion of this mode names (audited as ``fl.client_excluded``).
+STAGE = "encrypted"
 #: A client dropping at one of these stages never sent its ciphertext (DROP_STAGES).
 _BEFORE_SENDING = frozenset({"advertise", "share", "masked"})
 
@@ -128,12 +130,12 @@ class HESum:
         """Check and add ``client``'s ciphertexts; exclude it (and return False) if they are
         malformed, oversized, foreign or a second contribution."""
         if client in self.contributors:
-            self.exclusions.append(Exclusion(client, "masked", "a second encrypted update"))
+            self.exclusions.append(Exclusion(client, STAGE, "a second encrypted update"))
             return False
         try:
             self._sum.add(self._sum.load(frames))
         except (DecodeError, LocalError) as exc:
-            self.exclusions.append(Exclusion(client, "masked", f"encrypted update: {exc}"))
+            self.exclusions.append(Exclusion(client, STAGE, f"encrypted update: {exc}"))
             return False
         self.contributors.append(client)
         return True
@@ -206,9 +208,13 @@ class HEAggregator:
             if dropouts.get(c) in _BEFORE_SENDING:
                 continue
             u = updates[c]
-            frames = encrypt_update(
-                client_context, u.vector, u.weight, clip=self.clip, max_weight=self.max_weight
-            )
+            try:
+                frames = encrypt_update(
+                    client_context, u.vector, u.weight, clip=self.clip, max_weight=self.max_weight
+                )
+            except LocalError as exc:  # the client refuses to send it: out of the sum
+                agg.exclusions.append(Exclusion(c, STAGE, f"client refused: {exc}"))
+                continue
             sent.append(sum(len(f) for f in frames))
             agg.add(c, frames)
         count = len(agg.contributors)

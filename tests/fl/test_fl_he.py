@@ -110,6 +110,17 @@ def test_dropouts_before_sending_are_left_out_and_too_few_abort() -> None:
     assert agg.total_weight == expected.total_weight
     assert np.max(np.abs(agg.mean - expected.mean)) <= he.last_error_bound
 
+    # a client whose update cannot be encrypted (a weight over max_weight, a NaN) stays out
+    bad = dict(updates)
+    bad["dev-02"] = ClientUpdate(updates["dev-02"].vector, 101)
+    bad["dev-03"] = ClientUpdate(np.full(20, np.nan), 5)
+    agg = he.aggregate(2, bad, {})
+    assert agg.survivors == ("dev-00", "dev-01")
+    assert [(e.client, e.stage) for e in agg.exclusions] == [
+        ("dev-02", "encrypted"),
+        ("dev-03", "encrypted"),
+    ]
+
     records: list[tuple[str, dict[str, object]]] = []
     fed = Federation(
         LogisticRegression(5, 3),
