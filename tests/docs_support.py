@@ -24,6 +24,7 @@ TESTED = {
     "enrollment-quick-start": "tests/test_docs.py",
     "he-core": "tests/he/test_he_core.py",
     "fl-secagg-round": "tests/fl/test_fl_secagg.py",
+    "fl-he-round": "tests/fl/test_fl_he.py",
     "node-ops": "tests/test_docs.py",
     "sdk-device": "tests/cli/test_cli_mesh.py",
     "tasks-sim": "tests/tasks/test_tasks_model.py",

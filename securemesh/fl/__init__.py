@@ -9,8 +9,11 @@
   one ``fl.round_finished`` audit event per round with the model hash),
   :class:`LocalTraining` (FedAvg, FedProx), :class:`LogisticRegression`,
   :class:`MLP`, :class:`ClientDP` (clipping + Gaussian noise, RDP epsilon).
-* Aggregation modes -- :class:`PlainAggregator`, :class:`SecAggAggregator`;
-  :func:`register_aggregator` is the hook for ``he`` (the HE service).
+* Aggregation modes -- :class:`PlainAggregator`, :class:`SecAggAggregator`,
+  :class:`HEAggregator` (``he``: CKKS through ``securemesh.he``; the roles
+  :class:`HEModelOwner` holding the secret key, :class:`HESum` the
+  aggregator holding only the public context, :func:`encrypt_update` the
+  client); :func:`register_aggregator` for other modes.
 * Over the bus -- :class:`FLCoordinator`, the ``fl`` service
   (``services = ["securemesh.fl:FLCoordinator"]``); :class:`Participant`,
   the device side (``Device.join_federation``); the message bodies.
@@ -42,6 +45,7 @@ from securemesh.fl._bus import (
 from securemesh.fl._config import SecAggConfig, default_degree, default_threshold
 from securemesh.fl._dp import ClientDP, clip_update, epsilon_for
 from securemesh.fl._federation import AUDIT_KINDS, Federation, RoundRecord, model_hash
+from securemesh.fl._he import HEAggregator, HEModelOwner, HESum, encrypt_update
 from securemesh.fl._memory import DROP_STAGES, MemoryRound, run_in_memory
 from securemesh.fl._models import MLP, LogisticRegression, Model
 from securemesh.fl._participant import Participant, TrainFn
@@ -69,6 +73,10 @@ __all__ = [
     "Participant",
     "TrainFn",
     "FLCoordinator",
+    "HEAggregator",
+    "HEModelOwner",
+    "HESum",
+    "encrypt_update",
     "AUDIT_KINDS",
     "Aggregate",
     "Aggregator",

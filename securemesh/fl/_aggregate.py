@@ -11,15 +11,14 @@ Built in:
   server learns only the sum. In one process this drives
   :func:`~securemesh.fl.run_in_memory`.
 
-**The ``he`` hook.** Homomorphic aggregation is the HE service's (another
-package, ``securemesh.he``). It plugs in with
-``register_aggregator("he", factory)``, where ``factory(**options)`` returns
-an object with a ``name`` and the ``aggregate`` method below: it receives the
-float updates and sample counts of the round's participants (in a real
-deployment each device encrypts its own update under the HE context's public
-key and only the sum is decrypted by the key holder) and returns an
-:class:`Aggregate`. Until something registers ``he``, asking for it raises
-ConfigError naming what is missing; nothing here fakes it.
+* ``he`` (:class:`~securemesh.fl.HEAggregator`, ``securemesh/fl/_he.py``):
+  each client encrypts its weighted update under the key owner's public CKKS
+  context (``securemesh.he``); the aggregator adds ciphertexts holding only
+  that public context; the key owner decrypts only the sum.
+
+Other modes plug in with ``register_aggregator(name, factory)``, where
+``factory(**options)`` returns an object with a ``name`` and the
+``aggregate`` method below (the built-in names cannot be replaced).
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ __all__ = [
     "ClientUpdate",
     "PlainAggregator",
     "SecAggAggregator",
+    "check_updates",
     "make_aggregator",
     "register_aggregator",
 ]
@@ -86,7 +86,7 @@ class Aggregator(Protocol):
         ...
 
 
-def _check(updates: Mapping[str, ClientUpdate]) -> int:
+def check_updates(updates: Mapping[str, ClientUpdate]) -> int:
     if not updates:
         raise LocalError("no updates to aggregate")
     sizes = {u.vector.shape for u in updates.values()}
@@ -101,7 +101,7 @@ class PlainAggregator:
     def aggregate(
         self, round_no: int, updates: Mapping[str, ClientUpdate], dropouts: Mapping[str, str]
     ) -> Aggregate:
-        _check(updates)
+        check_updates(updates)
         # in plain mode an update either arrives or not: a client gone before "masked"
         # never sent it; one gone later already had
         early = {"advertise", "share", "masked"}
@@ -135,7 +135,7 @@ class SecAggAggregator:
     def aggregate(
         self, round_no: int, updates: Mapping[str, ClientUpdate], dropouts: Mapping[str, str]
     ) -> Aggregate:
-        length = _check(updates)
+        length = check_updates(updates)
         cohort = tuple(sorted(updates))
         quant = Quantizer.fitting(
             bits=self.bits, clip=self.clip, max_clients=len(cohort), max_weight=self.max_weight
@@ -176,15 +176,25 @@ class SecAggAggregator:
 
 
 AggregatorFactory = Callable[..., Aggregator]
+
+
+def _he(**options: object) -> Aggregator:
+    from securemesh.fl._he import HEAggregator  # noqa: PLC0415 - _he imports this module
+
+    return HEAggregator(**options)  # type: ignore[arg-type]
+
+
 _REGISTRY: dict[str, AggregatorFactory] = {
     "plain": PlainAggregator,
     "secagg": SecAggAggregator,
+    "he": _he,
 }
+_BUILT_IN = frozenset(_REGISTRY)
 
 
 def register_aggregator(name: str, factory: AggregatorFactory) -> None:
-    """Make ``make_aggregator(name, **options)`` return ``factory(**options)`` (e.g. ``he``)."""
-    if not name.isidentifier() or name in ("plain", "secagg"):
+    """Make ``make_aggregator(name, **options)`` return ``factory(**options)``."""
+    if not name.isidentifier() or name in _BUILT_IN:
         raise LocalError(f"cannot register an aggregator named {name!r}")
     _REGISTRY[name] = factory
 
@@ -192,10 +202,5 @@ def register_aggregator(name: str, factory: AggregatorFactory) -> None:
 def make_aggregator(mode: str, **options: object) -> Aggregator:
     factory = _REGISTRY.get(mode)
     if factory is None:
-        if mode == "he":
-            raise ConfigError(
-                "aggregation mode 'he' needs the HE service: register it with "
-                "securemesh.fl.register_aggregator('he', factory) (docs/federated-learning.md)"
-            )
-        raise ConfigError(f"unknown aggregation mode {mode!r} (plain, secagg, or registered)")
+        raise ConfigError(f"unknown aggregation mode {mode!r} (plain, secagg, he, or registered)")
     return factory(**options)

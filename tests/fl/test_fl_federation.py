@@ -10,7 +10,7 @@ from fl_support import ShareForger
 
 from securemesh.audit.events import new_event
 from securemesh.crypto import Ed25519Signer
-from securemesh.errors import ConfigError
+from securemesh.errors import ConfigError, LocalError
 from securemesh.fl import (
     MLP,
     ClientDP,
@@ -191,20 +191,23 @@ def test_client_level_dp_clips_adds_noise_and_reports_epsilon() -> None:
     assert fed.history[-1].epsilon == pytest.approx(epsilon_for(1.1, 2, 1e-5))
 
 
-def test_he_mode_is_a_documented_hook() -> None:
-    with pytest.raises(ConfigError, match="needs the HE service"):
-        make_aggregator("he")
+def test_modes_are_built_in_and_others_register() -> None:
+    assert make_aggregator("he", preset="fast-4096", clip=1.0, max_weight=100).name == "he"
+    with pytest.raises(ConfigError, match="unknown aggregation mode"):
+        make_aggregator("fhe")
 
     class Doubling(PlainAggregator):
-        name = "he"
+        name = "doubling"
 
-    register_aggregator("he", Doubling)
+    with pytest.raises(LocalError, match="cannot register"):
+        register_aggregator("he", Doubling)  # a built-in mode cannot be replaced
+    register_aggregator("doubling", Doubling)
     try:
-        assert make_aggregator("he").name == "he"
+        assert make_aggregator("doubling").name == "doubling"
     finally:
         from securemesh.fl import _aggregate
 
-        _aggregate._REGISTRY.pop("he", None)
+        _aggregate._REGISTRY.pop("doubling", None)
 
 
 def test_fl_cli_mistakes_are_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
