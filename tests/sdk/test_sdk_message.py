@@ -44,6 +44,8 @@ def test_public_surface() -> None:
         "he_contribute",
         "he_key_owner",
         "storage_client",
+        "stored_object_reader",
+        "submit_over_objects",
     ]
     for name in securemesh.sdk.__all__:
         assert getattr(securemesh.sdk, name) is not None
