@@ -55,6 +55,7 @@ from securemesh.node import AuditRecorderLike
 from securemesh.storage._codec import regenerate_shards, shard_hash
 from securemesh.storage._errors import ObjectUnreadable
 from securemesh.storage._manifest import (
+    KeyOpener,
     Manifest,
     open_manifest,
     share_manifest,
@@ -212,7 +213,7 @@ class StorageClient:
         *,
         node_id: str,
         signer: Signer | None,
-        kx_secret: bytes,
+        kx_secret: KeyOpener,
         kx_public: bytes,
         index: str,
         k: int = DEFAULT_K,

@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Annotated, Final, Literal
+from collections.abc import Callable
+from typing import Annotated, Final, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -42,6 +43,7 @@ from securemesh.errors import AuthenticationError, DecodeError, LocalError, Size
 from securemesh.storage._codec import HASH_SIZE, MAX_N, OBJECT_ID_SIZE, SEGMENT_OVERHEAD
 
 __all__ = [
+    "KeyOpener",
     "MAX_MANIFEST_SIZE",
     "MAX_READERS",
     "MAX_SEGMENT_SIZE",
@@ -195,12 +197,22 @@ def open_manifest(blob: bytes | memoryview, owner_verify_key: bytes) -> Manifest
     return manifest
 
 
-def unwrap_data_key(manifest: Manifest, reader_id: str, reader_kx_private: bytes) -> bytes:
+#: How a reader opens its wrapped data key: its raw X25519 private key, or a
+#: function that opens a sealed box addressed to it (a node service's
+#: ``NodeContext.unwrap_key``, so that the node's key never leaves the runtime).
+KeyOpener: TypeAlias = "bytes | Callable[[bytes], bytes]"
+
+
+def unwrap_data_key(manifest: Manifest, reader_id: str, reader_kx_private: KeyOpener) -> bytes:
     """The object's data key for ``reader_id``; AuthenticationError if it has none."""
     wrapped = manifest.readers.get(reader_id)
     if wrapped is None:
         raise AuthenticationError(f"{reader_id!r} is not a reader of this object")
-    key = boxes.unwrap_key(reader_kx_private, bytes.fromhex(wrapped))
+    blob = bytes.fromhex(wrapped)
+    if callable(reader_kx_private):
+        key = reader_kx_private(blob)
+    else:
+        key = boxes.unwrap_key(reader_kx_private, blob)
     if len(key) != 32:
         raise AuthenticationError("wrapped data key has the wrong size")
     return key

@@ -56,6 +56,7 @@ from securemesh.storage._manifest import (
     MAX_READERS,
     MAX_SEGMENT_SIZE,
     MIN_SEGMENT_SIZE,
+    KeyOpener,
     Manifest,
     SegmentEntry,
     merkle_root_of,
@@ -273,7 +274,7 @@ class GetPlan:
         cls,
         manifest: Manifest,
         reader_id: str,
-        reader_kx_private: bytes,
+        reader_kx_private: KeyOpener,
         placement: Sequence[str] | None = None,
     ) -> GetPlan:
         """Unwrap the data key for this reader (AuthenticationError if it has none)."""

@@ -655,14 +655,18 @@ class NodeContext:
         """
         return self._node._signer.sign(statement_message(self.name, data))
 
-    def kx_secret(self) -> bytes:
-        """The node's raw X25519 private key, to open what was sealed to this node.
+    def unwrap_key(self, blob: bytes) -> bytes:
+        """Open a sealed box (:func:`securemesh.crypto.boxes.wrap_key`) addressed to this node.
 
         For services that read data whose key was wrapped for this node's
         certificate ``kx_key`` (a stored object shared with a task's executor:
-        :class:`securemesh.storage.StorageClient`). Never log or send it.
+        :class:`securemesh.storage.StorageClient` takes this function as its
+        key opener). The node's X25519 private key never leaves the runtime;
+        AuthenticationError if the box was not sealed to it.
         """
-        return self._node._identity.kx_secret()
+        from securemesh.crypto import boxes  # noqa: PLC0415
+
+        return boxes.unwrap_key(self._node._identity.kx_secret(), blob)
 
     # neighbours
     def peers(self) -> dict[str, NodeReport]:

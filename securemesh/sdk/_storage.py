@@ -138,7 +138,7 @@ def stored_object_reader(index: str, *, timeout: float = 30.0) -> ObjectReader:
             ctx,
             node_id=ctx.node_id,
             signer=None,  # reads only
-            kx_secret=ctx.kx_secret(),
+            kx_secret=ctx.unwrap_key,  # the node's key stays in the runtime
             kx_public=own.kx_key if own is not None else b"",
             index=index,
             timeout=timeout,

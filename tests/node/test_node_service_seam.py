@@ -457,3 +457,19 @@ def test_the_documented_service_and_its_test_recipe_run(tmp_path: Path) -> None:
         assert json.dumps(shape["CounterService"]().status()) == '{"count": 0}'
 
     run(main())
+
+
+def test_a_service_opens_what_was_sealed_to_its_node_without_holding_the_key() -> None:
+    """``unwrap_key`` opens a sealed box addressed to the node; the key is never handed out."""
+    from securemesh.crypto import boxes
+    from securemesh.errors import AuthenticationError
+
+    fx = Fixture()
+    edge = build_node(fx, fx.member("edge-1", "edge"), memory_factory(), listen=EDGE_ADDR)
+    other = fx.member("edge-2", "edge")
+    ctx = NodeContext(edge.node, name="svc", audit=NullAuditRecorder(), data_dir=None)
+    mine = boxes.wrap_key(edge.member.identity.kx_public, b"k" * 32)
+    assert ctx.unwrap_key(mine) == b"k" * 32
+    with pytest.raises(AuthenticationError):
+        ctx.unwrap_key(boxes.wrap_key(other.identity.kx_public, b"k" * 32))
+    assert not hasattr(ctx, "kx_secret")
