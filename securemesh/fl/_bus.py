@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 __all__ = [
     "MSG_JOIN",
@@ -63,6 +63,15 @@ class RoundBody(_Strict):
     levels: int = Field(ge=1)
     max_clients: int = Field(ge=1)
     max_weight: int = Field(ge=1)
+    # client-level DP (securemesh.fl._dp): both set, or neither
+    dp_clip: float | None = Field(default=None, gt=0, le=1e6)
+    noise_multiplier: float | None = Field(default=None, gt=0, le=1e6)
+
+    @model_validator(mode="after")
+    def _dp_pair(self) -> RoundBody:
+        if (self.dp_clip is None) != (self.noise_multiplier is None):
+            raise ValueError("dp_clip and noise_multiplier go together")
+        return self
 
 
 class RunBody(_Strict):
@@ -71,3 +80,14 @@ class RunBody(_Strict):
     mode: Literal["secagg", "plain"] = "secagg"
     clip: float = Field(default=1.0, gt=0)
     stage_timeout: float = Field(default=10.0, gt=0, le=3600)
+    # client-level DP: each participant clips its update to L2 norm dp_clip and adds
+    # its share of N(0, (noise_multiplier * dp_clip)^2); the coordinator reports epsilon
+    dp_clip: float | None = Field(default=None, gt=0, le=1e6)
+    noise_multiplier: float | None = Field(default=None, gt=0, le=1e6)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _dp_pair(self) -> RunBody:
+        if (self.dp_clip is None) != (self.noise_multiplier is None):
+            raise ValueError("dp_clip and noise_multiplier go together")
+        return self

@@ -24,6 +24,7 @@ from securemesh.crypto import Ed25519Signer
 from securemesh.errors import DecodeError, LocalError
 from securemesh.fl._bus import MSG_SECAGG, JoinBody, RoundBody
 from securemesh.fl._config import SecAggConfig
+from securemesh.fl._dp import ClientDP
 from securemesh.fl._quant import Quantizer
 from securemesh.fl._secagg import ClientState, SecAggClient
 
@@ -50,6 +51,7 @@ class Participant:
         self._clock = clock
         self._signer = Ed25519Signer.generate()  # this federation's protocol key
         self._lock = threading.Lock()
+        self._noise = np.random.default_rng()  # DP noise: OS entropy, never a shared seed
         self._client: SecAggClient | None = None
         self.rounds_done = 0
         self.last_error: str | None = None
@@ -87,8 +89,8 @@ class Participant:
         new_params = np.asarray(new_params, dtype=np.float64)
         if new_params.shape != global_params.shape:
             raise LocalError("the training callback changed the parameter shape")
-        weight = max(1, min(int(samples), body.max_weight))
-        vector = quant.encode(new_params - global_params, weight)
+        delta, weight = self.local_update(body, new_params - global_params, samples)
+        vector = quant.encode(delta, weight)
         client = SecAggClient(
             config, self.node_id, self._signer, keys, vector=vector, now=self._clock()
         )
@@ -96,6 +98,23 @@ class Participant:
             self._client = client
             frame = client.start()
         self._send(MSG_SECAGG, b"{}", [frame])
+
+    def local_update(
+        self, body: RoundBody, delta: npt.NDArray[np.float64], samples: int
+    ) -> tuple[npt.NDArray[np.float64], int]:
+        """The update and weight this device contributes to the round's sum.
+
+        Without DP: the training delta weighted by the sample count. With
+        client-level DP (``dp_clip`` and ``noise_multiplier`` in the round):
+        the delta clipped to L2 norm ``dp_clip`` plus this device's share
+        N(0, (z C)^2 / m) of the round's noise (m = the cohort size), with
+        weight 1 — the DP-FedAvg mean has a fixed denominator, and a sample
+        count would be one more thing the sum reveals.
+        """
+        if body.dp_clip is None or body.noise_multiplier is None:
+            return delta, max(1, min(int(samples), body.max_weight))
+        dp = ClientDP(clip=body.dp_clip, noise_multiplier=body.noise_multiplier)
+        return dp.privatize(delta, len(body.cohort), self._noise), 1
 
     def on_secagg(self, frames: Sequence[bytes]) -> None:
         if len(frames) != 1:

@@ -39,6 +39,7 @@ from securemesh.fl._bus import (
     RunBody,
 )
 from securemesh.fl._config import SecAggConfig
+from securemesh.fl._dp import ClientDP, round_noise_ok
 from securemesh.fl._federation import AUDIT_KINDS, id_list, model_hash, round_details
 from securemesh.fl._quant import Quantizer
 from securemesh.fl._secagg import SecAggServer
@@ -72,6 +73,8 @@ class FLCoordinator(Service):
         self.history: list[dict[str, Any]] = []
         self.rejected = 0
         self.send_failures = 0
+        self._dp: ClientDP | None = None
+        self._dp_rounds = 0  # rounds whose noisy sum was released under the current DP run
 
     def install(self, ctx: NodeContext) -> None:
         self.ctx = ctx
@@ -93,10 +96,16 @@ class FLCoordinator(Service):
             "running": self._running,
             "rounds": len(self.history),
             "last": self.history[-1] if self.history else None,
+            "epsilon": None if self._dp is None else self._epsilon(),
+            "delta": None if self._dp is None else self._dp.delta,
             "stage": None if self._server is None else self._server.state.value,
             "rejected_frames": self.rejected,
             "send_failures": self.send_failures,
         }
+
+    def _epsilon(self) -> float:
+        assert self._dp is not None
+        return round(self._dp.epsilon(self._dp_rounds), 4)
 
     # -- handlers
     def _on_join(self, msg: VerifiedMessage) -> bytes:
@@ -122,7 +131,13 @@ class FLCoordinator(Service):
             raise LocalError(
                 f"only {len(self._joined)} devices joined, {body.clients_per_round} per round asked"
             )
+        dp = None
+        if body.dp_clip is not None and body.noise_multiplier is not None:
+            dp = ClientDP(body.dp_clip, body.noise_multiplier, body.delta)
+            if body.clip < body.dp_clip:
+                raise LocalError("the quantizer clip must be at least dp_clip")
         self.params = np.frombuffer(bytes(frames[0]), dtype="<f8").astype(np.float64)
+        self._dp, self._dp_rounds = dp, 0  # epsilon is accounted per run (one model)
         self._running = True
         self.ctx.spawn(self._run(body), name="fl-run")
         return _json(
@@ -195,6 +210,8 @@ class FLCoordinator(Service):
             levels=quant.levels,
             max_clients=quant.max_clients,
             max_weight=quant.max_weight,
+            dp_clip=body.dp_clip,
+            noise_multiplier=body.noise_multiplier,
         )
         self.ctx.audit.record(
             "fl.round_started",
@@ -223,8 +240,15 @@ class FLCoordinator(Service):
                     "accuser": ex.accuser,
                 },
             )
-        if server.result is None:
-            reason = server.abort_reason or "aborted"
+        result, reason = server.result, server.abort_reason or "aborted"
+        survivors = len(server.survivors)
+        if (
+            result is not None
+            and self._dp is not None
+            and not round_noise_ok(survivors, len(cohort))
+        ):  # with DP, a dropout means less noise than accounted: do not release the sum
+            result, reason = None, f"only {survivors} of {len(cohort)} noise shares arrived"
+        if result is None:
             self.history.append({"round": r, "aborted": reason})
             self.ctx.audit.record(
                 "fl.round_aborted",
@@ -233,16 +257,21 @@ class FLCoordinator(Service):
                 details={"round": r, "participants": id_list(cohort), "reason": reason[:200]},
             )
             return
-        mean, _ = quant.decode_mean(server.result)
+        mean, weight = quant.decode_mean(result)
+        if self._dp is not None:
+            mean = mean * weight / len(cohort)  # fixed denominator m (DP-FedAvg)
+            self._dp_rounds += 1
         self.params = self.params + mean
         digest = model_hash(self.params)
-        self.history.append(
-            {
-                "round": r,
-                "participants": list(cohort),
-                "survivors": list(server.survivors),
-                "model_hash": digest,
-            }
-        )
+        record: dict[str, Any] = {
+            "round": r,
+            "participants": list(cohort),
+            "survivors": list(server.survivors),
+            "model_hash": digest,
+        }
         details = round_details(r, "secagg", cohort, server.survivors, digest)
+        if self._dp is not None:
+            record["epsilon"] = details["epsilon"] = self._epsilon()
+            record["delta"] = details["delta"] = self._dp.delta
+        self.history.append(record)
         self.ctx.audit.record("fl.round_finished", ("round", str(r)), details=details)
