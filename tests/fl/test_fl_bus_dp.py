@@ -8,6 +8,8 @@ from pydantic import ValidationError
 
 from securemesh.fl import Participant, RoundBody, RunBody
 
+DP = {"dp_clip": 0.5, "noise_multiplier": 2.0}
+DP_TINY = {"dp_clip": 0.5, "noise_multiplier": 1e-9}
 COHORT = ["edge-a.d0", "edge-a.d1", "edge-a.d2", "edge-a.d3"]
 
 
@@ -36,7 +38,7 @@ def test_dp_parameters_go_together_on_the_wire() -> None:
 
 def test_without_dp_the_update_is_the_delta_weighted_by_samples() -> None:
     delta = np.full(10, 3.0)
-    out, weight = _participant().local_update(_round(), delta, 60)
+    out, weight = _participant().local_update(delta, 60, cohort_size=4, max_weight=1000)
     assert weight == 60
     assert np.array_equal(out, delta)
 
@@ -45,13 +47,13 @@ def test_with_dp_a_device_clips_to_dp_clip_and_adds_its_noise_share() -> None:
     p = _participant()
     delta = np.full(10, 3.0)  # norm 9.49, far over the clip
     # negligible noise: the update is the delta scaled to norm dp_clip, weight 1 (not 60)
-    out, weight = p.local_update(_round(dp_clip=0.5, noise_multiplier=1e-9), delta, 60)
+    out, weight = p.local_update(delta, 60, cohort_size=4, max_weight=1000, **DP_TINY)
     assert weight == 1
     assert np.linalg.norm(out) == pytest.approx(0.5, rel=1e-6)
     assert np.allclose(out / np.linalg.norm(out), delta / np.linalg.norm(delta))
     # real noise: each coordinate gets N(0, (z C)^2 / m), m = the cohort size (4)
     big = np.zeros(200_000)
-    noisy, _ = p.local_update(_round(dp_clip=0.5, noise_multiplier=2.0), big, 60)
+    noisy, _ = p.local_update(big, 60, cohort_size=4, max_weight=1000, **DP)
     assert float(np.std(noisy)) == pytest.approx(2.0 * 0.5 / 2.0, rel=0.02)
-    again, _ = p.local_update(_round(dp_clip=0.5, noise_multiplier=2.0), big, 60)
+    again, _ = p.local_update(big, 60, cohort_size=4, max_weight=1000, **DP)
     assert not np.array_equal(noisy, again)  # fresh noise, not a replayed seed
