@@ -2,7 +2,9 @@
 
 * ``fl run --to NODE`` connects the device enrolled in ``--data-dir`` to its
   edge and asks the FL coordinator on ``NODE`` (the ``fl`` service) to run
-  ``--rounds`` rounds of secure aggregation over the devices that joined,
+  ``--rounds`` rounds of secure aggregation (``--mode secagg``, or ``--mode he
+  --aggregator NODE``: CKKS through securemesh.he's service on NODE) over the
+  devices that joined,
   from the initial parameters in ``--init`` (a raw little-endian float64
   file) or ``--zeros N``; ``--wait`` waits until they are done;
   ``--dp-clip C --noise-multiplier Z`` add client-level DP (each device clips
@@ -65,6 +67,7 @@ def _flat(status: dict[str, Any]) -> dict[str, Any]:
         "last round": last.get("round"),
         "last survivors": len(last.get("survivors", [])) if "survivors" in last else None,
         "last aborted": last.get("aborted"),
+        "mode": last.get("mode"),
         "model hash": last.get("model_hash"),
         "epsilon": status.get("epsilon"),
         "delta": status.get("delta"),
@@ -113,6 +116,10 @@ def _run(args: argparse.Namespace) -> int:
             dp_clip=args.dp_clip,
             noise_multiplier=args.noise_multiplier,
             delta=args.delta,
+            mode=args.mode,
+            aggregator=args.aggregator,
+            preset=args.preset,
+            max_weight=args.max_weight,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -168,6 +175,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     r.add_argument("--zeros", type=int, metavar="N", help="initial parameters: N zeros")
     r.add_argument("--clip", type=float, default=1.0, help="quantizer clipping bound (1.0)")
     r.add_argument("--stage-timeout", type=float, default=10.0, metavar="S", help="seconds (10)")
+    r.add_argument(
+        "--mode", choices=["secagg", "he"], default="secagg", help="aggregation mode (secagg)"
+    )
+    r.add_argument(
+        "--aggregator", metavar="NODE", help="he mode: the node running securemesh.he's service"
+    )
+    r.add_argument("--preset", default="standard-8192", help="he mode: CKKS preset (standard-8192)")
+    r.add_argument(
+        "--max-weight", type=int, default=1000, metavar="N", help="he mode: sample cap (1000)"
+    )
     r.add_argument(
         "--dp-clip", type=float, metavar="C", help="client-level DP: L2 clip of each update"
     )
