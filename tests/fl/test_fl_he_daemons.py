@@ -8,7 +8,9 @@ under the job's public context (``he_contribute``) and sends it to edge-b, which
 adds ciphertexts without any secret key; the coordinator decrypts the sum only.
 The test checks that the new model is the FedAvg of the devices' updates within
 the CKKS bound, that the aggregator never saw a sample count (no weights in the
-job: the counts are inside the ciphertexts), and the audit event.
+job: the counts are inside the ciphertexts), and the audit event. Then the CLI
+runs an ``he`` round with client-level DP (epsilon reported), and a round whose
+``clip · max_weight`` the preset cannot hold aborts with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from daemon_support import (
 )
 
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
-from securemesh.fl import RunBody, model_hash
+from securemesh.fl import RunBody, epsilon_for, model_hash
 from securemesh.he import get_preset
 from securemesh.sdk import Device
 
@@ -156,3 +158,40 @@ def test_an_he_round_over_real_daemons_is_fedavg_and_hides_sample_counts(
     assert {r["details"]["weight"] for r in query("he.job.contribution")} == {1.0}
     poll(lambda: len(query("fl.round_finished")) >= 2, "the he rounds in the cloud log")
     assert [r["details"]["mode"] for r in query("fl.round_finished")] == ["he", "he"]
+
+
+def test_fl_cli_runs_an_he_round_with_dp_and_a_preset_too_small_aborts(mesh: DeviceMesh) -> None:
+    """``securemesh fl run --mode he`` with client-level DP (after the test above: 2 rounds),
+    then a run whose ``clip · max_weight`` the preset cannot hold aborts with the reason."""
+    cli_dir = mesh.dir("edge-a.cli")
+    token = end_token(mesh.dir("edge-a"))
+    created = time.time()
+    poll(lambda: read_status(mesh.dir("edge-a"))["written_at"] > created, "the token")
+    Device.enroll(
+        token, data_dir=cli_dir, node_id="edge-a.cli", passphrase=PASSPHRASE,
+        timeout=20, kdf_params=UNSAFE_FAST_PARAMS,
+    )  # fmt: skip
+    env = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
+    out = cli(
+        "fl", "run", "--to", "edge-a", "--data-dir", str(cli_dir), "--mode", "he",
+        "--aggregator", "edge-b", "--preset", "fast-4096", "--clients-per-round", "3",
+        "--zeros", str(SIZE), "--clip", "1", "--dp-clip", "1", "--noise-multiplier", "1.5",
+        "--stage-timeout", "30", "--wait", "90", "-o", "json", env=env,
+    )  # fmt: skip
+    done = json.loads(out)
+    assert done["last round"] == 3
+    assert done["last aborted"] is None
+    assert done["mode"] == "he"
+    assert done["epsilon"] == round(epsilon_for(1.5, 1, 1e-5), 4)
+    ops = mesh.devices["edge-a.ops"]
+    huge = RunBody(
+        rounds=1, clients_per_round=3, mode="he", aggregator="edge-b", preset="fast-4096",
+        clip=1e6, max_weight=1_000_000, stage_timeout=30.0,
+    )  # fmt: skip
+    ops.request("edge-a", "fl.run", huge, [bytes(8 * SIZE)], timeout=20)
+    poll(
+        lambda: read_status(mesh.dir("edge-a"))["services"]["fl"]["rounds"] >= 4,
+        "the refused round",
+    )
+    last = ops.request("edge-a", "fl.status", {}, timeout=10).json()["last"]
+    assert "the HE job could not be created" in last["aborted"]
