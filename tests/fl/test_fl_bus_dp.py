@@ -1,12 +1,14 @@
-"""Client-level DP over the bus without daemons: the bodies and a device's update."""
+"""FL over the bus without daemons: the DP and he bodies, and a device's DP update."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from securemesh.fl import Participant, RoundBody, RunBody
+from securemesh.fl import HERoundBody, Participant, RoundBody, RunBody
 
 DP = {"dp_clip": 0.5, "noise_multiplier": 2.0}
 DP_TINY = {"dp_clip": 0.5, "noise_multiplier": 1e-9}
@@ -57,3 +59,32 @@ def test_with_dp_a_device_clips_to_dp_clip_and_adds_its_noise_share() -> None:
     assert float(np.std(noisy)) == pytest.approx(2.0 * 0.5 / 2.0, rel=0.02)
     again, _ = p.local_update(big, 60, cohort_size=4, max_weight=1000, **DP)
     assert not np.array_equal(noisy, again)  # fresh noise, not a replayed seed
+
+
+@given(
+    clip=st.floats(1e-3, 1e3),
+    z=st.none() | st.floats(1e-3, 1e3),
+    weight=st.integers(1, 1_000_000),
+    extra=st.sampled_from([None, "x", -1.0]),
+)
+def test_he_round_bodies_round_trip_and_refuse_what_is_off(
+    clip: float, z: float | None, weight: int, extra: object
+) -> None:
+    fields: dict[str, object] = {
+        "round": 1, "cohort": COHORT, "job_id": "ab" * 16, "aggregator": "edge-b",
+        "length": 7, "clip": clip, "max_weight": weight,
+        "dp_clip": None if z is None else clip, "noise_multiplier": z,
+    }  # fmt: skip
+    body = HERoundBody.model_validate(fields)
+    assert HERoundBody.model_validate_json(body.model_dump_json()) == body
+    if extra is not None:
+        with pytest.raises(ValidationError):  # an unknown field, or a bad value
+            HERoundBody.model_validate(
+                {**fields, "weights": extra} if extra == "x" else {**fields, "clip": extra}
+            )
+    with pytest.raises(ValidationError):
+        HERoundBody.model_validate({**fields, "job_id": "../../etc"})
+    with pytest.raises(ValidationError):  # he needs an aggregator, and only he takes one
+        RunBody(rounds=1, clients_per_round=2, mode="he")
+    with pytest.raises(ValidationError):
+        RunBody(rounds=1, clients_per_round=2, aggregator="edge-b")
