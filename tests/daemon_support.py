@@ -290,14 +290,16 @@ def enroll_edge(
     listen: str | None = None,
     top: str = "",
     tables: str = "",
+    roles: tuple[str, ...] = (),
 ) -> str:
-    """A delegated edge token at ``cloud`` (``token create --tier edge --delegate``), then
-    ``securemesh enroll`` of ``node_id`` into ``edge``, with ``top`` and ``tables`` added to
-    its ``node.toml``; returns its listen endpoint. The daemon is not started."""
+    """A delegated edge token at ``cloud`` (``token create --tier edge --delegate``, with
+    ``roles`` if given), then ``securemesh enroll`` of ``node_id`` into ``edge``, with ``top``
+    and ``tables`` added to its ``node.toml``; returns its listen endpoint. The daemon is not
+    started."""
     listen = listen or f"tcp://127.0.0.1:{free_port()}"
     token = cli(
         "token", "create", "--data-dir", str(cloud), "--tier", "edge",
-        "--delegate", "--ttl", "10m",
+        "--delegate", "--ttl", "10m", *(["--roles", ",".join(roles)] if roles else []),
     )  # fmt: skip
     cli(
         "enroll", "--data-dir", str(edge), "--token", token, "--node-id", node_id,

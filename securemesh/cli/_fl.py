@@ -2,9 +2,14 @@
 
 * ``fl run --to NODE`` connects the device enrolled in ``--data-dir`` to its
   edge and asks the FL coordinator on ``NODE`` (the ``fl`` service) to run
-  ``--rounds`` rounds of secure aggregation over the devices that joined,
+  ``--rounds`` rounds of secure aggregation (``--mode secagg``, or ``--mode he
+  --aggregator NODE``: CKKS through securemesh.he's service on NODE) over the
+  devices that joined,
   from the initial parameters in ``--init`` (a raw little-endian float64
   file) or ``--zeros N``; ``--wait`` waits until they are done;
+  ``--dp-clip C --noise-multiplier Z`` add client-level DP (each device clips
+  its update to L2 norm C and adds its share of the Gaussian noise; ``fl
+  status`` reports epsilon for ``--delta``);
 * ``fl status --to NODE`` prints the coordinator's state and its last round.
 
 See docs/federated-learning.md.
@@ -62,7 +67,10 @@ def _flat(status: dict[str, Any]) -> dict[str, Any]:
         "last round": last.get("round"),
         "last survivors": len(last.get("survivors", [])) if "survivors" in last else None,
         "last aborted": last.get("aborted"),
+        "mode": last.get("mode"),
         "model hash": last.get("model_hash"),
+        "epsilon": status.get("epsilon"),
+        "delta": status.get("delta"),
     }
 
 
@@ -105,10 +113,18 @@ def _run(args: argparse.Namespace) -> int:
             clients_per_round=args.clients_per_round,
             clip=args.clip,
             stage_timeout=args.stage_timeout,
+            dp_clip=args.dp_clip,
+            noise_multiplier=args.noise_multiplier,
+            delta=args.delta,
+            mode=args.mode,
+            aggregator=args.aggregator,
+            preset=args.preset,
+            max_weight=args.max_weight,
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise CliError(f"invalid run: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        where = ".".join(map(str, first["loc"]))
+        raise CliError(f"invalid run: {where + ': ' if where else ''}{first['msg']}") from None
     device = _connect(args)
     try:
         started = _request(device, args, MSG_RUN, body, [init])
@@ -159,6 +175,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     r.add_argument("--zeros", type=int, metavar="N", help="initial parameters: N zeros")
     r.add_argument("--clip", type=float, default=1.0, help="quantizer clipping bound (1.0)")
     r.add_argument("--stage-timeout", type=float, default=10.0, metavar="S", help="seconds (10)")
+    r.add_argument(
+        "--mode", choices=["secagg", "he"], default="secagg", help="aggregation mode (secagg)"
+    )
+    r.add_argument(
+        "--aggregator", metavar="NODE", help="he mode: the node running securemesh.he's service"
+    )
+    r.add_argument("--preset", default="standard-8192", help="he mode: CKKS preset (standard-8192)")
+    r.add_argument(
+        "--max-weight", type=int, default=1000, metavar="N", help="he mode: sample cap (1000)"
+    )
+    r.add_argument(
+        "--dp-clip", type=float, metavar="C", help="client-level DP: L2 clip of each update"
+    )
+    r.add_argument(
+        "--noise-multiplier", type=float, metavar="Z", help="client-level DP: noise std / C"
+    )
+    r.add_argument("--delta", type=float, default=1e-5, help="DP delta for epsilon (1e-5)")
     r.add_argument(
         "--wait", type=float, default=0.0, metavar="S", help="wait up to S s for the end"
     )

@@ -33,11 +33,13 @@ from securemesh.fl._aggregate import (
     register_aggregator,
 )
 from securemesh.fl._bus import (
+    MSG_HE_ROUND,
     MSG_JOIN,
     MSG_ROUND,
     MSG_RUN,
     MSG_SECAGG,
     MSG_STATUS,
+    HERoundBody,
     JoinBody,
     RoundBody,
     RunBody,
@@ -62,11 +64,13 @@ from securemesh.fl._service import FLCoordinator
 from securemesh.fl._train import LocalTraining, train_local
 
 __all__ = [
+    "MSG_HE_ROUND",
     "MSG_JOIN",
     "MSG_ROUND",
     "MSG_RUN",
     "MSG_SECAGG",
     "MSG_STATUS",
+    "HERoundBody",
     "JoinBody",
     "RoundBody",
     "RunBody",

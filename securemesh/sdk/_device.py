@@ -469,23 +469,35 @@ class Device:
         ``train(global_params) -> (new_params, samples_used)`` is called on an
         SDK handler thread at every round this device is selected for; the
         update ``new - global`` is quantized and sent only masked (SecAgg+):
-        the coordinator learns the sum over the round's survivors. Returns
+        the coordinator learns the sum over the round's survivors. In an
+        ``he`` round the device encrypts ``[n·Δ ‖ n]`` for the round's HE job
+        (``he_contribute``) instead. Returns
         the :class:`~securemesh.fl.Participant` (``rounds_done``,
         ``last_error``, ``state``). Only messages from ``coordinator`` are
         taken; the join itself is a REQUEST answered by the coordinator.
         """
         from securemesh.fl import (  # noqa: PLC0415 - lazy: numpy and the FL core only when used
+            MSG_HE_ROUND,
             MSG_JOIN,
             MSG_ROUND,
             MSG_SECAGG,
+            HERoundBody,
             Participant,
             RoundBody,
         )
+        from securemesh.sdk._he import he_contribute  # noqa: PLC0415 - TenSEAL only when called
 
         def send(msg_type: str, body: bytes, frames: Sequence[bytes]) -> None:
             self.send(coordinator, msg_type, body, frames)
 
-        participant = Participant(self.node_id, train, send, samples=samples)
+        def he_send(aggregator: str, job_id: str, values: Any) -> None:
+            he_contribute(self, aggregator, job_id, values.tolist(), timeout=60.0)
+
+        participant = Participant(self.node_id, train, send, samples=samples, he_send=he_send)
+
+        def on_he_round(msg: Message) -> None:
+            if msg.sender == coordinator:
+                participant.on_he_round(msg.body(HERoundBody), msg.frames)
 
         def on_round(msg: Message) -> None:
             if msg.sender == coordinator:
@@ -497,6 +509,7 @@ class Device:
 
         self.on(MSG_ROUND, on_round)
         self.on(MSG_SECAGG, on_secagg)
+        self.on(MSG_HE_ROUND, on_he_round)
         self.request(coordinator, MSG_JOIN, participant.join_body(), timeout=timeout)
         return participant
 

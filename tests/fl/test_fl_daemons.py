@@ -8,7 +8,8 @@ with ``fl.run``; each round runs SecAgg+ over the bus (signed envelopes,
 per-stage deadlines), drops the silent device, and updates the model. The
 test checks the rounds' survivors, that the model moved and learned, that the
 coordinator's status says so, and that the ``fl.round_finished`` events reached the
-cloud's audit log with the model hash.
+cloud's audit log with the model hash. With client-level DP the rounds report
+epsilon (status and audit), and a round a device drops out of is not released.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ from daemon_support import (
 )
 
 from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
-from securemesh.fl import LocalTraining, LogisticRegression, RunBody, model_hash, train_local
+from securemesh.fl import (
+    LocalTraining,
+    LogisticRegression,
+    RunBody,
+    epsilon_for,
+    model_hash,
+    train_local,
+)
 from securemesh.sdk import Device
 
 pytestmark = pytest.mark.slow
@@ -179,3 +187,59 @@ def test_fl_cli_runs_a_round_and_reports_status(mesh: DeviceMesh) -> None:
     assert status["rounds"] == 3
     assert len(status["last"]["participants"]) == 4
     assert len(status["last"]["model_hash"]) == 64
+
+
+def _audited(mesh: DeviceMesh, kind: str) -> list[dict[str, Any]]:
+    db = str(mesh.dir("cloud-1") / "audit.db")
+    rows = json.loads(cli("audit", "query", "--db", db, "--kind", kind, "--format", "json"))
+    assert isinstance(rows, list)
+    return rows
+
+
+def _wait_idle(mesh: DeviceMesh, rounds: int) -> None:
+    def done() -> bool:
+        fl = read_status(mesh.dir("edge-a"))["services"]["fl"]
+        return fl["rounds"] >= rounds and not fl["running"]
+
+    poll(done, f"{rounds} federated rounds in all", timeout=120)
+
+
+def test_client_level_dp_over_the_bus_reports_epsilon_and_refuses_a_thin_round(
+    mesh: DeviceMesh,
+) -> None:
+    """After the tests above (3 rounds): the vanished device comes back, two DP rounds
+    with all five devices release a model and epsilon; it vanishes again, and a DP round
+    with it in the cohort aborts (less noise than accounted), where secagg would go on."""
+    gone = DEVICES[4]
+    back = Device.connect(mesh.dir(gone), passphrase=PASSPHRASE, connect_timeout=20)
+    mesh.devices[gone] = back
+    back.join_federation("edge-a", _trainer(4), samples=60)  # a re-join replaces its key
+    ops = mesh.devices["edge-a.ops"]
+    init = MODEL.init(np.random.default_rng(0)).astype("<f8").tobytes()
+    dp = {"dp_clip": 1.0, "noise_multiplier": 0.8, "delta": 1e-4}
+    run = RunBody(rounds=2, clients_per_round=5, clip=2.0, stage_timeout=4.0, **dp)
+    assert ops.request("edge-a", "fl.run", run, [init], timeout=20).json()["started"]
+    _wait_idle(mesh, 5)
+    status: dict[str, Any] = ops.request("edge-a", "fl.status", {}, timeout=10).json()
+    last = status["last"]
+    assert "aborted" not in last, last
+    assert last["survivors"] == DEVICES
+    expected = round(epsilon_for(0.8, 2, 1e-4), 4)
+    assert status["epsilon"] == last["epsilon"] == expected
+    assert status["delta"] == last["delta"] == 1e-4
+    poll(lambda: len(_audited(mesh, "fl.round_finished")) >= 5, "DP rounds in the cloud log")
+    rows = _audited(mesh, "fl.round_finished")
+    assert [r["details"].get("epsilon") for r in rows[3:5]] == [
+        round(epsilon_for(0.8, 1, 1e-4), 4),
+        expected,
+    ]
+    assert all("epsilon" not in r["details"] for r in rows[:3])  # secagg without DP
+
+    mesh.devices.pop(gone).close(drain_timeout=1.0)
+    thin = RunBody(rounds=1, clients_per_round=5, clip=2.0, stage_timeout=2.0, **dp)
+    assert ops.request("edge-a", "fl.run", thin, [init], timeout=20).json()["started"]
+    _wait_idle(mesh, 6)
+    status = ops.request("edge-a", "fl.status", {}, timeout=10).json()
+    assert "noise shares arrived" in status["last"]["aborted"]
+    assert status["epsilon"] == 0.0  # nothing released in this run
+    poll(lambda: _audited(mesh, "fl.round_aborted"), "the abort in the cloud log")

@@ -57,6 +57,7 @@ EXPECTED = {
         "MemoryNetwork",
         "MemoryTransport",
         "RejectHook",
+        "SyncRequester",
         "Transport",
         "TransportOptions",
         "TransportStats",
