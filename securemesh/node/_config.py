@@ -146,8 +146,11 @@ class LimitsConfig(_Strict):
     accept_rate: float = Field(default=20.0, gt=0, le=1_000_000)
     fd_reserve: int = Field(default=64, ge=0, le=100_000)
     # listeners: cut every connection past this growth of the resident memory, freeing
-    # what libzmq holds of unfinished messages (0: off; securemesh.transport._memguard)
-    memory_budget: int = Field(default=0, ge=0, le=1 << 40)
+    # what libzmq holds of unfinished messages (0: off; securemesh.transport._memguard).
+    # On by default: without it one admitted peer can make the daemon hold an unbounded
+    # unfinished multipart message (issue 9 #4); 256 MiB is far above what honest
+    # traffic holds on a listener (storage shards, HE ciphertexts are streamed).
+    memory_budget: int = Field(default=256 << 20, ge=0, le=1 << 40)
 
 
 class SessionConfig(_Strict):

@@ -80,3 +80,11 @@ def test_growth_that_cutting_does_not_free_moves_the_baseline() -> None:
 def test_helpers_on_this_system() -> None:
     assert (resident_bytes() or 0) > 0
     assert cut_connections(1) == 0  # nothing of ours on port 1
+
+
+def test_daemons_run_with_the_guard_on_by_default() -> None:
+    """Issue 9 #4: a daemon's listener is guarded unless the operator turns it off (0)."""
+    from securemesh.node import LimitsConfig
+
+    assert LimitsConfig().memory_budget == 256 * MIB
+    assert LimitsConfig(memory_budget=0).memory_budget == 0
