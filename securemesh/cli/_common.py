@@ -42,6 +42,7 @@ __all__ = [
     "format_options",
     "iso_utc",
     "os_error",
+    "read_input_file",
     "parse_time_arg",
     "passphrase_options",
     "print_record",
@@ -121,6 +122,18 @@ def os_error(exc: OSError, verb: str = "use") -> CliError:
     where = exc.filename if exc.filename is not None else "a file"
     reason = exc.strerror or str(exc) or type(exc).__name__
     return CliError(f"cannot {verb} {where}: {reason}")
+
+
+def read_input_file(path: str, what: str, limit: int) -> bytes:
+    """A file the user named as input, whole; CliError if unreadable or over ``limit`` bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise os_error(exc, "read") from exc
+    if len(data) > limit:
+        raise CliError(f"{what} {path} is larger than {limit} bytes")
+    return data
 
 
 # ------------------------------------------------------------------ --format

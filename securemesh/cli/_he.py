@@ -28,10 +28,10 @@ from securemesh.cli._common import (
     data_dir_options,
     format_options,
     iso_utc,
-    os_error,
     passphrase_options,
     print_record,
     print_records,
+    read_input_file,
     read_passphrase,
     resolve_data_dir,
 )
@@ -42,14 +42,7 @@ _MAX_FILE = 64 * 1024 * 1024
 
 
 def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_FILE + 1)
-    except OSError as exc:
-        raise os_error(exc, "read") from exc
-    if len(data) > _MAX_FILE:
-        raise CliError(f"{what} {path} is larger than {_MAX_FILE} bytes")
-    return data
+    return read_input_file(path, what, _MAX_FILE)
 
 
 def _presets(args: argparse.Namespace) -> int:

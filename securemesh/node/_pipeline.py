@@ -133,7 +133,38 @@ class SessionKeys(Protocol):
     recv_key: bytes
 
 
-class VerifiedMessage:
+class _Received:
+    """What both kinds of received message read from their envelope (one copy)."""
+
+    __slots__ = ()
+    envelope: Envelope
+
+    @property
+    def msg_type(self) -> str:
+        return self.envelope.msg_type
+
+    @property
+    def sender(self) -> str:
+        return self.envelope.sender
+
+    @property
+    def body_bytes(self) -> bytes:
+        return self.envelope.body_bytes
+
+    def body(self, model: type[M]) -> M:
+        """Parse the body strictly (raises DecodeError)."""
+        return self.envelope.body(model)
+
+    @property
+    def raw_frames(self) -> tuple[memoryview, ...]:
+        return self.envelope.raw_frames
+
+    @property
+    def is_request(self) -> bool:
+        return self.envelope.flags is Flags.REQUEST
+
+
+class VerifiedMessage(_Received):
     """A message from a certified sender that passed steps 1-6; what handlers receive.
 
     ``certificate`` is the sender's verified certificate (never ``None``).
@@ -172,30 +203,6 @@ class VerifiedMessage:
         self.link = link
 
     @property
-    def msg_type(self) -> str:
-        return self.envelope.msg_type
-
-    @property
-    def sender(self) -> str:
-        return self.envelope.sender
-
-    @property
-    def body_bytes(self) -> bytes:
-        return self.envelope.body_bytes
-
-    def body(self, model: type[M]) -> M:
-        """Parse the body strictly (raises DecodeError)."""
-        return self.envelope.body(model)
-
-    @property
-    def raw_frames(self) -> tuple[memoryview, ...]:
-        return self.envelope.raw_frames
-
-    @property
-    def is_request(self) -> bool:
-        return self.envelope.flags is Flags.REQUEST
-
-    @property
     def peer_info(self) -> PeerInfo:
         cert = self.certificate
         return PeerInfo(node_id=cert.node_id, tier=cert.tier.value, roles=frozenset(cert.roles))
@@ -204,7 +211,7 @@ class VerifiedMessage:
         return f"VerifiedMessage({self.envelope!r}, relayed={self.relayed})"
 
 
-class FirstContactMessage:
+class FirstContactMessage(_Received):
     """A first-contact REQUEST from a join-token peer (enrollment): not a VerifiedMessage.
 
     The sender has no certificate yet: the envelope verified against the
@@ -235,29 +242,9 @@ class FirstContactMessage:
         self.link = link
 
     @property
-    def msg_type(self) -> str:
-        return self.envelope.msg_type
-
-    @property
     def sender(self) -> str:
         """The node id the newcomer claims (checked by the handler against its request)."""
         return self.envelope.sender
-
-    @property
-    def body_bytes(self) -> bytes:
-        return self.envelope.body_bytes
-
-    def body(self, model: type[M]) -> M:
-        """Parse the body strictly (raises DecodeError)."""
-        return self.envelope.body(model)
-
-    @property
-    def raw_frames(self) -> tuple[memoryview, ...]:
-        return self.envelope.raw_frames
-
-    @property
-    def is_request(self) -> bool:
-        return self.envelope.flags is Flags.REQUEST
 
     def __repr__(self) -> str:
         return f"FirstContactMessage({self.envelope!r})"
