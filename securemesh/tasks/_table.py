@@ -5,7 +5,8 @@ candidate, which costs microseconds per node in Python. A
 :class:`CandidateTable` keeps the same candidates as numpy columns (built once,
 reused while the reports do not change) and :meth:`CandidateTable.best` makes
 the same decision as ``Scheduler(IntentAware()).rank(...)[0]`` -- the same hard
-constraints, the same cost model, the same objective and tie-break (lowest
+constraints, the same cost model, the same objective (with the default energy
+floor) and tie-break (lowest
 score, then node id) -- in a few dozen array operations.
 ``tests/tasks/test_tasks_scheduler.py`` checks the two agree (hypothesis).
 """
@@ -24,6 +25,7 @@ from securemesh.tasks._scheduler import (
     LocalityHook,
     NoPlacement,
     allowed_tiers,
+    energy_weight,
     holders_locality,
     object_holdings,
 )
@@ -153,7 +155,7 @@ class CandidateTable:
         time_s = transfer + queue + compute
         score = (
             intent.time_weight * time_s
-            + intent.energy_weight * energy
+            + energy_weight(intent) * energy
             + intent.carbon_weight * (energy / _J_PER_KWH * c.carbon_intensity)
             + intent.cost_weight * (work * c.price)
             + intent.locality_weight * (moved / 1e6)
@@ -219,7 +221,7 @@ class CandidateTable:
                     tw * moved,
                     tw * work,
                     tw,
-                    work * intent.energy_weight,
+                    work * energy_weight(intent),
                     work * intent.carbon_weight,
                     work * intent.cost_weight,
                 ),

@@ -320,3 +320,32 @@ def test_the_adaptive_policy_learns_a_node_slower_than_it_reports() -> None:
     assert policy.observed == 30
     with pytest.raises(LocalError):
         Adaptive(alpha=-1.0)
+
+
+def test_intent_default_prefers_less_energy_among_deadline_meeting_nodes() -> None:
+    """Issue 12: a time-only intent pays for a near-tie in time with energy (ENERGY_FLOOR),
+    the deadline stays hard, and a carbon-weighted request keeps its own weights."""
+    fast_hungry = Candidate(
+        "e1", "edge", frozenset({"a.x"}), speed=60, energy_per_unit=1.2, carbon_intensity=10
+    )
+    slower_frugal = Candidate(
+        "c1",
+        "cloud",
+        frozenset({"a.x"}),
+        speed=50,
+        rtt_ms=60,
+        energy_per_unit=0.4,
+        carbon_intensity=700,
+    )
+    cands = [fast_hungry, slower_frugal]
+    roomy, _ = new_request("a.x", intent=TaskIntent(deadline_s=2.0), work=20)
+    tight, _ = new_request("a.x", intent=TaskIntent(deadline_s=0.40), work=20)
+    green, _ = new_request("a.x", intent=TaskIntent(deadline_s=2.0, carbon_weight=100.0), work=20)
+    expected = {id(roomy): "c1", id(tight): "e1", id(green): "e1"}
+    for req in (roomy, tight, green):
+        assert Scheduler().rank(req, cands)[0].candidate.node_id == expected[id(req)]
+        assert CandidateTable(cands).best(req).node_id == expected[id(req)]
+    # without the floor, the time-only request takes the faster, hungrier node
+    assert Scheduler(IntentAware(energy_floor=0.0)).rank(roomy, cands)[0].candidate.node_id == "e1"
+    with pytest.raises(LocalError):
+        IntentAware(energy_floor=math.nan)
