@@ -4,6 +4,10 @@
   to its edge, submits one task with its intent to the scheduling node ``NODE``
   and prints the executor's signed result (``-o json`` prints the whole
   :class:`~securemesh.tasks.SignedTaskResult`, to keep and verify later);
+  ``--object NAME`` (repeat) with ``--index NODE`` (as for ``securemesh
+  store``) runs it over the device's stored objects
+  (:func:`securemesh.sdk.submit_over_objects`: placed first, each object's
+  data key wrapped for the chosen executor only, which fetches and decrypts);
 * ``task verify RESULT --cert CERT`` checks a kept result against the
   executor's certificate file (``node.cert``): ``OK`` or one ``error:`` line;
 * ``task status ID --to NODE``, ``task list --to NODE``, ``task cancel ID
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from securemesh.cli._common import (
@@ -73,13 +78,18 @@ def _submit(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "request"
         raise CliError(f"invalid task request: {where}: {first['msg']}") from None
+    _check_objects(args)
+    data_dir = resolve_data_dir(args)
     passphrase = read_passphrase(args.passphrase_env, confirm=False)
-    device = Device.connect(resolve_data_dir(args), passphrase=passphrase, connect_timeout=20)
+    device = Device.connect(data_dir, passphrase=passphrase, connect_timeout=20)
     try:  # a task longer than the edge's reply window is detached and polled (docs/tasks.md)
-        handle = device.submit(
-            args.to, request.task_type, request.args, intent=intent, work=request.work,
-            inline=[bytes(f) for f in frames],
-        )  # fmt: skip
+        if args.object:
+            handle = _submit_over_objects(args, device, data_dir, passphrase, request, frames)
+        else:
+            handle = device.submit(
+                args.to, request.task_type, request.args, intent=intent, work=request.work,
+                inline=[bytes(f) for f in frames],
+            )  # fmt: skip
         result = handle.result(timeout=args.deadline + args.grace)
     except TimeoutError:
         raise CliError(
@@ -103,6 +113,47 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         print_record(json.loads(result.model_dump_json()), args.format)
     return 0
+
+
+_OBJECT_NAME = re.compile(r"[A-Za-z0-9._/-]{1,255}")
+
+
+def _check_objects(args: argparse.Namespace) -> None:
+    """``--object`` needs ``--index``; names are object names, each once."""
+    if args.object and not args.index:
+        raise CliError("--object needs the index node (the cloud): name it with --index")
+    if len(set(args.object)) != len(args.object):
+        raise CliError("--object names an object twice")
+    for name in args.object:
+        if not _OBJECT_NAME.fullmatch(name):
+            raise CliError(f"{name!r} is not an object name ([A-Za-z0-9._/-], up to 255)")
+    if not (0 < args.timeout <= 3600):
+        raise CliError("--timeout is in (0, 3600] seconds")
+
+
+def _submit_over_objects(  # noqa: PLR0917
+    args: argparse.Namespace,
+    device: Any,
+    data_dir: Path,
+    passphrase: str,
+    request: Any,
+    frames: list[Any],
+) -> Any:
+    """``--object``: the task over the device's stored objects (placed, then shared)."""
+    from securemesh.crypto.identity import NodeIdentity  # noqa: PLC0415 - lazy: start-up
+    from securemesh.enroll import IDENTITY_FILE  # noqa: PLC0415
+    from securemesh.sdk import storage_client, submit_over_objects  # noqa: PLC0415
+
+    identity = NodeIdentity.load(data_dir / IDENTITY_FILE, passphrase)
+    client = storage_client(device, identity, index=args.index, timeout=args.timeout)
+    try:
+        handle, _ = submit_over_objects(
+            device, client, args.to, request.task_type, request.args, names=args.object,
+            intent=request.intent, work=request.work, inline=[bytes(f) for f in frames],
+        )  # fmt: skip
+    except TimeoutError as exc:
+        raise CliError(f"no answer in time: {exc}") from None
+    return handle
 
 
 def _ask(args: argparse.Namespace, msg_type: str, task_id: str | None) -> list[dict[str, Any]]:
@@ -228,6 +279,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--args", default="{}", metavar="JSON", help="the arguments (a JSON object)")
     p.add_argument(
         "--input", action="append", default=[], metavar="FILE", help="an inline input (repeat)"
+    )
+    p.add_argument(
+        "--object",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a stored object of this device as an input (repeat; needs --index)",
+    )
+    p.add_argument("--index", metavar="NODE", help="the storage index node (the cloud)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="per storage request, with --object (default 30)",
     )
     p.add_argument("--deadline", type=float, default=10.0, metavar="S", help="seconds (10)")
     p.add_argument("--budget", type=float, default=None, help="maximum predicted cost")
