@@ -160,7 +160,9 @@ class KeyOwner:
                 max_contributors, max_contributors * max_weight if weighted else None
             )
             precision = bound
-        secret = SecretContext(p)
+        # key generation takes 0.1-1 s of CPU: off the event loop, which keeps serving
+        # (the FL coordinator runs an ``he`` round's job from its loop)
+        secret = await asyncio.to_thread(SecretContext, p)
         spec = JobSpec(
             job_id=job_id or os.urandom(16).hex(),
             op=op,
@@ -221,7 +223,7 @@ class KeyOwner:
                 break
         if status.state != "done":
             raise LocalError(f"HE job {job.id} is {status.state}: {status.error or 'no result'}")
-        values = job.secret.decrypt(frames, job.info.chunks)
+        values = await asyncio.to_thread(job.secret.decrypt, frames, job.info.chunks)
         return _interpret(job, status, values)
 
 

@@ -443,7 +443,7 @@ class Adaptive:
     def score(self, est: Estimate, intent: TaskIntent) -> float:
         return (
             intent.time_weight * self.predicted_time(est)
-            + intent.energy_weight * est.energy_j
+            + energy_weight(intent) * est.energy_j
             + intent.carbon_weight * est.carbon_g
             + intent.cost_weight * est.cost
             + intent.locality_weight * est.moved_mb

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,6 +129,70 @@ def test_a_job_with_too_few_contributions_fails_at_its_deadline(tmp_path: Path) 
             assert "needs 2" in status.error  # one input is never released as a "mean"
             assert audit.events[-1].kind == "he.job.failed"
         finally:
+            await dev.node.stop(0.5)
+            await host.stop()
+            await edge.node.stop(0.5)
+
+    run(main())
+
+
+class _CountingRequester:
+    """The device node as the key owner's requester, noting the loop's ticks at each request."""
+
+    def __init__(self, node: Any, ticks: list[int]) -> None:
+        self.node = node
+        self.ticks = ticks
+        self.seen: list[int] = []
+
+    async def request(self, *args: Any, **kwargs: Any) -> VerifiedMessage:
+        self.seen.append(self.ticks[0])
+        reply: VerifiedMessage = await self.node.request(*args, **kwargs)
+        return reply
+
+
+def test_key_generation_runs_off_the_event_loop(tmp_path: Path) -> None:
+    """create_job generates the CKKS keys in a worker thread (the FL coordinator's loop
+    keeps serving during an ``he`` round): a task spinning on the loop runs between the
+    call and the job's first request, which it could not if keygen blocked the loop
+    (nothing else awaits before that request)."""
+
+    async def main() -> None:
+        fx = Fixture()
+        f = memory_factory()
+        dev_m = fx.member("dev-3", "end", roles=["he-keyholder"])
+        edge = build_node(
+            fx, fx.member("edge-3", "edge"), f, listen="memory://he-3", known=[dev_m],
+            policy=HE_POLICY,
+        )  # fmt: skip
+        host = ServiceHost(
+            edge.node, audit=NullAuditRecorder(origin="edge-3"), data_dir=tmp_path / "he"
+        )
+        host.install(HeService())
+        await edge.node.start()
+        await host.start()
+        dev = build_node(fx, dev_m, f, parent=edge.node, policy=HE_POLICY)
+        await dev.node.start()
+        await dev.node.wait_parent(5)
+        ticks = [0]
+
+        async def spin() -> None:
+            while True:
+                await asyncio.sleep(0)
+                ticks[0] += 1
+
+        requester = _CountingRequester(dev.node, ticks)
+        owner = KeyOwner(requester, aggregator="edge-3")
+        spinner = asyncio.create_task(spin())
+        try:
+            await asyncio.sleep(0)
+            before = ticks[0]
+            job = await owner.create_job(
+                "sum", length=3, max_contributors=3, timeout=30, preset=FAST
+            )
+            assert requester.seen[0] > before  # the loop ran during key generation
+            assert job.info.context_digest == job.secret.public.digest
+        finally:
+            spinner.cancel()
             await dev.node.stop(0.5)
             await host.stop()
             await edge.node.stop(0.5)
