@@ -225,3 +225,24 @@ def test_a_task_over_an_object_runs_on_a_holder_that_got_the_key_only_then(mesh:
         ),
         "task.finished (1 object) and storage.share in the cloud log",
     )
+
+
+def test_the_cli_submits_a_task_over_a_stored_object(mesh: Mesh) -> None:
+    """``securemesh task submit --object NAME --index NODE``: the same path as
+    :func:`submit_over_objects`, from the device's data dir (run last: it closes the
+    module's SDK device, as the CLI connects as the same node)."""
+    data = os.urandom(SIZE)
+    manifest = asyncio.run(mesh.client.put("inputs/cli.bin", data))
+    mesh.devices.pop(DEVICE).close(drain_timeout=1.0)
+    out = cli(
+        "task", "submit", "demo.digest", "--to", "cloud-1", "--object", "inputs/cli.bin",
+        "--index", "cloud-1", "--locality-weight", "1000", "--deadline", "20",
+        "--timeout", "10", "--data-dir", str(mesh.root / "dev"), "--format", "json",
+        env={"SECUREMESH_PASSPHRASE": PASSPHRASE},
+    )  # fmt: skip
+    outcome = json.loads(out)["outcome"]
+    assert outcome["ok"]
+    assert outcome["executor"] in manifest.placement
+    assert outcome["result"] == {
+        "inputs": [{"size": SIZE, "sha256": hashlib.sha256(data).hexdigest()}]
+    }
