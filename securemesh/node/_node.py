@@ -678,10 +678,16 @@ class MeshNode:
         if auth == "session":
             # one clock reading for the freshness check and the timestamp (a stream's
             # usual case: the session is fresh; otherwise _encode reads the clock again)
+            # (SessionTable.fresh inline: the same three checks)
             sessions = self._sessions
             session = sessions.out.get(dest)
             now = self._clock()
-            if session is None or not sessions.fresh(session, now):
+            if (
+                session is None
+                or session.sent >= sessions.max_messages
+                or now - session.created >= sessions.max_age
+                or session.session_id not in sessions.by_id
+            ):
                 now = None
                 session = await sessions.session_for(dest)
         link = session.link if session is not None else self._link_to(dest)
