@@ -611,8 +611,9 @@ class MeshNode:
         flags: Flags = Flags.NONE,
         correlation_id: bytes = ZERO_ID,
         session: SessionEntry | None = None,
+        now: float | None = None,
     ) -> list[bytes | memoryview]:
-        ts = int(self._clock() * 1000)
+        ts = int((self._clock() if now is None else now) * 1000)
         if session is None:
             return encode_signed(
                 msg_type=msg_type,
@@ -673,13 +674,24 @@ class MeshNode:
         if dest == self.node_id:
             raise LocalError("a node does not send to itself")
         session: SessionEntry | None = None
+        now: float | None = None
         if auth == "session":
+            # one clock reading for the freshness check and the timestamp (a stream's
+            # usual case: the session is fresh; otherwise _encode reads the clock again)
+            # (SessionTable.fresh inline: the same three checks)
             sessions = self._sessions
             session = sessions.out.get(dest)
-            if session is None or not sessions.fresh(session):
+            now = self._clock()
+            if (
+                session is None
+                or session.sent >= sessions.max_messages
+                or now - session.created >= sessions.max_age
+                or session.session_id not in sessions.by_id
+            ):
+                now = None
                 session = await sessions.session_for(dest)
         link = session.link if session is not None else self._link_to(dest)
-        out = self._encode(dest, msg_type, body, frames, session=session)
+        out = self._encode(dest, msg_type, body, frames, session=session, now=now)
         # straight to the channel (as _send_on, one coroutine frame less: the hot path)
         await link.channel.send(link.peer, cast("Sequence[bytes]", out), timeout=self._send_timeout)
         self.metrics.sent += 1
@@ -875,6 +887,7 @@ class MeshNode:
         process = self.pipeline.process
         metrics = self.metrics
         take = self._take
+        route = self._route
         recv_nowait = channel.recv_nowait
         burst = 0
         while not self._stopped:  # see _maintenance: a swallowed cancel must still end the loop
@@ -902,7 +915,11 @@ class MeshNode:
             metrics.received += 1
             result = process(peer, frames, from_parent=from_parent)
             try:
-                rest = take(result, channel, from_parent, frames)
+                # (a verified message straight to _route: one call less per message)
+                if type(result) is Rejection:
+                    rest = take(result, channel, from_parent, frames)
+                else:
+                    rest = route(cast("AnyMessage", result), channel, from_parent)
                 if rest is not None:
                     await rest
             except asyncio.CancelledError:

@@ -97,11 +97,14 @@ class SessionTable:
 
     # ------------------------------------------------------------- sending
 
-    def fresh(self, entry: SessionEntry) -> bool:
-        """May ``entry`` carry one more message (``[session]`` limits, still installed)?"""
+    def fresh(self, entry: SessionEntry, now: float | None = None) -> bool:
+        """May ``entry`` carry one more message (``[session]`` limits, still installed)?
+
+        ``now`` is the caller's clock reading, if it has one (one read per send).
+        """
         return (
             entry.sent < self.max_messages
-            and self._clock() - entry.created < self.max_age
+            and (self._clock() if now is None else now) - entry.created < self.max_age
             and entry.session_id in self.by_id
         )
 
