@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import os
 import socket
@@ -40,8 +39,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import securemesh.cli._mesh as mesh_cli
-from securemesh.cli import main as cli_main
 from securemesh.crypto import keystore
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.enroll import IDENTITY_FILE
@@ -58,13 +55,24 @@ def _port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The mesh set-up commands run in their own interpreter (with the cheap test KDF
+# cost): init migrates the cloud's audit log (SQLAlchemy + Alembic), which must
+# not count in this process's peak RSS -- here only the device is measured.
+_CLI = (
+    "import sys; import securemesh.cli._mesh as m; from securemesh.crypto import keystore; "
+    "m._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS; from securemesh.cli import main; "
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
 def _cli(*args: str) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli_main(list(args))
-    if code:
-        raise SystemExit(f"securemesh {' '.join(args[:2])} failed ({code})")
-    return out.getvalue().strip()
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, *args], capture_output=True, check=False, env=os.environ
+    )
+    if done.returncode:
+        sys.stderr.write(done.stderr.decode(errors="replace"))
+        raise SystemExit(f"securemesh {' '.join(args[:2])} failed ({done.returncode})")
+    return done.stdout.decode().strip()
 
 
 def _configure(toml: Path, factory: str, domain: str = "") -> None:
@@ -156,7 +164,6 @@ def pipeline_rate(size: int, segment: int, k: int, n: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    mesh_cli._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS
     size, segment = args.size_mib * 1024 * 1024, args.segment_mib * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         root = Path(tmp)
