@@ -18,6 +18,10 @@ only; nothing measured depends on it).
   the device (its loop and node) lives in this process (target <= 128 MB for
   256 MiB); ``client_rss_before_mb`` is the same peak just before the put
   (interpreter, imports, the connected device);
+* ``client_cpu_put_s`` / ``client_cpu_get_s``: this process's CPU time over the
+  put / the get (its device's loop included); ``mesh_cpu_s``: the daemons' CPU
+  time over their whole life (start-up, put, get) -- wall figures are noisy on
+  a shared machine, CPU per byte is what to compare between runs;
 * ``ok``: the object came back byte for byte.
 
 The LAST line is one JSON object with every figure.
@@ -31,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -108,6 +113,11 @@ def _peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 @contextlib.contextmanager
@@ -195,14 +205,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     time.sleep(0.2)
                 rss_before = _peak_rss_mb()
                 with src.open("rb") as fh:
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     asyncio.run(client.put("bench/object", fh))
                     put_s = time.perf_counter() - start
+                    put_cpu = time.process_time() - cpu
                 with dst.open("wb") as out:
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     asyncio.run(client.get_into("bench/object", out.write))
                     get_s = time.perf_counter() - start
+                    get_cpu = time.process_time() - cpu
                 rss = _peak_rss_mb()
+            mesh_cpu = _children_cpu()  # set-up CLIs reaped; the daemons not yet
+        mesh_cpu = _children_cpu() - mesh_cpu
         with dst.open("rb") as fh:
             ok = hashlib.file_digest(fh, "sha256").hexdigest() == digest.hexdigest()
     pipeline = pipeline_rate(size, segment, args.k, args.n)
@@ -219,6 +233,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "pipeline_mb_per_s": round(pipeline, 1),
         "ratio_put": round(put_rate / pipeline, 3),
         "ratio_get": round(get_rate / pipeline, 3),
+        "client_cpu_put_s": round(put_cpu, 2),
+        "client_cpu_get_s": round(get_cpu, 2),
+        "mesh_cpu_s": round(mesh_cpu, 2),
         "client_peak_rss_mb": round(rss, 1),
         "client_rss_before_mb": round(rss_before, 1),
         "ok": ok,
