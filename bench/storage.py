@@ -19,9 +19,10 @@ only; nothing measured depends on it).
   256 MiB); ``client_rss_before_mb`` is the same peak just before the put
   (interpreter, imports, the connected device);
 * ``client_cpu_put_s`` / ``client_cpu_get_s``: this process's CPU time over the
-  put / the get (its device's loop included); ``mesh_cpu_s``: the daemons' CPU
-  time over their whole life (start-up, put, get) -- wall figures are noisy on
-  a shared machine, CPU per byte is what to compare between runs;
+  put / the get (its device's loop included); ``mesh_cpu_put_s`` /
+  ``mesh_cpu_get_s``: all daemons' CPU time over the same (``/proc/PID/stat``)
+  -- wall figures are noisy on a shared machine, CPU per byte is what to
+  compare between runs;
 * ``ok``: the object came back byte for byte.
 
 The LAST line is one JSON object with every figure.
@@ -35,7 +36,6 @@ import contextlib
 import hashlib
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -115,14 +115,18 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _daemons_cpu(pids: list[int]) -> float:
+    """The running daemons' CPU seconds so far (utime + stime, proc(5))."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of the line
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
-def mesh(root: Path, edges: int) -> Iterator[list[str]]:
-    """Cloud + edges as daemons; yields the edge ids; stops every daemon."""
+def mesh(root: Path, edges: int) -> Iterator[tuple[list[str], list[int]]]:
+    """Cloud + edges as daemons; yields the edge ids and the daemons' pids; stops every daemon."""
     os.environ["SECUREMESH_PASSPHRASE"] = PASSPHRASE
     env = {**os.environ, "SECUREMESH_STORAGE_CHALLENGE_INTERVAL": "3600"}
     procs: list[subprocess.Popen[bytes]] = []
@@ -152,7 +156,7 @@ def mesh(root: Path, edges: int) -> Iterator[list[str]]:
             start(root / edge)
         for edge in ids:
             _wait(root / edge / "ready", edge)
-        yield ids
+        yield ids, [proc.pid for proc in procs]
     finally:
         for proc in procs:
             proc.terminate()
@@ -184,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 block = os.urandom(1024 * 1024)
                 digest.update(block)
                 fh.write(block)
-        with mesh(root, args.edges) as edges:
+        with mesh(root, args.edges) as (edges, pids):
             edge0 = root / edges[0]
             _wait(edge0 / "status.json", "the first edge's status")
             token = _cli("token", "create", "--data-dir", str(edge0), "--tier", "end",
@@ -205,18 +209,18 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     time.sleep(0.2)
                 rss_before = _peak_rss_mb()
                 with src.open("rb") as fh:
-                    start, cpu = time.perf_counter(), time.process_time()
+                    start, cpu, mesh0 = time.perf_counter(), time.process_time(), _daemons_cpu(pids)
                     asyncio.run(client.put("bench/object", fh))
                     put_s = time.perf_counter() - start
                     put_cpu = time.process_time() - cpu
+                    mesh_put = _daemons_cpu(pids) - mesh0
                 with dst.open("wb") as out:
-                    start, cpu = time.perf_counter(), time.process_time()
+                    start, cpu, mesh0 = time.perf_counter(), time.process_time(), _daemons_cpu(pids)
                     asyncio.run(client.get_into("bench/object", out.write))
                     get_s = time.perf_counter() - start
                     get_cpu = time.process_time() - cpu
+                    mesh_get = _daemons_cpu(pids) - mesh0
                 rss = _peak_rss_mb()
-            mesh_cpu = _children_cpu()  # set-up CLIs reaped; the daemons not yet
-        mesh_cpu = _children_cpu() - mesh_cpu
         with dst.open("rb") as fh:
             ok = hashlib.file_digest(fh, "sha256").hexdigest() == digest.hexdigest()
     pipeline = pipeline_rate(size, segment, args.k, args.n)
@@ -235,7 +239,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "ratio_get": round(get_rate / pipeline, 3),
         "client_cpu_put_s": round(put_cpu, 2),
         "client_cpu_get_s": round(get_cpu, 2),
-        "mesh_cpu_s": round(mesh_cpu, 2),
+        "mesh_cpu_put_s": round(mesh_put, 2),
+        "mesh_cpu_get_s": round(mesh_get, 2),
         "client_peak_rss_mb": round(rss, 1),
         "client_rss_before_mb": round(rss_before, 1),
         "ok": ok,
