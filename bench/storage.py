@@ -18,6 +18,11 @@ only; nothing measured depends on it).
   the device (its loop and node) lives in this process (target <= 128 MB for
   256 MiB); ``client_rss_before_mb`` is the same peak just before the put
   (interpreter, imports, the connected device);
+* ``client_cpu_put_s`` / ``client_cpu_get_s``: this process's CPU time over the
+  put / the get (its device's loop included); ``mesh_cpu_put_s`` /
+  ``mesh_cpu_get_s``: all daemons' CPU time over the same (``/proc/PID/stat``)
+  -- wall figures are noisy on a shared machine, CPU per byte is what to
+  compare between runs;
 * ``ok``: the object came back byte for byte.
 
 The LAST line is one JSON object with every figure.
@@ -29,7 +34,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import io
 import json
 import os
 import socket
@@ -40,8 +44,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import securemesh.cli._mesh as mesh_cli
-from securemesh.cli import main as cli_main
 from securemesh.crypto import keystore
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.enroll import IDENTITY_FILE
@@ -58,13 +60,24 @@ def _port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The mesh set-up commands run in their own interpreter (with the cheap test KDF
+# cost): init migrates the cloud's audit log (SQLAlchemy + Alembic), which must
+# not count in this process's peak RSS -- here only the device is measured.
+_CLI = (
+    "import sys; import securemesh.cli._mesh as m; from securemesh.crypto import keystore; "
+    "m._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS; from securemesh.cli import main; "
+    "sys.exit(main(sys.argv[1:]))"
+)
+
+
 def _cli(*args: str) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = cli_main(list(args))
-    if code:
-        raise SystemExit(f"securemesh {' '.join(args[:2])} failed ({code})")
-    return out.getvalue().strip()
+    done = subprocess.run(
+        [sys.executable, "-c", _CLI, *args], capture_output=True, check=False, env=os.environ
+    )
+    if done.returncode:
+        sys.stderr.write(done.stderr.decode(errors="replace"))
+        raise SystemExit(f"securemesh {' '.join(args[:2])} failed ({done.returncode})")
+    return done.stdout.decode().strip()
 
 
 def _configure(toml: Path, factory: str, domain: str = "") -> None:
@@ -102,9 +115,18 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
+def _daemons_cpu(pids: list[int]) -> float:
+    """The running daemons' CPU seconds so far (utime + stime, proc(5))."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of the line
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def mesh(root: Path, edges: int) -> Iterator[list[str]]:
-    """Cloud + edges as daemons; yields the edge ids; stops every daemon."""
+def mesh(root: Path, edges: int) -> Iterator[tuple[list[str], list[int]]]:
+    """Cloud + edges as daemons; yields the edge ids and the daemons' pids; stops every daemon."""
     os.environ["SECUREMESH_PASSPHRASE"] = PASSPHRASE
     env = {**os.environ, "SECUREMESH_STORAGE_CHALLENGE_INTERVAL": "3600"}
     procs: list[subprocess.Popen[bytes]] = []
@@ -134,7 +156,7 @@ def mesh(root: Path, edges: int) -> Iterator[list[str]]:
             start(root / edge)
         for edge in ids:
             _wait(root / edge / "ready", edge)
-        yield ids
+        yield ids, [proc.pid for proc in procs]
     finally:
         for proc in procs:
             proc.terminate()
@@ -156,7 +178,6 @@ def pipeline_rate(size: int, segment: int, k: int, n: int) -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    mesh_cli._KDF_PARAMS = keystore.UNSAFE_FAST_PARAMS
     size, segment = args.size_mib * 1024 * 1024, args.segment_mib * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         root = Path(tmp)
@@ -167,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 block = os.urandom(1024 * 1024)
                 digest.update(block)
                 fh.write(block)
-        with mesh(root, args.edges) as edges:
+        with mesh(root, args.edges) as (edges, pids):
             edge0 = root / edges[0]
             _wait(edge0 / "status.json", "the first edge's status")
             token = _cli("token", "create", "--data-dir", str(edge0), "--tier", "end",
@@ -188,13 +209,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     time.sleep(0.2)
                 rss_before = _peak_rss_mb()
                 with src.open("rb") as fh:
-                    start = time.perf_counter()
+                    start, cpu, mesh0 = time.perf_counter(), time.process_time(), _daemons_cpu(pids)
                     asyncio.run(client.put("bench/object", fh))
                     put_s = time.perf_counter() - start
+                    put_cpu = time.process_time() - cpu
+                    mesh_put = _daemons_cpu(pids) - mesh0
                 with dst.open("wb") as out:
-                    start = time.perf_counter()
+                    start, cpu, mesh0 = time.perf_counter(), time.process_time(), _daemons_cpu(pids)
                     asyncio.run(client.get_into("bench/object", out.write))
                     get_s = time.perf_counter() - start
+                    get_cpu = time.process_time() - cpu
+                    mesh_get = _daemons_cpu(pids) - mesh0
                 rss = _peak_rss_mb()
         with dst.open("rb") as fh:
             ok = hashlib.file_digest(fh, "sha256").hexdigest() == digest.hexdigest()
@@ -212,6 +237,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "pipeline_mb_per_s": round(pipeline, 1),
         "ratio_put": round(put_rate / pipeline, 3),
         "ratio_get": round(get_rate / pipeline, 3),
+        "client_cpu_put_s": round(put_cpu, 2),
+        "client_cpu_get_s": round(get_cpu, 2),
+        "mesh_cpu_put_s": round(mesh_put, 2),
+        "mesh_cpu_get_s": round(mesh_get, 2),
         "client_peak_rss_mb": round(rss, 1),
         "client_rss_before_mb": round(rss_before, 1),
         "ok": ok,

@@ -13,6 +13,9 @@ described by a signed manifest; storage nodes hold ciphertext shards only.
   client that drives the plans over a node's requests.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from securemesh.storage._client import (
     KIND_SHARE,
     GetReport,
@@ -60,8 +63,32 @@ from securemesh.storage._proof import (
     shard_address,
     verify_storage_proof,
 )
-from securemesh.storage._service import StorageService, make_cloud_service, make_service
-from securemesh.storage._store import ShardStore, StoreStats
+
+if TYPE_CHECKING:
+    from securemesh.storage._service import StorageService, make_cloud_service, make_service
+    from securemesh.storage._store import ShardStore, StoreStats
+
+# The node side (service and shard store) needs SQLAlchemy; a client (a device
+# putting and getting objects) must not pay for importing it, so these names load
+# on first use (PEP 562). ``services = ["securemesh.storage:make_service"]``
+# resolves them the same way.
+_NODE_SIDE = {
+    "StorageService": "securemesh.storage._service",
+    "make_cloud_service": "securemesh.storage._service",
+    "make_service": "securemesh.storage._service",
+    "ShardStore": "securemesh.storage._store",
+    "StoreStats": "securemesh.storage._store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _NODE_SIDE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "KIND_SHARE",

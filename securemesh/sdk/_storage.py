@@ -30,19 +30,12 @@ from pydantic import BaseModel
 from securemesh.crypto.certs import verify_certificate
 from securemesh.errors import AuthenticationError, LocalError
 from securemesh.storage import StorageClient
-from securemesh.tasks import (
-    MSG_PLACE,
-    ObjectReader,
-    ObjectRef,
-    TaskIntent,
-    TaskPlacement,
-    new_request,
-)
 
 if TYPE_CHECKING:
     from securemesh.crypto.identity import NodeIdentity
     from securemesh.node import NodeContext, VerifiedMessage
     from securemesh.sdk._device import Device, TaskHandle
+    from securemesh.tasks import ObjectReader, ObjectRef, TaskIntent, TaskPlacement
 
 __all__ = [
     "DeviceAudit",
@@ -184,6 +177,10 @@ def submit_over_objects(
     Synchronous (runs the client on a private event loop); the handle and
     the placement. ``client`` must act as ``device`` (the objects' owner).
     """
+    # lazy: securemesh.tasks brings numpy (the scheduler), which a device that only
+    # stores objects must not load
+    from securemesh.tasks import MSG_PLACE, ObjectRef, TaskPlacement, new_request  # noqa: PLC0415
+
     if client.node_id != device.node_id:
         raise LocalError("the storage client must act as the submitting device")
 

@@ -245,7 +245,10 @@ def test_round_trip_and_no_plaintext_on_disk(grid: Grid) -> None:
         blobs = [p for p in grid.blobs(edge) if p.is_file()]
         assert len(blobs) == sum(-(-s // SEG) for s in SIZES)
         for path in files:
-            assert MARKER not in path.read_bytes(), path
+            # the daemon runs on: a status temp file or SQLite's -journal/-wal may
+            # be gone between the listing and the read
+            with contextlib.suppress(FileNotFoundError):
+                assert MARKER not in path.read_bytes(), path
         assert all(p.stat().st_mode & 0o077 == 0 for p in blobs)
         poll(lambda e=edge: storage_status(grid.dir(e))["shards_stored"] >= 1, "edge status")
 
