@@ -53,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import tenseal as ts
+from daemon_wait import wait_file, wait_status_tick
 from pydantic import BaseModel
 
 import securemesh.cli._mesh as mesh_cli
@@ -87,25 +88,6 @@ def _configure(toml: Path) -> None:
     top = 'services = ["securemesh.he:make_service"]\n'
     tables = '\n[[policy.allow]]\ntypes = ["he.*"]\ntiers = ["end", "edge", "cloud"]\n'
     toml.write_text(top + toml.read_text() + tables)
-
-
-def _wait(path: Path, what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _wait_tick(data_dir: Path, after: float, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            if json.loads((data_dir / "status.json").read_text())["written_at"] > after:
-                return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{data_dir.name} wrote no status")
-        time.sleep(0.05)
 
 
 class CountingRequester(DeviceRequester):
@@ -149,7 +131,7 @@ def mesh(root: Path) -> Iterator[tuple[Path, list[int]]]:
              "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{_port()}")  # fmt: skip
         _configure(cloud / "node.toml")
         start(cloud)
-        _wait(cloud / "ready", "the cloud")
+        wait_file(cloud / "ready", "the cloud")
         edge = root / "edge-0"
         token = _cli("token", "create", "--data-dir", str(cloud), "--tier", "edge",
                      "--delegate", "--ttl", "10m")  # fmt: skip
@@ -157,8 +139,8 @@ def mesh(root: Path) -> Iterator[tuple[Path, list[int]]]:
              "--listen", f"tcp://127.0.0.1:{_port()}")  # fmt: skip
         _configure(edge / "node.toml")
         start(edge)
-        _wait(edge / "ready", "edge-0")
-        _wait(edge / "status.json", "edge-0's status")
+        wait_file(edge / "ready", "edge-0")
+        wait_file(edge / "status.json", "edge-0's status")
         yield edge, [p.pid for p in procs]
     finally:
         for proc in procs:
@@ -211,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             roles = ["--roles", "he-keyholder"] if name.endswith("owner") else []
             tokens[name] = _cli("token", "create", "--data-dir", str(edge), "--tier", "end",
                                 *roles, "--ttl", "10m")  # fmt: skip
-        _wait_tick(edge, time.time())
+        wait_status_tick(edge, time.time())
         try:
             for name in names:
                 Device.enroll(tokens[name], data_dir=root / name, node_id=name,

@@ -44,6 +44,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemon_wait import wait_file, wait_status_tick
+
 from securemesh.crypto import keystore
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.enroll import IDENTITY_FILE
@@ -89,25 +91,6 @@ def _configure(toml: Path, factory: str, domain: str = "") -> None:
     toml.write_text(top + toml.read_text() + tables)
 
 
-def _wait(path: Path, what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _wait_tick(data_dir: Path, after: float, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            if json.loads((data_dir / "status.json").read_text())["written_at"] > after:
-                return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{data_dir.name} wrote no status")
-        time.sleep(0.05)
-
-
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -145,7 +128,7 @@ def mesh(root: Path, edges: int) -> Iterator[tuple[list[str], list[int]]]:
              "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{_port()}")  # fmt: skip
         _configure(cloud / "node.toml", "make_cloud_service")
         start(cloud)
-        _wait(cloud / "ready", "the cloud")
+        wait_file(cloud / "ready", "the cloud")
         ids = [f"edge-{i}" for i in range(edges)]
         for edge in ids:
             token = _cli("token", "create", "--data-dir", str(cloud), "--tier", "edge",
@@ -155,7 +138,7 @@ def mesh(root: Path, edges: int) -> Iterator[tuple[list[str], list[int]]]:
             _configure(root / edge / "node.toml", "make_service", f"rack-{edge}")
             start(root / edge)
         for edge in ids:
-            _wait(root / edge / "ready", edge)
+            wait_file(root / edge / "ready", edge)
         yield ids, [proc.pid for proc in procs]
     finally:
         for proc in procs:
@@ -190,10 +173,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 fh.write(block)
         with mesh(root, args.edges) as (edges, pids):
             edge0 = root / edges[0]
-            _wait(edge0 / "status.json", "the first edge's status")
+            wait_file(edge0 / "status.json", "the first edge's status")
             token = _cli("token", "create", "--data-dir", str(edge0), "--tier", "end",
                          "--ttl", "10m")  # fmt: skip
-            _wait_tick(edge0, time.time())  # the edge admits a new token's key on a tick
+            wait_status_tick(edge0, time.time())  # the edge admits a new token's key on a tick
             Device.enroll(token, data_dir=root / "dev", node_id=f"{edges[0]}.bench",
                           passphrase=PASSPHRASE, timeout=30,
                           kdf_params=keystore.UNSAFE_FAST_PARAMS)  # fmt: skip

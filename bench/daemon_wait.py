@@ -1,0 +1,31 @@
+"""Readiness waits the daemon benches share (bench/he.py, bench/storage.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+__all__ = ["wait_file", "wait_status_tick"]
+
+
+def wait_file(path: Path, what: str, timeout: float = 90.0) -> None:
+    """Until ``path`` exists (a daemon's ready file); SystemExit after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_status_tick(data_dir: Path, after: float, timeout: float = 30.0) -> None:
+    """Until the daemon in ``data_dir`` writes a ``status.json`` newer than ``after``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if json.loads((data_dir / "status.json").read_text())["written_at"] > after:
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{data_dir.name} wrote no status")
+        time.sleep(0.05)
