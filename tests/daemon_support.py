@@ -330,6 +330,38 @@ class DeviceMesh:
     def dir(self, name: str) -> Path:
         return self.root / name
 
+    def enroll_devices(
+        self,
+        edge: str,
+        tokens: Mapping[str, str],
+        passphrase: str,
+        *,
+        unconnected: Iterable[str] = (),
+        enroll_timeout: float = 20,
+        connect_timeout: float = 20,
+    ) -> None:
+        """Enroll ``tokens`` (node id -> end token made at ``edge``) with the SDK and connect
+        each device but ``unconnected`` (e.g. one the CLI connects itself). Waits first for
+        the running ``edge`` to write a status after now: it admits new tokens' keys then."""
+        from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
+        from securemesh.sdk import Device
+
+        created = time.time()
+        poll(
+            lambda: read_status(self.dir(edge))["written_at"] > created,
+            f"{edge} to admit the tokens",
+        )
+        skip = set(unconnected)
+        for name, token in tokens.items():
+            Device.enroll(
+                token, data_dir=self.root / name, node_id=name, passphrase=passphrase,
+                timeout=enroll_timeout, kdf_params=UNSAFE_FAST_PARAMS,
+            )  # fmt: skip
+            if name not in skip:
+                self.devices[name] = Device.connect(
+                    self.root / name, passphrase=passphrase, connect_timeout=connect_timeout
+                )
+
     def close_devices(self) -> None:
         for dev in self.devices.values():
             dev.close(drain_timeout=1.0)

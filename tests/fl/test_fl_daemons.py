@@ -15,7 +15,6 @@ epsilon (status and audit), and a round a device drops out of is not released.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,7 +32,6 @@ from daemon_support import (
     reaped,
 )
 
-from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.fl import (
     LocalTraining,
     LogisticRegression,
@@ -88,21 +86,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
             tokens = {
                 name: end_token(m.dir("edge-a")) for name in [*DEVICES, "edge-a.ops", "edge-a.cli"]
             }
-            created = time.time()
-            poll(
-                lambda: read_status(m.dir("edge-a"))["written_at"] > created,
-                "the edge to admit tokens",
-            )
-            for name, token in tokens.items():
-                Device.enroll(
-                    token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
-                    timeout=20, kdf_params=UNSAFE_FAST_PARAMS,
-                )  # fmt: skip
-                if name == "edge-a.cli":  # the CLI connects it itself
-                    continue
-                m.devices[name] = Device.connect(
-                    root / name, passphrase=PASSPHRASE, connect_timeout=20
-                )
+            m.enroll_devices("edge-a", tokens, PASSPHRASE, unconnected=["edge-a.cli"])
             yield m
         finally:
             m.close_devices()

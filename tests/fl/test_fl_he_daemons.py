@@ -87,19 +87,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
             daemons.run("edge-a", m.dir("edge-a"))
             daemons.run("edge-b", m.dir("edge-b"))
             tokens = {name: end_token(m.dir("edge-a")) for name in [*DEVICES, "edge-a.ops"]}
-            created = time.time()
-            poll(
-                lambda: read_status(m.dir("edge-a"))["written_at"] > created,
-                "the edge to admit tokens",
-            )
-            for name, token in tokens.items():
-                Device.enroll(
-                    token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
-                    timeout=20, kdf_params=UNSAFE_FAST_PARAMS,
-                )  # fmt: skip
-                m.devices[name] = Device.connect(
-                    root / name, passphrase=PASSPHRASE, connect_timeout=20
-                )
+            m.enroll_devices("edge-a", tokens, PASSPHRASE)
             yield m
         finally:
             m.close_devices()

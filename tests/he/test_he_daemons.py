@@ -49,13 +49,11 @@ from daemon_support import (
     enroll_edge,
     init_cloud,
     poll,
-    read_status,
     reaped,
     verify_cloud_log,
 )
 
 from securemesh.cli import main
-from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.errors import RemoteCallError
 from securemesh.he import (
     Contribution,
@@ -109,19 +107,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
             daemons.run("edge-a", m.dir("edge-a"))
             roles = {OWNER: ["he-keyholder"], BAD: [], **{c: [] for c in HONEST}}
             tokens = {name: end_token(m.dir("edge-a"), *r) for name, r in roles.items()}
-            created = time.time()
-            poll(
-                lambda: read_status(m.dir("edge-a"))["written_at"] > created,
-                "edge-a to admit the tokens",
-            )
-            for name, token in tokens.items():
-                Device.enroll(
-                    token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
-                    timeout=20, kdf_params=UNSAFE_FAST_PARAMS,
-                )  # fmt: skip
-                m.devices[name] = Device.connect(
-                    root / name, passphrase=PASSPHRASE, connect_timeout=30
-                )
+            m.enroll_devices("edge-a", tokens, PASSPHRASE, connect_timeout=30)
             yield m
         finally:
             m.close_devices()

@@ -51,9 +51,7 @@ from daemon_support import (
 )
 
 from securemesh.crypto.certs import Certificate, SignedCertificate
-from securemesh.crypto.keystore import UNSAFE_FAST_PARAMS
 from securemesh.errors import AuthenticationError, RemoteCallError
-from securemesh.sdk import Device
 from securemesh.tasks import (
     ObjectRef,
     SignedTaskResult,
@@ -146,21 +144,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     ("edge-a.cli", ["submitter"]),
                 )
             }
-            created = time.time()
-            poll(
-                lambda: read_status(m.dir("edge-a"))["written_at"] > created,
-                "edge-a to admit the tokens",
+            m.enroll_devices(
+                "edge-a", tokens, PASSPHRASE, unconnected=["edge-a.cli"], enroll_timeout=10
             )
-            for name, token in tokens.items():
-                Device.enroll(
-                    token, data_dir=root / name, node_id=name, passphrase=PASSPHRASE,
-                    timeout=10, kdf_params=UNSAFE_FAST_PARAMS,
-                )  # fmt: skip
-                if name == "edge-a.cli":  # the CLI connects it itself
-                    continue
-                m.devices[name] = Device.connect(
-                    root / name, passphrase=PASSPHRASE, connect_timeout=20
-                )
 
             def edges_report_tasks() -> bool:
                 peers = read_status(cloud)["peers"]
