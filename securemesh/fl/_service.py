@@ -52,6 +52,8 @@ __all__ = ["FLCoordinator"]
 
 _TICK = 0.1
 _MAX_WEIGHT = 100_000
+#: the role a device needs to start a federation run (``fl.run``)
+RUN_ROLE = "fl-operator"
 
 
 def _json(value: dict[str, object]) -> bytes:
@@ -80,10 +82,13 @@ class FLCoordinator(Service):
 
     def install(self, ctx: NodeContext) -> None:
         self.ctx = ctx
-        end = AllowTypes(types=[MSG_JOIN, MSG_SECAGG, MSG_STATUS, MSG_RUN], tiers=["end"])
+        end = AllowTypes(types=[MSG_JOIN, MSG_SECAGG, MSG_STATUS], tiers=["end"])
+        # starting a run (its rounds, cohort size and initial model) is an operator's act,
+        # not any participant's: narrowed to the `fl-operator` role on top of [policy]
+        run = AllowTypes(types=[MSG_RUN], tiers=["end"], roles=[RUN_ROLE])
         ctx.on(MSG_JOIN, self._on_join, policy=end)
         ctx.on(MSG_SECAGG, self._on_secagg, policy=end)
-        ctx.on(MSG_RUN, self._on_run, policy=end)
+        ctx.on(MSG_RUN, self._on_run, policy=run)
         ctx.on(MSG_STATUS, self._on_status, policy=end)
 
     async def start(self) -> None:

@@ -84,7 +84,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
             )
             daemons.run("edge-a", m.dir("edge-a"))
             tokens = {
-                name: end_token(m.dir("edge-a")) for name in [*DEVICES, "edge-a.ops", "edge-a.cli"]
+                name: end_token(m.dir("edge-a"), *([] if name in DEVICES else ["fl-operator"]))
+                for name in [*DEVICES, "edge-a.ops", "edge-a.cli"]
             }
             m.enroll_devices("edge-a", tokens, PASSPHRASE, unconnected=["edge-a.cli"])
             yield m
@@ -227,3 +228,19 @@ def test_client_level_dp_over_the_bus_reports_epsilon_and_refuses_a_thin_round(
     assert "noise shares arrived" in status["last"]["aborted"]
     assert status["epsilon"] == 0.0  # nothing released in this run
     poll(lambda: _audited(mesh, "fl.round_aborted"), "the abort in the cloud log")
+
+
+def test_a_participant_without_the_operator_role_cannot_start_a_run(mesh: DeviceMesh) -> None:
+    """``fl.run`` is narrowed to ``fl-operator``: a participant's request is refused
+    (silently, like any unauthorized message) and no run starts."""
+    before = read_status(mesh.dir("edge-a"))["services"]["fl"]["rounds"]
+    init = np.zeros(5, dtype="<f8").tobytes()
+    with pytest.raises(TimeoutError):
+        mesh.devices[DEVICES[0]].request(
+            "edge-a", "fl.run",
+            RunBody(rounds=1, clients_per_round=2, clip=2.0, stage_timeout=4.0), [init],
+            timeout=1.5,
+        )  # fmt: skip
+    fl = read_status(mesh.dir("edge-a"))["services"]["fl"]
+    assert fl["rounds"] == before
+    assert fl["running"] is False

@@ -86,7 +86,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceMesh]:
             )
             daemons.run("edge-a", m.dir("edge-a"))
             daemons.run("edge-b", m.dir("edge-b"))
-            tokens = {name: end_token(m.dir("edge-a")) for name in [*DEVICES, "edge-a.ops"]}
+            tokens = {
+                name: end_token(m.dir("edge-a"), *([] if name in DEVICES else ["fl-operator"]))
+                for name in [*DEVICES, "edge-a.ops"]
+            }
             m.enroll_devices("edge-a", tokens, PASSPHRASE)
             yield m
         finally:
@@ -152,7 +155,7 @@ def test_fl_cli_runs_an_he_round_with_dp_and_a_preset_too_small_aborts(mesh: Dev
     """``securemesh fl run --mode he`` with client-level DP (after the test above: 2 rounds),
     then a run whose ``clip · max_weight`` the preset cannot hold aborts with the reason."""
     cli_dir = mesh.dir("edge-a.cli")
-    token = end_token(mesh.dir("edge-a"))
+    token = end_token(mesh.dir("edge-a"), "fl-operator")
     created = time.time()
     poll(lambda: read_status(mesh.dir("edge-a"))["written_at"] > created, "the token")
     Device.enroll(
