@@ -290,6 +290,17 @@ class Channel(abc.ABC):
         still yield to the event loop now and then.
         """
 
+    def recv_run_nowait(self) -> tuple[bytes, list[list[bytes]]] | None:
+        """Messages of one peer that are already here, in order, else None; never waits.
+
+        What successive :meth:`recv_nowait` calls would return, taken at once
+        while only that peer's messages are held (a transport that keeps no
+        backlog returns one message at a time). The caller handles every
+        message it was given. Raises TransportClosed when closed.
+        """
+        got = self.recv_nowait()
+        return None if got is None else (got[0], [got[1]])
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Close now (linger 0). Idempotent."""

@@ -150,6 +150,37 @@ class FairBacklog:
             ring.rotate(-1)
         return queue.peer, frames
 
+    def pop_run(self, limit: int) -> tuple[bytes, list[list[bytes]]] | None:
+        """Up to ``limit`` (>= 1) next messages of the peer whose turn it is, in order.
+
+        While that peer is the only one holding messages, a run from its current
+        chunk: exactly what ``limit`` calls of :meth:`pop` would return, in one
+        slice. With other peers held, one message (their turns stay as
+        :meth:`pop` keeps them).
+        """
+        ring = self._ring
+        if not ring:
+            return None
+        queue = ring[0]
+        if len(ring) > 1:
+            frames = self.pop()
+            assert frames is not None
+            return frames[0], [frames[1]]
+        i = queue.i
+        cur = queue.cur
+        end = len(cur)
+        j = min(i + limit, end)
+        run = cur[i:j]
+        n = j - i
+        queue.i = j
+        queue.count -= n
+        self.count -= n
+        if j == end:
+            self._next_chunk(queue)
+            if not queue.count:
+                ring.popleft()
+        return queue.peer, run
+
     def _next_chunk(self, queue: _Queue) -> None:
         """``queue``'s current chunk is served: release its bytes, start the next."""
         self._bytes -= queue.cur_size

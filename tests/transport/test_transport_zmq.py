@@ -511,6 +511,43 @@ def test_a_batch_flood_gets_one_turn_at_a_time() -> None:
     run(main())
 
 
+def test_runs_of_held_messages_keep_order_turns_and_the_socket_s_turn() -> None:
+    """recv_run_nowait (the node's receive loop) hands out a held batch in runs no
+    longer than the backlog's credit: the quiet peer still gets its turn as soon as
+    with message-by-message receives, and the flood's order is kept."""
+
+    async def main() -> None:
+        async with admitted_raw_peers(2) as (listener, (flood, quiet), (flood_key, quiet_key)):
+            batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
+            await flood.send_multipart([b"", batch])
+            await flood.send_multipart([b"", batch])
+            peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
+            assert peer == flood_key
+            await quiet.send_multipart([b"quiet"])
+            await asyncio.sleep(0.2)  # (as above: the bound below has a wide margin)
+            handed: list[tuple[bytes, list[bytes]]] = []
+            longest = 0
+            while len(handed) < 2048:
+                got = listener.recv_run_nowait()
+                if got is None:
+                    peer, frames = await listener.recv(timeout=WAIT)
+                    got = (peer, [frames])
+                longest = max(longest, len(got[1]))
+                handed.extend((got[0], frames) for frames in got[1])
+            order = [peer for peer, _ in handed]
+            assert order.index(quiet_key) < 256, "the quiet peer waited behind the batch"
+            assert 1 < longest <= zt.FULL_TURN  # runs happen, within one turn of credit
+            numbers = [
+                int.from_bytes(f[1], "big")
+                for p, f in [(flood_key, first), *handed]
+                if p == flood_key
+            ]
+            assert numbers == list(range(1024)) * 2
+            assert listener.recv_run_nowait() is None
+
+    run(main())
+
+
 def test_a_message_over_the_total_size_is_dropped_uncopied() -> None:
     """Issue 9 #4: many frames each under MAXMSGSIZE, together over max_message_size."""
 
