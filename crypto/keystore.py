@@ -226,13 +226,21 @@ def open_secret(blob: bytes, passphrase: str | bytes) -> bytes:
 
 
 def write_file_atomic(
-    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, overwrite: bool = True
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    overwrite: bool = True,
+    durable: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` atomically with permissions ``mode``.
 
     Readers see either the old file or the complete new one, never a partial
     write. With ``overwrite=False`` an existing file is never replaced
-    (:class:`KeyStoreError`).
+    (:class:`KeyStoreError`). ``durable=False`` skips the two fsyncs (file and
+    directory): still atomic for readers, but a power failure may lose the
+    newest write — only for snapshots that are rewritten anyway (a daemon's
+    ``status.json``), never for keys, certificates or counters.
     """
     target = Path(path)
     directory = target.parent
@@ -245,7 +253,8 @@ def write_file_atomic(
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         if overwrite:
@@ -265,7 +274,8 @@ def write_file_atomic(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -149,6 +149,25 @@ def test_file_is_0600_atomic_and_not_overwritten(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]  # no temp files left
 
 
+def test_durable_writes_fsync_and_snapshots_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys, certificates and counters are fsynced (file and directory); a snapshot
+    written with durable=False (a daemon's status.json) is still atomic, never fsynced."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "status.json"
+    keystore.write_file_atomic(path, b"one", mode=0o644)
+    assert len(synced) == 2  # the file, then its directory
+    synced.clear()
+    keystore.write_file_atomic(path, b"two", mode=0o644, durable=False)
+    assert synced == []
+    assert path.read_bytes() == b"two"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]  # replaced, no temp left
+
+
 def test_read_errors(tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError, match="not found"):
         keystore.read_secret_file(tmp_path / "missing.key", "pw")
