@@ -285,11 +285,36 @@ class _Demo:
             raise DemoFailed(str(errors[0]))
         return results
 
-    def token(self, at: str, *options: str) -> str:
-        """``securemesh token create`` at node ``at`` (valid 10 minutes)."""
-        return self.cli(
-            "token", "create", "--data-dir", str(self.dirs[at]), *options, "--ttl", "10m"
-        )
+    def tokens(self, at: str, tier: str, roles: list[str], *, delegate: bool = False) -> list[str]:
+        """One join token per entry of ``roles`` (comma-separated roles), valid 10 minutes, made
+        by node ``at``: what ``securemesh token create`` does, with the same public API
+        (:mod:`securemesh.enroll`), in this process -- the demo makes 16 of them, and an
+        interpreter start-up per token costs seconds on a loaded 2-core machine."""
+        from securemesh.crypto.certs import Tier  # noqa: PLC0415 - lazy: the CLI starts fast
+        from securemesh.enroll import TokenStore, load_token_issuer  # noqa: PLC0415
+
+        data_dir = self.dirs[at]
+        issuer = load_token_issuer(data_dir)
+        if issuer.endpoint is None:
+            raise DemoFailed(f"{at} has no connectable listen endpoint")
+        made = []
+        with TokenStore.in_dir(data_dir) as store:
+            for role_list in roles:
+                token = store.create(
+                    authority_id=issuer.authority_id,
+                    root_key=issuer.root_key,
+                    server_key=issuer.server_key,
+                    server_id=issuer.server_id,
+                    endpoint=issuer.endpoint,
+                    issuer=issuer.issuer,
+                    tier=Tier(tier),
+                    roles=[r for r in role_list.split(",") if r],
+                    ttl_s=600,
+                    delegate=delegate,
+                    name_prefix=issuer.name_prefix,
+                )
+                made.append(token.encode())
+        return made
 
     def configure(self, node: str) -> None:
         top, tables = _node_toml(node)
@@ -365,7 +390,7 @@ class _Demo:
     def enroll_edges(self, edges: tuple[str, ...]) -> None:
         """Delegated edge tokens at the cloud, then ``securemesh enroll`` of each edge (at once),
         its ``node.toml`` completed, its daemon started."""
-        tokens = [self.token(CLOUD_ID, "--tier", "edge", "--delegate") for _ in edges]
+        tokens = self.tokens(CLOUD_ID, "edge", [""] * len(edges), delegate=True)
         for edge in edges:
             self.dirs[edge] = self.root / edge
 
@@ -442,17 +467,11 @@ class _Demo:
         names = list(self.devices)
         roles = {DEVICE_ID: "sensor,submitter,fl-operator", KEYHOLDER: "sensor,he-keyholder"}
 
-        def make_tokens(edge: str) -> list[str]:  # one edge's tokens, one after the other
-            mine = [n for n in names if n.startswith(edge + ".")]
-            return [
-                self.token(edge, "--tier", "end", "--roles", roles.get(n, "sensor")) for n in mine
-            ]
-
-        made = self.parallel([functools.partial(make_tokens, e) for e in EDGES])
         tokens: dict[str, str] = {}
-        for edge, edge_tokens in zip(EDGES, made, strict=True):
+        for edge in EDGES:
             mine = [n for n in names if n.startswith(edge + ".")]
-            tokens.update(zip(mine, edge_tokens, strict=True))
+            made = self.tokens(edge, "end", [roles.get(n, "sensor") for n in mine])
+            tokens.update(zip(mine, made, strict=True))
         # each edge admits its new tokens' keys on its next status tick; until then a
         # handshake is refused and the device's enroll tries again
         for name in names:
