@@ -341,6 +341,7 @@ def main(argv: list[str]) -> int:
     import securemesh.node  # noqa: F401, PLC0415
 
     out = sys.stdout
+    sys.stdout = sys.stderr  # the protocol owns standard output: anything printed goes to the log
     try:
         for line in sys.stdin:
             cmd = json.loads(line)

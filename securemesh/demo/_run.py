@@ -562,6 +562,16 @@ class _Demo:
             blob = (self.dirs[node] / "node.cert").read_bytes()
             return SignedCertificate.from_bytes(blob).unverified_certificate()
 
+        def executors() -> set[str]:  # the edges whose reports list the tasks service
+            peers = self.status(CLOUD_ID).get("peers") or []
+            return {
+                p["node_id"]
+                for p in peers
+                if isinstance(p, dict)
+                and "tasks" in ((p.get("report") or {}).get("services") or [])
+            }
+
+        self.wait(lambda: set(EDGES) <= executors(), "the edges' reports listing the tasks service")
         values = [20.0 + i / 10 for i in range(READINGS)]
         stats = {"values": values}
         cases: list[tuple[str, str, dict[str, Any], dict[str, Any], float, list[str] | None]] = [
