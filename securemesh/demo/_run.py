@@ -239,6 +239,7 @@ class _Demo:
         self.bad = "✘" if "utf" in enc else "FAILED"
         self.file_sha = ""
         self.killed_at = 0.0
+        self.figure = ""  # the step's short figure, for the summary table
 
     @property
     def cloud(self) -> Path:
@@ -427,12 +428,14 @@ class _Demo:
             "--cloud-node-id", CLOUD_ID, "--listen", f"tcp://127.0.0.1:{_free_port()}",
         )  # fmt: skip
         self.configure(CLOUD_ID)
+        self.figure = "authority demo-root"
         return f"authority 'demo-root', cloud node '{CLOUD_ID}' in {self.cloud}"
 
     def step_cloud(self) -> str:
         self.start(CLOUD_ID)
         self.wait_started(CLOUD_ID)
         ready = json.loads((self.cloud / "ready").read_text())
+        self.figure = f"{CLOUD_ID} ready"
         return (
             f"listening on {ready['listen']}, audit log {self.cloud / 'audit.db'}; "
             "storage index, task scheduler, HE aggregator"
@@ -458,6 +461,7 @@ class _Demo:
         rtts = {e: self.status(e)["parent"].get("rtt_ms") for e in EDGES}
         shown = ", ".join(f"{e} {r:.1f} ms" for e, r in rtts.items() if isinstance(r, int | float))
         figure = f" (link RTT {shown})" if shown else ""
+        self.figure = f"{len(EDGES)} edges connected"
         return (
             f"{', '.join(EDGES)} enrolled with delegated authorities, connected to the "
             f"cloud{figure}"
@@ -479,6 +483,7 @@ class _Demo:
         issuers = Counter(self.devices[n].recv("enroll")["issuer"] for n in names)
         shown = ", ".join(f"{e} x{issuers[e]}" for e in EDGES)
         pids = len({d.proc.pid for d in self.devices.values()})
+        self.figure = f"{pids} device processes"
         return (
             f"{pids} device processes enrolled, certificates issued by {shown} ('{DEVICE_ID}', ...)"
         )
@@ -494,6 +499,7 @@ class _Demo:
             per_edge[name.split(".")[0]] += count
         total = sum(per_edge.values())
         shown = ", ".join(f"{e}: {per_edge[e]}" for e in EDGES)
+        self.figure = f"{total}/{total} readings counted"
         return (
             f"{total} signed readings from {len(self.devices)} devices, the edges counted "
             f"{total} ({shown})"
@@ -501,6 +507,7 @@ class _Demo:
 
     def step_routed(self) -> str:
         ms = self.dev().call("sums", to=CLOUD_ID, count=ROUND_TRIPS)["median_ms"]
+        self.figure = f"median RTT {ms:.1f} ms"
         return (
             f"{ROUND_TRIPS} requests device → edge → cloud, verified at every hop, "
             f"median RTT {ms:.1f} ms"
@@ -511,6 +518,7 @@ class _Demo:
         if r["new"] == r["old"] or r["not_after"] < r["old_not_after"]:
             raise DemoFailed("the renewed certificate is not newer")
         self.dev().call("sums", to=CLOUD_ID, count=1)  # still verified upstream
+        self.figure = f"new serial, issuer {r['issuer']}"
         return (
             f"cert.renew answered by '{r['issuer']}': serial {r['old']} → {r['new']}, "
             f"valid until {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(r['not_after']))}"
@@ -527,6 +535,7 @@ class _Demo:
 
         self.wait(counted, "the edge to count the forged and the replayed message")
         now = self.rejections(edge)
+        self.figure = "2 of 2 rejected"
         return (
             f"forged signature rejected (bad_auth: {now['bad_auth']}), replay rejected "
             f"(replayed: {now['replayed']}); the device is still served"
@@ -542,6 +551,7 @@ class _Demo:
         if sorted(r["placement"]) != sorted(EDGES):
             raise DemoFailed(f"placement {r['placement']}")
         self.file_sha = r["sha256"]
+        self.figure = f"{r['k']}-of-{r['n']}, {r['segments'] * r['n']} shards"
         return (
             f"'{FILE_NAME}' ({FILE_SIZE:,} B) encrypted, {r['k']}-of-{r['n']} erasure-coded over "
             f"{', '.join(r['placement'])}: {r['segments']} segments, "
@@ -595,6 +605,8 @@ class _Demo:
                     shown.append(f"{label} → refused ({r['refused']}: {r['detail']})")
                     continue
                 raise DemoFailed(f"{label}: refused ({r['refused']}: {r['detail']})")
+            if label.startswith("deadline 0.1"):
+                raise DemoFailed(f"{label}: not refused")
             result = SignedTaskResult.model_validate(r["signed"])
             node = result.outcome.executor
             outcome = verify_result(result, cert(node))  # signed by the node that ran it
@@ -608,6 +620,7 @@ class _Demo:
                 f"{label} → {node} ({why}; {placed.get('policy')}, "
                 f"predicted {placed.get('predicted_ms')} ms)"
             )
+        self.figure = f"{len(shown) - 1} placed, 1 refused"
         return "; ".join(shown)
 
     def _why(self, label: str, node: str, result: Any) -> str:
@@ -650,6 +663,7 @@ class _Demo:
         error = float(np.max(np.abs(np.array(r["total"]) - plain)))
         if r["count"] != len(vectors) or error > r["bound"]:
             raise DemoFailed(f"HE sum of {r['count']} off by {error} (bound {r['bound']})")
+        self.figure = f"max error {error:.1e}"
         return (
             f"{len(vectors)} devices encrypted {HE_LENGTH} readings each ({job['preset']}); "
             f"{CLOUD_ID} added ciphertexts only; {KEYHOLDER} decrypted the sum: max error "
@@ -695,6 +709,7 @@ class _Demo:
         losses = " → ".join(f"{x:.3f}" for x in per_round)
         if not per_round[-1] < per_round[0]:
             raise DemoFailed(f"the model did not learn: loss {losses}")
+        self.figure = f"loss {per_round[0]:.3f} → {per_round[-1]:.3f}"
         return (
             f"{FL_ROUNDS} SecAgg+ rounds at {EDGES[0]}: {len(FL_DEVICES)} joined, {FL_DROPOUT} "
             f"killed, {len(last['survivors'])} survivors per round; global model loss at the "
@@ -712,6 +727,7 @@ class _Demo:
         if r["sha256"] != self.file_sha or r["size"] != FILE_SIZE:
             raise DemoFailed(f"read back {r['size']} B, sha256 {r['sha256'][:16]}…")
         silent = f"; {', '.join(r['missing'])} did not answer" if r["missing"] else ""
+        self.figure = "byte-equal"
         return (
             f"SIGKILL {VICTIM}: '{FILE_NAME}' read back byte-equal (sha256 {r['sha256'][:16]}…) "
             f"from 2 of its 3 shard columns{silent}"
@@ -737,6 +753,7 @@ class _Demo:
         again = dev.call("store_repair", name=FILE_NAME)
         if again["moved"]:
             raise DemoFailed(f"a second repair still moved {again['moved']}")
+        self.figure = "3 of 3 columns"
         return (
             f"{SPARE_EDGE} enrolled in {VICTIM}'s place, {VICTIM} lost for the cloud after "
             f"{lost_after:.0f} s; the owner's repair rebuilt {r['rebuilt']} shards "
@@ -745,21 +762,33 @@ class _Demo:
         )
 
     def step_revoke(self) -> str:
-        dev = self.dev()
+        dev, edge = self.dev(), EDGES[0]
+
+        def versions() -> Any:
+            return self.status(edge).get("revocation_list_versions")
+
+        before = versions()
         t0 = time.monotonic()
         self.cli("revoke", "--data-dir", str(self.cloud), DEVICE_ID)
-        deadline = t0 + 20
-        while True:
-            dev.send("request", to=EDGES[0], msg_type="demo.readings", body={}, timeout=0.5)
+        deadline = t0 + 30
+        while True:  # the device keeps asking its edge until it is refused
+            dev.send("request", to=edge, msg_type="demo.readings", body={}, timeout=2.0)
             try:
-                dev.recv("request", timeout=10)
-            except DemoFailed:
+                dev.recv("request", timeout=30)
+            except DemoFailed as exc:
+                if dev.proc.poll() is not None:
+                    raise
+                refused = str(exc).split("request: ", 1)[-1].split(":")[0]
                 break
             if time.monotonic() > deadline:
                 raise DemoFailed("the revoked device is still served")
         cut = time.monotonic() - t0
-        versions = self.status(EDGES[0]).get("revocation_list_versions")
-        return f"'{DEVICE_ID}' revoked: cut off live after {cut:.2f} s (edge holds list {versions})"
+        self.wait(lambda: versions() != before, f"{edge} to hold the new revocation list")
+        self.figure = f"cut off in {cut:.2f} s"
+        return (
+            f"'{DEVICE_ID}' revoked: cut off live after {cut:.2f} s, its next request failed "
+            f"({refused}); {edge} holds list {versions()}"
+        )
 
     def _expected(self) -> dict[str, int | None]:
         want: dict[str, int | None] = dict.fromkeys(
@@ -798,6 +827,7 @@ class _Demo:
         origins = sorted({r[1] for r in rows})
         kinds = Counter(r[2].split(".")[0] for r in rows)
         shown = ", ".join(f"{k}.*: {n}" for k, n in sorted(kinds.items()))
+        self.figure = f"{len(rows)} events"
         return (
             f"{len(rows)} signed events from {len(origins)} origins ({', '.join(origins[:3])}, "
             f"...) in the log ({shown})"
@@ -810,6 +840,7 @@ class _Demo:
         )  # fmt: skip
         if not out.startswith("OK:"):
             raise DemoFailed(f"audit verify: {out}")
+        self.figure = out.split(";")[0].removeprefix("OK: ").split(",")[0]
         return out.split(";")[0].removeprefix("OK: ")
 
     def step_proof(self) -> str:
@@ -825,6 +856,7 @@ class _Demo:
         out = json.loads(self.cli("audit", "verify-proof", str(proof), "--log-key", str(pub)))
         if not out.get("ok") or out["event"]["kind"] != "cert.revoked":
             raise DemoFailed(f"verify-proof: {out}")
+        self.figure = f"entry {out['leaf_index']} of {out['tree_size']}"
         return (
             f"entry {out['leaf_index']} (cert.revoked {DEVICE_ID}) proven in a tree of "
             f"{out['tree_size']} with only the log's public key ({proof.stat().st_size} B file)"
@@ -874,20 +906,22 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_steps(
-    demo: _Demo, steps: list[tuple[str, Callable[[], str]]], done: list[tuple[int, str, str, float]]
-) -> int:
+_Done = list[tuple[int, str, str, str, float]]  # step, title, result, figure, seconds
+
+
+def _run_steps(demo: _Demo, steps: list[tuple[str, Callable[[], str]]], done: _Done) -> int:
     """Run the steps in order, one line each; stop at the first failure (1), else 0."""
     for n, (title, fn) in enumerate(steps, 1):
         t0 = time.monotonic()
+        demo.figure = ""
         try:
             detail = fn()
         except (SecureMeshError, OSError, AssertionError, ValueError, KeyError) as exc:
             demo.say(f" {demo.bad} {n:2}. {title}: {type(exc).__name__}: {exc}")
-            done.append((n, title, "FAILED", time.monotonic() - t0))
+            done.append((n, title, "FAILED", type(exc).__name__, time.monotonic() - t0))
             return 1
         took = time.monotonic() - t0
-        done.append((n, title, "ok", took))
+        done.append((n, title, "ok", demo.figure, took))
         demo.say(f" {demo.ok} {n:2}. {title} — {detail} [{took:.1f}s]")
     return 0
 
@@ -923,7 +957,7 @@ def run_demo(*, keep: bool = False, out: IO[str] | None = None) -> int:
         f"SecureMesh demo — real processes on 127.0.0.1, working directory {root} "
         f"(load average {load:.1f})"
     )
-    done: list[tuple[int, str, str, float]] = []
+    done: _Done = []
     code = 1
     try:
         with _sigterm_as_interrupt():
@@ -941,9 +975,10 @@ def run_demo(*, keep: bool = False, out: IO[str] | None = None) -> int:
             if not keep:
                 shutil.rmtree(root, ignore_errors=True)
     total = time.monotonic() - start
-    demo.say("\n step | result | time   | what")
-    for n, title, result, took in done:
-        demo.say(f" {n:4} | {result:6} | {took:5.1f}s | {title}")
+    width = max((len(t) for _, t, _, _, _ in done), default=4)
+    demo.say(f"\n step | {'what':{width}} | result | {'figure':28} | time")
+    for n, title, result, figure, took in done:
+        demo.say(f" {n:4} | {title:{width}} | {result:6} | {figure:28} | {took:5.1f}s")
     if code == 0:
         demo.say(f"all {len(steps)} steps passed in {total:.1f}s")
         if keep:
