@@ -93,7 +93,7 @@ class Runner:
             identity = NodeIdentity.load(self.data_dir / IDENTITY_FILE, self.passphrase)
             self._client = storage_client(
                 self.dev, identity, index="cloud-1", k=2, n=3, segment_size=SEGMENT_SIZE,
-                timeout=3.0,  # per shard request: a killed edge costs this once per call
+                timeout=6.0,  # per request; a killed edge costs this once per call
             )  # fmt: skip
         return self._client
 
@@ -324,7 +324,7 @@ class Runner:
         from securemesh.fl import LogisticRegression, RunBody  # noqa: PLC0415
 
         init = LogisticRegression(4, 2).init(np.random.default_rng(0))
-        body = RunBody(rounds=rounds, clients_per_round=cohort, clip=2.0, stage_timeout=5.0)
+        body = RunBody(rounds=rounds, clients_per_round=cohort, clip=2.0, stage_timeout=15.0)
         reply = self.dev.request(
             coordinator, "fl.run", body, [init.astype("<f8").tobytes()], timeout=20
         ).json()

@@ -480,7 +480,7 @@ class _Demo:
         # handshake is refused and the device's enroll tries again
         for name in names:
             self.devices[name].send("enroll", token=tokens[name], node_id=name)
-        issuers = Counter(self.devices[n].recv("enroll")["issuer"] for n in names)
+        issuers = Counter(self.devices[n].recv("enroll", 120)["issuer"] for n in names)
         shown = ", ".join(f"{e} x{issuers[e]}" for e in EDGES)
         pids = len({d.proc.pid for d in self.devices.values()})
         self.figure = f"{pids} device processes"
