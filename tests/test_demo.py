@@ -171,13 +171,20 @@ def test_keep_leaves_the_mesh_running_with_instructions(request: pytest.FixtureR
         assert all(" node run " in cmd for cmd in running.values())
         env = _env()
         env["SECUREMESH_PASSPHRASE"] = (Path(root) / "passphrase").read_text()
-        status = subprocess.run(
-            [sys.executable, "-m", "securemesh", "node", "status", "--data-dir",
-             f"{root}/cloud-1"],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert status.returncode == 0, status.stderr
-        assert '"node_id": "cloud-1"' in status.stdout
+        # every command the demo printed works against the running mesh
+        keep_part = out.split("The mesh is still running", 1)[1]
+        commands = re.findall(r"^  (securemesh (?!node stop).*)$", keep_part, re.MULTILINE)
+        assert len(commands) == 7, keep_part
+        for command in commands:
+            done = subprocess.run(
+                [sys.executable, "-m", *command.split()],
+                env=env, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, f"{command}: {done.stderr}"
+            if command.startswith("securemesh node status"):
+                assert '"node_id": "cloud-1"' in done.stdout
+            if command.startswith("securemesh store ls"):
+                assert done.stdout.split() == ["NAME", "hello"]
         # the printed way to stop it works
         stop = re.search(r"^  (securemesh node stop .*) && rm -rf ", out, re.MULTILINE)
         assert stop is not None, out

@@ -872,6 +872,7 @@ class _Demo:
         running = [n for n, p in self.procs.items() if p.poll() is None]
         (self.root / "pids").write_text("".join(f"{n} {self.procs[n].pid}\n" for n in running))
         r, c = self.root, self.cloud
+        dev = r / "devices" / "edge-1.sensor-2"  # enrolled, not revoked
         stops = " && ".join(f"securemesh node stop --data-dir {self.dirs[n]}" for n in running)
         self.say(
             f"\nThe mesh is still running ({', '.join(running)}); its data dirs are in {r}.\n"
@@ -881,9 +882,10 @@ class _Demo:
             f"  securemesh audit query --db {c / 'audit.db'} --kind fl.round_finished\n"
             f"  securemesh audit verify --db {c / 'audit.db'} --log-key-file "
             f"{c / 'audit-log.key'} --no-state\n"
-            f"  securemesh store ls --data-dir {r / 'devices' / KEYHOLDER} --index {CLOUD_ID}\n"
-            f"  securemesh task submit demo.stats --to {CLOUD_ID} --data-dir "
-            f"{r / 'devices' / DEVICE_ID} ...  (revoked in step 15: try another submitter)\n"
+            f"  securemesh store put --data-dir {dev} --index {CLOUD_ID} --k 2 --n 3 hello "
+            "/etc/hostname\n"
+            f"  securemesh store ls --data-dir {dev} --index {CLOUD_ID}\n"
+            f"  securemesh fl status --to {EDGES[0]} --data-dir {dev}\n"
             f"Daemon logs: {self.logs}. Stop the mesh and remove it:\n"
             f"  {stops} && rm -rf {r}"
         )
