@@ -199,17 +199,26 @@ class _DeviceProc:
         self.send(op, **args)
         return self.recv(op, timeout)
 
-    def stop(self) -> None:
+    def ask_to_quit(self) -> None:
+        """``quit`` and end of input: the device closes its connection and exits."""
         if self.proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, DemoFailed):
                 self.send("quit")
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the exit until ``deadline`` (monotonic), then SIGKILL."""
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        self.ask_to_quit()
+        self.reap(time.monotonic() + 10)
 
 
 class _Demo:
@@ -371,10 +380,17 @@ class _Demo:
             self.devices[name].send(op, **args)
         return {name: self.devices[name].recv(op) for name in chosen}
 
+    def stop_devices(self) -> None:
+        """Ask every device process to quit at once; kill those still there after 10 s."""
+        for device in self.devices.values():
+            device.ask_to_quit()
+        deadline = time.monotonic() + 10
+        for device in self.devices.values():
+            device.reap(deadline)
+
     def stop_all(self) -> None:
         """Stop every process this demo started: devices first, then the daemons."""
-        for device in self.devices.values():
-            device.stop()
+        self.stop_devices()
         self.stop_daemons()
 
     def stop_daemons(self) -> None:
@@ -970,8 +986,7 @@ def run_demo(*, keep: bool = False, out: IO[str] | None = None) -> int:
         raise
     finally:
         if keep and code == 0:
-            for device in demo.devices.values():  # clients: they go; the daemons stay
-                device.stop()
+            demo.stop_devices()  # clients: they go; the daemons stay
         else:
             demo.stop_all()
             if not keep:
