@@ -2,9 +2,9 @@
 no process behind.
 
 The whole demo takes about a minute and a half on the shared 2-core machine, so the
-full run and ``--keep`` are opt-in (``--demo-long``); the default run interrupts a
-demo once its whole mesh is up (cloud, three edges, twelve device processes) and
-checks that every process it started is gone. Processes are found by the demo's
+full run, ``--keep`` and a demo killed with SIGKILL are opt-in (``--demo-long``); the
+default run interrupts a demo (Ctrl-C) once its whole mesh is up (cloud, three
+edges, twelve device processes) and checks that every process it started is gone. Processes are found by the demo's
 working directory on their command line (every daemon and device has it), read from
 ``/proc``.
 """
@@ -104,23 +104,33 @@ def wait_gone(root: str, timeout: float = 30.0) -> dict[int, str]:
     return left
 
 
-def test_an_interrupted_demo_stops_every_process_it_started() -> None:
-    """Ctrl-C (SIGINT to the demo's process group) once the mesh runs: nothing survives."""
+def start_and_wait_for_the_mesh() -> tuple[subprocess.Popen[str], str]:
+    """A demo in its own process group, once the cloud, the three edge daemons and the
+    twelve device processes run."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "securemesh", "demo"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
     )  # fmt: skip
-    root = ""
     try:
         assert proc.stdout is not None
         root = working_dir(proc.stdout.readline())
-        # the cloud, the three edge daemons and the twelve device processes
         deadline = time.monotonic() + 120
         while len(processes_under(root)) < 16:
             assert proc.poll() is None, proc.stdout.read() + proc.stderr.read()[-2000:]
             assert time.monotonic() < deadline, processes_under(root)
             time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, root
+
+
+def test_an_interrupted_demo_stops_every_process_it_started() -> None:
+    """Ctrl-C (SIGINT to the demo's process group) once the mesh runs: nothing survives."""
+    proc, root = start_and_wait_for_the_mesh()
+    try:
         os.killpg(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=120)
     finally:
@@ -132,6 +142,21 @@ def test_an_interrupted_demo_stops_every_process_it_started() -> None:
     assert wait_gone(root) == {}
     assert not os.path.exists(root)
     assert "SECUREMESH_PASSPHRASE" not in out + err
+
+
+def test_a_killed_demo_leaves_no_process(request: pytest.FixtureRequest) -> None:
+    """SIGKILL to the demo alone (no cleanup can run): its children stop by themselves."""
+    if not request.config.getoption("--demo-long"):
+        pytest.skip("runs with --demo-long")
+    proc, root = start_and_wait_for_the_mesh()
+    try:
+        proc.kill()
+        proc.wait()
+        assert wait_gone(root) == {}
+    finally:
+        for pid in processes_under(root):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_whole_demo_runs_every_step_and_cleans_up(request: pytest.FixtureRequest) -> None:

@@ -331,7 +331,35 @@ class Runner:
         return {"reply": reply}
 
 
+#: the demo's pid, in its children's environment: they stop when it dies (even by SIGKILL)
+PARENT_ENV = "SECUREMESH_DEMO_PARENT"
+
+
+def die_with_parent() -> None:
+    """Get SIGTERM when the demo process dies, however it dies (Linux ``PR_SET_PDEATHSIG``):
+    a demo killed with SIGKILL, which runs no cleanup, leaves no process behind."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str]) -> int:
+    """``DATA_DIR``: run a device; ``--node ARGS...``: ``securemesh ARGS`` (a daemon) that
+    stops with the demo."""
+    die_with_parent()
+    if argv[:1] == ["--node"]:
+        from securemesh.cli import main as cli_main  # noqa: PLC0415
+
+        return cli_main(argv[1:])
     if len(argv) != 1:
         print("usage: python -m securemesh.demo._device DATA_DIR", file=sys.stderr)
         return 2

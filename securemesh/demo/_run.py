@@ -45,7 +45,12 @@ and its time; the first failure stops the demo with exit status 1):
 
 A summary table follows. Every process is stopped on the way out — also on
 failure, Ctrl-C or SIGTERM — and the directory removed, unless ``keep``: then
-the daemons stay up and the demo prints the commands to use and stop them.
+the daemons stay up and the demo prints the commands to use and stop them. A
+demo killed outright (SIGKILL: no cleanup runs) leaves no process either: on
+Linux its children ask for SIGTERM when it dies (``PR_SET_PDEATHSIG``, in
+:func:`securemesh.demo._device.die_with_parent`; the daemons start through
+``python -m securemesh.demo._device --node node run ...`` for it, except with
+``keep``).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from securemesh.demo._device import PARENT_ENV
 from securemesh.errors import SecureMeshError
 
 __all__ = ["DemoFailed", "run_demo"]
@@ -222,12 +228,14 @@ class _DeviceProc:
 
 
 class _Demo:
-    def __init__(self, root: Path, out: IO[str]) -> None:
+    def __init__(self, root: Path, out: IO[str], *, keep: bool = False) -> None:
         self.root = root
+        self.keep = keep
         self.out = out
         self.passphrase = secrets.token_urlsafe(24)  # never printed
         self.env = dict(os.environ, SECUREMESH_PASSPHRASE=self.passphrase)
         self.env.pop("SECUREMESH_AUDIT_DB", None)
+        self.env[PARENT_ENV] = str(os.getpid())
         self.env.update(
             {
                 # the cloud's own repair and proof-of-storage rounds: slower than the demo
@@ -334,8 +342,11 @@ class _Demo:
     def start(self, name: str) -> None:
         data_dir = self.dirs[name]
         with open(self.logs / f"{name}.log", "ab") as log:
+            # `securemesh node run`; without --keep through the device module's --node, which
+            # makes the daemon stop when the demo dies (even SIGKILLed: no cleanup runs then)
+            entry = ["securemesh"] if self.keep else ["securemesh.demo._device", "--node"]
             self.procs[name] = subprocess.Popen(  # noqa: S603 - our own daemon, argv built here
-                [sys.executable, "-m", "securemesh", "node", "run", "--config",
+                [sys.executable, "-m", *entry, "node", "run", "--config",
                  str(data_dir / "node.toml")],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # the demo stops it (also after Ctrl-C): no stray signal
@@ -948,7 +959,7 @@ def run_demo(*, keep: bool = False, out: IO[str] | None = None) -> int:
     """Run the demo; return 0 only if every step succeeded (see the module doc)."""
     stream = out if out is not None else sys.stdout
     root = Path(tempfile.mkdtemp(prefix="securemesh-demo-"))
-    demo = _Demo(root, stream)
+    demo = _Demo(root, stream, keep=keep)
     steps: list[tuple[str, Callable[[], str]]] = [
         ("mesh authority and cloud node created", demo.step_init),
         ("cloud daemon running", demo.step_cloud),
