@@ -4,9 +4,9 @@ no process behind.
 The whole demo takes about a minute and a half on the shared 2-core machine, so the
 full run, ``--keep`` and a demo killed with SIGKILL are opt-in (``--demo-long``); the
 default run interrupts a demo (Ctrl-C) once its whole mesh is up (cloud, three
-edges, twelve device processes) and checks that every process it started is gone. Processes are found by the demo's
-working directory on their command line (every daemon and device has it), read from
-``/proc``.
+edges, twelve device processes) and checks that every process it started is gone.
+Processes are found by the demo's working directory on their command line (every
+daemon and device has it), read from ``/proc``.
 """
 
 from __future__ import annotations
