@@ -29,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the storage acceptance tests on 6 edges, with a 1 GiB streamed put/get",
     )
+    parser.addoption(
+        "--demo-long",
+        action="store_true",
+        default=False,
+        help="run the whole `securemesh demo` (about 1.5 min) and its --keep mode",
+    )
 
 
 settings.register_profile(
