@@ -33,7 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--demo-long",
         action="store_true",
         default=False,
-        help="run the whole `securemesh demo` (about 1.5 min) and its --keep mode",
+        help="run the demo's --keep mode and its interrupted and killed runs (the whole demo runs by default)",
     )
 
 
