@@ -38,8 +38,6 @@ from securemesh.errors import RemoteError
 
 T = TypeVar("T")
 
-#: Set by tests/conftest.py (``--fuzz-long``) before collection.
-LONG = os.environ.get("SECUREMESH_FUZZ_LONG") == "1"
 LONG_EXAMPLES = 100_000
 #: Wall-clock bound per decoder call. Every decoder here answers in micro- to
 #: milliseconds; seconds means a hang (or a quadratic blow-up worth a bug).
@@ -53,7 +51,9 @@ OUTCOMES: dict[str, Counter[str]] = {}
 
 def fuzz(examples: int = 60) -> Callable[[T], T]:
     """The settings of one fuzz test: ``examples`` by default, LONG_EXAMPLES with --fuzz-long."""
-    if LONG:
+    # tests/conftest.py sets this for --fuzz-long at configure time: after this
+    # module may have been imported (by tests/fuzz/conftest.py), before collection.
+    if os.environ.get("SECUREMESH_FUZZ_LONG") == "1":
         return settings(
             max_examples=LONG_EXAMPLES,
             deadline=None,
