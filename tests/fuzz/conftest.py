@@ -37,7 +37,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Iterator[None]:
             try:
                 fuzz_one_input(buffer)
             except BaseException as exc:
-                exc.add_note(f"fuzz-long input {i} (seed {seed}): fuzz_one_input(bytes.fromhex({buffer.hex()!r}))")
+                replay = f"fuzz_one_input(bytes.fromhex({buffer.hex()!r}))"
+                exc.add_note(f"fuzz-long input {i} (seed {seed}): {replay}")
                 raise
         _LONG_TIMES[pyfuncitem.nodeid] = (count, time.perf_counter() - start)
     return result
@@ -49,7 +50,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fuzz inputs per decoder")
     for name, row in report().items():
         terminalreporter.write_line(
-            f"{name:44} {row['inputs']:>9} inputs {row['decoder_seconds']:>8.2f} s  {row['outcomes']}"
+            f"{name:44} {row['inputs']:>9} inputs "
+            f"{row['decoder_seconds']:>8.2f} s  {row['outcomes']}"
         )
     for nodeid, (count, seconds) in _LONG_TIMES.items():
         terminalreporter.write_line(f"long: {nodeid} {count} buffers in {seconds:.0f} s")

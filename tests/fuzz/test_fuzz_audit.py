@@ -47,7 +47,7 @@ ENTRIES = [
             "object.put",
             origin="edge-1",
             subject=("object", f"obj-{i}"),
-            details={"i": i, "note": "ü\\\"x"},
+            details={"i": i, "note": 'ü\\"x'},
             now=T0 + i,
             event_id=i.to_bytes(16, "big"),
         ),
@@ -95,14 +95,18 @@ def test_a_mutated_entry_never_verifies(entry: bytes) -> None:
 @fuzz(100)
 @given(
     st.one_of(
-        st.sampled_from(ENTRIES).map(lambda e: SignedEvent.from_bytes(e).event_bytes).flatmap(mutated),
+        st.sampled_from(ENTRIES)
+        .map(lambda e: SignedEvent.from_bytes(e).event_bytes)
+        .flatmap(mutated),
         JSON_VALUES.map(lambda v: json.dumps(v).encode()),
         st.sampled_from([b"[" * 5000, b'{"event_id":' * 3000, b"{}"]),
     )
 )
 def test_event_bodies_decode_strictly(body: bytes) -> None:
-    """``AuditEvent.from_canonical_bytes`` and the field reader ``audit verify`` uses on stored rows."""
-    event = run("audit.AuditEvent.from_canonical_bytes", lambda: AuditEvent.from_canonical_bytes(body))
+    """``AuditEvent.from_canonical_bytes``, and the field reader ``audit verify`` runs on rows."""
+    event = run(
+        "audit.AuditEvent.from_canonical_bytes", lambda: AuditEvent.from_canonical_bytes(body)
+    )
     if event is not None:
         assert event.canonical_bytes() == body  # only the canonical form is an event
     fields = run("audit.event_fields", lambda: event_fields(body), ())

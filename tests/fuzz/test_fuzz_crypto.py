@@ -95,7 +95,8 @@ def test_a_mutated_revocation_list_never_verifies(blob: bytes) -> None:
     )
     if rl is not None:
         assert blob == REVOKED
-        assert rl.node_ids == frozenset({"dev-99"}) and rl.serials == frozenset({7, 9})
+        assert rl.node_ids == frozenset({"dev-99"})
+        assert rl.serials == frozenset({7, 9})
 
 
 _LIST_BYTES = SignedRevocationList.from_bytes(REVOKED).list_bytes
@@ -125,7 +126,11 @@ _LIST_BYTES = SignedRevocationList.from_bytes(REVOKED).list_bytes
 )
 def test_revocation_list_bytes_decode_strictly(data: bytes) -> None:
     """Unsorted, duplicate, zero or oversize entries; bad ids; counts past the end."""
-    rl = run("crypto.RevocationList.from_bytes", lambda: RevocationList.from_bytes(data), CertificateError)
+    rl = run(
+        "crypto.RevocationList.from_bytes",
+        lambda: RevocationList.from_bytes(data),
+        CertificateError,
+    )
     if rl is not None:
         assert rl.to_bytes() == data  # one encoding per list
 
@@ -138,9 +143,17 @@ WRAPPED = boxes.wrap_key(DEVICE.kx_public, bytes([7]) * 32)
 @fuzz(100)
 @given(st.one_of(mutated(SEALED), mutated(WRAPPED), st.binary(max_size=120)))
 def test_sealed_blobs_open_only_unchanged(blob: bytes) -> None:
-    plain = run("crypto.aead.open_sealed", lambda: aead.open_sealed(KEY, blob, aad=b"aad"), AuthenticationError)
+    plain = run(
+        "crypto.aead.open_sealed",
+        lambda: aead.open_sealed(KEY, blob, aad=b"aad"),
+        AuthenticationError,
+    )
     assert plain is None or blob == SEALED
-    key = run("crypto.boxes.unwrap_key", lambda: boxes.unwrap_key(DEVICE.kx_secret(), blob), AuthenticationError)
+    key = run(
+        "crypto.boxes.unwrap_key",
+        lambda: boxes.unwrap_key(DEVICE.kx_secret(), blob),
+        AuthenticationError,
+    )
     assert key is None or blob == WRAPPED
 
 

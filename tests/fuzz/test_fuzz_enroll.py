@@ -11,7 +11,7 @@ enrollment models; the token text format under byte-level mutation.
 
 from __future__ import annotations
 
-from fuzz_support import body_inputs, fuzz, mutated, run
+from fuzz_support import BODY_LONG, body_inputs, fuzz, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_wire import frame_edits
@@ -37,7 +37,10 @@ TOKEN = JoinToken(
     roles=("sensor",),
 )
 DEVICE = NodeIdentity.from_seeds(bytes([5]) * 32, bytes([6]) * 32, bytes([7]) * 32)
-FRAMES = [bytes(f) for f in request_frames(TOKEN, DEVICE, "dev-1", now=NOW, correlation_id=bytes([9]) * 16)[0]]
+FRAMES = [
+    bytes(f)
+    for f in request_frames(TOKEN, DEVICE, "dev-1", now=NOW, correlation_id=bytes([9]) * 16)[0]
+]
 TEXT = TOKEN.encode()
 
 
@@ -50,8 +53,12 @@ def test_an_edited_enroll_request_is_never_accepted(frames: list[bytes]) -> None
         assert opened[1].node_id == "dev-1"
 
 
-@fuzz(100)
-@given(st.sampled_from([EnrollRequest, EnrollReply, RenewRequest, RenewReply]).flatmap(lambda m: st.tuples(st.just(m), body_inputs(m))))
+@fuzz(100, long_examples=BODY_LONG)
+@given(
+    st.sampled_from([EnrollRequest, EnrollReply, RenewRequest, RenewReply]).flatmap(
+        lambda m: st.tuples(st.just(m), body_inputs(m))
+    )
+)
 def test_enrollment_bodies_parse_strictly(case: tuple[type, bytes]) -> None:
     model, data = case
     value = run(f"enroll.body.{model.__name__}", lambda: parse_body(model, data), DecodeError)

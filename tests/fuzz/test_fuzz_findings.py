@@ -49,7 +49,7 @@ def _round(**changes: object) -> RoundBody:
         "round_id": "ab" * 16,
         "graph_seed": "cd" * 32,
         "cohort": cohort,
-        "keys": {c: "ee" * 32 for c in cohort},
+        "keys": dict.fromkeys(cohort, "ee" * 32),
         "length": 3,
         "bits": 32,
         "degree": 2,
@@ -62,7 +62,7 @@ def _round(**changes: object) -> RoundBody:
     }
     fields.update(changes)
     if "cohort" in changes:
-        fields["keys"] = {c: "ee" * 32 for c in changes["cohort"]}  # type: ignore[union-attr]
+        fields["keys"] = dict.fromkeys(changes["cohort"], "ee" * 32)  # type: ignore[union-attr]
     return RoundBody.model_validate(fields)
 
 
@@ -80,6 +80,6 @@ def test_a_coordinators_bad_round_parameters_are_a_decode_error(changes: dict[st
     participant = Participant(
         "dev-0", lambda p: (np.asarray(p) + 1.0, 5), lambda *a: sent.append(a), samples=5
     )
-    with pytest.raises(DecodeError, match="fl.round parameters refused"):
+    with pytest.raises(DecodeError, match=r"fl\.round parameters refused"):
         participant.on_round(_round(**changes), [bytes(16)])
     assert not sent

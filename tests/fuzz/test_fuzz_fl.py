@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from fuzz_support import body_inputs, fuzz, mutated, run
+from fuzz_support import BODY_LONG, body_inputs, fuzz, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,7 +32,7 @@ from securemesh.fl._secagg import ClientState, ServerState
 from securemesh.wire._json import parse_body
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fl"))
-from fl_support import Cohort, make_cohort  # noqa: E402
+from fl_support import Cohort, make_cohort
 
 STAGES = ("advertise", "share", "masked", "consistency", "unmask")
 
@@ -62,7 +62,7 @@ def _recorded() -> dict[str, list[bytes]]:
         return out
 
     server.take_outbox = take  # type: ignore[method-assign]
-    run_in_memory(server, cohort.clients(), tamper={c: record for c in cohort.config.cohort})
+    run_in_memory(server, cohort.clients(), tamper=dict.fromkeys(cohort.config.cohort, record))
     assert server.state is ServerState.DONE
     return frames
 
@@ -80,10 +80,19 @@ def test_mutated_real_frames_decode_strictly(data: st.DataObject) -> None:
         assert msg.encode() == frame  # type: ignore[attr-defined]  # one encoding per message
 
 
-@fuzz(20, long_examples=2_000)  # a whole in-memory round per input: a protocol property, not a decoder
-@given(st.sampled_from(STAGES), st.sampled_from(["mutate", "impersonate", "replay", "other_round"]), st.data())
-def test_a_hostile_cohort_member_cannot_break_the_round(stage: str, attack: str, data: st.DataObject) -> None:
-    """The server never raises, never excludes an honest client; exact sum of whom it kept, or abort."""
+@fuzz(
+    20, long_examples=2_000
+)  # a whole in-memory round per input: a protocol property, not a decoder
+@given(
+    st.sampled_from(STAGES),
+    st.sampled_from(["mutate", "impersonate", "replay", "other_round"]),
+    st.data(),
+)
+def test_a_hostile_cohort_member_cannot_break_the_round(
+    stage: str, attack: str, data: st.DataObject
+) -> None:
+    """The server never raises nor excludes an honest client; the exact sum of whom it kept, or
+    an abort with a reason."""
     cohort = _cohort()
     attacker = cohort.config.cohort[-1]
     victim = cohort.config.cohort[0]
@@ -135,8 +144,10 @@ def test_a_client_fed_mutated_server_frames_aborts_cleanly(step: int, data: st.D
     me = cohort.config.cohort[0]
     client = cohort.clients()[me]
     client.start()
-    server_frames = [f for f in _recorded()["server"]]
-    frame = data.draw(st.one_of(st.sampled_from(server_frames).flatmap(mutated), st.binary(max_size=200)))
+    server_frames = list(_recorded()["server"])
+    frame = data.draw(
+        st.one_of(st.sampled_from(server_frames).flatmap(mutated), st.binary(max_size=200))
+    )
     del step  # the recorded round belongs to other keys: the client is at its first stage
     reply = run("fl.SecAggClient.receive", lambda: client.receive(frame, 0.0), ())
     if reply is None:
@@ -168,12 +179,14 @@ round_bodies = st.fixed_dictionaries(
         "dp_clip": st.floats(1e-6, 1e6),
         "noise_multiplier": st.floats(1e-6, 1e6),
     },
-).map(lambda d: {**d, "keys": {c: "ee" * 32 for c in d["cohort"]}})
+).map(lambda d: {**d, "keys": dict.fromkeys(d["cohort"], "ee" * 32)})
 
 
 @fuzz(100)
 @given(round_bodies, st.booleans(), st.data())
-def test_the_participant_takes_any_round_body_or_refuses_it(doc: dict, member: bool, data: st.DataObject) -> None:
+def test_the_participant_takes_any_round_body_or_refuses_it(
+    doc: dict, member: bool, data: st.DataObject
+) -> None:
     """``fl.round`` from the coordinator: a schema-valid body must start a round or be refused."""
     try:
         body = RoundBody.model_validate_json(json.dumps(doc), strict=True)
@@ -182,11 +195,15 @@ def test_the_participant_takes_any_round_body_or_refuses_it(doc: dict, member: b
     node = body.cohort[0] if member and body.cohort else "dev-x"
     sent: list[object] = []
     participant = Participant(node, _train, lambda *a: sent.append(a), samples=5, clock=lambda: 0.0)
-    frame = bytes(8 * (body.length - 1)) if data.draw(st.booleans()) else data.draw(st.binary(max_size=64))
+    frame = (
+        bytes(8 * (body.length - 1))
+        if data.draw(st.booleans())
+        else data.draw(st.binary(max_size=64))
+    )
     run("fl.Participant.on_round", lambda: participant.on_round(body, [frame]), RemoteError)
 
 
-@fuzz(60)
+@fuzz(60, long_examples=BODY_LONG)
 @given(
     st.sampled_from([JoinBody, RoundBody, RunBody, HERoundBody]).flatmap(
         lambda m: st.tuples(st.just(m), body_inputs(m))

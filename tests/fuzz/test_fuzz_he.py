@@ -1,4 +1,4 @@
-"""HE payloads: ciphertext chunk frames, public contexts (structure check, then TenSEAL), job bodies.
+"""HE payloads: ciphertext chunks, public contexts (structure check, then TenSEAL), job bodies.
 
 Already fuzzed elsewhere (not repeated): random bytes into the two structure
 checks; one byte set in a real ciphertext (tests/he/test_he_core.py).
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from fuzz_support import body_inputs, fuzz, mutated, run
+from fuzz_support import BODY_LONG, body_inputs, fuzz, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,7 +45,9 @@ def _world() -> tuple[SecretContext, bytes, bytes, bytes]:
 @given(st.data())
 def test_a_mutated_ciphertext_chunk_is_refused_or_loads(data: st.DataObject) -> None:
     owner, _, chunk, foreign = _world()
-    frame = data.draw(st.one_of(mutated(chunk), mutated(foreign), st.sampled_from([chunk, foreign])))
+    frame = data.draw(
+        st.one_of(mutated(chunk), mutated(foreign), st.sampled_from([chunk, foreign]))
+    )
     vec = run("he.load_chunk", lambda: load_chunk(owner.public.ts, FAST, frame, 8), DecodeError)
     if vec is not None:
         # A same-preset ciphertext of another key loads (docs/he.md, threat model:
@@ -68,13 +70,15 @@ BODY_MODELS = sorted(
     (
         value
         for value in vars(he_messages).values()
-        if isinstance(value, type) and value.__module__ == he_messages.__name__ and hasattr(value, "model_validate_json")
+        if isinstance(value, type)
+        and value.__module__ == he_messages.__name__
+        and hasattr(value, "model_validate_json")
     ),
     key=lambda m: m.__name__,
 )
 
 
-@fuzz(60)
+@fuzz(60, long_examples=BODY_LONG)
 @given(st.sampled_from(BODY_MODELS).flatmap(lambda m: st.tuples(st.just(m), body_inputs(m))))
 def test_he_bodies_parse_strictly(case: tuple[type, bytes]) -> None:
     model, data = case

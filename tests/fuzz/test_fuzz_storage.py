@@ -14,7 +14,7 @@ import json
 import random
 import struct
 
-from fuzz_support import body_inputs, documents, fuzz, json_mutated, mutated, run
+from fuzz_support import BODY_LONG, body_inputs, documents, fuzz, json_mutated, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -77,7 +77,9 @@ def _owner_signed(body: bytes) -> bytes:
 @fuzz(100)
 @given(st.one_of(mutated(BLOB), st.binary(max_size=600)))
 def test_a_mutated_signed_manifest_never_verifies(blob: bytes) -> None:
-    manifest = run("storage.open_manifest", lambda: open_manifest(blob, WRITER.verify_key), MANIFEST_ERRORS)
+    manifest = run(
+        "storage.open_manifest", lambda: open_manifest(blob, WRITER.verify_key), MANIFEST_ERRORS
+    )
     if manifest is not None:
         assert blob == BLOB
         assert manifest == MANIFEST
@@ -92,11 +94,21 @@ manifest_bodies = st.one_of(
 
 
 @fuzz(100)
-@given(st.one_of(manifest_bodies, manifest_bodies.flatmap(mutated), st.just(MANIFEST.canonical()).flatmap(mutated)))
+@given(
+    st.one_of(
+        manifest_bodies,
+        manifest_bodies.flatmap(mutated),
+        st.just(MANIFEST.canonical()).flatmap(mutated),
+    )
+)
 def test_an_owner_signed_malformed_manifest_is_only_a_decode_error(body: bytes) -> None:
     """A hostile owner signs what it likes: strict parsing still stands between it and the store."""
     blob = _owner_signed(body)
-    manifest = run("storage.open_manifest(owner-signed)", lambda: open_manifest(blob, WRITER.verify_key), DecodeError)
+    manifest = run(
+        "storage.open_manifest(owner-signed)",
+        lambda: open_manifest(blob, WRITER.verify_key),
+        DecodeError,
+    )
     if manifest is not None:
         assert manifest.canonical() == body
         # the cross-field rules held: n distinct nodes, segment sizes, the Merkle root
@@ -120,7 +132,10 @@ def test_peek_owner_reads_a_claim_or_refuses(blob: bytes) -> None:
 @fuzz(100)
 @given(
     st.sampled_from(sorted(SHARDS)),
-    st.one_of(st.sampled_from(sorted(SHARDS)).map(SHARDS.__getitem__).flatmap(mutated), st.binary(max_size=800)),
+    st.one_of(
+        st.sampled_from(sorted(SHARDS)).map(SHARDS.__getitem__).flatmap(mutated),
+        st.binary(max_size=800),
+    ),
 )
 def test_a_shard_frame_is_kept_only_if_it_is_the_addressed_shard(
     at: tuple[int, int], frame: bytes
@@ -130,8 +145,11 @@ def test_a_shard_frame_is_kept_only_if_it_is_the_addressed_shard(
     plan = GetPlan.for_reader(MANIFEST, "reader", READER.kx_secret())
     while not plan.ready(segment):
         for want in plan.wanted(segment):
-            data = frame if want.index == index else SHARDS[segment, want.index]
-            kept = run("storage.shard_frame", lambda: plan.received(segment, want.index, data))
+            at, data = want.index, frame if want.index == index else SHARDS[segment, want.index]
+            kept = run(
+                "storage.shard_frame",
+                lambda at=at, data=data: plan.received(segment, at, data),  # type: ignore[misc]
+            )
             assert kept == (data == SHARDS[segment, want.index])
     plain = run("storage.segment_open", lambda: plan.plaintext(segment))
     assert plain == DATA[segment * SEG : (segment + 1) * SEG]
@@ -179,7 +197,7 @@ BODY_MODELS = sorted(
 )
 
 
-@fuzz(60)
+@fuzz(60, long_examples=BODY_LONG)
 @given(st.sampled_from(BODY_MODELS).flatmap(lambda m: st.tuples(st.just(m), body_inputs(m))))
 def test_storage_bodies_parse_strictly(case: tuple[type, bytes]) -> None:
     model, data = case

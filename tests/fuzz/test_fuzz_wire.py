@@ -26,7 +26,7 @@ from securemesh.errors import LocalError, RemoteError, UnknownIssuer
 from securemesh.wire import AuthMode, decode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "wire"))
-from wire_testlib import MAC_KEY, SIGNER, as_bytes, maced, signed  # noqa: E402
+from wire_testlib import MAC_KEY, SIGNER, as_bytes, maced, signed
 
 ORIGINALS = {
     AuthMode.SIGNED: as_bytes(signed()),
@@ -55,7 +55,11 @@ def frame_edits(draw: st.DrawFn, frames: list[bytes]) -> list[bytes]:
 
 
 @fuzz(100)
-@given(st.sampled_from(list(AuthMode)).flatmap(lambda m: st.tuples(st.just(m), frame_edits(ORIGINALS[m]))))
+@given(
+    st.sampled_from(list(AuthMode)).flatmap(
+        lambda m: st.tuples(st.just(m), frame_edits(ORIGINALS[m]))
+    )
+)
 def test_edited_multipart_envelopes_never_verify_unless_identical(
     case: tuple[AuthMode, list[bytes]],
 ) -> None:
@@ -73,7 +77,10 @@ def test_edited_multipart_envelopes_never_verify_unless_identical(
 
 # ------------------------------------------------------------------ handshake
 
-SIGNERS = {"node-a": Ed25519Signer.from_seed(bytes([1]) * 32), "node-b": Ed25519Signer.from_seed(bytes([2]) * 32)}
+SIGNERS = {
+    "node-a": Ed25519Signer.from_seed(bytes([1]) * 32),
+    "node-b": Ed25519Signer.from_seed(bytes([2]) * 32),
+}
 
 
 def _resolve(node_id: str) -> bytes:
@@ -86,7 +93,11 @@ def _resolve(node_id: str) -> bytes:
 def _pair() -> tuple[sm.Handshake, sm.Handshake]:
     clock = lambda: 1000.0  # noqa: E731
     initiator = sm.Handshake.initiator(
-        node_id="node-a", peer_id="node-b", signer=SIGNERS["node-a"], resolve_peer=_resolve, clock=clock
+        node_id="node-a",
+        peer_id="node-b",
+        signer=SIGNERS["node-a"],
+        resolve_peer=_resolve,
+        clock=clock,
     )
     responder = sm.Handshake.responder(
         node_id="node-b", signer=SIGNERS["node-b"], resolve_peer=_resolve, clock=clock
@@ -109,15 +120,25 @@ HELLO, ACCEPT, FINISH = _transcript()
 
 @fuzz(60)
 @given(st.sampled_from(["hello", "accept", "finish"]), st.data())
-def test_a_handshake_message_mutated_in_flight_never_establishes(step: str, data: st.DataObject) -> None:
+def test_a_handshake_message_mutated_in_flight_never_establishes(
+    step: str, data: st.DataObject
+) -> None:
     """A live pair runs the handshake; the attacker rewrites one message on the way."""
     initiator, responder = _pair()
     hello = initiator.initiate()
     if step == "hello":
         bad = data.draw(st.one_of(mutated(hello), st.just(HELLO)))
-        accept = run("session.responder.receive(hello)", lambda: responder.receive(bad), (RemoteError, LocalError))
+        accept = run(
+            "session.responder.receive(hello)",
+            lambda: responder.receive(bad),
+            (RemoteError, LocalError),
+        )
         if accept is not None:
-            finish = run("session.initiator.receive(accept)", lambda: initiator.receive(accept), (RemoteError, LocalError))
+            finish = run(
+                "session.initiator.receive(accept)",
+                lambda: initiator.receive(accept),
+                (RemoteError, LocalError),
+            )
             if finish is not None:
                 # only an unchanged hello can get this far: the transcript binds it
                 assert bad == hello
@@ -125,8 +146,14 @@ def test_a_handshake_message_mutated_in_flight_never_establishes(step: str, data
     accept = responder.receive(hello)
     assert accept is not None
     if step == "accept":
-        bad = data.draw(st.one_of(mutated(accept), st.just(ACCEPT)))  # ACCEPT: a replay from another run
-        finish = run("session.initiator.receive(accept)", lambda: initiator.receive(bad), (RemoteError, LocalError))
+        bad = data.draw(
+            st.one_of(mutated(accept), st.just(ACCEPT))
+        )  # ACCEPT: a replay from another run
+        finish = run(
+            "session.initiator.receive(accept)",
+            lambda: initiator.receive(bad),
+            (RemoteError, LocalError),
+        )
         if finish is not None:
             assert bad == accept
             assert initiator.state is sm.State.ESTABLISHED
@@ -136,5 +163,9 @@ def test_a_handshake_message_mutated_in_flight_never_establishes(step: str, data
     finish = initiator.receive(accept)
     assert finish is not None
     bad = data.draw(st.one_of(mutated(finish), st.just(FINISH)))
-    run("session.responder.receive(finish)", lambda: responder.receive(bad), (RemoteError, LocalError))
+    run(
+        "session.responder.receive(finish)",
+        lambda: responder.receive(bad),
+        (RemoteError, LocalError),
+    )
     assert (responder.state is sm.State.ESTABLISHED) == (bad == finish)
