@@ -11,7 +11,7 @@ enrollment models; the token text format under byte-level mutation.
 
 from __future__ import annotations
 
-from fuzz_support import BODY_LONG, body_inputs, fuzz, mutated, run
+from fuzz_support import body_inputs, fuzz, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 from test_fuzz_wire import frame_edits
@@ -53,7 +53,7 @@ def test_an_edited_enroll_request_is_never_accepted(frames: list[bytes]) -> None
         assert opened[1].node_id == "dev-1"
 
 
-@fuzz(100, long_examples=BODY_LONG)
+@fuzz(100)
 @given(
     st.sampled_from([EnrollRequest, EnrollReply, RenewRequest, RenewReply]).flatmap(
         lambda m: st.tuples(st.just(m), body_inputs(m))

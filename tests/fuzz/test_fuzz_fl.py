@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from fuzz_support import BODY_LONG, body_inputs, fuzz, mutated, run
+from fuzz_support import body_inputs, fuzz, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -80,9 +80,7 @@ def test_mutated_real_frames_decode_strictly(data: st.DataObject) -> None:
         assert msg.encode() == frame  # type: ignore[attr-defined]  # one encoding per message
 
 
-@fuzz(
-    20, long_examples=2_000
-)  # a whole in-memory round per input: a protocol property, not a decoder
+@fuzz(20)  # a whole in-memory round per input: a protocol property, not a decoder
 @given(
     st.sampled_from(STAGES),
     st.sampled_from(["mutate", "impersonate", "replay", "other_round"]),
@@ -203,7 +201,7 @@ def test_the_participant_takes_any_round_body_or_refuses_it(
     run("fl.Participant.on_round", lambda: participant.on_round(body, [frame]), RemoteError)
 
 
-@fuzz(60, long_examples=BODY_LONG)
+@fuzz(60)
 @given(
     st.sampled_from([JoinBody, RoundBody, RunBody, HERoundBody]).flatmap(
         lambda m: st.tuples(st.just(m), body_inputs(m))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 
-from fuzz_support import BODY_LONG, body_inputs, fuzz, mutated, run
+from fuzz_support import body_inputs, fuzz, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,7 +55,7 @@ def test_a_mutated_ciphertext_chunk_is_refused_or_loads(data: st.DataObject) -> 
         assert vec.size() == 8
 
 
-@fuzz(20, long_examples=5_000)  # TenSEAL parses ~130 kB per input: 15 ms each
+@fuzz(20)  # TenSEAL parses ~130 kB per input: 15 ms each
 @given(st.data())
 def test_a_mutated_public_context_is_refused_or_is_the_preset(data: st.DataObject) -> None:
     _, blob, _, _ = _world()
@@ -78,7 +78,7 @@ BODY_MODELS = sorted(
 )
 
 
-@fuzz(60, long_examples=BODY_LONG)
+@fuzz(60)
 @given(st.sampled_from(BODY_MODELS).flatmap(lambda m: st.tuples(st.just(m), body_inputs(m))))
 def test_he_bodies_parse_strictly(case: tuple[type, bytes]) -> None:
     model, data = case

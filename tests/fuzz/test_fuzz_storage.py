@@ -14,7 +14,7 @@ import json
 import random
 import struct
 
-from fuzz_support import BODY_LONG, body_inputs, documents, fuzz, json_mutated, mutated, run
+from fuzz_support import body_inputs, documents, fuzz, json_mutated, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -197,7 +197,7 @@ BODY_MODELS = sorted(
 )
 
 
-@fuzz(60, long_examples=BODY_LONG)
+@fuzz(60)
 @given(st.sampled_from(BODY_MODELS).flatmap(lambda m: st.tuples(st.just(m), body_inputs(m))))
 def test_storage_bodies_parse_strictly(case: tuple[type, bytes]) -> None:
     model, data = case

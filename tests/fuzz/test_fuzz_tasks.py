@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from fuzz_support import BODY_LONG, body_inputs, fuzz, json_mutated, mutated, run
+from fuzz_support import body_inputs, fuzz, json_mutated, mutated, run
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -66,7 +66,7 @@ def _models(module: object) -> list[type[BaseModel]]:
 BODY_MODELS = sorted(_models(task_model) + _models(task_service), key=lambda m: m.__name__)
 
 
-@fuzz(60, long_examples=BODY_LONG)
+@fuzz(60)
 @given(st.sampled_from(BODY_MODELS).flatmap(lambda m: st.tuples(st.just(m), body_inputs(m))))
 def test_task_bodies_parse_strictly(case: tuple[type[BaseModel], bytes]) -> None:
     model, data = case
