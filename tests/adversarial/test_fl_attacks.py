@@ -55,7 +55,7 @@ from securemesh.fl._secagg import ServerState
 from securemesh.sdk import Device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fl"))
-from fl_support import make_cohort  # noqa: E402
+from fl_support import make_cohort
 
 pytestmark = pytest.mark.slow
 

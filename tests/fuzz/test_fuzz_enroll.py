@@ -53,7 +53,7 @@ def test_an_edited_enroll_request_is_never_accepted(frames: list[bytes]) -> None
         assert opened[1].node_id == "dev-1"
 
 
-@fuzz(100)
+@fuzz(50)
 @given(
     st.sampled_from([EnrollRequest, EnrollReply, RenewRequest, RenewReply]).flatmap(
         lambda m: st.tuples(st.just(m), body_inputs(m))

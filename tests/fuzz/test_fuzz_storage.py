@@ -93,7 +93,7 @@ manifest_bodies = st.one_of(
 ).map(lambda d: json.dumps(d, separators=(",", ":"), sort_keys=True).encode())
 
 
-@fuzz(100)
+@fuzz(50)
 @given(
     st.one_of(
         manifest_bodies,
@@ -115,7 +115,7 @@ def test_an_owner_signed_malformed_manifest_is_only_a_decode_error(body: bytes) 
         assert len(set(manifest.placement)) == manifest.n >= manifest.k
 
 
-@fuzz(100)
+@fuzz(50)
 @given(
     st.one_of(
         mutated(BLOB),
