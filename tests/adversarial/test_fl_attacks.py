@@ -175,7 +175,7 @@ def test_compromised_participants_are_excluded_and_the_round_goes_on(mesh: Mesh)
 
         # 6. a participant without fl-operator: fl.run is refused by the policy, counted
         rejected = sum(mesh.rejections("edge").values())
-        run = RunBody(rounds=2, clients_per_round=11, clip=2.0, stage_timeout=4.0)
+        run = RunBody(rounds=2, clients_per_round=11, clip=2.0, stage_timeout=8.0)
         devices[TWICE].send(EDGE, "fl.run", run, [INIT.astype("<f8").tobytes()])
         wait_until(
             lambda: sum(mesh.rejections("edge").values()) > rejected,

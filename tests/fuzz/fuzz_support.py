@@ -84,13 +84,19 @@ def _alarm(_signum: int, _frame: object) -> None:
 
 @contextmanager
 def bounded(seconds: float = HANG_BOUND_S) -> Iterator[None]:
+    """Raise :class:`Hang` in the body after ``seconds``; an outer timer (pytest-timeout's
+    signal method uses the same ``ITIMER_REAL``) is put back with what it had left."""
+    start = time.monotonic()
     previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:
+            left = outer - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
 def run(
