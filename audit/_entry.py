@@ -330,7 +330,7 @@ def event_fields(body: bytes) -> tuple[object, object] | None:
     try:
         doc = json.loads(body)
         return doc["event_id"], doc["origin"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # deep nesting: RecursionError
         return None
 
 

@@ -175,7 +175,7 @@ def _decode_acks(data: bytes) -> list[Ack]:
         raise SizeLimitExceeded("acknowledgement is too large")
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting: RecursionError
         raise DecodeError("acknowledgement is not JSON") from exc
     if not isinstance(doc, list) or len(doc) > MAX_FRAMES:
         raise DecodeError("acknowledgement is not a list of at most 256 pairs")

@@ -177,7 +177,7 @@ def peek_owner_unverified(blob: bytes | memoryview) -> str:
     body, _ = _split(blob)
     try:
         owner = json.loads(body).get("owner")
-    except (ValueError, AttributeError) as exc:
+    except (ValueError, AttributeError, RecursionError) as exc:  # deep nesting: RecursionError
         raise DecodeError("manifest is not a JSON object") from exc
     if not isinstance(owner, str):
         raise DecodeError("manifest names no owner")

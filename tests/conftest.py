@@ -33,8 +33,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--demo-long",
         action="store_true",
         default=False,
-        help="run the demo's --keep mode and its interrupted and killed runs (the whole demo runs by default)",
+        help="run the demo's --keep, interrupted and killed runs (the whole demo runs by default)",
     )
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        default=False,
+        help="run every decoder fuzzer of tests/fuzz for 100,000 inputs instead of a few dozen",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # tests/fuzz/fuzz_support.py reads this at import, i.e. after configure, before collection.
+    if config.getoption("--fuzz-long"):
+        os.environ["SECUREMESH_FUZZ_LONG"] = "1"
 
 
 settings.register_profile(

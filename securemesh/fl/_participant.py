@@ -76,18 +76,23 @@ class Participant:
             raise DecodeError("fl.round must carry exactly the cohort's keys")
         if self.node_id not in body.cohort:
             raise DecodeError("this device is not in the round's cohort")
-        config = SecAggConfig(
-            round_id=bytes.fromhex(body.round_id),
-            cohort=tuple(body.cohort),
-            length=body.length,
-            graph_seed=bytes.fromhex(body.graph_seed),
-            bits=body.bits,
-            degree=body.degree,
-            threshold=body.threshold,
-            stage_timeout=body.stage_timeout,
-        )
+        try:
+            config = SecAggConfig(
+                round_id=bytes.fromhex(body.round_id),
+                cohort=tuple(body.cohort),
+                length=body.length,
+                graph_seed=bytes.fromhex(body.graph_seed),
+                bits=body.bits,
+                degree=body.degree,
+                threshold=body.threshold,
+                stage_timeout=body.stage_timeout,
+            )
+            quant = Quantizer(body.bits, body.clip, body.levels, body.max_clients, body.max_weight)
+        except LocalError as exc:
+            # the coordinator's parameters (a duplicate in the cohort, a weak
+            # threshold, a quantizer that overflows): its fault, not ours
+            raise DecodeError(f"fl.round parameters refused: {exc}") from exc
         keys = {c: bytes.fromhex(k) for c, k in body.keys.items()}
-        quant = Quantizer(body.bits, body.clip, body.levels, body.max_clients, body.max_weight)
         global_params = np.frombuffer(frames[0], dtype="<f8").astype(np.float64)
         new_params, samples = self._train(global_params.copy())
         new_params = np.asarray(new_params, dtype=np.float64)

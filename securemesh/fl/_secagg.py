@@ -543,14 +543,20 @@ class SecAggServer:
         if not self.finished and now >= self._deadline:
             self._advance(now)
 
-    def receive(self, sender: str, frame: bytes, now: float) -> None:
+    def receive(self, sender: str, frame: bytes, now: float) -> bool:
+        """Take one client frame; False if it was ignored (the caller counts those).
+
+        A frame from outside the stage's expected clients (not in the cohort,
+        excluded, gone, or after the round) is ignored; any other frame is
+        taken, and a malformed one excludes its sender (``take_exclusions``).
+        """
         if (
             self.finished
             or sender not in self._stage.expected
             or sender in self._excluded
             or sender in self._gone
         ):
-            return  # late, unknown or excluded: nothing to do (counted by the caller)
+            return False  # late, unknown or excluded: nothing to do
         if sender in self._stage.got:
             self._exclude(sender, "second message in one stage")
         else:
@@ -564,6 +570,7 @@ class SecAggServer:
             except RemoteError as exc:
                 self._exclude(sender, f"{type(exc).__name__}: {exc}")
         self._maybe_advance(now)
+        return True
 
     def forget(self, client: str, now: float) -> None:
         """``client`` is unreachable (the transport says so): stop waiting for it this round.
@@ -595,6 +602,12 @@ class SecAggServer:
             size = np.dtype(cfg.dtype).itemsize * cfg.length
             if len(msg.vector) != size:
                 raise DecodeError(f"masked input is not {size} bytes")
+            if cfg.bits < np.dtype(cfg.dtype).itemsize * 8:
+                wire = np.dtype(cfg.dtype).newbyteorder("<")
+                if int(np.frombuffer(msg.vector, dtype=wire).max(initial=0)) > cfg.mask:
+                    # harmless to the sum (it is taken mod 2^bits) but not a valid
+                    # element of the ring: a malformed client, refused like one
+                    raise DecodeError(f"masked input holds values outside Z_2^{cfg.bits}")
             for accused, _ in msg.complaints:
                 if accused not in self._forwarded.get(sender, ()):
                     raise DecodeError("complaint about a client whose share was not forwarded")

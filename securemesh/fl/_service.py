@@ -157,7 +157,9 @@ class FLCoordinator(Service):
         if server is None or len(frames) != 1:
             self.rejected += 1
             return
-        server.receive(msg.sender, bytes(frames[0]), self.ctx.clock())
+        if not server.receive(msg.sender, bytes(frames[0]), self.ctx.clock()):
+            # from outside the round's cohort, an excluded client, or too late
+            self.rejected += 1
         self._wake.set()
 
     # -- rounds
@@ -273,9 +275,15 @@ class FLCoordinator(Service):
         for client, reason in sorted(result.rejected.items()):
             self.ctx.audit.record(
                 "fl.client_excluded",
-                ("node", client),
+                ("round", str(r)),  # the client is a detail (see _round)
                 outcome="failure",
-                details={"round": r, "stage": "encrypted", "reason": reason[:200], "accuser": ""},
+                details={
+                    "round": r,
+                    "client": client,
+                    "stage": "encrypted",
+                    "reason": reason[:200],
+                    "accuser": "",
+                },
             )
         survivors = tuple(sorted(result.contributors))
         count = len(survivors)
@@ -346,15 +354,20 @@ class FLCoordinator(Service):
             server.tick(self.ctx.clock())
         await self._flush(server)
         for ex in server.take_exclusions():
+            # The subject is the round, the client a detail: the cloud admits a service's
+            # events from an edge only about the edge itself or non-node subjects
+            # (audit/admission.py SERVICE_SCOPE), so a ("node", client) subject was
+            # refused there and no exclusion ever reached the log.
             self.ctx.audit.record(
                 "fl.client_excluded",
-                ("node", ex.client),
+                ("round", str(r)),
                 outcome="failure",
                 details={
                     "round": r,
+                    "client": ex.client,
                     "stage": ex.stage,
                     "reason": ex.reason[:200],
-                    "accuser": ex.accuser,
+                    "accuser": ex.accuser or "",
                 },
             )
         result, reason = server.result, server.abort_reason or "aborted"

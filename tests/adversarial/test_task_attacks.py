@@ -182,3 +182,22 @@ def test_a_compromised_submitter_cannot_flood_forge_replay_or_cancel_others(mesh
     finally:
         for dev in (honest, honest_sub, attacker):
             dev.close()
+
+
+def test_a_device_without_the_submitter_role_cannot_submit_tasks(mesh: Mesh) -> None:
+    """Tasks beyond a role: an enrolled ``sensor`` device's ``task.submit`` is dropped by
+    the edge's policy (no reply, counted ``unauthorized``) and nothing runs for it."""
+    sensor = mesh.connect(mesh.enroll_device("edge-1.sensor-only"))
+    try:
+        refused = mesh.rejections("edge").get("unauthorized", 0)
+        ran = mesh.status("edge")["services"]["tasks"]["counts"].get("finished", 0)
+        request, _ = new_request("demo.sum", {"numbers": [1, 2]}, intent=TaskIntent(deadline_s=5))
+        with pytest.raises(TimeoutError):
+            sensor.request("edge-1", "task.submit", request, timeout=2)
+        wait_until(
+            lambda: mesh.rejections("edge").get("unauthorized", 0) > refused,
+            what="the edge refusing a task from a device without the submitter role",
+        )
+        assert mesh.status("edge")["services"]["tasks"]["counts"].get("finished", 0) == ran
+    finally:
+        sensor.close()
