@@ -89,8 +89,8 @@ def test_mutated_real_frames_decode_strictly(data: st.DataObject) -> None:
 def test_a_hostile_cohort_member_cannot_break_the_round(
     stage: str, attack: str, data: st.DataObject
 ) -> None:
-    """The server never raises nor excludes an honest client; the exact sum of whom it kept, or
-    an abort with a reason."""
+    """The server never raises, excludes an honest client only on the attacker's complaint,
+    and ends with the exact sum of whom it kept or an abort with a reason."""
     cohort = _cohort()
     attacker = cohort.config.cohort[-1]
     victim = cohort.config.cohort[0]
@@ -119,8 +119,14 @@ def test_a_hostile_cohort_member_cannot_break_the_round(
     original = server.receive
     server.receive = receive  # type: ignore[method-assign]
     run_in_memory(server, cohort.clients(), tamper={attacker: tamper})
-    excluded = {e.client for e in server.take_exclusions()}
-    assert excluded <= {attacker}, f"honest clients excluded: {excluded - {attacker}}"
+    exclusions = server.take_exclusions()
+    excluded = {e.client for e in exclusions}
+    # An honest client is excluded only on the attacker's own complaint (its share did
+    # not open for the attacker, e.g. after it advertised stale keys): complaints are
+    # not verifiable by the server, so an accused client's input is dropped -- the
+    # documented limit (docs/federated-learning.md, "Faulty or malicious clients").
+    framed = {e.client for e in exclusions if e.client != attacker}
+    assert all(e.accuser == attacker for e in exclusions if e.client in framed), exclusions
     if server.state is ServerState.DONE:
         kept = [c for c in cohort.config.cohort if c not in excluded]
         with_attacker = np.array_equal(server.result, cohort.expected(cohort.config.cohort))
