@@ -29,6 +29,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the storage acceptance tests on 6 edges, with a 1 GiB streamed put/get",
     )
+    parser.addoption(
+        "--ops-long",
+        action="store_true",
+        default=False,
+        help="also run docs/operations.md's re-enrollment and add-edge blocks and a second "
+        "examples/deploy/up.sh on the example deployment (tests/test_examples.py)",
+    )
 
 
 settings.register_profile(

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from daemon_support import FAST_KDF_CLI, free_port
 from docs_support import RUNNABLE, TESTED, all_blocks, marked_block
+from pg_support import audit_pg_base_url, audit_pg_url  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,3 +145,38 @@ def test_node_operations_run(tmp_path: Path) -> None:
     final = json.loads((data_dir / "status.json").read_text())
     assert final["state"] == "stopped"
     assert not (data_dir / "ready").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_operations_postgres_audit_log(tmp_path: Path, audit_pg_url: str) -> None:  # noqa: F811
+    """docs/operations.md §7: a cloud daemon with ``[audit] log_db`` in PostgreSQL creates
+    the schema itself (Alembic), and ``audit info`` finds that log through node.toml."""
+    data_dir = tmp_path / "cloud-1"
+    init = subprocess.run(
+        [*FAST_KDF_CLI, "init", "--data-dir", str(data_dir),
+         "--listen", f"tcp://127.0.0.1:{free_port()}"],
+        env={**os.environ, "SECUREMESH_PASSPHRASE": "..."},
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    done = run_shell_block(
+        "export SECUREMESH_PASSPHRASE=...\n" + marked_block("operations.md", "ops-postgres"),
+        {
+            "/var/lib/securemesh/cloud-1": str(data_dir),
+            "/var/log/securemesh/cloud-1.log": str(tmp_path / "cloud-1.log"),
+            "postgresql+psycopg://securemesh@db.example.net/securemesh_audit": audit_pg_url,
+        },
+        tmp_path,
+        timeout=120,
+    )
+    logs = (
+        (tmp_path / "cloud-1.log").read_text()[-2000:]
+        if (tmp_path / "cloud-1.log").exists()
+        else ""
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    info = json.loads(done.stdout)
+    assert "postgresql" in json.dumps(info)
+    assert not (data_dir / "audit.db").exists()  # the log is not in SQLite
+    assert "stopped the daemon" in done.stderr

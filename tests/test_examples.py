@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_support import FAST_KDF_CLI, cli, log_tail, poll, read_status
+from daemon_support import FAST_KDF_CLI, cli, free_port, log_tail, poll, read_status
+from docs_support import blocks, marked_block
 
 from securemesh.node import load_config
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 EXAMPLES = ROOT / "examples"
 DEPLOY = EXAMPLES / "deploy"
 PASSPHRASE = "examples-test-passphrase"
@@ -104,6 +106,59 @@ class Mesh:
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root = root
         self.env = env
+        #: process groups of doc blocks that left daemons running (reaped at teardown)
+        self.groups: list[int] = []
+        #: devices enrolled at edge-1 by storage_app.py: name -> its public keys
+        self.devices: dict[str, dict[str, Any]] = {}
+
+    def enroll(self, *names: str) -> dict[str, dict[str, Any]]:
+        """``edge-1.<name>`` for each name, enrolled with storage_app.py (once); their public
+        keys. The tokens are made first, so one status tick of edge-1 admits them all."""
+        edge = self.root / "edge-1"
+        new = [name for name in names if name not in self.devices]
+        env = {"SECUREMESH_PASSPHRASE": PASSPHRASE}
+        create = ["token", "create", "--data-dir", str(edge), "--tier", "end", "--ttl", "10m"]
+        tokens = {name: cli(*create, env=env) for name in new}
+        created = time.time()
+        if tokens:
+            poll(lambda: read_status(edge)["written_at"] > created, "edge-1 to admit the tokens")
+        for name, token in tokens.items():
+            enroll = ["--token", token, "--node-id", f"edge-1.{name}", "--kdf-memlimit-mib", "8"]
+            done = self.storage_app(name, *enroll, "keys")
+            assert done.returncode == 0, done.stderr
+            self.devices[name] = json.loads(done.stdout)
+            assert self.devices[name]["node_id"] == f"edge-1.{name}"
+        return {name: self.devices[name] for name in names}
+
+    def block(self, name: str, replace: dict[str, str], work: Path) -> str:
+        """Run docs/operations.md's block ``name`` in ``bash -eu -o pipefail`` with its
+        server paths and addresses replaced; its stdout + stderr (fails on non-zero exit).
+        Daemons it starts in the background stay up until the mesh is torn down."""
+        script = marked_block("operations.md", name)
+        replace = {
+            "/var/lib/securemesh": str(self.root),
+            "/var/log/securemesh": str(self.root),
+            "tcp://cloud.example.net:7100": f"tcp://127.0.0.1:{self.env['SM_PORT']}",
+            **replace,
+        }
+        for old, new in replace.items():
+            if old in script:
+                script = script.replace(old, new)
+        env = {k: v for k, v in self.env.items() if k != "SECUREMESH_DATA_DIR"}
+        work.mkdir(parents=True, exist_ok=True)
+        out = work / f"{name}.out"
+        with out.open("w") as sink:  # a file: a daemon it leaves running holds it open
+            proc = subprocess.Popen(
+                ["bash", "-eu", "-o", "pipefail", "-c", script], cwd=work, env=env,
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+            self.groups.append(proc.pid)
+            code = proc.wait(timeout=180)
+        text = out.read_text()
+        assert code == 0, f"{name} exited {code}: {text[-3000:]}"
+        assert "Traceback" not in text, text
+        return text
 
     def run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -123,6 +178,7 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("deploy")
+    mesh_groups: list[int] = []
     env = {**_env(root / "bin"), "SM_ROOT": str(root / "mesh"), "SM_PORT": str(_free_base_port())}
     up = subprocess.Popen(
         ["bash", str(DEPLOY / "up.sh")], cwd=root, env=env, stdin=subprocess.DEVNULL,
@@ -134,7 +190,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         logs = "".join(log_tail(root / "mesh" / node) for node in NODES)
         assert up.returncode == 0, out + err + logs
         assert "Traceback" not in err
-        yield Mesh(root / "mesh", env)
+        mesh = Mesh(root / "mesh", env)
+        mesh_groups = mesh.groups
+        yield mesh
         down = subprocess.run(
             ["bash", str(DEPLOY / "down.sh")], cwd=root, env=env, capture_output=True,
             text=True, timeout=120, check=False,
@@ -148,6 +206,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             up.kill()
             up.communicate()
         _kill_group(up.pid)
+        for group in mesh_groups:
+            _kill_group(group)
 
 
 def test_deploy_configs_load() -> None:
@@ -179,26 +239,10 @@ def test_up_sh_brings_up_three_edges_connected_to_the_cloud(mesh: Mesh) -> None:
         text = (mesh.root / f"edge-{n}" / "node.toml").read_text()
         assert f'failure_domain = "rack-{n}"' in text
         assert "0000000000000000" not in text  # the enrolled cloud key replaced the placeholder
-    # idempotent: a second run keeps every key and finds the daemons running
-    again = mesh.run("bash", str(DEPLOY / "up.sh"))
-    assert again.returncode == 0, again.stderr
-    assert again.stderr.count("is already running") == 4
 
 
 def test_storage_app_puts_gets_and_shares(mesh: Mesh, tmp_path: Path) -> None:
-    edge = str(mesh.root / "edge-1")
-    tokens = {name: cli("token", "create", "--data-dir", edge, "--tier", "end", "--ttl", "10m",
-                        env={"SECUREMESH_PASSPHRASE": PASSPHRASE})
-              for name in ("alice", "bob")}  # fmt: skip
-    created = time.time()
-    poll(lambda: read_status(Path(edge))["written_at"] > created, "edge-1 to admit the tokens")
-    keys: dict[str, dict[str, Any]] = {}
-    for name, token in tokens.items():
-        enroll = ["--token", token, "--node-id", f"edge-1.{name}", "--kdf-memlimit-mib", "8"]
-        done = mesh.storage_app(name, *enroll, "keys")
-        assert done.returncode == 0, done.stderr
-        keys[name] = json.loads(done.stdout)
-        assert keys[name]["node_id"] == f"edge-1.{name}"
+    keys = mesh.enroll("alice", "bob")
     src = tmp_path / "report.bin"
     src.write_bytes(b"quarterly report " * 4000 + os.urandom(70_000))
     put = mesh.storage_app("alice", "put", "notes/today", str(src))
@@ -274,6 +318,71 @@ def test_audit_investigation_proves_the_share_offline(mesh: Mesh, tmp_path: Path
     assert not (tmp_path / "empty").exists()
 
 
+def test_operations_guide_health_revoke_backup(mesh: Mesh, tmp_path: Path) -> None:
+    """docs/operations.md's health, revocation and backup blocks on the up.sh mesh."""
+    health = mesh.block("ops-health", {}, tmp_path)
+    assert "edge-1 is alive" in health
+    assert "parent_connected=True rejected=" in health
+    assert "edge-3" in health  # the cloud's fleet view
+    # revoke a device: edge-1 installs the list and lists it revoked
+    mesh.enroll("bob")
+    revoked = mesh.block("ops-revoke", {}, tmp_path)
+    assert "revocation list version" in revoked
+    poll(
+        lambda: any(c["node_id"] == "edge-1.bob" and c["revoked"]
+                    for c in read_status(mesh.root / "edge-1")["children"]),
+        "edge-1 to list edge-1.bob revoked",
+    )  # fmt: skip
+    # back up the authority and check the backup
+    backups = tmp_path / "backup"
+    backups.mkdir()
+    backup = mesh.block("ops-backup", {"/srv/backup": str(backups)}, tmp_path)
+    assert "backup OK: root 'mesh' opens and matches trust.json" in backup
+    assert len(list(backups.glob("securemesh-cloud-1-*.tgz"))) == 1
+
+
+def test_operations_guide_reenroll_and_add_edge(
+    mesh: Mesh, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """docs/operations.md's re-enrollment and add-edge blocks, and up.sh run again
+    (``--ops-long``: three more daemon starts and enrollments)."""
+    if not request.config.getoption("--ops-long"):
+        pytest.skip("re-enrollment, adding an edge and a second up.sh run with --ops-long")
+    # idempotent: a second run keeps every key and finds the daemons running
+    again = mesh.run("bash", str(DEPLOY / "up.sh"))
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("is already running") == 4
+    # re-enroll edge-2: a new delegation and certificate, same keys, connected again
+    before = {f: (mesh.root / "edge-2" / f).read_bytes() for f in ("delegation.cert",
+              "node.cert", "identity.key", "node.toml")}  # fmt: skip
+    mesh.block("ops-reenroll-edge", {}, tmp_path)
+    after = {f: (mesh.root / "edge-2" / f).read_bytes() for f in before}
+    assert after["delegation.cert"] != before["delegation.cert"]
+    assert after["node.cert"] != before["node.cert"]
+    assert after["identity.key"] == before["identity.key"]
+    assert after["node.toml"] == before["node.toml"]
+    poll(
+        lambda: read_status(mesh.root / "edge-2")["parent"]["connected"] is True,
+        "edge-2 to reconnect to the cloud",
+    )
+    # add edge-4: enrolled, configured, running, connected to the cloud
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    mesh.block("ops-add-edge", {"tcp://0.0.0.0:7104": listen}, tmp_path)
+    try:
+        config = load_config(mesh.root / "edge-4" / "node.toml")
+        assert config.services == ["securemesh.storage:make_service"]
+        assert config.report.failure_domain == "rack-4"
+
+        def edge4_connected() -> bool:
+            children = read_status(mesh.root / "cloud-1")["children"]
+            return any(c["node_id"] == "edge-4" and c["connected"] for c in children)
+
+        poll(edge4_connected, "the cloud to list edge-4 connected")
+    finally:
+        cli("node", "stop", "--data-dir", str(mesh.root / "edge-4"))
+    assert read_status(mesh.root / "edge-4")["state"] == "stopped"
+
+
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -284,6 +393,10 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
                  "StateDirectory=securemesh/%i", "CapabilityBoundingSet=\n"):  # fmt: skip
         assert line in text, line
     assert "SECUREMESH_PASSPHRASE" not in text  # never in the unit's environment
+    # the unit lines docs/operations.md shows are the file's
+    (shown,) = [b.text for b in blocks(DOCS / "operations.md") if b.lang == "ini"]
+    for line in shown.splitlines():
+        assert line in text.splitlines(), line
     securemesh = shutil.which("securemesh", path=str(Path(sys.executable).parent))
     assert securemesh is not None
     assert "ExecStart=/opt/securemesh/bin/securemesh node run --data-dir" in text
