@@ -54,7 +54,7 @@ wait_for() {
             say "timed out waiting for $what"
             exit 1
         fi
-        sleep 0.2
+        sleep 0.25
     done
 }
 
@@ -65,7 +65,9 @@ if [[ ! -e "$root/cloud-1/identity.key" ]]; then
 fi
 render cloud "$base" "" >"$root/cloud-1/node.toml"
 start cloud-1
-wait_for "cloud-1 to be alive" securemesh node status --data-dir "$root/cloud-1"
+# alive: it wrote `ready` (once it listens) and `node status` exits 0
+cloud_alive() { test -e "$root/cloud-1/ready" && securemesh node status --data-dir "$root/cloud-1"; }
+wait_for "cloud-1 to be alive" cloud_alive
 
 # 2. each edge: a delegated edge token from the cloud, enrollment, its config
 tokens=()
@@ -87,19 +89,25 @@ for n in 1 2 3; do
     start "$edge"
 done
 
-# 3. every edge connected to the cloud: the cloud's fleet view lists it
-# connected, and the edge's own status says its parent link is up
+# 3. every edge connected to the cloud: the cloud's fleet view (its status.json,
+# what `securemesh node list` prints) lists it connected with a first heartbeat
+# (node.report, which the storage index reads to place shards; it comes
+# heartbeat_interval after the edge connected), and the edge's own status says
+# its parent link is up. Read straight from the files: cheap to poll.
 edges_connected() {
-    securemesh node list --data-dir "$root/cloud-1" --format json |
-        python3 -c 'import json, sys
-up = {c["node_id"] for c in json.load(sys.stdin) if c["connected"]}
-sys.exit(0 if {"edge-1", "edge-2", "edge-3"} <= up else 1)' || return 1
-    for n in 1 2 3; do
-        securemesh node status --data-dir "$root/edge-$n" |
-            python3 -c 'import json, sys
-sys.exit(0 if (json.load(sys.stdin).get("parent") or {}).get("connected") else 1)' || return 1
-    done
+    python3 - "$root" <<'EOF'
+import json, sys
+root = sys.argv[1]
+def status(node):
+    with open(f"{root}/{node}/status.json") as f:
+        return json.load(f)
+up = {c["node_id"] for c in status("cloud-1")["children"]
+      if c["connected"] and c["load_1m"] is not None}
+edges = ("edge-1", "edge-2", "edge-3")
+ok = set(edges) <= up and all((status(e).get("parent") or {}).get("connected") for e in edges)
+sys.exit(0 if ok else 1)
+EOF
 }
-wait_for "edge-1..3 to connect to cloud-1" edges_connected
+wait_for "edge-1..3 to connect to cloud-1 and report" edges_connected
 securemesh node list --data-dir "$root/cloud-1"
 say "up: cloud-1 on tcp://$host:$base, edge-1..3 on ports $((base + 1))..$((base + 3))"
