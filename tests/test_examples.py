@@ -8,8 +8,10 @@ connected. On that mesh two devices run ``storage_app.py`` (put, get, a read
 refused before the owner shares, share, the reader's get) and
 ``audit_investigation.py`` collects the share's proof from the cloud log and
 verifies it offline from a copy of the case directory (a tampered proof is
-refused). ``down.sh`` stops everything; whatever is left is killed with the
-script's process group. The systemd unit passes ``systemd-analyze verify``.
+refused). docs/operations.md's health, revocation and backup blocks run on the
+same mesh (its re-enrollment and add-edge blocks, and a second up.sh, with
+``--ops-long``). ``down.sh`` stops everything; whatever is left is killed with
+the scripts' process groups. The systemd unit passes ``systemd-analyze verify``.
 
 The other examples run in: device_app.py (tests/sdk/test_sdk_examples.py,
 tests/cli/test_cli_mesh.py), task_service.py (tests/tasks/test_tasks_daemons.py),
@@ -239,6 +241,7 @@ def test_up_sh_brings_up_three_edges_connected_to_the_cloud(mesh: Mesh) -> None:
         text = (mesh.root / f"edge-{n}" / "node.toml").read_text()
         assert f'failure_domain = "rack-{n}"' in text
         assert "0000000000000000" not in text  # the enrolled cloud key replaced the placeholder
+        assert (mesh.root / f"edge-{n}" / "node.toml").stat().st_mode & 0o777 == 0o600
 
 
 def test_storage_app_puts_gets_and_shares(mesh: Mesh, tmp_path: Path) -> None:

@@ -84,8 +84,8 @@ for n in 1 2 3; do
             --listen "tcp://$host:$((base + n))" --timeout 30
     fi
     key=$(sed -n 's/^curve_key = "\(.*\)"$/\1/p' "$root/$edge/node.toml")
-    render "$edge" "$((base + n))" "$key" >"$root/$edge/node.toml.new"
-    mv "$root/$edge/node.toml.new" "$root/$edge/node.toml"
+    (umask 077 && render "$edge" "$((base + n))" "$key" >"$root/$edge/node.toml.new")
+    mv "$root/$edge/node.toml.new" "$root/$edge/node.toml"   # 0600, as enroll wrote it
     start "$edge"
 done
 
