@@ -5,7 +5,9 @@ block in docs/*.md that no test runs (see :mod:`docs_support`); configuration
 and data blocks must parse. The shell snippets of enrollment.md and node.md
 run here as written, in ``bash -eu -o pipefail``, with only their paths and
 listen addresses replaced by temporary ones; the audit and SDK snippets run in
-``tests/audit/test_audit_docs.py`` and ``tests/cli/test_cli_mesh.py``.
+``tests/audit/test_audit_docs.py`` and ``tests/cli/test_cli_mesh.py``, and
+operations.md's on the example deployment in ``tests/test_examples.py`` (its
+PostgreSQL block here). Relative links in the docs must resolve.
 """
 
 from __future__ import annotations
