@@ -33,8 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ops-long",
         action="store_true",
         default=False,
-        help="also run docs/operations.md's re-enrollment and add-edge blocks and a second "
-        "examples/deploy/up.sh on the example deployment (tests/test_examples.py)",
+        help="also run docs/operations.md's re-enrollment, add-edge and PostgreSQL blocks and a "
+        "second examples/deploy/up.sh (tests/test_examples.py, tests/test_docs.py)",
     )
 
 
