@@ -42,6 +42,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run every decoder fuzzer of tests/fuzz for 100,000 inputs instead of a few dozen",
     )
 
+    parser.addoption(
+        "--ops-long",
+        action="store_true",
+        default=False,
+        help="also run docs/operations.md's re-enrollment, add-edge and PostgreSQL blocks and a "
+        "second examples/deploy/up.sh (tests/test_examples.py, tests/test_docs.py)",
+    )
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # tests/fuzz/fuzz_support.py reads this at import, i.e. after configure, before collection.
