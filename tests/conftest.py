@@ -41,7 +41,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run every decoder fuzzer of tests/fuzz for 100,000 inputs instead of a few dozen",
     )
-
     parser.addoption(
         "--ops-long",
         action="store_true",
