@@ -29,6 +29,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run the storage acceptance tests on 6 edges, with a 1 GiB streamed put/get",
     )
+    parser.addoption(
+        "--reliability-long",
+        action="store_true",
+        default=False,
+        help="run the fault-injection and load tests of tests/reliability at full size (minutes)",
+    )
 
 
 settings.register_profile(
