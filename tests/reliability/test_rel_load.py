@@ -1,0 +1,54 @@
+"""Load on one edge: ``bench/load.py`` run small (100 devices, 10 s) as a real process.
+
+The bench builds a cloud and an edge daemon, enrolls every simulated device with
+its own token and drives each over its own CurveZMQ session (worker processes
+with hundreds of SDK ``AsyncDevice`` sessions each); see its docstring. Here it
+must report no acknowledged message lost, no request unanswered, every device's
+messages counted in order by the edge, and the edge's RSS flat across windows.
+``pytest --reliability-long`` runs it at the recorded size (1,000 devices, 3 min).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from daemon_support import daemon_env
+
+pytestmark = pytest.mark.slow
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "load.py"
+#: The edge's RSS may grow this much from the first window's end to the last's.
+RSS_GROWTH_MIB = 32.0
+#: A generous bound on a loaded 2-core runner: a stall, not a slow round trip, fails it.
+P99_LIMIT_MS = 2000.0
+
+
+def test_many_devices_on_one_edge_lose_nothing_and_memory_stays_flat(
+    reliability_long: bool,
+) -> None:
+    if reliability_long:
+        size = ["--devices", "1000", "--duration", "180", "--window", "30", "--rate", "0.5"]
+        timeout = 1800
+    else:
+        size = ["--devices", "100", "--duration", "10", "--window", "5", "--rate", "1"]
+        timeout = 300
+    proc = subprocess.run(
+        [sys.executable, str(BENCH), *size, "--workers", "2" if not reliability_long else "4"],
+        env=daemon_env(), capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(json.dumps(result))  # the figures (pytest -s)
+    expected = result["devices"] * result["rate_per_device"] * result["duration_s"]
+    assert result["lost"] == 0, result
+    assert result["failed"] == 0, result["failures"]
+    assert result["out_of_order"] == 0, result
+    # every device kept its pace: (almost) every planned message was sent and answered
+    assert result["acked"] >= 0.9 * expected, result
+    rss = result["edge_rss_mib"]
+    assert rss[-1] - rss[0] < RSS_GROWTH_MIB, rss
+    assert all(p is not None and p < P99_LIMIT_MS for p in result["p99_ms"]), result["p99_ms"]
