@@ -117,7 +117,7 @@ EDGE_LIMITS = (
 
 
 def _configure(toml: Path, limits: str = "") -> None:
-    top = 'services = ["load:register"]\nstatus_interval = 1.0\n'
+    top = 'services = ["load:register"]\n'  # default status and heartbeat intervals
     tables = '\n[[policy.allow]]\ntypes = ["load.*"]\ntiers = ["end"]\n' + limits
     toml.write_text(top + toml.read_text() + tables)
 
@@ -312,6 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "p50_ms": [w["p50_ms"] for w in per_window],
         "p99_ms": [w["p99_ms"] for w in per_window],
         "edge_rss_mib": [w["edge_rss_mib"] for w in per_window],
+        "loadavg_1m": [w["loadavg_1m"] for w in per_window],
         "windows": per_window,
         "failures": [e for r in results for e in r["errors"]][:5],
     }

@@ -19,3 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "adversarial"))
 def reliability_long(request: pytest.FixtureRequest) -> bool:
     """True under ``pytest --reliability-long``."""
     return bool(request.config.getoption("--reliability-long"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "reliability_long: a reliability test that runs only with --reliability-long"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``reliability_long`` tests unless ``--reliability-long`` is given."""
+    if config.getoption("--reliability-long"):
+        return
+    skip = pytest.mark.skip(reason="minutes of wall time: run with pytest --reliability-long")
+    for item in items:
+        if "reliability_long" in item.keywords:
+            item.add_marker(skip)

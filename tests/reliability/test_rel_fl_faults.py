@@ -39,7 +39,7 @@ from daemon_support import (
 
 from securemesh.fl import LogisticRegression, RunBody, model_hash
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability_long]
 
 HERE = Path(__file__).resolve().parent
 PASSPHRASE = "rel-fl-passphrase"

@@ -33,7 +33,7 @@ from daemon_support import poll
 from securemesh.errors import SecureMeshError
 from securemesh.storage import Candidate
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability_long]
 
 _GRID_SOURCE = Path(__file__).resolve().parent.parent / "storage" / "test_storage_daemons.py"
 
