@@ -10,7 +10,10 @@ messages counted in order by the edge, and the edge's RSS flat across windows.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,7 @@ RSS_PER_DEVICE_KIB = 96
 P99_LIMIT_MS = 2000.0
 
 
+@pytest.mark.timeout(1800)  # the long variant runs ~10 minutes (setup included)
 def test_many_devices_on_one_edge_lose_nothing_and_memory_stays_flat(
     reliability_long: bool,
 ) -> None:
@@ -42,12 +46,21 @@ def test_many_devices_on_one_edge_lose_nothing_and_memory_stays_flat(
     else:
         size = ["--devices", "100", "--duration", "6", "--window", "3", "--rate", "1"]
         timeout = 300
-    proc = subprocess.run(
+    # its own session: on a timeout or a failure here the whole group (the bench, its
+    # daemons and its device workers) is killed, none left behind
+    proc = subprocess.Popen(
         [sys.executable, str(BENCH), *size, "--workers", "2" if not reliability_long else "4"],
-        env=daemon_env(), capture_output=True, text=True, timeout=timeout, check=False,
+        env=daemon_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout.strip().splitlines()[-1])
     print(json.dumps(result))  # the figures (pytest -s)
     expected = result["devices"] * result["rate_per_device"] * result["duration_s"]
     assert result["lost"] == 0, result
