@@ -13,7 +13,10 @@ at the edge):
    acknowledged event is in the cloud log exactly once;
 2. **edge partitioned away from its device and the cloud**: the device's events
    buffer the same way and ship once the edge is back;
-3. ``securemesh audit verify`` (a real process) passes on the cloud log.
+3. **edge crashed** (SIGKILL) and restarted on its data dir: the device's events
+   recorded meanwhile wait in its outbox, the device is served again, and they ship;
+4. every acknowledged event is in the cloud log exactly once, and
+   ``securemesh audit verify`` (a real process) passes on the cloud log.
 
 Nothing here sleeps for synchronisation: every wait polls a status the daemons
 or the device report.
@@ -84,7 +87,7 @@ def record(dev: Device, tag: str, count: int) -> list[str]:
     ]
 
 
-def test_partitions_keep_the_edge_serving_and_lose_no_audit_event(tmp_path: Path) -> None:
+def test_partitions_and_an_edge_crash_keep_serving_and_lose_no_audit_event(tmp_path: Path) -> None:
     with operator_mesh(tmp_path) as mesh:
         data = mesh.enroll_device(DEVICE)
         with open(data / "node.toml", "a", encoding="utf-8") as f:
@@ -132,10 +135,25 @@ def test_partitions_keep_the_edge_serving_and_lose_no_audit_event(tmp_path: Path
                 assert set(edge_partition) <= outbox_ids(data)
             wait_until(lambda: audit(dev)["outbox_pending"] == 0, 60, "the outbox drained again")
 
+            # 3. the edge crashes (SIGKILL, no clean-up) while the device records; it restarts
+            failures = audit(dev)["ship_failures"]
+            edge = mesh.daemons.procs["edge"]
+            edge.kill()
+            edge.wait(timeout=30)
+            edge_crash = record(dev, "edge-crash", 5)
+            wait_until(
+                lambda: audit(dev)["ship_failures"] > failures, 30,
+                "the device to fail shipping to the dead edge",
+            )  # fmt: skip
+            assert set(edge_crash) <= outbox_ids(data)
+            mesh.start("edge")  # same data dir and port; waits until it is back at the cloud
+            wait_until(lambda: audit(dev)["outbox_pending"] == 0, 60, "the outbox drained at last")
+            assert dev.request(EDGE_ID, "app.echo", {"n": 0}, timeout=10).json()["by"] == EDGE_ID
+
             # every acknowledged event in the log, exactly once
             rows = logged(mesh, "--node", DEVICE, "--kind", "object.put")
             ids = [r["event_id"] for r in rows]
-            assert sorted(ids) == sorted([*before, *during, *edge_partition])
+            assert sorted(ids) == sorted([*before, *during, *edge_partition, *edge_crash])
             rejected = logged(mesh, "--node", EDGE_ID, "--kind", "message.rejected")
             assert [r["details"]["msg_type"] for r in rejected].count("zz.unwanted") == 1
         verify_cloud_log(mesh.cloud_dir)
