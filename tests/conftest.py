@@ -48,6 +48,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also run docs/operations.md's re-enrollment, add-edge and PostgreSQL blocks and a "
         "second examples/deploy/up.sh (tests/test_examples.py, tests/test_docs.py)",
     )
+    parser.addoption(
+        "--reliability-long",
+        action="store_true",
+        default=False,
+        help="run the fault-injection and load tests of tests/reliability at full size (minutes)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
