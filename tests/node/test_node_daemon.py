@@ -452,3 +452,25 @@ def test_a_broken_service_is_one_error_line(tmp_path: Path, entry: str, needle: 
     assert needle in result.stderr
     assert b"Traceback" not in result.stderr
     assert not (tmp_path / "c" / "ready").exists()
+
+
+def test_a_burst_of_enrollments_rewrites_status_once(tmp_path: Path) -> None:
+    """status.json lists every child (large at 1,000 devices): enrollments ask for a write
+    soon, and a burst of them gets one write, not one each."""
+    from securemesh.node._daemon import STATUS_BURST_DELAY, NodeFiles, _Daemon
+
+    daemon = _Daemon(NodeConfig(node_id="e", tier="edge"), NodeFiles(tmp_path))
+    writes: list[str] = []
+    daemon.write_status = lambda *, state: writes.append(state)  # type: ignore[method-assign]
+
+    async def main() -> None:
+        for _ in range(50):
+            daemon._status_soon()
+        assert writes == []  # not on the enrollment's own turn
+        await asyncio.sleep(STATUS_BURST_DELAY + 0.2)
+        assert writes == ["running"]
+        daemon._status_soon()  # a later enrollment gets its own write
+        await asyncio.sleep(STATUS_BURST_DELAY + 0.2)
+        assert writes == ["running", "running"]
+
+    asyncio.run(main())
