@@ -179,10 +179,12 @@ class VerifiedMessage(_Received):
     :class:`Pipeline` (tests/node/test_node_pipeline.py has a small rig).
     """
 
-    __slots__ = ("certificate", "envelope", "link", "peer", "relayed")
+    # (first_contact a slot, not a class attribute: Python 3.11 specializes slot
+    # reads, and the node reads it on every message)
+    __slots__ = ("certificate", "envelope", "first_contact", "link", "peer", "relayed")
 
-    #: a certified sender's message (see :class:`FirstContactMessage`)
-    first_contact: ClassVar[bool] = False
+    #: always False: a certified sender's message (see :class:`FirstContactMessage`)
+    first_contact: bool
 
     def __init__(
         self,
@@ -201,6 +203,7 @@ class VerifiedMessage(_Received):
         self.peer = peer
         self.relayed = relayed
         self.link = link
+        self.first_contact = False
 
     @property
     def peer_info(self) -> PeerInfo:
@@ -224,9 +227,10 @@ class FirstContactMessage(_Received):
     forwarded or broadcast. Made only by :class:`Pipeline`, like a VerifiedMessage.
     """
 
-    __slots__ = ("envelope", "link", "peer")
+    __slots__ = ("envelope", "first_contact", "link", "peer")
 
-    first_contact: ClassVar[bool] = True
+    #: always True
+    first_contact: bool
     certificate: ClassVar[None] = None
     relayed: ClassVar[bool] = False
     #: the sender is no certified node: no policy of a certified peer applies
@@ -240,6 +244,7 @@ class FirstContactMessage(_Received):
         self.envelope = envelope
         self.peer = peer
         self.link = link
+        self.first_contact = True
 
     @property
     def sender(self) -> str:

@@ -258,8 +258,10 @@ def _mac(
 class _HeaderFields:
     """Read-only access to the header fields, shared by both envelope kinds."""
 
-    __slots__ = ("_header",)
-    _header: Header
+    # a plain slot, not a property: read on every message's hot path (Python 3.11
+    # specializes slot reads, not property calls); __setattr__ keeps it read-only
+    __slots__ = ("header",)
+    header: Header
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -268,53 +270,49 @@ class _HeaderFields:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     @property
-    def header(self) -> Header:
-        return self._header
-
-    @property
     def auth_mode(self) -> AuthMode:
-        return self._header.auth_mode
+        return self.header.auth_mode
 
     @property
     def msg_type(self) -> str:
-        return self._header.msg_type
+        return self.header.msg_type
 
     @property
     def sender(self) -> str:
-        return self._header.sender
+        return self.header.sender
 
     @property
     def recipient(self) -> str:
         """The addressed node id; empty for a broadcast."""
-        return self._header.recipient
+        return self.header.recipient
 
     @property
     def sequence(self) -> int:
-        return self._header.sequence
+        return self.header.sequence
 
     @property
     def timestamp_ms(self) -> int:
-        return self._header.timestamp_ms
+        return self.header.timestamp_ms
 
     @property
     def correlation_id(self) -> bytes:
-        return self._header.correlation_id
+        return self.header.correlation_id
 
     @property
     def key_id(self) -> bytes:
         """The session id in MAC mode; 16 zero bytes in SIGNED mode."""
-        return self._header.key_id
+        return self.header.key_id
 
     @property
     def flags(self) -> Flags:
-        return self._header.flags
+        return self.header.flags
 
     @property
     def raw_frame_count(self) -> int:
-        return self._header.raw_frame_count
+        return self.header.raw_frame_count
 
     def __repr__(self) -> str:
-        h = self._header
+        h = self.header
         return (
             f"{type(self).__name__}(mode={h.auth_mode.name}, type={h.msg_type!r}, "
             f"sender={h.sender!r}, recipient={h.recipient!r}, seq={h.sequence}, "
@@ -339,7 +337,7 @@ class Envelope(_HeaderFields):
     def __init__(self, header: Header, frames: tuple[memoryview, ...], *, _token: object) -> None:
         if _token is not _TOKEN:
             raise LocalError("an Envelope is only created by verifying an UnverifiedEnvelope")
-        object.__setattr__(self, "_header", header)
+        object.__setattr__(self, "header", header)
         object.__setattr__(self, "_frames", frames)  # read-only views: decode() made them so
         object.__setattr__(self, "_body", _whole_bytes(frames[1]))
 
@@ -394,7 +392,7 @@ class UnverifiedEnvelope(_HeaderFields):
     def __init__(self, header: Header, views: tuple[memoryview, ...], *, _token: object) -> None:
         if _token is not _TOKEN:
             raise LocalError("an UnverifiedEnvelope is only created by decode()")
-        object.__setattr__(self, "_header", header)
+        object.__setattr__(self, "header", header)
         object.__setattr__(self, "_views", views)
 
     def _transcript(self) -> bytes:
@@ -419,10 +417,10 @@ class UnverifiedEnvelope(_HeaderFields):
         :class:`~securemesh.errors.AuthenticationError` if the envelope is not
         in SIGNED mode or the signature does not verify.
         """
-        if self._header.auth_mode is not AuthMode.SIGNED:
+        if self.header.auth_mode is not AuthMode.SIGNED:
             raise AuthenticationError("envelope is not signed")
         verify_signature(verify_key, self._transcript(), _whole_bytes(self._views[-1]))
-        return Envelope(self._header, self._views, _token=_TOKEN)
+        return Envelope(self.header, self._views, _token=_TOKEN)
 
     def verify_mac(self, key: bytes) -> Envelope:
         """Check the session MAC with the 32-byte session key named by ``key_id``.
@@ -436,13 +434,13 @@ class UnverifiedEnvelope(_HeaderFields):
         """
         if not isinstance(key, bytes) or len(key) != MAC_KEY_SIZE:
             raise LocalError(f"a session MAC key is {MAC_KEY_SIZE} bytes")
-        if self._header.auth_mode is not AuthMode.MAC:
+        if self.header.auth_mode is not AuthMode.MAC:
             raise AuthenticationError("envelope is not in MAC mode")
         views = self._views
         expected = _mac(key, views[0], views[1], views[2:-1])
         if not hmac.compare_digest(expected, _whole_bytes(views[-1])):
             raise AuthenticationError("MAC does not verify")
-        return Envelope(self._header, self._views, _token=_TOKEN)
+        return Envelope(self.header, self._views, _token=_TOKEN)
 
 
 # ---------------------------------------------------------------------- decoding

@@ -98,7 +98,9 @@ def test_envelopes_cannot_be_forged_by_construction_and_are_immutable() -> None:
     with pytest.raises(AttributeError):
         env._body = b"{}"
     with pytest.raises(AttributeError):
-        unverified._header = env.header
+        unverified.header = env.header  # a slot, but read-only like the rest
+    with pytest.raises(AttributeError):
+        env.header = env.header
     assert all(f.readonly for f in env.frames)
 
 
