@@ -1,13 +1,15 @@
-"""Readiness waits the daemon benches share (bench/he.py, bench/storage.py)."""
+"""Readiness waits and the stop the daemon benches share (he, storage, load)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["wait_file", "wait_status_tick"]
+__all__ = ["stop_all", "wait_file", "wait_status_tick"]
 
 
 def wait_file(path: Path, what: str, timeout: float = 90.0) -> None:
@@ -29,3 +31,15 @@ def wait_status_tick(data_dir: Path, after: float, timeout: float = 30.0) -> Non
         if time.monotonic() > deadline:
             raise SystemExit(f"{data_dir.name} wrote no status")
         time.sleep(0.05)
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM every daemon, then wait for each (SIGKILL after ``timeout``)."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

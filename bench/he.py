@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import tenseal as ts
-from daemon_wait import wait_file, wait_status_tick
+from daemon_wait import stop_all, wait_file, wait_status_tick
 from pydantic import BaseModel
 
 import securemesh.cli._mesh as mesh_cli
@@ -143,14 +143,7 @@ def mesh(root: Path) -> Iterator[tuple[Path, list[int]]]:
         wait_file(edge / "status.json", "edge-0's status")
         yield edge, [p.pid for p in procs]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
 
 
 def cpu_split(pids: Sequence[int]) -> list[float]:

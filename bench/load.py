@@ -49,6 +49,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from daemon_wait import stop_all, wait_file, wait_status_tick
+
 HERE = Path(__file__).resolve().parent
 PASSPHRASE = "bench-load-passphrase"
 EDGE = "edge-0"
@@ -122,20 +124,6 @@ def _configure(toml: Path, limits: str = "") -> None:
     toml.write_text(top + toml.read_text() + tables)
 
 
-def _wait(predicate: Any, what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _status_after(data_dir: Path, after: float) -> bool:
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-        return bool(json.loads((data_dir / "status.json").read_text())["written_at"] > after)
-    return False
-
-
 def _tail(path: Path) -> str:
     with contextlib.suppress(FileNotFoundError):
         return path.read_bytes()[-3000:].decode("utf-8", "replace")
@@ -177,7 +165,7 @@ def mesh(root: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
              "--cloud-node-id", "cloud-1", "--listen", f"tcp://127.0.0.1:{_port()}")  # fmt: skip
         _configure(cloud / "node.toml")
         start(cloud)
-        _wait((cloud / "ready").exists, "the cloud")
+        wait_file(cloud / "ready", "the cloud")
         edge = root / EDGE
         token = _cli("token", "create", "--data-dir", str(cloud), "--tier", "edge",
                      "--delegate", "--ttl", "30m")  # fmt: skip
@@ -185,18 +173,11 @@ def mesh(root: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
              "--listen", f"tcp://127.0.0.1:{_port()}")  # fmt: skip
         _configure(edge / "node.toml", EDGE_LIMITS)
         edge_proc = start(edge)
-        _wait((edge / "ready").exists, EDGE)
-        _wait((edge / "status.json").exists, f"{EDGE}'s status")
+        wait_file(edge / "ready", EDGE)
+        wait_file(edge / "status.json", f"{EDGE}'s status")
         yield edge, edge_proc
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs, timeout=30)
 
 
 def _percentile(ordered: list[float], q: float) -> float | None:
@@ -243,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in names
         }  # fmt: skip
         created = time.time()
-        _wait(lambda: _status_after(edge, created), f"{EDGE} to admit the tokens")
+        wait_status_tick(edge, created, timeout=90.0)  # the edge admitted the tokens
         procs = _spawn_workers(args, root, names, tokens, workers)
         try:
             for proc in procs:  # each prints "connected" once all its devices are

@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon_wait import wait_file, wait_status_tick
+from daemon_wait import stop_all, wait_file, wait_status_tick
 
 from securemesh.crypto import keystore
 from securemesh.crypto.identity import NodeIdentity
@@ -141,14 +141,7 @@ def mesh(root: Path, edges: int) -> Iterator[tuple[list[str], list[int]]]:
             wait_file(root / edge / "ready", edge)
         yield ids, [proc.pid for proc in procs]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
 
 
 def pipeline_rate(size: int, segment: int, k: int, n: int) -> float:

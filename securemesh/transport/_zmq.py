@@ -528,12 +528,7 @@ class _Receiver:
                 assert run is not None
                 self._credit = credit + 1 - len(run[1])
                 return run
-        try:
-            got = self._try_recv()
-        except zmq.ZMQError:
-            if self._closed:
-                raise TransportClosed(self._CLOSED_TEXT) from None
-            raise TransportError("receive failed") from None
+        got = self.recv_nowait()  # the socket's turn (or other peers held): one message
         return None if got is None else (got[0], [got[1]])
 
     async def recv(self, *, timeout: float | None = None) -> tuple[bytes, list[bytes]]:
