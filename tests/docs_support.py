@@ -9,7 +9,10 @@ Configuration and data blocks (``toml``, ``json``) must parse.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +81,20 @@ def marked_block(doc: str, name: str) -> str:
     found = [b for b in blocks(DOCS / doc) if b.name == name]
     assert len(found) == 1, f"expected one tested block {name!r} in docs/{doc}, got {len(found)}"
     return found[0].text
+
+
+def stop_group(pgid: int, timeout: float = 20.0) -> None:
+    """SIGTERM a process group (a script and the daemons it started), wait until it is
+    gone, SIGKILL what is left (and wait again)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)

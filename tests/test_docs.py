@@ -16,17 +16,15 @@ import ast
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from daemon_support import FAST_KDF_CLI, free_port
-from docs_support import RUNNABLE, TESTED, all_blocks, marked_block
+from docs_support import RUNNABLE, TESTED, all_blocks, marked_block, stop_group
 from pg_support import audit_pg_base_url, audit_pg_url  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,27 +75,11 @@ def run_shell_block(
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            if sig is signal.SIGTERM:
-                _wait_group_gone(proc.pid)
+        stop_group(proc.pid)
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def _wait_group_gone(pgid: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
 
 
 @pytest.mark.slow

@@ -29,7 +29,6 @@ import base64
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 
 import pytest
 from daemon_support import FAST_KDF_CLI, cli, free_port, log_tail, poll, read_status
-from docs_support import blocks, marked_block
+from docs_support import blocks, marked_block, stop_group
 
 from securemesh.node import load_config
 
@@ -91,21 +90,6 @@ def _free_base_port() -> int:
                 s.close()
         return base
     raise AssertionError("no four consecutive free ports")
-
-
-def _kill_group(pgid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
 
 
 class Mesh:
@@ -211,9 +195,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         if up.poll() is None:
             up.kill()
             up.communicate()
-        _kill_group(up.pid)
+        stop_group(up.pid)
         for group in mesh_groups:
-            _kill_group(group)
+            stop_group(group)
 
 
 def test_deploy_configs_load() -> None:
