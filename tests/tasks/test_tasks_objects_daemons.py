@@ -213,8 +213,16 @@ def test_a_task_over_an_object_runs_on_a_holder_that_got_the_key_only_then(mesh:
     shared = asyncio.run(client.stat("inputs/data.bin"))
     assert set(shared.readers) == {DEVICE, placement.node}
     assert shared.placement == manifest.placement  # the shards did not move
-    status = read_status(mesh.dir(placement.node))["services"]["tasks"]["counts"]
-    assert status.get("objects_read") == 1
+    # status.json is a snapshot rewritten every status_interval: wait for the tick
+    # after the run (reading it once raced the tick; CI saw the earlier {'failed': 1})
+    poll(
+        lambda: (
+            read_status(mesh.dir(placement.node))["services"]["tasks"]["counts"].get("objects_read")
+            == 1
+        ),
+        "the executor's status to count the object it read",
+        timeout=20,
+    )
     # the executor's run and the owner's share are in the cloud log
     cloud = mesh.dir("cloud-1")
     poll(
