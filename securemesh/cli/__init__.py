@@ -76,7 +76,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "demo",
-        "run cloud, edge and device end to end on 127.0.0.1 (real processes, ~10 s)",
+        "run the whole system on 127.0.0.1: a cloud, three edges and twelve devices "
+        "(real processes, about a minute)",
         "securemesh.cli._demo",
     ),
 )

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser(
         "demo",
         help="run the whole system on 127.0.0.1: a cloud, three edges and twelve devices "
-        "(real processes, ~1.5 min)",
+        "(real processes, about a minute)",
         description="Creates a mesh in a temporary directory: a cloud daemon, three edge "
         "daemons and twelve device processes that enroll and stream readings; shows routing, "
         "renewal, forged and replayed messages rejected; stores a file 2-of-3 across the "
