@@ -181,7 +181,7 @@ def test_the_whole_demo_runs_every_step_and_cleans_up() -> None:
 
 def test_keep_leaves_the_mesh_running_with_instructions(request: pytest.FixtureRequest) -> None:
     if not request.config.getoption("--demo-long"):
-        pytest.skip("the whole demo (~1.5 min) runs with --demo-long")
+        pytest.skip("--keep (the whole demo, then the printed commands) runs with --demo-long")
     proc = subprocess.run(
         [sys.executable, "-m", "securemesh", "demo", "--keep"],
         env=_env(), capture_output=True, text=True, timeout=DEMO_TIMEOUT, check=False,
