@@ -611,9 +611,8 @@ class MeshNode:
         flags: Flags = Flags.NONE,
         correlation_id: bytes = ZERO_ID,
         session: SessionEntry | None = None,
-        now: float | None = None,
     ) -> list[bytes | memoryview]:
-        ts = int((self._clock() if now is None else now) * 1000)
+        ts = int(self._clock() * 1000)
         if session is None:
             return encode_signed(
                 msg_type=msg_type,
@@ -678,16 +677,10 @@ class MeshNode:
         if auth == "session":
             # one clock reading for the freshness check and the timestamp (a stream's
             # usual case: the session is fresh)
-            # (SessionTable.fresh inline: the same three checks)
             sessions = self._sessions
             session = sessions.out.get(dest)
             now = self._clock()
-            if (
-                session is None
-                or session.sent >= sessions.max_messages
-                or now - session.created >= sessions.max_age
-                or session.session_id not in sessions.by_id
-            ):
+            if session is None or not sessions.fresh(session, now):
                 session = await sessions.session_for(dest)
                 now = self._clock()  # after the handshake: the timestamp is read afresh
         if session is not None:

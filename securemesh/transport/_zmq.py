@@ -496,14 +496,6 @@ class _Receiver:
     def recv_nowait(self) -> tuple[bytes, list[bytes]] | None:
         if self._closed:
             raise TransportClosed(self._CLOSED_TEXT)
-        backlog = self._backlog
-        if backlog.count:
-            # _try_recv's first case inline (a held batch with credit left: no socket
-            # call, so nothing to catch): one call less per held message
-            credit = self._credit - 1
-            if credit > 0:
-                self._credit = credit
-                return backlog.pop()
         try:
             return self._try_recv()
         except zmq.ZMQError:
