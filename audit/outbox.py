@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from securemesh._fileio import private_sqlite_file
+from securemesh._fileio import enable_wal, private_sqlite_file
 from securemesh.audit._entry import entry_of, event_id_of
 from securemesh.errors import LocalError, RemoteError
 
@@ -145,7 +145,7 @@ class Outbox:
         self._db = sqlite3.connect(
             self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode = WAL")
+        enable_wal(self._db, busy_timeout_s)
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}

@@ -48,7 +48,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from securemesh._fileio import private_sqlite_file
+from securemesh._fileio import enable_wal, private_sqlite_file
 from securemesh.errors import ConfigError
 
 __all__ = [
@@ -138,7 +138,7 @@ def create_audit_engine(  # noqa: PLR0915 - one place per backend: SQLite ro/rw,
             if read_only:
                 cur.execute("PRAGMA query_only = 1")
             else:
-                cur.execute("PRAGMA journal_mode = WAL")
+                enable_wal(dbapi_conn, busy_timeout_s)
                 cur.execute(f"PRAGMA synchronous = {sync}")
             cur.close()
 

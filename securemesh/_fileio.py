@@ -18,6 +18,13 @@ process-wide umask change, which would race with other threads. Side files
 left by an earlier version are tightened too. Every SQLite file the project
 creates goes through it: the audit log, the audit outbox, the token store.
 
+Switching a database into WAL mode needs an exclusive lock, and SQLite answers
+``PRAGMA journal_mode = WAL`` with "database is locked" *at once*, without its
+busy handler, when another connection holds a lock it would otherwise deadlock
+with (two processes opening one fresh database together).
+:func:`enable_wal` skips the switch when the file is already in WAL mode (the
+mode is persistent) and otherwise retries it until a deadline.
+
 Private leaf module: it imports nothing but :mod:`securemesh.errors`, so the
 enrollment state, the SDK and the node daemon can all share it.
 """
@@ -26,11 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 from securemesh.errors import ConfigError, LocalError
 
-__all__ = ["SQLITE_SIDE_SUFFIXES", "private_sqlite_file", "read_small_file"]
+__all__ = ["SQLITE_SIDE_SUFFIXES", "enable_wal", "private_sqlite_file", "read_small_file"]
 
 SQLITE_SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 """The files SQLite keeps beside a database ``x.db``: ``x.db-wal`` and so on."""
@@ -50,6 +60,31 @@ def private_sqlite_file(path: Path, *, create: bool = True) -> None:
         with contextlib.suppress(FileNotFoundError, PermissionError):
             if os.stat(name).st_mode & 0o777 != 0o600:
                 os.chmod(name, 0o600)
+
+
+def enable_wal(conn: Any, timeout_s: float) -> None:
+    """Put the SQLite database of DB-API connection ``conn`` into WAL mode (module doc).
+
+    A no-op when it already is; otherwise retries "database is locked" for up to
+    ``timeout_s`` seconds, then raises it.
+    """
+    cur = conn.cursor()
+    try:
+        if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+            return
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            try:
+                cur.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    finally:
+        cur.close()
 
 
 def read_small_file(

@@ -54,7 +54,7 @@ from sqlalchemy.engine import Engine, RowMapping, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.sql import ColumnElement
 
-from securemesh._fileio import private_sqlite_file
+from securemesh._fileio import enable_wal, private_sqlite_file
 from securemesh.crypto.certs import Tier, validate_node_id
 from securemesh.enroll._token import (
     SECRET_SIZE,
@@ -133,7 +133,7 @@ def _engine_for(location: str | Path) -> Engine:
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            enable_wal(dbapi_conn, _BUSY_TIMEOUT_S)
             cur.execute("PRAGMA synchronous = FULL")
             cur.close()
 
