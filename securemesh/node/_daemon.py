@@ -27,7 +27,11 @@ run it too):
    ``services``.
 3. **Ready**: once listening (and, for a node with a parent, once the sockets
    exist) it writes ``ready`` (JSON: pid, node id, listen address) and logs
-   one line with ``"event": "ready"``.
+   one line with ``"event": "ready"``. Under a service manager that passes
+   ``NOTIFY_SOCKET`` (systemd ``Type=notify``) it also sends ``READY=1``, a
+   ``STATUS=`` line per status tick, ``WATCHDOG=1`` pings from the event loop
+   when ``WatchdogSec=`` is set, and ``STOPPING=1`` on shutdown
+   (:mod:`._notify`).
 4. **Status**: every ``status_interval`` seconds it rewrites ``status.json``
    atomically (:meth:`MeshNode.status` plus pid and time); ``securemesh node
    status`` reads that file (:func:`read_status`) — no control socket, so the
@@ -55,7 +59,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +86,7 @@ from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._fleet import children
 from securemesh.node._node import MeshNode
+from securemesh.node._notify import SystemdNotifier
 from securemesh.node._secrets import PASSPHRASE_ENV, read_passphrase, scrub_environment
 from securemesh.node._service import LegacyService, NodeContext, Service, load_services
 
@@ -315,9 +320,11 @@ class _Daemon:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
         self.files = files
+        self.notifier = notifier
         self._clock = clock
         self._monotonic = monotonic
         self._peers_mtime = -1.0
@@ -451,7 +458,8 @@ class _Daemon:
         )
         return True
 
-    def write_status(self, *, state: str) -> None:
+    def write_status(self, *, state: str) -> dict[str, Any]:
+        """Rewrite ``status.json``; the snapshot written."""
         assert self.assembled is not None
         status = self.assembled.status()
         status.update({"pid": os.getpid(), "written_at": self._clock(), "state": state})
@@ -467,6 +475,15 @@ class _Daemon:
         # a snapshot rewritten every status_interval: atomic for readers, no fsync (two
         # fsyncs per tick stalled this event loop for 10-30 ms on a busy disk)
         _write_json(self.files.status, status, durable=False)
+        return status
+
+    def note_saved_revocation_list(self) -> None:
+        """Tell the node the version of the ``revocation.list`` it starts with (if any)."""
+        path = self.files.revocation_list
+        if path.exists():
+            version = _version_of(path)
+            if version is not None:
+                self.node._note_revocation_list(version, _read_small(path, "list"))
 
     def admit_peers(self) -> None:
         peers = self.files.peers
@@ -560,7 +577,9 @@ class _Daemon:
             self.token_sync.refresh(self.node.directory)
         self.admit_peers()
         await self.sync_revocation_list()
-        self.write_status(state="running")
+        status = self.write_status(state="running")
+        if self.notifier is not None:
+            self.notifier.notify(STATUS=status_line(status))
 
 
 class EnrollmentService(Service):
@@ -678,13 +697,11 @@ async def run_node(
     functions), installed after enrollment and the ``services`` of ``node.toml``.
     """
     files = NodeFiles.of(config)
-    daemon = _Daemon(config, files, clock=clock, monotonic=monotonic)
+    notifier = SystemdNotifier.from_environment()
+    daemon = _Daemon(config, files, clock=clock, monotonic=monotonic, notifier=notifier)
     assembled = await _assemble(daemon, passphrase, services, clock=clock, monotonic=monotonic)
     node = assembled.node
-    if files.revocation_list.exists():
-        version = _version_of(files.revocation_list)
-        if version is not None:
-            node._note_revocation_list(version, _read_small(files.revocation_list, "list"))
+    daemon.note_saved_revocation_list()
     node.on_certificate.append(
         lambda signed: keystore.write_file_atomic(files.certificate, signed.to_bytes())
     )
@@ -695,14 +712,16 @@ async def run_node(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop_event.set)
     started = False
+    watchdog: asyncio.Task[None] | None = None
     try:
         await assembled.start()
         daemon.saver = asyncio.create_task(daemon.save_route_evidence())
         started = True
         ready = {"pid": os.getpid(), "node_id": node.node_id, "listen": node.address}
         _write_json(files.ready, ready)
-        daemon.write_status(state="running")
+        status = daemon.write_status(state="running")
         log.info("ready", extra={"event": "ready", **ready})
+        watchdog = _notify_ready(notifier, status)
         while not stop_event.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_event.wait(), config.status_interval)
@@ -715,6 +734,7 @@ async def run_node(
                     )
         log.info("stopping", extra={"event": "stopping", "node_id": node.node_id})
     finally:
+        await _notify_stopping(notifier, watchdog)
         with contextlib.suppress(FileNotFoundError):
             files.ready.unlink()
         await daemon.stop_saver()
@@ -731,6 +751,50 @@ async def run_node(
                 loop.remove_signal_handler(sig)
     log.info("stopped", extra={"event": "stopped", "node_id": node.node_id})
     return 0
+
+
+def _notify_ready(
+    notifier: SystemdNotifier | None, status: Mapping[str, Any]
+) -> asyncio.Task[None] | None:
+    """``READY=1`` to the service manager; the watchdog task if it asked for pings."""
+    if notifier is None:
+        return None
+    notifier.notify(READY=1, MAINPID=os.getpid(), STATUS=status_line(status))
+    interval = notifier.watchdog_interval
+    return None if interval is None else asyncio.create_task(_watchdog(notifier, interval))
+
+
+async def _notify_stopping(
+    notifier: SystemdNotifier | None, watchdog: asyncio.Task[None] | None
+) -> None:
+    """``STOPPING=1`` (the drain starts), then no more pings and no more messages."""
+    if watchdog is not None:
+        watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watchdog
+    if notifier is not None:
+        notifier.notify(STOPPING=1, STATUS="draining")
+        notifier.close()
+
+
+async def _watchdog(notifier: SystemdNotifier, interval: float) -> None:
+    """``WATCHDOG=1`` every ``interval`` s from this loop: a wedged loop stops the pings."""
+    while True:
+        notifier.notify(WATCHDOG=1)
+        await asyncio.sleep(interval)
+
+
+def status_line(status: Mapping[str, Any]) -> str:
+    """One line for the service manager (``systemctl status``) from a status snapshot."""
+    parts = [f"{status.get('state', '?')}", f"{len(status.get('children') or ())} children"]
+    parent = status.get("parent")
+    if isinstance(parent, dict):
+        parts.append(f"parent {'connected' if parent.get('connected') else 'unreachable'}")
+    counters = status.get("counters")
+    if isinstance(counters, dict):
+        parts.append(f"{counters.get('accepted', 0)} accepted")
+        parts.append(f"{counters.get('rejected', 0)} rejected")
+    return ", ".join(parts)
 
 
 def run_daemon(
