@@ -308,6 +308,8 @@ def test_operations_guide_health_revoke_backup(mesh: Mesh, tmp_path: Path) -> No
     health = mesh.block("ops-health", {}, tmp_path)
     assert "edge-1 is alive" in health
     assert "parent_connected=True rejected=" in health
+    assert 'securemesh_up{node="edge-1"} 1' in health
+    assert 'securemesh_parent_connected{node="edge-1",parent="cloud-1"} 1' in health
     assert "edge-3" in health  # the cloud's fleet view
     # revoke a device: edge-1 installs the list and lists it revoked
     mesh.enroll("bob")

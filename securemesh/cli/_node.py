@@ -1,10 +1,12 @@
-"""``securemesh node run|status|list|stop``: a thin shell over the daemon module.
+"""``securemesh node run|status|metrics|list|stop``: a thin shell over the daemon module.
 
 ``run`` blocks until SIGTERM/SIGINT and exits 0 after a graceful stop.
 ``status`` prints the JSON the daemon last wrote to ``<data_dir>/status.json``
 (peers, sessions, counters, rejections by reason, parent link, certificate
 expiry) plus ``alive`` and ``age_s``; it exits 0 when the daemon is alive and
-3 when the status file is left over from a stopped daemon. ``list`` shows the
+3 when the status file is left over from a stopped daemon. ``metrics`` prints
+the same snapshot in the Prometheus text format (same exit statuses;
+:mod:`securemesh.node._exposition`). ``list`` shows the
 node's children from the same file (tier, roles, certificate expiry, last
 seen, load, revocation; :mod:`securemesh.node._fleet`). ``stop`` sends SIGTERM
 to the pid in ``<data_dir>/ready`` and waits until the daemon has exited.
@@ -98,6 +100,14 @@ def _status(args: argparse.Namespace) -> int:
 
     status = read_status(_config(args))
     print(json.dumps(status, indent=2, sort_keys=True))
+    return 0 if status.get("alive") else 3
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from securemesh.node import read_status, render_metrics  # noqa: PLC0415
+
+    status = read_status(_config(args))
+    sys.stdout.write(render_metrics(status))
     return 0 if status.get("alive") else 3
 
 
@@ -220,7 +230,7 @@ def _timeout(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``node run``, ``node status``, ``node list`` and ``node stop``."""
+    """Add ``node run``, ``node status``, ``node metrics``, ``node list`` and ``node stop``."""
     node = subparsers.add_parser(
         "node", help="run, stop, inspect a mesh node daemon; list its children"
     )
@@ -247,6 +257,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status", parents=[where], help="print the running daemon's status as JSON"
     )
     status.set_defaults(func=_status)
+    metrics = node_sub.add_parser(
+        "metrics",
+        parents=[where],
+        help="print the running daemon's status in the Prometheus text format",
+    )
+    metrics.set_defaults(func=_metrics)
     listing = node_sub.add_parser(
         "list",
         parents=[where, format_options()],

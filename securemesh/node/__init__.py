@@ -21,7 +21,9 @@
   a node with its audit and services, for the daemon and the SDK device alike
   (imported lazily: pyzmq).
 * :func:`run_daemon` / :func:`run_node` / :func:`read_status` — ``securemesh
-  node run|status`` (imported lazily: they load the daemon module and pyzmq).
+  node run|status`` (imported lazily: they load the daemon module and pyzmq);
+  :func:`render_metrics` — a status snapshot in the Prometheus text format
+  (``securemesh node metrics``, ``metrics_file``).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from securemesh.node._config import (
 )
 from securemesh.node._directory import Directory, DirectoryEntry
 from securemesh.node._enroll import serve_enrollment
+from securemesh.node._exposition import render_metrics
 from securemesh.node._metrics import AuditHook, Metrics, Rejection
 from securemesh.node._node import Handler, MeshNode, Reply, no_reply_message
 from securemesh.node._pipeline import (
@@ -101,6 +104,7 @@ __all__ = [
     "no_reply_message",
     "parse_curve_key",
     "read_status",
+    "render_metrics",
     "run_daemon",
     "run_node",
     "serve_enrollment",

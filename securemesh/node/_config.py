@@ -47,6 +47,7 @@ Data directory layout (read by the daemon, :mod:`securemesh.node._daemon`)::
     authority/          cloud only: the root authority (securemesh init)
     ready               written when the node is listening/connected (removed on stop)
     status.json         refreshed every status_interval seconds
+    (metrics_file)      the same in Prometheus text format, if node.toml names one
     services/<name>/    each service's own data directory (docs/services.md)
 """
 
@@ -258,6 +259,10 @@ class NodeConfig(_Strict):
     #: every (re)connect): revocation lists converge even if a broadcast was missed.
     revocation_sync_interval: float = Field(default=60.0, gt=0, le=86_400)
     status_interval: float = Field(default=2.0, gt=0, le=3600)
+    #: Also write the status in the Prometheus text format to this file (relative to
+    #: ``data_dir`` unless absolute) on every status tick: for node_exporter's textfile
+    #: collector, which reads ``*.prom`` (securemesh.node._exposition).
+    metrics_file: str | None = Field(default=None, min_length=1, max_length=4096)
     #: ``"package.module:name"`` entries. ``name`` is a factory returning a
     #: :class:`~securemesh.node.Service` (or a Service class), installed through the
     #: service seam (docs/services.md); legacy: a ``register(node)`` function that

@@ -84,6 +84,7 @@ from securemesh.node._assemble import (
 )
 from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
+from securemesh.node._exposition import render_metrics
 from securemesh.node._fleet import children
 from securemesh.node._node import MeshNode
 from securemesh.node._notify import SystemdNotifier
@@ -128,6 +129,8 @@ class NodeFiles:
     """Paths inside a node's data directory (layout in :mod:`securemesh.node._config`)."""
 
     data_dir: Path
+    #: ``metrics_file`` of node.toml, resolved against the data dir (None: not written)
+    metrics: Path | None = None
 
     @property
     def identity(self) -> Path:
@@ -189,7 +192,9 @@ class NodeFiles:
     def of(cls, config: NodeConfig) -> NodeFiles:
         if config.data_dir is None:
             raise ConfigError("node.toml needs data_dir to run as a daemon")
-        return cls(Path(config.data_dir))
+        data_dir = Path(config.data_dir)
+        metrics = None if config.metrics_file is None else data_dir / config.metrics_file
+        return cls(data_dir, metrics)
 
 
 def write_trust_file(path: Path, roots: dict[str, bytes]) -> None:
@@ -475,6 +480,11 @@ class _Daemon:
         # a snapshot rewritten every status_interval: atomic for readers, no fsync (two
         # fsyncs per tick stalled this event loop for 10-30 ms on a busy disk)
         _write_json(self.files.status, status, durable=False)
+        if self.files.metrics is not None:
+            # world-readable like a node_exporter textfile (it holds no secret)
+            keystore.write_file_atomic(
+                self.files.metrics, render_metrics(status).encode(), mode=0o644, durable=False
+            )
         return status
 
     def note_saved_revocation_list(self) -> None:

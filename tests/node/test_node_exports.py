@@ -45,6 +45,7 @@ EXPECTED = {
         "no_reply_message",
         "parse_curve_key",
         "read_status",
+        "render_metrics",
         "run_daemon",
         "run_node",
         "serve_enrollment",
