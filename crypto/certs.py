@@ -21,7 +21,10 @@ it checks, in this order (each step with its own exception class):
 1. size (at most :data:`MAX_CERT_SIZE`) and well-formedness -> ``CertificateMalformed``;
 2. the issuer is a trusted root, or a delegated authority whose own certificate
    passes steps 1-6 against a root at the same ``now`` -> ``UnknownIssuer``
-   (or the issuing authority's own error);
+   (or the issuing authority's own error). The delegate's certificate is the
+   one the trust store holds, else the one passed in ``intermediates``; the
+   one passed in is also tried when the held one is only outside its validity
+   period (an edge renewed its delegation), never when it is revoked or bad;
 3. the issuer's Ed25519 signature -> ``CertificateSignatureInvalid``;
 4. for a delegate-issued certificate, the delegation allows its tier and it is
    not itself an authority -> ``DelegationNotAllowed``; its node id is inside
@@ -655,14 +658,24 @@ class TrustStore:
     def add_delegated_authority(
         self, signed: SignedCertificate | bytes, *, now: float
     ) -> Certificate:
-        """Verify a delegated authority's certificate against a root and remember it."""
+        """Verify a delegated authority's certificate against a root and remember it.
+
+        One certificate per delegate: a renewed one (issued later: a later
+        ``not_before``, or the same and a later ``not_after``) replaces the one
+        held; an older one is verified but does not replace it.
+        """
         signed = _as_signed(signed)
         cert = _verify(signed, trust=self, now=now, intermediates={}, depth=1)
         if cert.delegation is None:
             raise DelegationNotAllowed("certificate does not carry a delegation")
         if cert.node_id in self._roots:
             raise DelegationNotAllowed("a delegated authority may not shadow a root id")
-        self._delegates[cert.node_id] = signed
+        held = self._delegates.get(cert.node_id)
+        if held is None or (cert.not_before, cert.not_after) > (
+            (old := held.unverified_certificate()).not_before,
+            old.not_after,
+        ):
+            self._delegates[cert.node_id] = signed
         return cert
 
     @property
@@ -711,6 +724,29 @@ def _check_signature(key: bytes, message: bytes, signature: bytes, what: str) ->
         raise CertificateSignatureInvalid(f"{what} signature does not verify") from exc
 
 
+def _issuing_delegate(
+    issuer: str, trust: TrustStore, intermediates: Mapping[str, SignedCertificate], now: float
+) -> Certificate:
+    """The verified certificate of delegate ``issuer``: the one the trust store holds, else
+    the one sent along; also the one sent along when the held one is merely out of its
+    validity period (the edge renewed its delegation and the old one expired) -- never when
+    it is revoked or bad. Either is checked against the roots in full."""
+    known = trust.delegated_authorities.get(issuer)
+    sent = intermediates.get(issuer)
+    first = known or sent
+    if first is None:
+        raise UnknownIssuer(f"issuer {issuer!r} is not trusted")
+    try:
+        try:
+            return _verify(first, trust=trust, now=now, intermediates={}, depth=1)
+        except (CertificateExpired, CertificateNotYetValid):
+            if sent is None or sent is first or sent == first:
+                raise
+            return _verify(sent, trust=trust, now=now, intermediates={}, depth=1)
+    except CertificateError as exc:
+        raise type(exc)(f"issuing authority {issuer!r}: {exc}") from exc
+
+
 def _verify(
     signed: SignedCertificate,
     *,
@@ -727,15 +763,9 @@ def _verify(
     issuer_key = trust.root_key(cert.issuer)
     parent: Certificate | None = None
     if issuer_key is None:
-        parent_signed = trust.delegated_authorities.get(cert.issuer) or intermediates.get(
-            cert.issuer
-        )
-        if parent_signed is None or depth >= 1:
+        if depth >= 1:
             raise UnknownIssuer(f"issuer {cert.issuer!r} is not trusted")
-        try:
-            parent = _verify(parent_signed, trust=trust, now=now, intermediates={}, depth=1)
-        except CertificateError as exc:
-            raise type(exc)(f"issuing authority {cert.issuer!r}: {exc}") from exc
+        parent = _issuing_delegate(cert.issuer, trust, intermediates, now)
         if parent.delegation is None:
             raise DelegationNotAllowed(f"issuer {cert.issuer!r} is not an authority")
         issuer_key, root_id = parent.verify_key, parent.issuer

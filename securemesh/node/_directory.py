@@ -59,6 +59,7 @@ A replacing certificate naming a different CURVE key moves the key mapping.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterable
@@ -168,13 +169,13 @@ class Directory:
         issuer_cert: Certificate | None = None
         root_id = cert.issuer
         if self._trust.root_key(cert.issuer) is None:
-            delegate = self._trust.delegated_authorities.get(cert.issuer)
-            if delegate is None:
-                for inter in inters:
-                    if inter.unverified_certificate().node_id == cert.issuer:
+            for inter in inters:
+                if inter.unverified_certificate().node_id == cert.issuer:
+                    # the trust store keeps the newest (a renewed delegation replaces the
+                    # old); one that does not verify now is simply not learned
+                    with contextlib.suppress(CertificateError):
                         self._trust.add_delegated_authority(inter, now=at)
-                        delegate = inter
-                        break
+            delegate = self._trust.delegated_authorities.get(cert.issuer)
             if delegate is None:  # unreachable: verify_certificate found the issuer
                 raise CertificateError("issuing authority vanished")
             issuer_cert = delegate.unverified_certificate()
@@ -205,6 +206,11 @@ class Directory:
         self._by_node[cert.node_id] = entry
         self._by_curve[cert.curve_key] = cert.node_id
         return cert
+
+    def add_delegation(self, signed: SignedCertificate | bytes) -> Certificate:
+        """Verify a delegated authority's certificate and trust it (a renewed delegation
+        replaces an older one; :meth:`TrustStore.add_delegated_authority`)."""
+        return self._trust.add_delegated_authority(signed, now=self._clock())
 
     def _check_key_change(self, old: DirectoryEntry, new: DirectoryEntry) -> None:
         """Raise KeyContinuityViolation unless ``new`` may re-key ``old``'s node (docstring)."""
@@ -247,7 +253,20 @@ class Directory:
                 raise CertificateRevoked(f"issuing authority {issuer.node_id!r} is revoked")
         issuer = entry.issuer_cert
         if issuer is not None and not issuer.is_valid_at(now):
-            raise CertificateExpired(f"issuing authority {issuer.node_id!r} is not valid now")
+            # the delegation this certificate came with ended; the delegate's renewed one
+            # (same signing key, learned since) still vouches for it
+            renewed = self._trust.delegated_authorities.get(issuer.node_id)
+            current = None if renewed is None else renewed.unverified_certificate()
+            if (
+                current is None
+                or current.verify_key != issuer.verify_key
+                or current.delegation is None
+                or not current.delegation.allows(cert.tier)
+                or not current.delegation.permits_name(cert.node_id)
+                or not current.is_valid_at(now)
+                or (rl is not None and rl.revokes(current))
+            ):
+                raise CertificateExpired(f"issuing authority {issuer.node_id!r} is not valid now")
 
     def lookup(self, node_id: str, *, now: float) -> DirectoryEntry:
         """The entry of ``node_id`` if its certificate is valid and unrevoked at ``now``.

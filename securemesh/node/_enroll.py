@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from securemesh.crypto.certs import SignedCertificate
 from securemesh.errors import AuthenticationError, NoRoute, SecureMeshError, TokenError
 from securemesh.policy import AllowTypes
 from securemesh.wire import parse_body
@@ -111,6 +112,10 @@ def serve_enrollment(
                 raise NoRoute("the revocation list could not be confirmed upstream") from exc
         reply = server.handle_renew(msg.body(RenewRequest), sender=msg.sender)
         learn(reply.certificate, reply.issuer_certificate, admit=not msg.relayed)
+        renewed = SignedCertificate.from_bytes(reply.certificate).unverified_certificate()
+        if renewed.delegation is not None:
+            # an edge renewed its delegation here: its devices' new certificates chain to it
+            node.directory.add_delegation(reply.certificate)
         if on_renewed is not None:
             on_renewed(msg.sender)
         return reply

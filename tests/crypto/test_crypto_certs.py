@@ -590,6 +590,55 @@ def test_delegate_chain_failures(
         )
 
 
+def test_a_renewed_delegation_takes_over_from_the_expired_one(
+    authority: Authority, delegated: DelegatedAuthority, edge: NodeIdentity
+) -> None:
+    """An edge renews its delegation before it ends; verifiers holding the old one accept
+    the new one sent along once the old one expired -- and only then, and never a
+    revoked or a foreign one."""
+    trust = authority.trust_store()
+    old = delegated.certificate
+    trust.add_delegated_authority(old, now=NOW)
+    renewed = authority.renew(old, now=NOW + DAY, lifetime_s=2 * DAY)  # ends at NOW + 3 days
+    assert renewed.unverified_certificate().delegation is not None
+    later = DelegatedAuthority(renewed, edge)
+    device = identity_from_byte(0x71).public()
+    child = later.issue("edge-1.dev-9", Tier.END, [], device, lifetime_s=DAY, now=NOW + 2 * DAY)
+    after_old = NOW + 2 * DAY + 10  # the held delegation has ended, the child is valid
+    with pytest.raises(CertificateExpired, match="issuing authority"):
+        verify_certificate(child, trust=trust, now=after_old)
+    got = verify_certificate(child, trust=trust, now=after_old, intermediates=[renewed])
+    assert got.node_id == "edge-1.dev-9"
+    # the trust store keeps the newer one; an older one offered later does not replace it
+    trust.add_delegated_authority(renewed, now=NOW + DAY)
+    assert trust.delegated_authorities["edge-1"] == renewed
+    trust.add_delegated_authority(old, now=NOW + DAY)
+    assert trust.delegated_authorities["edge-1"] == renewed
+    assert verify_certificate(child, trust=trust, now=after_old).node_id == "edge-1.dev-9"
+    # a held delegation that is revoked (by serial) is not bypassed by another one
+    trust2 = authority.trust_store()
+    trust2.add_delegated_authority(old, now=NOW)
+    serial = old.unverified_certificate().serial
+    trust2.update_revocation_list(authority.revoke(serial, now=NOW + 1))
+    child_old = delegated.issue("edge-1.dev-8", Tier.END, [], device, lifetime_s=DAY, now=NOW)
+    with pytest.raises(CertificateRevoked, match="issuing authority"):
+        verify_certificate(child_old, trust=trust2, now=NOW + 10, intermediates=[renewed])
+    # a foreign "renewal" (not signed by the root) is no way around an expired one
+    stranger = _forge(
+        edge, node_id="edge-1", tier=Tier.EDGE, issuer="mesh-root", not_after=NOW + 5 * DAY,
+        delegation=Delegation(frozenset({Tier.END})),
+    )  # fmt: skip
+    with pytest.raises(CertificateError):
+        verify_certificate(child, trust=authority_trust_with(authority, old),
+                           now=after_old, intermediates=[stranger])  # fmt: skip
+
+
+def authority_trust_with(authority: Authority, delegation: SignedCertificate) -> TrustStore:
+    trust = authority.trust_store()
+    trust.add_delegated_authority(delegation, now=NOW)
+    return trust
+
+
 def test_delegation_misuse(authority: Authority, device: NodeIdentity, edge: NodeIdentity) -> None:
     end_cert = issue_device(authority, device)
     with pytest.raises(LocalError):

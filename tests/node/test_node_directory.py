@@ -142,6 +142,37 @@ def test_delegate_issued_certificates_and_delegate_revocation() -> None:
         directory.authenticate(dev.identity.curve_public)
 
 
+def test_a_renewed_delegation_keeps_the_devices_of_the_old_one_usable() -> None:
+    """Entries learned under an edge's first delegation stay usable past its end once the
+    renewed delegation (same key) is known; not under a delegation with another key."""
+    from securemesh.crypto import DelegatedAuthority
+
+    fx = Fixture(now=NOW)
+    edge = fx.member("edge-1", "edge")
+    first = fx.authority.delegate(edge.cert, lifetime_s=3600, now=NOW)
+    dev = fx.member("dev-x", "end")
+    # the device renewed under the edge's renewed delegation (3600 s later): its chain as
+    # the edge sent it is the first delegation, already learned
+    renewed = fx.authority.renew(first, now=NOW + 1800, lifetime_s=3600)
+    issued = DelegatedAuthority(renewed, edge.identity.signer).issue(
+        "edge-1.dev-x", "end", [], dev.identity.public(), lifetime_s=3000, now=NOW + 1800
+    )
+    clock = [NOW + 1800.0]
+    directory = Directory(fx.trust(), clock=lambda: clock[0])
+    directory.add_certificate(issued, intermediates=[first])
+    clock[0] = NOW + 3700  # the first delegation ended; the device's certificate did not
+    with pytest.raises(CertificateExpired, match="issuing authority"):
+        directory.lookup("edge-1.dev-x", now=clock[0])
+    directory.add_delegation(renewed)  # learned since (the cloud renewed it, or a hello)
+    assert directory.lookup("edge-1.dev-x", now=clock[0]).cert.node_id == "edge-1.dev-x"
+    # an edge re-keyed since is no voucher for what the old key signed
+    other = fx.member("edge-1", "edge")  # the same id under another key
+    rekeyed = fx.authority.delegate(other.cert, lifetime_s=7200, now=NOW + 3600)
+    directory.add_delegation(rekeyed)
+    with pytest.raises(CertificateExpired, match="issuing authority"):
+        directory.lookup("edge-1.dev-x", now=clock[0])
+
+
 def test_renewal_replaces_and_keeps_the_longer_lived() -> None:
     fx = Fixture(now=NOW)
     dev = fx.member("dev-1", "end", lifetime_s=100)
