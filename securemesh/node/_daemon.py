@@ -340,6 +340,9 @@ class _Daemon:
         self.assembled: AssembledNode | None = None
         self.saver: asyncio.Task[None] | None = None
         self._status_pending = False
+        #: the enrollment server and, on an edge, its delegation (enable_enrollment)
+        self.enrollment_server: Any = None
+        self.delegation: SignedCertificate | None = None
 
     @property
     def node(self) -> MeshNode:
@@ -425,6 +428,7 @@ class _Daemon:
                 _read_small(self.files.delegation_certificate, "delegation certificate"),
                 state.identity.signer,
             )
+            self.delegation = authority.certificate
 
         def current_list() -> SignedRevocationList:
             blob = node.revocation_list_bytes
@@ -448,6 +452,7 @@ class _Daemon:
             revocation_list=current_list,
         )
         node.on_certificate.append(server.set_server_certificate)
+        self.enrollment_server = server
         self.token_sync = TokenKeySync(store)
         self.token_sync.refresh(node.directory)
         serve_enrollment(
@@ -597,6 +602,17 @@ class EnrollmentService(Service):
 
     Wraps :meth:`_Daemon.enable_enrollment` (a cloud with ``authority/``, or an
     edge with ``delegation.cert``; otherwise it installs nothing).
+
+    On an edge it also keeps its delegation alive: once ``renew_fraction`` of
+    the delegation certificate's lifetime has passed (as for the node's own
+    certificate) it sends the delegation in ``cert.renew`` to the cloud,
+    checks the reply (:func:`~securemesh.enroll.accept_renew_reply`: same
+    keys, node, tier, roles and delegation, a new serial, a chain to the
+    root), writes ``delegation.cert`` atomically and issues with the new
+    delegation from then on. Devices' certificates never outlive the
+    delegation, so without this a fleet stopped renewing once the delegation
+    expired (one day with the defaults). A failure is logged and retried
+    every ``heartbeat_interval``.
     """
 
     name = "enrollment"
@@ -605,13 +621,98 @@ class EnrollmentService(Service):
         self._daemon = daemon
         self._state = state
         self._passphrase = passphrase
+        self._ctx: NodeContext | None = None
         self.enabled = False
+        self.delegation_renewals = 0
+        self.delegation_failures = 0
 
     def install(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
         self.enabled = self._daemon.enable_enrollment(ctx.node, self._state, self._passphrase)
 
+    async def start(self) -> None:
+        if self._ctx is not None and self._daemon.delegation is not None:
+            self._ctx.spawn(self._keep_delegation(), name="delegation-renewal")
+
     def status(self) -> dict[str, object]:
-        return {"enabled": self.enabled}
+        out: dict[str, object] = {"enabled": self.enabled}
+        delegation = self._daemon.delegation
+        if delegation is not None:
+            cert = delegation.unverified_certificate()
+            out["delegation"] = {
+                "serial": cert.serial,
+                "not_after": cert.not_after,
+                "renewals": self.delegation_renewals,
+                "failures": self.delegation_failures,
+            }
+        return out
+
+    def _renewal_due_at(self, delegation: SignedCertificate) -> float:
+        cert = delegation.unverified_certificate()
+        fraction = self._daemon.config.renew_fraction
+        return cert.not_before + fraction * (cert.not_after - cert.not_before)
+
+    async def _keep_delegation(self) -> None:
+        assert self._ctx is not None
+        retry = self._daemon.config.heartbeat_interval
+        while True:
+            delegation = self._daemon.delegation
+            assert delegation is not None
+            wait = self._renewal_due_at(delegation) - self._ctx.clock()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            try:
+                await self.renew_delegation()
+            except (TimeoutError, SecureMeshError, OSError) as exc:
+                self.delegation_failures += 1
+                expired = self._ctx.clock() >= delegation.unverified_certificate().not_after
+                log.warning(
+                    "delegation renewal failed"
+                    + ("; re-enroll the edge with a fresh --delegate token" if expired else ""),
+                    extra={"event": "delegation_renew_failed", "error": repr(exc)},
+                )
+                await asyncio.sleep(retry)
+
+    async def renew_delegation(self) -> SignedCertificate:
+        """Renew the edge's delegation with the cloud now (``cert.renew``); the new one."""
+        from securemesh.crypto.certs import DelegatedAuthority  # noqa: PLC0415
+        from securemesh.enroll import (  # noqa: PLC0415
+            MSG_CERT_RENEW,
+            RenewReply,
+            accept_renew_reply,
+            build_renew_request,
+        )
+
+        ctx, daemon = self._ctx, self._daemon
+        current = daemon.delegation
+        if ctx is None or current is None:
+            raise LocalError("this node holds no delegation")
+        node = ctx.node
+        target = node._renewal_target()
+        if target is None or target == node.node_id:
+            raise LocalError("no authority to renew the delegation with (set authority_node)")
+        reply = await ctx.request(target, MSG_CERT_RENEW, build_renew_request(current))
+        renewed = accept_renew_reply(
+            self._state.identity, current, reply.body(RenewReply), node.directory.trust, ctx.clock()
+        )
+        keystore.write_file_atomic(daemon.files.delegation_certificate, renewed.to_bytes())
+        node.directory.add_delegation(renewed)  # our own devices' new certificates chain to it
+        daemon.enrollment_server.set_delegated_authority(
+            DelegatedAuthority(renewed, self._state.identity.signer)
+        )
+        daemon.delegation = renewed
+        self.delegation_renewals += 1
+        cert = renewed.unverified_certificate()
+        log.info(
+            "delegation renewed",
+            extra={
+                "event": "delegation_renewed",
+                "serial": cert.serial,
+                "not_after": cert.not_after,
+            },
+        )
+        return renewed
 
 
 def _as_services(services: Iterable[Service | LegacyRegister]) -> list[Service]:
