@@ -268,13 +268,14 @@ def init_cloud(
     listen: str | None = None,
     top: str = "",
     tables: str = "",
+    cert_lifetime: str = "30d",
 ) -> str:
     """``securemesh init`` of a cloud node (authority ``root``) in ``cloud``, with ``top``
     and ``tables`` added to its ``node.toml``; returns its listen endpoint."""
     listen = listen or f"tcp://127.0.0.1:{free_port()}"
     cli(
         "init", "--data-dir", str(cloud), "--authority-id", "root",
-        "--cloud-node-id", node_id, "--listen", listen,
+        "--cloud-node-id", node_id, "--listen", listen, "--cert-lifetime", cert_lifetime,
         env={"SECUREMESH_PASSPHRASE": passphrase},
     )  # fmt: skip
     _edit_toml(cloud, top, tables)

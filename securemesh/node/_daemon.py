@@ -66,7 +66,12 @@ from typing import TYPE_CHECKING, Any
 
 from securemesh._fileio import read_small_file
 from securemesh.crypto import keystore
-from securemesh.crypto.certs import SignedCertificate, SignedRevocationList, TrustStore
+from securemesh.crypto.certs import (
+    Authority,
+    SignedCertificate,
+    SignedRevocationList,
+    TrustStore,
+)
 from securemesh.crypto.identity import NodeIdentity
 from securemesh.errors import (
     CertificateError,
@@ -343,6 +348,8 @@ class _Daemon:
         #: the enrollment server and, on an edge, its delegation (enable_enrollment)
         self.enrollment_server: Any = None
         self.delegation: SignedCertificate | None = None
+        #: a cloud's root authority (it renews the cloud's own certificate)
+        self.root_authority: Authority | None = None
 
     @property
     def node(self) -> MeshNode:
@@ -423,6 +430,7 @@ class _Daemon:
                 authority = load_authority(root_dir, passphrase)
             except KeyStoreError as exc:
                 raise ConfigError(f"authority in {root_dir}: {exc}") from exc
+            self.root_authority = authority
         else:
             authority = DelegatedAuthority(
                 _read_small(self.files.delegation_certificate, "delegation certificate"),
@@ -603,7 +611,9 @@ class EnrollmentService(Service):
     Wraps :meth:`_Daemon.enable_enrollment` (a cloud with ``authority/``, or an
     edge with ``delegation.cert``; otherwise it installs nothing).
 
-    On an edge it also keeps its delegation alive: once ``renew_fraction`` of
+    On a cloud it renews the cloud's own certificate with the root it holds, for
+    the same lifetime, at ``renew_fraction`` (nobody above it could). On an
+    edge it keeps its delegation alive: once ``renew_fraction`` of
     the delegation certificate's lifetime has passed (as for the node's own
     certificate) it sends the delegation in ``cert.renew`` to the cloud,
     checks the reply (:func:`~securemesh.enroll.accept_renew_reply`: same
@@ -633,6 +643,48 @@ class EnrollmentService(Service):
     async def start(self) -> None:
         if self._ctx is not None and self._daemon.delegation is not None:
             self._ctx.spawn(self._keep_delegation(), name="delegation-renewal")
+        if self._ctx is not None and self._daemon.root_authority is not None:
+            self._ctx.spawn(self._keep_own_certificate(), name="own-certificate-renewal")
+
+    async def _keep_own_certificate(self) -> None:
+        """The cloud's own certificate: renewed with its own root, like any node's."""
+        assert self._ctx is not None
+        node, retry = self._ctx.node, self._daemon.config.heartbeat_interval
+        while True:
+            wait = self._renewal_due_at(node.signed_certificate) - self._ctx.clock()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            try:
+                await self.renew_own_certificate()
+            except (SecureMeshError, OSError) as exc:
+                log.warning(
+                    "certificate renewal failed",
+                    extra={"event": "cert_renew_failed", "error": repr(exc)},
+                )
+                await asyncio.sleep(retry)
+
+    async def renew_own_certificate(self) -> SignedCertificate:
+        """Renew the cloud's certificate with its root now, for the same lifetime; install
+        it (node.cert, the enrollment server, a hello to every child) and audit it."""
+        ctx, authority = self._ctx, self._daemon.root_authority
+        if ctx is None or authority is None:
+            raise LocalError("only a node holding the root authority renews itself")
+        node = ctx.node
+        current = node.signed_certificate
+        old = current.unverified_certificate()
+        renewed = authority.renew(
+            current, now=ctx.clock(), lifetime_s=int(old.not_after - old.not_before)
+        )
+        await node.install_certificate(renewed)
+        if self._daemon.audit is not None:
+            self._daemon.audit.renewed(node.node_id)
+        cert = renewed.unverified_certificate()
+        log.info(
+            "certificate renewed",
+            extra={"event": "cert_renewed", "serial": cert.serial, "not_after": cert.not_after},
+        )
+        return renewed
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {"enabled": self.enabled}
