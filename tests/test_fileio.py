@@ -21,11 +21,17 @@ def _connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
 
 
-def test_the_bare_pragma_fails_at_once_while_another_connection_writes(tmp_path: Path) -> None:
-    """The SQLite behaviour enable_wal exists for (if this stops failing, it is not needed)."""
+def _one_writing(tmp_path: Path) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """Two connections to a fresh rollback-journal database; the first holds RESERVED."""
     writer, other = _connect(tmp_path / "x.db"), _connect(tmp_path / "x.db")
     writer.execute("CREATE TABLE t (x)")
     writer.execute("BEGIN IMMEDIATE")
+    return writer, other
+
+
+def test_the_bare_pragma_fails_at_once_while_another_connection_writes(tmp_path: Path) -> None:
+    """The SQLite behaviour enable_wal exists for (if this stops failing, it is not needed)."""
+    writer, other = _one_writing(tmp_path)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         other.execute("PRAGMA journal_mode = WAL")
     writer.execute("COMMIT")
@@ -34,9 +40,7 @@ def test_the_bare_pragma_fails_at_once_while_another_connection_writes(tmp_path:
 
 
 def test_enable_wal_waits_for_the_writer(tmp_path: Path) -> None:
-    writer, other = _connect(tmp_path / "x.db"), _connect(tmp_path / "x.db")
-    writer.execute("CREATE TABLE t (x)")
-    writer.execute("BEGIN IMMEDIATE")
+    writer, other = _one_writing(tmp_path)
     writer.execute("INSERT INTO t VALUES (1)")
     release = threading.Timer(0.3, lambda: writer.execute("COMMIT"))
     release.start()
@@ -51,9 +55,7 @@ def test_enable_wal_waits_for_the_writer(tmp_path: Path) -> None:
 
 
 def test_enable_wal_gives_up_at_its_deadline(tmp_path: Path) -> None:
-    writer, other = _connect(tmp_path / "x.db"), _connect(tmp_path / "x.db")
-    writer.execute("CREATE TABLE t (x)")
-    writer.execute("BEGIN IMMEDIATE")
+    writer, other = _one_writing(tmp_path)
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         enable_wal(other, 0.2)
     writer.execute("COMMIT")
