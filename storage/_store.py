@@ -6,9 +6,12 @@ Layout under ``root`` (mode 0700)::
     tmp/                      writes in progress (swept by gc())
     shards.db                 SQLite metadata, WAL, 0600 (or a PostgreSQL URL given)
 
-A shard is written to ``tmp/`` (O_EXCL, 0600), fsynced, renamed into place
-and the directory fsynced, and only then recorded in the database, so a crash
-leaves at worst an unrecorded file that :meth:`ShardStore.gc` removes. A
+A shard is written to ``tmp/`` (O_EXCL, 0600) and fsynced outside the
+store's lock; under the lock it is renamed into place and recorded in one
+transaction, and the directory is fsynced after the commit, before the put
+returns. A crash leaves at worst an unrecorded file, or a row whose file did
+not survive (the put was not acknowledged), both of which
+:meth:`ShardStore.gc` removes. A
 shard whose bytes do not hash to the address it is offered under is refused
 (:class:`ShardCorrupt`) before anything is written; on read the bytes are
 hashed again, so a blob damaged on disk is reported, not served.
@@ -95,6 +98,14 @@ _usage = sa.Table(
     sa.Column("manifests", sa.BigInteger, nullable=False),
 )
 TOTAL = "*"  # not a node id (those start with a letter or digit)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,39 +245,88 @@ class ShardStore:
     # ----------------------------------------------------------------- shards
 
     def put(self, digest: bytes, data: bytes | memoryview, *, owner: str, object_id: str) -> bool:
-        """Store a shard under its content address; False if it was already there."""
+        """Store a shard under its content address; False if it was already there.
+
+        The blob is written to ``tmp/`` and fsynced *before* the lock is taken,
+        so puts running in parallel (one per worker thread) overlap their disk
+        waits; the lock and the write transaction cover the metadata (two
+        reads, then the rows and the usage counters) and the rename into place.
+        The directory is fsynced after the commit, before the put returns: a
+        put is acknowledged only once blob, directory entry and row are all
+        durable, and a crash in between leaves what :meth:`gc` already removes
+        (an unrecorded temp file, or a row whose blob vanished). A shard
+        already held (another object's, or another owner's) costs one blob
+        write that is thrown away.
+        """
         if len(data) > MAX_SHARD_SIZE:
             raise QuotaExceeded("shard too large")
         if shard_hash(data) != digest:
             raise ShardCorrupt("shard bytes do not match their hash")
         key = digest.hex()
-        with self._lock, write_transaction(self._engine) as conn:
-            exists = conn.execute(sa.select(_shards.c.size).where(_shards.c.hash == key)).first()
-            ref = conn.execute(
-                sa.select(_refs.c.hash).where(
-                    _refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id
-                )
-            ).first()
-            if ref is not None:
-                return False
-            self._check_quota(conn, owner, 0 if exists else len(data), len(data))
-            if self._usage_of(conn, owner)[1] >= self.max_shards_per_owner:
-                raise QuotaExceeded("too many shards for this owner")  # tiny shards, many rows
-            if exists is None:
-                self._write_blob(digest, data)
+        size = len(data)
+        tmp = self._write_temp(digest, data)
+        placed = False
+        try:
+            with self._lock, write_transaction(self._engine) as conn:
+                # the shard's row and whether this owner's reference exists, in one read
+                # (a reference never outlives its shard's row: delete and gc keep it so)
+                row = conn.execute(
+                    sa.select(
+                        _shards.c.size,
+                        sa.exists()
+                        .where(
+                            _refs.c.hash == key,
+                            _refs.c.owner == owner,
+                            _refs.c.object_id == object_id,
+                        )
+                        .correlate(None),
+                    ).where(_shards.c.hash == key)
+                ).first()
+                if row is not None and row[1]:
+                    return False
+                fresh = row is None
+                usage = self._usages(conn, (TOTAL, owner))
+                node_bytes = usage[TOTAL][0]
+                owner_bytes, owner_shards = usage[owner][0], usage[owner][1]
+                if node_bytes + (size if fresh else 0) > self.quota_bytes:
+                    raise QuotaExceeded("node storage quota exceeded")
+                if owner_bytes + size > self.owner_quota_bytes:
+                    raise QuotaExceeded("owner storage quota exceeded")
+                if owner_shards >= self.max_shards_per_owner:
+                    raise QuotaExceeded("too many shards for this owner")  # tiny shards, many rows
+                if fresh:
+                    path = self.blob_path(digest)
+                    path.parent.mkdir(mode=0o700, exist_ok=True)
+                    tmp.replace(path)
+                    placed = True
+                    conn.execute(
+                        _shards.insert().values(hash=key, size=size, created_ms=self._now_ms())
+                    )
+                    self._bump(conn, TOTAL, size, shards=1)
                 conn.execute(
-                    _shards.insert().values(hash=key, size=len(data), created_ms=self._now_ms())
+                    _refs.insert().values(hash=key, owner=owner, object_id=object_id, size=size)
                 )
-                self._bump(conn, TOTAL, len(data), shards=1)
-            conn.execute(
-                _refs.insert().values(hash=key, owner=owner, object_id=object_id, size=len(data))
-            )
-            self._bump(conn, owner, len(data), shards=1)
-            return exists is None
+                self._bump(conn, owner, size, shards=1)
+        finally:
+            if not placed:
+                tmp.unlink(missing_ok=True)
+        if placed:
+            _fsync_dir(self.blob_path(digest).parent)
+        return fresh
 
-    def _write_blob(self, digest: bytes, data: bytes | memoryview) -> None:
-        path = self.blob_path(digest)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+    @staticmethod
+    def _usages(conn: sa.Connection, owners: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+        """:meth:`_usage_of` for several owners in one read (absent ones are zero)."""
+        rows = conn.execute(
+            sa.select(_usage.c.owner, _usage.c.bytes, _usage.c.shards, _usage.c.manifests).where(
+                _usage.c.owner.in_(owners)
+            )
+        )
+        found = {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        return {owner: found.get(owner, (0, 0, 0)) for owner in owners}
+
+    def _write_temp(self, digest: bytes, data: bytes | memoryview) -> Path:
+        """``data`` in a new file of ``tmp/`` (0600), written and fsynced; its path."""
         tmp = self.root / "tmp" / f"{digest.hex()}.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -274,15 +334,10 @@ class ShardStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        return tmp
 
     def get(self, digest: bytes) -> bytes:
         """The shard's bytes, re-verified: ShardNotFound or ShardCorrupt (damaged on disk)."""
