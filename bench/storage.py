@@ -34,9 +34,11 @@ only; nothing measured depends on it).
   with nothing stored (status ticks, reports, memory guards), per second;
 * ``ok``: the object came back byte for byte.
 
-``--py-spy DIR`` also samples every process with ``py-spy record --native``
+``--py-spy DIR`` also samples every process with ``py-spy record --nonblocking``
 (raw collapsed stacks, ``DIR/{put,get}-{client,cloud,edge0,edge-N}.txt``)
-over exactly the put and the get, for where the CPU goes.
+over exactly the put and the get, for where the CPU goes; ``--perf DIR`` runs
+``perf record -a -g`` over the same (``DIR/{put,get}.data``: native frames,
+libzmq's threads and the kernel included).
 
 The LAST line is one JSON object with every figure.
 """
@@ -155,19 +157,30 @@ def _split(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 
 @contextlib.contextmanager
-def _sampled(out: Path | None, phase: str, roles: dict[str, int]) -> Iterator[None]:
-    """``py-spy record`` every process of ``roles`` for the block (nothing if ``out`` is None)."""
-    if out is None:
-        yield
-        return
-    out.mkdir(parents=True, exist_ok=True)
+def _sampled(
+    out: Path | None, phase: str, roles: dict[str, int], *, perf: Path | None = None
+) -> Iterator[None]:
+    """``py-spy record`` every process of ``roles`` for the block (nothing if ``out`` is None),
+    and/or ``perf record -a -g`` (the whole machine, native frames: libzmq's threads too)."""
     spies = []
-    for role, pid in roles.items():
-        command = ["py-spy", "record", "--native", "-r", "200", "-f", "raw", "-p", str(pid),
-                   "-o", str(out / f"{phase}-{role}.txt")]  # fmt: skip
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for role, pid in roles.items():
+            command = ["py-spy", "record", "--nonblocking", "-r", "100", "-f", "raw",
+                       "-p", str(pid), "-o", str(out / f"{phase}-{role}.txt")]  # fmt: skip
+            spies.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+    if perf is not None:
+        perf.mkdir(parents=True, exist_ok=True)
+        (perf / "pids.json").write_text(json.dumps(roles))  # perf report --pid ...
+        command = ["perf", "record", "-a", "-g", "-F", "499", "-o", str(perf / f"{phase}.data")]
         spies.append(
             subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
+    if not spies:
+        yield
+        return
     time.sleep(1.0)  # attached
     try:
         yield
@@ -266,12 +279,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 cpu0 = _roles_cpu(roles)
                 time.sleep(IDLE_S)  # the mesh's background work (ticks, reports, guards)
                 idle = _split(cpu0, _roles_cpu(roles))
-                with src.open("rb") as fh, _sampled(args.py_spy, "put", spied):
+                with src.open("rb") as fh, _sampled(args.py_spy, "put", spied, perf=args.perf):
                     start, cpu0 = time.perf_counter(), _roles_cpu(roles)
                     asyncio.run(client.put("bench/object", fh))
                     put_s = time.perf_counter() - start
                     cpu_put = _split(cpu0, _roles_cpu(roles))
-                with dst.open("wb") as out, _sampled(args.py_spy, "get", spied):
+                with dst.open("wb") as out, _sampled(args.py_spy, "get", spied, perf=args.perf):
                     start, cpu0 = time.perf_counter(), _roles_cpu(roles)
                     asyncio.run(client.get_into("bench/object", out.write))
                     get_s = time.perf_counter() - start
@@ -320,6 +333,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="segments in flight")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="sample every process over the put and the get into DIR")  # fmt: skip
+    parser.add_argument("--perf", type=Path, default=None, metavar="DIR",
+                        help="perf record -a -g over the put and the get into DIR")  # fmt: skip
     result = run(parser.parse_args())
     for key, value in result.items():
         print(f"{key:>20}: {value}", file=sys.stderr)
