@@ -36,7 +36,13 @@ Theory of operation
   batches dropped, ``stats.dropped_overflow``).
 * **Whole messages**: parts are read with ``copy=False`` and copied only once
   the message is known to be within ``max_frames`` and ``max_message_size``;
-  a larger one is dropped uncopied (``stats.dropped_oversize``). libzmq
+  a larger one is dropped uncopied (``stats.dropped_oversize``).
+* **Bulk frames are not copied** (``ZERO_COPY_MIN``, 64 KiB): an envelope's
+  raw frames (parts 2 onwards) of that size stay libzmq's buffers (handed on
+  as memoryviews, made read-only by :func:`securemesh.wire.decode`), and
+  parts of that size are sent with ``copy=False``, so a relay forwards a
+  shard without copying it in Python; smaller parts, the header, the body
+  and a batch's payload are copied as ``bytes`` (cheaper at that size). libzmq
   itself limits each *frame* (``MAXMSGSIZE``) but not the number of frames,
   and hands a multipart message over only once it is complete: what one
   incomplete message holds inside libzmq is not bounded by any socket option
