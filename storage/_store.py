@@ -33,7 +33,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,14 +144,38 @@ class ShardStore:
         self.max_shards_per_owner = max_shards_per_owner
         self._clock = clock
         self._lock = threading.Lock()
+        #: the node's TOTAL usage row (bytes, shards, manifests) as last committed, so that
+        #: stats() -- the status tick, on the event loop -- reads no database; None: unknown
+        self._totals: tuple[int, int, int] | None = None
+        self._pending: list[tuple[int, int, int]] = []  # TOTAL changes of the open transaction
         # its own database is set up like the audit log's (create_audit_engine): SQLite
         # in WAL mode with synchronous=FULL, so a commit is durable once it returns at
         # the cost of one WAL fsync (a rollback journal costs three or four), BEGIN
         # IMMEDIATE for writes, the file 0600
         self._engine = engine or create_audit_engine(db_url or self.root / "shards.db")
         _meta.create_all(self._engine)
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             self._recount(conn)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """The store's lock and a write transaction; after the commit, the cached totals
+        take the transaction's changes to the TOTAL row (a rollback discards them)."""
+        with self._lock:
+            self._pending.clear()
+            with write_transaction(self._engine) as conn:
+                yield conn
+            totals = self._totals
+            if totals is not None and self._pending:
+                size, shards, manifests = totals
+                for d_size, d_shards, d_manifests in self._pending:
+                    size, shards, manifests = (
+                        size + d_size,
+                        shards + d_shards,
+                        manifests + d_manifests,
+                    )
+                self._totals = (size, shards, manifests)
+            self._pending.clear()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -172,6 +196,7 @@ class ShardStore:
     # recounted from the tables when the store opens and after gc().
 
     def _recount(self, conn: sa.Connection) -> None:
+        self._totals = None  # read again by the next stats()
         conn.execute(_usage.delete())
         rows: dict[str, list[int]] = {}
         shard_rows = conn.execute(
@@ -213,10 +238,11 @@ class ShardStore:
         ).first()
         return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
-    @staticmethod
     def _bump(
-        conn: sa.Connection, owner: str, size: int, shards: int = 0, manifests: int = 0
+        self, conn: sa.Connection, owner: str, size: int, shards: int = 0, manifests: int = 0
     ) -> None:
+        if owner == TOTAL:
+            self._pending.append((size, shards, manifests))
         done = conn.execute(
             _usage.update()
             .where(_usage.c.owner == owner)
@@ -238,8 +264,16 @@ class ShardStore:
             raise QuotaExceeded("owner storage quota exceeded")
 
     def stats(self) -> StoreStats:
-        with self._engine.connect() as conn:
-            size, shards, manifests = self._usage_of(conn, TOTAL)
+        """Shards, bytes and manifests held: the cached totals (no database read), read
+        from the database only when unknown (after opening or gc)."""
+        totals = self._totals  # one attribute read: writers replace the tuple whole
+        if totals is None:
+            with self._lock:
+                if self._totals is None:
+                    with self._engine.connect() as conn:
+                        self._totals = self._usage_of(conn, TOTAL)
+                totals = self._totals
+        size, shards, manifests = totals
         return StoreStats(shards, size, manifests)
 
     # ----------------------------------------------------------------- shards
@@ -267,7 +301,7 @@ class ShardStore:
         tmp = self._write_temp(digest, data)
         placed = False
         try:
-            with self._lock, write_transaction(self._engine) as conn:
+            with self._writing() as conn:
                 # the shard's row and whether this owner's reference exists, in one read
                 # (a reference never outlives its shard's row: delete and gc keep it so)
                 row = conn.execute(
@@ -367,7 +401,7 @@ class ShardStore:
     def delete(self, digest: bytes, *, owner: str, object_id: str) -> bool:
         """Drop ``owner``'s reference; the blob goes with the last reference. False if none."""
         key = digest.hex()
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             where = (_refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id)
             ref = conn.execute(sa.select(_refs.c.size).where(*where)).first()
             if ref is None:
@@ -402,7 +436,7 @@ class ShardStore:
         """Store (or replace) ``owner``'s manifest for ``name`` (already verified by the caller)."""
         if len(blob) > MAX_MANIFEST_SIZE:
             raise QuotaExceeded("manifest too large")
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob)).where(
                     _manifests.c.owner == owner, _manifests.c.name == name
@@ -438,7 +472,7 @@ class ShardStore:
 
     def delete_manifest(self, *, owner: str, name: str) -> bool:
         where = (_manifests.c.owner == owner, _manifests.c.name == name)
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob), _manifests.c.object_id).where(*where)
             ).first()
@@ -483,7 +517,7 @@ class ShardStore:
 
     def relocate(self, *, object_id: str, column: int, from_node: str, node: str) -> None:
         """Record that ``column`` of ``object_id`` moved from ``from_node`` to ``node``."""
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             conn.execute(
                 _relocations.delete().where(
                     _relocations.c.object_id == object_id, _relocations.c.column == column
