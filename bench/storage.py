@@ -23,7 +23,22 @@ only; nothing measured depends on it).
   ``mesh_cpu_get_s``: all daemons' CPU time over the same (``/proc/PID/stat``)
   -- wall figures are noisy on a shared machine, CPU per byte is what to
   compare between runs;
+* ``cpu_put_s`` / ``cpu_get_s``: the same CPU seconds split by role --
+  ``client`` (this process), ``edge0`` (the device's edge: relay and store),
+  ``cloud`` (relay, index), ``edges`` (the other edges together: store) and
+  ``total``; ``zmq_io`` is the part of the total spent in libzmq's own
+  threads (CurveZMQ, TCP) of all of them; ``ms_per_mb_put`` / ``ms_per_mb_get``:
+  those over the object's MB (10^6 B), the figure that says where the path's
+  CPU goes;
+  ``idle_ms_per_s``: the same split over ``IDLE_S`` seconds before the put,
+  with nothing stored (status ticks, reports, memory guards), per second;
 * ``ok``: the object came back byte for byte.
+
+``--py-spy DIR`` also samples every process with ``py-spy record --nonblocking``
+(raw collapsed stacks, ``DIR/{put,get}-{client,cloud,edge0,edge-N}.txt``)
+over exactly the put and the get, for where the CPU goes; ``--perf DIR`` runs
+``perf record -a -g`` over the same (``DIR/{put,get}.data``: native frames,
+libzmq's threads and the kernel included).
 
 The LAST line is one JSON object with every figure.
 """
@@ -36,6 +51,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -54,6 +70,7 @@ from securemesh.storage import encode_segment
 
 PASSPHRASE = "bench-storage-passphrase"
 MB = 1_000_000
+IDLE_S = 3.0
 
 
 def _port() -> int:
@@ -98,13 +115,84 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _daemons_cpu(pids: list[int]) -> float:
-    """The running daemons' CPU seconds so far (utime + stime, proc(5))."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of the line
-    return ticks / os.sysconf("SC_CLK_TCK")
+def _threads_cpu(pid: int) -> tuple[float, float]:
+    """(the process's, its libzmq I/O threads') CPU seconds so far (utime + stime, proc(5)).
+
+    The process's figure includes threads that have ended; libzmq's threads
+    (``ZMQbg/...``: CurveZMQ, TCP) live as long as the socket's context and
+    hold no Python frames, so a Python profiler does not see them.
+    """
+
+    def ticks(stat: Path) -> tuple[str, int]:
+        comm, fields = stat.read_text().rsplit(")", 1)
+        utime, stime = fields.split()[11:13]  # fields 14 and 15 of the line
+        return comm.split("(", 1)[1], int(utime) + int(stime)
+
+    zmq_ticks = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            name, spent = ticks(task / "stat")
+            if name.startswith("ZMQbg"):
+                zmq_ticks += spent
+    hz = os.sysconf("SC_CLK_TCK")
+    return ticks(Path(f"/proc/{pid}/stat"))[1] / hz, zmq_ticks / hz
+
+
+def _roles_cpu(roles: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far by role, and ``zmq_io``: libzmq's threads in all of them."""
+    spent = dict.fromkeys(roles, 0.0)
+    spent["zmq_io"] = 0.0
+    for role, pids in roles.items():
+        for pid in pids:
+            total, zmq_io = _threads_cpu(pid)
+            spent[role] += total
+            spent["zmq_io"] += zmq_io
+    return spent
+
+
+def _split(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {role: after[role] - before[role] for role in before}
+    spent["total"] = sum(v for role, v in spent.items() if role != "zmq_io")
+    return {role: round(value, 2) for role, value in spent.items()}
+
+
+@contextlib.contextmanager
+def _sampled(
+    out: Path | None, phase: str, roles: dict[str, int], *, perf: Path | None = None
+) -> Iterator[None]:
+    """``py-spy record`` every process of ``roles`` for the block (nothing if ``out`` is None),
+    and/or ``perf record -a -g`` (the whole machine, native frames: libzmq's threads too)."""
+    spies = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for role, pid in roles.items():
+            command = ["py-spy", "record", "--nonblocking", "-r", "100", "-f", "raw",
+                       "-p", str(pid), "-o", str(out / f"{phase}-{role}.txt")]  # fmt: skip
+            spies.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+    if perf is not None:
+        perf.mkdir(parents=True, exist_ok=True)
+        (perf / "pids.json").write_text(json.dumps(roles))  # perf report --pid ...
+        command = ["perf", "record", "-a", "-g", "-F", "499", "-o", str(perf / f"{phase}.data")]
+        spies.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    if not spies:
+        yield
+        return
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(timeout=60)
+
+
+def _per_mb(spent: dict[str, float], size: int) -> dict[str, float]:
+    return {role: round(value * 1000 / (size / MB), 1) for role, value in spent.items()}
 
 
 @contextlib.contextmanager
@@ -184,18 +272,23 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                         raise SystemExit("the cloud does not list every edge")
                     time.sleep(0.2)
                 rss_before = _peak_rss_mb()
-                with src.open("rb") as fh:
-                    start, cpu, mesh0 = time.perf_counter(), time.process_time(), _daemons_cpu(pids)
+                roles = {"client": [os.getpid()], "cloud": pids[:1], "edge0": pids[1:2],
+                         "edges": pids[2:]}  # fmt: skip
+                spied = {"client": os.getpid(), "cloud": pids[0], "edge0": pids[1]}
+                spied.update(zip(edges[1:], pids[2:], strict=True))
+                cpu0 = _roles_cpu(roles)
+                time.sleep(IDLE_S)  # the mesh's background work (ticks, reports, guards)
+                idle = _split(cpu0, _roles_cpu(roles))
+                with src.open("rb") as fh, _sampled(args.py_spy, "put", spied, perf=args.perf):
+                    start, cpu0 = time.perf_counter(), _roles_cpu(roles)
                     asyncio.run(client.put("bench/object", fh))
                     put_s = time.perf_counter() - start
-                    put_cpu = time.process_time() - cpu
-                    mesh_put = _daemons_cpu(pids) - mesh0
-                with dst.open("wb") as out:
-                    start, cpu, mesh0 = time.perf_counter(), time.process_time(), _daemons_cpu(pids)
+                    cpu_put = _split(cpu0, _roles_cpu(roles))
+                with dst.open("wb") as out, _sampled(args.py_spy, "get", spied, perf=args.perf):
+                    start, cpu0 = time.perf_counter(), _roles_cpu(roles)
                     asyncio.run(client.get_into("bench/object", out.write))
                     get_s = time.perf_counter() - start
-                    get_cpu = time.process_time() - cpu
-                    mesh_get = _daemons_cpu(pids) - mesh0
+                    cpu_get = _split(cpu0, _roles_cpu(roles))
                 rss = _peak_rss_mb()
         with dst.open("rb") as fh:
             ok = hashlib.file_digest(fh, "sha256").hexdigest() == digest.hexdigest()
@@ -213,10 +306,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "pipeline_mb_per_s": round(pipeline, 1),
         "ratio_put": round(put_rate / pipeline, 3),
         "ratio_get": round(get_rate / pipeline, 3),
-        "client_cpu_put_s": round(put_cpu, 2),
-        "client_cpu_get_s": round(get_cpu, 2),
-        "mesh_cpu_put_s": round(mesh_put, 2),
-        "mesh_cpu_get_s": round(mesh_get, 2),
+        "client_cpu_put_s": cpu_put["client"],
+        "client_cpu_get_s": cpu_get["client"],
+        "mesh_cpu_put_s": round(cpu_put["total"] - cpu_put["client"], 2),
+        "mesh_cpu_get_s": round(cpu_get["total"] - cpu_get["client"], 2),
+        "cpu_put_s": cpu_put,
+        "cpu_get_s": cpu_get,
+        "idle_ms_per_s": {role: round(v * 1000 / IDLE_S, 1) for role, v in idle.items()},
+        "ms_per_mb_put": _per_mb(cpu_put, size),
+        "ms_per_mb_get": _per_mb(cpu_get, size),
+        "load_average": round(os.getloadavg()[0], 2),
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "client_peak_rss_mb": round(rss, 1),
         "client_rss_before_mb": round(rss_before, 1),
         "ok": ok,
@@ -231,6 +331,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6)
     parser.add_argument("--segment-mib", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=2, help="segments in flight")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                        help="sample every process over the put and the get into DIR")  # fmt: skip
+    parser.add_argument("--perf", type=Path, default=None, metavar="DIR",
+                        help="perf record -a -g over the put and the get into DIR")  # fmt: skip
     result = run(parser.parse_args())
     for key, value in result.items():
         print(f"{key:>20}: {value}", file=sys.stderr)

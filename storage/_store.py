@@ -6,9 +6,12 @@ Layout under ``root`` (mode 0700)::
     tmp/                      writes in progress (swept by gc())
     shards.db                 SQLite metadata, WAL, 0600 (or a PostgreSQL URL given)
 
-A shard is written to ``tmp/`` (O_EXCL, 0600), fsynced, renamed into place
-and the directory fsynced, and only then recorded in the database, so a crash
-leaves at worst an unrecorded file that :meth:`ShardStore.gc` removes. A
+A shard is written to ``tmp/`` (O_EXCL, 0600) and fsynced outside the
+store's lock; under the lock it is renamed into place and recorded in one
+transaction, and the directory is fsynced after the commit, before the put
+returns. A crash leaves at worst an unrecorded file, or a row whose file did
+not survive (the put was not acknowledged), both of which
+:meth:`ShardStore.gc` removes. A
 shard whose bytes do not hash to the address it is offered under is refused
 (:class:`ShardCorrupt`) before anything is written; on read the bytes are
 hashed again, so a blob damaged on disk is reported, not served.
@@ -30,7 +33,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +100,14 @@ _usage = sa.Table(
 TOTAL = "*"  # not a node id (those start with a letter or digit)
 
 
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 @dataclass(frozen=True, slots=True)
 class StoreStats:
     shards: int
@@ -133,14 +144,38 @@ class ShardStore:
         self.max_shards_per_owner = max_shards_per_owner
         self._clock = clock
         self._lock = threading.Lock()
+        #: the node's TOTAL usage row (bytes, shards, manifests) as last committed, so that
+        #: stats() -- the status tick, on the event loop -- reads no database; None: unknown
+        self._totals: tuple[int, int, int] | None = None
+        self._pending: list[tuple[int, int, int]] = []  # TOTAL changes of the open transaction
         # its own database is set up like the audit log's (create_audit_engine): SQLite
         # in WAL mode with synchronous=FULL, so a commit is durable once it returns at
         # the cost of one WAL fsync (a rollback journal costs three or four), BEGIN
         # IMMEDIATE for writes, the file 0600
         self._engine = engine or create_audit_engine(db_url or self.root / "shards.db")
         _meta.create_all(self._engine)
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             self._recount(conn)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """The store's lock and a write transaction; after the commit, the cached totals
+        take the transaction's changes to the TOTAL row (a rollback discards them)."""
+        with self._lock:
+            self._pending.clear()
+            with write_transaction(self._engine) as conn:
+                yield conn
+            totals = self._totals
+            if totals is not None and self._pending:
+                size, shards, manifests = totals
+                for d_size, d_shards, d_manifests in self._pending:
+                    size, shards, manifests = (
+                        size + d_size,
+                        shards + d_shards,
+                        manifests + d_manifests,
+                    )
+                self._totals = (size, shards, manifests)
+            self._pending.clear()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -161,6 +196,7 @@ class ShardStore:
     # recounted from the tables when the store opens and after gc().
 
     def _recount(self, conn: sa.Connection) -> None:
+        self._totals = None  # read again by the next stats()
         conn.execute(_usage.delete())
         rows: dict[str, list[int]] = {}
         shard_rows = conn.execute(
@@ -202,10 +238,11 @@ class ShardStore:
         ).first()
         return (0, 0, 0) if row is None else (int(row[0]), int(row[1]), int(row[2]))
 
-    @staticmethod
     def _bump(
-        conn: sa.Connection, owner: str, size: int, shards: int = 0, manifests: int = 0
+        self, conn: sa.Connection, owner: str, size: int, shards: int = 0, manifests: int = 0
     ) -> None:
+        if owner == TOTAL:
+            self._pending.append((size, shards, manifests))
         done = conn.execute(
             _usage.update()
             .where(_usage.c.owner == owner)
@@ -227,46 +264,103 @@ class ShardStore:
             raise QuotaExceeded("owner storage quota exceeded")
 
     def stats(self) -> StoreStats:
-        with self._engine.connect() as conn:
-            size, shards, manifests = self._usage_of(conn, TOTAL)
+        """Shards, bytes and manifests held: the cached totals (no database read), read
+        from the database only when unknown (after opening or gc)."""
+        totals = self._totals  # one attribute read: writers replace the tuple whole
+        if totals is None:
+            with self._lock:
+                if self._totals is None:
+                    with self._engine.connect() as conn:
+                        self._totals = self._usage_of(conn, TOTAL)
+                totals = self._totals
+        size, shards, manifests = totals
         return StoreStats(shards, size, manifests)
 
     # ----------------------------------------------------------------- shards
 
     def put(self, digest: bytes, data: bytes | memoryview, *, owner: str, object_id: str) -> bool:
-        """Store a shard under its content address; False if it was already there."""
+        """Store a shard under its content address; False if it was already there.
+
+        The blob is written to ``tmp/`` and fsynced *before* the lock is taken,
+        so puts running in parallel (one per worker thread) overlap their disk
+        waits; the lock and the write transaction cover the metadata (two
+        reads, then the rows and the usage counters) and the rename into place.
+        The directory is fsynced after the commit, before the put returns: a
+        put is acknowledged only once blob, directory entry and row are all
+        durable, and a crash in between leaves what :meth:`gc` already removes
+        (an unrecorded temp file, or a row whose blob vanished). A shard
+        already held (another object's, or another owner's) costs one blob
+        write that is thrown away.
+        """
         if len(data) > MAX_SHARD_SIZE:
             raise QuotaExceeded("shard too large")
         if shard_hash(data) != digest:
             raise ShardCorrupt("shard bytes do not match their hash")
         key = digest.hex()
-        with self._lock, write_transaction(self._engine) as conn:
-            exists = conn.execute(sa.select(_shards.c.size).where(_shards.c.hash == key)).first()
-            ref = conn.execute(
-                sa.select(_refs.c.hash).where(
-                    _refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id
-                )
-            ).first()
-            if ref is not None:
-                return False
-            self._check_quota(conn, owner, 0 if exists else len(data), len(data))
-            if self._usage_of(conn, owner)[1] >= self.max_shards_per_owner:
-                raise QuotaExceeded("too many shards for this owner")  # tiny shards, many rows
-            if exists is None:
-                self._write_blob(digest, data)
+        size = len(data)
+        tmp = self._write_temp(digest, data)
+        placed = False
+        try:
+            with self._writing() as conn:
+                # the shard's row and whether this owner's reference exists, in one read
+                # (a reference never outlives its shard's row: delete and gc keep it so)
+                row = conn.execute(
+                    sa.select(
+                        _shards.c.size,
+                        sa.exists()
+                        .where(
+                            _refs.c.hash == key,
+                            _refs.c.owner == owner,
+                            _refs.c.object_id == object_id,
+                        )
+                        .correlate(None),
+                    ).where(_shards.c.hash == key)
+                ).first()
+                if row is not None and row[1]:
+                    return False
+                fresh = row is None
+                usage = self._usages(conn, (TOTAL, owner))
+                node_bytes = usage[TOTAL][0]
+                owner_bytes, owner_shards = usage[owner][0], usage[owner][1]
+                if node_bytes + (size if fresh else 0) > self.quota_bytes:
+                    raise QuotaExceeded("node storage quota exceeded")
+                if owner_bytes + size > self.owner_quota_bytes:
+                    raise QuotaExceeded("owner storage quota exceeded")
+                if owner_shards >= self.max_shards_per_owner:
+                    raise QuotaExceeded("too many shards for this owner")  # tiny shards, many rows
+                if fresh:
+                    path = self.blob_path(digest)
+                    path.parent.mkdir(mode=0o700, exist_ok=True)
+                    tmp.replace(path)
+                    placed = True
+                    conn.execute(
+                        _shards.insert().values(hash=key, size=size, created_ms=self._now_ms())
+                    )
+                    self._bump(conn, TOTAL, size, shards=1)
                 conn.execute(
-                    _shards.insert().values(hash=key, size=len(data), created_ms=self._now_ms())
+                    _refs.insert().values(hash=key, owner=owner, object_id=object_id, size=size)
                 )
-                self._bump(conn, TOTAL, len(data), shards=1)
-            conn.execute(
-                _refs.insert().values(hash=key, owner=owner, object_id=object_id, size=len(data))
-            )
-            self._bump(conn, owner, len(data), shards=1)
-            return exists is None
+                self._bump(conn, owner, size, shards=1)
+        finally:
+            if not placed:
+                tmp.unlink(missing_ok=True)
+        if placed:
+            _fsync_dir(self.blob_path(digest).parent)
+        return fresh
 
-    def _write_blob(self, digest: bytes, data: bytes | memoryview) -> None:
-        path = self.blob_path(digest)
-        path.parent.mkdir(mode=0o700, exist_ok=True)
+    @staticmethod
+    def _usages(conn: sa.Connection, owners: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
+        """:meth:`_usage_of` for several owners in one read (absent ones are zero)."""
+        rows = conn.execute(
+            sa.select(_usage.c.owner, _usage.c.bytes, _usage.c.shards, _usage.c.manifests).where(
+                _usage.c.owner.in_(owners)
+            )
+        )
+        found = {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        return {owner: found.get(owner, (0, 0, 0)) for owner in owners}
+
+    def _write_temp(self, digest: bytes, data: bytes | memoryview) -> Path:
+        """``data`` in a new file of ``tmp/`` (0600), written and fsynced; its path."""
         tmp = self.root / "tmp" / f"{digest.hex()}.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -274,15 +368,10 @@ class ShardStore:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            tmp.replace(path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        return tmp
 
     def get(self, digest: bytes) -> bytes:
         """The shard's bytes, re-verified: ShardNotFound or ShardCorrupt (damaged on disk)."""
@@ -312,7 +401,7 @@ class ShardStore:
     def delete(self, digest: bytes, *, owner: str, object_id: str) -> bool:
         """Drop ``owner``'s reference; the blob goes with the last reference. False if none."""
         key = digest.hex()
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             where = (_refs.c.hash == key, _refs.c.owner == owner, _refs.c.object_id == object_id)
             ref = conn.execute(sa.select(_refs.c.size).where(*where)).first()
             if ref is None:
@@ -347,7 +436,7 @@ class ShardStore:
         """Store (or replace) ``owner``'s manifest for ``name`` (already verified by the caller)."""
         if len(blob) > MAX_MANIFEST_SIZE:
             raise QuotaExceeded("manifest too large")
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob)).where(
                     _manifests.c.owner == owner, _manifests.c.name == name
@@ -383,7 +472,7 @@ class ShardStore:
 
     def delete_manifest(self, *, owner: str, name: str) -> bool:
         where = (_manifests.c.owner == owner, _manifests.c.name == name)
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             old = conn.execute(
                 sa.select(sa.func.length(_manifests.c.blob), _manifests.c.object_id).where(*where)
             ).first()
@@ -428,7 +517,7 @@ class ShardStore:
 
     def relocate(self, *, object_id: str, column: int, from_node: str, node: str) -> None:
         """Record that ``column`` of ``object_id`` moved from ``from_node`` to ``node``."""
-        with self._lock, write_transaction(self._engine) as conn:
+        with self._writing() as conn:
             conn.execute(
                 _relocations.delete().where(
                     _relocations.c.object_id == object_id, _relocations.c.column == column

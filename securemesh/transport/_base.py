@@ -235,7 +235,11 @@ class TransportStats:
 
 def check_outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:
     """Validate frames we are asked to send (a local error if invalid)."""
-    out = [bytes(f) if not isinstance(f, bytes) else f for f in frames]
+    return validate_outgoing([bytes(f) if not isinstance(f, bytes) else f for f in frames], options)
+
+
+def validate_outgoing(out: list[bytes], options: TransportOptions) -> list[bytes]:
+    """:func:`check_outgoing`'s checks of frames already in the form to send (``len`` = size)."""
     if not out:
         raise TransportError("a message has at least one frame")
     if not out[0]:

@@ -36,7 +36,13 @@ Theory of operation
   batches dropped, ``stats.dropped_overflow``).
 * **Whole messages**: parts are read with ``copy=False`` and copied only once
   the message is known to be within ``max_frames`` and ``max_message_size``;
-  a larger one is dropped uncopied (``stats.dropped_oversize``). libzmq
+  a larger one is dropped uncopied (``stats.dropped_oversize``).
+* **Bulk frames are not copied** (``ZERO_COPY_MIN``, 64 KiB): an envelope's
+  raw frames (parts 2 onwards) of that size stay libzmq's buffers (handed on
+  as memoryviews, made read-only by :func:`securemesh.wire.decode`), and
+  parts of that size are sent with ``copy=False``, so a relay forwards a
+  shard without copying it in Python; smaller parts, the header, the body
+  and a batch's payload are copied as ``bytes`` (cheaper at that size). libzmq
   itself limits each *frame* (``MAXMSGSIZE``) but not the number of frames,
   and hands a multipart message over only once it is complete: what one
   incomplete message holds inside libzmq is not bounded by any socket option
@@ -93,6 +99,7 @@ from securemesh.transport._base import (
     check_outgoing,
     deny_all_keys,
     listener_rcvhwm,
+    validate_outgoing,
 )
 from securemesh.transport._fair import FULL_TURN, FairBacklog
 from securemesh.transport._memguard import MemoryGuard
@@ -150,6 +157,10 @@ def _rearm(sock: zmq.asyncio.Socket) -> None:
         sock.get(zmq.EVENTS)
 
 
+#: Frames of at least this many bytes are sent and received without a copy
+#: (pyzmq's own default ``copy_threshold``: below it a copy is the cheaper way).
+ZERO_COPY_MIN = zmq.COPY_THRESHOLD
+_FIRST_RAW = 2  # an envelope's parts: header, body, raw frames..., auth
 # Plain ints: pyzmq's flag enums make every ``flags | SNDMORE`` an enum call.
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
@@ -188,16 +199,34 @@ def _send_parts(shadow: zmq.Socket[bytes], parts: Sequence[bytes]) -> None:
 
     Atomic like ``send_multipart``: the high-water mark is checked at the first
     part only, so either ``Again`` is raised before anything is queued or every
-    part is queued.
+    part is queued. A part of ``ZERO_COPY_MIN`` bytes or more is handed to
+    libzmq without copying (pyzmq ``copy=False``: libzmq keeps a reference to
+    the buffer until its I/O thread is done with it; every such buffer is
+    immutable -- ``bytes`` or a read-only view --, so nothing can change it
+    meanwhile); smaller ones are copied, which is cheaper for them.
     """
     last = len(parts) - 1
     for i in range(last):
-        _csend(shadow, parts[i], _MORE_NOBLOCK)
-    _csend(shadow, parts[last], _NOBLOCK)
+        part = parts[i]
+        if len(part) < ZERO_COPY_MIN:
+            _csend(shadow, part, _MORE_NOBLOCK)
+        else:
+            _csend(shadow, part, _MORE_NOBLOCK, False)
+    part = parts[last]
+    if len(part) < ZERO_COPY_MIN:
+        _csend(shadow, part, _NOBLOCK)
+    else:
+        _csend(shadow, part, _NOBLOCK, False)
 
 
 def _outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:
-    """:func:`check_outgoing` with a fast path for the usual few small ``bytes`` frames."""
+    """:func:`check_outgoing` with a fast path for the usual few small ``bytes`` frames.
+
+    A read-only flat byte view of ``ZERO_COPY_MIN`` bytes or more (a raw
+    frame being forwarded, as :func:`securemesh.wire.decode` made it) is kept
+    as it is, so that it reaches libzmq without a copy (:func:`_send_parts`);
+    any other non-``bytes`` frame is copied to ``bytes``, as before.
+    """
     if type(frames) is list and 0 < len(frames) <= options.max_frames and frames[0]:
         limit = options.max_frame_size
         for f in frames:
@@ -205,7 +234,23 @@ def _outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]
                 break
         else:
             return frames
+    if isinstance(frames, list | tuple) and any(type(f) is memoryview for f in frames):
+        return validate_outgoing(
+            [f if type(f) is bytes or _shareable(f) else bytes(f) for f in frames], options
+        )
     return check_outgoing(frames, options)
+
+
+def _shareable(frame: object) -> bool:
+    """A large, read-only, flat byte view: sent as it is (its ``len`` is its size)."""
+    return (
+        type(frame) is memoryview
+        and frame.readonly
+        and frame.format == "B"
+        and frame.ndim == 1
+        and frame.c_contiguous
+        and frame.nbytes >= ZERO_COPY_MIN
+    )
 
 
 # ------------------------------------------------------------------ batches
@@ -322,7 +367,13 @@ def _read_parts(
                 parts.append(part)
     if not keep:
         return None
-    return [p.bytes for p in parts]
+    # header and body (parts 0 and 1; a batch's payload is part 1) always as bytes;
+    # a large raw frame stays libzmq's buffer, shared, not copied (read-only once
+    # securemesh.wire.decode has it, which every receiver runs first)
+    return [
+        p.bytes if i < _FIRST_RAW or len(p) < ZERO_COPY_MIN else cast("bytes", p.buffer)
+        for i, p in enumerate(parts)
+    ]
 
 
 async def _wait_and_take(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,14 @@ from hypothesis import strategies as st
 from securemesh.audit.log import open_log
 from securemesh.audit.store import create_audit_engine
 from securemesh.crypto.identity import NodeIdentity
-from securemesh.storage import QuotaExceeded, ShardCorrupt, ShardNotFound, ShardStore, shard_hash
+from securemesh.storage import (
+    QuotaExceeded,
+    ShardCorrupt,
+    ShardNotFound,
+    ShardStore,
+    StoreStats,
+    shard_hash,
+)
 
 OID = "ab" * 16
 
@@ -80,6 +89,42 @@ def test_quota_total_and_per_owner(tmp_path: Path) -> None:
     with pytest.raises(QuotaExceeded):  # manifests count too
         store.put_manifest(owner="three", name="n", object_id=OID, blob=b"m" * 10)
     assert not store.has(shard_hash(d))
+
+
+def test_refused_and_repeated_puts_leave_no_blob_or_temp_file(tmp_path: Path) -> None:
+    """The blob is written before the lock: every way a put ends without placing it
+    (a quota refusal, the owner's reference already there, the shard already held for
+    another owner) removes that write again."""
+    store = ShardStore(tmp_path, quota_bytes=3000, owner_quota_bytes=2000)
+    a, big = os.urandom(1000), os.urandom(2500)
+    assert store.put(shard_hash(a), a, owner="one", object_id=OID) is True
+    assert store.put(shard_hash(a), a, owner="one", object_id=OID) is False  # already there
+    assert store.put(shard_hash(a), a, owner="two", object_id=OID) is False  # one blob, 2 refs
+    with pytest.raises(QuotaExceeded):
+        store.put(shard_hash(big), big, owner="three", object_id=OID)
+    assert not store.has(shard_hash(big))
+    assert not store.blob_path(shard_hash(big)).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == [shard_hash(a).hex()]
+    assert store.stats() == StoreStats(shards=1, bytes=1000, manifests=0)
+
+
+def test_parallel_puts_of_one_shard_store_it_once(tmp_path: Path) -> None:
+    """Puts in worker threads (as the service runs them) overlap their writes; the
+    shard is placed once and each owner's reference counted once."""
+    store = ShardStore(tmp_path)
+    data = os.urandom(256 * 1024)
+    digest = shard_hash(data)
+    owners = [f"o{i % 4}" for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        fresh = list(pool.map(lambda o: store.put(digest, data, owner=o, object_id=OID), owners))
+    assert fresh.count(True) == 1
+    assert store.stats() == StoreStats(shards=1, bytes=len(data), manifests=0)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert store.get(digest) == data
+    for owner in {*owners}:
+        assert store.delete(digest, owner=owner, object_id=OID) is True
+    assert not store.has(digest)
 
 
 def test_shard_count_per_owner_is_bounded(tmp_path: Path) -> None:
@@ -199,17 +244,22 @@ def test_the_index_lives_in_the_audit_logs_postgresql_database(
     )
 )
 def test_kept_usage_matches_a_recount(ops: list[tuple[str, str, int]]) -> None:
-    """The usage rows updated with every change equal a recount from the tables (reopen)."""
+    """The usage rows updated with every change equal a recount from the tables (reopen),
+    and so do the totals ``stats()`` keeps in memory from the first call on (refused
+    changes included: a tight quota refuses some of the puts)."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = ShardStore(Path(tmp))
+        store = ShardStore(Path(tmp), quota_bytes=900)
+        assert store.stats() == StoreStats(0, 0, 0)  # read once; kept from here on
         blobs = [bytes([i]) * (100 + i) for i in range(6)]
         for op, owner, i in ops:
             if op == "put":
-                store.put(shard_hash(blobs[i]), blobs[i], owner=owner, object_id=OID)
+                with contextlib.suppress(QuotaExceeded):
+                    store.put(shard_hash(blobs[i]), blobs[i], owner=owner, object_id=OID)
             elif op == "delete":
                 store.delete(shard_hash(blobs[i]), owner=owner, object_id=OID)
             elif op == "manifest":
-                store.put_manifest(owner=owner, name=f"m{i}", object_id=OID, blob=blobs[i])
+                with contextlib.suppress(QuotaExceeded):
+                    store.put_manifest(owner=owner, name=f"m{i}", object_id=OID, blob=blobs[i])
             else:
                 store.delete_manifest(owner=owner, name=f"m{i}")
         kept = store.stats()
