@@ -160,6 +160,9 @@ class RepairReport:
     #: shard index -> (old node, new node)
     moved: dict[int, tuple[str, str]] = field(default_factory=dict)
     shards_rebuilt: int = 0
+    #: shard index -> node: columns rebuilt onto the live node that had lost them
+    #: (no other node was free to take them)
+    refilled: dict[int, str] = field(default_factory=dict)
 
 
 async def challenge_shard(
@@ -585,6 +588,13 @@ class StorageClient:
         re-signs the manifest with the new placement and stores it; the old
         nodes' references are dropped where they still answer. Memory is one
         segment's shards at a time; an unreachable node is asked once.
+
+        Columns on unreachable nodes get replacements first; a column whose
+        node answered but lost or damaged shards moves too if a free node is
+        left, else it is **refilled in place** (that node takes the rebuilt
+        shards back: :meth:`ShardStore.put` rewrites a missing or damaged blob
+        of the same address) -- with exactly ``n`` storage nodes there is no
+        other place, and a column left short would stay short.
         """
         candidates = nodes if nodes is not None else await self.nodes()
         manifest = await self.stat(name, nodes=candidates)
@@ -599,8 +609,14 @@ class StorageClient:
         if len(kept) < m.k:
             raise ObjectUnreadable(f"{name}: only {len(kept)} of {m.k} needed shard columns remain")
         columns = sorted(lost)
-        fresh = replacements(m.object_id_bytes, candidates, m.placement, len(columns))
-        new_node = dict(zip(columns, fresh, strict=True))
+        live = {c.node_id for c in candidates}
+        gone = [j for j in columns if m.placement[j] in dead or m.placement[j] not in live]
+        spare = len(live - set(m.placement))
+        move = gone + [j for j in columns if j not in gone][: max(0, spare - len(gone))]
+        fresh = replacements(m.object_id_bytes, candidates, m.placement, len(move))
+        new_node = dict(zip(move, fresh, strict=True))
+        refill = {j: m.placement[j] for j in columns if j not in new_node}
+        new_node.update(refill)
         rebuilt = 0
         for seg in range(len(m.segments)):
             good: dict[int, bytes] = {}
@@ -624,12 +640,12 @@ class StorageClient:
         await asyncio.gather(
             *(
                 self._quiet(m.placement[j], MSG_SHARD_DELETE, ObjectRef(object_id=m.object_id))
-                for j in columns
+                for j in move
                 if m.placement[j] not in dead
             )
         )
-        moved = {j: (m.placement[j], new_node[j]) for j in columns}
-        return RepairReport(repaired, moved, rebuilt)
+        moved = {j: (m.placement[j], new_node[j]) for j in move}
+        return RepairReport(repaired, moved, rebuilt, refill)
 
     async def _fetch(self, m: Manifest, seg: int, j: int, dead: set[str]) -> bytes | None:
         """Shard j of segment seg if its node delivers it intact; None otherwise."""

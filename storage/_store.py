@@ -290,7 +290,10 @@ class ShardStore:
         durable, and a crash in between leaves what :meth:`gc` already removes
         (an unrecorded temp file, or a row whose blob vanished). A shard
         already held (another object's, or another owner's) costs one blob
-        write that is thrown away.
+        write that is thrown away -- unless the held blob is missing or damaged
+        on disk (:meth:`get` would refuse it): then the new bytes, which match
+        the address, replace it. That is how an owner's repair refills a shard
+        on the node that lost it (``True`` is returned then, as for a new one).
         """
         if len(data) > MAX_SHARD_SIZE:
             raise QuotaExceeded("shard too large")
@@ -316,9 +319,13 @@ class ShardStore:
                         .correlate(None),
                     ).where(_shards.c.hash == key)
                 ).first()
-                if row is not None and row[1]:
-                    return False
                 fresh = row is None
+                if not fresh and not self._blob_intact(digest):
+                    self.blob_path(digest).parent.mkdir(mode=0o700, exist_ok=True)
+                    tmp.replace(self.blob_path(digest))  # verified above: same address
+                    placed = True
+                if row is not None and row[1]:
+                    return placed
                 usage = self._usages(conn, (TOTAL, owner))
                 node_bytes = usage[TOTAL][0]
                 owner_bytes, owner_shards = usage[owner][0], usage[owner][1]
@@ -346,7 +353,7 @@ class ShardStore:
                 tmp.unlink(missing_ok=True)
         if placed:
             _fsync_dir(self.blob_path(digest).parent)
-        return fresh
+        return fresh or placed
 
     @staticmethod
     def _usages(conn: sa.Connection, owners: tuple[str, ...]) -> dict[str, tuple[int, int, int]]:
@@ -358,6 +365,13 @@ class ShardStore:
         )
         found = {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
         return {owner: found.get(owner, (0, 0, 0)) for owner in owners}
+
+    def _blob_intact(self, digest: bytes) -> bool:
+        """The blob of a recorded shard is on disk and still hashes to its address."""
+        try:
+            return shard_hash(self.blob_path(digest).read_bytes()) == digest
+        except OSError:
+            return False
 
     def _write_temp(self, digest: bytes, data: bytes | memoryview) -> Path:
         """``data`` in a new file of ``tmp/`` (0600), written and fsynced; its path."""

@@ -189,9 +189,14 @@ def _share(args: argparse.Namespace) -> int:
 def _repair(args: argparse.Namespace) -> int:
     with _client(args) as client:
         report = _run(client.repair(args.name))
-    moved = [{"shard": j, "from": old, "to": new} for j, (old, new) in sorted(report.moved.items())]
-    print_records(moved, args.format, columns=[
-        ("SHARD", lambda d: d["shard"]), ("FROM", lambda d: d["from"]), ("TO", lambda d: d["to"]),
+    rows = [
+        {"shard": j, "action": "moved", "from": old, "to": new}
+        for j, (old, new) in report.moved.items()
+    ] + [{"shard": j, "action": "refilled", "from": n, "to": n} for j, n in report.refilled.items()]
+    rows.sort(key=lambda d: d["shard"])
+    print_records(rows, args.format, columns=[
+        ("SHARD", lambda d: d["shard"]), ("ACTION", lambda d: d["action"]),
+        ("FROM", lambda d: d["from"]), ("TO", lambda d: d["to"]),
     ])  # fmt: skip
     return 0
 

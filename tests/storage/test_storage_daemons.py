@@ -434,6 +434,42 @@ def test_the_store_cli_as_a_device(grid: Grid, tmp_path: Path) -> None:
     assert "Traceback" not in err.getvalue()
 
 
+def test_repair_refills_a_live_edge_that_lost_shards_when_no_edge_is_free(
+    grid: Grid, tmp_path: Path
+) -> None:
+    """n = 3 on three edges: no edge is free, so the edge that lost a column's shards (one
+    deleted, one flipped) takes them back; the placement stays, nothing is left short."""
+    data = os.urandom(2 * SEG + 7)
+    grid.run(grid.client.put("refill/me", data))
+    before = grid.run(grid.client.stat("refill/me"))
+    column = before.placement.index("edge-b")
+    root = grid.dir("edge-b") / "services" / "storage" / "blobs"
+    paths = [root / h[:2] / h for h in (seg.shards[column] for seg in before.segments)]
+    paths[0].unlink()
+    damaged = bytearray(paths[1].read_bytes())
+    damaged[10] ^= 0x40
+    paths[1].write_bytes(bytes(damaged))
+    _, report = grid.run(grid.client.get("refill/me"))
+    assert {(seg, idx) for seg, idx, *_ in report.missing + report.corrupt} == {
+        (0, column),
+        (1, column),
+    }
+    repaired = grid.run(grid.client.repair("refill/me"))
+    assert repaired.moved == {}
+    assert repaired.refilled == {column: "edge-b"}
+    assert repaired.shards_rebuilt == len(before.segments)
+    assert repaired.manifest.placement == before.placement
+    for path, seg in zip(paths, before.segments, strict=True):  # both blobs whole again
+        assert shard_hash(path.read_bytes()).hex() == seg.shards[column] == path.name
+    back, clean = grid.run(grid.client.get("refill/me"))
+    assert back == data
+    assert clean.missing == []
+    assert clean.corrupt == []
+    again = grid.run(grid.client.repair("refill/me"))  # nothing left to do
+    assert again.moved == {}
+    assert again.refilled == {}
+
+
 def test_get_survives_sigkill_of_n_minus_k_edges(grid: Grid) -> None:
     data = os.urandom(4 * SEG + 99)
     grid.run(grid.client.put("kill/me", data))

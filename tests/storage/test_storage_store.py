@@ -75,6 +75,29 @@ def test_damaged_blob_on_disk_is_reported_not_served(tmp_path: Path) -> None:
         store.get(shard_hash(b"never stored"))
 
 
+def test_a_put_of_a_held_shard_rewrites_a_missing_or_damaged_blob(tmp_path: Path) -> None:
+    """How a repair refills the node that lost a shard: the same bytes put again replace a
+    missing or damaged blob (and say so); an intact one is left alone; usage is unchanged."""
+    store = ShardStore(tmp_path)
+    data = os.urandom(1000)
+    digest = shard_hash(data)
+    assert store.put(digest, data, owner="dev", object_id=OID) is True
+    path = store.blob_path(digest)
+    path.unlink()
+    assert store.put(digest, data, owner="dev", object_id=OID) is True  # refilled
+    assert store.get(digest) == data
+    damaged = bytearray(path.read_bytes())
+    damaged[0] ^= 0x80
+    path.write_bytes(bytes(damaged))
+    assert store.put(digest, data, owner="other", object_id=OID) is True  # a new ref, refilled
+    assert store.get(digest) == data
+    before = path.stat().st_mtime_ns
+    assert store.put(digest, data, owner="dev", object_id=OID) is False  # intact: no write
+    assert path.stat().st_mtime_ns == before
+    assert store.stats() == StoreStats(shards=1, bytes=1000, manifests=0)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_quota_total_and_per_owner(tmp_path: Path) -> None:
     store = ShardStore(tmp_path, quota_bytes=3000, owner_quota_bytes=2000)
     a, b, c = os.urandom(1000), os.urandom(1000), os.urandom(1000)
