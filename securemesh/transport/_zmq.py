@@ -199,24 +199,39 @@ def _send_parts(shadow: zmq.Socket[bytes], parts: Sequence[bytes]) -> None:
 
     Atomic like ``send_multipart``: the high-water mark is checked at the first
     part only, so either ``Again`` is raised before anything is queued or every
-    part is queued. A part of ``ZERO_COPY_MIN`` bytes or more is handed to
-    libzmq without copying (pyzmq ``copy=False``: libzmq keeps a reference to
-    the buffer until its I/O thread is done with it; every such buffer is
-    immutable -- ``bytes`` or a read-only view --, so nothing can change it
-    meanwhile); smaller ones are copied, which is cheaper for them.
+    part is queued. Every part is copied: the path of small messages (the
+    bus's usual traffic); a message with a part of ``ZERO_COPY_MIN`` bytes or
+    more goes through :func:`_send_shared` (:func:`_send_message` picks).
     """
     last = len(parts) - 1
     for i in range(last):
-        part = parts[i]
+        _csend(shadow, parts[i], _MORE_NOBLOCK)
+    _csend(shadow, parts[last], _NOBLOCK)
+
+
+def _send_shared(shadow: zmq.Socket[bytes], parts: Sequence[bytes]) -> None:
+    """:func:`_send_parts`, but a part of ``ZERO_COPY_MIN`` bytes or more is handed to
+    libzmq without copying (pyzmq ``copy=False``: libzmq keeps a reference to the
+    buffer until its I/O thread is done with it; every such buffer is immutable --
+    ``bytes`` or a read-only view --, so nothing can change it meanwhile); smaller
+    ones are copied, which is cheaper for them."""
+    last = len(parts)
+    for i, part in enumerate(parts, 1):
+        flags = _NOBLOCK if i == last else _MORE_NOBLOCK
         if len(part) < ZERO_COPY_MIN:
-            _csend(shadow, part, _MORE_NOBLOCK)
+            _csend(shadow, part, flags)
         else:
-            _csend(shadow, part, _MORE_NOBLOCK, False)
-    part = parts[last]
-    if len(part) < ZERO_COPY_MIN:
-        _csend(shadow, part, _NOBLOCK)
+            _csend(shadow, part, flags, False)
+
+
+def _send_message(shadow: zmq.Socket[bytes], parts: Sequence[bytes]) -> None:
+    """One message: :func:`_send_parts` if all of it is smaller than ``ZERO_COPY_MIN``
+    (no part can be large then: one C-level sum, the small messages' only extra cost),
+    else :func:`_send_shared`."""
+    if sum(map(len, parts)) < ZERO_COPY_MIN:
+        _send_parts(shadow, parts)
     else:
-        _csend(shadow, part, _NOBLOCK, False)
+        _send_shared(shadow, parts)
 
 
 def _outgoing(frames: Sequence[bytes], options: TransportOptions) -> list[bytes]:
@@ -367,6 +382,8 @@ def _read_parts(
                 parts.append(part)
     if not keep:
         return None
+    if size < ZERO_COPY_MIN:  # no part is large: all copied (the usual small message)
+        return [p.bytes for p in parts]
     # header and body (parts 0 and 1; a batch's payload is part 1) always as bytes;
     # a large raw frame stays libzmq's buffer, shared, not copied (read-only once
     # securemesh.wire.decode has it, which every receiver runs first)
@@ -731,7 +748,7 @@ class ZmqListener(_Receiver, Listener):
         try:
             try:
                 _csend(self._shadow, routing_id, _MORE_NOBLOCK)  # ROUTER_MANDATORY: here
-                _send_parts(self._shadow, out)
+                _send_message(self._shadow, out)
             finally:
                 self._rearm()
         except zmq.Again:
@@ -878,7 +895,12 @@ class ZmqConnection(_Receiver, Connection):
                         batch.append(queue.popleft())
                         size += item
                 try:
-                    _send_parts(shadow, batch[0] if len(batch) == 1 else [b"", pack_batch(batch)])
+                    if len(batch) > 1:
+                        _send_parts(shadow, [b"", pack_batch(batch)])
+                    elif size >= 0:  # small enough to batch: copied like a batch
+                        _send_parts(shadow, first)
+                    else:
+                        _send_message(shadow, first)
                 except zmq.Again:
                     queue.extendleft(reversed(batch))
                     if len(queue) >= _BATCH_MESSAGES:
