@@ -449,11 +449,7 @@ def test_repair_refills_a_live_edge_that_lost_shards_when_no_edge_is_free(
     damaged = bytearray(paths[1].read_bytes())
     damaged[10] ^= 0x40
     paths[1].write_bytes(bytes(damaged))
-    _, report = grid.run(grid.client.get("refill/me"))
-    assert {(seg, idx) for seg, idx, *_ in report.missing + report.corrupt} == {
-        (0, column),
-        (1, column),
-    }
+    # (a get need not notice: it reads k of the n columns; repair reads them all)
     repaired = grid.run(grid.client.repair("refill/me"))
     assert repaired.moved == {}
     assert repaired.refilled == {column: "edge-b"}
