@@ -59,7 +59,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +91,7 @@ from securemesh.node._audit_bus import OUTBOX_FILE, NodeAudit
 from securemesh.node._config import NodeConfig, load_config
 from securemesh.node._exposition import render_metrics
 from securemesh.node._fleet import children
-from securemesh.node._node import MeshNode
+from securemesh.node._node import MeshNode, renewal_due_at
 from securemesh.node._notify import SystemdNotifier
 from securemesh.node._secrets import PASSPHRASE_ENV, read_passphrase, scrub_environment
 from securemesh.node._service import LegacyService, NodeContext, Service, load_services
@@ -641,28 +641,47 @@ class EnrollmentService(Service):
         self.enabled = self._daemon.enable_enrollment(ctx.node, self._state, self._passphrase)
 
     async def start(self) -> None:
-        if self._ctx is not None and self._daemon.delegation is not None:
-            self._ctx.spawn(self._keep_delegation(), name="delegation-renewal")
-        if self._ctx is not None and self._daemon.root_authority is not None:
-            self._ctx.spawn(self._keep_own_certificate(), name="own-certificate-renewal")
+        ctx, daemon = self._ctx, self._daemon
+        if ctx is None:
+            return
+        if daemon.delegation is not None:
+            ctx.spawn(
+                self._keep_renewed(
+                    self._delegation, self.renew_delegation, self._delegation_failed
+                ),
+                name="delegation-renewal",
+            )
+        if daemon.root_authority is not None:
+            node = ctx.node
+            ctx.spawn(
+                self._keep_renewed(
+                    lambda: node.signed_certificate, self.renew_own_certificate, _renewal_failed
+                ),
+                name="own-certificate-renewal",
+            )
 
-    async def _keep_own_certificate(self) -> None:
-        """The cloud's own certificate: renewed with its own root, like any node's."""
+    async def _keep_renewed(
+        self,
+        current: Callable[[], SignedCertificate],
+        renew: Callable[[], Awaitable[SignedCertificate]],
+        failed: Callable[[BaseException, bool], None],
+    ) -> None:
+        """Renew ``current()`` with ``renew`` once ``renew_fraction`` of its lifetime has
+        passed; after a failure, ``failed(error, expired)`` and a retry every
+        ``heartbeat_interval``."""
         assert self._ctx is not None
-        node, retry = self._ctx.node, self._daemon.config.heartbeat_interval
+        config, clock = self._daemon.config, self._ctx.clock
         while True:
-            wait = self._renewal_due_at(node.signed_certificate) - self._ctx.clock()
+            cert = current().unverified_certificate()
+            wait = renewal_due_at(cert, config.renew_fraction) - clock()
             if wait > 0:
                 await asyncio.sleep(min(wait, 3600.0))
                 continue
             try:
-                await self.renew_own_certificate()
-            except (SecureMeshError, OSError) as exc:
-                log.warning(
-                    "certificate renewal failed",
-                    extra={"event": "cert_renew_failed", "error": repr(exc)},
-                )
-                await asyncio.sleep(retry)
+                await renew()
+            except (TimeoutError, SecureMeshError, OSError) as exc:
+                failed(exc, clock() >= cert.not_after)
+                await asyncio.sleep(config.heartbeat_interval)
 
     async def renew_own_certificate(self) -> SignedCertificate:
         """Renew the cloud's certificate with its root now, for the same lifetime; install
@@ -699,32 +718,17 @@ class EnrollmentService(Service):
             }
         return out
 
-    def _renewal_due_at(self, delegation: SignedCertificate) -> float:
-        cert = delegation.unverified_certificate()
-        fraction = self._daemon.config.renew_fraction
-        return cert.not_before + fraction * (cert.not_after - cert.not_before)
+    def _delegation(self) -> SignedCertificate:
+        assert self._daemon.delegation is not None
+        return self._daemon.delegation
 
-    async def _keep_delegation(self) -> None:
-        assert self._ctx is not None
-        retry = self._daemon.config.heartbeat_interval
-        while True:
-            delegation = self._daemon.delegation
-            assert delegation is not None
-            wait = self._renewal_due_at(delegation) - self._ctx.clock()
-            if wait > 0:
-                await asyncio.sleep(min(wait, 3600.0))
-                continue
-            try:
-                await self.renew_delegation()
-            except (TimeoutError, SecureMeshError, OSError) as exc:
-                self.delegation_failures += 1
-                expired = self._ctx.clock() >= delegation.unverified_certificate().not_after
-                log.warning(
-                    "delegation renewal failed"
-                    + ("; re-enroll the edge with a fresh --delegate token" if expired else ""),
-                    extra={"event": "delegation_renew_failed", "error": repr(exc)},
-                )
-                await asyncio.sleep(retry)
+    def _delegation_failed(self, exc: BaseException, expired: bool) -> None:
+        self.delegation_failures += 1
+        log.warning(
+            "delegation renewal failed"
+            + ("; re-enroll the edge with a fresh --delegate token" if expired else ""),
+            extra={"event": "delegation_renew_failed", "error": repr(exc)},
+        )
 
     async def renew_delegation(self) -> SignedCertificate:
         """Renew the edge's delegation with the cloud now (``cert.renew``); the new one."""
@@ -765,6 +769,13 @@ class EnrollmentService(Service):
             },
         )
         return renewed
+
+
+def _renewal_failed(exc: BaseException, expired: bool) -> None:
+    log.warning(
+        "certificate renewal failed" + ("; the certificate has expired" if expired else ""),
+        extra={"event": "cert_renew_failed", "error": repr(exc), "expired": expired},
+    )
 
 
 def _as_services(services: Iterable[Service | LegacyRegister]) -> list[Service]:

@@ -169,8 +169,9 @@ class Directory:
         issuer_cert: Certificate | None = None
         root_id = cert.issuer
         if self._trust.root_key(cert.issuer) is None:
+            held = self._trust.delegated_authorities.get(cert.issuer)
             for inter in inters:
-                if inter.unverified_certificate().node_id == cert.issuer:
+                if inter != held and inter.unverified_certificate().node_id == cert.issuer:
                     # the trust store keeps the newest (a renewed delegation replaces the
                     # old); one that does not verify now is simply not learned
                     with contextlib.suppress(CertificateError):

@@ -247,6 +247,11 @@ def _builtin_policy(msg_type: str, tiers: list[str] | None = None) -> Policy:
     return AllowTypes(types=[msg_type], tiers=tiers)
 
 
+def renewal_due_at(cert: Certificate, fraction: float) -> float:
+    """When ``fraction`` of ``cert``'s lifetime has passed (Unix s): time to renew it."""
+    return cert.not_before + fraction * (cert.not_after - cert.not_before)
+
+
 class MeshNode:
     """One node of the mesh (device, edge or cloud) over a :class:`Transport`.
 
@@ -570,9 +575,7 @@ class MeshNode:
 
     def renewal_due(self) -> bool:
         """True once ``renew_fraction`` of the certificate's lifetime has passed."""
-        cert = self.certificate
-        due = cert.not_before + self.config.renew_fraction * (cert.not_after - cert.not_before)
-        return self._clock() >= due
+        return self._clock() >= renewal_due_at(self.certificate, self.config.renew_fraction)
 
     async def renew_certificate(self, *, timeout: float | None = None) -> SignedCertificate:
         """Renew our certificate over the bus (``cert.renew``) and announce it to neighbours."""
