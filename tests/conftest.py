@@ -42,13 +42,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run every decoder fuzzer of tests/fuzz for 100,000 inputs instead of a few dozen",
     )
     parser.addoption(
-        "--ops-long",
-        action="store_true",
-        default=False,
-        help="also run docs/operations.md's re-enrollment, add-edge and PostgreSQL blocks and a "
-        "second examples/deploy/up.sh (tests/test_examples.py, tests/test_docs.py)",
-    )
-    parser.addoption(
         "--reliability-long",
         action="store_true",
         default=False,

@@ -105,9 +105,8 @@ def test_enrollment_quick_start_runs(tmp_path: Path) -> None:
     assert "stopped the daemon" in done.stderr
 
 
-@pytest.mark.slow
-def test_node_operations_run(tmp_path: Path) -> None:
-    data_dir = tmp_path / "edge-1"
+def _init(data_dir: Path) -> None:
+    """``securemesh init`` (cheap key-file KDF) in a real process, passphrase ``...``."""
     init = subprocess.run(
         [*FAST_KDF_CLI, "init", "--data-dir", str(data_dir),
          "--listen", f"tcp://127.0.0.1:{free_port()}"],
@@ -115,6 +114,12 @@ def test_node_operations_run(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert init.returncode == 0, init.stderr
+
+
+@pytest.mark.slow
+def test_node_operations_run(tmp_path: Path) -> None:
+    data_dir = tmp_path / "edge-1"
+    _init(data_dir)
     done = run_shell_block(
         marked_block("node.md", "node-ops"),
         {
@@ -137,21 +142,12 @@ def test_node_operations_run(tmp_path: Path) -> None:
 def test_operations_postgres_audit_log(
     tmp_path: Path,
     audit_pg_url: str,  # noqa: F811
-    request: pytest.FixtureRequest,
 ) -> None:
     """docs/operations.md §7: a cloud daemon with ``[audit] log_db`` in PostgreSQL creates
-    the schema itself (Alembic), and ``audit info`` finds that log through node.toml.
-    ``--ops-long`` (15 s at load 7 on the shared 2-core machine, 2026-12-07)."""
-    if not request.config.getoption("--ops-long"):
-        pytest.skip("the operations guide's PostgreSQL block runs with --ops-long")
+    the schema itself (Alembic), and ``audit info`` finds that log through node.toml
+    (4-15 s; skipped, by the fixture, only on a machine without PostgreSQL)."""
     data_dir = tmp_path / "cloud-1"
-    init = subprocess.run(
-        [*FAST_KDF_CLI, "init", "--data-dir", str(data_dir),
-         "--listen", f"tcp://127.0.0.1:{free_port()}"],
-        env={**os.environ, "SECUREMESH_PASSPHRASE": "..."},
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
+    _init(data_dir)
     done = run_shell_block(
         "export SECUREMESH_PASSPHRASE=...\n" + marked_block("operations.md", "ops-postgres"),
         {

@@ -9,13 +9,14 @@ refused before the owner shares, share, the reader's get) and
 ``audit_investigation.py`` collects the share's proof from the cloud log and
 verifies it offline from a copy of the case directory (a tampered proof is
 refused). docs/operations.md's health, revocation and backup blocks run on the
-same mesh (its re-enrollment and add-edge blocks, and a second up.sh, with
-``--ops-long``). ``down.sh`` stops everything; whatever is left is killed with
+same mesh, and so do its re-enrollment and add-edge blocks and a second up.sh.
+``down.sh`` stops everything; whatever is left is killed with
 the scripts' process groups. The systemd unit passes ``systemd-analyze verify``.
 
 Wall time (2026-12-07, the shared 2-core machine at load average 7-12): the
 default tests 39-78 s, most of it up.sh (24-34 s: four daemons, three
-enrollments, the edges' first heartbeat); ``--ops-long`` adds 21 s.
+enrollments, the edges' first heartbeat); the re-enrollment and add-edge test
+9-21 s of it.
 
 The other examples run in: device_app.py (tests/sdk/test_sdk_examples.py,
 tests/cli/test_cli_mesh.py), task_service.py (tests/tasks/test_tasks_daemons.py),
@@ -328,13 +329,9 @@ def test_operations_guide_health_revoke_backup(mesh: Mesh, tmp_path: Path) -> No
     assert len(list(backups.glob("securemesh-cloud-1-*.tgz"))) == 1
 
 
-def test_operations_guide_reenroll_and_add_edge(
-    mesh: Mesh, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_operations_guide_reenroll_and_add_edge(mesh: Mesh, tmp_path: Path) -> None:
     """docs/operations.md's re-enrollment and add-edge blocks, and up.sh run again
-    (``--ops-long``: three more daemon starts and enrollments)."""
-    if not request.config.getoption("--ops-long"):
-        pytest.skip("re-enrollment, adding an edge and a second up.sh run with --ops-long")
+    (three more daemon starts and enrollments: 9-21 s)."""
     # idempotent: a second run keeps every key and finds the daemons running
     again = mesh.run("bash", str(DEPLOY / "up.sh"))
     assert again.returncode == 0, again.stderr

@@ -476,20 +476,29 @@ def test_malformed_batches_from_an_admitted_peer_are_dropped_and_it_is_still_ser
     run(main())
 
 
+async def _two_batches_then_quiet(
+    listener: Any, flood: Any, quiet: Any, flood_key: bytes
+) -> list[bytes]:
+    """The flood sends two 1,024-message batches; once its first message is received the
+    quiet peer sends one message; the flood's first message (frames) is returned."""
+    batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
+    await flood.send_multipart([b"", batch])
+    await flood.send_multipart([b"", batch])
+    peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
+    assert peer == flood_key
+    await quiet.send_multipart([b"quiet"])
+    # give the I/O thread a moment to put it in the listener's queue (if it is late,
+    # the backlog is served meanwhile: the callers' bounds have a wide margin)
+    await asyncio.sleep(0.2)
+    return list(first)
+
+
 def test_a_batch_flood_gets_one_turn_at_a_time() -> None:
     """Issue 9 #8b: a peer's 1,024-message batch does not make another peer wait behind it."""
 
     async def main() -> None:
         async with admitted_raw_peers(2) as (listener, (flood, quiet), (flood_key, quiet_key)):
-            batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
-            await flood.send_multipart([b"", batch])
-            await flood.send_multipart([b"", batch])
-            peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
-            assert peer == flood_key
-            await quiet.send_multipart([b"quiet"])
-            # give the I/O thread a moment to put it in the listener's queue (if it is
-            # late, the backlog is served meanwhile: the bound below has a wide margin)
-            await asyncio.sleep(0.2)
+            first = await _two_batches_then_quiet(listener, flood, quiet, flood_key)
             order: list[bytes] = []
             flood_seen = [first]
             while quiet_key not in order:
@@ -518,13 +527,7 @@ def test_runs_of_held_messages_keep_order_turns_and_the_socket_s_turn() -> None:
 
     async def main() -> None:
         async with admitted_raw_peers(2) as (listener, (flood, quiet), (flood_key, quiet_key)):
-            batch = zt.pack_batch([[b"flood", i.to_bytes(2, "big")] for i in range(1024)])
-            await flood.send_multipart([b"", batch])
-            await flood.send_multipart([b"", batch])
-            peer, first = await listener.recv(timeout=WAIT)  # the flood's first batch lands
-            assert peer == flood_key
-            await quiet.send_multipart([b"quiet"])
-            await asyncio.sleep(0.2)  # (as above: the bound below has a wide margin)
+            first = await _two_batches_then_quiet(listener, flood, quiet, flood_key)
             handed: list[tuple[bytes, list[bytes]]] = []
             longest = 0
             while len(handed) < 2048:
